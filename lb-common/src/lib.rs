@@ -1,0 +1,17 @@
+//! Types and algorithms shared by the XDP datapath (`lb-ebpf`) and user space (`lb-user`).
+//!
+//! Everything the datapath reads from a map is defined here once, `#[repr(C)]` and `Pod`, so both
+//! sides agree on the layout; the hash and the scheduler's slot choice are here too, so user space
+//! can predict exactly which real server the datapath picks for a packet.
+#![no_std]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod hash;
+pub mod maps;
+pub mod sched;
+#[cfg(feature = "alloc")]
+pub mod table;
+
+pub use maps::*;

@@ -1,0 +1,174 @@
+//! Keys and values of the datapath's BPF maps.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Most services (VIP:port:proto) one director serves; also the size of the per-service arrays.
+pub const MAX_SERVICES: u32 = 256;
+/// Most real servers over all services (one entry per service/real-server pair, as IPVS's
+/// destinations).
+pub const MAX_REALS: u32 = 4096;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// An IP address in 16 bytes: IPv6 as is, IPv4 as the IPv4-mapped IPv6 address (::ffff:a.b.c.d),
+/// so IPv6 support needs no change of any map layout.
+pub type Addr = [u8; 16];
+
+/// The IPv4-mapped form of an IPv4 address given as its 4 network-order bytes.
+#[inline(always)]
+pub const fn addr_from_v4(v4: [u8; 4]) -> Addr {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// SERVICES map key: the virtual service a packet is addressed to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ServiceKey {
+    pub vip: Addr,
+    /// Destination port in host byte order.
+    pub port: u16,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Scheduler identifiers stored in [`ServiceInfo::scheduler`].
+pub const SCHED_SH: u32 = 1;
+
+/// SERVICES map value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ServiceInfo {
+    /// Index of the service in the per-service arrays (lookup table, counters).
+    pub id: u32,
+    /// One of the `SCHED_*` constants.
+    pub scheduler: u32,
+}
+
+/// Forwarding methods stored in [`RealServer::method`].
+pub const FWD_DR: u8 = 1;
+
+/// [`RealServer::flags`]: the entry describes a configured real server. A table slot that points
+/// at an entry without it (a real server being deleted) is treated as "no real server".
+pub const REAL_ACTIVE: u8 = 1;
+
+/// REALS array value, indexed by real-server id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RealServer {
+    pub addr: Addr,
+    /// Ethernet address the frame is sent to: the real server itself for LVS/DR.
+    pub mac: [u8; 6],
+    /// One of the `FWD_*` constants.
+    pub method: u8,
+    pub flags: u8,
+}
+
+/// Counters kept per CPU, per service and per real server.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// New connections: TCP SYNs without ACK.
+    pub conns: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, other: &Counters) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.conns += other.conns;
+    }
+}
+
+/// Map names, as declared in the datapath (`#[map]` takes the static's name).
+pub mod map_names {
+    pub const SERVICES: &str = "SERVICES";
+    pub const SCHED_TABLE: &str = "SCHED_TABLE";
+    pub const REALS: &str = "REALS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const REAL_STATS: &str = "REAL_STATS";
+    pub const REASONS: &str = "REASONS";
+}
+
+/// Program names in the object file.
+pub mod program_names {
+    /// The director's program.
+    pub const LB: &str = "xdplb";
+    /// Passes everything: for veth peers that must have an XDP program to receive XDP_TX frames.
+    pub const PASS: &str = "xdp_pass";
+    /// Bounces everything back: the bare XDP_TX baseline of the benchmarks.
+    pub const TX: &str = "xdp_tx";
+}
+
+/// Director-wide settings, CONFIG array index 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DirectorConfig {
+    /// The attached interface's MAC: the source MAC of every forwarded frame.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Why a packet was passed to the kernel or dropped instead of forwarded; index of the REASONS
+/// per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not IPv4 (ARP, IPv6, ...).
+    PassNotIpv4 = 0,
+    /// IPv4, but neither TCP nor UDP.
+    PassNotTcpUdp = 1,
+    /// No service for this destination address, port and protocol.
+    PassNoService = 2,
+    /// An IPv4 fragment other than the first (it carries no ports).
+    PassFragment = 3,
+    /// Too short or too malformed to read the headers that classify it; the kernel deals with it.
+    PassUnparsed = 4,
+    /// For a service, but its lengths are inconsistent: never forwarded damaged.
+    DropMalformed = 5,
+    /// For a service that has no usable real server.
+    DropNoReal = 6,
+}
+
+pub const REASON_COUNT: u32 = 7;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::PassNotIpv4,
+        Reason::PassNotTcpUdp,
+        Reason::PassNoService,
+        Reason::PassFragment,
+        Reason::PassUnparsed,
+        Reason::DropMalformed,
+        Reason::DropNoReal,
+    ];
+
+    /// Stable snake_case name for CLI, JSON and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassNotTcpUdp => "pass_not_tcp_udp",
+            Reason::PassNoService => "pass_no_service",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassUnparsed => "pass_unparsed",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropNoReal => "drop_no_real",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] plain data without padding holes (bytemuck::Pod).
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceInfo {}
+    unsafe impl aya::Pod for super::RealServer {}
+    unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::DirectorConfig {}
+}

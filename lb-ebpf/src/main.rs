@@ -1,0 +1,68 @@
+//! The xdplb datapath: an XDP program that forwards packets for virtual services to real servers.
+//!
+//! One module per stage, in the order a packet goes through them:
+//! parse -> lookup (service) -> schedule (real server) -> forward (LVS/DR) -> stats.
+#![no_std]
+#![no_main]
+
+mod forward;
+mod lookup;
+mod parse;
+mod schedule;
+mod stats;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_PASS, XDP_TX},
+    macros::xdp,
+    programs::XdpContext,
+};
+use lb_common::Reason;
+
+use crate::parse::Parsed;
+
+#[xdp]
+pub fn xdplb(ctx: XdpContext) -> u32 {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let pkt = match parse::parse(&ctx) {
+        Parsed::Packet(p) => p,
+        Parsed::Pass(reason) => return stats::pass(reason, frame_len),
+    };
+    let Some(service) = lookup::service(&pkt) else {
+        return stats::pass(Reason::PassNoService, frame_len);
+    };
+    // Only now, with a service at stake, is a damaged packet worth a drop instead of a pass.
+    if !parse::is_whole(&ctx, &pkt) {
+        return stats::drop(Reason::DropMalformed, frame_len);
+    }
+    let Some((real_id, real)) = schedule::pick(service, &pkt) else {
+        return stats::drop(Reason::DropNoReal, frame_len);
+    };
+    if !forward::direct_route(&ctx, real) {
+        return stats::drop(Reason::DropNoReal, frame_len);
+    }
+    stats::forwarded(service.id, real_id, frame_len, parse::is_syn(&ctx, &pkt));
+    XDP_TX
+}
+
+/// Hands every frame to the kernel. A veth only delivers frames another XDP program sent into it
+/// with XDP_TX when its own end has an XDP program too; this is that program.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+/// Sends every frame back out unchanged: the "bare XDP_TX" baseline benchmarks compare against.
+#[xdp]
+pub fn xdp_tx(_ctx: XdpContext) -> u32 {
+    XDP_TX
+}
+
+#[cfg(all(not(test), target_arch = "bpf"))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,153 @@
+//! Parsing: Ethernet (with at most one 802.1Q tag), IPv4 with any header length, TCP/UDP ports.
+//! Every read is bounds-checked against `data_end`, which is also what the verifier demands.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{Reason, IPPROTO_TCP, IPPROTO_UDP};
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_8021Q: u16 = 0x8100;
+const IPV4_MIN_HLEN: usize = 20;
+const TCP_MIN_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+
+/// What the later stages need to know about an IPv4 TCP/UDP packet.
+pub struct Packet {
+    /// Offset of the IPv4 header in the frame.
+    pub l3_off: usize,
+    /// Offset of the TCP/UDP header in the frame.
+    pub l4_off: usize,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub proto: u8,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    /// IPv4 total length.
+    pub tot_len: u16,
+}
+
+pub enum Parsed {
+    Packet(Packet),
+    Pass(Reason),
+}
+
+/// A pointer to a `T` at `off` in the frame, if the frame is long enough to hold it.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    if start + off + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+#[inline(always)]
+fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
+    // SAFETY: ptr_at checked that the T lies inside the frame; the read is unaligned-safe.
+    ptr_at::<T>(ctx, off).map(|p| unsafe { p.read_unaligned() })
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Parsed {
+    match parse_inner(ctx) {
+        Ok(p) => Parsed::Packet(p),
+        Err(r) => Parsed::Pass(r),
+    }
+}
+
+#[inline(always)]
+fn parse_inner(ctx: &XdpContext) -> Result<Packet, Reason> {
+    let mut l3_off = ETH_HLEN;
+    let mut ethertype = be16(read(ctx, 12).ok_or(Reason::PassUnparsed)?);
+    if ethertype == ETH_P_8021Q {
+        ethertype = be16(read(ctx, ETH_HLEN + 2).ok_or(Reason::PassUnparsed)?);
+        l3_off += VLAN_HLEN;
+    }
+    if ethertype != ETH_P_IPV4 {
+        return Err(Reason::PassNotIpv4);
+    }
+    let ip: [u8; IPV4_MIN_HLEN] = read(ctx, l3_off).ok_or(Reason::PassUnparsed)?;
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    if ip[0] >> 4 != 4 || ihl < IPV4_MIN_HLEN {
+        return Err(Reason::PassUnparsed);
+    }
+    // Only the first fragment carries the ports; the rest cannot be matched to a service.
+    if be16([ip[6], ip[7]]) & 0x1fff != 0 {
+        return Err(Reason::PassFragment);
+    }
+    let proto = ip[9];
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Err(Reason::PassNotTcpUdp);
+    }
+    let l4_off = l3_off + ihl;
+    let ports: [u8; 4] = read(ctx, l4_off).ok_or(Reason::PassUnparsed)?;
+    Ok(Packet {
+        l3_off,
+        l4_off,
+        src: [ip[12], ip[13], ip[14], ip[15]],
+        dst: [ip[16], ip[17], ip[18], ip[19]],
+        proto,
+        dport: be16([ports[2], ports[3]]),
+        tot_len: be16([ip[2], ip[3]]),
+    })
+}
+
+/// Whether a packet for a service is complete and self-consistent, so forwarding it cannot hand a
+/// real server a damaged packet: the L4 header is all there, and the IPv4 total length covers the
+/// headers and fits in the frame (Ethernet padding after it is fine).
+#[inline(always)]
+pub fn is_whole(ctx: &XdpContext, pkt: &Packet) -> bool {
+    let l4_min = if pkt.proto == IPPROTO_TCP {
+        TCP_MIN_HLEN
+    } else {
+        UDP_HLEN
+    };
+    let frame_len = ctx.data_end() - ctx.data();
+    let ip_len = pkt.tot_len as usize;
+    if pkt.l4_off + l4_min > frame_len
+        || ip_len < pkt.l4_off - pkt.l3_off + l4_min
+        || pkt.l3_off + ip_len > frame_len
+    {
+        return false;
+    }
+    let l4_len = ip_len - (pkt.l4_off - pkt.l3_off);
+    if pkt.proto == IPPROTO_TCP {
+        let Some(off) = read::<u8>(ctx, pkt.l4_off + 12) else {
+            return false;
+        };
+        let doff = (off >> 4) as usize * 4;
+        doff >= TCP_MIN_HLEN && doff <= l4_len
+    } else {
+        let Some(len) = read::<[u8; 2]>(ctx, pkt.l4_off + 4) else {
+            return false;
+        };
+        let udp_len = be16(len) as usize;
+        udp_len >= UDP_HLEN && udp_len <= l4_len
+    }
+}
+
+impl Packet {
+    /// Source address in the 16-byte form the maps use.
+    #[inline(always)]
+    pub fn src_addr(&self) -> lb_common::Addr {
+        lb_common::addr_from_v4(self.src)
+    }
+}
+
+/// Whether the packet opens a TCP connection (SYN without ACK): what the `conns` counters count.
+#[inline(always)]
+pub fn is_syn(ctx: &XdpContext, pkt: &Packet) -> bool {
+    pkt.proto == IPPROTO_TCP
+        && read::<u8>(ctx, pkt.l4_off + 13)
+            .is_some_and(|f| f & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN)
+}

@@ -1,0 +1,333 @@
+//! The `xdplb` command line: ipvsadm's letters, each with a long name, turned into control
+//! requests. Parsing rejects malformed input before anything reaches the agent.
+
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+};
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    agent::{self, RunOptions},
+    control::{self, Listing, Request, Response, StatsView, DEFAULT_SOCKET},
+    datapath::AttachMode,
+    state::{Forward, Mac, Protocol, RealSpec, Scheduler, ServiceAddr, MAX_WEIGHT},
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xdplb",
+    version,
+    about = "XDP virtual server: LVS-style load balancing in the NIC driver"
+)]
+pub struct Cli {
+    /// The agent's control socket.
+    #[arg(long, global = true, env = "XDPLB_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach the director to an interface and serve the control socket until SIGINT/SIGTERM.
+    Run {
+        /// Interface that receives the traffic for the virtual services.
+        #[arg(long, short = 'i', value_name = "IF")]
+        iface: String,
+        /// XDP attach mode; auto falls back to generic when the driver has no native XDP.
+        #[arg(long, value_enum, default_value = "native")]
+        mode: AttachMode,
+    },
+    /// Add, edit or delete a virtual service (ipvsadm -A/-E/-D).
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
+    /// Add, edit or delete a real server of a service (ipvsadm -a/-e/-d).
+    Real {
+        #[command(subcommand)]
+        action: RealAction,
+    },
+    /// List services and real servers (ipvsadm -L).
+    List {
+        /// Numeric output (addresses are always shown numerically; accepted for ipvsadm habits).
+        #[arg(short = 'n', long)]
+        numeric: bool,
+        /// Show packet, byte and connection counters.
+        #[arg(long)]
+        stats: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which service: exactly one of -t / -u.
+#[derive(Args, Debug, Clone, Copy)]
+#[group(required = true, multiple = false)]
+pub struct ServiceArg {
+    /// TCP service VIP:PORT.
+    #[arg(short = 't', long = "tcp-service", value_name = "VIP:PORT", value_parser = parse_service)]
+    tcp: Option<SocketAddrV4>,
+    /// UDP service VIP:PORT.
+    #[arg(short = 'u', long = "udp-service", value_name = "VIP:PORT", value_parser = parse_service)]
+    udp: Option<SocketAddrV4>,
+}
+
+impl ServiceArg {
+    fn addr(&self) -> ServiceAddr {
+        let (protocol, sa) = match (self.tcp, self.udp) {
+            (Some(t), _) => (Protocol::Tcp, t),
+            (None, Some(u)) => (Protocol::Udp, u),
+            (None, None) => unreachable!("clap requires -t or -u"),
+        };
+        ServiceAddr {
+            protocol,
+            vip: *sa.ip(),
+            port: sa.port(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceAction {
+    /// Add a virtual service.
+    Add {
+        #[command(flatten)]
+        service: ServiceArg,
+        /// Scheduler.
+        #[arg(short = 's', long, value_enum, default_value = "sh")]
+        scheduler: Scheduler,
+    },
+    /// Change a virtual service's scheduler.
+    Edit {
+        #[command(flatten)]
+        service: ServiceArg,
+        #[arg(short = 's', long, value_enum, default_value = "sh")]
+        scheduler: Scheduler,
+    },
+    /// Delete a virtual service and its real servers.
+    Del {
+        #[command(flatten)]
+        service: ServiceArg,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RealArgs {
+    #[command(flatten)]
+    service: ServiceArg,
+    /// Real server RIP or RIP:PORT (the port must be the service's: DR does not rewrite it).
+    #[arg(short = 'r', long = "real-server", value_name = "RIP[:PORT]", value_parser = parse_real)]
+    real: (Ipv4Addr, Option<u16>),
+    /// Direct routing (LVS/DR): the default and, for now, only forwarding method.
+    #[arg(short = 'g', long = "gatewaying")]
+    gatewaying: bool,
+    /// Weight, 0..=65535 (0: no new clients).
+    #[arg(short = 'w', long, value_parser = parse_weight)]
+    weight: Option<u32>,
+    /// The real server's MAC address, instead of asking the neighbour table.
+    #[arg(long, value_name = "MAC")]
+    mac: Option<Mac>,
+}
+
+impl RealArgs {
+    fn spec(&self) -> RealSpec {
+        RealSpec {
+            addr: Some(self.real.0),
+            port: self.real.1,
+            weight: self.weight,
+            forward: self.gatewaying.then_some(Forward::Route),
+            mac: self.mac,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RealAction {
+    /// Add a real server to a service (weight 1 unless -w).
+    Add(RealArgs),
+    /// Change a real server's weight or MAC address.
+    Edit(RealArgs),
+    /// Remove a real server from a service.
+    Del {
+        #[command(flatten)]
+        service: ServiceArg,
+        #[arg(short = 'r', long = "real-server", value_name = "RIP[:PORT]", value_parser = parse_real)]
+        real: (Ipv4Addr, Option<u16>),
+    },
+}
+
+fn parse_ip(s: &str) -> Result<Ipv4Addr, String> {
+    s.parse()
+        .map_err(|_| format!("'{s}' is not an IPv4 address"))
+}
+
+fn parse_port(s: &str, what: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(0) => Err(format!("port 0 is not a valid {what} port")),
+        Ok(p) => Ok(p),
+        Err(_) => Err(format!("'{s}' is not a port number (1..=65535)")),
+    }
+}
+
+fn parse_service(s: &str) -> Result<SocketAddrV4, String> {
+    let Some((ip, port)) = s.rsplit_once(':') else {
+        return Err(format!("expected VIP:PORT, e.g. 10.0.0.100:80"));
+    };
+    Ok(SocketAddrV4::new(
+        parse_ip(ip)?,
+        parse_port(port, "service")?,
+    ))
+}
+
+fn parse_real(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
+    match s.rsplit_once(':') {
+        Some((ip, port)) => Ok((parse_ip(ip)?, Some(parse_port(port, "real server")?))),
+        None => Ok((parse_ip(s)?, None)),
+    }
+}
+
+fn parse_weight(s: &str) -> Result<u32, String> {
+    match s.parse::<u64>() {
+        Ok(w) if w <= MAX_WEIGHT as u64 => Ok(w as u32),
+        Ok(w) => Err(format!("weight {w} is out of range 0..={MAX_WEIGHT}")),
+        Err(_) => Err(format!("'{s}' is not a weight (0..={MAX_WEIGHT})")),
+    }
+}
+
+/// Runs a parsed command line.
+pub fn execute(cli: Cli) -> Result<()> {
+    let request = match cli.command {
+        Command::Run { iface, mode } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            return rt.block_on(agent::run(RunOptions {
+                iface,
+                mode,
+                socket: cli.socket,
+            }));
+        }
+        Command::Service { action } => match action {
+            ServiceAction::Add { service, scheduler } => Request::AddService {
+                service: service.addr(),
+                scheduler,
+            },
+            ServiceAction::Edit { service, scheduler } => Request::EditService {
+                service: service.addr(),
+                scheduler,
+            },
+            ServiceAction::Del { service } => Request::DelService {
+                service: service.addr(),
+            },
+        },
+        Command::Real { action } => match action {
+            RealAction::Add(a) => Request::AddReal {
+                service: a.service.addr(),
+                real: a.spec(),
+            },
+            RealAction::Edit(a) => Request::EditReal {
+                service: a.service.addr(),
+                real: a.spec(),
+            },
+            RealAction::Del { service, real } => {
+                let service = service.addr();
+                if let Some(p) = real.1.filter(|p| *p != service.port) {
+                    bail!("no such real server {}:{p} in service {service}", real.0);
+                }
+                Request::DelReal {
+                    service,
+                    addr: real.0,
+                }
+            }
+        },
+        Command::List {
+            numeric: _,
+            stats,
+            json,
+        } => {
+            let Response::Listing(listing) = control::request(&cli.socket, &Request::List)? else {
+                bail!("the agent answered a list request with something else");
+            };
+            let listing = if stats {
+                listing
+            } else {
+                listing.without_stats()
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+            } else {
+                print!("{}", format_listing(&listing));
+            }
+            return Ok(());
+        }
+    };
+    control::request(&cli.socket, &request)?;
+    Ok(())
+}
+
+fn stats_columns(s: &StatsView) -> String {
+    format!("{:>10} {:>12} {:>14}", s.conns, s.packets, s.bytes)
+}
+
+/// The table `xdplb list` prints, laid out like `ipvsadm -L -n` (with `--stats`, like
+/// `ipvsadm -L -n --stats`; DR replies bypass the director, so only inbound counters exist).
+pub fn format_listing(l: &Listing) -> String {
+    let stats = l.services.iter().any(|s| s.stats.is_some());
+    let mut out = String::new();
+    let mode = format!("{:?}", l.mode).to_lowercase();
+    let _ = writeln!(
+        out,
+        "xdplb {} on {} ({mode} XDP)",
+        env!("CARGO_PKG_VERSION"),
+        l.interface
+    );
+    if stats {
+        let _ = writeln!(
+            out,
+            "Prot LocalAddress:Port                  Conns       InPkts        InBytes"
+        );
+        let _ = writeln!(out, "  -> RemoteAddress:Port");
+    } else {
+        let _ = writeln!(out, "Prot LocalAddress:Port Scheduler");
+        let _ = writeln!(out, "  -> RemoteAddress:Port           Forward Weight MAC");
+    }
+    for s in &l.services {
+        let proto = match s.protocol {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        };
+        match &s.stats {
+            Some(st) => {
+                let _ = writeln!(out, "{proto:<4} {:<28} {}", s.address, stats_columns(st));
+            }
+            None => {
+                let _ = writeln!(out, "{proto:<4} {} {}", s.address, s.scheduler);
+            }
+        }
+        for r in &s.reals {
+            match &r.stats {
+                Some(st) => {
+                    let _ = writeln!(out, "  -> {:<28} {}", r.address, stats_columns(st));
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "  -> {:<28} {:<7} {:<6} {}",
+                        r.address, r.forward, r.weight, r.mac
+                    );
+                }
+            }
+        }
+    }
+    if stats && !l.reasons.is_empty() {
+        let _ = writeln!(out, "Passed to the kernel / dropped (packets):");
+        for (reason, n) in &l.reasons {
+            let _ = writeln!(out, "  {reason:<20} {n:>12}");
+        }
+    }
+    out
+}

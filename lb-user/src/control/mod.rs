@@ -1,0 +1,54 @@
+//! The control protocol between the CLI and the agent: one JSON request per connection on a
+//! root-only Unix socket, answered by one JSON response.
+
+mod client;
+mod listing;
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+pub use client::request;
+pub use listing::{Listing, RealView, ServiceView, StatsView};
+
+use crate::state::{RealSpec, Scheduler, ServiceAddr};
+
+/// Where `xdplb run` listens and the CLI connects unless `--socket` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/xdplb/xdplb.sock";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    AddService {
+        service: ServiceAddr,
+        scheduler: Scheduler,
+    },
+    EditService {
+        service: ServiceAddr,
+        scheduler: Scheduler,
+    },
+    DelService {
+        service: ServiceAddr,
+    },
+    AddReal {
+        service: ServiceAddr,
+        real: RealSpec,
+    },
+    EditReal {
+        service: ServiceAddr,
+        real: RealSpec,
+    },
+    DelReal {
+        service: ServiceAddr,
+        addr: Ipv4Addr,
+    },
+    List,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Ok,
+    Error { message: String },
+    Listing(Listing),
+}

@@ -1,0 +1,139 @@
+//! Typed access to the datapath's maps. [`MapWriter`] is the narrow interface the agent's state
+//! writes through, so the policy layer can be tested without root against an in-memory fake.
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
+    util::nr_cpus,
+    Ebpf,
+};
+pub use lb_common::Counters;
+use lb_common::{
+    map_names, sched::table_index, DirectorConfig, RealServer, Reason, ServiceInfo, ServiceKey,
+    REASON_COUNT,
+};
+
+/// What the agent needs from the datapath's maps.
+pub trait MapWriter: Send + Sync {
+    fn set_config(&mut self, config: &DirectorConfig) -> Result<()>;
+    fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<()>;
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
+    /// Writes `(slot, real id)` pairs into a service's lookup table.
+    fn set_slots(&mut self, service_id: u32, slots: &[(u32, u32)]) -> Result<()>;
+    fn set_real(&mut self, id: u32, real: &RealServer) -> Result<()>;
+    fn counters(&self) -> Result<DatapathCounters>;
+    /// Zeroes the counters of a service id and of real server ids (before they are reused).
+    fn reset_counters(&mut self, services: &[u32], reals: &[u32]) -> Result<()>;
+}
+
+/// Counters summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DatapathCounters {
+    pub services: Vec<Counters>,
+    pub reals: Vec<Counters>,
+    pub reasons: Vec<(Reason, Counters)>,
+}
+
+/// The real maps of a loaded object.
+pub struct Maps {
+    services: HashMap<MapData, ServiceKey, ServiceInfo>,
+    table: Array<MapData, u32>,
+    reals: Array<MapData, RealServer>,
+    config: Array<MapData, DirectorConfig>,
+    service_stats: PerCpuArray<MapData, Counters>,
+    real_stats: PerCpuArray<MapData, Counters>,
+    reasons: PerCpuArray<MapData, Counters>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("the XDP object has no map {name}"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+fn sum(values: PerCpuValues<Counters>) -> Counters {
+    let mut total = Counters::default();
+    for v in values.iter() {
+        total.add(v);
+    }
+    total
+}
+
+fn zero_per_cpu(map: &mut PerCpuArray<MapData, Counters>, index: u32) -> Result<()> {
+    let cpus = nr_cpus().map_err(|(_, e)| e)?;
+    let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
+    map.set(index, zeros, 0)?;
+    Ok(())
+}
+
+fn read_all(map: &PerCpuArray<MapData, Counters>) -> Result<Vec<Counters>> {
+    map.iter().map(|v| Ok(sum(v?))).collect()
+}
+
+impl Maps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            services: take(ebpf, map_names::SERVICES)?,
+            table: take(ebpf, map_names::SCHED_TABLE)?,
+            reals: take(ebpf, map_names::REALS)?,
+            config: take(ebpf, map_names::CONFIG)?,
+            service_stats: take(ebpf, map_names::SERVICE_STATS)?,
+            real_stats: take(ebpf, map_names::REAL_STATS)?,
+            reasons: take(ebpf, map_names::REASONS)?,
+        })
+    }
+
+    /// One lookup-table slot as the datapath sees it.
+    pub fn slot(&self, service_id: u32, slot: u32) -> Result<u32> {
+        Ok(self.table.get(&table_index(service_id, slot), 0)?)
+    }
+}
+
+impl MapWriter for Maps {
+    fn set_config(&mut self, config: &DirectorConfig) -> Result<()> {
+        Ok(self.config.set(0, config, 0)?)
+    }
+
+    fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<()> {
+        Ok(self.services.insert(key, info, 0)?)
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        Ok(self.services.remove(key)?)
+    }
+
+    fn set_slots(&mut self, service_id: u32, slots: &[(u32, u32)]) -> Result<()> {
+        for &(slot, real) in slots {
+            self.table.set(table_index(service_id, slot), real, 0)?;
+        }
+        Ok(())
+    }
+
+    fn set_real(&mut self, id: u32, real: &RealServer) -> Result<()> {
+        Ok(self.reals.set(id, real, 0)?)
+    }
+
+    fn counters(&self) -> Result<DatapathCounters> {
+        let reasons = read_all(&self.reasons)?;
+        debug_assert_eq!(reasons.len(), REASON_COUNT as usize);
+        Ok(DatapathCounters {
+            services: read_all(&self.service_stats)?,
+            reals: read_all(&self.real_stats)?,
+            reasons: Reason::ALL.iter().copied().zip(reasons).collect(),
+        })
+    }
+
+    fn reset_counters(&mut self, services: &[u32], reals: &[u32]) -> Result<()> {
+        for &s in services {
+            zero_per_cpu(&mut self.service_stats, s)?;
+        }
+        for &r in reals {
+            zero_per_cpu(&mut self.real_stats, r)?;
+        }
+        Ok(())
+    }
+}

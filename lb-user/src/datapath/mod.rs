@@ -1,0 +1,117 @@
+//! The adapter between user space and the kernel: loads the XDP object, attaches it, and reads and
+//! writes its maps. It knows nothing of services or weights; the agent's state decides what to write.
+
+mod maps;
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    Ebpf,
+};
+use lb_common::program_names;
+
+pub use maps::{Counters, DatapathCounters, MapWriter, Maps};
+
+/// The compiled datapath, embedded so the `xdplb` binary is all a director needs.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
+
+/// How the program is attached; `Auto` tries native and falls back to generic.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    Native,
+    Generic,
+    Auto,
+}
+
+/// The loaded object: its programs and maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+}
+
+impl Datapath {
+    /// Loads the object and the named program into the kernel, without attaching anything.
+    pub fn load(program: &str) -> Result<Self> {
+        let mut ebpf = Ebpf::load(OBJECT).context("cannot load the XDP object into the kernel")?;
+        xdp(&mut ebpf, program)?
+            .load()
+            .with_context(|| format!("the kernel rejected the XDP program '{program}'"))?;
+        Ok(Self { ebpf })
+    }
+
+    /// Loads the director's program.
+    pub fn load_lb() -> Result<Self> {
+        Self::load(program_names::LB)
+    }
+
+    pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
+        xdp(&mut self.ebpf, name)
+    }
+
+    /// Attaches the director's program to an interface; returns the mode it ended up in.
+    pub fn attach(&mut self, ifindex: u32, mode: AttachMode) -> Result<(XdpLinkId, AttachMode)> {
+        let prog = self.program(program_names::LB)?;
+        let attach = |p: &mut Xdp, m: XdpMode| p.attach_to_if_index(ifindex, m);
+        match mode {
+            AttachMode::Native => Ok((
+                attach(prog, XdpMode::Driver).map_err(attach_error("native"))?,
+                mode,
+            )),
+            AttachMode::Generic => Ok((
+                attach(prog, XdpMode::Skb).map_err(attach_error("generic"))?,
+                mode,
+            )),
+            AttachMode::Auto => match attach(prog, XdpMode::Driver) {
+                Ok(id) => Ok((id, AttachMode::Native)),
+                Err(_) => Ok((
+                    attach(prog, XdpMode::Skb).map_err(attach_error("generic"))?,
+                    AttachMode::Generic,
+                )),
+            },
+        }
+    }
+
+    /// The maps, for the map writer; the Datapath keeps owning the programs.
+    pub fn maps(&mut self) -> Result<Maps> {
+        Maps::take(&mut self.ebpf)
+    }
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("the XDP object has no program '{name}'"))?
+        .try_into()
+        .map_err(|e: ProgramError| anyhow!("'{name}' is not an XDP program: {e}"))
+}
+
+fn attach_error(mode: &'static str) -> impl Fn(ProgramError) -> anyhow::Error {
+    move |e| {
+        let detail = match &e {
+            ProgramError::SyscallError(s) => s.io_error.to_string(),
+            other => other.to_string(),
+        };
+        anyhow!("cannot attach in {mode} XDP mode: {detail} (is another XDP program attached? does the driver support {mode} XDP? try --mode auto)")
+    }
+}
+
+/// A program that passes every frame, attached in native mode to an interface of the calling
+/// thread's network namespace until dropped. A veth delivers frames that XDP_TX sent into it only
+/// when its own end runs an XDP program; tests and the demo put this one on the director's peer.
+pub struct XdpPass {
+    _datapath: Datapath,
+}
+
+impl XdpPass {
+    pub fn attach(ifindex: u32) -> Result<Self> {
+        let mut datapath = Datapath::load(program_names::PASS)?;
+        datapath
+            .program(program_names::PASS)?
+            .attach_to_if_index(ifindex, XdpMode::Driver)
+            .map_err(attach_error("native"))?;
+        Ok(Self {
+            _datapath: datapath,
+        })
+    }
+}

@@ -1,0 +1,11 @@
+//! xdplb user space: the agent that owns the datapath and the CLI that drives it.
+//!
+//! Data flows one way: CLI (or, later, a config file) -> agent [`state`] -> tables built by
+//! lb-common -> [`datapath`] map writer -> the XDP program.
+
+pub mod agent;
+pub mod cli;
+pub mod control;
+pub mod datapath;
+pub mod net;
+pub mod state;

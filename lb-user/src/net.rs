@@ -1,0 +1,328 @@
+//! Netlink queries the agent needs for LVS direct routing: which interface it works on, and the MAC
+//! address of each real server on that interface (DR frames are rewritten to that MAC and sent
+//! straight to it, so the real server must be a neighbour, not something behind a router).
+//!
+//! Every call opens its own rtnetlink socket, in the network namespace of the calling thread.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteType, RouteVia,
+};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::Handle;
+
+/// A network interface of the director.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub index: u32,
+    pub name: String,
+    pub mac: [u8; 6],
+}
+
+/// How often the neighbour table is read while ARP is in flight, and for how long.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Neighbour states whose link-layer address the kernel itself would transmit to (its NUD_VALID).
+const NUD_USABLE: u16 = 0x02 /* REACHABLE */
+    | 0x04 /* STALE */
+    | 0x08 /* DELAY */
+    | 0x10 /* PROBE */
+    | 0x40 /* NOARP */
+    | 0x80 /* PERMANENT */;
+
+/// Looks up an interface by name in the current network namespace. Error: "unknown interface 'NAME'".
+pub async fn interface(name: &str) -> Result<Interface> {
+    // The kernel answers EINVAL rather than ENODEV for names it could never hold; same thing to a user.
+    if name.is_empty()
+        || name.len() >= libc::IFNAMSIZ
+        || name.contains(['/', '\0'])
+        || name.contains(char::is_whitespace)
+    {
+        bail!("unknown interface '{name}'");
+    }
+    let nl = Netlink::open()?;
+    let link = match nl
+        .handle
+        .link()
+        .get()
+        .match_name(name)
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(Some(link)) => link,
+        Ok(None) => bail!("unknown interface '{name}'"),
+        Err(e) if matches!(errno(&e), Some(libc::ENODEV | libc::EINVAL)) => {
+            bail!("unknown interface '{name}'")
+        }
+        Err(e) => bail!("cannot look up interface '{name}': {}", reason(&e)),
+    };
+    let mut iface = Interface {
+        index: link.header.index,
+        name: name.to_owned(),
+        mac: [0; 6],
+    };
+    let mut mac = None;
+    for attr in link.attributes {
+        match attr {
+            // Canonical name, in case `name` was an alternative name.
+            LinkAttribute::IfName(n) => iface.name = n,
+            LinkAttribute::Address(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+            _ => {}
+        }
+    }
+    iface.mac = mac.ok_or_else(|| anyhow!("interface '{name}' has no Ethernet MAC address"))?;
+    Ok(iface)
+}
+
+/// The MAC of real server `rip` as seen from interface `iface`, for LVS/DR (frames go straight to it).
+///
+/// The route to `rip` must leave through `iface` without a gateway. The neighbour table is consulted
+/// first; if it has no usable entry the kernel is asked to resolve the address (ARP) and the table is
+/// polled for up to 3 s.
+pub async fn resolve_real_mac(iface: &Interface, rip: Ipv4Addr) -> Result<[u8; 6]> {
+    let nl = Netlink::open()?;
+    check_on_link(&nl, iface, rip).await?;
+
+    if let Some(entry) = nl.neighbour(iface.index, rip).await? {
+        if let Some(mac) = usable_mac(&entry) {
+            return Ok(mac);
+        }
+    }
+
+    start_resolution(&nl, iface, rip).await?;
+    let deadline = tokio::time::Instant::now() + RESOLVE_TIMEOUT;
+    loop {
+        tokio::time::sleep(POLL_INTERVAL).await;
+        if let Some(entry) = nl.neighbour(iface.index, rip).await? {
+            if let Some(mac) = usable_mac(&entry) {
+                return Ok(mac);
+            }
+            // Resolution was (re)started above, so FAILED now means the kernel gave up on this round.
+            if entry.header.state == NeighbourState::Failed {
+                break;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+    }
+    bail!(
+        "cannot resolve the MAC address of real server {rip} on {} (no ARP reply); give it with --mac",
+        iface.name
+    )
+}
+
+/// Like `ip route get RIP`: DR only works if the real server is reachable on `iface` without a router.
+async fn check_on_link(nl: &Netlink, iface: &Interface, rip: Ipv4Addr) -> Result<()> {
+    let mut query = RouteMessage::default();
+    query.header.address_family = AddressFamily::Inet;
+    query.header.destination_prefix_length = 32;
+    query
+        .attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(rip)));
+    // No RTA_OIF in the query: with one, the kernel assumes on-link when no route matches.
+    let route = match nl.handle.route().get(query).execute().try_next().await {
+        Ok(Some(route)) => route,
+        Ok(None) => bail!("no route to real server {rip}"),
+        Err(e) if matches!(errno(&e), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => {
+            bail!("no route to real server {rip}")
+        }
+        // Blackhole (EINVAL) and prohibit (EACCES) routes, among others.
+        Err(e) => bail!(
+            "no route to real server {rip} (route lookup: {})",
+            reason(&e)
+        ),
+    };
+
+    match route.header.kind {
+        RouteType::Unicast => {}
+        RouteType::Local => bail!("real server {rip} is an address of this director"),
+        RouteType::Broadcast => bail!("real server {rip} is a broadcast address"),
+        RouteType::Multicast => bail!("real server {rip} is a multicast address"),
+        _ => bail!("no route to real server {rip}"),
+    }
+
+    let mut oif = None;
+    let mut gateway = None;
+    for attr in &route.attributes {
+        match attr {
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(IpAddr::V4(*g)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g))
+            | RouteAttribute::Via(RouteVia::Inet6(g)) => gateway = Some(IpAddr::V6(*g)),
+            RouteAttribute::Via(RouteVia::Inet(g)) => gateway = Some(IpAddr::V4(*g)),
+            _ => {}
+        }
+    }
+    let gateway = gateway.filter(|g| *g != IpAddr::V4(rip));
+    let other_if = match oif {
+        Some(i) if i == iface.index => None,
+        Some(i) => Some(nl.link_name(i).await),
+        None => Some("an unknown interface".to_owned()),
+    };
+    let detail = match (gateway, other_if) {
+        (None, None) => return Ok(()),
+        (Some(g), None) => format!("routed via {g}"),
+        (None, Some(i)) => format!("reached through interface {i}"),
+        (Some(g), Some(i)) => format!("routed via {g} through interface {i}"),
+    };
+    bail!(
+        "real server {rip} is not on-link on {} ({detail}); direct routing needs the real server on the director's LAN",
+        iface.name
+    )
+}
+
+/// Starts ARP for `rip` on `iface`, as the kernel does for any next hop it must transmit to.
+async fn start_resolution(nl: &Netlink, iface: &Interface, rip: Ipv4Addr) -> Result<()> {
+    // RTM_NEWNEIGH with NTF_USE: neigh_add() creates the entry if needed and calls neigh_event_send(),
+    // which sends the ARP request, without touching an entry's address or state otherwise.
+    let by_netlink = nl
+        .handle
+        .neighbours()
+        .add(iface.index, IpAddr::V4(rip))
+        .replace()
+        .state(NeighbourState::None)
+        .flags(NeighbourFlags::Use)
+        .execute()
+        .await;
+    let Err(nl_err) = by_netlink else {
+        return Ok(());
+    };
+    // Kernels or sandboxes that refuse it: a datagram towards the real server makes the kernel resolve
+    // it too (port 9 is discard; the datagram itself is irrelevant).
+    match poke_udp(iface, rip).await {
+        Ok(()) => Ok(()),
+        Err(e) => bail!(
+            "cannot start ARP resolution of real server {rip} on {} (netlink: {}; UDP: {e}); give its MAC with --mac",
+            iface.name,
+            reason(&nl_err)
+        ),
+    }
+}
+
+async fn poke_udp(iface: &Interface, rip: Ipv4Addr) -> io::Result<()> {
+    let sock = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+    sock.bind_device(Some(iface.name.as_bytes()))?;
+    sock.send_to(&[], (rip, 9)).await?;
+    Ok(())
+}
+
+/// The entry's MAC if the kernel itself would use it.
+fn usable_mac(entry: &NeighbourMessage) -> Option<[u8; 6]> {
+    if u16::from(entry.header.state) & NUD_USABLE == 0 {
+        return None;
+    }
+    entry.attributes.iter().find_map(|attr| match attr {
+        NeighbourAttribute::LinkLayerAddress(a) => <[u8; 6]>::try_from(a.as_slice())
+            .ok()
+            .filter(|mac| *mac != [0; 6]),
+        _ => None,
+    })
+}
+
+/// An rtnetlink connection whose background task ends with it.
+struct Netlink {
+    handle: Handle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Netlink {
+    fn open() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| anyhow!("cannot open a netlink socket: {e}"))?;
+        Ok(Netlink {
+            handle,
+            task: tokio::spawn(conn),
+        })
+    }
+
+    /// The neighbour entry for (`ifindex`, `ip`), if any: a single RTM_GETNEIGH, not a table dump.
+    async fn neighbour(&self, ifindex: u32, ip: Ipv4Addr) -> Result<Option<NeighbourMessage>> {
+        let mut query = NeighbourMessage::default();
+        query.header.family = AddressFamily::Inet;
+        query.header.ifindex = ifindex;
+        query
+            .attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(query));
+        req.header.flags = NLM_F_REQUEST;
+        let mut replies = self.request(req)?;
+        while let Some(reply) = replies.next().await {
+            match reply.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(entry)) => {
+                    return Ok(Some(entry))
+                }
+                NetlinkPayload::Error(e) if -e.raw_code() == libc::ENOENT => return Ok(None),
+                NetlinkPayload::Error(e) => {
+                    bail!("cannot read the neighbour table entry of {ip}: {e}")
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    fn request(
+        &self,
+        req: NetlinkMessage<RouteNetlinkMessage>,
+    ) -> Result<impl Stream<Item = NetlinkMessage<RouteNetlinkMessage>>> {
+        self.handle
+            .clone()
+            .request(req)
+            .map_err(|e| anyhow!("netlink request failed: {}", reason(&e)))
+    }
+
+    /// A name to show for interface `index`; falls back to the number.
+    async fn link_name(&self, index: u32) -> String {
+        let link = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_next()
+            .await;
+        link.ok()
+            .flatten()
+            .and_then(|l| {
+                l.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n),
+                    _ => None,
+                })
+            })
+            .unwrap_or_else(|| format!("#{index}"))
+    }
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+/// One line describing a netlink failure (the kernel's errno text where there is one).
+fn reason(e: &rtnetlink::Error) -> String {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,260 @@
+//! The policy layer without root: state transitions and what they write, against a fake datapath.
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use anyhow::{bail, Result};
+use lb_common::{sched::NO_REAL, DirectorConfig, RealServer, ServiceInfo, ServiceKey};
+
+use super::*;
+use crate::datapath::{DatapathCounters, MapWriter};
+
+/// An in-memory datapath that records the order of writes and can fail on the n-th one.
+#[derive(Default)]
+struct FakeMaps {
+    services: HashMap<ServiceKey, ServiceInfo>,
+    slots: HashMap<(u32, u32), u32>,
+    reals: HashMap<u32, RealServer>,
+    log: Vec<String>,
+    fail_at: Option<usize>,
+}
+
+impl FakeMaps {
+    fn write(&mut self, what: String) -> Result<()> {
+        if self.fail_at == Some(self.log.len()) {
+            self.fail_at = None;
+            bail!("injected failure at {what}");
+        }
+        self.log.push(what);
+        Ok(())
+    }
+
+    /// What the datapath would do for a client: the real server id its slot leads to.
+    fn pick(&self, svc: &ServiceAddr, client: Ipv4Addr) -> Option<u32> {
+        let info = self.services.get(&svc.key())?;
+        let slot = lb_common::sched::sh_slot(&lb_common::addr_from_v4(client.octets()));
+        let id = *self.slots.get(&(info.id, slot))?;
+        self.reals.get(&id).filter(|r| r.flags != 0).map(|_| id)
+    }
+}
+
+impl MapWriter for FakeMaps {
+    fn set_config(&mut self, _: &DirectorConfig) -> Result<()> {
+        self.write("config".into())
+    }
+    fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<()> {
+        self.write(format!("service+ {}", info.id))?;
+        self.services.insert(*key, *info);
+        Ok(())
+    }
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        self.write("service-".into())?;
+        self.services.remove(key);
+        Ok(())
+    }
+    fn set_slots(&mut self, service_id: u32, slots: &[(u32, u32)]) -> Result<()> {
+        self.write(format!("slots {service_id} x{}", slots.len()))?;
+        for &(s, r) in slots {
+            self.slots.insert((service_id, s), r);
+        }
+        Ok(())
+    }
+    fn set_real(&mut self, id: u32, real: &RealServer) -> Result<()> {
+        self.write(format!("real {id} {}", real.flags))?;
+        self.reals.insert(id, *real);
+        Ok(())
+    }
+    fn counters(&self) -> Result<DatapathCounters> {
+        Ok(DatapathCounters::default())
+    }
+    fn reset_counters(&mut self, _: &[u32], _: &[u32]) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn tcp(vip: [u8; 4], port: u16) -> ServiceAddr {
+    ServiceAddr {
+        protocol: Protocol::Tcp,
+        vip: vip.into(),
+        port,
+    }
+}
+
+fn real(addr: [u8; 4], weight: u32) -> RealSpec {
+    RealSpec {
+        addr: Some(addr.into()),
+        weight: Some(weight),
+        mac: Some(Mac([2, 0, 0, 0, 0, addr[3]])),
+        ..Default::default()
+    }
+}
+
+fn three_reals() -> (State, ServiceAddr) {
+    let svc = tcp([10, 0, 0, 100], 80);
+    let mut s = State::default().add_service(svc, Scheduler::Sh).unwrap();
+    for i in 11..=13 {
+        s = s.add_real(svc, &real([10, 0, 0, i], 1)).unwrap();
+    }
+    (s, svc)
+}
+
+#[test]
+fn bad_changes_are_rejected_with_one_line_and_change_nothing() {
+    let (s, svc) = three_reals();
+    let before = s.clone();
+    let errors = [
+        s.add_service(svc, Scheduler::Sh).unwrap_err(),
+        s.add_service(tcp([10, 0, 0, 1], 0), Scheduler::Sh)
+            .unwrap_err(),
+        s.add_real(svc, &real([10, 0, 0, 11], 1)).unwrap_err(),
+        s.add_real(svc, &real([10, 0, 0, 20], 65536)).unwrap_err(),
+        s.add_real(tcp([10, 0, 0, 9], 80), &real([10, 0, 0, 20], 1))
+            .unwrap_err(),
+        s.add_real(
+            svc,
+            &RealSpec {
+                port: Some(8080),
+                ..real([10, 0, 0, 20], 1)
+            },
+        )
+        .unwrap_err(),
+        s.edit_real(svc, &real([10, 0, 0, 99], 1)).unwrap_err(),
+        s.del_real(svc, [10, 0, 0, 99].into()).unwrap_err(),
+        s.del_service(tcp([10, 0, 0, 100], 81)).unwrap_err(),
+    ];
+    for e in errors {
+        let msg = format!("{e:#}");
+        assert!(!msg.contains('\n') && !msg.is_empty(), "{msg}");
+    }
+    assert_eq!(s, before);
+}
+
+#[test]
+fn messages_name_the_problem() {
+    let (s, svc) = three_reals();
+    let msg = |e: anyhow::Error| format!("{e:#}");
+    assert_eq!(
+        msg(s.add_service(svc, Scheduler::Sh).unwrap_err()),
+        "service TCP 10.0.0.100:80 already exists"
+    );
+    assert_eq!(
+        msg(s.add_real(svc, &real([10, 0, 0, 20], 70000)).unwrap_err()),
+        "weight 70000 is out of range 0..=65535"
+    );
+    assert_eq!(
+        msg(s.del_real(svc, [10, 0, 0, 99].into()).unwrap_err()),
+        "no such real server 10.0.0.99 in service TCP 10.0.0.100:80"
+    );
+    assert_eq!(
+        msg(s.del_service(tcp([10, 0, 0, 7], 80)).unwrap_err()),
+        "no such service: TCP 10.0.0.7:80"
+    );
+}
+
+#[test]
+fn new_service_is_written_table_first_and_fully() {
+    let (s, svc) = three_reals();
+    let mut maps = FakeMaps::default();
+    apply(&mut maps, &State::default(), &s).unwrap();
+    let service_at = maps
+        .log
+        .iter()
+        .position(|l| l.starts_with("service+"))
+        .unwrap();
+    let slots_at = maps
+        .log
+        .iter()
+        .position(|l| l.starts_with("slots"))
+        .unwrap();
+    assert!(slots_at < service_at, "{:?}", maps.log);
+    assert!(
+        maps.log
+            .iter()
+            .take(slots_at)
+            .filter(|l| l.starts_with("real"))
+            .count()
+            == 3
+    );
+    assert_eq!(maps.slots.len(), s.service(&svc).unwrap().table.len());
+    // The fake datapath picks what the state predicts, for every client.
+    for i in 0..=255u8 {
+        let client = Ipv4Addr::new(192, 168, 7, i);
+        assert_eq!(
+            maps.pick(&svc, client),
+            s.service(&svc).unwrap().pick(client).map(|r| r.id)
+        );
+    }
+}
+
+#[test]
+fn deleting_a_real_moves_only_its_clients() {
+    let (s, svc) = three_reals();
+    let mut maps = FakeMaps::default();
+    apply(&mut maps, &State::default(), &s).unwrap();
+    let gone = s
+        .service(&svc)
+        .unwrap()
+        .real([10, 0, 0, 12].into())
+        .unwrap()
+        .id;
+    let next = s.del_real(svc, [10, 0, 0, 12].into()).unwrap();
+    apply(&mut maps, &s, &next).unwrap();
+    for i in 0..=255u8 {
+        let client = Ipv4Addr::new(172, 16, 0, i);
+        let before = s.service(&svc).unwrap().pick(client).unwrap().id;
+        let after = maps.pick(&svc, client).unwrap();
+        if before != gone {
+            assert_eq!(before, after, "client {client} moved");
+        } else {
+            assert_ne!(after, gone);
+        }
+    }
+    assert_eq!(maps.reals[&gone].flags, 0, "deleted real is deactivated");
+}
+
+#[test]
+fn deleting_a_service_removes_its_entry_first() {
+    let (s, svc) = three_reals();
+    let mut maps = FakeMaps::default();
+    apply(&mut maps, &State::default(), &s).unwrap();
+    maps.log.clear();
+    let next = s.del_service(svc).unwrap();
+    apply(&mut maps, &s, &next).unwrap();
+    assert_eq!(maps.log[0], "service-");
+    assert!(maps.services.is_empty());
+    assert!(maps.slots.values().all(|&r| r == NO_REAL));
+}
+
+#[test]
+fn a_failed_write_restores_the_old_datapath() {
+    let (s, svc) = three_reals();
+    let mut maps = FakeMaps::default();
+    apply(&mut maps, &State::default(), &s).unwrap();
+    let slots = maps.slots.clone();
+    let next = s.del_real(svc, [10, 0, 0, 11].into()).unwrap();
+    maps.fail_at = Some(maps.log.len() + 1);
+    assert!(apply(&mut maps, &s, &next).is_err());
+    assert!(maps.slots == slots, "the table was not restored");
+    assert!(maps.reals.values().all(|r| r.flags != 0));
+}
+
+#[test]
+fn weight_zero_takes_a_real_out_of_the_table() {
+    let (s, svc) = three_reals();
+    let next = s
+        .edit_real(
+            svc,
+            &RealSpec {
+                addr: Some([10, 0, 0, 13].into()),
+                weight: Some(0),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let id = next
+        .service(&svc)
+        .unwrap()
+        .real([10, 0, 0, 13].into())
+        .unwrap()
+        .id;
+    assert!(!next.service(&svc).unwrap().table.contains(&id));
+}

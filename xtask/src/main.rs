@@ -1,0 +1,7 @@
+mod toolchain;
+use anyhow::Result;
+fn main() -> Result<()> {
+    let path = toolchain::ensure()?;
+    println!("{path:?}");
+    Ok(())
+}
