@@ -8,4 +8,5 @@ pub mod cli;
 pub mod control;
 pub mod datapath;
 pub mod net;
+pub mod packet;
 pub mod state;

@@ -1,0 +1,475 @@
+//! The XDP program itself, run by the kernel through BPF_PROG_TEST_RUN on frames built byte by
+//! byte, with maps written by the same agent state and map writer `xdplb run` uses. Asserts the
+//! bytes that come out and the verdict.
+
+use std::net::Ipv4Addr;
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use lb_common::{program_names, DirectorConfig, Reason, IPPROTO_UDP};
+use lb_tests::require_root;
+use lb_user::{
+    datapath::{Datapath, MapWriter as _, Maps},
+    packet::{FrameSpec, TCP_ACK},
+    state::{apply, Mac, Protocol, RealSpec, Scheduler, ServiceAddr, State},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const DIRECTOR_MAC: [u8; 6] = [0x02, 0xd1, 0, 0, 0, 0x01];
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+
+fn tcp_service() -> ServiceAddr {
+    ServiceAddr {
+        protocol: Protocol::Tcp,
+        vip: VIP,
+        port: 80,
+    }
+}
+
+fn udp_service() -> ServiceAddr {
+    ServiceAddr {
+        protocol: Protocol::Udp,
+        vip: VIP,
+        port: 53,
+    }
+}
+
+fn real_mac(i: u8) -> [u8; 6] {
+    [0x02, 0xee, 0, 0, 0, i]
+}
+
+/// The loaded program with a TCP and a UDP service on the VIP, each over real servers
+/// 10.0.0.11.. with the given weights.
+struct Fixture {
+    datapath: Datapath,
+    maps: Maps,
+    state: State,
+}
+
+impl Fixture {
+    fn new(weights: &[u32]) -> Self {
+        let mut datapath = Datapath::load_lb().expect("load the datapath");
+        let mut maps = datapath.maps().unwrap();
+        maps.set_config(&DirectorConfig {
+            mac: DIRECTOR_MAC,
+            _pad: [0; 2],
+        })
+        .unwrap();
+        let mut state = State::default();
+        for svc in [tcp_service(), udp_service()] {
+            state = state.add_service(svc, Scheduler::Sh).unwrap();
+            for (i, &w) in weights.iter().enumerate() {
+                let n = 11 + i as u8;
+                let spec = RealSpec {
+                    addr: Some(Ipv4Addr::new(10, 0, 0, n)),
+                    weight: Some(w),
+                    mac: Some(Mac(real_mac(n))),
+                    ..Default::default()
+                };
+                state = state.add_real(svc, &spec).unwrap();
+            }
+        }
+        apply(&mut maps, &State::default(), &state).unwrap();
+        Self {
+            datapath,
+            maps,
+            state,
+        }
+    }
+
+    /// Runs the program once on `frame`: the verdict and the frame as it left the program.
+    fn run(&mut self, frame: &[u8]) -> std::io::Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let prog = self.datapath.program(program_names::LB).unwrap();
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .map_err(|e| match e {
+                aya::programs::ProgramError::SyscallError(s) => s.io_error,
+                other => std::io::Error::other(other.to_string()),
+            })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
+    /// The MAC of the real server the agent's state predicts for a client of a service.
+    fn predicted_mac(&self, svc: &ServiceAddr, client: Ipv4Addr) -> [u8; 6] {
+        self.state
+            .service(svc)
+            .unwrap()
+            .pick(client)
+            .expect("a real server")
+            .mac
+            .0
+    }
+
+    fn reason(&self, r: Reason) -> u64 {
+        let c = self.maps.counters().unwrap();
+        c.reasons.iter().find(|(x, _)| *x == r).unwrap().1.packets
+    }
+}
+
+/// Asserts the frame was forwarded by LVS/DR: XDP_TX, destination MAC = the predicted real
+/// server, source MAC = the director, every other byte unchanged. Returns the real's MAC.
+fn assert_direct_routed(fx: &mut Fixture, svc: &ServiceAddr, spec: &FrameSpec) -> [u8; 6] {
+    let frame = spec.build();
+    let (verdict, out) = fx.run(&frame).unwrap();
+    assert_eq!(verdict, XDP_TX, "verdict for {spec:?}");
+    assert_eq!(out.len(), frame.len());
+    let expected = fx.predicted_mac(svc, spec.src);
+    assert_eq!(out[0..6], expected, "destination MAC");
+    assert_eq!(out[6..12], DIRECTOR_MAC, "source MAC");
+    assert_eq!(
+        out[12..],
+        frame[12..],
+        "the packet after the MAC addresses changed"
+    );
+    expected
+}
+
+#[test]
+fn tcp_and_udp_to_a_vip_leave_with_only_the_macs_changed() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new(&[1, 1, 1]);
+    assert_direct_routed(
+        &mut fx,
+        &tcp_service(),
+        &FrameSpec {
+            payload: b"hello".to_vec(),
+            ..Default::default()
+        },
+    );
+    let udp = FrameSpec {
+        proto: IPPROTO_UDP,
+        dport: 53,
+        payload: vec![7; 40],
+        ..Default::default()
+    };
+    assert_direct_routed(&mut fx, &udp_service(), &udp);
+}
+
+#[test]
+fn packets_not_for_a_service_pass_unchanged() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new(&[1, 1]);
+    let cases = [
+        (
+            FrameSpec {
+                dst: Ipv4Addr::new(10, 0, 0, 1),
+                ..Default::default()
+            },
+            Reason::PassNoService,
+        ),
+        (
+            FrameSpec {
+                dport: 81,
+                ..Default::default()
+            },
+            Reason::PassNoService,
+        ),
+        // UDP to the TCP service's port, TCP to the UDP service's port.
+        (
+            FrameSpec {
+                proto: IPPROTO_UDP,
+                ..Default::default()
+            },
+            Reason::PassNoService,
+        ),
+        (
+            FrameSpec {
+                dport: 53,
+                ..Default::default()
+            },
+            Reason::PassNoService,
+        ),
+        (
+            FrameSpec {
+                proto: 1,
+                ..Default::default()
+            },
+            Reason::PassNotTcpUdp,
+        ),
+        // A fragment other than the first carries no ports.
+        (
+            FrameSpec {
+                frag: 0x2000 | 185,
+                ..Default::default()
+            },
+            Reason::PassFragment,
+        ),
+    ];
+    for (spec, reason) in cases {
+        let before = fx.reason(reason);
+        let frame = spec.build();
+        let (verdict, out) = fx.run(&frame).unwrap();
+        assert_eq!(verdict, XDP_PASS, "{spec:?}");
+        assert_eq!(out, frame, "a passed frame must be untouched");
+        assert_eq!(fx.reason(reason), before + 1, "{reason:?} counted");
+    }
+    // Not IPv4 at all: ARP and IPv6.
+    for ethertype in [[0x08, 0x06], [0x86, 0xdd]] {
+        let mut frame = FrameSpec::default().build();
+        frame[12..14].copy_from_slice(&ethertype);
+        let (verdict, out) = fx.run(&frame).unwrap();
+        assert_eq!((verdict, &out), (XDP_PASS, &frame));
+    }
+}
+
+#[test]
+fn a_first_fragment_is_forwarded() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new(&[1, 1]);
+    // More-fragments set, offset 0: it has the ports, so it is scheduled like any packet.
+    let spec = FrameSpec {
+        frag: 0x2000,
+        payload: vec![1; 64],
+        ..Default::default()
+    };
+    assert_direct_routed(&mut fx, &tcp_service(), &spec);
+}
+
+#[test]
+fn ip_options_and_a_vlan_tag_are_handled() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new(&[1, 2]);
+    let options = FrameSpec {
+        ip_options: vec![1; 40],
+        payload: b"x".to_vec(),
+        ..Default::default()
+    };
+    assert_direct_routed(&mut fx, &tcp_service(), &options);
+    let vlan = FrameSpec {
+        vlan: Some(42),
+        ..Default::default()
+    };
+    assert_direct_routed(&mut fx, &tcp_service(), &vlan);
+    let both = FrameSpec {
+        vlan: Some(7),
+        ip_options: vec![1; 8],
+        proto: IPPROTO_UDP,
+        dport: 53,
+        ..Default::default()
+    };
+    assert_direct_routed(&mut fx, &udp_service(), &both);
+}
+
+#[test]
+fn a_vip_packet_cut_short_is_never_sent_out() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new(&[1, 1]);
+    for spec in [
+        FrameSpec {
+            payload: b"0123456789".to_vec(),
+            ..Default::default()
+        },
+        FrameSpec {
+            proto: IPPROTO_UDP,
+            dport: 53,
+            payload: vec![9; 12],
+            ..Default::default()
+        },
+        FrameSpec {
+            vlan: Some(3),
+            ip_options: vec![1; 12],
+            ..Default::default()
+        },
+    ] {
+        let frame = spec.build();
+        assert_eq!(
+            fx.run(&frame).unwrap().0,
+            XDP_TX,
+            "the whole frame is forwarded"
+        );
+        let mut tested = 0;
+        for len in 0..frame.len() {
+            match fx.run(&frame[..len]) {
+                Ok((verdict, _)) => {
+                    assert!(
+                        verdict == XDP_PASS || verdict == XDP_DROP,
+                        "{len} bytes: verdict {verdict}"
+                    );
+                    tested += 1;
+                }
+                // The kernel refuses to run XDP on less than an Ethernet header.
+                Err(e) if len < 14 => {
+                    assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{len} bytes")
+                }
+                Err(e) => panic!("{len} bytes: {e}"),
+            }
+        }
+        assert!(tested >= frame.len() - 14);
+    }
+    // Headers complete but the IPv4 length claims more than the frame holds: dropped, counted.
+    let before = fx.reason(Reason::DropMalformed);
+    let mut frame = FrameSpec {
+        payload: vec![0; 20],
+        ..Default::default()
+    }
+    .build();
+    frame.truncate(frame.len() - 10);
+    assert_eq!(fx.run(&frame).unwrap().0, XDP_DROP);
+    assert_eq!(fx.reason(Reason::DropMalformed), before + 1);
+}
+
+#[test]
+fn ethernet_padding_after_the_ip_packet_is_fine() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new(&[1]);
+    let mut frame = FrameSpec::default().build();
+    frame.extend_from_slice(&[0; 6]);
+    let (verdict, out) = fx.run(&frame).unwrap();
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(out[12..], frame[12..]);
+}
+
+#[test]
+fn a_source_always_picks_the_same_real_server() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new(&[1, 1, 1]);
+    for client in 1..=20u8 {
+        let src = Ipv4Addr::new(192, 168, 0, client);
+        let first = assert_direct_routed(
+            &mut fx,
+            &tcp_service(),
+            &FrameSpec {
+                src,
+                ..Default::default()
+            },
+        );
+        for sport in [1024, 33333, 65535] {
+            let spec = FrameSpec {
+                src,
+                sport,
+                tcp_flags: TCP_ACK,
+                ..Default::default()
+            };
+            assert_eq!(assert_direct_routed(&mut fx, &tcp_service(), &spec), first);
+        }
+    }
+}
+
+#[test]
+fn weights_1_2_3_share_30000_random_sources() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new(&[1, 2, 3]);
+    let mut seen = [0u32; 3];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    const N: u32 = 30_000;
+    for _ in 0..N {
+        // xorshift64*: reproducible random client addresses.
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let src = Ipv4Addr::from((x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32);
+        let mac = assert_direct_routed(
+            &mut fx,
+            &tcp_service(),
+            &FrameSpec {
+                src,
+                ..Default::default()
+            },
+        );
+        seen[(mac[5] - 11) as usize] += 1;
+    }
+    for (i, n) in seen.iter().enumerate() {
+        let share = *n as f64 / N as f64;
+        let want = (i + 1) as f64 / 6.0;
+        assert!(
+            (share - want).abs() <= 0.03,
+            "real {i}: {share:.3} of sources, want {want:.3} ± 0.03 ({seen:?})"
+        );
+    }
+    let c = fx.maps.counters().unwrap();
+    let svc = fx.state.service(&tcp_service()).unwrap();
+    assert_eq!(c.services[svc.id as usize].packets, N as u64);
+    assert_eq!(
+        c.services[svc.id as usize].conns, N as u64,
+        "every SYN is a new connection"
+    );
+    for (r, n) in svc.reals.iter().zip(seen) {
+        assert_eq!(
+            c.reals[r.id as usize].packets, n as u64,
+            "per-real counter of {}",
+            r.addr
+        );
+    }
+}
+
+#[test]
+fn a_service_without_real_servers_drops() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new(&[]);
+    let before = fx.reason(Reason::DropNoReal);
+    assert_eq!(fx.run(&FrameSpec::default().build()).unwrap().0, XDP_DROP);
+    assert_eq!(fx.reason(Reason::DropNoReal), before + 1);
+    // All weights 0: the same.
+    let mut fx = Fixture::new(&[0, 0]);
+    assert_eq!(fx.run(&FrameSpec::default().build()).unwrap().0, XDP_DROP);
+}
+
+#[test]
+fn deleting_a_real_server_moves_only_its_clients() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new(&[1, 1, 1]);
+    let clients: Vec<Ipv4Addr> = (0..300u32)
+        .map(|i| Ipv4Addr::from(0xac10_0000 + i * 7))
+        .collect();
+    let before: Vec<[u8; 6]> = clients
+        .iter()
+        .map(|&src| {
+            assert_direct_routed(
+                &mut fx,
+                &tcp_service(),
+                &FrameSpec {
+                    src,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let next = fx
+        .state
+        .del_real(tcp_service(), Ipv4Addr::new(10, 0, 0, 12))
+        .unwrap();
+    apply(&mut fx.maps, &fx.state, &next).unwrap();
+    fx.state = next;
+    for (&src, old) in clients.iter().zip(before) {
+        let new = assert_direct_routed(
+            &mut fx,
+            &tcp_service(),
+            &FrameSpec {
+                src,
+                ..Default::default()
+            },
+        );
+        if old == real_mac(12) {
+            assert_ne!(new, real_mac(12));
+        } else {
+            assert_eq!(new, old, "client {src} of a remaining real server moved");
+        }
+    }
+}
