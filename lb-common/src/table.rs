@@ -123,7 +123,7 @@ mod tests {
             for (w, n) in weights.iter().zip(&c) {
                 let exact = *w as u64 * SH_TABLE_SIZE as u64;
                 let floor = (exact / total) as u32;
-                let ceil = floor + (exact % total != 0) as u32;
+                let ceil = floor + (!exact.is_multiple_of(total)) as u32;
                 assert!(
                     *n == floor || *n == ceil,
                     "weight {w}: {n} slots, exact share {floor}..={ceil}"

@@ -17,5 +17,5 @@ pub fn service(pkt: &Packet) -> Option<&'static ServiceInfo> {
         _pad: 0,
     };
     // SAFETY: the value is only read; user space replaces entries whole.
-    unsafe { SERVICES.get(&key) }
+    unsafe { SERVICES.get(key) }
 }

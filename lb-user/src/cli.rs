@@ -177,7 +177,7 @@ fn parse_port(s: &str, what: &str) -> Result<u16, String> {
 
 fn parse_service(s: &str) -> Result<SocketAddrV4, String> {
     let Some((ip, port)) = s.rsplit_once(':') else {
-        return Err(format!("expected VIP:PORT, e.g. 10.0.0.100:80"));
+        return Err("expected VIP:PORT, e.g. 10.0.0.100:80".to_string());
     };
     Ok(SocketAddrV4::new(
         parse_ip(ip)?,

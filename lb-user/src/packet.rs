@@ -17,7 +17,7 @@ pub struct FrameSpec {
     pub vlan: Option<u16>,
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
-    /// IPv4 options (padded to a multiple of 4 bytes with NOPs... callers pass whole words).
+    /// IPv4 options, whole 32-bit words (at most 40 bytes).
     pub ip_options: Vec<u8>,
     /// IPv4 flags and fragment offset field (host order), e.g. 0x4000 for DF.
     pub frag: u16,
@@ -65,7 +65,7 @@ pub fn checksum(data: &[u8], initial: u32) -> u16 {
 
 impl FrameSpec {
     pub fn build(&self) -> Vec<u8> {
-        assert!(self.ip_options.len() % 4 == 0 && self.ip_options.len() <= 40);
+        assert!(self.ip_options.len().is_multiple_of(4) && self.ip_options.len() <= 40);
         let mut f = Vec::with_capacity(128 + self.payload.len());
         f.extend_from_slice(&self.dst_mac);
         f.extend_from_slice(&self.src_mac);
