@@ -1,0 +1,245 @@
+//! Topologies built from namespaces: hosts plugged into switches, and the LVS/DR setup of the
+//! end-to-end tests and the demo.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use anyhow::{bail, Context as _, Result};
+use lb_user::datapath::XdpPass;
+
+use crate::names;
+use crate::netns::{veth, Netns, Proc};
+use crate::Agent;
+
+/// A layer-2 segment: a namespace holding bridge `br0`.
+pub struct Switch {
+    ns: Netns,
+}
+
+impl Switch {
+    pub fn new(ns_name: String) -> Result<Self> {
+        let ns = Netns::new(ns_name)?;
+        ipv4_only(&ns)?;
+        ns.ip(&["link", "add", "br0", "type", "bridge"])?;
+        ns.ip(&["link", "set", "br0", "up"])?;
+        Ok(Self { ns })
+    }
+
+    pub fn ns(&self) -> &Netns {
+        &self.ns
+    }
+
+    /// Plugs interface `ifname` of `host` into the bridge: a veth whose other end, `port`, is a
+    /// bridge port in the switch namespace.
+    pub fn plug(&self, host: &Netns, ifname: &str, port: &str) -> Result<()> {
+        veth(&self.ns, port, host, ifname)?;
+        self.ns.ip(&["link", "set", port, "master", "br0"])?;
+        Ok(())
+    }
+}
+
+/// A host: its own namespace, with `eth0` plugged into a switch (the bridge port is named after
+/// the host) and a primary address.
+pub struct Host {
+    ns: Netns,
+    name: String,
+    addr: Ipv4Addr,
+}
+
+impl Host {
+    /// Creates namespace `<prefix>-<name>`, plugs its `eth0` into `switch` and gives it `addr`/24.
+    pub fn new(prefix: &str, name: &str, switch: &Switch, addr: Ipv4Addr) -> Result<Self> {
+        let ns = Netns::new(format!("{prefix}-{name}"))?;
+        ipv4_only(&ns)?;
+        switch.plug(&ns, "eth0", name)?;
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        Ok(Self {
+            ns,
+            name: name.to_owned(),
+            addr,
+        })
+    }
+
+    pub fn ns(&self) -> &Netns {
+        &self.ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+}
+
+/// The tests speak IPv4 only: without IPv6, links stay quiet (no DAD, router solicitations or
+/// MLD reports), so the director's counters count only the test's own traffic. Must run before
+/// the namespace gets its interfaces, which copy the `default` settings.
+fn ipv4_only(ns: &Netns) -> Result<()> {
+    ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+    ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+}
+
+/// LVS/DR on one bridge: a client, a director and `n` real servers, all on 10.0.0.0/24.
+///
+/// - director 10.0.0.1, plus the VIP 10.0.0.100/32 on its eth0 (it answers ARP for the VIP);
+/// - real servers `rs1..rsN` at 10.0.0.11.., the VIP on `lo` and arp_ignore=1 / arp_announce=2 so
+///   they accept packets for the VIP but never claim it on the wire; each runs `lb-testsrv` on
+///   0.0.0.0:80, answering its name;
+/// - client 10.0.0.2 plus [`DrTopology::CLIENT_SOURCES`] extra source addresses, TX checksum
+///   offload off (see [`crate::ethtool`]);
+/// - an XDP_PASS program on the switch-side end of the director's veth, without which frames the
+///   director sends with native XDP_TX are never delivered.
+///
+/// No agent runs: start one with [`crate::Agent::start`] on [`DrTopology::director`].
+pub struct DrTopology {
+    // Drop order is field order: the XDP program and the servers before their namespaces.
+    _xdp_pass: XdpPass,
+    _servers: Vec<Proc>,
+    client: Host,
+    director: Host,
+    reals: Vec<Host>,
+    switch: Switch,
+}
+
+impl DrTopology {
+    pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+    pub const PORT: u16 = 80;
+    pub const DIRECTOR_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    /// Extra client addresses, 10.0.0.101 onwards, so the source-hash scheduler sees many clients.
+    pub const CLIENT_SOURCES: u8 = 40;
+
+    pub fn new(n_reals: usize) -> Result<Self> {
+        assert!(
+            (1..=80).contains(&n_reals),
+            "real servers get 10.0.0.11..=10.0.0.90"
+        );
+        names::cleanup_stale();
+        let prefix = names::unique_prefix();
+
+        let switch = Switch::new(format!("{prefix}-sw"))?;
+
+        let director = Host::new(&prefix, "director", &switch, Self::DIRECTOR_ADDR)?;
+        director
+            .ns
+            .ip(&["addr", "add", &format!("{}/32", Self::VIP), "dev", "eth0"])?;
+
+        let mut reals = Vec::new();
+        for i in 1..=n_reals {
+            let rs = Host::new(&prefix, &format!("rs{i}"), &switch, Self::real_addr(i))?;
+            for conf in ["all", "eth0"] {
+                rs.ns
+                    .sysctl(&format!("net.ipv4.conf.{conf}.arp_ignore"), "1")?;
+                rs.ns
+                    .sysctl(&format!("net.ipv4.conf.{conf}.arp_announce"), "2")?;
+            }
+            rs.ns
+                .ip(&["addr", "add", &format!("{}/32", Self::VIP), "dev", "lo"])?;
+            reals.push(rs);
+        }
+
+        let client = Host::new(&prefix, "client", &switch, Self::CLIENT_ADDR)?;
+        let batch: String = Self::client_sources()
+            .iter()
+            .map(|a| format!("addr add {a}/32 dev eth0\n"))
+            .collect();
+        client.ns.ip_batch(&batch)?;
+        client.ns.set_tx_checksum("eth0", false)?;
+
+        let port = switch.ns.ifindex(director.name())?;
+        let xdp_pass = switch
+            .ns
+            .run_in(|| XdpPass::attach(port))
+            .context("cannot attach XDP_PASS to the director's switch port")?;
+
+        let servers = reals
+            .iter()
+            .map(|rs| {
+                start_testsrv(
+                    &rs.ns,
+                    rs.name(),
+                    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, Self::PORT),
+                )
+            })
+            .collect::<Result<_>>()?;
+
+        Ok(Self {
+            _xdp_pass: xdp_pass,
+            _servers: servers,
+            client,
+            director,
+            reals,
+            switch,
+        })
+    }
+
+    /// Configures `agent` through the CLI as an LVS/DR director for this topology: the service
+    /// VIP:80 with the source-hash scheduler, every real server in route mode with weight 1.
+    pub fn configure(&self, agent: &Agent) {
+        let service = Self::service().to_string();
+        agent.cli_ok(&["service", "add", "-t", &service, "-s", "sh"]);
+        for rs in &self.reals {
+            agent.cli_ok(&[
+                "real",
+                "add",
+                "-t",
+                &service,
+                "-r",
+                &rs.addr.to_string(),
+                "-g",
+                "-w",
+                "1",
+            ]);
+        }
+    }
+
+    /// Address of real server `i`, counting from 1.
+    pub fn real_addr(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, 10 + i as u8)
+    }
+
+    /// The client's extra source addresses (10.0.0.101..).
+    pub fn client_sources() -> Vec<Ipv4Addr> {
+        (1..=Self::CLIENT_SOURCES)
+            .map(|i| Ipv4Addr::new(10, 0, 0, 100 + i))
+            .collect()
+    }
+
+    /// The virtual service, VIP:80.
+    pub fn service() -> SocketAddrV4 {
+        SocketAddrV4::new(Self::VIP, Self::PORT)
+    }
+
+    pub fn client(&self) -> &Host {
+        &self.client
+    }
+
+    pub fn director(&self) -> &Host {
+        &self.director
+    }
+
+    pub fn reals(&self) -> &[Host] {
+        &self.reals
+    }
+
+    pub fn switch(&self) -> &Switch {
+        &self.switch
+    }
+}
+
+/// Starts `lb-testsrv` in a namespace and waits until it listens (it prints one line then).
+pub fn start_testsrv(ns: &Netns, name: &str, listen: SocketAddrV4) -> Result<Proc> {
+    let bin = crate::binary("LB_TESTSRV_BIN", "lb-testsrv", "cargo build -p lb-tests");
+    let mut server = ns.spawn(&bin, &["--name", name, "--listen", &listen.to_string()])?;
+    let mut line = String::new();
+    BufReader::new(server.stdout().expect("stdout is piped")).read_line(&mut line)?;
+    if line.is_empty() {
+        bail!(
+            "lb-testsrv {name} exited before listening: {:?}",
+            server.stop()
+        );
+    }
+    Ok(server)
+}

@@ -1,0 +1,98 @@
+//! The CLI against a live agent: rejected commands exit non-zero with one line on stderr and change
+//! nothing; without an agent, the CLI says how to start one.
+
+use lb_tests::agent::cli;
+use lb_tests::{require_root, Agent, DrTopology};
+
+#[test]
+fn rejected_commands_change_nothing() {
+    if !require_root() {
+        return;
+    }
+    // Two real servers, only rs1 configured: rs2 is a valid, reachable address to try bad
+    // commands with.
+    let topo = DrTopology::new(2).expect("cannot build the DR topology");
+    let agent = Agent::start(topo.director().ns(), "eth0", &[]).expect("cannot start the agent");
+    let svc = DrTopology::service().to_string();
+    agent.cli_ok(&["service", "add", "-t", &svc, "-s", "sh"]);
+    agent.cli_ok(&[
+        "real",
+        "add",
+        "-t",
+        &svc,
+        "-r",
+        "10.0.0.11",
+        "-g",
+        "-w",
+        "1",
+    ]);
+    let before = agent.cli_ok(&["list", "--json"]);
+
+    // The service is 10.0.0.100:80 and has real server 10.0.0.11; 10.0.0.12 (rs2) exists.
+    let rejected = [
+        ("existing service", "service add -t 10.0.0.100:80 -s sh"),
+        ("port 0", "service add -t 10.0.0.100:0 -s sh"),
+        ("malformed VIP", "service add -t 10.0.0.300:80 -s sh"),
+        ("unknown service del", "service del -t 10.0.0.100:81"),
+        (
+            "weight 70000",
+            "real add -t 10.0.0.100:80 -r 10.0.0.12 -g -w 70000",
+        ),
+        (
+            "malformed real",
+            "real add -t 10.0.0.100:80 -r 10.0.0.x -g -w 1",
+        ),
+        (
+            "unknown service",
+            "real add -t 10.0.0.100:81 -r 10.0.0.12 -g -w 1",
+        ),
+        (
+            "existing real",
+            "real add -t 10.0.0.100:80 -r 10.0.0.11 -g -w 1",
+        ),
+        (
+            "unknown real edit",
+            "real edit -t 10.0.0.100:80 -r 10.0.0.99 -w 2",
+        ),
+        ("unknown real del", "real del -t 10.0.0.100:80 -r 10.0.0.99"),
+    ];
+    // Check them all, then report every deviation at once.
+    let mut wrong = Vec::new();
+    for (what, command) in rejected {
+        let args: Vec<&str> = command.split_whitespace().collect();
+        let out = agent.cli(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let after = agent.cli_ok(&["list", "--json"]);
+        if out.status.success() || stderr.lines().count() != 1 || after != before {
+            wrong.push(format!(
+                "{what}: `xdplb {command}` -> {}, stderr {stderr:?}, listing {}",
+                out.status,
+                if after == before {
+                    "unchanged".into()
+                } else {
+                    format!("changed to {after}")
+                }
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "rejected commands misbehaved:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn without_an_agent_the_cli_says_how_to_start_one() {
+    let socket = std::env::temp_dir().join(format!("xlb-no-agent-{}.sock", std::process::id()));
+    let out = cli(&socket, &["list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "list without an agent succeeded: {out:?}"
+    );
+    assert!(
+        stderr.contains("xdplb run"),
+        "the error does not say how to start an agent: {stderr:?}"
+    );
+}
