@@ -39,7 +39,10 @@ enum Task {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn cargo(path: &OsString, args: &[&str]) -> Command {
@@ -56,8 +59,47 @@ fn lint(path: &OsString) -> Result<()> {
     run(&mut cargo(path, &["fmt", "--all", "--check"]))?;
     run(&mut cargo(
         path,
-        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
     ))
+}
+
+/// Runs `cargo test`, echoing its output, and sums its "test result:" lines:
+/// (passed, failed, ignored).
+fn run_tests(cmd: &mut Command) -> Result<(u64, u64, u64)> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let mut totals = (0, 0, 0);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |what: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(what))
+                    .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                    .unwrap_or(0)
+            };
+            totals.0 += count(" passed");
+            totals.1 += count(" failed");
+            totals.2 += count(" ignored");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!(
+            "cargo test failed ({status}): {} passed, {} failed",
+            totals.0,
+            totals.1
+        );
+    }
+    Ok(totals)
 }
 
 fn require_root(what: &str) -> Result<()> {
@@ -84,8 +126,14 @@ fn main() -> Result<()> {
             build(&path)?;
             let mut cmd = cargo(&path, &["test", "--workspace"]);
             cmd.args(&args).env("XDPLB_BIN", bin.join("xdplb"));
-            run(&mut cmd)?;
-            lint(&path)
+            let totals = run_tests(&mut cmd)?;
+            lint(&path)?;
+            // One closing line for the whole run (cargo's last line is some crate's doc tests).
+            println!(
+                "xtask: {} passed, {} failed, {} skipped",
+                totals.0, totals.1, totals.2
+            );
+            Ok(())
         }
         Task::Demo => {
             require_root("the demo")?;
