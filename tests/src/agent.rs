@@ -99,6 +99,11 @@ impl Agent {
         &self.socket
     }
 
+    /// Stops the agent now (SIGTERM) and returns how it exited; Drop then only cleans up.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.proc.stop()
+    }
+
     /// What the agent wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

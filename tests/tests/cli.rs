@@ -2,6 +2,7 @@
 //! nothing; without an agent, the CLI says how to start one.
 
 use lb_tests::agent::cli;
+use lb_tests::client::fetch;
 use lb_tests::{require_root, Agent, DrTopology};
 
 #[test]
@@ -29,41 +30,82 @@ fn rejected_commands_change_nothing() {
     let before = agent.cli_ok(&["list", "--json"]);
 
     // The service is 10.0.0.100:80 and has real server 10.0.0.11; 10.0.0.12 (rs2) exists.
+    // (what, command, what the one-line error must name)
     let rejected = [
-        ("existing service", "service add -t 10.0.0.100:80 -s sh"),
-        ("port 0", "service add -t 10.0.0.100:0 -s sh"),
-        ("malformed VIP", "service add -t 10.0.0.300:80 -s sh"),
-        ("unknown service del", "service del -t 10.0.0.100:81"),
+        (
+            "existing service",
+            "service add -t 10.0.0.100:80 -s sh",
+            "already exists",
+        ),
+        ("port 0", "service add -t 10.0.0.100:0 -s sh", "port 0"),
+        (
+            "malformed VIP",
+            "service add -t 10.0.0.300:80 -s sh",
+            "10.0.0.300",
+        ),
+        (
+            "unknown scheduler",
+            "service add -t 10.0.0.100:82 -s xyz",
+            "xyz",
+        ),
+        (
+            "unknown service del",
+            "service del -t 10.0.0.100:81",
+            "no such service",
+        ),
         (
             "weight 70000",
             "real add -t 10.0.0.100:80 -r 10.0.0.12 -g -w 70000",
+            "70000",
         ),
         (
             "malformed real",
             "real add -t 10.0.0.100:80 -r 10.0.0.x -g -w 1",
+            "10.0.0.x",
         ),
         (
             "unknown service",
             "real add -t 10.0.0.100:81 -r 10.0.0.12 -g -w 1",
+            "no such service",
         ),
         (
             "existing real",
             "real add -t 10.0.0.100:80 -r 10.0.0.11 -g -w 1",
+            "already exists",
+        ),
+        (
+            "real not on-link",
+            "real add -t 10.0.0.100:80 -r 10.9.9.9",
+            "10.9.9.9",
+        ),
+        (
+            "bad MAC",
+            "real add -t 10.0.0.100:80 -r 10.0.0.12 --mac 02:00",
+            "02:00",
         ),
         (
             "unknown real edit",
             "real edit -t 10.0.0.100:80 -r 10.0.0.99 -w 2",
+            "no such real server",
         ),
-        ("unknown real del", "real del -t 10.0.0.100:80 -r 10.0.0.99"),
+        (
+            "unknown real del",
+            "real del -t 10.0.0.100:80 -r 10.0.0.99",
+            "no such real server",
+        ),
     ];
     // Check them all, then report every deviation at once.
     let mut wrong = Vec::new();
-    for (what, command) in rejected {
+    for (what, command, names) in rejected {
         let args: Vec<&str> = command.split_whitespace().collect();
         let out = agent.cli(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let after = agent.cli_ok(&["list", "--json"]);
-        if out.status.success() || stderr.lines().count() != 1 || after != before {
+        if out.status.success()
+            || stderr.lines().count() != 1
+            || !stderr.contains(names)
+            || after != before
+        {
             wrong.push(format!(
                 "{what}: `xdplb {command}` -> {}, stderr {stderr:?}, listing {}",
                 out.status,
@@ -80,6 +122,16 @@ fn rejected_commands_change_nothing() {
         "rejected commands misbehaved:\n{}",
         wrong.join("\n")
     );
+    // Nor did the datapath change: every client still reaches the one configured real server.
+    topo.client().ns().run_in(|| {
+        for src in DrTopology::client_sources() {
+            assert_eq!(
+                fetch(src, DrTopology::service()).unwrap(),
+                "rs1",
+                "from {src}"
+            );
+        }
+    });
 }
 
 #[test]
