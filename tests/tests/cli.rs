@@ -122,7 +122,30 @@ fn rejected_commands_change_nothing() {
         "rejected commands misbehaved:\n{}",
         wrong.join("\n")
     );
-    // Nor did the datapath change: every client still reaches the one configured real server.
+    // Nor did the datapath change: every client still reaches the one configured real server,
+    // also once rs2 is added with weight 0 (configured, but given no clients) and an explicit MAC.
+    agent.cli_ok(&[
+        "real",
+        "add",
+        "-t",
+        &svc,
+        "-r",
+        "10.0.0.12",
+        "-w",
+        "0",
+        "--mac",
+        "02:aa:bb:cc:dd:ee",
+    ]);
+    let listing = agent.list();
+    let rs2 = &listing.service(&svc).unwrap()["reals"][1];
+    assert_eq!(
+        (rs2["address"].as_str(), rs2["weight"].as_u64()),
+        (Some("10.0.0.12:80"), Some(0))
+    );
+    assert_eq!(
+        rs2["mac"], "02:aa:bb:cc:dd:ee",
+        "--mac overrides the neighbour table"
+    );
     topo.client().ns().run_in(|| {
         for src in DrTopology::client_sources() {
             assert_eq!(

@@ -125,8 +125,9 @@ fn resolves_a_neighbour_not_yet_in_the_table() {
     );
     let started = Instant::now();
     assert_eq!(resolve(&ns[0], "v0", "10.77.0.2"), Ok(mac(&ns[1], "v1")));
+    // Resolved by the ARP the call triggered, not by waiting out its 3 s limit.
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_millis(2500),
         "took {:?}",
         started.elapsed()
     );
@@ -256,7 +257,8 @@ fn an_address_nobody_answers_times_out() {
     );
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_millis(2500) && took < Duration::from_secs(4),
+        // It waits for the reply (3 s), but does not hang.
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(10),
         "took {took:?}"
     );
 }
