@@ -1,9 +1,12 @@
-//! The flow hash: fixed-seed and defined on bytes, so every director, every run and every
-//! platform computes the same value for the same address (directors behind ECMP agree).
+//! The hashes: MurmurHash3 (x86, 32-bit) with fixed seeds, defined on bytes, so every director,
+//! every run and every platform computes the same value for the same input (directors behind
+//! ECMP agree, and user space predicts the datapath exactly).
+
+use crate::{Addr, FlowKey};
 
 const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
-/// Fixed seed; changing it moves every client to a different slot.
+/// Seed of the scheduling hashes; changing it moves every client to a different slot.
 pub const SEED: u32 = 0x7864_706c; // "xdpl"
 
 #[inline(always)]
@@ -25,20 +28,58 @@ fn finish(mut h: u32, len: u32) -> u32 {
     h ^ (h >> 16)
 }
 
+/// MurmurHash3 x86_32 of `N` little-endian words (4·N bytes). A fixed N keeps the loop bounded
+/// and unrolled for the verifier.
 #[inline(always)]
-fn word(b: &[u8; 16], i: usize) -> u32 {
-    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+pub fn murmur3<const N: usize>(words: &[u32; N], seed: u32) -> u32 {
+    let mut h = seed;
+    let mut i = 0;
+    while i < N {
+        h = mix(h, words[i]);
+        i += 1;
+    }
+    finish(h, (N * 4) as u32)
 }
 
-/// MurmurHash3 (x86, 32-bit) of a 16-byte address with [`SEED`]; what source hashing uses.
 #[inline(always)]
-pub fn hash_addr(addr: &[u8; 16]) -> u32 {
-    let mut h = SEED;
-    h = mix(h, word(addr, 0));
-    h = mix(h, word(addr, 4));
-    h = mix(h, word(addr, 8));
-    h = mix(h, word(addr, 12));
-    finish(h, 16)
+fn addr_words(a: &Addr) -> [u32; 4] {
+    let w = |i: usize| u32::from_le_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+/// Hash of a 16-byte address with [`SEED`]: what source hashing (`sh`, `mh --hash src`) uses.
+#[inline(always)]
+pub fn hash_addr(addr: &Addr) -> u32 {
+    murmur3(&addr_words(addr), SEED)
+}
+
+/// Hash of an address with another seed: Maglev's per-real-server offset and skip.
+#[inline(always)]
+pub fn hash_addr_seeded(addr: &Addr, seed: u32) -> u32 {
+    murmur3(&addr_words(addr), seed)
+}
+
+/// Hash of a whole flow (both addresses, both ports, protocol) with [`SEED`]: `mh --hash flow`.
+#[inline(always)]
+pub fn hash_flow(f: &FlowKey) -> u32 {
+    let s = addr_words(&f.src);
+    let d = addr_words(&f.dst);
+    let ports = (f.sport as u32) << 16 | f.dport as u32;
+    murmur3(
+        &[
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+            d[0],
+            d[1],
+            d[2],
+            d[3],
+            ports,
+            f.proto as u32,
+        ],
+        SEED,
+    )
 }
 
 #[cfg(test)]
@@ -54,6 +95,26 @@ mod tests {
         assert_eq!(hash_addr(&addr_from_v4([10, 0, 0, 1])), 0x0191_b45a);
         assert_eq!(hash_addr(&addr_from_v4([192, 168, 1, 200])), 0x2052_269a);
     }
+
+    #[test]
+    fn flow_hash_is_stable() {
+        let f = FlowKey {
+            src: addr_from_v4([10, 0, 0, 2]),
+            dst: addr_from_v4([10, 0, 0, 100]),
+            sport: 40000,
+            dport: 80,
+            proto: 6,
+            _pad: [0; 3],
+        };
+        assert_eq!(hash_flow(&f), FLOW_KNOWN_ANSWER);
+        // Every field matters.
+        assert_ne!(hash_flow(&FlowKey { sport: 40001, ..f }), hash_flow(&f));
+        assert_ne!(hash_flow(&FlowKey { dport: 81, ..f }), hash_flow(&f));
+        assert_ne!(hash_flow(&FlowKey { proto: 17, ..f }), hash_flow(&f));
+    }
+
+    // The reference hash of the 40 bytes src, dst, (sport << 16 | dport) LE, proto LE.
+    const FLOW_KNOWN_ANSWER: u32 = 0x0f86_89ae;
 
     #[test]
     fn hash_spreads_neighbouring_addresses() {

@@ -9,6 +9,8 @@
 extern crate alloc;
 
 pub mod hash;
+#[cfg(feature = "alloc")]
+pub mod maglev;
 pub mod maps;
 pub mod sched;
 #[cfg(feature = "alloc")]

@@ -36,7 +36,13 @@ pub struct ServiceKey {
 }
 
 /// Scheduler identifiers stored in [`ServiceInfo::scheduler`].
-pub const SCHED_SH: u32 = 1;
+pub const SCHED_SH: u8 = 1;
+pub const SCHED_MH: u8 = 2;
+
+/// What the scheduler hashes, [`ServiceInfo::hash`]: the client address only (client affinity),
+/// or the whole flow (addresses, ports, protocol).
+pub const HASH_SRC: u8 = 1;
+pub const HASH_FLOW: u8 = 2;
 
 /// SERVICES map value.
 #[repr(C)]
@@ -44,8 +50,13 @@ pub const SCHED_SH: u32 = 1;
 pub struct ServiceInfo {
     /// Index of the service in the per-service arrays (lookup table, counters).
     pub id: u32,
+    /// Slots in the service's lookup table (TABLES[id]).
+    pub table_size: u32,
     /// One of the `SCHED_*` constants.
-    pub scheduler: u32,
+    pub scheduler: u8,
+    /// One of the `HASH_*` constants.
+    pub hash: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Forwarding methods stored in [`RealServer::method`].
@@ -65,7 +76,44 @@ pub struct RealServer {
     /// One of the `FWD_*` constants.
     pub method: u8,
     pub flags: u8,
+    /// The service this real server belongs to: a connection-table entry is only followed to a
+    /// real server of the packet's own service (ids are reused after a delete).
+    pub service: u32,
 }
+
+/// CONNS map key: one direction of a connection, as the client sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// Ports in host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// [`Conn::flags`]: a FIN was seen; the entry then ages out after the shorter FIN timeout.
+pub const CONN_FIN: u32 = 1;
+
+/// CONNS map value: where an established flow goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Conn {
+    pub real: u32,
+    pub service: u32,
+    /// Coarse monotonic time of the last refresh, in seconds.
+    pub last_seen: u32,
+    pub flags: u32,
+}
+
+/// Default size of the connection table (flows).
+pub const DEFAULT_CONN_MAX: u32 = 1_000_000;
+
+/// Flag of the lookup-table inner maps (and of their template in the datapath): inner arrays of
+/// different sizes may stand in the same outer map.
+pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 
 /// Counters kept per CPU, per service and per real server.
 #[repr(C)]
@@ -73,7 +121,7 @@ pub struct RealServer {
 pub struct Counters {
     pub packets: u64,
     pub bytes: u64,
-    /// New connections: TCP SYNs without ACK.
+    /// New flows: connection-table entries created.
     pub conns: u64,
 }
 
@@ -88,7 +136,9 @@ impl Counters {
 /// Map names, as declared in the datapath (`#[map]` takes the static's name).
 pub mod map_names {
     pub const SERVICES: &str = "SERVICES";
-    pub const SCHED_TABLE: &str = "SCHED_TABLE";
+    /// Array of maps: service id -> that service's lookup table (slot -> real server id).
+    pub const TABLES: &str = "TABLES";
+    pub const CONNS: &str = "CONNS";
     pub const REALS: &str = "REALS";
     pub const CONFIG: &str = "CONFIG";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
@@ -113,6 +163,17 @@ pub struct DirectorConfig {
     /// The attached interface's MAC: the source MAC of every forwarded frame.
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// Idle timeouts of connection-table entries, seconds: established TCP, TCP after a FIN, UDP.
+    pub tcp_timeout: u32,
+    pub tcp_fin_timeout: u32,
+    pub udp_timeout: u32,
+}
+
+impl DirectorConfig {
+    /// Defaults as IPVS has them (ipvsadm --set 900 120 300).
+    pub const DEFAULT_TCP_TIMEOUT: u32 = 900;
+    pub const DEFAULT_TCP_FIN_TIMEOUT: u32 = 120;
+    pub const DEFAULT_UDP_TIMEOUT: u32 = 300;
 }
 
 /// Why a packet was passed to the kernel or dropped instead of forwarded; index of the REASONS
@@ -171,4 +232,6 @@ mod pod {
     unsafe impl aya::Pod for super::RealServer {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::DirectorConfig {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Conn {}
 }

@@ -1,24 +1,36 @@
-//! How the datapath picks a real server; user space calls the same functions to predict it.
+//! How the datapath picks a lookup-table slot; user space calls the same function to predict it.
 
-use crate::{hash::hash_addr, Addr};
+use crate::{
+    hash::{hash_addr, hash_flow},
+    FlowKey, ServiceInfo, HASH_SRC, SCHED_SH,
+};
 
-/// Slots in a source-hashing lookup table (a power of two, so the slot is a mask, not a
-/// division the verifier would have to prove safe). Large enough that weights up to a few
-/// hundred to one are honoured to within one slot per real server.
-pub const SH_TABLE_BITS: u32 = 12;
-pub const SH_TABLE_SIZE: u32 = 1 << SH_TABLE_BITS;
+/// Slots in a source-hashing (`sh`) lookup table: large enough that weights up to a few hundred
+/// to one are honoured to within one slot per real server.
+pub const SH_TABLE_SIZE: u32 = 4096;
+
+/// Maglev (`mh`) table sizes a service may choose: primes, so every skip walks the whole table.
+pub const MH_SIZES: [u32; 11] = [
+    251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 65537, 131071,
+];
+pub const MH_DEFAULT_SIZE: u32 = 65537;
+/// A Maglev table needs this many slots per real server to stay balanced.
+pub const MH_SLOTS_PER_REAL: u32 = 100;
 
 /// An empty slot: the service has no usable real server.
 pub const NO_REAL: u32 = u32::MAX;
 
-/// The `sh` table slot a client address falls into.
+/// The slot of the service's lookup table a flow falls into; None for an empty table.
 #[inline(always)]
-pub fn sh_slot(src: &Addr) -> u32 {
-    hash_addr(src) & (SH_TABLE_SIZE - 1)
-}
-
-/// Index into the SCHED_TABLE array of a service's slot.
-#[inline(always)]
-pub fn table_index(service_id: u32, slot: u32) -> u32 {
-    service_id * SH_TABLE_SIZE + slot
+pub fn slot(service: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
+    let h = if service.scheduler == SCHED_SH || service.hash == HASH_SRC {
+        hash_addr(&flow.src)
+    } else {
+        hash_flow(flow)
+    };
+    // An explicit check: the verifier rejects a division it cannot prove safe.
+    if service.table_size == 0 {
+        return None;
+    }
+    Some(h % service.table_size)
 }

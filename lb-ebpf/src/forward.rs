@@ -2,21 +2,14 @@
 //! from the director's, the IP packet untouched; the real server holds the VIP and answers the
 //! client itself.
 
-use aya_ebpf::{macros::map, maps::Array};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{DirectorConfig, RealServer};
 
 use crate::parse::ptr_at;
 
-/// Director settings, index 0.
-#[map]
-static CONFIG: Array<DirectorConfig> = Array::with_max_entries(1, 0);
-
-/// Rewrites the Ethernet addresses for `real`; false when the director is not configured.
+/// Rewrites the Ethernet addresses for `real`; false if the frame is too short to hold them.
 #[inline(always)]
-pub fn direct_route(ctx: &aya_ebpf::programs::XdpContext, real: &RealServer) -> bool {
-    let Some(config) = CONFIG.get(0) else {
-        return false;
-    };
+pub fn direct_route(ctx: &XdpContext, config: &DirectorConfig, real: &RealServer) -> bool {
     let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
         return false;
     };

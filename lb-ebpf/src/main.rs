@@ -1,12 +1,15 @@
 //! The xdplb datapath: an XDP program that forwards packets for virtual services to real servers.
 //!
 //! One module per stage, in the order a packet goes through them:
-//! parse -> lookup (service) -> schedule (real server) -> forward (LVS/DR) -> stats.
+//! parse -> lookup (service) -> conntrack (established flow?) -> schedule (new flow: real server)
+//! -> forward (LVS/DR) -> stats.
 // Built for bpfel-unknown-none by lb-user's build script; on the host (cargo clippy --workspace)
 // it is an ordinary empty program so the same sources are still checked.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod config;
+mod conntrack;
 mod forward;
 mod lookup;
 mod parse;
@@ -20,7 +23,7 @@ use aya_ebpf::{
 };
 use lb_common::Reason;
 
-use crate::parse::Parsed;
+use crate::parse::{Parsed, TCP_FLAG_RST};
 
 #[xdp]
 pub fn xdplb(ctx: XdpContext) -> u32 {
@@ -36,13 +39,36 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     if !parse::is_whole(&ctx, &pkt) {
         return stats::drop(Reason::DropMalformed, frame_len);
     }
-    let Some((real_id, real)) = schedule::pick(service, &pkt) else {
+    let Some(config) = config::get() else {
         return stats::drop(Reason::DropNoReal, frame_len);
     };
-    if !forward::direct_route(&ctx, real) {
-        return stats::drop(Reason::DropNoReal, frame_len);
+    let flow = conntrack::flow(&pkt);
+    let flags = parse::tcp_flags(&ctx, &pkt);
+    let now = conntrack::now();
+    let known = conntrack::established(&flow, service.id, flags, now, config)
+        .and_then(|id| Some((id, schedule::real(service, id)?)));
+    let (real_id, real, new_flow) = match known {
+        Some((id, real)) => (id, real, false),
+        None => {
+            let Some(id) = schedule::pick(service, &flow) else {
+                return stats::drop(Reason::DropNoReal, frame_len);
+            };
+            let Some(real) = schedule::real(service, id) else {
+                return stats::drop(Reason::DropNoReal, frame_len);
+            };
+            if flags & TCP_FLAG_RST == 0 {
+                conntrack::insert(&flow, service.id, id, flags, now);
+            }
+            (id, real, true)
+        }
+    };
+    if flags & TCP_FLAG_RST != 0 {
+        conntrack::remove(&flow);
     }
-    stats::forwarded(service.id, real_id, frame_len, parse::is_syn(&ctx, &pkt));
+    if !forward::direct_route(&ctx, config, real) {
+        return stats::drop(Reason::DropMalformed, frame_len);
+    }
+    stats::forwarded(service.id, real_id, frame_len, new_flow);
     XDP_TX
 }
 

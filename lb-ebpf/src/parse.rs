@@ -13,8 +13,10 @@ const ETH_P_8021Q: u16 = 0x8100;
 const IPV4_MIN_HLEN: usize = 20;
 const TCP_MIN_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
+pub const TCP_FLAG_FIN: u8 = 0x01;
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_RST: u8 = 0x04;
+pub const TCP_FLAG_ACK: u8 = 0x10;
 
 /// What the later stages need to know about an IPv4 TCP/UDP packet.
 pub struct Packet {
@@ -25,7 +27,8 @@ pub struct Packet {
     pub src: [u8; 4],
     pub dst: [u8; 4],
     pub proto: u8,
-    /// Destination port, host byte order.
+    /// Ports, host byte order.
+    pub sport: u16,
     pub dport: u16,
     /// IPv4 total length.
     pub tot_len: u16,
@@ -97,6 +100,7 @@ fn parse_inner(ctx: &XdpContext) -> Result<Packet, Reason> {
         src: [ip[12], ip[13], ip[14], ip[15]],
         dst: [ip[16], ip[17], ip[18], ip[19]],
         proto,
+        sport: be16([ports[0], ports[1]]),
         dport: be16([ports[2], ports[3]]),
         tot_len: be16([ip[2], ip[3]]),
     })
@@ -136,18 +140,11 @@ pub fn is_whole(ctx: &XdpContext, pkt: &Packet) -> bool {
     }
 }
 
-impl Packet {
-    /// Source address in the 16-byte form the maps use.
-    #[inline(always)]
-    pub fn src_addr(&self) -> lb_common::Addr {
-        lb_common::addr_from_v4(self.src)
-    }
-}
-
-/// Whether the packet opens a TCP connection (SYN without ACK): what the `conns` counters count.
+/// The TCP flags byte (0 for UDP). Call after [`is_whole`].
 #[inline(always)]
-pub fn is_syn(ctx: &XdpContext, pkt: &Packet) -> bool {
-    pkt.proto == IPPROTO_TCP
-        && read::<u8>(ctx, pkt.l4_off + 13)
-            .is_some_and(|f| f & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN)
+pub fn tcp_flags(ctx: &XdpContext, pkt: &Packet) -> u8 {
+    if pkt.proto != IPPROTO_TCP {
+        return 0;
+    }
+    read::<u8>(ctx, pkt.l4_off + 13).unwrap_or(0)
 }

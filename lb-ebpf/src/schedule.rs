@@ -1,31 +1,42 @@
-//! Scheduling: which real server gets the packet. `sh` (source hashing) indexes the service's
-//! lookup table, filled by user space, with the hash of the client address (lb_common::sched).
+//! Scheduling: which real server gets a new flow. Every service has a lookup table (slot -> real
+//! server id) built in user space: `sh` indexes it with the hash of the client address, `mh`
+//! (Maglev) with the hash of the client address or of the whole flow (lb_common::sched). A table
+//! is replaced whole: the agent builds a new inner map and swaps it into TABLES in one update, so
+//! a packet sees the complete old table or the complete new one.
 
-use aya_ebpf::{macros::map, maps::Array};
+use aya_ebpf::{
+    btf_maps::{Array as BtfArray, ArrayOfMaps},
+    macros::{btf_map, map},
+    maps::Array,
+};
 use lb_common::{
-    sched::{sh_slot, table_index, SH_TABLE_SIZE},
-    RealServer, ServiceInfo, MAX_REALS, MAX_SERVICES, REAL_ACTIVE,
+    sched, FlowKey, RealServer, ServiceInfo, BPF_F_INNER_MAP, MAX_REALS, MAX_SERVICES, REAL_ACTIVE,
 };
 
-use crate::parse::Packet;
+/// The inner map's size is a placeholder: BPF_F_INNER_MAP lets each service's table have its own.
+type Table = BtfArray<u32, 1, { BPF_F_INNER_MAP as usize }>;
 
-/// Every service's lookup table, one after the other: slot -> real server id.
-#[map]
-static SCHED_TABLE: Array<u32> = Array::with_max_entries(MAX_SERVICES * SH_TABLE_SIZE, 0);
+#[btf_map]
+static TABLES: ArrayOfMaps<Table, { MAX_SERVICES as usize }> = ArrayOfMaps::new();
 
 /// Real servers by id.
 #[map]
 static REALS: Array<RealServer> = Array::with_max_entries(MAX_REALS, 0);
 
-/// The real server (id and entry) for this packet, if the service has a usable one.
+/// The real server id the service's table gives this flow.
 #[inline(always)]
-pub fn pick(service: &ServiceInfo, pkt: &Packet) -> Option<(u32, &'static RealServer)> {
-    let slot = sh_slot(&pkt.src_addr());
-    let real_id = *SCHED_TABLE.get(table_index(service.id, slot))?;
-    // An empty slot (NO_REAL) is out of the array's range, so this lookup fails for it too.
-    let real = REALS.get(real_id)?;
-    if real.flags & REAL_ACTIVE == 0 {
+pub fn pick(service: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
+    let slot = sched::slot(service, flow)?;
+    TABLES.get_value(service.id, &slot).copied()
+}
+
+/// The real server `id`, if it is configured in `service` (an empty slot, NO_REAL, is out of the
+/// array's range; a deleted real server is inactive; ids are reused across services).
+#[inline(always)]
+pub fn real(service: &ServiceInfo, id: u32) -> Option<&'static RealServer> {
+    let real = REALS.get(id)?;
+    if real.flags & REAL_ACTIVE == 0 || real.service != service.id {
         return None;
     }
-    Some((real_id, real))
+    Some(real)
 }

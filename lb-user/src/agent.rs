@@ -19,7 +19,7 @@ use tokio::{
 
 use crate::{
     control::{Listing, Request, Response},
-    datapath::{AttachMode, Datapath, MapWriter},
+    datapath::{AttachMode, Datapath, LoadOptions, MapWriter},
     net::{self, Interface},
     state::{self, RealSpec, State},
 };
@@ -28,6 +28,11 @@ pub struct RunOptions {
     pub iface: String,
     pub mode: AttachMode,
     pub socket: PathBuf,
+    pub load: LoadOptions,
+    /// Connection-table idle timeouts, seconds.
+    pub tcp_timeout: u32,
+    pub tcp_fin_timeout: u32,
+    pub udp_timeout: u32,
 }
 
 /// The agent's mutable core: the desired state and the maps it is mirrored into.
@@ -80,10 +85,10 @@ impl Agent {
                 )));
             }
             Request::AddService { service, scheduler } => {
-                self.state.add_service(service, scheduler)?
+                self.state.add_service(service, &scheduler)?
             }
             Request::EditService { service, scheduler } => {
-                self.state.edit_service(service, scheduler)?
+                self.state.edit_service(service, &scheduler)?
             }
             Request::DelService { service } => self.state.del_service(service)?,
             Request::AddReal { service, real } => {
@@ -91,6 +96,16 @@ impl Agent {
                 self.state.add_real(service, &real)?
             }
             Request::EditReal { service, real } => self.state.edit_real(service, &real)?,
+            Request::Simulate { service, flows } => {
+                let reals = flows
+                    .iter()
+                    .map(|&(src, sport)| {
+                        let real = self.state.simulate(&service, src, sport)?;
+                        Ok(real.map(|r| format!("{}:{}", r.addr, r.port)))
+                    })
+                    .collect::<Result<_>>()?;
+                return Ok(Response::Simulated { reals });
+            }
             Request::DelReal { service, addr } => self.state.del_real(service, addr)?,
         };
         self.commit(next)?;
@@ -146,11 +161,14 @@ async fn serve(agent: Arc<Mutex<Agent>>, stream: UnixStream) -> Result<()> {
 pub async fn run(opts: RunOptions) -> Result<()> {
     let iface = net::interface(&opts.iface).await?;
     prepare_socket(&opts.socket)?;
-    let mut datapath = Datapath::load_lb()?;
+    let mut datapath = Datapath::load_lb(opts.load)?;
     let mut maps = datapath.maps()?;
     maps.set_config(&DirectorConfig {
         mac: iface.mac,
         _pad: [0; 2],
+        tcp_timeout: opts.tcp_timeout,
+        tcp_fin_timeout: opts.tcp_fin_timeout,
+        udp_timeout: opts.udp_timeout,
     })?;
     let (_link, mode) = datapath
         .attach(iface.index, opts.mode)

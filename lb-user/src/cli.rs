@@ -13,9 +13,12 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     agent::{self, RunOptions},
     control::{self, Listing, Request, Response, StatsView, DEFAULT_SOCKET},
-    datapath::AttachMode,
-    state::{Forward, Mac, Protocol, RealSpec, Scheduler, ServiceAddr, MAX_WEIGHT},
+    datapath::{AttachMode, LoadOptions},
+    state::{
+        Forward, Hash, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr, MAX_WEIGHT,
+    },
 };
+use lb_common::{DirectorConfig, DEFAULT_CONN_MAX};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -41,6 +44,18 @@ pub enum Command {
         /// XDP attach mode; auto falls back to generic when the driver has no native XDP.
         #[arg(long, value_enum, default_value = "native")]
         mode: AttachMode,
+        /// Flows the connection table holds (least recently used ones make room).
+        #[arg(long, value_name = "FLOWS", default_value_t = DEFAULT_CONN_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+        conn_max: u32,
+        /// Idle timeout of established TCP flows, seconds (ipvsadm --set TCP).
+        #[arg(long, value_name = "SECS", default_value_t = DirectorConfig::DEFAULT_TCP_TIMEOUT)]
+        tcp_timeout: u32,
+        /// Idle timeout of TCP flows after a FIN, seconds (ipvsadm --set TCPFIN).
+        #[arg(long, value_name = "SECS", default_value_t = DirectorConfig::DEFAULT_TCP_FIN_TIMEOUT)]
+        tcp_fin_timeout: u32,
+        /// Idle timeout of UDP flows, seconds (ipvsadm --set UDP).
+        #[arg(long, value_name = "SECS", default_value_t = DirectorConfig::DEFAULT_UDP_TIMEOUT)]
+        udp_timeout: u32,
     },
     /// Add, edit or delete a virtual service (ipvsadm -A/-E/-D).
     Service {
@@ -51,6 +66,14 @@ pub enum Command {
     Real {
         #[command(subcommand)]
         action: RealAction,
+    },
+    /// Print the real server the datapath would give new flows from these clients.
+    Simulate {
+        #[command(flatten)]
+        service: ServiceArg,
+        /// Client SRC:PORT; repeat it for several flows, or give `-` to read one per line from stdin.
+        #[arg(long, value_name = "SRC:PORT", required = true)]
+        from: Vec<String>,
     },
     /// List services and real servers (ipvsadm -L).
     List {
@@ -93,22 +116,45 @@ impl ServiceArg {
     }
 }
 
+/// Scheduler options of `service add|edit`.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct SchedulerArgs {
+    /// Scheduler: sh (source hashing) or mh (Maglev consistent hashing). Default sh.
+    #[arg(short = 's', long, value_enum)]
+    scheduler: Option<Scheduler>,
+    /// Maglev table size (mh): a prime from 251 to 131071, default 65537, at least 100 per real server.
+    #[arg(long, value_name = "PRIME")]
+    mh_size: Option<u32>,
+    /// What mh hashes: flow (addresses, ports, protocol; default) or src (client affinity).
+    #[arg(long, value_enum)]
+    hash: Option<Hash>,
+}
+
+impl SchedulerArgs {
+    fn spec(&self) -> SchedulerSpec {
+        SchedulerSpec {
+            scheduler: self.scheduler,
+            mh_size: self.mh_size,
+            hash: self.hash,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ServiceAction {
     /// Add a virtual service.
     Add {
         #[command(flatten)]
         service: ServiceArg,
-        /// Scheduler.
-        #[arg(short = 's', long, value_enum, default_value = "sh")]
-        scheduler: Scheduler,
+        #[command(flatten)]
+        scheduler: SchedulerArgs,
     },
-    /// Change a virtual service's scheduler.
+    /// Change a virtual service's scheduler or its options (what is not given stays).
     Edit {
         #[command(flatten)]
         service: ServiceArg,
-        #[arg(short = 's', long, value_enum, default_value = "sh")]
-        scheduler: Scheduler,
+        #[command(flatten)]
+        scheduler: SchedulerArgs,
     },
     /// Delete a virtual service and its real servers.
     Del {
@@ -203,22 +249,34 @@ fn parse_weight(s: &str) -> Result<u32, String> {
 /// Runs a parsed command line.
 pub fn execute(cli: Cli) -> Result<()> {
     let request = match cli.command {
-        Command::Run { iface, mode } => {
+        Command::Run {
+            iface,
+            mode,
+            conn_max,
+            tcp_timeout,
+            tcp_fin_timeout,
+            udp_timeout,
+        } => {
             let rt = tokio::runtime::Runtime::new()?;
             return rt.block_on(agent::run(RunOptions {
                 iface,
                 mode,
                 socket: cli.socket,
+                load: LoadOptions { conn_max },
+                tcp_timeout,
+                tcp_fin_timeout,
+                udp_timeout,
             }));
         }
+        Command::Simulate { service, from } => return simulate(&cli.socket, service.addr(), &from),
         Command::Service { action } => match action {
             ServiceAction::Add { service, scheduler } => Request::AddService {
                 service: service.addr(),
-                scheduler,
+                scheduler: scheduler.spec(),
             },
             ServiceAction::Edit { service, scheduler } => Request::EditService {
                 service: service.addr(),
-                scheduler,
+                scheduler: scheduler.spec(),
             },
             ServiceAction::Del { service } => Request::DelService {
                 service: service.addr(),
@@ -269,6 +327,48 @@ pub fn execute(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// `xdplb simulate`: prints "SRC:PORT RIP:PORT" per flow ("-" when no real server would take it).
+fn simulate(socket: &std::path::Path, service: ServiceAddr, from: &[String]) -> Result<()> {
+    let mut flows_text = Vec::new();
+    for f in from {
+        if f == "-" {
+            flows_text.extend(
+                std::io::stdin()
+                    .lines()
+                    .map_while(Result::ok)
+                    .filter(|l| !l.trim().is_empty()),
+            );
+        } else {
+            flows_text.push(f.clone());
+        }
+    }
+    let flows = flows_text
+        .iter()
+        .map(|f| {
+            let sa: SocketAddrV4 = f.trim().parse().map_err(|_| {
+                anyhow::anyhow!("invalid client address '{}': expected SRC:PORT", f.trim())
+            })?;
+            Ok((*sa.ip(), sa.port()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let Response::Simulated { reals } = control::request(
+        socket,
+        &Request::Simulate {
+            service,
+            flows: flows.clone(),
+        },
+    )?
+    else {
+        bail!("the agent answered a simulate request with something else");
+    };
+    let mut out = String::new();
+    for ((src, sport), real) in flows.iter().zip(reals) {
+        let _ = writeln!(out, "{src}:{sport} {}", real.as_deref().unwrap_or("-"));
+    }
+    print!("{out}");
+    Ok(())
+}
+
 fn stats_columns(s: &StatsView) -> String {
     format!("{:>10} {:>12} {:>14}", s.conns, s.packets, s.bytes)
 }
@@ -305,7 +405,11 @@ pub fn format_listing(l: &Listing) -> String {
                 let _ = writeln!(out, "{proto:<4} {:<28} {}", s.address, stats_columns(st));
             }
             None => {
-                let _ = writeln!(out, "{proto:<4} {} {}", s.address, s.scheduler);
+                let options = match (s.mh_size, s.hash) {
+                    (Some(size), Some(hash)) => format!(" (size {size}, hash {hash})"),
+                    _ => String::new(),
+                };
+                let _ = writeln!(out, "{proto:<4} {} {}{options}", s.address, s.scheduler);
             }
         }
         for r in &s.reals {

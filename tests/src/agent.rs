@@ -2,6 +2,7 @@
 //! namespace, the CLI anywhere (the control socket is a filesystem path).
 
 use std::fs::File;
+use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -137,6 +138,42 @@ impl Agent {
             String::from_utf8_lossy(&out.stderr).trim()
         );
         String::from_utf8(out.stdout).expect("xdplb prints UTF-8")
+    }
+
+    /// `xdplb simulate <proto> <service> --from SRC:PORT...`, `proto` being `-t` or `-u`: the
+    /// real server (RIP:PORT) a NEW flow from each of `flows` would get now, in their order.
+    /// Panics unless every flow gets exactly one well-formed line.
+    pub fn simulate(
+        &self,
+        proto: &str,
+        service: &str,
+        flows: &[SocketAddrV4],
+    ) -> Vec<SocketAddrV4> {
+        let mut args = vec!["simulate", proto, service];
+        let flows_text: Vec<String> = flows.iter().map(ToString::to_string).collect();
+        for flow in &flows_text {
+            args.extend(["--from", flow]);
+        }
+        let out = self.cli_ok(&args);
+        let reals: Vec<SocketAddrV4> = out
+            .lines()
+            .zip(flows)
+            .map(|(line, flow)| {
+                let parsed: Option<(SocketAddrV4, SocketAddrV4)> = line
+                    .split_once(' ')
+                    .and_then(|(src, real)| Some((src.parse().ok()?, real.parse().ok()?)));
+                match parsed {
+                    Some((src, real)) if src == *flow => real,
+                    _ => panic!("simulate: {line:?} is not \"{flow} RIP:PORT\" in:\n{out}"),
+                }
+            })
+            .collect();
+        assert_eq!(
+            out.lines().count(),
+            flows.len(),
+            "simulate: one line per flow expected, got:\n{out}"
+        );
+        reals
     }
 
     /// `xdplb list --stats --json`, parsed.

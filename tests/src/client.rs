@@ -1,8 +1,17 @@
-//! The test client: one TCP connection from a chosen source address, reading what the server says.
+//! The test clients, connecting from a chosen source address (and port, so that a flow is known
+//! before it starts): [`fetch`], one short connection reading what the server says, and
+//! [`Stream`], one long-lived connection exchanging lines with `lb-testsrv --echo`, driven in a
+//! background thread that records which server answers and how the connection ends.
 
-use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
-use std::io::Read as _;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::io::ErrorKind::{
+    BrokenPipe, ConnectionAborted, ConnectionReset, Interrupted, TimedOut, UnexpectedEof,
+    WouldBlock,
+};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -16,15 +25,18 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 /// returns what it said without the trailing newline: with `lb-testsrv`, the server's name.
 /// Refused, reset and timed-out connections are errors naming the reason.
 pub fn fetch(src: Ipv4Addr, dst: SocketAddrV4) -> Result<String> {
+    fetch_from(SocketAddrV4::new(src, 0), dst)
+}
+
+/// Like [`fetch`], from source address AND port `src` (port 0: any). The client half-closes
+/// right after connecting (it has nothing to say), so `lb-testsrv --echo` closes after its
+/// greeting just like the default mode does.
+pub fn fetch_from(src: SocketAddrV4, dst: SocketAddrV4) -> Result<String> {
     let deadline = Instant::now() + TIMEOUT;
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    socket
-        .bind(&SocketAddr::from((src, 0)).into())
-        .with_context(|| format!("bind {src}"))?;
-    socket
-        .connect_timeout(&SocketAddr::V4(dst).into(), TIMEOUT)
-        .with_context(|| format!("connect {src} -> {dst}"))?;
-    let mut stream = std::net::TcpStream::from(socket);
+    let mut stream = connect(src, dst)?;
+    stream
+        .shutdown(Shutdown::Write)
+        .with_context(|| format!("{src} -> {dst}: shutdown"))?;
     let mut reply = Vec::new();
     let mut buf = [0u8; 256];
     loop {
@@ -46,4 +58,206 @@ pub fn fetch(src: Ipv4Addr, dst: SocketAddrV4) -> Result<String> {
     }
     let reply = String::from_utf8(reply).context("reply is not UTF-8")?;
     Ok(reply.trim_end().to_owned())
+}
+
+/// A TCP connection from `src` (port 0: any) to `dst`, within [`TIMEOUT`].
+fn connect(src: SocketAddrV4, dst: SocketAddrV4) -> Result<TcpStream> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket
+        .bind(&SocketAddr::V4(src).into())
+        .with_context(|| format!("bind {src}"))?;
+    socket
+        .connect_timeout(&SocketAddr::V4(dst).into(), TIMEOUT)
+        .with_context(|| format!("connect {src} -> {dst}"))?;
+    Ok(socket.into())
+}
+
+/// How a [`Stream`] stopped working.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamError {
+    /// The peer reset the connection (e.g. a real server that does not know it).
+    Reset,
+    /// The server closed the connection.
+    Eof,
+    /// No answer within [`Stream::STALL`].
+    Stall,
+    /// An answer that is not `NAME SEQ` for the line just sent, or from another server.
+    Garbled(String),
+    /// Any other socket error.
+    Io(String),
+}
+
+impl From<std::io::Error> for StreamError {
+    fn from(e: std::io::Error) -> Self {
+        match e.kind() {
+            ConnectionReset | ConnectionAborted | BrokenPipe => Self::Reset,
+            WouldBlock | TimedOut => Self::Stall,
+            UnexpectedEof => Self::Eof,
+            _ => Self::Io(e.to_string()),
+        }
+    }
+}
+
+/// A long-lived connection to `lb-testsrv --echo`: [`Stream::connect`] reads the greeting (the
+/// server's name), each [`Stream::exchange`] sends a sequence number and expects
+/// `NAME SEQ` back. [`Stream::drive`] exchanges in a background thread.
+pub struct Stream {
+    src: SocketAddrV4,
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    server: String,
+    seq: u64,
+}
+
+impl Stream {
+    /// An answer slower than this is a stall: the connection counts as broken.
+    pub const STALL: Duration = Duration::from_secs(2);
+
+    /// Connects from `src` (address AND port, so the flow is known in advance) to `dst` in the
+    /// CALLING THREAD's namespace (see [`fetch`]) and reads the server's greeting. The socket
+    /// keeps its namespace: the stream may be used, and driven, from any thread.
+    pub fn connect(src: SocketAddrV4, dst: SocketAddrV4) -> Result<Self> {
+        let writer = connect(src, dst)?;
+        writer.set_read_timeout(Some(Self::STALL))?;
+        writer.set_write_timeout(Some(Self::STALL))?;
+        let mut reader = BufReader::new(writer.try_clone()?);
+        let server = read_line(&mut reader)
+            .map_err(|e| anyhow::anyhow!("{src} -> {dst}: greeting: {e:?}"))?;
+        Ok(Self {
+            src,
+            reader,
+            writer,
+            server,
+            seq: 0,
+        })
+    }
+
+    /// The client end of the flow.
+    pub fn src(&self) -> SocketAddrV4 {
+        self.src
+    }
+
+    /// The server that greeted this connection.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// One line out, one line back, from the server that greeted the connection.
+    pub fn exchange(&mut self) -> Result<(), StreamError> {
+        self.seq += 1;
+        self.writer
+            .write_all(format!("{}\n", self.seq).as_bytes())?;
+        let answer = read_line(&mut self.reader)?;
+        if answer != format!("{} {}", self.server, self.seq) {
+            return Err(StreamError::Garbled(format!(
+                "sent {}, got {answer:?}",
+                self.seq
+            )));
+        }
+        Ok(())
+    }
+
+    /// Exchanges every `interval` in a background thread until the first failure or until the
+    /// returned handle stops it.
+    pub fn drive(mut self, interval: Duration) -> DrivenStream {
+        let status = Arc::new(Mutex::new(StreamStatus {
+            src: self.src,
+            server: self.server.clone(),
+            exchanges: 0,
+            last_ok: Instant::now(),
+            failure: None,
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (status, stop) = (Arc::clone(&status), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let result = self.exchange();
+                    let mut status = status.lock().expect("stream status lock");
+                    match result {
+                        Ok(()) => {
+                            status.exchanges += 1;
+                            status.last_ok = Instant::now();
+                        }
+                        Err(e) => {
+                            status.failure = Some((Instant::now(), e));
+                            return;
+                        }
+                    }
+                    drop(status);
+                    std::thread::sleep(interval);
+                }
+            })
+        };
+        DrivenStream {
+            status,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// A line without its newline; EOF before a whole line is [`StreamError::Eof`].
+fn read_line(reader: &mut BufReader<TcpStream>) -> Result<String, StreamError> {
+    let mut line = String::new();
+    loop {
+        match reader.read_line(&mut line) {
+            Ok(_) if line.ends_with('\n') => {
+                line.pop();
+                return Ok(line);
+            }
+            Ok(_) => return Err(StreamError::Eof),
+            Err(e) if e.kind() == Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// What a driven stream did so far.
+#[derive(Clone, Debug)]
+pub struct StreamStatus {
+    pub src: SocketAddrV4,
+    /// The server that greeted the connection; every answer came from it.
+    pub server: String,
+    /// Successful exchanges.
+    pub exchanges: u64,
+    /// When the last exchange succeeded (or the stream started driving, before the first).
+    pub last_ok: Instant,
+    /// When and how the stream broke, if it did; a broken stream exchanges no more.
+    pub failure: Option<(Instant, StreamError)>,
+}
+
+/// A [`Stream`] exchanging in its own thread; stopped (and the connection closed) by
+/// [`DrivenStream::stop`] or on Drop.
+pub struct DrivenStream {
+    status: Arc<Mutex<StreamStatus>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DrivenStream {
+    /// A snapshot of the stream's status.
+    pub fn status(&self) -> StreamStatus {
+        self.status.lock().expect("stream status lock").clone()
+    }
+
+    /// Stops exchanging, closes the connection and returns the final status.
+    pub fn stop(mut self) -> StreamStatus {
+        if let Err(panic) = self.join() {
+            std::panic::resume_unwind(panic);
+        }
+        self.status()
+    }
+
+    fn join(&mut self) -> std::thread::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map_or(Ok(()), JoinHandle::join)
+    }
+}
+
+impl Drop for DrivenStream {
+    fn drop(&mut self) {
+        // Never a second panic from Drop: stop() reports a panicked thread.
+        let _ = self.join();
+    }
 }

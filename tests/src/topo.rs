@@ -86,7 +86,7 @@ fn ipv4_only(ns: &Netns) -> Result<()> {
 /// - director 10.0.0.1, plus the VIP 10.0.0.100/32 on its eth0 (it answers ARP for the VIP);
 /// - real servers `rs1..rsN` at 10.0.0.11.., the VIP on `lo` and arp_ignore=1 / arp_announce=2 so
 ///   they accept packets for the VIP but never claim it on the wire; each runs `lb-testsrv` on
-///   0.0.0.0:80, answering its name;
+///   0.0.0.0:80, answering its name ([`Serve`] says whether it also echoes);
 /// - client 10.0.0.2 plus [`DrTopology::CLIENT_SOURCES`] extra source addresses, TX checksum
 ///   offload off (see [`crate::ethtool`]);
 /// - an XDP_PASS program on the switch-side end of the director's veth, without which frames the
@@ -111,7 +111,14 @@ impl DrTopology {
     /// Extra client addresses, 10.0.0.101 onwards, so the source-hash scheduler sees many clients.
     pub const CLIENT_SOURCES: u8 = 40;
 
+    /// The topology with `n_reals` real servers answering their name and closing
+    /// ([`Serve::Once`]).
     pub fn new(n_reals: usize) -> Result<Self> {
+        Self::with_servers(n_reals, Serve::Once)
+    }
+
+    /// The topology with `n_reals` real servers serving connections as `serve` says.
+    pub fn with_servers(n_reals: usize, serve: Serve) -> Result<Self> {
         assert!(
             (1..=80).contains(&n_reals),
             "real servers get 10.0.0.11..=10.0.0.90"
@@ -161,6 +168,7 @@ impl DrTopology {
                     &rs.ns,
                     rs.name(),
                     SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, Self::PORT),
+                    serve,
                 )
             })
             .collect::<Result<_>>()?;
@@ -224,15 +232,36 @@ impl DrTopology {
         &self.reals
     }
 
+    /// The real server with address `addr`, if there is one.
+    pub fn real_at(&self, addr: Ipv4Addr) -> Option<&Host> {
+        self.reals.iter().find(|rs| rs.addr == addr)
+    }
+
     pub fn switch(&self) -> &Switch {
         &self.switch
     }
 }
 
+/// What the real servers' `lb-testsrv` does with a TCP connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Serve {
+    /// Answers its name and closes ([`crate::client::fetch`]).
+    #[default]
+    Once,
+    /// Greets with its name, then answers every line until the client closes
+    /// ([`crate::client::Stream`]; [`crate::client::fetch`] works too).
+    Echo,
+}
+
 /// Starts `lb-testsrv` in a namespace and waits until it listens (it prints one line then).
-pub fn start_testsrv(ns: &Netns, name: &str, listen: SocketAddrV4) -> Result<Proc> {
+pub fn start_testsrv(ns: &Netns, name: &str, listen: SocketAddrV4, serve: Serve) -> Result<Proc> {
     let bin = crate::binary("LB_TESTSRV_BIN", "lb-testsrv", "cargo build -p lb-tests");
-    let mut server = ns.spawn(&bin, &["--name", name, "--listen", &listen.to_string()])?;
+    let listen = listen.to_string();
+    let mut args = vec!["--name", name, "--listen", &listen];
+    if serve == Serve::Echo {
+        args.push("--echo");
+    }
+    let mut server = ns.spawn(&bin, &args)?;
     let mut line = String::new();
     BufReader::new(server.stdout().expect("stdout is piped")).read_line(&mut line)?;
     if line.is_empty() {

@@ -4,19 +4,15 @@
 
 use std::net::Ipv4Addr;
 
-use aya::programs::{TestRun as _, TestRunOptions};
-use lb_common::{program_names, DirectorConfig, Reason, IPPROTO_UDP};
+use lb_common::{Reason, IPPROTO_UDP};
+use lb_tests::fixture::{real_mac, Fixture, DIRECTOR_MAC, XDP_DROP, XDP_PASS, XDP_TX};
 use lb_tests::require_root;
 use lb_user::{
-    datapath::{Datapath, MapWriter as _, Maps},
+    datapath::MapWriter as _,
     packet::{FrameSpec, TCP_ACK},
-    state::{apply, Mac, Protocol, RealSpec, Scheduler, ServiceAddr, State},
+    state::{Protocol, SchedulerSpec, ServiceAddr},
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const DIRECTOR_MAC: [u8; 6] = [0x02, 0xd1, 0, 0, 0, 0x01];
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 
 fn tcp_service() -> ServiceAddr {
@@ -35,82 +31,16 @@ fn udp_service() -> ServiceAddr {
     }
 }
 
-fn real_mac(i: u8) -> [u8; 6] {
-    [0x02, 0xee, 0, 0, 0, i]
-}
-
-/// The loaded program with a TCP and a UDP service on the VIP, each over real servers
-/// 10.0.0.11.. with the given weights.
-struct Fixture {
-    datapath: Datapath,
-    maps: Maps,
-    state: State,
-}
-
-impl Fixture {
-    fn new(weights: &[u32]) -> Self {
-        let mut datapath = Datapath::load_lb().expect("load the datapath");
-        let mut maps = datapath.maps().unwrap();
-        maps.set_config(&DirectorConfig {
-            mac: DIRECTOR_MAC,
-            _pad: [0; 2],
-        })
-        .unwrap();
-        let mut state = State::default();
-        for svc in [tcp_service(), udp_service()] {
-            state = state.add_service(svc, Scheduler::Sh).unwrap();
-            for (i, &w) in weights.iter().enumerate() {
-                let n = 11 + i as u8;
-                let spec = RealSpec {
-                    addr: Some(Ipv4Addr::new(10, 0, 0, n)),
-                    weight: Some(w),
-                    mac: Some(Mac(real_mac(n))),
-                    ..Default::default()
-                };
-                state = state.add_real(svc, &spec).unwrap();
-            }
-        }
-        apply(&mut maps, &State::default(), &state).unwrap();
-        Self {
-            datapath,
-            maps,
-            state,
+/// A TCP and a UDP `sh` service on the VIP, each over real servers 10.0.0.11.. with `weights`.
+fn fixture(weights: &[u32]) -> Fixture {
+    let mut fx = Fixture::new();
+    for svc in [tcp_service(), udp_service()] {
+        fx.add_service(svc, SchedulerSpec::default());
+        for (i, &w) in weights.iter().enumerate() {
+            fx.add_real(svc, 11 + i as u8, w);
         }
     }
-
-    /// Runs the program once on `frame`: the verdict and the frame as it left the program.
-    fn run(&mut self, frame: &[u8]) -> std::io::Result<(u32, Vec<u8>)> {
-        let mut out = vec![0u8; frame.len() + 256];
-        let prog = self.datapath.program(program_names::LB).unwrap();
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .map_err(|e| match e {
-                aya::programs::ProgramError::SyscallError(s) => s.io_error,
-                other => std::io::Error::other(other.to_string()),
-            })?;
-        out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
-    }
-
-    /// The MAC of the real server the agent's state predicts for a client of a service.
-    fn predicted_mac(&self, svc: &ServiceAddr, client: Ipv4Addr) -> [u8; 6] {
-        self.state
-            .service(svc)
-            .unwrap()
-            .pick(client)
-            .expect("a real server")
-            .mac
-            .0
-    }
-
-    fn reason(&self, r: Reason) -> u64 {
-        let c = self.maps.counters().unwrap();
-        c.reasons.iter().find(|(x, _)| *x == r).unwrap().1.packets
-    }
+    fx
 }
 
 /// Asserts the frame was forwarded by LVS/DR: XDP_TX, destination MAC = the predicted real
@@ -120,7 +50,7 @@ fn assert_direct_routed(fx: &mut Fixture, svc: &ServiceAddr, spec: &FrameSpec) -
     let (verdict, out) = fx.run(&frame).unwrap();
     assert_eq!(verdict, XDP_TX, "verdict for {spec:?}");
     assert_eq!(out.len(), frame.len());
-    let expected = fx.predicted_mac(svc, spec.src);
+    let expected = fx.predicted_mac(svc, spec);
     assert_eq!(out[0..6], expected, "destination MAC");
     assert_eq!(out[6..12], DIRECTOR_MAC, "source MAC");
     assert_eq!(
@@ -136,7 +66,7 @@ fn tcp_and_udp_to_a_vip_leave_with_only_the_macs_changed() {
     if !require_root() {
         return;
     }
-    let mut fx = Fixture::new(&[1, 1, 1]);
+    let mut fx = fixture(&[1, 1, 1]);
     assert_direct_routed(
         &mut fx,
         &tcp_service(),
@@ -159,7 +89,7 @@ fn packets_not_for_a_service_pass_unchanged() {
     if !require_root() {
         return;
     }
-    let mut fx = Fixture::new(&[1, 1]);
+    let mut fx = fixture(&[1, 1]);
     let cases = [
         (
             FrameSpec {
@@ -228,7 +158,7 @@ fn a_first_fragment_is_forwarded() {
     if !require_root() {
         return;
     }
-    let mut fx = Fixture::new(&[1, 1]);
+    let mut fx = fixture(&[1, 1]);
     // More-fragments set, offset 0: it has the ports, so it is scheduled like any packet.
     let spec = FrameSpec {
         frag: 0x2000,
@@ -243,7 +173,7 @@ fn ip_options_and_a_vlan_tag_are_handled() {
     if !require_root() {
         return;
     }
-    let mut fx = Fixture::new(&[1, 2]);
+    let mut fx = fixture(&[1, 2]);
     let options = FrameSpec {
         ip_options: vec![1; 40],
         payload: b"x".to_vec(),
@@ -270,7 +200,7 @@ fn a_vip_packet_cut_short_is_never_sent_out() {
     if !require_root() {
         return;
     }
-    let mut fx = Fixture::new(&[1, 1]);
+    let mut fx = fixture(&[1, 1]);
     for spec in [
         FrameSpec {
             payload: b"0123456789".to_vec(),
@@ -330,7 +260,7 @@ fn ethernet_padding_after_the_ip_packet_is_fine() {
     if !require_root() {
         return;
     }
-    let mut fx = Fixture::new(&[1]);
+    let mut fx = fixture(&[1]);
     let mut frame = FrameSpec::default().build();
     frame.extend_from_slice(&[0; 6]);
     let (verdict, out) = fx.run(&frame).unwrap();
@@ -343,7 +273,7 @@ fn a_source_always_picks_the_same_real_server() {
     if !require_root() {
         return;
     }
-    let mut fx = Fixture::new(&[1, 1, 1]);
+    let mut fx = fixture(&[1, 1, 1]);
     for client in 1..=20u8 {
         let src = Ipv4Addr::new(192, 168, 0, client);
         let first = assert_direct_routed(
@@ -371,8 +301,9 @@ fn weights_1_2_3_share_30000_random_sources() {
     if !require_root() {
         return;
     }
-    let mut fx = Fixture::new(&[1, 2, 3]);
+    let mut fx = fixture(&[1, 2, 3]);
     let mut seen = [0u32; 3];
+    let mut sources = std::collections::HashSet::new();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     const N: u32 = 30_000;
     for _ in 0..N {
@@ -381,6 +312,7 @@ fn weights_1_2_3_share_30000_random_sources() {
         x ^= x << 25;
         x ^= x >> 27;
         let src = Ipv4Addr::from((x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32);
+        sources.insert(src);
         let mac = assert_direct_routed(
             &mut fx,
             &tcp_service(),
@@ -403,8 +335,9 @@ fn weights_1_2_3_share_30000_random_sources() {
     let svc = fx.state.service(&tcp_service()).unwrap();
     assert_eq!(c.services[svc.id as usize].packets, N as u64);
     assert_eq!(
-        c.services[svc.id as usize].conns, N as u64,
-        "every SYN is a new connection"
+        c.services[svc.id as usize].conns,
+        sources.len() as u64,
+        "every new flow is a new connection, a repeated one is not"
     );
     for (r, n) in svc.reals.iter().zip(seen) {
         assert_eq!(
@@ -420,12 +353,12 @@ fn a_service_without_real_servers_drops() {
     if !require_root() {
         return;
     }
-    let mut fx = Fixture::new(&[]);
+    let mut fx = fixture(&[]);
     let before = fx.reason(Reason::DropNoReal);
     assert_eq!(fx.run(&FrameSpec::default().build()).unwrap().0, XDP_DROP);
     assert_eq!(fx.reason(Reason::DropNoReal), before + 1);
     // All weights 0: the same.
-    let mut fx = Fixture::new(&[0, 0]);
+    let mut fx = fixture(&[0, 0]);
     assert_eq!(fx.run(&FrameSpec::default().build()).unwrap().0, XDP_DROP);
 }
 
@@ -434,7 +367,7 @@ fn deleting_a_real_server_moves_only_its_clients() {
     if !require_root() {
         return;
     }
-    let mut fx = Fixture::new(&[1, 1, 1]);
+    let mut fx = fixture(&[1, 1, 1]);
     let clients: Vec<Ipv4Addr> = (0..300u32)
         .map(|i| Ipv4Addr::from(0xac10_0000 + i * 7))
         .collect();
@@ -451,12 +384,7 @@ fn deleting_a_real_server_moves_only_its_clients() {
             )
         })
         .collect();
-    let next = fx
-        .state
-        .del_real(tcp_service(), Ipv4Addr::new(10, 0, 0, 12))
-        .unwrap();
-    apply(&mut fx.maps, &fx.state, &next).unwrap();
-    fx.state = next;
+    fx.change(|s| s.del_real(tcp_service(), Ipv4Addr::new(10, 0, 0, 12)));
     for (&src, old) in clients.iter().zip(before) {
         let new = assert_direct_routed(
             &mut fx,

@@ -2,9 +2,10 @@
 //! completely on Drop.
 
 use std::net::SocketAddrV4;
+use std::time::Duration;
 
-use lb_tests::client::fetch;
-use lb_tests::{require_root, DrTopology};
+use lb_tests::client::{fetch, fetch_from, Stream, StreamError};
+use lb_tests::{require_root, DrTopology, Serve};
 
 #[test]
 fn dr_topology_builds_and_tears_down() {
@@ -69,4 +70,60 @@ fn dr_topology_builds_and_tears_down() {
     for name in names {
         assert!(!left.contains(&name), "namespace {name} left behind");
     }
+}
+
+/// `lb-testsrv --echo` and the long-lived client, straight to a real server: streams from chosen
+/// source ports get answers from the server that greeted them; a reset and a stall are told
+/// apart and reported; `fetch` still works against an echo server.
+#[test]
+fn streams_report_resets_and_stalls() {
+    if !require_root() {
+        return;
+    }
+    let topo = DrTopology::with_servers(1, Serve::Echo).expect("cannot build the DR topology");
+    let rs = &topo.reals()[0];
+    let direct = SocketAddrV4::new(rs.addr(), DrTopology::PORT);
+    let src = DrTopology::client_sources()[0];
+    let (kept, reset) = (SocketAddrV4::new(src, 20001), SocketAddrV4::new(src, 20002));
+    let client = topo.client().ns();
+
+    let answer = client.run_in(|| fetch_from(SocketAddrV4::new(src, 20000), direct));
+    assert_eq!(answer.expect("fetch from an echo server"), rs.name());
+    let streams = client.run_in(|| [kept, reset].map(|from| Stream::connect(from, direct)));
+    let [kept, reset] = streams.map(|s| {
+        let mut s = s.expect("stream connect");
+        assert_eq!(s.server(), rs.name());
+        assert_eq!(s.exchange(), Ok(()));
+        s.drive(Duration::from_millis(20))
+    });
+
+    // The server's socket of one stream is destroyed: it answers the next line with a reset.
+    let filter = format!("sport = :{} and dst = {src}:20002", DrTopology::PORT);
+    rs.ns().exec("ss", &["-K", "-t", &filter]).expect("ss -K");
+    std::thread::sleep(Duration::from_millis(300));
+    let status = reset.stop();
+    assert_eq!(
+        status.failure.clone().map(|(_, e)| e),
+        Some(StreamError::Reset),
+        "{status:?}"
+    );
+    let status = kept.status();
+    assert!(
+        status.failure.is_none() && status.exchanges > 5,
+        "{status:?}"
+    );
+
+    // The server goes silent: the other stream stalls.
+    rs.ns()
+        .ip(&["link", "set", "eth0", "down"])
+        .expect("link down");
+    std::thread::sleep(Stream::STALL + Duration::from_millis(500));
+    let status = kept.stop();
+    let (when, error) = status.failure.clone().expect("the stream stalled");
+    assert_eq!(error, StreamError::Stall, "{status:?}");
+    let quiet = when - status.last_ok;
+    assert!(
+        quiet >= Stream::STALL && quiet < Stream::STALL + Duration::from_millis(300),
+        "stall reported after {quiet:?} without an answer: {status:?}"
+    );
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::{AttachMode, Counters, DatapathCounters},
-    state::{Forward, Mac, Protocol, Scheduler, State},
+    state::{Forward, Hash, Mac, Protocol, Scheduler, State},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -43,6 +43,11 @@ pub struct ServiceView {
     /// VIP:PORT
     pub address: String,
     pub scheduler: Scheduler,
+    /// Maglev table size and what it hashes (`mh` only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mh_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hash: Option<Hash>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stats: Option<StatsView>,
     pub reals: Vec<RealView>,
@@ -72,6 +77,8 @@ impl Listing {
                 protocol: s.addr.protocol,
                 address: format!("{}:{}", s.addr.vip, s.addr.port),
                 scheduler: s.scheduler,
+                mh_size: (s.scheduler == Scheduler::Mh).then_some(s.table.len() as u32),
+                hash: (s.scheduler == Scheduler::Mh).then_some(s.hash),
                 stats: at(&c.services, s.id),
                 reals: s
                     .reals

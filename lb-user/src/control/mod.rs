@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub use client::request;
 pub use listing::{Listing, RealView, ServiceView, StatsView};
 
-use crate::state::{RealSpec, Scheduler, ServiceAddr};
+use crate::state::{RealSpec, SchedulerSpec, ServiceAddr};
 
 /// Where `xdplb run` listens and the CLI connects unless `--socket` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/xdplb/xdplb.sock";
@@ -21,11 +21,11 @@ pub const DEFAULT_SOCKET: &str = "/run/xdplb/xdplb.sock";
 pub enum Request {
     AddService {
         service: ServiceAddr,
-        scheduler: Scheduler,
+        scheduler: SchedulerSpec,
     },
     EditService {
         service: ServiceAddr,
-        scheduler: Scheduler,
+        scheduler: SchedulerSpec,
     },
     DelService {
         service: ServiceAddr,
@@ -43,12 +43,23 @@ pub enum Request {
         addr: Ipv4Addr,
     },
     List,
+    /// Which real server new flows from these client addresses and ports would get.
+    Simulate {
+        service: ServiceAddr,
+        flows: Vec<(Ipv4Addr, u16)>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Ok,
-    Error { message: String },
+    Error {
+        message: String,
+    },
     Listing(Listing),
+    /// One entry per simulated flow: "RIP:PORT", or None when the service has no real server.
+    Simulated {
+        reals: Vec<Option<String>>,
+    },
 }

@@ -3,13 +3,13 @@
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
     Ebpf,
 };
 pub use lb_common::Counters;
 use lb_common::{
-    map_names, sched::table_index, DirectorConfig, RealServer, Reason, ServiceInfo, ServiceKey,
+    map_names, DirectorConfig, RealServer, Reason, ServiceInfo, ServiceKey, BPF_F_INNER_MAP,
     REASON_COUNT,
 };
 
@@ -18,8 +18,8 @@ pub trait MapWriter: Send + Sync {
     fn set_config(&mut self, config: &DirectorConfig) -> Result<()>;
     fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<()>;
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
-    /// Writes `(slot, real id)` pairs into a service's lookup table.
-    fn set_slots(&mut self, service_id: u32, slots: &[(u32, u32)]) -> Result<()>;
+    /// Replaces a service's lookup table (slot -> real server id) in one atomic step.
+    fn set_table(&mut self, service_id: u32, table: &[u32]) -> Result<()>;
     fn set_real(&mut self, id: u32, real: &RealServer) -> Result<()>;
     fn counters(&self) -> Result<DatapathCounters>;
     /// Zeroes the counters of a service id and of real server ids (before they are reused).
@@ -37,7 +37,7 @@ pub struct DatapathCounters {
 /// The real maps of a loaded object.
 pub struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceInfo>,
-    table: Array<MapData, u32>,
+    tables: ArrayOfMaps<MapData, Array<MapData, u32>>,
     reals: Array<MapData, RealServer>,
     config: Array<MapData, DirectorConfig>,
     service_stats: PerCpuArray<MapData, Counters>,
@@ -78,7 +78,7 @@ impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
             services: take(ebpf, map_names::SERVICES)?,
-            table: take(ebpf, map_names::SCHED_TABLE)?,
+            tables: take(ebpf, map_names::TABLES)?,
             reals: take(ebpf, map_names::REALS)?,
             config: take(ebpf, map_names::CONFIG)?,
             service_stats: take(ebpf, map_names::SERVICE_STATS)?,
@@ -87,9 +87,10 @@ impl Maps {
         })
     }
 
-    /// One lookup-table slot as the datapath sees it.
-    pub fn slot(&self, service_id: u32, slot: u32) -> Result<u32> {
-        Ok(self.table.get(&table_index(service_id, slot), 0)?)
+    /// A service's lookup table as the datapath sees it.
+    pub fn table(&self, service_id: u32) -> Result<Vec<u32>> {
+        let inner = self.tables.get(&service_id, 0)?;
+        inner.iter().map(|v| Ok(v?)).collect()
     }
 }
 
@@ -106,10 +107,15 @@ impl MapWriter for Maps {
         Ok(self.services.remove(key)?)
     }
 
-    fn set_slots(&mut self, service_id: u32, slots: &[(u32, u32)]) -> Result<()> {
-        for &(slot, real) in slots {
-            self.table.set(table_index(service_id, slot), real, 0)?;
+    fn set_table(&mut self, service_id: u32, table: &[u32]) -> Result<()> {
+        // Filled while nobody sees it, then swapped in by one update of the outer map; the kernel
+        // frees the old table once no program can be reading it any more.
+        let mut inner = Array::<MapData, u32>::create(table.len() as u32, BPF_F_INNER_MAP)
+            .context("cannot create a lookup table")?;
+        for (slot, &real) in table.iter().enumerate() {
+            inner.set(slot as u32, real, 0)?;
         }
+        self.tables.set(service_id, &inner, 0)?;
         Ok(())
     }
 

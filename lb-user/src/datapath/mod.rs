@@ -6,9 +6,9 @@ mod maps;
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
-    Ebpf,
+    Ebpf, EbpfLoader,
 };
-use lb_common::program_names;
+use lb_common::{map_names, program_names, DEFAULT_CONN_MAX};
 
 pub use maps::{Counters, DatapathCounters, MapWriter, Maps};
 
@@ -31,10 +31,28 @@ pub struct Datapath {
     ebpf: Ebpf,
 }
 
+/// Sizes fixed when the maps are created.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Flows the connection table holds.
+    pub conn_max: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            conn_max: DEFAULT_CONN_MAX,
+        }
+    }
+}
+
 impl Datapath {
     /// Loads the object and the named program into the kernel, without attaching anything.
-    pub fn load(program: &str) -> Result<Self> {
-        let mut ebpf = Ebpf::load(OBJECT).context("cannot load the XDP object into the kernel")?;
+    pub fn load(program: &str, opts: LoadOptions) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::CONNS, opts.conn_max)
+            .load(OBJECT)
+            .context("cannot load the XDP object into the kernel")?;
         xdp(&mut ebpf, program)?
             .load()
             .with_context(|| format!("the kernel rejected the XDP program '{program}'"))?;
@@ -42,8 +60,8 @@ impl Datapath {
     }
 
     /// Loads the director's program.
-    pub fn load_lb() -> Result<Self> {
-        Self::load(program_names::LB)
+    pub fn load_lb(opts: LoadOptions) -> Result<Self> {
+        Self::load(program_names::LB, opts)
     }
 
     pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
@@ -105,7 +123,8 @@ pub struct XdpPass {
 
 impl XdpPass {
     pub fn attach(ifindex: u32) -> Result<Self> {
-        let mut datapath = Datapath::load(program_names::PASS)?;
+        // The pass program needs no connection table worth the name.
+        let mut datapath = Datapath::load(program_names::PASS, LoadOptions { conn_max: 1 })?;
         datapath
             .program(program_names::PASS)?
             .attach_to_if_index(ifindex, XdpMode::Driver)

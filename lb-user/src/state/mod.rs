@@ -9,13 +9,14 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{bail, Result};
 use lb_common::{
-    sched::{NO_REAL, SH_TABLE_SIZE},
+    addr_from_v4, maglev,
+    sched::{self, MH_DEFAULT_SIZE, MH_SIZES, MH_SLOTS_PER_REAL, NO_REAL, SH_TABLE_SIZE},
     table::{rebalance, Member},
-    MAX_REALS, MAX_SERVICES,
+    FlowKey, ServiceInfo, MAX_REALS, MAX_SERVICES,
 };
 
 pub use apply::apply;
-pub use model::{Forward, Mac, Protocol, Scheduler, ServiceAddr};
+pub use model::{Forward, Hash, Mac, Protocol, Scheduler, SchedulerSpec, ServiceAddr};
 
 /// Largest weight, as in IPVS.
 pub const MAX_WEIGHT: u32 = 65535;
@@ -35,10 +36,13 @@ pub struct Real {
 pub struct Service {
     pub addr: ServiceAddr,
     pub scheduler: Scheduler,
+    /// What the scheduler hashes (always the source for `sh`).
+    pub hash: Hash,
     /// Index in the datapath's per-service arrays.
     pub id: u32,
     pub reals: Vec<Real>,
-    /// Lookup table: slot -> real server id ([`NO_REAL`] when empty).
+    /// Lookup table: slot -> real server id ([`NO_REAL`] when empty). Its length is the table
+    /// size: 4096 for `sh`, the Maglev prime for `mh`.
     pub table: Vec<u32>,
 }
 
@@ -47,23 +51,109 @@ impl Service {
         self.reals.iter().find(|r| r.addr == addr)
     }
 
-    fn rebuild_table(&mut self) {
-        let members: Vec<Member> = self
-            .reals
-            .iter()
-            .map(|r| Member {
-                id: r.id,
-                weight: r.weight,
-            })
-            .collect();
-        rebalance(&mut self.table, &members);
+    /// The service's entry in the datapath's SERVICES map.
+    pub fn info(&self) -> ServiceInfo {
+        ServiceInfo {
+            id: self.id,
+            table_size: self.table.len() as u32,
+            scheduler: self.scheduler.id(),
+            hash: self.hash.id(),
+            _pad: [0; 2],
+        }
     }
 
-    /// The real server the datapath picks for a client address (what `sh` computes per packet).
-    pub fn pick(&self, client: Ipv4Addr) -> Option<&Real> {
-        let slot = lb_common::sched::sh_slot(&lb_common::addr_from_v4(client.octets()));
+    fn rebuild_table(&mut self) {
+        match self.scheduler {
+            Scheduler::Sh => {
+                let members: Vec<Member> = self
+                    .reals
+                    .iter()
+                    .map(|r| Member {
+                        id: r.id,
+                        weight: r.weight,
+                    })
+                    .collect();
+                self.table.resize(SH_TABLE_SIZE as usize, NO_REAL);
+                rebalance(&mut self.table, &members);
+            }
+            Scheduler::Mh => {
+                let backends: Vec<maglev::Backend> = self
+                    .reals
+                    .iter()
+                    .map(|r| maglev::Backend {
+                        addr: addr_from_v4(r.addr.octets()),
+                        weight: r.weight,
+                        id: r.id,
+                    })
+                    .collect();
+                self.table = maglev::build(&backends, self.table.len() as u32);
+            }
+        }
+    }
+
+    /// The flow a client's packet to this service forms, as the datapath keys it.
+    pub fn flow(&self, client: Ipv4Addr, sport: u16) -> FlowKey {
+        FlowKey {
+            src: addr_from_v4(client.octets()),
+            dst: addr_from_v4(self.addr.vip.octets()),
+            sport,
+            dport: self.addr.port,
+            proto: self.addr.protocol.number(),
+            _pad: [0; 3],
+        }
+    }
+
+    /// The real server the datapath gives a new flow: the same lb-common slot function over the
+    /// same table.
+    pub fn pick(&self, flow: &FlowKey) -> Option<&Real> {
+        let slot = sched::slot(&self.info(), flow)?;
         let id = self.table[slot as usize];
         self.reals.iter().find(|r| r.id == id)
+    }
+
+    /// Maglev needs about 100 slots per real server to stay balanced.
+    fn check_capacity(&self, reals: usize) -> Result<()> {
+        let size = self.table.len();
+        if self.scheduler == Scheduler::Mh && reals * MH_SLOTS_PER_REAL as usize > size {
+            bail!(
+                "service {} has a Maglev table of {size} slots: {reals} real servers need at least {} (100 per real server); choose a larger --mh-size",
+                self.addr,
+                reals * MH_SLOTS_PER_REAL as usize
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Resolves a scheduler request against the current settings (`None` for a new service).
+fn resolve_scheduler(
+    spec: &SchedulerSpec,
+    current: Option<&Service>,
+) -> Result<(Scheduler, Hash, usize)> {
+    let scheduler = spec
+        .scheduler
+        .or(current.map(|s| s.scheduler))
+        .unwrap_or_default();
+    let same = current.filter(|c| c.scheduler == scheduler);
+    match scheduler {
+        Scheduler::Sh => {
+            if spec.mh_size.is_some() || spec.hash.is_some() {
+                bail!("--mh-size and --hash apply to the mh scheduler only");
+            }
+            Ok((Scheduler::Sh, Hash::Src, SH_TABLE_SIZE as usize))
+        }
+        Scheduler::Mh => {
+            let size = spec
+                .mh_size
+                .or(same.map(|c| c.table.len() as u32))
+                .unwrap_or(MH_DEFAULT_SIZE);
+            if !MH_SIZES.contains(&size) {
+                let list: Vec<String> = MH_SIZES.iter().map(u32::to_string).collect();
+                bail!("Maglev table size {size} is not one of {}", list.join(", "));
+            }
+            let hash = spec.hash.or(same.map(|c| c.hash)).unwrap_or(Hash::Flow);
+            Ok((Scheduler::Mh, hash, size as usize))
+        }
     }
 }
 
@@ -131,27 +221,52 @@ impl State {
         }
     }
 
-    pub fn add_service(&self, addr: ServiceAddr, scheduler: Scheduler) -> Result<State> {
+    pub fn add_service(&self, addr: ServiceAddr, spec: &SchedulerSpec) -> Result<State> {
         check_port("service", addr.port)?;
         if self.services.contains_key(&addr) {
             bail!("service {addr} already exists");
         }
+        let (scheduler, hash, size) = resolve_scheduler(spec, None)?;
         let mut next = self.clone();
-        let service = Service {
+        let mut service = Service {
             addr,
             scheduler,
+            hash,
             id: self.free_service_id()?,
             reals: Vec::new(),
-            table: vec![NO_REAL; SH_TABLE_SIZE as usize],
+            table: vec![NO_REAL; size],
         };
+        service.rebuild_table();
         next.services.insert(addr, service);
         Ok(next)
     }
 
-    pub fn edit_service(&self, addr: ServiceAddr, scheduler: Scheduler) -> Result<State> {
+    pub fn edit_service(&self, addr: ServiceAddr, spec: &SchedulerSpec) -> Result<State> {
+        let current = self.service(&addr)?;
+        let (scheduler, hash, size) = resolve_scheduler(spec, Some(current))?;
         let mut next = self.clone();
-        next.service_mut(&addr)?.scheduler = scheduler;
+        let svc = next.service_mut(&addr)?;
+        if (svc.scheduler, svc.hash, svc.table.len()) != (scheduler, hash, size) {
+            if svc.scheduler != scheduler || svc.table.len() != size {
+                svc.table = vec![NO_REAL; size];
+            }
+            svc.scheduler = scheduler;
+            svc.hash = hash;
+            svc.check_capacity(svc.reals.len())?;
+            svc.rebuild_table();
+        }
         Ok(next)
+    }
+
+    /// The real server a new flow from `client:sport` would get (`xdplb simulate`).
+    pub fn simulate(
+        &self,
+        addr: &ServiceAddr,
+        client: Ipv4Addr,
+        sport: u16,
+    ) -> Result<Option<&Real>> {
+        let svc = self.service(addr)?;
+        Ok(svc.pick(&svc.flow(client, sport)))
     }
 
     pub fn del_service(&self, addr: ServiceAddr) -> Result<State> {
@@ -199,6 +314,7 @@ impl State {
         if let Some(w) = spec.weight {
             check_weight(w)?;
         }
+        svc.check_capacity(svc.reals.len() + 1)?;
         Ok((addr, port, spec.mac.unwrap_or_default()))
     }
 

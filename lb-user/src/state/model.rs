@@ -61,12 +61,15 @@ pub enum Scheduler {
     /// Source hashing: a client address always goes to the same real server.
     #[default]
     Sh,
+    /// Maglev consistent hashing: a server coming or going moves few other flows.
+    Mh,
 }
 
 impl Scheduler {
-    pub fn id(self) -> u32 {
+    pub fn id(self) -> u8 {
         match self {
             Scheduler::Sh => lb_common::SCHED_SH,
+            Scheduler::Mh => lb_common::SCHED_MH,
         }
     }
 }
@@ -75,8 +78,47 @@ impl fmt::Display for Scheduler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {
             Scheduler::Sh => "sh",
+            Scheduler::Mh => "mh",
         })
     }
+}
+
+/// What a hashing scheduler hashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Hash {
+    /// Source and destination address and port, and protocol: flows spread evenly.
+    Flow,
+    /// The client address only: a client sticks to one real server (like `sh`).
+    Src,
+}
+
+impl Hash {
+    pub fn id(self) -> u8 {
+        match self {
+            Hash::Flow => lb_common::HASH_FLOW,
+            Hash::Src => lb_common::HASH_SRC,
+        }
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Hash::Flow => "flow",
+            Hash::Src => "src",
+        })
+    }
+}
+
+/// The scheduler a `service add|edit` asks for; `None` takes the default (add) or keeps the
+/// current value (edit).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerSpec {
+    pub scheduler: Option<Scheduler>,
+    /// Maglev table size (`mh` only).
+    pub mh_size: Option<u32>,
+    pub hash: Option<Hash>,
 }
 
 /// Forwarding method, ipvsadm's `-g` (and later `-i`).

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use anyhow::{bail, Result};
-use lb_common::{sched::NO_REAL, DirectorConfig, RealServer, ServiceInfo, ServiceKey};
+use lb_common::{DirectorConfig, FlowKey, RealServer, ServiceInfo, ServiceKey};
 
 use super::*;
 use crate::datapath::{DatapathCounters, MapWriter};
@@ -12,7 +12,7 @@ use crate::datapath::{DatapathCounters, MapWriter};
 #[derive(Default)]
 struct FakeMaps {
     services: HashMap<ServiceKey, ServiceInfo>,
-    slots: HashMap<(u32, u32), u32>,
+    tables: HashMap<u32, Vec<u32>>,
     reals: HashMap<u32, RealServer>,
     log: Vec<String>,
     fail_at: Option<usize>,
@@ -28,12 +28,15 @@ impl FakeMaps {
         Ok(())
     }
 
-    /// What the datapath would do for a client: the real server id its slot leads to.
-    fn pick(&self, svc: &ServiceAddr, client: Ipv4Addr) -> Option<u32> {
+    /// What the datapath would do for a new flow: the real server id its slot leads to.
+    fn pick(&self, svc: &ServiceAddr, flow: &FlowKey) -> Option<u32> {
         let info = self.services.get(&svc.key())?;
-        let slot = lb_common::sched::sh_slot(&lb_common::addr_from_v4(client.octets()));
-        let id = *self.slots.get(&(info.id, slot))?;
-        self.reals.get(&id).filter(|r| r.flags != 0).map(|_| id)
+        let slot = lb_common::sched::slot(info, flow)?;
+        let id = *self.tables.get(&info.id)?.get(slot as usize)?;
+        self.reals
+            .get(&id)
+            .filter(|r| r.flags != 0 && r.service == info.id)
+            .map(|_| id)
     }
 }
 
@@ -51,11 +54,9 @@ impl MapWriter for FakeMaps {
         self.services.remove(key);
         Ok(())
     }
-    fn set_slots(&mut self, service_id: u32, slots: &[(u32, u32)]) -> Result<()> {
-        self.write(format!("slots {service_id} x{}", slots.len()))?;
-        for &(s, r) in slots {
-            self.slots.insert((service_id, s), r);
-        }
+    fn set_table(&mut self, service_id: u32, table: &[u32]) -> Result<()> {
+        self.write(format!("table {service_id} x{}", table.len()))?;
+        self.tables.insert(service_id, table.to_vec());
         Ok(())
     }
     fn set_real(&mut self, id: u32, real: &RealServer) -> Result<()> {
@@ -90,7 +91,9 @@ fn real(addr: [u8; 4], weight: u32) -> RealSpec {
 
 fn three_reals() -> (State, ServiceAddr) {
     let svc = tcp([10, 0, 0, 100], 80);
-    let mut s = State::default().add_service(svc, Scheduler::Sh).unwrap();
+    let mut s = State::default()
+        .add_service(svc, &SchedulerSpec::default())
+        .unwrap();
     for i in 11..=13 {
         s = s.add_real(svc, &real([10, 0, 0, i], 1)).unwrap();
     }
@@ -102,8 +105,8 @@ fn bad_changes_are_rejected_with_one_line_and_change_nothing() {
     let (s, svc) = three_reals();
     let before = s.clone();
     let errors = [
-        s.add_service(svc, Scheduler::Sh).unwrap_err(),
-        s.add_service(tcp([10, 0, 0, 1], 0), Scheduler::Sh)
+        s.add_service(svc, &SchedulerSpec::default()).unwrap_err(),
+        s.add_service(tcp([10, 0, 0, 1], 0), &SchedulerSpec::default())
             .unwrap_err(),
         s.add_real(svc, &real([10, 0, 0, 11], 1)).unwrap_err(),
         s.add_real(svc, &real([10, 0, 0, 20], 65536)).unwrap_err(),
@@ -133,7 +136,7 @@ fn messages_name_the_problem() {
     let (s, svc) = three_reals();
     let msg = |e: anyhow::Error| format!("{e:#}");
     assert_eq!(
-        msg(s.add_service(svc, Scheduler::Sh).unwrap_err()),
+        msg(s.add_service(svc, &SchedulerSpec::default()).unwrap_err()),
         "service TCP 10.0.0.100:80 already exists"
     );
     assert_eq!(
@@ -163,7 +166,7 @@ fn new_service_is_written_table_first_and_fully() {
     let slots_at = maps
         .log
         .iter()
-        .position(|l| l.starts_with("slots"))
+        .position(|l| l.starts_with("table"))
         .unwrap();
     assert!(slots_at < service_at, "{:?}", maps.log);
     assert!(
@@ -174,14 +177,12 @@ fn new_service_is_written_table_first_and_fully() {
             .count()
             == 3
     );
-    assert_eq!(maps.slots.len(), s.service(&svc).unwrap().table.len());
+    let service = s.service(&svc).unwrap();
+    assert_eq!(maps.tables[&service.id], service.table);
     // The fake datapath picks what the state predicts, for every client.
     for i in 0..=255u8 {
-        let client = Ipv4Addr::new(192, 168, 7, i);
-        assert_eq!(
-            maps.pick(&svc, client),
-            s.service(&svc).unwrap().pick(client).map(|r| r.id)
-        );
+        let flow = service.flow(Ipv4Addr::new(192, 168, 7, i), 1000 + i as u16);
+        assert_eq!(maps.pick(&svc, &flow), service.pick(&flow).map(|r| r.id));
     }
 }
 
@@ -199,11 +200,14 @@ fn deleting_a_real_moves_only_its_clients() {
     let next = s.del_real(svc, [10, 0, 0, 12].into()).unwrap();
     apply(&mut maps, &s, &next).unwrap();
     for i in 0..=255u8 {
-        let client = Ipv4Addr::new(172, 16, 0, i);
-        let before = s.service(&svc).unwrap().pick(client).unwrap().id;
-        let after = maps.pick(&svc, client).unwrap();
+        let flow = s
+            .service(&svc)
+            .unwrap()
+            .flow(Ipv4Addr::new(172, 16, 0, i), 999);
+        let before = s.service(&svc).unwrap().pick(&flow).unwrap().id;
+        let after = maps.pick(&svc, &flow).unwrap();
         if before != gone {
-            assert_eq!(before, after, "client {client} moved");
+            assert_eq!(before, after, "client {i} moved");
         } else {
             assert_ne!(after, gone);
         }
@@ -221,7 +225,7 @@ fn deleting_a_service_removes_its_entry_first() {
     apply(&mut maps, &s, &next).unwrap();
     assert_eq!(maps.log[0], "service-");
     assert!(maps.services.is_empty());
-    assert!(maps.slots.values().all(|&r| r == NO_REAL));
+    assert!(maps.reals.values().all(|r| r.flags == 0));
 }
 
 #[test]
@@ -229,11 +233,11 @@ fn a_failed_write_restores_the_old_datapath() {
     let (s, svc) = three_reals();
     let mut maps = FakeMaps::default();
     apply(&mut maps, &State::default(), &s).unwrap();
-    let slots = maps.slots.clone();
+    let tables = maps.tables.clone();
     let next = s.del_real(svc, [10, 0, 0, 11].into()).unwrap();
     maps.fail_at = Some(maps.log.len() + 1);
     assert!(apply(&mut maps, &s, &next).is_err());
-    assert!(maps.slots == slots, "the table was not restored");
+    assert!(maps.tables == tables, "the table was not restored");
     assert!(maps.reals.values().all(|r| r.flags != 0));
 }
 
@@ -257,4 +261,112 @@ fn weight_zero_takes_a_real_out_of_the_table() {
         .unwrap()
         .id;
     assert!(!next.service(&svc).unwrap().table.contains(&id));
+}
+
+fn mh(size: Option<u32>, hash: Option<Hash>) -> SchedulerSpec {
+    SchedulerSpec {
+        scheduler: Some(Scheduler::Mh),
+        mh_size: size,
+        hash,
+    }
+}
+
+#[test]
+fn maglev_options_are_checked() {
+    let svc = tcp([10, 0, 0, 100], 80);
+    let s = State::default();
+    let msg = |e: anyhow::Error| format!("{e:#}");
+    assert!(msg(s.add_service(svc, &mh(Some(1000), None)).unwrap_err())
+        .starts_with("Maglev table size 1000 is not one of 251,"));
+    assert_eq!(
+        msg(s
+            .add_service(
+                svc,
+                &SchedulerSpec {
+                    hash: Some(Hash::Src),
+                    ..Default::default()
+                }
+            )
+            .unwrap_err()),
+        "--mh-size and --hash apply to the mh scheduler only"
+    );
+    let s = s.add_service(svc, &mh(Some(251), None)).unwrap();
+    let s = s.add_real(svc, &real([10, 0, 0, 11], 1)).unwrap();
+    let s = s.add_real(svc, &real([10, 0, 0, 12], 1)).unwrap();
+    let before = s.clone();
+    assert!(msg(s.add_real(svc, &real([10, 0, 0, 13], 1)).unwrap_err())
+        .contains("choose a larger --mh-size"));
+    assert_eq!(s, before);
+    // Defaults: 65537 slots, flow hash.
+    let t = State::default().add_service(svc, &mh(None, None)).unwrap();
+    let got = t.service(&svc).unwrap();
+    assert_eq!((got.table.len(), got.hash), (65537, Hash::Flow));
+}
+
+#[test]
+fn changing_the_scheduler_rebuilds_and_a_shrinking_table_follows_its_entry() {
+    let (s, svc) = three_reals();
+    let mut maps = FakeMaps::default();
+    apply(&mut maps, &State::default(), &s).unwrap();
+    let m = s
+        .edit_service(svc, &mh(Some(65537), Some(Hash::Src)))
+        .unwrap();
+    maps.log.clear();
+    apply(&mut maps, &s, &m).unwrap();
+    assert_eq!(
+        maps.log,
+        ["table 0 x65537", "service+ 0"],
+        "a growing table goes first"
+    );
+    // Source hashing in mh: every port of a client goes to the same real server.
+    let service = m.service(&svc).unwrap();
+    for i in 0..50u8 {
+        let client = Ipv4Addr::new(10, 9, 0, i);
+        let first = maps.pick(&svc, &service.flow(client, 1));
+        assert_eq!(maps.pick(&svc, &service.flow(client, 2)), first);
+        assert_eq!(first, service.pick(&service.flow(client, 3)).map(|r| r.id));
+    }
+    let back = m
+        .edit_service(
+            svc,
+            &SchedulerSpec {
+                scheduler: Some(Scheduler::Sh),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    maps.log.clear();
+    apply(&mut maps, &m, &back).unwrap();
+    assert_eq!(
+        maps.log,
+        ["service+ 0", "table 0 x4096"],
+        "a shrinking table goes last"
+    );
+}
+
+#[test]
+fn maglev_removal_moves_few_other_flows() {
+    let svc = tcp([10, 0, 0, 100], 80);
+    let mut s = State::default().add_service(svc, &mh(None, None)).unwrap();
+    for i in 11..=20 {
+        s = s.add_real(svc, &real([10, 0, 0, i], 1)).unwrap();
+    }
+    let next = s.del_real(svc, [10, 0, 0, 15].into()).unwrap();
+    let (a, b) = (
+        &s.service(&svc).unwrap().table,
+        &next.service(&svc).unwrap().table,
+    );
+    let moved = a.iter().zip(b).filter(|(x, y)| x != y).count() as f64 / a.len() as f64;
+    assert!((0.1..0.15).contains(&moved), "{moved}");
+    // And back: it gets its id back (the lowest free one) and the table is the same again.
+    let again = next.add_real(svc, &real([10, 0, 0, 15], 1)).unwrap();
+    let id = |st: &State| {
+        st.service(&svc)
+            .unwrap()
+            .real([10, 0, 0, 15].into())
+            .unwrap()
+            .id
+    };
+    assert_eq!(id(&again), id(&s));
+    assert_eq!(&again.service(&svc).unwrap().table, a);
 }

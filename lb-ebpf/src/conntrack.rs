@@ -1,0 +1,102 @@
+//! The connection table: flow -> real server, consulted before the scheduler so an established
+//! flow keeps its real server when servers or weights change. A kernel LRU hash: when it is full,
+//! the least recently used flows make room. Per packet it is one lookup; writes happen only for
+//! new flows, a FIN, a RST, or a timestamp refresh at most every few seconds.
+
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::map, maps::LruHashMap};
+use lb_common::{
+    addr_from_v4, Conn, DirectorConfig, FlowKey, CONN_FIN, DEFAULT_CONN_MAX, IPPROTO_UDP,
+};
+
+use crate::parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_SYN};
+
+/// Its size is set by the agent at load time (`xdplb run --conn-max`).
+#[map]
+static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(DEFAULT_CONN_MAX, 0);
+
+/// How stale `last_seen` may get before a packet refreshes it: keeps writes off the fast path.
+const REFRESH_SECS: u32 = 4;
+
+#[inline(always)]
+pub fn flow(pkt: &Packet) -> FlowKey {
+    FlowKey {
+        src: addr_from_v4(pkt.src),
+        dst: addr_from_v4(pkt.dst),
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Coarse monotonic seconds (cheap; a few ms of resolution is plenty for timeouts).
+#[inline(always)]
+pub fn now() -> u32 {
+    // SAFETY: a helper without arguments.
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+}
+
+/// The real server id of a live entry for this flow of service `service`, refreshing it; None
+/// when there is none, it has timed out, or a SYN reopens a closed connection's ports.
+#[inline(always)]
+pub fn established(
+    flow: &FlowKey,
+    service: u32,
+    tcp_flags: u8,
+    now: u32,
+    cfg: &DirectorConfig,
+) -> Option<u32> {
+    let conn = CONNS.get_ptr_mut(flow)?;
+    // SAFETY: the pointer is into the map's value; races with other CPUs only affect the
+    // timestamp and the FIN flag, both of which tolerate a lost update.
+    let conn = unsafe { &mut *conn };
+    if conn.service != service {
+        return None;
+    }
+    let idle = now.wrapping_sub(conn.last_seen);
+    let timeout = if flow.proto == IPPROTO_UDP {
+        cfg.udp_timeout
+    } else if conn.flags & CONN_FIN != 0 {
+        cfg.tcp_fin_timeout
+    } else {
+        cfg.tcp_timeout
+    };
+    if idle > timeout {
+        return None;
+    }
+    let syn = tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    if syn && conn.flags & CONN_FIN != 0 {
+        return None;
+    }
+    if idle >= REFRESH_SECS {
+        conn.last_seen = now;
+    }
+    if tcp_flags & TCP_FLAG_FIN != 0 && conn.flags & CONN_FIN == 0 {
+        conn.flags |= CONN_FIN;
+    }
+    Some(conn.real)
+}
+
+/// Binds a new flow to a real server.
+#[inline(always)]
+pub fn insert(flow: &FlowKey, service: u32, real: u32, tcp_flags: u8, now: u32) {
+    let flags = if tcp_flags & TCP_FLAG_FIN != 0 {
+        CONN_FIN
+    } else {
+        0
+    };
+    let conn = Conn {
+        real,
+        service,
+        last_seen: now,
+        flags,
+    };
+    // A full table evicts its least recently used flow; an error here only costs stickiness.
+    let _ = CONNS.insert(flow, conn, 0);
+}
+
+/// Forgets a flow (after a RST).
+#[inline(always)]
+pub fn remove(flow: &FlowKey) {
+    let _ = CONNS.remove(flow);
+}

@@ -1,0 +1,133 @@
+//! The XDP program loaded in the test process and run by the kernel on single frames through
+//! BPF_PROG_TEST_RUN, its maps written by the same agent state and map writer `xdplb run` uses.
+//! Real server 10.0.0.N has MAC 02:ee:00:00:00:N, so a frame's destination MAC names its server.
+
+use std::net::Ipv4Addr;
+
+use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
+use lb_common::{program_names, DirectorConfig, Reason};
+use lb_user::{
+    datapath::{Datapath, LoadOptions, MapWriter as _, Maps},
+    packet::FrameSpec,
+    state::{apply, Mac, RealSpec, SchedulerSpec, ServiceAddr, State},
+};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const DIRECTOR_MAC: [u8; 6] = [0x02, 0xd1, 0, 0, 0, 0x01];
+
+/// The MAC the fixture gives real server 10.0.0.`n`.
+pub fn real_mac(n: u8) -> [u8; 6] {
+    [0x02, 0xee, 0, 0, 0, n]
+}
+
+pub fn real_addr(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, n)
+}
+
+pub struct Fixture {
+    pub datapath: Datapath,
+    pub maps: Maps,
+    pub state: State,
+}
+
+impl Fixture {
+    /// The program with default timeouts and room for 65536 flows; no services yet.
+    pub fn new() -> Self {
+        Self::with_config(DirectorConfig {
+            mac: DIRECTOR_MAC,
+            _pad: [0; 2],
+            tcp_timeout: DirectorConfig::DEFAULT_TCP_TIMEOUT,
+            tcp_fin_timeout: DirectorConfig::DEFAULT_TCP_FIN_TIMEOUT,
+            udp_timeout: DirectorConfig::DEFAULT_UDP_TIMEOUT,
+        })
+    }
+
+    pub fn with_config(config: DirectorConfig) -> Self {
+        let mut datapath =
+            Datapath::load_lb(LoadOptions { conn_max: 65536 }).expect("load the datapath");
+        let mut maps = datapath.maps().unwrap();
+        maps.set_config(&config).unwrap();
+        Self {
+            datapath,
+            maps,
+            state: State::default(),
+        }
+    }
+
+    /// Applies a state change to the maps, as the agent does.
+    pub fn change(&mut self, f: impl FnOnce(&State) -> anyhow::Result<State>) {
+        let next = f(&self.state).expect("state change");
+        apply(&mut self.maps, &self.state, &next).expect("apply");
+        self.state = next;
+    }
+
+    pub fn add_service(&mut self, svc: ServiceAddr, spec: SchedulerSpec) {
+        self.change(|s| s.add_service(svc, &spec));
+    }
+
+    /// Adds real server 10.0.0.`n` with the fixture's MAC for it.
+    pub fn add_real(&mut self, svc: ServiceAddr, n: u8, weight: u32) {
+        let spec = RealSpec {
+            addr: Some(real_addr(n)),
+            weight: Some(weight),
+            mac: Some(Mac(real_mac(n))),
+            ..Default::default()
+        };
+        self.change(|s| s.add_real(svc, &spec));
+    }
+
+    pub fn set_weight(&mut self, svc: ServiceAddr, n: u8, weight: u32) {
+        let spec = RealSpec {
+            addr: Some(real_addr(n)),
+            weight: Some(weight),
+            ..Default::default()
+        };
+        self.change(|s| s.edit_real(svc, &spec));
+    }
+
+    /// Runs the program once on `frame`: the verdict and the frame as it left the program.
+    pub fn run(&mut self, frame: &[u8]) -> std::io::Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let prog = self.datapath.program(program_names::LB).unwrap();
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .map_err(|e| match e {
+                ProgramError::SyscallError(s) => s.io_error,
+                other => std::io::Error::other(other.to_string()),
+            })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
+    /// Sends `spec` through the program and returns the real server it went to (the last byte of
+    /// the destination MAC), or None when it was not forwarded.
+    pub fn send(&mut self, spec: &FrameSpec) -> Option<u8> {
+        let (verdict, out) = self.run(&spec.build()).expect("test run");
+        (verdict == XDP_TX).then_some(out[5])
+    }
+
+    /// The MAC of the real server the agent's state gives a new flow like `spec`.
+    pub fn predicted_mac(&self, svc: &ServiceAddr, spec: &FrameSpec) -> [u8; 6] {
+        let service = self.state.service(svc).unwrap();
+        let flow = service.flow(spec.src, spec.sport);
+        service.pick(&flow).expect("a real server").mac.0
+    }
+
+    /// Packets counted for a pass/drop reason.
+    pub fn reason(&self, r: Reason) -> u64 {
+        let c = self.maps.counters().unwrap();
+        c.reasons.iter().find(|(x, _)| *x == r).unwrap().1.packets
+    }
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
