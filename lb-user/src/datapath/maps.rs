@@ -3,13 +3,14 @@
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, ArrayOfMaps, HashMap, IterableMap as _, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
     Ebpf,
 };
 pub use lb_common::Counters;
 use lb_common::{
-    map_names, DirectorConfig, RealServer, Reason, ServiceInfo, ServiceKey, BPF_F_INNER_MAP,
+    map_names, Conn, DirectorConfig, FlowKey, RealServer, Reason, ServiceInfo, ServiceKey,
+    BPF_F_INNER_MAP,
     REASON_COUNT,
 };
 
@@ -38,6 +39,7 @@ pub struct DatapathCounters {
 pub struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceInfo>,
     tables: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    conns: HashMap<MapData, FlowKey, Conn>,
     reals: Array<MapData, RealServer>,
     config: Array<MapData, DirectorConfig>,
     service_stats: PerCpuArray<MapData, Counters>,
@@ -79,12 +81,23 @@ impl Maps {
         Ok(Self {
             services: take(ebpf, map_names::SERVICES)?,
             tables: take(ebpf, map_names::TABLES)?,
+            conns: take(ebpf, map_names::CONNS)?,
             reals: take(ebpf, map_names::REALS)?,
             config: take(ebpf, map_names::CONFIG)?,
             service_stats: take(ebpf, map_names::SERVICE_STATS)?,
             real_stats: take(ebpf, map_names::REAL_STATS)?,
             reasons: take(ebpf, map_names::REASONS)?,
         })
+    }
+
+    /// The connection-table entry of a flow, if any.
+    pub fn conn(&self, flow: &FlowKey) -> Option<Conn> {
+        self.conns.get(flow, 0).ok()
+    }
+
+    /// How many flows the connection table holds.
+    pub fn conn_capacity(&self) -> Result<u32> {
+        Ok(self.conns.map().info()?.max_entries())
     }
 
     /// A service's lookup table as the datapath sees it.

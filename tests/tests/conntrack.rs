@@ -1,0 +1,303 @@
+//! The connection table in the datapath (BPF_PROG_TEST_RUN): established flows keep their real
+//! server across table changes, drains, deletions; RST, FIN and idle timeouts end an entry.
+
+use std::net::Ipv4Addr;
+
+use lb_common::{DirectorConfig, CONN_FIN, IPPROTO_UDP};
+use lb_tests::fixture::{real_addr, real_mac, Fixture, DIRECTOR_MAC};
+use lb_tests::require_root;
+use lb_user::{
+    datapath::LoadOptions,
+    packet::{FrameSpec, TCP_ACK, TCP_SYN},
+    state::{Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr, State},
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+const FIN: u8 = 0x01;
+const RST: u8 = 0x04;
+
+fn service(protocol: Protocol) -> ServiceAddr {
+    let port = if protocol == Protocol::Tcp { 80 } else { 53 };
+    ServiceAddr {
+        protocol,
+        vip: VIP,
+        port,
+    }
+}
+
+fn mh() -> SchedulerSpec {
+    SchedulerSpec {
+        scheduler: Some(Scheduler::Mh),
+        mh_size: Some(4093),
+        hash: None,
+    }
+}
+
+/// An mh service (TCP, or UDP) over real servers 10.0.0.11..=13, weight 1.
+fn fixture_with(config: DirectorConfig, protocol: Protocol) -> Fixture {
+    let mut fx = Fixture::with_config(config);
+    fx.add_service(service(protocol), mh());
+    for n in 11..=13 {
+        fx.add_real(service(protocol), n, 1);
+    }
+    fx
+}
+
+fn default_config() -> DirectorConfig {
+    DirectorConfig {
+        mac: DIRECTOR_MAC,
+        _pad: [0; 2],
+        tcp_timeout: DirectorConfig::DEFAULT_TCP_TIMEOUT,
+        tcp_fin_timeout: DirectorConfig::DEFAULT_TCP_FIN_TIMEOUT,
+        udp_timeout: DirectorConfig::DEFAULT_UDP_TIMEOUT,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(default_config(), Protocol::Tcp)
+}
+
+/// Flow number `i`: a distinct client address and port.
+fn packet(i: u32, flags: u8) -> FrameSpec {
+    FrameSpec {
+        src: Ipv4Addr::from(0xc0a8_0000 + i),
+        sport: 10000 + (i % 50000) as u16,
+        tcp_flags: flags,
+        ..Default::default()
+    }
+}
+
+/// Opens `n` flows with a SYN; returns the real server (last MAC byte) of each.
+fn open(fx: &mut Fixture, n: u32) -> Vec<u8> {
+    (0..n)
+        .map(|i| fx.send(&packet(i, TCP_SYN)).expect("forwarded"))
+        .collect()
+}
+
+/// The real server the current table gives a new flow like `spec`.
+fn predicted(fx: &Fixture, spec: &FrameSpec) -> u8 {
+    fx.predicted_mac(&service(Protocol::Tcp), spec)[5]
+}
+
+#[test]
+fn established_flows_keep_their_real_server_when_the_table_changes() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture();
+    let svc = service(Protocol::Tcp);
+    let before = open(&mut fx, 300);
+    fx.add_real(svc, 14, 1);
+    fx.set_weight(svc, 11, 3);
+    let mut moved_in_table = 0;
+    for (i, &real) in before.iter().enumerate() {
+        let ack = packet(i as u32, TCP_ACK);
+        moved_in_table += (predicted(&fx, &ack) != real) as u32;
+        assert_eq!(fx.send(&ack), Some(real), "flow {i} moved");
+    }
+    assert!(
+        moved_in_table > 30,
+        "the change moved only {moved_in_table} of 300 flows in the table"
+    );
+    // New flows follow the new table.
+    for i in 1000..1300 {
+        let syn = packet(i, TCP_SYN);
+        assert_eq!(fx.send(&syn), Some(predicted(&fx, &syn)));
+    }
+}
+
+#[test]
+fn a_drained_real_server_keeps_its_flows_and_gets_no_new_ones() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture();
+    let before = open(&mut fx, 300);
+    assert!(before.contains(&12));
+    fx.set_weight(service(Protocol::Tcp), 12, 0);
+    for (i, &real) in before.iter().enumerate() {
+        assert_eq!(fx.send(&packet(i as u32, TCP_ACK)), Some(real), "flow {i}");
+    }
+    for i in 1000..1500 {
+        assert_ne!(
+            fx.send(&packet(i, TCP_SYN)),
+            Some(12),
+            "a new flow went to the drained server"
+        );
+    }
+}
+
+#[test]
+fn deleting_a_real_server_reschedules_only_its_flows() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture();
+    let before = open(&mut fx, 300);
+    fx.change(|s| s.del_real(service(Protocol::Tcp), real_addr(13)));
+    for (i, &real) in before.iter().enumerate() {
+        let ack = packet(i as u32, TCP_ACK);
+        let now = fx.send(&ack).expect("forwarded");
+        if real == 13 {
+            assert_eq!(
+                now,
+                predicted(&fx, &ack),
+                "flow {i} of the deleted server is rescheduled"
+            );
+        } else {
+            assert_eq!(now, real, "flow {i} moved");
+        }
+    }
+}
+
+/// A flow number whose real server changes when real server 14 is added, and its server now.
+fn flow_that_moves(fx: &mut Fixture, from: u32) -> (u32, u8) {
+    let svc = service(Protocol::Tcp);
+    let spec = RealSpec {
+        addr: Some(real_addr(14)),
+        weight: Some(1),
+        mac: Some(Mac(real_mac(14))),
+        ..Default::default()
+    };
+    let with_14 = fx.state.add_real(svc, &spec).unwrap();
+    let pick = |state: &State, p: &FrameSpec| {
+        let s = state.service(&svc).unwrap();
+        s.pick(&s.flow(p.src, p.sport)).unwrap().mac.0[5]
+    };
+    (from..from + 10_000)
+        .find_map(|i| {
+            let p = packet(i, TCP_SYN);
+            let old = pick(&fx.state, &p);
+            (old != pick(&with_14, &p)).then_some((i, old))
+        })
+        .expect("some flow moves")
+}
+
+#[test]
+fn a_rst_ends_the_entry() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture();
+    let (i, old) = flow_that_moves(&mut fx, 0);
+    assert_eq!(fx.send(&packet(i, TCP_SYN)), Some(old));
+    fx.add_real(service(Protocol::Tcp), 14, 1);
+    assert_eq!(fx.send(&packet(i, TCP_ACK)), Some(old), "established");
+    // The RST still reaches the server that knows the connection, then the entry is gone.
+    assert_eq!(fx.send(&packet(i, RST | TCP_ACK)), Some(old));
+    let flow = fx
+        .state
+        .service(&service(Protocol::Tcp))
+        .unwrap()
+        .flow(packet(i, 0).src, packet(i, 0).sport);
+    assert_eq!(fx.maps.conn(&flow), None);
+    assert_eq!(
+        fx.send(&packet(i, TCP_SYN)),
+        Some(predicted(&fx, &packet(i, TCP_SYN)))
+    );
+}
+
+#[test]
+fn a_syn_after_a_fin_opens_a_new_connection() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture();
+    let (i, old) = flow_that_moves(&mut fx, 0);
+    assert_eq!(fx.send(&packet(i, TCP_SYN)), Some(old));
+    fx.add_real(service(Protocol::Tcp), 14, 1);
+    // A retransmitted SYN of a live connection stays.
+    assert_eq!(fx.send(&packet(i, TCP_SYN)), Some(old));
+    assert_eq!(fx.send(&packet(i, FIN | TCP_ACK)), Some(old));
+    let flow = fx
+        .state
+        .service(&service(Protocol::Tcp))
+        .unwrap()
+        .flow(packet(i, 0).src, packet(i, 0).sport);
+    assert_eq!(
+        fx.maps.conn(&flow).map(|c| c.flags & CONN_FIN),
+        Some(CONN_FIN)
+    );
+    assert_eq!(
+        fx.send(&packet(i, TCP_ACK)),
+        Some(old),
+        "the closing handshake stays"
+    );
+    // The same ports, a new connection: scheduled by the table as it is now.
+    let new = predicted(&fx, &packet(i, TCP_SYN));
+    assert_ne!(new, old);
+    assert_eq!(fx.send(&packet(i, TCP_SYN)), Some(new));
+    assert_eq!(fx.send(&packet(i, TCP_ACK)), Some(new));
+}
+
+#[test]
+fn idle_entries_expire_after_their_timeout() {
+    if !require_root() {
+        return;
+    }
+    let short = DirectorConfig {
+        tcp_timeout: 1,
+        udp_timeout: 1,
+        ..default_config()
+    };
+    let mut tcp = fixture_with(short, Protocol::Tcp);
+    let mut udp = fixture_with(short, Protocol::Udp);
+    let udp_packet = |i: u32| FrameSpec {
+        proto: IPPROTO_UDP,
+        dport: 53,
+        ..packet(i, 0)
+    };
+    let (t, t_old) = flow_that_moves(&mut tcp, 0);
+    assert_eq!(tcp.send(&packet(t, TCP_SYN)), Some(t_old));
+    // The UDP service has the same reals and table size, so the same flows move.
+    let u_old = udp.send(&udp_packet(t)).expect("forwarded");
+    for fx in [&mut tcp, &mut udp] {
+        let svc = fx.state.services.keys().next().copied().unwrap();
+        fx.add_real(svc, 14, 1);
+    }
+    assert_eq!(tcp.send(&packet(t, TCP_ACK)), Some(t_old), "still live");
+    assert_eq!(udp.send(&udp_packet(t)), Some(u_old), "still live");
+    // Idle for more than the 1 s timeout (the clock counts whole seconds).
+    std::thread::sleep(std::time::Duration::from_millis(2600));
+    assert_eq!(
+        tcp.send(&packet(t, TCP_ACK)),
+        Some(predicted(&tcp, &packet(t, TCP_ACK)))
+    );
+    assert_ne!(
+        tcp.send(&packet(t, TCP_ACK)),
+        Some(t_old),
+        "expired, rescheduled"
+    );
+    let u_new = udp.send(&udp_packet(t)).unwrap();
+    assert_eq!(
+        u_new,
+        udp.predicted_mac(&service(Protocol::Udp), &udp_packet(t))[5]
+    );
+}
+
+#[test]
+fn the_connection_table_size_is_configurable() {
+    if !require_root() {
+        return;
+    }
+    let mut datapath =
+        lb_user::datapath::Datapath::load_lb(LoadOptions { conn_max: 4096 }).unwrap();
+    assert_eq!(datapath.maps().unwrap().conn_capacity().unwrap(), 4096);
+    let mut default = lb_user::datapath::Datapath::load_lb(LoadOptions::default()).unwrap();
+    assert_eq!(default.maps().unwrap().conn_capacity().unwrap(), 1_000_000);
+}
+
+#[test]
+fn new_flows_are_counted_once() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture();
+    open(&mut fx, 50);
+    for i in 0..50 {
+        fx.send(&packet(i, TCP_ACK));
+    }
+    let c = lb_user::datapath::MapWriter::counters(&fx.maps).unwrap();
+    let id = fx.state.service(&service(Protocol::Tcp)).unwrap().id as usize;
+    assert_eq!((c.services[id].conns, c.services[id].packets), (50, 100));
+}

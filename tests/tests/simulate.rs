@@ -1,0 +1,162 @@
+//! `xdplb simulate` answers "which real server would this flow hit?" from the agent's state with
+//! the same lb-common code the datapath runs: 10,000 random flows through the XDP program
+//! (BPF_PROG_TEST_RUN, tables built in this process) and through `simulate` (tables built by a
+//! separate agent configured through the CLI) must agree on every one.
+
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use lb_tests::agent::xdplb_bin;
+use lb_tests::fixture::{real_mac, Fixture};
+use lb_tests::netns::veth;
+use lb_tests::{names, require_root, Agent, Netns};
+use lb_user::{
+    packet::{FrameSpec, TCP_SYN},
+    state::{Hash, Protocol, Scheduler, SchedulerSpec, ServiceAddr},
+};
+
+const WEIGHTS: [(u8, u32); 4] = [(11, 1), (12, 2), (13, 3), (14, 0)];
+
+fn mac_arg(n: u8) -> String {
+    let m = real_mac(n);
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+/// `xdplb simulate` over `flows`, one "SRC:PORT" per stdin line; the answers in order.
+fn simulate(agent: &Agent, service: &str, flows: &[(Ipv4Addr, u16)]) -> Vec<String> {
+    let mut child = Command::new(xdplb_bin())
+        .arg("--socket")
+        .arg(agent.socket())
+        .args(["simulate", "-t", service, "--from", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run xdplb simulate");
+    let input: String = flows.iter().map(|(a, p)| format!("{a}:{p}\n")).collect();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "simulate failed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(lines.len(), flows.len());
+    lines
+}
+
+#[test]
+fn simulate_agrees_with_the_datapath_on_10000_flows() {
+    if !require_root() {
+        return;
+    }
+    // An agent needs an interface: the director's end of a veth pair, real servers on-link.
+    let prefix = names::unique_prefix();
+    let director = Netns::new(format!("{prefix}-director")).unwrap();
+    let peer = Netns::new(format!("{prefix}-peer")).unwrap();
+    veth(&director, "eth0", &peer, "eth0").unwrap();
+    director
+        .ip(&["addr", "add", "10.0.0.1/24", "dev", "eth0"])
+        .unwrap();
+    let agent = Agent::start(&director, "eth0", &["--conn-max", "1024"]).unwrap();
+
+    let services = [
+        (
+            "10.0.0.100:80",
+            SchedulerSpec {
+                scheduler: Some(Scheduler::Mh),
+                ..Default::default()
+            },
+        ),
+        (
+            "10.0.0.100:443",
+            SchedulerSpec {
+                scheduler: Some(Scheduler::Mh),
+                mh_size: Some(4093),
+                hash: Some(Hash::Src),
+            },
+        ),
+        (
+            "10.0.0.100:8080",
+            SchedulerSpec {
+                scheduler: Some(Scheduler::Sh),
+                ..Default::default()
+            },
+        ),
+    ];
+    let mut fx = Fixture::new();
+    for (addr, spec) in &services {
+        let mut args = vec!["service", "add", "-t", addr];
+        let size = spec.mh_size.map(|s| s.to_string());
+        let sched = spec.scheduler.unwrap().to_string();
+        args.extend(["-s", &sched]);
+        if let Some(size) = &size {
+            args.extend(["--mh-size", size]);
+        }
+        if spec.hash == Some(Hash::Src) {
+            args.extend(["--hash", "src"]);
+        }
+        agent.cli_ok(&args);
+        let svc: std::net::SocketAddrV4 = addr.parse().unwrap();
+        let svc = ServiceAddr {
+            protocol: Protocol::Tcp,
+            vip: *svc.ip(),
+            port: svc.port(),
+        };
+        fx.add_service(svc, *spec);
+        for (n, w) in WEIGHTS {
+            let (rip, weight, mac) = (format!("10.0.0.{n}"), w.to_string(), mac_arg(n));
+            agent.cli_ok(&[
+                "real", "add", "-t", addr, "-r", &rip, "-w", &weight, "--mac", &mac,
+            ]);
+            fx.add_real(svc, n, w);
+        }
+    }
+
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    };
+    for (addr, _) in &services {
+        let svc: std::net::SocketAddrV4 = addr.parse().unwrap();
+        let flows: Vec<(Ipv4Addr, u16)> = (0..10_000)
+            .map(|_| {
+                let r = next();
+                (Ipv4Addr::from((r >> 32) as u32), (r as u16).max(1))
+            })
+            .collect();
+        let predicted = simulate(&agent, addr, &flows);
+        for ((src, sport), want) in flows.iter().zip(&predicted) {
+            let spec = FrameSpec {
+                src: *src,
+                sport: *sport,
+                dport: svc.port(),
+                tcp_flags: TCP_SYN,
+                ..Default::default()
+            };
+            let real = fx.send(&spec).expect("forwarded");
+            assert_eq!(
+                &format!("10.0.0.{real}:{}", svc.port()),
+                want,
+                "flow {src}:{sport} to {addr}"
+            );
+        }
+        let weight_zero = predicted
+            .iter()
+            .filter(|r| r.starts_with("10.0.0.14:"))
+            .count();
+        assert_eq!(weight_zero, 0, "weight 0 gets no new flows");
+    }
+}
