@@ -9,6 +9,10 @@
 
 use std::time::{Duration, Instant};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::servers;
+
 use lb_common::{
     addr_from_v4,
     hash::{hash_addr, hash_addr_seeded},
@@ -24,34 +28,6 @@ const REMOVALS: usize = 10;
 const BUILD_RUNS: usize = 5;
 /// Client addresses hashed for the modulo-hashing contrast.
 const CLIENTS: u32 = 65536;
-
-/// A fixed pseudo-random sequence (xorshift64*), for ids unrelated to the address order.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
-/// `n` equal-weight real servers at 10.1.x.y (y in 1..=250) with shuffled ids, as in the tests.
-fn servers(n: usize) -> Vec<Backend> {
-    let mut ids: Vec<u32> = (0..n as u32).map(|i| 1000 + i).collect();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
-    for i in (1..n).rev() {
-        ids.swap(i, (rng.next() % (i as u64 + 1)) as usize);
-    }
-    (0..n)
-        .map(|i| Backend {
-            addr: addr_from_v4([10, 1, (i / 250) as u8, (i % 250 + 1) as u8]),
-            weight: 1,
-            id: ids[i],
-        })
-        .collect()
-}
 
 fn victims(n: usize) -> Vec<usize> {
     if n <= REMOVALS {

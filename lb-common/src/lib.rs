@@ -12,6 +12,7 @@ pub mod hash;
 #[cfg(feature = "alloc")]
 pub mod maglev;
 pub mod maps;
+pub mod rng;
 pub mod sched;
 #[cfg(feature = "alloc")]
 pub mod table;

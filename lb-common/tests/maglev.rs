@@ -3,46 +3,17 @@
 //! answer). The figures themselves are printed by `examples/maglev_figures.rs`
 //! (docs/BENCHMARKS.md); these tests only check the bounds, and time nothing.
 
+mod common;
+
+use common::servers;
 use lb_common::{
     addr_from_v4,
     maglev::{build, Backend},
+    rng::XorShift64,
     sched::{MH_DEFAULT_SIZE, MH_SIZES, NO_REAL},
 };
 
 const M: u32 = MH_DEFAULT_SIZE;
-
-/// A fixed pseudo-random sequence (xorshift64*), so the tests need no dependency and never vary.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-    }
-}
-
-/// `n` equal-weight real servers at distinct addresses 10.1.x.y (y in 1..=250), listed in address
-/// order, with ids that are a shuffle of 1000..1000+n: unrelated to the address order.
-fn servers(n: usize) -> Vec<Backend> {
-    let mut ids: Vec<u32> = (0..n as u32).map(|i| 1000 + i).collect();
-    Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64).shuffle(&mut ids);
-    (0..n)
-        .map(|i| Backend {
-            addr: addr_from_v4([10, 1, (i / 250) as u8, (i % 250 + 1) as u8]),
-            weight: 1,
-            id: ids[i],
-        })
-        .collect()
-}
 
 /// Slots held by each of `backends`, in their order; panics on a slot nobody should hold.
 fn counts(table: &[u32], backends: &[Backend]) -> Vec<u32> {
@@ -187,7 +158,7 @@ fn removing_one_of_100_moves_at_most_1_5_over_n() {
 
 #[test]
 fn any_input_order_gives_the_same_table() {
-    let mut rng = Rng(42);
+    let mut rng = XorShift64::new(42);
     for n in [3usize, 10, 100] {
         let mut s = servers(n);
         // Unequal weights too, so ties in the apportionment are not the only case.

@@ -67,6 +67,15 @@ fn packet(i: u32, flags: u8) -> FrameSpec {
     }
 }
 
+/// The connection-table key of flow number `i`.
+fn flow_key(fx: &Fixture, i: u32) -> lb_common::FlowKey {
+    let p = packet(i, 0);
+    fx.state
+        .service(&service(Protocol::Tcp))
+        .unwrap()
+        .flow(p.src, p.sport)
+}
+
 /// Opens `n` flows with a SYN; returns the real server (last MAC byte) of each.
 fn open(fx: &mut Fixture, n: u32) -> Vec<u8> {
     (0..n)
@@ -185,12 +194,7 @@ fn a_rst_ends_the_entry() {
     assert_eq!(fx.send(&packet(i, TCP_ACK)), Some(old), "established");
     // The RST still reaches the server that knows the connection, then the entry is gone.
     assert_eq!(fx.send(&packet(i, RST | TCP_ACK)), Some(old));
-    let flow = fx
-        .state
-        .service(&service(Protocol::Tcp))
-        .unwrap()
-        .flow(packet(i, 0).src, packet(i, 0).sport);
-    assert_eq!(fx.maps.conn(&flow), None);
+    assert_eq!(fx.maps.conn(&flow_key(&fx, i)), None);
     assert_eq!(
         fx.send(&packet(i, TCP_SYN)),
         Some(predicted(&fx, &packet(i, TCP_SYN)))
@@ -209,13 +213,8 @@ fn a_syn_after_a_fin_opens_a_new_connection() {
     // A retransmitted SYN of a live connection stays.
     assert_eq!(fx.send(&packet(i, TCP_SYN)), Some(old));
     assert_eq!(fx.send(&packet(i, FIN | TCP_ACK)), Some(old));
-    let flow = fx
-        .state
-        .service(&service(Protocol::Tcp))
-        .unwrap()
-        .flow(packet(i, 0).src, packet(i, 0).sport);
     assert_eq!(
-        fx.maps.conn(&flow).map(|c| c.flags & CONN_FIN),
+        fx.maps.conn(&flow_key(&fx, i)).map(|c| c.flags & CONN_FIN),
         Some(CONN_FIN)
     );
     assert_eq!(

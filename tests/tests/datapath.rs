@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use lb_common::{Reason, IPPROTO_UDP};
+use lb_common::{rng::XorShift64, Reason, IPPROTO_UDP};
 use lb_tests::fixture::{real_mac, Fixture, DIRECTOR_MAC, XDP_DROP, XDP_PASS, XDP_TX};
 use lb_tests::require_root;
 use lb_user::{
@@ -304,14 +304,10 @@ fn weights_1_2_3_share_30000_random_sources() {
     let mut fx = fixture(&[1, 2, 3]);
     let mut seen = [0u32; 3];
     let mut sources = std::collections::HashSet::new();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rng = XorShift64::new(1);
     const N: u32 = 30_000;
     for _ in 0..N {
-        // xorshift64*: reproducible random client addresses.
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let src = Ipv4Addr::from((x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32);
+        let src = Ipv4Addr::from((rng.next() >> 32) as u32);
         sources.insert(src);
         let mac = assert_direct_routed(
             &mut fx,

@@ -7,6 +7,7 @@ use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
+use lb_common::rng::XorShift64;
 use lb_tests::agent::xdplb_bin;
 use lb_tests::fixture::{real_mac, Fixture};
 use lb_tests::netns::veth;
@@ -122,18 +123,12 @@ fn simulate_agrees_with_the_datapath_on_10000_flows() {
         }
     }
 
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = || {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        x.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-    };
+    let mut rng = XorShift64::new(7);
     for (addr, _) in &services {
         let svc: std::net::SocketAddrV4 = addr.parse().unwrap();
         let flows: Vec<(Ipv4Addr, u16)> = (0..10_000)
             .map(|_| {
-                let r = next();
+                let r = rng.next();
                 (Ipv4Addr::from((r >> 32) as u32), (r as u16).max(1))
             })
             .collect();
