@@ -64,7 +64,7 @@ pub fn hash_addr_seeded(addr: &Addr, seed: u32) -> u32 {
 pub fn hash_flow(f: &FlowKey) -> u32 {
     let s = addr_words(&f.src);
     let d = addr_words(&f.dst);
-    let ports = (f.sport as u32) << 16 | f.dport as u32;
+    let ports = ((f.sport as u32) << 16) | f.dport as u32;
     murmur3(
         &[
             s[0],

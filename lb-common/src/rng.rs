@@ -24,7 +24,7 @@ impl XorShift64 {
 
     /// A value in 0..n (n > 0), by multiply-shift rather than a biased modulo.
     pub fn below(&mut self, n: u32) -> u32 {
-        ((self.next() >> 32) * n as u64 >> 32) as u32
+        (((self.next() >> 32) * n as u64) >> 32) as u32
     }
 
     /// Shuffles `v` in place (Fisher-Yates).
