@@ -1,14 +1,15 @@
 //! The test clients, connecting from a chosen source address (and port, so that a flow is known
 //! before it starts): [`fetch`], one short connection reading what the server says, and
 //! [`Stream`], one long-lived connection exchanging lines with `lb-testsrv --echo`, driven in a
-//! background thread that records which server answers and how the connection ends.
+//! background thread that records which server answers and how the connection ends, and
+//! [`UdpFlow`], datagrams to `lb-testsrv --udp`.
 
 use std::io::ErrorKind::{
     BrokenPipe, ConnectionAborted, ConnectionReset, Interrupted, TimedOut, UnexpectedEof,
     WouldBlock,
 };
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -259,5 +260,53 @@ impl Drop for DrivenStream {
     fn drop(&mut self) {
         // Never a second panic from Drop: stop() reports a panicked thread.
         let _ = self.join();
+    }
+}
+
+/// A UDP flow from a chosen SRC:PORT to `lb-testsrv --udp`: each [`UdpFlow::exchange`] sends a
+/// sequence number and returns the name of the server that answered it, whichever it is.
+pub struct UdpFlow {
+    socket: UdpSocket,
+    src: SocketAddrV4,
+    seq: u64,
+}
+
+impl UdpFlow {
+    /// A socket bound to `src` and connected to `dst`, in the CALLING THREAD's namespace (see
+    /// [`fetch`]).
+    pub fn connect(src: SocketAddrV4, dst: SocketAddrV4) -> Result<Self> {
+        let socket = UdpSocket::bind(src).with_context(|| format!("bind UDP {src}"))?;
+        socket
+            .connect(dst)
+            .with_context(|| format!("connect UDP {src} -> {dst}"))?;
+        socket.set_read_timeout(Some(TIMEOUT))?;
+        Ok(Self {
+            socket,
+            src,
+            seq: 0,
+        })
+    }
+
+    pub fn src(&self) -> SocketAddrV4 {
+        self.src
+    }
+
+    /// One datagram out, its answer `NAME SEQ` back within [`TIMEOUT`]: the server's name.
+    pub fn exchange(&mut self) -> Result<String> {
+        self.seq += 1;
+        let seq = self.seq.to_string();
+        self.socket
+            .send(seq.as_bytes())
+            .with_context(|| format!("UDP {}: send", self.src))?;
+        let mut buf = [0u8; 1500];
+        let n = self
+            .socket
+            .recv(&mut buf)
+            .with_context(|| format!("UDP {}: no answer to {seq}", self.src))?;
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        match answer.split_once(' ') {
+            Some((name, s)) if s == seq => Ok(name.to_owned()),
+            _ => bail!("UDP {}: sent {seq}, got {answer:?}", self.src),
+        }
     }
 }

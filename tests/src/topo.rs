@@ -249,17 +249,20 @@ pub enum Serve {
     #[default]
     Once,
     /// Greets with its name, then answers every line until the client closes
-    /// ([`crate::client::Stream`]; [`crate::client::fetch`] works too).
+    /// ([`crate::client::Stream`]; [`crate::client::fetch`] works too); also answers UDP
+    /// datagrams to the VIP:80 ([`crate::client::UdpFlow`]).
     Echo,
 }
 
 /// Starts `lb-testsrv` in a namespace and waits until it listens (it prints one line then).
+/// With [`Serve::Echo`] it answers UDP on [`DrTopology::VIP`] at `listen`'s port too.
 pub fn start_testsrv(ns: &Netns, name: &str, listen: SocketAddrV4, serve: Serve) -> Result<Proc> {
     let bin = crate::binary("LB_TESTSRV_BIN", "lb-testsrv", "cargo build -p lb-tests");
-    let listen = listen.to_string();
-    let mut args = vec!["--name", name, "--listen", &listen];
+    let listen_arg = listen.to_string();
+    let udp = SocketAddrV4::new(DrTopology::VIP, listen.port()).to_string();
+    let mut args = vec!["--name", name, "--listen", &listen_arg];
     if serve == Serve::Echo {
-        args.push("--echo");
+        args.extend(["--echo", "--udp", &udp]);
     }
     let mut server = ns.spawn(&bin, &args)?;
     let mut line = String::new();

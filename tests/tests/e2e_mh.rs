@@ -1,20 +1,23 @@
-//! End to end, scheduler `mh` (Maglev hashing) and the connection table, LVS/DR with native XDP:
-//! 100 long-lived TCP connections keep their real server while, through the CLI, a real server is
-//! added, one reweighted, one drained and one deleted; only the deleted server's connections
-//! break. New connections land exactly where `xdplb simulate` says, and never on a drained or
-//! deleted server.
+//! End to end, scheduler `mh` (Maglev hashing) and the connection table, LVS/DR with native XDP.
+//! Through the CLI, a real server is added, one reweighted, one drained (weight 0) and one deleted,
+//! while established flows keep going: 100 long-lived TCP connections keep their real server, and
+//! only the deleted server's connections break; UDP flows keep their server too, the deleted
+//! server's move. After every change, new flows land exactly where `xdplb simulate` says, never on
+//! a drained or deleted server.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
-use lb_tests::client::{fetch_from, DrivenStream, Stream, StreamError, StreamStatus};
+use lb_tests::client::{fetch_from, DrivenStream, Stream, StreamError, StreamStatus, UdpFlow};
 use lb_tests::{require_root, Agent, DrTopology, Serve};
 
-/// Long-lived connections, from every client source address, each with its own source port.
-const STREAMS: u16 = 100;
+/// Long-lived TCP connections, from every client source address, each with its own source port.
+const STREAMS: usize = 100;
 const STREAM_PORTS: u16 = 20000;
-/// Fresh flows for new connections use ports from here on, one each.
+/// UDP flows kept across the changes.
+const UDP_FLOWS: usize = 40;
+/// Fresh flows (new connections, simulated flows) use ports from here on, one each.
 const FRESH_PORTS: u16 = 30000;
 /// New connections tried after each change.
 const NEW_CONNS: usize = 60;
@@ -25,70 +28,90 @@ const INTERVAL: Duration = Duration::from_millis(50);
 /// Wait after each change before looking.
 const SETTLE: Duration = Duration::from_secs(1);
 
-#[test]
-fn mh_established_connections_survive_real_server_changes() {
+/// One change of the real servers through the CLI.
+struct Change {
+    what: &'static str,
+    /// `xdplb real <verb>` of real server `rs<real>`, with `-w <weight>` if any.
+    verb: &'static str,
+    real: usize,
+    weight: Option<&'static str>,
+    /// Servers new flows must never reach once the change is made.
+    never: &'static [&'static str],
+}
+
+/// Starting from rs1..rs3 of weight 1, the changes both tests make, in order.
+const CHANGES: [Change; 4] = [
+    Change {
+        what: "add rs4",
+        verb: "add",
+        real: 4,
+        weight: Some("1"),
+        never: &[],
+    },
+    Change {
+        what: "rs1 weight 3",
+        verb: "edit",
+        real: 1,
+        weight: Some("3"),
+        never: &[],
+    },
+    Change {
+        what: "drain rs2",
+        verb: "edit",
+        real: 2,
+        weight: Some("0"),
+        never: &["rs2"],
+    },
+    Change {
+        what: "delete rs3",
+        verb: "del",
+        real: 3,
+        weight: None,
+        never: &["rs2", "rs3"],
+    },
+];
+
+/// Four real servers running `lb-testsrv --echo` and an agent on the director; None (skipped)
+/// without root.
+fn echo_topology() -> Option<(DrTopology, Agent)> {
     if !require_root() {
-        return;
+        return None;
     }
     let topo = DrTopology::with_servers(4, Serve::Echo).expect("cannot build the DR topology");
-    let agent = Agent::start(topo.director().ns(), "eth0", &["--tcp-timeout", "0"]).expect("cannot start the agent");
-    let svc = DrTopology::service().to_string();
-    let addr = |i: usize| DrTopology::real_addr(i).to_string();
-    agent.cli_ok(&["service", "add", "-t", &svc, "-s", "mh"]);
-    for i in 1..=3 {
-        agent.cli_ok(&["real", "add", "-t", &svc, "-r", &addr(i), "-w", "1"]);
-    }
+    let agent = Agent::start(topo.director().ns(), "eth0", &[]).expect("cannot start the agent");
+    Some((topo, agent))
+}
+
+#[test]
+fn mh_established_tcp_connections_survive_real_server_changes() {
+    // The agent, bound last, is dropped first: it stops before the namespaces go.
+    let Some((topo, agent)) = echo_topology() else {
+        return;
+    };
+    let mut check = Checker::new(&topo, &agent, "-t");
     let listing = agent.list();
-    let service = listing.service(&svc).expect("the service is listed");
+    let service = listing.service(check.svc).expect("the service is listed");
     assert_eq!(service["mh_size"], 65537, "default table size: {service}");
     assert_eq!(service["hash"], "flow", "default hash: {service}");
 
-    let mut check = Checker {
-        topo: &topo,
-        agent: &agent,
-        svc: &svc,
-        next_port: FRESH_PORTS,
-    };
     let streams = check.open_streams();
-
-    // (what, command, servers new connections must never reach from then on)
-    let changes: [(&str, Vec<String>, &[&str]); 4] = [
-        ("add rs4", real(&svc, "add", &addr(4), Some("1")), &[]),
-        ("rs1 weight 3", real(&svc, "edit", &addr(1), Some("3")), &[]),
-        (
-            "drain rs2",
-            real(&svc, "edit", &addr(2), Some("0")),
-            &["rs2"],
-        ),
-        (
-            "delete rs3",
-            real(&svc, "del", &addr(3), None),
-            &["rs2", "rs3"],
-        ),
-    ];
     // Before the first change; before each later one, the check after the one before it.
     check.new_connections("before any change", &[]);
     let mut rs2_exchanges_at_drain = BTreeMap::new();
     let mut deleted_at = None;
-    for (what, command, never) in &changes {
-        if *what == "drain rs2" {
+    for change in &CHANGES {
+        let what = change.what;
+        if what == "drain rs2" {
             rs2_exchanges_at_drain = exchanges_of(&streams, "rs2");
         }
         let started = Instant::now();
-        let args: Vec<&str> = command.iter().map(String::as_str).collect();
-        agent.cli_ok(&args);
-        if *what == "delete rs3" {
+        check.apply(change);
+        if what == "delete rs3" {
             deleted_at = Some(started);
         }
         std::thread::sleep(SETTLE);
-        check.streams_alive(&streams, what, deleted_at.map(|at| ("rs3", at)));
-        let landed = check.new_connections(&format!("after {what}"), never);
-        eprintln!("after {what}: new {landed:?}");
-        match *what {
-            "add rs4" => assert!(landed.contains_key("rs4"), "after {what}: {landed:?}"),
-            "rs1 weight 3" => check.largest_share("rs1"),
-            _ => {}
-        }
+        streams_alive(&streams, what, deleted_at.map(|_| "rs3"));
+        check.after(change);
     }
     let deleted_at = deleted_at.expect("rs3 was deleted");
 
@@ -122,12 +145,11 @@ fn mh_established_connections_survive_real_server_changes() {
         );
         if status.server == "rs2" {
             let before = rs2_exchanges_at_drain[&status.src];
+            let expected = 2 * SETTLE.as_millis() / INTERVAL.as_millis();
             assert!(
-                status.exchanges
-                    >= before + 2 * SETTLE.as_millis() as u64 / INTERVAL.as_millis() as u64,
-                "{} on drained rs2 stopped flowing: {} exchanges at the drain, {} at the end",
+                status.exchanges >= before + expected as u64,
+                "{} on drained rs2 stopped flowing: {before} exchanges at the drain, {} at the end",
                 status.src,
-                before,
                 status.exchanges
             );
         }
@@ -135,7 +157,6 @@ fn mh_established_connections_survive_real_server_changes() {
             still_scheduled_to_own_server += 1;
         }
     }
-    eprintln!("still_scheduled_to_own_server {still_scheduled_to_own_server}");
     let survivors = finals.iter().filter(|s| s.server != "rs3").count();
     assert!(
         still_scheduled_to_own_server < survivors,
@@ -144,13 +165,58 @@ fn mh_established_connections_survive_real_server_changes() {
     );
 }
 
-/// `xdplb real <verb> -t SVC -r RIP [-w W]`.
-fn real(svc: &str, verb: &str, rip: &str, weight: Option<&str>) -> Vec<String> {
-    let mut args = vec!["real", verb, "-t", svc, "-r", rip];
-    if let Some(w) = weight {
-        args.extend(["-w", w]);
+#[test]
+fn mh_udp_flows_keep_their_real_server_until_it_is_deleted() {
+    let Some((topo, agent)) = echo_topology() else {
+        return;
+    };
+    let mut check = Checker::new(&topo, &agent, "-u");
+    let flows = check.fresh_flows(UDP_FLOWS);
+    let mut udp = topo.client().ns().run_in(|| {
+        flows
+            .iter()
+            .map(|&src| UdpFlow::connect(src, DrTopology::service()))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .expect("UDP socket")
+    });
+    let exchange_all = |udp: &mut [UdpFlow], when: &str| -> Vec<String> {
+        let answers = udp.iter_mut().map(|f| (f.src(), f.exchange()));
+        answers
+            .map(|(src, a)| a.unwrap_or_else(|e| panic!("{when}: UDP {src}: {e:#}")))
+            .collect()
+    };
+    let owners = exchange_all(&mut udp, "before any change");
+    assert_eq!(owners, check.simulate(&flows), "first datagrams");
+    let servers: BTreeSet<&str> = owners.iter().map(String::as_str).collect();
+    assert_eq!(servers, BTreeSet::from(["rs1", "rs2", "rs3"]), "{owners:?}");
+
+    for change in &CHANGES {
+        check.apply(change);
+        let now_new_flows_go_to = check.simulate(&flows);
+        let answered = exchange_all(&mut udp, change.what);
+        for i in 0..flows.len() {
+            let expected = if change.what == "delete rs3" && owners[i] == "rs3" {
+                // Rescheduled as a new flow would be.
+                &now_new_flows_go_to[i]
+            } else {
+                &owners[i]
+            };
+            assert_eq!(
+                &answered[i], expected,
+                "after {}: UDP {} (first answered by {})",
+                change.what, flows[i], owners[i]
+            );
+        }
+        let again = exchange_all(&mut udp, change.what);
+        assert_eq!(again, answered, "after {}: flows moved again", change.what);
+        check.after(change);
+        if change.what == "drain rs2" {
+            assert_ne!(
+                now_new_flows_go_to, owners,
+                "no flow would move in the table: this test proves nothing"
+            );
+        }
     }
-    args.into_iter().map(str::to_owned).collect()
 }
 
 /// Exchanges so far of the streams served by `server`, by source.
@@ -163,14 +229,63 @@ fn exchanges_of(streams: &[DrivenStream], server: &str) -> BTreeMap<SocketAddrV4
         .collect()
 }
 
+/// The service VIP:80 of one protocol (`-t` or `-u`) with scheduler mh, and the checks the tests
+/// make on it.
 struct Checker<'a> {
     topo: &'a DrTopology,
     agent: &'a Agent,
-    svc: &'a str,
+    proto: &'static str,
+    svc: &'static str,
     next_port: u16,
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
+    /// Adds the service with scheduler mh and real servers rs1..rs3 of weight 1.
+    fn new(topo: &'a DrTopology, agent: &'a Agent, proto: &'static str) -> Self {
+        let svc = "10.0.0.100:80";
+        assert_eq!(svc, DrTopology::service().to_string());
+        agent.cli_ok(&["service", "add", proto, svc, "-s", "mh"]);
+        let check = Self {
+            topo,
+            agent,
+            proto,
+            svc,
+            next_port: FRESH_PORTS,
+        };
+        for real in 1..=3 {
+            check.apply(&Change {
+                what: "add",
+                verb: "add",
+                real,
+                weight: Some("1"),
+                never: &[],
+            });
+        }
+        check
+    }
+
+    /// Makes `change` through the CLI.
+    fn apply(&self, change: &Change) {
+        let rip = DrTopology::real_addr(change.real).to_string();
+        let mut args = vec!["real", change.verb, self.proto, self.svc, "-r", &rip];
+        if let Some(w) = change.weight {
+            args.extend(["-w", w]);
+        }
+        self.agent.cli_ok(&args);
+    }
+
+    /// What every change is checked for: new connections go where `simulate` says, never to a
+    /// server excluded by now; a new server gets some, a heavier one the largest share.
+    fn after(&mut self, change: &Change) {
+        let what = format!("after {}", change.what);
+        let landed = self.new_connections(&what, change.never);
+        match change.what {
+            "add rs4" => assert!(landed.contains_key("rs4"), "{what}: {landed:?}"),
+            "rs1 weight 3" => self.largest_share("rs1"),
+            _ => {}
+        }
+    }
+
     /// `n` flows never used before: every client source address in turn, a new port each.
     fn fresh_flows(&mut self, n: usize) -> Vec<SocketAddrV4> {
         let sources = DrTopology::client_sources();
@@ -186,7 +301,7 @@ impl Checker<'_> {
     /// Names of the servers `simulate` predicts for new flows from `flows`.
     fn simulate(&self, flows: &[SocketAddrV4]) -> Vec<String> {
         self.agent
-            .simulate("-t", self.svc, flows)
+            .simulate(self.proto, self.svc, flows)
             .into_iter()
             .map(|rip| {
                 let rs = self.topo.real_at(*rip.ip());
@@ -197,12 +312,12 @@ impl Checker<'_> {
             .collect()
     }
 
-    /// STREAMS connections from every client source, each predicted by `simulate` and greeted
-    /// by the predicted server, spread over rs1..rs3, then driven.
+    /// STREAMS TCP connections from every client source, each predicted by `simulate` and
+    /// greeted by the predicted server, spread over rs1..rs3, then driven.
     fn open_streams(&mut self) -> Vec<DrivenStream> {
         let sources = DrTopology::client_sources();
         let flows: Vec<SocketAddrV4> = (0..STREAMS)
-            .map(|i| SocketAddrV4::new(sources[usize::from(i) % sources.len()], STREAM_PORTS + i))
+            .map(|i| SocketAddrV4::new(sources[i % sources.len()], STREAM_PORTS + i as u16))
             .collect();
         let predicted = self.simulate(&flows);
         let service = DrTopology::service();
@@ -226,16 +341,21 @@ impl Checker<'_> {
         streams.into_iter().map(|s| s.drive(INTERVAL)).collect()
     }
 
-    /// NEW_CONNS new connections, each to the server `simulate` predicted, none to `never`.
-    /// Returns how many each server got.
+    /// NEW_CONNS new connections (TCP) or flows (UDP), each to the server `simulate` predicted,
+    /// none to `never`. Returns how many each server got.
     fn new_connections(&mut self, when: &str, never: &[&str]) -> BTreeMap<String, usize> {
         let flows = self.fresh_flows(NEW_CONNS);
         let predicted = self.simulate(&flows);
         let service = DrTopology::service();
+        let udp = self.proto == "-u";
         let answers = self.topo.client().ns().run_in(|| {
             flows
                 .iter()
-                .map(|&src| fetch_from(src, service).map_err(|e| format!("{e:#}")))
+                .map(|&src| match udp {
+                    true => UdpFlow::connect(src, service).and_then(|mut f| f.exchange()),
+                    false => fetch_from(src, service),
+                })
+                .map(|answer| answer.map_err(|e| format!("{e:#}")))
                 .collect::<Vec<_>>()
         });
         let mut landed = BTreeMap::new();
@@ -243,11 +363,12 @@ impl Checker<'_> {
             assert_eq!(
                 answer.as_deref(),
                 Ok(predicted.as_str()),
-                "{when}: new connection {src} -> {service}"
+                "{when}: new flow {src} -> {service} ({})",
+                self.proto
             );
             assert!(
                 !never.contains(&predicted.as_str()),
-                "{when}: new connection {src} reached {predicted}"
+                "{when}: new flow {src} reached {predicted}"
             );
             *landed.entry(predicted.clone()).or_default() += 1;
         }
@@ -267,32 +388,26 @@ impl Checker<'_> {
             .map(|(s, _)| s.as_str());
         assert_eq!(top, Some(server), "shares of new flows: {share:?}");
     }
+}
 
-    /// No stream broke, stalled or changed server, except, after `deleted` (server, when),
-    /// that server's.
-    fn streams_alive(
-        &self,
-        streams: &[DrivenStream],
-        after: &str,
-        deleted: Option<(&str, Instant)>,
-    ) {
-        let now = Instant::now();
-        for status in streams.iter().map(DrivenStream::status) {
-            if deleted.is_some_and(|(server, _)| server == status.server) {
-                continue;
-            }
-            assert_eq!(
-                status.failure, None,
-                "after {after}: {} on {} broke: {status:?}",
-                status.src, status.server
-            );
-            let quiet = now - status.last_ok;
-            assert!(
-                quiet < Stream::STALL,
-                "after {after}: {} on {} has had no answer for {quiet:?}",
-                status.src,
-                status.server
-            );
+/// No stream broke, stalled or changed server, except those of server `deleted`.
+fn streams_alive(streams: &[DrivenStream], after: &str, deleted: Option<&str>) {
+    let now = Instant::now();
+    for status in streams.iter().map(DrivenStream::status) {
+        if deleted == Some(status.server.as_str()) {
+            continue;
         }
+        assert_eq!(
+            status.failure, None,
+            "after {after}: {} on {} broke: {status:?}",
+            status.src, status.server
+        );
+        let quiet = now - status.last_ok;
+        assert!(
+            quiet < Stream::STALL,
+            "after {after}: {} on {} has had no answer for {quiet:?}",
+            status.src,
+            status.server
+        );
     }
 }

@@ -10,8 +10,7 @@ use aya::{
 pub use lb_common::Counters;
 use lb_common::{
     map_names, Conn, DirectorConfig, FlowKey, RealServer, Reason, ServiceInfo, ServiceKey,
-    BPF_F_INNER_MAP,
-    REASON_COUNT,
+    BPF_F_INNER_MAP, REASON_COUNT,
 };
 
 /// What the agent needs from the datapath's maps.

@@ -1,4 +1,5 @@
-//! The real servers' service in the tests: `lb-testsrv --name NAME --listen ADDR:PORT [--echo]`.
+//! The real servers' service in the tests:
+//! `lb-testsrv --name NAME --listen ADDR:PORT [--echo] [--udp ADDR:PORT]`.
 //!
 //! - By default it answers every TCP connection with `NAME\n` and closes it, so a client sees
 //!   which server it reached.
@@ -6,28 +7,47 @@
 //!   answers every line `LINE` the client sends with `NAME LINE\n`, and closes when the client
 //!   does. A client that half-closes right away (as `client::fetch` does) sees the same as in
 //!   the default mode.
+//! - With `--udp ADDR:PORT`, it also answers every UDP datagram `LINE` sent to ADDR:PORT with
+//!   `NAME LINE`. The reply leaves from ADDR: bind the address clients send to (with direct
+//!   routing, the VIP), not 0.0.0.0, or the client's connected socket ignores it.
 //!
 //! It prints one line on stdout once it listens (the harness waits for it) and nothing after.
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+
+const USAGE: &str = "usage: lb-testsrv --name NAME --listen ADDR:PORT [--echo] [--udp ADDR:PORT]";
 
 struct Args {
     name: String,
     listen: SocketAddr,
     echo: bool,
+    udp: Option<SocketAddr>,
 }
 
 fn main() {
     let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("lb-testsrv: {e}\nusage: lb-testsrv --name NAME --listen ADDR:PORT [--echo]");
+        eprintln!("lb-testsrv: {e}\n{USAGE}");
         std::process::exit(2);
     });
-    let Args { name, listen, echo } = args;
+    let Args {
+        name,
+        listen,
+        echo,
+        udp,
+    } = args;
     let listener = TcpListener::bind(listen).unwrap_or_else(|e| {
         eprintln!("lb-testsrv: cannot listen on {listen}: {e}");
         std::process::exit(1);
     });
+    if let Some(udp) = udp {
+        let socket = UdpSocket::bind(udp).unwrap_or_else(|e| {
+            eprintln!("lb-testsrv: cannot bind UDP {udp}: {e}");
+            std::process::exit(1);
+        });
+        let name = name.clone();
+        std::thread::spawn(move || serve_udp(&name, &socket));
+    }
     println!("{name} listening on {listen}");
     let _ = std::io::stdout().flush();
 
@@ -72,8 +92,22 @@ fn serve_echo(name: &str, mut stream: TcpStream) {
     }
 }
 
+/// Answers every datagram `LINE` with `NAME LINE`, to its sender.
+fn serve_udp(name: &str, socket: &UdpSocket) {
+    let mut buf = [0u8; 1500];
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok((n, peer)) => {
+                let line = String::from_utf8_lossy(&buf[..n]);
+                let _ = socket.send_to(format!("{name} {line}").as_bytes(), peer);
+            }
+            Err(e) => eprintln!("lb-testsrv {name}: UDP receive: {e}"),
+        }
+    }
+}
+
 fn parse_args() -> Result<Args, String> {
-    let (mut name, mut listen, mut echo) = (None, None, false);
+    let (mut name, mut listen, mut echo, mut udp) = (None, None, false, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -81,6 +115,7 @@ fn parse_args() -> Result<Args, String> {
             "--name" => name = Some(value()?),
             "--listen" => listen = Some(value()?.parse().map_err(|e| format!("--listen: {e}"))?),
             "--echo" => echo = true,
+            "--udp" => udp = Some(value()?.parse().map_err(|e| format!("--udp: {e}"))?),
             _ => return Err(format!("unknown argument {arg}")),
         }
     }
@@ -88,5 +123,6 @@ fn parse_args() -> Result<Args, String> {
         name: name.ok_or("--name is required")?,
         listen: listen.ok_or("--listen is required")?,
         echo,
+        udp,
     })
 }
