@@ -287,6 +287,27 @@ fn the_connection_table_size_is_configurable() {
 }
 
 #[test]
+fn a_tcp_packet_of_an_unknown_flow_is_scheduled_and_remembered() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture();
+    // No SYN seen (say, the flow began before a director failover): the table decides, and the
+    // flow is bound from then on, as Maglev does.
+    let real = fx.send(&packet(7, TCP_ACK)).expect("forwarded");
+    assert_eq!(real, predicted(&fx, &packet(7, TCP_ACK)));
+    let conn = fx.maps.conn(&flow_key(&fx, 7)).expect("an entry");
+    let id = fx
+        .state
+        .service(&service(Protocol::Tcp))
+        .unwrap()
+        .real(real_addr(real))
+        .unwrap()
+        .id;
+    assert_eq!(conn.real, id);
+}
+
+#[test]
 fn new_flows_are_counted_once() {
     if !require_root() {
         return;
