@@ -8,6 +8,7 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod csum;
 pub mod hash;
 #[cfg(feature = "alloc")]
 pub mod maglev;

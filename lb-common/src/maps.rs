@@ -10,6 +10,8 @@ pub const MAX_REALS: u32 = 4096;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_IPIP: u8 = 4;
 
 /// An IP address in 16 bytes: IPv6 as is, IPv4 as the IPv4-mapped IPv6 address (::ffff:a.b.c.d),
 /// so IPv6 support needs no change of any map layout.
@@ -59,8 +61,10 @@ pub struct ServiceInfo {
     pub _pad: [u8; 2],
 }
 
-/// Forwarding methods stored in [`RealServer::method`].
+/// Forwarding methods stored in [`RealServer::method`]: LVS/DR (rewrite the MACs) and LVS/TUN
+/// (IPIP encapsulation toward the real server).
 pub const FWD_DR: u8 = 1;
+pub const FWD_TUN: u8 = 2;
 
 /// [`RealServer::flags`]: the entry describes a configured real server. A table slot that points
 /// at an entry without it (a real server being deleted) is treated as "no real server".
@@ -71,7 +75,8 @@ pub const REAL_ACTIVE: u8 = 1;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct RealServer {
     pub addr: Addr,
-    /// Ethernet address the frame is sent to: the real server itself for LVS/DR.
+    /// Ethernet address the frame is sent to: the real server itself for LVS/DR, the next hop
+    /// toward it for LVS/TUN.
     pub mac: [u8; 6],
     /// One of the `FWD_*` constants.
     pub method: u8,
@@ -144,6 +149,10 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const REASONS: &str = "REASONS";
+    /// Real-server side (`xdplb decap`): the addresses whose IPIP packets are decapsulated, and
+    /// counters (index 0: decapsulated, 1: passed untouched).
+    pub const DECAP_VIPS: &str = "DECAP_VIPS";
+    pub const DECAP_STATS: &str = "DECAP_STATS";
 }
 
 /// Program names in the object file.
@@ -154,6 +163,8 @@ pub mod program_names {
     pub const PASS: &str = "xdp_pass";
     /// Bounces everything back: the bare XDP_TX baseline of the benchmarks.
     pub const TX: &str = "xdp_tx";
+    /// Real-server side of LVS/TUN: strips the outer header of IPIP packets for local VIPs.
+    pub const DECAP: &str = "xdp_decap";
 }
 
 /// Director-wide settings, CONFIG array index 0.
@@ -167,6 +178,10 @@ pub struct DirectorConfig {
     pub tcp_timeout: u32,
     pub tcp_fin_timeout: u32,
     pub udp_timeout: u32,
+    /// MTU of the attached interface: an encapsulated packet must fit.
+    pub mtu: u32,
+    /// Source address of the outer header of LVS/TUN packets.
+    pub tunnel_src: Addr,
 }
 
 impl DirectorConfig {
@@ -195,9 +210,15 @@ pub enum Reason {
     DropMalformed = 5,
     /// For a service that has no usable real server.
     DropNoReal = 6,
+    /// Too big to encapsulate with DF set: answered with ICMP "fragmentation needed".
+    TxFragNeeded = 7,
+    /// Too big to encapsulate, DF clear: dropped (XDP cannot fragment).
+    DropTooBig = 8,
+    /// The frame could not be grown or shrunk (no headroom).
+    DropNoRoom = 9,
 }
 
-pub const REASON_COUNT: u32 = 7;
+pub const REASON_COUNT: u32 = 10;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -208,6 +229,9 @@ impl Reason {
         Reason::PassUnparsed,
         Reason::DropMalformed,
         Reason::DropNoReal,
+        Reason::TxFragNeeded,
+        Reason::DropTooBig,
+        Reason::DropNoRoom,
     ];
 
     /// Stable snake_case name for CLI, JSON and metrics.
@@ -220,6 +244,9 @@ impl Reason {
             Reason::PassUnparsed => "pass_unparsed",
             Reason::DropMalformed => "drop_malformed",
             Reason::DropNoReal => "drop_no_real",
+            Reason::TxFragNeeded => "tx_frag_needed",
+            Reason::DropTooBig => "drop_too_big",
+            Reason::DropNoRoom => "drop_no_room",
         }
     }
 }

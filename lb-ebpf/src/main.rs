@@ -2,7 +2,8 @@
 //!
 //! One module per stage, in the order a packet goes through them:
 //! parse -> lookup (service) -> conntrack (established flow?) -> schedule (new flow: real server)
-//! -> forward (LVS/DR) -> stats.
+//! -> forward (LVS/DR, or LVS/TUN by `encap`; `icmp` when it does not fit) -> stats.
+//! `xdp_decap` is the real-server side of LVS/TUN.
 // Built for bpfel-unknown-none by lb-user's build script; on the host (cargo clippy --workspace)
 // it is an ordinary empty program so the same sources are still checked.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -10,7 +11,9 @@
 
 mod config;
 mod conntrack;
+mod encap;
 mod forward;
+mod icmp;
 mod lookup;
 mod parse;
 mod schedule;
@@ -21,7 +24,7 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use lb_common::Reason;
+use lb_common::{Reason, FWD_TUN};
 
 use crate::parse::{Parsed, TCP_FLAG_RST};
 
@@ -65,11 +68,26 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     if flags & TCP_FLAG_RST != 0 {
         conntrack::remove(&flow);
     }
-    if !forward::direct_route(&ctx, config, real) {
+    if real.method == FWD_TUN {
+        match encap::ipip(&ctx, &pkt, config, real) {
+            Ok(()) => {}
+            Err(Reason::TxFragNeeded) if icmp::frag_needed(&ctx, &pkt, config) => {
+                return stats::tx(Reason::TxFragNeeded, frame_len);
+            }
+            Err(Reason::TxFragNeeded) => return stats::drop(Reason::DropNoRoom, frame_len),
+            Err(reason) => return stats::drop(reason, frame_len),
+        }
+    } else if !forward::direct_route(&ctx, config, real) {
         return stats::drop(Reason::DropMalformed, frame_len);
     }
     stats::forwarded(service.id, real_id, frame_len, new_flow);
     XDP_TX
+}
+
+/// The real-server side of LVS/TUN (`xdplb decap`): opens IPIP packets for this host's VIPs.
+#[xdp]
+pub fn xdp_decap(ctx: XdpContext) -> u32 {
+    encap::decap(&ctx)
 }
 
 /// Hands every frame to the kernel. A veth only delivers frames another XDP program sent into it

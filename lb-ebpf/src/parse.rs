@@ -50,13 +50,13 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 }
 
 #[inline(always)]
-fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
+pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
     // SAFETY: ptr_at checked that the T lies inside the frame; the read is unaligned-safe.
     ptr_at::<T>(ctx, off).map(|p| unsafe { p.read_unaligned() })
 }
 
 #[inline(always)]
-fn be16(b: [u8; 2]) -> u16 {
+pub fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
@@ -68,8 +68,9 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     }
 }
 
+/// Offset of the IPv4 header: after Ethernet and at most one 802.1Q tag.
 #[inline(always)]
-fn parse_inner(ctx: &XdpContext) -> Result<Packet, Reason> {
+pub fn ipv4_offset(ctx: &XdpContext) -> Result<usize, Reason> {
     let mut l3_off = ETH_HLEN;
     let mut ethertype = be16(read(ctx, 12).ok_or(Reason::PassUnparsed)?);
     if ethertype == ETH_P_8021Q {
@@ -79,6 +80,12 @@ fn parse_inner(ctx: &XdpContext) -> Result<Packet, Reason> {
     if ethertype != ETH_P_IPV4 {
         return Err(Reason::PassNotIpv4);
     }
+    Ok(l3_off)
+}
+
+#[inline(always)]
+fn parse_inner(ctx: &XdpContext) -> Result<Packet, Reason> {
+    let l3_off = ipv4_offset(ctx)?;
     let ip: [u8; IPV4_MIN_HLEN] = read(ctx, l3_off).ok_or(Reason::PassUnparsed)?;
     let ihl = (ip[0] & 0x0f) as usize * 4;
     if ip[0] >> 4 != 4 || ihl < IPV4_MIN_HLEN {

@@ -2,7 +2,7 @@
 //! server, and per reason a packet was passed or dropped. User space sums the CPUs.
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     macros::map,
     maps::PerCpuArray,
 };
@@ -33,6 +33,13 @@ fn count(map: &PerCpuArray<Counters>, index: u32, bytes: u64, conn: bool) {
 pub fn pass(reason: Reason, bytes: u64) -> u32 {
     count(&REASONS, reason as u32, bytes, false);
     XDP_PASS
+}
+
+/// A reply the datapath sends back itself (ICMP), counted under its reason.
+#[inline(always)]
+pub fn tx(reason: Reason, bytes: u64) -> u32 {
+    count(&REASONS, reason as u32, bytes, false);
+    XDP_TX
 }
 
 #[inline(always)]

@@ -3,9 +3,11 @@
 
 use std::{
     fs,
+    net::Ipv4Addr,
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -21,7 +23,7 @@ use crate::{
     control::{Listing, Request, Response},
     datapath::{AttachMode, Datapath, LoadOptions, MapWriter},
     net::{self, Interface},
-    state::{self, RealSpec, State},
+    state::{self, Forward, Mac, RealSpec, State},
 };
 
 pub struct RunOptions {
@@ -33,7 +35,12 @@ pub struct RunOptions {
     pub tcp_timeout: u32,
     pub tcp_fin_timeout: u32,
     pub udp_timeout: u32,
+    /// Source of LVS/TUN outer headers; default: the interface's first IPv4 address.
+    pub tunnel_src: Option<Ipv4Addr>,
 }
+
+/// How often kernel-learned MAC addresses (real servers, next hops) and the MTU are re-read.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The agent's mutable core: the desired state and the maps it is mirrored into.
 pub struct Agent {
@@ -41,15 +48,22 @@ pub struct Agent {
     maps: Box<dyn MapWriter>,
     iface: Interface,
     mode: AttachMode,
+    config: DirectorConfig,
 }
 
 impl Agent {
-    pub fn new(maps: Box<dyn MapWriter>, iface: Interface, mode: AttachMode) -> Self {
+    pub fn new(
+        maps: Box<dyn MapWriter>,
+        iface: Interface,
+        mode: AttachMode,
+        config: DirectorConfig,
+    ) -> Self {
         Self {
             state: State::default(),
             maps,
             iface,
             mode,
+            config,
         }
     }
 
@@ -92,10 +106,30 @@ impl Agent {
             }
             Request::DelService { service } => self.state.del_service(service)?,
             Request::AddReal { service, real } => {
-                let real = self.resolve(service, real).await?;
-                self.state.add_real(service, &real)?
+                self.state.check_new_real(service, &real)?;
+                let learned = self.learn_mac(&real, None).await?;
+                self.state.add_real_learned(service, &real, learned)?
             }
-            Request::EditReal { service, real } => self.state.edit_real(service, &real)?,
+            Request::EditReal { service, real } => {
+                // Everything is checked before a changed method makes the agent learn a new MAC.
+                self.state.edit_real(
+                    service,
+                    &RealSpec {
+                        mac: None,
+                        ..real.clone()
+                    },
+                )?;
+                let before = real
+                    .addr
+                    .and_then(|a| self.state.service(&service).ok()?.real(a).cloned());
+                let learned = match before {
+                    Some(b) if real.forward.is_some_and(|f| f != b.forward) && !b.pinned_mac => {
+                        self.learn_mac(&real, Some(b.forward)).await?
+                    }
+                    _ => None,
+                };
+                self.state.edit_real_learned(service, &real, learned)?
+            }
             Request::Simulate { service, flows } => {
                 let reals = flows
                     .iter()
@@ -112,14 +146,53 @@ impl Agent {
         Ok(Response::Ok)
     }
 
-    /// Fills in the MAC address of a new real server from the kernel's neighbour table, after
-    /// checking everything else, so bad input never causes ARP traffic.
-    async fn resolve(&self, service: state::ServiceAddr, mut real: RealSpec) -> Result<RealSpec> {
-        let (addr, _, _) = self.state.check_new_real(service, &real)?;
-        if real.mac.is_none() {
-            real.mac = Some(state::Mac(net::resolve_real_mac(&self.iface, addr).await?));
+    /// The MAC address frames for this real server go to, from the kernel's routes and
+    /// neighbours, unless --mac gave it. Called after everything else is checked, so bad input
+    /// never causes ARP traffic.
+    async fn learn_mac(&self, real: &RealSpec, current: Option<Forward>) -> Result<Option<Mac>> {
+        let Some(addr) = real.addr.filter(|_| real.mac.is_none()) else {
+            return Ok(None);
+        };
+        let forward = real.forward.or(current).unwrap_or_default();
+        if forward == Forward::Tunnel && self.config.tunnel_src == [0; 16] {
+            bail!(
+                "LVS/TUN needs a tunnel source address: {} has no IPv4 address; start the agent with --tunnel-src",
+                self.iface.name
+            );
         }
-        Ok(real)
+        Ok(Some(Mac(resolve_mac(&self.iface, forward, addr).await?)))
+    }
+
+    /// Re-reads every kernel-learned MAC and the interface MTU; writes what changed.
+    async fn refresh(&mut self) -> Result<()> {
+        let mut learned = Vec::new();
+        for svc in self.state.services.values() {
+            for r in svc.reals.iter().filter(|r| !r.pinned_mac) {
+                match resolve_mac(&self.iface, r.forward, r.addr).await {
+                    Ok(mac) if Mac(mac) != r.mac => learned.push((svc.addr, r.addr, Mac(mac))),
+                    Ok(_) => {}
+                    Err(e) => eprintln!("xdplb: keeping the last MAC of {}: {e:#}", r.addr),
+                }
+            }
+        }
+        if !learned.is_empty() {
+            let next = self.state.with_learned_macs(&learned);
+            self.commit(next)?;
+        }
+        let mtu = net::interface(&self.iface.name).await?.mtu;
+        if mtu != self.config.mtu {
+            self.config.mtu = mtu;
+            self.maps.set_config(&self.config)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where frames for a real server go: itself (DR) or the next hop toward it (TUN).
+async fn resolve_mac(iface: &Interface, forward: Forward, addr: Ipv4Addr) -> Result<[u8; 6]> {
+    match forward {
+        Forward::Route => net::resolve_real_mac(iface, addr).await,
+        Forward::Tunnel => net::resolve_next_hop_mac(iface, addr).await,
     }
 }
 
@@ -163,13 +236,23 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     prepare_socket(&opts.socket)?;
     let mut datapath = Datapath::load_lb(opts.load)?;
     let mut maps = datapath.maps()?;
-    maps.set_config(&DirectorConfig {
+    let tunnel_src = match opts.tunnel_src {
+        Some(a) => Some(a),
+        None => net::ipv4_addresses(Some(iface.index))
+            .await?
+            .first()
+            .copied(),
+    };
+    let config = DirectorConfig {
         mac: iface.mac,
         _pad: [0; 2],
         tcp_timeout: opts.tcp_timeout,
         tcp_fin_timeout: opts.tcp_fin_timeout,
         udp_timeout: opts.udp_timeout,
-    })?;
+        mtu: iface.mtu,
+        tunnel_src: tunnel_src.map_or([0; 16], |a| lb_common::addr_from_v4(a.octets())),
+    };
+    maps.set_config(&config)?;
     let (_link, mode) = datapath
         .attach(iface.index, opts.mode)
         .with_context(|| format!("interface {}", iface.name))?;
@@ -183,7 +266,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         format!("{mode:?}").to_lowercase(),
         opts.socket.display()
     );
-    let agent = Arc::new(Mutex::new(Agent::new(Box::new(maps), iface, mode)));
+    let agent = Arc::new(Mutex::new(Agent::new(Box::new(maps), iface, mode, config)));
+    let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     loop {
@@ -196,6 +280,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                         eprintln!("xdplb: control connection: {e:#}");
                     }
                 });
+            }
+            _ = refresh.tick() => {
+                if let Err(e) = agent.lock().await.refresh().await {
+                    eprintln!("xdplb: refresh: {e:#}");
+                }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,

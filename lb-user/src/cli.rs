@@ -56,6 +56,22 @@ pub enum Command {
         /// Idle timeout of UDP flows, seconds (ipvsadm --set UDP).
         #[arg(long, value_name = "SECS", default_value_t = DirectorConfig::DEFAULT_UDP_TIMEOUT)]
         udp_timeout: u32,
+        /// Source address of LVS/TUN (IPIP) packets; default: the interface's first IPv4 address.
+        #[arg(long, value_name = "IP")]
+        tunnel_src: Option<Ipv4Addr>,
+    },
+    /// On a real server: decapsulate LVS/TUN (IPIP) packets for this host's VIPs in XDP, so no
+    /// ipip kernel module is needed; runs until SIGINT/SIGTERM.
+    Decap {
+        /// Interface the tunnelled packets arrive on.
+        #[arg(long, short = 'i', value_name = "IF")]
+        iface: String,
+        /// A VIP to decapsulate for (repeatable); default: every IPv4 address of the host
+        /// outside 127.0.0.0/8, followed as addresses come and go.
+        #[arg(long, value_name = "VIP")]
+        vip: Vec<Ipv4Addr>,
+        #[arg(long, value_enum, default_value = "native")]
+        mode: AttachMode,
     },
     /// Add, edit or delete a virtual service (ipvsadm -A/-E/-D).
     Service {
@@ -170,9 +186,12 @@ pub struct RealArgs {
     /// Real server RIP or RIP:PORT (the port must be the service's: DR does not rewrite it).
     #[arg(short = 'r', long = "real-server", value_name = "RIP[:PORT]", value_parser = parse_real)]
     real: (Ipv4Addr, Option<u16>),
-    /// Direct routing (LVS/DR): the default and, for now, only forwarding method.
-    #[arg(short = 'g', long = "gatewaying")]
+    /// Direct routing (LVS/DR): rewrite the MAC address; the default.
+    #[arg(short = 'g', long = "gatewaying", conflicts_with = "ipip")]
     gatewaying: bool,
+    /// Tunnelling (LVS/TUN): IPIP-encapsulate to the real server, which may be behind routers.
+    #[arg(short = 'i', long = "ipip")]
+    ipip: bool,
     /// Weight, 0..=65535 (0: no new clients).
     #[arg(short = 'w', long, value_parser = parse_weight)]
     weight: Option<u32>,
@@ -187,7 +206,11 @@ impl RealArgs {
             addr: Some(self.real.0),
             port: self.real.1,
             weight: self.weight,
-            forward: self.gatewaying.then_some(Forward::Route),
+            forward: if self.ipip {
+                Some(Forward::Tunnel)
+            } else {
+                self.gatewaying.then_some(Forward::Route)
+            },
             mac: self.mac,
         }
     }
@@ -256,6 +279,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             tcp_timeout,
             tcp_fin_timeout,
             udp_timeout,
+            tunnel_src,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
             return rt.block_on(agent::run(RunOptions {
@@ -266,7 +290,12 @@ pub fn execute(cli: Cli) -> Result<()> {
                 tcp_timeout,
                 tcp_fin_timeout,
                 udp_timeout,
+                tunnel_src,
             }));
+        }
+        Command::Decap { iface, vip, mode } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            return rt.block_on(crate::decap::run(&iface, vip, mode));
         }
         Command::Simulate { service, from } => return simulate(&cli.socket, service.addr(), &from),
         Command::Service { action } => match action {

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod cli;
 pub mod control;
 pub mod datapath;
+pub mod decap;
 pub mod net;
 pub mod packet;
 pub mod state;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -27,6 +28,7 @@ pub struct Interface {
     pub index: u32,
     pub name: String,
     pub mac: [u8; 6],
+    pub mtu: u32,
 }
 
 /// How often the neighbour table is read while ARP is in flight, and for how long.
@@ -72,6 +74,7 @@ pub async fn interface(name: &str) -> Result<Interface> {
         index: link.header.index,
         name: name.to_owned(),
         mac: [0; 6],
+        mtu: 1500,
     };
     let mut mac = None;
     for attr in link.attributes {
@@ -79,6 +82,7 @@ pub async fn interface(name: &str) -> Result<Interface> {
             // Canonical name, in case `name` was an alternative name.
             LinkAttribute::IfName(n) => iface.name = n,
             LinkAttribute::Address(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+            LinkAttribute::Mtu(m) => iface.mtu = m,
             _ => {}
         }
     }
@@ -94,38 +98,81 @@ pub async fn interface(name: &str) -> Result<Interface> {
 pub async fn resolve_real_mac(iface: &Interface, rip: Ipv4Addr) -> Result<[u8; 6]> {
     let nl = Netlink::open()?;
     check_on_link(&nl, iface, rip).await?;
+    resolve_neighbour(&nl, iface, rip)
+        .await?
+        .ok_or_else(|| anyhow!("cannot resolve the MAC address of real server {rip} on {} (no ARP reply); give it with --mac", iface.name))
+}
 
-    if let Some(entry) = nl.neighbour(iface.index, rip).await? {
+/// The MAC of the next hop toward real server `rip`, for LVS/TUN (encapsulated frames go to the
+/// router on the way, or to the real server itself when it is on-link). The route must leave
+/// through `iface`: the datapath sends only out of the interface it is attached to.
+pub async fn resolve_next_hop_mac(iface: &Interface, rip: Ipv4Addr) -> Result<[u8; 6]> {
+    let nl = Netlink::open()?;
+    let route = route_to(&nl, rip).await?;
+    if route.oif != Some(iface.index) {
+        let other = match route.oif {
+            Some(i) => nl.link_name(i).await,
+            None => "an unknown interface".to_owned(),
+        };
+        bail!(
+            "real server {rip} is reached through interface {other}; xdplb sends only out of {}",
+            iface.name
+        );
+    }
+    let hop = match route.gateway {
+        None => rip,
+        Some(IpAddr::V4(g)) => g,
+        Some(IpAddr::V6(g)) => bail!(
+            "real server {rip} is routed via IPv6 gateway {g}, which IPIP over IPv4 cannot use"
+        ),
+    };
+    resolve_neighbour(&nl, iface, hop).await?.ok_or_else(|| {
+        anyhow!(
+            "cannot resolve the MAC address of {hop}, the next hop toward real server {rip}, on {} (no ARP reply); give it with --mac",
+            iface.name
+        )
+    })
+}
+
+/// The usable link-layer address of neighbour `ip`: from the table, or after asking the kernel
+/// to resolve it (ARP) and polling the table for up to 3 s. None when nobody answers.
+async fn resolve_neighbour(
+    nl: &Netlink,
+    iface: &Interface,
+    ip: Ipv4Addr,
+) -> Result<Option<[u8; 6]>> {
+    if let Some(entry) = nl.neighbour(iface.index, ip).await? {
         if let Some(mac) = usable_mac(&entry) {
-            return Ok(mac);
+            return Ok(Some(mac));
         }
     }
-
-    start_resolution(&nl, iface, rip).await?;
+    start_resolution(nl, iface, ip).await?;
     let deadline = tokio::time::Instant::now() + RESOLVE_TIMEOUT;
     loop {
         tokio::time::sleep(POLL_INTERVAL).await;
-        if let Some(entry) = nl.neighbour(iface.index, rip).await? {
+        if let Some(entry) = nl.neighbour(iface.index, ip).await? {
             if let Some(mac) = usable_mac(&entry) {
-                return Ok(mac);
+                return Ok(Some(mac));
             }
             // Resolution was (re)started above, so FAILED now means the kernel gave up on this round.
             if entry.header.state == NeighbourState::Failed {
-                break;
+                return Ok(None);
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            break;
+            return Ok(None);
         }
     }
-    bail!(
-        "cannot resolve the MAC address of real server {rip} on {} (no ARP reply); give it with --mac",
-        iface.name
-    )
 }
 
-/// Like `ip route get RIP`: DR only works if the real server is reachable on `iface` without a router.
-async fn check_on_link(nl: &Netlink, iface: &Interface, rip: Ipv4Addr) -> Result<()> {
+/// What the kernel's route lookup says about a destination.
+struct Route {
+    oif: Option<u32>,
+    gateway: Option<IpAddr>,
+}
+
+/// Like `ip route get RIP`, for a real server: unicast routes only.
+async fn route_to(nl: &Netlink, rip: Ipv4Addr) -> Result<Route> {
     let mut query = RouteMessage::default();
     query.header.address_family = AddressFamily::Inet;
     query.header.destination_prefix_length = 32;
@@ -145,7 +192,6 @@ async fn check_on_link(nl: &Netlink, iface: &Interface, rip: Ipv4Addr) -> Result
             reason(&e)
         ),
     };
-
     match route.header.kind {
         RouteType::Unicast => {}
         RouteType::Local => bail!("real server {rip} is an address of this director"),
@@ -153,26 +199,33 @@ async fn check_on_link(nl: &Netlink, iface: &Interface, rip: Ipv4Addr) -> Result
         RouteType::Multicast => bail!("real server {rip} is a multicast address"),
         _ => bail!("no route to real server {rip}"),
     }
-
-    let mut oif = None;
-    let mut gateway = None;
+    let mut found = Route {
+        oif: None,
+        gateway: None,
+    };
     for attr in &route.attributes {
         match attr {
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(IpAddr::V4(*g)),
+            RouteAttribute::Oif(i) => found.oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => found.gateway = Some(IpAddr::V4(*g)),
             RouteAttribute::Gateway(RouteAddress::Inet6(g))
-            | RouteAttribute::Via(RouteVia::Inet6(g)) => gateway = Some(IpAddr::V6(*g)),
-            RouteAttribute::Via(RouteVia::Inet(g)) => gateway = Some(IpAddr::V4(*g)),
+            | RouteAttribute::Via(RouteVia::Inet6(g)) => found.gateway = Some(IpAddr::V6(*g)),
+            RouteAttribute::Via(RouteVia::Inet(g)) => found.gateway = Some(IpAddr::V4(*g)),
             _ => {}
         }
     }
-    let gateway = gateway.filter(|g| *g != IpAddr::V4(rip));
-    let other_if = match oif {
+    found.gateway = found.gateway.filter(|g| *g != IpAddr::V4(rip));
+    Ok(found)
+}
+
+/// DR only works if the real server is reachable on `iface` without a router.
+async fn check_on_link(nl: &Netlink, iface: &Interface, rip: Ipv4Addr) -> Result<()> {
+    let route = route_to(nl, rip).await?;
+    let other_if = match route.oif {
         Some(i) if i == iface.index => None,
         Some(i) => Some(nl.link_name(i).await),
         None => Some("an unknown interface".to_owned()),
     };
-    let detail = match (gateway, other_if) {
+    let detail = match (route.gateway, other_if) {
         (None, None) => return Ok(()),
         (Some(g), None) => format!("routed via {g}"),
         (None, Some(i)) => format!("reached through interface {i}"),
@@ -182,6 +235,33 @@ async fn check_on_link(nl: &Netlink, iface: &Interface, rip: Ipv4Addr) -> Result
         "real server {rip} is not on-link on {} ({detail}); direct routing needs the real server on the director's LAN",
         iface.name
     )
+}
+
+/// The IPv4 addresses of the host (every interface), in address-dump order.
+pub async fn ipv4_addresses(ifindex: Option<u32>) -> Result<Vec<Ipv4Addr>> {
+    let nl = Netlink::open()?;
+    let mut req = nl.handle.address().get();
+    if let Some(i) = ifindex {
+        req = req.set_link_index_filter(i);
+    }
+    let mut dump = req.execute();
+    let mut found = Vec::new();
+    while let Some(msg) = dump
+        .try_next()
+        .await
+        .map_err(|e| anyhow!("cannot list addresses: {}", reason(&e)))?
+    {
+        for attr in msg.attributes {
+            if let AddressAttribute::Local(IpAddr::V4(a))
+            | AddressAttribute::Address(IpAddr::V4(a)) = attr
+            {
+                if !found.contains(&a) {
+                    found.push(a);
+                }
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Starts ARP for `rip` on `iface`, as the kernel does for any next hop it must transmit to.

@@ -130,6 +130,29 @@ impl FrameSpec {
     }
 }
 
+/// An IPIP frame: `frame`'s Ethernet header (with any VLAN tag) and IPv4 packet, the packet
+/// wrapped in an outer IPv4 header from `src` to `dst` (TTL 64, DF as the inner packet's).
+pub fn encapsulate(frame: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let l3 = if frame[12..14] == ETH_P_8021Q.to_be_bytes() {
+        18
+    } else {
+        14
+    };
+    let inner = &frame[l3..];
+    let mut outer = [0u8; 20];
+    outer[0] = 0x45;
+    outer[1] = inner[1];
+    outer[2..4].copy_from_slice(&((inner.len() + 20) as u16).to_be_bytes());
+    outer[6] = inner[6] & 0x40;
+    outer[8] = 64;
+    outer[9] = lb_common::IPPROTO_IPIP;
+    outer[12..16].copy_from_slice(&src.octets());
+    outer[16..20].copy_from_slice(&dst.octets());
+    let c = lb_common::csum::ipv4_header(&outer);
+    outer[10..12].copy_from_slice(&c.to_be_bytes());
+    [&frame[..l3], &outer[..], inner].concat()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

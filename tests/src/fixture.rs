@@ -26,6 +26,47 @@ pub fn real_addr(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 0, n)
 }
 
+/// The director's tunnel source address in the fixture.
+pub const TUNNEL_SRC: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub const MTU: u32 = 1500;
+
+/// Director settings as `xdplb run` writes them by default: MAC, timeouts, a 1500-byte MTU and
+/// tunnel source 10.0.0.1.
+pub fn default_config() -> DirectorConfig {
+    DirectorConfig {
+        mac: DIRECTOR_MAC,
+        _pad: [0; 2],
+        tcp_timeout: DirectorConfig::DEFAULT_TCP_TIMEOUT,
+        tcp_fin_timeout: DirectorConfig::DEFAULT_TCP_FIN_TIMEOUT,
+        udp_timeout: DirectorConfig::DEFAULT_UDP_TIMEOUT,
+        mtu: MTU,
+        tunnel_src: lb_common::addr_from_v4(TUNNEL_SRC.octets()),
+    }
+}
+
+/// Runs program `name` of `datapath` once on `frame` (BPF_PROG_TEST_RUN): the verdict and the
+/// frame as it left the program.
+pub fn test_run(
+    datapath: &mut Datapath,
+    name: &str,
+    frame: &[u8],
+) -> std::io::Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let prog = datapath.program(name).unwrap();
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .map_err(|e| match e {
+            ProgramError::SyscallError(s) => s.io_error,
+            other => std::io::Error::other(other.to_string()),
+        })?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
+}
+
 pub struct Fixture {
     pub datapath: Datapath,
     pub maps: Maps,
@@ -33,15 +74,9 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    /// The program with default timeouts and room for 65536 flows; no services yet.
+    /// The program with [`default_config`] and room for 65536 flows; no services yet.
     pub fn new() -> Self {
-        Self::with_config(DirectorConfig {
-            mac: DIRECTOR_MAC,
-            _pad: [0; 2],
-            tcp_timeout: DirectorConfig::DEFAULT_TCP_TIMEOUT,
-            tcp_fin_timeout: DirectorConfig::DEFAULT_TCP_FIN_TIMEOUT,
-            udp_timeout: DirectorConfig::DEFAULT_UDP_TIMEOUT,
-        })
+        Self::with_config(default_config())
     }
 
     pub fn with_config(config: DirectorConfig) -> Self {
@@ -78,6 +113,11 @@ impl Fixture {
         self.change(|s| s.add_real(svc, &spec));
     }
 
+    /// Adds a real server as `spec` says (forwarding method, MAC, weight).
+    pub fn add_real_spec(&mut self, svc: ServiceAddr, spec: RealSpec) {
+        self.change(|s| s.add_real(svc, &spec));
+    }
+
     pub fn set_weight(&mut self, svc: ServiceAddr, n: u8, weight: u32) {
         let spec = RealSpec {
             addr: Some(real_addr(n)),
@@ -89,20 +129,7 @@ impl Fixture {
 
     /// Runs the program once on `frame`: the verdict and the frame as it left the program.
     pub fn run(&mut self, frame: &[u8]) -> std::io::Result<(u32, Vec<u8>)> {
-        let mut out = vec![0u8; frame.len() + 256];
-        let prog = self.datapath.program(program_names::LB).unwrap();
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .map_err(|e| match e {
-                ProgramError::SyscallError(s) => s.io_error,
-                other => std::io::Error::other(other.to_string()),
-            })?;
-        out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
+        test_run(&mut self.datapath, program_names::LB, frame)
     }
 
     /// Sends `spec` through the program and returns the real server it went to (the last byte of

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use lb_common::{DirectorConfig, CONN_FIN, IPPROTO_UDP};
-use lb_tests::fixture::{real_addr, real_mac, Fixture, DIRECTOR_MAC};
+use lb_tests::fixture::{default_config, real_addr, real_mac, Fixture};
 use lb_tests::require_root;
 use lb_user::{
     datapath::LoadOptions,
@@ -41,16 +41,6 @@ fn fixture_with(config: DirectorConfig, protocol: Protocol) -> Fixture {
         fx.add_real(service(protocol), n, 1);
     }
     fx
-}
-
-fn default_config() -> DirectorConfig {
-    DirectorConfig {
-        mac: DIRECTOR_MAC,
-        _pad: [0; 2],
-        tcp_timeout: DirectorConfig::DEFAULT_TCP_TIMEOUT,
-        tcp_fin_timeout: DirectorConfig::DEFAULT_TCP_FIN_TIMEOUT,
-        udp_timeout: DirectorConfig::DEFAULT_UDP_TIMEOUT,
-    }
 }
 
 fn fixture() -> Fixture {

@@ -8,9 +8,11 @@ use aya::{
     Ebpf,
 };
 pub use lb_common::Counters;
+use std::net::Ipv4Addr;
+
 use lb_common::{
-    map_names, Conn, DirectorConfig, FlowKey, RealServer, Reason, ServiceInfo, ServiceKey,
-    BPF_F_INNER_MAP, REASON_COUNT,
+    addr_from_v4, map_names, Addr, Conn, DirectorConfig, FlowKey, RealServer, Reason, ServiceInfo,
+    ServiceKey, BPF_F_INNER_MAP, REASON_COUNT,
 };
 
 /// What the agent needs from the datapath's maps.
@@ -153,5 +155,39 @@ impl MapWriter for Maps {
             zero_per_cpu(&mut self.real_stats, r)?;
         }
         Ok(())
+    }
+}
+
+/// The maps of the decapsulation program: which inner destinations to open, and its counters.
+pub struct DecapMaps {
+    vips: HashMap<MapData, Addr, u8>,
+    stats: PerCpuArray<MapData, Counters>,
+}
+
+impl DecapMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            vips: take(ebpf, map_names::DECAP_VIPS)?,
+            stats: take(ebpf, map_names::DECAP_STATS)?,
+        })
+    }
+
+    /// Makes `vips` the set of decapsulated destinations (adds the new, removes the gone).
+    pub fn set_vips(&mut self, vips: &[Ipv4Addr]) -> Result<()> {
+        let wanted: Vec<Addr> = vips.iter().map(|v| addr_from_v4(v.octets())).collect();
+        let present: Vec<Addr> = self.vips.keys().collect::<Result<_, _>>()?;
+        for gone in present.iter().filter(|a| !wanted.contains(a)) {
+            self.vips.remove(gone)?;
+        }
+        for new in wanted.iter().filter(|a| !present.contains(a)) {
+            self.vips.insert(new, 1, 0)?;
+        }
+        Ok(())
+    }
+
+    /// (decapsulated, passed untouched), summed over CPUs.
+    pub fn counters(&self) -> Result<(Counters, Counters)> {
+        let all = read_all(&self.stats)?;
+        Ok((all[0], all[1]))
     }
 }

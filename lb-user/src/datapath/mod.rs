@@ -10,7 +10,7 @@ use aya::{
 };
 use lb_common::{map_names, program_names, DEFAULT_CONN_MAX};
 
-pub use maps::{Counters, DatapathCounters, MapWriter, Maps};
+pub use maps::{Counters, DatapathCounters, DecapMaps, MapWriter, Maps};
 
 /// The compiled datapath, embedded so the `xdplb` binary is all a director needs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
@@ -70,7 +70,17 @@ impl Datapath {
 
     /// Attaches the director's program to an interface; returns the mode it ended up in.
     pub fn attach(&mut self, ifindex: u32, mode: AttachMode) -> Result<(XdpLinkId, AttachMode)> {
-        let prog = self.program(program_names::LB)?;
+        self.attach_program(program_names::LB, ifindex, mode)
+    }
+
+    /// Attaches a program of the object to an interface; returns the mode it ended up in.
+    pub fn attach_program(
+        &mut self,
+        name: &str,
+        ifindex: u32,
+        mode: AttachMode,
+    ) -> Result<(XdpLinkId, AttachMode)> {
+        let prog = self.program(name)?;
         let attach = |p: &mut Xdp, m: XdpMode| p.attach_to_if_index(ifindex, m);
         match mode {
             AttachMode::Native => Ok((
@@ -94,6 +104,11 @@ impl Datapath {
     /// The maps, for the map writer; the Datapath keeps owning the programs.
     pub fn maps(&mut self) -> Result<Maps> {
         Maps::take(&mut self.ebpf)
+    }
+
+    /// The maps of the real-server side (`xdplb decap`).
+    pub fn decap_maps(&mut self) -> Result<DecapMaps> {
+        DecapMaps::take(&mut self.ebpf)
     }
 }
 

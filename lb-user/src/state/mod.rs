@@ -27,7 +27,10 @@ pub struct Real {
     pub port: u16,
     pub weight: u32,
     pub forward: Forward,
+    /// Where frames for it go: the real server (DR) or the next hop toward it (TUN).
     pub mac: Mac,
+    /// Given with --mac; otherwise learned from the kernel and kept current by the agent.
+    pub pinned_mac: bool,
     /// Index in the datapath's REALS array and real-server counters.
     pub id: u32,
 }
@@ -276,9 +279,19 @@ impl State {
         Ok(next)
     }
 
-    /// Adds a real server; `spec.mac` must already be resolved (the agent asks the kernel).
+    /// Adds a real server whose MAC is given in `spec` (--mac).
     pub fn add_real(&self, service: ServiceAddr, spec: &RealSpec) -> Result<State> {
-        let (addr, port, mac) = self.check_new_real(service, spec)?;
+        self.add_real_learned(service, spec, None)
+    }
+
+    /// Adds a real server; without `spec.mac`, `learned` is the MAC the agent got from the kernel.
+    pub fn add_real_learned(
+        &self,
+        service: ServiceAddr,
+        spec: &RealSpec,
+        learned: Option<Mac>,
+    ) -> Result<State> {
+        let (addr, port) = self.check_new_real(service, spec)?;
         let weight = spec.weight.unwrap_or(1);
         check_weight(weight)?;
         let id = self.free_real_id()?;
@@ -289,20 +302,32 @@ impl State {
             port,
             weight,
             forward: spec.forward.unwrap_or_default(),
-            mac,
+            mac: spec.mac.or(learned).unwrap_or_default(),
+            pinned_mac: spec.mac.is_some(),
             id,
         });
         svc.rebuild_table();
         Ok(next)
     }
 
+    /// The state with kernel-learned MACs updated (the agent re-resolves them periodically).
+    pub fn with_learned_macs(&self, learned: &[(ServiceAddr, Ipv4Addr, Mac)]) -> State {
+        let mut next = self.clone();
+        for (svc, addr, mac) in learned {
+            let real = next
+                .services
+                .get_mut(svc)
+                .and_then(|s| s.reals.iter_mut().find(|r| r.addr == *addr));
+            if let Some(r) = real.filter(|r| !r.pinned_mac) {
+                r.mac = *mac;
+            }
+        }
+        next
+    }
+
     /// Validates everything of a `real add` that does not need the kernel: the agent calls this
     /// before it resolves the real server's MAC address.
-    pub fn check_new_real(
-        &self,
-        service: ServiceAddr,
-        spec: &RealSpec,
-    ) -> Result<(Ipv4Addr, u16, Mac)> {
+    pub fn check_new_real(&self, service: ServiceAddr, spec: &RealSpec) -> Result<(Ipv4Addr, u16)> {
         let svc = self.service(&service)?;
         let Some(addr) = spec.addr else {
             bail!("a real server address (-r RIP) is required")
@@ -315,16 +340,17 @@ impl State {
             check_weight(w)?;
         }
         svc.check_capacity(svc.reals.len() + 1)?;
-        Ok((addr, port, spec.mac.unwrap_or_default()))
+        Ok((addr, port))
     }
 
     fn check_real_port(&self, service: &ServiceAddr, port: Option<u16>) -> Result<u16> {
         let port = port.unwrap_or(service.port);
         check_port("real server", port)?;
-        // Direct routing leaves the packet untouched, so the real server sees the VIP's port.
+        // Direct routing and tunnelling leave the packet untouched: the real server sees the
+        // VIP's port.
         if port != service.port {
             bail!(
-                "real server port {port} differs from the service port {}: direct routing cannot change the port",
+                "real server port {port} differs from the service port {}: direct routing and tunnelling cannot change the port",
                 service.port
             );
         }
@@ -332,6 +358,16 @@ impl State {
     }
 
     pub fn edit_real(&self, service: ServiceAddr, spec: &RealSpec) -> Result<State> {
+        self.edit_real_learned(service, spec, None)
+    }
+
+    /// Edits a real server; `learned` replaces a kernel-learned MAC (after a change of method).
+    pub fn edit_real_learned(
+        &self,
+        service: ServiceAddr,
+        spec: &RealSpec,
+        learned: Option<Mac>,
+    ) -> Result<State> {
         let Some(addr) = spec.addr else {
             bail!("a real server address (-r RIP) is required")
         };
@@ -349,6 +385,9 @@ impl State {
             real.forward = f;
         }
         if let Some(m) = spec.mac {
+            real.mac = m;
+            real.pinned_mac = true;
+        } else if let Some(m) = learned.filter(|_| !real.pinned_mac) {
             real.mac = m;
         }
         svc.rebuild_table();

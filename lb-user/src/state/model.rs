@@ -121,19 +121,22 @@ pub struct SchedulerSpec {
     pub hash: Option<Hash>,
 }
 
-/// Forwarding method, ipvsadm's `-g` (and later `-i`).
+/// Forwarding method, ipvsadm's `-g` and `-i`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Forward {
     /// LVS/DR, "gatewaying": rewrite the destination MAC, leave the IP packet alone.
     #[default]
     Route,
+    /// LVS/TUN: wrap the packet in IPIP to the real server, wherever it is routable.
+    Tunnel,
 }
 
 impl Forward {
     pub fn method(self) -> u8 {
         match self {
             Forward::Route => lb_common::FWD_DR,
+            Forward::Tunnel => lb_common::FWD_TUN,
         }
     }
 }
@@ -142,6 +145,7 @@ impl fmt::Display for Forward {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {
             Forward::Route => "Route",
+            Forward::Tunnel => "Tunnel",
         })
     }
 }

@@ -1,0 +1,83 @@
+//! ICMP "fragmentation needed" (type 3, code 4), built from the packet that did not fit: the
+//! client's TCP learns the path MTU through the director and lowers its segment size.
+
+use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use lb_common::{csum, DirectorConfig, IPPROTO_ICMP};
+
+use crate::{
+    encap::{adjust_head, ipv4_header, rewrite_l2},
+    parse::{ptr_at, read, Packet},
+};
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
+const ICMP_HLEN: usize = 8;
+const IPV4_HLEN: usize = 20;
+/// What an ICMP error quotes: the offending IP header (up to 60 bytes) and 8 bytes after it.
+const MAX_QUOTE: usize = 60 + 8;
+const TTL: u8 = 64;
+
+/// Turns the frame into the ICMP error for the client, from the VIP (the address the client
+/// sent to), to be sent back with XDP_TX; false if the frame could not be resized.
+#[inline(always)]
+pub fn frag_needed(ctx: &XdpContext, pkt: &Packet, cfg: &DirectorConfig) -> bool {
+    let l3 = pkt.l3_off;
+    let quote = pkt.l4_off - l3 + 8;
+    let Some(client_mac) = read::<[u8; 6]>(ctx, 6) else {
+        return false;
+    };
+    // Room for the new IP and ICMP headers in front of the quoted original IP header.
+    let grow = IPV4_HLEN + ICMP_HLEN;
+    if !adjust_head(ctx, -(grow as i32)) {
+        return false;
+    }
+    if !rewrite_l2(ctx, grow, l3, &client_mac, &cfg.mac) {
+        return false;
+    }
+    // Cut everything after the quote.
+    let len = ctx.data_end() - ctx.data();
+    let keep = l3 + grow + quote;
+    // SAFETY: the helper checks the new length itself.
+    if keep > len || unsafe { bpf_xdp_adjust_tail(ctx.ctx, keep as i32 - len as i32) } != 0 {
+        return false;
+    }
+    let ip = ipv4_header(
+        0,
+        (grow + quote) as u16,
+        0,
+        TTL,
+        IPPROTO_ICMP,
+        &pkt.dst,
+        &pkt.src,
+    );
+    let next_hop_mtu = (cfg.mtu - IPV4_HLEN as u32) as u16;
+    let mut icmp = [ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0, 0, 0, 0, 0];
+    icmp[6..8].copy_from_slice(&next_hop_mtu.to_be_bytes());
+    // Checksum over the ICMP header and the quote, two bytes at a time (bounded for the verifier).
+    let mut sum = csum::sum(&icmp);
+    let start = l3 + grow;
+    let mut i = 0;
+    while i < MAX_QUOTE {
+        if i >= quote {
+            break;
+        }
+        let Some(w) = read::<[u8; 2]>(ctx, start + i) else {
+            return false;
+        };
+        sum += u16::from_be_bytes(w) as u32;
+        i += 2;
+    }
+    icmp[2..4].copy_from_slice(&csum::fold(sum).to_be_bytes());
+    let (Some(ip_at), Some(icmp_at)) = (
+        ptr_at::<[u8; 20]>(ctx, l3),
+        ptr_at::<[u8; 8]>(ctx, l3 + IPV4_HLEN),
+    ) else {
+        return false;
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe {
+        ip_at.write_unaligned(ip);
+        icmp_at.write_unaligned(icmp);
+    }
+    true
+}

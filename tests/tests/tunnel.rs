@@ -1,0 +1,276 @@
+//! LVS/TUN in the datapath (BPF_PROG_TEST_RUN), asserting bytes: the IPIP encapsulation on the
+//! director, the ICMP "fragmentation needed" answer for packets that no longer fit, and the
+//! decapsulation program of real servers.
+
+use std::net::Ipv4Addr;
+
+use lb_common::{csum, program_names, Reason, IPPROTO_ICMP, IPPROTO_IPIP};
+use lb_tests::fixture::{
+    test_run, Fixture, DIRECTOR_MAC, MTU, TUNNEL_SRC, XDP_DROP, XDP_PASS, XDP_TX,
+};
+use lb_tests::require_root;
+use lb_user::{
+    datapath::{Datapath, LoadOptions},
+    packet::{encapsulate, FrameSpec},
+    state::{Forward, Mac, Protocol, RealSpec, SchedulerSpec, ServiceAddr},
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+const RIP: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 11);
+/// The router toward the real server: encapsulated frames go to it.
+const NEXT_HOP_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0xfe];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const DF: u16 = 0x4000;
+
+fn service() -> ServiceAddr {
+    ServiceAddr {
+        protocol: Protocol::Tcp,
+        vip: VIP,
+        port: 80,
+    }
+}
+
+/// A service whose only real server is reached by IPIP.
+fn tunnel_fixture() -> Fixture {
+    let mut fx = Fixture::new();
+    fx.add_service(service(), SchedulerSpec::default());
+    fx.add_real_spec(
+        service(),
+        RealSpec {
+            addr: Some(RIP),
+            forward: Some(Forward::Tunnel),
+            mac: Some(Mac(NEXT_HOP_MAC)),
+            ..Default::default()
+        },
+    );
+    fx
+}
+
+/// Asserts `frame` left encapsulated: returns the offset of the outer header.
+fn assert_encapsulated(input: &[u8], out: &[u8], l3: usize) {
+    assert_eq!(out.len(), input.len() + 20);
+    assert_eq!(out[0..6], NEXT_HOP_MAC, "to the next hop");
+    assert_eq!(out[6..12], DIRECTOR_MAC, "from the director");
+    assert_eq!(out[12..l3], input[12..l3], "ethertype (and VLAN tag) kept");
+    let outer = &out[l3..l3 + 20];
+    let inner = &input[l3..];
+    assert_eq!(outer[0], 0x45, "IPv4, 20-byte header");
+    assert_eq!(outer[1], inner[1], "TOS copied");
+    assert_eq!(
+        u16::from_be_bytes([outer[2], outer[3]]) as usize,
+        inner.len() + 20,
+        "total length"
+    );
+    assert_eq!(outer[4..6], [0, 0], "id");
+    let inner_df = u16::from_be_bytes([inner[6], inner[7]]) & DF;
+    assert_eq!(
+        u16::from_be_bytes([outer[6], outer[7]]),
+        inner_df,
+        "DF copied, no fragment offset"
+    );
+    assert_eq!(outer[8], 64, "TTL");
+    assert_eq!(outer[9], IPPROTO_IPIP);
+    assert_eq!(
+        outer[12..16],
+        TUNNEL_SRC.octets(),
+        "source: the tunnel source"
+    );
+    assert_eq!(outer[16..20], RIP.octets(), "destination: the real server");
+    assert_eq!(csum::fold(csum::sum(outer)), 0, "header checksum");
+    assert_eq!(&out[l3 + 20..], inner, "inner packet byte for byte");
+}
+
+#[test]
+fn a_packet_for_a_tunnel_real_server_is_wrapped_in_ipip() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = tunnel_fixture();
+    for spec in [
+        FrameSpec {
+            payload: b"hello".to_vec(),
+            ..Default::default()
+        },
+        FrameSpec {
+            frag: 0,
+            payload: vec![3; 100],
+            ..Default::default()
+        },
+        FrameSpec {
+            vlan: Some(9),
+            ip_options: vec![1; 8],
+            ..Default::default()
+        },
+    ] {
+        let input = spec.build();
+        let (verdict, out) = fx.run(&input).unwrap();
+        assert_eq!(verdict, XDP_TX, "{spec:?}");
+        assert_encapsulated(&input, &out, if spec.vlan.is_some() { 18 } else { 14 });
+    }
+}
+
+#[test]
+fn one_service_mixes_direct_routing_and_tunnelling() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = tunnel_fixture();
+    fx.add_real(service(), 12, 1);
+    let mut seen = (0, 0);
+    for i in 0..200u32 {
+        let input = FrameSpec {
+            src: Ipv4Addr::from(0xc000_0000 + i),
+            ..Default::default()
+        }
+        .build();
+        let (verdict, out) = fx.run(&input).unwrap();
+        assert_eq!(verdict, XDP_TX);
+        if out.len() == input.len() {
+            assert_eq!(out[12..], input[12..], "DR leaves the packet alone");
+            seen.0 += 1;
+        } else {
+            assert_encapsulated(&input, &out, 14);
+            seen.1 += 1;
+        }
+    }
+    assert!(seen.0 > 50 && seen.1 > 50, "{seen:?}");
+}
+
+/// A TCP packet of IP total length `tot_len`.
+fn sized(tot_len: usize, frag: u16, ip_options: usize) -> FrameSpec {
+    FrameSpec {
+        frag,
+        ip_options: vec![1; ip_options],
+        payload: vec![0x5a; tot_len - 40 - ip_options],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn too_big_with_df_is_answered_with_icmp_fragmentation_needed() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = tunnel_fixture();
+    // 1480 + 20 fits exactly.
+    let fits = sized(MTU as usize - 20, DF, 0).build();
+    assert_eq!(fx.run(&fits).unwrap().0, XDP_TX);
+    for options in [0, 12] {
+        let before = fx.reason(Reason::TxFragNeeded);
+        let input = sized(MTU as usize - 19, DF, options).build();
+        let (verdict, out) = fx.run(&input).unwrap();
+        assert_eq!(verdict, XDP_TX);
+        assert_eq!(fx.reason(Reason::TxFragNeeded), before + 1, "counted");
+        let quote = 20 + options + 8;
+        assert_eq!(out.len(), 14 + 20 + 8 + quote);
+        assert_eq!(out[0..6], CLIENT_MAC, "back to the client");
+        assert_eq!(out[6..12], DIRECTOR_MAC);
+        assert_eq!(out[12..14], [0x08, 0x00]);
+        let ip = &out[14..34];
+        assert_eq!(ip[0], 0x45);
+        assert_eq!(
+            u16::from_be_bytes([ip[2], ip[3]]) as usize,
+            28 + quote,
+            "total length"
+        );
+        assert_eq!(ip[8], 64, "TTL");
+        assert_eq!(ip[9], IPPROTO_ICMP);
+        assert_eq!(
+            ip[12..16],
+            VIP.octets(),
+            "from the address the client sent to"
+        );
+        assert_eq!(
+            ip[16..20],
+            FrameSpec::default().src.octets(),
+            "to the client"
+        );
+        assert_eq!(csum::fold(csum::sum(ip)), 0, "IP header checksum");
+        let icmp = &out[34..];
+        assert_eq!(
+            (icmp[0], icmp[1]),
+            (3, 4),
+            "destination unreachable, fragmentation needed"
+        );
+        assert_eq!(icmp[4..6], [0, 0]);
+        assert_eq!(
+            u16::from_be_bytes([icmp[6], icmp[7]]),
+            MTU as u16 - 20,
+            "next-hop MTU"
+        );
+        assert_eq!(csum::fold(csum::sum(icmp)), 0, "ICMP checksum");
+        assert_eq!(
+            icmp[8..],
+            input[14..14 + quote],
+            "quotes the IP header and 8 bytes"
+        );
+    }
+}
+
+#[test]
+fn too_big_without_df_is_dropped() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = tunnel_fixture();
+    let before = fx.reason(Reason::DropTooBig);
+    assert_eq!(
+        fx.run(&sized(MTU as usize, 0, 0).build()).unwrap().0,
+        XDP_DROP
+    );
+    assert_eq!(fx.reason(Reason::DropTooBig), before + 1);
+}
+
+#[test]
+fn decap_opens_ipip_for_local_vips_and_passes_the_rest() {
+    if !require_root() {
+        return;
+    }
+    let mut datapath = Datapath::load(program_names::DECAP, LoadOptions { conn_max: 1 }).unwrap();
+    datapath.decap_maps().unwrap().set_vips(&[VIP]).unwrap();
+    let mut run = |frame: &[u8]| test_run(&mut datapath, program_names::DECAP, frame).unwrap();
+    for spec in [
+        FrameSpec::default(),
+        FrameSpec {
+            vlan: Some(5),
+            payload: b"data".to_vec(),
+            ..Default::default()
+        },
+    ] {
+        let inner = spec.build();
+        let tunnelled = encapsulate(&inner, TUNNEL_SRC, RIP);
+        let (verdict, out) = run(&tunnelled);
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(
+            out, inner,
+            "exactly the inner frame, as if it had arrived directly"
+        );
+    }
+    // Not ours to open, or not IPIP at all: untouched.
+    let other = encapsulate(
+        &FrameSpec {
+            dst: Ipv4Addr::new(10, 0, 0, 99),
+            ..Default::default()
+        }
+        .build(),
+        TUNNEL_SRC,
+        RIP,
+    );
+    let plain = FrameSpec::default().build();
+    for frame in [other, plain] {
+        assert_eq!(run(&frame), (XDP_PASS, frame.clone()));
+    }
+    // A cut-short tunnelled frame is never damaged further.
+    let tunnelled = encapsulate(&FrameSpec::default().build(), TUNNEL_SRC, RIP);
+    for len in 14..tunnelled.len() {
+        let (verdict, out) = run(&tunnelled[..len]);
+        assert_eq!(verdict, XDP_PASS);
+        if len < 14 + 20 + 20 {
+            assert_eq!(
+                out,
+                &tunnelled[..len],
+                "{len} bytes: too short to open, untouched"
+            );
+        }
+    }
+}
