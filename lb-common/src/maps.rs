@@ -138,6 +138,22 @@ impl Counters {
     }
 }
 
+/// Longest frame the benchmark wrapper can restore.
+pub const BENCH_FRAME_MAX: usize = 256;
+
+/// BENCH_FRAME value: the frame the benchmark wrapper (`xdp_bench`) restores before every
+/// iteration of BPF_PROG_TEST_RUN, so the program under test sees the same input each time even
+/// when it changes the packet (encapsulation) or must see a new flow (connection-table insert).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct BenchFrame {
+    pub len: u32,
+    /// Where to write a 32-bit per-iteration counter (e.g. the source address) so every iteration
+    /// is a new flow; `u32::MAX` for none.
+    pub vary_at: u32,
+    pub bytes: [u8; BENCH_FRAME_MAX],
+}
+
 /// Map names, as declared in the datapath (`#[map]` takes the static's name).
 pub mod map_names {
     pub const SERVICES: &str = "SERVICES";
@@ -153,6 +169,9 @@ pub mod map_names {
     /// counters (index 0: decapsulated, 1: passed untouched).
     pub const DECAP_VIPS: &str = "DECAP_VIPS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
+    /// Benchmark wrapper: the frame to restore, and the program it tail-calls (index 0).
+    pub const BENCH_FRAME: &str = "BENCH_FRAME";
+    pub const BENCH_PROGS: &str = "BENCH_PROGS";
 }
 
 /// Program names in the object file.
@@ -165,6 +184,8 @@ pub mod program_names {
     pub const TX: &str = "xdp_tx";
     /// Real-server side of LVS/TUN: strips the outer header of IPIP packets for local VIPs.
     pub const DECAP: &str = "xdp_decap";
+    /// Benchmarks only: restores a template frame, then tail-calls the program under test.
+    pub const BENCH: &str = "xdp_bench";
 }
 
 /// Director-wide settings, CONFIG array index 0.
@@ -261,4 +282,5 @@ mod pod {
     unsafe impl aya::Pod for super::DirectorConfig {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Conn {}
+    unsafe impl aya::Pod for super::BenchFrame {}
 }

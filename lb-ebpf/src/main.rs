@@ -9,6 +9,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod bench;
 mod config;
 mod conntrack;
 mod encap;
@@ -82,6 +83,13 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     }
     stats::forwarded(service.id, real_id, frame_len, new_flow);
     XDP_TX
+}
+
+/// Benchmarks only: restores a template frame each iteration, then tail-calls the program under
+/// test (see bench.rs).
+#[xdp]
+pub fn xdp_bench(ctx: XdpContext) -> u32 {
+    bench::run(&ctx)
 }
 
 /// The real-server side of LVS/TUN (`xdplb decap`): opens IPIP packets for this host's VIPs.

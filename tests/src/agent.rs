@@ -1,6 +1,7 @@
 //! The `xdplb` agent and CLI as the tests drive them: the agent runs inside the director's
 //! namespace, the CLI anywhere (the control socket is a filesystem path).
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
@@ -33,67 +34,117 @@ pub fn cli(socket: &Path, args: &[&str]) -> Output {
         .expect("cannot run xdplb")
 }
 
-/// A running `xdplb run` agent, stopped with SIGTERM on Drop. Its stdout and stderr go to a log
-/// file, printed if the test is panicking when the agent is dropped.
-pub struct Agent {
+/// An `xdplb` process inside a namespace, with its own temporary directory (for a control socket)
+/// holding a log file of its stdout and stderr. Stopped with SIGTERM on Drop, which prints the log
+/// if the test is panicking and removes the directory.
+struct XdplbProc {
     proc: Proc,
+    what: String,
     dir: PathBuf,
-    socket: PathBuf,
     log: PathBuf,
-    echo: bool,
 }
 
-impl Agent {
+impl XdplbProc {
     const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-    /// Starts `xdplb run --iface <iface> --socket <tmp> <extra_args>` inside `ns` and waits until
-    /// its control socket exists.
-    pub fn start(ns: &Netns, iface: &str, extra_args: &[&str]) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("{}-agent", names::unique_prefix()));
+    /// Starts `xdplb <args(dir)>` inside `ns`; `role` names it and its directory, `dir`, which
+    /// `args` may use.
+    fn start(ns: &Netns, role: &str, args: impl FnOnce(&Path) -> Vec<OsString>) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("{}-{role}", names::unique_prefix()));
         std::fs::create_dir_all(&dir)?;
-        let socket = dir.join("xdplb.sock");
-        let log = dir.join("agent.log");
-        let out = File::create(&log)?;
-        let mut cmd = ns.command(xdplb_bin());
-        cmd.args(["run", "--iface", iface, "--socket"])
-            .arg(&socket)
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        let proc = match Proc::spawn(&mut cmd, format!("xdplb agent in {}", ns.name())) {
-            Ok(proc) => proc,
+        let log = dir.join(format!("{role}.log"));
+        let what = format!("xdplb {role} in {}", ns.name());
+        let spawned = (|| {
+            let out = File::create(&log)?;
+            let mut cmd = ns.command(xdplb_bin());
+            cmd.args(args(&dir))
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out);
+            Proc::spawn(&mut cmd, what.clone())
+        })();
+        match spawned {
+            Ok(proc) => Ok(Self {
+                proc,
+                what,
+                dir,
+                log,
+            }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
+                Err(e)
             }
-        };
-        let mut agent = Self {
-            proc,
-            dir,
-            socket,
-            log,
-            echo: false,
-        }; // from here on, Drop cleans up
+        }
+    }
 
+    /// Waits until `ready` holds; fails with the log if the process exits first or it takes
+    /// longer than [`Self::READY_TIMEOUT`].
+    fn wait_until(&mut self, what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
         let deadline = Instant::now() + Self::READY_TIMEOUT;
-        while !agent.socket.exists() {
-            if let Some(status) = agent.proc.try_wait() {
+        while !ready() {
+            if let Some(status) = self.proc.try_wait() {
                 bail!(
-                    "xdplb run exited ({status}) before it was ready:\n{}",
-                    agent.log()
+                    "{} exited ({status}) before {what}:\n{}",
+                    self.what,
+                    self.log()
                 );
             }
             if Instant::now() > deadline {
                 bail!(
-                    "xdplb run: no socket after {:?}:\n{}",
+                    "{}: not {what} after {:?}:\n{}",
+                    self.what,
                     Self::READY_TIMEOUT,
-                    agent.log()
+                    self.log()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(agent)
+        Ok(())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for XdplbProc {
+    fn drop(&mut self) {
+        let status = self.proc.stop();
+        if std::thread::panicking() {
+            eprintln!("{} ({status}) log:\n{}", self.what, self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `xdplb run` agent, stopped with SIGTERM on Drop. Its stdout and stderr go to a log
+/// file, printed if the test is panicking when the agent is dropped.
+pub struct Agent {
+    proc: XdplbProc,
+    socket: PathBuf,
+    echo: bool,
+}
+
+impl Agent {
+    /// Starts `xdplb run --iface <iface> --socket <tmp> <extra_args>` inside `ns` and waits until
+    /// its control socket exists.
+    pub fn start(ns: &Netns, iface: &str, extra_args: &[&str]) -> Result<Self> {
+        let mut socket = PathBuf::new();
+        let mut proc = XdplbProc::start(ns, "agent", |dir| {
+            socket = dir.join("xdplb.sock");
+            let args = ["run", "--iface", iface, "--socket"].map(OsString::from);
+            let extra = extra_args.iter().map(OsString::from);
+            args.into_iter()
+                .chain([socket.clone().into_os_string()])
+                .chain(extra)
+                .collect()
+        })?;
+        proc.wait_until("ready (its control socket exists)", || socket.exists())?;
+        Ok(Self {
+            proc,
+            socket,
+            echo: false,
+        })
     }
 
     pub fn socket(&self) -> &Path {
@@ -102,12 +153,12 @@ impl Agent {
 
     /// Stops the agent now (SIGTERM) and returns how it exited; Drop then only cleans up.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        self.proc.stop()
+        self.proc.proc.stop()
     }
 
     /// What the agent wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.proc.log()
     }
 
     /// Print every CLI command before running it (the demo shows what it does).
@@ -185,13 +236,26 @@ impl Agent {
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let status = self.proc.stop();
-        if std::thread::panicking() {
-            eprintln!("xdplb agent ({status}) log:\n{}", self.log());
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// A running `xdplb decap` (the LVS/TUN real server's decapsulation program), stopped with
+/// SIGTERM on Drop; its output is printed if the test is panicking then.
+pub struct Decap {
+    _proc: XdplbProc,
+}
+
+impl Decap {
+    /// Starts `xdplb decap --iface <iface> <extra_args>` inside `ns` and waits until an XDP
+    /// program is attached to `iface`.
+    pub fn start(ns: &Netns, iface: &str, extra_args: &[&str]) -> Result<Self> {
+        let mut proc = XdplbProc::start(ns, "decap", |_| {
+            let args = ["decap", "--iface", iface]
+                .into_iter()
+                .chain(extra_args.iter().copied());
+            args.map(OsString::from).collect()
+        })?;
+        proc.wait_until(&format!("attached to {iface}"), || {
+            ns.xdp_attached(iface).unwrap_or(false)
+        })?;
+        Ok(Self { _proc: proc })
     }
 }
 
@@ -220,14 +284,25 @@ impl Listing {
 
     /// Addresses ("RIP:PORT") of a service's real servers.
     pub fn reals(&self, addr: &str) -> Vec<String> {
-        let service = self
-            .service(addr)
-            .unwrap_or_else(|| panic!("no service {addr} in {}", self.0));
-        let reals = service["reals"].as_array().map_or(&[][..], Vec::as_slice);
-        reals
+        self.real_entries(addr)
             .iter()
             .map(|r| r["address"].as_str().expect("real address").to_owned())
             .collect()
+    }
+
+    /// A real server of a service as listed, by its address ("RIP:PORT").
+    pub fn real(&self, addr: &str, real: &str) -> &Value {
+        self.real_entries(addr)
+            .iter()
+            .find(|r| r["address"] == real)
+            .unwrap_or_else(|| panic!("no real server {real} in service {addr}: {}", self.0))
+    }
+
+    fn real_entries(&self, addr: &str) -> &[Value] {
+        let service = self
+            .service(addr)
+            .unwrap_or_else(|| panic!("no service {addr} in {}", self.0));
+        service["reals"].as_array().map_or(&[], Vec::as_slice)
     }
 
     /// A datapath reason counter, e.g. "pass_no_service".

@@ -1,8 +1,9 @@
 //! The test clients, connecting from a chosen source address (and port, so that a flow is known
 //! before it starts): [`fetch`], one short connection reading what the server says, and
 //! [`Stream`], one long-lived connection exchanging lines with `lb-testsrv --echo`, driven in a
-//! background thread that records which server answers and how the connection ends, and
-//! [`UdpFlow`], datagrams to `lb-testsrv --udp`.
+//! background thread that records which server answers and how the connection ends, [`upload`],
+//! one connection sending many bytes to `lb-testsrv --sink`, and [`UdpFlow`], datagrams to
+//! `lb-testsrv --udp`.
 
 use std::io::ErrorKind::{
     BrokenPipe, ConnectionAborted, ConnectionReset, Interrupted, TimedOut, UnexpectedEof,
@@ -10,6 +11,7 @@ use std::io::ErrorKind::{
 };
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -38,13 +40,51 @@ pub fn fetch_from(src: SocketAddrV4, dst: SocketAddrV4) -> Result<String> {
     stream
         .shutdown(Shutdown::Write)
         .with_context(|| format!("{src} -> {dst}: shutdown"))?;
+    read_reply(&mut stream, deadline).with_context(|| format!("{src} -> {dst}"))
+}
+
+/// Connects from `src` (port 0: any) to `dst` in the CALLING THREAD's namespace (see [`fetch`]),
+/// sends `bytes` bytes, closes its sending side and returns what the server answers before it
+/// closes, without the trailing newline: with `lb-testsrv --sink`, `NAME BYTES`. All within
+/// `timeout`.
+pub fn upload(
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    bytes: usize,
+    timeout: Duration,
+) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    let mut stream = connect(src, dst)?;
+    let chunk = [b'x'; 64 * 1024];
+    let mut sent = 0;
+    while sent < bytes {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("{src} -> {dst}: timed out after sending {sent} of {bytes} bytes");
+        }
+        stream.set_write_timeout(Some(left))?;
+        let n = chunk.len().min(bytes - sent);
+        match stream.write(&chunk[..n]) {
+            Ok(n) => sent += n,
+            Err(e) if matches!(e.kind(), Interrupted | WouldBlock | TimedOut) => {}
+            Err(e) => return Err(e).with_context(|| format!("{src} -> {dst}: send ({sent} sent)")),
+        }
+    }
+    stream
+        .shutdown(Shutdown::Write)
+        .with_context(|| format!("{src} -> {dst}: shutdown"))?;
+    read_reply(&mut stream, deadline).with_context(|| format!("{src} -> {dst}"))
+}
+
+/// Reads until the server closes, by `deadline`; what it said, without the trailing newline.
+fn read_reply(stream: &mut TcpStream, deadline: Instant) -> Result<String> {
     let mut reply = Vec::new();
     let mut buf = [0u8; 256];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             bail!(
-                "{src} -> {dst}: timed out reading (got {:?})",
+                "timed out reading (got {:?})",
                 String::from_utf8_lossy(&reply)
             );
         }
@@ -54,7 +94,7 @@ pub fn fetch_from(src: SocketAddrV4, dst: SocketAddrV4) -> Result<String> {
             Ok(n) => reply.extend_from_slice(&buf[..n]),
             // Interrupted, or the read timeout fired: the loop checks the deadline.
             Err(e) if matches!(e.kind(), Interrupted | WouldBlock | TimedOut) => {}
-            Err(e) => return Err(e).with_context(|| format!("{src} -> {dst}: read")),
+            Err(e) => return Err(e).context("read"),
         }
     }
     let reply = String::from_utf8(reply).context("reply is not UTF-8")?;
@@ -293,20 +333,51 @@ impl UdpFlow {
 
     /// One datagram out, its answer `NAME SEQ` back within [`TIMEOUT`]: the server's name.
     pub fn exchange(&mut self) -> Result<String> {
+        self.exchange_sized(0)
+    }
+
+    /// Like [`UdpFlow::exchange`], the sequence number padded with leading zeros to `size`
+    /// bytes of UDP payload (if shorter): for datagrams of a chosen size.
+    pub fn exchange_sized(&mut self, size: usize) -> Result<String> {
         self.seq += 1;
-        let seq = self.seq.to_string();
+        let seq = format!("{:0>size$}", self.seq);
         self.socket
             .send(seq.as_bytes())
             .with_context(|| format!("UDP {}: send", self.src))?;
-        let mut buf = [0u8; 1500];
+        let mut buf = vec![0u8; 65536];
         let n = self
             .socket
             .recv(&mut buf)
-            .with_context(|| format!("UDP {}: no answer to {seq}", self.src))?;
+            .with_context(|| format!("UDP {}: no answer to {} bytes", self.src, seq.len()))?;
         let answer = String::from_utf8_lossy(&buf[..n]);
         match answer.split_once(' ') {
             Some((name, s)) if s == seq => Ok(name.to_owned()),
             _ => bail!("UDP {}: sent {seq}, got {answer:?}", self.src),
         }
+    }
+
+    /// Whether the datagrams leave with the IPv4 "don't fragment" bit (Linux sets it by
+    /// default: path MTU discovery, `IP_PMTUDISC_WANT`) or without it (`IP_PMTUDISC_DONT`).
+    pub fn set_dont_fragment(&self, on: bool) -> Result<()> {
+        let value: libc::c_int = if on {
+            libc::IP_PMTUDISC_WANT
+        } else {
+            libc::IP_PMTUDISC_DONT
+        };
+        // SAFETY: setsockopt on our own socket with a valid int option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                std::ptr::from_ref(&value).cast(),
+                std::mem::size_of_val(&value) as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("UDP {}: IP_MTU_DISCOVER", self.src));
+        }
+        Ok(())
     }
 }

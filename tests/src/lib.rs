@@ -1,22 +1,27 @@
 //! Test harness shared by the integration tests and the demo: network namespaces joined by veths
-//! and bridges (in the style of xdp-tools' test environment), the LVS/DR topology built from them,
-//! the `xdplb` agent and CLI, and TCP clients that connect from a chosen source address and port:
-//! short connections and long-lived streams.
+//! and bridges (in the style of xdp-tools' test environment), the LVS/DR and LVS/TUN topologies
+//! built from them, the `xdplb` agent, CLI and real-server decapsulation, and TCP clients that
+//! connect from a chosen source address and port: short connections, uploads and long-lived
+//! streams.
 //!
 //! Everything lives in namespaces this harness creates and names uniquely per run; nothing is
 //! created in the root namespace, and every guard tears its part down on Drop, panics included.
 
 pub mod agent;
+pub mod bench;
+pub mod capture;
 pub mod client;
 pub mod ethtool;
 pub mod fixture;
 pub mod names;
 pub mod netns;
 pub mod topo;
+pub mod tun;
 
-pub use agent::{Agent, Listing};
+pub use agent::{Agent, Decap, Listing};
 pub use netns::{Netns, Proc};
 pub use topo::{DrTopology, Host, Serve, Switch};
+pub use tun::TunTopology;
 
 /// Whether the caller may build namespaces. Tests call it first and return early when it is false.
 /// Under CI (env `CI` set) a missing root is a failure, not a silent skip.

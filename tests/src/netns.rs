@@ -132,6 +132,44 @@ impl Netns {
         Ok(index)
     }
 
+    /// The packet and byte counters of an interface (`ip -s link show`).
+    pub fn link_stats(&self, ifname: &str) -> Result<LinkStats> {
+        let link = self.link_json(&["-s", "-j", "link", "show", "dev", ifname])?;
+        let stats = &link["stats64"];
+        let get = |dir: &str, what: &str| {
+            stats[dir][what]
+                .as_u64()
+                .with_context(|| format!("no {dir} {what} for {ifname} in {}: {link}", self.name))
+        };
+        Ok(LinkStats {
+            rx_packets: get("rx", "packets")?,
+            rx_bytes: get("rx", "bytes")?,
+            tx_packets: get("tx", "packets")?,
+            tx_bytes: get("tx", "bytes")?,
+        })
+    }
+
+    /// Whether an XDP program is attached to an interface, in any mode.
+    pub fn xdp_attached(&self, ifname: &str) -> Result<bool> {
+        let link = self.link_json(&["-j", "link", "show", "dev", ifname])?;
+        Ok(link.get("xdp").is_some())
+    }
+
+    /// The one object of `ip -j <args>` about one link.
+    fn link_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let out = self.ip(args)?;
+        let mut links: Vec<serde_json::Value> = serde_json::from_str(&out)
+            .with_context(|| format!("ip {} in {}: not JSON: {out}", args.join(" "), self.name))?;
+        if links.len() != 1 {
+            bail!(
+                "ip {} in {}: expected one link: {out}",
+                args.join(" "),
+                self.name
+            );
+        }
+        Ok(links.remove(0))
+    }
+
     /// Turns TX checksum offload of an interface on or off (`ethtool -K <if> tx on|off`).
     pub fn set_tx_checksum(&self, ifname: &str, on: bool) -> Result<()> {
         self.run_in(|| crate::ethtool::set_tx_checksum(ifname, on))
@@ -143,6 +181,15 @@ impl Drop for Netns {
     fn drop(&mut self) {
         delete(&self.name);
     }
+}
+
+/// Counters of an interface since it was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
 }
 
 /// Creates a veth pair with one end in each namespace (directly: nothing appears in the root

@@ -36,6 +36,16 @@ impl Switch {
         self.ns.ip(&["link", "set", port, "master", "br0"])?;
         Ok(())
     }
+
+    /// Attaches an XDP_PASS program to bridge port `port` until the guard is dropped: a veth
+    /// delivers the frames its peer sends with native XDP_TX only when its own end runs an XDP
+    /// program, so the port of a host that runs the director needs one.
+    pub fn pass_xdp(&self, port: &str) -> Result<XdpPass> {
+        let index = self.ns.ifindex(port)?;
+        self.ns
+            .run_in(|| XdpPass::attach(index))
+            .with_context(|| format!("cannot attach XDP_PASS to switch port {port}"))
+    }
 }
 
 /// A host: its own namespace, with `eth0` plugged into a switch (the bridge port is named after
@@ -51,13 +61,43 @@ impl Host {
     pub fn new(prefix: &str, name: &str, switch: &Switch, addr: Ipv4Addr) -> Result<Self> {
         let ns = Netns::new(format!("{prefix}-{name}"))?;
         ipv4_only(&ns)?;
-        switch.plug(&ns, "eth0", name)?;
-        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
-        Ok(Self {
+        let host = Self {
             ns,
             name: name.to_owned(),
             addr,
-        })
+        };
+        host.plug(switch, "eth0", addr)?;
+        Ok(host)
+    }
+
+    /// Plugs interface `ifname` into `switch` (the bridge port is named after the host) and gives
+    /// it `addr`/24: how a host gets a leg in each of several segments.
+    pub fn plug(&self, switch: &Switch, ifname: &str, addr: Ipv4Addr) -> Result<()> {
+        switch.plug(&self.ns, ifname, &self.name)?;
+        self.ns
+            .ip(&["addr", "add", &format!("{addr}/24"), "dev", ifname])?;
+        Ok(())
+    }
+
+    /// Routes `dest` (a prefix such as `10.1.0.0/16`, or `default`) via the gateway `via`.
+    pub fn route(&self, dest: &str, via: Ipv4Addr) -> Result<()> {
+        self.ns
+            .ip(&["route", "add", dest, "via", &via.to_string()])?;
+        Ok(())
+    }
+
+    /// Makes the host accept packets for `vip` without ever claiming it on the wire, as an LVS
+    /// real server must (DR and TUN alike): the VIP on `lo`, arp_ignore=1 and arp_announce=2.
+    pub fn hold_vip(&self, vip: Ipv4Addr) -> Result<()> {
+        for conf in ["all", "eth0"] {
+            self.ns
+                .sysctl(&format!("net.ipv4.conf.{conf}.arp_ignore"), "1")?;
+            self.ns
+                .sysctl(&format!("net.ipv4.conf.{conf}.arp_announce"), "2")?;
+        }
+        self.ns
+            .ip(&["addr", "add", &format!("{vip}/32"), "dev", "lo"])?;
+        Ok(())
     }
 
     pub fn ns(&self) -> &Netns {
@@ -127,51 +167,16 @@ impl DrTopology {
         let prefix = names::unique_prefix();
 
         let switch = Switch::new(format!("{prefix}-sw"))?;
-
-        let director = Host::new(&prefix, "director", &switch, Self::DIRECTOR_ADDR)?;
-        director
-            .ns
-            .ip(&["addr", "add", &format!("{}/32", Self::VIP), "dev", "eth0"])?;
-
-        let mut reals = Vec::new();
-        for i in 1..=n_reals {
-            let rs = Host::new(&prefix, &format!("rs{i}"), &switch, Self::real_addr(i))?;
-            for conf in ["all", "eth0"] {
-                rs.ns
-                    .sysctl(&format!("net.ipv4.conf.{conf}.arp_ignore"), "1")?;
-                rs.ns
-                    .sysctl(&format!("net.ipv4.conf.{conf}.arp_announce"), "2")?;
-            }
-            rs.ns
-                .ip(&["addr", "add", &format!("{}/32", Self::VIP), "dev", "lo"])?;
-            reals.push(rs);
-        }
-
-        let client = Host::new(&prefix, "client", &switch, Self::CLIENT_ADDR)?;
-        let batch: String = Self::client_sources()
-            .iter()
-            .map(|a| format!("addr add {a}/32 dev eth0\n"))
-            .collect();
-        client.ns.ip_batch(&batch)?;
-        client.ns.set_tx_checksum("eth0", false)?;
-
-        let port = switch.ns.ifindex(director.name())?;
-        let xdp_pass = switch
-            .ns
-            .run_in(|| XdpPass::attach(port))
-            .context("cannot attach XDP_PASS to the director's switch port")?;
-
-        let servers = reals
-            .iter()
-            .map(|rs| {
-                start_testsrv(
-                    &rs.ns,
-                    rs.name(),
-                    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, Self::PORT),
-                    serve,
-                )
+        let (director, xdp_pass) = director(&prefix, &switch)?;
+        let reals = (1..=n_reals)
+            .map(|i| {
+                let rs = Host::new(&prefix, &format!("rs{i}"), &switch, Self::real_addr(i))?;
+                rs.hold_vip(Self::VIP)?;
+                Ok(rs)
             })
-            .collect::<Result<_>>()?;
+            .collect::<Result<Vec<_>>>()?;
+        let client = client(&prefix, &switch)?;
+        let servers = start_servers(&reals, serve)?;
 
         Ok(Self {
             _xdp_pass: xdp_pass,
@@ -242,6 +247,40 @@ impl DrTopology {
     }
 }
 
+/// The director of every topology: host `director` at [`DrTopology::DIRECTOR_ADDR`] on `switch`,
+/// with the VIP as a /32 on its eth0 (it answers ARP for it), and the XDP_PASS program its
+/// native XDP_TX frames need on its switch port.
+pub(crate) fn director(prefix: &str, switch: &Switch) -> Result<(Host, XdpPass)> {
+    let director = Host::new(prefix, "director", switch, DrTopology::DIRECTOR_ADDR)?;
+    let vip = format!("{}/32", DrTopology::VIP);
+    director.ns.ip(&["addr", "add", &vip, "dev", "eth0"])?;
+    let xdp_pass = switch.pass_xdp(director.name())?;
+    Ok((director, xdp_pass))
+}
+
+/// The client of every topology: host `client` at [`DrTopology::CLIENT_ADDR`] on `switch`, plus
+/// the [`DrTopology::client_sources`] addresses, with TX checksum offload off (see
+/// [`crate::ethtool`]).
+pub(crate) fn client(prefix: &str, switch: &Switch) -> Result<Host> {
+    let client = Host::new(prefix, "client", switch, DrTopology::CLIENT_ADDR)?;
+    let batch: String = DrTopology::client_sources()
+        .iter()
+        .map(|a| format!("addr add {a}/32 dev eth0\n"))
+        .collect();
+    client.ns.ip_batch(&batch)?;
+    client.ns.set_tx_checksum("eth0", false)?;
+    Ok(client)
+}
+
+/// `lb-testsrv` on 0.0.0.0:[`DrTopology::PORT`] on every real server, answering its name.
+pub(crate) fn start_servers(reals: &[Host], serve: Serve) -> Result<Vec<Proc>> {
+    let listen = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, DrTopology::PORT);
+    reals
+        .iter()
+        .map(|rs| start_testsrv(&rs.ns, rs.name(), listen, serve))
+        .collect()
+}
+
 /// What the real servers' `lb-testsrv` does with a TCP connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Serve {
@@ -252,6 +291,9 @@ pub enum Serve {
     /// ([`crate::client::Stream`]; [`crate::client::fetch`] works too); also answers UDP
     /// datagrams to the VIP:80 ([`crate::client::UdpFlow`]).
     Echo,
+    /// Reads until the client closes its side, answers `NAME BYTES` and closes
+    /// ([`crate::client::upload`]).
+    Sink,
 }
 
 /// Starts `lb-testsrv` in a namespace and waits until it listens (it prints one line then).
@@ -261,8 +303,10 @@ pub fn start_testsrv(ns: &Netns, name: &str, listen: SocketAddrV4, serve: Serve)
     let listen_arg = listen.to_string();
     let udp = SocketAddrV4::new(DrTopology::VIP, listen.port()).to_string();
     let mut args = vec!["--name", name, "--listen", &listen_arg];
-    if serve == Serve::Echo {
-        args.extend(["--echo", "--udp", &udp]);
+    match serve {
+        Serve::Once => {}
+        Serve::Echo => args.extend(["--echo", "--udp", &udp]),
+        Serve::Sink => args.push("--sink"),
     }
     let mut server = ns.spawn(&bin, &args)?;
     let mut line = String::new();

@@ -5,7 +5,7 @@ use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use lb_tests::client::{fetch, fetch_from, Stream, StreamError};
-use lb_tests::{require_root, DrTopology, Serve};
+use lb_tests::{require_root, DrTopology, Serve, TunTopology};
 
 #[test]
 fn dr_topology_builds_and_tears_down() {
@@ -60,6 +60,11 @@ fn dr_topology_builds_and_tears_down() {
     );
 
     drop(topo);
+    assert_gone(&names);
+}
+
+/// None of the namespaces `names` exists any more.
+fn assert_gone(names: &[String]) {
     let left = std::fs::read_dir("/run/netns")
         .map(|d| {
             d.flatten()
@@ -68,8 +73,75 @@ fn dr_topology_builds_and_tears_down() {
         })
         .unwrap_or_default();
     for name in names {
-        assert!(!left.contains(&name), "namespace {name} left behind");
+        assert!(!left.contains(name), "namespace {name} left behind");
     }
+}
+
+/// The LVS/TUN topology without an agent: the client and the director reach the real servers
+/// behind the router at their own addresses and the answers route back through it; the on-link
+/// one directly; every real server runs a decap program that lets this plain traffic through.
+#[test]
+fn tun_topology_routes_and_tears_down() {
+    if !require_root() {
+        return;
+    }
+    let topo = TunTopology::new(Serve::Once).expect("cannot build the TUN topology");
+    let names: Vec<String> = topo
+        .segments()
+        .iter()
+        .map(|sw| sw.ns())
+        .chain([topo.client().ns(), topo.director().ns(), topo.router().ns()])
+        .chain(topo.reals().iter().map(|rs| rs.ns()))
+        .map(|ns| ns.name().to_owned())
+        .collect();
+
+    let router = topo.router().ns();
+    let toward_clients = TunTopology::router_iface(0);
+    let sources = TunTopology::client_sources();
+    for rs in topo.reals() {
+        assert!(
+            rs.ns().xdp_attached("eth0").unwrap(),
+            "no decap program on {}",
+            rs.name()
+        );
+        let direct = SocketAddrV4::new(rs.addr(), TunTopology::PORT);
+        let before = router.link_stats(&toward_clients).unwrap();
+        for src in [TunTopology::CLIENT_ADDR, sources[0]] {
+            let answer = topo.client().ns().run_in(|| fetch(src, direct));
+            assert_eq!(answer.expect("client connection"), rs.name(), "{src}");
+        }
+        let answer = topo
+            .director()
+            .ns()
+            .run_in(|| fetch(TunTopology::DIRECTOR_ADDR, direct));
+        assert_eq!(answer.expect("director connection"), rs.name());
+        // Answers to the client and the director: at least a SYN-ACK and the name each.
+        let routed = router.link_stats(&toward_clients).unwrap().tx_packets - before.tx_packets;
+        if topo.segment_of(rs) == 0 {
+            assert!(routed < 3, "{}'s answers were routed: {routed}", rs.name());
+        } else {
+            assert!(routed >= 6, "{}: only {routed} routed packets", rs.name());
+        }
+        assert!(rs
+            .ns()
+            .ip(&["addr", "show", "lo"])
+            .unwrap()
+            .contains("10.0.0.100/32"));
+    }
+    for key in [
+        "ipv4/ip_forward",
+        "ipv4/conf/all/rp_filter",
+        "ipv4/conf/eth1/rp_filter",
+    ] {
+        let value = router
+            .exec("cat", &[&format!("/proc/sys/net/{key}")])
+            .unwrap();
+        let expected = if key.ends_with("forward") { "1" } else { "0" };
+        assert_eq!(value.trim(), expected, "router {key}");
+    }
+
+    drop(topo);
+    assert_gone(&names);
 }
 
 /// `lb-testsrv --echo` and the long-lived client, straight to a real server: streams from chosen

@@ -102,7 +102,8 @@ fn interface_lookup() {
         Interface {
             index: ns[0].ifindex("v0").unwrap(),
             name: "v0".into(),
-            mac: mac(&ns[0], "v0")
+            mac: mac(&ns[0], "v0"),
+            mtu: 1500,
         }
     );
     assert_eq!(missing.unwrap_err(), "unknown interface 'nosuch0'");
@@ -271,6 +272,7 @@ fn futures_are_send() {
         index: 1,
         name: "lo".into(),
         mac: [0; 6],
+        mtu: 65536,
     };
     send(&interface("lo"));
     send(&resolve_real_mac(&iface, Ipv4Addr::LOCALHOST));

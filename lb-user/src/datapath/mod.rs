@@ -106,6 +106,11 @@ impl Datapath {
         Maps::take(&mut self.ebpf)
     }
 
+    /// The loaded object itself, for tools that drive programs and maps directly (benchmarks).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// The maps of the real-server side (`xdplb decap`).
     pub fn decap_maps(&mut self) -> Result<DecapMaps> {
         DecapMaps::take(&mut self.ebpf)

@@ -1,5 +1,5 @@
 //! The real servers' service in the tests:
-//! `lb-testsrv --name NAME --listen ADDR:PORT [--echo] [--udp ADDR:PORT]`.
+//! `lb-testsrv --name NAME --listen ADDR:PORT [--echo | --sink] [--udp ADDR:PORT]`.
 //!
 //! - By default it answers every TCP connection with `NAME\n` and closes it, so a client sees
 //!   which server it reached.
@@ -16,13 +16,22 @@
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 
-const USAGE: &str = "usage: lb-testsrv --name NAME --listen ADDR:PORT [--echo] [--udp ADDR:PORT]";
+const USAGE: &str =
+    "usage: lb-testsrv --name NAME --listen ADDR:PORT [--echo | --sink] [--udp ADDR:PORT]";
 
 struct Args {
     name: String,
     listen: SocketAddr,
-    echo: bool,
+    mode: Mode,
     udp: Option<SocketAddr>,
+}
+
+/// What the server does with a TCP connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Once,
+    Echo,
+    Sink,
 }
 
 fn main() {
@@ -33,7 +42,7 @@ fn main() {
     let Args {
         name,
         listen,
-        echo,
+        mode,
         udp,
     } = args;
     let listener = TcpListener::bind(listen).unwrap_or_else(|e| {
@@ -54,10 +63,14 @@ fn main() {
     let reply = format!("{name}\n");
     for conn in listener.incoming() {
         match conn {
-            // One thread per connection: echo connections live as long as their client.
-            Ok(stream) if echo => {
+            // One thread per connection: echo and sink connections live as long as their client.
+            Ok(stream) if mode != Mode::Once => {
                 let name = name.clone();
-                std::thread::spawn(move || serve_echo(&name, stream));
+                let serve = match mode {
+                    Mode::Echo => serve_echo,
+                    _ => serve_sink,
+                };
+                std::thread::spawn(move || serve(&name, stream));
             }
             // Serving inline is enough for many concurrent clients: the reply fits any fresh
             // socket's send buffer, so neither the write nor the close can block; waiting
@@ -92,6 +105,14 @@ fn serve_echo(name: &str, mut stream: TcpStream) {
     }
 }
 
+/// Reads until the client closes its sending side, then answers `NAME BYTES`.
+fn serve_sink(name: &str, mut stream: TcpStream) {
+    let Ok(bytes) = std::io::copy(&mut stream, &mut std::io::sink()) else {
+        return;
+    };
+    let _ = stream.write_all(format!("{name} {bytes}\n").as_bytes());
+}
+
 /// Answers every datagram `LINE` with `NAME LINE`, to its sender.
 fn serve_udp(name: &str, socket: &UdpSocket) {
     let mut buf = [0u8; 1500];
@@ -107,14 +128,16 @@ fn serve_udp(name: &str, socket: &UdpSocket) {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let (mut name, mut listen, mut echo, mut udp) = (None, None, false, None);
+    let (mut name, mut listen, mut mode, mut udp) = (None, None, Mode::Once, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
             "--name" => name = Some(value()?),
             "--listen" => listen = Some(value()?.parse().map_err(|e| format!("--listen: {e}"))?),
-            "--echo" => echo = true,
+            "--echo" if mode == Mode::Once => mode = Mode::Echo,
+            "--sink" if mode == Mode::Once => mode = Mode::Sink,
+            "--echo" | "--sink" => return Err("--echo and --sink exclude each other".into()),
             "--udp" => udp = Some(value()?.parse().map_err(|e| format!("--udp: {e}"))?),
             _ => return Err(format!("unknown argument {arg}")),
         }
@@ -122,7 +145,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(Args {
         name: name.ok_or("--name is required")?,
         listen: listen.ok_or("--listen is required")?,
-        echo,
+        mode,
         udp,
     })
 }

@@ -1,0 +1,76 @@
+//! The benchmark wrapper: BPF_PROG_TEST_RUN with repeat does not restore the packet between
+//! iterations, so a program that changes it (encapsulation) or must see a new flow each time
+//! (connection-table insert) is measured behind this wrapper, which rewrites the frame from a
+//! template and then tail-calls it. The wrapper's own cost is measured the same way, with a bare
+//! XDP_TX program behind it, and subtracted. Never attached to an interface.
+
+use aya_ebpf::{
+    bindings::xdp_action::XDP_ABORTED,
+    macros::map,
+    maps::{Array, PerCpuArray, ProgramArray},
+    programs::XdpContext,
+};
+use lb_common::{BenchFrame, BENCH_FRAME_MAX};
+
+use crate::{encap::adjust_head, parse::ptr_at};
+
+#[map]
+static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
+
+#[map]
+static BENCH_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+#[map]
+static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+const CHUNK: usize = 8;
+
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    let Some(frame) = BENCH_FRAME.get(0) else {
+        return XDP_ABORTED;
+    };
+    let want = frame.len as usize;
+    let have = ctx.data_end() - ctx.data();
+    if want > BENCH_FRAME_MAX || (have != want && !adjust_head(ctx, have as i32 - want as i32)) {
+        return XDP_ABORTED;
+    }
+    // Copy the template 8 bytes at a time; a frame length is a multiple of 8 or the tail is
+    // copied by the last, overlapping chunk.
+    let mut off = 0;
+    while off < BENCH_FRAME_MAX {
+        if off >= want {
+            break;
+        }
+        let at = if off + CHUNK > want {
+            want - CHUNK
+        } else {
+            off
+        };
+        let (Some(dst), Some(src)) = (
+            ptr_at::<[u8; CHUNK]>(ctx, at),
+            frame.bytes.get(at..at + CHUNK),
+        ) else {
+            return XDP_ABORTED;
+        };
+        let mut chunk = [0u8; CHUNK];
+        chunk.copy_from_slice(src);
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe { dst.write_unaligned(chunk) };
+        off += CHUNK;
+    }
+    // A bounded offset, so the verifier can check the write (u32::MAX, "none", fails the test).
+    let vary_at = frame.vary_at as usize;
+    if vary_at <= BENCH_FRAME_MAX - 4 {
+        if let (Some(seq), Some(at)) = (BENCH_SEQ.get_ptr_mut(0), ptr_at::<[u8; 4]>(ctx, vary_at)) {
+            // SAFETY: per-CPU counter; bounds-checked packet pointer.
+            unsafe {
+                *seq = (*seq).wrapping_add(1);
+                at.write_unaligned((*seq).to_be_bytes());
+            }
+        }
+    }
+    // SAFETY: index 0 holds an XDP program; on failure the call returns and we abort.
+    unsafe { BENCH_PROGS.tail_call(ctx, 0) };
+    XDP_ABORTED
+}

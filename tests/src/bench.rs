@@ -1,0 +1,268 @@
+//! Datapath cost per packet, measured with BPF_PROG_TEST_RUN and `repeat`: every case next to a
+//! bare XDP_TX program on the same frame in the same run, rounds alternating between the two, so
+//! the drift of a shared machine cancels out. Cases that change the packet, or need a new flow
+//! each iteration, run behind the `xdp_bench` wrapper, and so does their baseline.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    maps::{Array, MapData, ProgramArray},
+    programs::{TestRun as _, TestRunOptions},
+};
+use lb_common::{map_names, program_names, BenchFrame, BENCH_FRAME_MAX};
+use lb_user::{
+    datapath::{Datapath, LoadOptions},
+    packet::FrameSpec,
+    state::{Forward, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr},
+};
+
+use crate::fixture::{default_config, real_mac, Fixture};
+
+/// One benchmark case: what runs, on which frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Case {
+    /// A packet for no service: parse, one failed lookup, XDP_PASS.
+    NonVipPass,
+    /// `sh` service, established flow (connection-table hit), LVS/DR.
+    DrShEstablished,
+    /// `mh` service, a new flow every packet (connection-table insert), LVS/DR.
+    DrMhNewFlow,
+    /// `mh` service, established flow, LVS/DR.
+    DrMhEstablished,
+    /// `mh` service, established flow, LVS/TUN (IPIP encapsulation).
+    TunEstablished,
+}
+
+impl Case {
+    pub const ALL: [Case; 5] = [
+        Case::NonVipPass,
+        Case::DrShEstablished,
+        Case::DrMhNewFlow,
+        Case::DrMhEstablished,
+        Case::TunEstablished,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Case::NonVipPass => "non-VIP pass",
+            Case::DrShEstablished => "DR sh, established flow",
+            Case::DrMhNewFlow => "DR mh, new flow (connection-table insert)",
+            Case::DrMhEstablished => "DR mh, established flow",
+            Case::TunEstablished => "TUN mh, established flow (IPIP encapsulation)",
+        }
+    }
+
+    /// The target cost above the bare XDP_TX program, nanoseconds.
+    pub fn target_ns(self) -> f64 {
+        match self {
+            Case::NonVipPass => 20.0,
+            Case::DrShEstablished | Case::DrMhEstablished => 50.0,
+            Case::DrMhNewFlow => 150.0,
+            Case::TunEstablished => 70.0,
+        }
+    }
+
+    /// Whether the frame must be restored (or varied) before every iteration.
+    fn wrapped(self) -> bool {
+        matches!(self, Case::DrMhNewFlow | Case::TunEstablished)
+    }
+}
+
+/// Measured cost of one case: per-packet times over the rounds, nanoseconds.
+#[derive(Clone, Debug)]
+pub struct Measurement {
+    pub case: Case,
+    /// The case's own time, and the baseline's, per round.
+    pub case_ns: Vec<f64>,
+    pub base_ns: Vec<f64>,
+}
+
+impl Measurement {
+    /// Per-round differences case - baseline.
+    pub fn extra_ns(&self) -> Vec<f64> {
+        self.case_ns
+            .iter()
+            .zip(&self.base_ns)
+            .map(|(c, b)| c - b)
+            .collect()
+    }
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+/// Offset of the IPv4 source address in an untagged frame: what the wrapper varies.
+const SRC_ADDR_OFFSET: u32 = 26;
+
+/// Everything loaded for the benchmarks: the director's program with a `sh` service on port 80
+/// and an `mh` service on port 81 (DR) and 82 (TUN), each over 3 real servers; the bare XDP_TX
+/// program; and the wrapper, once with the director and once with the bare program behind it.
+pub struct Bench {
+    fx: Fixture,
+    bare: Datapath,
+    wrap_lb: Datapath,
+    wrap_bare: Datapath,
+}
+
+fn service(port: u16) -> ServiceAddr {
+    ServiceAddr {
+        protocol: Protocol::Tcp,
+        vip: VIP,
+        port,
+    }
+}
+
+fn wrapper(target: &mut Datapath, target_name: &str) -> Result<Datapath> {
+    let mut wrap = Datapath::load(program_names::BENCH, LoadOptions { conn_max: 1 })?;
+    let fd = target.program(target_name)?.fd()?.try_clone()?;
+    // Set through the object's own handle: the kernel empties a program array once user space
+    // holds no reference to it.
+    let map = wrap
+        .ebpf_mut()
+        .map_mut(map_names::BENCH_PROGS)
+        .context("no BENCH_PROGS map")?;
+    ProgramArray::<&mut MapData>::try_from(map)?.set(0, &fd, 0)?;
+    Ok(wrap)
+}
+
+impl Bench {
+    pub fn new() -> Result<Self> {
+        let mut fx = Fixture::with_config(default_config());
+        let mh = SchedulerSpec {
+            scheduler: Some(Scheduler::Mh),
+            ..Default::default()
+        };
+        for (port, spec, forward) in [
+            (80, SchedulerSpec::default(), Forward::Route),
+            (81, mh, Forward::Route),
+            (82, mh, Forward::Tunnel),
+        ] {
+            fx.add_service(service(port), spec);
+            for n in 11..=13u8 {
+                fx.add_real_spec(
+                    service(port),
+                    RealSpec {
+                        addr: Some(Ipv4Addr::new(10, 1, 0, n)),
+                        forward: Some(forward),
+                        mac: Some(Mac(real_mac(n))),
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        let mut bare = Datapath::load(program_names::TX, LoadOptions { conn_max: 1 })?;
+        let wrap_lb = wrapper(&mut fx.datapath, program_names::LB)?;
+        let wrap_bare = wrapper(&mut bare, program_names::TX)?;
+        Ok(Self {
+            fx,
+            bare,
+            wrap_lb,
+            wrap_bare,
+        })
+    }
+
+    fn frame(case: Case) -> Vec<u8> {
+        let (dst, dport) = match case {
+            Case::NonVipPass => (Ipv4Addr::new(10, 0, 0, 1), 80),
+            Case::DrShEstablished => (VIP, 80),
+            Case::DrMhNewFlow | Case::DrMhEstablished => (VIP, 81),
+            Case::TunEstablished => (VIP, 82),
+        };
+        FrameSpec {
+            dst,
+            dport,
+            ..Default::default()
+        }
+        .build()
+    }
+
+    /// Mean time per iteration of `program` over `repeat` runs on `frame`.
+    fn time(datapath: &mut Datapath, program: &str, frame: &[u8], repeat: u32) -> Result<f64> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = datapath
+            .program(program)?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..Default::default()
+            })
+            .map_err(|e| anyhow::anyhow!("test run of {program}: {e}"))?;
+        if r.return_value == 0 {
+            bail!("{program} aborted");
+        }
+        Ok(r.duration.as_nanos() as f64)
+    }
+
+    fn set_template(wrap: &mut Datapath, frame: &[u8], vary: bool) -> Result<()> {
+        let mut t = BenchFrame {
+            len: frame.len() as u32,
+            vary_at: u32::MAX,
+            bytes: [0; BENCH_FRAME_MAX],
+        };
+        t.bytes[..frame.len()].copy_from_slice(frame);
+        if vary {
+            t.vary_at = SRC_ADDR_OFFSET;
+        }
+        let mut map: Array<&mut MapData, BenchFrame> = wrap
+            .ebpf_mut()
+            .map_mut(map_names::BENCH_FRAME)
+            .context("no BENCH_FRAME map")?
+            .try_into()?;
+        map.set(0, t, 0)?;
+        Ok(())
+    }
+
+    /// Measures `case` over `rounds` rounds of `repeat` iterations, alternating with its baseline.
+    pub fn measure(&mut self, case: Case, rounds: usize, repeat: u32) -> Result<Measurement> {
+        let frame = Self::frame(case);
+        let mut m = Measurement {
+            case,
+            case_ns: Vec::new(),
+            base_ns: Vec::new(),
+        };
+        if case.wrapped() {
+            let vary = case == Case::DrMhNewFlow;
+            Self::set_template(&mut self.wrap_lb, &frame, vary)?;
+            Self::set_template(&mut self.wrap_bare, &frame, vary)?;
+        }
+        for round in 0..rounds {
+            // Alternate which goes first, so neither always runs on a warmer or colder machine.
+            for first in [round % 2 == 0, round % 2 == 1] {
+                if first {
+                    let t = if case.wrapped() {
+                        Self::time(&mut self.wrap_bare, program_names::BENCH, &frame, repeat)?
+                    } else {
+                        Self::time(&mut self.bare, program_names::TX, &frame, repeat)?
+                    };
+                    m.base_ns.push(t);
+                } else {
+                    let t = if case.wrapped() {
+                        Self::time(&mut self.wrap_lb, program_names::BENCH, &frame, repeat)?
+                    } else {
+                        Self::time(&mut self.fx.datapath, program_names::LB, &frame, repeat)?
+                    };
+                    m.case_ns.push(t);
+                }
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// Duration of a closure, for the control-plane figures.
+pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let start = std::time::Instant::now();
+    let r = f();
+    (r, start.elapsed())
+}
