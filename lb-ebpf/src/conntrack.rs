@@ -10,12 +10,15 @@ use lb_common::{
 
 use crate::parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_SYN};
 
-/// Its size is set by the agent at load time (`xdplb run --conn-max`).
+/// Its size is set by the agent at load time (`xdplb run --conn-max`). Per-CPU LRU lists
+/// (BPF_F_NO_COMMON_LRU): inserting a new flow takes no lock shared by all CPUs.
 #[map]
-static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(DEFAULT_CONN_MAX, 0);
+static CONNS: LruHashMap<FlowKey, Conn> =
+    LruHashMap::with_max_entries(DEFAULT_CONN_MAX, BPF_F_NO_COMMON_LRU);
 
 /// How stale `last_seen` may get before a packet refreshes it: keeps writes off the fast path.
 const REFRESH_SECS: u32 = 4;
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 #[inline(always)]
 pub fn flow(pkt: &Packet) -> FlowKey {

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's build, test and demo entry points. It installs what the eBPF build
 //! needs first (see toolchain.rs), so a fresh machine needs nothing by hand.
 
+mod bench;
 mod toolchain;
 
 use std::{
@@ -36,6 +37,8 @@ enum Task {
     Lint,
     /// Build, then run the demo: a namespace topology with a client, the director and real servers.
     Demo,
+    /// Run the benchmarks (as root) and write docs/BENCHMARKS.md.
+    Bench,
 }
 
 fn root() -> PathBuf {
@@ -134,6 +137,10 @@ fn main() -> Result<()> {
                 totals.0, totals.1, totals.2
             );
             Ok(())
+        }
+        Task::Bench => {
+            require_root("the benchmarks")?;
+            bench::run(&root(), |args| cargo(&path, args), &path)
         }
         Task::Demo => {
             require_root("the demo")?;
