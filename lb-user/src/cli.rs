@@ -12,13 +12,14 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     agent::{self, RunOptions},
+    config::{Director, Metrics, Timeouts},
     control::{self, Listing, Request, Response, StatsView, DEFAULT_SOCKET},
-    datapath::{AttachMode, LoadOptions},
+    datapath::AttachMode,
     state::{
         Forward, Hash, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr, MAX_WEIGHT,
     },
 };
-use lb_common::{DirectorConfig, DEFAULT_CONN_MAX};
+use lb_common::DEFAULT_CONN_MAX;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,29 +37,22 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Attach the director to an interface and serve the control socket until SIGINT/SIGTERM.
-    Run {
-        /// Interface that receives the traffic for the virtual services.
+    /// Attach the director to an interface and serve the control socket; SIGINT/SIGTERM
+    /// detach, SIGQUIT leaves the datapath running for the next agent, SIGHUP reloads.
+    Run(RunArgs),
+    /// Apply the agent's config file again, changing only what differs (as SIGHUP does).
+    Reload,
+    /// Print the running state as a config file (like ipvsadm -S).
+    Save,
+    /// Zero all counters (like ipvsadm -Z).
+    Zero,
+    /// Remove a datapath left running without an agent (after SIGQUIT or a crash).
+    Detach {
         #[arg(long, short = 'i', value_name = "IF")]
         iface: String,
-        /// XDP attach mode; auto falls back to generic when the driver has no native XDP.
-        #[arg(long, value_enum, default_value = "native")]
-        mode: AttachMode,
-        /// Flows the connection table holds (least recently used ones make room).
-        #[arg(long, value_name = "FLOWS", default_value_t = DEFAULT_CONN_MAX, value_parser = clap::value_parser!(u32).range(1..))]
-        conn_max: u32,
-        /// Idle timeout of established TCP flows, seconds (ipvsadm --set TCP).
-        #[arg(long, value_name = "SECS", default_value_t = DirectorConfig::DEFAULT_TCP_TIMEOUT)]
-        tcp_timeout: u32,
-        /// Idle timeout of TCP flows after a FIN, seconds (ipvsadm --set TCPFIN).
-        #[arg(long, value_name = "SECS", default_value_t = DirectorConfig::DEFAULT_TCP_FIN_TIMEOUT)]
-        tcp_fin_timeout: u32,
-        /// Idle timeout of UDP flows, seconds (ipvsadm --set UDP).
-        #[arg(long, value_name = "SECS", default_value_t = DirectorConfig::DEFAULT_UDP_TIMEOUT)]
-        udp_timeout: u32,
-        /// Source address of LVS/TUN (IPIP) packets; default: the interface's first IPv4 address.
-        #[arg(long, value_name = "IP")]
-        tunnel_src: Option<Ipv4Addr>,
+        /// Where bpffs is mounted (as given to `run`).
+        #[arg(long, env = "XDPLB_BPFFS", default_value = crate::datapath::pin::BPFFS, value_name = "DIR")]
+        bpffs: PathBuf,
     },
     /// On a real server: decapsulate LVS/TUN (IPIP) packets for this host's VIPs in XDP, so no
     /// ipip kernel module is needed; runs until SIGINT/SIGTERM.
@@ -99,10 +93,87 @@ pub enum Command {
         /// Show packet, byte and connection counters.
         #[arg(long)]
         stats: bool,
+        /// Show rates per second (measured over one second), like ipvsadm --rate.
+        #[arg(long, conflicts_with = "stats")]
+        rate: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `xdplb run`: either a config file, or the settings on the command line.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Configuration file (TOML, see examples/xdplb.toml): settings, services, real servers.
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["iface", "mode", "conn_max", "tcp_timeout", "tcp_fin_timeout", "udp_timeout", "tunnel_src", "metrics"])]
+    config: Option<PathBuf>,
+    /// Interface that receives the traffic for the virtual services.
+    #[arg(
+        long,
+        short = 'i',
+        value_name = "IF",
+        required_unless_present = "config"
+    )]
+    iface: Option<String>,
+    /// XDP attach mode; auto falls back to generic when the driver has no native XDP.
+    #[arg(long, value_enum)]
+    mode: Option<AttachMode>,
+    /// Flows the connection table holds (least recently used ones make room). Default 1000000.
+    #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(1..))]
+    conn_max: Option<u32>,
+    /// Idle timeout of established TCP flows, seconds (ipvsadm --set TCP). Default 900.
+    #[arg(long, value_name = "SECS")]
+    tcp_timeout: Option<u32>,
+    /// Idle timeout of TCP flows after a FIN, seconds (ipvsadm --set TCPFIN). Default 120.
+    #[arg(long, value_name = "SECS")]
+    tcp_fin_timeout: Option<u32>,
+    /// Idle timeout of UDP flows, seconds (ipvsadm --set UDP). Default 300.
+    #[arg(long, value_name = "SECS")]
+    udp_timeout: Option<u32>,
+    /// Source address of LVS/TUN (IPIP) packets; default: the interface's first IPv4 address.
+    #[arg(long, value_name = "IP")]
+    tunnel_src: Option<Ipv4Addr>,
+    /// Serve Prometheus metrics on ADDR (off by default; keep it on localhost or a management
+    /// network).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Where bpffs is (or gets) mounted; the datapath is pinned under it so it outlives the agent.
+    #[arg(long, env = "XDPLB_BPFFS", default_value = crate::datapath::pin::BPFFS, value_name = "DIR")]
+    bpffs: PathBuf,
+}
+
+impl RunArgs {
+    fn options(self, socket: PathBuf) -> Result<RunOptions> {
+        if let Some(path) = self.config {
+            let cfg = crate::config::Source::read(&path)?.parse()?;
+            return Ok(RunOptions {
+                director: cfg.director(),
+                timeouts: cfg.timeouts,
+                socket,
+                config: Some(path),
+                bpffs: self.bpffs,
+            });
+        }
+        let defaults = Timeouts::default();
+        Ok(RunOptions {
+            director: Director {
+                interface: self.iface.expect("clap requires --iface without --config"),
+                mode: self.mode.unwrap_or(AttachMode::Native),
+                conn_max: self.conn_max.unwrap_or(DEFAULT_CONN_MAX),
+                tunnel_src: self.tunnel_src,
+                metrics: self.metrics.map(|listen| Metrics { listen }),
+            },
+            timeouts: Timeouts {
+                tcp: self.tcp_timeout.unwrap_or(defaults.tcp),
+                tcp_fin: self.tcp_fin_timeout.unwrap_or(defaults.tcp_fin),
+                udp: self.udp_timeout.unwrap_or(defaults.udp),
+            },
+            socket,
+            config: None,
+            bpffs: self.bpffs,
+        })
+    }
 }
 
 /// Which service: exactly one of -t / -u.
@@ -272,26 +343,20 @@ fn parse_weight(s: &str) -> Result<u32, String> {
 /// Runs a parsed command line.
 pub fn execute(cli: Cli) -> Result<()> {
     let request = match cli.command {
-        Command::Run {
-            iface,
-            mode,
-            conn_max,
-            tcp_timeout,
-            tcp_fin_timeout,
-            udp_timeout,
-            tunnel_src,
-        } => {
+        Command::Run(args) => {
+            let opts = args.options(cli.socket)?;
             let rt = tokio::runtime::Runtime::new()?;
-            return rt.block_on(agent::run(RunOptions {
-                iface,
-                mode,
-                socket: cli.socket,
-                load: LoadOptions { conn_max },
-                tcp_timeout,
-                tcp_fin_timeout,
-                udp_timeout,
-                tunnel_src,
-            }));
+            return rt.block_on(agent::run(opts));
+        }
+        Command::Detach { iface, bpffs } => return agent::detach(&bpffs, &iface),
+        Command::Reload => Request::Reload,
+        Command::Zero => Request::Zero,
+        Command::Save => {
+            let Response::Saved { config } = control::request(&cli.socket, &Request::Save)? else {
+                bail!("the agent answered a save request with something else");
+            };
+            print!("{config}");
+            return Ok(());
         }
         Command::Decap { iface, vip, mode } => {
             let rt = tokio::runtime::Runtime::new()?;
@@ -334,15 +399,22 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::List {
             numeric: _,
             stats,
+            rate,
             json,
         } => {
-            let Response::Listing(listing) = control::request(&cli.socket, &Request::List)? else {
-                bail!("the agent answered a list request with something else");
+            let list = || match control::request(&cli.socket, &Request::List)? {
+                Response::Listing(l) => Ok(l),
+                _ => bail!("the agent answered a list request with something else"),
             };
-            let listing = if stats {
-                listing
+            let listing = if rate {
+                let before = list()?;
+                let start = std::time::Instant::now();
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                list()?.per_second(&before, start.elapsed().as_secs_f64())
+            } else if stats {
+                list()?
             } else {
-                listing.without_stats()
+                list()?.without_stats()
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&listing)?);

@@ -36,8 +36,8 @@ pub async fn run(iface: &str, vips: Vec<Ipv4Addr>, mode: AttachMode) -> Result<(
         .attach_program(program_names::DECAP, iface.index, mode)
         .with_context(|| format!("interface {}", iface.name))?;
     let list: Vec<String> = current.iter().map(Ipv4Addr::to_string).collect();
-    eprintln!(
-        "xdplb decap: attached to {} ({} XDP); decapsulating IPIP for {}",
+    tracing::info!(
+        "attached to {} ({} XDP); decapsulating IPIP for {}",
         iface.name,
         format!("{mode:?}").to_lowercase(),
         if follow {
@@ -63,9 +63,10 @@ pub async fn run(iface: &str, vips: Vec<Ipv4Addr>, mode: AttachMode) -> Result<(
         }
     }
     let (opened, passed) = maps.counters()?;
-    eprintln!(
-        "xdplb decap: detached; {} packets decapsulated, {} passed untouched",
-        opened.packets, passed.packets
+    tracing::info!(
+        "detached; {} packets decapsulated, {} passed untouched",
+        opened.packets,
+        passed.packets
     );
     Ok(())
 }

@@ -5,9 +5,12 @@
 
 pub mod agent;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod decap;
+pub mod health;
+pub mod metrics;
 pub mod net;
 pub mod packet;
 pub mod state;

@@ -44,6 +44,15 @@ struct XdplbProc {
     log: PathBuf,
 }
 
+/// The bpffs the agents of the tests pin under, mounted here, in the root mount namespace: an
+/// agent runs under `ip netns exec`, whose own /sys is a fresh sysfs, and a bpffs it mounted
+/// itself would vanish (with its pins) when it dies — and surviving its death is what pins are for.
+pub fn bpffs() -> Result<PathBuf> {
+    let root = PathBuf::from("/run/xdplb-tests/bpffs");
+    lb_user::datapath::pin::ensure_bpffs(&root)?;
+    Ok(root)
+}
+
 impl XdplbProc {
     const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -57,6 +66,7 @@ impl XdplbProc {
         let spawned = (|| {
             let out = File::create(&log)?;
             let mut cmd = ns.command(xdplb_bin());
+            cmd.env("XDPLB_BPFFS", bpffs()?);
             cmd.args(args(&dir))
                 .stdin(Stdio::null())
                 .stdout(out.try_clone()?)

@@ -114,13 +114,13 @@ fn a_second_agent_is_refused_and_the_first_keeps_working() {
     let agent = Agent::start(director, "eth0", &[]).expect("agent");
     topo.configure(&agent);
     let socket = agent.socket().to_str().unwrap().to_owned();
-    // Same socket: another agent is listening there.
-    let err = failed_start(director, &["--iface", "eth0", "--socket", &socket]);
+    // Same socket (for another interface): another agent is listening there.
+    let err = failed_start(director, &["--iface", "lo", "--socket", &socket]);
     assert!(err.contains("already listening"), "{err}");
-    // Another socket, same interface: the interface already has an XDP program.
+    // Another socket, same interface: one agent per interface.
     let other = format!("{socket}.2");
     let err = failed_start(director, &["--iface", "eth0", "--socket", &other]);
-    assert!(err.contains("cannot attach"), "{err}");
+    assert!(err.contains("already runs on eth0"), "{err}");
     assert!(!std::path::Path::new(&other).exists());
     serves_clients(&topo);
     assert!(agent.socket().exists());

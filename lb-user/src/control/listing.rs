@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::{AttachMode, Counters, DatapathCounters},
+    health::Health,
     state::{Forward, Hash, Mac, Protocol, Scheduler, State},
 };
 
@@ -26,6 +27,15 @@ impl From<Counters> for StatsView {
     }
 }
 
+/// A checked real server's health.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthView {
+    pub state: Health,
+    /// The last failure (also while still up).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_error: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RealView {
     /// RIP:PORT
@@ -33,6 +43,9 @@ pub struct RealView {
     pub forward: Forward,
     pub weight: u32,
     pub mac: Mac,
+    /// Present when the real server has a health check.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub health: Option<HealthView>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stats: Option<StatsView>,
 }
@@ -88,6 +101,10 @@ impl Listing {
                         forward: r.forward,
                         weight: r.weight,
                         mac: r.mac,
+                        health: r.check.as_ref().map(|_| HealthView {
+                            state: r.health,
+                            last_error: r.last_error.clone(),
+                        }),
                         stats: at(&c.reals, r.id),
                     })
                     .collect(),
@@ -104,6 +121,36 @@ impl Listing {
             services,
             reasons,
         }
+    }
+
+    /// Counters turned into rates: what grew since `earlier`, per second (`list --rate`).
+    pub fn per_second(mut self, earlier: &Listing, secs: f64) -> Self {
+        let rate = |now: &mut Option<StatsView>, then: Option<&StatsView>| {
+            if let (Some(n), Some(t)) = (now.as_mut(), then) {
+                let per = |a: u64, b: u64| (a.saturating_sub(b) as f64 / secs).round() as u64;
+                *n = StatsView {
+                    conns: per(n.conns, t.conns),
+                    packets: per(n.packets, t.packets),
+                    bytes: per(n.bytes, t.bytes),
+                };
+            }
+        };
+        for s in &mut self.services {
+            let then = earlier
+                .services
+                .iter()
+                .find(|e| e.address == s.address && e.protocol == s.protocol);
+            rate(&mut s.stats, then.and_then(|t| t.stats.as_ref()));
+            for r in &mut s.reals {
+                let then_r = then.and_then(|t| t.reals.iter().find(|e| e.address == r.address));
+                rate(&mut r.stats, then_r.and_then(|t| t.stats.as_ref()));
+            }
+        }
+        for (name, n) in &mut self.reasons {
+            let then = earlier.reasons.get(name).copied().unwrap_or(0);
+            *n = (n.saturating_sub(then) as f64 / secs).round() as u64;
+        }
+        self
     }
 
     /// The listing without counters, for `list` without `--stats`.

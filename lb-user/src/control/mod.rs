@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 pub use client::request;
-pub use listing::{Listing, RealView, ServiceView, StatsView};
+pub use listing::{HealthView, Listing, RealView, ServiceView, StatsView};
 
 use crate::state::{RealSpec, SchedulerSpec, ServiceAddr};
 
@@ -48,6 +48,12 @@ pub enum Request {
         service: ServiceAddr,
         flows: Vec<(Ipv4Addr, u16)>,
     },
+    /// Apply the config file again (as SIGHUP does).
+    Reload,
+    /// The running state as a config file (`xdplb save`).
+    Save,
+    /// Zero every counter (`xdplb zero`).
+    Zero,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,5 +67,8 @@ pub enum Response {
     /// One entry per simulated flow: "RIP:PORT", or None when the service has no real server.
     Simulated {
         reals: Vec<Option<String>>,
+    },
+    Saved {
+        config: String,
     },
 }

@@ -26,6 +26,10 @@ pub trait MapWriter: Send + Sync {
     fn counters(&self) -> Result<DatapathCounters>;
     /// Zeroes the counters of a service id and of real server ids (before they are reused).
     fn reset_counters(&mut self, services: &[u32], reals: &[u32]) -> Result<()>;
+    /// Zeroes every counter (`xdplb zero`).
+    fn reset_all_counters(&mut self) -> Result<()>;
+    /// The services the datapath has (an adopted datapath may have some the state does not).
+    fn service_keys(&self) -> Result<Vec<ServiceKey>>;
 }
 
 /// Counters summed over CPUs.
@@ -145,6 +149,20 @@ impl MapWriter for Maps {
             reals: read_all(&self.real_stats)?,
             reasons: Reason::ALL.iter().copied().zip(reasons).collect(),
         })
+    }
+
+    fn reset_all_counters(&mut self) -> Result<()> {
+        let services: Vec<u32> = (0..self.service_stats.len()).collect();
+        let reals: Vec<u32> = (0..self.real_stats.len()).collect();
+        self.reset_counters(&services, &reals)?;
+        for r in 0..self.reasons.len() {
+            zero_per_cpu(&mut self.reasons, r)?;
+        }
+        Ok(())
+    }
+
+    fn service_keys(&self) -> Result<Vec<ServiceKey>> {
+        Ok(self.services.keys().collect::<Result<_, _>>()?)
     }
 
     fn reset_counters(&mut self, services: &[u32], reals: &[u32]) -> Result<()> {

@@ -2,6 +2,7 @@
 //! writes its maps. It knows nothing of services or weights; the agent's state decides what to write.
 
 mod maps;
+pub mod pin;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
@@ -46,6 +47,14 @@ impl Default for LoadOptions {
     }
 }
 
+/// How an agent holds its attachment.
+pub enum Attachment {
+    /// Pinned in bpffs: survives the agent.
+    Pinned(aya::programs::links::PinnedLink),
+    /// Swapped into a pinned link another agent created; the pin stays where it was.
+    Adopted,
+}
+
 impl Datapath {
     /// Loads the object and the named program into the kernel, without attaching anything.
     pub fn load(program: &str, opts: LoadOptions) -> Result<Self> {
@@ -62,6 +71,45 @@ impl Datapath {
     /// Loads the director's program.
     pub fn load_lb(opts: LoadOptions) -> Result<Self> {
         Self::load(program_names::LB, opts)
+    }
+
+    /// Loads the director's program on the maps pinned in `pins`, creating and pinning those
+    /// that are not there yet.
+    pub fn load_lb_pinned(opts: LoadOptions, pins: &pin::Pins) -> Result<Self> {
+        let paths: Vec<(&str, std::path::PathBuf)> =
+            pin::PINNED_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map_names::CONNS, opts.conn_max);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(OBJECT)
+            .context("cannot load the XDP object into the kernel (on its pinned maps)")?;
+        xdp(&mut ebpf, program_names::LB)?
+            .load()
+            .context("the kernel rejected the XDP program")?;
+        Ok(Self { ebpf })
+    }
+
+    /// Attaches the director's program through the link pinned in `pins`: a running datapath's
+    /// link gets the new program in one atomic update; otherwise a new link is attached and
+    /// pinned. Returns the mode (None when adopted: the link keeps the mode it was made with).
+    pub fn attach_pinned(
+        &mut self,
+        ifindex: u32,
+        mode: AttachMode,
+        pins: &pin::Pins,
+    ) -> Result<(Attachment, Option<AttachMode>)> {
+        let prog = self.program(program_names::LB)?;
+        if let Some(link) = pins.link()? {
+            prog.attach_to_link(link)
+                .context("cannot swap the new program into the pinned XDP link")?;
+            return Ok((Attachment::Adopted, None));
+        }
+        let (id, mode) = self.attach(ifindex, mode)?;
+        let link = self.program(program_names::LB)?.take_link(id)?;
+        Ok((Attachment::Pinned(pins.pin_link(link)?), Some(mode)))
     }
 
     pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {

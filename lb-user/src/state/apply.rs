@@ -21,12 +21,23 @@ fn real_entry(svc: &Service, r: &Real) -> RealServer {
 /// Writes what differs between `old` and `new`. On failure it tries to restore `old`, so the
 /// datapath stays consistent with the state the agent keeps.
 pub fn apply(writer: &mut dyn MapWriter, old: &State, new: &State) -> Result<()> {
-    write_diff(writer, old, new).inspect_err(|_| {
-        let _ = write_diff(writer, new, old);
+    write_diff(writer, old, new, true).inspect_err(|_| {
+        let _ = write_diff(writer, new, old, true);
     })
 }
 
-fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State) -> Result<()> {
+/// Writes all of `state` into maps that should already hold it (an agent adopting a running
+/// datapath): tables are swapped for identical ones, counters are kept.
+pub fn resync(writer: &mut dyn MapWriter, state: &State) -> Result<()> {
+    for key in writer.service_keys()? {
+        if !state.services.keys().any(|a| a.key() == key) {
+            writer.remove_service(&key)?;
+        }
+    }
+    write_diff(writer, &State::default(), state, false)
+}
+
+fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> Result<()> {
     for (addr, svc) in &old.services {
         if !new.services.contains_key(addr) {
             // Unreachable once its entry is gone; its table is replaced when the id is reused.
@@ -46,12 +57,14 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State) -> Result<()> {
                 Some((b, o)) if real_entry(b, o) == real_entry(svc, r) => {}
                 Some(_) => w.set_real(r.id, &real_entry(svc, r))?,
                 None => {
-                    w.reset_counters(&[], &[r.id])?;
+                    if reset {
+                        w.reset_counters(&[], &[r.id])?;
+                    }
                     w.set_real(r.id, &real_entry(svc, r))?;
                 }
             }
         }
-        if before.is_none() {
+        if before.is_none() && reset {
             w.reset_counters(&[svc.id], &[])?;
         }
         // The service entry carries the table size: a packet must never index past the table it

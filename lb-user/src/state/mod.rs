@@ -4,6 +4,7 @@
 
 mod apply;
 pub mod model;
+pub mod persist;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -15,7 +16,9 @@ use lb_common::{
     FlowKey, ServiceInfo, MAX_REALS, MAX_SERVICES,
 };
 
-pub use apply::apply;
+pub use apply::{apply, resync};
+
+use crate::health::{Health, HealthCheck};
 pub use model::{Forward, Hash, Mac, Protocol, Scheduler, SchedulerSpec, ServiceAddr};
 
 /// Largest weight, as in IPVS.
@@ -33,6 +36,22 @@ pub struct Real {
     pub pinned_mac: bool,
     /// Index in the datapath's REALS array and real-server counters.
     pub id: u32,
+    /// The health check, if any (config file); without one a real server is always up.
+    pub check: Option<HealthCheck>,
+    /// What the check says; a server that is down gets no new flows, as with weight 0.
+    pub health: Health,
+    pub last_error: Option<String>,
+}
+
+impl Real {
+    /// The weight the table is built with.
+    pub fn effective_weight(&self) -> u32 {
+        if self.health == Health::Down {
+            0
+        } else {
+            self.weight
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -65,7 +84,7 @@ impl Service {
         }
     }
 
-    fn rebuild_table(&mut self) {
+    pub(crate) fn rebuild_table(&mut self) {
         match self.scheduler {
             Scheduler::Sh => {
                 let members: Vec<Member> = self
@@ -73,7 +92,7 @@ impl Service {
                     .iter()
                     .map(|r| Member {
                         id: r.id,
-                        weight: r.weight,
+                        weight: r.effective_weight(),
                     })
                     .collect();
                 self.table.resize(SH_TABLE_SIZE as usize, NO_REAL);
@@ -85,7 +104,7 @@ impl Service {
                     .iter()
                     .map(|r| maglev::Backend {
                         addr: addr_from_v4(r.addr.octets()),
-                        weight: r.weight,
+                        weight: r.effective_weight(),
                         id: r.id,
                     })
                     .collect();
@@ -305,9 +324,74 @@ impl State {
             mac: spec.mac.or(learned).unwrap_or_default(),
             pinned_mac: spec.mac.is_some(),
             id,
+            check: None,
+            health: Health::Up,
+            last_error: None,
         });
         svc.rebuild_table();
         Ok(next)
+    }
+
+    /// Sets (or removes) a real server's health check; it starts up.
+    pub fn set_check(
+        &self,
+        service: ServiceAddr,
+        addr: Ipv4Addr,
+        check: Option<HealthCheck>,
+    ) -> Result<State> {
+        if let Some(c) = &check {
+            c.validate()?;
+        }
+        let mut next = self.clone();
+        let real = next.real_mut(&service, addr)?;
+        if real.check != check {
+            real.check = check;
+            real.health = Health::Up;
+            real.last_error = None;
+        }
+        next.service_mut(&service)?.rebuild_table();
+        Ok(next)
+    }
+
+    /// Records a health transition; a server that goes down leaves the table (as weight 0).
+    pub fn set_health(
+        &self,
+        service: ServiceAddr,
+        addr: Ipv4Addr,
+        health: Health,
+        error: Option<String>,
+    ) -> Result<State> {
+        let mut next = self.clone();
+        let real = next.real_mut(&service, addr)?;
+        real.health = health;
+        real.last_error = error;
+        next.service_mut(&service)?.rebuild_table();
+        Ok(next)
+    }
+
+    /// Lets the agent learn a real server's MAC again (the file gives none); `learned` is the
+    /// MAC it just learned, if it had to.
+    pub fn unpin_mac(
+        &self,
+        service: ServiceAddr,
+        addr: Ipv4Addr,
+        learned: Option<Mac>,
+    ) -> Result<State> {
+        let mut next = self.clone();
+        let real = next.real_mut(&service, addr)?;
+        real.pinned_mac = false;
+        if let Some(m) = learned {
+            real.mac = m;
+        }
+        Ok(next)
+    }
+
+    fn real_mut(&mut self, service: &ServiceAddr, addr: Ipv4Addr) -> Result<&mut Real> {
+        let svc = self.service_mut(service)?;
+        match svc.reals.iter_mut().find(|r| r.addr == addr) {
+            Some(r) => Ok(r),
+            None => bail!("no such real server {addr} in service {service}"),
+        }
     }
 
     /// The state with kernel-learned MACs updated (the agent re-resolves them periodically).

@@ -70,6 +70,12 @@ impl MapWriter for FakeMaps {
     fn reset_counters(&mut self, _: &[u32], _: &[u32]) -> Result<()> {
         Ok(())
     }
+    fn reset_all_counters(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn service_keys(&self) -> Result<Vec<ServiceKey>> {
+        Ok(self.services.keys().copied().collect())
+    }
 }
 
 fn tcp(vip: [u8; 4], port: u16) -> ServiceAddr {

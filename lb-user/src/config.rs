@@ -1,0 +1,385 @@
+//! The configuration file (TOML): the director's settings and its services and real servers.
+//!
+//! A file is parsed and checked as a whole; any error names the file, the line and the reason on
+//! one line, and nothing is applied. Applying a file to a running state changes only what
+//! differs: services and real servers keep their ids, so unchanged services keep their tables and
+//! their flows. `xdplb save` writes the running state back in this format.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::{Ipv4Addr, SocketAddr},
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use lb_common::{DirectorConfig, DEFAULT_CONN_MAX};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::{
+    datapath::AttachMode,
+    health::HealthCheck,
+    state::{Forward, Hash, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr, State},
+};
+
+fn default_mode() -> AttachMode {
+    AttachMode::Native
+}
+
+fn default_conn_max() -> u32 {
+    DEFAULT_CONN_MAX
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// Connection-table idle timeouts, seconds (ipvsadm --set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    pub tcp: u32,
+    pub tcp_fin: u32,
+    pub udp: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp: DirectorConfig::DEFAULT_TCP_TIMEOUT,
+            tcp_fin: DirectorConfig::DEFAULT_TCP_FIN_TIMEOUT,
+            udp: DirectorConfig::DEFAULT_UDP_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Where Prometheus scrapes: keep it on localhost or a management network.
+    pub listen: SocketAddr,
+}
+
+/// The director's own settings: fixed while the agent runs (a reload must not change them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Director {
+    pub interface: String,
+    pub mode: AttachMode,
+    pub conn_max: u32,
+    pub tunnel_src: Option<Ipv4Addr>,
+    pub metrics: Option<Metrics>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealConfig {
+    pub address: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub forward: Forward,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Without it the agent learns the MAC (DR: the real server's, TUN: the next hop's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<HealthCheck>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub protocol: Protocol,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub scheduler: Scheduler,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mh_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<Hash>,
+    #[serde(default, rename = "real")]
+    pub reals: Vec<Spanned<RealConfig>>,
+}
+
+impl ServiceConfig {
+    pub fn addr(&self) -> ServiceAddr {
+        ServiceAddr {
+            protocol: self.protocol,
+            vip: self.vip,
+            port: self.port,
+        }
+    }
+
+    fn scheduler_spec(&self) -> SchedulerSpec {
+        SchedulerSpec {
+            scheduler: Some(self.scheduler),
+            mh_size: self.mh_size,
+            hash: self.hash,
+        }
+    }
+}
+
+/// A whole configuration file: the director's settings (as [`Director`], which serde cannot
+/// flatten together with `deny_unknown_fields`), timeouts, services.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub interface: String,
+    #[serde(default = "default_mode")]
+    pub mode: AttachMode,
+    #[serde(default = "default_conn_max")]
+    pub conn_max: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_src: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default, rename = "service")]
+    pub services: Vec<Spanned<ServiceConfig>>,
+}
+
+/// A file's text, to turn byte spans into "FILE:LINE:" prefixes.
+pub struct Source {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl Source {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            text,
+        })
+    }
+
+    fn line(&self, span: &Range<usize>) -> usize {
+        self.text[..span.start.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    /// "FILE:LINE: reason", one line.
+    pub fn error_at(&self, span: &Range<usize>, reason: impl std::fmt::Display) -> anyhow::Error {
+        let reason = reason.to_string().replace('\n', " ");
+        anyhow!(
+            "{}:{}: {}",
+            self.path.display(),
+            self.line(span),
+            reason.trim()
+        )
+    }
+
+    pub fn parse(&self) -> Result<Config> {
+        let config: Config = toml::from_str(&self.text).map_err(|e| match e.span() {
+            Some(span) => self.error_at(&span, e.message()),
+            None => anyhow!(
+                "{}: {}",
+                self.path.display(),
+                e.message().replace('\n', " ")
+            ),
+        })?;
+        // Duplicates are caught here, with the line of the second one; everything else is checked
+        // by the same state operations the CLI goes through.
+        let mut seen = BTreeSet::new();
+        for svc in &config.services {
+            if !seen.insert(svc.get_ref().addr()) {
+                return Err(self.error_at(
+                    &svc.span(),
+                    format!("duplicate service {}", svc.get_ref().addr()),
+                ));
+            }
+            let mut reals = BTreeSet::new();
+            for real in &svc.get_ref().reals {
+                if !reals.insert(real.get_ref().address) {
+                    return Err(self.error_at(
+                        &real.span(),
+                        format!(
+                            "duplicate real server {} in service {}",
+                            real.get_ref().address,
+                            svc.get_ref().addr()
+                        ),
+                    ));
+                }
+                if let Some(check) = &real.get_ref().check {
+                    check
+                        .validate()
+                        .map_err(|e| self.error_at(&real.span(), e))?;
+                }
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// A real server whose MAC the agent must learn before the file can be applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MacNeeded {
+    pub service: ServiceAddr,
+    pub addr: Ipv4Addr,
+    pub forward: Forward,
+    pub span: Range<usize>,
+}
+
+impl Config {
+    /// Real servers that are new, or change their forwarding method, and have no `mac`.
+    pub fn macs_needed(&self, current: &State) -> Vec<MacNeeded> {
+        let mut needed = Vec::new();
+        for svc in &self.services {
+            let addr = svc.get_ref().addr();
+            for real in &svc.get_ref().reals {
+                let r = real.get_ref();
+                let existing = current.services.get(&addr).and_then(|s| s.real(r.address));
+                let unchanged = existing.is_some_and(|e| e.forward == r.forward && !e.pinned_mac);
+                if r.mac.is_none() && !unchanged {
+                    needed.push(MacNeeded {
+                        service: addr,
+                        addr: r.address,
+                        forward: r.forward,
+                        span: real.span(),
+                    });
+                }
+            }
+        }
+        needed
+    }
+
+    /// The state this file describes, reached from `current` by the same operations the CLI
+    /// uses, so ids (and with them tables and flows) of what did not change are kept. `learned`
+    /// holds the MACs of [`Config::macs_needed`].
+    pub fn apply_to(
+        &self,
+        current: &State,
+        learned: &HashMap<(ServiceAddr, Ipv4Addr), Mac>,
+        src: &Source,
+    ) -> Result<State> {
+        let wanted: BTreeSet<ServiceAddr> =
+            self.services.iter().map(|s| s.get_ref().addr()).collect();
+        let mut next = current.clone();
+        for addr in current.services.keys().filter(|a| !wanted.contains(a)) {
+            next = next.del_service(*addr)?;
+        }
+        for svc in &self.services {
+            let at = |e: anyhow::Error| src.error_at(&svc.span(), format!("{e:#}"));
+            let cfg = svc.get_ref();
+            let addr = cfg.addr();
+            let spec = cfg.scheduler_spec();
+            next = match next.services.contains_key(&addr) {
+                true => next.edit_service(addr, &spec),
+                false => next.add_service(addr, &spec),
+            }
+            .map_err(at)?;
+            let keep: BTreeSet<Ipv4Addr> = cfg.reals.iter().map(|r| r.get_ref().address).collect();
+            let gone: Vec<Ipv4Addr> = next
+                .service(&addr)?
+                .reals
+                .iter()
+                .map(|r| r.addr)
+                .filter(|a| !keep.contains(a))
+                .collect();
+            for real in gone {
+                next = next.del_real(addr, real)?;
+            }
+            for real in &cfg.reals {
+                let at = |e: anyhow::Error| src.error_at(&real.span(), format!("{e:#}"));
+                let r = real.get_ref();
+                let spec = RealSpec {
+                    addr: Some(r.address),
+                    port: r.port,
+                    weight: Some(r.weight),
+                    forward: Some(r.forward),
+                    mac: r.mac,
+                };
+                let learned = learned.get(&(addr, r.address)).copied();
+                next = match next.service(&addr)?.real(r.address) {
+                    Some(_) => next.edit_real_learned(addr, &spec, learned),
+                    None => next.add_real_learned(addr, &spec, learned),
+                }
+                .map_err(at)?;
+                if r.mac.is_none() {
+                    // The file has no MAC: the kernel's is used and kept current.
+                    next = next.unpin_mac(addr, r.address, learned).map_err(at)?;
+                }
+                next = next
+                    .set_check(addr, r.address, r.check.clone())
+                    .map_err(at)?;
+            }
+        }
+        Ok(next)
+    }
+
+    pub fn director(&self) -> Director {
+        Director {
+            interface: self.interface.clone(),
+            mode: self.mode,
+            conn_max: self.conn_max,
+            tunnel_src: self.tunnel_src,
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// The file for a running state (`xdplb save`).
+    pub fn from_state(director: Director, timeouts: Timeouts, state: &State) -> Self {
+        let services = state
+            .services
+            .values()
+            .map(|s| {
+                let mh = s.scheduler == Scheduler::Mh;
+                Spanned::new(
+                    0..0,
+                    ServiceConfig {
+                        protocol: s.addr.protocol,
+                        vip: s.addr.vip,
+                        port: s.addr.port,
+                        scheduler: s.scheduler,
+                        mh_size: mh.then_some(s.table.len() as u32),
+                        hash: mh.then_some(s.hash),
+                        reals: s
+                            .reals
+                            .iter()
+                            .map(|r| {
+                                Spanned::new(
+                                    0..0,
+                                    RealConfig {
+                                        address: r.addr,
+                                        port: (r.port != s.addr.port).then_some(r.port),
+                                        forward: r.forward,
+                                        weight: r.weight,
+                                        mac: r.pinned_mac.then_some(r.mac),
+                                        check: r.check.clone(),
+                                    },
+                                )
+                            })
+                            .collect(),
+                    },
+                )
+            })
+            .collect();
+        Config {
+            interface: director.interface,
+            mode: director.mode,
+            conn_max: director.conn_max,
+            tunnel_src: director.tunnel_src,
+            metrics: director.metrics,
+            timeouts,
+            services,
+        }
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string(self)?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+//! Config files without root: parsing, one-line errors with file and line, applying a file to a
+//! running state by difference, and `save` round trips.
+
+use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf};
+
+use super::*;
+use crate::{health::Check, state::Mac};
+
+fn source(text: &str) -> Source {
+    Source {
+        path: PathBuf::from("test.toml"),
+        text: text.to_owned(),
+    }
+}
+
+fn error(text: &str) -> String {
+    format!("{:#}", source(text).parse().unwrap_err())
+}
+
+/// Every MAC the file needs, made up: these tests do not ask the kernel.
+fn learned(cfg: &Config, state: &State) -> HashMap<(ServiceAddr, Ipv4Addr), Mac> {
+    cfg.macs_needed(state)
+        .into_iter()
+        .map(|m| {
+            (
+                (m.service, m.addr),
+                Mac([2, 0, 0, 0, 0, m.addr.octets()[3]]),
+            )
+        })
+        .collect()
+}
+
+fn apply(text: &str, state: &State) -> Result<State> {
+    let src = source(text);
+    let cfg = src.parse()?;
+    cfg.apply_to(state, &learned(&cfg, state), &src)
+}
+
+const BASE: &str = r#"
+interface = "eth0"
+
+[[service]]
+protocol = "tcp"
+vip = "10.0.0.100"
+port = 80
+scheduler = "mh"
+
+  [[service.real]]
+  address = "10.0.0.11"
+  check = { type = "tcp" }
+
+  [[service.real]]
+  address = "10.0.0.12"
+  weight = 3
+
+[[service]]
+protocol = "udp"
+vip = "10.0.0.100"
+port = 53
+
+  [[service.real]]
+  address = "10.0.0.13"
+  mac = "02:00:00:00:00:99"
+"#;
+
+#[test]
+fn the_example_file_parses() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/xdplb.toml"
+    ))
+    .unwrap();
+    let cfg = source(&text).parse().unwrap();
+    assert_eq!(cfg.interface, "eth0");
+    assert_eq!(cfg.services.len(), 2);
+    let web = cfg.services[0].get_ref();
+    assert_eq!(
+        (web.scheduler, web.mh_size, web.reals.len()),
+        (Scheduler::Mh, Some(65537), 3)
+    );
+    assert!(matches!(
+        web.reals[0].get_ref().check.as_ref().unwrap().check,
+        Check::Http { .. }
+    ));
+    // And it builds a state (MACs made up).
+    apply(&text, &State::default()).unwrap();
+}
+
+#[test]
+fn errors_name_the_file_the_line_and_the_reason() {
+    let cases = [
+        ("interface = \"eth0\"\nmode = \n", "test.toml:2:", "expected"),
+        ("interface = \"eth0\"\nbogus = 1\n", "test.toml:2:", "bogus"),
+        (
+            "interface = \"eth0\"\n[[service]]\nprotocol = \"tcp\"\nvip = \"10.0.0.300\"\nport = 80\n",
+            "test.toml:4:",
+            "invalid IPv4 address",
+        ),
+        (
+            "interface = \"eth0\"\n[[service]]\nprotocol = \"tcp\"\nvip = \"10.0.0.1\"\nport = 80\n[[service]]\nprotocol = \"tcp\"\nvip = \"10.0.0.1\"\nport = 80\n",
+            "test.toml:6:",
+            "duplicate service TCP 10.0.0.1:80",
+        ),
+        (
+            "interface = \"eth0\"\n[[service]]\nprotocol = \"sctp\"\nvip = \"10.0.0.1\"\nport = 80\n",
+            "test.toml:3:",
+            "sctp",
+        ),
+        (
+            "interface = \"eth0\"\n[[service]]\nprotocol = \"tcp\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.real]]\naddress = \"10.0.0.2\"\ncheck = { type = \"http\", path = \"x\" }\n",
+            "test.toml:6:",
+            "path",
+        ),
+    ];
+    for (text, at, reason) in cases {
+        let e = error(text);
+        assert!(
+            e.starts_with(at) && e.contains(reason) && !e.contains('\n'),
+            "{e:?} for {text:?}"
+        );
+    }
+}
+
+#[test]
+fn errors_found_while_applying_name_the_line_too() {
+    let text = "interface = \"eth0\"\n[[service]]\nprotocol = \"tcp\"\nvip = \"10.0.0.1\"\nport = 80\n\n[[service.real]]\naddress = \"10.0.0.2\"\nweight = 70000\n";
+    let e = format!("{:#}", apply(text, &State::default()).unwrap_err());
+    assert!(
+        e.starts_with("test.toml:7:") && e.contains("weight 70000 is out of range"),
+        "{e}"
+    );
+    let text =
+        "interface = \"eth0\"\n[[service]]\nprotocol = \"tcp\"\nvip = \"10.0.0.1\"\nport = 0\n";
+    let e = format!("{:#}", apply(text, &State::default()).unwrap_err());
+    assert!(e.starts_with("test.toml:2:") && e.contains("port 0"), "{e}");
+}
+
+#[test]
+fn applying_a_changed_file_keeps_what_did_not_change() {
+    let first = apply(BASE, &State::default()).unwrap();
+    // Change only the UDP service's real server weight.
+    let changed = BASE.replace(
+        "mac = \"02:00:00:00:00:99\"",
+        "mac = \"02:00:00:00:00:99\"\n  weight = 5",
+    );
+    let second = apply(&changed, &first).unwrap();
+    let tcp = ServiceAddr {
+        protocol: Protocol::Tcp,
+        vip: [10, 0, 0, 100].into(),
+        port: 80,
+    };
+    assert_eq!(
+        first.services[&tcp], second.services[&tcp],
+        "the TCP service is untouched"
+    );
+    let udp = ServiceAddr {
+        protocol: Protocol::Udp,
+        port: 53,
+        ..tcp
+    };
+    assert_eq!(second.services[&udp].reals[0].weight, 5);
+    assert_eq!(second.services[&udp].id, first.services[&udp].id);
+    // The same file again changes nothing at all.
+    assert_eq!(apply(BASE, &first).unwrap(), first);
+    // A service removed from the file goes.
+    let only_tcp = BASE
+        .split("[[service]]\nprotocol = \"udp\"")
+        .next()
+        .unwrap();
+    assert_eq!(apply(only_tcp, &first).unwrap().services.len(), 1);
+}
+
+#[test]
+fn save_then_load_gives_the_same_state() {
+    let state = apply(BASE, &State::default()).unwrap();
+    let cfg = source(BASE).parse().unwrap();
+    let saved = Config::from_state(cfg.director(), cfg.timeouts, &state)
+        .to_toml()
+        .unwrap();
+    let src = source(&saved);
+    let again = src.parse().unwrap();
+    // Loading needs the same learned MACs (the kernel would give the same).
+    let macs: HashMap<_, _> = state
+        .services
+        .values()
+        .flat_map(|s| s.reals.iter().map(move |r| ((s.addr, r.addr), r.mac)))
+        .collect();
+    let loaded = again.apply_to(&State::default(), &macs, &src).unwrap();
+    assert_eq!(loaded, state, "saved:\n{saved}");
+    assert_eq!(again.director(), cfg.director());
+}

@@ -1,0 +1,137 @@
+//! Pinning in bpffs, so the datapath outlives its agent: the maps and the XDP link of one
+//! interface live under /sys/fs/bpf/xdplb/<netns>-<interface>/. A new agent adopts them: it loads
+//! its program on the pinned maps and swaps it into the pinned link in one bpf_link update, so
+//! traffic never stops, even across an upgrade.
+
+use std::{
+    ffi::CString,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    xdp::XdpLink,
+};
+use lb_common::map_names;
+
+/// Where bpffs is mounted by default. Another mount point can be given (`--bpffs`): inside
+/// `ip netns exec`, /sys is a fresh sysfs, and a bpffs mounted there would vanish with the
+/// agent's private mount namespace, taking the pins with it.
+pub const BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The maps of the director's program that survive its agent: configuration, state and counters.
+pub const PINNED_MAPS: [&str; 8] = [
+    map_names::SERVICES,
+    map_names::TABLES,
+    map_names::REALS,
+    map_names::CONFIG,
+    map_names::CONNS,
+    map_names::SERVICE_STATS,
+    map_names::REAL_STATS,
+    map_names::REASONS,
+];
+
+/// The network namespace of this process, as a number that tells namespaces apart: interfaces
+/// of the same name in different namespaces must not share pins.
+pub fn netns_id() -> Result<u64> {
+    Ok(std::fs::metadata("/proc/self/ns/net")
+        .context("cannot identify the network namespace")?
+        .ino())
+}
+
+/// Mounts bpffs on `root` unless it is there already.
+pub fn ensure_bpffs(root: &Path) -> Result<()> {
+    let path = CString::new(root.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statfs on a valid path into a zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root)?;
+    let fstype = CString::new("bpf")?;
+    // SAFETY: mount(2) with valid C strings and no data.
+    if unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    } != 0
+    {
+        bail!(
+            "cannot mount bpffs on {}: {}",
+            root.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// The pin directory of one interface.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    dir: PathBuf,
+}
+
+impl Pins {
+    /// The directory for `ifname` in this network namespace (bpffs mounted if needed).
+    pub fn for_interface(root: &Path, ifname: &str) -> Result<Self> {
+        ensure_bpffs(root)?;
+        let dir = root
+            .join("xdplb")
+            .join(format!("net{}-{ifname}", netns_id()?));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    /// Without creating anything: for `xdplb detach`.
+    pub fn existing(root: &Path, ifname: &str) -> Result<Option<Self>> {
+        let dir = root
+            .join("xdplb")
+            .join(format!("net{}-{ifname}", netns_id()?));
+        Ok(dir.is_dir().then_some(Self { dir }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn link_path(&self) -> PathBuf {
+        self.dir.join("link")
+    }
+
+    /// The pinned XDP link of a running datapath, if there is one.
+    pub fn link(&self) -> Result<Option<XdpLink>> {
+        if !self.link_path().exists() {
+            return Ok(None);
+        }
+        let pinned =
+            PinnedLink::from_pin(self.link_path()).context("cannot open the pinned XDP link")?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .context("the pinned link is not an XDP link")?;
+        Ok(Some(link))
+    }
+
+    /// Pins a freshly attached link.
+    pub fn pin_link(&self, link: XdpLink) -> Result<PinnedLink> {
+        let fd = FdLink::try_from(link)
+            .context("the XDP attachment is not a bpf_link (kernel too old)")?;
+        fd.pin(self.link_path()).context("cannot pin the XDP link")
+    }
+
+    /// Removes every pin: once no process holds them, the program is detached and the maps freed.
+    pub fn remove(&self) -> Result<()> {
+        std::fs::remove_dir_all(&self.dir)
+            .with_context(|| format!("cannot remove {}", self.dir.display()))
+    }
+}
