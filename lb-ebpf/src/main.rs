@@ -25,6 +25,7 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
+use aya_log_ebpf::debug;
 use lb_common::{Reason, FWD_TUN};
 
 use crate::parse::{Parsed, TCP_FLAG_RST};
@@ -55,6 +56,12 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
         Some((id, real)) => (id, real, false),
         None => {
             let Some(id) = schedule::pick(service, &flow) else {
+                debug!(
+                    &ctx,
+                    "no real server for {:i}:{}",
+                    u32::from_be_bytes(pkt.src),
+                    flow.sport
+                );
                 return stats::drop(Reason::DropNoReal, frame_len);
             };
             let Some(real) = schedule::real(service, id) else {
@@ -63,6 +70,13 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
             if flags & TCP_FLAG_RST == 0 {
                 conntrack::insert(&flow, service.id, id, flags, now);
             }
+            debug!(
+                &ctx,
+                "new flow {:i}:{} -> real server {}",
+                u32::from_be_bytes(pkt.src),
+                flow.sport,
+                id
+            );
             (id, real, true)
         }
     };

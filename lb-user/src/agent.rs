@@ -53,6 +53,26 @@ pub struct RunOptions {
     pub config: Option<PathBuf>,
     /// Where bpffs is (or gets) mounted for the pins.
     pub bpffs: PathBuf,
+    /// The datapath's debug logs (aya-log), into the agent's log.
+    pub datapath_log: bool,
+}
+
+/// Passes the datapath's aya-log records on to the agent's log (through the `log` bridge).
+fn forward_datapath_logs(datapath: &mut Datapath) -> Result<()> {
+    let logger = aya_log::EbpfLogger::init(datapath.ebpf_mut())
+        .context("cannot read the datapath's logs")?;
+    // SAFETY: the logger owns its ring buffer's descriptor and lives inside the AsyncFd.
+    let mut logger = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow!("cannot watch the datapath's logs: {}", e.into_parts().1))?;
+    tokio::spawn(async move {
+        while let Ok(mut guard) = logger.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    Ok(())
 }
 
 /// A health-check target: one real server of one service.
@@ -437,9 +457,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut datapath = Datapath::load_lb_pinned(
         LoadOptions {
             conn_max: director.conn_max,
+            datapath_log: opts.datapath_log,
         },
         &pins,
     )?;
+    if opts.datapath_log {
+        forward_datapath_logs(&mut datapath)?;
+    }
     let mut maps = datapath.maps()?;
     let tunnel_src = match director.tunnel_src {
         Some(a) => Some(a),

@@ -141,6 +141,10 @@ pub struct RunArgs {
     /// Where bpffs is (or gets) mounted; the datapath is pinned under it so it outlives the agent.
     #[arg(long, env = "XDPLB_BPFFS", default_value = crate::datapath::pin::BPFFS, value_name = "DIR")]
     bpffs: PathBuf,
+    /// Log the datapath's decisions (new flows, drops) through aya-log; costs per packet, off
+    /// by default. Shown with XDPLB_LOG=debug.
+    #[arg(long)]
+    debug_datapath: bool,
 }
 
 impl RunArgs {
@@ -153,6 +157,7 @@ impl RunArgs {
                 socket,
                 config: Some(path),
                 bpffs: self.bpffs,
+                datapath_log: self.debug_datapath,
             });
         }
         let defaults = Timeouts::default();
@@ -172,6 +177,7 @@ impl RunArgs {
             socket,
             config: None,
             bpffs: self.bpffs,
+            datapath_log: self.debug_datapath,
         })
     }
 }

@@ -27,7 +27,7 @@ async fn host_vips() -> Result<Vec<Ipv4Addr>> {
 pub async fn run(iface: &str, vips: Vec<Ipv4Addr>, mode: AttachMode) -> Result<()> {
     let iface = net::interface(iface).await?;
     // The decapsulation program needs no connection table worth the name.
-    let mut datapath = Datapath::load(program_names::DECAP, LoadOptions { conn_max: 1 })?;
+    let mut datapath = Datapath::load(program_names::DECAP, LoadOptions::flows(1))?;
     let mut maps = datapath.decap_maps()?;
     let follow = vips.is_empty();
     let mut current = if follow { host_vips().await? } else { vips };

@@ -80,8 +80,11 @@ impl Fixture {
     }
 
     pub fn with_config(config: DirectorConfig) -> Self {
-        let mut datapath =
-            Datapath::load_lb(LoadOptions { conn_max: 65536 }).expect("load the datapath");
+        Self::with_options(config, LoadOptions::flows(65536))
+    }
+
+    pub fn with_options(config: DirectorConfig, opts: LoadOptions) -> Self {
+        let mut datapath = Datapath::load_lb(opts).expect("load the datapath");
         let mut maps = datapath.maps().unwrap();
         maps.set_config(&config).unwrap();
         Self {

@@ -32,20 +32,38 @@ pub struct Datapath {
     ebpf: Ebpf,
 }
 
-/// Sizes fixed when the maps are created.
+/// Settings fixed when the object is loaded.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
     /// Flows the connection table holds.
     pub conn_max: u32,
+    /// The datapath's own debug logs (aya-log): off unless asked for, as they cost per packet.
+    pub datapath_log: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             conn_max: DEFAULT_CONN_MAX,
+            datapath_log: false,
         }
     }
 }
+
+impl LoadOptions {
+    /// Room for `conn_max` flows, datapath logs off.
+    pub fn flows(conn_max: u32) -> Self {
+        Self {
+            conn_max,
+            ..Self::default()
+        }
+    }
+}
+
+/// aya-log's level global: 0 silences every log statement of the datapath (a load and a branch).
+const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+const LOG_OFF: u8 = 0;
+const LOG_DEBUG: u8 = 4;
 
 /// How an agent holds its attachment.
 pub enum Attachment {
@@ -58,8 +76,14 @@ pub enum Attachment {
 impl Datapath {
     /// Loads the object and the named program into the kernel, without attaching anything.
     pub fn load(program: &str, opts: LoadOptions) -> Result<Self> {
+        let level = if opts.datapath_log {
+            LOG_DEBUG
+        } else {
+            LOG_OFF
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::CONNS, opts.conn_max)
+            .override_global(AYA_LOG_LEVEL, &level, true)
             .load(OBJECT)
             .context("cannot load the XDP object into the kernel")?;
         xdp(&mut ebpf, program)?
@@ -78,8 +102,14 @@ impl Datapath {
     pub fn load_lb_pinned(opts: LoadOptions, pins: &pin::Pins) -> Result<Self> {
         let paths: Vec<(&str, std::path::PathBuf)> =
             pin::PINNED_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
+        let level = if opts.datapath_log {
+            LOG_DEBUG
+        } else {
+            LOG_OFF
+        };
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(map_names::CONNS, opts.conn_max);
+        loader.override_global(AYA_LOG_LEVEL, &level, true);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -192,7 +222,7 @@ pub struct XdpPass {
 impl XdpPass {
     pub fn attach(ifindex: u32) -> Result<Self> {
         // The pass program needs no connection table worth the name.
-        let mut datapath = Datapath::load(program_names::PASS, LoadOptions { conn_max: 1 })?;
+        let mut datapath = Datapath::load(program_names::PASS, LoadOptions::flows(1))?;
         datapath
             .program(program_names::PASS)?
             .attach_to_if_index(ifindex, XdpMode::Driver)
