@@ -120,6 +120,11 @@ pub const DEFAULT_CONN_MAX: u32 = 1_000_000;
 /// different sizes may stand in the same outer map.
 pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 
+/// Flags of every lookup table (and of the datapath's template for them): any size
+/// (BPF_F_INNER_MAP), and memory-mappable (BPF_F_MMAPABLE) so user space fills 65537 slots with
+/// one copy instead of one system call each.
+pub const TABLE_MAP_FLAGS: u32 = BPF_F_INNER_MAP | (1 << 10);
+
 /// Counters kept per CPU, per service and per real server.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -172,6 +177,11 @@ pub mod map_names {
     /// Benchmark wrapper: the frame to restore, and the program it tail-calls (index 0).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     pub const BENCH_PROGS: &str = "BENCH_PROGS";
+    /// Packet generator (`xdplb pktgen`): its settings, its per-CPU flow walk, and the per-CPU
+    /// counters of the counting sink.
+    pub const PKTGEN_CONFIG: &str = "PKTGEN_CONFIG";
+    pub const PKTGEN_STATE: &str = "PKTGEN_STATE";
+    pub const SINK_STATS: &str = "SINK_STATS";
 }
 
 /// Program names in the object file.
@@ -186,6 +196,11 @@ pub mod program_names {
     pub const DECAP: &str = "xdp_decap";
     /// Benchmarks only: restores a template frame, then tail-calls the program under test.
     pub const BENCH: &str = "xdp_bench";
+    /// Packet generator, run in BPF_PROG_TEST_RUN live-frames mode: rewrites the source of each
+    /// frame and sends it with XDP_TX.
+    pub const PKTGEN: &str = "xdp_pktgen";
+    /// Counting sink: counts packets and bytes per CPU, then drops (or passes) them.
+    pub const COUNT: &str = "xdp_count";
 }
 
 /// Director-wide settings, CONFIG array index 0.
@@ -283,4 +298,162 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Conn {}
     unsafe impl aya::Pod for super::BenchFrame {}
+}
+
+// ---- Packet generator (`xdplb pktgen`) and counting sink -------------------------------------
+
+/// Where the generator writes into its Ethernet/IPv4 (no options)/TCP-or-UDP frames.
+pub const PKTGEN_L3_OFF: usize = 14;
+pub const PKTGEN_L4_OFF: usize = PKTGEN_L3_OFF + 20;
+
+/// Name of the counting sink's global (a `u8`, set at load time): non-zero makes it pass the
+/// frames to the kernel (XDP_PASS) after counting them instead of dropping them.
+pub const SINK_PASS_GLOBAL: &str = "SINK_PASS";
+
+/// PKTGEN_CONFIG value: what the generator (`xdp_pktgen`) writes into every frame. The frame
+/// given to BPF_PROG_TEST_RUN is the template, built for `tmpl_src`:`tmpl_sport` with valid
+/// checksums; the program writes the source address and port of the frame's flow and derives
+/// both checksums from the template's (RFC 1624), so it never depends on what a recycled frame
+/// still holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PktgenConfig {
+    /// First source address (host byte order) and the offset of the last one: the range is
+    /// `src_first ..= src_first + src_last`.
+    pub src_first: u32,
+    pub src_last: u32,
+    /// The template's source address (host byte order).
+    pub tmpl_src: u32,
+    /// First source port and the offset of the last one.
+    pub sport_first: u16,
+    pub sport_last: u16,
+    /// The template's source port and its IPv4 header and TCP/UDP checksums.
+    pub tmpl_sport: u16,
+    pub tmpl_ip_csum: u16,
+    pub tmpl_l4_csum: u16,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m'), for the 16-bit words `old` replaced by `new`.
+#[inline(always)]
+fn csum_replace<const N: usize>(hc: u16, old: [u16; N], new: [u16; N]) -> u16 {
+    let mut s = (!hc) as u32;
+    let mut i = 0;
+    while i < N {
+        s += (!old[i]) as u32 + new[i] as u32;
+        i += 1;
+    }
+    crate::csum::fold(s)
+}
+
+impl PktgenConfig {
+    /// The IPv4 header and TCP/UDP checksums of the template with source `src`:`sport` instead
+    /// of its own: the template's, updated incrementally (RFC 1624). The source port is not in
+    /// the IPv4 header, and UDP's "no checksum" zero is sent as 0xffff.
+    #[inline(always)]
+    pub fn checksums(&self, src: u32, sport: u16) -> (u16, u16) {
+        let (old_hi, old_lo) = ((self.tmpl_src >> 16) as u16, self.tmpl_src as u16);
+        let (new_hi, new_lo) = ((src >> 16) as u16, src as u16);
+        let ip = csum_replace(self.tmpl_ip_csum, [old_hi, old_lo], [new_hi, new_lo]);
+        let mut l4 = csum_replace(
+            self.tmpl_l4_csum,
+            [old_hi, old_lo, self.tmpl_sport],
+            [new_hi, new_lo, sport],
+        );
+        if l4 == 0 && self.proto == IPPROTO_UDP {
+            l4 = 0xffff;
+        }
+        (ip, l4)
+    }
+
+    /// Source addresses in the range (1 ..= 2^32).
+    pub fn src_count(&self) -> u64 {
+        self.src_last as u64 + 1
+    }
+
+    /// Source ports in the range (1 ..= 65536).
+    pub fn sport_count(&self) -> u64 {
+        self.sport_last as u64 + 1
+    }
+
+    /// Distinct flows (source address and port pairs) the generator walks through.
+    pub fn flows(&self) -> u64 {
+        self.src_count() * self.sport_count()
+    }
+}
+
+/// PKTGEN_STATE value, one per CPU: where that CPU's generator is in the walk over the flows,
+/// and how many frames it has produced.
+///
+/// Flow `n` (0 <= n < A*P for A addresses and P ports) is address offset `a = n mod A` with port
+/// offset `(a + n / A) mod P`: a bijection onto all A*P pairs, in which consecutive frames differ
+/// in both address and port. The datapath steps with compares and adds only, no division.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PktgenState {
+    /// Offset of the current source address and port in their ranges.
+    pub addr_off: u32,
+    pub port_off: u32,
+    /// Port offset at the start of the current pass over the addresses (`n / A mod P`).
+    pub block: u32,
+    pub _pad: u32,
+    /// Frames generated by this CPU.
+    pub sent: u64,
+}
+
+impl PktgenState {
+    /// The walk positioned at flow `n` (taken modulo the number of flows).
+    pub fn at(n: u64, cfg: &PktgenConfig) -> Self {
+        let (a, p) = (cfg.src_count(), cfg.sport_count());
+        let n = n % (a * p);
+        let block = (n / a) % p;
+        let addr_off = n % a;
+        Self {
+            addr_off: addr_off as u32,
+            port_off: ((addr_off + block) % p) as u32,
+            block: block as u32,
+            _pad: 0,
+            sent: 0,
+        }
+    }
+
+    /// The current flow's source address (host byte order) and port.
+    #[inline(always)]
+    pub fn source(&self, cfg: &PktgenConfig) -> (u32, u16) {
+        (
+            cfg.src_first.wrapping_add(self.addr_off),
+            cfg.sport_first.wrapping_add(self.port_off as u16),
+        )
+    }
+
+    /// Moves to the next flow.
+    #[inline(always)]
+    pub fn step(&mut self, cfg: &PktgenConfig) {
+        let last_port = cfg.sport_last as u32;
+        if self.addr_off >= cfg.src_last {
+            self.addr_off = 0;
+            self.block = if self.block >= last_port {
+                0
+            } else {
+                self.block + 1
+            };
+            self.port_off = self.block;
+        } else {
+            self.addr_off += 1;
+            self.port_off = if self.port_off >= last_port {
+                0
+            } else {
+                self.port_off + 1
+            };
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pktgen_pod {
+    // SAFETY: #[repr(C)] plain data without padding holes (bytemuck::Pod).
+    unsafe impl aya::Pod for super::PktgenConfig {}
+    unsafe impl aya::Pod for super::PktgenState {}
 }

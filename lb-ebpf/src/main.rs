@@ -17,6 +17,7 @@ mod forward;
 mod icmp;
 mod lookup;
 mod parse;
+mod pktgen;
 mod schedule;
 mod stats;
 
@@ -123,6 +124,19 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdp_tx(_ctx: XdpContext) -> u32 {
     XDP_TX
+}
+
+/// Packet generator (`xdplb pktgen`), run in BPF_PROG_TEST_RUN live-frames mode: gives each
+/// frame the source address and port of the next flow and sends it with XDP_TX (see pktgen.rs).
+#[xdp]
+pub fn xdp_pktgen(ctx: XdpContext) -> u32 {
+    pktgen::generate(&ctx)
+}
+
+/// Counting sink: counts packets and bytes per CPU, then drops them (passes them with SINK_PASS).
+#[xdp]
+pub fn xdp_count(ctx: XdpContext) -> u32 {
+    pktgen::count(&ctx)
 }
 
 #[cfg(not(target_arch = "bpf"))]

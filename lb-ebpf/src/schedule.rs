@@ -10,11 +10,11 @@ use aya_ebpf::{
     maps::Array,
 };
 use lb_common::{
-    sched, FlowKey, RealServer, ServiceInfo, BPF_F_INNER_MAP, MAX_REALS, MAX_SERVICES, REAL_ACTIVE,
+    sched, FlowKey, RealServer, ServiceInfo, MAX_REALS, MAX_SERVICES, REAL_ACTIVE, TABLE_MAP_FLAGS,
 };
 
 /// The inner map's size is a placeholder: BPF_F_INNER_MAP lets each service's table have its own.
-type Table = BtfArray<u32, 1, { BPF_F_INNER_MAP as usize }>;
+type Table = BtfArray<u32, 1, { TABLE_MAP_FLAGS as usize }>;
 
 #[btf_map]
 static TABLES: ArrayOfMaps<Table, { MAX_SERVICES as usize }> = ArrayOfMaps::new();

@@ -123,7 +123,7 @@ fn service(port: u16) -> ServiceAddr {
 }
 
 fn wrapper(target: &mut Datapath, target_name: &str) -> Result<Datapath> {
-    let mut wrap = Datapath::load(program_names::BENCH, LoadOptions { conn_max: 1 })?;
+    let mut wrap = Datapath::load(program_names::BENCH, LoadOptions::flows(1))?;
     let fd = target.program(target_name)?.fd()?.try_clone()?;
     // Set through the object's own handle: the kernel empties a program array once user space
     // holds no reference to it.
@@ -160,7 +160,7 @@ impl Bench {
                 );
             }
         }
-        let mut bare = Datapath::load(program_names::TX, LoadOptions { conn_max: 1 })?;
+        let mut bare = Datapath::load(program_names::TX, LoadOptions::flows(1))?;
         let wrap_lb = wrapper(&mut fx.datapath, program_names::LB)?;
         let wrap_bare = wrapper(&mut bare, program_names::TX)?;
         Ok(Self {
@@ -265,4 +265,66 @@ pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let start = std::time::Instant::now();
     let r = f();
     (r, start.elapsed())
+}
+
+/// Time from a CLI command to the datapath acting on it: the agent writes the maps before it
+/// answers, so the datapath acts on the next packet once the command returns. Measured with the
+/// real `xdplb` process per change (what an operator's script sees) and with a request on the
+/// control socket (the agent's own share), for weight changes that rebuild a Maglev table.
+pub struct ControlPlane {
+    /// Whole `xdplb real edit` commands, milliseconds.
+    pub cli_ms: Vec<f64>,
+    /// The same change as one control-socket request, milliseconds.
+    pub socket_ms: Vec<f64>,
+}
+
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let i = ((s.len() as f64 - 1.0) * p).round() as usize;
+    s[i.min(s.len() - 1)]
+}
+
+pub fn control_plane(changes: usize) -> Result<ControlPlane> {
+    use crate::{names, netns::veth, Agent, Netns};
+    use lb_user::control::{request, Request};
+
+    let prefix = names::unique_prefix();
+    let director = Netns::new(format!("{prefix}-director"))?;
+    let peer = Netns::new(format!("{prefix}-peer"))?;
+    veth(&director, "eth0", &peer, "eth0")?;
+    director.ip(&["addr", "add", "10.0.0.1/24", "dev", "eth0"])?;
+    let agent = Agent::start(&director, "eth0", &["--conn-max", "1024"])?;
+    let svc = "10.0.0.100:80";
+    agent.cli_ok(&["service", "add", "-t", svc, "-s", "mh"]);
+    for n in 11..=13u8 {
+        let (rip, mac) = (format!("10.0.0.{n}"), format!("02:ee:00:00:00:{n:02x}"));
+        agent.cli_ok(&["real", "add", "-t", svc, "-r", &rip, "--mac", &mac]);
+    }
+    let mut out = ControlPlane {
+        cli_ms: Vec::new(),
+        socket_ms: Vec::new(),
+    };
+    for i in 0..changes {
+        let weight = (1 + i % 2).to_string();
+        let (_, took) =
+            timed(|| agent.cli_ok(&["real", "edit", "-t", svc, "-r", "10.0.0.11", "-w", &weight]));
+        out.cli_ms.push(took.as_secs_f64() * 1e3);
+    }
+    let service = ServiceAddr {
+        protocol: Protocol::Tcp,
+        vip: VIP,
+        port: 80,
+    };
+    for i in 0..changes {
+        let real = RealSpec {
+            addr: Some(Ipv4Addr::new(10, 0, 0, 12)),
+            weight: Some(1 + (i % 2) as u32),
+            ..Default::default()
+        };
+        let (r, took) = timed(|| request(agent.socket(), &Request::EditReal { service, real }));
+        r?;
+        out.socket_ms.push(took.as_secs_f64() * 1e3);
+    }
+    Ok(out)
 }

@@ -269,8 +269,7 @@ fn the_connection_table_size_is_configurable() {
     if !require_root() {
         return;
     }
-    let mut datapath =
-        lb_user::datapath::Datapath::load_lb(LoadOptions { conn_max: 4096 }).unwrap();
+    let mut datapath = lb_user::datapath::Datapath::load_lb(LoadOptions::flows(4096)).unwrap();
     assert_eq!(datapath.maps().unwrap().conn_capacity().unwrap(), 4096);
     let mut default = lb_user::datapath::Datapath::load_lb(LoadOptions::default()).unwrap();
     assert_eq!(default.maps().unwrap().conn_capacity().unwrap(), 1_000_000);

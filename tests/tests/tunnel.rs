@@ -226,7 +226,7 @@ fn decap_opens_ipip_for_local_vips_and_passes_the_rest() {
     if !require_root() {
         return;
     }
-    let mut datapath = Datapath::load(program_names::DECAP, LoadOptions { conn_max: 1 }).unwrap();
+    let mut datapath = Datapath::load(program_names::DECAP, LoadOptions::flows(1)).unwrap();
     datapath.decap_maps().unwrap().set_vips(&[VIP]).unwrap();
     let mut run = |frame: &[u8]| test_run(&mut datapath, program_names::DECAP, frame).unwrap();
     for spec in [

@@ -39,21 +39,17 @@ fn machine() -> Result<String> {
 }
 
 pub fn run(root: &Path, cargo: impl Fn(&[&str]) -> Command, path: &OsString) -> Result<()> {
-    crate::toolchain::run(&mut cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "lb-tests",
-        "--bin",
-        "xdplb-bench",
-    ]))?;
+    for (package, bin) in [("lb-tests", "xdplb-bench"), ("lb-user", "xdplb")] {
+        crate::toolchain::run(&mut cargo(&["build", "--release", "-p", package, "--bin", bin]))?;
+    }
     let docs = root.join("docs");
     std::fs::create_dir_all(&docs)?;
     eprintln!("xtask: datapath cost per packet (needs root)");
     let datapath = stdout_of(
         Command::new(root.join("target/release/xdplb-bench"))
             .arg(&docs)
-            .env("PATH", path),
+            .env("PATH", path)
+            .env("XDPLB_BIN", root.join("target/release/xdplb")),
     )?;
     eprintln!("xtask: Maglev table figures");
     let maglev = stdout_of(&mut cargo(&[
@@ -94,7 +90,7 @@ pub fn run(root: &Path, cargo: impl Fn(&[&str]) -> Command, path: &OsString) -> 
     doc.push_str(
         "\n## Not measured yet\n\n\
          - Forwarding throughput through a namespace topology (`xdplb pktgen`), next to a bare XDP_TX forwarder.\n\
-         - Time from a CLI command to the datapath acting on it.\n",
+",
     );
     std::fs::write(docs.join("BENCHMARKS.md"), doc)?;
     eprintln!("xtask: wrote docs/BENCHMARKS.md");

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use lb_common::{
     addr_from_v4, map_names, Addr, Conn, DirectorConfig, FlowKey, RealServer, Reason, ServiceInfo,
-    ServiceKey, BPF_F_INNER_MAP, REASON_COUNT,
+    ServiceKey, REASON_COUNT, TABLE_MAP_FLAGS,
 };
 
 /// What the agent needs from the datapath's maps.
@@ -77,6 +77,39 @@ fn zero_per_cpu(map: &mut PerCpuArray<MapData, Counters>, index: u32) -> Result<
     Ok(())
 }
 
+/// Writes a whole array map of u32 through a shared mapping of it (BPF_F_MMAPABLE). The kernel
+/// lays array elements out 8 bytes apart, whatever their size.
+fn fill_mmapped(map: &Array<MapData, u32>, values: &[u32]) -> Result<()> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    const STRIDE: usize = 8;
+    let len = values.len() * STRIDE;
+    let fd = map.map().fd().as_fd().as_raw_fd();
+    // SAFETY: a fresh shared mapping of the map's memory, `values.len()` elements 8 bytes apart,
+    // written once and unmapped before anyone else can see the map.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            anyhow::bail!(
+                "cannot map a lookup table: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let base = p.cast::<u8>();
+        for (i, v) in values.iter().enumerate() {
+            base.add(i * STRIDE).cast::<u32>().write_unaligned(*v);
+        }
+        libc::munmap(p, len);
+    }
+    Ok(())
+}
+
 fn read_all(map: &PerCpuArray<MapData, Counters>) -> Result<Vec<Counters>> {
     map.iter().map(|v| Ok(sum(v?))).collect()
 }
@@ -128,11 +161,9 @@ impl MapWriter for Maps {
     fn set_table(&mut self, service_id: u32, table: &[u32]) -> Result<()> {
         // Filled while nobody sees it, then swapped in by one update of the outer map; the kernel
         // frees the old table once no program can be reading it any more.
-        let mut inner = Array::<MapData, u32>::create(table.len() as u32, BPF_F_INNER_MAP)
+        let inner = Array::<MapData, u32>::create(table.len() as u32, TABLE_MAP_FLAGS)
             .context("cannot create a lookup table")?;
-        for (slot, &real) in table.iter().enumerate() {
-            inner.set(slot as u32, real, 0)?;
-        }
+        fill_mmapped(&inner, table)?;
         self.tables.set(service_id, &inner, 0)?;
         Ok(())
     }

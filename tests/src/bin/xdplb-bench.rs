@@ -5,11 +5,13 @@
 use std::{fmt::Write as _, path::PathBuf};
 
 use anyhow::{Context as _, Result};
-use lb_tests::bench::{median, Bench, Case, Measurement};
+use lb_tests::bench::{control_plane, median, percentile, Bench, Case, Measurement};
 
 /// Alternating rounds per case, and BPF_PROG_TEST_RUN iterations per round.
 const ROUNDS: usize = 9;
 const REPEAT: u32 = 200_000;
+/// Changes timed for the control-plane figures.
+const CHANGES: usize = 100;
 
 fn stats(v: &[f64]) -> (f64, f64, f64) {
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -106,5 +108,30 @@ fn main() -> Result<()> {
     );
     print!("{}", table(&ms));
     println!("\n![datapath cost](benchmarks-datapath.svg)\n");
+
+    eprintln!("measuring: control plane");
+    let cp = control_plane(CHANGES)?;
+    println!("## Control plane: from a command to the datapath acting on it\n");
+    println!(
+        "{CHANGES} weight changes of one real server of an `mh` service (M = 65537, 3 real servers): each \
+         rebuilds the Maglev table and swaps it in. The agent answers only once the maps hold the \
+         change, so the datapath acts on the next packet after the command returns. Measured as a whole \
+         `xdplb real edit` process (what a script sees) and as one request on the control socket (the \
+         agent's own share).\n"
+    );
+    println!("| measured | p50 (ms) | p99 (ms) | max (ms) |");
+    println!("|---|---:|---:|---:|");
+    for (what, v) in [
+        ("`xdplb real edit` command", &cp.cli_ms),
+        ("control-socket request", &cp.socket_ms),
+    ] {
+        println!(
+            "| {what} | {:.1} | {:.1} | {:.1} |",
+            percentile(v, 0.5),
+            percentile(v, 0.99),
+            v.iter().copied().fold(0.0, f64::max)
+        );
+    }
+    println!();
     Ok(())
 }
