@@ -25,6 +25,17 @@ pub const fn addr_from_v4(v4: [u8; 4]) -> Addr {
     ]
 }
 
+/// Entries of the VIP prefilter: a packet whose destination's last 16 bits have no VIP is passed
+/// after one array read, without the service hash lookup (most of what reaches a director that
+/// is not for a service: its own traffic, other hosts').
+pub const VIP_FILTER_SIZE: u32 = 1 << 16;
+
+/// The prefilter entry of an address (IPv4 or IPv6: its last 16 bits).
+#[inline(always)]
+pub const fn vip_filter_index(addr: &Addr) -> u32 {
+    ((addr[14] as u32) << 8) | addr[15] as u32
+}
+
 /// SERVICES map key: the virtual service a packet is addressed to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -162,6 +173,7 @@ pub struct BenchFrame {
 /// Map names, as declared in the datapath (`#[map]` takes the static's name).
 pub mod map_names {
     pub const SERVICES: &str = "SERVICES";
+    pub const VIP_FILTER: &str = "VIP_FILTER";
     /// Array of maps: service id -> that service's lookup table (slot -> real server id).
     pub const TABLES: &str = "TABLES";
     pub const CONNS: &str = "CONNS";

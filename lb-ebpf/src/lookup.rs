@@ -1,17 +1,29 @@
 //! Service lookup: (VIP, port, protocol) -> service.
 
-use aya_ebpf::{macros::map, maps::HashMap};
-use lb_common::{addr_from_v4, ServiceInfo, ServiceKey, MAX_SERVICES};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap},
+};
+use lb_common::{addr_from_v4, vip_filter_index, ServiceInfo, ServiceKey, MAX_SERVICES, VIP_FILTER_SIZE};
 
 use crate::parse::Packet;
 
 #[map]
 static SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
+/// 1 where some VIP ends in these 16 bits (lb_common::vip_filter_index).
+#[map]
+static VIP_FILTER: Array<u8> = Array::with_max_entries(VIP_FILTER_SIZE, 0);
+
 #[inline(always)]
 pub fn service(pkt: &Packet) -> Option<&'static ServiceInfo> {
+    let vip = addr_from_v4(pkt.dst);
+    // Most traffic that is not for a service stops here, at one array read.
+    if VIP_FILTER.get(vip_filter_index(&vip)).copied() != Some(1) {
+        return None;
+    }
     let key = ServiceKey {
-        vip: addr_from_v4(pkt.dst),
+        vip,
         port: pkt.dport,
         proto: pkt.proto,
         _pad: 0,

@@ -100,6 +100,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send crafted TCP SYN or UDP frames toward a VIP from many source addresses and ports
+    /// (XDP live frames, or the kernel's pktgen), and count what arrives with --sink.
+    Pktgen(crate::pktgen::PktgenArgs),
 }
 
 /// `xdplb run`: either a config file, or the settings on the command line.
@@ -355,6 +358,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             return rt.block_on(agent::run(opts));
         }
         Command::Detach { iface, bpffs } => return agent::detach(&bpffs, &iface),
+        Command::Pktgen(args) => return crate::pktgen::execute(args),
         Command::Reload => Request::Reload,
         Command::Zero => Request::Zero,
         Command::Save => {

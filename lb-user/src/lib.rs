@@ -13,4 +13,5 @@ pub mod health;
 pub mod metrics;
 pub mod net;
 pub mod packet;
+pub mod pktgen;
 pub mod state;

@@ -20,6 +20,8 @@ pub trait MapWriter: Send + Sync {
     fn set_config(&mut self, config: &DirectorConfig) -> Result<()>;
     fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<()>;
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
+    /// Marks (or clears) a VIP prefilter entry.
+    fn set_vip_filter(&mut self, index: u32, on: bool) -> Result<()>;
     /// Replaces a service's lookup table (slot -> real server id) in one atomic step.
     fn set_table(&mut self, service_id: u32, table: &[u32]) -> Result<()>;
     fn set_real(&mut self, id: u32, real: &RealServer) -> Result<()>;
@@ -43,6 +45,7 @@ pub struct DatapathCounters {
 /// The real maps of a loaded object.
 pub struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceInfo>,
+    vip_filter: Array<MapData, u8>,
     tables: ArrayOfMaps<MapData, Array<MapData, u32>>,
     conns: HashMap<MapData, FlowKey, Conn>,
     reals: Array<MapData, RealServer>,
@@ -118,6 +121,7 @@ impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
             services: take(ebpf, map_names::SERVICES)?,
+            vip_filter: take(ebpf, map_names::VIP_FILTER)?,
             tables: take(ebpf, map_names::TABLES)?,
             conns: take(ebpf, map_names::CONNS)?,
             reals: take(ebpf, map_names::REALS)?,
@@ -152,6 +156,10 @@ impl MapWriter for Maps {
 
     fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<()> {
         Ok(self.services.insert(key, info, 0)?)
+    }
+
+    fn set_vip_filter(&mut self, index: u32, on: bool) -> Result<()> {
+        Ok(self.vip_filter.set(index, on as u8, 0)?)
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {

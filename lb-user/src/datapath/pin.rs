@@ -23,8 +23,9 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The maps of the director's program that survive its agent: configuration, state and counters.
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 9] = [
     map_names::SERVICES,
+    map_names::VIP_FILTER,
     map_names::TABLES,
     map_names::REALS,
     map_names::CONFIG,

@@ -27,8 +27,8 @@ pub fn due(k: u64, rate: u64) -> Duration {
     if rate == 0 {
         return Duration::MAX;
     }
-    let nanos = k as u128 * 1_000_000_000 / rate as u128;
-    Duration::from_nanos(nanos.min(u64::MAX as u128) as u64)
+    let nanos = (k % rate) as u128 * 1_000_000_000 / rate as u128;
+    Duration::new(k / rate, nanos as u32)
 }
 
 /// Packets per second and bits per second (frame bytes, FCS excluded) of `packets` frames of

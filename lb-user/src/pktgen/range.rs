@@ -51,7 +51,7 @@ impl FromStr for AddrRange {
                 Ok(l) if l <= 32 => l,
                 _ => return Err(format!("'/{len}' is not a prefix length (0..=32)")),
             };
-            let host_bits = if len == 0 { u32::MAX } else { u32::MAX >> len };
+            let host_bits = u32::MAX.checked_shr(len).unwrap_or(0);
             let first = u32::from(net);
             if first & host_bits != 0 {
                 let masked = Ipv4Addr::from(first & !host_bits);

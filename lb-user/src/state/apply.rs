@@ -3,7 +3,9 @@
 //! before the service entry that leads to it; removal in the reverse order.
 
 use anyhow::{Context as _, Result};
-use lb_common::{RealServer, REAL_ACTIVE};
+use std::collections::BTreeSet;
+
+use lb_common::{vip_filter_index, RealServer, REAL_ACTIVE};
 
 use super::{Real, Service, State};
 use crate::datapath::MapWriter;
@@ -37,7 +39,17 @@ pub fn resync(writer: &mut dyn MapWriter, state: &State) -> Result<()> {
     write_diff(writer, &State::default(), state, false)
 }
 
+/// The VIP prefilter entries a state needs.
+fn filter_entries(state: &State) -> BTreeSet<u32> {
+    state.services.keys().map(|a| vip_filter_index(&a.key().vip)).collect()
+}
+
 fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> Result<()> {
+    let (old_filter, new_filter) = (filter_entries(old), filter_entries(new));
+    // Open the prefilter before any new service entry, close it after the last one went.
+    for &i in new_filter.difference(&old_filter) {
+        w.set_vip_filter(i, true)?;
+    }
     for (addr, svc) in &old.services {
         if !new.services.contains_key(addr) {
             // Unreachable once its entry is gone; its table is replaced when the id is reused.
@@ -96,6 +108,9 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> R
                 w.set_real(r.id, &RealServer::default())?;
             }
         }
+    }
+    for &i in old_filter.difference(&new_filter) {
+        w.set_vip_filter(i, false)?;
     }
     Ok(())
 }

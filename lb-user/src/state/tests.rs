@@ -13,6 +13,7 @@ use crate::datapath::{DatapathCounters, MapWriter};
 struct FakeMaps {
     services: HashMap<ServiceKey, ServiceInfo>,
     tables: HashMap<u32, Vec<u32>>,
+    filter: HashMap<u32, bool>,
     reals: HashMap<u32, RealServer>,
     log: Vec<String>,
     fail_at: Option<usize>,
@@ -47,6 +48,11 @@ impl MapWriter for FakeMaps {
     fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<()> {
         self.write(format!("service+ {}", info.id))?;
         self.services.insert(*key, *info);
+        Ok(())
+    }
+    fn set_vip_filter(&mut self, index: u32, on: bool) -> Result<()> {
+        self.write(format!("filter {index} {on}"))?;
+        self.filter.insert(index, on);
         Ok(())
     }
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
@@ -375,4 +381,26 @@ fn maglev_removal_moves_few_other_flows() {
     };
     assert_eq!(id(&again), id(&s));
     assert_eq!(&again.service(&svc).unwrap().table, a);
+}
+
+#[test]
+fn the_vip_prefilter_follows_the_services() {
+    let a = tcp([10, 0, 0, 100], 80);
+    let b = ServiceAddr { protocol: Protocol::Udp, vip: [10, 9, 0, 100].into(), port: 53 };
+    let s1 = State::default().add_service(a, &SchedulerSpec::default()).unwrap();
+    let s2 = s1.add_service(b, &SchedulerSpec::default()).unwrap();
+    let mut maps = FakeMaps::default();
+    apply(&mut maps, &State::default(), &s2).unwrap();
+    // Both VIPs end in 0.100: one entry, opened before any service entry.
+    let index = lb_common::vip_filter_index(&a.key().vip);
+    assert_eq!(maps.filter.get(&index), Some(&true));
+    assert!(maps.log[0].starts_with("filter"), "{:?}", maps.log);
+    // It stays while one of them is left, and closes with the last.
+    apply(&mut maps, &s2, &s1).unwrap();
+    assert_eq!(maps.filter.get(&index), Some(&true));
+    let empty = s1.del_service(a).unwrap();
+    maps.log.clear();
+    apply(&mut maps, &s1, &empty).unwrap();
+    assert_eq!(maps.filter.get(&index), Some(&false));
+    assert_eq!(maps.log.last().unwrap(), &format!("filter {index} false"));
 }
