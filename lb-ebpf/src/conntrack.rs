@@ -39,23 +39,20 @@ pub fn now() -> u32 {
     (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
 }
 
-/// The real server id of a live entry for this flow of service `service`, refreshing it; None
-/// when there is none, it has timed out, or a SYN reopens a closed connection's ports.
+/// The service and real server ids of a live entry for this flow, refreshing it; None when
+/// there is none, it has timed out, or a SYN reopens a closed connection's ports. (The caller
+/// checks the real server still belongs to that service.)
 #[inline(always)]
 pub fn established(
     flow: &FlowKey,
-    service: u32,
     tcp_flags: u8,
     now: u32,
     cfg: &DirectorConfig,
-) -> Option<u32> {
+) -> Option<(u32, u32)> {
     let conn = CONNS.get_ptr_mut(flow)?;
     // SAFETY: the pointer is into the map's value; races with other CPUs only affect the
     // timestamp and the FIN flag, both of which tolerate a lost update.
     let conn = unsafe { &mut *conn };
-    if conn.service != service {
-        return None;
-    }
     let idle = now.wrapping_sub(conn.last_seen);
     let timeout = if flow.proto == IPPROTO_UDP {
         cfg.udp_timeout
@@ -77,7 +74,7 @@ pub fn established(
     if tcp_flags & TCP_FLAG_FIN != 0 && conn.flags & CONN_FIN == 0 {
         conn.flags |= CONN_FIN;
     }
-    Some(conn.real)
+    Some((conn.service, conn.real))
 }
 
 /// Binds a new flow to a real server.

@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap},
 };
-use lb_common::{addr_from_v4, vip_filter_index, ServiceInfo, ServiceKey, MAX_SERVICES, VIP_FILTER_SIZE};
+use lb_common::{
+    addr_from_v4, vip_filter_index, ServiceInfo, ServiceKey, MAX_SERVICES, VIP_FILTER_SIZE,
+};
 
 use crate::parse::Packet;
 
@@ -15,15 +17,20 @@ static SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_entries(MA
 #[map]
 static VIP_FILTER: Array<u8> = Array::with_max_entries(VIP_FILTER_SIZE, 0);
 
+/// Whether the destination could be a VIP: most traffic that is not for a service stops here,
+/// at one array read.
+#[inline(always)]
+pub fn may_be_vip(pkt: &Packet) -> bool {
+    VIP_FILTER
+        .get(vip_filter_index(&addr_from_v4(pkt.dst)))
+        .copied()
+        == Some(1)
+}
+
 #[inline(always)]
 pub fn service(pkt: &Packet) -> Option<&'static ServiceInfo> {
-    let vip = addr_from_v4(pkt.dst);
-    // Most traffic that is not for a service stops here, at one array read.
-    if VIP_FILTER.get(vip_filter_index(&vip)).copied() != Some(1) {
-        return None;
-    }
     let key = ServiceKey {
-        vip,
+        vip: addr_from_v4(pkt.dst),
         port: pkt.dport,
         proto: pkt.proto,
         _pad: 0,

@@ -38,24 +38,34 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
         Parsed::Packet(p) => p,
         Parsed::Pass(reason) => return stats::pass(reason, frame_len),
     };
-    let Some(service) = lookup::service(&pkt) else {
+    if !lookup::may_be_vip(&pkt) {
         return stats::pass(Reason::PassNoService, frame_len);
-    };
-    // Only now, with a service at stake, is a damaged packet worth a drop instead of a pass.
-    if !parse::is_whole(&ctx, &pkt) {
-        return stats::drop(Reason::DropMalformed, frame_len);
     }
     let Some(config) = config::get() else {
-        return stats::drop(Reason::DropNoReal, frame_len);
+        return stats::pass(Reason::PassNoService, frame_len);
     };
     let flow = conntrack::flow(&pkt);
     let flags = parse::tcp_flags(&ctx, &pkt);
     let now = conntrack::now();
-    let known = conntrack::established(&flow, service.id, flags, now, config)
-        .and_then(|id| Some((id, schedule::real(service, id)?)));
-    let (real_id, real, new_flow) = match known {
-        Some((id, real)) => (id, real, false),
+    // An established flow goes straight to its real server: the flow already names the service,
+    // so the service lookup is only for new flows.
+    let known = conntrack::established(&flow, flags, now, config)
+        .and_then(|(svc, id)| Some((svc, id, schedule::real(svc, id)?)));
+    let (service_id, real_id, real, new_flow) = match known {
+        Some((svc, id, real)) => {
+            if !parse::is_whole(&ctx, &pkt) {
+                return stats::drop(Reason::DropMalformed, frame_len);
+            }
+            (svc, id, real, false)
+        }
         None => {
+            let Some(service) = lookup::service(&pkt) else {
+                return stats::pass(Reason::PassNoService, frame_len);
+            };
+            // Only now, with a service at stake, is a damaged packet worth a drop, not a pass.
+            if !parse::is_whole(&ctx, &pkt) {
+                return stats::drop(Reason::DropMalformed, frame_len);
+            }
             let Some(id) = schedule::pick(service, &flow) else {
                 debug!(
                     &ctx,
@@ -65,7 +75,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
                 );
                 return stats::drop(Reason::DropNoReal, frame_len);
             };
-            let Some(real) = schedule::real(service, id) else {
+            let Some(real) = schedule::real(service.id, id) else {
                 return stats::drop(Reason::DropNoReal, frame_len);
             };
             if flags & TCP_FLAG_RST == 0 {
@@ -78,7 +88,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
                 flow.sport,
                 id
             );
-            (id, real, true)
+            (service.id, id, real, true)
         }
     };
     if flags & TCP_FLAG_RST != 0 {
@@ -96,7 +106,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     } else if !forward::direct_route(&ctx, config, real) {
         return stats::drop(Reason::DropMalformed, frame_len);
     }
-    stats::forwarded(service.id, real_id, frame_len, new_flow);
+    stats::forwarded(service_id, real_id, frame_len, new_flow);
     XDP_TX
 }
 

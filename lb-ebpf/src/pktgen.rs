@@ -17,9 +17,7 @@ use aya_ebpf::{
     programs::XdpContext,
     Global,
 };
-use lb_common::{
-    Counters, PktgenConfig, PktgenState, IPPROTO_TCP, PKTGEN_L3_OFF, PKTGEN_L4_OFF,
-};
+use lb_common::{Counters, PktgenConfig, PktgenState, IPPROTO_TCP, PKTGEN_L3_OFF, PKTGEN_L4_OFF};
 
 use crate::parse::ptr_at;
 

@@ -30,12 +30,13 @@ pub fn pick(service: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
     TABLES.get_value(service.id, &slot).copied()
 }
 
-/// The real server `id`, if it is configured in `service` (an empty slot, NO_REAL, is out of the
-/// array's range; a deleted real server is inactive; ids are reused across services).
+/// The real server `id`, if it is configured in service `service` (an empty slot, NO_REAL, is out
+/// of the array's range; a deleted real server, or every one of a deleted service, is inactive;
+/// ids are reused across services).
 #[inline(always)]
-pub fn real(service: &ServiceInfo, id: u32) -> Option<&'static RealServer> {
+pub fn real(service: u32, id: u32) -> Option<&'static RealServer> {
     let real = REALS.get(id)?;
-    if real.flags & REAL_ACTIVE == 0 || real.service != service.id {
+    if real.flags & REAL_ACTIVE == 0 || real.service != service {
         return None;
     }
     Some(real)
