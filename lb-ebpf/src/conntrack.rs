@@ -3,7 +3,7 @@
 //! the least recently used flows make room. Per packet it is one lookup; writes happen only for
 //! new flows, a FIN, a RST, or a timestamp refresh at most every few seconds.
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::map, maps::LruHashMap};
+use aya_ebpf::{helpers::bpf_jiffies64, macros::map, maps::LruHashMap};
 use lb_common::{
     addr_from_v4, Conn, DirectorConfig, FlowKey, CONN_FIN, DEFAULT_CONN_MAX, IPPROTO_UDP,
 };
@@ -16,8 +16,6 @@ use crate::parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_SYN};
 static CONNS: LruHashMap<FlowKey, Conn> =
     LruHashMap::with_max_entries(DEFAULT_CONN_MAX, BPF_F_NO_COMMON_LRU);
 
-/// How stale `last_seen` may get before a packet refreshes it: keeps writes off the fast path.
-const REFRESH_SECS: u32 = 4;
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 #[inline(always)]
@@ -32,11 +30,13 @@ pub fn flow(pkt: &Packet) -> FlowKey {
     }
 }
 
-/// Coarse monotonic seconds (cheap; a few ms of resolution is plenty for timeouts).
+/// The kernel's clock ticks (jiffies): the verifier turns the helper into a single load, where
+/// the other clocks cost a call (a tick is a few ms: plenty for timeouts; they wrap, and only
+/// differences are used).
 #[inline(always)]
 pub fn now() -> u32 {
     // SAFETY: a helper without arguments.
-    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+    unsafe { bpf_jiffies64() as u32 }
 }
 
 /// The service and real server ids of a live entry for this flow, refreshing it; None when
@@ -68,7 +68,7 @@ pub fn established(
     if syn && conn.flags & CONN_FIN != 0 {
         return None;
     }
-    if idle >= REFRESH_SECS {
+    if idle >= cfg.refresh {
         conn.last_seen = now;
     }
     if tcp_flags & TCP_FLAG_FIN != 0 && conn.flags & CONN_FIN == 0 {

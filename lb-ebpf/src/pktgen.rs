@@ -7,11 +7,17 @@
 //! the program writes every field that varies (source address and port, both checksums) and
 //! derives them from the template's values in the config, never from the frame.
 //!
+//! Each CPU stops at its share of a count (`limit`), and when paced, drops the frames it runs
+//! ahead of its schedule: a live-frames system call costs a fixed ~25 ms here (the XDP
+//! dispatcher is switched twice, each time waiting for RCU), so calls must be long and the
+//! pacing happens inside them.
+//!
 //! `xdp_count` counts what arrives on an interface, per CPU, and drops it (or passes it on when
 //! loaded with the SINK_PASS global set).
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, PerCpuArray},
     programs::XdpContext,
@@ -60,6 +66,15 @@ pub fn generate(ctx: &XdpContext) -> u32 {
     };
     // SAFETY: this CPU's own slot; XDP does not preempt itself.
     let state = unsafe { &mut *state };
+    // Past this CPU's share, or ahead of its schedule: the frame goes back to the page pool and
+    // the kernel runs the program again (live-frames runs are as long as user space says).
+    if state.sent >= state.limit {
+        return XDP_DROP;
+    }
+    // SAFETY: a helper without arguments (called only when paced: it costs at full speed).
+    if state.paced() && !state.pace(unsafe { bpf_ktime_get_ns() }) {
+        return XDP_DROP;
+    }
     let (src, sport) = state.source(cfg);
     let (ip_csum, l4_csum) = cfg.checksums(src, sport);
     let l4_csum_at = if cfg.proto == IPPROTO_TCP {

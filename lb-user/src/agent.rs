@@ -31,7 +31,9 @@ use tracing::{error, info, warn};
 use crate::{
     config::{Config, Director, Source, Timeouts},
     control::{Listing, Request, Response},
-    datapath::{pin::Pins, AttachMode, Attachment, Datapath, LoadOptions, MapWriter},
+    datapath::{
+        clock::director_config, pin::Pins, AttachMode, Attachment, Datapath, LoadOptions, MapWriter,
+    },
     health::{Health, Monitor, Target, Transition},
     metrics,
     net::{self, Interface},
@@ -248,10 +250,12 @@ impl Agent {
         }
         let next = self.state_from(&cfg, &src).await?;
         if cfg.timeouts != self.timeouts {
-            let mut config = self.config;
-            config.tcp_timeout = cfg.timeouts.tcp;
-            config.tcp_fin_timeout = cfg.timeouts.tcp_fin;
-            config.udp_timeout = cfg.timeouts.udp;
+            let config = director_config(
+                self.config.mac,
+                &cfg.timeouts,
+                self.config.mtu,
+                self.config.tunnel_src,
+            )?;
             self.maps.set_config(&config)?;
             self.config = config;
             self.timeouts = cfg.timeouts;
@@ -472,15 +476,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             .first()
             .copied(),
     };
-    let config = DirectorConfig {
-        mac: iface.mac,
-        _pad: [0; 2],
-        tcp_timeout: opts.timeouts.tcp,
-        tcp_fin_timeout: opts.timeouts.tcp_fin,
-        udp_timeout: opts.timeouts.udp,
-        mtu: iface.mtu,
-        tunnel_src: tunnel_src.map_or([0; 16], |a| addr_from_v4(a.octets())),
-    };
+    let config = director_config(
+        iface.mac,
+        &opts.timeouts,
+        iface.mtu,
+        tunnel_src.map_or([0; 16], |a| addr_from_v4(a.octets())),
+    )?;
     maps.set_config(&config)?;
 
     // An adopted datapath: its saved state, written back whole (counters kept) so maps and

@@ -7,6 +7,8 @@ use std::net::Ipv4Addr;
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
 use lb_common::{program_names, DirectorConfig, Reason};
 use lb_user::{
+    config::Timeouts,
+    datapath::clock::director_config,
     datapath::{Datapath, LoadOptions, MapWriter as _, Maps},
     packet::FrameSpec,
     state::{apply, Mac, RealSpec, SchedulerSpec, ServiceAddr, State},
@@ -33,15 +35,18 @@ pub const MTU: u32 = 1500;
 /// Director settings as `xdplb run` writes them by default: MAC, timeouts, a 1500-byte MTU and
 /// tunnel source 10.0.0.1.
 pub fn default_config() -> DirectorConfig {
-    DirectorConfig {
-        mac: DIRECTOR_MAC,
-        _pad: [0; 2],
-        tcp_timeout: DirectorConfig::DEFAULT_TCP_TIMEOUT,
-        tcp_fin_timeout: DirectorConfig::DEFAULT_TCP_FIN_TIMEOUT,
-        udp_timeout: DirectorConfig::DEFAULT_UDP_TIMEOUT,
-        mtu: MTU,
-        tunnel_src: lb_common::addr_from_v4(TUNNEL_SRC.octets()),
-    }
+    config_with(&Timeouts::default())
+}
+
+/// [`default_config`] with other connection timeouts (seconds).
+pub fn config_with(timeouts: &Timeouts) -> DirectorConfig {
+    director_config(
+        DIRECTOR_MAC,
+        timeouts,
+        MTU,
+        lb_common::addr_from_v4(TUNNEL_SRC.octets()),
+    )
+    .expect("the kernel's tick rate")
 }
 
 /// Runs program `name` of `datapath` once on `frame` (BPF_PROG_TEST_RUN): the verdict and the

@@ -4,9 +4,10 @@
 use std::net::Ipv4Addr;
 
 use lb_common::{DirectorConfig, CONN_FIN, IPPROTO_UDP};
-use lb_tests::fixture::{default_config, real_addr, real_mac, Fixture};
+use lb_tests::fixture::{config_with, default_config, real_addr, real_mac, Fixture};
 use lb_tests::require_root;
 use lb_user::{
+    config::Timeouts,
     datapath::LoadOptions,
     packet::{FrameSpec, TCP_ACK, TCP_SYN},
     state::{Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr, State},
@@ -224,11 +225,11 @@ fn idle_entries_expire_after_their_timeout() {
     if !require_root() {
         return;
     }
-    let short = DirectorConfig {
-        tcp_timeout: 1,
-        udp_timeout: 1,
-        ..default_config()
-    };
+    let short = config_with(&Timeouts {
+        tcp: 1,
+        udp: 1,
+        ..Timeouts::default()
+    });
     let mut tcp = fixture_with(short, Protocol::Tcp);
     let mut udp = fixture_with(short, Protocol::Udp);
     let udp_packet = |i: u32| FrameSpec {

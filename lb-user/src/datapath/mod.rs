@@ -1,6 +1,7 @@
 //! The adapter between user space and the kernel: loads the XDP object, attaches it, and reads and
 //! writes its maps. It knows nothing of services or weights; the agent's state decides what to write.
 
+pub mod clock;
 mod maps;
 pub mod pin;
 

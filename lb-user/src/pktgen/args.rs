@@ -288,11 +288,17 @@ pub fn execute(args: PktgenArgs) -> Result<()> {
     );
     for r in reports {
         let share = if summary.packets > 0 {
-            format!(" ({:.1}% of sent)", r.packets as f64 * 100.0 / summary.packets as f64)
+            format!(
+                " ({:.1}% of sent)",
+                r.packets as f64 * 100.0 / summary.packets as f64
+            )
         } else {
             String::new()
         };
-        println!("sink {}: {} packets{share}, {} bytes", r.iface, r.packets, r.bytes);
+        println!(
+            "sink {}: {} packets{share}, {} bytes",
+            r.iface, r.packets, r.bytes
+        );
     }
     Ok(())
 }
@@ -333,10 +339,15 @@ mod tests {
 
     #[test]
     fn destinations_and_durations() {
-        assert_eq!(parse_dst("10.0.0.100:80"), Ok("10.0.0.100:80".parse().unwrap()));
+        assert_eq!(
+            parse_dst("10.0.0.100:80"),
+            Ok("10.0.0.100:80".parse().unwrap())
+        );
         assert!(parse_dst("10.0.0.100").unwrap_err().contains("VIP:PORT"));
         assert!(parse_dst("10.0.0.100:0").unwrap_err().contains("port 0"));
         assert_eq!(parse_secs("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_secs("0").is_err() && parse_secs("-1").is_err() && parse_secs("inf").is_err());
+        assert!(
+            parse_secs("0").is_err() && parse_secs("-1").is_err() && parse_secs("inf").is_err()
+        );
     }
 }

@@ -232,10 +232,7 @@ mod tests {
                 assert!(checksums_valid(&f), "{proto:?} {src}:{sport}");
             }
             // Extremes of the one's-complement arithmetic.
-            for (src, sport) in [
-                (Ipv4Addr::new(0, 0, 0, 0), 1),
-                (Ipv4Addr::BROADCAST, 65535),
-            ] {
+            for (src, sport) in [(Ipv4Addr::new(0, 0, 0, 0), 1), (Ipv4Addr::BROADCAST, 65535)] {
                 assert!(checksums_valid(&as_program_writes(&t, src, sport)));
             }
         }
@@ -280,7 +277,9 @@ mod tests {
             // Within a pass over the addresses, both fields change from frame to frame.
             if t.src.len() > 1 && t.sport.len() > 1 {
                 let pass = &seen[..t.src.len() as usize];
-                assert!(pass.windows(2).all(|w| w[0].0 != w[1].0 && w[0].1 != w[1].1));
+                assert!(pass
+                    .windows(2)
+                    .all(|w| w[0].0 != w[1].0 && w[0].1 != w[1].1));
             }
         }
     }

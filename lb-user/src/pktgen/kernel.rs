@@ -179,7 +179,13 @@ pub fn run(
     let start = Instant::now();
     let started = std::thread::scope(|s| {
         let runner = s.spawn(|| {
-            let r = write(&dir, &Write { file: "pgctrl".into(), line: "start".into() });
+            let r = write(
+                &dir,
+                &Write {
+                    file: "pgctrl".into(),
+                    line: "start".into(),
+                },
+            );
             done.store(true, Ordering::Relaxed);
             r
         });
@@ -198,7 +204,13 @@ pub fn run(
                 || opts.stop.is_some_and(|s| s.load(Ordering::Relaxed));
             if over && !stopped {
                 stopped = true;
-                let _ = write(&dir, &Write { file: "pgctrl".into(), line: "stop".into() });
+                let _ = write(
+                    &dir,
+                    &Write {
+                        file: "pgctrl".into(),
+                        line: "stop".into(),
+                    },
+                );
             }
         }
         runner.join().expect("the pktgen runner does not panic")
@@ -252,9 +264,21 @@ mod tests {
         let job = plan(&[0, 1], Some(1001), None);
         assert_eq!(job.threads, vec![(0, 501), (1, 500)]);
         let cmds = commands(&traffic(), &job);
-        assert_eq!(cmds[0], Write { file: "pgctrl".into(), line: "stop".into() });
-        assert_eq!(lines(&cmds, "kpktgend_0"), ["rem_device_all", "add_device eth1@0"]);
-        assert_eq!(lines(&cmds, "kpktgend_1"), ["rem_device_all", "add_device eth1@1"]);
+        assert_eq!(
+            cmds[0],
+            Write {
+                file: "pgctrl".into(),
+                line: "stop".into()
+            }
+        );
+        assert_eq!(
+            lines(&cmds, "kpktgend_0"),
+            ["rem_device_all", "add_device eth1@0"]
+        );
+        assert_eq!(
+            lines(&cmds, "kpktgend_1"),
+            ["rem_device_all", "add_device eth1@1"]
+        );
         assert_eq!(
             lines(&cmds, "eth1@0"),
             [
@@ -276,7 +300,10 @@ mod tests {
         );
         assert_eq!(lines(&cmds, "eth1@1")[0], "count 500");
         // Threads are set up before their devices are configured.
-        let add = cmds.iter().position(|c| c.line == "add_device eth1@1").unwrap();
+        let add = cmds
+            .iter()
+            .position(|c| c.line == "add_device eth1@1")
+            .unwrap();
         let first_dev = cmds.iter().position(|c| c.file == "eth1@0").unwrap();
         assert!(add < first_dev);
     }
@@ -300,9 +327,15 @@ mod tests {
 
     #[test]
     fn never_a_zero_count_or_rate_per_thread() {
-        assert_eq!(plan(&[0, 1, 2], Some(2), None).threads, vec![(0, 1), (1, 1)]);
+        assert_eq!(
+            plan(&[0, 1, 2], Some(2), None).threads,
+            vec![(0, 1), (1, 1)]
+        );
         let slow = plan(&[0, 1], Some(100), Some(1));
-        assert_eq!((slow.threads, slow.rate_per_thread), (vec![(0, 100)], Some(1)));
+        assert_eq!(
+            (slow.threads, slow.rate_per_thread),
+            (vec![(0, 100)], Some(1))
+        );
     }
 
     #[test]
@@ -317,8 +350,13 @@ mod tests {
 
     #[test]
     fn missing_pktgen_says_so_in_one_line() {
-        let e = available(Path::new("/nonexistent/pktgen")).unwrap_err().to_string();
-        assert!(e.contains("not available") && e.ends_with("use --engine xdp"), "{e}");
+        let e = available(Path::new("/nonexistent/pktgen"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not available") && e.ends_with("use --engine xdp"),
+            "{e}"
+        );
         assert!(!e.contains('\n'));
     }
 }

@@ -214,7 +214,12 @@ impl Traffic {
 async fn destination_mac(iface: &net::Interface, dst: SocketAddrV4) -> Result<[u8; 6]> {
     net::resolve_next_hop_mac(iface, *dst.ip())
         .await
-        .with_context(|| format!("no destination MAC for {} (give it with --dst-mac)", dst.ip()))
+        .with_context(|| {
+            format!(
+                "no destination MAC for {} (give it with --dst-mac)",
+                dst.ip()
+            )
+        })
 }
 
 /// Runs a future of lb_user::net on a runtime of the calling thread (and so in its namespace).
@@ -253,7 +258,10 @@ pub fn cpus_or_default(cpus: &[usize]) -> Result<Vec<usize>> {
     for &c in cpus {
         if !allowed.contains(&c) {
             let list: Vec<String> = allowed.iter().map(ToString::to_string).collect();
-            bail!("CPU {c} is not available (this process may use CPUs {})", list.join(","));
+            bail!(
+                "CPU {c} is not available (this process may use CPUs {})",
+                list.join(",")
+            );
         }
         if chosen.contains(&c) {
             bail!("CPU {c} is given twice");

@@ -178,7 +178,9 @@ mod tests {
             "10.1.0.5/16 has host bits set: the network is 10.1.0.0/16"
         );
         assert!(addr("10.1.0.0/33").unwrap_err().contains("prefix length"));
-        assert!(addr("10.1.0/16").unwrap_err().contains("not an IPv4 address"));
+        assert!(addr("10.1.0/16")
+            .unwrap_err()
+            .contains("not an IPv4 address"));
     }
 
     #[test]
@@ -207,7 +209,10 @@ mod tests {
             "empty port range 2000-1000: 2000 is above 1000"
         );
         assert!("0-10".parse::<PortRange>().unwrap_err().contains("port 0"));
-        assert!("70000".parse::<PortRange>().unwrap_err().contains("not a port"));
+        assert!("70000"
+            .parse::<PortRange>()
+            .unwrap_err()
+            .contains("not a port"));
         assert_eq!(PortRange::single(5).to_string(), "5");
         assert_eq!(p.to_string(), "1024-65535");
     }

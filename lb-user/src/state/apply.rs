@@ -41,7 +41,11 @@ pub fn resync(writer: &mut dyn MapWriter, state: &State) -> Result<()> {
 
 /// The VIP prefilter entries a state needs.
 fn filter_entries(state: &State) -> BTreeSet<u32> {
-    state.services.keys().map(|a| vip_filter_index(&a.key().vip)).collect()
+    state
+        .services
+        .keys()
+        .map(|a| vip_filter_index(&a.key().vip))
+        .collect()
 }
 
 fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> Result<()> {

@@ -386,8 +386,14 @@ fn maglev_removal_moves_few_other_flows() {
 #[test]
 fn the_vip_prefilter_follows_the_services() {
     let a = tcp([10, 0, 0, 100], 80);
-    let b = ServiceAddr { protocol: Protocol::Udp, vip: [10, 9, 0, 100].into(), port: 53 };
-    let s1 = State::default().add_service(a, &SchedulerSpec::default()).unwrap();
+    let b = ServiceAddr {
+        protocol: Protocol::Udp,
+        vip: [10, 9, 0, 100].into(),
+        port: 53,
+    };
+    let s1 = State::default()
+        .add_service(a, &SchedulerSpec::default())
+        .unwrap();
     let s2 = s1.add_service(b, &SchedulerSpec::default()).unwrap();
     let mut maps = FakeMaps::default();
     apply(&mut maps, &State::default(), &s2).unwrap();
