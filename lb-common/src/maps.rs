@@ -430,8 +430,10 @@ pub struct PktgenState {
 }
 
 /// How far a paced generator may fall behind its schedule and then catch up with a burst at
-/// full speed; beyond that the schedule restarts from now.
-pub const PKTGEN_MAX_LAG_NS: u64 = 1_000_000;
+/// full speed; beyond that the schedule restarts from now. Long enough to ride out losing the
+/// CPU for a scheduler time slice (the average rate holds on a shared CPU), short enough to
+/// bound the burst.
+pub const PKTGEN_MAX_LAG_NS: u64 = 10_000_000;
 
 impl PktgenState {
     /// The walk positioned at flow `n` (taken modulo the number of flows), no limit, no pacing.

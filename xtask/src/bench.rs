@@ -40,7 +40,14 @@ fn machine() -> Result<String> {
 
 pub fn run(root: &Path, cargo: impl Fn(&[&str]) -> Command, path: &OsString) -> Result<()> {
     for (package, bin) in [("lb-tests", "xdplb-bench"), ("lb-user", "xdplb")] {
-        crate::toolchain::run(&mut cargo(&["build", "--release", "-p", package, "--bin", bin]))?;
+        crate::toolchain::run(&mut cargo(&[
+            "build",
+            "--release",
+            "-p",
+            package,
+            "--bin",
+            bin,
+        ]))?;
     }
     let docs = root.join("docs");
     std::fs::create_dir_all(&docs)?;

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use super::pace::{human, rates};
 use super::{
-    block_on, destination_mac, kernel, run_with, AddrRange, Engine, Limit, PortRange, Progress,
-    RunOptions, Sink, SinkAction, Summary, Traffic, DEFAULT_SIZE,
+    block_on, destination_mac, first_address, kernel, run_with, AddrRange, Engine, Limit,
+    PortRange, Progress, RunOptions, Sink, SinkAction, Summary, Traffic, DEFAULT_SIZE,
 };
 use crate::datapath::AttachMode;
 use crate::net;
@@ -63,6 +63,7 @@ pub struct PktgenArgs {
     engine: Engine,
     /// Count what arrives on this interface (of this namespace) with an XDP program that drops
     /// it, and report it (repeatable). On a veth this also lets the peer's XDP_TX frames in.
+    /// Through a director, `xdplb list --stats` shows what each real server was sent.
     #[arg(long, value_name = "IF")]
     sink: Vec<String>,
     /// Let the sinks pass what they counted to the kernel instead of dropping it.
@@ -171,25 +172,13 @@ pub fn execute(args: PktgenArgs) -> Result<()> {
         let iface = net::interface(&args.iface).await?;
         let src = match args.src {
             Some(r) => r,
-            None => match net::ipv4_addresses(Some(iface.index)).await?.first() {
-                Some(a) => AddrRange::single(*a),
-                None => anyhow::bail!(
-                    "interface {} has no IPv4 address to send from; give the sources with --src",
-                    iface.name
-                ),
-            },
+            None => first_address(&iface).await?,
         };
         let mut traffic = Traffic {
-            ifindex: iface.index,
-            ifname: iface.name.clone(),
-            mtu: iface.mtu,
-            src_mac: iface.mac,
-            dst_mac: [0; 6],
-            dst: args.dst,
             protocol,
-            src,
             sport: args.sport,
             size: args.size,
+            ..Traffic::new(&iface, [0; 6], args.dst, src)
         };
         // Bad input first, before waiting for an ARP reply.
         traffic.validate()?;

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use lb_common::{PktgenConfig, PktgenState, IPPROTO_TCP, IPPROTO_UDP, PKTGEN_L4_OFF};
 
 use super::range::{AddrRange, PortRange};
+use crate::net::Interface;
 use crate::packet::{FrameSpec, TCP_SYN};
 use crate::state::Protocol;
 
@@ -34,6 +35,23 @@ pub struct Traffic {
 }
 
 impl Traffic {
+    /// TCP SYNs of [`DEFAULT_SIZE`] bytes out of `iface` (from its MAC) to `dst_mac` and `dst`,
+    /// from the addresses of `src` and ports 1024-65535. Change the fields as needed.
+    pub fn new(iface: &Interface, dst_mac: [u8; 6], dst: SocketAddrV4, src: AddrRange) -> Self {
+        Traffic {
+            ifindex: iface.index,
+            ifname: iface.name.clone(),
+            mtu: iface.mtu,
+            src_mac: iface.mac,
+            dst_mac,
+            dst,
+            protocol: Protocol::Tcp,
+            src,
+            sport: PortRange::EPHEMERAL,
+            size: DEFAULT_SIZE,
+        }
+    }
+
     /// Frame bytes of the headers alone: Ethernet, IPv4 (no options), TCP (no options) or UDP.
     pub fn header_len(protocol: Protocol) -> usize {
         PKTGEN_L4_OFF
@@ -170,23 +188,30 @@ pub fn walk(cfg: &PktgenConfig, start: u64, n: usize) -> Vec<(Ipv4Addr, u16)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::HashSet;
 
     use super::*;
 
-    fn traffic(protocol: Protocol, src: &str, sport: &str, size: usize) -> Traffic {
-        Traffic {
-            ifindex: 1,
-            ifname: "eth0".into(),
+    /// Traffic out of a made-up eth0 (index 3, MTU 1500) to 10.0.0.100:80.
+    pub(in crate::pktgen) fn traffic(
+        protocol: Protocol,
+        src: &str,
+        sport: &str,
+        size: usize,
+    ) -> Traffic {
+        let eth0 = Interface {
+            index: 3,
+            name: "eth0".into(),
+            mac: [2, 0, 0, 0, 0, 1],
             mtu: 1500,
-            src_mac: [2, 0, 0, 0, 0, 1],
-            dst_mac: [2, 0, 0, 0, 0, 2],
-            dst: "10.0.0.100:80".parse().unwrap(),
+        };
+        let dst = "10.0.0.100:80".parse().unwrap();
+        Traffic {
             protocol,
-            src: src.parse().unwrap(),
             sport: sport.parse().unwrap(),
             size,
+            ..Traffic::new(&eth0, [2, 0, 0, 0, 0, 0xaa], dst, src.parse().unwrap())
         }
     }
 

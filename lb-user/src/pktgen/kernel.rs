@@ -238,18 +238,11 @@ mod tests {
     use super::*;
 
     fn traffic() -> Traffic {
-        Traffic {
-            ifindex: 3,
-            ifname: "eth1".into(),
-            mtu: 1500,
-            src_mac: [2, 0, 0, 0, 0, 1],
-            dst_mac: [2, 0, 0, 0, 0, 0xaa],
-            dst: "10.0.0.100:53".parse().unwrap(),
-            protocol: Protocol::Udp,
-            src: "10.1.0.0/16".parse().unwrap(),
-            sport: "1024-65535".parse().unwrap(),
-            size: 60,
-        }
+        let mut t =
+            super::super::frame::tests::traffic(Protocol::Udp, "10.1.0.0/16", "1024-65535", 60);
+        t.ifname = "eth1".into();
+        t.dst.set_port(53);
+        t
     }
 
     fn lines(cmds: &[Write], file: &str) -> Vec<String> {

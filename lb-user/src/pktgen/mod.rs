@@ -38,18 +38,17 @@ use std::net::SocketAddrV4;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
 
 pub use args::{execute, PktgenArgs};
 pub use frame::{checksums_valid, source_of, walk, Traffic, DEFAULT_SIZE, ETH_HLEN};
-pub use pace::{chunk, due, rates, Work, MAX_CHUNK};
+pub use pace::{due, rates, Work};
 pub use range::{AddrRange, PortRange};
 pub use sink::{Sink, SinkAction};
-pub use xdp::Generator;
+pub use xdp::{Generator, CALL_PACED_MAX};
 
 use crate::net;
-use crate::state::Protocol;
 
 /// When a run ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,26 +185,20 @@ impl Traffic {
         block_on(async {
             let iface = net::interface(ifname).await?;
             let dst_mac = destination_mac(&iface, dst).await?;
-            let src = match net::ipv4_addresses(Some(iface.index)).await?.first() {
-                Some(a) => AddrRange::single(*a),
-                None => bail!(
-                    "interface {} has no IPv4 address to send from; give the sources (--src)",
-                    iface.name
-                ),
-            };
-            Ok(Traffic {
-                ifindex: iface.index,
-                ifname: iface.name,
-                mtu: iface.mtu,
-                src_mac: iface.mac,
-                dst_mac,
-                dst,
-                protocol: Protocol::Tcp,
-                src,
-                sport: PortRange::EPHEMERAL,
-                size: DEFAULT_SIZE,
-            })
+            let src = first_address(&iface).await?;
+            Ok(Traffic::new(&iface, dst_mac, dst, src))
         })
+    }
+}
+
+/// The interface's first IPv4 address, the default source.
+async fn first_address(iface: &net::Interface) -> Result<AddrRange> {
+    match net::ipv4_addresses(Some(iface.index)).await?.first() {
+        Some(a) => Ok(AddrRange::single(*a)),
+        None => bail!(
+            "interface {} has no IPv4 address to send from; give the sources with --src",
+            iface.name
+        ),
     }
 }
 
@@ -214,11 +207,15 @@ impl Traffic {
 async fn destination_mac(iface: &net::Interface, dst: SocketAddrV4) -> Result<[u8; 6]> {
     net::resolve_next_hop_mac(iface, *dst.ip())
         .await
-        .with_context(|| {
-            format!(
-                "no destination MAC for {} (give it with --dst-mac)",
-                dst.ip()
-            )
+        .map_err(|e| {
+            // lb_user::net words its errors for the director's real servers.
+            let reason = format!("{e:#}").replace("real server ", "");
+            let hint = if reason.contains("--mac") {
+                ""
+            } else {
+                "; give it with --dst-mac"
+            };
+            anyhow!("no destination MAC for {}: {reason}{hint}", dst.ip())
         })
 }
 
@@ -272,7 +269,7 @@ pub fn cpus_or_default(cpus: &[usize]) -> Result<Vec<usize>> {
 }
 
 /// Pins the calling thread to `cpu`.
-fn pin_to(cpu: usize) -> Result<()> {
+pub fn pin_to_cpu(cpu: usize) -> Result<()> {
     // SAFETY: a zeroed cpu_set_t is an empty set; cpu is below CPU_SETSIZE (checked by the
     // caller against the allowed CPUs).
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };

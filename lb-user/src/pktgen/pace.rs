@@ -1,29 +1,17 @@
-//! Pacing: how many frames one live-frames system call sends, when it may start, and how the
-//! threads share the work.
+//! Pacing arithmetic.
 //!
-//! The threads draw chunks of frames from one counter: the frame numbered `k` (over all threads)
-//! may leave no earlier than `k / rate` seconds after the start, so the total rate holds however
-//! the CPUs are loaded, and a count is met exactly.
+//! A live-frames system call of more than one frame costs a fixed ~25 ms on these kernels (the
+//! XDP dispatcher is switched to the program and back, each switch waiting for an RCU grace
+//! period), so rates are kept in one of two ways:
+//! - low rates (see [`super::xdp::CALL_PACED_MAX`]): one frame per call, which skips the switch;
+//!   the threads draw frames from one counter ([`Work`]) and frame `k` leaves no earlier than
+//!   `k / rate` seconds after the start ([`due`]), so the total rate holds however the CPUs are
+//!   loaded, and a count is met exactly;
+//! - higher rates: long calls, and each CPU's program keeps its own schedule
+//!   ([`lb_common::PktgenState::pace`]), dropping the frames it runs ahead of time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-/// Frames per system call at full speed: enough that the call's fixed cost (setting up the
-/// page pool) vanishes, few enough that a stop or the end of a duration is noticed within a few
-/// milliseconds.
-pub const MAX_CHUNK: u32 = 1 << 15;
-
-/// Frames per system call: about a millisecond of traffic at `rate` packets per second (at least
-/// one frame), or [`MAX_CHUNK`] at full speed.
-pub fn chunk(rate: Option<u64>) -> u32 {
-    if let Ok(v) = std::env::var("XDPLB_HACK_CHUNK") {
-        return v.parse().unwrap();
-    }
-    match rate {
-        None => MAX_CHUNK,
-        Some(r) => (r / 1000).clamp(1, MAX_CHUNK as u64) as u32,
-    }
-}
 
 /// When frame number `k` is due, counted from the start, at `rate` packets per second.
 pub fn due(k: u64, rate: u64) -> Duration {
@@ -87,15 +75,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunks_are_a_millisecond_of_traffic() {
-        assert_eq!(chunk(None), MAX_CHUNK);
-        assert_eq!(chunk(Some(1_000_000)), 1000);
-        assert_eq!(chunk(Some(500)), 1);
-        assert_eq!(chunk(Some(0)), 1);
-        assert_eq!(chunk(Some(u64::MAX)), MAX_CHUNK);
-    }
-
-    #[test]
     fn frames_are_due_at_k_over_rate() {
         assert_eq!(due(0, 1000), Duration::ZERO);
         assert_eq!(due(1, 1000), Duration::from_millis(1));
@@ -103,9 +82,6 @@ mod tests {
         assert_eq!(due(3, 7), Duration::from_nanos(428_571_428));
         assert_eq!(due(u64::MAX, 1), Duration::from_secs(u64::MAX));
         assert_eq!(due(5, 0), Duration::MAX);
-        // Chunks sent when due keep the rate: 10 chunks of 1 ms at 1 Mpps end at 10 ms.
-        let c = chunk(Some(1_000_000)) as u64;
-        assert_eq!(due(10 * c, 1_000_000), Duration::from_millis(10));
     }
 
     #[test]
@@ -117,7 +93,55 @@ mod tests {
         assert_eq!(w.claim(4), None);
         assert_eq!(w.claim(4), None);
         let endless = Work::new(u64::MAX);
-        assert_eq!(endless.claim(MAX_CHUNK), Some((0, MAX_CHUNK)));
+        assert_eq!(endless.claim(1 << 20), Some((0, 1 << 20)));
+    }
+
+    use lb_common::{PktgenState, PKTGEN_MAX_LAG_NS};
+
+    /// Frames the program lets out when run every `step_ns` for `span_ns`.
+    fn let_out(state: &mut PktgenState, from: u64, span_ns: u64, step_ns: u64) -> u64 {
+        (0..span_ns / step_ns)
+            .filter(|i| state.pace(from + i * step_ns))
+            .count() as u64
+    }
+
+    #[test]
+    fn the_program_keeps_its_rate() {
+        let t0 = 5_000_000_000;
+        // Run every 50 ns (a fast generator) for 100 ms.
+        for pps in [1_000, 7_000, 333_333, 1_000_000, 3_000_000, 7_000_000] {
+            let mut s = PktgenState::default();
+            s.set_rate(pps);
+            assert!(s.paced());
+            let sent = let_out(&mut s, t0, 100_000_000, 50);
+            assert!(sent.abs_diff(pps / 10) <= 1, "{pps} pps: {sent}");
+        }
+        // 7 Mpps is 142.857 ns: the fraction carries, so the rate does not drift to 7.04 Mpps.
+        let mut s = PktgenState::default();
+        s.set_rate(7_000_000);
+        assert_eq!(s.interval_ns, 142);
+        let mut unpaced = PktgenState::default();
+        unpaced.set_rate(0);
+        assert!(!unpaced.paced() && unpaced.pace(0));
+    }
+
+    #[test]
+    fn a_late_program_catches_up_at_most_the_lag() {
+        let mut s = PktgenState::default();
+        s.set_rate(1_000_000); // one per microsecond
+        assert!(s.pace(1_000_000_000));
+        assert!(!s.pace(1_000_000_500));
+        // 0.5 ms late: everything due by then leaves at once (1.000001 s ..= 1.000501 s), then
+        // back to one per microsecond.
+        let late = 1_000_501_000;
+        let burst = (0..1000).filter(|_| s.pace(late)).count();
+        assert_eq!(burst, 501);
+        assert!(!s.pace(late + 999) && s.pace(late + 1000));
+        // 50 ms late: more than the lag, the schedule restarts (one frame, not 50000).
+        let later = late + 1000 + 50_000_000;
+        const { assert!(PKTGEN_MAX_LAG_NS < 50_000_000) };
+        assert_eq!((0..1000).filter(|_| s.pace(later)).count(), 1);
+        assert!(s.pace(later + 1000));
     }
 
     #[test]

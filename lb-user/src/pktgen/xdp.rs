@@ -13,7 +13,7 @@ use aya::{
 use lb_common::{map_names, program_names, PktgenConfig, PktgenState};
 
 use super::pace::{due, Work};
-use super::{cpus_or_default, pin_to, Limit, Progress, RunOptions, Summary, Traffic};
+use super::{cpus_or_default, pin_to_cpu, Limit, Progress, RunOptions, Summary, Traffic};
 use crate::datapath::OBJECT;
 
 /// Loads program `name` of the datapath object on fresh maps of its own (with a connection
@@ -69,13 +69,41 @@ impl Generator {
         )?;
         map.set(0, config, 0)
             .context("cannot write the generator's settings")?;
-        Ok(Self {
+        let mut generator = Self {
             ebpf,
             traffic: traffic.clone(),
             template,
             config,
             placed: None,
-        })
+        };
+        // Every CPU at the first flow, without limit or pacing, until a run places them.
+        let possible = nr_cpus().map_err(|(_, e)| anyhow!("cannot count the CPUs: {e}"))?;
+        let start = vec![PktgenState::at(0, &config); possible];
+        generator
+            .states()?
+            .set(0, PerCpuValues::try_from(start)?, 0)
+            .context("cannot write the generator's state")?;
+        Ok(generator)
+    }
+
+    /// Runs the program once on the template in plain test mode (nothing is sent): the verdict
+    /// and the frame it produced. Each call is the next frame of the calling CPU's walk.
+    pub fn run_once(&self) -> Result<(u32, Vec<u8>)> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(program_names::PKTGEN)
+            .context("the XDP object has no generator program")?
+            .try_into()?;
+        let mut out = vec![0u8; self.template.len()];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&self.template),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN of the generator")?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
     }
 
     /// The frame every generated frame starts from.
@@ -85,11 +113,6 @@ impl Generator {
 
     pub fn config(&self) -> &PktgenConfig {
         &self.config
-    }
-
-    /// The loaded program, e.g. to run it without live frames in tests.
-    pub fn program(&mut self) -> Result<&mut Xdp> {
-        program(&mut self.ebpf, program_names::PKTGEN)
     }
 
     fn states(&mut self) -> Result<PerCpuArray<&mut MapData, PktgenState>> {
@@ -405,7 +428,7 @@ impl Shared<'_> {
     }
 
     fn work_inner(&self, prog: &Xdp, slot: &Slot) -> Result<Instant> {
-        pin_to(slot.cpu)?;
+        pin_to_cpu(slot.cpu)?;
         // SAFETY: pthread_self has no preconditions.
         slot.tid
             .store(unsafe { libc::pthread_self() } as u64, Ordering::Release);
