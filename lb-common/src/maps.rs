@@ -189,6 +189,8 @@ pub mod map_names {
     /// Benchmark wrapper: the frame to restore, and the program it tail-calls (index 0).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     pub const BENCH_PROGS: &str = "BENCH_PROGS";
+    /// Benchmarks only: the MAC addresses the bare forwarder writes (destination, source).
+    pub const BENCH_FWD: &str = "BENCH_FWD";
     /// Packet generator (`xdplb pktgen`): its settings, its per-CPU flow walk, and the per-CPU
     /// counters of the counting sink.
     pub const PKTGEN_CONFIG: &str = "PKTGEN_CONFIG";
@@ -208,6 +210,9 @@ pub mod program_names {
     pub const DECAP: &str = "xdp_decap";
     /// Benchmarks only: restores a template frame, then tail-calls the program under test.
     pub const BENCH: &str = "xdp_bench";
+    /// Benchmarks only: the least a forwarder does (two MAC addresses, XDP_TX), the director's
+    /// baseline in the throughput benchmark.
+    pub const FWD: &str = "xdp_fwd";
     /// Packet generator, run in BPF_PROG_TEST_RUN live-frames mode: rewrites the source of each
     /// frame and sends it with XDP_TX.
     pub const PKTGEN: &str = "xdp_pktgen";

@@ -23,6 +23,21 @@ static BENCH_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// The bare forwarder's MAC addresses: destination then source.
+#[map]
+static BENCH_FWD: Array<[u8; 12]> = Array::with_max_entries(1, 0);
+
+/// The bare forwarder: rewrites the two MAC addresses and sends the frame back out.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext) -> u32 {
+    let (Some(macs), Some(eth)) = (BENCH_FWD.get(0), ptr_at::<[u8; 12]>(ctx, 0)) else {
+        return aya_ebpf::bindings::xdp_action::XDP_PASS;
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe { eth.write_unaligned(*macs) };
+    aya_ebpf::bindings::xdp_action::XDP_TX
+}
+
 const CHUNK: usize = 8;
 
 #[inline(always)]

@@ -136,6 +136,12 @@ pub fn xdp_tx(_ctx: XdpContext) -> u32 {
     XDP_TX
 }
 
+/// Benchmarks only: the bare forwarder the director is compared with (see bench.rs).
+#[xdp]
+pub fn xdp_fwd(ctx: XdpContext) -> u32 {
+    bench::forward(&ctx)
+}
+
 /// Packet generator (`xdplb pktgen`), run in BPF_PROG_TEST_RUN live-frames mode: gives each
 /// frame the source address and port of the next flow and sends it with XDP_TX (see pktgen.rs).
 #[xdp]

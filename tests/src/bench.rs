@@ -12,7 +12,7 @@ use aya::{
 };
 use lb_common::{map_names, program_names, BenchFrame, BENCH_FRAME_MAX};
 use lb_user::{
-    datapath::{Datapath, LoadOptions},
+    datapath::{AttachMode, Datapath, LoadOptions, MapWriter as _},
     packet::FrameSpec,
     state::{Forward, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr},
 };
@@ -325,6 +325,145 @@ pub fn control_plane(changes: usize) -> Result<ControlPlane> {
         let (r, took) = timed(|| request(agent.socket(), &Request::EditReal { service, real }));
         r?;
         out.socket_ms.push(took.as_secs_f64() * 1e3);
+    }
+    Ok(out)
+}
+
+/// Forwarding throughput through a namespace topology: `xdplb pktgen` in the client sends TCP
+/// SYNs of 25,600 flows to the VIP as fast as it can; the director forwards them to three real
+/// servers whose XDP sinks count what arrives. The director is either xdplb (`mh`, DR) or a bare
+/// forwarder (two MAC addresses, XDP_TX) to one real server, alternating round by round.
+pub struct Throughput {
+    /// Packets per second delivered to the real servers, per round.
+    pub xdplb_pps: Vec<f64>,
+    pub bare_pps: Vec<f64>,
+    /// Packets per second the generator sent, per round (both directors).
+    pub sent_pps: Vec<f64>,
+}
+
+fn mac_of(ns: &crate::Netns) -> Result<[u8; 6]> {
+    let json: serde_json::Value = serde_json::from_str(&ns.ip(&["-j", "link", "show", "eth0"])?)?;
+    let text = json[0]["address"].as_str().context("no MAC")?;
+    Ok(text.parse::<Mac>().map_err(anyhow::Error::msg)?.0)
+}
+
+pub fn throughput(rounds: usize, each: Duration) -> Result<Throughput> {
+    use lb_user::pktgen::{self, RunOptions as GenOptions, Sink, Traffic};
+
+    use crate::DrTopology;
+
+    let topo = DrTopology::new(3)?;
+    // The generator's XDP_TX frames enter the switch through the client's port.
+    let _client_port = topo.switch().pass_xdp(topo.client().name())?;
+    let director = topo.director().ns();
+    let dir_ifindex = director.ifindex("eth0")?;
+    let dir_mac = mac_of(director)?;
+    let real_macs: Vec<[u8; 6]> = topo
+        .reals()
+        .iter()
+        .map(|r| mac_of(r.ns()))
+        .collect::<Result<_>>()?;
+    // The real servers never send (their sinks drop everything), and the generator's frames are
+    // not learned from either: without static entries the bridge would flood every frame to
+    // every port, and every sink would count it.
+    for host in topo.reals().iter().chain([topo.director(), topo.client()]) {
+        let mac = Mac(mac_of(host.ns())?).to_string();
+        let switch = topo.switch().ns().name();
+        let args = [
+            "-n",
+            switch,
+            "fdb",
+            "replace",
+            &mac,
+            "dev",
+            host.name(),
+            "master",
+            "static",
+        ];
+        crate::netns::run(std::process::Command::new("bridge").args(args))?;
+    }
+
+    // xdplb, configured as the agent would (real servers' MACs given: the sinks drop ARP).
+    let mut lb = Datapath::load_lb(LoadOptions::flows(1_000_000))?;
+    let mut maps = lb.maps()?;
+    maps.set_config(&crate::fixture::default_config_for(dir_mac))?;
+    let mut fx_state = lb_user::state::State::default();
+    let svc = service(80);
+    fx_state = fx_state.add_service(
+        svc,
+        &SchedulerSpec {
+            scheduler: Some(Scheduler::Mh),
+            ..Default::default()
+        },
+    )?;
+    for (rs, mac) in topo.reals().iter().zip(&real_macs) {
+        let spec = RealSpec {
+            addr: Some(rs.addr()),
+            mac: Some(Mac(*mac)),
+            ..Default::default()
+        };
+        fx_state = fx_state.add_real(svc, &spec)?;
+    }
+    lb_user::state::apply(&mut maps, &lb_user::state::State::default(), &fx_state)?;
+
+    // The bare forwarder, to the first real server.
+    let mut bare = Datapath::load(program_names::FWD, LoadOptions::flows(1))?;
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&real_macs[0]);
+    macs[6..].copy_from_slice(&dir_mac);
+    let mut fwd: Array<&mut MapData, [u8; 12]> = bare
+        .ebpf_mut()
+        .map_mut(map_names::BENCH_FWD)
+        .context("no BENCH_FWD map")?
+        .try_into()?;
+    fwd.set(0, macs, 0)?;
+
+    let sinks: Vec<Sink> = topo
+        .reals()
+        .iter()
+        .map(|rs| {
+            let index = rs.ns().ifindex("eth0")?;
+            rs.ns().run_in(|| Sink::attach(index))
+        })
+        .collect::<Result<_>>()?;
+    let vip = std::net::SocketAddrV4::new(VIP, 80);
+    let traffic = topo.client().ns().run_in(|| -> Result<Traffic> {
+        let mut t = Traffic::for_interface("eth0", vip)?;
+        t.src = "10.1.0.0/24".parse().map_err(anyhow::Error::msg)?;
+        t.sport = "10000-10099".parse().map_err(anyhow::Error::msg)?;
+        Ok(t)
+    })?;
+
+    let mut out = Throughput {
+        xdplb_pps: Vec::new(),
+        bare_pps: Vec::new(),
+        sent_pps: Vec::new(),
+    };
+    for round in 0..rounds * 2 {
+        let use_lb = round % 2 == 0;
+        let (datapath, name) = if use_lb {
+            (&mut lb, program_names::LB)
+        } else {
+            (&mut bare, program_names::FWD)
+        };
+        let link = director
+            .run_in(|| datapath.attach_program(name, dir_ifindex, AttachMode::Native))?
+            .0;
+        let before: u64 = sinks.iter().map(|s| s.count().0).sum();
+        let summary = topo
+            .client()
+            .ns()
+            .run_in(|| pktgen::run(&traffic, &GenOptions::duration(each)))?;
+        std::thread::sleep(Duration::from_millis(200));
+        let after: u64 = sinks.iter().map(|s| s.count().0).sum();
+        datapath.program(name)?.detach(link)?;
+        let delivered = (after - before) as f64 / summary.seconds;
+        out.sent_pps.push(summary.pps);
+        if use_lb {
+            out.xdplb_pps.push(delivered);
+        } else {
+            out.bare_pps.push(delivered);
+        }
     }
     Ok(out)
 }

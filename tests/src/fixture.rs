@@ -38,6 +38,14 @@ pub fn default_config() -> DirectorConfig {
     config_with(&Timeouts::default())
 }
 
+/// [`default_config`] with another director MAC address.
+pub fn default_config_for(mac: [u8; 6]) -> DirectorConfig {
+    DirectorConfig {
+        mac,
+        ..default_config()
+    }
+}
+
 /// [`default_config`] with other connection timeouts (seconds).
 pub fn config_with(timeouts: &Timeouts) -> DirectorConfig {
     director_config(

@@ -2,7 +2,7 @@
 //! come from `cargo xtask bench`): each case runs, its program does what the case says, and its
 //! times are positive.
 
-use lb_tests::bench::{Bench, Case};
+use lb_tests::bench::{control_plane, throughput, Bench, Case};
 use lb_tests::require_root;
 
 #[test]
@@ -21,4 +21,18 @@ fn every_datapath_case_runs() {
             "{m:?}"
         );
     }
+}
+
+#[test]
+fn throughput_and_control_plane_run() {
+    if !require_root() {
+        return;
+    }
+    let t = throughput(1, std::time::Duration::from_millis(300)).expect("throughput");
+    assert!(
+        t.xdplb_pps[0] > 0.0 && t.bare_pps[0] > 0.0,
+        "nothing delivered"
+    );
+    let c = control_plane(3).expect("control plane");
+    assert_eq!((c.cli_ms.len(), c.socket_ms.len()), (3, 3));
 }
