@@ -110,6 +110,17 @@ fn main() -> Result<()> {
     );
     print!("{}", table(&ms));
     println!("\n![datapath cost](benchmarks-datapath.svg)\n");
+    println!(
+        "Where the time goes. Non-VIP traffic stops at the VIP prefilter (one array read). An \
+         established flow costs one connection-table lookup (a 40-byte key, IPv6-sized, hashed by the \
+         LRU map: most of the cost), the real server's entry, the per-service and per-real counters, \
+         and the rewrite; the service lookup is skipped (the flow names the service) and the clock is \
+         jiffies (one load). IPIP adds growing the frame and writing a 20-byte header with its \
+         checksum. A new flow adds the service lookup, the flow hash, the Maglev table (an inner map \
+         of an array of maps) and above all the LRU insert, the largest single cost; with a full \
+         table it also evicts. For scale, Katran's XDP balancer measured this way costs +52 ns on its \
+         pass path, +117 ns on an established (IPIP) flow and +287 ns on a new flow.\n"
+    );
 
     eprintln!("measuring: forwarding throughput");
     let tp = throughput(THROUGHPUT_ROUNDS, std::time::Duration::from_secs(2))?;
