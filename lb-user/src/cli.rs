@@ -504,7 +504,7 @@ pub fn format_listing(l: &Listing) -> String {
         let _ = writeln!(out, "  -> RemoteAddress:Port");
     } else {
         let _ = writeln!(out, "Prot LocalAddress:Port Scheduler");
-        let _ = writeln!(out, "  -> RemoteAddress:Port           Forward Weight MAC");
+        let _ = writeln!(out, "  -> RemoteAddress:Port           Forward Weight MAC               Health");
     }
     for s in &l.services {
         let proto = match s.protocol {
@@ -529,9 +529,17 @@ pub fn format_listing(l: &Listing) -> String {
                     let _ = writeln!(out, "  -> {:<28} {}", r.address, stats_columns(st));
                 }
                 None => {
+                    // Checked real servers show their health, and the last error while there is one.
+                    let health = match &r.health {
+                        Some(h) => match &h.last_error {
+                            Some(e) => format!(" {:<5} ({e})", h.state),
+                            None => format!(" {}", h.state),
+                        },
+                        None => String::new(),
+                    };
                     let _ = writeln!(
                         out,
-                        "  -> {:<28} {:<7} {:<6} {}",
+                        "  -> {:<28} {:<7} {:<6} {}{health}",
                         r.address, r.forward, r.weight, r.mac
                     );
                 }
