@@ -1,9 +1,9 @@
 //! The test clients, connecting from a chosen source address (and port, so that a flow is known
 //! before it starts): [`fetch`], one short connection reading what the server says, and
 //! [`Stream`], one long-lived connection exchanging lines with `lb-testsrv --echo`, driven in a
-//! background thread that records which server answers and how the connection ends, [`upload`],
-//! one connection sending many bytes to `lb-testsrv --sink`, and [`UdpFlow`], datagrams to
-//! `lb-testsrv --udp`.
+//! background thread that records which server answers and how the connection ends (many at
+//! once: [`StreamSet`]), [`upload`], one connection sending many bytes to `lb-testsrv --sink`,
+//! [`UdpFlow`], datagrams to `lb-testsrv --udp`, and [`http_get`], for the agent's metrics.
 
 use std::io::ErrorKind::{
     BrokenPipe, ConnectionAborted, ConnectionReset, Interrupted, TimedOut, UnexpectedEof,
@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::Netns;
 
 /// How long one connection may take, connect to EOF.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
@@ -206,6 +208,7 @@ impl Stream {
             server: self.server.clone(),
             exchanges: 0,
             last_ok: Instant::now(),
+            longest_wait: Duration::ZERO,
             failure: None,
         }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -217,8 +220,10 @@ impl Stream {
                     let mut status = status.lock().expect("stream status lock");
                     match result {
                         Ok(()) => {
+                            let now = Instant::now();
                             status.exchanges += 1;
-                            status.last_ok = Instant::now();
+                            status.longest_wait = status.longest_wait.max(now - status.last_ok);
+                            status.last_ok = now;
                         }
                         Err(e) => {
                             status.failure = Some((Instant::now(), e));
@@ -264,6 +269,9 @@ pub struct StreamStatus {
     pub exchanges: u64,
     /// When the last exchange succeeded (or the stream started driving, before the first).
     pub last_ok: Instant,
+    /// The longest time between two successful exchanges (the first counted from the start of
+    /// driving), the pause between exchanges included: how long the stream ever stalled.
+    pub longest_wait: Duration,
     /// When and how the stream broke, if it did; a broken stream exchanges no more.
     pub failure: Option<(Instant, StreamError)>,
 }
@@ -301,6 +309,129 @@ impl Drop for DrivenStream {
         // Never a second panic from Drop: stop() reports a panicked thread.
         let _ = self.join();
     }
+}
+
+/// Many [`Stream`]s to one service, driven together and checked together.
+pub struct StreamSet {
+    streams: Vec<DrivenStream>,
+}
+
+impl StreamSet {
+    /// Each stream exchanges a line this often.
+    pub const INTERVAL: Duration = Duration::from_millis(50);
+    /// The longest a stream may wait for an answer before [`StreamSet::assert_flowing`] calls it
+    /// stalled: a single lost segment costs TCP a retransmission timeout (200 ms at least, more
+    /// for a SYN), so this is well above what a busy 2-core machine adds to [`Self::INTERVAL`],
+    /// and well below what losing packets for a moment costs.
+    pub const MAX_WAIT: Duration = Duration::from_millis(1000);
+
+    /// Connects a [`Stream`] from each of `flows` to `dst` inside `ns` (each reads its server's
+    /// greeting), then drives them all, each exchanging every [`StreamSet::INTERVAL`].
+    pub fn open(ns: &Netns, flows: &[SocketAddrV4], dst: SocketAddrV4) -> Result<Self> {
+        let streams = ns.run_in(|| {
+            flows
+                .iter()
+                .map(|&src| Stream::connect(src, dst))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let streams = streams
+            .into_iter()
+            .map(|s| s.drive(Self::INTERVAL))
+            .collect();
+        Ok(Self { streams })
+    }
+
+    /// A snapshot of every stream's status, in the order of the flows.
+    pub fn statuses(&self) -> Vec<StreamStatus> {
+        self.streams.iter().map(DrivenStream::status).collect()
+    }
+
+    /// Panics unless every stream works: none broke, and none waited [`StreamSet::MAX_WAIT`] or
+    /// longer for an answer, ever (see [`StreamStatus::longest_wait`]) or since its last answer.
+    /// `when` says when in the test, for the message.
+    pub fn assert_flowing(&self, when: &str) {
+        let now = Instant::now();
+        for status in self.statuses() {
+            let stream = format!("{when}: stream {} on {}", status.src, status.server);
+            assert_eq!(status.failure, None, "{stream} broke: {status:?}");
+            let waiting = now - status.last_ok;
+            assert!(
+                waiting.max(status.longest_wait) < Self::MAX_WAIT,
+                "{stream} stalled: waited {:?} for an answer, {waiting:?} now (less than {:?} \
+                 allowed): {status:?}",
+                status.longest_wait,
+                Self::MAX_WAIT
+            );
+        }
+    }
+
+    /// Total successful exchanges of all the streams so far.
+    pub fn exchanges(&self) -> u64 {
+        self.statuses().iter().map(|s| s.exchanges).sum()
+    }
+
+    /// Stops every stream, closes their connections and returns their final statuses.
+    pub fn stop(self) -> Vec<StreamStatus> {
+        self.streams.into_iter().map(DrivenStream::stop).collect()
+    }
+}
+
+/// [`fetch_from`] each of `flows` to `dst`, one after the other, in the CALLING THREAD's
+/// namespace (see [`fetch`]): what each server said, or the error, in the order of the flows.
+pub fn fetch_each(flows: &[SocketAddrV4], dst: SocketAddrV4) -> Vec<Result<String>> {
+    flows.iter().map(|&src| fetch_from(src, dst)).collect()
+}
+
+/// An HTTP response as [`http_get`] read it.
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names in lower case, with their values, in their order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of header `name` (any case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` (HTTP/1.1, `Connection: close`) to `dst` in the CALLING THREAD's namespace (see
+/// [`fetch`]), read until the server closes, within [`TIMEOUT`]. Any status is returned; a
+/// connection that fails, or an answer that is not HTTP, is an error.
+pub fn http_get(dst: SocketAddrV4, path: &str) -> Result<HttpResponse> {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut stream = connect(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), dst)?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {dst}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .with_context(|| format!("GET http://{dst}{path}: send"))?;
+    let reply =
+        read_reply(&mut stream, deadline).with_context(|| format!("GET http://{dst}{path}"))?;
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = match status_line.split(' ').collect::<Vec<_>>()[..] {
+        [version, code, ..] if version.starts_with("HTTP/1.") => code.parse().ok(),
+        _ => None,
+    };
+    let status = status
+        .with_context(|| format!("GET http://{dst}{path}: bad status line {status_line:?}"))?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
 }
 
 /// A UDP flow from a chosen SRC:PORT to `lb-testsrv --udp`: each [`UdpFlow::exchange`] sends a

@@ -1,8 +1,9 @@
 //! Test harness shared by the integration tests and the demo: network namespaces joined by veths
 //! and bridges (in the style of xdp-tools' test environment), the LVS/DR and LVS/TUN topologies
-//! built from them, the `xdplb` agent, CLI and real-server decapsulation, and TCP clients that
-//! connect from a chosen source address and port: short connections, uploads and long-lived
-//! streams.
+//! built from them, the `xdplb` agent (started from arguments or a config file, killed and
+//! restarted), CLI and real-server decapsulation, TCP clients that connect from a chosen source
+//! address and port: short connections, uploads and long-lived streams, and a scraper of the
+//! agent's Prometheus metrics.
 //!
 //! Everything lives in namespaces this harness creates and names uniquely per run; nothing is
 //! created in the root namespace, and every guard tears its part down on Drop, panics included.
@@ -13,6 +14,7 @@ pub mod capture;
 pub mod client;
 pub mod ethtool;
 pub mod fixture;
+pub mod metrics;
 pub mod names;
 pub mod netns;
 pub mod topo;
@@ -20,7 +22,7 @@ pub mod tun;
 
 pub use agent::{Agent, Decap, Listing};
 pub use netns::{Netns, Proc};
-pub use topo::{DrTopology, Host, Serve, Switch};
+pub use topo::{DrTopology, FreshFlows, Host, Serve, Switch};
 pub use tun::TunTopology;
 
 /// Whether the caller may build namespaces. Tests call it first and return early when it is false.

@@ -25,11 +25,13 @@ fn owner_pid(name: &str) -> Option<u32> {
 
 /// Removes what a run killed before its guards ran left behind: our namespaces whose creating
 /// process no longer exists, with whatever still runs in them (a leftover namespace keeps its
-/// processes and XDP programs alive forever), and that run's temporary directories.
+/// processes and XDP programs alive forever), the datapaths their agents left pinned, and that
+/// run's temporary directories.
 pub fn cleanup_stale() {
     for name in stale("/run/netns") {
         crate::netns::delete(&name);
     }
+    crate::agent::remove_stale_pins();
     let tmp = std::env::temp_dir();
     for name in stale(&tmp) {
         let _ = std::fs::remove_dir_all(tmp.join(name));

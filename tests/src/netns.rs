@@ -60,9 +60,17 @@ impl Netns {
     /// A command running `program` inside the namespace. `ip netns exec` execs the program (no
     /// fork), so the child's pid is the program's own and signals reach it directly.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(program);
-        cmd
+        command_in(&self.name, program)
+    }
+
+    /// The namespace's inode number: what tells network namespaces apart (`/proc/PID/ns/net`
+    /// links to `net:[INODE]`). The kernel reuses the number of a deleted namespace.
+    pub fn inode(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        let path = format!("/run/netns/{}", self.name);
+        Ok(std::fs::metadata(&path)
+            .with_context(|| format!("cannot stat {path}"))?
+            .ino())
     }
 
     /// Runs a program inside the namespace to completion; fails with its stderr on a non-zero exit.
@@ -149,6 +157,15 @@ impl Netns {
         })
     }
 
+    /// The MAC address of an interface, as `ip` prints it (`02:ab:...`).
+    pub fn mac(&self, ifname: &str) -> Result<String> {
+        let link = self.link_json(&["-j", "link", "show", "dev", ifname])?;
+        link["address"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no address for {ifname} in {}: {link}", self.name))
+    }
+
     /// Whether an XDP program is attached to an interface, in any mode.
     pub fn xdp_attached(&self, ifname: &str) -> Result<bool> {
         let link = self.link_json(&["-j", "link", "show", "dev", ifname])?;
@@ -212,6 +229,14 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
     Ok(())
 }
 
+/// A command running `program` inside the namespace called `ns_name`, as [`Netns::command`]: for
+/// guards that outlive a borrow of the [`Netns`] and start their program again later.
+pub fn command_in(ns_name: &str, program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns_name]).arg(program);
+    cmd
+}
+
 /// Moves the calling thread into the named namespace.
 fn enter(name: &str) -> Result<()> {
     let path = format!("/run/netns/{name}");
@@ -273,6 +298,46 @@ impl Proc {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Sends `signal` (e.g. `libc::SIGHUP`) unless the process has exited already.
+    pub fn signal(&mut self, signal: libc::c_int) -> Result<()> {
+        if let Some(status) = self.try_wait() {
+            bail!("{} has exited ({status}): cannot signal it", self.what);
+        }
+        // SAFETY: kill(2) of our own unreaped child: its pid cannot have been reused.
+        if unsafe { libc::kill(self.child.id() as i32, signal) } != 0 {
+            bail!(
+                "kill({}, {signal}): {}",
+                self.what,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
+    /// Kills the process at once (SIGKILL: no cleanup of its own, as in a crash) and reaps it;
+    /// returns the exit status.
+    pub fn kill(&mut self) -> ExitStatus {
+        if let Some(status) = self.try_wait() {
+            return status;
+        }
+        let _ = self.child.kill();
+        self.child.wait().expect("wait for a killed child")
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its exit status if it did.
+    pub fn wait_for(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends SIGTERM, waits up to 5 s, then SIGKILLs; returns the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         if let Some(status) = self.try_wait() {
@@ -280,16 +345,11 @@ impl Proc {
         }
         // SAFETY: kill(2) of our own unreaped child: its pid cannot have been reused.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Self::STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.try_wait() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if let Some(status) = self.wait_for(Self::STOP_TIMEOUT) {
+            return status;
         }
         eprintln!("warning: {} ignored SIGTERM, killing it", self.what);
-        let _ = self.child.kill();
-        self.child.wait().expect("wait for a killed child")
+        self.kill()
     }
 }
 

@@ -1,12 +1,15 @@
 //! Topologies built from namespaces: hosts plugged into switches, and the LVS/DR setup of the
 //! end-to-end tests and the demo.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Mutex;
 
 use anyhow::{bail, Context as _, Result};
 use lb_user::datapath::XdpPass;
 
+use crate::client::{fetch_from, UdpFlow};
 use crate::names;
 use crate::netns::{veth, Netns, Proc};
 use crate::Agent;
@@ -136,7 +139,10 @@ fn ipv4_only(ns: &Netns) -> Result<()> {
 pub struct DrTopology {
     // Drop order is field order: the XDP program and the servers before their namespaces.
     _xdp_pass: XdpPass,
-    _servers: Vec<Proc>,
+    /// `lb-testsrv` of each real server, in their order (behind a lock: stopped and started
+    /// again while the test holds the topology).
+    servers: Mutex<Vec<Proc>>,
+    serve: Serve,
     client: Host,
     director: Host,
     reals: Vec<Host>,
@@ -180,7 +186,8 @@ impl DrTopology {
 
         Ok(Self {
             _xdp_pass: xdp_pass,
-            _servers: servers,
+            servers: Mutex::new(servers),
+            serve,
             client,
             director,
             reals,
@@ -240,6 +247,92 @@ impl DrTopology {
     /// The real server with address `addr`, if there is one.
     pub fn real_at(&self, addr: Ipv4Addr) -> Option<&Host> {
         self.reals.iter().find(|rs| rs.addr == addr)
+    }
+
+    /// The name (`rsN`) of the real server with address `addr`; panics if there is none (for
+    /// what `xdplb simulate` or `list` name).
+    pub fn real_name(&self, addr: Ipv4Addr) -> &str {
+        self.real_at(addr)
+            .unwrap_or_else(|| panic!("{addr} is not a real server of the topology"))
+            .name()
+    }
+
+    /// The names of the real servers `xdplb simulate` gives new flows from `flows` to
+    /// `service` ("VIP:PORT"; `proto` `-t` or `-u`) now, in their order.
+    pub fn predict(
+        &self,
+        agent: &Agent,
+        proto: &str,
+        service: &str,
+        flows: &[SocketAddrV4],
+    ) -> Vec<String> {
+        let reals = agent.simulate(proto, service, flows);
+        reals
+            .iter()
+            .map(|rip| self.real_name(*rip.ip()).to_owned())
+            .collect()
+    }
+
+    /// Starts a new flow to [`DrTopology::service`] from each of `flows` (fresh ones: see
+    /// [`FreshFlows`]), over TCP (`proto` `-t`: a connection, [`fetch_from`]) or UDP (`-u`: one
+    /// datagram and its answer, [`UdpFlow`]), and panics unless each is answered by the real
+    /// server `xdplb simulate` predicted for it. Returns how many flows each server took. `when`
+    /// says when in the test, for the message.
+    pub fn new_flows_as_simulated(
+        &self,
+        agent: &Agent,
+        proto: &str,
+        flows: &[SocketAddrV4],
+        when: &str,
+    ) -> BTreeMap<String, usize> {
+        let service = Self::service();
+        let predicted = self.predict(agent, proto, &service.to_string(), flows);
+        let udp = match proto {
+            "-t" => false,
+            "-u" => true,
+            _ => panic!("proto is -t or -u, not {proto:?}"),
+        };
+        let answers = self.client.ns.run_in(|| {
+            let flow = |src| match udp {
+                true => UdpFlow::connect(src, service).and_then(|mut f| f.exchange()),
+                false => fetch_from(src, service),
+            };
+            flows.iter().map(|&src| flow(src)).collect::<Vec<_>>()
+        });
+        let mut landed = BTreeMap::new();
+        for ((src, predicted), answer) in flows.iter().zip(predicted).zip(answers) {
+            let answer = answer.map_err(|e| format!("{e:#}"));
+            assert_eq!(
+                answer.as_deref(),
+                Ok(predicted.as_str()),
+                "{when}: new flow {src} -> {service} ({proto})"
+            );
+            *landed.entry(predicted).or_default() += 1;
+        }
+        landed
+    }
+
+    /// Kills the `lb-testsrv` of real server `i` (counting from 1) with SIGKILL, as a crash
+    /// would: the host stays up, but refuses (resets) connections on the port from now on.
+    pub fn kill_server(&self, i: usize) -> std::process::ExitStatus {
+        self.servers()[i - 1].kill()
+    }
+
+    /// Starts the `lb-testsrv` of real server `i` (counting from 1) again, serving as before, and
+    /// waits until it listens.
+    pub fn restart_server(&self, i: usize) -> Result<()> {
+        let listen = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, Self::PORT);
+        let rs = &self.reals[i - 1];
+        let mut servers = self.servers();
+        servers[i - 1].stop();
+        servers[i - 1] = start_testsrv(&rs.ns, rs.name(), listen, self.serve)?;
+        Ok(())
+    }
+
+    fn servers(&self) -> std::sync::MutexGuard<'_, Vec<Proc>> {
+        self.servers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn switch(&self) -> &Switch {
@@ -318,4 +411,34 @@ pub fn start_testsrv(ns: &Netns, name: &str, listen: SocketAddrV4, serve: Serve)
         );
     }
     Ok(server)
+}
+
+/// Client flows (source address and port) never used before by this generator: the client's
+/// source addresses ([`DrTopology::client_sources`]) in turn, each flow with the next port. A
+/// fresh flow is a NEW flow to the director: no connection-table entry, no TIME_WAIT socket.
+pub struct FreshFlows {
+    sources: Vec<Ipv4Addr>,
+    next_port: u16,
+}
+
+impl FreshFlows {
+    /// Flows from port `first_port` on; separate generators of one test need separate ranges.
+    pub fn new(first_port: u16) -> Self {
+        Self {
+            sources: DrTopology::client_sources(),
+            next_port: first_port,
+        }
+    }
+
+    /// The next `n` flows; panics when the ports run out.
+    pub fn take(&mut self, n: usize) -> Vec<SocketAddrV4> {
+        (0..n)
+            .map(|_| {
+                let port = self.next_port;
+                self.next_port = port.checked_add(1).expect("fresh flows: out of ports");
+                let source = self.sources[usize::from(port) % self.sources.len()];
+                SocketAddrV4::new(source, port)
+            })
+            .collect()
+    }
 }

@@ -1,0 +1,218 @@
+//! End to end, restarting the agent without dropping traffic: the datapath is pinned, so an agent
+//! killed with SIGKILL leaves it forwarding (established streams and new connections alike), and
+//! `xdplb run` started again with the same arguments adopts it: same services, real servers,
+//! counters and connection table, no stream ever stalls. SIGTERM then detaches and leaves no
+//! pins. SIGQUIT leaves the datapath running too, and `xdplb detach` removes it.
+
+use std::os::unix::process::ExitStatusExt as _;
+use std::time::{Duration, Instant};
+
+use lb_tests::agent::{bpffs, xdplb_in};
+use lb_tests::client::{fetch, fetch_each, StreamSet};
+use lb_tests::{require_root, Agent, DrTopology, FreshFlows, Netns, Serve};
+
+/// Long-lived TCP connections, from every client source address, each with its own port.
+const STREAMS: usize = 50;
+const STREAM_PORTS: u16 = 20000;
+/// New connections use ports from here on, one each.
+const FRESH_PORTS: u16 = 30000;
+/// New connections tried at each step.
+const NEW_CONNS: usize = 40;
+/// How long the director runs without an agent.
+const AGENTLESS: Duration = Duration::from_secs(5);
+
+/// Names of the pins left in the tests' bpffs for namespace `ns`.
+fn pins_of(ns: &Netns) -> Vec<String> {
+    let prefix = format!("net{}-", ns.inode().expect("netns inode"));
+    std::fs::read_dir(bpffs().expect("bpffs").join("xdplb"))
+        .expect("read the pin directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&prefix))
+        .collect()
+}
+
+#[test]
+fn a_killed_agent_leaves_traffic_flowing_and_a_restarted_one_adopts_it() {
+    if !require_root() {
+        return;
+    }
+    let topo = DrTopology::with_servers(4, Serve::Echo).expect("cannot build the DR topology");
+    let director = topo.director().ns();
+    let mut agent = Agent::start(director, "eth0", &[]).expect("cannot start the agent");
+    let svc = DrTopology::service().to_string();
+    agent.cli_ok(&["service", "add", "-t", &svc, "-s", "mh"]);
+    // A second service, so that adoption has more than one to keep.
+    agent.cli_ok(&["service", "add", "-u", &svc, "-s", "sh"]);
+    for (i, rs) in topo.reals()[..3].iter().enumerate() {
+        let (rip, weight) = (rs.addr().to_string(), (i + 1).to_string());
+        agent.cli_ok(&["real", "add", "-t", &svc, "-r", &rip, "-w", &weight]);
+        agent.cli_ok(&["real", "add", "-u", &svc, "-r", &rip]);
+    }
+
+    let stream_flows = FreshFlows::new(STREAM_PORTS).take(STREAMS);
+    let predicted = topo.predict(&agent, "-t", &svc, &stream_flows);
+    let streams = StreamSet::open(topo.client().ns(), &stream_flows, DrTopology::service())
+        .unwrap_or_else(|e| panic!("stream failed: {e:#}"));
+    let servers: Vec<String> = streams.statuses().into_iter().map(|s| s.server).collect();
+    assert_eq!(
+        servers, predicted,
+        "streams greeted by the predicted servers"
+    );
+    // rs4 joins: the table now sends some of the streams' flows to it, and only the connection
+    // table keeps them on their servers (through the restart too).
+    let rs4 = DrTopology::real_addr(4).to_string();
+    agent.cli_ok(&["real", "add", "-t", &svc, "-r", &rs4, "-w", "3"]);
+    let now_predicted = topo.predict(&agent, "-t", &svc, &stream_flows);
+    let held = servers
+        .iter()
+        .zip(&now_predicted)
+        .filter(|(server, now)| server != now)
+        .count();
+    assert!(
+        held > 0,
+        "no stream's flow moved in the table: this test would not see a lost connection table"
+    );
+    let configured = agent.list_config();
+    let pin_dir = agent
+        .pin_dir()
+        .expect("the agent's pin directory")
+        .to_owned();
+    let mut fresh = FreshFlows::new(FRESH_PORTS);
+    topo.new_flows_as_simulated(&agent, "-t", &fresh.take(NEW_CONNS), "with the first agent");
+    std::thread::sleep(Duration::from_secs(1));
+    streams.assert_flowing("before the kill");
+
+    // Where new flows will go while no agent runs: the tables stay as they are.
+    let agentless_flows = fresh.take(NEW_CONNS);
+    let agentless_predicted = topo.predict(&agent, "-t", &svc, &agentless_flows);
+    let packets_before = agent.list().service_stat(&svc, "packets");
+    let exchanges_before = streams.exchanges();
+    let killed = agent.kill();
+    let killed_at = Instant::now();
+    assert_eq!(killed.signal(), Some(libc::SIGKILL), "{killed}");
+    assert!(
+        director.xdp_attached("eth0").expect("ip link"),
+        "the killed agent's program is no longer attached"
+    );
+    assert!(pin_dir.is_dir(), "no pins in {}", pin_dir.display());
+    assert!(
+        !agent.cli(&["list"]).status.success(),
+        "list answered without an agent"
+    );
+
+    // Without an agent, new connections go where the agent's tables said.
+    std::thread::sleep(Duration::from_secs(1));
+    let answers = topo
+        .client()
+        .ns()
+        .run_in(|| fetch_each(&agentless_flows, DrTopology::service()));
+    for ((src, predicted), answer) in agentless_flows
+        .iter()
+        .zip(&agentless_predicted)
+        .zip(answers)
+    {
+        let answer = answer.map_err(|e| format!("{e:#}"));
+        assert_eq!(
+            answer.as_deref(),
+            Ok(predicted.as_str()),
+            "without an agent: new connection from {src}"
+        );
+    }
+    while killed_at.elapsed() < AGENTLESS {
+        streams.assert_flowing("without an agent");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    streams.assert_flowing("without an agent");
+
+    agent.restart().expect("cannot start the agent again");
+    streams.assert_flowing("right after the restart");
+    assert_eq!(
+        agent.list_config(),
+        configured,
+        "the restarted agent runs another configuration"
+    );
+    // Every exchange since the kill brought the director at least one packet, counted by the
+    // datapath in the pinned counters the new agent reads (an exchange under way at the kill
+    // may have been counted before it).
+    let exchanged = streams.exchanges() - exchanges_before;
+    let packets_after = agent.list().service_stat(&svc, "packets");
+    assert!(
+        packets_after >= packets_before + exchanged - STREAMS as u64,
+        "counters not kept across the restart: {packets_before} packets before the kill, \
+         {packets_after} after the restart, {exchanged} exchanges in between"
+    );
+    let landed =
+        topo.new_flows_as_simulated(&agent, "-t", &fresh.take(NEW_CONNS), "after the restart");
+    assert!(
+        landed.len() > 1,
+        "all new connections on one server: {landed:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    streams.assert_flowing("after the restart");
+    let finals = streams.stop();
+    let servers_after: Vec<String> = finals.into_iter().map(|s| s.server).collect();
+    assert_eq!(servers_after, servers, "streams changed server");
+
+    agent.stop_detached(director);
+    assert_eq!(
+        pins_of(director),
+        Vec::<String>::new(),
+        "pins left after SIGTERM"
+    );
+}
+
+#[test]
+fn sigquit_leaves_the_datapath_running_until_xdplb_detach() {
+    if !require_root() {
+        return;
+    }
+    let topo = DrTopology::new(2).expect("cannot build the DR topology");
+    let director = topo.director().ns();
+    let mut agent = Agent::start(director, "eth0", &[]).expect("cannot start the agent");
+    topo.configure(&agent);
+    let source = DrTopology::client_sources()[0];
+    let reach = || {
+        topo.client()
+            .ns()
+            .run_in(|| fetch(source, DrTopology::service()))
+    };
+    let answer = reach().expect("through the agent");
+
+    agent.signal(libc::SIGQUIT).expect("SIGQUIT");
+    let status = agent
+        .wait_exit(Duration::from_secs(5))
+        .expect("the agent did not exit on SIGQUIT");
+    assert!(
+        status.success(),
+        "exit on SIGQUIT: {status}\n{}",
+        agent.log()
+    );
+    assert!(director.xdp_attached("eth0").expect("ip link"));
+    assert!(!pins_of(director).is_empty(), "no pins after SIGQUIT");
+    assert_eq!(
+        reach().expect("without an agent").as_str(),
+        answer,
+        "the same client reaches another server"
+    );
+
+    let out = xdplb_in(director, &["detach", "--iface", "eth0"]).expect("xdplb detach");
+    assert!(
+        out.status.success(),
+        "xdplb detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!director.xdp_attached("eth0").expect("ip link"));
+    assert_eq!(
+        pins_of(director),
+        Vec::<String>::new(),
+        "pins left after detach"
+    );
+    // The VIP is the director's own address now: its kernel refuses the connection.
+    assert!(reach().is_err(), "the VIP still reaches a real server");
+    let again = xdplb_in(director, &["detach", "--iface", "eth0"]).expect("xdplb detach");
+    let err = String::from_utf8_lossy(&again.stderr).trim().to_owned();
+    assert!(!again.status.success(), "a second detach succeeded");
+    assert_eq!(err.lines().count(), 1, "not one line: {err}");
+    assert!(err.contains("eth0"), "{err}");
+}
