@@ -431,6 +431,85 @@ async fn serve(agent: Arc<Mutex<Agent>>, stream: UnixStream) -> Result<()> {
     Ok(())
 }
 
+/// The datapath loaded (or adopted) and attached, with its settings and state.
+struct Up {
+    datapath: Datapath,
+    maps: crate::datapath::Maps,
+    config: DirectorConfig,
+    state: State,
+    attachment: Attachment,
+    mode: AttachMode,
+    adopted: bool,
+}
+
+/// Whether `e` says a pinned link's interface is gone (ENOLINK: "link has been severed").
+fn severed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            == Some(libc::ENOLINK)
+            || c.to_string().contains("severed")
+    })
+}
+
+/// Loads the program on the pinned maps (adopting a running datapath when there is one),
+/// configures it, takes up the saved state and attaches through the pinned link.
+async fn bring_up(
+    opts: &RunOptions,
+    iface: &Interface,
+    pins: &Pins,
+    state_file: &Path,
+) -> Result<Up> {
+    let director = &opts.director;
+    let adopting = pins.map(lb_common::map_names::SERVICES).exists();
+    let mut datapath = Datapath::load_lb_pinned(
+        LoadOptions {
+            conn_max: director.conn_max,
+            datapath_log: opts.datapath_log,
+        },
+        pins,
+    )?;
+    let mut maps = datapath.maps()?;
+    let tunnel_src = match director.tunnel_src {
+        Some(a) => Some(a),
+        None => net::ipv4_addresses(Some(iface.index))
+            .await?
+            .first()
+            .copied(),
+    };
+    let config = director_config(
+        iface.mac,
+        &opts.timeouts,
+        iface.mtu,
+        tunnel_src.map_or([0; 16], |a| addr_from_v4(a.octets())),
+    )?;
+    maps.set_config(&config)?;
+    // An adopted datapath: its saved state, written back whole (counters kept) so maps and
+    // state agree even if the last agent died half-way through a change.
+    let (state, saved_mode) = match adopting.then(|| persist::load(state_file)) {
+        Some(Ok((mode, state))) => (state, Some(mode)),
+        Some(Err(e)) => {
+            warn!("adopting the pinned datapath without its saved state: {e:#}");
+            (State::default(), None)
+        }
+        None => (State::default(), None),
+    };
+    state::resync(&mut maps, &state).context("cannot write the adopted state back")?;
+    let (attachment, mode) = datapath
+        .attach_pinned(iface.index, director.mode, pins)
+        .with_context(|| format!("interface {}", iface.name))?;
+    let mode = mode.or(saved_mode).unwrap_or(director.mode);
+    Ok(Up {
+        datapath,
+        maps,
+        config,
+        state,
+        attachment,
+        mode,
+        adopted: adopting,
+    })
+}
+
 /// How the agent ends.
 enum Exit {
     /// Detach and remove the pins: traffic for the services stops.
@@ -457,50 +536,50 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
     let pins = Pins::for_interface(&opts.bpffs, &iface.name)?;
     let state_file = run_dir.join("state.json");
-    let adopting = pins.map(lb_common::map_names::SERVICES).exists();
-    let mut datapath = Datapath::load_lb_pinned(
-        LoadOptions {
-            conn_max: director.conn_max,
-            datapath_log: opts.datapath_log,
-        },
-        &pins,
-    )?;
+    let fresh = !pins.map(lb_common::map_names::SERVICES).exists();
+    let up = match bring_up(&opts, &iface, &pins, &state_file).await {
+        // The pins of a datapath whose interface is gone (a deleted namespace whose number was
+        // reused, an interface created anew): nothing to adopt, start afresh.
+        Err(e) if severed(&e) => {
+            warn!(interface = %iface.name, "the pinned datapath belonged to an interface that is gone; starting afresh");
+            pins.remove()?;
+            let _ = fs::remove_file(&state_file);
+            let pins = Pins::for_interface(&opts.bpffs, &iface.name)?;
+            bring_up(&opts, &iface, &pins, &state_file).await
+        }
+        other => other,
+    };
+    let Up {
+        mut datapath,
+        maps,
+        config,
+        mut state,
+        attachment,
+        mode,
+        adopted,
+    } = match up {
+        Ok(up) => up,
+        Err(e) => {
+            // A start that fails leaves nothing behind (an adopted datapath keeps running).
+            if fresh {
+                let _ = pins.remove();
+                let _ = fs::remove_dir_all(&run_dir);
+            }
+            return Err(e);
+        }
+    };
     if opts.datapath_log {
         forward_datapath_logs(&mut datapath)?;
     }
-    let mut maps = datapath.maps()?;
-    let tunnel_src = match director.tunnel_src {
-        Some(a) => Some(a),
-        None => net::ipv4_addresses(Some(iface.index))
-            .await?
-            .first()
-            .copied(),
-    };
-    let config = director_config(
-        iface.mac,
-        &opts.timeouts,
-        iface.mtu,
-        tunnel_src.map_or([0; 16], |a| addr_from_v4(a.octets())),
-    )?;
-    maps.set_config(&config)?;
-
-    // An adopted datapath: its saved state, written back whole (counters kept) so maps and
-    // state agree even if the last agent died half-way through a change.
-    let (mut state, saved_mode) = match adopting.then(|| persist::load(&state_file)) {
-        Some(Ok((mode, state))) => (state, Some(mode)),
-        Some(Err(e)) => {
-            warn!("adopting the pinned datapath without its saved state: {e:#}");
-            (State::default(), None)
-        }
-        None => (State::default(), None),
-    };
-    state::resync(&mut maps, &state).context("cannot write the adopted state back")?;
-    let (attachment, mode) = datapath
-        .attach_pinned(iface.index, director.mode, &pins)
-        .with_context(|| format!("interface {}", iface.name))?;
-    let mode = mode.or(saved_mode).unwrap_or(director.mode);
-    if adopting {
+    if adopted {
         info!(interface = %iface.name, "adopted the running datapath: new program swapped in, maps and flows kept");
+        let capacity = maps.conn_capacity()?;
+        if capacity != director.conn_max {
+            warn!(
+                "keeping the pinned connection table of {capacity} flows (asked for {}): it cannot be resized while it holds flows; `xdplb detach` and start again to resize it",
+                director.conn_max
+            );
+        }
     }
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -520,6 +599,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         reload_failures: 0,
     };
     std::mem::swap(&mut agent.state, &mut state);
+    // Saved from the start: a datapath left behind always has its state beside it.
+    persist::save(&state_file, agent.mode, &agent.state)?;
     agent.checks_follow_state();
     if let Some((src, cfg)) = &initial {
         let next = agent.state_from(cfg, src).await?;

@@ -504,7 +504,10 @@ pub fn format_listing(l: &Listing) -> String {
         let _ = writeln!(out, "  -> RemoteAddress:Port");
     } else {
         let _ = writeln!(out, "Prot LocalAddress:Port Scheduler");
-        let _ = writeln!(out, "  -> RemoteAddress:Port           Forward Weight MAC               Health");
+        let _ = writeln!(
+            out,
+            "  -> RemoteAddress:Port           Forward Weight MAC               Health"
+        );
     }
     for s in &l.services {
         let proto = match s.protocol {

@@ -114,3 +114,51 @@ fn a_second_agent_is_refused_and_the_first_keeps_working() {
     serves_clients(&topo);
     assert!(agent.socket().exists());
 }
+
+#[test]
+fn a_failed_start_leaves_nothing_behind() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new(format!("{}-solo", names::unique_prefix())).unwrap();
+    let socket = std::env::temp_dir().join(format!("{}.sock", ns.name()));
+    // lo has no native XDP: the program loads, its maps are pinned, then attaching fails.
+    let err = failed_start(
+        &ns,
+        &["--iface", "lo", "--socket", socket.to_str().unwrap()],
+    );
+    assert!(err.contains("cannot attach"), "{err}");
+    let dir = format!("net{}-lo", ns.inode().unwrap());
+    let pins = lb_tests::agent::bpffs().unwrap().join("xdplb").join(&dir);
+    assert!(!pins.exists(), "{} left behind", pins.display());
+    assert!(!std::path::Path::new("/run/xdplb").join(&dir).exists());
+}
+
+#[test]
+fn the_pins_of_an_interface_that_is_gone_are_not_adopted() {
+    if !require_root() {
+        return;
+    }
+    let topo = DrTopology::new(1).expect("topology");
+    let director = topo.director().ns();
+    let mut agent = Agent::start(director, "eth0", &[]).expect("agent");
+    topo.configure(&agent);
+    agent.kill();
+    // The interface goes and comes back: the pinned link is severed, the old state is stale.
+    director.ip(&["link", "set", "eth0", "down"]).unwrap();
+    let peer = topo.switch().ns();
+    peer.ip(&["link", "del", topo.director().name()]).unwrap();
+    topo.switch()
+        .plug(director, "eth0", topo.director().name())
+        .unwrap();
+    director
+        .ip(&["addr", "add", "10.0.0.1/24", "dev", "eth0"])
+        .unwrap();
+    agent.restart().expect("a fresh start");
+    assert_eq!(xdp_attachment(director).as_deref(), Some("xdp"));
+    assert!(
+        agent.list().services().is_empty(),
+        "a stale state was adopted: {}",
+        agent.list().0
+    );
+}
