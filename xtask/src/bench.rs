@@ -3,20 +3,9 @@
 
 use std::{ffi::OsString, fmt::Write as _, path::Path, process::Command};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::Result;
 
-fn stdout_of(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
+use crate::toolchain::output;
 
 /// CPU model, CPUs, kernel, compiler, date: absolute times mean nothing without them.
 fn machine() -> Result<String> {
@@ -27,9 +16,9 @@ fn machine() -> Result<String> {
         .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
         .unwrap_or_else(|| "unknown".into());
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = stdout_of(Command::new("uname").arg("-r"))?;
-    let rustc = stdout_of(Command::new("rustc").arg("--version"))?;
-    let date = stdout_of(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
+    let kernel = output(Command::new("uname").arg("-r"))?;
+    let rustc = output(Command::new("rustc").arg("--version"))?;
+    let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
     let mut s = String::new();
     let _ = writeln!(s, "- CPU: {model}, {cpus} CPUs");
     let _ = writeln!(s, "- Kernel: {}", kernel.trim());
@@ -46,14 +35,14 @@ pub fn run(root: &Path, cargo: impl Fn(&[&str]) -> Command, path: &OsString) -> 
     let docs = root.join("docs");
     std::fs::create_dir_all(&docs)?;
     eprintln!("xtask: datapath cost per packet (needs root)");
-    let datapath = stdout_of(
+    let datapath = output(
         Command::new(root.join("target/release/xdplb-bench"))
             .arg(&docs)
             .env("PATH", path)
             .env("XDPLB_BIN", root.join("target/release/xdplb")),
     )?;
     eprintln!("xtask: Maglev table figures");
-    let maglev = stdout_of(&mut cargo(&[
+    let maglev = output(&mut cargo(&[
         "run",
         "--quiet",
         "--release",

@@ -18,7 +18,8 @@ fn cargo_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+/// Runs a command and returns its stdout; fails with its stderr.
+pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("cannot run {cmd:?}"))?;

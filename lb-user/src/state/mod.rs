@@ -24,7 +24,9 @@ pub use model::{Forward, Hash, Mac, Protocol, Scheduler, SchedulerSpec, ServiceA
 /// Largest weight, as in IPVS.
 pub const MAX_WEIGHT: u32 = 65535;
 
-#[derive(Clone, Debug, PartialEq)]
+/// A real server of a service. Saved with the state (persist.rs), except its health, which the
+/// checks find out anew after a restart.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Real {
     pub addr: Ipv4Addr,
     pub port: u16,
@@ -39,8 +41,14 @@ pub struct Real {
     /// The health check, if any (config file); without one a real server is always up.
     pub check: Option<HealthCheck>,
     /// What the check says; a server that is down gets no new flows, as with weight 0.
+    #[serde(skip, default = "up")]
     pub health: Health,
+    #[serde(skip)]
     pub last_error: Option<String>,
+}
+
+fn up() -> Health {
+    Health::Up
 }
 
 impl Real {

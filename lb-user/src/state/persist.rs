@@ -2,25 +2,13 @@
 //! back after a crash or an upgrade knows the weights, checks and ids behind the maps it adopts.
 //! Maglev tables are not saved: they follow from the rest.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{Forward, Hash, Mac, Real, Scheduler, Service, ServiceAddr, State};
-use crate::{datapath::AttachMode, health::Health, health::HealthCheck};
-
-#[derive(Serialize, Deserialize)]
-struct SavedReal {
-    addr: Ipv4Addr,
-    port: u16,
-    weight: u32,
-    forward: Forward,
-    mac: Mac,
-    pinned_mac: bool,
-    id: u32,
-    check: Option<HealthCheck>,
-}
+use super::{Hash, Real, Scheduler, Service, ServiceAddr, State};
+use crate::datapath::AttachMode;
 
 #[derive(Serialize, Deserialize)]
 struct SavedService {
@@ -29,7 +17,7 @@ struct SavedService {
     hash: Hash,
     id: u32,
     size: usize,
-    reals: Vec<SavedReal>,
+    reals: Vec<Real>,
     /// `sh` tables depend on their history (minimal moves), so they are kept.
     sh_table: Option<Vec<u32>>,
 }
@@ -54,20 +42,7 @@ pub fn save(path: &Path, mode: AttachMode, state: &State) -> Result<()> {
                 id: s.id,
                 size: s.table.len(),
                 sh_table: (s.scheduler == Scheduler::Sh).then(|| s.table.clone()),
-                reals: s
-                    .reals
-                    .iter()
-                    .map(|r| SavedReal {
-                        addr: r.addr,
-                        port: r.port,
-                        weight: r.weight,
-                        forward: r.forward,
-                        mac: r.mac,
-                        pinned_mac: r.pinned_mac,
-                        id: r.id,
-                        check: r.check.clone(),
-                    })
-                    .collect(),
+                reals: s.reals.clone(),
             })
             .collect(),
     };
@@ -79,7 +54,7 @@ pub fn save(path: &Path, mode: AttachMode, state: &State) -> Result<()> {
     Ok(())
 }
 
-/// Reads what [`save`] wrote; health starts up again (the checks decide anew).
+/// Reads what [`save`] wrote; health starts up again (the checks decide anew: see [`Real`]).
 pub fn load(path: &Path) -> Result<(AttachMode, State)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let saved: Saved =
@@ -91,22 +66,7 @@ pub fn load(path: &Path) -> Result<(AttachMode, State)> {
             scheduler: s.scheduler,
             hash: s.hash,
             id: s.id,
-            reals: s
-                .reals
-                .into_iter()
-                .map(|r| Real {
-                    addr: r.addr,
-                    port: r.port,
-                    weight: r.weight,
-                    forward: r.forward,
-                    mac: r.mac,
-                    pinned_mac: r.pinned_mac,
-                    id: r.id,
-                    check: r.check,
-                    health: Health::Up,
-                    last_error: None,
-                })
-                .collect(),
+            reals: s.reals,
             table: s
                 .sh_table
                 .unwrap_or_else(|| vec![lb_common::sched::NO_REAL; s.size]),
