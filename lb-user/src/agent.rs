@@ -136,6 +136,16 @@ impl Agent {
         self.monitor.set_targets(targets);
     }
 
+    /// At start: the checks begin from the health the saved state knows, so a restarted agent
+    /// keeps a dead server out instead of trusting it until `fall` checks fail.
+    fn restore_health(&self) {
+        for s in self.state.services.values() {
+            for r in s.reals.iter().filter(|r| r.health == Health::Down) {
+                self.monitor.assume(&(s.addr, r.addr), Health::Down);
+            }
+        }
+    }
+
     fn listing(&self) -> Result<Listing> {
         let counters = self.maps.counters()?;
         Ok(Listing::new(
@@ -599,9 +609,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         reload_failures: 0,
     };
     std::mem::swap(&mut agent.state, &mut state);
+    agent.checks_follow_state();
+    agent.restore_health();
     // Saved from the start: a datapath left behind always has its state beside it.
     persist::save(&state_file, agent.mode, &agent.state)?;
-    agent.checks_follow_state();
     if let Some((src, cfg)) = &initial {
         let next = agent.state_from(cfg, src).await?;
         agent.commit(next)?;

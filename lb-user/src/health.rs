@@ -375,6 +375,15 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static + fmt::Debug> Monitor<K> {
         lock(&self.entries.get(key)?.status).last_error.clone()
     }
 
+    /// Takes `health` as a target's current state without a transition (an agent restarting with
+    /// what it knew): a server known down needs `rise` good probes to come back, instead of being
+    /// trusted until `fall` bad ones. No effect on unknown keys or unchecked targets.
+    pub fn assume(&self, key: &K, health: Health) {
+        if let Some(entry) = self.entries.get(key).filter(|e| e.task.is_some()) {
+            lock(&entry.status).health = health;
+        }
+    }
+
     /// The current health of a key; `None` for a key that is not checked.
     pub fn health(&self, key: &K) -> Option<Health> {
         Some(lock(&self.entries.get(key)?.status).health)

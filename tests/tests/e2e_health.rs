@@ -226,3 +226,52 @@ fn a_dead_real_server_gets_no_new_connections_until_it_is_back() {
         "new connections after the restart: {landed:?}"
     );
 }
+
+#[test]
+fn a_restarted_agent_keeps_a_dead_server_out() {
+    if !require_root() {
+        return;
+    }
+    let topo = DrTopology::with_servers(3, Serve::Once).expect("cannot build the DR topology");
+    let director = topo.director().ns();
+    let mut agent = Agent::start_with_config(director, &config()).expect("cannot start the agent");
+    let victim = DrTopology::real_addr(VICTIM);
+    let victim_real = SocketAddrV4::new(victim, DrTopology::PORT).to_string();
+    let mut fresh = FreshFlows::new(40000);
+    topo.kill_server(VICTIM);
+    let deadline = Instant::now() + DETECT + Duration::from_secs(2);
+    while health(&agent, &victim_real).0 != "down" {
+        assert!(Instant::now() < deadline, "{victim_real} never went down");
+        std::thread::sleep(PAUSE);
+    }
+    // The agent dies and comes back: it must not trust the dead server until `fall` checks fail
+    // again (which would hand it new clients for a couple of seconds).
+    agent.kill();
+    agent.restart().expect("restart");
+    assert_eq!(
+        health(&agent, &victim_real).0,
+        "down",
+        "health forgotten across the restart"
+    );
+    let attempts = poll(&topo, &mut fresh, Duration::from_secs(2), |_| false);
+    let refused_after_restart = attempts.iter().filter(|a| refused(a)).count();
+    assert_eq!(
+        refused_after_restart, 0,
+        "new clients sent to the dead server after the restart"
+    );
+    assert!(
+        attempts.iter().all(|a| a.answer.is_ok()),
+        "some connection failed"
+    );
+    // And once its service is back, it rejoins.
+    topo.restart_server(VICTIM).expect("restart the server");
+    let back = poll(&topo, &mut fresh, REVIVE, |seen| {
+        seen.iter()
+            .any(|a| a.answer.as_deref() == Ok(topo.real_name(victim)))
+    });
+    assert!(
+        back.iter()
+            .any(|a| a.answer.as_deref() == Ok(topo.real_name(victim))),
+        "{victim_real} never came back"
+    );
+}

@@ -24,8 +24,8 @@ pub use model::{Forward, Hash, Mac, Protocol, Scheduler, SchedulerSpec, ServiceA
 /// Largest weight, as in IPVS.
 pub const MAX_WEIGHT: u32 = 65535;
 
-/// A real server of a service. Saved with the state (persist.rs), except its health, which the
-/// checks find out anew after a restart.
+/// A real server of a service, as saved with the state (persist.rs) for a restart: a server
+/// known down stays down until its check says otherwise.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Real {
     pub addr: Ipv4Addr,
@@ -41,7 +41,7 @@ pub struct Real {
     /// The health check, if any (config file); without one a real server is always up.
     pub check: Option<HealthCheck>,
     /// What the check says; a server that is down gets no new flows, as with weight 0.
-    #[serde(skip, default = "up")]
+    #[serde(default = "up")]
     pub health: Health,
     #[serde(skip)]
     pub last_error: Option<String>,

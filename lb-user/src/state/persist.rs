@@ -54,7 +54,7 @@ pub fn save(path: &Path, mode: AttachMode, state: &State) -> Result<()> {
     Ok(())
 }
 
-/// Reads what [`save`] wrote; health starts up again (the checks decide anew: see [`Real`]).
+/// Reads what [`save`] wrote.
 pub fn load(path: &Path) -> Result<(AttachMode, State)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let saved: Saved =
