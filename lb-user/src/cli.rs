@@ -46,6 +46,9 @@ pub enum Command {
     Save,
     /// Zero all counters (like ipvsadm -Z).
     Zero,
+    /// Print the manual page (troff), generated from these same definitions:
+    /// `xdplb man | man -l -`.
+    Man,
     /// Remove a datapath left running without an agent (after SIGQUIT or a crash).
     Detach {
         #[arg(long, short = 'i', value_name = "IF")]
@@ -358,6 +361,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             return rt.block_on(agent::run(opts));
         }
         Command::Detach { iface, bpffs } => return agent::detach(&bpffs, &iface),
+        Command::Man => return manual(&mut std::io::stdout()),
         Command::Pktgen(args) => return crate::pktgen::execute(args),
         Command::Reload => Request::Reload,
         Command::Zero => Request::Zero,
@@ -436,6 +440,26 @@ pub fn execute(cli: Cli) -> Result<()> {
     };
     control::request(&cli.socket, &request)?;
     Ok(())
+}
+
+/// The manual: a page for the command and one for every subcommand (`xdplb-real-add`, ...), in
+/// troff.
+pub fn manual(out: &mut dyn std::io::Write) -> Result<()> {
+    fn pages(cmd: &clap::Command, name: String, out: &mut dyn std::io::Write) -> Result<()> {
+        clap_mangen::Man::new(cmd.clone().name(name.clone())).render(out)?;
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            pages(sub, format!("{name}-{}", sub.get_name()), out)?;
+        }
+        Ok(())
+    }
+    pages(
+        &<Cli as clap::CommandFactory>::command(),
+        "xdplb".into(),
+        out,
+    )
 }
 
 /// `xdplb simulate`: prints "SRC:PORT RIP:PORT" per flow ("-" when no real server would take it).
@@ -556,4 +580,32 @@ pub fn format_listing(l: &Listing) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_manual_has_a_page_per_command_with_its_options() {
+        let mut out = Vec::new();
+        super::manual(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for page in [
+            "xdplb 1",
+            "xdplb-run 1",
+            "xdplb-real-add 1",
+            "xdplb-service-edit 1",
+            "xdplb-pktgen 1",
+        ] {
+            assert!(text.contains(&format!(".TH {page}")), "no page {page}");
+        }
+        for option in [
+            "tcp\\-service",
+            "real\\-server",
+            "weight",
+            "mh\\-size",
+            "config",
+        ] {
+            assert!(text.contains(option), "no {option} in the manual");
+        }
+    }
 }
