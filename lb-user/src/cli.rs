@@ -15,8 +15,10 @@ use crate::{
     config::{Director, Metrics, Timeouts},
     control::{self, Listing, Request, Response, StatsView, DEFAULT_SOCKET},
     datapath::AttachMode,
+    health::{Check, HealthCheck},
     state::{
-        Forward, Hash, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr, MAX_WEIGHT,
+        CheckChange, Forward, Hash, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr,
+        MAX_WEIGHT,
     },
 };
 use lb_common::DEFAULT_CONN_MAX;
@@ -281,6 +283,35 @@ pub struct RealArgs {
     /// The real server's MAC address, instead of asking the neighbour table.
     #[arg(long, value_name = "MAC")]
     mac: Option<Mac>,
+    /// Health check with the default timing (every second, down after 2 failures, up after 2
+    /// successes): tcp, http:/PATH (status 200), or none. The config file sets every detail.
+    #[arg(long, value_name = "CHECK", value_parser = parse_check)]
+    check: Option<CheckArg>,
+}
+
+/// `--check`'s value: a check, or none (which removes one).
+#[derive(Clone, Debug)]
+struct CheckArg(Option<HealthCheck>);
+
+fn parse_check(s: &str) -> Result<CheckArg, String> {
+    let check = match s {
+        "none" => return Ok(CheckArg(None)),
+        "tcp" => Check::Tcp,
+        _ => match s.strip_prefix("http:") {
+            Some(path) => Check::Http {
+                path: path.to_owned(),
+                status: 200,
+                body: None,
+            },
+            None => return Err(format!("'{s}' is not a check: tcp, http:/PATH or none")),
+        },
+    };
+    let hc = HealthCheck {
+        check,
+        ..HealthCheck::default()
+    };
+    hc.validate().map_err(|e| e.to_string())?;
+    Ok(CheckArg(Some(hc)))
 }
 
 impl RealArgs {
@@ -295,6 +326,7 @@ impl RealArgs {
                 self.gatewaying.then_some(Forward::Route)
             },
             mac: self.mac,
+            check: self.check.clone().map(|c| CheckChange::from_option(c.0)),
         }
     }
 }
@@ -607,5 +639,71 @@ mod tests {
         ] {
             assert!(text.contains(option), "no {option} in the manual");
         }
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn check_of(args: &[&str]) -> Result<Option<CheckChange>, String> {
+        let mut all = vec![
+            "xdplb",
+            "real",
+            "add",
+            "-t",
+            "10.0.0.100:80",
+            "-r",
+            "10.0.0.11",
+        ];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all) {
+            Ok(Cli {
+                command:
+                    Command::Real {
+                        action: RealAction::Add(a),
+                    },
+                ..
+            }) => Ok(a.spec().check),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string().lines().next().unwrap_or_default().to_owned()),
+        }
+    }
+
+    #[test]
+    fn check_option() {
+        assert_eq!(
+            check_of(&[]),
+            Ok(None),
+            "no --check: keep (or none for a new server)"
+        );
+        assert_eq!(
+            check_of(&["--check", "none"]),
+            Ok(Some(CheckChange::Remove))
+        );
+        let Ok(Some(CheckChange::Set(tcp))) = check_of(&["--check", "tcp"]) else {
+            panic!()
+        };
+        assert_eq!(
+            (tcp.check, tcp.interval_ms, tcp.fall),
+            (Check::Tcp, 1000, 2)
+        );
+        let Ok(Some(CheckChange::Set(http))) = check_of(&["--check", "http:/healthz"]) else {
+            panic!()
+        };
+        assert_eq!(
+            http.check,
+            Check::Http {
+                path: "/healthz".into(),
+                status: 200,
+                body: None
+            }
+        );
+        assert!(check_of(&["--check", "ping"])
+            .unwrap_err()
+            .contains("'ping' is not a check"));
+        assert!(check_of(&["--check", "http:nopath"]).is_err());
     }
 }

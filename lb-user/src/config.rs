@@ -20,7 +20,10 @@ use toml::Spanned;
 use crate::{
     datapath::AttachMode,
     health::HealthCheck,
-    state::{Forward, Hash, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr, State},
+    state::{
+        CheckChange, Forward, Hash, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr,
+        State,
+    },
 };
 
 fn default_mode() -> AttachMode {
@@ -299,6 +302,7 @@ impl Config {
                     weight: Some(r.weight),
                     forward: Some(r.forward),
                     mac: r.mac,
+                    check: Some(CheckChange::from_option(r.check.clone())),
                 };
                 let learned = learned.get(&(addr, r.address)).copied();
                 next = match next.service(&addr)?.real(r.address) {
@@ -310,9 +314,6 @@ impl Config {
                     // The file has no MAC: the kernel's is used and kept current.
                     next = next.unpin_mac(addr, r.address, learned).map_err(at)?;
                 }
-                next = next
-                    .set_check(addr, r.address, r.check.clone())
-                    .map_err(at)?;
             }
         }
         Ok(next)

@@ -171,3 +171,63 @@ fn without_an_agent_the_cli_says_how_to_start_one() {
         "the error does not say how to start an agent: {stderr:?}"
     );
 }
+
+#[test]
+fn health_checks_can_be_set_from_the_cli() {
+    if !require_root() {
+        return;
+    }
+    let topo = DrTopology::new(1).expect("cannot build the DR topology");
+    let agent = Agent::start(topo.director().ns(), "eth0", &[]).expect("cannot start the agent");
+    let svc = DrTopology::service().to_string();
+    agent.cli_ok(&["service", "add", "-t", &svc]);
+    agent.cli_ok(&[
+        "real",
+        "add",
+        "-t",
+        &svc,
+        "-r",
+        "10.0.0.11",
+        "--check",
+        "tcp",
+    ]);
+    let health = |agent: &Agent| agent.list().service(&svc).unwrap()["reals"][0]["health"].clone();
+    assert_eq!(health(&agent)["state"], "up");
+    // A server whose check fails leaves; `--check none` takes the check away (and it is up).
+    topo.kill_server(1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while health(&agent)["state"] != "down" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never went down: {}",
+            health(&agent)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    agent.cli_ok(&[
+        "real",
+        "edit",
+        "-t",
+        &svc,
+        "-r",
+        "10.0.0.11",
+        "--check",
+        "none",
+    ]);
+    assert!(
+        health(&agent).is_null(),
+        "the check is still there: {}",
+        health(&agent)
+    );
+    let out = agent.cli(&[
+        "real",
+        "edit",
+        "-t",
+        &svc,
+        "-r",
+        "10.0.0.11",
+        "--check",
+        "http:x",
+    ]);
+    assert!(!out.status.success());
+}

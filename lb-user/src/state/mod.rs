@@ -196,6 +196,31 @@ pub struct RealSpec {
     pub weight: Option<u32>,
     pub forward: Option<Forward>,
     pub mac: Option<Mac>,
+    /// A change of health check.
+    #[serde(default)]
+    pub check: Option<CheckChange>,
+}
+
+/// Setting or removing a real server's health check (an explicit enum: a nested Option would not
+/// survive the JSON of the control socket).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckChange {
+    Set(HealthCheck),
+    Remove,
+}
+
+impl CheckChange {
+    pub fn from_option(check: Option<HealthCheck>) -> Self {
+        check.map_or(CheckChange::Remove, CheckChange::Set)
+    }
+
+    fn into_option(self) -> Option<HealthCheck> {
+        match self {
+            CheckChange::Set(c) => Some(c),
+            CheckChange::Remove => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -332,32 +357,11 @@ impl State {
             mac: spec.mac.or(learned).unwrap_or_default(),
             pinned_mac: spec.mac.is_some(),
             id,
-            check: None,
+            check: spec.check.clone().and_then(CheckChange::into_option),
             health: Health::Up,
             last_error: None,
         });
         svc.rebuild_table();
-        Ok(next)
-    }
-
-    /// Sets (or removes) a real server's health check; it starts up.
-    pub fn set_check(
-        &self,
-        service: ServiceAddr,
-        addr: Ipv4Addr,
-        check: Option<HealthCheck>,
-    ) -> Result<State> {
-        if let Some(c) = &check {
-            c.validate()?;
-        }
-        let mut next = self.clone();
-        let real = next.real_mut(&service, addr)?;
-        if real.check != check {
-            real.check = check;
-            real.health = Health::Up;
-            real.last_error = None;
-        }
-        next.service_mut(&service)?.rebuild_table();
         Ok(next)
     }
 
@@ -431,6 +435,9 @@ impl State {
         if let Some(w) = spec.weight {
             check_weight(w)?;
         }
+        if let Some(CheckChange::Set(c)) = &spec.check {
+            c.validate()?;
+        }
         svc.check_capacity(svc.reals.len() + 1)?;
         Ok((addr, port))
     }
@@ -481,6 +488,16 @@ impl State {
             real.pinned_mac = true;
         } else if let Some(m) = learned.filter(|_| !real.pinned_mac) {
             real.mac = m;
+        }
+        // A changed check starts from up again.
+        let check = spec.check.clone().map(CheckChange::into_option);
+        if let Some(check) = check.filter(|c| *c != real.check) {
+            if let Some(c) = &check {
+                c.validate()?;
+            }
+            real.check = check;
+            real.health = Health::Up;
+            real.last_error = None;
         }
         svc.rebuild_table();
         Ok(next)
