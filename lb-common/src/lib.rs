@@ -10,6 +10,7 @@ extern crate alloc;
 
 pub mod csum;
 pub mod hash;
+pub mod ipv4;
 #[cfg(feature = "alloc")]
 pub mod maglev;
 pub mod maps;

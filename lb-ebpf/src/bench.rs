@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use lb_common::{BenchFrame, BENCH_FRAME_MAX};
 
-use crate::{encap::adjust_head, parse::ptr_at};
+use crate::{ether::adjust_head, parse::ptr_at};
 
 #[map]
 static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);

@@ -2,17 +2,20 @@
 //! client's TCP learns the path MTU through the director and lowers its segment size.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
-use lb_common::{csum, DirectorConfig, IPPROTO_ICMP};
+use lb_common::{
+    csum,
+    ipv4::{self, HEADER_LEN as IPV4_HLEN},
+    DirectorConfig, IPPROTO_ICMP,
+};
 
 use crate::{
-    encap::{adjust_head, ipv4_header, rewrite_l2},
+    ether::{adjust_head, EthHeader},
     parse::{ptr_at, read, Packet},
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMP_HLEN: usize = 8;
-const IPV4_HLEN: usize = 20;
 /// What an ICMP error quotes: the offending IP header (up to 60 bytes) and 8 bytes after it.
 const MAX_QUOTE: usize = 60 + 8;
 const TTL: u8 = 64;
@@ -23,15 +26,14 @@ const TTL: u8 = 64;
 pub fn frag_needed(ctx: &XdpContext, pkt: &Packet, cfg: &DirectorConfig) -> bool {
     let l3 = pkt.l3_off;
     let quote = pkt.l4_off - l3 + 8;
-    let Some(client_mac) = read::<[u8; 6]>(ctx, 6) else {
+    // Back to the client, from the director.
+    let Some(mut eth) = EthHeader::read(ctx, l3) else {
         return false;
     };
+    (eth.dst, eth.src) = (eth.src, cfg.mac);
     // Room for the new IP and ICMP headers in front of the quoted original IP header.
     let grow = IPV4_HLEN + ICMP_HLEN;
-    if !adjust_head(ctx, -(grow as i32)) {
-        return false;
-    }
-    if !rewrite_l2(ctx, grow, l3, &client_mac, &cfg.mac) {
+    if !adjust_head(ctx, -(grow as i32)) || !eth.write(ctx) {
         return false;
     }
     // Cut everything after the quote.
@@ -41,14 +43,14 @@ pub fn frag_needed(ctx: &XdpContext, pkt: &Packet, cfg: &DirectorConfig) -> bool
     if keep > len || unsafe { bpf_xdp_adjust_tail(ctx.ctx, keep as i32 - len as i32) } != 0 {
         return false;
     }
-    let ip = ipv4_header(
+    let ip = ipv4::header(
         0,
         (grow + quote) as u16,
         0,
         TTL,
         IPPROTO_ICMP,
-        &pkt.dst,
-        &pkt.src,
+        pkt.dst,
+        pkt.src,
     );
     let next_hop_mtu = (cfg.mtu - IPV4_HLEN as u32) as u16;
     let mut icmp = [ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0, 0, 0, 0, 0];

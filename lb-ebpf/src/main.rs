@@ -13,6 +13,7 @@ mod bench;
 mod config;
 mod conntrack;
 mod encap;
+mod ether;
 mod forward;
 mod icmp;
 mod lookup;

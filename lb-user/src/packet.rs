@@ -3,6 +3,8 @@
 
 use std::net::Ipv4Addr;
 
+use lb_common::ipv4;
+
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const TCP_SYN: u8 = 0x02;
@@ -50,19 +52,6 @@ impl Default for FrameSpec {
     }
 }
 
-/// The Internet checksum (RFC 1071) of `data`, starting from a partial sum.
-pub fn checksum(data: &[u8], initial: u32) -> u16 {
-    let mut sum = initial;
-    for chunk in data.chunks(2) {
-        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
-        sum += word as u32;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 impl FrameSpec {
     pub fn build(&self) -> Vec<u8> {
         assert!(self.ip_options.len().is_multiple_of(4) && self.ip_options.len() <= 40);
@@ -90,7 +79,7 @@ impl FrameSpec {
         f.extend_from_slice(&self.src.octets());
         f.extend_from_slice(&self.dst.octets());
         f.extend_from_slice(&self.ip_options);
-        let csum = checksum(&f[ip_start..], 0);
+        let csum = lb_common::csum::fold(lb_common::csum::sum(&f[ip_start..]));
         f[ip_start + 10..ip_start + 12].copy_from_slice(&csum.to_be_bytes());
         f.extend_from_slice(&l4);
         f
@@ -118,8 +107,7 @@ impl FrameSpec {
         pseudo.extend_from_slice(&self.dst.octets());
         pseudo.extend_from_slice(&[0, self.proto]);
         pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-        let partial = !checksum(&pseudo, 0) as u32;
-        let csum = checksum(&l4, partial);
+        let csum = lb_common::csum::fold(lb_common::csum::sum(&pseudo) + lb_common::csum::sum(&l4));
         let at = if self.proto == lb_common::IPPROTO_TCP {
             16
         } else {
@@ -139,17 +127,17 @@ pub fn encapsulate(frame: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
         14
     };
     let inner = &frame[l3..];
-    let mut outer = [0u8; 20];
-    outer[0] = 0x45;
-    outer[1] = inner[1];
-    outer[2..4].copy_from_slice(&((inner.len() + 20) as u16).to_be_bytes());
-    outer[6] = inner[6] & 0x40;
-    outer[8] = 64;
-    outer[9] = lb_common::IPPROTO_IPIP;
-    outer[12..16].copy_from_slice(&src.octets());
-    outer[16..20].copy_from_slice(&dst.octets());
-    let c = lb_common::csum::ipv4_header(&outer);
-    outer[10..12].copy_from_slice(&c.to_be_bytes());
+    let tot_len = (inner.len() + ipv4::HEADER_LEN) as u16;
+    let df = u16::from_be_bytes([inner[6], inner[7]]) & ipv4::DF;
+    let outer = ipv4::header(
+        inner[1],
+        tot_len,
+        df,
+        64,
+        lb_common::IPPROTO_IPIP,
+        src.octets(),
+        dst.octets(),
+    );
     [&frame[..l3], &outer[..], inner].concat()
 }
 
@@ -164,7 +152,10 @@ mod tests {
             ..Default::default()
         }
         .build();
-        assert_eq!(checksum(&f[14..14 + 24], 0), 0);
+        assert_eq!(
+            lb_common::csum::fold(lb_common::csum::sum(&f[14..14 + 24])),
+            0
+        );
         assert_eq!(f.len(), 14 + 24 + 20);
     }
 
