@@ -107,28 +107,34 @@ pub async fn resolve_real_mac(iface: &Interface, rip: Ipv4Addr) -> Result<[u8; 6
 /// router on the way, or to the real server itself when it is on-link). The route must leave
 /// through `iface`: the datapath sends only out of the interface it is attached to.
 pub async fn resolve_next_hop_mac(iface: &Interface, rip: Ipv4Addr) -> Result<[u8; 6]> {
+    next_hop_mac(iface, rip, "real server ").await
+}
+
+/// The MAC of the next hop toward `dst`, through `iface` only; errors name it `what` followed by
+/// its address (`what` = "real server " for the agent, "" for a plain destination).
+pub async fn next_hop_mac(iface: &Interface, dst: Ipv4Addr, what: &str) -> Result<[u8; 6]> {
     let nl = Netlink::open()?;
-    let route = route_to(&nl, rip).await?;
+    let route = route_to(&nl, dst, what).await?;
     if route.oif != Some(iface.index) {
         let other = match route.oif {
             Some(i) => nl.link_name(i).await,
             None => "an unknown interface".to_owned(),
         };
         bail!(
-            "real server {rip} is reached through interface {other}; xdplb sends only out of {}",
+            "{what}{dst} is reached through interface {other}; xdplb sends only out of {}",
             iface.name
         );
     }
     let hop = match route.gateway {
-        None => rip,
+        None => dst,
         Some(IpAddr::V4(g)) => g,
-        Some(IpAddr::V6(g)) => bail!(
-            "real server {rip} is routed via IPv6 gateway {g}, which IPIP over IPv4 cannot use"
-        ),
+        Some(IpAddr::V6(g)) => {
+            bail!("{what}{dst} is routed via IPv6 gateway {g}, which IPIP over IPv4 cannot use")
+        }
     };
     resolve_neighbour(&nl, iface, hop).await?.ok_or_else(|| {
         anyhow!(
-            "cannot resolve the MAC address of {hop}, the next hop toward real server {rip}, on {} (no ARP reply); give it with --mac",
+            "cannot resolve the MAC address of {hop}, the next hop toward {what}{dst}, on {} (no ARP reply); give it with --mac",
             iface.name
         )
     })
@@ -171,8 +177,8 @@ struct Route {
     gateway: Option<IpAddr>,
 }
 
-/// Like `ip route get RIP`, for a real server: unicast routes only.
-async fn route_to(nl: &Netlink, rip: Ipv4Addr) -> Result<Route> {
+/// Like `ip route get RIP`: unicast routes only; errors name the address `what` + `rip`.
+async fn route_to(nl: &Netlink, rip: Ipv4Addr, what: &str) -> Result<Route> {
     let mut query = RouteMessage::default();
     query.header.address_family = AddressFamily::Inet;
     query.header.destination_prefix_length = 32;
@@ -182,22 +188,19 @@ async fn route_to(nl: &Netlink, rip: Ipv4Addr) -> Result<Route> {
     // No RTA_OIF in the query: with one, the kernel assumes on-link when no route matches.
     let route = match nl.handle.route().get(query).execute().try_next().await {
         Ok(Some(route)) => route,
-        Ok(None) => bail!("no route to real server {rip}"),
+        Ok(None) => bail!("no route to {what}{rip}"),
         Err(e) if matches!(errno(&e), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => {
-            bail!("no route to real server {rip}")
+            bail!("no route to {what}{rip}")
         }
         // Blackhole (EINVAL) and prohibit (EACCES) routes, among others.
-        Err(e) => bail!(
-            "no route to real server {rip} (route lookup: {})",
-            reason(&e)
-        ),
+        Err(e) => bail!("no route to {what}{rip} (route lookup: {})", reason(&e)),
     };
     match route.header.kind {
         RouteType::Unicast => {}
-        RouteType::Local => bail!("real server {rip} is an address of this director"),
-        RouteType::Broadcast => bail!("real server {rip} is a broadcast address"),
-        RouteType::Multicast => bail!("real server {rip} is a multicast address"),
-        _ => bail!("no route to real server {rip}"),
+        RouteType::Local => bail!("{what}{rip} is an address of this director"),
+        RouteType::Broadcast => bail!("{what}{rip} is a broadcast address"),
+        RouteType::Multicast => bail!("{what}{rip} is a multicast address"),
+        _ => bail!("no route to {what}{rip}"),
     }
     let mut found = Route {
         oif: None,
@@ -219,7 +222,7 @@ async fn route_to(nl: &Netlink, rip: Ipv4Addr) -> Result<Route> {
 
 /// DR only works if the real server is reachable on `iface` without a router.
 async fn check_on_link(nl: &Netlink, iface: &Interface, rip: Ipv4Addr) -> Result<()> {
-    let route = route_to(nl, rip).await?;
+    let route = route_to(nl, rip, "real server ").await?;
     let other_if = match route.oif {
         Some(i) if i == iface.index => None,
         Some(i) => Some(nl.link_name(i).await),

@@ -205,18 +205,15 @@ async fn first_address(iface: &net::Interface) -> Result<AddrRange> {
 /// The MAC frames to `dst` go to on `iface`: the neighbour entry of `dst` (or of the gateway
 /// toward it), asking the kernel to resolve it when it has none.
 async fn destination_mac(iface: &net::Interface, dst: SocketAddrV4) -> Result<[u8; 6]> {
-    net::resolve_next_hop_mac(iface, *dst.ip())
-        .await
-        .map_err(|e| {
-            // lb_user::net words its errors for the director's real servers.
-            let reason = format!("{e:#}").replace("real server ", "");
-            let hint = if reason.contains("--mac") {
-                ""
-            } else {
-                "; give it with --dst-mac"
-            };
-            anyhow!("no destination MAC for {}: {reason}{hint}", dst.ip())
-        })
+    net::next_hop_mac(iface, *dst.ip(), "").await.map_err(|e| {
+        let reason = format!("{e:#}");
+        let hint = if reason.contains("--mac") {
+            ""
+        } else {
+            "; give it with --dst-mac"
+        };
+        anyhow!("no destination MAC for {}: {reason}{hint}", dst.ip())
+    })
 }
 
 /// Runs a future of lb_user::net on a runtime of the calling thread (and so in its namespace).
