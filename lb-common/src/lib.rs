@@ -18,5 +18,7 @@ pub mod rng;
 pub mod sched;
 #[cfg(feature = "alloc")]
 pub mod table;
+pub mod tools;
 
 pub use maps::*;
+pub use tools::*;
