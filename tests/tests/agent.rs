@@ -78,17 +78,24 @@ fn failed_start(ns: &Netns, args: &[&str]) -> String {
     err
 }
 
+/// `xdplb run --iface IFACE` in a namespace of its own, expected to fail: the namespace, the
+/// socket path it was given, its one-line error.
+fn failed_start_alone(iface: &str) -> (Netns, std::path::PathBuf, String) {
+    let ns = Netns::new(format!("{}-solo", names::unique_prefix())).unwrap();
+    let socket = std::env::temp_dir().join(format!("{}.sock", ns.name()));
+    let err = failed_start(
+        &ns,
+        &["--iface", iface, "--socket", socket.to_str().unwrap()],
+    );
+    (ns, socket, err)
+}
+
 #[test]
 fn an_unknown_interface_is_refused() {
     if !require_root() {
         return;
     }
-    let ns = Netns::new(format!("{}-solo", names::unique_prefix())).unwrap();
-    let socket = std::env::temp_dir().join(format!("{}.sock", ns.name()));
-    let err = failed_start(
-        &ns,
-        &["--iface", "nope0", "--socket", socket.to_str().unwrap()],
-    );
+    let (_ns, socket, err) = failed_start_alone("nope0");
     assert!(err.contains("unknown interface 'nope0'"), "{err}");
     assert!(!socket.exists());
 }
@@ -120,13 +127,8 @@ fn a_failed_start_leaves_nothing_behind() {
     if !require_root() {
         return;
     }
-    let ns = Netns::new(format!("{}-solo", names::unique_prefix())).unwrap();
-    let socket = std::env::temp_dir().join(format!("{}.sock", ns.name()));
     // lo has no native XDP: the program loads, its maps are pinned, then attaching fails.
-    let err = failed_start(
-        &ns,
-        &["--iface", "lo", "--socket", socket.to_str().unwrap()],
-    );
+    let (ns, _, err) = failed_start_alone("lo");
     assert!(err.contains("cannot attach"), "{err}");
     let dir = format!("net{}-lo", ns.inode().unwrap());
     let pins = lb_tests::agent::bpffs().unwrap().join("xdplb").join(&dir);

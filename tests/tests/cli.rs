@@ -5,6 +5,16 @@ use lb_tests::agent::cli;
 use lb_tests::client::fetch;
 use lb_tests::{require_root, Agent, DrTopology};
 
+/// A DR topology with `reals` real servers and an agent with the `sh` service on the VIP, no real
+/// server yet: (topology, agent, "VIP:PORT").
+fn agent_with_a_service(reals: usize) -> (DrTopology, Agent, String) {
+    let topo = DrTopology::new(reals).expect("cannot build the DR topology");
+    let agent = Agent::start(topo.director().ns(), "eth0", &[]).expect("cannot start the agent");
+    let svc = DrTopology::service().to_string();
+    agent.cli_ok(&["service", "add", "-t", &svc, "-s", "sh"]);
+    (topo, agent, svc)
+}
+
 #[test]
 fn rejected_commands_change_nothing() {
     if !require_root() {
@@ -12,10 +22,7 @@ fn rejected_commands_change_nothing() {
     }
     // Two real servers, only rs1 configured: rs2 is a valid, reachable address to try bad
     // commands with.
-    let topo = DrTopology::new(2).expect("cannot build the DR topology");
-    let agent = Agent::start(topo.director().ns(), "eth0", &[]).expect("cannot start the agent");
-    let svc = DrTopology::service().to_string();
-    agent.cli_ok(&["service", "add", "-t", &svc, "-s", "sh"]);
+    let (topo, agent, svc) = agent_with_a_service(2);
     agent.cli_ok(&[
         "real",
         "add",
@@ -177,10 +184,7 @@ fn health_checks_can_be_set_from_the_cli() {
     if !require_root() {
         return;
     }
-    let topo = DrTopology::new(1).expect("cannot build the DR topology");
-    let agent = Agent::start(topo.director().ns(), "eth0", &[]).expect("cannot start the agent");
-    let svc = DrTopology::service().to_string();
-    agent.cli_ok(&["service", "add", "-t", &svc]);
+    let (topo, agent, svc) = agent_with_a_service(1);
     agent.cli_ok(&[
         "real",
         "add",

@@ -173,15 +173,22 @@ fn flow_that_moves(fx: &mut Fixture, from: u32) -> (u32, u8) {
         .expect("some flow moves")
 }
 
+/// A flow opened with a SYN, then real server 14 added so the table now gives that flow another
+/// server: (fixture, flow number, the server it was opened on).
+fn opened_then_table_moved() -> (Fixture, u32, u8) {
+    let mut fx = fixture();
+    let (i, old) = flow_that_moves(&mut fx, 0);
+    assert_eq!(fx.send(&packet(i, TCP_SYN)), Some(old));
+    fx.add_real(service(Protocol::Tcp), 14, 1);
+    (fx, i, old)
+}
+
 #[test]
 fn a_rst_ends_the_entry() {
     if !require_root() {
         return;
     }
-    let mut fx = fixture();
-    let (i, old) = flow_that_moves(&mut fx, 0);
-    assert_eq!(fx.send(&packet(i, TCP_SYN)), Some(old));
-    fx.add_real(service(Protocol::Tcp), 14, 1);
+    let (mut fx, i, old) = opened_then_table_moved();
     assert_eq!(fx.send(&packet(i, TCP_ACK)), Some(old), "established");
     // The RST still reaches the server that knows the connection, then the entry is gone.
     assert_eq!(fx.send(&packet(i, RST | TCP_ACK)), Some(old));
@@ -197,10 +204,7 @@ fn a_syn_after_a_fin_opens_a_new_connection() {
     if !require_root() {
         return;
     }
-    let mut fx = fixture();
-    let (i, old) = flow_that_moves(&mut fx, 0);
-    assert_eq!(fx.send(&packet(i, TCP_SYN)), Some(old));
-    fx.add_real(service(Protocol::Tcp), 14, 1);
+    let (mut fx, i, old) = opened_then_table_moved();
     // A retransmitted SYN of a live connection stays.
     assert_eq!(fx.send(&packet(i, TCP_SYN)), Some(old));
     assert_eq!(fx.send(&packet(i, FIN | TCP_ACK)), Some(old));
