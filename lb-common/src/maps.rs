@@ -166,6 +166,13 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const REASONS: &str = "REASONS";
+    /// MAC addresses of devices stacked on the interface (macvlan, such as keepalived's
+    /// `use_vmac`) whose frames the director acts on besides the interface's own.
+    pub const LOCAL_MACS: &str = "LOCAL_MACS";
+    /// Connection synchronisation: the ring buffer of flow events the datapath hands the agent,
+    /// and its per-CPU counters (events written, events lost because the ring was full).
+    pub const SYNC_EVENTS: &str = "SYNC_EVENTS";
+    pub const SYNC_STATS: &str = "SYNC_STATS";
     /// Real-server side (`xdplb decap`): the addresses whose IPIP packets are decapsulated, and
     /// counters (index 0: decapsulated, 1: passed untouched).
     pub const DECAP_VIPS: &str = "DECAP_VIPS";
@@ -208,9 +215,15 @@ pub mod program_names {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct DirectorConfig {
-    /// The attached interface's MAC: the source MAC of every forwarded frame.
+    /// The attached interface's MAC: the source MAC of every forwarded frame, and the one
+    /// destination MAC (with [`LocalMacs`]) whose frames the director acts on.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// Connection synchronisation: 0 when off; otherwise a flow that stays active is announced
+    /// to the peers again each time its refreshed timestamp crosses a multiple of
+    /// `1 << sync_shift` ticks (a quarter of the shortest timeout, so a peer's copy never ages
+    /// out while the flow lives).
+    pub sync_shift: u8,
+    pub _pad: u8,
     /// Idle timeouts of connection-table entries in kernel clock ticks (jiffies, which the
     /// datapath reads for almost nothing): established TCP, TCP after a FIN, UDP.
     pub tcp_timeout: u32,
@@ -259,9 +272,16 @@ pub enum Reason {
     DropTooBig = 8,
     /// The frame could not be grown or shrunk (no headroom).
     DropNoRoom = 9,
+    /// Addressed to a MAC address this host does not own on the link (a frame a switch flooded
+    /// to every port): the kernel drops it as PACKET_OTHERHOST; a backup director must never
+    /// forward what the master forwards.
+    PassOtherHost = 10,
 }
 
-pub const REASON_COUNT: u32 = 10;
+pub const REASON_COUNT: u32 = 11;
+/// Entries of the REASONS map: room for reasons added later, so a datapath pinned by one
+/// version is adopted by the next without resizing it.
+pub const REASON_SLOTS: u32 = 32;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -275,6 +295,7 @@ impl Reason {
         Reason::TxFragNeeded,
         Reason::DropTooBig,
         Reason::DropNoRoom,
+        Reason::PassOtherHost,
     ];
 
     /// Stable snake_case name for CLI, JSON and metrics.
@@ -290,12 +311,59 @@ impl Reason {
             Reason::TxFragNeeded => "tx_frag_needed",
             Reason::DropTooBig => "drop_too_big",
             Reason::DropNoRoom => "drop_no_room",
+            Reason::PassOtherHost => "pass_other_host",
         }
     }
 }
 
+/// Most stacked devices' MAC addresses [`LocalMacs`] holds.
+pub const MAX_LOCAL_MACS: usize = 8;
+
+/// LOCAL_MACS array value (index 0): destination MACs besides [`DirectorConfig::mac`] that
+/// belong to this host on the attached link.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LocalMacs {
+    pub macs: [[u8; 6]; MAX_LOCAL_MACS],
+    /// How many of `macs` are in use.
+    pub count: u32,
+}
+
+/// [`SyncEvent::kind`]: a flow was bound to a real server (new, or announced again while it
+/// lives, or its FIN was seen: see the flags).
+pub const SYNC_BIND: u8 = 1;
+/// [`SyncEvent::kind`]: a flow was closed by a RST; peers forget it.
+pub const SYNC_CLOSE: u8 = 2;
+
+/// Ring-buffer record the datapath writes for the agent's connection synchronisation, only on
+/// new flows, a flow's first FIN, a RST, and a periodic refresh of a live flow (never per packet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SyncEvent {
+    pub flow: FlowKey,
+    pub service: u32,
+    pub real: u32,
+    /// `SYNC_BIND` or `SYNC_CLOSE`.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    /// [`Conn::flags`] at the time (CONN_FIN).
+    pub flags: u32,
+    /// bpf_ktime_get_ns() when it happened (CLOCK_MONOTONIC): the agent measures the sync delay.
+    pub ktime: u64,
+}
+
+/// Ring buffer size in bytes (a power of two): about 110,000 events of 72 bytes with their
+/// headers, a couple of seconds of new flows at the rates one director binds them.
+pub const SYNC_RING_BYTES: u32 = 8 << 20;
+
+/// SYNC_STATS indices.
+pub const SYNC_STAT_EVENTS: u32 = 0;
+pub const SYNC_STAT_LOST: u32 = 1;
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for super::LocalMacs {}
+    unsafe impl aya::Pod for super::SyncEvent {}
     // SAFETY: all of these are #[repr(C)] plain data without padding holes (bytemuck::Pod).
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ServiceInfo {}

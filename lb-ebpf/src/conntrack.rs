@@ -6,9 +6,13 @@
 use aya_ebpf::{helpers::bpf_jiffies64, macros::map, maps::LruHashMap};
 use lb_common::{
     addr_from_v4, Conn, DirectorConfig, FlowKey, CONN_FIN, DEFAULT_CONN_MAX, IPPROTO_UDP,
+    SYNC_BIND, SYNC_CLOSE,
 };
 
-use crate::parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_SYN};
+use crate::{
+    parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_SYN},
+    sync,
+};
 
 /// Its size is set by the agent at load time (`xdplb run --conn-max`). Per-CPU LRU lists
 /// (BPF_F_NO_COMMON_LRU): inserting a new flow takes no lock shared by all CPUs.
@@ -41,7 +45,8 @@ pub fn now() -> u32 {
 
 /// The service and real server ids of a live entry for this flow, refreshing it; None when
 /// there is none, it has timed out, or a SYN reopens a closed connection's ports. (The caller
-/// checks the real server still belongs to that service.)
+/// checks the real server still belongs to that service.) With sync on, the first FIN and a
+/// periodic refresh are announced to the peers, both off the per-packet path.
 #[inline(always)]
 pub fn established(
     flow: &FlowKey,
@@ -69,17 +74,30 @@ pub fn established(
         return None;
     }
     if idle >= cfg.refresh {
+        if sync::due(cfg, conn.last_seen, now) {
+            sync::event(flow, conn.service, conn.real, SYNC_BIND, conn.flags);
+        }
         conn.last_seen = now;
     }
     if tcp_flags & TCP_FLAG_FIN != 0 && conn.flags & CONN_FIN == 0 {
         conn.flags |= CONN_FIN;
+        if sync::enabled(cfg) {
+            sync::event(flow, conn.service, conn.real, SYNC_BIND, conn.flags);
+        }
     }
     Some((conn.service, conn.real))
 }
 
-/// Binds a new flow to a real server.
+/// Binds a new flow to a real server (and tells the peers, with sync on).
 #[inline(always)]
-pub fn insert(flow: &FlowKey, service: u32, real: u32, tcp_flags: u8, now: u32) {
+pub fn insert(
+    flow: &FlowKey,
+    service: u32,
+    real: u32,
+    tcp_flags: u8,
+    now: u32,
+    cfg: &DirectorConfig,
+) {
     let flags = if tcp_flags & TCP_FLAG_FIN != 0 {
         CONN_FIN
     } else {
@@ -93,10 +111,16 @@ pub fn insert(flow: &FlowKey, service: u32, real: u32, tcp_flags: u8, now: u32) 
     };
     // A full table evicts its least recently used flow; an error here only costs stickiness.
     let _ = CONNS.insert(flow, conn, 0);
+    if sync::enabled(cfg) {
+        sync::event(flow, service, real, SYNC_BIND, flags);
+    }
 }
 
-/// Forgets a flow (after a RST).
+/// Forgets a flow after a RST; `known` says it had an entry, which the peers forget too.
 #[inline(always)]
-pub fn remove(flow: &FlowKey) {
+pub fn close(flow: &FlowKey, service: u32, real: u32, known: bool, cfg: &DirectorConfig) {
     let _ = CONNS.remove(flow);
+    if known && sync::enabled(cfg) {
+        sync::event(flow, service, real, SYNC_CLOSE, CONN_FIN);
+    }
 }

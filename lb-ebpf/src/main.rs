@@ -1,8 +1,10 @@
 //! The xdplb datapath: an XDP program that forwards packets for virtual services to real servers.
 //!
 //! One module per stage, in the order a packet goes through them:
-//! parse -> lookup (service) -> conntrack (established flow?) -> schedule (new flow: real server)
-//! -> forward (LVS/DR, or LVS/TUN by `encap`; `icmp` when it does not fit) -> stats.
+//! parse -> lookup (service; `host`: is the frame for this host?) -> conntrack (established
+//! flow?) -> schedule (new flow: real server) -> forward (LVS/DR, or LVS/TUN by `encap`; `icmp`
+//! when it does not fit) -> stats. `sync` hands new and closing flows to the agent, which tells
+//! the other directors.
 //! `xdp_decap` is the real-server side of LVS/TUN.
 // Built for bpfel-unknown-none by lb-user's build script; on the host (cargo clippy --workspace)
 // it is an ordinary empty program so the same sources are still checked.
@@ -15,12 +17,14 @@ mod conntrack;
 mod encap;
 mod ether;
 mod forward;
+mod host;
 mod icmp;
 mod lookup;
 mod parse;
 mod pktgen;
 mod schedule;
 mod stats;
+mod sync;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_PASS, XDP_TX},
@@ -45,6 +49,9 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     let Some(config) = config::get() else {
         return stats::pass(Reason::PassNoService, frame_len);
     };
+    if !host::is_local(&ctx, config) {
+        return stats::pass(Reason::PassOtherHost, frame_len);
+    }
     let flow = conntrack::flow(&pkt);
     let flags = parse::tcp_flags(&ctx, &pkt);
     let now = conntrack::now();
@@ -80,7 +87,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
                 return stats::drop(Reason::DropNoReal, frame_len);
             };
             if flags & TCP_FLAG_RST == 0 {
-                conntrack::insert(&flow, service.id, id, flags, now);
+                conntrack::insert(&flow, service.id, id, flags, now, config);
             }
             debug!(
                 &ctx,
@@ -93,7 +100,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
         }
     };
     if flags & TCP_FLAG_RST != 0 {
-        conntrack::remove(&flow);
+        conntrack::close(&flow, service_id, real_id, !new_flow, config);
     }
     if real.method == FWD_TUN {
         match encap::ipip(&ctx, &pkt, config, real) {

@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::PerCpuArray,
 };
-use lb_common::{Counters, Reason, MAX_REALS, MAX_SERVICES, REASON_COUNT};
+use lb_common::{Counters, Reason, MAX_REALS, MAX_SERVICES, REASON_SLOTS};
 
 #[map]
 static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
@@ -15,7 +15,7 @@ static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_
 static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
 
 #[map]
-static REASONS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+static REASONS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(REASON_SLOTS, 0);
 
 #[inline(always)]
 fn count(map: &PerCpuArray<Counters>, index: u32, bytes: u64, conn: bool) {

@@ -48,6 +48,16 @@ pub enum Command {
     Save,
     /// Zero all counters (like ipvsadm -Z).
     Zero,
+    /// Exit 0 if this director is fit to take traffic: the agent answers, the datapath is
+    /// attached to an interface that is up, every service has an available real server, the
+    /// connection table is current (sync) and the director is not drained; otherwise print why
+    /// and exit 1. For keepalived's vrrp_script.
+    Check,
+    /// Maintenance: withdraw every announced VIP and fail `check` (keepalived moves the VIP
+    /// away), while the datapath keeps forwarding what still arrives.
+    Drain,
+    /// End maintenance: announce the VIPs (and pass `check`) again.
+    Undrain,
     /// Print the manual page (troff), generated from these same definitions:
     /// `xdplb man | man -l -`.
     Man,
@@ -104,6 +114,9 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Show connection sync: the peers, their state, flows sent, received and refused.
+        #[arg(long)]
+        sync: bool,
     },
     /// Send crafted TCP SYN or UDP frames toward a VIP from many source addresses and ports
     /// (XDP live frames, or the kernel's pktgen), and count what arrives with --sink.
@@ -114,7 +127,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Configuration file (TOML, see examples/xdplb.toml): settings, services, real servers.
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["iface", "mode", "conn_max", "tcp_timeout", "tcp_fin_timeout", "udp_timeout", "tunnel_src", "metrics"])]
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["iface", "mode", "conn_max", "tcp_timeout", "tcp_fin_timeout", "udp_timeout", "tunnel_src", "metrics", "sync_listen", "sync_peer", "sync_key", "announce_table", "announce_grace"])]
     config: Option<PathBuf>,
     /// Interface that receives the traffic for the virtual services.
     #[arg(
@@ -146,6 +159,22 @@ pub struct RunArgs {
     /// network).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Connection sync: where this director listens for its peers (UDP and TCP) and sends from.
+    #[arg(long, value_name = "IP:PORT", requires_all = ["sync_peer", "sync_key"])]
+    sync_listen: Option<std::net::SocketAddr>,
+    /// Connection sync: a peer director's --sync-listen address (repeat for each peer).
+    #[arg(long, value_name = "IP:PORT", requires = "sync_listen")]
+    sync_peer: Vec<std::net::SocketAddr>,
+    /// Connection sync: the file holding the shared secret (at least 16 bytes, mode 0600).
+    #[arg(long, value_name = "FILE", requires = "sync_listen")]
+    sync_key: Option<PathBuf>,
+    /// Announce each VIP the director can serve as a route in this kernel routing table, for a
+    /// routing daemon (BIRD, FRR) to announce over BGP.
+    #[arg(long, value_name = "TABLE")]
+    announce_table: Option<u32>,
+    /// Seconds the datapath keeps forwarding after SIGTERM withdrew the VIPs. Default 3.
+    #[arg(long, value_name = "SECS", requires = "announce_table")]
+    announce_grace: Option<u32>,
     /// Where bpffs is (or gets) mounted; the datapath is pinned under it so it outlives the agent.
     #[arg(long, env = "XDPLB_BPFFS", default_value = crate::datapath::pin::BPFFS, value_name = "DIR")]
     bpffs: PathBuf,
@@ -169,14 +198,29 @@ impl RunArgs {
             });
         }
         let defaults = Timeouts::default();
+        let director = Director {
+            interface: self.iface.expect("clap requires --iface without --config"),
+            mode: self.mode.unwrap_or(AttachMode::Native),
+            conn_max: self.conn_max.unwrap_or(DEFAULT_CONN_MAX),
+            tunnel_src: self.tunnel_src,
+            metrics: self.metrics.map(|listen| Metrics { listen }),
+            sync: self.sync_listen.map(|listen| crate::sync::Settings {
+                listen,
+                peers: self.sync_peer,
+                key_file: self
+                    .sync_key
+                    .expect("clap requires --sync-key with --sync-listen"),
+            }),
+            announce: self.announce_table.map(|table| crate::announce::Settings {
+                table,
+                grace: self
+                    .announce_grace
+                    .unwrap_or(crate::announce::Settings::DEFAULT_GRACE_SECS),
+            }),
+        };
+        director.validate()?;
         Ok(RunOptions {
-            director: Director {
-                interface: self.iface.expect("clap requires --iface without --config"),
-                mode: self.mode.unwrap_or(AttachMode::Native),
-                conn_max: self.conn_max.unwrap_or(DEFAULT_CONN_MAX),
-                tunnel_src: self.tunnel_src,
-                metrics: self.metrics.map(|listen| Metrics { listen }),
-            },
+            director,
             timeouts: Timeouts {
                 tcp: self.tcp_timeout.unwrap_or(defaults.tcp),
                 tcp_fin: self.tcp_fin_timeout.unwrap_or(defaults.tcp_fin),
@@ -397,6 +441,25 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Pktgen(args) => return crate::pktgen::execute(args),
         Command::Reload => Request::Reload,
         Command::Zero => Request::Zero,
+        Command::Drain => Request::Drain,
+        Command::Undrain => Request::Undrain,
+        Command::Check => {
+            let answer = control::request_within(
+                &cli.socket,
+                &Request::Check,
+                std::time::Duration::from_secs(CHECK_TIMEOUT_SECS),
+            )?;
+            let Response::Checked { problem } = answer else {
+                bail!("the agent answered a check with something else");
+            };
+            return match problem {
+                None => {
+                    println!("ok");
+                    Ok(())
+                }
+                Some(p) => bail!("not ready: {p}"),
+            };
+        }
         Command::Save => {
             let Response::Saved { config } = control::request(&cli.socket, &Request::Save)? else {
                 bail!("the agent answered a save request with something else");
@@ -447,9 +510,10 @@ pub fn execute(cli: Cli) -> Result<()> {
             stats,
             rate,
             json,
+            sync,
         } => {
             let list = || match control::request(&cli.socket, &Request::List)? {
-                Response::Listing(l) => Ok(l),
+                Response::Listing(l) => Ok(*l),
                 _ => bail!("the agent answered a list request with something else"),
             };
             let listing = if rate {
@@ -464,6 +528,8 @@ pub fn execute(cli: Cli) -> Result<()> {
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&listing)?);
+            } else if sync {
+                print!("{}", format_sync(&listing)?);
             } else {
                 print!("{}", format_listing(&listing));
             }
@@ -472,6 +538,71 @@ pub fn execute(cli: Cli) -> Result<()> {
     };
     control::request(&cli.socket, &request)?;
     Ok(())
+}
+
+/// How long `xdplb check` waits for the agent: keepalived's script timeout is longer.
+const CHECK_TIMEOUT_SECS: u64 = 2;
+
+/// `xdplb list --sync`: the director's sync state and one line per peer.
+pub fn format_sync(l: &Listing) -> Result<String> {
+    let Some(s) = &l.sync else {
+        bail!("connection sync is not configured on this director (xdplb run --sync-listen ...)");
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Sync on {}: {} (configuration {})",
+        s.listen,
+        if s.current { "current" } else { &s.status },
+        s.config_digest
+    );
+    if let Some((peer, flows, secs)) = &s.last_table {
+        let _ = writeln!(
+            out,
+            "Last full table: {flows} flows from {peer}, {secs:.0} s ago"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Datapath events: {} written, {} lost (ring full), {} for servers gone",
+        s.events_written, s.events_lost, s.events_unnamed
+    );
+    if !s.rejected.is_empty() {
+        let list: Vec<String> = s.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(out, "Refused messages: {}", list.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "Peer                   State LastContact Config    FlowsSent FlowsRecv  Unknown Unsent Delay(p50/p99)"
+    );
+    for p in &s.peers {
+        let contact = p
+            .last_contact_secs
+            .map_or("never".to_owned(), |t| format!("{t:.1}s"));
+        let config = match p.config_match {
+            Some(true) => "same".to_owned(),
+            Some(false) => format!("DIFFERS {}", p.config_digest.as_deref().unwrap_or("")),
+            None => "?".to_owned(),
+        };
+        let delay = match (p.delay_p50_us, p.delay_p99_us) {
+            (Some(a), Some(b)) => format!("{a}/{b} us"),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<22} {:<5} {:>11} {:<9} {:>9} {:>9} {:>8} {:>6} {}",
+            p.address,
+            p.state,
+            contact,
+            config,
+            p.flows_sent,
+            p.flows_received,
+            p.flows_unknown,
+            p.datagrams_unsent,
+            delay
+        );
+    }
+    Ok(out)
 }
 
 /// The manual: a page for the command and one for every subcommand (`xdplb-real-add`, ...), in

@@ -76,6 +76,24 @@ pub struct Director {
     pub conn_max: u32,
     pub tunnel_src: Option<Ipv4Addr>,
     pub metrics: Option<Metrics>,
+    /// Connection synchronisation with other directors.
+    pub sync: Option<crate::sync::Settings>,
+    /// Announcing VIPs through a routing table (ECMP with BGP).
+    pub announce: Option<crate::announce::Settings>,
+}
+
+impl Director {
+    /// Checks the settings that can be checked without the kernel.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(s) = &self.sync {
+            s.validate()?;
+            s.load_key()?;
+        }
+        if let Some(a) = &self.announce {
+            a.validate()?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -145,6 +163,10 @@ pub struct Config {
     pub metrics: Option<Metrics>,
     #[serde(default)]
     pub timeouts: Timeouts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<Spanned<crate::sync::Settings>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<Spanned<crate::announce::Settings>>,
     #[serde(default, rename = "service")]
     pub services: Vec<Spanned<ServiceConfig>>,
 }
@@ -192,6 +214,27 @@ impl Source {
                 e.message().replace('\n', " ")
             ),
         })?;
+        let mut config = config;
+        if let Some(sync) = &mut config.sync {
+            // A relative key file is next to the config file.
+            let dir = self.path.parent().unwrap_or(Path::new(""));
+            let key = &mut sync.get_mut().key_file;
+            if key.is_relative() && !dir.as_os_str().is_empty() {
+                *key = dir.join(&*key);
+            }
+        }
+        if let Some(sync) = &config.sync {
+            let s = sync.get_ref();
+            s.validate()
+                .and_then(|_| s.load_key())
+                .map_err(|e| self.error_at(&sync.span(), format!("{e:#}")))?;
+        }
+        if let Some(announce) = &config.announce {
+            announce
+                .get_ref()
+                .validate()
+                .map_err(|e| self.error_at(&announce.span(), format!("{e:#}")))?;
+        }
         // Duplicates are caught here, with the line of the second one; everything else is checked
         // by the same state operations the CLI goes through.
         let mut seen = BTreeSet::new();
@@ -326,6 +369,8 @@ impl Config {
             conn_max: self.conn_max,
             tunnel_src: self.tunnel_src,
             metrics: self.metrics.clone(),
+            sync: self.sync.as_ref().map(|s| s.get_ref().clone()),
+            announce: self.announce.as_ref().map(|a| a.get_ref().clone()),
         }
     }
 
@@ -373,6 +418,8 @@ impl Config {
             tunnel_src: director.tunnel_src,
             metrics: director.metrics,
             timeouts,
+            sync: director.sync.map(|s| Spanned::new(0..0, s)),
+            announce: director.announce.map(|a| Spanned::new(0..0, a)),
             services,
         }
     }

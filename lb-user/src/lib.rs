@@ -4,6 +4,7 @@
 //! lb-common -> [`datapath`] map writer -> the XDP program.
 
 pub mod agent;
+pub mod announce;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -15,3 +16,4 @@ pub mod net;
 pub mod packet;
 pub mod pktgen;
 pub mod state;
+pub mod sync;

@@ -7,14 +7,23 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            // One line naming the problem; clap's usage hint would bury it.
+            // One line naming the problem (clap puts what is missing on the lines after its
+            // first); its usage hint would bury it.
             let rendered = e.render().to_string();
+            let line: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let line = line.join(" ");
             eprintln!(
                 "{}",
-                rendered
-                    .lines()
-                    .next()
-                    .unwrap_or("error: invalid arguments")
+                if line.is_empty() {
+                    "error: invalid arguments"
+                } else {
+                    &line
+                }
             );
             return ExitCode::from(2);
         }

@@ -537,6 +537,9 @@ mod tests {
                 ("drop_no_real".to_owned(), 5),
                 ("weird\"reason\\\n".to_owned(), 1),
             ]),
+            drained: false,
+            sync: None,
+            announce: None,
         }
     }
 

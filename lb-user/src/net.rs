@@ -409,3 +409,177 @@ fn reason(e: &rtnetlink::Error) -> String {
         other => other.to_string(),
     }
 }
+
+/// What the agent follows of its interface: whether it carries traffic, whether an XDP program
+/// is attached, and the MAC addresses of the devices stacked on it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkState {
+    /// Administratively up with carrier (what `ip link` shows as LOWER_UP).
+    pub up: bool,
+    /// The kernel's count of carrier changes: a different count means the link went down and up
+    /// in between, however briefly.
+    pub carrier_changes: u32,
+    /// Whether an XDP program is attached (any mode).
+    pub xdp_attached: bool,
+    /// MAC addresses, other than the interface's own, of devices stacked on it (macvlan, such as
+    /// keepalived's `use_vmac`) that are up and hold an IPv4 address: frames for them are this
+    /// host's too.
+    pub stacked_macs: Vec<[u8; 6]>,
+}
+
+/// The current [`LinkState`] of `iface`.
+pub async fn link_state(iface: &Interface) -> Result<LinkState> {
+    use rtnetlink::packet_route::link::{LinkFlags, LinkXdp, XdpAttached};
+    let nl = Netlink::open()?;
+    let mut dump = nl.handle.link().get().execute();
+    let mut state = LinkState::default();
+    let mut found = false;
+    let mut stacked = Vec::new();
+    while let Some(link) = dump
+        .try_next()
+        .await
+        .map_err(|e| anyhow!("cannot list interfaces: {}", reason(&e)))?
+    {
+        let flags = link.header.flags;
+        let up = flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp);
+        if link.header.index == iface.index {
+            found = true;
+            state.up = up;
+            for attr in &link.attributes {
+                match attr {
+                    LinkAttribute::CarrierChanges(n) => state.carrier_changes = *n,
+                    LinkAttribute::Xdp(xdp) => {
+                        state.xdp_attached = xdp
+                            .iter()
+                            .any(|x| matches!(x, LinkXdp::Attached(a) if *a != XdpAttached::None))
+                    }
+                    _ => {}
+                }
+            }
+            continue;
+        }
+        let lower = link
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::Link(l) if *l == iface.index));
+        if !lower || !flags.contains(LinkFlags::Up) {
+            continue;
+        }
+        let mac = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Address(m) => <[u8; 6]>::try_from(m.as_slice()).ok(),
+            _ => None,
+        });
+        if let Some(mac) = mac.filter(|m| *m != iface.mac && !stacked.iter().any(|(_, s)| s == m)) {
+            stacked.push((link.header.index, mac));
+        }
+    }
+    if !found {
+        bail!("interface {} is gone", iface.name);
+    }
+    for (index, mac) in stacked {
+        if !ipv4_addresses(Some(index)).await?.is_empty() {
+            state.stacked_macs.push(mac);
+        }
+    }
+    Ok(state)
+}
+
+/// A stream that yields whenever an interface or an IPv4 address of this network namespace
+/// changes (netlink's link and address groups, as `ip monitor` listens): the agent then looks
+/// again at its interface without polling.
+pub fn watch_links() -> Result<impl Stream<Item = ()> + Unpin> {
+    use rtnetlink::MulticastGroup;
+    let (conn, _handle, messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr])
+            .map_err(|e| anyhow!("cannot listen for interface changes: {e}"))?;
+    let task = tokio::spawn(conn);
+    // The connection task lives as long as the stream.
+    Ok(Box::pin(futures_util::stream::unfold(
+        (messages, task),
+        |(mut messages, task)| async move {
+            use futures_util::StreamExt as _;
+            messages.next().await.map(|_| ((), (messages, task)))
+        },
+    )))
+}
+
+/// Routes of one kernel table as a routing daemon learns them to announce a VIP: one
+/// `blackhole VIP/32 proto static` route per announced VIP (BIRD's kernel protocol with
+/// `learn`, FRR's `redistribute table`). The table is never consulted for forwarding unless a
+/// rule points at it; only the routing daemon reads it.
+pub mod announce_routes {
+    use super::*;
+    use rtnetlink::packet_route::route::RouteProtocol;
+    use rtnetlink::RouteMessageBuilder;
+
+    fn message(table: u32, vip: Ipv4Addr) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(vip, 32)
+            .table_id(table)
+            .kind(RouteType::BlackHole)
+            .protocol(RouteProtocol::Static)
+            .build()
+    }
+
+    /// The VIPs announced in `table`: its blackhole /32 routes of protocol static.
+    pub async fn list(table: u32) -> Result<Vec<Ipv4Addr>> {
+        let nl = Netlink::open()?;
+        let query = RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(table)
+            .build();
+        let mut dump = nl.handle.route().get(query).execute();
+        let mut vips = Vec::new();
+        while let Some(route) = dump
+            .try_next()
+            .await
+            .map_err(|e| anyhow!("cannot list routing table {table}: {}", reason(&e)))?
+        {
+            let in_table = route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            });
+            let in_table = in_table.unwrap_or(route.header.table as u32);
+            if in_table != table
+                || route.header.kind != RouteType::BlackHole
+                || route.header.protocol != RouteProtocol::Static
+                || route.header.destination_prefix_length != 32
+            {
+                continue;
+            }
+            for a in &route.attributes {
+                if let RouteAttribute::Destination(RouteAddress::Inet(v)) = a {
+                    vips.push(*v);
+                }
+            }
+        }
+        Ok(vips)
+    }
+
+    pub async fn add(table: u32, vip: Ipv4Addr) -> Result<()> {
+        let nl = Netlink::open()?;
+        nl.handle
+            .route()
+            .add(message(table, vip))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot announce {vip} in routing table {table}: {}",
+                    reason(&e)
+                )
+            })
+    }
+
+    pub async fn del(table: u32, vip: Ipv4Addr) -> Result<()> {
+        let nl = Netlink::open()?;
+        match nl.handle.route().del(message(table, vip)).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),
+            Err(e) => bail!(
+                "cannot withdraw {vip} from routing table {table}: {}",
+                reason(&e)
+            ),
+        }
+    }
+}

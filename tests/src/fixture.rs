@@ -17,7 +17,9 @@ use lb_user::{
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
-pub const DIRECTOR_MAC: [u8; 6] = [0x02, 0xd1, 0, 0, 0, 0x01];
+/// The director interface's MAC: also the destination of [`FrameSpec`]'s frames by default, as the
+/// datapath acts only on frames addressed to this host.
+pub const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
 /// The MAC the fixture gives real server 10.0.0.`n`.
 pub fn real_mac(n: u8) -> [u8; 6] {

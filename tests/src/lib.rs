@@ -14,6 +14,7 @@ pub mod capture;
 pub mod client;
 pub mod ethtool;
 pub mod fixture;
+pub mod ha;
 pub mod metrics;
 pub mod names;
 pub mod netns;
@@ -21,6 +22,7 @@ pub mod topo;
 pub mod tun;
 
 pub use agent::{Agent, Decap, Listing};
+pub use ha::{ClientAt, HaTopology};
 pub use netns::{Netns, Proc};
 pub use topo::{DrTopology, FreshFlows, Host, Serve, Switch};
 pub use tun::TunTopology;

@@ -424,8 +424,13 @@ pub struct FreshFlows {
 impl FreshFlows {
     /// Flows from port `first_port` on; separate generators of one test need separate ranges.
     pub fn new(first_port: u16) -> Self {
+        Self::from(DrTopology::client_sources(), first_port)
+    }
+
+    /// Flows from these source addresses, from port `first_port` on.
+    pub fn from(sources: Vec<Ipv4Addr>, first_port: u16) -> Self {
         Self {
-            sources: DrTopology::client_sources(),
+            sources,
             next_port: first_port,
         }
     }

@@ -7,12 +7,17 @@
 //!
 //! The datapath is pinned in bpffs and the state saved beside it, so a new agent adopts a running
 //! datapath without a dropped packet (after a crash, SIGKILL or SIGQUIT). SIGINT and SIGTERM
-//! detach and remove everything; SIGHUP reloads the config file.
+//! detach and remove everything (withdrawing announced VIPs first); SIGHUP reloads the config
+//! file.
+//!
+//! Next to the agent, in their own folders: `sync` (connection synchronisation with the other
+//! directors) and `announce` (VIP routes for BGP). The agent tells them what changed and asks
+//! them what they know; `check` puts it all together for keepalived.
 
 mod run;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     time::{Duration, SystemTime},
@@ -25,17 +30,24 @@ use tracing::{error, info, warn};
 pub use run::{detach, run, run_dir, RunOptions, RUN_DIR};
 
 use crate::{
+    announce::{self, Announcer},
     config::{Config, Director, Source, Timeouts},
-    control::{Listing, Request, Response},
-    datapath::{clock::director_config, AttachMode, MapWriter},
+    control::{AnnounceView, Listing, Request, Response},
+    datapath::{
+        clock::{director_config, with_sync},
+        AttachMode, MapWriter,
+    },
     health::{Health, Monitor, Target, Transition},
     metrics,
-    net::{self, Interface},
+    net::{self, Interface, LinkState},
     state::{self, persist, Forward, Mac, RealSpec, ServiceAddr, State},
+    sync::{Directory, SyncDaemon},
 };
 
 /// How often kernel-learned MAC addresses (real servers, next hops) and the MTU are re-read.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the interface is looked at besides netlink's notifications.
+const LINK_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A health-check target: one real server of one service.
 type Key = (ServiceAddr, Ipv4Addr);
@@ -55,6 +67,16 @@ pub struct Agent {
     started: SystemTime,
     reloads: u64,
     reload_failures: u64,
+    /// Connection synchronisation, when configured.
+    sync: Option<SyncDaemon>,
+    /// VIP announcement, when configured.
+    announcer: Option<Announcer>,
+    /// Maintenance (`xdplb drain`): nothing announced, `check` fails, forwarding goes on.
+    drained: bool,
+    /// The interface as last seen (up, XDP attached, stacked devices).
+    link: LinkState,
+    /// SIGTERM: the VIPs are withdrawn for good.
+    stopping: bool,
 }
 
 impl Agent {
@@ -67,6 +89,9 @@ impl Agent {
         state::apply(self.maps.as_mut(), &self.state, &next)?;
         self.state = next;
         self.checks_follow_state();
+        if let Some(sync) = &self.sync {
+            sync.set_directory(Directory::new(&self.state, &self.config));
+        }
         if let Some(path) = &self.state_file {
             if let Err(e) = persist::save(path, self.mode, &self.state) {
                 warn!("cannot save the state for a restart: {e:#}");
@@ -108,26 +133,147 @@ impl Agent {
 
     fn listing(&self) -> Result<Listing> {
         let counters = self.maps.counters()?;
-        Ok(Listing::new(
-            &self.iface.name,
-            self.mode,
-            &self.state,
-            &counters,
-        ))
+        let mut listing = Listing::new(&self.iface.name, self.mode, &self.state, &counters);
+        listing.drained = self.drained;
+        if let Some(sync) = &self.sync {
+            let mut view = sync.view();
+            (view.events_written, view.events_lost) = self.maps.sync_counters()?;
+            listing.sync = Some(view);
+        }
+        listing.announce = self.announcer.as_ref().map(|a| AnnounceView {
+            table: a.settings().table,
+            announced: a.announced().iter().map(ToString::to_string).collect(),
+        });
+        Ok(listing)
     }
 
     pub async fn handle(&mut self, req: Request) -> Response {
-        match self.execute(req).await {
+        let response = match self.execute(req).await {
             Ok(r) => r,
             Err(e) => Response::Error {
                 message: format!("{e:#}").replace('\n', " "),
             },
+        };
+        self.follow().await;
+        response
+    }
+
+    /// Why this director should not take traffic now, if there is a reason: what `xdplb check`
+    /// answers, for keepalived's vrrp_script (and what gates announcing VIPs, but for the
+    /// real servers, which are per VIP there).
+    fn unfit(&self) -> Option<String> {
+        if self.drained {
+            return Some("drained for maintenance (xdplb undrain ends it)".into());
+        }
+        if self.stopping {
+            return Some("the agent is stopping".into());
+        }
+        if !self.link.up {
+            return Some(format!("interface {} is down", self.iface.name));
+        }
+        if !self.link.xdp_attached {
+            return Some(format!("no XDP program is attached to {}", self.iface.name));
+        }
+        if let Some(sync) = self.sync.as_ref().filter(|s| !s.is_current()) {
+            return Some(format!(
+                "the connection table is not current yet: {}",
+                sync.view().status
+            ));
+        }
+        None
+    }
+
+    /// `xdplb check`: fit to take traffic, with every service able to take new flows.
+    fn check(&self) -> Option<String> {
+        if let Some(why) = self.unfit() {
+            return Some(why);
+        }
+        if self.state.services.is_empty() {
+            return Some("no service is configured".into());
+        }
+        self.state
+            .services
+            .values()
+            .find(|s| !s.reals.iter().any(|r| r.effective_weight() > 0))
+            .map(|s| format!("service {} has no available real server", s.addr))
+    }
+
+    /// The VIPs to announce now.
+    fn wanted(&self) -> BTreeSet<Ipv4Addr> {
+        if self.unfit().is_some() {
+            return BTreeSet::new();
+        }
+        announce::servable(&self.state)
+    }
+
+    /// Brings what follows the state up to date: the announced VIPs.
+    pub async fn follow(&mut self) {
+        let wanted = self.wanted();
+        if let Some(a) = &mut self.announcer {
+            if *a.announced() != wanted {
+                if let Err(e) = a.set(&wanted).await {
+                    error!("{e:#}");
+                }
+            }
         }
     }
 
+    /// Looks at the interface again: up or down (sync catches up after a bounce), XDP still
+    /// attached, the stacked devices whose MACs are this host's.
+    pub async fn link_changed(&mut self) {
+        let now = match net::link_state(&self.iface).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("cannot read the state of {}: {e:#}", self.iface.name);
+                return;
+            }
+        };
+        let was = std::mem::replace(&mut self.link, now.clone());
+        let first = was == LinkState::default();
+        if was.up != now.up && !first {
+            if now.up {
+                info!(interface = %self.iface.name, "interface up");
+            } else {
+                warn!(interface = %self.iface.name, "interface down");
+            }
+        }
+        if let Some(sync) = self.sync.as_ref().filter(|_| !first) {
+            // A bounce between two looks still counts: the carrier changed meanwhile.
+            if !now.up || was.carrier_changes != now.carrier_changes {
+                sync.link_changed(false);
+            }
+            if now.up {
+                sync.link_changed(true);
+            }
+        }
+        if was.stacked_macs != now.stacked_macs || first {
+            if let Err(e) = self.maps.set_local_macs(&now.stacked_macs) {
+                error!("cannot write the stacked devices' MAC addresses: {e:#}");
+            } else if !now.stacked_macs.is_empty() || !was.stacked_macs.is_empty() {
+                let macs: Vec<String> = now
+                    .stacked_macs
+                    .iter()
+                    .map(|m| Mac(*m).to_string())
+                    .collect();
+                info!(macs = %macs.join(" "), "frames for these MAC addresses are this host's too");
+            }
+        }
+        self.follow().await;
+    }
+
+    /// SIGTERM with VIPs announced: withdraws them all, for good.
+    pub async fn withdraw_all(&mut self) -> Option<Duration> {
+        self.stopping = true;
+        let a = self.announcer.as_mut()?;
+        if let Err(e) = a.set(&BTreeSet::new()).await {
+            error!("{e:#}");
+        }
+        Some(a.settings().grace())
+    }
+
     async fn execute(&mut self, req: Request) -> Result<Response> {
-        let next = match req {
-            Request::List => return Ok(Response::Listing(self.listing()?)),
+        let next = match req.clone() {
+            Request::List => return Ok(Response::Listing(Box::new(self.listing()?))),
             Request::AddService { service, scheduler } => {
                 self.state.add_service(service, &scheduler)?
             }
@@ -183,6 +329,26 @@ impl Agent {
             }
             Request::Zero => {
                 self.maps.reset_all_counters()?;
+                if let Some(sync) = &self.sync {
+                    sync.zero();
+                }
+                return Ok(Response::Ok);
+            }
+            Request::Check => {
+                return Ok(Response::Checked {
+                    problem: self.check(),
+                })
+            }
+            Request::Drain | Request::Undrain => {
+                let drain = req == Request::Drain;
+                if drain != self.drained {
+                    self.drained = drain;
+                    self.save_drained();
+                    match drain {
+                        true => warn!("drained: every VIP is withdrawn, forwarding goes on"),
+                        false => info!("undrained: VIPs are announced again"),
+                    }
+                }
                 return Ok(Response::Ok);
             }
         };
@@ -214,18 +380,21 @@ impl Agent {
         let cfg = src.parse()?;
         if cfg.director() != self.director {
             bail!(
-                "{}: interface, mode, conn_max, tunnel_src and metrics are fixed while the agent runs; restart it to change them",
+                "{}: interface, mode, conn_max, tunnel_src, metrics, sync and announce are fixed while the agent runs; restart it to change them",
                 path.display()
             );
         }
         let next = self.state_from(&cfg, &src).await?;
         if cfg.timeouts != self.timeouts {
-            let config = director_config(
-                self.config.mac,
-                &cfg.timeouts,
-                self.config.mtu,
-                self.config.tunnel_src,
-            )?;
+            let config = with_sync(
+                director_config(
+                    self.config.mac,
+                    &cfg.timeouts,
+                    self.config.mtu,
+                    self.config.tunnel_src,
+                )?,
+                self.sync.is_some(),
+            );
             self.maps.set_config(&config)?;
             self.config = config;
             self.timeouts = cfg.timeouts;
@@ -292,6 +461,11 @@ impl Agent {
             self.config.mtu = mtu;
             self.maps.set_config(&self.config)?;
         }
+        // Someone may have removed an announced route: read the table again.
+        let wanted = self.wanted();
+        if let Some(a) = &mut self.announcer {
+            a.resync(&wanted).await?;
+        }
         Ok(())
     }
 
@@ -315,6 +489,27 @@ impl Agent {
             if !svc.reals.is_empty() && svc.reals.iter().all(|r| r.effective_weight() == 0) {
                 error!(%service, "no real server can take new flows: every one is down or drained; new connections are dropped");
             }
+        }
+    }
+
+    /// Drain survives a restart of the agent (not a stop): a file beside the saved state.
+    fn save_drained(&self) {
+        let Some(path) = self
+            .state_file
+            .as_ref()
+            .map(|f| f.with_file_name("drained"))
+        else {
+            return;
+        };
+        let result = match self.drained {
+            true => std::fs::write(&path, b""),
+            false => std::fs::remove_file(&path).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            }),
+        };
+        if let Err(e) = result {
+            warn!("cannot record the drain in {}: {e}", path.display());
         }
     }
 

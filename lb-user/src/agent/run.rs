@@ -22,17 +22,21 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{Agent, REFRESH_INTERVAL};
+use super::{Agent, LINK_POLL_INTERVAL, REFRESH_INTERVAL};
 use crate::{
+    announce::Announcer,
     config::{Director, Source, Timeouts},
     control::{Request, Response},
     datapath::{
-        clock::director_config, pin::Pins, AttachMode, Attachment, Datapath, LoadOptions, MapWriter,
+        clock::{director_config, jiffies_now, with_sync},
+        pin::Pins,
+        AttachMode, Attachment, Datapath, LoadOptions, MapWriter,
     },
     health::Monitor,
     metrics,
-    net::{self, Interface},
+    net::{self, Interface, LinkState},
     state::{self, persist, State},
+    sync::{table::PinnedTable, Directory, SyncDaemon},
 };
 
 /// Where agents keep their lock, their saved state and (by default) their socket.
@@ -173,12 +177,15 @@ async fn bring_up(
             .first()
             .copied(),
     };
-    let config = director_config(
-        iface.mac,
-        &opts.timeouts,
-        iface.mtu,
-        tunnel_src.map_or([0; 16], |a| addr_from_v4(a.octets())),
-    )?;
+    let config = with_sync(
+        director_config(
+            iface.mac,
+            &opts.timeouts,
+            iface.mtu,
+            tunnel_src.map_or([0; 16], |a| addr_from_v4(a.octets())),
+        )?,
+        director.sync.is_some(),
+    );
     maps.set_config(&config)?;
     // An adopted datapath: its saved state, written back whole (counters kept) so maps and
     // state agree even if the last agent died half-way through a change.
@@ -225,10 +232,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         None => None,
     };
     let director = opts.director.clone();
+    director.validate()?;
+    let sync_key = director.sync.as_ref().map(|s| s.load_key()).transpose()?;
     let iface = net::interface(&director.interface).await?;
     let run_dir = run_dir(&iface.name)?;
     let _lock = lock_interface(&run_dir, &iface.name)?;
     prepare_socket(&opts.socket)?;
+    let sync_sockets = match &director.sync {
+        Some(s) => Some(crate::sync::Sockets::bind(s.listen).await?),
+        None => None,
+    };
 
     let pins = Pins::for_interface(&opts.bpffs, &iface.name)?;
     let state_file = run_dir.join("state.json");
@@ -278,6 +291,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     }
 
+    let sync_events = match &director.sync {
+        Some(_) => Some(datapath.sync_events()?),
+        None => None,
+    };
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut agent = Agent {
         state: State::default(),
@@ -293,6 +310,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         started: SystemTime::now(),
         reloads: 0,
         reload_failures: 0,
+        sync: None,
+        announcer: None,
+        drained: run_dir.join("drained").exists(),
+        link: LinkState::default(),
+        stopping: false,
     };
     std::mem::swap(&mut agent.state, &mut state);
     agent.checks_follow_state();
@@ -302,6 +324,27 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if let Some((src, cfg)) = &initial {
         let next = agent.state_from(cfg, src).await?;
         agent.commit(next)?;
+    }
+    if let (Some(settings), Some(key), Some(sockets)) = (&director.sync, sync_key, sync_sockets) {
+        let daemon = SyncDaemon::start(
+            settings,
+            sockets,
+            key,
+            Box::new(PinnedTable(pins.map(lb_common::map_names::CONNS))),
+            Directory::new(&agent.state, &agent.config),
+            Box::new(|| jiffies_now().unwrap_or(0)),
+            sync_events,
+        )
+        .await?;
+        agent.sync = Some(daemon);
+    }
+    if let Some(settings) = &director.announce {
+        agent.announcer = Some(Announcer::new(settings.clone()).await?);
+    }
+    let mut links = net::watch_links()?;
+    agent.link_changed().await;
+    if agent.drained {
+        warn!("drained (since before the restart): nothing is announced until `xdplb undrain`");
     }
 
     let listener = UnixListener::bind(&opts.socket)
@@ -332,6 +375,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
 
     let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
+    // Netlink tells of interface changes; this catches anything it might not have.
+    let mut link_poll = tokio::time::interval(LINK_POLL_INTERVAL);
+    let mut sync_current = agent.lock().await.sync.as_ref().map(|s| s.subscribe());
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
@@ -347,13 +393,28 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     }
                 });
             }
-            Some(t) = events.recv() => agent.lock().await.health_changed(t),
+            Some(t) = events.recv() => {
+                let mut agent = agent.lock().await;
+                agent.health_changed(t);
+                agent.follow().await;
+            }
             _ = refresh.tick() => {
-                if let Err(e) = agent.lock().await.refresh().await {
+                let mut agent = agent.lock().await;
+                if let Err(e) = agent.refresh().await {
                     warn!("refresh: {e:#}");
                 }
+                agent.follow().await;
             }
-            _ = sighup.recv() => { let _ = agent.lock().await.reload().await; }
+            Some(()) = futures_util::StreamExt::next(&mut links) => agent.lock().await.link_changed().await,
+            _ = link_poll.tick() => agent.lock().await.link_changed().await,
+            Ok(()) = async { sync_current.as_mut().expect("guarded").changed().await }, if sync_current.is_some() => {
+                agent.lock().await.follow().await;
+            }
+            _ = sighup.recv() => {
+                let mut agent = agent.lock().await;
+                let _ = agent.reload().await;
+                agent.follow().await;
+            }
             _ = sigint.recv() => break Exit::Detach,
             _ = sigterm.recv() => break Exit::Detach,
             _ = sigquit.recv() => break Exit::Leave,
@@ -365,6 +426,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let _ = fs::remove_file(&opts.socket);
     match exit {
         Exit::Detach => {
+            // Withdrawn first; the datapath forwards what the routers still send meanwhile.
+            if let Some(grace) = agent.lock().await.withdraw_all().await {
+                info!(
+                    "VIPs withdrawn; forwarding for {} s more while the routers converge",
+                    grace.as_secs()
+                );
+                tokio::time::sleep(grace).await;
+            }
             // Without its pins and with our descriptors closed, the program detaches and the
             // maps are freed.
             pins.remove()?;

@@ -12,6 +12,12 @@ use super::{Request, Response};
 /// Sends one request to the agent behind `socket`; an error response becomes an `Err` carrying
 /// the agent's one-line message.
 pub fn request(socket: &Path, req: &Request) -> Result<Response> {
+    // MAC resolution may take the agent a few seconds; anything longer is a hung agent.
+    request_within(socket, req, Duration::from_secs(30))
+}
+
+/// [`request`], giving up when the agent has not answered within `timeout`.
+pub fn request_within(socket: &Path, req: &Request, timeout: Duration) -> Result<Response> {
     let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
         ErrorKind::NotFound | ErrorKind::ConnectionRefused => anyhow!(
             "no xdplb agent is listening on {}: start one with `xdplb run --iface IF` (or point --socket at a running one)",
@@ -22,8 +28,8 @@ pub fn request(socket: &Path, req: &Request) -> Result<Response> {
         }
         _ => anyhow!("cannot connect to the agent on {}: {e}", socket.display()),
     })?;
-    // MAC resolution may take the agent a few seconds; anything longer is a hung agent.
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
     stream
@@ -32,7 +38,12 @@ pub fn request(socket: &Path, req: &Request) -> Result<Response> {
     let mut answer = String::new();
     BufReader::new(stream)
         .read_line(&mut answer)
-        .context("reading the agent's answer")?;
+        .map_err(|e| match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                anyhow!("the agent did not answer within {timeout:?}")
+            }
+            _ => anyhow!("reading the agent's answer: {e}"),
+        })?;
     if answer.is_empty() {
         bail!("the agent closed the connection without answering");
     }

@@ -74,6 +74,22 @@ pub struct Listing {
     /// Packets passed to the kernel or dropped, by reason (present with stats).
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub reasons: BTreeMap<String, u64>,
+    /// Drained for maintenance (`xdplb drain`): no VIP announced, `check` fails.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub drained: bool,
+    /// Connection synchronisation, when configured.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sync: Option<crate::sync::SyncView>,
+    /// VIP announcement, when configured.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub announce: Option<AnnounceView>,
+}
+
+/// The routing table VIPs are announced in, and which are.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnnounceView {
+    pub table: u32,
+    pub announced: Vec<String>,
 }
 
 impl Listing {
@@ -120,6 +136,9 @@ impl Listing {
             mode,
             services,
             reasons,
+            drained: false,
+            sync: None,
+            announce: None,
         }
     }
 

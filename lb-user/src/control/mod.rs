@@ -8,8 +8,8 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-pub use client::request;
-pub use listing::{HealthView, Listing, RealView, ServiceView, StatsView};
+pub use client::{request, request_within};
+pub use listing::{AnnounceView, HealthView, Listing, RealView, ServiceView, StatsView};
 
 use crate::state::{RealSpec, SchedulerSpec, ServiceAddr};
 
@@ -54,6 +54,12 @@ pub enum Request {
     Save,
     /// Zero every counter (`xdplb zero`).
     Zero,
+    /// Whether this director is fit to take traffic (`xdplb check`, keepalived's vrrp_script).
+    Check,
+    /// Maintenance: withdraw every VIP and fail `check`, but keep forwarding what still arrives.
+    Drain,
+    /// End of maintenance: announce (and pass `check`) again.
+    Undrain,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,12 +69,16 @@ pub enum Response {
     Error {
         message: String,
     },
-    Listing(Listing),
+    Listing(Box<Listing>),
     /// One entry per simulated flow: "RIP:PORT", or None when the service has no real server.
     Simulated {
         reals: Vec<Option<String>>,
     },
     Saved {
         config: String,
+    },
+    /// `check`: None when fit to take traffic, else why not (one line).
+    Checked {
+        problem: Option<String>,
     },
 }

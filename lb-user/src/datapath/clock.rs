@@ -51,7 +51,7 @@ pub fn ticks_per_second() -> Result<u32> {
 }
 
 /// The datapath's settings: the interface's MAC and MTU, connection timeouts (seconds, turned
-/// into ticks), the tunnel source.
+/// into ticks), the tunnel source. Connection synchronisation is off; [`with_sync`] turns it on.
 pub fn director_config(
     mac: [u8; 6],
     timeouts: &Timeouts,
@@ -62,7 +62,8 @@ pub fn director_config(
     let ticks = |secs: u32| secs.saturating_mul(hz);
     Ok(DirectorConfig {
         mac,
-        _pad: [0; 2],
+        sync_shift: 0,
+        _pad: 0,
         tcp_timeout: ticks(timeouts.tcp),
         tcp_fin_timeout: ticks(timeouts.tcp_fin),
         udp_timeout: ticks(timeouts.udp),
@@ -70,6 +71,50 @@ pub fn director_config(
         tunnel_src,
         refresh: ticks(DirectorConfig::REFRESH_SECS),
     })
+}
+
+/// `config` with connection synchronisation on (or off): a live flow is announced again about
+/// four times per idle timeout of TCP and UDP flows, so a peer's copy never ages out while the
+/// flow lives (the period is a power of two of ticks, which the datapath tests with a shift).
+pub fn with_sync(config: DirectorConfig, on: bool) -> DirectorConfig {
+    let shortest = config.tcp_timeout.min(config.udp_timeout).max(8);
+    DirectorConfig {
+        sync_shift: if on {
+            ((shortest / 4).max(2).ilog2() as u8).clamp(1, 30)
+        } else {
+            0
+        },
+        ..config
+    }
+}
+
+/// The kernel's clock ticks now (jiffies, as the datapath reads them), for entries user space
+/// writes into the connection table (flows heard from a peer). Worked out from CLOCK_MONOTONIC
+/// with an offset measured once against /proc/timer_list: a tick or two off at most, which
+/// timeouts of seconds do not notice.
+pub fn jiffies_now() -> Result<u32> {
+    static OFFSET: OnceLock<(u64, u32)> = OnceLock::new();
+    let (base_ns, base_jiffies) = match OFFSET.get() {
+        Some(v) => *v,
+        None => {
+            let (now, jiffies) = sample()?;
+            *OFFSET.get_or_init(|| (now, jiffies as u32))
+        }
+    };
+    let hz = ticks_per_second()? as u64;
+    let elapsed = monotonic_ns().saturating_sub(base_ns);
+    Ok(base_jiffies.wrapping_add((elapsed * hz / 1_000_000_000) as u32))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns() and of /proc/timer_list.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ pub use lb_common::Counters;
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    addr_from_v4, map_names, Addr, Conn, DirectorConfig, FlowKey, RealServer, Reason, ServiceInfo,
-    ServiceKey, REASON_COUNT, TABLE_MAP_FLAGS,
+    addr_from_v4, map_names, Addr, Conn, DirectorConfig, FlowKey, LocalMacs, RealServer, Reason,
+    ServiceInfo, ServiceKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS, SYNC_STAT_LOST, TABLE_MAP_FLAGS,
 };
 
 /// What the agent needs from the datapath's maps.
@@ -32,6 +32,10 @@ pub trait MapWriter: Send + Sync {
     fn reset_all_counters(&mut self) -> Result<()>;
     /// The services the datapath has (an adopted datapath may have some the state does not).
     fn service_keys(&self) -> Result<Vec<ServiceKey>>;
+    /// The MAC addresses of devices stacked on the interface whose frames are this host's too.
+    fn set_local_macs(&mut self, macs: &[[u8; 6]]) -> Result<()>;
+    /// Connection sync's ring buffer: (events written, events lost because it was full).
+    fn sync_counters(&self) -> Result<(u64, u64)>;
 }
 
 /// Counters summed over CPUs.
@@ -53,6 +57,8 @@ pub struct Maps {
     service_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
     reasons: PerCpuArray<MapData, Counters>,
+    local_macs: Array<MapData, LocalMacs>,
+    sync_stats: PerCpuArray<MapData, u64>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -129,6 +135,8 @@ impl Maps {
             service_stats: take(ebpf, map_names::SERVICE_STATS)?,
             real_stats: take(ebpf, map_names::REAL_STATS)?,
             reasons: take(ebpf, map_names::REASONS)?,
+            local_macs: take(ebpf, map_names::LOCAL_MACS)?,
+            sync_stats: take(ebpf, map_names::SYNC_STATS)?,
         })
     }
 
@@ -182,7 +190,8 @@ impl MapWriter for Maps {
 
     fn counters(&self) -> Result<DatapathCounters> {
         let reasons = read_all(&self.reasons)?;
-        debug_assert_eq!(reasons.len(), REASON_COUNT as usize);
+        // A datapath pinned by an older version may have fewer slots; newer reasons read as 0.
+        debug_assert!(reasons.len() <= lb_common::REASON_SLOTS as usize);
         Ok(DatapathCounters {
             services: read_all(&self.service_stats)?,
             reals: read_all(&self.real_stats)?,
@@ -197,11 +206,30 @@ impl MapWriter for Maps {
         for r in 0..self.reasons.len() {
             zero_per_cpu(&mut self.reasons, r)?;
         }
+        let cpus = nr_cpus().map_err(|(_, e)| e)?;
+        for i in [SYNC_STAT_EVENTS, SYNC_STAT_LOST] {
+            self.sync_stats
+                .set(i, PerCpuValues::try_from(vec![0u64; cpus])?, 0)?;
+        }
         Ok(())
     }
 
     fn service_keys(&self) -> Result<Vec<ServiceKey>> {
         Ok(self.services.keys().collect::<Result<_, _>>()?)
+    }
+
+    fn set_local_macs(&mut self, macs: &[[u8; 6]]) -> Result<()> {
+        let mut local = LocalMacs::default();
+        for (slot, mac) in local.macs.iter_mut().zip(macs) {
+            *slot = *mac;
+        }
+        local.count = macs.len().min(MAX_LOCAL_MACS) as u32;
+        Ok(self.local_macs.set(0, local, 0)?)
+    }
+
+    fn sync_counters(&self) -> Result<(u64, u64)> {
+        let get = |i: u32| -> Result<u64> { Ok(self.sync_stats.get(&i, 0)?.iter().sum()) };
+        Ok((get(SYNC_STAT_EVENTS)?, get(SYNC_STAT_LOST)?))
     }
 
     fn reset_counters(&mut self, services: &[u32], reals: &[u32]) -> Result<()> {

@@ -190,6 +190,15 @@ impl Datapath {
         &mut self.ebpf
     }
 
+    /// The ring buffer the datapath writes connection-sync events into.
+    pub fn sync_events(&mut self) -> Result<aya::maps::RingBuf<aya::maps::MapData>> {
+        let map = self
+            .ebpf
+            .take_map(map_names::SYNC_EVENTS)
+            .ok_or_else(|| anyhow!("the XDP object has no map {}", map_names::SYNC_EVENTS))?;
+        aya::maps::RingBuf::try_from(map).context("the sync event map is not a ring buffer")
+    }
+
     /// The maps of the real-server side (`xdplb decap`).
     pub fn decap_maps(&mut self) -> Result<DecapMaps> {
         DecapMaps::take(&mut self.ebpf)

@@ -82,6 +82,12 @@ impl MapWriter for FakeMaps {
     fn service_keys(&self) -> Result<Vec<ServiceKey>> {
         Ok(self.services.keys().copied().collect())
     }
+    fn set_local_macs(&mut self, _: &[[u8; 6]]) -> Result<()> {
+        self.write("local macs".into())
+    }
+    fn sync_counters(&self) -> Result<(u64, u64)> {
+        Ok((0, 0))
+    }
 }
 
 fn tcp(vip: [u8; 4], port: u16) -> ServiceAddr {

@@ -1,0 +1,921 @@
+//! Connection synchronisation between directors, after IPVS's sync daemon, active/active: every
+//! director tells its peers about the flows its datapath binds and closes, and writes what it
+//! hears into its own connection table, so a flow that moves to another director (a VRRP
+//! takeover, an ECMP rehash) keeps its real server, even when the tables changed since it began.
+//!
+//! - `wire`: the messages and their HMAC; `directory`: ids <-> addresses and the configuration
+//!   digest; `table`: the connection table behind a narrow interface; `peer`: per-peer state.
+//! - Flow updates: the datapath's ring buffer (new flows, first FIN, RST, a periodic refresh of
+//!   live ones) -> batched UDP datagrams to every peer, sent as soon as the ring is drained.
+//! - Hellos every second carry each director's configuration digest and whether its table is
+//!   current; a peer not heard for 3 s is down.
+//! - Full tables over TCP on the same address: a director that starts, or whose interface comes
+//!   back up, asks its peers for their whole table and is not current (`xdplb check` fails, no
+//!   VIP is announced) until it has one, or until no peer answers at all (it is alone). A peer
+//!   heard again after being down, or restarted, is asked for its table too, so both sides of a
+//!   cut sync link catch up.
+//!
+//! Anything unauthenticated, malformed, replayed or from an address that is not a peer is
+//! dropped and counted, never inserted.
+
+pub mod directory;
+pub mod peer;
+pub mod table;
+pub mod wire;
+
+use std::{
+    collections::BTreeMap,
+    io::ErrorKind,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use lb_common::{addr_from_v4, Conn, FlowKey, SyncEvent, CONN_FIN, SYNC_CLOSE};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::{watch, Notify},
+    task::JoinHandle,
+};
+use tracing::{info, warn};
+
+pub use directory::Directory;
+use peer::Peer;
+pub use peer::PeerView;
+use table::{ConnTable, ConnTables};
+use wire::{Body, Fresh, Header, Hello, Key, Message, Op, Record, Reject};
+
+use crate::state::{Protocol, ServiceAddr};
+
+/// How often hellos go out.
+const HELLO_INTERVAL: Duration = Duration::from_secs(1);
+/// A full-table transfer must connect within this, and each frame arrive within [`IO_TIMEOUT`].
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A director that hears no peer at all for this long while catching up takes itself as the
+/// only one (the first up, or the last standing): its table is as current as it gets.
+const ALONE_AFTER: Duration = Duration::from_secs(3);
+/// Records per full-table frame: many per HMAC, each frame well under [`wire::MAX_FRAME`].
+const TABLE_FRAME_RECORDS: usize = 1000;
+
+/// `[sync]` in the config file, and `xdplb run --sync-listen/--sync-peer/--sync-key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where this director listens (UDP for flow updates and hellos, TCP for full tables) and
+    /// sends from: its peers list this address.
+    pub listen: SocketAddr,
+    /// The other directors' listen addresses.
+    pub peers: Vec<SocketAddr>,
+    /// The file holding the shared secret (at least 16 bytes; not readable by group or others).
+    pub key_file: PathBuf,
+}
+
+impl Settings {
+    /// Everything that can be wrong without opening a socket, in one line each.
+    pub fn validate(&self) -> Result<()> {
+        if self.listen.port() == 0 {
+            bail!("sync listen address {}: port 0 is not valid", self.listen);
+        }
+        if self.peers.is_empty() {
+            bail!("connection sync needs at least one peer (--sync-peer IP:PORT)");
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.port() == 0 || p.ip().is_unspecified() {
+                bail!("sync peer {p}: not an address a peer listens on");
+            }
+            if *p == self.listen {
+                bail!("sync peer {p} is this director's own listen address");
+            }
+            if self.peers[..i].contains(p) {
+                bail!("sync peer {p} is given twice");
+            }
+        }
+        Ok(())
+    }
+
+    /// The key file's secret: refused if missing, too short, or readable by others.
+    pub fn load_key(&self) -> Result<Key> {
+        read_key(&self.key_file)
+    }
+}
+
+/// Reads a sync key file, refusing a short key or a file others can read.
+pub fn read_key(path: &Path) -> Result<Key> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let what = || format!("sync key file {}", path.display());
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", what()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} is readable by group or others (mode {mode:04o}): chmod 600 it",
+            what()
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", what()))?;
+    Key::new(&bytes).map_err(|e| anyhow!("{} {e}", what()))
+}
+
+/// The kernel clock (ticks) entries are stamped with: the datapath's own clock in production.
+pub type Ticks = Box<dyn Fn() -> u32 + Send + Sync>;
+
+/// What sync tells `xdplb list --sync` and the metrics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncView {
+    pub listen: String,
+    /// Whether this director's table is current: false while it catches up.
+    pub current: bool,
+    /// What it is doing: "current", or why it is not.
+    pub status: String,
+    /// This director's configuration digest (first bytes).
+    pub config_digest: String,
+    /// The last full table received: from whom, how many flows, how long ago (seconds).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_table: Option<(String, u64, f64)>,
+    pub peers: Vec<PeerView>,
+    /// Messages refused: `auth`, `malformed`, `unknown_peer`, `replay`.
+    pub rejected: BTreeMap<String, u64>,
+    /// Datapath events about real servers no longer configured (not sent).
+    pub events_unnamed: u64,
+    /// The datapath's ring: events written, and lost because the ring was full (the agent fills
+    /// these from the datapath's counters).
+    pub events_written: u64,
+    pub events_lost: u64,
+}
+
+struct Inner {
+    peers: Vec<Peer>,
+    current: bool,
+    status: String,
+    link_up: bool,
+    last_table: Option<(SocketAddr, u64, Instant)>,
+    rejected: BTreeMap<&'static str, u64>,
+    events_unnamed: u64,
+    /// Peers whose table is wanted (returned after being down, or restarted).
+    fetch: Vec<SocketAddr>,
+}
+
+struct Shared {
+    key: Key,
+    listen: SocketAddr,
+    epoch: u64,
+    seq: AtomicU64,
+    socket: UdpSocket,
+    inner: Mutex<Inner>,
+    directory: RwLock<Arc<Directory>>,
+    tables: Box<dyn ConnTables>,
+    writer: Mutex<Box<dyn ConnTable>>,
+    ticks: Ticks,
+    /// Wakes the catch-up task: not current, or a peer's table is wanted.
+    wake: Notify,
+    current: watch::Sender<bool>,
+}
+
+/// The running sync daemon (IPVS's name for it): its tasks stop when it is dropped.
+pub struct SyncDaemon {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for SyncDaemon {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the kernel's random numbers");
+    u64::from_ne_bytes(b)
+}
+
+/// The sync address, bound (UDP and TCP) before anything else starts, so a wrong address stops
+/// the agent before it touches the interface.
+pub struct Sockets {
+    udp: UdpSocket,
+    tcp: TcpListener,
+}
+
+impl Sockets {
+    pub async fn bind(listen: SocketAddr) -> Result<Self> {
+        let udp = UdpSocket::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen for sync on UDP {listen}"))?;
+        let tcp = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen for sync on TCP {listen}"))?;
+        Ok(Self { udp, tcp })
+    }
+}
+
+impl SyncDaemon {
+    /// Starts the tasks on the bound `sockets`. Not current until it has a peer's table (or
+    /// finds itself alone). `events` is the datapath's ring buffer.
+    pub async fn start(
+        settings: &Settings,
+        sockets: Sockets,
+        key: Key,
+        tables: Box<dyn ConnTables>,
+        directory: Directory,
+        ticks: Ticks,
+        events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    ) -> Result<Self> {
+        let Sockets {
+            udp: socket,
+            tcp: listener,
+        } = sockets;
+        let writer = tables.open()?;
+        let (current, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            key,
+            listen: settings.listen,
+            epoch: unix_ns(),
+            seq: AtomicU64::new(1),
+            socket,
+            inner: Mutex::new(Inner {
+                peers: settings.peers.iter().map(|&a| Peer::new(a)).collect(),
+                current: false,
+                status: "catching up: asking the peers for their connection tables".into(),
+                link_up: true,
+                last_table: None,
+                rejected: BTreeMap::new(),
+                events_unnamed: 0,
+                fetch: Vec::new(),
+            }),
+            directory: RwLock::new(Arc::new(directory)),
+            tables,
+            writer: Mutex::new(writer),
+            ticks,
+            wake: Notify::new(),
+            current,
+        });
+        let mut tasks = vec![
+            tokio::spawn(receive(shared.clone())),
+            tokio::spawn(hellos(shared.clone())),
+            tokio::spawn(serve_tables(shared.clone(), listener)),
+            tokio::spawn(catch_up(shared.clone())),
+        ];
+        if let Some(ring) = events {
+            tasks.push(tokio::spawn(forward_events(shared.clone(), ring)));
+        }
+        info!(listen = %settings.listen, peers = ?settings.peers, "connection sync started");
+        Ok(Self { shared, tasks })
+    }
+
+    /// The agent's state changed: new ids, new digest.
+    pub fn set_directory(&self, directory: Directory) {
+        *self.shared.directory.write().unwrap() = Arc::new(directory);
+    }
+
+    /// Whether this director's table is current.
+    pub fn is_current(&self) -> bool {
+        self.shared.inner.lock().unwrap().current
+    }
+
+    /// Changes of [`SyncDaemon::is_current`], for whoever must follow them (announcing VIPs).
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.shared.current.subscribe()
+    }
+
+    /// The director's interface went down or came up: while it is down the table falls behind
+    /// (`xdplb check` fails), and once it is up again the director catches up from its peers.
+    pub fn link_changed(&self, up: bool) {
+        let mut inner = self.shared.inner.lock().unwrap();
+        if inner.link_up == up {
+            return;
+        }
+        inner.link_up = up;
+        let status = if up {
+            "catching up: the interface came back up".to_owned()
+        } else {
+            "the interface is down: flows bound meanwhile are missed".to_owned()
+        };
+        warn!("connection sync: {status}");
+        self.shared.set_current(&mut inner, false, status);
+        drop(inner);
+        if up {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// The state of sync and of every peer.
+    pub fn view(&self) -> SyncView {
+        let inner = self.shared.inner.lock().unwrap();
+        let directory = self.shared.directory.read().unwrap().clone();
+        let now = Instant::now();
+        SyncView {
+            listen: self.shared.listen.to_string(),
+            current: inner.current,
+            status: if inner.current {
+                "current".into()
+            } else {
+                inner.status.clone()
+            },
+            config_digest: directory::short(&directory.digest()),
+            last_table: inner
+                .last_table
+                .map(|(p, n, at)| (p.to_string(), n, now.duration_since(at).as_secs_f64())),
+            peers: inner
+                .peers
+                .iter()
+                .map(|p| p.view(now, &directory.digest()))
+                .collect(),
+            rejected: inner
+                .rejected
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            events_unnamed: inner.events_unnamed,
+            events_written: 0,
+            events_lost: 0,
+        }
+    }
+
+    /// Zeroes the counters (`xdplb zero`).
+    pub fn zero(&self) {
+        let mut inner = self.shared.inner.lock().unwrap();
+        for p in &mut inner.peers {
+            p.zero();
+        }
+        inner.rejected.clear();
+        inner.events_unnamed = 0;
+    }
+}
+
+impl Shared {
+    fn next_header(&self, nonce: u64) -> Header {
+        Header {
+            epoch: self.epoch,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            sent_ns: unix_ns(),
+            nonce,
+        }
+    }
+
+    fn encode(&self, body: Body, nonce: u64) -> Vec<u8> {
+        wire::encode(
+            &self.key,
+            &Message {
+                header: self.next_header(nonce),
+                body,
+            },
+        )
+    }
+
+    fn set_current(&self, inner: &mut Inner, current: bool, status: String) {
+        if current && !inner.current {
+            info!("connection sync: the table is current ({status})");
+        }
+        inner.current = current;
+        inner.status = status;
+        self.current.send_replace(current);
+    }
+
+    fn reject(&self, why: &'static str) {
+        *self.inner.lock().unwrap().rejected.entry(why).or_default() += 1;
+    }
+
+    /// Sends `datagram` (carrying `flows` flows) to every peer, counting what each took.
+    async fn send_all(&self, datagram: &[u8], flows: u64) {
+        let peers: Vec<SocketAddr> = {
+            let inner = self.inner.lock().unwrap();
+            inner.peers.iter().map(|p| p.addr).collect()
+        };
+        for addr in peers {
+            let ok =
+                matches!(self.socket.send_to(datagram, addr).await, Ok(n) if n == datagram.len());
+            let mut inner = self.inner.lock().unwrap();
+            if let Some(p) = inner.peers.iter_mut().find(|p| p.addr == addr) {
+                if ok {
+                    p.datagrams_sent += 1;
+                    p.flows_sent += flows;
+                } else {
+                    p.datagrams_unsent += 1;
+                }
+            }
+        }
+    }
+
+    /// Writes peer records into the connection table; returns (written, unknown).
+    fn apply(&self, records: &[Record]) -> (u64, u64) {
+        let directory = self.directory.read().unwrap().clone();
+        let now = (self.ticks)();
+        let mut writer = self.writer.lock().unwrap();
+        let (mut written, mut unknown) = (0, 0);
+        for r in records {
+            let Some((flow, ids)) = flow_of(r).and_then(|(flow, svc)| {
+                let ids = directory.ids(&svc, r.real)?;
+                Some((flow, ids))
+            }) else {
+                unknown += 1;
+                continue;
+            };
+            let result = match r.op {
+                Op::Bind => writer.upsert(
+                    &flow,
+                    &Conn {
+                        real: ids.real,
+                        service: ids.service,
+                        last_seen: now,
+                        flags: if r.fin { CONN_FIN } else { 0 },
+                    },
+                ),
+                Op::Close => writer.remove(&flow),
+            };
+            match result {
+                Ok(()) => written += 1,
+                Err(e) => warn!("connection sync: cannot write a flow: {e:#}"),
+            }
+        }
+        (written, unknown)
+    }
+
+    /// An authenticated, fresh message from peer `i`.
+    fn handle(&self, i: usize, msg: Message) -> Result<(), Reject> {
+        let now_ns = unix_ns();
+        match msg.body {
+            Body::Flows(records) => {
+                let (written, unknown) = self.apply(&records);
+                let mut inner = self.inner.lock().unwrap();
+                let peer = &mut inner.peers[i];
+                peer.flows_received += written;
+                peer.flows_unknown += unknown;
+                let transit_us = now_ns.saturating_sub(msg.header.sent_ns) / 1000;
+                for r in &records {
+                    peer.delay.record(transit_us + r.age_us as u64);
+                }
+                Ok(())
+            }
+            Body::Hello(Hello { digest, current }) => {
+                let ours = self.directory.read().unwrap().digest();
+                let mut inner = self.inner.lock().unwrap();
+                let peer = &mut inner.peers[i];
+                if peer.digest != Some(digest) && digest != ours {
+                    warn!(
+                        peer = %peer.addr,
+                        theirs = directory::short(&digest),
+                        ours = directory::short(&ours),
+                        "connection sync: the peer's services and real servers differ from ours: directors will disagree on real servers"
+                    );
+                }
+                peer.digest = Some(digest);
+                peer.current = current;
+                Ok(())
+            }
+            _ => Err(Reject::Malformed("a full-table message over UDP")),
+        }
+    }
+
+    /// A datagram from `src`.
+    fn on_datagram(&self, src: SocketAddr, bytes: &[u8]) {
+        let Some(i) = self.peer_index(src) else {
+            return self.reject("unknown_peer");
+        };
+        let msg = match wire::decode(&self.key, bytes) {
+            Ok(m) => m,
+            Err(r) => return self.reject(r.name()),
+        };
+        let fresh = {
+            let mut inner = self.inner.lock().unwrap();
+            let fresh = inner.peers[i]
+                .window
+                .accept(msg.header.epoch, msg.header.seq);
+            if fresh != Fresh::Replay {
+                self.heard(&mut inner, i, fresh == Fresh::NewEpoch);
+            }
+            fresh
+        };
+        if fresh == Fresh::Replay {
+            return self.reject("replay");
+        }
+        if let Err(r) = self.handle(i, msg) {
+            self.reject(r.name());
+        }
+    }
+
+    /// Peer `i` was heard: if it had been down (or restarted), its table is wanted.
+    fn heard(&self, inner: &mut Inner, i: usize, restarted: bool) {
+        let now = Instant::now();
+        let peer = &mut inner.peers[i];
+        let returned = !peer.alive(now);
+        peer.last_contact = Some((now, SystemTime::now()));
+        if returned || restarted {
+            let addr = peer.addr;
+            if returned {
+                info!(peer = %addr, "connection sync: peer up");
+            }
+            peer.up = true;
+            if !inner.fetch.contains(&addr) {
+                inner.fetch.push(addr);
+            }
+            self.wake.notify_one();
+        }
+    }
+
+    fn peer_index(&self, src: SocketAddr) -> Option<usize> {
+        let src = canonical(src);
+        let inner = self.inner.lock().unwrap();
+        inner.peers.iter().position(|p| p.addr == src)
+    }
+
+    fn is_peer_ip(&self, ip: IpAddr) -> bool {
+        let ip = canonical(SocketAddr::new(ip, 0)).ip();
+        let inner = self.inner.lock().unwrap();
+        inner.peers.iter().any(|p| p.addr.ip() == ip)
+    }
+}
+
+/// IPv4-mapped IPv6 source addresses (a dual-stack socket) as the IPv4 address they are.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// The flow key and service a record names (IPv4 services only, for now).
+fn flow_of(r: &Record) -> Option<(FlowKey, ServiceAddr)> {
+    let protocol = match r.proto {
+        lb_common::IPPROTO_TCP => Protocol::Tcp,
+        lb_common::IPPROTO_UDP => Protocol::Udp,
+        _ => return None,
+    };
+    let (IpAddr::V4(client), IpAddr::V4(vip)) = (r.client, r.vip) else {
+        return None;
+    };
+    Some((
+        FlowKey {
+            src: addr_from_v4(client.octets()),
+            dst: addr_from_v4(vip.octets()),
+            sport: r.cport,
+            dport: r.vport,
+            proto: r.proto,
+            _pad: [0; 3],
+        },
+        ServiceAddr {
+            protocol,
+            vip,
+            port: r.vport,
+        },
+    ))
+}
+
+/// The record telling peers about a connection-table entry or datapath event.
+fn record_of(
+    directory: &Directory,
+    flow: &FlowKey,
+    service: u32,
+    real: u32,
+    op: Op,
+    flags: u32,
+    age_us: u32,
+) -> Option<Record> {
+    let name = directory.name(service, real)?;
+    let v4 = |a: &lb_common::Addr| IpAddr::V4(Ipv4Addr::new(a[12], a[13], a[14], a[15]));
+    Some(Record {
+        op,
+        fin: flags & CONN_FIN != 0,
+        proto: flow.proto,
+        client: v4(&flow.src),
+        cport: flow.sport,
+        vip: v4(&flow.dst),
+        vport: flow.dport,
+        real: name.addr,
+        rport: name.port,
+        age_us,
+    })
+}
+
+async fn receive(shared: Arc<Shared>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match shared.socket.recv_from(&mut buf).await {
+            Ok((n, src)) => shared.on_datagram(src, &buf[..n]),
+            // ICMP errors of earlier sends (a peer down) surface here: not ours to handle.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionRefused | ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                warn!("connection sync: receive: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn hellos(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(HELLO_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (current, down) = {
+            let mut inner = shared.inner.lock().unwrap();
+            let now = Instant::now();
+            let mut down = Vec::new();
+            for p in inner.peers.iter_mut().filter(|p| p.up && !p.alive(now)) {
+                p.up = false;
+                down.push(p.addr);
+            }
+            (inner.current, down)
+        };
+        for p in down {
+            warn!(peer = %p, "connection sync: peer down (not heard for 3 s)");
+        }
+        let digest = shared.directory.read().unwrap().digest();
+        let hello = shared.encode(Body::Hello(Hello { digest, current }), 0);
+        shared.send_all(&hello, 0).await;
+    }
+}
+
+/// Datapath events -> records -> datagrams, as soon as the ring is drained.
+async fn forward_events(shared: Arc<Shared>, ring: aya::maps::RingBuf<aya::maps::MapData>) {
+    // SAFETY: the ring buffer owns its descriptor and lives inside the AsyncFd.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(
+                "connection sync: cannot watch the datapath's events: {}",
+                e.into_parts().1
+            );
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        let directory = shared.directory.read().unwrap().clone();
+        let now = crate::datapath::clock::monotonic_ns();
+        let mut records = Vec::new();
+        let mut unnamed = 0;
+        {
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                if item.len() < std::mem::size_of::<SyncEvent>() {
+                    continue;
+                }
+                let ev: SyncEvent =
+                    bytemuck::pod_read_unaligned(&item[..std::mem::size_of::<SyncEvent>()]);
+                let op = if ev.kind == SYNC_CLOSE {
+                    Op::Close
+                } else {
+                    Op::Bind
+                };
+                let age = (now.saturating_sub(ev.ktime) / 1000).min(u32::MAX as u64) as u32;
+                match record_of(&directory, &ev.flow, ev.service, ev.real, op, ev.flags, age) {
+                    Some(r) => records.push(r),
+                    None => unnamed += 1,
+                }
+            }
+        }
+        guard.clear_ready();
+        if unnamed > 0 {
+            shared.inner.lock().unwrap().events_unnamed += unnamed;
+        }
+        for chunk in wire::pack(&records, wire::MAX_DATAGRAM) {
+            let datagram = shared.encode(Body::Flows(chunk.to_vec()), 0);
+            shared.send_all(&datagram, chunk.len() as u64).await;
+        }
+    }
+}
+
+async fn write_frame(stream: &mut TcpStream, frame: &[u8]) -> Result<()> {
+    stream
+        .write_all(&(frame.len() as u32).to_be_bytes())
+        .await?;
+    stream.write_all(frame).await?;
+    Ok(())
+}
+
+async fn read_frame(stream: &mut TcpStream, key: &Key) -> Result<Message> {
+    let read = async {
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).await?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > wire::MAX_FRAME + wire::HEADER_LEN + wire::TAG_LEN {
+            bail!("a frame of {len} bytes is too large");
+        }
+        let mut buf = vec![0u8; len];
+        stream.read_exact(&mut buf).await?;
+        wire::decode(key, &buf).map_err(|r| anyhow!("frame refused: {}", r.name()))
+    };
+    tokio::time::timeout(IO_TIMEOUT, read)
+        .await
+        .map_err(|_| anyhow!("no frame within {IO_TIMEOUT:?}"))?
+}
+
+/// Serves full tables to peers that ask (TCP on the sync address).
+async fn serve_tables(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("connection sync: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if !shared.is_peer_ip(from.ip()) {
+            shared.reject("unknown_peer");
+            continue;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            match serve_table(&shared, stream).await {
+                Ok(n) => info!(peer = %from.ip(), flows = n, "connection sync: sent our table"),
+                Err(e) => warn!(peer = %from.ip(), "connection sync: table transfer: {e:#}"),
+            }
+        });
+    }
+}
+
+async fn serve_table(shared: &Shared, mut stream: TcpStream) -> Result<u64> {
+    let from = canonical(stream.peer_addr()?).ip();
+    let nonce = random_u64();
+    write_frame(&mut stream, &shared.encode(Body::Challenge, nonce)).await?;
+    let request = read_frame(&mut stream, &shared.key)
+        .await
+        .inspect_err(|_| {
+            shared.reject("auth");
+        })?;
+    if request.body != Body::Request || request.header.nonce != nonce {
+        shared.reject("replay");
+        bail!("the request does not answer our challenge");
+    }
+    let directory = shared.directory.read().unwrap().clone();
+    let table = shared.tables.open()?;
+    let now = (shared.ticks)();
+    let entries = tokio::task::block_in_place(|| table.entries())?;
+    let records: Vec<Record> = entries
+        .iter()
+        .filter(|(flow, conn)| directory.alive(flow, conn, now))
+        .filter_map(|(flow, conn)| {
+            record_of(
+                &directory,
+                flow,
+                conn.service,
+                conn.real,
+                Op::Bind,
+                conn.flags,
+                0,
+            )
+        })
+        .collect();
+    for chunk in records.chunks(TABLE_FRAME_RECORDS) {
+        let frame = shared.encode(Body::Table(chunk.to_vec()), nonce);
+        write_frame(&mut stream, &frame).await?;
+    }
+    let total = records.len() as u64;
+    write_frame(&mut stream, &shared.encode(Body::TableEnd { total }, nonce)).await?;
+    stream.shutdown().await?;
+    let mut inner = shared.inner.lock().unwrap();
+    if let Some(p) = inner.peers.iter_mut().find(|p| p.addr.ip() == from) {
+        p.tables_sent += 1;
+    }
+    Ok(total)
+}
+
+/// Asks `peer` for its whole table and writes it into ours; returns the number of flows.
+async fn fetch_table(shared: &Shared, peer: SocketAddr) -> Result<u64> {
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer))
+        .await
+        .map_err(|_| anyhow!("no answer within {CONNECT_TIMEOUT:?}"))??;
+    let challenge = read_frame(&mut stream, &shared.key).await?;
+    if challenge.body != Body::Challenge {
+        bail!("expected a challenge");
+    }
+    let nonce = challenge.header.nonce;
+    write_frame(&mut stream, &shared.encode(Body::Request, nonce)).await?;
+    let (mut received, mut unknown) = (0u64, 0u64);
+    loop {
+        let frame = read_frame(&mut stream, &shared.key).await?;
+        if frame.header.nonce != nonce {
+            bail!("a frame of another transfer");
+        }
+        match frame.body {
+            Body::Table(records) => {
+                let (w, u) = tokio::task::block_in_place(|| shared.apply(&records));
+                received += w;
+                unknown += u;
+            }
+            Body::TableEnd { total } => {
+                if total != received + unknown {
+                    bail!(
+                        "the transfer ended after {} of {total} flows",
+                        received + unknown
+                    );
+                }
+                let mut inner = shared.inner.lock().unwrap();
+                if let Some(p) = inner.peers.iter_mut().find(|p| p.addr == peer) {
+                    p.tables_received += 1;
+                    p.flows_unknown += unknown;
+                }
+                return Ok(received);
+            }
+            _ => bail!("unexpected message in a table transfer"),
+        }
+    }
+}
+
+/// Catches up whenever the table is not current, and fetches the tables of peers that came back.
+async fn catch_up(shared: Arc<Shared>) {
+    let mut since: Option<Instant> = None;
+    // Peers whose failure was logged in this round of catching up: once is enough.
+    let mut warned = std::collections::HashSet::new();
+    loop {
+        let (current, link_up) = {
+            let inner = shared.inner.lock().unwrap();
+            (inner.current, inner.link_up)
+        };
+        if !current && link_up {
+            let started = *since.get_or_insert_with(|| {
+                warned.clear();
+                Instant::now()
+            });
+            let peers: Vec<SocketAddr> = {
+                let inner = shared.inner.lock().unwrap();
+                inner.peers.iter().map(|p| p.addr).collect()
+            };
+            let mut done = None;
+            for peer in peers {
+                match fetch_table(&shared, peer).await {
+                    Ok(n) => {
+                        done = Some((peer, n));
+                        break;
+                    }
+                    Err(e) if warned.insert(peer) => {
+                        warn!(%peer, "connection sync: no table from the peer (trying again): {e:#}")
+                    }
+                    Err(_) => {}
+                }
+            }
+            let retry = {
+                let mut inner = shared.inner.lock().unwrap();
+                if !inner.link_up || inner.current {
+                    continue;
+                }
+                match done {
+                    Some((peer, n)) => {
+                        inner.last_table = Some((peer, n, Instant::now()));
+                        // Just merged: no need to ask it again for having been heard meanwhile.
+                        inner.fetch.retain(|p| *p != peer);
+                        shared.set_current(&mut inner, true, format!("{n} flows from {peer}"));
+                        false
+                    }
+                    None if started.elapsed() >= ALONE_AFTER
+                        && !inner.peers.iter().any(|p| p.alive(Instant::now())) =>
+                    {
+                        shared.set_current(
+                            &mut inner,
+                            true,
+                            "no peer answers: this director is the only one up".into(),
+                        );
+                        false
+                    }
+                    None => true,
+                }
+            };
+            if retry {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            } else {
+                since = None;
+            }
+            continue;
+        }
+        since = None;
+        let wanted = std::mem::take(&mut shared.inner.lock().unwrap().fetch);
+        for peer in wanted {
+            match fetch_table(&shared, peer).await {
+                Ok(n) => info!(%peer, flows = n, "connection sync: merged the peer's table"),
+                Err(e) => warn!(%peer, "connection sync: no table from the peer: {e:#}"),
+            }
+        }
+        let more = !shared.inner.lock().unwrap().fetch.is_empty();
+        if !more {
+            shared.wake.notified().await;
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! End to end, connection synchronisation between two directors (no VRRP or BGP daemon here:
+//! the client's neighbour entry for the VIP decides which director gets its packets, as a
+//! takeover's gratuitous ARP would). Established TCP connections keep their real server when
+//! their packets move to the other director, even after the tables changed so that Maglev alone
+//! would send them elsewhere; a director that starts (or restarts) takes its peer's table before
+//! `xdplb check` passes; messages that are not authentic, fresh and from a peer are counted and
+//! never inserted.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddrV4, UdpSocket};
+use std::time::{Duration, Instant};
+
+use lb_tests::client::{fetch_each, StreamSet};
+use lb_tests::{require_root, Agent, ClientAt, FreshFlows, HaTopology, Serve};
+use lb_user::sync::wire::{self, Body, Header, Key, Message, Op, Record};
+use serde_json::Value;
+
+const STREAMS: usize = 60;
+const STREAM_PORTS: u16 = 20000;
+const FRESH_PORTS: u16 = 30000;
+const NEW_CONNS: usize = 30;
+
+fn svc() -> String {
+    HaTopology::service().to_string()
+}
+
+/// The same service on every director: Maglev over rs1..rs3, weight 1.
+const REALS: [(usize, u32); 3] = [(1, 1), (2, 1), (3, 1)];
+
+/// Director `i`'s agent, from a config file with sync to the others and [`REALS`].
+fn start(topo: &HaTopology, i: usize) -> Agent {
+    let config = topo.config(i, "", "mh", &REALS, None).unwrap();
+    Agent::start_with_config(topo.director(i).ns(), &config)
+        .unwrap_or_else(|e| panic!("agent on d{i}: {e:#}"))
+}
+
+/// Waits until `agent` has heard its first peer's hello with the same configuration.
+fn wait_config_match(agent: &Agent) {
+    let start = Instant::now();
+    while sync_view(agent)["peers"][0]["config_match"] != true {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the peer's configuration does not match: {}",
+            sync_view(agent)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until `xdplb check` passes on `agent`; panics with its last answer after `limit`.
+fn wait_fit(agent: &Agent, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let out = agent.cli(&["check"]);
+        if out.status.success() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "check still fails after {limit:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `list --json`'s sync section.
+fn sync_view(agent: &Agent) -> Value {
+    agent.list_config().0["sync"].clone()
+}
+
+fn peer_stat(agent: &Agent, stat: &str) -> u64 {
+    sync_view(agent)["peers"][0][stat]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {stat}: {}", sync_view(agent)))
+}
+
+/// Waits until `agent` has received at least `n` flows from its first peer.
+fn wait_received(agent: &Agent, n: u64) {
+    let start = Instant::now();
+    while peer_stat(agent, "flows_received") < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the peer's flows did not arrive: {}",
+            sync_view(agent)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How many of `servers` (where streams were greeted) differ from where the agent's table now
+/// sends their flows: the streams only the connection table keeps where they are.
+fn moved_by_table(agent: &Agent, topo_flows: &[SocketAddrV4], servers: &[String]) -> usize {
+    let now: Vec<String> = agent
+        .simulate("-t", &svc(), topo_flows)
+        .iter()
+        .map(|r| format!("rs{}", r.ip().octets()[3] - 10))
+        .collect();
+    now.iter().zip(servers).filter(|(a, b)| a != b).count()
+}
+
+#[test]
+fn connections_keep_their_real_server_when_their_packets_move_to_the_other_director() {
+    if !require_root() {
+        return;
+    }
+    let topo = HaTopology::new(2, 4, Serve::Echo, ClientAt::Lan).expect("topology");
+    let d1 = start(&topo, 1);
+    let d2 = start(&topo, 2);
+    wait_fit(&d1, Duration::from_secs(10));
+    wait_fit(&d2, Duration::from_secs(10));
+    wait_config_match(&d1);
+    wait_config_match(&d2);
+
+    topo.send_vip_to(1).unwrap();
+    let flows =
+        FreshFlows::from(HaTopology::client_sources(ClientAt::Lan), STREAM_PORTS).take(STREAMS);
+    let streams = StreamSet::open(topo.client().ns(), &flows, HaTopology::service())
+        .unwrap_or_else(|e| panic!("streams through d1: {e:#}"));
+    let servers: Vec<String> = streams.statuses().into_iter().map(|s| s.server).collect();
+    wait_received(&d2, STREAMS as u64);
+
+    // A table change on both directors: Maglev alone would now move some of the streams.
+    let rs4 = lb_tests::DrTopology::real_addr(4).to_string();
+    for d in [&d1, &d2] {
+        d.cli_ok(&["real", "add", "-t", &svc(), "-r", &rs4, "-w", "4"]);
+    }
+    let moved = moved_by_table(&d2, &flows, &servers);
+    assert!(
+        moved > 0,
+        "no stream would move: the test would not see a missing sync"
+    );
+
+    // The takeover: the client's packets now go to d2, which never saw these connections open.
+    let before = d2.list().service_stat(&svc(), "packets");
+    topo.send_vip_to(2).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    streams.assert_flowing("after the move to d2");
+    let after = d2.list().service_stat(&svc(), "packets");
+    assert!(
+        after > before + STREAMS as u64,
+        "d2 forwarded {} packets",
+        after - before
+    );
+    // New connections through d2 work, and go where its table says.
+    let fresh =
+        FreshFlows::from(HaTopology::client_sources(ClientAt::Lan), FRESH_PORTS).take(NEW_CONNS);
+    let answers = topo
+        .client()
+        .ns()
+        .run_in(|| fetch_each(&fresh, HaTopology::service()));
+    for (flow, a) in fresh.iter().zip(answers) {
+        assert!(a.is_ok(), "new connection {flow} through d2: {a:?}");
+    }
+    // And back to d1: d1 learned d2's new flows too.
+    wait_received(&d1, NEW_CONNS as u64);
+    topo.send_vip_to(1).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    streams.assert_flowing("back on d1");
+    let finals = streams.stop();
+    assert!(finals.iter().all(|s| s.failure.is_none()), "{finals:?}");
+}
+
+#[test]
+fn a_restarted_director_takes_its_peers_table_before_it_is_fit() {
+    if !require_root() {
+        return;
+    }
+    let topo = HaTopology::new(2, 4, Serve::Echo, ClientAt::Lan).expect("topology");
+    let d1 = start(&topo, 1);
+    let mut d2 = start(&topo, 2);
+    wait_fit(&d1, Duration::from_secs(10));
+    wait_fit(&d2, Duration::from_secs(10));
+    // d2 goes away for good (SIGTERM: its datapath and table are gone).
+    d2.stop_detached(topo.director(2).ns());
+
+    topo.send_vip_to(1).unwrap();
+    let flows =
+        FreshFlows::from(HaTopology::client_sources(ClientAt::Lan), STREAM_PORTS).take(STREAMS);
+    let streams = StreamSet::open(topo.client().ns(), &flows, HaTopology::service())
+        .unwrap_or_else(|e| panic!("streams through d1: {e:#}"));
+    let servers: Vec<String> = streams.statuses().into_iter().map(|s| s.server).collect();
+    let rs4 = lb_tests::DrTopology::real_addr(4).to_string();
+    d1.cli_ok(&["real", "add", "-t", &svc(), "-r", &rs4, "-w", "4"]);
+
+    // d2 comes back with the new configuration: not fit until it has d1's table.
+    let mut reals = REALS.to_vec();
+    reals.push((4, 4));
+    d2.write_config(&topo.config(2, "", "mh", &reals, None).unwrap())
+        .unwrap();
+    d2.restart().expect("restart d2");
+    wait_fit(&d2, Duration::from_secs(10));
+    assert!(
+        moved_by_table(&d2, &flows, &servers) > 0,
+        "no stream would move"
+    );
+    let view = sync_view(&d2);
+    let (from, n) = (
+        view["last_table"][0].as_str().unwrap(),
+        view["last_table"][1].as_u64().unwrap(),
+    );
+    assert_eq!(
+        from,
+        format!("{}:{}", HaTopology::director_addr(1), HaTopology::SYNC_PORT)
+    );
+    assert!(
+        n >= STREAMS as u64,
+        "d2 got {n} flows in d1's table: {view}"
+    );
+    assert_eq!(view["peers"][0]["flows_unknown"], 0, "{view}");
+
+    topo.send_vip_to(2).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    streams.assert_flowing("on the restarted d2");
+    streams.stop();
+}
+
+/// The restarted director is not fit before it has the table: `check` fails at once after the
+/// start while a peer that answers exists.
+#[test]
+fn check_fails_until_the_table_is_current_and_names_why() {
+    if !require_root() {
+        return;
+    }
+    let topo = HaTopology::new(2, 1, Serve::Once, ClientAt::Lan).expect("topology");
+    let d1 = topo.start_agent(1, &[]).expect("agent d1");
+    let out = d1.cli(&["check"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // Either still catching up, or alone and then without services.
+    assert!(
+        err.contains("not current") || err.contains("no service"),
+        "{err}"
+    );
+    // d1 is alone: after a while it is current, and only the missing service keeps it unfit.
+    std::thread::sleep(Duration::from_secs(6));
+    let err = String::from_utf8_lossy(&d1.cli(&["check"]).stderr).into_owned();
+    assert!(err.contains("no service is configured"), "{err}");
+    d1.cli_ok(&["service", "add", "-t", &svc(), "-s", "mh"]);
+    let err = String::from_utf8_lossy(&d1.cli(&["check"]).stderr).into_owned();
+    assert!(err.contains("has no available real server"), "{err}");
+    d1.cli_ok(&["real", "add", "-t", &svc(), "-r", "10.0.0.11"]);
+    assert_eq!(d1.cli_ok(&["check"]).trim(), "ok");
+    d1.cli_ok(&["drain"]);
+    let err = String::from_utf8_lossy(&d1.cli(&["check"]).stderr).into_owned();
+    assert!(err.contains("drained"), "{err}");
+    d1.cli_ok(&["undrain"]);
+    assert_eq!(d1.cli_ok(&["check"]).trim(), "ok");
+}
+
+/// A fake peer on the client's address: d1 lists it as a peer, the test speaks the protocol with
+/// the right key, the wrong key, replays and malformed messages.
+#[test]
+fn only_authentic_fresh_messages_from_peers_are_accepted() {
+    if !require_root() {
+        return;
+    }
+    let topo = HaTopology::new(1, 3, Serve::Once, ClientAt::Lan).expect("topology");
+    let key_path = topo.sync_key().unwrap();
+    let fake = SocketAddrV4::new(lb_tests::DrTopology::CLIENT_ADDR, HaTopology::SYNC_PORT);
+    let listen = SocketAddrV4::new(HaTopology::director_addr(1), HaTopology::SYNC_PORT);
+    let d1 = Agent::start(
+        topo.director(1).ns(),
+        "eth0",
+        &[
+            "--sync-listen",
+            &listen.to_string(),
+            "--sync-peer",
+            &fake.to_string(),
+            "--sync-key",
+            key_path.to_str().unwrap(),
+        ],
+    )
+    .expect("agent");
+    d1.cli_ok(&["service", "add", "-t", &svc(), "-s", "mh"]);
+    for i in 1..=3 {
+        let rip = lb_tests::DrTopology::real_addr(i).to_string();
+        d1.cli_ok(&["real", "add", "-t", &svc(), "-r", &rip]);
+    }
+    let key = Key::new(&std::fs::read(&key_path).unwrap()).unwrap();
+    let record = |real: [u8; 4], port: u16| Record {
+        op: Op::Bind,
+        fin: false,
+        proto: 6,
+        client: IpAddr::from([10, 0, 0, 101]),
+        cport: port,
+        vip: IpAddr::V4(HaTopology::VIP),
+        vport: HaTopology::PORT,
+        real: IpAddr::from(real),
+        rport: HaTopology::PORT,
+        age_us: 0,
+    };
+    let msg = |seq: u64, records: Vec<Record>| Message {
+        header: Header {
+            epoch: 1_000,
+            seq,
+            sent_ns: 0,
+            nonce: 0,
+        },
+        body: Body::Flows(records),
+    };
+    let good = wire::encode(
+        &key,
+        &msg(
+            1,
+            vec![record([10, 0, 0, 12], 50000), record([10, 0, 0, 99], 50001)],
+        ),
+    );
+    let wrong_key = wire::encode(
+        &Key::new(b"not the shared secret!").unwrap(),
+        &msg(2, vec![record([10, 0, 0, 11], 50002)]),
+    );
+    let mut damaged = wire::encode(&key, &msg(3, vec![record([10, 0, 0, 11], 50003)]));
+    damaged[50] ^= 1;
+    topo.client().ns().run_in(|| {
+        let from_peer = UdpSocket::bind(fake).unwrap();
+        let stranger = UdpSocket::bind((lb_tests::DrTopology::CLIENT_ADDR, 9999)).unwrap();
+        for d in [&good, &wrong_key, &damaged, &good] {
+            from_peer.send_to(d, listen).unwrap();
+        }
+        stranger.send_to(&good, listen).unwrap();
+        from_peer.send_to(b"garbage", listen).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let view = sync_view(&d1);
+    let rejected: BTreeMap<String, u64> = serde_json::from_value(view["rejected"].clone()).unwrap();
+    assert_eq!(
+        rejected,
+        BTreeMap::from([
+            ("auth".to_owned(), 3),
+            ("replay".to_owned(), 1),
+            ("unknown_peer".to_owned(), 1)
+        ]),
+        "{view}"
+    );
+    let peer = &view["peers"][0];
+    assert_eq!(peer["flows_received"], 1, "{view}");
+    assert_eq!(peer["flows_unknown"], 1, "the flow for 10.0.0.99: {view}");
+    // The accepted flow is in d1's table: its packets go to rs2, whatever Maglev says.
+    let flow = SocketAddrV4::new([10, 0, 0, 101].into(), 50000);
+    topo.send_vip_to(1).unwrap();
+    let answer = topo
+        .client()
+        .ns()
+        .run_in(|| lb_tests::client::fetch_from(flow, HaTopology::service()));
+    // A SYN on an entry without FIN keeps the entry's real server.
+    assert_eq!(answer.unwrap(), "rs2");
+}
+
+#[test]
+fn bad_sync_settings_are_refused_with_one_line_and_nothing_attached() {
+    if !require_root() {
+        return;
+    }
+    let topo = HaTopology::new(1, 1, Serve::Once, ClientAt::Lan).expect("topology");
+    let ns = topo.director(1).ns();
+    let key = topo.sync_key().unwrap();
+    let open_key = topo.dir().join("open.key");
+    std::fs::write(&open_key, "a shared secret readable by all\n").unwrap();
+    let short_key = topo.dir().join("short.key");
+    std::fs::write(&short_key, "short\n").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&short_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key = key.to_str().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--sync-listen", "10.0.0.1:8742", "--sync-key", key],
+            "--sync-peer",
+        ),
+        (
+            &[
+                "--sync-listen",
+                "10.0.0.1:8742",
+                "--sync-peer",
+                "10.0.0.3:8742",
+            ],
+            "--sync-key",
+        ),
+        (
+            &[
+                "--sync-listen",
+                "10.0.0.1:8742",
+                "--sync-peer",
+                "10.0.0.1:8742",
+                "--sync-key",
+                key,
+            ],
+            "own listen address",
+        ),
+        (
+            &[
+                "--sync-listen",
+                "10.0.0.1:8742",
+                "--sync-peer",
+                "10.0.0.3:0",
+                "--sync-key",
+                key,
+            ],
+            "not an address a peer listens on",
+        ),
+        (
+            &[
+                "--sync-listen",
+                "10.0.0.1:8742",
+                "--sync-peer",
+                "10.0.0.3:8742",
+                "--sync-key",
+                open_key.to_str().unwrap(),
+            ],
+            "readable by group or others",
+        ),
+        (
+            &[
+                "--sync-listen",
+                "10.0.0.1:8742",
+                "--sync-peer",
+                "10.0.0.3:8742",
+                "--sync-key",
+                short_key.to_str().unwrap(),
+            ],
+            "too short",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut all = vec![
+            "run",
+            "--iface",
+            "eth0",
+            "--socket",
+            "/run/xdplb-tests-none.sock",
+        ];
+        all.extend_from_slice(args);
+        let out = lb_tests::agent::xdplb_in(ns, &all).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(!ns.xdp_attached("eth0").unwrap(), "{args:?} attached XDP");
+    }
+    // The address of another host cannot be listened on: refused, nothing left attached.
+    let out = lb_tests::agent::xdplb_in(
+        ns,
+        &[
+            "run",
+            "--iface",
+            "eth0",
+            "--socket",
+            "/run/xdplb-tests-none.sock",
+            "--sync-listen",
+            "10.0.0.77:8742",
+            "--sync-peer",
+            "10.0.0.3:8742",
+            "--sync-key",
+            key,
+        ],
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot listen for sync"),
+        "{err}"
+    );
+    assert!(
+        !ns.xdp_attached("eth0").unwrap(),
+        "a failed start left XDP attached"
+    );
+}
