@@ -165,7 +165,10 @@ fn packet_socket(ifindex: u32) -> Result<OwnedFd> {
 
 fn receive(socket: &OwnedFd, frames: &Mutex<Vec<Frame>>, stop: &AtomicBool) {
     let mut buf = [0u8; 65536];
-    while !stop.load(Ordering::Relaxed) {
+    loop {
+        // Once stopped, what is still queued in the socket was seen before the stop: keep it.
+        let stopping = stop.load(Ordering::Relaxed);
+        let flags = if stopping { libc::MSG_DONTWAIT } else { 0 };
         // SAFETY: all-zero is a valid sockaddr_ll.
         let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut from_len = std::mem::size_of_val(&from) as libc::socklen_t;
@@ -175,12 +178,15 @@ fn receive(socket: &OwnedFd, frames: &Mutex<Vec<Frame>>, stop: &AtomicBool) {
                 socket.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
-                0,
+                flags,
                 std::ptr::from_mut(&mut from).cast(),
                 &mut from_len,
             )
         };
         let Ok(n) = usize::try_from(n) else {
+            if stopping {
+                return; // drained
+            }
             continue; // the timeout (or a signal): look at the stop flag
         };
         let mut frames = frames.lock().expect("capture lock");
