@@ -276,9 +276,13 @@ pub enum Reason {
     /// to every port): the kernel drops it as PACKET_OTHERHOST; a backup director must never
     /// forward what the master forwards.
     PassOtherHost = 10,
+    /// For a service, but addressed to a stacked device that holds no address (keepalived's
+    /// `use_vmac` interface on a backup director, or on one that became master a moment ago):
+    /// the kernel would drop it too, and must never answer it with a RST.
+    DropStandby = 11,
 }
 
-pub const REASON_COUNT: u32 = 11;
+pub const REASON_COUNT: u32 = 12;
 /// Entries of the REASONS map: room for reasons added later, so a datapath pinned by one
 /// version is adopted by the next without resizing it.
 pub const REASON_SLOTS: u32 = 32;
@@ -296,6 +300,7 @@ impl Reason {
         Reason::DropTooBig,
         Reason::DropNoRoom,
         Reason::PassOtherHost,
+        Reason::DropStandby,
     ];
 
     /// Stable snake_case name for CLI, JSON and metrics.
@@ -312,6 +317,7 @@ impl Reason {
             Reason::DropTooBig => "drop_too_big",
             Reason::DropNoRoom => "drop_no_room",
             Reason::PassOtherHost => "pass_other_host",
+            Reason::DropStandby => "drop_standby",
         }
     }
 }
@@ -320,13 +326,17 @@ impl Reason {
 pub const MAX_LOCAL_MACS: usize = 8;
 
 /// LOCAL_MACS array value (index 0): destination MACs besides [`DirectorConfig::mac`] that
-/// belong to this host on the attached link.
+/// belong to this host on the attached link: devices stacked on the interface that are up.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct LocalMacs {
     pub macs: [[u8; 6]; MAX_LOCAL_MACS],
     /// How many of `macs` are in use.
     pub count: u32,
+    /// Bit i: device i holds an IPv4 address. keepalived's `use_vmac` device is up on the
+    /// master and the backups alike, but holds the VIP on the master only: frames for a device
+    /// without an address are never forwarded, nor handed to a kernel that might answer a RST.
+    pub active: u32,
 }
 
 /// [`SyncEvent::kind`]: a flow was bound to a real server (new, or announced again while it

@@ -13,24 +13,39 @@ use crate::parse::read;
 #[map]
 static LOCAL_MACS: Array<LocalMacs> = Array::with_max_entries(1, 0);
 
+/// Whose a frame is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// This host's: the interface's own MAC, or an active stacked device's.
+    Local,
+    /// A stacked device's that holds no address (a VRRP backup's virtual MAC).
+    Standby,
+    /// Another host's.
+    Other,
+}
+
 #[inline(always)]
-pub fn is_local(ctx: &XdpContext, config: &DirectorConfig) -> bool {
+pub fn owner(ctx: &XdpContext, config: &DirectorConfig) -> Owner {
     let Some(dst) = read::<[u8; 6]>(ctx, 0) else {
-        return false;
+        return Owner::Other;
     };
     // The interface's own MAC: one compare, the common case.
     if dst == config.mac {
-        return true;
+        return Owner::Local;
     }
     let Some(local) = LOCAL_MACS.get(0) else {
-        return false;
+        return Owner::Other;
     };
     let mut i = 0;
     while i < MAX_LOCAL_MACS {
         if (i as u32) < local.count && local.macs[i] == dst {
-            return true;
+            return if local.active & (1 << i) != 0 {
+                Owner::Local
+            } else {
+                Owner::Standby
+            };
         }
         i += 1;
     }
-    false
+    Owner::Other
 }

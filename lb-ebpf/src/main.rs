@@ -49,8 +49,17 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     let Some(config) = config::get() else {
         return stats::pass(Reason::PassNoService, frame_len);
     };
-    if !host::is_local(&ctx, config) {
-        return stats::pass(Reason::PassOtherHost, frame_len);
+    match host::owner(&ctx, config) {
+        host::Owner::Local => {}
+        host::Owner::Other => return stats::pass(Reason::PassOtherHost, frame_len),
+        // A backup's virtual MAC: dropped if it is for a service, so the kernel (which may just
+        // have been given the VIP) never resets a connection this director is about to take.
+        host::Owner::Standby => {
+            return match lookup::service(&pkt) {
+                Some(_) => stats::drop(Reason::DropStandby, frame_len),
+                None => stats::pass(Reason::PassOtherHost, frame_len),
+            }
+        }
     }
     let flow = conntrack::flow(&pkt);
     let flags = parse::tcp_flags(&ctx, &pkt);

@@ -422,9 +422,9 @@ pub struct LinkState {
     /// Whether an XDP program is attached (any mode).
     pub xdp_attached: bool,
     /// MAC addresses, other than the interface's own, of devices stacked on it (macvlan, such as
-    /// keepalived's `use_vmac`) that are up and hold an IPv4 address: frames for them are this
-    /// host's too.
-    pub stacked_macs: Vec<[u8; 6]>,
+    /// keepalived's `use_vmac`) that are up, each with whether it holds an IPv4 address (a VRRP
+    /// master's virtual MAC does, a backup's does not).
+    pub stacked_macs: Vec<([u8; 6], bool)>,
 }
 
 /// The current [`LinkState`] of `iface`.
@@ -477,9 +477,8 @@ pub async fn link_state(iface: &Interface) -> Result<LinkState> {
         bail!("interface {} is gone", iface.name);
     }
     for (index, mac) in stacked {
-        if !ipv4_addresses(Some(index)).await?.is_empty() {
-            state.stacked_macs.push(mac);
-        }
+        let active = !ipv4_addresses(Some(index)).await?.is_empty();
+        state.stacked_macs.push((mac, active));
     }
     Ok(state)
 }

@@ -397,3 +397,76 @@ fn deleting_a_real_server_moves_only_its_clients() {
         }
     }
 }
+
+/// The director acts only on frames for its own MAC (and its stacked devices'): a frame for a
+/// VIP that a switch flooded to it goes to the kernel untouched.
+#[test]
+fn frames_for_another_hosts_mac_pass_untouched() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture(&[1, 1]);
+    let other = FrameSpec {
+        dst_mac: [0x02, 0x99, 0, 0, 0, 0x01],
+        ..Default::default()
+    };
+    let frame = other.build();
+    let (verdict, out) = fx.run(&frame).unwrap();
+    assert_eq!((verdict, out), (XDP_PASS, frame), "flooded frame");
+    assert_eq!(fx.reason(Reason::PassOtherHost), 1);
+    assert_eq!(fx.maps.counters().unwrap().services[0].packets, 0);
+    // Broadcast and multicast destinations are not this host's unicast address either.
+    for dst_mac in [[0xff; 6], [0x01, 0x00, 0x5e, 0, 0, 0x12]] {
+        let f = FrameSpec {
+            dst_mac,
+            ..Default::default()
+        }
+        .build();
+        assert_eq!(fx.run(&f).unwrap(), (XDP_PASS, f));
+    }
+    assert_eq!(fx.reason(Reason::PassOtherHost), 3);
+}
+
+/// keepalived's `use_vmac`: frames for the virtual MAC are forwarded while the device holds the
+/// VIP (master), and dropped, never passed, while it holds none (backup): the kernel must not
+/// reset connections it does not know.
+#[test]
+fn a_stacked_devices_mac_is_forwarded_while_it_holds_an_address() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture(&[1, 1]);
+    let vmac = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x33];
+    let to_vmac = FrameSpec {
+        dst_mac: vmac,
+        ..Default::default()
+    };
+    fx.maps
+        .set_local_macs(&[([0x02, 0xaa, 0, 0, 0, 1], true), (vmac, true)])
+        .unwrap();
+    let (verdict, out) = fx.run(&to_vmac.build()).unwrap();
+    assert_eq!(verdict, XDP_TX, "master's virtual MAC");
+    assert_eq!(
+        out[6..12],
+        DIRECTOR_MAC,
+        "sent from the interface's own MAC"
+    );
+    fx.maps.set_local_macs(&[(vmac, false)]).unwrap();
+    assert_eq!(
+        fx.run(&to_vmac.build()).unwrap().0,
+        XDP_DROP,
+        "backup's virtual MAC"
+    );
+    assert_eq!(fx.reason(Reason::DropStandby), 1);
+    // Not for a service: the kernel's business.
+    let not_service = FrameSpec {
+        dst_mac: vmac,
+        dport: 22,
+        ..Default::default()
+    }
+    .build();
+    assert_eq!(fx.run(&not_service).unwrap(), (XDP_PASS, not_service));
+    fx.maps.set_local_macs(&[]).unwrap();
+    let frame = to_vmac.build();
+    assert_eq!(fx.run(&frame).unwrap(), (XDP_PASS, frame), "device gone");
+}

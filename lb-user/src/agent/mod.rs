@@ -253,9 +253,11 @@ impl Agent {
                 let macs: Vec<String> = now
                     .stacked_macs
                     .iter()
-                    .map(|m| Mac(*m).to_string())
+                    .map(|(m, active)| {
+                        format!("{}{}", Mac(*m), if *active { "" } else { " (standby)" })
+                    })
                     .collect();
-                info!(macs = %macs.join(" "), "frames for these MAC addresses are this host's too");
+                info!(macs = %macs.join(", "), "stacked devices: frames for these MAC addresses are this host's");
             }
         }
         self.follow().await;

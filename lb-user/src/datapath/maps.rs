@@ -32,8 +32,9 @@ pub trait MapWriter: Send + Sync {
     fn reset_all_counters(&mut self) -> Result<()>;
     /// The services the datapath has (an adopted datapath may have some the state does not).
     fn service_keys(&self) -> Result<Vec<ServiceKey>>;
-    /// The MAC addresses of devices stacked on the interface whose frames are this host's too.
-    fn set_local_macs(&mut self, macs: &[[u8; 6]]) -> Result<()>;
+    /// The MAC addresses of devices stacked on the interface whose frames are this host's too,
+    /// each with whether it holds an address (active) or not (standby).
+    fn set_local_macs(&mut self, macs: &[([u8; 6], bool)]) -> Result<()>;
     /// Connection sync's ring buffer: (events written, events lost because it was full).
     fn sync_counters(&self) -> Result<(u64, u64)>;
 }
@@ -145,6 +146,11 @@ impl Maps {
         self.conns.get(flow, 0).ok()
     }
 
+    /// Writes a connection-table entry (tests set one up as a peer's sync would).
+    pub fn set_conn(&mut self, flow: &FlowKey, conn: &Conn) -> Result<()> {
+        Ok(self.conns.insert(flow, conn, 0)?)
+    }
+
     /// How many flows the connection table holds.
     pub fn conn_capacity(&self) -> Result<u32> {
         Ok(self.conns.map().info()?.max_entries())
@@ -218,10 +224,11 @@ impl MapWriter for Maps {
         Ok(self.services.keys().collect::<Result<_, _>>()?)
     }
 
-    fn set_local_macs(&mut self, macs: &[[u8; 6]]) -> Result<()> {
+    fn set_local_macs(&mut self, macs: &[([u8; 6], bool)]) -> Result<()> {
         let mut local = LocalMacs::default();
-        for (slot, mac) in local.macs.iter_mut().zip(macs) {
+        for (i, (slot, (mac, active))) in local.macs.iter_mut().zip(macs).enumerate() {
             *slot = *mac;
+            local.active |= u32::from(*active) << i;
         }
         local.count = macs.len().min(MAX_LOCAL_MACS) as u32;
         Ok(self.local_macs.set(0, local, 0)?)

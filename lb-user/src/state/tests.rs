@@ -82,7 +82,7 @@ impl MapWriter for FakeMaps {
     fn service_keys(&self) -> Result<Vec<ServiceKey>> {
         Ok(self.services.keys().copied().collect())
     }
-    fn set_local_macs(&mut self, _: &[[u8; 6]]) -> Result<()> {
+    fn set_local_macs(&mut self, _: &[([u8; 6], bool)]) -> Result<()> {
         self.write("local macs".into())
     }
     fn sync_counters(&self) -> Result<(u64, u64)> {

@@ -1,0 +1,159 @@
+//! The datapath's side of connection sync, run by the kernel through BPF_PROG_TEST_RUN: the ring
+//! buffer gets an event when a flow is bound, on its first FIN, on a RST, and when a live flow is
+//! due to be announced again; never for the other packets of an established flow, and never with
+//! sync off.
+
+use lb_common::{Conn, SyncEvent, CONN_FIN, SYNC_BIND, SYNC_CLOSE};
+use lb_tests::fixture::{default_config, real_addr, Fixture, XDP_TX};
+use lb_tests::require_root;
+use lb_user::datapath::MapWriter as _;
+use lb_user::{
+    datapath::clock::with_sync,
+    packet::{FrameSpec, TCP_ACK},
+    state::{Protocol, Scheduler, SchedulerSpec, ServiceAddr},
+};
+
+const FIN: u8 = 0x01;
+const RST: u8 = 0x04;
+
+fn service() -> ServiceAddr {
+    ServiceAddr {
+        protocol: Protocol::Tcp,
+        vip: "10.0.0.100".parse().unwrap(),
+        port: 80,
+    }
+}
+
+fn fixture(sync: bool) -> (Fixture, aya::maps::RingBuf<aya::maps::MapData>) {
+    let mut fx = Fixture::with_config(with_sync(default_config(), sync));
+    fx.add_service(
+        service(),
+        SchedulerSpec {
+            scheduler: Some(Scheduler::Mh),
+            ..Default::default()
+        },
+    );
+    fx.add_real(service(), 11, 1);
+    fx.add_real(service(), 12, 1);
+    let ring = fx.datapath.sync_events().unwrap();
+    (fx, ring)
+}
+
+fn events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<SyncEvent> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        out.push(bytemuck::pod_read_unaligned(
+            &item[..std::mem::size_of::<SyncEvent>()],
+        ));
+    }
+    out
+}
+
+fn packet(sport: u16, flags: u8) -> FrameSpec {
+    FrameSpec {
+        sport,
+        tcp_flags: flags,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn events_for_binding_fin_and_rst_only() {
+    if !require_root() {
+        return;
+    }
+    let (mut fx, mut ring) = fixture(true);
+    let syn = packet(40000, 0x02);
+    assert_eq!(fx.run(&syn.build()).unwrap().0, XDP_TX);
+    let bound = events(&mut ring);
+    assert_eq!(bound.len(), 1, "{bound:?}");
+    let ev = bound[0];
+    let svc = fx.state.service(&service()).unwrap();
+    let flow = svc.flow(syn.src, syn.sport);
+    let real = svc.pick(&flow).unwrap();
+    assert_eq!(
+        (ev.kind, ev.flow, ev.service, ev.real, ev.flags),
+        (SYNC_BIND, flow, svc.id, real.id, 0)
+    );
+    assert!(ev.ktime > 0);
+    // The rest of the connection: no events.
+    for _ in 0..10 {
+        fx.run(&packet(40000, TCP_ACK).build()).unwrap();
+    }
+    assert!(events(&mut ring).is_empty());
+    // The first FIN is announced (peers use the shorter timeout), the second is not.
+    fx.run(&packet(40000, TCP_ACK | FIN).build()).unwrap();
+    fx.run(&packet(40000, TCP_ACK | FIN).build()).unwrap();
+    let fin = events(&mut ring);
+    assert_eq!(fin.len(), 1, "{fin:?}");
+    assert_eq!((fin[0].kind, fin[0].flags), (SYNC_BIND, CONN_FIN));
+    // A RST closes it on the peers too.
+    fx.run(&packet(40000, TCP_ACK | RST).build()).unwrap();
+    let rst = events(&mut ring);
+    assert_eq!(rst.len(), 1, "{rst:?}");
+    assert_eq!((rst[0].kind, rst[0].flow), (SYNC_CLOSE, flow));
+    // A RST of an unknown flow tells the peers nothing.
+    fx.run(&packet(40001, RST).build()).unwrap();
+    assert!(events(&mut ring).is_empty());
+    assert_eq!(fx.maps.sync_counters().unwrap(), (3, 0));
+}
+
+#[test]
+fn a_live_flow_is_announced_again_when_its_refresh_crosses_a_period() {
+    if !require_root() {
+        return;
+    }
+    let (mut fx, mut ring) = fixture(true);
+    let config = with_sync(default_config(), true);
+    assert!(config.sync_shift > 0);
+    let svc = fx.state.service(&service()).unwrap().clone();
+    let flow = svc.flow(real_addr(101), 40000);
+    let real = svc.pick(&flow).unwrap().id;
+    let now = lb_user::datapath::clock::jiffies_now().unwrap();
+    let period = 1u32 << config.sync_shift;
+    // Last seen in the previous period, long enough ago to be refreshed: announced again.
+    let before = (now & !(period - 1)).wrapping_sub(config.refresh + 1);
+    let conn = Conn {
+        real,
+        service: svc.id,
+        last_seen: before,
+        flags: 0,
+    };
+    fx.maps.set_conn(&flow, &conn).unwrap();
+    let ack = FrameSpec {
+        src: real_addr(101),
+        ..packet(40000, TCP_ACK)
+    };
+    fx.run(&ack.build()).unwrap();
+    let ev = events(&mut ring);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!((ev[0].kind, ev[0].real), (SYNC_BIND, real));
+    // Refreshed just now: the next packets announce nothing.
+    fx.run(&ack.build()).unwrap();
+    assert!(events(&mut ring).is_empty());
+    // Refreshed within the same period: nothing either.
+    let same = Conn {
+        last_seen: now.wrapping_sub(config.refresh + 1),
+        ..conn
+    };
+    if (same.last_seen ^ now) >> config.sync_shift == 0 {
+        fx.maps.set_conn(&flow, &same).unwrap();
+        fx.run(&ack.build()).unwrap();
+        assert!(events(&mut ring).is_empty());
+    }
+}
+
+#[test]
+fn without_sync_the_ring_stays_empty() {
+    if !require_root() {
+        return;
+    }
+    let (mut fx, mut ring) = fixture(false);
+    for port in 40000..40010 {
+        fx.run(&packet(port, 0x02).build()).unwrap();
+        fx.run(&packet(port, TCP_ACK | FIN).build()).unwrap();
+        fx.run(&packet(port, RST).build()).unwrap();
+    }
+    assert!(events(&mut ring).is_empty());
+    assert_eq!(fx.maps.sync_counters().unwrap(), (0, 0));
+}
