@@ -160,9 +160,19 @@ impl Stream {
     /// CALLING THREAD's namespace (see [`fetch`]) and reads the server's greeting. The socket
     /// keeps its namespace: the stream may be used, and driven, from any thread.
     pub fn connect(src: SocketAddrV4, dst: SocketAddrV4) -> Result<Self> {
+        Self::connect_with_stall(src, dst, Self::STALL)
+    }
+
+    /// Like [`Stream::connect`], with another stall limit: for connections that must ride out a
+    /// failover, where TCP's retransmission backoff adds seconds to the outage itself.
+    pub fn connect_with_stall(
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        stall: Duration,
+    ) -> Result<Self> {
         let writer = connect(src, dst)?;
-        writer.set_read_timeout(Some(Self::STALL))?;
-        writer.set_write_timeout(Some(Self::STALL))?;
+        writer.set_read_timeout(Some(stall))?;
+        writer.set_write_timeout(Some(stall))?;
         let mut reader = BufReader::new(writer.try_clone()?);
         let server = read_line(&mut reader)
             .map_err(|e| anyhow::anyhow!("{src} -> {dst}: greeting: {e:?}"))?;
@@ -328,10 +338,21 @@ impl StreamSet {
     /// Connects a [`Stream`] from each of `flows` to `dst` inside `ns` (each reads its server's
     /// greeting), then drives them all, each exchanging every [`StreamSet::INTERVAL`].
     pub fn open(ns: &Netns, flows: &[SocketAddrV4], dst: SocketAddrV4) -> Result<Self> {
+        Self::open_with_stall(ns, flows, dst, Stream::STALL)
+    }
+
+    /// Like [`StreamSet::open`], each stream broken only after `stall` without an answer
+    /// ([`Stream::connect_with_stall`]).
+    pub fn open_with_stall(
+        ns: &Netns,
+        flows: &[SocketAddrV4],
+        dst: SocketAddrV4,
+        stall: Duration,
+    ) -> Result<Self> {
         let streams = ns.run_in(|| {
             flows
                 .iter()
-                .map(|&src| Stream::connect(src, dst))
+                .map(|&src| Stream::connect_with_stall(src, dst, stall))
                 .collect::<Result<Vec<_>>>()
         })?;
         let streams = streams
@@ -361,6 +382,24 @@ impl StreamSet {
                  allowed): {status:?}",
                 status.longest_wait,
                 Self::MAX_WAIT
+            );
+        }
+    }
+
+    /// Panics unless every stream works again after an outage that began at `since`: none broke,
+    /// each answered after `since`, and none waited longer than `limit` for an answer, ever.
+    pub fn assert_recovered(&self, since: Instant, limit: Duration, when: &str) {
+        for status in self.statuses() {
+            let stream = format!("{when}: stream {} on {}", status.src, status.server);
+            assert_eq!(status.failure, None, "{stream} broke: {status:?}");
+            assert!(
+                status.last_ok > since,
+                "{stream} has not answered since the outage began: {status:?}"
+            );
+            assert!(
+                status.longest_wait < limit,
+                "{stream} waited {:?} for an answer (less than {limit:?} allowed): {status:?}",
+                status.longest_wait
             );
         }
     }
@@ -510,5 +549,73 @@ impl UdpFlow {
                 .with_context(|| format!("UDP {}: IP_MTU_DISCOVER", self.src));
         }
         Ok(())
+    }
+}
+
+/// New connections tried one after the other in a background thread (in a namespace), each from
+/// a fresh flow, recording when each was tried and how it went: what a failover does to clients
+/// that connect meanwhile.
+pub struct ConnectionProbe {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<ProbeResult>>>,
+}
+
+/// One new connection of a [`ConnectionProbe`]: when it started, and the server that answered
+/// or why none did.
+#[derive(Clone, Debug)]
+pub struct ProbeResult {
+    pub at: Instant,
+    pub flow: SocketAddrV4,
+    pub answer: Result<String, String>,
+}
+
+impl ConnectionProbe {
+    /// Connects from each of `flows` in turn to `dst` inside `ns`, one every `interval`, until
+    /// stopped (or the flows run out).
+    pub fn start(
+        ns: &Netns,
+        flows: Vec<SocketAddrV4>,
+        dst: SocketAddrV4,
+        interval: Duration,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            ns.thread(move || {
+                let mut results = Vec::new();
+                for flow in flows {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let at = Instant::now();
+                    let answer = fetch_from(flow, dst).map_err(|e| format!("{e:#}"));
+                    results.push(ProbeResult { at, flow, answer });
+                    std::thread::sleep(interval.saturating_sub(at.elapsed()));
+                }
+                results
+            })
+        };
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops and returns every connection tried, in order.
+    pub fn stop(mut self) -> Vec<ProbeResult> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().expect("running").join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl Drop for ConnectionProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod bench;
 pub mod capture;
 pub mod client;
+pub mod daemons;
 pub mod ethtool;
 pub mod fixture;
 pub mod ha;
@@ -22,6 +23,7 @@ pub mod topo;
 pub mod tun;
 
 pub use agent::{Agent, Decap, Listing};
+pub use daemons::{require_program, Bird, Keepalived};
 pub use ha::{ClientAt, HaTopology};
 pub use netns::{Netns, Proc};
 pub use topo::{DrTopology, FreshFlows, Host, Serve, Switch};

@@ -2,6 +2,7 @@
 //! needs first (see toolchain.rs), so a fresh machine needs nothing by hand.
 
 mod bench;
+mod packages;
 mod toolchain;
 
 use std::{
@@ -27,7 +28,8 @@ struct Cli {
 enum Task {
     /// Install the eBPF toolchain if missing and build everything.
     Build,
-    /// Build, then run every test (unit, datapath, end to end; needs root), then fmt and clippy.
+    /// Install the daemons the tests start (keepalived, BIRD) if missing, build, then run every
+    /// test (unit, datapath, end to end; needs root), then fmt and clippy.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -105,9 +107,13 @@ fn run_tests(cmd: &mut Command) -> Result<(u64, u64, u64)> {
     Ok(totals)
 }
 
-fn require_root(what: &str) -> Result<()> {
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
+    unsafe { libc_geteuid() == 0 }
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !is_root() {
         bail!("{what} needs root (network namespaces, XDP): run it as root");
     }
     Ok(())
@@ -126,6 +132,7 @@ fn main() -> Result<()> {
         Task::Build => build(&path),
         Task::Lint => lint(&path),
         Task::Test { args } => {
+            packages::ensure()?;
             build(&path)?;
             let mut cmd = cargo(&path, &["test", "--workspace"]);
             cmd.args(&args).env("XDPLB_BIN", bin.join("xdplb"));

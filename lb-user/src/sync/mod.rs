@@ -520,7 +520,11 @@ impl Shared {
                 info!(peer = %addr, "connection sync: peer up");
             }
             peer.up = true;
-            if !inner.fetch.contains(&addr) {
+            // Its table was just taken (catching up): no need to ask again.
+            let just_taken = inner
+                .last_table
+                .is_some_and(|(p, _, at)| p == addr && at.elapsed() < peer::PEER_TIMEOUT);
+            if !just_taken && !inner.fetch.contains(&addr) {
                 inner.fetch.push(addr);
             }
             self.wake.notify_one();

@@ -1,0 +1,48 @@
+//! The distribution's packages the tests start daemons from (keepalived for VRRP, BIRD for BGP):
+//! installed with apt-get when missing, so a fresh machine runs every test with one command.
+//! Installing starts no service here (policy-rc.d, no systemd): the tests start the daemons
+//! themselves, inside their namespaces.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, Result};
+
+use crate::toolchain::run;
+
+/// (program the tests run, Debian package that has it).
+const NEEDED: [(&str, &str); 2] = [("keepalived", "keepalived"), ("bird", "bird2")];
+
+fn installed(program: &str) -> bool {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|d| Path::new(d).join(program).is_file())
+}
+
+/// Installs what is missing (needs root; without it the tests that need a daemon say so).
+pub fn ensure() -> Result<()> {
+    let missing: Vec<&str> = NEEDED
+        .iter()
+        .filter(|(program, _)| !installed(program))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !crate::is_root() {
+        eprintln!(
+            "xtask: not root, so not installing {} (the tests that need them will say so)",
+            missing.join(" ")
+        );
+        return Ok(());
+    }
+    eprintln!("xtask: installing {} (apt-get)", missing.join(" "));
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run(&mut apt(&["update", "-q"])).context("apt-get update")?;
+    let mut install = apt(&["install", "-y", "-q", "--no-install-recommends"]);
+    install.args(&missing);
+    run(&mut install).with_context(|| format!("apt-get install {}", missing.join(" ")))
+}
