@@ -131,7 +131,7 @@ impl HaTopology {
             ClientAt::BehindRouter => 9,
         };
         (1..=DrTopology::CLIENT_SOURCES)
-            .map(|i| Ipv4Addr::new(10, 0, net, 100 + i))
+            .map(|i| Ipv4Addr::new(10, net, 0, 100 + i))
             .collect()
     }
 

@@ -467,3 +467,84 @@ fn bad_sync_settings_are_refused_with_one_line_and_nothing_attached() {
         "a failed start left XDP attached"
     );
 }
+
+/// Sync with the agent's restarts and reloads: while d1's agent is killed, its datapath goes on
+/// binding new connections and writing their events into the pinned ring; the restarted agent
+/// adopts the datapath and sends them, so d2 has them. A reload that changes weights on both
+/// directors changes nothing for established connections.
+#[test]
+fn flows_bound_while_the_agent_was_down_reach_the_peer_after_the_restart() {
+    if !require_root() {
+        return;
+    }
+    let topo = HaTopology::new(2, 4, Serve::Echo, ClientAt::Lan).expect("topology");
+    let mut d1 = start(&topo, 1);
+    let d2 = start(&topo, 2);
+    wait_fit(&d1, Duration::from_secs(10));
+    wait_fit(&d2, Duration::from_secs(10));
+    topo.send_vip_to(1).unwrap();
+    d1.kill();
+    let flows =
+        FreshFlows::from(HaTopology::client_sources(ClientAt::Lan), STREAM_PORTS).take(STREAMS);
+    let streams = StreamSet::open(topo.client().ns(), &flows, HaTopology::service())
+        .unwrap_or_else(|e| panic!("streams through d1 without its agent: {e:#}"));
+    let servers: Vec<String> = streams.statuses().into_iter().map(|s| s.server).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        peer_stat(&d2, "flows_received"),
+        0,
+        "flows sent without an agent?"
+    );
+    d1.restart().expect("restart d1");
+    wait_received(&d2, STREAMS as u64);
+
+    // A reload with other weights on both directors: Maglev now moves some of the streams.
+    let mut reals = REALS.to_vec();
+    reals[0].1 = 6;
+    for (i, d) in [(1, &d1), (2, &d2)] {
+        d.write_config(&topo.config(i, "", "mh", &reals, None).unwrap())
+            .unwrap();
+        d.cli_ok(&["reload"]);
+    }
+    assert!(
+        moved_by_table(&d2, &flows, &servers) > 0,
+        "no stream would move"
+    );
+    topo.send_vip_to(2).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    streams.assert_flowing("on d2, bound while d1's agent was down");
+    streams.stop();
+}
+
+/// `xdplb list --sync` shows the peers in a table; without sync it says so in one line.
+#[test]
+fn list_sync_shows_the_peers() {
+    if !require_root() {
+        return;
+    }
+    let topo = HaTopology::new(2, 3, Serve::Once, ClientAt::Lan).expect("topology");
+    let d1 = start(&topo, 1);
+    let d2 = start(&topo, 2);
+    wait_fit(&d1, Duration::from_secs(10));
+    wait_config_match(&d1);
+    let text = d1.cli_ok(&["list", "--sync"]);
+    let peer = format!("{}:{}", HaTopology::director_addr(2), HaTopology::SYNC_PORT);
+    assert!(
+        text.starts_with(&format!(
+            "Sync on {}:{}: current",
+            HaTopology::director_addr(1),
+            HaTopology::SYNC_PORT
+        )),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&peer))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(" up ") && line.contains("same"), "{line}");
+    drop(d2);
+    let lone = Agent::start(topo.director(2).ns(), "eth0", &[]).unwrap();
+    let out = lone.cli(&["list", "--sync"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connection sync is not configured"));
+}

@@ -1,0 +1,338 @@
+//! End to end, active/active directors behind ECMP, with the distribution's BIRD doing the BGP
+//! (examples/bird-director.conf on each director, examples/bird-router.conf on the router, BFD
+//! on): three directors announce the VIP through xdplb's route table, the router spreads 200
+//! long-lived TCP connections over them, and the directors keep each other's connections
+//! through sync. One director fails (its link goes down; later its agent stops with SIGTERM,
+//! withdrawing first; later again all its real servers fail its health checks): the route
+//! converges within 3 s, its connections go on through the others; it comes back and the rehash
+//! moves connections to it: none is reset. A weight change on every director after the
+//! connections opened sends many of them elsewhere by Maglev alone, so they survive the moves
+//! only through sync. All three directors pick the same real server for 10,000 flows.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lb_tests::client::StreamSet;
+use lb_tests::{
+    require_program, require_root, Agent, Bird, ClientAt, DrTopology, FreshFlows, HaTopology, Serve,
+};
+
+const STREAMS: usize = 200;
+const STALL: Duration = Duration::from_secs(12);
+const CONVERGE: Duration = Duration::from_secs(3);
+/// The longest a stream may wait for an answer across a move: the convergence, plus a TCP
+/// retransmission or two.
+const LONGEST_GAP: Duration = Duration::from_secs(5);
+const TABLE: u32 = 100;
+
+fn svc() -> String {
+    HaTopology::service().to_string()
+}
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(name),
+    )
+    .unwrap_or_else(|e| panic!("examples/{name}: {e}"))
+}
+
+/// examples/bird-director.conf for director `i`.
+fn director_bird(i: usize) -> String {
+    let config = example("bird-director.conf")
+        .replace("192.0.2.254", &HaTopology::ROUTER_LAN.to_string())
+        .replace("192.0.2.1", &HaTopology::director_addr(i).to_string());
+    assert!(config.contains("kernel table 100;"), "{config}");
+    config
+}
+
+/// examples/bird-router.conf for the topology's router and three directors.
+fn router_bird() -> String {
+    let mut config =
+        example("bird-router.conf").replace("192.0.2.254", &HaTopology::ROUTER_LAN.to_string());
+    for i in 1..=3 {
+        config = config.replace(
+            &format!("neighbor 192.0.2.{i} "),
+            &format!("neighbor {} ", HaTopology::director_addr(i)),
+        );
+    }
+    config
+}
+
+/// The router's nexthops for the VIP now.
+fn nexthops(topo: &HaTopology) -> Vec<Ipv4Addr> {
+    let out = topo
+        .router()
+        .unwrap()
+        .ns()
+        .ip(&["route", "show", &HaTopology::VIP.to_string()])
+        .unwrap_or_default();
+    let mut hops: Vec<Ipv4Addr> = out
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "via")
+        .filter_map(|w| w[1].parse().ok())
+        .collect();
+    hops.sort();
+    hops
+}
+
+/// Waits until the router's nexthops for the VIP are exactly those of `directors`.
+fn wait_nexthops(topo: &HaTopology, directors: &[usize], limit: Duration) -> Duration {
+    let mut want: Vec<Ipv4Addr> = directors
+        .iter()
+        .map(|&i| HaTopology::director_addr(i))
+        .collect();
+    want.sort();
+    let start = Instant::now();
+    loop {
+        let now = nexthops(topo);
+        if now == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "the router's route is {now:?}, not {want:?}, after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn start_agent(topo: &HaTopology, i: usize) -> Agent {
+    let config = topo
+        .config(
+            i,
+            &format!("[announce]\ntable = {TABLE}\n"),
+            "mh",
+            &[(1, 1), (2, 1), (3, 1), (4, 1)],
+            Some("{ type = \"tcp\", interval_ms = 500, timeout_ms = 500, rise = 2, fall = 2 }"),
+        )
+        .unwrap();
+    Agent::start_with_config(topo.director(i).ns(), &config).unwrap()
+}
+
+/// Packets the agent forwarded for the service so far.
+fn forwarded(agent: &Agent) -> u64 {
+    agent.list().service_stat(&svc(), "packets")
+}
+
+#[test]
+fn ecmp_directors_keep_every_connection_when_one_fails_and_comes_back() {
+    if !require_root() || !require_program("bird", "bird2") {
+        return;
+    }
+    let topo = HaTopology::new(3, 4, Serve::Echo, ClientAt::BehindRouter).expect("topology");
+    let router = topo.router().unwrap();
+    let _rbird = Bird::start(router.ns(), topo.dir(), "bird-router", &router_bird()).unwrap();
+    let mut agents: Vec<Agent> = (1..=3).map(|i| start_agent(&topo, i)).collect();
+    let birds: Vec<Bird> = (1..=3)
+        .map(|i| {
+            Bird::start(
+                topo.director(i).ns(),
+                topo.dir(),
+                &format!("bird-d{i}"),
+                &director_bird(i),
+            )
+            .unwrap()
+        })
+        .collect();
+    wait_nexthops(&topo, &[1, 2, 3], Duration::from_secs(20));
+
+    // Every director picks the same real server for the same flow.
+    let sample: Vec<SocketAddrV4> = (0..10_000u32)
+        .map(|i| {
+            SocketAddrV4::new(
+                Ipv4Addr::from(0x0a09_0000 | (i % 5000 + 1)),
+                1024 + (i % 60000) as u16,
+            )
+        })
+        .collect();
+    let picks: Vec<Vec<SocketAddrV4>> = sample
+        .chunks(2000)
+        .map(|chunk| {
+            let per_director: Vec<Vec<SocketAddrV4>> = agents
+                .iter()
+                .map(|a| a.simulate("-t", &svc(), chunk))
+                .collect();
+            assert!(
+                per_director.windows(2).all(|w| w[0] == w[1]),
+                "directors disagree"
+            );
+            per_director[0].clone()
+        })
+        .collect();
+    assert_eq!(picks.iter().map(Vec::len).sum::<usize>(), 10_000);
+
+    let sources = HaTopology::client_sources(ClientAt::BehindRouter);
+    let flows = FreshFlows::from(sources, 20000).take(STREAMS);
+    let before: Vec<u64> = agents.iter().map(forwarded).collect();
+    let streams =
+        StreamSet::open_with_stall(topo.client().ns(), &flows, HaTopology::service(), STALL)
+            .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    streams.assert_flowing("through three directors");
+    for (i, a) in agents.iter().enumerate() {
+        let n = forwarded(a) - before[i];
+        assert!(
+            n > 200,
+            "d{} forwarded only {n} packets: ECMP does not spread",
+            i + 1
+        );
+    }
+    // A table change everywhere: many connections now live on only in the connection tables.
+    for a in &agents {
+        a.cli_ok(&[
+            "real",
+            "edit",
+            "-t",
+            &svc(),
+            "-r",
+            &DrTopology::real_addr(1).to_string(),
+            "-w",
+            "5",
+        ]);
+    }
+    let statuses = streams.statuses();
+    let now = agents[0].simulate(
+        "-t",
+        &svc(),
+        &statuses.iter().map(|s| s.src).collect::<Vec<_>>(),
+    );
+    let held = now
+        .iter()
+        .zip(&statuses)
+        .filter(|(r, s)| format!("rs{}", r.ip().octets()[3] - 10) != s.server)
+        .count();
+    assert!(
+        held > 20,
+        "only {held} connections would move: sync would hardly be tested"
+    );
+
+    // --- d3's link goes down: BFD takes it out of the route. ---
+    let down = Instant::now();
+    topo.director(3)
+        .ns()
+        .ip(&["link", "set", "eth0", "down"])
+        .unwrap();
+    let t = wait_nexthops(&topo, &[1, 2], CONVERGE);
+    eprintln!("d3 link down: converged in {t:?}");
+    std::thread::sleep(Duration::from_secs(4));
+    streams.assert_recovered(down, LONGEST_GAP, "d3's link down");
+
+    // d3 comes back: it takes a peer's table before it announces; the rehash moves connections
+    // to it.
+    let up = Instant::now();
+    let d3_before = forwarded(&agents[2]);
+    topo.director(3)
+        .ns()
+        .ip(&["link", "set", "eth0", "up"])
+        .unwrap();
+    let t = wait_nexthops(&topo, &[1, 2, 3], Duration::from_secs(10));
+    eprintln!("d3 link up: back in the route after {t:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    streams.assert_recovered(up, LONGEST_GAP, "d3 back");
+    assert!(
+        forwarded(&agents[2]) > d3_before + 100,
+        "no connection moved back to d3"
+    );
+
+    // --- d3's agent stops (SIGTERM): it withdraws first and forwards during the grace period. ---
+    let stop = Instant::now();
+    let stopper = std::thread::scope(|s| {
+        let handle = s.spawn(|| agents[2].stop());
+        let t = wait_nexthops(&topo, &[1, 2], CONVERGE);
+        eprintln!("d3 SIGTERM: withdrawn after {t:?}");
+        handle.join().unwrap()
+    });
+    assert!(stopper.success(), "d3's agent exited with {stopper}");
+    assert!(!topo.director(3).ns().xdp_attached("eth0").unwrap());
+    std::thread::sleep(Duration::from_secs(2));
+    streams.assert_recovered(stop, LONGEST_GAP, "d3 stopped");
+
+    // A new agent on d3: it catches up, then announces; the rehash brings connections back.
+    drop(agents.remove(2));
+    let restart = Instant::now();
+    let d3 = start_agent(&topo, 3);
+    wait_nexthops(&topo, &[1, 2, 3], Duration::from_secs(15));
+    let sync = d3.list_config().0["sync"].clone();
+    assert!(
+        sync["last_table"][1].as_u64().unwrap() >= STREAMS as u64,
+        "d3 started without the table: {sync}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    streams.assert_recovered(restart, LONGEST_GAP, "d3 restarted");
+    agents.push(d3);
+
+    // --- d3 sees every real server fail its health checks: it withdraws. ---
+    let blind = Instant::now();
+    for i in 1..=4 {
+        topo.director(3)
+            .ns()
+            .ip(&[
+                "route",
+                "add",
+                "prohibit",
+                &format!("{}/32", DrTopology::real_addr(i)),
+            ])
+            .unwrap();
+    }
+    let t = wait_nexthops(&topo, &[1, 2], Duration::from_secs(6));
+    eprintln!("d3's real servers down in its view: withdrawn after {t:?}");
+    let err = String::from_utf8_lossy(&agents[2].cli(&["check"]).stderr).into_owned();
+    assert!(err.contains("no available real server"), "{err}");
+    std::thread::sleep(Duration::from_secs(2));
+    streams.assert_recovered(blind, LONGEST_GAP, "d3's real servers down");
+    let finals = streams.stop();
+    assert!(finals.iter().all(|s| s.failure.is_none()), "{finals:?}");
+    drop(birds);
+}
+
+/// `xdplb drain` withdraws every VIP while forwarding goes on; `undrain` announces them again.
+/// Routes someone removed from the table by hand come back.
+#[test]
+fn drain_withdraws_and_undrain_announces_again() {
+    if !require_root() {
+        return;
+    }
+    let topo = HaTopology::new(1, 1, Serve::Once, ClientAt::Lan).expect("topology");
+    let config = format!(
+        "interface = \"eth0\"\n[announce]\ntable = {TABLE}\n[[service]]\nprotocol = \"tcp\"\nvip = \"{}\"\nport = 80\n[[service.real]]\naddress = \"{}\"\n",
+        HaTopology::VIP,
+        DrTopology::real_addr(1)
+    );
+    let d1 = Agent::start_with_config(topo.director(1).ns(), &config).unwrap();
+    let ns = topo.director(1).ns();
+    let table = TABLE.to_string();
+    let routes = || ns.ip(&["route", "show", "table", &table]).unwrap();
+    let wait = |want: bool| {
+        let start = Instant::now();
+        while routes().contains(&HaTopology::VIP.to_string()) != want {
+            assert!(
+                start.elapsed() < Duration::from_secs(8),
+                "announced = {}: {}",
+                !want,
+                routes()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait(true);
+    assert!(
+        routes().contains("blackhole 10.0.0.100 proto static"),
+        "{}",
+        routes()
+    );
+    assert_eq!(d1.list_config().0["announce"]["announced"][0], "10.0.0.100");
+    d1.cli_ok(&["drain"]);
+    wait(false);
+    assert_eq!(d1.list_config().0["drained"], true);
+    d1.cli_ok(&["undrain"]);
+    wait(true);
+    ns.ip(&["route", "del", "10.0.0.100/32", "table", &table])
+        .unwrap();
+    wait(true);
+    let _ = d1;
+}
