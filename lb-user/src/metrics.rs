@@ -17,6 +17,14 @@
 //! | `real_connections_total`, `_packets_total`, `_bytes_total` | counter | real |
 //! | `real_weight`, `real_up` (1/0) | gauge | real |
 //! | `packets_total` | counter | `reason` |
+//! | `drained` (1/0) | gauge | |
+//! | `vip_announced` (1) | gauge | `vip`, `table` |
+//! | `sync_current` (1/0) | gauge | |
+//! | `sync_events_total` | counter | `result` (`written`, `lost`, `unnamed`) |
+//! | `sync_rejected_total` | counter | `reason` (`auth`, `malformed`, `unknown_peer`, `replay`) |
+//! | `sync_peer_up`, `sync_peer_config_match` (1/0), `sync_peer_last_contact_seconds` | gauge | `peer` |
+//! | `sync_peer_flows_sent_total`, `_flows_received_total`, `_flows_unknown_total`, `_datagrams_unsent_total`, `_tables_received_total`, `_tables_sent_total` | counter | `peer` |
+//! | `sync_peer_delay_seconds` | gauge | `peer`, `quantile` (0.5, 0.99) |
 //!
 //! Service labels: `protocol` (`tcp`, `udp`), `vip`, `port`, `scheduler` (`sh`, `mh`); real server
 //! labels: the service's plus `real` (`RIP:PORT`) and `forward` (`route`, `tunnel`).
@@ -215,7 +223,134 @@ where
         let labels = format!("reason=\"{}\"", escape(reason));
         t.sample("xdplb_packets_total", &labels, packets);
     }
+    high_availability(&mut t, listing);
     t.out
+}
+
+/// Drain, announced VIPs and connection sync.
+fn high_availability(t: &mut Text, listing: &Listing) {
+    t.family(
+        "xdplb_drained",
+        Gauge,
+        "1 while the director is drained for maintenance (xdplb drain): nothing announced, \
+         check fails, forwarding goes on.",
+    );
+    t.sample("xdplb_drained", "", u8::from(listing.drained));
+    if let Some(a) = &listing.announce {
+        t.family(
+            "xdplb_vip_announced",
+            Gauge,
+            "A VIP this director announces (a route in the routing table the routing daemon \
+             learns); absent when withdrawn.",
+        );
+        for vip in &a.announced {
+            let labels = format!("vip=\"{}\",table=\"{}\"", escape(vip), a.table);
+            t.sample("xdplb_vip_announced", &labels, 1);
+        }
+    }
+    let Some(sync) = &listing.sync else {
+        return;
+    };
+    t.family(
+        "xdplb_sync_current",
+        Gauge,
+        "1 when the connection table is current, 0 while the director catches up from a peer.",
+    );
+    t.sample("xdplb_sync_current", "", u8::from(sync.current));
+    t.family(
+        "xdplb_sync_events_total",
+        Counter,
+        "Flow events of the datapath: written to the ring, lost because it was full, and \
+         about real servers no longer configured (not sent).",
+    );
+    for (result, n) in [
+        ("written", sync.events_written),
+        ("lost", sync.events_lost),
+        ("unnamed", sync.events_unnamed),
+    ] {
+        t.sample(
+            "xdplb_sync_events_total",
+            &format!("result=\"{result}\""),
+            n,
+        );
+    }
+    t.family(
+        "xdplb_sync_rejected_total",
+        Counter,
+        "Sync messages refused: not authentic, malformed, replayed, or from an address that \
+         is not a peer.",
+    );
+    for reason in ["auth", "malformed", "replay", "unknown_peer"] {
+        let n = sync.rejected.get(reason).copied().unwrap_or(0);
+        t.sample(
+            "xdplb_sync_rejected_total",
+            &format!("reason=\"{reason}\""),
+            n,
+        );
+    }
+    let peers: Vec<(&crate::sync::PeerView, String)> = sync
+        .peers
+        .iter()
+        .map(|p| (p, format!("peer=\"{}\"", escape(&p.address))))
+        .collect();
+    t.family(
+        "xdplb_sync_peer_up",
+        Gauge,
+        "1 if the peer was heard within 3 s.",
+    );
+    for (p, l) in &peers {
+        t.sample("xdplb_sync_peer_up", l, u8::from(p.state == "up"));
+    }
+    t.family(
+        "xdplb_sync_peer_config_match",
+        Gauge,
+        "1 if the peer's services and real servers are ours, 0 if they differ (directors then \
+         disagree on real servers); absent until it said hello.",
+    );
+    for (p, l) in &peers {
+        if let Some(m) = p.config_match {
+            t.sample("xdplb_sync_peer_config_match", l, u8::from(m));
+        }
+    }
+    t.family(
+        "xdplb_sync_peer_last_contact_seconds",
+        Gauge,
+        "Seconds since the peer was last heard; absent if never.",
+    );
+    for (p, l) in &peers {
+        if let Some(s) = p.last_contact_secs {
+            t.sample("xdplb_sync_peer_last_contact_seconds", l, s);
+        }
+    }
+    let counters: [(&str, &str, fn(&crate::sync::PeerView) -> u64); 6] = [
+        ("flows_sent", "Flows sent to the peer.", |p| p.flows_sent),
+        ("flows_received", "Flows received from the peer and written into the connection table.", |p| p.flows_received),
+        ("flows_unknown", "Flows from the peer for a service or real server this director does not have (not written).", |p| p.flows_unknown),
+        ("datagrams_unsent", "Datagrams to the peer the socket would not take (their flows never left).", |p| p.datagrams_unsent),
+        ("tables_received", "Full connection tables received from the peer.", |p| p.tables_received),
+        ("tables_sent", "Full connection tables sent to the peer.", |p| p.tables_sent),
+    ];
+    for (what, help, value) in counters {
+        let name = format!("xdplb_sync_peer_{what}_total");
+        t.family(&name, Counter, help);
+        for (p, l) in &peers {
+            t.sample(&name, l, value(p));
+        }
+    }
+    t.family(
+        "xdplb_sync_peer_delay_seconds",
+        Gauge,
+        "Sync delay of the flows received from the peer (bound there -> in this table), by \
+         quantile, since the start or the last zero.",
+    );
+    for (p, l) in &peers {
+        for (q, v) in [("0.5", p.delay_p50_us), ("0.99", p.delay_p99_us)] {
+            if let Some(us) = v {
+                let labels = format!("{l},quantile=\"{q}\"");
+                t.sample("xdplb_sync_peer_delay_seconds", &labels, us as f64 / 1e6);
+            }
+        }
+    }
 }
 
 /// One of the three counters of [`StatsView`]: its name part, its HELP text and its value.

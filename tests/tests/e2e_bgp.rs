@@ -299,7 +299,7 @@ fn drain_withdraws_and_undrain_announces_again() {
     }
     let topo = HaTopology::new(1, 1, Serve::Once, ClientAt::Lan).expect("topology");
     let config = format!(
-        "interface = \"eth0\"\n[announce]\ntable = {TABLE}\n[[service]]\nprotocol = \"tcp\"\nvip = \"{}\"\nport = 80\n[[service.real]]\naddress = \"{}\"\n",
+        "interface = \"eth0\"\n[metrics]\nlisten = \"127.0.0.1:9727\"\n[announce]\ntable = {TABLE}\n[[service]]\nprotocol = \"tcp\"\nvip = \"{}\"\nport = 80\n[[service.real]]\naddress = \"{}\"\n",
         HaTopology::VIP,
         DrTopology::real_addr(1)
     );
@@ -326,9 +326,19 @@ fn drain_withdraws_and_undrain_announces_again() {
         routes()
     );
     assert_eq!(d1.list_config().0["announce"]["announced"][0], "10.0.0.100");
+    let scrape = || lb_tests::metrics::Scrape::get(ns, "127.0.0.1:9727".parse().unwrap()).unwrap();
+    let announced = [("vip", "10.0.0.100"), ("table", "100")];
+    assert_eq!(scrape().value("xdplb_vip_announced", &announced), 1.0);
     d1.cli_ok(&["drain"]);
     wait(false);
     assert_eq!(d1.list_config().0["drained"], true);
+    let drained = scrape();
+    assert_eq!(drained.value("xdplb_drained", &[]), 1.0);
+    assert!(
+        drained.samples("xdplb_vip_announced", &[]).next().is_none(),
+        "{}",
+        drained.text
+    );
     d1.cli_ok(&["undrain"]);
     wait(true);
     ns.ip(&["route", "del", "10.0.0.100/32", "table", &table])

@@ -523,10 +523,32 @@ fn list_sync_shows_the_peers() {
         return;
     }
     let topo = HaTopology::new(2, 3, Serve::Once, ClientAt::Lan).expect("topology");
-    let d1 = start(&topo, 1);
+    let metrics = "[metrics]\nlisten = \"127.0.0.1:9727\"\n";
+    let d1 = Agent::start_with_config(
+        topo.director(1).ns(),
+        &topo.config(1, metrics, "mh", &REALS, None).unwrap(),
+    )
+    .unwrap();
     let d2 = start(&topo, 2);
     wait_fit(&d1, Duration::from_secs(10));
     wait_config_match(&d1);
+    let scrape =
+        lb_tests::metrics::Scrape::get(topo.director(1).ns(), "127.0.0.1:9727".parse().unwrap())
+            .unwrap();
+    let peer_label = format!("{}:{}", HaTopology::director_addr(2), HaTopology::SYNC_PORT);
+    let peer = [("peer", peer_label.as_str())];
+    assert_eq!(scrape.value("xdplb_sync_current", &[]), 1.0);
+    assert_eq!(scrape.value("xdplb_sync_peer_up", &peer), 1.0);
+    assert_eq!(scrape.value("xdplb_sync_peer_config_match", &peer), 1.0);
+    assert_eq!(
+        scrape.value("xdplb_sync_rejected_total", &[("reason", "auth")]),
+        0.0
+    );
+    assert_eq!(scrape.value("xdplb_drained", &[]), 0.0);
+    assert_eq!(
+        scrape.types["xdplb_sync_peer_flows_received_total"],
+        "counter"
+    );
     let text = d1.cli_ok(&["list", "--sync"]);
     let peer = format!("{}:{}", HaTopology::director_addr(2), HaTopology::SYNC_PORT);
     assert!(

@@ -189,3 +189,87 @@ fn save_then_load_gives_the_same_state() {
     assert_eq!(loaded, state, "saved:\n{saved}");
     assert_eq!(again.director(), cfg.director());
 }
+
+/// A key file for the sync tests: mode 0600 unless `mode` says otherwise.
+fn key_file(name: &str, content: &str, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("xdplb-config-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+fn with_sync(key: &std::path::Path, rest: &str) -> String {
+    format!(
+        "interface = \"eth0\"\n[sync]\nlisten = \"10.0.0.1:8742\"\npeers = [\"10.0.0.3:8742\"]\nkey_file = \"{}\"\n{rest}",
+        key.display()
+    )
+}
+
+#[test]
+fn sync_and_announce_parse_and_save_back() {
+    let key = key_file("good.key", "0123456789abcdef0123\n", 0o600);
+    let text = with_sync(&key, "[announce]\ntable = 100\n");
+    let cfg = source(&text).parse().unwrap();
+    let director = cfg.director();
+    let sync = director.sync.clone().unwrap();
+    assert_eq!(sync.peers, vec!["10.0.0.3:8742".parse().unwrap()]);
+    assert_eq!(
+        director.announce.clone().unwrap().grace,
+        3,
+        "the default grace"
+    );
+    let saved = Config::from_state(director.clone(), cfg.timeouts, &State::default())
+        .to_toml()
+        .unwrap();
+    assert_eq!(
+        source(&saved).parse().unwrap().director(),
+        director,
+        "{saved}"
+    );
+}
+
+#[test]
+fn bad_sync_or_announce_tables_name_their_line() {
+    let good = key_file("good2.key", "0123456789abcdef0123\n", 0o600);
+    let open = key_file("open.key", "0123456789abcdef0123\n", 0o644);
+    let short = key_file("short.key", "short\n", 0o600);
+    let missing = good.with_file_name("missing.key");
+    let cases = [
+        (
+            with_sync(&open, ""),
+            "test.toml:2:",
+            "readable by group or others",
+        ),
+        (with_sync(&short, ""), "test.toml:2:", "too short"),
+        (
+            with_sync(&missing, ""),
+            "test.toml:2:",
+            "cannot read sync key file",
+        ),
+        (
+            with_sync(&good, "[announce]\ntable = 254\n"),
+            "test.toml:6:",
+            "the kernel's own",
+        ),
+        (
+            with_sync(&good, "").replace("[\"10.0.0.3:8742\"]", "[]"),
+            "test.toml:2:",
+            "at least one peer",
+        ),
+        (
+            with_sync(&good, "").replace("listen =", "bogus = 1\nlisten ="),
+            "test.toml:3:",
+            "bogus",
+        ),
+    ];
+    for (text, at, reason) in cases {
+        let e = error(&text);
+        assert!(
+            e.starts_with(at) && e.contains(reason) && !e.contains('\n'),
+            "{e:?} for {text:?}"
+        );
+    }
+}
