@@ -322,7 +322,7 @@ fn high_availability(t: &mut Text, listing: &Listing) {
             t.sample("xdplb_sync_peer_last_contact_seconds", l, s);
         }
     }
-    let counters: [(&str, &str, fn(&crate::sync::PeerView) -> u64); 6] = [
+    let counters: [PeerFamily; 6] = [
         ("flows_sent", "Flows sent to the peer.", |p| p.flows_sent),
         ("flows_received", "Flows received from the peer and written into the connection table.", |p| p.flows_received),
         ("flows_unknown", "Flows from the peer for a service or real server this director does not have (not written).", |p| p.flows_unknown),
@@ -352,6 +352,9 @@ fn high_availability(t: &mut Text, listing: &Listing) {
         }
     }
 }
+
+/// A per-peer sync counter: its name part, its HELP text and its value.
+type PeerFamily = (&'static str, &'static str, fn(&crate::sync::PeerView) -> u64);
 
 /// One of the three counters of [`StatsView`]: its name part, its HELP text and its value.
 type StatsFamily = (&'static str, &'static str, fn(&StatsView) -> u64);
