@@ -354,7 +354,11 @@ fn high_availability(t: &mut Text, listing: &Listing) {
 }
 
 /// A per-peer sync counter: its name part, its HELP text and its value.
-type PeerFamily = (&'static str, &'static str, fn(&crate::sync::PeerView) -> u64);
+type PeerFamily = (
+    &'static str,
+    &'static str,
+    fn(&crate::sync::PeerView) -> u64,
+);
 
 /// One of the three counters of [`StatsView`]: its name part, its HELP text and its value.
 type StatsFamily = (&'static str, &'static str, fn(&StatsView) -> u64);

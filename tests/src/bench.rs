@@ -7,12 +7,12 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, MapData, ProgramArray},
+    maps::{Array, MapData, ProgramArray, RingBuf},
     programs::{TestRun as _, TestRunOptions},
 };
 use lb_common::{map_names, program_names, BenchFrame, BENCH_FRAME_MAX};
 use lb_user::{
-    datapath::{AttachMode, Datapath, LoadOptions, MapWriter as _},
+    datapath::{clock::with_sync, AttachMode, Datapath, LoadOptions, MapWriter as _},
     packet::FrameSpec,
     state::{Forward, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr},
 };
@@ -32,15 +32,26 @@ pub enum Case {
     DrMhEstablished,
     /// `mh` service, established flow, LVS/TUN (IPIP encapsulation).
     TunEstablished,
+    /// [`Case::DrMhNewFlow`] with connection sync on: each new flow also writes a ring-buffer
+    /// event for the agent (drained between rounds, as the agent does).
+    DrMhNewFlowSync,
+    /// [`Case::DrMhEstablished`] with connection sync on: must cost what it costs without.
+    DrMhEstablishedSync,
+    /// [`Case::DrMhNewFlowSync`] with the ring full (no agent reading it): the event is lost
+    /// and counted, the packet forwarded.
+    DrMhNewFlowSyncRingFull,
 }
 
 impl Case {
-    pub const ALL: [Case; 5] = [
+    pub const ALL: [Case; 8] = [
         Case::NonVipPass,
         Case::DrShEstablished,
         Case::DrMhNewFlow,
         Case::DrMhEstablished,
         Case::TunEstablished,
+        Case::DrMhNewFlowSync,
+        Case::DrMhEstablishedSync,
+        Case::DrMhNewFlowSyncRingFull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +61,26 @@ impl Case {
             Case::DrMhNewFlow => "DR mh, new flow (connection-table insert)",
             Case::DrMhEstablished => "DR mh, established flow",
             Case::TunEstablished => "TUN mh, established flow (IPIP encapsulation)",
+            Case::DrMhNewFlowSync => "DR mh, new flow, sync on (ring-buffer event)",
+            Case::DrMhEstablishedSync => "DR mh, established flow, sync on",
+            Case::DrMhNewFlowSyncRingFull => "DR mh, new flow, sync on, ring full (event lost)",
+        }
+    }
+
+    /// Whether connection sync is on for the case.
+    pub fn sync(self) -> bool {
+        matches!(
+            self,
+            Case::DrMhNewFlowSync | Case::DrMhEstablishedSync | Case::DrMhNewFlowSyncRingFull
+        )
+    }
+
+    /// Iterations per round at most: a new flow with sync on writes an event per iteration, and
+    /// one round must fit the ring (drained between rounds).
+    fn max_repeat(self) -> u32 {
+        match self {
+            Case::DrMhNewFlowSync => 50_000,
+            _ => u32::MAX,
         }
     }
 
@@ -58,14 +89,29 @@ impl Case {
         match self {
             Case::NonVipPass => 20.0,
             Case::DrShEstablished | Case::DrMhEstablished => 50.0,
-            Case::DrMhNewFlow => 150.0,
+            Case::DrMhNewFlow | Case::DrMhNewFlowSync | Case::DrMhNewFlowSyncRingFull => 150.0,
             Case::TunEstablished => 70.0,
+            Case::DrMhEstablishedSync => 50.0,
         }
     }
 
     /// Whether the frame must be restored (or varied) before every iteration.
     fn wrapped(self) -> bool {
-        matches!(self, Case::DrMhNewFlow | Case::TunEstablished)
+        matches!(
+            self,
+            Case::DrMhNewFlow
+                | Case::TunEstablished
+                | Case::DrMhNewFlowSync
+                | Case::DrMhNewFlowSyncRingFull
+        )
+    }
+
+    /// Whether every iteration is a new flow (the wrapper varies the source address).
+    fn new_flow(self) -> bool {
+        matches!(
+            self,
+            Case::DrMhNewFlow | Case::DrMhNewFlowSync | Case::DrMhNewFlowSyncRingFull
+        )
     }
 }
 
@@ -112,6 +158,8 @@ pub struct Bench {
     bare: Datapath,
     wrap_lb: Datapath,
     wrap_bare: Datapath,
+    /// The director's sync ring, drained (or left full) as a case needs.
+    ring: RingBuf<MapData>,
 }
 
 fn service(port: u16) -> ServiceAddr {
@@ -163,11 +211,13 @@ impl Bench {
         let mut bare = Datapath::load(program_names::TX, LoadOptions::flows(1))?;
         let wrap_lb = wrapper(&mut fx.datapath, program_names::LB)?;
         let wrap_bare = wrapper(&mut bare, program_names::TX)?;
+        let ring = fx.datapath.sync_events()?;
         Ok(Self {
             fx,
             bare,
             wrap_lb,
             wrap_bare,
+            ring,
         })
     }
 
@@ -175,7 +225,11 @@ impl Bench {
         let (dst, dport) = match case {
             Case::NonVipPass => (Ipv4Addr::new(10, 0, 0, 1), 80),
             Case::DrShEstablished => (VIP, 80),
-            Case::DrMhNewFlow | Case::DrMhEstablished => (VIP, 81),
+            Case::DrMhNewFlow
+            | Case::DrMhEstablished
+            | Case::DrMhNewFlowSync
+            | Case::DrMhEstablishedSync
+            | Case::DrMhNewFlowSyncRingFull => (VIP, 81),
             Case::TunEstablished => (VIP, 82),
         };
         FrameSpec {
@@ -223,18 +277,38 @@ impl Bench {
         Ok(())
     }
 
+    /// Empties the sync ring as the agent would; returns how many events it held.
+    fn drain(&mut self) -> usize {
+        let mut n = 0;
+        while self.ring.next().is_some() {
+            n += 1;
+        }
+        n
+    }
+
     /// Measures `case` over `rounds` rounds of `repeat` iterations, alternating with its baseline.
     pub fn measure(&mut self, case: Case, rounds: usize, repeat: u32) -> Result<Measurement> {
         let frame = Self::frame(case);
+        let repeat = repeat.min(case.max_repeat());
         let mut m = Measurement {
             case,
             case_ns: Vec::new(),
             base_ns: Vec::new(),
         };
+        self.fx
+            .maps
+            .set_config(&with_sync(default_config(), case.sync()))?;
         if case.wrapped() {
-            let vary = case == Case::DrMhNewFlow;
+            let vary = case.new_flow();
             Self::set_template(&mut self.wrap_lb, &frame, vary)?;
             Self::set_template(&mut self.wrap_bare, &frame, vary)?;
+        }
+        self.drain();
+        if case == Case::DrMhNewFlowSyncRingFull {
+            // Fill the ring with new flows nobody reads, as a director without its agent would.
+            while self.fx.maps.sync_counters()?.1 == 0 {
+                Self::time(&mut self.wrap_lb, program_names::BENCH, &frame, 50_000)?;
+            }
         }
         for round in 0..rounds {
             // Alternate which goes first, so neither always runs on a warmer or colder machine.
@@ -247,6 +321,9 @@ impl Bench {
                     };
                     m.base_ns.push(t);
                 } else {
+                    if case == Case::DrMhNewFlowSync {
+                        self.drain();
+                    }
                     let t = if case.wrapped() {
                         Self::time(&mut self.wrap_lb, program_names::BENCH, &frame, repeat)?
                     } else {
@@ -256,6 +333,18 @@ impl Bench {
                 }
             }
         }
+        if case == Case::DrMhNewFlowSync {
+            let (_, lost) = self.fx.maps.sync_counters()?;
+            if lost > 0 {
+                bail!(
+                    "{}: the ring overflowed ({lost} events lost): fewer iterations per round",
+                    case.name()
+                );
+            }
+        }
+        self.drain();
+        self.fx.maps.set_config(&default_config())?;
+        self.fx.maps.reset_all_counters()?;
         Ok(m)
     }
 }
@@ -466,4 +555,111 @@ pub fn throughput(rounds: usize, each: Duration) -> Result<Throughput> {
         }
     }
     Ok(out)
+}
+
+/// One run of the sync benchmark: new flows at a rate into director A, synchronised to B.
+#[derive(Clone, Debug)]
+pub struct SyncRun {
+    /// The rate asked of the generator (None: as fast as it goes).
+    pub rate: Option<u64>,
+    /// New flows the generator sent, and per second.
+    pub sent: u64,
+    pub sent_pps: f64,
+    /// A's datapath: events written to the ring, and lost because it was full.
+    pub events: u64,
+    pub lost: u64,
+    /// A's agent: flows sent to B, datagrams, UDP payload bytes, datagrams the socket refused.
+    pub flows_sent: u64,
+    pub datagrams: u64,
+    pub bytes: u64,
+    pub unsent: u64,
+    /// B: flows written into its table, and the sync delay (bound on A -> in B's table), µs.
+    pub received: u64,
+    pub p50_us: Option<u64>,
+    pub p99_us: Option<u64>,
+}
+
+impl SyncRun {
+    /// Bytes on the wire per flow: UDP payload plus IPv4, UDP and Ethernet headers.
+    pub fn wire_bytes_per_flow(&self) -> f64 {
+        (self.bytes + self.datagrams * (20 + 8 + 14)) as f64 / self.flows_sent.max(1) as f64
+    }
+}
+
+/// Connection sync under load: two directors with sync (agents from config files), `xdplb
+/// pktgen` in the client sending TCP SYNs of new flows to director A at each of `rates` (None:
+/// full speed) for `each`; then what B received and how late, from the agents' own counters.
+pub fn sync_delay(rates: &[Option<u64>], each: Duration) -> Result<Vec<SyncRun>> {
+    use lb_user::pktgen::{self, RunOptions as GenOptions, Sink, Traffic};
+
+    use crate::{Agent, ClientAt, HaTopology, Serve};
+
+    let topo = HaTopology::new(2, 3, Serve::Once, ClientAt::Lan)?;
+    let _client_port = topo.switch().pass_xdp(topo.client().name())?;
+    let agents: Vec<Agent> = (1..=2)
+        .map(|i| {
+            let config = topo.config(i, "", "mh", &[(1, 1), (2, 1), (3, 1)], None)?;
+            Agent::start_with_config(topo.director(i).ns(), &config)
+        })
+        .collect::<Result<_>>()?;
+    let current = |a: &Agent| a.list_config().0["sync"]["current"] == true;
+    let start = std::time::Instant::now();
+    while !agents.iter().all(current) {
+        if start.elapsed() > Duration::from_secs(15) {
+            bail!("the directors' tables are not current");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The real servers' kernels never see the SYNs (their sinks drop everything); the agents
+    // learned their MACs already.
+    let _sinks: Vec<Sink> = topo
+        .reals()
+        .iter()
+        .map(|rs| {
+            let index = rs.ns().ifindex("eth0")?;
+            rs.ns().run_in(|| Sink::attach(index))
+        })
+        .collect::<Result<_>>()?;
+    topo.send_vip_to(1)?;
+    let vip = std::net::SocketAddrV4::new(VIP, 80);
+    let peer = |a: &Agent| a.list_config().0["sync"].clone();
+    let mut runs = Vec::new();
+    for (i, rate) in rates.iter().enumerate() {
+        for a in &agents {
+            a.cli_ok(&["zero"]);
+        }
+        // Flows never sent before: another source-port range each run.
+        let traffic = topo.client().ns().run_in(|| -> Result<Traffic> {
+            let mut t = Traffic::for_interface("eth0", vip)?;
+            t.src = "10.1.0.0/16".parse().map_err(anyhow::Error::msg)?;
+            let base = 2000 + i * 100;
+            t.sport = format!("{base}-{}", base + 99)
+                .parse()
+                .map_err(anyhow::Error::msg)?;
+            Ok(t)
+        })?;
+        let mut opts = GenOptions::duration(each);
+        opts.rate = *rate;
+        let summary = topo.client().ns().run_in(|| pktgen::run(&traffic, &opts))?;
+        // Let the last datagrams arrive.
+        std::thread::sleep(Duration::from_millis(1500));
+        let (a, b) = (peer(&agents[0]), peer(&agents[1]));
+        let (pa, pb) = (&a["peers"][0], &b["peers"][0]);
+        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+        runs.push(SyncRun {
+            rate: *rate,
+            sent: summary.packets,
+            sent_pps: summary.pps,
+            events: n(&a["events_written"]),
+            lost: n(&a["events_lost"]),
+            flows_sent: n(&pa["flows_sent"]),
+            datagrams: n(&pa["datagrams_sent"]),
+            bytes: n(&pa["bytes_sent"]),
+            unsent: n(&pa["datagrams_unsent"]),
+            received: n(&pb["flows_received"]),
+            p50_us: pb["delay_p50_us"].as_u64(),
+            p99_us: pb["delay_p99_us"].as_u64(),
+        });
+    }
+    Ok(runs)
 }

@@ -2,7 +2,7 @@
 //! come from `cargo xtask bench`): each case runs, its program does what the case says, and its
 //! times are positive.
 
-use lb_tests::bench::{control_plane, throughput, Bench, Case};
+use lb_tests::bench::{control_plane, sync_delay, throughput, Bench, Case};
 use lb_tests::require_root;
 
 #[test]
@@ -35,4 +35,19 @@ fn throughput_and_control_plane_run() {
     );
     let c = control_plane(3).expect("control plane");
     assert_eq!((c.cli_ms.len(), c.socket_ms.len()), (3, 3));
+}
+
+#[test]
+fn sync_delay_runs() {
+    if !require_root() {
+        return;
+    }
+    let runs =
+        sync_delay(&[Some(2000)], std::time::Duration::from_millis(500)).expect("sync delay");
+    let r = &runs[0];
+    assert!(r.sent > 0 && r.events > 0, "{r:?}");
+    assert!(
+        r.received > 0 && r.p50_us.is_some(),
+        "nothing arrived at B: {r:?}"
+    );
 }

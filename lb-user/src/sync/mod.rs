@@ -403,6 +403,7 @@ impl Shared {
             if let Some(p) = inner.peers.iter_mut().find(|p| p.addr == addr) {
                 if ok {
                     p.datagrams_sent += 1;
+                    p.bytes_sent += datagram.len() as u64;
                     p.flows_sent += flows;
                 } else {
                     p.datagrams_unsent += 1;

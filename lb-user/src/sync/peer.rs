@@ -23,6 +23,8 @@ pub struct Peer {
     pub current: bool,
     pub flows_sent: u64,
     pub datagrams_sent: u64,
+    /// UDP payload bytes of the datagrams sent (flow updates and hellos).
+    pub bytes_sent: u64,
     /// Datagrams the socket would not take (buffer full, no route): those flows never left.
     pub datagrams_unsent: u64,
     pub flows_received: u64,
@@ -45,6 +47,7 @@ impl Peer {
             current: false,
             flows_sent: 0,
             datagrams_sent: 0,
+            bytes_sent: 0,
             datagrams_unsent: 0,
             flows_received: 0,
             flows_unknown: 0,
@@ -63,6 +66,7 @@ impl Peer {
     pub fn zero(&mut self) {
         self.flows_sent = 0;
         self.datagrams_sent = 0;
+        self.bytes_sent = 0;
         self.datagrams_unsent = 0;
         self.flows_received = 0;
         self.flows_unknown = 0;
@@ -155,6 +159,7 @@ pub struct PeerView {
     pub current: bool,
     pub flows_sent: u64,
     pub datagrams_sent: u64,
+    pub bytes_sent: u64,
     pub datagrams_unsent: u64,
     pub flows_received: u64,
     pub flows_unknown: u64,
@@ -181,6 +186,7 @@ impl Peer {
             current: self.current,
             flows_sent: self.flows_sent,
             datagrams_sent: self.datagrams_sent,
+            bytes_sent: self.bytes_sent,
             datagrams_unsent: self.datagrams_unsent,
             flows_received: self.flows_received,
             flows_unknown: self.flows_unknown,
