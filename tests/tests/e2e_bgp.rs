@@ -339,6 +339,12 @@ fn drain_withdraws_and_undrain_announces_again() {
         "{}",
         drained.text
     );
+    // A drain survives a restart of the agent (a crash, an upgrade), not a stop.
+    let mut d1 = d1;
+    d1.kill();
+    d1.restart().unwrap();
+    assert_eq!(d1.list_config().0["drained"], true, "the drain was forgotten");
+    wait(false);
     d1.cli_ok(&["undrain"]);
     wait(true);
     ns.ip(&["route", "del", "10.0.0.100/32", "table", &table])
