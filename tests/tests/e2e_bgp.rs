@@ -343,7 +343,11 @@ fn drain_withdraws_and_undrain_announces_again() {
     let mut d1 = d1;
     d1.kill();
     d1.restart().unwrap();
-    assert_eq!(d1.list_config().0["drained"], true, "the drain was forgotten");
+    assert_eq!(
+        d1.list_config().0["drained"],
+        true,
+        "the drain was forgotten"
+    );
     wait(false);
     d1.cli_ok(&["undrain"]);
     wait(true);

@@ -157,3 +157,67 @@ fn without_sync_the_ring_stays_empty() {
     assert!(events(&mut ring).is_empty());
     assert_eq!(fx.maps.sync_counters().unwrap(), (0, 0));
 }
+
+/// Sync meets LVS/TUN: a flow a peer bound to a tunnelled real server, written into this
+/// director's table as the sync daemon writes it, is encapsulated to that server, whatever this
+/// director's table would pick.
+#[test]
+fn a_peers_flow_to_a_tunnel_real_server_is_encapsulated_to_it() {
+    use lb_user::state::{Forward, Mac, RealSpec};
+    use lb_user::sync::{apply_records, record_of, wire::Op, Directory};
+    if !require_root() {
+        return;
+    }
+    let (mut fx, _ring) = fixture(true);
+    let tun = ServiceAddr {
+        port: 82,
+        ..service()
+    };
+    fx.add_service(
+        tun,
+        SchedulerSpec {
+            scheduler: Some(Scheduler::Mh),
+            ..Default::default()
+        },
+    );
+    for n in [21, 22] {
+        fx.add_real_spec(
+            tun,
+            RealSpec {
+                addr: Some(real_addr(n)),
+                forward: Some(Forward::Tunnel),
+                mac: Some(Mac([2, 0xee, 0, 0, 0, n])),
+                ..Default::default()
+            },
+        );
+    }
+    let svc = fx.state.service(&tun).unwrap().clone();
+    let client = real_addr(150);
+    let flow = svc.flow(client, 41000);
+    let picked = svc.pick(&flow).unwrap().addr;
+    let other = svc.reals.iter().find(|r| r.addr != picked).unwrap();
+    // The peer bound it to the other server: the record says so by address.
+    let directory = Directory::new(&fx.state, &default_config());
+    let record = record_of(&directory, &flow, svc.id, other.id, Op::Bind, 0, 0).unwrap();
+    let (written, _) = apply_records(
+        fx.maps.conns_mut(),
+        &directory,
+        &[record],
+        lb_user::datapath::clock::jiffies_now().unwrap(),
+    );
+    assert_eq!(written, 1);
+    let ack = FrameSpec {
+        src: client,
+        sport: 41000,
+        dport: 82,
+        ..packet(41000, TCP_ACK)
+    };
+    let (verdict, out) = fx.run(&ack.build()).unwrap();
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(out[14 + 9], 4, "an IPIP packet");
+    assert_eq!(
+        out[14 + 16..14 + 20],
+        other.addr.octets(),
+        "to the peer's real server, not {picked}"
+    );
+}

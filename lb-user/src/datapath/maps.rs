@@ -151,6 +151,11 @@ impl Maps {
         Ok(self.conns.insert(flow, conn, 0)?)
     }
 
+    /// The connection table itself, for what writes it as sync does.
+    pub fn conns_mut(&mut self) -> &mut HashMap<MapData, FlowKey, Conn> {
+        &mut self.conns
+    }
+
     /// How many flows the connection table holds.
     pub fn conn_capacity(&self) -> Result<u32> {
         Ok(self.conns.map().info()?.max_entries())

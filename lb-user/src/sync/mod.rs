@@ -415,35 +415,8 @@ impl Shared {
     /// Writes peer records into the connection table; returns (written, unknown).
     fn apply(&self, records: &[Record]) -> (u64, u64) {
         let directory = self.directory.read().unwrap().clone();
-        let now = (self.ticks)();
         let mut writer = self.writer.lock().unwrap();
-        let (mut written, mut unknown) = (0, 0);
-        for r in records {
-            let Some((flow, ids)) = flow_of(r).and_then(|(flow, svc)| {
-                let ids = directory.ids(&svc, r.real)?;
-                Some((flow, ids))
-            }) else {
-                unknown += 1;
-                continue;
-            };
-            let result = match r.op {
-                Op::Bind => writer.upsert(
-                    &flow,
-                    &Conn {
-                        real: ids.real,
-                        service: ids.service,
-                        last_seen: now,
-                        flags: if r.fin { CONN_FIN } else { 0 },
-                    },
-                ),
-                Op::Close => writer.remove(&flow),
-            };
-            match result {
-                Ok(()) => written += 1,
-                Err(e) => warn!("connection sync: cannot write a flow: {e:#}"),
-            }
-        }
-        (written, unknown)
+        apply_records(writer.as_mut(), &directory, records, (self.ticks)())
     }
 
     /// An authenticated, fresh message from peer `i`.
@@ -545,6 +518,44 @@ impl Shared {
     }
 }
 
+/// Writes what peers report into `table`: a bound flow gets an entry for this director's ids of
+/// the same real server, stamped `now` (ticks); a closed one loses its entry. Returns (written,
+/// unknown): records for a service or real server this director does not have are not written.
+pub fn apply_records(
+    table: &mut dyn ConnTable,
+    directory: &Directory,
+    records: &[Record],
+    now: u32,
+) -> (u64, u64) {
+    let (mut written, mut unknown) = (0, 0);
+    for r in records {
+        let Some((flow, ids)) = flow_of(r).and_then(|(flow, svc)| {
+            let ids = directory.ids(&svc, r.real)?;
+            Some((flow, ids))
+        }) else {
+            unknown += 1;
+            continue;
+        };
+        let result = match r.op {
+            Op::Bind => table.upsert(
+                &flow,
+                &Conn {
+                    real: ids.real,
+                    service: ids.service,
+                    last_seen: now,
+                    flags: if r.fin { CONN_FIN } else { 0 },
+                },
+            ),
+            Op::Close => table.remove(&flow),
+        };
+        match result {
+            Ok(()) => written += 1,
+            Err(e) => warn!("connection sync: cannot write a flow: {e:#}"),
+        }
+    }
+    (written, unknown)
+}
+
 /// IPv4-mapped IPv6 source addresses (a dual-stack socket) as the IPv4 address they are.
 fn canonical(addr: SocketAddr) -> SocketAddr {
     match addr {
@@ -584,7 +595,7 @@ fn flow_of(r: &Record) -> Option<(FlowKey, ServiceAddr)> {
 }
 
 /// The record telling peers about a connection-table entry or datapath event.
-fn record_of(
+pub fn record_of(
     directory: &Directory,
     flow: &FlowKey,
     service: u32,
@@ -922,5 +933,109 @@ async fn catch_up(shared: Arc<Shared>) {
         if !more {
             shared.wake.notified().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::state::{Mac, RealSpec, SchedulerSpec, State};
+    use table::MemoryTable;
+
+    fn service(port: u16) -> ServiceAddr {
+        ServiceAddr {
+            protocol: Protocol::Tcp,
+            vip: Ipv4Addr::new(10, 0, 0, 100),
+            port,
+        }
+    }
+
+    /// Two directors' states with the same servers added in another order: other ids.
+    fn states() -> (State, State) {
+        let build = |order: &[u8]| {
+            let mut s = State::default()
+                .add_service(service(80), &SchedulerSpec::default())
+                .unwrap();
+            for &n in order {
+                let real = RealSpec {
+                    addr: Some(Ipv4Addr::new(10, 0, 0, n)),
+                    mac: Some(Mac([2, 0, 0, 0, 0, n])),
+                    ..Default::default()
+                };
+                s = s.add_real(service(80), &real).unwrap();
+            }
+            s
+        };
+        (build(&[11, 12, 13]), build(&[13, 12, 11]))
+    }
+
+    #[test]
+    fn a_flow_travels_by_address_and_lands_on_the_receivers_ids() {
+        let (a, b) = states();
+        let cfg = lb_common::DirectorConfig::default();
+        let (da, db) = (Directory::new(&a, &cfg), Directory::new(&b, &cfg));
+        let svc = a.service(&service(80)).unwrap();
+        let flow = svc.flow(Ipv4Addr::new(10, 1, 2, 3), 40000);
+        let rs11_on_a = svc.real(Ipv4Addr::new(10, 0, 0, 11)).unwrap().id;
+        let record = record_of(&da, &flow, svc.id, rs11_on_a, Op::Bind, CONN_FIN, 7).unwrap();
+        assert_eq!(record.real, IpAddr::from([10, 0, 0, 11]));
+        let on_b = MemoryTable::default();
+        let (written, unknown) = apply_records(&mut on_b.clone(), &db, &[record], 1234);
+        assert_eq!((written, unknown), (1, 0));
+        let rs11_on_b = b
+            .service(&service(80))
+            .unwrap()
+            .real(Ipv4Addr::new(10, 0, 0, 11))
+            .unwrap()
+            .id;
+        assert_ne!(rs11_on_a, rs11_on_b, "the test needs different ids");
+        let entry = on_b.0.lock().unwrap()[&flow];
+        assert_eq!(
+            (entry.real, entry.last_seen, entry.flags),
+            (rs11_on_b, 1234, CONN_FIN)
+        );
+        // A close removes it.
+        let close = Record {
+            op: Op::Close,
+            ..record
+        };
+        apply_records(&mut on_b.clone(), &db, &[close], 1300);
+        assert!(on_b.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn flows_for_what_the_receiver_lacks_are_counted_not_written() {
+        let (a, b) = states();
+        let cfg = lb_common::DirectorConfig::default();
+        let da = Directory::new(&a, &cfg);
+        let svc = a.service(&service(80)).unwrap();
+        let flow = svc.flow(Ipv4Addr::new(10, 1, 2, 3), 40000);
+        let id = svc.real(Ipv4Addr::new(10, 0, 0, 12)).unwrap().id;
+        let record = record_of(&da, &flow, svc.id, id, Op::Bind, 0, 0).unwrap();
+        let without_12 = b
+            .del_real(service(80), Ipv4Addr::new(10, 0, 0, 12))
+            .unwrap();
+        let other_port = Record {
+            vport: 81,
+            ..record
+        };
+        let udp = Record {
+            proto: lb_common::IPPROTO_UDP,
+            ..record
+        };
+        let icmp = Record { proto: 1, ..record };
+        let table = MemoryTable::default();
+        let (written, unknown) = apply_records(
+            &mut table.clone(),
+            &Directory::new(&without_12, &cfg),
+            &[record, other_port, udp, icmp],
+            1,
+        );
+        assert_eq!((written, unknown), (0, 4));
+        assert!(table.0.lock().unwrap().is_empty());
+        // Ids that are no longer a real server of that service name nothing.
+        assert!(record_of(&da, &flow, svc.id + 1, id, Op::Bind, 0, 0).is_none());
     }
 }
