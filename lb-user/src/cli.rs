@@ -127,7 +127,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Configuration file (TOML, see examples/xdplb.toml): settings, services, real servers.
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["iface", "mode", "conn_max", "tcp_timeout", "tcp_fin_timeout", "udp_timeout", "tunnel_src", "metrics", "sync_listen", "sync_peer", "sync_key", "announce_table", "announce_grace"])]
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["iface", "mode", "conn_max", "tcp_timeout", "tcp_fin_timeout", "udp_timeout", "tunnel_src", "metrics", "sync_listen", "sync_peer", "sync_key", "sync_group", "announce_table", "announce_grace"])]
     config: Option<PathBuf>,
     /// Interface that receives the traffic for the virtual services.
     #[arg(
@@ -168,6 +168,10 @@ pub struct RunArgs {
     /// Connection sync: the file holding the shared secret (at least 16 bytes, mode 0600).
     #[arg(long, value_name = "FILE", requires = "sync_listen")]
     sync_key: Option<PathBuf>,
+    /// Connection sync: send updates once to this multicast group (for every peer) instead of
+    /// to each peer.
+    #[arg(long, value_name = "GROUP", requires = "sync_listen")]
+    sync_group: Option<Ipv4Addr>,
     /// Announce each VIP the director can serve as a route in this kernel routing table, for a
     /// routing daemon (BIRD, FRR) to announce over BGP.
     #[arg(long, value_name = "TABLE")]
@@ -210,6 +214,7 @@ impl RunArgs {
                 key_file: self
                     .sync_key
                     .expect("clap requires --sync-key with --sync-listen"),
+                group: self.sync_group,
             }),
             announce: self.announce_table.map(|table| crate::announce::Settings {
                 table,

@@ -41,6 +41,8 @@ pub struct HaTopology {
     client_switch: Option<Switch>,
     switch: Switch,
     dir: PathBuf,
+    /// The sync multicast group of the directors' configs, if any.
+    sync_group: Option<Ipv4Addr>,
 }
 
 impl HaTopology {
@@ -116,7 +118,14 @@ impl HaTopology {
             client_switch,
             switch,
             dir,
+            sync_group: None,
         })
+    }
+
+    /// The directors' configs ([`HaTopology::config`]) send sync updates to multicast `group`.
+    pub fn with_sync_group(mut self, group: Ipv4Addr) -> Self {
+        self.sync_group = Some(group);
+        self
     }
 
     /// Director `i`'s address, counting from 1 (10.0.0.2 is the LAN client's).
@@ -189,8 +198,11 @@ impl HaTopology {
             .filter(|j| *j != i)
             .map(|j| format!("\"{}:{}\"", Self::director_addr(j), Self::SYNC_PORT))
             .collect();
+        let group = self
+            .sync_group
+            .map_or(String::new(), |g| format!("group = \"{g}\"\n"));
         Ok(format!(
-            "[sync]\nlisten = \"{}:{}\"\npeers = [{}]\nkey_file = \"{}\"\n",
+            "[sync]\nlisten = \"{}:{}\"\npeers = [{}]\nkey_file = \"{}\"\n{group}",
             Self::director_addr(i),
             Self::SYNC_PORT,
             peers.join(", "),

@@ -105,6 +105,23 @@ fn connections_keep_their_real_server_when_their_packets_move_to_the_other_direc
         return;
     }
     let topo = HaTopology::new(2, 4, Serve::Echo, ClientAt::Lan).expect("topology");
+    move_between_directors(&topo);
+}
+
+/// The same with the updates sent once to a multicast group rather than to each peer.
+#[test]
+fn the_same_with_updates_to_a_multicast_group() {
+    if !require_root() {
+        return;
+    }
+    let topo = HaTopology::new(2, 4, Serve::Echo, ClientAt::Lan)
+        .expect("topology")
+        .with_sync_group("239.1.2.3".parse().unwrap());
+    move_between_directors(&topo);
+}
+
+/// Streams through d1, a table change, the VIP's packets to d2, and back: no stream breaks.
+fn move_between_directors(topo: &HaTopology) {
     let d1 = start(&topo, 1);
     let d2 = start(&topo, 2);
     wait_fit(&d1, Duration::from_secs(10));
@@ -364,7 +381,7 @@ fn bad_sync_settings_are_refused_with_one_line_and_nothing_attached() {
     std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::set_permissions(&short_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let key = key.to_str().unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--sync-listen", "10.0.0.1:8742", "--sync-key", key],
             "--sync-peer",
@@ -421,6 +438,19 @@ fn bad_sync_settings_are_refused_with_one_line_and_nothing_attached() {
                 short_key.to_str().unwrap(),
             ],
             "too short",
+        ),
+        (
+            &[
+                "--sync-listen",
+                "10.0.0.1:8742",
+                "--sync-peer",
+                "10.0.0.3:8742",
+                "--sync-key",
+                key,
+                "--sync-group",
+                "10.1.2.3",
+            ],
+            "not a multicast address",
         ),
     ];
     for (args, expected) in cases {

@@ -239,7 +239,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let _lock = lock_interface(&run_dir, &iface.name)?;
     prepare_socket(&opts.socket)?;
     let sync_sockets = match &director.sync {
-        Some(s) => Some(crate::sync::Sockets::bind(s.listen).await?),
+        Some(s) => Some(crate::sync::Sockets::bind(s).await?),
         None => None,
     };
 

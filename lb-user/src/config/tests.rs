@@ -211,11 +211,12 @@ fn with_sync(key: &std::path::Path, rest: &str) -> String {
 #[test]
 fn sync_and_announce_parse_and_save_back() {
     let key = key_file("good.key", "0123456789abcdef0123\n", 0o600);
-    let text = with_sync(&key, "[announce]\ntable = 100\n");
+    let text = with_sync(&key, "group = \"239.1.2.3\"\n[announce]\ntable = 100\n");
     let cfg = source(&text).parse().unwrap();
     let director = cfg.director();
     let sync = director.sync.clone().unwrap();
     assert_eq!(sync.peers, vec!["10.0.0.3:8742".parse().unwrap()]);
+    assert_eq!(sync.group, Some("239.1.2.3".parse().unwrap()));
     assert_eq!(
         director.announce.clone().unwrap().grace,
         3,

@@ -76,6 +76,11 @@ pub struct Settings {
     pub peers: Vec<SocketAddr>,
     /// The file holding the shared secret (at least 16 bytes; not readable by group or others).
     pub key_file: PathBuf,
+    /// A multicast group flow updates and hellos go to (one datagram for every peer) instead of
+    /// one datagram per peer; full tables still go peer to peer over TCP. Every director joins
+    /// it on the interface of its listen address, and still takes messages from its peers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Ipv4Addr>,
 }
 
 impl Settings {
@@ -96,6 +101,17 @@ impl Settings {
             }
             if self.peers[..i].contains(p) {
                 bail!("sync peer {p} is given twice");
+            }
+        }
+        if let Some(g) = self.group {
+            if !g.is_multicast() {
+                bail!("sync group {g} is not a multicast address (224.0.0.0/4)");
+            }
+            match self.listen.ip() {
+                IpAddr::V4(a) if !a.is_unspecified() => {}
+                other => {
+                    bail!("sync group {g} needs an IPv4 listen address to join it on, not {other}")
+                }
             }
         }
         Ok(())
@@ -168,6 +184,8 @@ struct Shared {
     epoch: u64,
     seq: AtomicU64,
     socket: UdpSocket,
+    /// The multicast group datagrams go to instead of each peer, if configured.
+    group: Option<SocketAddr>,
     inner: Mutex<Inner>,
     directory: RwLock<Arc<Directory>>,
     tables: Box<dyn ConnTables>,
@@ -209,18 +227,61 @@ fn random_u64() -> u64 {
 pub struct Sockets {
     udp: UdpSocket,
     tcp: TcpListener,
+    /// With a multicast group: a socket bound to it (one bound to a unicast address never sees
+    /// multicast), joined on the listen address's interface.
+    group: Option<(UdpSocket, SocketAddr)>,
 }
 
 impl Sockets {
-    pub async fn bind(listen: SocketAddr) -> Result<Self> {
+    pub async fn bind(settings: &Settings) -> Result<Self> {
+        let listen = settings.listen;
         let udp = UdpSocket::bind(listen)
             .await
             .with_context(|| format!("cannot listen for sync on UDP {listen}"))?;
         let tcp = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen for sync on TCP {listen}"))?;
-        Ok(Self { udp, tcp })
+        let group = match (settings.group, listen.ip()) {
+            (Some(g), IpAddr::V4(local)) => {
+                let to = SocketAddr::new(IpAddr::V4(g), listen.port());
+                let sock = UdpSocket::bind(to)
+                    .await
+                    .with_context(|| format!("cannot listen for sync on group {to}"))?;
+                sock.join_multicast_v4(g, local)
+                    .with_context(|| format!("cannot join sync group {g} on {local}"))?;
+                // Out of the listen address's interface, to this link only, not back to us.
+                set_multicast_if(&udp, local)
+                    .with_context(|| format!("cannot send sync to group {g} from {local}"))?;
+                udp.set_multicast_ttl_v4(1)?;
+                udp.set_multicast_loop_v4(false)?;
+                Some((sock, to))
+            }
+            _ => None,
+        };
+        Ok(Self { udp, tcp, group })
     }
+}
+
+/// IP_MULTICAST_IF: which interface (by its address) multicast datagrams leave from.
+fn set_multicast_if(socket: &UdpSocket, local: Ipv4Addr) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let addr = libc::in_addr {
+        s_addr: u32::from_ne_bytes(local.octets()),
+    };
+    // SAFETY: setsockopt on our own socket with a valid in_addr of its true size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_IF,
+            std::ptr::from_ref(&addr).cast(),
+            std::mem::size_of_val(&addr) as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl SyncDaemon {
@@ -238,7 +299,12 @@ impl SyncDaemon {
         let Sockets {
             udp: socket,
             tcp: listener,
+            group,
         } = sockets;
+        let (group_socket, group) = match group {
+            Some((s, to)) => (Some(s), Some(to)),
+            None => (None, None),
+        };
         let writer = tables.open()?;
         let (current, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -247,6 +313,7 @@ impl SyncDaemon {
             epoch: unix_ns(),
             seq: AtomicU64::new(1),
             socket,
+            group,
             inner: Mutex::new(Inner {
                 peers: settings.peers.iter().map(|&a| Peer::new(a)).collect(),
                 current: false,
@@ -265,7 +332,7 @@ impl SyncDaemon {
             current,
         });
         let mut tasks = vec![
-            tokio::spawn(receive(shared.clone())),
+            tokio::spawn(receive(shared.clone(), None)),
             tokio::spawn(hellos(shared.clone())),
             tokio::spawn(serve_tables(shared.clone(), listener)),
             tokio::spawn(catch_up(shared.clone())),
@@ -273,7 +340,10 @@ impl SyncDaemon {
         if let Some(ring) = events {
             tasks.push(tokio::spawn(forward_events(shared.clone(), ring)));
         }
-        info!(listen = %settings.listen, peers = ?settings.peers, "connection sync started");
+        if let Some(sock) = group_socket {
+            tasks.push(tokio::spawn(receive(shared.clone(), Some(sock))));
+        }
+        info!(listen = %settings.listen, peers = ?settings.peers, group = ?settings.group, "connection sync started");
         Ok(Self { shared, tasks })
     }
 
@@ -390,15 +460,25 @@ impl Shared {
         *self.inner.lock().unwrap().rejected.entry(why).or_default() += 1;
     }
 
-    /// Sends `datagram` (carrying `flows` flows) to every peer, counting what each took.
+    /// Sends `datagram` (carrying `flows` flows) to every peer (or once to the group, for all
+    /// of them), counting what each took.
     async fn send_all(&self, datagram: &[u8], flows: u64) {
         let peers: Vec<SocketAddr> = {
             let inner = self.inner.lock().unwrap();
             inner.peers.iter().map(|p| p.addr).collect()
         };
+        let send = |to| async move {
+            matches!(self.socket.send_to(datagram, to).await, Ok(n) if n == datagram.len())
+        };
+        let group_ok = match self.group {
+            Some(g) => Some(send(g).await),
+            None => None,
+        };
         for addr in peers {
-            let ok =
-                matches!(self.socket.send_to(datagram, addr).await, Ok(n) if n == datagram.len());
+            let ok = match group_ok {
+                Some(ok) => ok,
+                None => send(addr).await,
+            };
             let mut inner = self.inner.lock().unwrap();
             if let Some(p) = inner.peers.iter_mut().find(|p| p.addr == addr) {
                 if ok {
@@ -620,10 +700,12 @@ pub fn record_of(
     })
 }
 
-async fn receive(shared: Arc<Shared>) {
+/// Receives on the sync socket, or on the group's when `group` is given.
+async fn receive(shared: Arc<Shared>, group: Option<UdpSocket>) {
     let mut buf = vec![0u8; 65536];
+    let socket = group.as_ref().unwrap_or(&shared.socket);
     loop {
-        match shared.socket.recv_from(&mut buf).await {
+        match socket.recv_from(&mut buf).await {
             Ok((n, src)) => shared.on_datagram(src, &buf[..n]),
             // ICMP errors of earlier sends (a peer down) surface here: not ours to handle.
             Err(e)
