@@ -122,8 +122,8 @@ fn the_same_with_updates_to_a_multicast_group() {
 
 /// Streams through d1, a table change, the VIP's packets to d2, and back: no stream breaks.
 fn move_between_directors(topo: &HaTopology) {
-    let d1 = start(&topo, 1);
-    let d2 = start(&topo, 2);
+    let d1 = start(topo, 1);
+    let d2 = start(topo, 2);
     wait_fit(&d1, Duration::from_secs(10));
     wait_fit(&d2, Duration::from_secs(10));
     wait_config_match(&d1);
