@@ -418,6 +418,17 @@ pub fn control_plane(changes: usize) -> Result<ControlPlane> {
     Ok(out)
 }
 
+/// A counting sink (XDP, drops everything) on each real server's eth0.
+fn sinks(reals: &[crate::Host]) -> Result<Vec<lb_user::pktgen::Sink>> {
+    reals
+        .iter()
+        .map(|rs| {
+            let index = rs.ns().ifindex("eth0")?;
+            rs.ns().run_in(|| lb_user::pktgen::Sink::attach(index))
+        })
+        .collect()
+}
+
 /// Forwarding throughput through a namespace topology: `xdplb pktgen` in the client sends TCP
 /// SYNs of 25,600 flows to the VIP as fast as it can; the director forwards them to three real
 /// servers whose XDP sinks count what arrives. The director is either xdplb (`mh`, DR) or a bare
@@ -437,7 +448,7 @@ fn mac_of(ns: &crate::Netns) -> Result<[u8; 6]> {
 }
 
 pub fn throughput(rounds: usize, each: Duration) -> Result<Throughput> {
-    use lb_user::pktgen::{self, RunOptions as GenOptions, Sink, Traffic};
+    use lb_user::pktgen::{self, RunOptions as GenOptions, Traffic};
 
     use crate::DrTopology;
 
@@ -507,14 +518,7 @@ pub fn throughput(rounds: usize, each: Duration) -> Result<Throughput> {
         .try_into()?;
     fwd.set(0, macs, 0)?;
 
-    let sinks: Vec<Sink> = topo
-        .reals()
-        .iter()
-        .map(|rs| {
-            let index = rs.ns().ifindex("eth0")?;
-            rs.ns().run_in(|| Sink::attach(index))
-        })
-        .collect::<Result<_>>()?;
+    let sinks = sinks(topo.reals())?;
     let vip = std::net::SocketAddrV4::new(VIP, 80);
     let traffic = topo.client().ns().run_in(|| -> Result<Traffic> {
         let mut t = Traffic::for_interface("eth0", vip)?;
@@ -590,7 +594,7 @@ impl SyncRun {
 /// pktgen` in the client sending TCP SYNs of new flows to director A at each of `rates` (None:
 /// full speed) for `each`; then what B received and how late, from the agents' own counters.
 pub fn sync_delay(rates: &[Option<u64>], each: Duration) -> Result<Vec<SyncRun>> {
-    use lb_user::pktgen::{self, RunOptions as GenOptions, Sink, Traffic};
+    use lb_user::pktgen::{self, RunOptions as GenOptions, Traffic};
 
     use crate::{Agent, ClientAt, HaTopology, Serve};
 
@@ -612,14 +616,7 @@ pub fn sync_delay(rates: &[Option<u64>], each: Duration) -> Result<Vec<SyncRun>>
     }
     // The real servers' kernels never see the SYNs (their sinks drop everything); the agents
     // learned their MACs already.
-    let _sinks: Vec<Sink> = topo
-        .reals()
-        .iter()
-        .map(|rs| {
-            let index = rs.ns().ifindex("eth0")?;
-            rs.ns().run_in(|| Sink::attach(index))
-        })
-        .collect::<Result<_>>()?;
+    let _sinks = sinks(topo.reals())?;
     topo.send_vip_to(1)?;
     let vip = std::net::SocketAddrV4::new(VIP, 80);
     let peer = |a: &Agent| a.list_config().0["sync"].clone();

@@ -6,11 +6,12 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use lb_user::datapath::XdpPass;
 
+use crate::client::StreamSet;
 use crate::netns::Proc;
 use crate::topo::{start_servers, Serve};
 use crate::{names, Agent, DrTopology, Host, Switch};
@@ -33,7 +34,7 @@ pub enum ClientAt {
 pub struct HaTopology {
     // Drop order is field order: programs and servers before their namespaces.
     _xdp_pass: Vec<XdpPass>,
-    servers: Mutex<Vec<Proc>>,
+    _servers: Vec<Proc>,
     client: Host,
     router: Option<Host>,
     directors: Vec<Host>,
@@ -110,7 +111,7 @@ impl HaTopology {
         std::fs::create_dir_all(&dir)?;
         Ok(Self {
             _xdp_pass: xdp_pass,
-            servers: Mutex::new(servers),
+            _servers: servers,
             client,
             router,
             directors: hosts,
@@ -282,9 +283,13 @@ impl HaTopology {
         Ok(())
     }
 
-    /// Kills real server `i`'s `lb-testsrv` (SIGKILL): connections to it are refused from now on.
-    pub fn kill_server(&self, i: usize) {
-        self.servers.lock().unwrap()[i - 1].kill();
+    /// Takes director `i`'s link down or up (`ip link set eth0 down|up`), as a cable pulled.
+    pub fn set_link(&self, i: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        self.director(i)
+            .ns()
+            .ip(&["link", "set", "eth0", state])
+            .unwrap_or_else(|e| panic!("d{i} link {state}: {e:#}"));
     }
 }
 
@@ -292,4 +297,35 @@ impl Drop for HaTopology {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Waits until `xdplb check` passes on `agent`; panics with its last answer after `limit`.
+/// Returns how long it took.
+pub fn wait_fit(agent: &Agent, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let out = agent.cli(&["check"]);
+        if out.status.success() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "check still fails after {limit:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How many of `streams` `agent`'s table would now send to another real server than the one
+/// that greeted them (rsN is 10.0.0.(10+N)): the connections that only a connection table keeps
+/// where they are, and that a director without sync would break.
+pub fn held_by_connection_table(agent: &Agent, streams: &StreamSet) -> usize {
+    let statuses = streams.statuses();
+    let flows: Vec<SocketAddrV4> = statuses.iter().map(|s| s.src).collect();
+    let now = agent.simulate("-t", &HaTopology::service().to_string(), &flows);
+    now.iter()
+        .zip(&statuses)
+        .filter(|(r, s)| format!("rs{}", r.ip().octets()[3] - 10) != s.server)
+        .count()
 }

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lb_tests::client::StreamSet;
+use lb_tests::ha::held_by_connection_table;
 use lb_tests::{
     require_program, require_root, Agent, Bird, ClientAt, DrTopology, FreshFlows, HaTopology, Serve,
 };
@@ -195,17 +196,7 @@ fn ecmp_directors_keep_every_connection_when_one_fails_and_comes_back() {
             "5",
         ]);
     }
-    let statuses = streams.statuses();
-    let now = agents[0].simulate(
-        "-t",
-        &svc(),
-        &statuses.iter().map(|s| s.src).collect::<Vec<_>>(),
-    );
-    let held = now
-        .iter()
-        .zip(&statuses)
-        .filter(|(r, s)| format!("rs{}", r.ip().octets()[3] - 10) != s.server)
-        .count();
+    let held = held_by_connection_table(&agents[0], &streams);
     assert!(
         held > 20,
         "only {held} connections would move: sync would hardly be tested"
@@ -213,10 +204,7 @@ fn ecmp_directors_keep_every_connection_when_one_fails_and_comes_back() {
 
     // --- d3's link goes down: BFD takes it out of the route. ---
     let down = Instant::now();
-    topo.director(3)
-        .ns()
-        .ip(&["link", "set", "eth0", "down"])
-        .unwrap();
+    topo.set_link(3, false);
     let t = wait_nexthops(&topo, &[1, 2], CONVERGE);
     eprintln!("d3 link down: converged in {t:?}");
     std::thread::sleep(Duration::from_secs(4));
@@ -226,10 +214,7 @@ fn ecmp_directors_keep_every_connection_when_one_fails_and_comes_back() {
     // to it.
     let up = Instant::now();
     let d3_before = forwarded(&agents[2]);
-    topo.director(3)
-        .ns()
-        .ip(&["link", "set", "eth0", "up"])
-        .unwrap();
+    topo.set_link(3, true);
     let t = wait_nexthops(&topo, &[1, 2, 3], Duration::from_secs(10));
     eprintln!("d3 link up: back in the route after {t:?}");
     std::thread::sleep(Duration::from_secs(3));

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
 use lb_tests::client::{fetch_each, StreamSet};
+use lb_tests::ha::{held_by_connection_table, wait_fit};
 use lb_tests::{require_root, Agent, ClientAt, FreshFlows, HaTopology, Serve};
 use lb_user::sync::wire::{self, Body, Header, Key, Message, Op, Record};
 use serde_json::Value;
@@ -47,23 +48,6 @@ fn wait_config_match(agent: &Agent) {
     }
 }
 
-/// Waits until `xdplb check` passes on `agent`; panics with its last answer after `limit`.
-fn wait_fit(agent: &Agent, limit: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        let out = agent.cli(&["check"]);
-        if out.status.success() {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "check still fails after {limit:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// `list --json`'s sync section.
 fn sync_view(agent: &Agent) -> Value {
     agent.list_config().0["sync"].clone()
@@ -86,17 +70,6 @@ fn wait_received(agent: &Agent, n: u64) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// How many of `servers` (where streams were greeted) differ from where the agent's table now
-/// sends their flows: the streams only the connection table keeps where they are.
-fn moved_by_table(agent: &Agent, topo_flows: &[SocketAddrV4], servers: &[String]) -> usize {
-    let now: Vec<String> = agent
-        .simulate("-t", &svc(), topo_flows)
-        .iter()
-        .map(|r| format!("rs{}", r.ip().octets()[3] - 10))
-        .collect();
-    now.iter().zip(servers).filter(|(a, b)| a != b).count()
 }
 
 #[test]
@@ -134,7 +107,6 @@ fn move_between_directors(topo: &HaTopology) {
         FreshFlows::from(HaTopology::client_sources(ClientAt::Lan), STREAM_PORTS).take(STREAMS);
     let streams = StreamSet::open(topo.client().ns(), &flows, HaTopology::service())
         .unwrap_or_else(|e| panic!("streams through d1: {e:#}"));
-    let servers: Vec<String> = streams.statuses().into_iter().map(|s| s.server).collect();
     wait_received(&d2, STREAMS as u64);
 
     // A table change on both directors: Maglev alone would now move some of the streams.
@@ -142,7 +114,7 @@ fn move_between_directors(topo: &HaTopology) {
     for d in [&d1, &d2] {
         d.cli_ok(&["real", "add", "-t", &svc(), "-r", &rs4, "-w", "4"]);
     }
-    let moved = moved_by_table(&d2, &flows, &servers);
+    let moved = held_by_connection_table(&d2, &streams);
     assert!(
         moved > 0,
         "no stream would move: the test would not see a missing sync"
@@ -196,7 +168,6 @@ fn a_restarted_director_takes_its_peers_table_before_it_is_fit() {
         FreshFlows::from(HaTopology::client_sources(ClientAt::Lan), STREAM_PORTS).take(STREAMS);
     let streams = StreamSet::open(topo.client().ns(), &flows, HaTopology::service())
         .unwrap_or_else(|e| panic!("streams through d1: {e:#}"));
-    let servers: Vec<String> = streams.statuses().into_iter().map(|s| s.server).collect();
     let rs4 = lb_tests::DrTopology::real_addr(4).to_string();
     d1.cli_ok(&["real", "add", "-t", &svc(), "-r", &rs4, "-w", "4"]);
 
@@ -208,7 +179,7 @@ fn a_restarted_director_takes_its_peers_table_before_it_is_fit() {
     d2.restart().expect("restart d2");
     wait_fit(&d2, Duration::from_secs(10));
     assert!(
-        moved_by_table(&d2, &flows, &servers) > 0,
+        held_by_connection_table(&d2, &streams) > 0,
         "no stream would move"
     );
     let view = sync_view(&d2);
@@ -518,7 +489,6 @@ fn flows_bound_while_the_agent_was_down_reach_the_peer_after_the_restart() {
         FreshFlows::from(HaTopology::client_sources(ClientAt::Lan), STREAM_PORTS).take(STREAMS);
     let streams = StreamSet::open(topo.client().ns(), &flows, HaTopology::service())
         .unwrap_or_else(|e| panic!("streams through d1 without its agent: {e:#}"));
-    let servers: Vec<String> = streams.statuses().into_iter().map(|s| s.server).collect();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         peer_stat(&d2, "flows_received"),
@@ -537,7 +507,7 @@ fn flows_bound_while_the_agent_was_down_reach_the_peer_after_the_restart() {
         d.cli_ok(&["reload"]);
     }
     assert!(
-        moved_by_table(&d2, &flows, &servers) > 0,
+        held_by_connection_table(&d2, &streams) > 0,
         "no stream would move"
     );
     topo.send_vip_to(2).unwrap();

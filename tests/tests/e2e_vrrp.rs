@@ -9,11 +9,11 @@
 //! alone, so they survive only through sync; the returning master must have taken the backup's
 //! table before keepalived gives it the VIP back.
 
-use std::net::SocketAddrV4;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lb_tests::client::{ConnectionProbe, ProbeResult, StreamSet};
+use lb_tests::ha::{held_by_connection_table, wait_fit};
 use lb_tests::{
     require_program, require_root, Agent, ClientAt, FreshFlows, HaTopology, Keepalived, Serve,
 };
@@ -98,16 +98,22 @@ fn wait_vip(topo: &HaTopology, i: usize, killed: Option<usize>, limit: Duration)
     }
 }
 
-fn wait_fit(agent: &Agent, limit: Duration) {
-    let start = Instant::now();
-    while !agent.cli(&["check"]).status.success() {
-        assert!(
-            start.elapsed() < limit,
-            "check still fails: {}",
-            String::from_utf8_lossy(&agent.cli(&["check"]).stderr)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// keepalived on both directors (d1 the higher priority), checking their agents; returns once
+/// d1 holds the VIP.
+fn keepalived_pair(topo: &HaTopology, agents: [&Agent; 2], vmac: bool) -> (Keepalived, Keepalived) {
+    let start = |i: usize| {
+        let config = keepalived_config(topo, i, agents[i - 1], vmac);
+        Keepalived::start(
+            topo.director(i).ns(),
+            topo.dir(),
+            &format!("ka-d{i}"),
+            &config,
+        )
+        .unwrap()
+    };
+    let pair = (start(1), start(2));
+    wait_vip(topo, 1, None, Duration::from_secs(15));
+    pair
 }
 
 /// Changes rs`real`'s weight on both directors (the operator edits both).
@@ -125,18 +131,6 @@ fn reweigh(agents: &[&Agent], real: usize, weight: u32) {
             &weight.to_string(),
         ]);
     }
-}
-
-/// How many of the streams' flows the agent's table now sends to another server than the one
-/// that greeted them: those survive only through the connection table.
-fn held_by_sync(agent: &Agent, streams: &StreamSet) -> usize {
-    let statuses = streams.statuses();
-    let flows: Vec<SocketAddrV4> = statuses.iter().map(|s| s.src).collect();
-    let now = agent.simulate("-t", &svc(), &flows);
-    now.iter()
-        .zip(&statuses)
-        .filter(|(r, s)| format!("rs{}", r.ip().octets()[3] - 10) != s.server)
-        .count()
 }
 
 /// New connections failed only inside the outage windows, and succeeded after each.
@@ -185,21 +179,7 @@ fn the_vip_moves_with_keepalived_and_no_connection_is_lost_either_way() {
     }
     let topo = HaTopology::new(2, 4, Serve::Echo, ClientAt::Lan).expect("topology");
     let (d1, d2) = agents(&topo);
-    let mut ka1 = Keepalived::start(
-        topo.director(1).ns(),
-        topo.dir(),
-        "ka-d1",
-        &keepalived_config(&topo, 1, &d1, false),
-    )
-    .unwrap();
-    let _ka2 = Keepalived::start(
-        topo.director(2).ns(),
-        topo.dir(),
-        "ka-d2",
-        &keepalived_config(&topo, 2, &d2, false),
-    )
-    .unwrap();
-    wait_vip(&topo, 1, None, Duration::from_secs(15));
+    let (mut ka1, _ka2) = keepalived_pair(&topo, [&d1, &d2], false);
 
     let sources = HaTopology::client_sources(ClientAt::Lan);
     let mut fresh = FreshFlows::from(sources.clone(), 40000);
@@ -222,15 +202,12 @@ fn the_vip_moves_with_keepalived_and_no_connection_is_lost_either_way() {
     // --- The master's link goes down. ---
     reweigh(&[&d1, &d2], 1, 5);
     assert!(
-        held_by_sync(&d2, &a) > 0,
+        held_by_connection_table(&d2, &a) > 0,
         "no stream would move: sync would not be tested"
     );
     std::thread::sleep(Duration::from_millis(500));
     let down = Instant::now();
-    topo.director(1)
-        .ns()
-        .ip(&["link", "set", "eth0", "down"])
-        .unwrap();
+    topo.set_link(1, false);
     let moved = wait_vip(&topo, 2, None, FAILOVER);
     windows.push((down, Instant::now() + Duration::from_secs(2)));
     eprintln!("link down: the VIP moved to d2 in {moved:?}");
@@ -252,15 +229,12 @@ fn the_vip_moves_with_keepalived_and_no_connection_is_lost_either_way() {
     .unwrap();
     reweigh(&[&d1, &d2], 2, 5);
     assert!(
-        held_by_sync(&d1, &b) > 0,
+        held_by_connection_table(&d1, &b) > 0,
         "no stream opened on the backup would move on the master"
     );
 
     let up = Instant::now();
-    topo.director(1)
-        .ns()
-        .ip(&["link", "set", "eth0", "up"])
-        .unwrap();
+    topo.set_link(1, true);
     let back = wait_vip(&topo, 1, None, FAILBACK);
     windows.push((up, Instant::now() + Duration::from_secs(2)));
     eprintln!("link up: the VIP came back to d1 in {back:?}");
@@ -300,7 +274,7 @@ fn the_vip_moves_with_keepalived_and_no_connection_is_lost_either_way() {
     std::thread::sleep(Duration::from_secs(3));
     reweigh(&[&d1, &d2], 4, 5);
     assert!(
-        held_by_sync(&d1, &c) > 0,
+        held_by_connection_table(&d1, &c) > 0,
         "no stream opened on the backup would move on the master"
     );
     for (set, when) in [(&a, "first"), (&b, "second")] {
@@ -352,21 +326,7 @@ fn use_vmac_works_and_the_backup_never_forwards_the_virtual_macs_frames() {
             .unwrap();
     }
     let (d1, d2) = agents(&topo);
-    let _ka1 = Keepalived::start(
-        topo.director(1).ns(),
-        topo.dir(),
-        "ka-d1",
-        &keepalived_config(&topo, 1, &d1, true),
-    )
-    .unwrap();
-    let _ka2 = Keepalived::start(
-        topo.director(2).ns(),
-        topo.dir(),
-        "ka-d2",
-        &keepalived_config(&topo, 2, &d2, true),
-    )
-    .unwrap();
-    wait_vip(&topo, 1, None, Duration::from_secs(15));
+    let (_ka1, _ka2) = keepalived_pair(&topo, [&d1, &d2], true);
     let vmac = "00:00:5e:00:01:33";
     let mut ports = FreshFlows::from(HaTopology::client_sources(ClientAt::Lan), 20000);
     let streams = StreamSet::open_with_stall(
