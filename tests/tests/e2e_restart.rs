@@ -216,3 +216,63 @@ fn sigquit_leaves_the_datapath_running_until_xdplb_detach() {
     assert_eq!(err.lines().count(), 1, "not one line: {err}");
     assert!(err.contains("eth0"), "{err}");
 }
+
+/// An agent adopts a datapath pinned by an older version, whose pass/drop reason map has fewer
+/// slots than this version's: listing, zeroing and forwarding all work, and the reasons the old
+/// map has no slot for read 0.
+#[test]
+fn a_datapath_pinned_by_an_older_version_is_adopted() {
+    if !require_root() {
+        return;
+    }
+    let topo = DrTopology::new(2).expect("cannot build the DR topology");
+    let director = topo.director().ns();
+    // What the previous version left pinned: the same maps, but 10 reason slots.
+    // Named as the agent names it: after the namespace the agent runs in.
+    let dir = bpffs()
+        .unwrap()
+        .join("xdplb")
+        .join(format!("net{}-eth0", director.inode().unwrap()));
+    std::fs::create_dir_all(&dir).unwrap();
+    director.run_in(|| {
+        let mut loader = aya::EbpfLoader::new();
+        loader.map_max_entries(lb_common::map_names::REASONS, 10);
+        loader.map_max_entries(lb_common::map_names::CONNS, 1024);
+        let paths: Vec<(&str, std::path::PathBuf)> = lb_user::datapath::pin::PINNED_MAPS
+            .iter()
+            .filter(|m| **m != lb_common::map_names::LOCAL_MACS && !m.starts_with("SYNC"))
+            .map(|m| (*m, dir.join(m)))
+            .collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        drop(
+            loader
+                .load(lb_user::datapath::OBJECT)
+                .expect("the older datapath's maps"),
+        );
+    });
+    let agent = Agent::start(director, "eth0", &[]).expect("adopting the older datapath");
+    assert!(
+        agent.log().contains("adopted the running datapath"),
+        "{}",
+        agent.log()
+    );
+    topo.configure(&agent);
+    let answers = topo
+        .client()
+        .ns()
+        .run_in(|| fetch_each(&FreshFlows::new(30000).take(10), DrTopology::service()));
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let listing = agent.list();
+    assert_eq!(listing.reason("pass_other_host"), 0);
+    assert_eq!(listing.reason("drop_standby"), 0);
+    assert!(listing.service_stat(&DrTopology::service().to_string(), "packets") >= 10);
+    agent.cli_ok(&["zero"]);
+    assert_eq!(
+        agent
+            .list()
+            .service_stat(&DrTopology::service().to_string(), "packets"),
+        0
+    );
+}

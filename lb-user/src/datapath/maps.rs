@@ -120,8 +120,17 @@ fn fill_mmapped(map: &Array<MapData, u32>, values: &[u32]) -> Result<()> {
     Ok(())
 }
 
+/// Entries of a counter array as the kernel made it: a map pinned by an older version may be
+/// smaller than this version declares (aya goes by the declaration), and reading or writing past
+/// its end fails.
+fn entries(map: &PerCpuArray<MapData, Counters>) -> Result<u32> {
+    Ok(map.len().min(map.map().info()?.max_entries()))
+}
+
 fn read_all(map: &PerCpuArray<MapData, Counters>) -> Result<Vec<Counters>> {
-    map.iter().map(|v| Ok(sum(v?))).collect()
+    (0..entries(map)?)
+        .map(|i| Ok(sum(map.get(&i, 0)?)))
+        .collect()
 }
 
 impl Maps {
@@ -206,15 +215,18 @@ impl MapWriter for Maps {
         Ok(DatapathCounters {
             services: read_all(&self.service_stats)?,
             reals: read_all(&self.real_stats)?,
-            reasons: Reason::ALL.iter().copied().zip(reasons).collect(),
+            reasons: Reason::ALL
+                .iter()
+                .map(|&r| (r, reasons.get(r as usize).copied().unwrap_or_default()))
+                .collect(),
         })
     }
 
     fn reset_all_counters(&mut self) -> Result<()> {
-        let services: Vec<u32> = (0..self.service_stats.len()).collect();
-        let reals: Vec<u32> = (0..self.real_stats.len()).collect();
+        let services: Vec<u32> = (0..entries(&self.service_stats)?).collect();
+        let reals: Vec<u32> = (0..entries(&self.real_stats)?).collect();
         self.reset_counters(&services, &reals)?;
-        for r in 0..self.reasons.len() {
+        for r in 0..entries(&self.reasons)? {
             zero_per_cpu(&mut self.reasons, r)?;
         }
         let cpus = nr_cpus().map_err(|(_, e)| e)?;
