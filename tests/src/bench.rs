@@ -17,7 +17,7 @@ use lb_user::{
     state::{Forward, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr},
 };
 
-use crate::fixture::{default_config, real_mac, Fixture};
+use crate::fixture::{default_config, real_mac, Fixture, XDP_PASS, XDP_TX};
 
 /// One benchmark case: what runs, on which frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,15 +95,20 @@ impl Case {
         }
     }
 
-    /// Whether the frame must be restored (or varied) before every iteration.
+    /// The verdict the program must give the case's frame: a benchmark that measured a pass
+    /// where it meant a forward would report the wrong path's cost.
+    fn verdict(self) -> u32 {
+        match self {
+            Case::NonVipPass => XDP_PASS,
+            _ => XDP_TX,
+        }
+    }
+
+    /// Whether the frame must be restored (or varied) before every iteration: every case the
+    /// program forwards, as forwarding rewrites at least the destination MAC, and the next
+    /// iteration would see a frame for another host.
     fn wrapped(self) -> bool {
-        matches!(
-            self,
-            Case::DrMhNewFlow
-                | Case::TunEstablished
-                | Case::DrMhNewFlowSync
-                | Case::DrMhNewFlowSyncRingFull
-        )
+        self.verdict() == XDP_TX
     }
 
     /// Whether every iteration is a new flow (the wrapper varies the source address).
@@ -122,9 +127,21 @@ pub struct Measurement {
     /// The case's own time, and the baseline's, per round.
     pub case_ns: Vec<f64>,
     pub base_ns: Vec<f64>,
+    /// For a case with sync on: the same frames with sync off, in the same rounds (so the cost
+    /// of sync itself is measured next to its own baseline, not across the machine's drift).
+    pub sync_off_ns: Vec<f64>,
 }
 
 impl Measurement {
+    /// Per-round differences sync on - sync off, for a case with sync on.
+    pub fn sync_ns(&self) -> Vec<f64> {
+        self.case_ns
+            .iter()
+            .zip(&self.sync_off_ns)
+            .map(|(on, off)| on - off)
+            .collect()
+    }
+
     /// Per-round differences case - baseline.
     pub fn extra_ns(&self) -> Vec<f64> {
         self.case_ns
@@ -241,7 +258,13 @@ impl Bench {
     }
 
     /// Mean time per iteration of `program` over `repeat` runs on `frame`.
-    fn time(datapath: &mut Datapath, program: &str, frame: &[u8], repeat: u32) -> Result<f64> {
+    fn time(
+        datapath: &mut Datapath,
+        program: &str,
+        frame: &[u8],
+        repeat: u32,
+        verdict: u32,
+    ) -> Result<f64> {
         let mut out = vec![0u8; frame.len() + 256];
         let r = datapath
             .program(program)?
@@ -252,8 +275,11 @@ impl Bench {
                 ..Default::default()
             })
             .map_err(|e| anyhow::anyhow!("test run of {program}: {e}"))?;
-        if r.return_value == 0 {
-            bail!("{program} aborted");
+        if r.return_value != verdict {
+            bail!(
+                "{program} returned {} where {verdict} was expected",
+                r.return_value
+            );
         }
         Ok(r.duration.as_nanos() as f64)
     }
@@ -294,10 +320,10 @@ impl Bench {
             case,
             case_ns: Vec::new(),
             base_ns: Vec::new(),
+            sync_off_ns: Vec::new(),
         };
-        self.fx
-            .maps
-            .set_config(&with_sync(default_config(), case.sync()))?;
+        let config = |sync| with_sync(default_config(), sync);
+        self.fx.maps.set_config(&config(case.sync()))?;
         if case.wrapped() {
             let vary = case.new_flow();
             Self::set_template(&mut self.wrap_lb, &frame, vary)?;
@@ -307,7 +333,13 @@ impl Bench {
         if case == Case::DrMhNewFlowSyncRingFull {
             // Fill the ring with new flows nobody reads, as a director without its agent would.
             while self.fx.maps.sync_counters()?.1 == 0 {
-                Self::time(&mut self.wrap_lb, program_names::BENCH, &frame, 50_000)?;
+                Self::time(
+                    &mut self.wrap_lb,
+                    program_names::BENCH,
+                    &frame,
+                    50_000,
+                    XDP_TX,
+                )?;
             }
         }
         for round in 0..rounds {
@@ -315,21 +347,36 @@ impl Bench {
             for first in [round % 2 == 0, round % 2 == 1] {
                 if first {
                     let t = if case.wrapped() {
-                        Self::time(&mut self.wrap_bare, program_names::BENCH, &frame, repeat)?
+                        Self::time(
+                            &mut self.wrap_bare,
+                            program_names::BENCH,
+                            &frame,
+                            repeat,
+                            XDP_TX,
+                        )?
                     } else {
-                        Self::time(&mut self.bare, program_names::TX, &frame, repeat)?
+                        Self::time(&mut self.bare, program_names::TX, &frame, repeat, XDP_TX)?
                     };
                     m.base_ns.push(t);
                 } else {
                     if case == Case::DrMhNewFlowSync {
                         self.drain();
                     }
+                    let v = case.verdict();
                     let t = if case.wrapped() {
-                        Self::time(&mut self.wrap_lb, program_names::BENCH, &frame, repeat)?
+                        Self::time(&mut self.wrap_lb, program_names::BENCH, &frame, repeat, v)?
                     } else {
-                        Self::time(&mut self.fx.datapath, program_names::LB, &frame, repeat)?
+                        Self::time(&mut self.fx.datapath, program_names::LB, &frame, repeat, v)?
                     };
                     m.case_ns.push(t);
+                    if case == Case::DrMhNewFlowSync || case == Case::DrMhEstablishedSync {
+                        // The same with sync off, right after.
+                        self.fx.maps.set_config(&config(false))?;
+                        let off =
+                            Self::time(&mut self.wrap_lb, program_names::BENCH, &frame, repeat, v)?;
+                        self.fx.maps.set_config(&config(true))?;
+                        m.sync_off_ns.push(off);
+                    }
                 }
             }
         }

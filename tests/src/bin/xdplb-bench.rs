@@ -105,13 +105,28 @@ fn main() -> Result<()> {
     println!(
         "BPF_PROG_TEST_RUN with repeat = {REPEAT}, {ROUNDS} rounds alternating each case with a bare \
          `return XDP_TX` program on the same 54-byte TCP frame; the kernel's mean time per iteration. \
-         Cases that change the packet (IPIP) or need a new flow every iteration (connection-table \
-         insert) run behind the `xdp_bench` wrapper, which restores the frame from a template and \
+         Every case the program forwards runs behind the `xdp_bench` wrapper, which restores the \
+         frame from a template (forwarding rewrites at least its destination MAC, and the director \
+         acts only on frames for its own) or varies its source (a new flow every iteration) and \
          tail-calls the program; their baseline is the wrapper in front of the bare program, so the \
-         wrapper's own cost cancels out.\n"
+         wrapper's own cost cancels out. Each run checks the program's verdict. New flows with sync \
+         on run 50,000 iterations per round (what the ring holds; drained between rounds, as the \
+         agent drains it).\n"
     );
     print!("{}", table(&ms));
     println!("\n![datapath cost](benchmarks-datapath.svg)\n");
+    println!(
+        "Connection sync's own cost, measured in the same rounds as its case with sync off right \
+         after (the same frames, the same program, the configuration switched), so the machine's \
+         drift between rounds cancels out:\n"
+    );
+    println!("| path | sync on - sync off: median [min, max] (ns) |");
+    println!("|---|---:|");
+    for m in ms.iter().filter(|m| !m.sync_off_ns.is_empty()) {
+        let (d, lo, hi) = stats(&m.sync_ns());
+        println!("| {} | {d:.1} [{lo:.1}, {hi:.1}] |", m.case.name());
+    }
+    println!();
     println!(
         "Where the time goes. Non-VIP traffic stops at the VIP prefilter (one array read). An \
          established flow costs one connection-table lookup (a 40-byte key, IPv6-sized, hashed by the \
