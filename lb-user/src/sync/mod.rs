@@ -4,7 +4,8 @@
 //! takeover, an ECMP rehash) keeps its real server, even when the tables changed since it began.
 //!
 //! - `wire`: the messages and their HMAC; `directory`: ids <-> addresses and the configuration
-//!   digest; `table`: the connection table behind a narrow interface; `peer`: per-peer state.
+//!   digest; `table`: the connection table behind a narrow interface; `peer`: per-peer state;
+//!   `transfer`: full tables over TCP.
 //! - Flow updates: the datapath's ring buffer (new flows, first FIN, RST, a periodic refresh of
 //!   live ones) -> batched UDP datagrams to every peer, sent as soon as the ring is drained.
 //! - Hellos every second carry each director's configuration digest and whether its table is
@@ -19,15 +20,19 @@
 //! dropped and counted, never inserted.
 
 pub mod directory;
+mod events;
 pub mod peer;
+mod settings;
 pub mod table;
+mod transfer;
 pub mod wire;
+
+pub use settings::{read_key, Settings};
 
 use std::{
     collections::BTreeMap,
     io::ErrorKind,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, RwLock,
@@ -35,12 +40,11 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{anyhow, bail, Context as _, Result};
-use lb_common::{addr_from_v4, Conn, FlowKey, SyncEvent, CONN_FIN, SYNC_CLOSE};
+use anyhow::{Context as _, Result};
+use lb_common::{addr_from_v4, Conn, FlowKey, CONN_FIN};
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream, UdpSocket},
+    net::{TcpListener, UdpSocket},
     sync::{watch, Notify},
     task::JoinHandle,
 };
@@ -56,88 +60,9 @@ use crate::state::{Protocol, ServiceAddr};
 
 /// How often hellos go out.
 const HELLO_INTERVAL: Duration = Duration::from_secs(1);
-/// A full-table transfer must connect within this, and each frame arrive within [`IO_TIMEOUT`].
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A director that hears no peer at all for this long while catching up takes itself as the
 /// only one (the first up, or the last standing): its table is as current as it gets.
 const ALONE_AFTER: Duration = Duration::from_secs(3);
-/// Records per full-table frame: many per HMAC, each frame well under [`wire::MAX_FRAME`].
-const TABLE_FRAME_RECORDS: usize = 1000;
-
-/// `[sync]` in the config file, and `xdplb run --sync-listen/--sync-peer/--sync-key`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// Where this director listens (UDP for flow updates and hellos, TCP for full tables) and
-    /// sends from: its peers list this address.
-    pub listen: SocketAddr,
-    /// The other directors' listen addresses.
-    pub peers: Vec<SocketAddr>,
-    /// The file holding the shared secret (at least 16 bytes; not readable by group or others).
-    pub key_file: PathBuf,
-    /// A multicast group flow updates and hellos go to (one datagram for every peer) instead of
-    /// one datagram per peer; full tables still go peer to peer over TCP. Every director joins
-    /// it on the interface of its listen address, and still takes messages from its peers only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<Ipv4Addr>,
-}
-
-impl Settings {
-    /// Everything that can be wrong without opening a socket, in one line each.
-    pub fn validate(&self) -> Result<()> {
-        if self.listen.port() == 0 {
-            bail!("sync listen address {}: port 0 is not valid", self.listen);
-        }
-        if self.peers.is_empty() {
-            bail!("connection sync needs at least one peer (--sync-peer IP:PORT)");
-        }
-        for (i, p) in self.peers.iter().enumerate() {
-            if p.port() == 0 || p.ip().is_unspecified() {
-                bail!("sync peer {p}: not an address a peer listens on");
-            }
-            if *p == self.listen {
-                bail!("sync peer {p} is this director's own listen address");
-            }
-            if self.peers[..i].contains(p) {
-                bail!("sync peer {p} is given twice");
-            }
-        }
-        if let Some(g) = self.group {
-            if !g.is_multicast() {
-                bail!("sync group {g} is not a multicast address (224.0.0.0/4)");
-            }
-            match self.listen.ip() {
-                IpAddr::V4(a) if !a.is_unspecified() => {}
-                other => {
-                    bail!("sync group {g} needs an IPv4 listen address to join it on, not {other}")
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The key file's secret: refused if missing, too short, or readable by others.
-    pub fn load_key(&self) -> Result<Key> {
-        read_key(&self.key_file)
-    }
-}
-
-/// Reads a sync key file, refusing a short key or a file others can read.
-pub fn read_key(path: &Path) -> Result<Key> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let what = || format!("sync key file {}", path.display());
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", what()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "{} is readable by group or others (mode {mode:04o}): chmod 600 it",
-            what()
-        );
-    }
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", what()))?;
-    Key::new(&bytes).map_err(|e| anyhow!("{} {e}", what()))
-}
 
 /// The kernel clock (ticks) entries are stamped with: the datapath's own clock in production.
 pub type Ticks = Box<dyn Fn() -> u32 + Send + Sync>;
@@ -334,11 +259,11 @@ impl SyncDaemon {
         let mut tasks = vec![
             tokio::spawn(receive(shared.clone(), None)),
             tokio::spawn(hellos(shared.clone())),
-            tokio::spawn(serve_tables(shared.clone(), listener)),
+            tokio::spawn(transfer::serve_tables(shared.clone(), listener)),
             tokio::spawn(catch_up(shared.clone())),
         ];
         if let Some(ring) = events {
-            tasks.push(tokio::spawn(forward_events(shared.clone(), ring)));
+            tasks.push(tokio::spawn(events::forward(shared.clone(), ring)));
         }
         if let Some(sock) = group_socket {
             tasks.push(tokio::spawn(receive(shared.clone(), Some(sock))));
@@ -745,199 +670,6 @@ async fn hellos(shared: Arc<Shared>) {
     }
 }
 
-/// Datapath events -> records -> datagrams, as soon as the ring is drained.
-async fn forward_events(shared: Arc<Shared>, ring: aya::maps::RingBuf<aya::maps::MapData>) {
-    // SAFETY: the ring buffer owns its descriptor and lives inside the AsyncFd.
-    let registered = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-    };
-    let mut fd = match registered {
-        Ok(fd) => fd,
-        Err(e) => {
-            warn!(
-                "connection sync: cannot watch the datapath's events: {}",
-                e.into_parts().1
-            );
-            return;
-        }
-    };
-    loop {
-        let Ok(mut guard) = fd.readable_mut().await else {
-            return;
-        };
-        let directory = shared.directory.read().unwrap().clone();
-        let now = crate::datapath::clock::monotonic_ns();
-        let mut records = Vec::new();
-        let mut unnamed = 0;
-        {
-            let ring = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                if item.len() < std::mem::size_of::<SyncEvent>() {
-                    continue;
-                }
-                let ev: SyncEvent =
-                    bytemuck::pod_read_unaligned(&item[..std::mem::size_of::<SyncEvent>()]);
-                let op = if ev.kind == SYNC_CLOSE {
-                    Op::Close
-                } else {
-                    Op::Bind
-                };
-                let age = (now.saturating_sub(ev.ktime) / 1000).min(u32::MAX as u64) as u32;
-                match record_of(&directory, &ev.flow, ev.service, ev.real, op, ev.flags, age) {
-                    Some(r) => records.push(r),
-                    None => unnamed += 1,
-                }
-            }
-        }
-        guard.clear_ready();
-        if unnamed > 0 {
-            shared.inner.lock().unwrap().events_unnamed += unnamed;
-        }
-        for chunk in wire::pack(&records, wire::MAX_DATAGRAM) {
-            let datagram = shared.encode(Body::Flows(chunk.to_vec()), 0);
-            shared.send_all(&datagram, chunk.len() as u64).await;
-        }
-    }
-}
-
-async fn write_frame(stream: &mut TcpStream, frame: &[u8]) -> Result<()> {
-    stream
-        .write_all(&(frame.len() as u32).to_be_bytes())
-        .await?;
-    stream.write_all(frame).await?;
-    Ok(())
-}
-
-async fn read_frame(stream: &mut TcpStream, key: &Key) -> Result<Message> {
-    let read = async {
-        let mut len = [0u8; 4];
-        stream.read_exact(&mut len).await?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len > wire::MAX_FRAME + wire::HEADER_LEN + wire::TAG_LEN {
-            bail!("a frame of {len} bytes is too large");
-        }
-        let mut buf = vec![0u8; len];
-        stream.read_exact(&mut buf).await?;
-        wire::decode(key, &buf).map_err(|r| anyhow!("frame refused: {}", r.name()))
-    };
-    tokio::time::timeout(IO_TIMEOUT, read)
-        .await
-        .map_err(|_| anyhow!("no frame within {IO_TIMEOUT:?}"))?
-}
-
-/// Serves full tables to peers that ask (TCP on the sync address).
-async fn serve_tables(shared: Arc<Shared>, listener: TcpListener) {
-    loop {
-        let (stream, from) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                warn!("connection sync: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if !shared.is_peer_ip(from.ip()) {
-            shared.reject("unknown_peer");
-            continue;
-        }
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            match serve_table(&shared, stream).await {
-                Ok(n) => info!(peer = %from.ip(), flows = n, "connection sync: sent our table"),
-                Err(e) => warn!(peer = %from.ip(), "connection sync: table transfer: {e:#}"),
-            }
-        });
-    }
-}
-
-async fn serve_table(shared: &Shared, mut stream: TcpStream) -> Result<u64> {
-    let from = canonical(stream.peer_addr()?).ip();
-    let nonce = random_u64();
-    write_frame(&mut stream, &shared.encode(Body::Challenge, nonce)).await?;
-    let request = read_frame(&mut stream, &shared.key)
-        .await
-        .inspect_err(|_| {
-            shared.reject("auth");
-        })?;
-    if request.body != Body::Request || request.header.nonce != nonce {
-        shared.reject("replay");
-        bail!("the request does not answer our challenge");
-    }
-    let directory = shared.directory.read().unwrap().clone();
-    let table = shared.tables.open()?;
-    let now = (shared.ticks)();
-    let entries = tokio::task::block_in_place(|| table.entries())?;
-    let records: Vec<Record> = entries
-        .iter()
-        .filter(|(flow, conn)| directory.alive(flow, conn, now))
-        .filter_map(|(flow, conn)| {
-            record_of(
-                &directory,
-                flow,
-                conn.service,
-                conn.real,
-                Op::Bind,
-                conn.flags,
-                0,
-            )
-        })
-        .collect();
-    for chunk in records.chunks(TABLE_FRAME_RECORDS) {
-        let frame = shared.encode(Body::Table(chunk.to_vec()), nonce);
-        write_frame(&mut stream, &frame).await?;
-    }
-    let total = records.len() as u64;
-    write_frame(&mut stream, &shared.encode(Body::TableEnd { total }, nonce)).await?;
-    stream.shutdown().await?;
-    let mut inner = shared.inner.lock().unwrap();
-    if let Some(p) = inner.peers.iter_mut().find(|p| p.addr.ip() == from) {
-        p.tables_sent += 1;
-    }
-    Ok(total)
-}
-
-/// Asks `peer` for its whole table and writes it into ours; returns the number of flows.
-async fn fetch_table(shared: &Shared, peer: SocketAddr) -> Result<u64> {
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer))
-        .await
-        .map_err(|_| anyhow!("no answer within {CONNECT_TIMEOUT:?}"))??;
-    let challenge = read_frame(&mut stream, &shared.key).await?;
-    if challenge.body != Body::Challenge {
-        bail!("expected a challenge");
-    }
-    let nonce = challenge.header.nonce;
-    write_frame(&mut stream, &shared.encode(Body::Request, nonce)).await?;
-    let (mut received, mut unknown) = (0u64, 0u64);
-    loop {
-        let frame = read_frame(&mut stream, &shared.key).await?;
-        if frame.header.nonce != nonce {
-            bail!("a frame of another transfer");
-        }
-        match frame.body {
-            Body::Table(records) => {
-                let (w, u) = tokio::task::block_in_place(|| shared.apply(&records));
-                received += w;
-                unknown += u;
-            }
-            Body::TableEnd { total } => {
-                if total != received + unknown {
-                    bail!(
-                        "the transfer ended after {} of {total} flows",
-                        received + unknown
-                    );
-                }
-                let mut inner = shared.inner.lock().unwrap();
-                if let Some(p) = inner.peers.iter_mut().find(|p| p.addr == peer) {
-                    p.tables_received += 1;
-                    p.flows_unknown += unknown;
-                }
-                return Ok(received);
-            }
-            _ => bail!("unexpected message in a table transfer"),
-        }
-    }
-}
-
 /// Catches up whenever the table is not current, and fetches the tables of peers that came back.
 async fn catch_up(shared: Arc<Shared>) {
     let mut since: Option<Instant> = None;
@@ -959,7 +691,7 @@ async fn catch_up(shared: Arc<Shared>) {
             };
             let mut done = None;
             for peer in peers {
-                match fetch_table(&shared, peer).await {
+                match transfer::fetch_table(&shared, peer).await {
                     Ok(n) => {
                         done = Some((peer, n));
                         break;
@@ -1006,7 +738,7 @@ async fn catch_up(shared: Arc<Shared>) {
         since = None;
         let wanted = std::mem::take(&mut shared.inner.lock().unwrap().fetch);
         for peer in wanted {
-            match fetch_table(&shared, peer).await {
+            match transfer::fetch_table(&shared, peer).await {
                 Ok(n) => info!(%peer, flows = n, "connection sync: merged the peer's table"),
                 Err(e) => warn!(%peer, "connection sync: no table from the peer: {e:#}"),
             }
