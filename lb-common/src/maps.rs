@@ -112,6 +112,24 @@ pub struct FlowKey {
 
 /// [`Conn::flags`]: a FIN was seen; the entry then ages out after the shorter FIN timeout.
 pub const CONN_FIN: u32 = 1;
+/// [`Conn::flags`]: the TCP connection was established (an ACK after the SYN, or a flow first
+/// seen mid-connection): it counts as active (IPVS's ActiveConn) until its FIN; every other entry
+/// (SYN seen only, after a FIN, UDP) counts as inactive (InActConn).
+pub const CONN_ESTABLISHED: u32 = 2;
+
+/// REAL_CONNS array value, indexed by real-server id: its connections as IPVS counts them. The
+/// datapath adds and subtracts atomically as flows open, establish and close; the agent corrects
+/// the counts against the connection table itself (entries that timed out or were evicted go
+/// without a packet to tell). Memory-mappable, so the agent corrects them in place.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RealConns {
+    pub active: i64,
+    pub inactive: i64,
+}
+
+/// BPF_F_MMAPABLE.
+pub const MAP_MMAPABLE: u32 = 1 << 10;
 
 /// CONNS map value: where an established flow goes.
 #[repr(C)]
@@ -134,7 +152,7 @@ pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 /// Flags of every lookup table (and of the datapath's template for them): any size
 /// (BPF_F_INNER_MAP), and memory-mappable (BPF_F_MMAPABLE) so user space fills 65537 slots with
 /// one copy instead of one system call each.
-pub const TABLE_MAP_FLAGS: u32 = BPF_F_INNER_MAP | (1 << 10);
+pub const TABLE_MAP_FLAGS: u32 = BPF_F_INNER_MAP | MAP_MMAPABLE;
 
 /// Counters kept per CPU, per service and per real server.
 #[repr(C)]
@@ -166,6 +184,8 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const REASONS: &str = "REASONS";
+    /// Each real server's active and inactive connections ([`RealConns`]).
+    pub const REAL_CONNS: &str = "REAL_CONNS";
     /// MAC addresses of devices stacked on the interface (macvlan, such as keepalived's
     /// `use_vmac`) whose frames the director acts on besides the interface's own.
     pub const LOCAL_MACS: &str = "LOCAL_MACS";
@@ -373,6 +393,7 @@ pub const SYNC_STAT_LOST: u32 = 1;
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::LocalMacs {}
+    unsafe impl aya::Pod for super::RealConns {}
     unsafe impl aya::Pod for super::SyncEvent {}
     // SAFETY: all of these are #[repr(C)] plain data without padding holes (bytemuck::Pod).
     unsafe impl aya::Pod for super::ServiceKey {}

@@ -5,14 +5,25 @@
 
 use aya_ebpf::{helpers::bpf_jiffies64, macros::map, maps::LruHashMap};
 use lb_common::{
-    addr_from_v4, Conn, DirectorConfig, FlowKey, CONN_FIN, DEFAULT_CONN_MAX, IPPROTO_UDP,
-    SYNC_BIND, SYNC_CLOSE,
+    addr_from_v4, Conn, DirectorConfig, FlowKey, CONN_ESTABLISHED, CONN_FIN, DEFAULT_CONN_MAX,
+    IPPROTO_TCP, IPPROTO_UDP, SYNC_BIND, SYNC_CLOSE,
 };
 
 use crate::{
-    parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_SYN},
+    counts,
+    parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     sync,
 };
+
+/// Which of a real server's counts an entry with these flags is in: (active, inactive).
+#[inline(always)]
+fn state(flags: u32) -> (i64, i64) {
+    if flags & (CONN_ESTABLISHED | CONN_FIN) == CONN_ESTABLISHED {
+        (1, 0)
+    } else {
+        (0, 1)
+    }
+}
 
 /// Its size is set by the agent at load time (`xdplb run --conn-max`). Per-CPU LRU lists
 /// (BPF_F_NO_COMMON_LRU): inserting a new flow takes no lock shared by all CPUs.
@@ -79,8 +90,21 @@ pub fn established(
         }
         conn.last_seen = now;
     }
+    // The handshake's last ACK: the connection becomes active.
+    if conn.flags & CONN_ESTABLISHED == 0
+        && flow.proto == IPPROTO_TCP
+        && tcp_flags & (TCP_FLAG_ACK | TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST) == TCP_FLAG_ACK
+        && conn.flags & CONN_FIN == 0
+    {
+        conn.flags |= CONN_ESTABLISHED;
+        counts::add(conn.real, 1, -1);
+    }
     if tcp_flags & TCP_FLAG_FIN != 0 && conn.flags & CONN_FIN == 0 {
+        let (was_active, _) = state(conn.flags);
         conn.flags |= CONN_FIN;
+        // The FIN timeout runs from the FIN (as IPVS's FIN_WAIT does), not from the last refresh.
+        conn.last_seen = now;
+        counts::add(conn.real, -was_active, was_active);
         if sync::enabled(cfg) {
             sync::event(flow, conn.service, conn.real, SYNC_BIND, conn.flags);
         }
@@ -100,6 +124,9 @@ pub fn insert(
 ) {
     let flags = if tcp_flags & TCP_FLAG_FIN != 0 {
         CONN_FIN
+    } else if flow.proto == IPPROTO_TCP && tcp_flags & TCP_FLAG_SYN == 0 {
+        // First seen mid-connection (its director failed over, or the table forgot it).
+        CONN_ESTABLISHED
     } else {
         0
     };
@@ -110,7 +137,10 @@ pub fn insert(
         flags,
     };
     // A full table evicts its least recently used flow; an error here only costs stickiness.
-    let _ = CONNS.insert(flow, conn, 0);
+    if CONNS.insert(flow, conn, 0).is_ok() {
+        let (active, inactive) = state(flags);
+        counts::add(real, active, inactive);
+    }
     if sync::enabled(cfg) {
         sync::event(flow, service, real, SYNC_BIND, flags);
     }
@@ -119,6 +149,13 @@ pub fn insert(
 /// Forgets a flow after a RST; `known` says it had an entry, which the peers forget too.
 #[inline(always)]
 pub fn close(flow: &FlowKey, service: u32, real: u32, known: bool, cfg: &DirectorConfig) {
+    if known {
+        // SAFETY: read only.
+        if let Some(conn) = unsafe { CONNS.get(flow) } {
+            let (active, inactive) = state(conn.flags);
+            counts::add(conn.real, -active, -inactive);
+        }
+    }
     let _ = CONNS.remove(flow);
     if known && sync::enabled(cfg) {
         sync::event(flow, service, real, SYNC_CLOSE, CONN_FIN);

@@ -10,10 +10,14 @@
 // it is an ordinary empty program so the same sources are still checked.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds (connection counts): the BPF target has no atomic types.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod bench;
 mod config;
 mod conntrack;
+mod counts;
 mod encap;
 mod ether;
 mod forward;

@@ -698,7 +698,7 @@ pub fn format_listing(l: &Listing) -> String {
         let _ = writeln!(out, "Prot LocalAddress:Port Scheduler");
         let _ = writeln!(
             out,
-            "  -> RemoteAddress:Port           Forward Weight MAC               Health"
+            "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn MAC               Health"
         );
     }
     for s in &l.services {
@@ -734,8 +734,8 @@ pub fn format_listing(l: &Listing) -> String {
                     };
                     let _ = writeln!(
                         out,
-                        "  -> {:<28} {:<7} {:<6} {}{health}",
-                        r.address, r.forward, r.weight, r.mac
+                        "  -> {:<28} {:<7} {:<6} {:<10} {:<9} {}{health}",
+                        r.address, r.forward, r.weight, r.active_conns, r.inactive_conns, r.mac
                     );
                 }
             }

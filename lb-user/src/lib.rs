@@ -7,6 +7,7 @@ pub mod agent;
 pub mod announce;
 pub mod cli;
 pub mod config;
+pub mod conntrack;
 pub mod control;
 pub mod datapath;
 pub mod decap;

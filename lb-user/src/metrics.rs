@@ -15,7 +15,7 @@
 //! | `service_connections_total`, `_packets_total`, `_bytes_total` | counter | service |
 //! | `service_reals_up`, `service_available` (1/0) | gauge | service |
 //! | `real_connections_total`, `_packets_total`, `_bytes_total` | counter | real |
-//! | `real_weight`, `real_up` (1/0) | gauge | real |
+//! | `real_weight`, `real_up` (1/0), `real_active_connections`, `real_inactive_connections` | gauge | real |
 //! | `packets_total` | counter | `reason` |
 //! | `drained` (1/0) | gauge | |
 //! | `vip_announced` (1) | gauge | `vip`, `table` |
@@ -194,6 +194,17 @@ where
             }
         }
     }
+    let conns: [RealFamily; 2] = [
+        ("active", "TCP connections established (IPVS's ActiveConn)", |r: &RealView| r.active_conns),
+        ("inactive", "Other entries of the connection table: handshakes, after a FIN, UDP (IPVS's InActConn)", |r: &RealView| r.inactive_conns),
+    ];
+    for (what, help, value) in conns {
+        let name = format!("xdplb_real_{what}_connections");
+        t.family(&name, Gauge, &format!("{help} of the real server now."));
+        for (_, r, labels) in &reals {
+            t.sample(&name, labels, value(r));
+        }
+    }
     t.family(
         "xdplb_real_weight",
         Gauge,
@@ -352,6 +363,9 @@ fn high_availability(t: &mut Text, listing: &Listing) {
         }
     }
 }
+
+/// A per-real-server gauge: its name part, its HELP text and its value.
+type RealFamily = (&'static str, &'static str, fn(&RealView) -> u64);
 
 /// A per-peer sync counter: its name part, its HELP text and its value.
 type PeerFamily = (
@@ -631,6 +645,8 @@ mod tests {
             weight,
             mac: Mac::default(),
             health: None,
+            active_conns: 2,
+            inactive_conns: 1,
             stats: s,
         }
     }

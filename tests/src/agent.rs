@@ -474,9 +474,19 @@ impl Agent {
         self.list_json(&["list", "--stats", "--json"])
     }
 
-    /// `xdplb list --json` (no counters), parsed: the configuration the agent runs.
+    /// `xdplb list --json` (no counters), parsed, without the connections each real server has
+    /// now: the configuration the agent runs.
     pub fn list_config(&self) -> Listing {
-        self.list_json(&["list", "--json"])
+        let mut l = self.list_json(&["list", "--json"]);
+        for svc in l.0["services"].as_array_mut().into_iter().flatten() {
+            for real in svc["reals"].as_array_mut().into_iter().flatten() {
+                if let Some(r) = real.as_object_mut() {
+                    r.remove("active_conns");
+                    r.remove("inactive_conns");
+                }
+            }
+        }
+        l
     }
 
     /// `xdplb list --rate --json` (counters per second, measured over one second), parsed.

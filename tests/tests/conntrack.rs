@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use lb_common::{DirectorConfig, CONN_FIN, IPPROTO_UDP};
 use lb_tests::fixture::{config_with, default_config, real_addr, real_mac, Fixture};
 use lb_tests::require_root;
+use lb_user::datapath::MapWriter as _;
 use lb_user::{
     config::Timeouts,
     datapath::LoadOptions,
@@ -314,4 +315,87 @@ fn new_flows_are_counted_once() {
     let c = lb_user::datapath::MapWriter::counters(&fx.maps).unwrap();
     let id = fx.state.service(&service(Protocol::Tcp)).unwrap().id as usize;
     assert_eq!((c.services[id].conns, c.services[id].packets), (50, 100));
+}
+
+/// Connections as IPVS counts them, per real server: a SYN is inactive (SYN_RECV), the ACK that
+/// completes the handshake makes it active, a FIN inactive again, a RST gone; UDP flows are
+/// inactive; a TCP flow first seen mid-connection is active. Other packets change nothing.
+#[test]
+fn active_and_inactive_connections_follow_the_tcp_states() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture();
+    let conns = |fx: &Fixture, p: &FrameSpec| {
+        let svc = fx.state.service(&service(Protocol::Tcp)).unwrap();
+        let id = svc.pick(&svc.flow(p.src, p.sport)).unwrap().id;
+        let c = fx.maps.counters().unwrap().conns[id as usize];
+        (c.active, c.inactive)
+    };
+    let syn = packet(1, TCP_SYN);
+    fx.run(&syn.build()).unwrap();
+    assert_eq!(conns(&fx, &syn), (0, 1), "SYN: a handshake");
+    fx.run(&packet(1, TCP_SYN).build()).unwrap();
+    assert_eq!(conns(&fx, &syn), (0, 1), "a retransmitted SYN");
+    for _ in 0..3 {
+        fx.run(&packet(1, TCP_ACK).build()).unwrap();
+    }
+    assert_eq!(conns(&fx, &syn), (1, 0), "established");
+    fx.run(&packet(1, TCP_ACK | FIN).build()).unwrap();
+    fx.run(&packet(1, TCP_ACK | FIN).build()).unwrap();
+    assert_eq!(conns(&fx, &syn), (0, 1), "after the FIN");
+    fx.run(&packet(1, TCP_ACK | RST).build()).unwrap();
+    assert_eq!(conns(&fx, &syn), (0, 0), "reset");
+    let mid = packet(2, TCP_ACK);
+    fx.run(&mid.build()).unwrap();
+    assert_eq!(conns(&fx, &mid), (1, 0), "first seen mid-connection");
+    fx.run(&packet(2, RST).build()).unwrap();
+    assert_eq!(conns(&fx, &mid), (0, 0));
+
+    let mut udp = fixture_with(default_config(), Protocol::Udp);
+    let dgram = FrameSpec {
+        proto: IPPROTO_UDP,
+        dport: 53,
+        ..packet(3, 0)
+    };
+    for _ in 0..3 {
+        udp.run(&dgram.build()).unwrap();
+    }
+    let svc = udp.state.service(&service(Protocol::Udp)).unwrap();
+    let id = svc.pick(&svc.flow(dgram.src, dgram.sport)).unwrap().id;
+    let c = udp.maps.counters().unwrap().conns[id as usize];
+    assert_eq!((c.active, c.inactive), (0, 1), "UDP");
+}
+
+/// The FIN timeout runs from the FIN: a connection last refreshed longer ago than the FIN
+/// timeout is not mistaken for a new, active one by the ACK that follows its FIN.
+#[test]
+fn the_fin_timeout_runs_from_the_fin() {
+    if !require_root() {
+        return;
+    }
+    let config = config_with(&Timeouts {
+        tcp_fin: 1,
+        ..Timeouts::default()
+    });
+    let mut fx = fixture_with(config, Protocol::Tcp);
+    let p = packet(7, TCP_ACK);
+    fx.run(&p.build()).unwrap();
+    let svc = fx.state.service(&service(Protocol::Tcp)).unwrap().clone();
+    let flow = svc.flow(p.src, p.sport);
+    let mut conn = fx.maps.conn(&flow).unwrap();
+    // Last refreshed 2 s ago (refreshes come every few seconds at most).
+    let hz = lb_user::datapath::clock::ticks_per_second().unwrap();
+    conn.last_seen = conn.last_seen.wrapping_sub(2 * hz);
+    fx.maps.set_conn(&flow, &conn).unwrap();
+    fx.run(&packet(7, TCP_ACK | FIN).build()).unwrap();
+    fx.run(&packet(7, TCP_ACK).build()).unwrap();
+    let after = fx.maps.conn(&flow).unwrap();
+    assert_eq!(
+        after.flags & CONN_FIN,
+        CONN_FIN,
+        "the entry was made anew: {after:?}"
+    );
+    let c = fx.maps.counters().unwrap().conns[conn.real as usize];
+    assert_eq!((c.active, c.inactive), (0, 1));
 }

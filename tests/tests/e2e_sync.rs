@@ -270,6 +270,7 @@ fn only_authentic_fresh_messages_from_peers_are_accepted() {
     let record = |real: [u8; 4], port: u16| Record {
         op: Op::Bind,
         fin: false,
+        established: false,
         proto: 6,
         client: IpAddr::from([10, 0, 0, 101]),
         cport: port,

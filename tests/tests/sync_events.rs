@@ -3,7 +3,7 @@
 //! due to be announced again; never for the other packets of an established flow, and never with
 //! sync off.
 
-use lb_common::{Conn, SyncEvent, CONN_FIN, SYNC_BIND, SYNC_CLOSE};
+use lb_common::{Conn, SyncEvent, CONN_ESTABLISHED, CONN_FIN, SYNC_BIND, SYNC_CLOSE};
 use lb_tests::fixture::{default_config, real_addr, Fixture, XDP_TX};
 use lb_tests::require_root;
 use lb_user::datapath::MapWriter as _;
@@ -86,7 +86,10 @@ fn events_for_binding_fin_and_rst_only() {
     fx.run(&packet(40000, TCP_ACK | FIN).build()).unwrap();
     let fin = events(&mut ring);
     assert_eq!(fin.len(), 1, "{fin:?}");
-    assert_eq!((fin[0].kind, fin[0].flags), (SYNC_BIND, CONN_FIN));
+    assert_eq!(
+        (fin[0].kind, fin[0].flags),
+        (SYNC_BIND, CONN_FIN | CONN_ESTABLISHED)
+    );
     // A RST closes it on the peers too.
     fx.run(&packet(40000, TCP_ACK | RST).build()).unwrap();
     let rst = events(&mut ring);

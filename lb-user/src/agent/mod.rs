@@ -48,6 +48,8 @@ use crate::{
 const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the interface is looked at besides netlink's notifications.
 const LINK_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often (at most) the connection counts are checked against the connection table.
+const COUNT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A health-check target: one real server of one service.
 type Key = (ServiceAddr, Ipv4Addr);
@@ -77,6 +79,8 @@ pub struct Agent {
     link: LinkState,
     /// SIGTERM: the VIPs are withdrawn for good.
     stopping: bool,
+    /// The idle timeouts the connection counts are corrected with (they change on reload).
+    count_timeouts: std::sync::Arc<std::sync::Mutex<crate::conntrack::IdleTimeouts>>,
 }
 
 impl Agent {
@@ -400,6 +404,7 @@ impl Agent {
             self.maps.set_config(&config)?;
             self.config = config;
             self.timeouts = cfg.timeouts;
+            *self.count_timeouts.lock().unwrap() = crate::conntrack::IdleTimeouts::of(&config);
         }
         self.commit(next)
     }

@@ -22,10 +22,11 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{Agent, LINK_POLL_INTERVAL, REFRESH_INTERVAL};
+use super::{Agent, COUNT_INTERVAL, LINK_POLL_INTERVAL, REFRESH_INTERVAL};
 use crate::{
     announce::Announcer,
     config::{Director, Source, Timeouts},
+    conntrack::table::PinnedTable,
     control::{Request, Response},
     datapath::{
         clock::{director_config, jiffies_now, with_sync},
@@ -36,7 +37,7 @@ use crate::{
     metrics,
     net::{self, Interface, LinkState},
     state::{self, persist, State},
-    sync::{table::PinnedTable, Directory, SyncDaemon},
+    sync::{Directory, SyncDaemon},
 };
 
 /// Where agents keep their lock, their saved state and (by default) their socket.
@@ -315,6 +316,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         drained: run_dir.join("drained").exists(),
         link: LinkState::default(),
         stopping: false,
+        count_timeouts: Arc::new(std::sync::Mutex::new(crate::conntrack::IdleTimeouts::of(
+            &config,
+        ))),
     };
     std::mem::swap(&mut agent.state, &mut state);
     agent.checks_follow_state();
@@ -341,6 +345,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if let Some(settings) = &director.announce {
         agent.announcer = Some(Announcer::new(settings.clone()).await?);
     }
+    let count_timeouts = agent.count_timeouts.clone();
+    let counts_task = tokio::spawn(correct_counts(
+        pins.map(lb_common::map_names::CONNS),
+        pins.map(lb_common::map_names::REAL_CONNS),
+        count_timeouts,
+    ));
     let mut links = net::watch_links()?;
     agent.link_changed().await;
     if agent.drained {
@@ -423,6 +433,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if let Some(t) = metrics_task {
         t.abort();
     }
+    counts_task.abort();
     let _ = fs::remove_file(&opts.socket);
     match exit {
         Exit::Detach => {
@@ -454,6 +465,41 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Keeps the connection counts honest against the connection table (see conntrack::counts), in
+/// a blocking thread with its own handles on the pinned maps; as often as every 2 s, less often
+/// when counting a large table takes long (at most a tenth of the time spent counting).
+async fn correct_counts(
+    conns: PathBuf,
+    counts: PathBuf,
+    timeouts: Arc<std::sync::Mutex<crate::conntrack::IdleTimeouts>>,
+) {
+    let mut wait = COUNT_INTERVAL;
+    loop {
+        tokio::time::sleep(wait).await;
+        let (conns, counts, timeouts) = (conns.clone(), counts.clone(), timeouts.clone());
+        let started = std::time::Instant::now();
+        let done = tokio::task::spawn_blocking(move || -> Result<usize> {
+            use crate::conntrack::table::ConnTables as _;
+            let table = PinnedTable(conns).open()?;
+            let counts = crate::datapath::ConnCounts::from_pin(&counts)?;
+            let timeouts = *timeouts.lock().unwrap();
+            crate::conntrack::counts::correct(
+                table.as_ref(),
+                &counts,
+                || jiffies_now().unwrap_or(0),
+                &timeouts,
+            )
+        })
+        .await;
+        match done {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!("cannot correct the connection counts: {e:#}"),
+            Err(e) => warn!("cannot correct the connection counts: {e}"),
+        }
+        wait = COUNT_INTERVAL.max(started.elapsed() * 10);
+    }
 }
 
 /// `xdplb detach --iface IF`: removes a datapath no agent runs anymore.

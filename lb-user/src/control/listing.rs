@@ -46,6 +46,12 @@ pub struct RealView {
     /// Present when the real server has a health check.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub health: Option<HealthView>,
+    /// Connections now, as IPVS counts them: TCP established (ActiveConn), and every other entry
+    /// of the connection table (InActConn).
+    #[serde(default)]
+    pub active_conns: u64,
+    #[serde(default)]
+    pub inactive_conns: u64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stats: Option<StatsView>,
 }
@@ -94,6 +100,7 @@ pub struct AnnounceView {
 
 impl Listing {
     pub fn new(interface: &str, mode: AttachMode, state: &State, c: &DatapathCounters) -> Self {
+        let conns = |id: u32| c.conns.get(id as usize).copied().unwrap_or_default();
         let at = |v: &[Counters], i: u32| {
             Some(StatsView::from(
                 v.get(i as usize).copied().unwrap_or_default(),
@@ -121,6 +128,8 @@ impl Listing {
                             state: r.health,
                             last_error: r.last_error.clone(),
                         }),
+                        active_conns: conns(r.id).active.max(0) as u64,
+                        inactive_conns: conns(r.id).inactive.max(0) as u64,
                         stats: at(&c.reals, r.id),
                     })
                     .collect(),

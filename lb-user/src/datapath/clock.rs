@@ -69,7 +69,11 @@ pub fn director_config(
         udp_timeout: ticks(timeouts.udp),
         mtu,
         tunnel_src,
-        refresh: ticks(DirectorConfig::REFRESH_SECS),
+        // Refreshed well within the shortest timeout, or a busy flow would time out between two
+        // refreshes.
+        refresh: ticks(DirectorConfig::REFRESH_SECS)
+            .min(ticks(timeouts.tcp.min(timeouts.tcp_fin).min(timeouts.udp)) / 2)
+            .max(1),
     })
 }
 
@@ -119,6 +123,23 @@ pub fn monotonic_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn flows_are_refreshed_well_within_the_shortest_timeout() {
+        if unsafe { libc::geteuid() } != 0 {
+            return; // the tick rate needs /proc/timer_list
+        }
+        let hz = super::ticks_per_second().unwrap();
+        let short = crate::config::Timeouts {
+            tcp: 900,
+            tcp_fin: 120,
+            udp: 3,
+        };
+        let c = super::director_config([0; 6], &short, 1500, [0; 16]).unwrap();
+        assert!(c.refresh <= hz * 3 / 2, "refresh {} ticks", c.refresh);
+        let c = super::director_config([0; 6], &Default::default(), 1500, [0; 16]).unwrap();
+        assert_eq!(c.refresh, hz * lb_common::DirectorConfig::REFRESH_SECS);
+    }
+
     #[test]
     fn the_tick_rate_is_one_linux_builds_with() {
         if unsafe { libc::geteuid() } != 0 {

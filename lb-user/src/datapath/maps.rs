@@ -9,10 +9,14 @@ use aya::{
 };
 pub use lb_common::Counters;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use super::mmap::Mapped;
 
 use lb_common::{
-    addr_from_v4, map_names, Addr, Conn, DirectorConfig, FlowKey, LocalMacs, RealServer, Reason,
-    ServiceInfo, ServiceKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS, SYNC_STAT_LOST, TABLE_MAP_FLAGS,
+    addr_from_v4, map_names, Addr, Conn, DirectorConfig, FlowKey, LocalMacs, RealConns, RealServer,
+    Reason, ServiceInfo, ServiceKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS, SYNC_STAT_LOST,
+    TABLE_MAP_FLAGS,
 };
 
 /// What the agent needs from the datapath's maps.
@@ -45,6 +49,8 @@ pub struct DatapathCounters {
     pub services: Vec<Counters>,
     pub reals: Vec<Counters>,
     pub reasons: Vec<(Reason, Counters)>,
+    /// Active and inactive connections per real server id.
+    pub conns: Vec<RealConns>,
 }
 
 /// The real maps of a loaded object.
@@ -60,6 +66,7 @@ pub struct Maps {
     reasons: PerCpuArray<MapData, Counters>,
     local_macs: Array<MapData, LocalMacs>,
     sync_stats: PerCpuArray<MapData, u64>,
+    conn_counts: ConnCounts,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -87,37 +94,78 @@ fn zero_per_cpu(map: &mut PerCpuArray<MapData, Counters>, index: u32) -> Result<
     Ok(())
 }
 
-/// Writes a whole array map of u32 through a shared mapping of it (BPF_F_MMAPABLE). The kernel
-/// lays array elements out 8 bytes apart, whatever their size.
+/// Writes a whole array map of u32 through a shared mapping of it (BPF_F_MMAPABLE).
 fn fill_mmapped(map: &Array<MapData, u32>, values: &[u32]) -> Result<()> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    const STRIDE: usize = 8;
-    let len = values.len() * STRIDE;
-    let fd = map.map().fd().as_fd().as_raw_fd();
-    // SAFETY: a fresh shared mapping of the map's memory, `values.len()` elements 8 bytes apart,
-    // written once and unmapped before anyone else can see the map.
-    unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        );
-        if p == libc::MAP_FAILED {
-            anyhow::bail!(
-                "cannot map a lookup table: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        let base = p.cast::<u8>();
-        for (i, v) in values.iter().enumerate() {
-            base.add(i * STRIDE).cast::<u32>().write_unaligned(*v);
-        }
-        libc::munmap(p, len);
+    let mapped = Mapped::new(map.map(), values.len(), 4)?;
+    for (i, v) in values.iter().enumerate() {
+        // SAFETY: an aligned u32 slot of the mapping, written before anyone can see the map.
+        unsafe { mapped.at(i).cast::<u32>().write(*v) };
     }
     Ok(())
+}
+
+/// Each real server's connection counts (REAL_CONNS), mapped: read, zeroed and corrected in
+/// place while the datapath adds to them atomically.
+pub struct ConnCounts {
+    mapped: Mapped,
+}
+
+impl ConnCounts {
+    pub fn new(map: &MapData) -> Result<Self> {
+        let entries = map.info()?.max_entries() as usize;
+        Ok(Self {
+            mapped: Mapped::new(map, entries, std::mem::size_of::<RealConns>())?,
+        })
+    }
+
+    /// Opens the pinned REAL_CONNS of a datapath.
+    pub fn from_pin(path: &std::path::Path) -> Result<Self> {
+        let data = MapData::from_pin(path)
+            .with_context(|| format!("cannot open the connection counts {}", path.display()))?;
+        Self::new(&data)
+    }
+
+    fn field(&self, id: u32, inactive: bool) -> Option<&AtomicI64> {
+        let i = id as usize;
+        if i >= self.mapped.entries() {
+            return None;
+        }
+        let p = self.mapped.at(i).cast::<i64>();
+        // SAFETY: 8-byte aligned i64s inside the mapping, which outlives the reference; the
+        // datapath changes them only atomically.
+        Some(unsafe { AtomicI64::from_ptr(if inactive { p.add(1) } else { p }) })
+    }
+
+    /// Real server `id`'s (active, inactive) counts.
+    pub fn get(&self, id: u32) -> RealConns {
+        let load = |inactive| {
+            self.field(id, inactive)
+                .map_or(0, |a| a.load(Ordering::Relaxed))
+        };
+        RealConns {
+            active: load(false),
+            inactive: load(true),
+        }
+    }
+
+    /// Adds to real server `id`'s counts, atomically with the datapath's own adds.
+    pub fn add(&self, id: u32, active: i64, inactive: i64) {
+        for (inact, d) in [(false, active), (true, inactive)] {
+            if let (Some(a), true) = (self.field(id, inact), d != 0) {
+                a.fetch_add(d, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Sets real server `id`'s counts to zero (a new real server on a reused id).
+    pub fn zero(&self, id: u32) {
+        let now = self.get(id);
+        self.add(id, -now.active, -now.inactive);
+    }
+
+    pub fn entries(&self) -> usize {
+        self.mapped.entries()
+    }
 }
 
 /// Entries of a counter array as the kernel made it: a map pinned by an older version may be
@@ -147,6 +195,16 @@ impl Maps {
             reasons: take(ebpf, map_names::REASONS)?,
             local_macs: take(ebpf, map_names::LOCAL_MACS)?,
             sync_stats: take(ebpf, map_names::SYNC_STATS)?,
+            conn_counts: {
+                let map = ebpf
+                    .map(map_names::REAL_CONNS)
+                    .ok_or_else(|| anyhow!("the XDP object has no map REAL_CONNS"))?;
+                let data: &MapData = match map {
+                    aya::maps::Map::Array(d) => d,
+                    _ => anyhow::bail!("map REAL_CONNS has an unexpected type"),
+                };
+                ConnCounts::new(data)?
+            },
         })
     }
 
@@ -215,6 +273,9 @@ impl MapWriter for Maps {
         Ok(DatapathCounters {
             services: read_all(&self.service_stats)?,
             reals: read_all(&self.real_stats)?,
+            conns: (0..self.conn_counts.entries() as u32)
+                .map(|i| self.conn_counts.get(i))
+                .collect(),
             reasons: Reason::ALL
                 .iter()
                 .map(|&r| (r, reasons.get(r as usize).copied().unwrap_or_default()))
@@ -262,6 +323,7 @@ impl MapWriter for Maps {
         }
         for &r in reals {
             zero_per_cpu(&mut self.real_stats, r)?;
+            self.conn_counts.zero(r);
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 pub mod clock;
 mod maps;
+pub mod mmap;
 pub mod pin;
 
 use anyhow::{anyhow, Context as _, Result};
@@ -12,7 +13,7 @@ use aya::{
 };
 use lb_common::{map_names, program_names, DEFAULT_CONN_MAX};
 
-pub use maps::{Counters, DatapathCounters, DecapMaps, MapWriter, Maps};
+pub use maps::{ConnCounts, Counters, DatapathCounters, DecapMaps, MapWriter, Maps};
 
 /// The compiled datapath, embedded so the `xdplb` binary is all a director needs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));

@@ -8,10 +8,13 @@ use std::{
     net::IpAddr,
 };
 
-use lb_common::{Conn, DirectorConfig, FlowKey, CONN_FIN, IPPROTO_UDP};
+use lb_common::{Conn, DirectorConfig, FlowKey};
 use sha2::{Digest as _, Sha256};
 
-use crate::state::{ServiceAddr, State};
+use crate::{
+    conntrack::IdleTimeouts,
+    state::{ServiceAddr, State},
+};
 
 /// A real server of a service, as peers name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -33,8 +36,8 @@ pub struct Directory {
     by_id: HashMap<u32, (u32, RealName)>,
     by_name: HashMap<(ServiceAddr, IpAddr), RealIds>,
     digest: [u8; 32],
-    /// Idle timeouts in ticks (TCP, TCP after FIN, UDP): only live flows are sent in a full table.
-    timeouts: (u32, u32, u32),
+    /// Only live flows are sent in a full table.
+    timeouts: IdleTimeouts,
 }
 
 impl Directory {
@@ -62,11 +65,7 @@ impl Directory {
             by_id,
             by_name,
             digest: digest(state),
-            timeouts: (
-                config.tcp_timeout,
-                config.tcp_fin_timeout,
-                config.udp_timeout,
-            ),
+            timeouts: IdleTimeouts::of(config),
         }
     }
 
@@ -89,14 +88,7 @@ impl Directory {
 
     /// Whether a connection-table entry is still alive at `now` (ticks).
     pub fn alive(&self, flow: &FlowKey, conn: &Conn, now: u32) -> bool {
-        let timeout = if flow.proto == IPPROTO_UDP {
-            self.timeouts.2
-        } else if conn.flags & CONN_FIN != 0 {
-            self.timeouts.1
-        } else {
-            self.timeouts.0
-        };
-        now.wrapping_sub(conn.last_seen) <= timeout
+        self.timeouts.alive(flow, conn, now)
     }
 }
 

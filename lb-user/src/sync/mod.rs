@@ -4,7 +4,7 @@
 //! takeover, an ECMP rehash) keeps its real server, even when the tables changed since it began.
 //!
 //! - `wire`: the messages and their HMAC; `directory`: ids <-> addresses and the configuration
-//!   digest; `table`: the connection table behind a narrow interface; `peer`: per-peer state;
+//!   digest; `peer`: per-peer state;
 //!   `transfer`: full tables over TCP.
 //! - Flow updates: the datapath's ring buffer (new flows, first FIN, RST, a periodic refresh of
 //!   live ones) -> batched UDP datagrams to every peer, sent as soon as the ring is drained.
@@ -23,7 +23,6 @@ pub mod directory;
 mod events;
 pub mod peer;
 mod settings;
-pub mod table;
 mod transfer;
 pub mod wire;
 
@@ -41,7 +40,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use lb_common::{addr_from_v4, Conn, FlowKey, CONN_FIN};
+use lb_common::{addr_from_v4, Conn, FlowKey, CONN_ESTABLISHED, CONN_FIN};
 use serde::{Deserialize, Serialize};
 use tokio::{
     net::{TcpListener, UdpSocket},
@@ -50,10 +49,10 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use crate::conntrack::table::{ConnTable, ConnTables};
 pub use directory::Directory;
 use peer::Peer;
 pub use peer::PeerView;
-use table::{ConnTable, ConnTables};
 use wire::{Body, Fresh, Header, Hello, Key, Message, Op, Record, Reject};
 
 use crate::state::{Protocol, ServiceAddr};
@@ -548,7 +547,8 @@ pub fn apply_records(
                     real: ids.real,
                     service: ids.service,
                     last_seen: now,
-                    flags: if r.fin { CONN_FIN } else { 0 },
+                    flags: if r.fin { CONN_FIN } else { 0 }
+                        | if r.established { CONN_ESTABLISHED } else { 0 },
                 },
             ),
             Op::Close => table.remove(&flow),
@@ -614,6 +614,7 @@ pub fn record_of(
     Some(Record {
         op,
         fin: flags & CONN_FIN != 0,
+        established: flags & CONN_ESTABLISHED != 0,
         proto: flow.proto,
         client: v4(&flow.src),
         cport: flow.sport,
@@ -755,8 +756,8 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+    use crate::conntrack::table::MemoryTable;
     use crate::state::{Mac, RealSpec, SchedulerSpec, State};
-    use table::MemoryTable;
 
     fn service(port: u16) -> ServiceAddr {
         ServiceAddr {

@@ -15,7 +15,7 @@
 //! flow and its real server by address (ids differ between directors):
 //!
 //! ```text
-//! op (1: bind, 2: close), flags (1: FIN seen), protocol, families (bit 0: the flow is IPv6,
+//! op (1: bind, 2: close), flags (1: FIN seen, 2: established), protocol, families (bit 0: the flow is IPv6,
 //! bit 1: the real server is), client port, virtual port, real port (u16 each), age (u32, µs the
 //! event waited on the sender), client address, virtual address, real address (4 or 16 bytes)
 //! ```
@@ -86,6 +86,8 @@ pub struct Record {
     pub op: Op,
     /// A FIN was seen: the shorter timeout applies.
     pub fin: bool,
+    /// The TCP handshake completed (an active connection, until its FIN).
+    pub established: bool,
     pub proto: u8,
     pub client: IpAddr,
     pub cport: u16,
@@ -107,7 +109,8 @@ impl Record {
 
     fn encode(&self, out: &mut Vec<u8>) {
         let fam = (self.client.is_ipv6() as u8) | ((self.real.is_ipv6() as u8) << 1);
-        out.extend_from_slice(&[self.op as u8, self.fin as u8, self.proto, fam]);
+        let flags = self.fin as u8 | (self.established as u8) << 1;
+        out.extend_from_slice(&[self.op as u8, flags, self.proto, fam]);
         for p in [self.cport, self.vport, self.rport] {
             out.extend_from_slice(&p.to_be_bytes());
         }
@@ -127,7 +130,7 @@ impl Record {
             2 => Op::Close,
             _ => return Err(Reject::Malformed("unknown flow operation")),
         };
-        if flags > 1 || fam > 3 {
+        if flags > 3 || fam > 3 {
             return Err(Reject::Malformed("unknown flow flags"));
         }
         let (cport, vport, rport) = (r.u16()?, r.u16()?, r.u16()?);
@@ -137,7 +140,8 @@ impl Record {
         let real = r.addr(fam & 2 != 0)?;
         Ok(Self {
             op,
-            fin: flags == 1,
+            fin: flags & 1 != 0,
+            established: flags & 2 != 0,
             proto,
             client,
             cport,
@@ -465,6 +469,7 @@ mod tests {
         Record {
             op: Op::Bind,
             fin: i.is_multiple_of(3),
+            established: i.is_multiple_of(2),
             proto: 6,
             client: IpAddr::V4(Ipv4Addr::new(10, 1, (i >> 8) as u8, i as u8)),
             cport: 40000 + i,

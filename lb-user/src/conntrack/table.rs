@@ -1,6 +1,6 @@
-//! The connection table as sync sees it: entries written from what peers report, and read whole
-//! for a peer that asks for the full table. A narrow interface, so the protocol is tested without
-//! the kernel against [`MemoryTable`].
+//! The connection table behind a narrow interface: sync writes the entries peers report and reads
+//! the table whole for a peer that asks; the counts are checked against it. Tested without the
+//! kernel against [`MemoryTable`].
 
 use std::{
     collections::HashMap,

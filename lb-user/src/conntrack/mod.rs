@@ -1,0 +1,38 @@
+//! The datapath's connection table (flow -> real server) as the agent sees it: read and written
+//! through a narrow interface (`table`: sync writes what peers report, and reads it whole for a
+//! peer), and each real server's connection counts kept honest against it (`counts`).
+
+pub mod counts;
+pub mod table;
+
+use lb_common::{Conn, DirectorConfig, FlowKey, CONN_FIN, IPPROTO_UDP};
+
+/// Idle timeouts in kernel ticks, as the datapath applies them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdleTimeouts {
+    pub tcp: u32,
+    pub tcp_fin: u32,
+    pub udp: u32,
+}
+
+impl IdleTimeouts {
+    pub fn of(config: &DirectorConfig) -> Self {
+        Self {
+            tcp: config.tcp_timeout,
+            tcp_fin: config.tcp_fin_timeout,
+            udp: config.udp_timeout,
+        }
+    }
+
+    /// Whether an entry is still alive at `now` (ticks): the datapath would follow it.
+    pub fn alive(&self, flow: &FlowKey, conn: &Conn, now: u32) -> bool {
+        let timeout = if flow.proto == IPPROTO_UDP {
+            self.udp
+        } else if conn.flags & CONN_FIN != 0 {
+            self.tcp_fin
+        } else {
+            self.tcp
+        };
+        now.wrapping_sub(conn.last_seen) <= timeout
+    }
+}
