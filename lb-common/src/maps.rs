@@ -51,6 +51,21 @@ pub struct ServiceKey {
 /// Scheduler identifiers stored in [`ServiceInfo::scheduler`].
 pub const SCHED_SH: u8 = 1;
 pub const SCHED_MH: u8 = 2;
+/// IPVS's schedulers, as ipvsadm(8) defines them: round robin, weighted round robin, least
+/// connections, weighted least connections, shortest expected delay, never queue, destination
+/// hashing, locality-based least connections (with replication), weighted failover, weighted
+/// overflow.
+pub const SCHED_RR: u8 = 3;
+pub const SCHED_WRR: u8 = 4;
+pub const SCHED_LC: u8 = 5;
+pub const SCHED_WLC: u8 = 6;
+pub const SCHED_SED: u8 = 7;
+pub const SCHED_NQ: u8 = 8;
+pub const SCHED_DH: u8 = 9;
+pub const SCHED_LBLC: u8 = 10;
+pub const SCHED_LBLCR: u8 = 11;
+pub const SCHED_FO: u8 = 12;
+pub const SCHED_OVF: u8 = 13;
 
 /// What the scheduler hashes, [`ServiceInfo::hash`]: the client address only (client affinity),
 /// or the whole flow (addresses, ports, protocol).
@@ -154,6 +169,19 @@ pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 /// one copy instead of one system call each.
 pub const TABLE_MAP_FLAGS: u32 = BPF_F_INNER_MAP | MAP_MMAPABLE;
 
+/// REAL_LIMITS array value, indexed by real-server id: what the schedulers that choose by load
+/// need besides the counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RealLimits {
+    /// The weight new flows are scheduled with (0 while down or drained).
+    pub weight: u32,
+    /// Connection thresholds (ipvsadm -x, -y): 0 for none.
+    pub upper: u32,
+    pub lower: u32,
+    pub _pad: u32,
+}
+
 /// Counters kept per CPU, per service and per real server.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -186,6 +214,10 @@ pub mod map_names {
     pub const REASONS: &str = "REASONS";
     /// Each real server's active and inactive connections ([`RealConns`]).
     pub const REAL_CONNS: &str = "REAL_CONNS";
+    /// Each real server's weight and thresholds, for the schedulers ([`RealLimits`]).
+    pub const REAL_LIMITS: &str = "REAL_LIMITS";
+    /// Per service: the round-robin position of `rr` and `wrr`.
+    pub const SCHED_POS: &str = "SCHED_POS";
     /// MAC addresses of devices stacked on the interface (macvlan, such as keepalived's
     /// `use_vmac`) whose frames the director acts on besides the interface's own.
     pub const LOCAL_MACS: &str = "LOCAL_MACS";
@@ -394,6 +426,7 @@ pub const SYNC_STAT_LOST: u32 = 1;
 mod pod {
     unsafe impl aya::Pod for super::LocalMacs {}
     unsafe impl aya::Pod for super::RealConns {}
+    unsafe impl aya::Pod for super::RealLimits {}
     unsafe impl aya::Pod for super::SyncEvent {}
     // SAFETY: all of these are #[repr(C)] plain data without padding holes (bytemuck::Pod).
     unsafe impl aya::Pod for super::ServiceKey {}

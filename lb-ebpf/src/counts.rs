@@ -10,6 +10,12 @@ use lb_common::{RealConns, MAP_MMAPABLE, MAX_REALS};
 #[map]
 static REAL_CONNS: Array<RealConns> = Array::with_max_entries(MAX_REALS, MAP_MMAPABLE);
 
+/// The counts of real server `real`.
+#[inline(always)]
+pub fn get(real: u32) -> Option<&'static RealConns> {
+    REAL_CONNS.get(real)
+}
+
 /// Adds `active` and `inactive` (each -1, 0 or 1) to real server `real`'s counts.
 #[inline(always)]
 pub fn add(real: u32, active: i64, inactive: i64) {

@@ -7,11 +7,17 @@
 use aya_ebpf::{
     btf_maps::{Array as BtfArray, ArrayOfMaps},
     macros::{btf_map, map},
-    maps::Array,
+    maps::{Array, PerCpuArray},
 };
 use lb_common::{
-    sched, FlowKey, RealServer, ServiceInfo, MAX_REALS, MAX_SERVICES, REAL_ACTIVE, TABLE_MAP_FLAGS,
+    sched::{self, Candidate, MAX_SCAN},
+    FlowKey, RealLimits, RealServer, ServiceInfo, MAX_REALS, MAX_SERVICES, REAL_ACTIVE, SCHED_RR,
+    SCHED_WRR, TABLE_MAP_FLAGS,
 };
+
+use aya_ebpf::helpers::bpf_loop;
+
+use crate::counts;
 
 /// The inner map's size is a placeholder: BPF_F_INNER_MAP lets each service's table have its own.
 type Table = BtfArray<u32, 1, { TABLE_MAP_FLAGS as usize }>;
@@ -23,11 +29,118 @@ static TABLES: ArrayOfMaps<Table, { MAX_SERVICES as usize }> = ArrayOfMaps::new(
 #[map]
 static REALS: Array<RealServer> = Array::with_max_entries(MAX_REALS, 0);
 
-/// The real server id the service's table gives this flow.
+/// Weights and thresholds by real server id, for the schedulers that choose by load.
+#[map]
+static REAL_LIMITS: Array<RealLimits> = Array::with_max_entries(MAX_REALS, 0);
+
+/// The position of `rr` and `wrr` in their sequence, per service and per CPU: each CPU goes
+/// through the sequence exactly as IPVS does, so the flows one CPU schedules see IPVS's order; a
+/// position shared by the CPUs would need a lock, or an atomic add that returns its result, which
+/// the BPF instruction set this program is built for lacks.
+#[map]
+static SCHED_POS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// The real server id the service's scheduler gives this new flow:
+/// - `sh`, `mh`, `dh`: the table slot the flow's hash falls into;
+/// - `rr`, `wrr`: the next position of the service's sequence (the table holds it);
+/// - `lc`, `wlc`, `sed`, `nq`, `fo`, `ovf`: the best of the available real servers (the table
+///   lists them) by their connection counts and weights, as IPVS's loops choose.
 #[inline(always)]
 pub fn pick(service: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
+    if service.scheduler == SCHED_RR || service.scheduler == SCHED_WRR {
+        if service.table_size == 0 {
+            return None;
+        }
+        let slot = (next_position(service.id)? % service.table_size as u64) as u32;
+        return TABLES.get_value(service.id, &slot).copied();
+    }
+    if sched::by_load(service.scheduler) {
+        return least_loaded(service);
+    }
     let slot = sched::slot(service, flow)?;
     TABLES.get_value(service.id, &slot).copied()
+}
+
+/// Takes the service's next round-robin position (this CPU's).
+#[inline(always)]
+fn next_position(service: u32) -> Option<u64> {
+    let p = SCHED_POS.get_ptr_mut(service)?;
+    // SAFETY: a per-CPU slot is only touched by this CPU, and XDP does not preempt itself.
+    unsafe {
+        let pos = *p;
+        *p = pos.wrapping_add(1);
+        Some(pos)
+    }
+}
+
+/// The real server the scheduler prefers among those its table lists: IPVS's loop over the
+/// servers, run by the bpf_loop helper (a loop the verifier checks once, not once per server).
+#[inline(always)]
+fn least_loaded(service: &ServiceInfo) -> Option<u32> {
+    let mut scan = Scan {
+        service: service.id,
+        table_size: service.table_size,
+        scheduler: service.scheduler,
+        found: 0,
+        _pad: [0; 2],
+        best: Candidate::default(),
+    };
+    // SAFETY: the callback gets a pointer to `scan`, which outlives the helper call.
+    unsafe {
+        bpf_loop(
+            MAX_SCAN,
+            scan_one as *mut core::ffi::c_void,
+            (&raw mut scan).cast(),
+            0,
+        )
+    };
+    (scan.found != 0).then_some(scan.best.id)
+}
+
+/// The state of [`least_loaded`]'s loop.
+#[repr(C)]
+struct Scan {
+    service: u32,
+    table_size: u32,
+    scheduler: u8,
+    found: u8,
+    _pad: [u8; 2],
+    best: Candidate,
+}
+
+/// One server of [`least_loaded`]'s loop: 0 goes on, 1 stops.
+#[inline(never)]
+extern "C" fn scan_one(index: u32, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer least_loaded gave it.
+    let scan = unsafe { &mut *ctx.cast::<Scan>() };
+    if index >= scan.table_size {
+        return 1;
+    }
+    let Some(&id) = TABLES.get_value(scan.service, &index) else {
+        return 1;
+    };
+    let (Some(limits), Some(conns)) = (REAL_LIMITS.get(id), counts::get(id)) else {
+        return 0;
+    };
+    let c = Candidate {
+        id,
+        weight: limits.weight,
+        active: conns.active,
+        inactive: conns.inactive,
+    };
+    if !sched::eligible(scan.scheduler, &c) {
+        return 0;
+    }
+    if sched::at_once(scan.scheduler, &c) {
+        scan.best = c;
+        scan.found = 1;
+        return 1;
+    }
+    if scan.found == 0 || sched::prefer(scan.scheduler, &scan.best, &c) {
+        scan.best = c;
+        scan.found = 1;
+    }
+    0
 }
 
 /// The real server `id`, if it is configured in service `service` (an empty slot, NO_REAL, is out

@@ -269,7 +269,8 @@ impl ServiceArg {
 /// Scheduler options of `service add|edit`.
 #[derive(Args, Debug, Clone, Copy)]
 pub struct SchedulerArgs {
-    /// Scheduler: sh (source hashing) or mh (Maglev consistent hashing). Default sh.
+    /// Scheduler, as ipvsadm names them: rr, wrr, lc, wlc, sed, nq, dh, fo, ovf, sh (source
+    /// hashing), or mh (Maglev consistent hashing). Default sh.
     #[arg(short = 's', long, value_enum)]
     scheduler: Option<Scheduler>,
     /// Maglev table size (mh): a prime from 251 to 131071, default 65537, at least 100 per real server.

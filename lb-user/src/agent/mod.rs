@@ -314,10 +314,22 @@ impl Agent {
             }
             Request::DelReal { service, addr } => self.state.del_real(service, addr)?,
             Request::Simulate { service, flows } => {
+                // The flows in turn, as new flows would come: the round-robin position moves
+                // on (the first CPU's), and each flow adds to the chosen server's connections.
+                let svc = self.state.service(&service)?;
+                let counts = self.maps.counters()?.conns;
+                let mut loads = state::Loads {
+                    conns: counts
+                        .iter()
+                        .enumerate()
+                        .map(|(id, c)| (id as u32, (c.active.max(0), c.inactive.max(0))))
+                        .collect(),
+                    position: self.maps.positions(svc.id)?.first().copied().unwrap_or(0),
+                };
                 let reals = flows
                     .iter()
                     .map(|&(src, sport)| {
-                        let real = self.state.simulate(&service, src, sport)?;
+                        let real = self.state.simulate(&service, src, sport, &mut loads)?;
                         Ok(real.map(|r| format!("{}:{}", r.addr, r.port)))
                     })
                     .collect::<Result<_>>()?;

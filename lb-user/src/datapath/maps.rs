@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use super::mmap::Mapped;
 
 use lb_common::{
-    addr_from_v4, map_names, Addr, Conn, DirectorConfig, FlowKey, LocalMacs, RealConns, RealServer,
-    Reason, ServiceInfo, ServiceKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS, SYNC_STAT_LOST,
+    addr_from_v4, map_names, Addr, Conn, DirectorConfig, FlowKey, LocalMacs, RealConns, RealLimits,
+    RealServer, Reason, ServiceInfo, ServiceKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS, SYNC_STAT_LOST,
     TABLE_MAP_FLAGS,
 };
 
@@ -41,6 +41,12 @@ pub trait MapWriter: Send + Sync {
     fn set_local_macs(&mut self, macs: &[([u8; 6], bool)]) -> Result<()>;
     /// Connection sync's ring buffer: (events written, events lost because it was full).
     fn sync_counters(&self) -> Result<(u64, u64)>;
+    /// A real server's weight and thresholds, for the schedulers that choose by load.
+    fn set_limits(&mut self, id: u32, limits: &RealLimits) -> Result<()>;
+    /// Starts a service's round-robin sequence over (every CPU's position back to 0).
+    fn reset_position(&mut self, service_id: u32) -> Result<()>;
+    /// Each CPU's round-robin position of a service.
+    fn positions(&self, service_id: u32) -> Result<Vec<u64>>;
 }
 
 /// Counters summed over CPUs.
@@ -67,6 +73,8 @@ pub struct Maps {
     local_macs: Array<MapData, LocalMacs>,
     sync_stats: PerCpuArray<MapData, u64>,
     conn_counts: ConnCounts,
+    real_limits: Array<MapData, RealLimits>,
+    sched_pos: PerCpuArray<MapData, u64>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -205,6 +213,8 @@ impl Maps {
                 };
                 ConnCounts::new(data)?
             },
+            real_limits: take(ebpf, map_names::REAL_LIMITS)?,
+            sched_pos: take(ebpf, map_names::SCHED_POS)?,
         })
     }
 
@@ -216,6 +226,11 @@ impl Maps {
     /// Writes a connection-table entry (tests set one up as a peer's sync would).
     pub fn set_conn(&mut self, flow: &FlowKey, conn: &Conn) -> Result<()> {
         Ok(self.conns.insert(flow, conn, 0)?)
+    }
+
+    /// The connection counts, mapped (tests set them as if connections were open).
+    pub fn conn_counts(&self) -> &ConnCounts {
+        &self.conn_counts
     }
 
     /// The connection table itself, for what writes it as sync does.
@@ -255,6 +270,13 @@ impl MapWriter for Maps {
     fn set_table(&mut self, service_id: u32, table: &[u32]) -> Result<()> {
         // Filled while nobody sees it, then swapped in by one update of the outer map; the kernel
         // frees the old table once no program can be reading it any more.
+        // An empty table (a service without available real servers) still needs an array; the
+        // service entry says it has no slots, so the datapath never reads this one.
+        let table = if table.is_empty() {
+            &[lb_common::sched::NO_REAL][..]
+        } else {
+            table
+        };
         let inner = Array::<MapData, u32>::create(table.len() as u32, TABLE_MAP_FLAGS)
             .context("cannot create a lookup table")?;
         fill_mmapped(&inner, table)?;
@@ -310,6 +332,27 @@ impl MapWriter for Maps {
         }
         local.count = macs.len().min(MAX_LOCAL_MACS) as u32;
         Ok(self.local_macs.set(0, local, 0)?)
+    }
+
+    fn set_limits(&mut self, id: u32, limits: &RealLimits) -> Result<()> {
+        Ok(self.real_limits.set(id, limits, 0)?)
+    }
+
+    fn reset_position(&mut self, service_id: u32) -> Result<()> {
+        let cpus = nr_cpus().map_err(|(_, e)| e)?;
+        Ok(self
+            .sched_pos
+            .set(service_id, PerCpuValues::try_from(vec![0u64; cpus])?, 0)?)
+    }
+
+    /// Each CPU's round-robin position of a service (for `xdplb simulate`).
+    fn positions(&self, service_id: u32) -> Result<Vec<u64>> {
+        Ok(self
+            .sched_pos
+            .get(&service_id, 0)?
+            .iter()
+            .copied()
+            .collect())
     }
 
     fn sync_counters(&self) -> Result<(u64, u64)> {

@@ -23,7 +23,7 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The maps of the director's program that survive its agent: configuration, state and counters.
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 15] = [
     map_names::SERVICES,
     map_names::VIP_FILTER,
     map_names::TABLES,
@@ -37,6 +37,8 @@ pub const PINNED_MAPS: [&str; 13] = [
     map_names::SYNC_EVENTS,
     map_names::SYNC_STATS,
     map_names::REAL_CONNS,
+    map_names::REAL_LIMITS,
+    map_names::SCHED_POS,
 ];
 
 /// The network namespace of this process, as a number that tells namespaces apart: interfaces

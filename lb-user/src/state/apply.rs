@@ -5,10 +5,17 @@
 use anyhow::{Context as _, Result};
 use std::collections::BTreeSet;
 
-use lb_common::{vip_filter_index, RealServer, REAL_ACTIVE};
+use lb_common::{vip_filter_index, RealLimits, RealServer, REAL_ACTIVE};
 
-use super::{Real, Service, State};
+use super::{Real, Scheduler, Service, State};
 use crate::datapath::MapWriter;
+
+fn limits(r: &Real) -> RealLimits {
+    RealLimits {
+        weight: r.effective_weight(),
+        ..Default::default()
+    }
+}
 
 fn real_entry(svc: &Service, r: &Real) -> RealServer {
     RealServer {
@@ -69,6 +76,10 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> R
         let find_old =
             |id: u32| before.and_then(|b| Some((b, b.reals.iter().find(|r| r.id == id)?)));
         for r in &svc.reals {
+            // Limits before the entry: a new real server is compared by its own weight.
+            if find_old(r.id).is_none_or(|(_, o)| limits(o) != limits(r)) {
+                w.set_limits(r.id, &limits(r))?;
+            }
             match find_old(r.id) {
                 Some((b, o)) if real_entry(b, o) == real_entry(svc, r) => {}
                 Some(_) => w.set_real(r.id, &real_entry(svc, r))?,
@@ -90,6 +101,11 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> R
             if before.is_none_or(|b| b.table != svc.table) {
                 w.set_table(svc.id, &svc.table)
                     .with_context(|| format!("writing the table of {addr}"))?;
+                // IPVS's wrr starts its sequence over when its servers change; a new service
+                // (perhaps on a reused id) starts at the beginning.
+                if before.is_none() || svc.scheduler == Scheduler::Wrr {
+                    w.reset_position(svc.id)?;
+                }
             }
             Ok(())
         };

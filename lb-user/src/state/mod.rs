@@ -11,7 +11,10 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use anyhow::{bail, Result};
 use lb_common::{
     addr_from_v4, maglev,
-    sched::{self, MH_DEFAULT_SIZE, MH_SIZES, MH_SLOTS_PER_REAL, NO_REAL, SH_TABLE_SIZE},
+    sched::{
+        self, DH_TABLE_SIZE, MAX_SCAN, MH_DEFAULT_SIZE, MH_SIZES, MH_SLOTS_PER_REAL, NO_REAL,
+        SH_TABLE_SIZE,
+    },
     table::{rebalance, Member},
     FlowKey, ServiceInfo, MAX_REALS, MAX_SERVICES,
 };
@@ -23,6 +26,9 @@ pub use model::{Forward, Hash, Mac, Protocol, Scheduler, SchedulerSpec, ServiceA
 
 /// Largest weight, as in IPVS.
 pub const MAX_WEIGHT: u32 = 65535;
+
+/// Longest `wrr` sequence (its table: 4 MiB).
+pub const WRR_MAX_LEN: u64 = 1 << 20;
 
 /// A real server of a service, as saved with the state (persist.rs) for a restart: a server
 /// known down stays down until its check says otherwise.
@@ -92,8 +98,44 @@ impl Service {
         }
     }
 
+    /// Rebuilds the lookup table from the real servers and their weights (0 while down):
+    /// - `sh`, `mh`: hash slots; `dh`: IPVS's 256 buckets, dealt to the real servers in turn
+    ///   (an unavailable server's buckets stay empty, as IPVS gives them no server);
+    /// - `rr`: the available real servers in order; `wrr`: IPVS's whole weighted sequence;
+    /// - `lc`, `wlc`, `sed`, `nq`, `fo`, `ovf`: the available real servers, which the datapath
+    ///   compares by load.
     pub(crate) fn rebuild_table(&mut self) {
+        let available = || {
+            self.reals
+                .iter()
+                .filter(|r| r.effective_weight() > 0)
+                .map(|r| r.id)
+                .collect::<Vec<u32>>()
+        };
         match self.scheduler {
+            Scheduler::Rr => self.table = available(),
+            Scheduler::Wrr => {
+                let weights: Vec<(u32, u32)> = self
+                    .reals
+                    .iter()
+                    .map(|r| (r.id, r.effective_weight()))
+                    .collect();
+                self.table = sched::wrr_sequence(&weights);
+            }
+            Scheduler::Lc
+            | Scheduler::Wlc
+            | Scheduler::Sed
+            | Scheduler::Nq
+            | Scheduler::Fo
+            | Scheduler::Ovf => self.table = available(),
+            Scheduler::Dh => {
+                self.table = (0..DH_TABLE_SIZE as usize)
+                    .map(|b| match self.reals.get(b % self.reals.len().max(1)) {
+                        Some(r) if r.effective_weight() > 0 => r.id,
+                        _ => NO_REAL,
+                    })
+                    .collect();
+            }
             Scheduler::Sh => {
                 let members: Vec<Member> = self
                     .reals
@@ -141,17 +183,81 @@ impl Service {
         self.reals.iter().find(|r| r.id == id)
     }
 
-    /// Maglev needs about 100 slots per real server to stay balanced.
-    fn check_capacity(&self, reals: usize) -> Result<()> {
-        let size = self.table.len();
-        if self.scheduler == Scheduler::Mh && reals * MH_SLOTS_PER_REAL as usize > size {
-            bail!(
+    /// The real server the datapath gives the next new flow, for every scheduler: by hash as
+    /// [`Service::pick`]; `rr`/`wrr` at `loads.position` (which moves on); the schedulers that
+    /// choose by load from `loads.conns` (to which the new flow is added, a handshake: inactive),
+    /// with the same lb-common code the datapath runs.
+    pub fn choose(&self, flow: &FlowKey, loads: &mut Loads) -> Option<&Real> {
+        let id = match self.scheduler {
+            s if s.deterministic() => return self.pick(flow),
+            Scheduler::Rr | Scheduler::Wrr => {
+                if self.table.is_empty() {
+                    return None;
+                }
+                let id = self.table[(loads.position % self.table.len() as u64) as usize];
+                loads.position += 1;
+                id
+            }
+            s => {
+                let candidates = self.table.iter().filter_map(|id| {
+                    let r = self.reals.iter().find(|r| r.id == *id)?;
+                    let (active, inactive) = loads.conns.get(id).copied().unwrap_or_default();
+                    Some(sched::Candidate {
+                        id: *id,
+                        weight: r.effective_weight(),
+                        active,
+                        inactive,
+                    })
+                });
+                let id = sched::choose(s.id(), candidates)?.id;
+                loads.conns.entry(id).or_default().1 += 1;
+                id
+            }
+        };
+        self.reals.iter().find(|r| r.id == id)
+    }
+
+    /// Maglev needs about 100 slots per real server to stay balanced; the schedulers that
+    /// choose by load look at most at [`MAX_SCAN`] real servers; `wrr`'s sequence must fit its
+    /// table. `weights` are the configured weights the service would have.
+    fn check_capacity(&self, weights: &[u32]) -> Result<()> {
+        let (size, reals) = (self.table.len(), weights.len());
+        match self.scheduler {
+            Scheduler::Mh if reals * MH_SLOTS_PER_REAL as usize > size => bail!(
                 "service {} has a Maglev table of {size} slots: {reals} real servers need at least {} (100 per real server); choose a larger --mh-size",
                 self.addr,
                 reals * MH_SLOTS_PER_REAL as usize
-            );
+            ),
+            s if sched::by_load(s.id()) && reals > MAX_SCAN as usize => bail!(
+                "service {} uses {s}, which compares at most {MAX_SCAN} real servers; {reals} is too many",
+                self.addr
+            ),
+            Scheduler::Wrr if sched::wrr_len(weights.iter().copied()) > WRR_MAX_LEN => bail!(
+                "service {}: wrr's sequence for weights {} would have {} steps (at most {WRR_MAX_LEN}): use weights with a larger common divisor, or smaller ones",
+                self.addr,
+                weights.iter().map(u32::to_string).collect::<Vec<_>>().join(":"),
+                sched::wrr_len(weights.iter().copied())
+            ),
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The configured weights of the real servers, with `change` applied (id, new weight; a new
+    /// real server has an id not yet used).
+    fn weights_with(&self, change: Option<(u32, u32)>) -> Vec<u32> {
+        let mut w: Vec<u32> = self
+            .reals
+            .iter()
+            .map(|r| match change {
+                Some((id, w)) if id == r.id => w,
+                _ => r.weight,
+            })
+            .collect();
+        if let Some((_, weight)) = change.filter(|(id, _)| !self.reals.iter().any(|r| r.id == *id))
+        {
+            w.push(weight);
+        }
+        w
     }
 }
 
@@ -165,13 +271,11 @@ fn resolve_scheduler(
         .or(current.map(|s| s.scheduler))
         .unwrap_or_default();
     let same = current.filter(|c| c.scheduler == scheduler);
+    if scheduler != Scheduler::Mh && (spec.mh_size.is_some() || spec.hash.is_some()) {
+        bail!("--mh-size and --hash apply to the mh scheduler only");
+    }
     match scheduler {
-        Scheduler::Sh => {
-            if spec.mh_size.is_some() || spec.hash.is_some() {
-                bail!("--mh-size and --hash apply to the mh scheduler only");
-            }
-            Ok((Scheduler::Sh, Hash::Src, SH_TABLE_SIZE as usize))
-        }
+        Scheduler::Sh => Ok((Scheduler::Sh, Hash::Src, SH_TABLE_SIZE as usize)),
         Scheduler::Mh => {
             let size = spec
                 .mh_size
@@ -184,6 +288,8 @@ fn resolve_scheduler(
             let hash = spec.hash.or(same.map(|c| c.hash)).unwrap_or(Hash::Flow);
             Ok((Scheduler::Mh, hash, size as usize))
         }
+        // Their tables follow from the real servers (the size here is a placeholder).
+        other => Ok((other, Hash::Flow, 0)),
     }
 }
 
@@ -221,6 +327,14 @@ impl CheckChange {
             CheckChange::Remove => None,
         }
     }
+}
+
+/// What the schedulers that do not hash choose by: each real server's (active, inactive)
+/// connections by id, and the round-robin position.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Loads {
+    pub conns: std::collections::HashMap<u32, (i64, i64)>,
+    pub position: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -307,7 +421,7 @@ impl State {
             }
             svc.scheduler = scheduler;
             svc.hash = hash;
-            svc.check_capacity(svc.reals.len())?;
+            svc.check_capacity(&svc.weights_with(None))?;
             svc.rebuild_table();
         }
         Ok(next)
@@ -319,9 +433,10 @@ impl State {
         addr: &ServiceAddr,
         client: Ipv4Addr,
         sport: u16,
+        loads: &mut Loads,
     ) -> Result<Option<&Real>> {
         let svc = self.service(addr)?;
-        Ok(svc.pick(&svc.flow(client, sport)))
+        Ok(svc.choose(&svc.flow(client, sport), loads))
     }
 
     pub fn del_service(&self, addr: ServiceAddr) -> Result<State> {
@@ -438,7 +553,7 @@ impl State {
         if let Some(CheckChange::Set(c)) = &spec.check {
             c.validate()?;
         }
-        svc.check_capacity(svc.reals.len() + 1)?;
+        svc.check_capacity(&svc.weights_with(Some((u32::MAX, spec.weight.unwrap_or(1)))))?;
         Ok((addr, port))
     }
 
@@ -480,6 +595,7 @@ impl State {
             check_weight(w)?;
             real.weight = w;
         }
+        let id = real.id;
         if let Some(f) = spec.forward {
             real.forward = f;
         }
@@ -498,6 +614,9 @@ impl State {
             real.check = check;
             real.health = Health::Up;
             real.last_error = None;
+        }
+        if let Some(w) = spec.weight {
+            svc.check_capacity(&svc.weights_with(Some((id, w))))?;
         }
         svc.rebuild_table();
         Ok(next)

@@ -63,23 +63,85 @@ pub enum Scheduler {
     Sh,
     /// Maglev consistent hashing: a server coming or going moves few other flows.
     Mh,
+    /// Round robin: the available real servers in turn.
+    Rr,
+    /// Weighted round robin: in turn, as often as their weights say (IPVS's sequence).
+    Wrr,
+    /// Least connections: the fewest active (x256) plus inactive connections.
+    Lc,
+    /// Weighted least connections: the fewest connections for the weight (ipvsadm's default).
+    Wlc,
+    /// Shortest expected delay: the fewest active connections plus one, for the weight.
+    Sed,
+    /// Never queue: an idle real server if there is one, else as `sed`.
+    Nq,
+    /// Destination hashing: the destination address picks the real server (cache clusters).
+    Dh,
+    /// Weighted failover: the available real server of the highest weight.
+    Fo,
+    /// Weighted overflow: the highest weight whose active connections are under its weight.
+    Ovf,
 }
 
 impl Scheduler {
+    pub const ALL: [Scheduler; 11] = [
+        Scheduler::Sh,
+        Scheduler::Mh,
+        Scheduler::Rr,
+        Scheduler::Wrr,
+        Scheduler::Lc,
+        Scheduler::Wlc,
+        Scheduler::Sed,
+        Scheduler::Nq,
+        Scheduler::Dh,
+        Scheduler::Fo,
+        Scheduler::Ovf,
+    ];
+
     pub fn id(self) -> u8 {
+        use lb_common::*;
         match self {
-            Scheduler::Sh => lb_common::SCHED_SH,
-            Scheduler::Mh => lb_common::SCHED_MH,
+            Scheduler::Sh => SCHED_SH,
+            Scheduler::Mh => SCHED_MH,
+            Scheduler::Rr => SCHED_RR,
+            Scheduler::Wrr => SCHED_WRR,
+            Scheduler::Lc => SCHED_LC,
+            Scheduler::Wlc => SCHED_WLC,
+            Scheduler::Sed => SCHED_SED,
+            Scheduler::Nq => SCHED_NQ,
+            Scheduler::Dh => SCHED_DH,
+            Scheduler::Fo => SCHED_FO,
+            Scheduler::Ovf => SCHED_OVF,
         }
+    }
+
+    /// ipvsadm's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Sh => "sh",
+            Scheduler::Mh => "mh",
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+            Scheduler::Lc => "lc",
+            Scheduler::Wlc => "wlc",
+            Scheduler::Sed => "sed",
+            Scheduler::Nq => "nq",
+            Scheduler::Dh => "dh",
+            Scheduler::Fo => "fo",
+            Scheduler::Ovf => "ovf",
+        }
+    }
+
+    /// Whether the real server a new flow gets follows from the flow alone (a hash), so that
+    /// `xdplb simulate` can answer for any flow; the others depend on a position or on loads.
+    pub fn deterministic(self) -> bool {
+        matches!(self, Scheduler::Sh | Scheduler::Mh | Scheduler::Dh)
     }
 }
 
 impl fmt::Display for Scheduler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            Scheduler::Sh => "sh",
-            Scheduler::Mh => "mh",
-        })
+        f.pad(self.name())
     }
 }
 

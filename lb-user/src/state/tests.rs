@@ -88,6 +88,15 @@ impl MapWriter for FakeMaps {
     fn sync_counters(&self) -> Result<(u64, u64)> {
         Ok((0, 0))
     }
+    fn set_limits(&mut self, id: u32, limits: &lb_common::RealLimits) -> Result<()> {
+        self.write(format!("limits {id} {}", limits.weight))
+    }
+    fn reset_position(&mut self, service_id: u32) -> Result<()> {
+        self.write(format!("position {service_id}"))
+    }
+    fn positions(&self, _: u32) -> Result<Vec<u64>> {
+        Ok(vec![0])
+    }
 }
 
 fn tcp(vip: [u8; 4], port: u16) -> ServiceAddr {
