@@ -141,6 +141,9 @@ pub const CONN_ESTABLISHED: u32 = 2;
 pub struct RealConns {
     pub active: i64,
     pub inactive: i64,
+    /// 1 while the real server is over its upper connection threshold, until it is back under
+    /// the lower one (IPVS's overloaded flag); written by the datapath as it schedules.
+    pub overloaded: i64,
 }
 
 /// BPF_F_MMAPABLE.

@@ -59,6 +59,9 @@ pub fn slot(service: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
 /// ones, in the order they were added); a bound the datapath's loop needs.
 pub const MAX_SCAN: u32 = 256;
 
+/// Positions `rr` and `wrr` try past overloaded real servers before they give up.
+pub const RR_TRIES: u32 = 8;
+
 /// A real server as the schedulers that choose by load see it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Candidate {
@@ -66,6 +69,29 @@ pub struct Candidate {
     pub weight: u32,
     pub active: i64,
     pub inactive: i64,
+    /// Over its connection threshold (see [`overloaded`]): no new flows.
+    pub overloaded: bool,
+}
+
+/// Whether a real server is overloaded now, as IPVS keeps its flag: from the moment its
+/// connections (active and inactive) reach the upper threshold until they are under the lower
+/// one (three quarters of the upper one when the lower is 0). No upper threshold: never.
+#[inline(always)]
+pub fn overloaded(was: bool, total: i64, upper: u32, lower: u32) -> bool {
+    if upper == 0 {
+        return false;
+    }
+    if total >= upper as i64 {
+        return true;
+    }
+    if !was {
+        return false;
+    }
+    if lower == 0 {
+        total * 4 >= upper as i64 * 3
+    } else {
+        total >= lower as i64
+    }
 }
 
 impl Candidate {
@@ -87,7 +113,7 @@ impl Candidate {
 /// weight above 0).
 #[inline(always)]
 pub fn eligible(sched: u8, c: &Candidate) -> bool {
-    c.weight > 0 && !(sched == SCHED_OVF && c.active > c.weight as i64)
+    c.weight > 0 && !c.overloaded && !(sched == SCHED_OVF && c.active > c.weight as i64)
 }
 
 /// Whether `nq` takes `c` at once: an idle server, the first one in the list.

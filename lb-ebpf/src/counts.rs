@@ -10,10 +10,10 @@ use lb_common::{RealConns, MAP_MMAPABLE, MAX_REALS};
 #[map]
 static REAL_CONNS: Array<RealConns> = Array::with_max_entries(MAX_REALS, MAP_MMAPABLE);
 
-/// The counts of real server `real`.
+/// The counts of real server `real`, to read (and to keep its overloaded flag).
 #[inline(always)]
-pub fn get(real: u32) -> Option<&'static RealConns> {
-    REAL_CONNS.get(real)
+pub fn get_mut(real: u32) -> Option<*mut RealConns> {
+    REAL_CONNS.get_ptr_mut(real)
 }
 
 /// Adds `active` and `inactive` (each -1, 0 or 1) to real server `real`'s counts.

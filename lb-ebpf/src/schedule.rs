@@ -45,20 +45,59 @@ static SCHED_POS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SERVICES,
 /// - `rr`, `wrr`: the next position of the service's sequence (the table holds it);
 /// - `lc`, `wlc`, `sed`, `nq`, `fo`, `ovf`: the best of the available real servers (the table
 ///   lists them) by their connection counts and weights, as IPVS's loops choose.
+///
+/// A real server over its connection threshold gets no new flow: `rr` and `wrr` go on to the
+/// next position (a few at most), the others find none, as IPVS's do.
 #[inline(always)]
 pub fn pick(service: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
     if service.scheduler == SCHED_RR || service.scheduler == SCHED_WRR {
         if service.table_size == 0 {
             return None;
         }
-        let slot = (next_position(service.id)? % service.table_size as u64) as u32;
-        return TABLES.get_value(service.id, &slot).copied();
+        let mut tries = 0;
+        while tries < sched::RR_TRIES {
+            let slot = (next_position(service.id)? % service.table_size as u64) as u32;
+            let id = *TABLES.get_value(service.id, &slot)?;
+            if candidate(id).is_some_and(|c| !c.overloaded) {
+                return Some(id);
+            }
+            tries += 1;
+        }
+        return None;
     }
     if sched::by_load(service.scheduler) {
         return least_loaded(service);
     }
     let slot = sched::slot(service, flow)?;
-    TABLES.get_value(service.id, &slot).copied()
+    let id = *TABLES.get_value(service.id, &slot)?;
+    candidate(id).filter(|c| !c.overloaded).map(|c| c.id)
+}
+
+/// A real server's weight and load, its overloaded flag brought up to date (IPVS sets and
+/// clears it as connections come and go; here, when the server is looked at).
+#[inline(always)]
+fn candidate(id: u32) -> Option<Candidate> {
+    let limits = REAL_LIMITS.get(id)?;
+    let conns = counts::get_mut(id)?;
+    // SAFETY: the pointer is into the map's value; the flag tolerates a lost update.
+    let conns = unsafe { &mut *conns };
+    let was = conns.overloaded != 0;
+    let now = sched::overloaded(
+        was,
+        conns.active + conns.inactive,
+        limits.upper,
+        limits.lower,
+    );
+    if now != was {
+        conns.overloaded = now as i64;
+    }
+    Some(Candidate {
+        id,
+        weight: limits.weight,
+        active: conns.active,
+        inactive: conns.inactive,
+        overloaded: now,
+    })
 }
 
 /// Takes the service's next round-robin position (this CPU's).
@@ -119,14 +158,8 @@ extern "C" fn scan_one(index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     let Some(&id) = TABLES.get_value(scan.service, &index) else {
         return 1;
     };
-    let (Some(limits), Some(conns)) = (REAL_LIMITS.get(id), counts::get(id)) else {
+    let Some(c) = candidate(id) else {
         return 0;
-    };
-    let c = Candidate {
-        id,
-        weight: limits.weight,
-        active: conns.active,
-        inactive: conns.inactive,
     };
     if !sched::eligible(scan.scheduler, &c) {
         return 0;

@@ -337,6 +337,13 @@ pub struct RealArgs {
     /// successes): tcp, http:/PATH (status 200), or none. The config file sets every detail.
     #[arg(long, value_name = "CHECK", value_parser = parse_check)]
     check: Option<CheckArg>,
+    /// Upper connection threshold: at this many connections (active and inactive) no new ones
+    /// until under the lower threshold (0: none).
+    #[arg(short = 'x', long = "u-threshold", value_name = "UPPER")]
+    upper: Option<u32>,
+    /// Lower connection threshold (0: three quarters of the upper one).
+    #[arg(short = 'y', long = "l-threshold", value_name = "LOWER")]
+    lower: Option<u32>,
 }
 
 /// `--check`'s value: a check, or none (which removes one).
@@ -377,6 +384,8 @@ impl RealArgs {
             },
             mac: self.mac,
             check: self.check.clone().map(|c| CheckChange::from_option(c.0)),
+            upper: self.upper,
+            lower: self.lower,
         }
     }
 }

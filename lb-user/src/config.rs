@@ -111,6 +111,11 @@ pub struct RealConfig {
     pub mac: Option<Mac>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<HealthCheck>,
+    /// Connection thresholds (ipvsadm --u-threshold, --l-threshold): 0 for none.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub u_threshold: u32,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub l_threshold: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -346,6 +351,8 @@ impl Config {
                     forward: Some(r.forward),
                     mac: r.mac,
                     check: Some(CheckChange::from_option(r.check.clone())),
+                    upper: Some(r.u_threshold),
+                    lower: Some(r.l_threshold),
                 };
                 let learned = learned.get(&(addr, r.address)).copied();
                 next = match next.service(&addr)?.real(r.address) {
@@ -403,6 +410,8 @@ impl Config {
                                         weight: r.weight,
                                         mac: r.pinned_mac.then_some(r.mac),
                                         check: r.check.clone(),
+                                        u_threshold: r.upper,
+                                        l_threshold: r.lower,
                                     },
                                 )
                             })

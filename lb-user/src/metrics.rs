@@ -647,6 +647,9 @@ mod tests {
             health: None,
             active_conns: 2,
             inactive_conns: 1,
+            u_threshold: 0,
+            l_threshold: 0,
+            overloaded: false,
             stats: s,
         }
     }

@@ -84,7 +84,7 @@ fn simulated(fx: &Fixture, n: u32) -> Vec<u8> {
         conns: counts
             .iter()
             .enumerate()
-            .map(|(id, c)| (id as u32, (c.active, c.inactive)))
+            .map(|(id, c)| (id as u32, *c))
             .collect(),
         position: fx.maps.positions(svc.id).unwrap().iter().sum(),
     };
@@ -236,4 +236,71 @@ fn dh_keys_on_the_destination_address() {
         seen.insert(first);
     }
     assert_eq!(seen.len(), 3, "40 VIPs over 3 servers");
+}
+
+/// Connection thresholds (ipvsadm -x, -y): a real server at its upper threshold gets no new
+/// flows, whatever the scheduler, until its connections are under the lower one.
+#[test]
+fn an_overloaded_server_gets_nothing_until_under_its_lower_threshold() {
+    if !require_root() {
+        return;
+    }
+    for sched in [Scheduler::Rr, Scheduler::Wlc, Scheduler::Sh] {
+        let mut fx = Fixture::new();
+        fixture_on(&mut fx, VIP, sched, &[]);
+        for (n, upper, lower) in [(11u8, 4u32, 2u32), (12, 0, 0)] {
+            fx.add_real_spec(
+                service(VIP),
+                lb_user::state::RealSpec {
+                    addr: Some(real_addr(n)),
+                    mac: Some(lb_user::state::Mac(lb_tests::fixture::real_mac(n))),
+                    upper: Some(upper),
+                    lower: Some(lower),
+                    ..Default::default()
+                },
+            );
+        }
+        // A client that sh sends to rs11 (sh hashes the source).
+        let svc = fx.state.service(&service(VIP)).unwrap().clone();
+        let to_11 = (0..1000u32)
+            .find(|i| {
+                let f = svc.flow(Ipv4Addr::from(0x0a64_0000 + i), 10000);
+                svc.pick(&f).unwrap().addr == real_addr(11)
+            })
+            .unwrap();
+        let goes_to_11 = |fx: &mut Fixture, k: u32| {
+            let i = if sched == Scheduler::Sh { to_11 } else { k };
+            let spec = FrameSpec {
+                src: Ipv4Addr::from(0x0a64_0000 + i),
+                sport: 20000 + k as u16,
+                ..Default::default()
+            };
+            fx.send(&spec) == Some(11)
+        };
+        set_conns(&mut fx, 11, 3, 1);
+        assert!(
+            !(0..6).any(|k| goes_to_11(&mut fx, k)),
+            "{sched}: at its upper threshold"
+        );
+        set_conns(&mut fx, 11, 2, 1);
+        assert!(
+            !(10..16).any(|k| goes_to_11(&mut fx, k)),
+            "{sched}: not yet under the lower one"
+        );
+        set_conns(&mut fx, 11, 1, 0);
+        set_conns(&mut fx, 12, 9, 0); // wlc would prefer rs11 now
+        assert!(
+            (20..26).any(|k| goes_to_11(&mut fx, k)),
+            "{sched}: under the lower threshold"
+        );
+        let listed = fx.maps.counters().unwrap().conns;
+        let id = fx
+            .state
+            .service(&service(VIP))
+            .unwrap()
+            .real(real_addr(11))
+            .unwrap()
+            .id;
+        assert_eq!(listed[id as usize].overloaded, 0, "{sched}");
+    }
 }

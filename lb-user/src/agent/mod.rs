@@ -322,7 +322,7 @@ impl Agent {
                     conns: counts
                         .iter()
                         .enumerate()
-                        .map(|(id, c)| (id as u32, (c.active.max(0), c.inactive.max(0))))
+                        .map(|(id, c)| (id as u32, *c))
                         .collect(),
                     position: self.maps.positions(svc.id)?.first().copied().unwrap_or(0),
                 };

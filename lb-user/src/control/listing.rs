@@ -10,6 +10,10 @@ use crate::{
     state::{Forward, Hash, Mac, Protocol, Scheduler, State},
 };
 
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsView {
     pub conns: u64,
@@ -52,6 +56,13 @@ pub struct RealView {
     pub active_conns: u64,
     #[serde(default)]
     pub inactive_conns: u64,
+    /// Connection thresholds (0: none), and whether the server is over them now.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub u_threshold: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub l_threshold: u32,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overloaded: bool,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stats: Option<StatsView>,
 }
@@ -130,6 +141,9 @@ impl Listing {
                         }),
                         active_conns: conns(r.id).active.max(0) as u64,
                         inactive_conns: conns(r.id).inactive.max(0) as u64,
+                        u_threshold: r.upper,
+                        l_threshold: r.lower,
+                        overloaded: conns(r.id).overloaded != 0,
                         stats: at(&c.reals, r.id),
                     })
                     .collect(),

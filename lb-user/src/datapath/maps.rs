@@ -133,33 +133,32 @@ impl ConnCounts {
         Self::new(&data)
     }
 
-    fn field(&self, id: u32, inactive: bool) -> Option<&AtomicI64> {
+    /// Field `field` (0 active, 1 inactive, 2 overloaded) of real server `id`'s counts.
+    fn field(&self, id: u32, field: usize) -> Option<&AtomicI64> {
         let i = id as usize;
         if i >= self.mapped.entries() {
             return None;
         }
         let p = self.mapped.at(i).cast::<i64>();
         // SAFETY: 8-byte aligned i64s inside the mapping, which outlives the reference; the
-        // datapath changes them only atomically.
-        Some(unsafe { AtomicI64::from_ptr(if inactive { p.add(1) } else { p }) })
+        // datapath changes them only atomically (or, the flag, with a plain store of 0 or 1).
+        Some(unsafe { AtomicI64::from_ptr(p.add(field)) })
     }
 
-    /// Real server `id`'s (active, inactive) counts.
+    /// Real server `id`'s counts.
     pub fn get(&self, id: u32) -> RealConns {
-        let load = |inactive| {
-            self.field(id, inactive)
-                .map_or(0, |a| a.load(Ordering::Relaxed))
-        };
+        let load = |f| self.field(id, f).map_or(0, |a| a.load(Ordering::Relaxed));
         RealConns {
-            active: load(false),
-            inactive: load(true),
+            active: load(0),
+            inactive: load(1),
+            overloaded: load(2),
         }
     }
 
     /// Adds to real server `id`'s counts, atomically with the datapath's own adds.
     pub fn add(&self, id: u32, active: i64, inactive: i64) {
-        for (inact, d) in [(false, active), (true, inactive)] {
-            if let (Some(a), true) = (self.field(id, inact), d != 0) {
+        for (f, d) in [(0, active), (1, inactive)] {
+            if let (Some(a), true) = (self.field(id, f), d != 0) {
                 a.fetch_add(d, Ordering::Relaxed);
             }
         }
@@ -169,6 +168,9 @@ impl ConnCounts {
     pub fn zero(&self, id: u32) {
         let now = self.get(id);
         self.add(id, -now.active, -now.inactive);
+        if let Some(a) = self.field(id, 2) {
+            a.store(0, Ordering::Relaxed);
+        }
     }
 
     pub fn entries(&self) -> usize {

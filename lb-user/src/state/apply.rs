@@ -13,7 +13,9 @@ use crate::datapath::MapWriter;
 fn limits(r: &Real) -> RealLimits {
     RealLimits {
         weight: r.effective_weight(),
-        ..Default::default()
+        upper: r.upper,
+        lower: r.lower,
+        _pad: 0,
     }
 }
 

@@ -46,6 +46,12 @@ pub struct Real {
     pub id: u32,
     /// The health check, if any (config file); without one a real server is always up.
     pub check: Option<HealthCheck>,
+    /// Connection thresholds (ipvsadm -x, -y): at `upper` connections no new ones until under
+    /// `lower` (0: three quarters of `upper`); 0 for none.
+    #[serde(default)]
+    pub upper: u32,
+    #[serde(default)]
+    pub lower: u32,
     /// What the check says; a server that is down gets no new flows, as with weight 0.
     #[serde(default = "up")]
     pub health: Health,
@@ -189,28 +195,35 @@ impl Service {
     /// with the same lb-common code the datapath runs.
     pub fn choose(&self, flow: &FlowKey, loads: &mut Loads) -> Option<&Real> {
         let id = match self.scheduler {
-            s if s.deterministic() => return self.pick(flow),
+            s if s.deterministic() => {
+                let real = self.pick(flow)?;
+                return (!loads.candidate(real).overloaded).then_some(real);
+            }
             Scheduler::Rr | Scheduler::Wrr => {
                 if self.table.is_empty() {
                     return None;
                 }
-                let id = self.table[(loads.position % self.table.len() as u64) as usize];
-                loads.position += 1;
-                id
+                // Past overloaded servers, a few positions at most, as the datapath.
+                let mut tries = 0;
+                loop {
+                    let id = self.table[(loads.position % self.table.len() as u64) as usize];
+                    loads.position += 1;
+                    let real = self.reals.iter().find(|r| r.id == id)?;
+                    if !loads.candidate(real).overloaded {
+                        break id;
+                    }
+                    tries += 1;
+                    if tries == sched::RR_TRIES {
+                        return None;
+                    }
+                }
             }
             s => {
                 let candidates = self.table.iter().filter_map(|id| {
-                    let r = self.reals.iter().find(|r| r.id == *id)?;
-                    let (active, inactive) = loads.conns.get(id).copied().unwrap_or_default();
-                    Some(sched::Candidate {
-                        id: *id,
-                        weight: r.effective_weight(),
-                        active,
-                        inactive,
-                    })
+                    Some(loads.candidate(self.reals.iter().find(|r| r.id == *id)?))
                 });
                 let id = sched::choose(s.id(), candidates)?.id;
-                loads.conns.entry(id).or_default().1 += 1;
+                loads.conns.entry(id).or_default().inactive += 1;
                 id
             }
         };
@@ -305,6 +318,11 @@ pub struct RealSpec {
     /// A change of health check.
     #[serde(default)]
     pub check: Option<CheckChange>,
+    /// Connection thresholds (ipvsadm -x upper, -y lower).
+    #[serde(default)]
+    pub upper: Option<u32>,
+    #[serde(default)]
+    pub lower: Option<u32>,
 }
 
 /// Setting or removing a real server's health check (an explicit enum: a nested Option would not
@@ -329,12 +347,33 @@ impl CheckChange {
     }
 }
 
-/// What the schedulers that do not hash choose by: each real server's (active, inactive)
-/// connections by id, and the round-robin position.
+/// What the schedulers that do not hash choose by: each real server's connections (and
+/// overloaded flag) by id, and the round-robin position.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Loads {
-    pub conns: std::collections::HashMap<u32, (i64, i64)>,
+    pub conns: std::collections::HashMap<u32, lb_common::RealConns>,
     pub position: u64,
+}
+
+impl Loads {
+    /// `real` as the schedulers see it, with the datapath's overloaded flag brought up to date.
+    fn candidate(&mut self, real: &Real) -> sched::Candidate {
+        let c = self.conns.entry(real.id).or_default();
+        let overloaded = sched::overloaded(
+            c.overloaded != 0,
+            c.active + c.inactive,
+            real.upper,
+            real.lower,
+        );
+        c.overloaded = overloaded as i64;
+        sched::Candidate {
+            id: real.id,
+            weight: real.effective_weight(),
+            active: c.active,
+            inactive: c.inactive,
+            overloaded,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -345,6 +384,13 @@ pub struct State {
 fn check_port(what: &str, port: u16) -> Result<()> {
     if port == 0 {
         bail!("port 0 is not a valid {what} port");
+    }
+    Ok(())
+}
+
+fn check_thresholds(upper: u32, lower: u32) -> Result<()> {
+    if lower > 0 && (upper == 0 || lower > upper) {
+        bail!("lower connection threshold {lower} needs an upper one above it (upper: {upper})");
     }
     Ok(())
 }
@@ -475,6 +521,8 @@ impl State {
             check: spec.check.clone().and_then(CheckChange::into_option),
             health: Health::Up,
             last_error: None,
+            upper: spec.upper.unwrap_or(0),
+            lower: spec.lower.unwrap_or(0),
         });
         svc.rebuild_table();
         Ok(next)
@@ -550,6 +598,7 @@ impl State {
         if let Some(w) = spec.weight {
             check_weight(w)?;
         }
+        check_thresholds(spec.upper.unwrap_or(0), spec.lower.unwrap_or(0))?;
         if let Some(CheckChange::Set(c)) = &spec.check {
             c.validate()?;
         }
@@ -595,6 +644,12 @@ impl State {
             check_weight(w)?;
             real.weight = w;
         }
+        let (upper, lower) = (
+            spec.upper.unwrap_or(real.upper),
+            spec.lower.unwrap_or(real.lower),
+        );
+        check_thresholds(upper, lower)?;
+        (real.upper, real.lower) = (upper, lower);
         let id = real.id;
         if let Some(f) = spec.forward {
             real.forward = f;
