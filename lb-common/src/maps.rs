@@ -185,6 +185,29 @@ pub struct RealLimits {
     pub _pad: u32,
 }
 
+/// LOCALITY map key (`lblc`, `lblcr`): a service and a destination address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct LocalityKey {
+    pub service: u32,
+    pub addr: Addr,
+}
+
+/// Most real servers an `lblcr` destination's set holds.
+pub const LOCALITY_SET: usize = 8;
+
+/// LOCALITY map value: the real servers a destination is served by (`lblc`: one; `lblcr`: a
+/// set, grown when its least loaded member is overloaded).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LocalityEntry {
+    pub members: [u32; LOCALITY_SET],
+    pub count: u32,
+}
+
+/// Destinations the locality map remembers (least recently used ones are forgotten).
+pub const LOCALITY_MAX: u32 = 65536;
+
 /// Counters kept per CPU, per service and per real server.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -221,6 +244,8 @@ pub mod map_names {
     pub const REAL_LIMITS: &str = "REAL_LIMITS";
     /// Per service: the round-robin position of `rr` and `wrr`.
     pub const SCHED_POS: &str = "SCHED_POS";
+    /// `lblc` and `lblcr`: destination address -> its real servers.
+    pub const LOCALITY: &str = "LOCALITY";
     /// MAC addresses of devices stacked on the interface (macvlan, such as keepalived's
     /// `use_vmac`) whose frames the director acts on besides the interface's own.
     pub const LOCAL_MACS: &str = "LOCAL_MACS";
@@ -430,6 +455,8 @@ mod pod {
     unsafe impl aya::Pod for super::LocalMacs {}
     unsafe impl aya::Pod for super::RealConns {}
     unsafe impl aya::Pod for super::RealLimits {}
+    unsafe impl aya::Pod for super::LocalityKey {}
+    unsafe impl aya::Pod for super::LocalityEntry {}
     unsafe impl aya::Pod for super::SyncEvent {}
     // SAFETY: all of these are #[repr(C)] plain data without padding holes (bytemuck::Pod).
     unsafe impl aya::Pod for super::ServiceKey {}

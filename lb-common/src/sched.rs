@@ -139,6 +139,27 @@ pub fn prefer(sched: u8, best: &Candidate, c: &Candidate) -> bool {
     }
 }
 
+/// `lblc`'s and `lblcr`'s notion of a server too busy for its destinations
+/// (is_overloaded in ip_vs_lblc.c): more active connections than its weight, while some other
+/// server has fewer than half its weight.
+#[inline(always)]
+pub fn locality_overloaded(c: &Candidate, someone_underloaded: bool) -> bool {
+    c.active > c.weight as i64 && someone_underloaded
+}
+
+/// Fewer active connections than half the weight: a server `lblc` would rather send a busy
+/// server's destinations to.
+#[inline(always)]
+pub fn underloaded(c: &Candidate) -> bool {
+    c.active * 2 < c.weight as i64
+}
+
+/// Whether a scheduler keeps a destination's real servers (`lblc`, `lblcr`).
+#[inline(always)]
+pub fn by_locality(sched: u8) -> bool {
+    sched == SCHED_LBLC || sched == SCHED_LBLCR
+}
+
 /// Whether a scheduler chooses by load (scans its whole table) rather than by hash or position.
 #[inline(always)]
 pub fn by_load(sched: u8) -> bool {

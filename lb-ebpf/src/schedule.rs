@@ -7,12 +7,13 @@
 use aya_ebpf::{
     btf_maps::{Array as BtfArray, ArrayOfMaps},
     macros::{btf_map, map},
-    maps::{Array, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     sched::{self, Candidate, MAX_SCAN},
-    FlowKey, RealLimits, RealServer, ServiceInfo, MAX_REALS, MAX_SERVICES, REAL_ACTIVE, SCHED_RR,
-    SCHED_WRR, TABLE_MAP_FLAGS,
+    FlowKey, LocalityEntry, LocalityKey, RealLimits, RealServer, ServiceInfo, LOCALITY_MAX,
+    LOCALITY_SET, MAX_REALS, MAX_SERVICES, REAL_ACTIVE, SCHED_LBLCR, SCHED_RR, SCHED_WRR,
+    TABLE_MAP_FLAGS,
 };
 
 use aya_ebpf::helpers::bpf_loop;
@@ -28,6 +29,11 @@ static TABLES: ArrayOfMaps<Table, { MAX_SERVICES as usize }> = ArrayOfMaps::new(
 /// Real servers by id.
 #[map]
 static REALS: Array<RealServer> = Array::with_max_entries(MAX_REALS, 0);
+
+/// `lblc`, `lblcr`: each destination address's real servers, per service.
+#[map]
+static LOCALITY: LruHashMap<LocalityKey, LocalityEntry> =
+    LruHashMap::with_max_entries(LOCALITY_MAX, 0);
 
 /// Weights and thresholds by real server id, for the schedulers that choose by load.
 #[map]
@@ -65,8 +71,11 @@ pub fn pick(service: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
         }
         return None;
     }
+    if sched::by_locality(service.scheduler) {
+        return by_locality(service, flow);
+    }
     if sched::by_load(service.scheduler) {
-        return least_loaded(service);
+        return least_loaded(service).map(|s| s.best.id);
     }
     let slot = sched::slot(service, flow)?;
     let id = *TABLES.get_value(service.id, &slot)?;
@@ -112,16 +121,78 @@ fn next_position(service: u32) -> Option<u64> {
     }
 }
 
+/// `lblc` and `lblcr`: the real servers this destination address already goes to, unless they
+/// are gone, overloaded, or too busy while another is idle enough (then the least loaded one, as
+/// `wlc` finds it, which the destination keeps: `lblc` instead of the old, `lblcr` besides).
+#[inline(always)]
+fn by_locality(service: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
+    let scan = least_loaded(service)?;
+    let key = LocalityKey {
+        service: service.id,
+        addr: flow.dst,
+    };
+    let underloaded = scan.underloaded != 0;
+    if let Some(entry) = LOCALITY.get_ptr_mut(key) {
+        // SAFETY: the pointer is into the map's value; a lost update only costs locality.
+        let entry = unsafe { &mut *entry };
+        // The least loaded member that may take it (a found flag, not an Option: the verifier
+        // refuses code that reads the fields of a None).
+        let (mut best, mut found) = (Candidate::default(), false);
+        let mut i = 0;
+        while i < LOCALITY_SET {
+            if (i as u32) < entry.count {
+                if let Some(c) = candidate(entry.members[i]) {
+                    if sched::eligible(service.scheduler, &c)
+                        && (!found || sched::prefer(service.scheduler, &best, &c))
+                    {
+                        best = c;
+                        found = true;
+                    }
+                }
+            }
+            i += 1;
+        }
+        if found && !sched::locality_overloaded(&best, underloaded) {
+            return Some(best.id);
+        }
+        if scan.found == 0 {
+            return None;
+        }
+        let id = scan.best.id;
+        if service.scheduler == SCHED_LBLCR && (entry.count as usize) < LOCALITY_SET {
+            let n = entry.count as usize;
+            if n < LOCALITY_SET {
+                entry.members[n] = id;
+                entry.count += 1;
+            }
+        } else {
+            entry.members[0] = id;
+            entry.count = 1;
+        }
+        return Some(id);
+    }
+    if scan.found == 0 {
+        return None;
+    }
+    let mut entry = LocalityEntry::default();
+    entry.members[0] = scan.best.id;
+    entry.count = 1;
+    let _ = LOCALITY.insert(key, entry, 0);
+    Some(scan.best.id)
+}
+
 /// The real server the scheduler prefers among those its table lists: IPVS's loop over the
 /// servers, run by the bpf_loop helper (a loop the verifier checks once, not once per server).
+/// Also says whether some server is underloaded (for `lblc`, `lblcr`).
 #[inline(always)]
-fn least_loaded(service: &ServiceInfo) -> Option<u32> {
+fn least_loaded(service: &ServiceInfo) -> Option<Scan> {
     let mut scan = Scan {
         service: service.id,
         table_size: service.table_size,
         scheduler: service.scheduler,
         found: 0,
-        _pad: [0; 2],
+        underloaded: 0,
+        _pad: 0,
         best: Candidate::default(),
     };
     // SAFETY: the callback gets a pointer to `scan`, which outlives the helper call.
@@ -133,7 +204,7 @@ fn least_loaded(service: &ServiceInfo) -> Option<u32> {
             0,
         )
     };
-    (scan.found != 0).then_some(scan.best.id)
+    (scan.found != 0 || sched::by_locality(service.scheduler)).then_some(scan)
 }
 
 /// The state of [`least_loaded`]'s loop.
@@ -143,7 +214,8 @@ struct Scan {
     table_size: u32,
     scheduler: u8,
     found: u8,
-    _pad: [u8; 2],
+    underloaded: u8,
+    _pad: u8,
     best: Candidate,
 }
 
@@ -163,6 +235,9 @@ extern "C" fn scan_one(index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     };
     if !sched::eligible(scan.scheduler, &c) {
         return 0;
+    }
+    if sched::underloaded(&c) {
+        scan.underloaded = 1;
     }
     if sched::at_once(scan.scheduler, &c) {
         scan.best = c;

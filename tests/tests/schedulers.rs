@@ -87,6 +87,10 @@ fn simulated(fx: &Fixture, n: u32) -> Vec<u8> {
             .map(|(id, c)| (id as u32, *c))
             .collect(),
         position: fx.maps.positions(svc.id).unwrap().iter().sum(),
+        locality: fx
+            .maps
+            .locality(svc.id, lb_common::addr_from_v4(VIP.octets()))
+            .unwrap(),
     };
     (0..n)
         .map(|i| {
@@ -302,5 +306,47 @@ fn an_overloaded_server_gets_nothing_until_under_its_lower_threshold() {
             .unwrap()
             .id;
         assert_eq!(listed[id as usize].overloaded, 0, "{sched}");
+    }
+}
+
+/// `lblc`: a destination keeps its real server until that one has more active connections than
+/// its weight while another has fewer than half its own; then the least loaded takes the
+/// destination over. `lblcr` keeps a set: the busy one stays a member, the new one joins.
+#[test]
+fn lblc_and_lblcr_keep_a_destinations_servers() {
+    if !require_root() {
+        return;
+    }
+    for sched in [Scheduler::Lblc, Scheduler::Lblcr] {
+        let mut fx = fixture(sched, &[1, 1, 1]);
+        let predicted = simulated(&fx, 1);
+        let first = new_flow(&mut fx, 0);
+        assert_eq!([first], predicted[..], "{sched}: simulate");
+        assert_eq!(first, 11, "{sched}: all idle, the first");
+        // Its load grows, but not past its weight: the destination stays.
+        set_conns(&mut fx, 11, 1, 40);
+        assert!(
+            (1..6).all(|i| new_flow(&mut fx, i) == 11),
+            "{sched}: sticks"
+        );
+        // Past its weight while rs12 and rs13 are idle: the least loaded takes over.
+        set_conns(&mut fx, 11, 2, 0);
+        set_conns(&mut fx, 12, 0, 3);
+        set_conns(&mut fx, 13, 0, 1);
+        let predicted = simulated(&fx, 1);
+        assert_eq!(new_flow(&mut fx, 10), 13, "{sched}: to the least loaded");
+        assert_eq!(predicted, [13], "{sched}: simulate");
+        set_conns(&mut fx, 13, 0, 0);
+        assert!(
+            (11..16).all(|i| new_flow(&mut fx, i) == 13),
+            "{sched}: the new server sticks"
+        );
+        // rs13 gets busier than rs11 (now idle): lblc stays with rs13 (not overloaded by its
+        // rule), lblcr takes the least loaded member, rs11.
+        set_conns(&mut fx, 11, 0, 0);
+        set_conns(&mut fx, 13, 1, 50);
+        let expected = if sched == Scheduler::Lblc { 13 } else { 11 };
+        assert_eq!(simulated(&fx, 1), [expected], "{sched}: simulate");
+        assert_eq!(new_flow(&mut fx, 20), expected, "{sched}: members");
     }
 }

@@ -325,6 +325,9 @@ impl Agent {
                         .map(|(id, c)| (id as u32, *c))
                         .collect(),
                     position: self.maps.positions(svc.id)?.first().copied().unwrap_or(0),
+                    locality: self
+                        .maps
+                        .locality(svc.id, lb_common::addr_from_v4(service.vip.octets()))?,
                 };
                 let reals = flows
                     .iter()

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use super::mmap::Mapped;
 
 use lb_common::{
-    addr_from_v4, map_names, Addr, Conn, DirectorConfig, FlowKey, LocalMacs, RealConns, RealLimits,
-    RealServer, Reason, ServiceInfo, ServiceKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS, SYNC_STAT_LOST,
-    TABLE_MAP_FLAGS,
+    addr_from_v4, map_names, Addr, Conn, DirectorConfig, FlowKey, LocalMacs, LocalityEntry,
+    LocalityKey, RealConns, RealLimits, RealServer, Reason, ServiceInfo, ServiceKey,
+    MAX_LOCAL_MACS, SYNC_STAT_EVENTS, SYNC_STAT_LOST, TABLE_MAP_FLAGS,
 };
 
 /// What the agent needs from the datapath's maps.
@@ -47,6 +47,8 @@ pub trait MapWriter: Send + Sync {
     fn reset_position(&mut self, service_id: u32) -> Result<()>;
     /// Each CPU's round-robin position of a service.
     fn positions(&self, service_id: u32) -> Result<Vec<u64>>;
+    /// The real servers (`lblc`, `lblcr`) a service gives destination `addr`.
+    fn locality(&self, service_id: u32, addr: Addr) -> Result<Vec<u32>>;
 }
 
 /// Counters summed over CPUs.
@@ -75,6 +77,7 @@ pub struct Maps {
     conn_counts: ConnCounts,
     real_limits: Array<MapData, RealLimits>,
     sched_pos: PerCpuArray<MapData, u64>,
+    locality: HashMap<MapData, LocalityKey, LocalityEntry>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -217,6 +220,7 @@ impl Maps {
             },
             real_limits: take(ebpf, map_names::REAL_LIMITS)?,
             sched_pos: take(ebpf, map_names::SCHED_POS)?,
+            locality: take(ebpf, map_names::LOCALITY)?,
         })
     }
 
@@ -355,6 +359,17 @@ impl MapWriter for Maps {
             .iter()
             .copied()
             .collect())
+    }
+
+    fn locality(&self, service_id: u32, addr: Addr) -> Result<Vec<u32>> {
+        let key = LocalityKey {
+            service: service_id,
+            addr,
+        };
+        Ok(match self.locality.get(&key, 0) {
+            Ok(e) => e.members[..(e.count as usize).min(e.members.len())].to_vec(),
+            Err(_) => Vec::new(),
+        })
     }
 
     fn sync_counters(&self) -> Result<(u64, u64)> {

@@ -16,7 +16,7 @@ use lb_common::{
         SH_TABLE_SIZE,
     },
     table::{rebalance, Member},
-    FlowKey, ServiceInfo, MAX_REALS, MAX_SERVICES,
+    FlowKey, ServiceInfo, LOCALITY_SET, MAX_REALS, MAX_SERVICES,
 };
 
 pub use apply::{apply, resync};
@@ -132,6 +132,8 @@ impl Service {
             | Scheduler::Wlc
             | Scheduler::Sed
             | Scheduler::Nq
+            | Scheduler::Lblc
+            | Scheduler::Lblcr
             | Scheduler::Fo
             | Scheduler::Ovf => self.table = available(),
             Scheduler::Dh => {
@@ -219,10 +221,43 @@ impl Service {
                 }
             }
             s => {
-                let candidates = self.table.iter().filter_map(|id| {
-                    Some(loads.candidate(self.reals.iter().find(|r| r.id == *id)?))
-                });
-                let id = sched::choose(s.id(), candidates)?.id;
+                let reals: Vec<&Real> = self
+                    .table
+                    .iter()
+                    .filter_map(|id| self.reals.iter().find(|r| r.id == *id))
+                    .collect();
+                let candidates: Vec<sched::Candidate> =
+                    reals.iter().map(|r| loads.candidate(r)).collect();
+                let best = sched::choose(s.id(), candidates.iter().copied());
+                let id = if sched::by_locality(s.id()) {
+                    // As the datapath: the destination's members first.
+                    let underloaded = candidates
+                        .iter()
+                        .any(|c| sched::eligible(s.id(), c) && sched::underloaded(c));
+                    let members: Vec<sched::Candidate> = loads
+                        .locality
+                        .clone()
+                        .iter()
+                        .filter_map(|id| self.reals.iter().find(|r| r.id == *id))
+                        .map(|r| loads.candidate(r))
+                        .collect();
+                    let member = sched::choose(s.id(), members)
+                        .filter(|m| !sched::locality_overloaded(m, underloaded));
+                    match (member, best) {
+                        (Some(m), _) => m.id,
+                        (None, Some(b)) => {
+                            if s == Scheduler::Lblcr && loads.locality.len() < LOCALITY_SET {
+                                loads.locality.push(b.id);
+                            } else {
+                                loads.locality = vec![b.id];
+                            }
+                            b.id
+                        }
+                        (None, None) => return None,
+                    }
+                } else {
+                    best?.id
+                };
                 loads.conns.entry(id).or_default().inactive += 1;
                 id
             }
@@ -353,6 +388,8 @@ impl CheckChange {
 pub struct Loads {
     pub conns: std::collections::HashMap<u32, lb_common::RealConns>,
     pub position: u64,
+    /// `lblc`, `lblcr`: the real servers the service's VIP goes to now.
+    pub locality: Vec<u32>,
 }
 
 impl Loads {

@@ -77,6 +77,12 @@ pub enum Scheduler {
     Nq,
     /// Destination hashing: the destination address picks the real server (cache clusters).
     Dh,
+    /// Locality-based least connections: a destination keeps its real server until that one is
+    /// overloaded while another is half idle; then the least loaded (cache clusters).
+    Lblc,
+    /// The same with a set of real servers per destination, grown when its least loaded member
+    /// is too busy.
+    Lblcr,
     /// Weighted failover: the available real server of the highest weight.
     Fo,
     /// Weighted overflow: the highest weight whose active connections are under its weight.
@@ -84,7 +90,7 @@ pub enum Scheduler {
 }
 
 impl Scheduler {
-    pub const ALL: [Scheduler; 11] = [
+    pub const ALL: [Scheduler; 13] = [
         Scheduler::Sh,
         Scheduler::Mh,
         Scheduler::Rr,
@@ -94,6 +100,8 @@ impl Scheduler {
         Scheduler::Sed,
         Scheduler::Nq,
         Scheduler::Dh,
+        Scheduler::Lblc,
+        Scheduler::Lblcr,
         Scheduler::Fo,
         Scheduler::Ovf,
     ];
@@ -110,6 +118,8 @@ impl Scheduler {
             Scheduler::Sed => SCHED_SED,
             Scheduler::Nq => SCHED_NQ,
             Scheduler::Dh => SCHED_DH,
+            Scheduler::Lblc => SCHED_LBLC,
+            Scheduler::Lblcr => SCHED_LBLCR,
             Scheduler::Fo => SCHED_FO,
             Scheduler::Ovf => SCHED_OVF,
         }
@@ -127,6 +137,8 @@ impl Scheduler {
             Scheduler::Sed => "sed",
             Scheduler::Nq => "nq",
             Scheduler::Dh => "dh",
+            Scheduler::Lblc => "lblc",
+            Scheduler::Lblcr => "lblcr",
             Scheduler::Fo => "fo",
             Scheduler::Ovf => "ovf",
         }

@@ -97,6 +97,9 @@ impl MapWriter for FakeMaps {
     fn positions(&self, _: u32) -> Result<Vec<u64>> {
         Ok(vec![0])
     }
+    fn locality(&self, _: u32, _: lb_common::Addr) -> Result<Vec<u32>> {
+        Ok(Vec::new())
+    }
 }
 
 fn tcp(vip: [u8; 4], port: u16) -> ServiceAddr {
