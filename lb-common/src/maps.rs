@@ -84,7 +84,55 @@ pub struct ServiceInfo {
     pub scheduler: u8,
     /// One of the `HASH_*` constants.
     pub hash: u8,
-    pub _pad: [u8; 2],
+    /// `SVC_*` flags.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// [`ServiceInfo::flags`]: persistent (ipvsadm -p): a client's new connections go to the real
+/// server its earlier ones went to (a template per client, PERSISTENCE has the settings).
+pub const SVC_PERSISTENT: u8 = 1;
+
+/// PERSISTENCE array value, by service id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Persistence {
+    /// How long a template outlives its client's last connection, in kernel ticks.
+    pub timeout: u32,
+    pub _pad: u32,
+    /// The client address is masked with this (ipvsadm -M) before it keys the template.
+    pub mask: Addr,
+}
+
+/// TEMPLATES map key: a persistent service and a (masked) client address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct TemplateKey {
+    pub service: u32,
+    pub client: Addr,
+}
+
+/// TEMPLATES map value: where the client's connections go, and when one was last seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Template {
+    pub real: u32,
+    pub last_seen: u32,
+}
+
+/// Persistence templates the datapath keeps (least recently used ones are forgotten).
+pub const TEMPLATES_MAX: u32 = 262_144;
+
+/// `addr` masked with `mask`, byte by byte.
+#[inline(always)]
+pub fn mask_addr(addr: &Addr, mask: &Addr) -> Addr {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        out[i] = addr[i] & mask[i];
+        i += 1;
+    }
+    out
 }
 
 /// Forwarding methods stored in [`RealServer::method`]: LVS/DR (rewrite the MACs) and LVS/TUN
@@ -95,6 +143,9 @@ pub const FWD_TUN: u8 = 2;
 /// [`RealServer::flags`]: the entry describes a configured real server. A table slot that points
 /// at an entry without it (a real server being deleted) is treated as "no real server".
 pub const REAL_ACTIVE: u8 = 1;
+/// [`RealServer::flags`]: the real server fails its health check. Its persistence templates no
+/// longer hold (a drained one's do, as in IPVS).
+pub const REAL_DOWN: u8 = 2;
 
 /// REALS array value, indexed by real-server id.
 #[repr(C)]
@@ -246,6 +297,9 @@ pub mod map_names {
     pub const SCHED_POS: &str = "SCHED_POS";
     /// `lblc` and `lblcr`: destination address -> its real servers.
     pub const LOCALITY: &str = "LOCALITY";
+    /// Persistent services: their settings by service id, and the templates.
+    pub const PERSISTENCE: &str = "PERSISTENCE";
+    pub const TEMPLATES: &str = "TEMPLATES";
     /// MAC addresses of devices stacked on the interface (macvlan, such as keepalived's
     /// `use_vmac`) whose frames the director acts on besides the interface's own.
     pub const LOCAL_MACS: &str = "LOCAL_MACS";
@@ -456,6 +510,9 @@ mod pod {
     unsafe impl aya::Pod for super::RealConns {}
     unsafe impl aya::Pod for super::RealLimits {}
     unsafe impl aya::Pod for super::LocalityKey {}
+    unsafe impl aya::Pod for super::Persistence {}
+    unsafe impl aya::Pod for super::TemplateKey {}
+    unsafe impl aya::Pod for super::Template {}
     unsafe impl aya::Pod for super::LocalityEntry {}
     unsafe impl aya::Pod for super::SyncEvent {}
     // SAFETY: all of these are #[repr(C)] plain data without padding holes (bytemuck::Pod).

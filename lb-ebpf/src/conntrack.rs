@@ -12,7 +12,7 @@ use lb_common::{
 use crate::{
     counts,
     parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
-    sync,
+    persist, sync,
 };
 
 /// Which of a real server's counts an entry with these flags is in: (active, inactive).
@@ -89,6 +89,7 @@ pub fn established(
             sync::event(flow, conn.service, conn.real, SYNC_BIND, conn.flags);
         }
         conn.last_seen = now;
+        persist::touch(conn.service, &flow.src, now);
     }
     // The handshake's last ACK: the connection becomes active.
     if conn.flags & CONN_ESTABLISHED == 0

@@ -36,5 +36,11 @@ pub fn service(pkt: &Packet) -> Option<&'static ServiceInfo> {
         _pad: 0,
     };
     // SAFETY: the value is only read; user space replaces entries whole.
-    unsafe { SERVICES.get(key) }
+    if let Some(s) = unsafe { SERVICES.get(key) } {
+        return Some(s);
+    }
+    // A port-0 service takes every port of its VIP (LVS's persistent client connection).
+    let any_port = ServiceKey { port: 0, ..key };
+    // SAFETY: as above.
+    unsafe { SERVICES.get(any_port) }
 }

@@ -25,6 +25,7 @@ mod host;
 mod icmp;
 mod lookup;
 mod parse;
+mod persist;
 mod pktgen;
 mod schedule;
 mod stats;
@@ -87,7 +88,12 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
             if !parse::is_whole(&ctx, &pkt) {
                 return stats::drop(Reason::DropMalformed, frame_len);
             }
-            let Some(id) = schedule::pick(service, &flow) else {
+            // A persistent client goes where its template says; else the scheduler decides.
+            let id = match persist::template(service, &flow, now) {
+                Some(id) => Some(id),
+                None => schedule::pick(service, &flow),
+            };
+            let Some(id) = id else {
                 debug!(
                     &ctx,
                     "no real server for {:i}:{}",
@@ -101,6 +107,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
             };
             if flags & TCP_FLAG_RST == 0 {
                 conntrack::insert(&flow, service.id, id, flags, now, config);
+                persist::remember(service, &flow, id, now);
             }
             debug!(
                 &ctx,

@@ -279,6 +279,13 @@ pub struct SchedulerArgs {
     /// What mh hashes: flow (addresses, ports, protocol; default) or src (client affinity).
     #[arg(long, value_enum)]
     hash: Option<Hash>,
+    /// Persistence: a client's new connections go to the real server its earlier ones went to,
+    /// while any lives and for SECS (default 300) after the last; 0 turns it off.
+    #[arg(short = 'p', long, value_name = "SECS", num_args = 0..=1, default_missing_value = "300")]
+    persistent: Option<u32>,
+    /// Persistence groups clients by this netmask (default 255.255.255.255: each address).
+    #[arg(short = 'M', long, value_name = "NETMASK")]
+    netmask: Option<Ipv4Addr>,
 }
 
 impl SchedulerArgs {
@@ -287,6 +294,8 @@ impl SchedulerArgs {
             scheduler: self.scheduler,
             mh_size: self.mh_size,
             hash: self.hash,
+            persistent: self.persistent,
+            netmask: self.netmask,
         }
     }
 }
@@ -721,10 +730,16 @@ pub fn format_listing(l: &Listing) -> String {
                 let _ = writeln!(out, "{proto:<4} {:<28} {}", s.address, stats_columns(st));
             }
             None => {
-                let options = match (s.mh_size, s.hash) {
+                let mut options = match (s.mh_size, s.hash) {
                     (Some(size), Some(hash)) => format!(" (size {size}, hash {hash})"),
                     _ => String::new(),
                 };
+                if let Some(t) = s.persistent {
+                    options += &format!(" persistent {t}");
+                    if let Some(m) = s.netmask.filter(|m| !m.is_broadcast()) {
+                        options += &format!(" mask {m}");
+                    }
+                }
                 let _ = writeln!(out, "{proto:<4} {} {}{options}", s.address, s.scheduler);
             }
         }

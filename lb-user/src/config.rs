@@ -130,6 +130,12 @@ pub struct ServiceConfig {
     pub mh_size: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<Hash>,
+    /// Persistence timeout in seconds (ipvsadm -p); absent: not persistent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent: Option<u32>,
+    /// The netmask persistent clients are grouped by (ipvsadm -M).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netmask: Option<Ipv4Addr>,
     #[serde(default, rename = "real")]
     pub reals: Vec<Spanned<RealConfig>>,
 }
@@ -148,6 +154,8 @@ impl ServiceConfig {
             scheduler: Some(self.scheduler),
             mh_size: self.mh_size,
             hash: self.hash,
+            persistent: Some(self.persistent.unwrap_or(0)),
+            netmask: self.netmask,
         }
     }
 }
@@ -397,6 +405,11 @@ impl Config {
                         scheduler: s.scheduler,
                         mh_size: mh.then_some(s.table.len() as u32),
                         hash: mh.then_some(s.hash),
+                        persistent: s.persistence.map(|p| p.timeout),
+                        netmask: s
+                            .persistence
+                            .map(|p| p.netmask)
+                            .filter(|m| *m != crate::state::Persistence::DEFAULT_NETMASK),
                         reals: s
                             .reals
                             .iter()

@@ -32,6 +32,7 @@ fn mh() -> SchedulerSpec {
         scheduler: Some(Scheduler::Mh),
         mh_size: Some(4093),
         hash: None,
+        ..Default::default()
     }
 }
 

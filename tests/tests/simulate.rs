@@ -84,6 +84,7 @@ fn simulate_agrees_with_the_datapath_on_10000_flows() {
                 scheduler: Some(Scheduler::Mh),
                 mh_size: Some(4093),
                 hash: Some(Hash::Src),
+                ..Default::default()
             },
         ),
         (

@@ -329,13 +329,35 @@ impl Agent {
                         .maps
                         .locality(svc.id, lb_common::addr_from_v4(service.vip.octets()))?,
                 };
-                let reals = flows
-                    .iter()
-                    .map(|&(src, sport)| {
-                        let real = self.state.simulate(&service, src, sport, &mut loads)?;
-                        Ok(real.map(|r| format!("{}:{}", r.addr, r.port)))
-                    })
-                    .collect::<Result<_>>()?;
+                // A persistent client goes where its template (or an earlier flow of this
+                // simulation) sent it, while that server is up.
+                let mut remembered: HashMap<Ipv4Addr, u32> = HashMap::new();
+                let mut reals = Vec::new();
+                for &(src, sport) in &flows {
+                    let masked = svc
+                        .persistence
+                        .map(|p| Ipv4Addr::from(u32::from(src) & u32::from(p.netmask)));
+                    let template = match masked {
+                        Some(m) => match remembered.get(&m) {
+                            Some(id) => Some(*id),
+                            None => self.maps.template(svc.id, src)?.map(|(id, _)| id),
+                        },
+                        None => None,
+                    };
+                    let kept = template.and_then(|id| {
+                        svc.reals
+                            .iter()
+                            .find(|r| r.id == id && r.health == Health::Up)
+                    });
+                    let real = match kept {
+                        Some(r) => Some(r),
+                        None => self.state.simulate(&service, src, sport, &mut loads)?,
+                    };
+                    if let (Some(m), Some(r)) = (masked, real) {
+                        remembered.insert(m, r.id);
+                    }
+                    reals.push(real.map(|r| format!("{}:{}", r.addr, r.port)));
+                }
                 return Ok(Response::Simulated { reals });
             }
             Request::Reload => {

@@ -78,6 +78,11 @@ pub struct ServiceView {
     pub mh_size: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub hash: Option<Hash>,
+    /// Persistence timeout in seconds and netmask (persistent services only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub persistent: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub netmask: Option<std::net::Ipv4Addr>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stats: Option<StatsView>,
     pub reals: Vec<RealView>,
@@ -126,6 +131,8 @@ impl Listing {
                 scheduler: s.scheduler,
                 mh_size: (s.scheduler == Scheduler::Mh).then_some(s.table.len() as u32),
                 hash: (s.scheduler == Scheduler::Mh).then_some(s.hash),
+                persistent: s.persistence.map(|p| p.timeout),
+                netmask: s.persistence.map(|p| p.netmask),
                 stats: at(&c.services, s.id),
                 reals: s
                     .reals

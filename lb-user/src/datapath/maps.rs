@@ -15,8 +15,8 @@ use super::mmap::Mapped;
 
 use lb_common::{
     addr_from_v4, map_names, Addr, Conn, DirectorConfig, FlowKey, LocalMacs, LocalityEntry,
-    LocalityKey, RealConns, RealLimits, RealServer, Reason, ServiceInfo, ServiceKey,
-    MAX_LOCAL_MACS, SYNC_STAT_EVENTS, SYNC_STAT_LOST, TABLE_MAP_FLAGS,
+    LocalityKey, Persistence, RealConns, RealLimits, RealServer, Reason, ServiceInfo, ServiceKey,
+    Template, TemplateKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS, SYNC_STAT_LOST, TABLE_MAP_FLAGS,
 };
 
 /// What the agent needs from the datapath's maps.
@@ -49,6 +49,15 @@ pub trait MapWriter: Send + Sync {
     fn positions(&self, service_id: u32) -> Result<Vec<u64>>;
     /// The real servers (`lblc`, `lblcr`) a service gives destination `addr`.
     fn locality(&self, service_id: u32, addr: Addr) -> Result<Vec<u32>>;
+    /// A service's persistence settings (None: not persistent).
+    fn set_persistence(
+        &mut self,
+        service_id: u32,
+        persistence: Option<&crate::state::Persistence>,
+    ) -> Result<()>;
+    /// The template of a persistent service's client, if the datapath has one: (real server id,
+    /// ticks since it was last used).
+    fn template(&self, service_id: u32, client: Ipv4Addr) -> Result<Option<(u32, u32)>>;
 }
 
 /// Counters summed over CPUs.
@@ -78,6 +87,8 @@ pub struct Maps {
     real_limits: Array<MapData, RealLimits>,
     sched_pos: PerCpuArray<MapData, u64>,
     locality: HashMap<MapData, LocalityKey, LocalityEntry>,
+    persistence: Array<MapData, Persistence>,
+    templates: HashMap<MapData, TemplateKey, Template>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -221,6 +232,8 @@ impl Maps {
             real_limits: take(ebpf, map_names::REAL_LIMITS)?,
             sched_pos: take(ebpf, map_names::SCHED_POS)?,
             locality: take(ebpf, map_names::LOCALITY)?,
+            persistence: take(ebpf, map_names::PERSISTENCE)?,
+            templates: take(ebpf, map_names::TEMPLATES)?,
         })
     }
 
@@ -370,6 +383,42 @@ impl MapWriter for Maps {
             Ok(e) => e.members[..(e.count as usize).min(e.members.len())].to_vec(),
             Err(_) => Vec::new(),
         })
+    }
+
+    fn set_persistence(
+        &mut self,
+        service_id: u32,
+        persistence: Option<&crate::state::Persistence>,
+    ) -> Result<()> {
+        let value = match persistence {
+            Some(p) => {
+                let hz = super::clock::ticks_per_second()?;
+                let mut mask = [0xffu8; 16];
+                mask[12..].copy_from_slice(&p.netmask.octets());
+                Persistence {
+                    timeout: p.timeout.saturating_mul(hz),
+                    _pad: 0,
+                    mask,
+                }
+            }
+            None => Persistence::default(),
+        };
+        Ok(self.persistence.set(service_id, value, 0)?)
+    }
+
+    fn template(&self, service_id: u32, client: Ipv4Addr) -> Result<Option<(u32, u32)>> {
+        let p = self.persistence.get(&service_id, 0)?;
+        let key = TemplateKey {
+            service: service_id,
+            client: lb_common::mask_addr(&addr_from_v4(client.octets()), &p.mask),
+        };
+        let now = super::clock::jiffies_now()?;
+        Ok(self
+            .templates
+            .get(&key, 0)
+            .ok()
+            .map(|t| (t.real, now.wrapping_sub(t.last_seen)))
+            .filter(|(_, idle)| *idle <= p.timeout))
     }
 
     fn sync_counters(&self) -> Result<(u64, u64)> {

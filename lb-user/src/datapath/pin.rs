@@ -23,7 +23,7 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The maps of the director's program that survive its agent: configuration, state and counters.
-pub const PINNED_MAPS: [&str; 16] = [
+pub const PINNED_MAPS: [&str; 18] = [
     map_names::SERVICES,
     map_names::VIP_FILTER,
     map_names::TABLES,
@@ -40,6 +40,8 @@ pub const PINNED_MAPS: [&str; 16] = [
     map_names::REAL_LIMITS,
     map_names::SCHED_POS,
     map_names::LOCALITY,
+    map_names::PERSISTENCE,
+    map_names::TEMPLATES,
 ];
 
 /// The network namespace of this process, as a number that tells namespaces apart: interfaces

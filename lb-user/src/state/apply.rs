@@ -5,7 +5,7 @@
 use anyhow::{Context as _, Result};
 use std::collections::BTreeSet;
 
-use lb_common::{vip_filter_index, RealLimits, RealServer, REAL_ACTIVE};
+use lb_common::{vip_filter_index, RealLimits, RealServer, REAL_ACTIVE, REAL_DOWN};
 
 use super::{Real, Scheduler, Service, State};
 use crate::datapath::MapWriter;
@@ -24,7 +24,12 @@ fn real_entry(svc: &Service, r: &Real) -> RealServer {
         addr: lb_common::addr_from_v4(r.addr.octets()),
         mac: r.mac.0,
         method: r.forward.method(),
-        flags: REAL_ACTIVE,
+        flags: REAL_ACTIVE
+            | if r.health == crate::health::Health::Down {
+                REAL_DOWN
+            } else {
+                0
+            },
         service: svc.id,
     }
 }
@@ -113,6 +118,9 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> R
         };
         if !shrinks {
             write_table(w)?;
+        }
+        if before.is_none_or(|b| b.persistence != svc.persistence) {
+            w.set_persistence(svc.id, svc.persistence.as_ref())?;
         }
         if before.is_none_or(|b| b.info() != svc.info()) {
             w.set_service(&addr.key(), &svc.info())

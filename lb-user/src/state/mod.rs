@@ -22,7 +22,7 @@ use lb_common::{
 pub use apply::{apply, resync};
 
 use crate::health::{Health, HealthCheck};
-pub use model::{Forward, Hash, Mac, Protocol, Scheduler, SchedulerSpec, ServiceAddr};
+pub use model::{Forward, Hash, Mac, Persistence, Protocol, Scheduler, SchedulerSpec, ServiceAddr};
 
 /// Largest weight, as in IPVS.
 pub const MAX_WEIGHT: u32 = 65535;
@@ -86,6 +86,8 @@ pub struct Service {
     /// Lookup table: slot -> real server id ([`NO_REAL`] when empty). Its length is the table
     /// size: 4096 for `sh`, the Maglev prime for `mh`.
     pub table: Vec<u32>,
+    /// Persistence (ipvsadm -p), if the service has it.
+    pub persistence: Option<Persistence>,
 }
 
 impl Service {
@@ -100,7 +102,12 @@ impl Service {
             table_size: self.table.len() as u32,
             scheduler: self.scheduler.id(),
             hash: self.hash.id(),
-            _pad: [0; 2],
+            flags: if self.persistence.is_some() {
+                lb_common::SVC_PERSISTENT
+            } else {
+                0
+            },
+            _pad: 0,
         }
     }
 
@@ -425,6 +432,42 @@ fn check_port(what: &str, port: u16) -> Result<()> {
     Ok(())
 }
 
+/// Persistence settings from a request, keeping what is not given (an edit).
+fn resolve_persistence(
+    spec: &SchedulerSpec,
+    current: Option<&Service>,
+) -> Result<Option<Persistence>> {
+    let was = current.and_then(|c| c.persistence);
+    let timeout = match spec.persistent {
+        Some(0) => None,
+        Some(t) => Some(t),
+        None => was.map(|p| p.timeout),
+    };
+    let netmask = spec
+        .netmask
+        .or(was.map(|p| p.netmask))
+        .unwrap_or(Persistence::DEFAULT_NETMASK);
+    if u32::from(netmask).leading_ones() + u32::from(netmask).trailing_zeros() != 32 {
+        bail!("{netmask} is not a netmask (ones, then zeros)");
+    }
+    match timeout {
+        None if spec.netmask.is_some() => bail!("a netmask (-M) needs persistence (-p)"),
+        None => Ok(None),
+        Some(t) if t > 31 * 24 * 3600 => {
+            bail!("a persistence timeout of {t} s is more than a month")
+        }
+        Some(timeout) => Ok(Some(Persistence { timeout, netmask })),
+    }
+}
+
+/// Port 0 means every port of the VIP, which only a persistent service may take (as ipvsadm).
+fn check_service_port(addr: ServiceAddr, persistence: Option<Persistence>) -> Result<()> {
+    if addr.port == 0 && persistence.is_none() {
+        bail!("port 0 (every port of the VIP) is only for a persistent service (-p)");
+    }
+    Ok(())
+}
+
 fn check_thresholds(upper: u32, lower: u32) -> Result<()> {
     if lower > 0 && (upper == 0 || lower > upper) {
         bail!("lower connection threshold {lower} needs an upper one above it (upper: {upper})");
@@ -474,11 +517,12 @@ impl State {
     }
 
     pub fn add_service(&self, addr: ServiceAddr, spec: &SchedulerSpec) -> Result<State> {
-        check_port("service", addr.port)?;
         if self.services.contains_key(&addr) {
             bail!("service {addr} already exists");
         }
         let (scheduler, hash, size) = resolve_scheduler(spec, None)?;
+        let persistence = resolve_persistence(spec, None)?;
+        check_service_port(addr, persistence)?;
         let mut next = self.clone();
         let mut service = Service {
             addr,
@@ -487,6 +531,7 @@ impl State {
             id: self.free_service_id()?,
             reals: Vec::new(),
             table: vec![NO_REAL; size],
+            persistence,
         };
         service.rebuild_table();
         next.services.insert(addr, service);
@@ -496,8 +541,11 @@ impl State {
     pub fn edit_service(&self, addr: ServiceAddr, spec: &SchedulerSpec) -> Result<State> {
         let current = self.service(&addr)?;
         let (scheduler, hash, size) = resolve_scheduler(spec, Some(current))?;
+        let persistence = resolve_persistence(spec, Some(current))?;
+        check_service_port(addr, persistence)?;
         let mut next = self.clone();
         let svc = next.service_mut(&addr)?;
+        svc.persistence = persistence;
         if (svc.scheduler, svc.hash, svc.table.len()) != (scheduler, hash, size) {
             if svc.scheduler != scheduler || svc.table.len() != size {
                 svc.table = vec![NO_REAL; size];
@@ -645,7 +693,9 @@ impl State {
 
     fn check_real_port(&self, service: &ServiceAddr, port: Option<u16>) -> Result<u16> {
         let port = port.unwrap_or(service.port);
-        check_port("real server", port)?;
+        if service.port != 0 {
+            check_port("real server", port)?;
+        }
         // Direct routing and tunnelling leave the packet untouched: the real server sees the
         // VIP's port.
         if port != service.port {

@@ -193,6 +193,27 @@ pub struct SchedulerSpec {
     /// Maglev table size (`mh` only).
     pub mh_size: Option<u32>,
     pub hash: Option<Hash>,
+    /// Persistence timeout in seconds (ipvsadm -p); 0 turns persistence off.
+    #[serde(default)]
+    pub persistent: Option<u32>,
+    /// The netmask a persistent client's address is grouped by (ipvsadm -M).
+    #[serde(default)]
+    pub netmask: Option<Ipv4Addr>,
+}
+
+/// A persistent service's settings (ipvsadm -p TIMEOUT -M NETMASK).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persistence {
+    /// Seconds a client's template outlives its last connection.
+    pub timeout: u32,
+    /// Clients whose addresses agree under this mask share a template.
+    pub netmask: Ipv4Addr,
+}
+
+impl Persistence {
+    /// ipvsadm's defaults: 300 s, one client address each.
+    pub const DEFAULT_TIMEOUT: u32 = 300;
+    pub const DEFAULT_NETMASK: Ipv4Addr = Ipv4Addr::BROADCAST;
 }
 
 /// Forwarding method, ipvsadm's `-g` and `-i`.

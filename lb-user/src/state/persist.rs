@@ -20,6 +20,8 @@ struct SavedService {
     reals: Vec<Real>,
     /// `sh` tables depend on their history (minimal moves), so they are kept.
     sh_table: Option<Vec<u32>>,
+    #[serde(default)]
+    persistence: Option<super::Persistence>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -43,6 +45,7 @@ pub fn save(path: &Path, mode: AttachMode, state: &State) -> Result<()> {
                 size: s.table.len(),
                 sh_table: (s.scheduler == Scheduler::Sh).then(|| s.table.clone()),
                 reals: s.reals.clone(),
+                persistence: s.persistence,
             })
             .collect(),
     };
@@ -70,6 +73,7 @@ pub fn load(path: &Path) -> Result<(AttachMode, State)> {
             table: s
                 .sh_table
                 .unwrap_or_else(|| vec![lb_common::sched::NO_REAL; s.size]),
+            persistence: s.persistence,
         };
         service.rebuild_table();
         state.services.insert(service.addr, service);

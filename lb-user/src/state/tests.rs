@@ -100,6 +100,12 @@ impl MapWriter for FakeMaps {
     fn locality(&self, _: u32, _: lb_common::Addr) -> Result<Vec<u32>> {
         Ok(Vec::new())
     }
+    fn set_persistence(&mut self, id: u32, p: Option<&super::Persistence>) -> Result<()> {
+        self.write(format!("persistence {id} {p:?}"))
+    }
+    fn template(&self, _: u32, _: Ipv4Addr) -> Result<Option<(u32, u32)>> {
+        Ok(None)
+    }
 }
 
 fn tcp(vip: [u8; 4], port: u16) -> ServiceAddr {
@@ -298,6 +304,7 @@ fn mh(size: Option<u32>, hash: Option<Hash>) -> SchedulerSpec {
         scheduler: Some(Scheduler::Mh),
         mh_size: size,
         hash,
+        ..Default::default()
     }
 }
 

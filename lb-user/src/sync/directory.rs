@@ -77,9 +77,17 @@ impl Directory {
             .map(|(_, n)| *n)
     }
 
-    /// The datapath ids of a peer's real server, if this director has it in that service.
+    /// The datapath ids of a peer's real server, if this director has it in that service (or
+    /// in the port-0 service of the VIP, which takes every port).
     pub fn ids(&self, service: &ServiceAddr, real: IpAddr) -> Option<RealIds> {
-        self.by_name.get(&(*service, real)).copied()
+        let any_port = ServiceAddr {
+            port: 0,
+            ..*service
+        };
+        self.by_name
+            .get(&(*service, real))
+            .or_else(|| self.by_name.get(&(any_port, real)))
+            .copied()
     }
 
     pub fn digest(&self) -> [u8; 32] {

@@ -1,0 +1,154 @@
+//! Persistence (ipvsadm -p, -M) in the datapath, through BPF_PROG_TEST_RUN: a client's new
+//! connections go to the real server its first one went to, whatever the scheduler would do,
+//! while the template lives; clients grouped by the netmask share it; a drained real server keeps
+//! its clients, a failed one loses them; the template expires `timeout` after its last use; a
+//! port-0 service takes every port of its VIP, one client's ports all going to one real server.
+
+use std::net::Ipv4Addr;
+
+use lb_tests::fixture::{real_addr, Fixture};
+use lb_tests::require_root;
+use lb_user::{
+    health::Health,
+    packet::FrameSpec,
+    state::{Protocol, Scheduler, SchedulerSpec, ServiceAddr},
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+
+fn service(port: u16) -> ServiceAddr {
+    ServiceAddr {
+        protocol: Protocol::Tcp,
+        vip: VIP,
+        port,
+    }
+}
+
+/// A persistent rr service on `port` over rs11..rs13: without persistence every new
+/// connection would go to the next server.
+fn fixture(port: u16, timeout: u32, netmask: Option<Ipv4Addr>) -> Fixture {
+    let mut fx = Fixture::new();
+    fx.add_service(
+        service(port),
+        SchedulerSpec {
+            scheduler: Some(Scheduler::Rr),
+            persistent: Some(timeout),
+            netmask,
+            ..Default::default()
+        },
+    );
+    for n in 11..=13 {
+        fx.add_real(service(port), n, 1);
+    }
+    fx
+}
+
+/// A new connection (SYN) from `client`, its own source port `sport`, to VIP:`dport`.
+fn connect(fx: &mut Fixture, client: Ipv4Addr, sport: u16, dport: u16) -> Option<u8> {
+    fx.send(&FrameSpec {
+        src: client,
+        sport,
+        dport,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_clients_connections_stay_with_one_real_server() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture(80, 300, None);
+    let (a, b) = (Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(10, 1, 0, 2));
+    let first_a = connect(&mut fx, a, 1000, 80).unwrap();
+    let first_b = connect(&mut fx, b, 1000, 80).unwrap();
+    assert_ne!(
+        first_a, first_b,
+        "rr gave the two clients different servers"
+    );
+    for port in 1001..1010 {
+        assert_eq!(
+            connect(&mut fx, a, port, 80),
+            Some(first_a),
+            "client a, port {port}"
+        );
+        assert_eq!(
+            connect(&mut fx, b, port, 80),
+            Some(first_b),
+            "client b, port {port}"
+        );
+    }
+    // Drained: its persistent clients stay (as IPVS's quiescent servers keep their templates).
+    fx.set_weight(service(80), first_a, 0);
+    assert_eq!(connect(&mut fx, a, 2000, 80), Some(first_a), "drained");
+    // Down: they move, and stay where they moved.
+    fx.change(|s| s.set_health(service(80), real_addr(first_a), Health::Down, None));
+    let moved = connect(&mut fx, a, 2001, 80).unwrap();
+    assert_ne!(moved, first_a, "a failed server keeps no client");
+    assert_eq!(connect(&mut fx, a, 2002, 80), Some(moved));
+}
+
+#[test]
+fn clients_under_one_netmask_share_a_real_server() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture(80, 300, Some(Ipv4Addr::new(255, 255, 255, 0)));
+    let first = connect(&mut fx, Ipv4Addr::new(10, 1, 7, 1), 1000, 80).unwrap();
+    for host in 2..40 {
+        let c = Ipv4Addr::new(10, 1, 7, host);
+        assert_eq!(
+            connect(&mut fx, c, 1000, 80),
+            Some(first),
+            "{c} of the same /24"
+        );
+    }
+    let other = connect(&mut fx, Ipv4Addr::new(10, 1, 8, 1), 1000, 80).unwrap();
+    assert_ne!(other, first, "another /24 gets rr's next server");
+}
+
+#[test]
+fn a_template_expires_its_timeout_after_its_last_use() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture(80, 1, None);
+    let a = Ipv4Addr::new(10, 1, 0, 1);
+    let first = connect(&mut fx, a, 1000, 80).unwrap();
+    assert_eq!(connect(&mut fx, a, 1001, 80), Some(first));
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    // Expired: rr's next server (the one after `first`).
+    let next = connect(&mut fx, a, 1002, 80).unwrap();
+    assert_eq!(next, if first == 13 { 11 } else { first + 1 });
+}
+
+#[test]
+fn a_port_0_service_takes_every_port_and_keeps_a_clients_ports_together() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture(0, 300, None);
+    let a = Ipv4Addr::new(10, 1, 0, 1);
+    let first = connect(&mut fx, a, 1000, 80).unwrap();
+    for (sport, dport) in [(1001, 443), (1002, 8080), (1003, 22), (1004, 80)] {
+        assert_eq!(
+            connect(&mut fx, a, sport, dport),
+            Some(first),
+            "port {dport}"
+        );
+    }
+    let b = connect(&mut fx, Ipv4Addr::new(10, 1, 0, 2), 1000, 443).unwrap();
+    assert_ne!(b, first);
+    // A service of its own on a port wins over the port-0 one.
+    let mut fx = fixture(0, 300, None);
+    fx.add_service(
+        service(443),
+        SchedulerSpec {
+            scheduler: Some(Scheduler::Rr),
+            ..Default::default()
+        },
+    );
+    fx.add_real(service(443), 21, 1);
+    assert_eq!(connect(&mut fx, a, 1000, 443), Some(21));
+    assert!(matches!(connect(&mut fx, a, 1001, 80), Some(11..=13)));
+}
