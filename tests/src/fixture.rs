@@ -99,6 +99,11 @@ impl Fixture {
     }
 
     pub fn with_options(config: DirectorConfig, opts: LoadOptions) -> Self {
+        // rr and wrr keep their position per CPU: a test thread that moved between test runs
+        // would see two sequences interleaved.
+        // SAFETY: sched_getcpu has no preconditions.
+        let cpu = unsafe { libc::sched_getcpu() };
+        lb_user::pktgen::pin_to_cpu(cpu.max(0) as usize).expect("pin the test thread");
         let mut datapath = Datapath::load_lb(opts).expect("load the datapath");
         let mut maps = datapath.maps().unwrap();
         maps.set_config(&config).unwrap();

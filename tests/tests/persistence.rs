@@ -152,3 +152,50 @@ fn a_port_0_service_takes_every_port_and_keeps_a_clients_ports_together() {
     assert_eq!(connect(&mut fx, a, 1000, 443), Some(21));
     assert!(matches!(connect(&mut fx, a, 1001, 80), Some(11..=13)));
 }
+
+#[test]
+fn a_failed_or_deleted_real_server_releases_its_templates() {
+    if !require_root() {
+        return;
+    }
+    use lb_user::datapath::MapWriter;
+    use lb_user::state::RealSpec;
+    let mut fx = fixture(80, 300, None);
+    let (a, b) = (Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(10, 1, 0, 2));
+    let real_id = |fx: &Fixture, n: u8| {
+        let svc = fx.state.service(&service(80)).unwrap();
+        svc.reals
+            .iter()
+            .find(|r| r.addr == real_addr(n))
+            .unwrap()
+            .id
+    };
+    let template = |fx: &Fixture, c: Ipv4Addr| {
+        let id = fx.state.service(&service(80)).unwrap().id;
+        fx.maps.template(id, c).unwrap().map(|(real, _)| real)
+    };
+    let first_a = connect(&mut fx, a, 1000, 80).unwrap();
+    let first_b = connect(&mut fx, b, 1000, 80).unwrap();
+    assert_eq!(template(&fx, a), Some(real_id(&fx, first_a)));
+    // Failed and back before the client returns: its template went with the failure.
+    fx.change(|s| s.set_health(service(80), real_addr(first_a), Health::Down, None));
+    assert_eq!(template(&fx, a), None, "a failed server's template");
+    assert_eq!(template(&fx, b), Some(real_id(&fx, first_b)), "others stay");
+    fx.change(|s| s.set_health(service(80), real_addr(first_a), Health::Up, None));
+    assert_eq!(template(&fx, a), None);
+    // Deleted: its clients' templates go, whoever takes its id next gets none of them.
+    fx.change(|s| s.del_real(service(80), real_addr(first_b)));
+    assert_eq!(template(&fx, b), None, "a deleted server's template");
+    fx.change(|s| {
+        s.add_real(
+            service(80),
+            &RealSpec {
+                addr: Some(real_addr(first_b)),
+                weight: Some(1),
+                mac: Some(lb_user::state::Mac(lb_tests::fixture::real_mac(first_b))),
+                ..Default::default()
+            },
+        )
+    });
+    assert_eq!(template(&fx, b), None);
+}

@@ -1,8 +1,8 @@
 //! IPVS's schedulers in the datapath, run by the kernel through BPF_PROG_TEST_RUN on new flows:
-//! `rr` and `wrr` go through their sequences exactly as IPVS's (one CPU runs them here); `lc`,
-//! `wlc`, `sed` and `nq` choose by the connection counts and weights as IPVS's loops do; `fo` and
-//! `ovf` by weight (and active connections); `dh` by the destination address. For each, weight 0
-//! and a failed health check take a server out, and `xdplb simulate`'s answer is the datapath's.
+//! `rr` and `wrr` go through their sequences exactly as IPVS's (the fixture keeps a test on one
+//! CPU); `lc`, `wlc`, `sed` and `nq` choose by the connection counts and weights as IPVS's loops
+//! do; `fo` and `ovf` by weight (and active connections); `dh` by the destination address. For
+//! each, weight 0 and a failed health check take a server out, and `xdplb simulate`'s answer is the datapath's.
 
 use std::net::Ipv4Addr;
 

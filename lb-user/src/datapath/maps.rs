@@ -58,6 +58,9 @@ pub trait MapWriter: Send + Sync {
     /// The template of a persistent service's client, if the datapath has one: (real server id,
     /// ticks since it was last used).
     fn template(&self, service_id: u32, client: Ipv4Addr) -> Result<Option<(u32, u32)>>;
+    /// Forgets a service's templates that send clients to these real servers (deleted or
+    /// failed), so those clients are scheduled afresh, as IPVS expires them.
+    fn release_templates(&mut self, service_id: u32, reals: &[u32]) -> Result<()>;
 }
 
 /// Counters summed over CPUs.
@@ -419,6 +422,21 @@ impl MapWriter for Maps {
             .ok()
             .map(|t| (t.real, now.wrapping_sub(t.last_seen)))
             .filter(|(_, idle)| *idle <= p.timeout))
+    }
+
+    fn release_templates(&mut self, service_id: u32, reals: &[u32]) -> Result<()> {
+        let stale: Vec<TemplateKey> = self
+            .templates
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(k, t)| k.service == service_id && reals.contains(&t.real))
+            .map(|(k, _)| k)
+            .collect();
+        for k in stale {
+            // Gone already (evicted or released by the datapath's LRU) is fine.
+            let _ = self.templates.remove(&k);
+        }
+        Ok(())
     }
 
     fn sync_counters(&self) -> Result<(u64, u64)> {

@@ -76,6 +76,10 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> R
             for r in &svc.reals {
                 w.set_real(r.id, &RealServer::default())?;
             }
+            if svc.persistence.is_some() {
+                let ids: Vec<u32> = svc.reals.iter().map(|r| r.id).collect();
+                w.release_templates(svc.id, &ids)?;
+            }
         }
     }
     for (addr, svc) in &new.services {
@@ -89,7 +93,19 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> R
             }
             match find_old(r.id) {
                 Some((b, o)) if real_entry(b, o) == real_entry(svc, r) => {}
-                Some(_) => w.set_real(r.id, &real_entry(svc, r))?,
+                Some((b, o)) => {
+                    let entry = real_entry(svc, r);
+                    w.set_real(r.id, &entry)?;
+                    // A failed real server releases its persistent clients (a drained one keeps
+                    // them until they expire).
+                    let failed = entry.flags & REAL_DOWN != 0;
+                    if failed
+                        && real_entry(b, o).flags & REAL_DOWN == 0
+                        && svc.persistence.is_some()
+                    {
+                        w.release_templates(svc.id, &[r.id])?;
+                    }
+                }
                 None => {
                     if reset {
                         w.reset_counters(&[], &[r.id])?;
@@ -130,12 +146,17 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> R
             write_table(w)?;
         }
         if let Some(b) = before {
-            for r in b
+            let gone: Vec<u32> = b
                 .reals
                 .iter()
                 .filter(|r| !svc.reals.iter().any(|n| n.id == r.id))
-            {
-                w.set_real(r.id, &RealServer::default())?;
+                .map(|r| r.id)
+                .collect();
+            for &id in &gone {
+                w.set_real(id, &RealServer::default())?;
+            }
+            if !gone.is_empty() && b.persistence.is_some() {
+                w.release_templates(svc.id, &gone)?;
             }
         }
     }

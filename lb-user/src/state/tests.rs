@@ -106,6 +106,9 @@ impl MapWriter for FakeMaps {
     fn template(&self, _: u32, _: Ipv4Addr) -> Result<Option<(u32, u32)>> {
         Ok(None)
     }
+    fn release_templates(&mut self, id: u32, reals: &[u32]) -> Result<()> {
+        self.write(format!("release {id} {reals:?}"))
+    }
 }
 
 fn tcp(vip: [u8; 4], port: u16) -> ServiceAddr {
