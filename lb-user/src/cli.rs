@@ -100,6 +100,18 @@ pub enum Command {
         #[arg(long, value_name = "SRC:PORT", required = true)]
         from: Vec<String>,
     },
+    /// ipvsadm's command line (ipvsadm(8)) and listings, over this agent: `xdplb ipvsadm -Ln`,
+    /// `xdplb ipvsadm -A -t VIP:PORT -s wlc`, `ipvsadm-save | xdplb ipvsadm -R`. The binary
+    /// does the same when run through a link named ipvsadm (ipvsadm-save: -S,
+    /// ipvsadm-restore: -R).
+    Ipvsadm {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<std::ffi::OsString>,
+    },
     /// List services and real servers (ipvsadm -L).
     List {
         /// Numeric output (addresses are always shown numerically; accepted for ipvsadm habits).
@@ -463,8 +475,9 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Detach { iface, bpffs } => return agent::detach(&bpffs, &iface),
         Command::Man => return manual(&mut std::io::stdout()),
         Command::Pktgen(args) => return crate::pktgen::execute(args),
+        Command::Ipvsadm { args } => return crate::ipvsadm::main(&args, &cli.socket),
         Command::Reload => Request::Reload,
-        Command::Zero => Request::Zero,
+        Command::Zero => Request::Zero { service: None },
         Command::Drain => Request::Drain,
         Command::Undrain => Request::Undrain,
         Command::Check => {
@@ -562,6 +575,22 @@ pub fn execute(cli: Cli) -> Result<()> {
     };
     control::request(&cli.socket, &request)?;
     Ok(())
+}
+
+/// A clap error as one line naming the problem (clap puts what is missing on the lines after
+/// its first); its usage hint would bury it.
+pub fn one_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let line: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match line.join(" ") {
+        l if l.is_empty() => "error: invalid arguments".to_owned(),
+        l => l,
+    }
 }
 
 /// How long `xdplb check` waits for the agent: keepalived's script timeout is longer.

@@ -1,30 +1,51 @@
-use std::process::ExitCode;
+use std::{ffi::OsString, path::Path, process::ExitCode};
 
 use clap::Parser as _;
-use lb_user::cli::{execute, Cli, Command};
+use lb_user::cli::{execute, one_line, Cli, Command};
+
+/// Run through a link named ipvsadm (or ipvsadm-save, ipvsadm-restore): the ipvsadm front end,
+/// with the arguments it was given (after -S or -R for the other two).
+fn ipvsadm_args(args: &[OsString]) -> Option<Vec<OsString>> {
+    let name = Path::new(args.first()?).file_name()?.to_str()?;
+    let first: &[&str] = match name {
+        "ipvsadm" => &[],
+        "ipvsadm-save" => &["-S"],
+        "ipvsadm-restore" => &["-R"],
+        _ => return None,
+    };
+    Some(
+        first
+            .iter()
+            .map(OsString::from)
+            .chain(args[1..].iter().cloned())
+            .collect(),
+    )
+}
+
+fn report(program: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if let Some(ipvsadm) = ipvsadm_args(&args) {
+        let socket = std::env::var_os("XDPLB_SOCKET")
+            .unwrap_or_else(|| lb_user::control::DEFAULT_SOCKET.into());
+        return report(
+            "ipvsadm",
+            lb_user::ipvsadm::main(&ipvsadm, Path::new(&socket)),
+        );
+    }
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            // One line naming the problem (clap puts what is missing on the lines after its
-            // first); its usage hint would bury it.
-            let rendered = e.render().to_string();
-            let line: Vec<&str> = rendered
-                .lines()
-                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
-            let line = line.join(" ");
-            eprintln!(
-                "{}",
-                if line.is_empty() {
-                    "error: invalid arguments"
-                } else {
-                    &line
-                }
-            );
+            eprintln!("{}", one_line(&e));
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -43,11 +64,5 @@ fn main() -> ExitCode {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
-    match execute(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("xdplb: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
-        }
-    }
+    report("xdplb", execute(cli))
 }

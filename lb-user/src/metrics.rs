@@ -650,6 +650,7 @@ mod tests {
             u_threshold: 0,
             l_threshold: 0,
             overloaded: false,
+            persistent_conns: 0,
             stats: s,
         }
     }
@@ -707,6 +708,8 @@ mod tests {
             drained: false,
             sync: None,
             announce: None,
+            timeouts: Default::default(),
+            conn_max: 1_000_000,
         }
     }
 

@@ -483,6 +483,7 @@ impl Agent {
                 if let Some(r) = real.as_object_mut() {
                     r.remove("active_conns");
                     r.remove("inactive_conns");
+                    r.remove("persistent_conns");
                 }
             }
         }

@@ -139,6 +139,21 @@ impl Agent {
         let counters = self.maps.counters()?;
         let mut listing = Listing::new(&self.iface.name, self.mode, &self.state, &counters);
         listing.drained = self.drained;
+        listing.timeouts = self.timeouts;
+        listing.conn_max = self.director.conn_max;
+        if self
+            .state
+            .services
+            .values()
+            .any(|s| s.persistence.is_some())
+        {
+            let persistent = self.maps.persistent_conns()?;
+            for (s, view) in self.state.services.values().zip(&mut listing.services) {
+                for (r, rv) in s.reals.iter().zip(&mut view.reals) {
+                    rv.persistent_conns = persistent.get(&r.id).copied().unwrap_or(0);
+                }
+            }
+        }
         if let Some(sync) = &self.sync {
             let mut view = sync.view();
             (view.events_written, view.events_lost) = self.maps.sync_counters()?;
@@ -278,110 +293,50 @@ impl Agent {
     }
 
     async fn execute(&mut self, req: Request) -> Result<Response> {
-        let next = match req.clone() {
-            Request::List => return Ok(Response::Listing(Box::new(self.listing()?))),
-            Request::AddService { service, scheduler } => {
-                self.state.add_service(service, &scheduler)?
-            }
-            Request::EditService { service, scheduler } => {
-                self.state.edit_service(service, &scheduler)?
-            }
-            Request::DelService { service } => self.state.del_service(service)?,
-            Request::AddReal { service, real } => {
-                self.state.check_new_real(service, &real)?;
-                let learned = self.learn_mac(&real, None).await?;
-                self.state.add_real_learned(service, &real, learned)?
-            }
-            Request::EditReal { service, real } => {
-                // Everything is checked before a changed method makes the agent learn a new MAC.
-                self.state.edit_real(
-                    service,
-                    &RealSpec {
-                        mac: None,
-                        ..real.clone()
-                    },
-                )?;
-                let before = real
-                    .addr
-                    .and_then(|a| self.state.service(&service).ok()?.real(a).cloned());
-                let learned = match before {
-                    Some(b) if real.forward.is_some_and(|f| f != b.forward) && !b.pinned_mac => {
-                        self.learn_mac(&real, Some(b.forward)).await?
-                    }
-                    _ => None,
-                };
-                self.state.edit_real_learned(service, &real, learned)?
-            }
-            Request::DelReal { service, addr } => self.state.del_real(service, addr)?,
-            Request::Simulate { service, flows } => {
-                // The flows in turn, as new flows would come: the round-robin position moves
-                // on (the first CPU's), and each flow adds to the chosen server's connections.
-                let svc = self.state.service(&service)?;
-                let counts = self.maps.counters()?.conns;
-                let mut loads = state::Loads {
-                    conns: counts
-                        .iter()
-                        .enumerate()
-                        .map(|(id, c)| (id as u32, *c))
-                        .collect(),
-                    position: self.maps.positions(svc.id)?.first().copied().unwrap_or(0),
-                    locality: self
-                        .maps
-                        .locality(svc.id, lb_common::addr_from_v4(service.vip.octets()))?,
-                };
-                // A persistent client goes where its template (or an earlier flow of this
-                // simulation) sent it, while that server is up.
-                let mut remembered: HashMap<Ipv4Addr, u32> = HashMap::new();
-                let mut reals = Vec::new();
-                for &(src, sport) in &flows {
-                    let masked = svc
-                        .persistence
-                        .map(|p| Ipv4Addr::from(u32::from(src) & u32::from(p.netmask)));
-                    let template = match masked {
-                        Some(m) => match remembered.get(&m) {
-                            Some(id) => Some(*id),
-                            None => self.maps.template(svc.id, src)?.map(|(id, _)| id),
-                        },
-                        None => None,
-                    };
-                    let kept = template.and_then(|id| {
-                        svc.reals
-                            .iter()
-                            .find(|r| r.id == id && r.health == Health::Up)
-                    });
-                    let real = match kept {
-                        Some(r) => Some(r),
-                        None => self.state.simulate(&service, src, sport, &mut loads)?,
-                    };
-                    if let (Some(m), Some(r)) = (masked, real) {
-                        remembered.insert(m, r.id);
-                    }
-                    reals.push(real.map(|r| format!("{}:{}", r.addr, r.port)));
-                }
-                return Ok(Response::Simulated { reals });
-            }
+        match req {
+            Request::List => Ok(Response::Listing(Box::new(self.listing()?))),
+            Request::Connections => Ok(Response::Connections {
+                conns: self.connections()?,
+            }),
+            Request::Simulate { service, flows } => self.simulate(service, &flows),
             Request::Reload => {
                 self.reload().await?;
-                return Ok(Response::Ok);
+                Ok(Response::Ok)
             }
             Request::Save => {
                 let cfg = Config::from_state(self.director.clone(), self.timeouts, &self.state);
-                return Ok(Response::Saved {
+                Ok(Response::Saved {
                     config: cfg.to_toml()?,
-                });
-            }
-            Request::Zero => {
-                self.maps.reset_all_counters()?;
-                if let Some(sync) = &self.sync {
-                    sync.zero();
-                }
-                return Ok(Response::Ok);
-            }
-            Request::Check => {
-                return Ok(Response::Checked {
-                    problem: self.check(),
                 })
             }
+            Request::Zero { service } => {
+                match service {
+                    Some(addr) => {
+                        let svc = self.state.service(&addr)?;
+                        let reals: Vec<u32> = svc.reals.iter().map(|r| r.id).collect();
+                        self.maps.reset_counters(&[svc.id], &reals)?;
+                    }
+                    None => {
+                        self.maps.reset_all_counters()?;
+                        if let Some(sync) = &self.sync {
+                            sync.zero();
+                        }
+                    }
+                }
+                Ok(Response::Ok)
+            }
+            Request::SetTimeouts { tcp, tcp_fin, udp } => {
+                let t = Timeouts {
+                    tcp: tcp.unwrap_or(self.timeouts.tcp),
+                    tcp_fin: tcp_fin.unwrap_or(self.timeouts.tcp_fin),
+                    udp: udp.unwrap_or(self.timeouts.udp),
+                };
+                self.set_timeouts(t)?;
+                Ok(Response::Ok)
+            }
+            Request::Check => Ok(Response::Checked {
+                problem: self.check(),
+            }),
             Request::Drain | Request::Undrain => {
                 let drain = req == Request::Drain;
                 if drain != self.drained {
@@ -392,11 +347,123 @@ impl Agent {
                         false => info!("undrained: VIPs are announced again"),
                     }
                 }
-                return Ok(Response::Ok);
+                Ok(Response::Ok)
             }
+            Request::Batch { requests } => {
+                // Every change on top of the one before; the datapath sees only the result.
+                let mut next = self.state.clone();
+                for (label, r) in requests {
+                    next = self
+                        .changed(&next, r)
+                        .await
+                        .map_err(|e| anyhow!("{label}: {e:#}"))?;
+                }
+                self.commit(next)?;
+                Ok(Response::Ok)
+            }
+            change => {
+                let next = self.changed(&self.state, change).await?;
+                self.commit(next)?;
+                Ok(Response::Ok)
+            }
+        }
+    }
+
+    /// The state a change request leads to from `from` (checked, not yet committed).
+    async fn changed(&self, from: &State, req: Request) -> Result<State> {
+        match req {
+            Request::AddService { service, scheduler } => from.add_service(service, &scheduler),
+            Request::EditService { service, scheduler } => from.edit_service(service, &scheduler),
+            Request::DelService { service } => from.del_service(service),
+            Request::Clear => Ok(State::default()),
+            Request::AddReal { service, real } => {
+                from.check_new_real(service, &real)?;
+                let learned = self.learn_mac(&real, None).await?;
+                from.add_real_learned(service, &real, learned)
+            }
+            Request::EditReal { service, real } => {
+                // Everything is checked before a changed method makes the agent learn a new MAC.
+                from.edit_real(
+                    service,
+                    &RealSpec {
+                        mac: None,
+                        ..real.clone()
+                    },
+                )?;
+                let before = real
+                    .addr
+                    .and_then(|a| from.service(&service).ok()?.real(a).cloned());
+                let learned = match before {
+                    Some(b) if real.forward.is_some_and(|f| f != b.forward) && !b.pinned_mac => {
+                        self.learn_mac(&real, Some(b.forward)).await?
+                    }
+                    _ => None,
+                };
+                from.edit_real_learned(service, &real, learned)
+            }
+            Request::DelReal { service, addr } => from.del_real(service, addr),
+            other => bail!("{} does not change services or real servers", other.name()),
+        }
+    }
+
+    /// Which real server new flows would get (`xdplb simulate`).
+    fn simulate(&self, service: ServiceAddr, flows: &[(Ipv4Addr, u16)]) -> Result<Response> {
+        // The flows in turn, as new flows would come: the round-robin position moves
+        // on (the first CPU's), and each flow adds to the chosen server's connections.
+        let svc = self.state.service(&service)?;
+        let counts = self.maps.counters()?.conns;
+        let mut loads = state::Loads {
+            conns: counts
+                .iter()
+                .enumerate()
+                .map(|(id, c)| (id as u32, *c))
+                .collect(),
+            position: self.maps.positions(svc.id)?.first().copied().unwrap_or(0),
+            locality: self
+                .maps
+                .locality(svc.id, lb_common::addr_from_v4(service.vip.octets()))?,
         };
-        self.commit(next)?;
-        Ok(Response::Ok)
+        // A persistent client goes where its template (or an earlier flow of this
+        // simulation) sent it, while that server is up.
+        let mut remembered: HashMap<Ipv4Addr, u32> = HashMap::new();
+        let mut reals = Vec::new();
+        for &(src, sport) in flows {
+            let masked = svc
+                .persistence
+                .map(|p| Ipv4Addr::from(u32::from(src) & u32::from(p.netmask)));
+            let template = match masked {
+                Some(m) => match remembered.get(&m) {
+                    Some(id) => Some(*id),
+                    None => self.maps.template(svc.id, src)?.map(|(id, _)| id),
+                },
+                None => None,
+            };
+            let kept = template.and_then(|id| {
+                svc.reals
+                    .iter()
+                    .find(|r| r.id == id && r.health == Health::Up)
+            });
+            let real = match kept {
+                Some(r) => Some(r),
+                None => self.state.simulate(&service, src, sport, &mut loads)?,
+            };
+            if let (Some(m), Some(r)) = (masked, real) {
+                remembered.insert(m, r.id);
+            }
+            reals.push(real.map(|r| format!("{}:{}", r.addr, r.port)));
+        }
+        Ok(Response::Simulated { reals })
+    }
+
+    /// The live entries of the connection table (ipvsadm -Lc).
+    fn connections(&self) -> Result<Vec<crate::control::ConnView>> {
+        Ok(crate::conntrack::listing::views(
+            &self.maps.connections()?,
+            &self.state,
+            &crate::conntrack::IdleTimeouts::of(&self.config),
+            crate::datapath::clock::jiffies_now()?,
+            crate::datapath::clock::ticks_per_second()?,
+        ))
     }
 
     /// Applies the config file again, changing only what differs; a bad file changes nothing.
@@ -428,22 +495,29 @@ impl Agent {
             );
         }
         let next = self.state_from(&cfg, &src).await?;
-        if cfg.timeouts != self.timeouts {
-            let config = with_sync(
-                director_config(
-                    self.config.mac,
-                    &cfg.timeouts,
-                    self.config.mtu,
-                    self.config.tunnel_src,
-                )?,
-                self.sync.is_some(),
-            );
-            self.maps.set_config(&config)?;
-            self.config = config;
-            self.timeouts = cfg.timeouts;
-            *self.count_timeouts.lock().unwrap() = crate::conntrack::IdleTimeouts::of(&config);
-        }
+        self.set_timeouts(cfg.timeouts)?;
         self.commit(next)
+    }
+
+    /// New connection-table idle timeouts, for the datapath and the count correction.
+    fn set_timeouts(&mut self, timeouts: Timeouts) -> Result<()> {
+        if timeouts == self.timeouts {
+            return Ok(());
+        }
+        let config = with_sync(
+            director_config(
+                self.config.mac,
+                &timeouts,
+                self.config.mtu,
+                self.config.tunnel_src,
+            )?,
+            self.sync.is_some(),
+        );
+        self.maps.set_config(&config)?;
+        self.config = config;
+        self.timeouts = timeouts;
+        *self.count_timeouts.lock().unwrap() = crate::conntrack::IdleTimeouts::of(&config);
+        Ok(())
     }
 
     /// The state `cfg` describes, reached from the current one; learns the MACs it needs first.

@@ -3,6 +3,7 @@
 //! peer), and each real server's connection counts kept honest against it (`counts`).
 
 pub mod counts;
+pub mod listing;
 pub mod table;
 
 use lb_common::{Conn, DirectorConfig, FlowKey, CONN_FIN, IPPROTO_UDP};
@@ -24,15 +25,19 @@ impl IdleTimeouts {
         }
     }
 
-    /// Whether an entry is still alive at `now` (ticks): the datapath would follow it.
-    pub fn alive(&self, flow: &FlowKey, conn: &Conn, now: u32) -> bool {
-        let timeout = if flow.proto == IPPROTO_UDP {
+    /// The idle timeout that applies to an entry now, ticks.
+    pub fn timeout(&self, flow: &FlowKey, conn: &Conn) -> u32 {
+        if flow.proto == IPPROTO_UDP {
             self.udp
         } else if conn.flags & CONN_FIN != 0 {
             self.tcp_fin
         } else {
             self.tcp
-        };
-        now.wrapping_sub(conn.last_seen) <= timeout
+        }
+    }
+
+    /// Whether an entry is still alive at `now` (ticks): the datapath would follow it.
+    pub fn alive(&self, flow: &FlowKey, conn: &Conn, now: u32) -> bool {
+        now.wrapping_sub(conn.last_seen) <= self.timeout(flow, conn)
     }
 }

@@ -63,8 +63,31 @@ pub struct RealView {
     pub l_threshold: u32,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub overloaded: bool,
+    /// Clients whose persistence template sends them here (ipvsadm's PersistConn).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub persistent_conns: u64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stats: Option<StatsView>,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
+/// One entry of the connection table, as `ipvsadm -Lnc` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConnView {
+    pub protocol: Protocol,
+    /// CIP:CPORT
+    pub client: String,
+    /// VIP:VPORT (the port the client connected to, also for a port-0 service)
+    pub virtual_address: String,
+    /// RIP:RPORT
+    pub real: String,
+    /// IPVS's name for the state: ESTABLISHED, SYN_RECV, FIN_WAIT (TCP) or UDP.
+    pub state: String,
+    /// Seconds until the entry expires unless a packet refreshes it.
+    pub expires: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -105,6 +128,11 @@ pub struct Listing {
     /// VIP announcement, when configured.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub announce: Option<AnnounceView>,
+    /// Connection-table idle timeouts and size.
+    #[serde(default)]
+    pub timeouts: crate::config::Timeouts,
+    #[serde(default)]
+    pub conn_max: u32,
 }
 
 /// The routing table VIPs are announced in, and which are.
@@ -151,6 +179,7 @@ impl Listing {
                         u_threshold: r.upper,
                         l_threshold: r.lower,
                         overloaded: conns(r.id).overloaded != 0,
+                        persistent_conns: 0,
                         stats: at(&c.reals, r.id),
                     })
                     .collect(),
@@ -169,6 +198,8 @@ impl Listing {
             drained: false,
             sync: None,
             announce: None,
+            timeouts: Default::default(),
+            conn_max: 0,
         }
     }
 

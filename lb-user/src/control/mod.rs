@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 pub use client::{request, request_within};
-pub use listing::{AnnounceView, HealthView, Listing, RealView, ServiceView, StatsView};
+pub use listing::{AnnounceView, ConnView, HealthView, Listing, RealView, ServiceView, StatsView};
 
 use crate::state::{RealSpec, SchedulerSpec, ServiceAddr};
 
@@ -52,14 +52,60 @@ pub enum Request {
     Reload,
     /// The running state as a config file (`xdplb save`).
     Save,
-    /// Zero every counter (`xdplb zero`).
-    Zero,
+    /// Zero the counters of one service and its real servers, or every counter (`xdplb zero`,
+    /// ipvsadm -Z).
+    Zero {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<ServiceAddr>,
+    },
+    /// Delete every service (ipvsadm -C).
+    Clear,
+    /// Change the connection-table idle timeouts, seconds; what is not given stays
+    /// (ipvsadm --set).
+    SetTimeouts {
+        tcp: Option<u32>,
+        tcp_fin: Option<u32>,
+        udp: Option<u32>,
+    },
+    /// The entries of the connection table (ipvsadm -Lc).
+    Connections,
+    /// Changes applied all together or not at all (ipvsadm -R): each with a label (where it
+    /// came from) that names it in an error.
+    Batch {
+        requests: Vec<(String, Request)>,
+    },
     /// Whether this director is fit to take traffic (`xdplb check`, keepalived's vrrp_script).
     Check,
     /// Maintenance: withdraw every VIP and fail `check`, but keep forwarding what still arrives.
     Drain,
     /// End of maintenance: announce (and pass `check`) again.
     Undrain,
+}
+
+impl Request {
+    /// The request's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::AddService { .. } => "add service",
+            Request::EditService { .. } => "edit service",
+            Request::DelService { .. } => "delete service",
+            Request::AddReal { .. } => "add real server",
+            Request::EditReal { .. } => "edit real server",
+            Request::DelReal { .. } => "delete real server",
+            Request::List => "list",
+            Request::Simulate { .. } => "simulate",
+            Request::Reload => "reload",
+            Request::Save => "save",
+            Request::Zero { .. } => "zero",
+            Request::Clear => "clear",
+            Request::SetTimeouts { .. } => "set timeouts",
+            Request::Connections => "list connections",
+            Request::Batch { .. } => "batch",
+            Request::Check => "check",
+            Request::Drain => "drain",
+            Request::Undrain => "undrain",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -70,6 +116,9 @@ pub enum Response {
         message: String,
     },
     Listing(Box<Listing>),
+    Connections {
+        conns: Vec<ConnView>,
+    },
     /// One entry per simulated flow: "RIP:PORT", or None when the service has no real server.
     Simulated {
         reals: Vec<Option<String>>,

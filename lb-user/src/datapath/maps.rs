@@ -61,6 +61,10 @@ pub trait MapWriter: Send + Sync {
     /// Forgets a service's templates that send clients to these real servers (deleted or
     /// failed), so those clients are scheduled afresh, as IPVS expires them.
     fn release_templates(&mut self, service_id: u32, reals: &[u32]) -> Result<()>;
+    /// The live templates per real server id (ipvsadm's PersistConn).
+    fn persistent_conns(&self) -> Result<std::collections::HashMap<u32, u64>>;
+    /// Every entry of the connection table (a snapshot).
+    fn connections(&self) -> Result<Vec<(FlowKey, Conn)>>;
 }
 
 /// Counters summed over CPUs.
@@ -422,6 +426,25 @@ impl MapWriter for Maps {
             .ok()
             .map(|t| (t.real, now.wrapping_sub(t.last_seen)))
             .filter(|(_, idle)| *idle <= p.timeout))
+    }
+
+    fn persistent_conns(&self) -> Result<std::collections::HashMap<u32, u64>> {
+        let now = super::clock::jiffies_now()?;
+        let mut timeouts = std::collections::HashMap::new();
+        let mut counts = std::collections::HashMap::new();
+        for (k, t) in self.templates.iter().filter_map(|e| e.ok()) {
+            let timeout = *timeouts
+                .entry(k.service)
+                .or_insert_with(|| self.persistence.get(&k.service, 0).map_or(0, |p| p.timeout));
+            if now.wrapping_sub(t.last_seen) <= timeout {
+                *counts.entry(t.real).or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    fn connections(&self) -> Result<Vec<(FlowKey, Conn)>> {
+        Ok(self.conns.iter().filter_map(|e| e.ok()).collect())
     }
 
     fn release_templates(&mut self, service_id: u32, reals: &[u32]) -> Result<()> {

@@ -106,6 +106,12 @@ impl MapWriter for FakeMaps {
     fn template(&self, _: u32, _: Ipv4Addr) -> Result<Option<(u32, u32)>> {
         Ok(None)
     }
+    fn persistent_conns(&self) -> Result<std::collections::HashMap<u32, u64>> {
+        Ok(Default::default())
+    }
+    fn connections(&self) -> Result<Vec<(lb_common::FlowKey, lb_common::Conn)>> {
+        Ok(Vec::new())
+    }
     fn release_templates(&mut self, id: u32, reals: &[u32]) -> Result<()> {
         self.write(format!("release {id} {reals:?}"))
     }
