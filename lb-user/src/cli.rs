@@ -431,27 +431,23 @@ fn parse_ip(s: &str) -> Result<Ipv4Addr, String> {
         .map_err(|_| format!("'{s}' is not an IPv4 address"))
 }
 
-fn parse_port(s: &str, what: &str) -> Result<u16, String> {
-    match s.parse::<u16>() {
-        Ok(0) => Err(format!("port 0 is not a valid {what} port")),
-        Ok(p) => Ok(p),
-        Err(_) => Err(format!("'{s}' is not a port number (1..=65535)")),
-    }
+/// A port; 0 (every port of the VIP, for persistent services) is checked by the agent, which
+/// knows whether the service is persistent.
+fn parse_port(s: &str) -> Result<u16, String> {
+    s.parse::<u16>()
+        .map_err(|_| format!("'{s}' is not a port number (0..=65535)"))
 }
 
 fn parse_service(s: &str) -> Result<SocketAddrV4, String> {
     let Some((ip, port)) = s.rsplit_once(':') else {
         return Err("expected VIP:PORT, e.g. 10.0.0.100:80".to_string());
     };
-    Ok(SocketAddrV4::new(
-        parse_ip(ip)?,
-        parse_port(port, "service")?,
-    ))
+    Ok(SocketAddrV4::new(parse_ip(ip)?, parse_port(port)?))
 }
 
 fn parse_real(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
     match s.rsplit_once(':') {
-        Some((ip, port)) => Ok((parse_ip(ip)?, Some(parse_port(port, "real server")?))),
+        Some((ip, port)) => Ok((parse_ip(ip)?, Some(parse_port(port)?))),
         None => Ok((parse_ip(s)?, None)),
     }
 }

@@ -150,6 +150,79 @@ fn move_between_directors(topo: &HaTopology) {
     assert!(finals.iter().all(|s| s.failure.is_none()), "{finals:?}");
 }
 
+/// Every scheduler keeps its flows across a failover through connection synchronisation: for
+/// each, streams open through d1, the real server holding most of them is drained on both
+/// directors (no scheduler gives it a new flow), and the streams' packets move to d2, which only
+/// knows where they belong from d1's sync. (Persistence templates are not synced: a persistent
+/// client's connections keep their server, its next new one is scheduled afresh on d2.)
+#[test]
+fn every_scheduler_keeps_its_flows_across_a_failover() {
+    if !require_root() {
+        return;
+    }
+    const PER_SCHEDULER: usize = 24;
+    let topo = HaTopology::new(2, 3, Serve::Echo, ClientAt::Lan).expect("topology");
+    // Weights high enough for ovf to take every stream.
+    let reals = [(1, 20), (2, 20), (3, 20)];
+    let schedulers = [
+        "rr", "wrr", "lc", "wlc", "sed", "nq", "dh", "lblc", "lblcr", "fo", "ovf", "sh",
+    ];
+    for (k, scheduler) in schedulers.into_iter().enumerate() {
+        let start_d = |i: usize| {
+            let config = topo.config(i, "", scheduler, &reals, None).unwrap();
+            Agent::start_with_config(topo.director(i).ns(), &config)
+                .unwrap_or_else(|e| panic!("{scheduler}: agent on d{i}: {e:#}"))
+        };
+        let (d1, d2) = (start_d(1), start_d(2));
+        wait_fit(&d1, Duration::from_secs(10));
+        wait_fit(&d2, Duration::from_secs(10));
+        wait_config_match(&d2);
+        topo.send_vip_to(1).unwrap();
+        let ports = STREAM_PORTS + 1000 * k as u16;
+        let flows =
+            FreshFlows::from(HaTopology::client_sources(ClientAt::Lan), ports).take(PER_SCHEDULER);
+        let streams = StreamSet::open(topo.client().ns(), &flows, HaTopology::service())
+            .unwrap_or_else(|e| panic!("{scheduler}: streams through d1: {e:#}"));
+        wait_received(&d2, PER_SCHEDULER as u64);
+
+        let mut held: BTreeMap<String, usize> = BTreeMap::new();
+        for s in streams.statuses() {
+            *held.entry(s.server).or_default() += 1;
+        }
+        let busiest = held.iter().max_by_key(|(_, n)| **n).unwrap().0.clone();
+        let n: usize = busiest.trim_start_matches("rs").parse().unwrap();
+        let addr = lb_tests::DrTopology::real_addr(n).to_string();
+        for d in [&d1, &d2] {
+            d.cli_ok(&["real", "edit", "-t", &svc(), "-r", &addr, "-w", "0"]);
+        }
+        assert!(
+            held_by_connection_table(&d2, &streams) > 0,
+            "{scheduler}: no stream would move"
+        );
+        topo.send_vip_to(2).unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        streams.assert_flowing(&format!("{scheduler}: after the move to d2"));
+        let fresh =
+            FreshFlows::from(HaTopology::client_sources(ClientAt::Lan), ports + 500).take(6);
+        let answers = topo
+            .client()
+            .ns()
+            .run_in(|| fetch_each(&fresh, HaTopology::service()));
+        for (flow, a) in fresh.iter().zip(answers) {
+            let a = a.unwrap_or_else(|e| panic!("{scheduler}: new connection {flow}: {e:#}"));
+            assert_ne!(
+                a, busiest,
+                "{scheduler}: a new flow went to the drained server"
+            );
+        }
+        let finals = streams.stop();
+        assert!(
+            finals.iter().all(|s| s.failure.is_none()),
+            "{scheduler}: {finals:?}"
+        );
+    }
+}
+
 #[test]
 fn a_restarted_director_takes_its_peers_table_before_it_is_fit() {
     if !require_root() {

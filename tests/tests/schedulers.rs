@@ -240,6 +240,20 @@ fn dh_keys_on_the_destination_address() {
         seen.insert(first);
     }
     assert_eq!(seen.len(), 3, "40 VIPs over 3 servers");
+
+    // Weight 0 on one server: its destinations go to the others, the others' stay.
+    let before: Vec<u8> = vips.iter().map(|&v| new_flow_to(&mut fx, 100, v)).collect();
+    for &vip in &vips {
+        fx.set_weight(service(vip), 12, 0);
+    }
+    for (&vip, &was) in vips.iter().zip(&before) {
+        let now = new_flow_to(&mut fx, 101, vip);
+        if was == 12 {
+            assert!(now == 11 || now == 13, "{vip}: {now}");
+        } else {
+            assert_eq!(now, was, "{vip} was not on the drained server");
+        }
+    }
 }
 
 /// Connection thresholds (ipvsadm -x, -y): a real server at its upper threshold gets no new

@@ -144,10 +144,16 @@ impl Service {
             | Scheduler::Fo
             | Scheduler::Ovf => self.table = available(),
             Scheduler::Dh => {
+                // IPVS's buckets: the servers dealt in turn. The buckets of a server at weight 0
+                // or down are dealt to the available ones in turn (IPVS would drop their flows),
+                // so weight 0 and health work as for every other scheduler, and the
+                // destinations of the available servers stay where they are.
+                let up = available();
+                let mut spare = up.iter().cycle();
                 self.table = (0..DH_TABLE_SIZE as usize)
                     .map(|b| match self.reals.get(b % self.reals.len().max(1)) {
                         Some(r) if r.effective_weight() > 0 => r.id,
-                        _ => NO_REAL,
+                        _ => spare.next().copied().unwrap_or(NO_REAL),
                     })
                     .collect();
             }
