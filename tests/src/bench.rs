@@ -40,30 +40,68 @@ pub enum Case {
     /// [`Case::DrMhNewFlowSync`] with the ring full (no agent reading it): the event is lost
     /// and counted, the packet forwarded.
     DrMhNewFlowSyncRingFull,
+    /// A new flow every packet for a service of this scheduler (over 3 real servers): the
+    /// scheduler's new-flow path, comparable with [`Case::DrMhNewFlow`].
+    DrNewFlow(Scheduler),
+    /// A new client every packet for a persistent `rr` service: the template lookup that
+    /// misses, the scheduler, and the template insert.
+    DrPersistentNewFlow,
 }
 
-impl Case {
-    pub const ALL: [Case; 8] = [
-        Case::NonVipPass,
-        Case::DrShEstablished,
-        Case::DrMhNewFlow,
-        Case::DrMhEstablished,
-        Case::TunEstablished,
-        Case::DrMhNewFlowSync,
-        Case::DrMhEstablishedSync,
-        Case::DrMhNewFlowSyncRingFull,
-    ];
+/// The schedulers with a new-flow case of their own (mh's is [`Case::DrMhNewFlow`]).
+const SCHEDULERS: [Scheduler; 12] = [
+    Scheduler::Sh,
+    Scheduler::Rr,
+    Scheduler::Wrr,
+    Scheduler::Lc,
+    Scheduler::Wlc,
+    Scheduler::Sed,
+    Scheduler::Nq,
+    Scheduler::Dh,
+    Scheduler::Lblc,
+    Scheduler::Lblcr,
+    Scheduler::Fo,
+    Scheduler::Ovf,
+];
 
-    pub fn name(self) -> &'static str {
+/// The service port of a scheduler's new-flow case, and of the persistent one.
+fn scheduler_port(s: Scheduler) -> u16 {
+    100 + SCHEDULERS.iter().position(|x| *x == s).unwrap_or(0) as u16
+}
+const PERSISTENT_PORT: u16 = 99;
+
+impl Case {
+    /// Every case, in the order of the report.
+    pub fn all() -> Vec<Case> {
+        let mut all = vec![
+            Case::NonVipPass,
+            Case::DrShEstablished,
+            Case::DrMhNewFlow,
+            Case::DrMhEstablished,
+            Case::TunEstablished,
+            Case::DrMhNewFlowSync,
+            Case::DrMhEstablishedSync,
+            Case::DrMhNewFlowSyncRingFull,
+        ];
+        all.extend(SCHEDULERS.map(Case::DrNewFlow));
+        all.push(Case::DrPersistentNewFlow);
+        all
+    }
+
+    pub fn name(self) -> String {
         match self {
-            Case::NonVipPass => "non-VIP pass",
-            Case::DrShEstablished => "DR sh, established flow",
-            Case::DrMhNewFlow => "DR mh, new flow (connection-table insert)",
-            Case::DrMhEstablished => "DR mh, established flow",
-            Case::TunEstablished => "TUN mh, established flow (IPIP encapsulation)",
-            Case::DrMhNewFlowSync => "DR mh, new flow, sync on (ring-buffer event)",
-            Case::DrMhEstablishedSync => "DR mh, established flow, sync on",
-            Case::DrMhNewFlowSyncRingFull => "DR mh, new flow, sync on, ring full (event lost)",
+            Case::NonVipPass => "non-VIP pass".into(),
+            Case::DrShEstablished => "DR sh, established flow".into(),
+            Case::DrMhNewFlow => "DR mh, new flow (connection-table insert)".into(),
+            Case::DrMhEstablished => "DR mh, established flow".into(),
+            Case::TunEstablished => "TUN mh, established flow (IPIP encapsulation)".into(),
+            Case::DrMhNewFlowSync => "DR mh, new flow, sync on (ring-buffer event)".into(),
+            Case::DrMhEstablishedSync => "DR mh, established flow, sync on".into(),
+            Case::DrMhNewFlowSyncRingFull => {
+                "DR mh, new flow, sync on, ring full (event lost)".into()
+            }
+            Case::DrNewFlow(s) => format!("DR {}, new flow", s.name()),
+            Case::DrPersistentNewFlow => "DR rr persistent, new client (template insert)".into(),
         }
     }
 
@@ -90,6 +128,8 @@ impl Case {
             Case::NonVipPass => 20.0,
             Case::DrShEstablished | Case::DrMhEstablished => 50.0,
             Case::DrMhNewFlow | Case::DrMhNewFlowSync | Case::DrMhNewFlowSyncRingFull => 150.0,
+            Case::DrNewFlow(_) => 150.0,
+            Case::DrPersistentNewFlow => 200.0,
             Case::TunEstablished => 70.0,
             Case::DrMhEstablishedSync => 50.0,
         }
@@ -115,7 +155,11 @@ impl Case {
     fn new_flow(self) -> bool {
         matches!(
             self,
-            Case::DrMhNewFlow | Case::DrMhNewFlowSync | Case::DrMhNewFlowSyncRingFull
+            Case::DrMhNewFlow
+                | Case::DrMhNewFlowSync
+                | Case::DrMhNewFlowSyncRingFull
+                | Case::DrNewFlow(_)
+                | Case::DrPersistentNewFlow
         )
     }
 }
@@ -207,11 +251,28 @@ impl Bench {
             scheduler: Some(Scheduler::Mh),
             ..Default::default()
         };
-        for (port, spec, forward) in [
+        let mut services = vec![
             (80, SchedulerSpec::default(), Forward::Route),
             (81, mh, Forward::Route),
             (82, mh, Forward::Tunnel),
-        ] {
+            (
+                PERSISTENT_PORT,
+                SchedulerSpec {
+                    scheduler: Some(Scheduler::Rr),
+                    persistent: Some(300),
+                    ..Default::default()
+                },
+                Forward::Route,
+            ),
+        ];
+        for s in SCHEDULERS {
+            let spec = SchedulerSpec {
+                scheduler: Some(s),
+                ..Default::default()
+            };
+            services.push((scheduler_port(s), spec, Forward::Route));
+        }
+        for (port, spec, forward) in services {
             fx.add_service(service(port), spec);
             for n in 11..=13u8 {
                 fx.add_real_spec(
@@ -248,6 +309,8 @@ impl Bench {
             | Case::DrMhEstablishedSync
             | Case::DrMhNewFlowSyncRingFull => (VIP, 81),
             Case::TunEstablished => (VIP, 82),
+            Case::DrNewFlow(s) => (VIP, scheduler_port(s)),
+            Case::DrPersistentNewFlow => (VIP, PERSISTENT_PORT),
         };
         FrameSpec {
             dst,

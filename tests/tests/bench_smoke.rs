@@ -11,7 +11,7 @@ fn every_datapath_case_runs() {
         return;
     }
     let mut bench = Bench::new().expect("load the benchmark programs");
-    for case in Case::ALL {
+    for case in Case::all() {
         let m = bench
             .measure(case, 2, 1000)
             .unwrap_or_else(|e| panic!("{}: {e:#}", case.name()));

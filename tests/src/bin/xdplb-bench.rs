@@ -96,7 +96,7 @@ fn main() -> Result<()> {
         .unwrap_or_else(|| "docs".into());
     let mut bench = Bench::new().context("loading the benchmark programs (needs root)")?;
     let mut ms = Vec::new();
-    for case in Case::ALL {
+    for case in Case::all() {
         eprintln!("measuring: {}", case.name());
         ms.push(bench.measure(case, ROUNDS, REPEAT)?);
     }
