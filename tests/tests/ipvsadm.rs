@@ -282,6 +282,14 @@ fn edits_zero_and_timeouts_as_ipvsadm() {
     );
     assert!(agent.list_config().0.to_string().contains("\"weight\":1"));
 
+    // --rate: ipvsadm's rate columns, measured over a second.
+    let rate = ipvsadm_ok(&agent, "-Ln --rate");
+    assert!(
+        rate.contains(
+            "\nProt LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS\n"
+        ),
+        "{rate}"
+    );
     // -Z -t: this service's counters only (the stats say so).
     let stats = |agent: &Agent| agent.list().service_stat(SVC, "packets");
     assert!(stats(&agent) > 0);

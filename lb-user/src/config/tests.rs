@@ -72,7 +72,18 @@ fn the_example_file_parses() {
     .unwrap();
     let cfg = source(&text).parse().unwrap();
     assert_eq!(cfg.interface, "eth0");
-    assert_eq!(cfg.services.len(), 2);
+    assert_eq!(cfg.services.len(), 3);
+    let cart = cfg.services[2].get_ref();
+    assert_eq!(
+        (cart.port, cart.scheduler, cart.persistent, cart.netmask),
+        (
+            0,
+            Scheduler::Wlc,
+            Some(360),
+            Some(std::net::Ipv4Addr::new(255, 255, 255, 0))
+        )
+    );
+    assert_eq!(cart.reals[0].get_ref().u_threshold, 1000);
     let web = cfg.services[0].get_ref();
     assert_eq!(
         (web.scheduler, web.mh_size, web.reals.len()),
