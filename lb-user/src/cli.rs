@@ -133,6 +133,9 @@ pub enum Command {
     /// Send crafted TCP SYN or UDP frames toward a VIP from many source addresses and ports
     /// (XDP live frames, or the kernel's pktgen), and count what arrives with --sink.
     Pktgen(crate::pktgen::PktgenArgs),
+    /// Convert another load balancer's configuration into xdplb's config file, printed on
+    /// stdout (`xdplb import keepalived FILE`).
+    Import(crate::import::ImportArgs),
 }
 
 /// `xdplb run`: either a config file, or the settings on the command line.
@@ -471,6 +474,7 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Detach { iface, bpffs } => return agent::detach(&bpffs, &iface),
         Command::Man => return manual(&mut std::io::stdout()),
         Command::Pktgen(args) => return crate::pktgen::execute(args),
+        Command::Import(args) => return crate::import::execute(args),
         Command::Ipvsadm { args } => return crate::ipvsadm::main(&args, &cli.socket),
         Command::Reload => Request::Reload,
         Command::Zero => Request::Zero { service: None },

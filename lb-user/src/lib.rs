@@ -12,6 +12,7 @@ pub mod control;
 pub mod datapath;
 pub mod decap;
 pub mod health;
+pub mod import;
 pub mod ipvsadm;
 pub mod metrics;
 pub mod net;
