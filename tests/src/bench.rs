@@ -49,24 +49,13 @@ pub enum Case {
 }
 
 /// The schedulers with a new-flow case of their own (mh's is [`Case::DrMhNewFlow`]).
-const SCHEDULERS: [Scheduler; 12] = [
-    Scheduler::Sh,
-    Scheduler::Rr,
-    Scheduler::Wrr,
-    Scheduler::Lc,
-    Scheduler::Wlc,
-    Scheduler::Sed,
-    Scheduler::Nq,
-    Scheduler::Dh,
-    Scheduler::Lblc,
-    Scheduler::Lblcr,
-    Scheduler::Fo,
-    Scheduler::Ovf,
-];
+fn schedulers() -> impl Iterator<Item = Scheduler> {
+    Scheduler::ALL.into_iter().filter(|s| *s != Scheduler::Mh)
+}
 
 /// The service port of a scheduler's new-flow case, and of the persistent one.
 fn scheduler_port(s: Scheduler) -> u16 {
-    100 + SCHEDULERS.iter().position(|x| *x == s).unwrap_or(0) as u16
+    100 + Scheduler::ALL.iter().position(|x| *x == s).unwrap_or(0) as u16
 }
 const PERSISTENT_PORT: u16 = 99;
 
@@ -83,7 +72,7 @@ impl Case {
             Case::DrMhEstablishedSync,
             Case::DrMhNewFlowSyncRingFull,
         ];
-        all.extend(SCHEDULERS.map(Case::DrNewFlow));
+        all.extend(schedulers().map(Case::DrNewFlow));
         all.push(Case::DrPersistentNewFlow);
         all
     }
@@ -265,7 +254,7 @@ impl Bench {
                 Forward::Route,
             ),
         ];
-        for s in SCHEDULERS {
+        for s in schedulers() {
             let spec = SchedulerSpec {
                 scheduler: Some(s),
                 ..Default::default()

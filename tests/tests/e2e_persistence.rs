@@ -1,8 +1,9 @@
 //! End to end, persistence with real TCP (ipvsadm -p, port-0 services): 20 clients make 5
 //! connections each, to ports 80 and 443 of a persistent port-0 service, spread over longer
 //! than the timeout but never idle for as long: each client stays on one real server, whatever
-//! the port, although rr alone would move every connection. Once a client has been idle past the
-//! timeout its template is gone and rr places it afresh.
+//! the port, although rr alone would move every connection. A drained real server keeps its
+//! persistent clients while their templates live; once they have been idle past the timeout the
+//! templates are gone and those clients go elsewhere.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -81,14 +82,37 @@ fn clients_stay_on_one_real_server_across_ports_until_their_template_expires() {
         .sum();
     assert_eq!(persistent, u64::from(CLIENTS), "one template per client");
 
-    // Idle past the timeout: placed afresh, rr's turn for each; some land elsewhere.
+    // rs1 drained: its persistent clients stay while their templates live (as IPVS's).
+    let on_rs1: Vec<Ipv4Addr> = first
+        .iter()
+        .filter(|(_, s)| *s == "rs1")
+        .map(|(c, _)| *c)
+        .collect();
+    assert!(!on_rs1.is_empty(), "rr gave rs1 no client: {first:?}");
+    let rs1 = DrTopology::real_addr(1).to_string();
+    agent.cli_ok(&["real", "edit", "-t", svc, "-r", &rs1, "-w", "0"]);
+    assert_eq!(round(&topo, 80, 40006), first, "drained, templates alive");
+
+    // Idle past the timeout: the templates are gone, rs1's clients go elsewhere, the others
+    // are placed afresh; then they stick to their new servers.
     std::thread::sleep(Duration::from_millis(TIMEOUT_SECS * 1000 + 1500));
+    let listed = agent.list();
+    let left: u64 = listed
+        .reals(svc)
+        .iter()
+        .map(|r| {
+            listed.real(svc, r)["persistent_conns"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(left, 0, "templates after the timeout");
     let after = round(&topo, 443, 40010);
-    let moved = after.iter().filter(|(c, s)| first[*c] != **s).count();
-    assert!(
-        moved >= usize::from(CLIENTS) / 4,
-        "only {moved} of {CLIENTS} clients moved after their templates expired: {after:?} (before: {first:?})"
-    );
-    // And they stick to their new servers again.
+    for c in &on_rs1 {
+        assert_ne!(
+            after[c], "rs1",
+            "{c} kept the drained rs1 after its template expired"
+        );
+    }
     assert_eq!(round(&topo, 80, 40011), after);
 }

@@ -199,3 +199,36 @@ fn a_failed_or_deleted_real_server_releases_its_templates() {
     });
     assert_eq!(template(&fx, b), None);
 }
+
+#[test]
+fn persistence_holds_with_every_scheduler() {
+    if !require_root() {
+        return;
+    }
+    for scheduler in Scheduler::ALL {
+        let mut fx = Fixture::new();
+        fx.add_service(
+            service(80),
+            SchedulerSpec {
+                scheduler: Some(scheduler),
+                persistent: Some(300),
+                ..Default::default()
+            },
+        );
+        for n in 11..=13 {
+            fx.add_real(service(80), n, 1);
+        }
+        for host in 1..=10 {
+            let client = Ipv4Addr::new(10, 1, 0, host);
+            let first = connect(&mut fx, client, 1000, 80).unwrap();
+            for sport in 1001..1010 {
+                assert_eq!(
+                    connect(&mut fx, client, sport, 80),
+                    Some(first),
+                    "{}: {client}:{sport}",
+                    scheduler.name()
+                );
+            }
+        }
+    }
+}

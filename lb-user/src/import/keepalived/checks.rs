@@ -324,34 +324,26 @@ pub(super) fn health_check(
 
     let t = c.timing.or(&rs.timing).or(vs_timing);
     let at = |s: &Option<At<u64>>| s.as_ref().map_or(&c.pos, |s| &s.pos).clone();
-    let mut interval = t
-        .delay_loop
-        .as_ref()
-        .map_or(DEFAULT_DELAY_LOOP_MS, |d| d.value);
-    if interval > MAX_CHECK_MS {
-        report.note(
-            &at(&t.delay_loop),
-            format!(
-                "delay_loop {}: xdplb checks at least hourly: 3600 s",
-                secs(interval)
-            ),
-        );
-        interval = MAX_CHECK_MS;
-    }
-    let mut timeout = t
-        .connect_timeout
-        .as_ref()
-        .map_or(DEFAULT_CONNECT_TIMEOUT_MS, |d| d.value);
-    if timeout > MAX_CHECK_MS {
-        report.note(
-            &at(&t.connect_timeout),
-            format!(
-                "connect_timeout {}: xdplb waits at most 3600 s",
-                secs(timeout)
-            ),
-        );
-        timeout = MAX_CHECK_MS;
-    }
+    // A timer, keepalived's default when absent, capped at what xdplb's checks take (noted).
+    let mut capped = |timer: &Option<At<u64>>, default: u64, what: &str, cap: &str| {
+        let v = timer.as_ref().map_or(default, |d| d.value);
+        if v > MAX_CHECK_MS {
+            report.note(&at(timer), format!("{what} {}: {cap}: 3600 s", secs(v)));
+        }
+        v.min(MAX_CHECK_MS)
+    };
+    let mut interval = capped(
+        &t.delay_loop,
+        DEFAULT_DELAY_LOOP_MS,
+        "delay_loop",
+        "xdplb checks at least hourly",
+    );
+    let timeout = capped(
+        &t.connect_timeout,
+        DEFAULT_CONNECT_TIMEOUT_MS,
+        "connect_timeout",
+        "xdplb waits at most",
+    );
     if timeout > interval {
         // keepalived waits delay_loop after a probe ends; xdplb's interval runs from start to
         // start and must hold a whole probe.
