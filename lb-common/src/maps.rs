@@ -200,6 +200,11 @@ pub struct RealConns {
 /// BPF_F_MMAPABLE.
 pub const MAP_MMAPABLE: u32 = 1 << 10;
 
+/// Map flag of the LRU maps written on new flows (connections, templates, localities): each CPU
+/// keeps its own LRU lists, so an insert takes no lock shared by all CPUs (a common LRU's
+/// costs about a microsecond per insert once the map is full).
+pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
 /// CONNS map value: where an established flow goes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]

@@ -5,8 +5,8 @@
 
 use aya_ebpf::{helpers::bpf_jiffies64, macros::map, maps::LruHashMap};
 use lb_common::{
-    addr_from_v4, Conn, DirectorConfig, FlowKey, CONN_ESTABLISHED, CONN_FIN, DEFAULT_CONN_MAX,
-    IPPROTO_TCP, IPPROTO_UDP, SYNC_BIND, SYNC_CLOSE,
+    addr_from_v4, Conn, DirectorConfig, FlowKey, BPF_F_NO_COMMON_LRU, CONN_ESTABLISHED, CONN_FIN,
+    DEFAULT_CONN_MAX, IPPROTO_TCP, IPPROTO_UDP, SYNC_BIND, SYNC_CLOSE,
 };
 
 use crate::{
@@ -30,8 +30,6 @@ fn state(flags: u32) -> (i64, i64) {
 #[map]
 static CONNS: LruHashMap<FlowKey, Conn> =
     LruHashMap::with_max_entries(DEFAULT_CONN_MAX, BPF_F_NO_COMMON_LRU);
-
-const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 #[inline(always)]
 pub fn flow(pkt: &Packet) -> FlowKey {

@@ -9,8 +9,8 @@ use aya_ebpf::{
     maps::{Array, LruHashMap},
 };
 use lb_common::{
-    mask_addr, Addr, FlowKey, Persistence, ServiceInfo, Template, TemplateKey, MAX_SERVICES,
-    REAL_DOWN, SVC_PERSISTENT, TEMPLATES_MAX,
+    mask_addr, Addr, FlowKey, Persistence, ServiceInfo, Template, TemplateKey, BPF_F_NO_COMMON_LRU,
+    MAX_SERVICES, REAL_DOWN, SVC_PERSISTENT, TEMPLATES_MAX,
 };
 
 use crate::schedule;
@@ -20,7 +20,7 @@ static PERSISTENCE: Array<Persistence> = Array::with_max_entries(MAX_SERVICES, 0
 
 #[map]
 static TEMPLATES: LruHashMap<TemplateKey, Template> =
-    LruHashMap::with_max_entries(TEMPLATES_MAX, 0);
+    LruHashMap::with_max_entries(TEMPLATES_MAX, BPF_F_NO_COMMON_LRU);
 
 #[inline(always)]
 fn key(service: u32, client: &Addr, p: &Persistence) -> TemplateKey {

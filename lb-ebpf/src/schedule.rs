@@ -11,9 +11,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     sched::{self, Candidate, MAX_SCAN},
-    FlowKey, LocalityEntry, LocalityKey, RealLimits, RealServer, ServiceInfo, LOCALITY_MAX,
-    LOCALITY_SET, MAX_REALS, MAX_SERVICES, REAL_ACTIVE, SCHED_LBLCR, SCHED_RR, SCHED_WRR,
-    TABLE_MAP_FLAGS,
+    FlowKey, LocalityEntry, LocalityKey, RealLimits, RealServer, ServiceInfo, BPF_F_NO_COMMON_LRU,
+    LOCALITY_MAX, LOCALITY_SET, MAX_REALS, MAX_SERVICES, REAL_ACTIVE, SCHED_LBLCR, SCHED_RR,
+    SCHED_WRR, TABLE_MAP_FLAGS,
 };
 
 use aya_ebpf::helpers::bpf_loop;
@@ -33,7 +33,7 @@ static REALS: Array<RealServer> = Array::with_max_entries(MAX_REALS, 0);
 /// `lblc`, `lblcr`: each destination address's real servers, per service.
 #[map]
 static LOCALITY: LruHashMap<LocalityKey, LocalityEntry> =
-    LruHashMap::with_max_entries(LOCALITY_MAX, 0);
+    LruHashMap::with_max_entries(LOCALITY_MAX, BPF_F_NO_COMMON_LRU);
 
 /// Weights and thresholds by real server id, for the schedulers that choose by load.
 #[map]
