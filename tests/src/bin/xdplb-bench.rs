@@ -141,7 +141,7 @@ fn main() -> Result<()> {
          schedulers that choose by load add the scan of the real servers (bpf_loop) and the count \
          updates; rr and wrr a per-CPU position. For scale, Katran's XDP balancer (commit \
          19f08fe, ../shared/peer-bench, run on this machine right after this one): +20 ns on its \
-         pass path, +61 ns on an established (IPIP) flow, +146 ns on a new flow, its new-flow case \
+         pass path, +64 ns on an established (IPIP) flow, +151 ns on a new flow, its new-flow case \
          rewriting one LRU key every iteration where xdplb's inserts a new flow into a full table \
          and evicts.\n"
     );
