@@ -31,6 +31,20 @@ fn round(topo: &DrTopology, port: u16, sport: u16) -> BTreeMap<Ipv4Addr, String>
     })
 }
 
+/// The live templates of a service's real servers, as listed.
+fn persistent_clients(agent: &Agent, svc: &str) -> u64 {
+    let listed = agent.list();
+    listed
+        .reals(svc)
+        .iter()
+        .map(|r| {
+            listed.real(svc, r)["persistent_conns"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
 #[test]
 fn clients_stay_on_one_real_server_across_ports_until_their_template_expires() {
     if !require_root() {
@@ -70,17 +84,11 @@ fn clients_stay_on_one_real_server_across_ports_until_their_template_expires() {
         let again = round(&topo, port, 40001 + n as u16);
         assert_eq!(again, first, "round {} (port {port})", n + 2);
     }
-    let listed = agent.list();
-    let persistent: u64 = listed
-        .reals(svc)
-        .iter()
-        .map(|r| {
-            listed.real(svc, r)["persistent_conns"]
-                .as_u64()
-                .unwrap_or(0)
-        })
-        .sum();
-    assert_eq!(persistent, u64::from(CLIENTS), "one template per client");
+    assert_eq!(
+        persistent_clients(&agent, svc),
+        u64::from(CLIENTS),
+        "one template per client"
+    );
 
     // rs1 drained: its persistent clients stay while their templates live (as IPVS's).
     let on_rs1: Vec<Ipv4Addr> = first
@@ -96,17 +104,11 @@ fn clients_stay_on_one_real_server_across_ports_until_their_template_expires() {
     // Idle past the timeout: the templates are gone, rs1's clients go elsewhere, the others
     // are placed afresh; then they stick to their new servers.
     std::thread::sleep(Duration::from_millis(TIMEOUT_SECS * 1000 + 1500));
-    let listed = agent.list();
-    let left: u64 = listed
-        .reals(svc)
-        .iter()
-        .map(|r| {
-            listed.real(svc, r)["persistent_conns"]
-                .as_u64()
-                .unwrap_or(0)
-        })
-        .sum();
-    assert_eq!(left, 0, "templates after the timeout");
+    assert_eq!(
+        persistent_clients(&agent, svc),
+        0,
+        "templates after the timeout"
+    );
     let after = round(&topo, 443, 40010);
     for c in &on_rs1 {
         assert_ne!(
