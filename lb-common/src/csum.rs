@@ -25,6 +25,23 @@ pub fn fold(mut s: u32) -> u16 {
     !(s as u16)
 }
 
+/// A sum folded to 16 bits with end-around carries, not complemented.
+#[inline(always)]
+pub fn fold_carries(mut s: u32) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// A checksum field after the 16-bit words summing to `old` were replaced by words summing to
+/// `new` (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')): rewriting an address or a port updates the
+/// checksum without reading the rest of the packet.
+#[inline(always)]
+pub fn update(check: u16, old: u32, new: u32) -> u16 {
+    let s = (!check) as u32 + (!fold_carries(old)) as u32 + fold_carries(new) as u32;
+    !fold_carries(s)
+}
+
 /// The checksum of an IPv4 header without options whose checksum field is zero.
 #[inline(always)]
 pub fn ipv4_header(h: &[u8; 20]) -> u16 {
@@ -46,6 +63,38 @@ mod tests {
         let mut with = h;
         with[10..12].copy_from_slice(&0xb861u16.to_be_bytes());
         assert_eq!(fold(sum(&with)), 0, "a correct header sums to zero");
+    }
+
+    #[test]
+    fn an_update_equals_a_recomputation() {
+        let mut h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        let before = ipv4_header(&h);
+        // New destination and a TTL one lower, as NAT rewrites them.
+        let old = sum(&h[16..20]) + sum(&h[8..10]);
+        h[16..20].copy_from_slice(&[10, 1, 2, 3]);
+        h[8] -= 1;
+        let new = sum(&h[16..20]) + sum(&h[8..10]);
+        assert_eq!(update(before, old, new), ipv4_header(&h));
+        // Edge words: all ones, zero, carries.
+        for (a, b) in [
+            (0xffffu16, 0u16),
+            (0, 0xffff),
+            (1, 0xfffe),
+            (0xedcb, 0x1234),
+        ] {
+            let before = [0x12, 0x34, (a >> 8) as u8, a as u8];
+            let after = [0x12, 0x34, (b >> 8) as u8, b as u8];
+            let updated = update(fold(sum(&before)), sum(&before[2..]), sum(&after[2..]));
+            // 0 and 0xffff are the same one's-complement number.
+            let recomputed = fold(sum(&after));
+            assert!(
+                updated == recomputed || updated ^ recomputed == 0xffff,
+                "{a:#x} -> {b:#x}: {updated:#x} vs {recomputed:#x}"
+            );
+        }
     }
 
     #[test]

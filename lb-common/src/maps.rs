@@ -135,10 +135,59 @@ pub fn mask_addr(addr: &Addr, mask: &Addr) -> Addr {
     out
 }
 
-/// Forwarding methods stored in [`RealServer::method`]: LVS/DR (rewrite the MACs) and LVS/TUN
-/// (IPIP encapsulation toward the real server).
+/// Forwarding methods stored in [`RealServer::method`]: LVS/DR (rewrite the MACs), LVS/TUN
+/// (IPIP encapsulation toward the real server) and LVS/NAT (rewrite the destination address and
+/// port; the replies come back through the director, which rewrites their source).
 pub const FWD_DR: u8 = 1;
 pub const FWD_TUN: u8 = 2;
+pub const FWD_NAT: u8 = 3;
+
+/// REAL_EGRESS array value, indexed by real-server id: where frames to the real server leave
+/// (0: the interface the packet came in on) and, for LVS/NAT, its port. Apart from
+/// [`RealServer`], whose layout a pinned datapath of an earlier version still has.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RealEgress {
+    pub ifindex: u32,
+    /// LVS/NAT: the real server's port, host byte order (0: the service's).
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// NAT_REPLIES map value, keyed by the [`FlowKey`] of a reply as the real server sends it (from
+/// RIP:RPORT to the client): what its source becomes, and whose counters it counts in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NatReply {
+    pub vip: Addr,
+    /// The service's port as the client sent to it, host byte order.
+    pub vport: u16,
+    pub _pad: u16,
+    pub service: u32,
+    pub real: u32,
+}
+
+/// IFACES map value, keyed by ifindex: an interface the director is attached to (or sends out
+/// of), its MAC (the source of frames it sends, the destination of frames it acts on) and MTU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Iface {
+    pub mac: [u8; 6],
+    pub _pad: u16,
+    pub mtu: u32,
+}
+
+/// NEIGH_MISSES key: a next hop (address, ifindex) an LVS/NAT reply found no neighbour entry
+/// for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NeighMiss {
+    pub addr: Addr,
+    pub ifindex: u32,
+}
+
+/// Most interfaces one director is attached to.
+pub const MAX_IFACES: u32 = 64;
 
 /// [`RealServer::flags`]: the entry describes a configured real server. A table slot that points
 /// at an entry without it (a real server being deleted) is treated as "no real server".
@@ -305,6 +354,22 @@ pub mod map_names {
     /// Persistent services: their settings by service id, and the templates.
     pub const PERSISTENCE: &str = "PERSISTENCE";
     pub const TEMPLATES: &str = "TEMPLATES";
+    /// LVS/NAT: each real server's egress interface and port ([`RealEgress`]); the replies'
+    /// index (reply flow -> [`NatReply`]); the prefilter of real-server source addresses (last
+    /// 16 bits, as VIP_FILTER); outbound counters per service and real server.
+    pub const REAL_EGRESS: &str = "REAL_EGRESS";
+    pub const NAT_REPLIES: &str = "NAT_REPLIES";
+    pub const NAT_SOURCES: &str = "NAT_SOURCES";
+    pub const SERVICE_OUT: &str = "SERVICE_OUT";
+    pub const REAL_OUT: &str = "REAL_OUT";
+    /// The interfaces the director is attached to ([`Iface`]), and the device map frames are
+    /// redirected through to another of them.
+    pub const IFACES: &str = "IFACES";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    /// Next hops a NAT reply found no neighbour entry for: the agent has the kernel resolve them.
+    pub const NEIGH_MISSES: &str = "NEIGH_MISSES";
+    /// The program array [`super::program_names::NAT_REPLY`] is tail-called through.
+    pub const NAT_PROGS: &str = "NAT_PROGS";
     /// MAC addresses of devices stacked on the interface (macvlan, such as keepalived's
     /// `use_vmac`) whose frames the director acts on besides the interface's own.
     pub const LOCAL_MACS: &str = "LOCAL_MACS";
@@ -332,6 +397,9 @@ pub mod map_names {
 pub mod program_names {
     /// The director's program.
     pub const LB: &str = "xdplb";
+    /// The director's LVS/NAT reply path, tail-called by [`LB`] through NAT_PROGS (a program of
+    /// its own, so it has a stack of its own).
+    pub const NAT_REPLY: &str = "xdplb_nat_reply";
     /// Passes everything: for veth peers that must have an XDP program to receive XDP_TX frames.
     pub const PASS: &str = "xdp_pass";
     /// Bounces everything back: the bare XDP_TX baseline of the benchmarks.
@@ -419,9 +487,18 @@ pub enum Reason {
     /// `use_vmac` interface on a backup director, or on one that became master a moment ago):
     /// the kernel would drop it too, and must never answer it with a RST.
     DropStandby = 11,
+    /// LVS/NAT: a reply (or an ICMP error about a NAT flow) whose next hop has no neighbour entry
+    /// yet: dropped, and the agent has the kernel resolve it for the retransmission.
+    DropNoNeigh = 12,
+    /// LVS/NAT: a packet for a NAT flow with its TTL run out: the kernel answers it.
+    PassTtl = 13,
+    /// LVS/NAT: a reply (or an ICMP error about a NAT flow) with no route to its client out of
+    /// an interface the director is attached to: dropped, never leaked with the real server's
+    /// address.
+    DropNoRoute = 14,
 }
 
-pub const REASON_COUNT: u32 = 12;
+pub const REASON_COUNT: u32 = 15;
 /// Entries of the REASONS map: room for reasons added later, so a datapath pinned by one
 /// version is adopted by the next without resizing it.
 pub const REASON_SLOTS: u32 = 32;
@@ -440,6 +517,9 @@ impl Reason {
         Reason::DropNoRoom,
         Reason::PassOtherHost,
         Reason::DropStandby,
+        Reason::DropNoNeigh,
+        Reason::PassTtl,
+        Reason::DropNoRoute,
     ];
 
     /// Stable snake_case name for CLI, JSON and metrics.
@@ -457,6 +537,9 @@ impl Reason {
             Reason::DropNoRoom => "drop_no_room",
             Reason::PassOtherHost => "pass_other_host",
             Reason::DropStandby => "drop_standby",
+            Reason::DropNoNeigh => "drop_no_neigh",
+            Reason::PassTtl => "pass_ttl",
+            Reason::DropNoRoute => "drop_no_route",
         }
     }
 }
@@ -512,6 +595,10 @@ pub const SYNC_STAT_LOST: u32 = 1;
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::LocalMacs {}
+    unsafe impl aya::Pod for super::RealEgress {}
+    unsafe impl aya::Pod for super::NatReply {}
+    unsafe impl aya::Pod for super::Iface {}
+    unsafe impl aya::Pod for super::NeighMiss {}
     unsafe impl aya::Pod for super::RealConns {}
     unsafe impl aya::Pod for super::RealLimits {}
     unsafe impl aya::Pod for super::LocalityKey {}

@@ -33,6 +33,10 @@ pub fn owner(ctx: &XdpContext, config: &DirectorConfig) -> Owner {
     if dst == config.mac {
         return Owner::Local;
     }
+    // Another interface the director is attached to (LVS/NAT's inside one, say).
+    if crate::route::ingress(ctx).is_some_and(|i| i.mac == dst) {
+        return Owner::Local;
+    }
     let Some(local) = LOCAL_MACS.get(0) else {
         return Owner::Other;
     };

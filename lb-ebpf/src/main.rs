@@ -2,8 +2,10 @@
 //!
 //! One module per stage, in the order a packet goes through them:
 //! parse -> lookup (service; `host`: is the frame for this host?) -> conntrack (established
-//! flow?) -> schedule (new flow: real server) -> forward (LVS/DR, or LVS/TUN by `encap`; `icmp`
-//! when it does not fit) -> stats. `sync` hands new and closing flows to the agent, which tells
+//! flow?) -> schedule (new flow: real server) -> forward (LVS/DR; LVS/TUN by `encap`, with `icmp`
+//! when it does not fit; LVS/NAT by `nat`; out of the right interface by `route`) -> stats.
+//! A packet for no service may be an LVS/NAT reply: `nat` turns it back into the service's and
+//! `route` sends it to the client. `sync` hands new and closing flows to the agent, which tells
 //! the other directors.
 //! `xdp_decap` is the real-server side of LVS/TUN.
 // Built for bpfel-unknown-none by lb-user's build script; on the host (cargo clippy --workspace)
@@ -20,13 +22,14 @@ mod conntrack;
 mod counts;
 mod encap;
 mod ether;
-mod forward;
 mod host;
 mod icmp;
 mod lookup;
+mod nat;
 mod parse;
 mod persist;
 mod pktgen;
+mod route;
 mod schedule;
 mod stats;
 mod sync;
@@ -37,9 +40,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
-use lb_common::{Reason, FWD_TUN};
+use lb_common::{DirectorConfig, RealEgress, RealServer, Reason, FWD_NAT, FWD_TUN};
 
-use crate::parse::{Parsed, TCP_FLAG_RST};
+use crate::parse::{Packet, Parsed, TCP_FLAG_RST};
 
 #[xdp]
 pub fn xdplb(ctx: XdpContext) -> u32 {
@@ -49,7 +52,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
         Parsed::Pass(reason) => return stats::pass(reason, frame_len),
     };
     if !lookup::may_be_vip(&pkt) {
-        return stats::pass(Reason::PassNoService, frame_len);
+        return no_service(&ctx, &pkt, frame_len);
     }
     let Some(config) = config::get() else {
         return stats::pass(Reason::PassNoService, frame_len);
@@ -82,7 +85,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
         }
         None => {
             let Some(service) = lookup::service(&pkt) else {
-                return stats::pass(Reason::PassNoService, frame_len);
+                return no_service(&ctx, &pkt, frame_len);
             };
             // Only now, with a service at stake, is a damaged packet worth a drop, not a pass.
             if !parse::is_whole(&ctx, &pkt) {
@@ -108,6 +111,10 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
             if flags & TCP_FLAG_RST == 0 {
                 conntrack::insert(&flow, service.id, id, flags, now, config);
                 persist::remember(service, &flow, id, now);
+                if real.method == FWD_NAT {
+                    let port = nat_port(&route::real_egress(id), &pkt);
+                    nat::remember(&flow, &real.addr, port, service.id, id);
+                }
             }
             debug!(
                 &ctx,
@@ -121,21 +128,115 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     };
     if flags & TCP_FLAG_RST != 0 {
         conntrack::close(&flow, service_id, real_id, !new_flow, config);
-    }
-    if real.method == FWD_TUN {
-        match encap::ipip(&ctx, &pkt, config, real) {
-            Ok(()) => {}
-            Err(Reason::TxFragNeeded) if icmp::frag_needed(&ctx, &pkt, config) => {
-                return stats::tx(Reason::TxFragNeeded, frame_len);
-            }
-            Err(Reason::TxFragNeeded) => return stats::drop(Reason::DropNoRoom, frame_len),
-            Err(reason) => return stats::drop(reason, frame_len),
+        if real.method == FWD_NAT {
+            let port = nat_port(&route::real_egress(real_id), &pkt);
+            nat::forget(&nat::reply_key(&flow, &real.addr, port));
         }
-    } else if !forward::direct_route(&ctx, config, real) {
+    }
+    let verdict = match forward(&ctx, &pkt, config, real_id, real) {
+        Ok(verdict) => verdict,
+        Err(Reason::TxFragNeeded) if icmp::frag_needed(&ctx, &pkt, config) => {
+            return stats::tx(Reason::TxFragNeeded, frame_len);
+        }
+        Err(Reason::TxFragNeeded) => return stats::drop(Reason::DropNoRoom, frame_len),
+        Err(Reason::PassTtl) => return stats::pass(Reason::PassTtl, frame_len),
+        Err(reason) => return stats::drop(reason, frame_len),
+    };
+    stats::forwarded(service_id, real_id, frame_len, new_flow);
+    verdict
+}
+
+/// The forward stage: the frame becomes what the real server's forwarding method sends
+/// (LVS/DR: the frame as it is; LVS/TUN: IPIP; LVS/NAT: the real server's address and port),
+/// addressed to the real server (or the next hop toward it) out of its interface.
+#[inline(always)]
+fn forward(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    config: &DirectorConfig,
+    real_id: u32,
+    real: &RealServer,
+) -> Result<u32, Reason> {
+    // The MAC this frame was sent to: the director's own on the link it came in on.
+    let here = parse::read::<[u8; 6]>(ctx, 0).ok_or(Reason::DropMalformed)?;
+    let egress = route::real_egress(real_id);
+    if real.method == FWD_TUN {
+        encap::ipip(ctx, pkt, config, real)?;
+    } else if real.method == FWD_NAT {
+        let addr = [real.addr[12], real.addr[13], real.addr[14], real.addr[15]];
+        nat::rewrite(ctx, pkt, true, addr, nat_port(&egress, pkt))?;
+    }
+    let hop = route::toward(ctx, here, real.mac, egress.ifindex);
+    Ok(route::send(ctx, &hop))
+}
+
+/// The real server's port for an LVS/NAT flow: its own, or the one the client sent to.
+#[inline(always)]
+fn nat_port(egress: &RealEgress, pkt: &Packet) -> u16 {
+    match egress.port {
+        0 => pkt.dport,
+        port => port,
+    }
+}
+
+/// A packet for no service: one from an LVS/NAT real server's address may be a reply, which
+/// the reply path's program takes over; everything else (the real servers' own traffic
+/// included) goes to the kernel.
+#[inline(always)]
+fn no_service(ctx: &XdpContext, pkt: &Packet, frame_len: u64) -> u32 {
+    if nat::may_be_reply(pkt) {
+        nat::to_reply_path(ctx);
+    }
+    stats::pass(Reason::PassNoService, frame_len)
+}
+
+/// The LVS/NAT reply path: a packet from RIP:RPORT to a client of a NAT flow leaves as the
+/// service's (from VIP:port) toward the client's next hop.
+/// parse -> reply lookup -> conntrack (the server's FIN/RST) -> rewrite -> route -> stats.
+#[xdp]
+pub fn xdplb_nat_reply(ctx: XdpContext) -> u32 {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let pkt = match parse::parse(&ctx) {
+        Parsed::Packet(p) => p,
+        Parsed::Pass(reason) => return stats::pass(reason, frame_len),
+    };
+    let reply_flow = conntrack::flow(&pkt);
+    let Some(reply) = nat::reply_of(&reply_flow) else {
+        return stats::pass(Reason::PassNoService, frame_len);
+    };
+    let Some(config) = config::get() else {
+        return stats::pass(Reason::PassNoService, frame_len);
+    };
+    if host::owner(&ctx, config) != host::Owner::Local {
+        return stats::pass(Reason::PassOtherHost, frame_len);
+    }
+    if !parse::is_whole(&ctx, &pkt) {
         return stats::drop(Reason::DropMalformed, frame_len);
     }
-    stats::forwarded(service_id, real_id, frame_len, new_flow);
-    XDP_TX
+    let flow = nat::client_flow(&reply_flow, &reply);
+    let flags = parse::tcp_flags(&ctx, &pkt);
+    if flags & TCP_FLAG_RST != 0 {
+        conntrack::close(&flow, reply.service, reply.real, true, config);
+        nat::forget(&reply_flow);
+    } else {
+        let _ = conntrack::established(&flow, flags, conntrack::now(), config);
+    }
+    let vip = [reply.vip[12], reply.vip[13], reply.vip[14], reply.vip[15]];
+    if let Err(reason) = nat::rewrite(&ctx, &pkt, false, vip, reply.vport) {
+        return match reason {
+            Reason::PassTtl => stats::pass(reason, frame_len),
+            _ => stats::drop(reason, frame_len),
+        };
+    }
+    match route::fib(&ctx, vip, pkt.dst, pkt.tot_len) {
+        Ok(hop) => {
+            stats::replied(reply.service, reply.real, frame_len);
+            route::send(&ctx, &hop)
+        }
+        // Never passed: the kernel would forward it with the real server's address.
+        Err(route::NoHop::NoNeigh) => stats::drop(Reason::DropNoNeigh, frame_len),
+        Err(route::NoHop::NoRoute) => stats::drop(Reason::DropNoRoute, frame_len),
+    }
 }
 
 /// Benchmarks only: restores a template frame each iteration, then tail-calls the program under

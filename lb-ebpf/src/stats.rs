@@ -14,6 +14,13 @@ static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_
 #[map]
 static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
 
+/// LVS/NAT replies (real server -> client), the one direction the other methods never see.
+#[map]
+static SERVICE_OUT: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+#[map]
+static REAL_OUT: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
+
 #[map]
 static REASONS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(REASON_SLOTS, 0);
 
@@ -46,6 +53,13 @@ pub fn tx(reason: Reason, bytes: u64) -> u32 {
 pub fn drop(reason: Reason, bytes: u64) -> u32 {
     count(&REASONS, reason as u32, bytes, false);
     XDP_DROP
+}
+
+/// A NAT reply sent on to its client.
+#[inline(always)]
+pub fn replied(service: u32, real: u32, bytes: u64) {
+    count(&SERVICE_OUT, service, bytes, false);
+    count(&REAL_OUT, real, bytes, false);
 }
 
 #[inline(always)]

@@ -144,14 +144,15 @@ pub struct RunArgs {
     /// Configuration file (TOML, see examples/xdplb.toml): settings, services, real servers.
     #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["iface", "mode", "conn_max", "tcp_timeout", "tcp_fin_timeout", "udp_timeout", "tunnel_src", "metrics", "sync_listen", "sync_peer", "sync_key", "sync_group", "announce_table", "announce_grace"])]
     config: Option<PathBuf>,
-    /// Interface that receives the traffic for the virtual services.
+    /// Interface that receives the traffic for the virtual services. Repeat it for several
+    /// (LVS/NAT's outside and inside interfaces): the first names the director.
     #[arg(
         long,
         short = 'i',
         value_name = "IF",
         required_unless_present = "config"
     )]
-    iface: Option<String>,
+    iface: Vec<String>,
     /// XDP attach mode; auto falls back to generic when the driver has no native XDP.
     #[arg(long, value_enum)]
     mode: Option<AttachMode>,
@@ -218,7 +219,8 @@ impl RunArgs {
         }
         let defaults = Timeouts::default();
         let director = Director {
-            interface: self.iface.expect("clap requires --iface without --config"),
+            interface: self.iface[0].clone(),
+            more_interfaces: self.iface[1..].to_vec(),
             mode: self.mode.unwrap_or(AttachMode::Native),
             conn_max: self.conn_max.unwrap_or(DEFAULT_CONN_MAX),
             tunnel_src: self.tunnel_src,
@@ -342,15 +344,20 @@ pub enum ServiceAction {
 pub struct RealArgs {
     #[command(flatten)]
     service: ServiceArg,
-    /// Real server RIP or RIP:PORT (the port must be the service's: DR does not rewrite it).
+    /// Real server RIP or RIP:PORT (the port must be the service's, but with -m: DR and TUN do
+    /// not rewrite it).
     #[arg(short = 'r', long = "real-server", value_name = "RIP[:PORT]", value_parser = parse_real)]
     real: (Ipv4Addr, Option<u16>),
     /// Direct routing (LVS/DR): rewrite the MAC address; the default.
-    #[arg(short = 'g', long = "gatewaying", conflicts_with = "ipip")]
+    #[arg(short = 'g', long = "gatewaying", conflicts_with_all = ["ipip", "masquerading"])]
     gatewaying: bool,
     /// Tunnelling (LVS/TUN): IPIP-encapsulate to the real server, which may be behind routers.
-    #[arg(short = 'i', long = "ipip")]
+    #[arg(short = 'i', long = "ipip", conflicts_with = "masquerading")]
     ipip: bool,
+    /// Masquerading (LVS/NAT): rewrite the destination to RIP:PORT; the real server routes its
+    /// replies through the director (its default gateway), which rewrites their source.
+    #[arg(short = 'm', long = "masquerading")]
+    masquerading: bool,
     /// Weight, 0..=65535 (0: no new clients).
     #[arg(short = 'w', long, value_parser = parse_weight)]
     weight: Option<u32>,
@@ -403,6 +410,8 @@ impl RealArgs {
             weight: self.weight,
             forward: if self.ipip {
                 Some(Forward::Tunnel)
+            } else if self.masquerading {
+                Some(Forward::Masq)
             } else {
                 self.gatewaying.then_some(Forward::Route)
             },
@@ -721,11 +730,15 @@ fn simulate(socket: &std::path::Path, service: ServiceAddr, from: &[String]) -> 
 }
 
 fn stats_columns(s: &StatsView) -> String {
-    format!("{:>10} {:>12} {:>14}", s.conns, s.packets, s.bytes)
+    format!(
+        "{:>10} {:>12} {:>12} {:>14} {:>14}",
+        s.conns, s.packets, s.out_packets, s.bytes, s.out_bytes
+    )
 }
 
 /// The table `xdplb list` prints, laid out like `ipvsadm -L -n` (with `--stats`, like
-/// `ipvsadm -L -n --stats`; DR replies bypass the director, so only inbound counters exist).
+/// `ipvsadm -L -n --stats`; DR and TUN replies bypass the director, so only LVS/NAT has
+/// outbound counters).
 pub fn format_listing(l: &Listing) -> String {
     let stats = l.services.iter().any(|s| s.stats.is_some());
     let mut out = String::new();
@@ -739,7 +752,7 @@ pub fn format_listing(l: &Listing) -> String {
     if stats {
         let _ = writeln!(
             out,
-            "Prot LocalAddress:Port                  Conns       InPkts        InBytes"
+            "Prot LocalAddress:Port                  Conns       InPkts      OutPkts        InBytes       OutBytes"
         );
         let _ = writeln!(out, "  -> RemoteAddress:Port");
     } else {

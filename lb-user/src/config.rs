@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use lb_common::{DirectorConfig, DEFAULT_CONN_MAX};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -71,7 +71,10 @@ pub struct Metrics {
 /// The director's own settings: fixed while the agent runs (a reload must not change them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Director {
+    /// The interface the director is named after (its pins, its lock, its listing).
     pub interface: String,
+    /// The others it is attached to too (LVS/NAT's inside interface, say).
+    pub more_interfaces: Vec<String>,
     pub mode: AttachMode,
     pub conn_max: u32,
     pub tunnel_src: Option<Ipv4Addr>,
@@ -83,8 +86,24 @@ pub struct Director {
 }
 
 impl Director {
+    /// Every interface, the first one first.
+    pub fn interfaces(&self) -> Vec<&str> {
+        std::iter::once(self.interface.as_str())
+            .chain(self.more_interfaces.iter().map(String::as_str))
+            .collect()
+    }
+
+    fn check_interfaces(&self) -> Result<()> {
+        let all = self.interfaces();
+        if let Some((_, dup)) = all.iter().enumerate().find(|(i, n)| all[..*i].contains(n)) {
+            bail!("interface {dup} is given twice");
+        }
+        Ok(())
+    }
+
     /// Checks the settings that can be checked without the kernel.
     pub fn validate(&self) -> Result<()> {
+        self.check_interfaces()?;
         if let Some(s) = &self.sync {
             s.validate()?;
             s.load_key()?;
@@ -165,7 +184,11 @@ impl ServiceConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The interface, or `interfaces`: several, the first one naming the director.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub interface: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
     #[serde(default = "default_mode")]
     pub mode: AttachMode,
     #[serde(default = "default_conn_max")]
@@ -228,6 +251,21 @@ impl Source {
             ),
         })?;
         let mut config = config;
+        match (config.interface.is_empty(), config.interfaces.is_empty()) {
+            (true, true) => bail!(
+                "{}: no interface: set interface = \"eth0\" or interfaces = [\"eth0\", \"eth1\"]",
+                self.path.display()
+            ),
+            (false, false) => bail!(
+                "{}: set either interface or interfaces, not both",
+                self.path.display()
+            ),
+            _ => {}
+        }
+        config
+            .director()
+            .check_interfaces()
+            .map_err(|e| anyhow!("{}: {e:#}", self.path.display()))?;
         if let Some(sync) = &mut config.sync {
             // A relative key file is next to the config file.
             let dir = self.path.parent().unwrap_or(Path::new(""));
@@ -378,8 +416,13 @@ impl Config {
     }
 
     pub fn director(&self) -> Director {
+        let (interface, more_interfaces) = match self.interfaces.split_first() {
+            Some((first, rest)) => (first.clone(), rest.to_vec()),
+            None => (self.interface.clone(), Vec::new()),
+        };
         Director {
-            interface: self.interface.clone(),
+            interface,
+            more_interfaces,
             mode: self.mode,
             conn_max: self.conn_max,
             tunnel_src: self.tunnel_src,
@@ -433,8 +476,18 @@ impl Config {
                 )
             })
             .collect();
+        let (interface, interfaces) = match director.more_interfaces.is_empty() {
+            true => (director.interface, Vec::new()),
+            false => (
+                String::new(),
+                std::iter::once(director.interface)
+                    .chain(director.more_interfaces)
+                    .collect(),
+            ),
+        };
         Config {
-            interface: director.interface,
+            interface,
+            interfaces,
             mode: director.mode,
             conn_max: director.conn_max,
             tunnel_src: director.tunnel_src,

@@ -12,9 +12,9 @@
 //! | `program_id` | gauge | |
 //! | `agent_start_time_seconds` | gauge | |
 //! | `config_reloads_total`, `config_reload_failures_total` | counter | |
-//! | `service_connections_total`, `_packets_total`, `_bytes_total` | counter | service |
+//! | `service_connections_total`, `_packets_total`, `_bytes_total`, `_out_packets_total`, `_out_bytes_total` | counter | service |
 //! | `service_reals_up`, `service_available` (1/0) | gauge | service |
-//! | `real_connections_total`, `_packets_total`, `_bytes_total` | counter | real |
+//! | `real_connections_total`, `_packets_total`, `_bytes_total`, `_out_packets_total`, `_out_bytes_total` | counter | real |
 //! | `real_weight`, `real_up` (1/0), `real_active_connections`, `real_inactive_connections` | gauge | real |
 //! | `packets_total` | counter | `reason` |
 //! | `drained` (1/0) | gauge | |
@@ -135,6 +135,7 @@ where
                 let forward = match r.forward {
                     Forward::Route => "route",
                     Forward::Tunnel => "tunnel",
+                    Forward::Masq => "masq",
                 };
                 let rl = format!("{sl},real=\"{}\",forward=\"{forward}\"", escape(&r.address));
                 (*s, r, rl)
@@ -142,7 +143,7 @@ where
         })
         .collect();
 
-    let counters: [StatsFamily; 3] = [
+    let counters: [StatsFamily; 5] = [
         (
             "connections",
             "New connections (connection-table entries created)",
@@ -150,6 +151,14 @@ where
         ),
         ("packets", "Packets received", |s| s.packets),
         ("bytes", "Bytes received", |s| s.bytes),
+        (
+            "out_packets",
+            "LVS/NAT reply packets sent on to clients",
+            |s| s.out_packets,
+        ),
+        ("out_bytes", "LVS/NAT reply bytes sent on to clients", |s| {
+            s.out_bytes
+        }),
     ];
     for (what, help, value) in counters {
         let name = format!("xdplb_service_{what}_total");
@@ -374,7 +383,7 @@ type PeerFamily = (
     fn(&crate::sync::PeerView) -> u64,
 );
 
-/// One of the three counters of [`StatsView`]: its name part, its HELP text and its value.
+/// One of the counters of [`StatsView`]: its name part, its HELP text and its value.
 type StatsFamily = (&'static str, &'static str, fn(&StatsView) -> u64);
 
 /// `protocol="tcp",vip="10.0.0.100",port="80",scheduler="sh"`, escaped.
@@ -635,6 +644,7 @@ mod tests {
             conns,
             packets,
             bytes,
+            ..Default::default()
         })
     }
 

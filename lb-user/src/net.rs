@@ -96,35 +96,80 @@ pub async fn interface(name: &str) -> Result<Interface> {
 /// first; if it has no usable entry the kernel is asked to resolve the address (ARP) and the table is
 /// polled for up to 3 s.
 pub async fn resolve_real_mac(iface: &Interface, rip: Ipv4Addr) -> Result<[u8; 6]> {
-    let nl = Netlink::open()?;
-    check_on_link(&nl, iface, rip).await?;
-    resolve_neighbour(&nl, iface, rip)
-        .await?
-        .ok_or_else(|| anyhow!("cannot resolve the MAC address of real server {rip} on {} (no ARP reply); give it with --mac", iface.name))
+    Ok(real_neighbour(std::slice::from_ref(iface), rip).await?.0)
 }
 
-/// The MAC of the next hop toward real server `rip`, for LVS/TUN (encapsulated frames go to the
-/// router on the way, or to the real server itself when it is on-link). The route must leave
-/// through `iface`: the datapath sends only out of the interface it is attached to.
-pub async fn resolve_next_hop_mac(iface: &Interface, rip: Ipv4Addr) -> Result<[u8; 6]> {
-    next_hop_mac(iface, rip, "real server ").await
+/// [`resolve_real_mac`] on whichever of the director's interfaces `rip` is on-link on: its MAC
+/// and that interface's index.
+pub async fn real_neighbour(ifaces: &[Interface], rip: Ipv4Addr) -> Result<([u8; 6], u32)> {
+    let nl = Netlink::open()?;
+    let iface = check_on_link(&nl, ifaces, rip).await?;
+    let mac = resolve_neighbour(&nl, iface, rip)
+        .await?
+        .ok_or_else(|| anyhow!("cannot resolve the MAC address of real server {rip} on {} (no ARP reply); give it with --mac", iface.name))?;
+    Ok((mac, iface.index))
+}
+
+/// The MAC of the next hop toward real server `rip`, for LVS/TUN and LVS/NAT (frames go to the
+/// router on the way, or to the real server itself when it is on-link), and the index of the
+/// director's interface it is reached through. The route must leave through one of `ifaces`:
+/// the datapath sends only out of the interfaces it is attached to.
+pub async fn next_hop(ifaces: &[Interface], rip: Ipv4Addr) -> Result<([u8; 6], u32)> {
+    next_hop_through(ifaces, rip, "real server ").await
 }
 
 /// The MAC of the next hop toward `dst`, through `iface` only; errors name it `what` followed by
 /// its address (`what` = "real server " for the agent, "" for a plain destination).
 pub async fn next_hop_mac(iface: &Interface, dst: Ipv4Addr, what: &str) -> Result<[u8; 6]> {
+    Ok(next_hop_through(std::slice::from_ref(iface), dst, what)
+        .await?
+        .0)
+}
+
+/// The interface (of `ifaces`) the kernel's route toward real server `rip` leaves through.
+pub async fn egress(ifaces: &[Interface], rip: Ipv4Addr) -> Result<u32> {
+    let nl = Netlink::open()?;
+    let route = route_to(&nl, rip, "real server ").await?;
+    Ok(director_iface(&nl, ifaces, &route, rip, "real server ")
+        .await?
+        .index)
+}
+
+/// Which of `ifaces` a route leaves through; an error naming the other interface otherwise.
+async fn director_iface<'a>(
+    nl: &Netlink,
+    ifaces: &'a [Interface],
+    route: &Route,
+    dst: Ipv4Addr,
+    what: &str,
+) -> Result<&'a Interface> {
+    if let Some(i) = ifaces.iter().find(|i| Some(i.index) == route.oif) {
+        return Ok(i);
+    }
+    let other = match route.oif {
+        Some(i) => nl.link_name(i).await,
+        None => "an unknown interface".to_owned(),
+    };
+    bail!(
+        "{what}{dst} is reached through interface {other}; xdplb sends only out of {}",
+        names(ifaces)
+    )
+}
+
+/// "eth0" or "eth0, eth1": the interfaces for a message.
+fn names(ifaces: &[Interface]) -> String {
+    let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
+    names.join(", ")
+}
+
+async fn next_hop_through(
+    ifaces: &[Interface],
+    dst: Ipv4Addr,
+    what: &str,
+) -> Result<([u8; 6], u32)> {
     let nl = Netlink::open()?;
     let route = route_to(&nl, dst, what).await?;
-    if route.oif != Some(iface.index) {
-        let other = match route.oif {
-            Some(i) => nl.link_name(i).await,
-            None => "an unknown interface".to_owned(),
-        };
-        bail!(
-            "{what}{dst} is reached through interface {other}; xdplb sends only out of {}",
-            iface.name
-        );
-    }
+    let iface = director_iface(&nl, ifaces, &route, dst, what).await?;
     let hop = match route.gateway {
         None => dst,
         Some(IpAddr::V4(g)) => g,
@@ -132,12 +177,27 @@ pub async fn next_hop_mac(iface: &Interface, dst: Ipv4Addr, what: &str) -> Resul
             bail!("{what}{dst} is routed via IPv6 gateway {g}, which IPIP over IPv4 cannot use")
         }
     };
-    resolve_neighbour(&nl, iface, hop).await?.ok_or_else(|| {
+    let mac = resolve_neighbour(&nl, iface, hop).await?.ok_or_else(|| {
         anyhow!(
             "cannot resolve the MAC address of {hop}, the next hop toward {what}{dst}, on {} (no ARP reply); give it with --mac",
             iface.name
         )
-    })
+    })?;
+    Ok((mac, iface.index))
+}
+
+/// Has the kernel resolve neighbour `ip` on `iface` (ARP), without waiting for the answer: an
+/// LVS/NAT reply found no entry for its next hop, and the next one will.
+pub async fn resolve_later(iface: &Interface, ip: Ipv4Addr) -> Result<()> {
+    let nl = Netlink::open()?;
+    start_resolution(&nl, iface, ip).await
+}
+
+/// Whether the kernel forwards IPv4 packets that arrive on `iface`: the XDP FIB lookup LVS/NAT
+/// replies are routed with honours the same setting.
+pub fn forwarding(iface: &Interface) -> bool {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{}/forwarding", iface.name))
+        .is_ok_and(|s| s.trim() == "1")
 }
 
 /// The usable link-layer address of neighbour `ip`: from the table, or after asking the kernel
@@ -220,23 +280,28 @@ async fn route_to(nl: &Netlink, rip: Ipv4Addr, what: &str) -> Result<Route> {
     Ok(found)
 }
 
-/// DR only works if the real server is reachable on `iface` without a router.
-async fn check_on_link(nl: &Netlink, iface: &Interface, rip: Ipv4Addr) -> Result<()> {
+/// DR only works if the real server is reachable on one of `ifaces` without a router: that one.
+async fn check_on_link<'a>(
+    nl: &Netlink,
+    ifaces: &'a [Interface],
+    rip: Ipv4Addr,
+) -> Result<&'a Interface> {
     let route = route_to(nl, rip, "real server ").await?;
-    let other_if = match route.oif {
-        Some(i) if i == iface.index => None,
-        Some(i) => Some(nl.link_name(i).await),
-        None => Some("an unknown interface".to_owned()),
+    let iface = ifaces.iter().find(|i| Some(i.index) == route.oif);
+    let other_if = match (iface, route.oif) {
+        (Some(_), _) => None,
+        (None, Some(i)) => Some(nl.link_name(i).await),
+        (None, None) => Some("an unknown interface".to_owned()),
     };
     let detail = match (route.gateway, other_if) {
-        (None, None) => return Ok(()),
+        (None, None) => return Ok(iface.expect("found")),
         (Some(g), None) => format!("routed via {g}"),
         (None, Some(i)) => format!("reached through interface {i}"),
         (Some(g), Some(i)) => format!("routed via {g} through interface {i}"),
     };
     bail!(
         "real server {rip} is not on-link on {} ({detail}); direct routing needs the real server on the director's LAN",
-        iface.name
+        names(ifaces)
     )
 }
 

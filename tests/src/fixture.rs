@@ -17,6 +17,7 @@ use lb_user::{
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
 /// The director interface's MAC: also the destination of [`FrameSpec`]'s frames by default, as the
 /// datapath acts only on frames addressed to this host.
 pub const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -66,12 +67,29 @@ pub fn test_run(
     name: &str,
     frame: &[u8],
 ) -> std::io::Result<(u32, Vec<u8>)> {
+    test_run_on(datapath, name, frame, None)
+}
+
+/// [`test_run`] as if the frame had arrived on interface `ingress` (of the calling thread's
+/// network namespace) rather than the loopback device.
+pub fn test_run_on(
+    datapath: &mut Datapath,
+    name: &str,
+    frame: &[u8],
+    ingress: Option<u32>,
+) -> std::io::Result<(u32, Vec<u8>)> {
     let mut out = vec![0u8; frame.len() + 256];
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+    // egress_ifindex; the kernel wants data_end to be the frame's length.
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ingress.unwrap_or(0).to_ne_bytes());
     let prog = datapath.program(name).unwrap();
     let r = prog
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: ingress.is_some().then_some(&ctx[..]),
             ..Default::default()
         })
         .map_err(|e| match e {
@@ -153,6 +171,11 @@ impl Fixture {
     /// Runs the program once on `frame`: the verdict and the frame as it left the program.
     pub fn run(&mut self, frame: &[u8]) -> std::io::Result<(u32, Vec<u8>)> {
         test_run(&mut self.datapath, program_names::LB, frame)
+    }
+
+    /// [`Fixture::run`] with the frame arriving on interface `ingress`.
+    pub fn run_on(&mut self, ingress: u32, frame: &[u8]) -> std::io::Result<(u32, Vec<u8>)> {
+        test_run_on(&mut self.datapath, program_names::LB, frame, Some(ingress))
     }
 
     /// Sends `spec` through the program and returns the real server it went to (the last byte of

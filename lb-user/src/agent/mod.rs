@@ -46,6 +46,9 @@ use crate::{
 
 /// How often kernel-learned MAC addresses (real servers, next hops) and the MTU are re-read.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the next hops LVS/NAT replies missed are looked for: a reply dropped for want of
+/// one is retransmitted within a second, and should find it then.
+const NEIGH_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the interface is looked at besides netlink's notifications.
 const LINK_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How often (at most) the connection counts are checked against the connection table.
@@ -58,7 +61,10 @@ type Key = (ServiceAddr, Ipv4Addr);
 pub struct Agent {
     state: State,
     maps: Box<dyn MapWriter>,
+    /// The interface the director is named after: the first of `ifaces`.
     iface: Interface,
+    /// Every interface the datapath is attached to.
+    ifaces: Vec<Interface>,
     mode: AttachMode,
     config: DirectorConfig,
     director: Director,
@@ -358,11 +364,13 @@ impl Agent {
                         .await
                         .map_err(|e| anyhow!("{label}: {e:#}"))?;
                 }
+                let next = self.routed(next, false).await?;
                 self.commit(next)?;
                 Ok(Response::Ok)
             }
             change => {
                 let next = self.changed(&self.state, change).await?;
+                let next = self.routed(next, false).await?;
                 self.commit(next)?;
                 Ok(Response::Ok)
             }
@@ -499,6 +507,45 @@ impl Agent {
         self.commit(next)
     }
 
+    /// `next` with the interface toward each of its real servers, from the kernel's routes:
+    /// those it did not know yet, or (`all`) every one. With one interface there is nothing to
+    /// choose: frames leave where they came in.
+    async fn routed(&self, next: State, all: bool) -> Result<State> {
+        if self.ifaces.len() < 2 {
+            return Ok(next);
+        }
+        let mut egress = next.egress.clone();
+        let addrs: BTreeSet<Ipv4Addr> = next
+            .services
+            .values()
+            .flat_map(|s| s.reals.iter().map(|r| r.addr))
+            .collect();
+        for addr in addrs {
+            if all || !egress.contains_key(&addr) {
+                match net::egress(&self.ifaces, addr).await {
+                    Ok(index) => {
+                        egress.insert(addr, index);
+                    }
+                    Err(e) if all => warn!("keeping the last interface toward {addr}: {e:#}"),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(next.with_egress(egress))
+    }
+
+    /// Has the kernel resolve the next hops LVS/NAT replies found no neighbour entry for.
+    pub async fn resolve_misses(&mut self) {
+        for (addr, index) in self.maps.take_neigh_misses() {
+            let Some(iface) = self.ifaces.iter().find(|i| i.index == index) else {
+                continue;
+            };
+            if let Err(e) = net::resolve_later(iface, addr).await {
+                warn!("cannot resolve {addr} on {}: {e:#}", iface.name);
+            }
+        }
+    }
+
     /// New connection-table idle timeouts, for the datapath and the count correction.
     fn set_timeouts(&mut self, timeouts: Timeouts) -> Result<()> {
         if timeouts == self.timeouts {
@@ -538,24 +585,35 @@ impl Agent {
                 mac.expect("no MAC given, so one was learned"),
             );
         }
-        cfg.apply_to(&self.state, &learned, src)
+        let next = cfg.apply_to(&self.state, &learned, src)?;
+        self.routed(next, false).await
     }
 
     /// The MAC address frames for this real server go to, from the kernel's routes and
     /// neighbours, unless --mac gave it. Called after everything else is checked, so bad input
     /// never causes ARP traffic.
     async fn learn_mac(&self, real: &RealSpec, current: Option<Forward>) -> Result<Option<Mac>> {
+        let forward = real.forward.or(current).unwrap_or_default();
+        if let Some(off) = self
+            .ifaces
+            .iter()
+            .find(|i| forward == Forward::Masq && !net::forwarding(i))
+        {
+            bail!(
+                "LVS/NAT needs IP forwarding on the director, which routes the real servers' replies (off on {}): sysctl -w net.ipv4.ip_forward=1",
+                off.name
+            );
+        }
         let Some(addr) = real.addr.filter(|_| real.mac.is_none()) else {
             return Ok(None);
         };
-        let forward = real.forward.or(current).unwrap_or_default();
         if forward == Forward::Tunnel && self.config.tunnel_src == [0; 16] {
             bail!(
                 "LVS/TUN needs a tunnel source address: {} has no IPv4 address; start the agent with --tunnel-src",
                 self.iface.name
             );
         }
-        Ok(Some(Mac(resolve_mac(&self.iface, forward, addr).await?)))
+        Ok(Some(Mac(resolve_mac(&self.ifaces, forward, addr).await?)))
     }
 
     /// Re-reads every kernel-learned MAC and the interface MTU; writes what changed.
@@ -563,15 +621,16 @@ impl Agent {
         let mut learned = Vec::new();
         for svc in self.state.services.values() {
             for r in svc.reals.iter().filter(|r| !r.pinned_mac) {
-                match resolve_mac(&self.iface, r.forward, r.addr).await {
+                match resolve_mac(&self.ifaces, r.forward, r.addr).await {
                     Ok(mac) if Mac(mac) != r.mac => learned.push((svc.addr, r.addr, Mac(mac))),
                     Ok(_) => {}
                     Err(e) => warn!("keeping the last MAC of {}: {e:#}", r.addr),
                 }
             }
         }
-        if !learned.is_empty() {
-            let next = self.state.with_learned_macs(&learned);
+        let next = self.state.with_learned_macs(&learned);
+        let next = self.routed(next, true).await?;
+        if next != self.state {
             self.commit(next)?;
         }
         let mtu = net::interface(&self.iface.name).await?.mtu;
@@ -648,10 +707,11 @@ impl Agent {
     }
 }
 
-/// Where frames for a real server go: itself (DR) or the next hop toward it (TUN).
-async fn resolve_mac(iface: &Interface, forward: Forward, addr: Ipv4Addr) -> Result<[u8; 6]> {
-    match forward {
-        Forward::Route => net::resolve_real_mac(iface, addr).await,
-        Forward::Tunnel => net::resolve_next_hop_mac(iface, addr).await,
-    }
+/// Where frames for a real server go: itself (DR) or the next hop toward it (TUN, NAT).
+async fn resolve_mac(ifaces: &[Interface], forward: Forward, addr: Ipv4Addr) -> Result<[u8; 6]> {
+    let (mac, _) = match forward {
+        Forward::Route => net::real_neighbour(ifaces, addr).await?,
+        Forward::Tunnel | Forward::Masq => net::next_hop(ifaces, addr).await?,
+    };
+    Ok(mac)
 }

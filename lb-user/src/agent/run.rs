@@ -22,7 +22,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{Agent, COUNT_INTERVAL, LINK_POLL_INTERVAL, REFRESH_INTERVAL};
+use super::{Agent, COUNT_INTERVAL, LINK_POLL_INTERVAL, NEIGH_POLL_INTERVAL, REFRESH_INTERVAL};
 use crate::{
     announce::Announcer,
     config::{Director, Source, Timeouts},
@@ -138,7 +138,8 @@ struct Up {
     maps: crate::datapath::Maps,
     config: DirectorConfig,
     state: State,
-    attachment: Attachment,
+    /// One per interface, the first one first.
+    attachments: Vec<Attachment>,
     mode: AttachMode,
     adopted: bool,
 }
@@ -157,11 +158,12 @@ fn severed(e: &anyhow::Error) -> bool {
 /// configures it, takes up the saved state and attaches through the pinned link.
 async fn bring_up(
     opts: &RunOptions,
-    iface: &Interface,
+    ifaces: &[Interface],
     pins: &Pins,
     state_file: &Path,
 ) -> Result<Up> {
     let director = &opts.director;
+    let iface = &ifaces[0];
     let adopting = pins.map(lb_common::map_names::SERVICES).exists();
     let mut datapath = Datapath::load_lb_pinned(
         LoadOptions {
@@ -188,6 +190,18 @@ async fn bring_up(
         director.sync.is_some(),
     );
     maps.set_config(&config)?;
+    let entries: Vec<(u32, lb_common::Iface)> = ifaces
+        .iter()
+        .map(|i| {
+            let entry = lb_common::Iface {
+                mac: i.mac,
+                _pad: 0,
+                mtu: i.mtu,
+            };
+            (i.index, entry)
+        })
+        .collect();
+    maps.set_interfaces(&entries)?;
     // An adopted datapath: its saved state, written back whole (counters kept) so maps and
     // state agree even if the last agent died half-way through a change.
     let (state, saved_mode) = match adopting.then(|| persist::load(state_file)) {
@@ -199,16 +213,26 @@ async fn bring_up(
         None => (State::default(), None),
     };
     state::resync(&mut maps, &state).context("cannot write the adopted state back")?;
-    let (attachment, mode) = datapath
-        .attach_pinned(iface.index, director.mode, pins)
+    let (first, mode) = datapath
+        .attach_pinned(iface.index, None, director.mode, pins)
         .with_context(|| format!("interface {}", iface.name))?;
     let mode = mode.or(saved_mode).unwrap_or(director.mode);
+    let mut attachments = vec![first];
+    // The others in the first one's mode; interfaces left out of the configuration are left.
+    let others: Vec<&str> = ifaces[1..].iter().map(|i| i.name.as_str()).collect();
+    pins.unpin_other_links(&others)?;
+    for i in &ifaces[1..] {
+        let (attachment, _) = datapath
+            .attach_pinned(i.index, Some(&i.name), mode, pins)
+            .with_context(|| format!("interface {}", i.name))?;
+        attachments.push(attachment);
+    }
     Ok(Up {
         datapath,
         maps,
         config,
         state,
-        attachment,
+        attachments,
         mode,
         adopted: adopting,
     })
@@ -235,7 +259,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let director = opts.director.clone();
     director.validate()?;
     let sync_key = director.sync.as_ref().map(|s| s.load_key()).transpose()?;
-    let iface = net::interface(&director.interface).await?;
+    let mut ifaces = Vec::new();
+    for name in director.interfaces() {
+        ifaces.push(net::interface(name).await?);
+    }
+    let iface = ifaces[0].clone();
     let run_dir = run_dir(&iface.name)?;
     let _lock = lock_interface(&run_dir, &iface.name)?;
     prepare_socket(&opts.socket)?;
@@ -247,7 +275,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let pins = Pins::for_interface(&opts.bpffs, &iface.name)?;
     let state_file = run_dir.join("state.json");
     let fresh = !pins.map(lb_common::map_names::SERVICES).exists();
-    let up = match bring_up(&opts, &iface, &pins, &state_file).await {
+    let up = match bring_up(&opts, &ifaces, &pins, &state_file).await {
         // The pins of a datapath whose interface is gone (a deleted namespace whose number was
         // reused, an interface created anew): nothing to adopt, start afresh.
         Err(e) if severed(&e) => {
@@ -255,7 +283,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             pins.remove()?;
             let _ = fs::remove_file(&state_file);
             let pins = Pins::for_interface(&opts.bpffs, &iface.name)?;
-            bring_up(&opts, &iface, &pins, &state_file).await
+            bring_up(&opts, &ifaces, &pins, &state_file).await
         }
         other => other,
     };
@@ -264,7 +292,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         maps,
         config,
         mut state,
-        attachment,
+        attachments,
         mode,
         adopted,
     } = match up {
@@ -301,6 +329,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         state: State::default(),
         maps: Box::new(maps),
         iface,
+        ifaces,
         mode,
         config,
         director: director.clone(),
@@ -385,6 +414,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
 
     let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
+    let mut neigh_poll = tokio::time::interval(NEIGH_POLL_INTERVAL);
     // Netlink tells of interface changes; this catches anything it might not have.
     let mut link_poll = tokio::time::interval(LINK_POLL_INTERVAL);
     let mut sync_current = agent.lock().await.sync.as_ref().map(|s| s.subscribe());
@@ -415,6 +445,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
                 agent.follow().await;
             }
+            _ = neigh_poll.tick() => agent.lock().await.resolve_misses().await,
             Some(()) = futures_util::StreamExt::next(&mut links) => agent.lock().await.link_changed().await,
             _ = link_poll.tick() => agent.lock().await.link_changed().await,
             Ok(()) = async { sync_current.as_mut().expect("guarded").changed().await }, if sync_current.is_some() => {
@@ -449,14 +480,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             // maps are freed.
             pins.remove()?;
             let _ = fs::remove_dir_all(&run_dir);
-            if let Attachment::Pinned(link) = attachment {
-                drop(aya::programs::links::FdLink::from(link));
+            for attachment in attachments {
+                if let Attachment::Pinned(link) = attachment {
+                    drop(aya::programs::links::FdLink::from(link));
+                }
             }
             drop(datapath);
             info!("detached");
         }
         Exit::Leave => {
-            drop(attachment);
+            drop(attachments);
             drop(datapath);
             info!(
                 "exited; the datapath keeps forwarding (pinned in {})",

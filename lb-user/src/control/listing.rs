@@ -19,14 +19,22 @@ pub struct StatsView {
     pub conns: u64,
     pub packets: u64,
     pub bytes: u64,
+    /// LVS/NAT replies (the only outbound traffic the director sees).
+    #[serde(default)]
+    pub out_packets: u64,
+    #[serde(default)]
+    pub out_bytes: u64,
 }
 
-impl From<Counters> for StatsView {
-    fn from(c: Counters) -> Self {
+impl StatsView {
+    /// Inbound counters, and outbound ones (LVS/NAT replies).
+    pub fn of(inbound: Counters, outbound: Counters) -> Self {
         Self {
-            conns: c.conns,
-            packets: c.packets,
-            bytes: c.bytes,
+            conns: inbound.conns,
+            packets: inbound.packets,
+            bytes: inbound.bytes,
+            out_packets: outbound.packets,
+            out_bytes: outbound.bytes,
         }
     }
 }
@@ -145,10 +153,9 @@ pub struct AnnounceView {
 impl Listing {
     pub fn new(interface: &str, mode: AttachMode, state: &State, c: &DatapathCounters) -> Self {
         let conns = |id: u32| c.conns.get(id as usize).copied().unwrap_or_default();
-        let at = |v: &[Counters], i: u32| {
-            Some(StatsView::from(
-                v.get(i as usize).copied().unwrap_or_default(),
-            ))
+        let at = |inbound: &[Counters], outbound: &[Counters], i: u32| {
+            let get = |v: &[Counters]| v.get(i as usize).copied().unwrap_or_default();
+            Some(StatsView::of(get(inbound), get(outbound)))
         };
         let services = state
             .services
@@ -161,7 +168,7 @@ impl Listing {
                 hash: (s.scheduler == Scheduler::Mh).then_some(s.hash),
                 persistent: s.persistence.map(|p| p.timeout),
                 netmask: s.persistence.map(|p| p.netmask),
-                stats: at(&c.services, s.id),
+                stats: at(&c.services, &c.services_out, s.id),
                 reals: s
                     .reals
                     .iter()
@@ -180,7 +187,7 @@ impl Listing {
                         l_threshold: r.lower,
                         overloaded: conns(r.id).overloaded != 0,
                         persistent_conns: 0,
-                        stats: at(&c.reals, r.id),
+                        stats: at(&c.reals, &c.reals_out, r.id),
                     })
                     .collect(),
             })
@@ -212,6 +219,8 @@ impl Listing {
                     conns: per(n.conns, t.conns),
                     packets: per(n.packets, t.packets),
                     bytes: per(n.bytes, t.bytes),
+                    out_packets: per(n.out_packets, t.out_packets),
+                    out_bytes: per(n.out_bytes, t.out_bytes),
                 };
             }
         };

@@ -3,7 +3,10 @@
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{Array, ArrayOfMaps, HashMap, IterableMap as _, MapData, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, ArrayOfMaps, DevMapHash, HashMap, IterableMap as _, MapData, PerCpuArray,
+        PerCpuValues,
+    },
     util::nr_cpus,
     Ebpf,
 };
@@ -14,9 +17,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use super::mmap::Mapped;
 
 use lb_common::{
-    addr_from_v4, map_names, Addr, Conn, DirectorConfig, FlowKey, LocalMacs, LocalityEntry,
-    LocalityKey, Persistence, RealConns, RealLimits, RealServer, Reason, ServiceInfo, ServiceKey,
-    Template, TemplateKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS, SYNC_STAT_LOST, TABLE_MAP_FLAGS,
+    addr_from_v4, map_names, Addr, Conn, DirectorConfig, FlowKey, Iface, LocalMacs, LocalityEntry,
+    LocalityKey, NatReply, NeighMiss, Persistence, RealConns, RealEgress, RealLimits, RealServer,
+    Reason, ServiceInfo, ServiceKey, Template, TemplateKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS,
+    SYNC_STAT_LOST, TABLE_MAP_FLAGS,
 };
 
 /// What the agent needs from the datapath's maps.
@@ -65,6 +69,19 @@ pub trait MapWriter: Send + Sync {
     fn persistent_conns(&self) -> Result<std::collections::HashMap<u32, u64>>;
     /// Every entry of the connection table (a snapshot).
     fn connections(&self) -> Result<Vec<(FlowKey, Conn)>>;
+    /// A real server's egress interface (0: where the request came in) and LVS/NAT port.
+    fn set_egress(&mut self, id: u32, egress: &RealEgress) -> Result<()>;
+    /// Marks (or clears) an LVS/NAT reply prefilter entry (a NAT real server's last 16 bits).
+    fn set_nat_source(&mut self, index: u32, on: bool) -> Result<()>;
+    /// An LVS/NAT flow's reply translation (keyed by the reply's flow), as the datapath writes
+    /// it for a new flow: connection sync writes it for the flows a peer bound.
+    fn set_nat_reply(&mut self, reply: &FlowKey, value: &NatReply) -> Result<()>;
+    /// The interfaces the director is attached to (ifindex, MAC, MTU): frames to their MACs are
+    /// its own, and it redirects frames out of them. Replaces what was there.
+    fn set_interfaces(&mut self, ifaces: &[(u32, Iface)]) -> Result<()>;
+    /// Next hops an LVS/NAT reply found no neighbour entry for (address, ifindex), removed as
+    /// they are read: the agent has the kernel resolve them.
+    fn take_neigh_misses(&mut self) -> Vec<(Ipv4Addr, u32)>;
 }
 
 /// Counters summed over CPUs.
@@ -73,6 +90,9 @@ pub struct DatapathCounters {
     pub services: Vec<Counters>,
     pub reals: Vec<Counters>,
     pub reasons: Vec<(Reason, Counters)>,
+    /// LVS/NAT replies per service and real server id (the outbound direction).
+    pub services_out: Vec<Counters>,
+    pub reals_out: Vec<Counters>,
     /// Active and inactive connections per real server id.
     pub conns: Vec<RealConns>,
 }
@@ -96,6 +116,14 @@ pub struct Maps {
     locality: HashMap<MapData, LocalityKey, LocalityEntry>,
     persistence: Array<MapData, Persistence>,
     templates: HashMap<MapData, TemplateKey, Template>,
+    real_egress: Array<MapData, RealEgress>,
+    nat_sources: Array<MapData, u8>,
+    nat_replies: HashMap<MapData, FlowKey, NatReply>,
+    service_out: PerCpuArray<MapData, Counters>,
+    real_out: PerCpuArray<MapData, Counters>,
+    ifaces: HashMap<MapData, u32, Iface>,
+    tx_ports: DevMapHash<MapData>,
+    neigh_misses: HashMap<MapData, NeighMiss, u8>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -241,9 +269,21 @@ impl Maps {
             locality: take(ebpf, map_names::LOCALITY)?,
             persistence: take(ebpf, map_names::PERSISTENCE)?,
             templates: take(ebpf, map_names::TEMPLATES)?,
+            real_egress: take(ebpf, map_names::REAL_EGRESS)?,
+            nat_sources: take(ebpf, map_names::NAT_SOURCES)?,
+            nat_replies: take(ebpf, map_names::NAT_REPLIES)?,
+            service_out: take(ebpf, map_names::SERVICE_OUT)?,
+            real_out: take(ebpf, map_names::REAL_OUT)?,
+            ifaces: take(ebpf, map_names::IFACES)?,
+            tx_ports: take(ebpf, map_names::TX_PORTS)?,
+            neigh_misses: take(ebpf, map_names::NEIGH_MISSES)?,
         })
     }
 
+    /// The reply translation of an LVS/NAT flow, if the datapath has one.
+    pub fn nat_reply(&self, reply: &FlowKey) -> Option<NatReply> {
+        self.nat_replies.get(reply, 0).ok()
+    }
     /// The connection-table entry of a flow, if any.
     pub fn conn(&self, flow: &FlowKey) -> Option<Conn> {
         self.conns.get(flow, 0).ok()
@@ -277,6 +317,38 @@ impl Maps {
 }
 
 impl MapWriter for Maps {
+    fn set_interfaces(&mut self, ifaces: &[(u32, Iface)]) -> Result<()> {
+        let stale: Vec<u32> = self
+            .ifaces
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !ifaces.iter().any(|(i, _)| i == k))
+            .collect();
+        for (index, iface) in ifaces {
+            self.tx_ports
+                .insert(*index, *index, None, 0)
+                .with_context(|| format!("cannot add interface {index} to the device map"))?;
+            self.ifaces.insert(*index, *iface, 0)?;
+        }
+        for k in stale {
+            let _ = self.ifaces.remove(&k);
+            let _ = self.tx_ports.remove(k);
+        }
+        Ok(())
+    }
+
+    fn take_neigh_misses(&mut self) -> Vec<(Ipv4Addr, u32)> {
+        let misses: Vec<NeighMiss> = self.neigh_misses.keys().filter_map(|k| k.ok()).collect();
+        misses
+            .into_iter()
+            .map(|m| {
+                let _ = self.neigh_misses.remove(&m);
+                let a = m.addr;
+                (Ipv4Addr::new(a[12], a[13], a[14], a[15]), m.ifindex)
+            })
+            .collect()
+    }
+
     fn set_config(&mut self, config: &DirectorConfig) -> Result<()> {
         Ok(self.config.set(0, config, 0)?)
     }
@@ -328,6 +400,8 @@ impl MapWriter for Maps {
                 .iter()
                 .map(|&r| (r, reasons.get(r as usize).copied().unwrap_or_default()))
                 .collect(),
+            services_out: read_all(&self.service_out)?,
+            reals_out: read_all(&self.real_out)?,
         })
     }
 
@@ -470,12 +544,26 @@ impl MapWriter for Maps {
     fn reset_counters(&mut self, services: &[u32], reals: &[u32]) -> Result<()> {
         for &s in services {
             zero_per_cpu(&mut self.service_stats, s)?;
+            zero_per_cpu(&mut self.service_out, s)?;
         }
         for &r in reals {
             zero_per_cpu(&mut self.real_stats, r)?;
+            zero_per_cpu(&mut self.real_out, r)?;
             self.conn_counts.zero(r);
         }
         Ok(())
+    }
+
+    fn set_egress(&mut self, id: u32, egress: &RealEgress) -> Result<()> {
+        Ok(self.real_egress.set(id, egress, 0)?)
+    }
+
+    fn set_nat_source(&mut self, index: u32, on: bool) -> Result<()> {
+        Ok(self.nat_sources.set(index, on as u8, 0)?)
+    }
+
+    fn set_nat_reply(&mut self, reply: &FlowKey, value: &NatReply) -> Result<()> {
+        Ok(self.nat_replies.insert(reply, value, 0)?)
     }
 }
 

@@ -85,6 +85,7 @@ impl Datapath {
         };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::CONNS, opts.conn_max)
+            .map_max_entries(map_names::NAT_REPLIES, opts.conn_max)
             .override_global(AYA_LOG_LEVEL, &level, true)
             .load(OBJECT)
             .context("cannot load the XDP object into the kernel")?;
@@ -94,9 +95,27 @@ impl Datapath {
         Ok(Self { ebpf })
     }
 
-    /// Loads the director's program.
+    /// Loads the director's program, and its LVS/NAT reply path.
     pub fn load_lb(opts: LoadOptions) -> Result<Self> {
-        Self::load(program_names::LB, opts)
+        let mut datapath = Self::load(program_names::LB, opts)?;
+        datapath.link_nat_reply()?;
+        Ok(datapath)
+    }
+
+    /// Loads the LVS/NAT reply path's program and puts it where the director's program
+    /// tail-calls it.
+    fn link_nat_reply(&mut self) -> Result<()> {
+        let prog = xdp(&mut self.ebpf, program_names::NAT_REPLY)?;
+        prog.load()
+            .context("the kernel rejected the LVS/NAT reply program")?;
+        let fd = prog.fd()?.try_clone()?;
+        let map = self
+            .ebpf
+            .map_mut(map_names::NAT_PROGS)
+            .ok_or_else(|| anyhow!("the XDP object has no map {}", map_names::NAT_PROGS))?;
+        aya::maps::ProgramArray::try_from(map)?
+            .set(0, &fd, 0)
+            .context("cannot install the LVS/NAT reply program")
     }
 
     /// Loads the director's program on the maps pinned in `pins`, creating and pinning those
@@ -110,7 +129,9 @@ impl Datapath {
             LOG_OFF
         };
         let mut loader = EbpfLoader::new();
+        // One NAT reply entry per connection at most.
         loader.map_max_entries(map_names::CONNS, opts.conn_max);
+        loader.map_max_entries(map_names::NAT_REPLIES, opts.conn_max);
         loader.override_global(AYA_LOG_LEVEL, &level, true);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
@@ -121,27 +142,32 @@ impl Datapath {
         xdp(&mut ebpf, program_names::LB)?
             .load()
             .context("the kernel rejected the XDP program")?;
-        Ok(Self { ebpf })
+        let mut datapath = Self { ebpf };
+        datapath.link_nat_reply()?;
+        Ok(datapath)
     }
 
-    /// Attaches the director's program through the link pinned in `pins`: a running datapath's
-    /// link gets the new program in one atomic update; otherwise a new link is attached and
-    /// pinned. Returns the mode (None when adopted: the link keeps the mode it was made with).
+    /// Attaches the director's program through the link pinned in `pins` for interface
+    /// `ifindex` (`other`: its name, for another interface than the one the pins are named
+    /// after): a running datapath's link gets the new program in one atomic update; otherwise a
+    /// new link is attached and pinned. Returns the mode (None when adopted: the link keeps the
+    /// mode it was made with).
     pub fn attach_pinned(
         &mut self,
         ifindex: u32,
+        other: Option<&str>,
         mode: AttachMode,
         pins: &pin::Pins,
     ) -> Result<(Attachment, Option<AttachMode>)> {
         let prog = self.program(program_names::LB)?;
-        if let Some(link) = pins.link()? {
+        if let Some(link) = pins.link(other)? {
             prog.attach_to_link(link)
                 .context("cannot swap the new program into the pinned XDP link")?;
             return Ok((Attachment::Adopted, None));
         }
         let (id, mode) = self.attach(ifindex, mode)?;
         let link = self.program(program_names::LB)?.take_link(id)?;
-        Ok((Attachment::Pinned(pins.pin_link(link)?), Some(mode)))
+        Ok((Attachment::Pinned(pins.pin_link(link, other)?), Some(mode)))
     }
 
     pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {

@@ -23,7 +23,7 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The maps of the director's program that survive its agent: configuration, state and counters.
-pub const PINNED_MAPS: [&str; 18] = [
+pub const PINNED_MAPS: [&str; 27] = [
     map_names::SERVICES,
     map_names::VIP_FILTER,
     map_names::TABLES,
@@ -42,6 +42,17 @@ pub const PINNED_MAPS: [&str; 18] = [
     map_names::LOCALITY,
     map_names::PERSISTENCE,
     map_names::TEMPLATES,
+    map_names::REAL_EGRESS,
+    map_names::NAT_REPLIES,
+    map_names::NAT_SOURCES,
+    map_names::SERVICE_OUT,
+    map_names::REAL_OUT,
+    map_names::IFACES,
+    map_names::TX_PORTS,
+    map_names::NEIGH_MISSES,
+    // Pinned so its entry outlives the agent (a program array's entries are cleared when no
+    // user holds it); each agent installs its own reply program.
+    map_names::NAT_PROGS,
 ];
 
 /// The network namespace of this process, as a number that tells namespaces apart: interfaces
@@ -82,7 +93,9 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The pin directory of one interface.
+const LINK_PREFIX: &str = "link-";
+
+/// The pin directory of one director (named after its first interface).
 #[derive(Clone, Debug)]
 pub struct Pins {
     dir: PathBuf,
@@ -116,27 +129,49 @@ impl Pins {
         self.dir.join(name)
     }
 
-    fn link_path(&self) -> PathBuf {
-        self.dir.join("link")
+    /// The link on the interface the pins are named after is `link`; on another one the
+    /// director is attached to, `link-IFNAME`.
+    fn link_path(&self, other: Option<&str>) -> PathBuf {
+        match other {
+            None => self.dir.join("link"),
+            Some(name) => self.dir.join(format!("{LINK_PREFIX}{name}")),
+        }
     }
 
-    /// The pinned XDP link of a running datapath, if there is one.
-    pub fn link(&self) -> Result<Option<XdpLink>> {
-        if !self.link_path().exists() {
+    /// The pinned XDP link of a running datapath (on the interface `other`, or the first), if
+    /// there is one.
+    pub fn link(&self, other: Option<&str>) -> Result<Option<XdpLink>> {
+        let path = self.link_path(other);
+        if !path.exists() {
             return Ok(None);
         }
-        let pinned =
-            PinnedLink::from_pin(self.link_path()).context("cannot open the pinned XDP link")?;
+        let pinned = PinnedLink::from_pin(path).context("cannot open the pinned XDP link")?;
         let link = XdpLink::try_from(FdLink::from(pinned))
             .context("the pinned link is not an XDP link")?;
         Ok(Some(link))
     }
 
     /// Pins a freshly attached link.
-    pub fn pin_link(&self, link: XdpLink) -> Result<PinnedLink> {
+    pub fn pin_link(&self, link: XdpLink, other: Option<&str>) -> Result<PinnedLink> {
         let fd = FdLink::try_from(link)
             .context("the XDP attachment is not a bpf_link (kernel too old)")?;
-        fd.pin(self.link_path()).context("cannot pin the XDP link")
+        fd.pin(self.link_path(other))
+            .context("cannot pin the XDP link")
+    }
+
+    /// Unpins the links on other interfaces than `keep` (the director no longer uses them):
+    /// the program leaves those interfaces.
+    pub fn unpin_other_links(&self, keep: &[&str]) -> Result<()> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(ifname) = name.strip_prefix(LINK_PREFIX) {
+                if !keep.contains(&ifname) {
+                    std::fs::remove_file(self.dir.join(&*name))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes every pin: once no process holds them, the program is detached and the maps freed.

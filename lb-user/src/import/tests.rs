@@ -722,16 +722,6 @@ fn what_cannot_be_converted_is_an_error_on_its_line() {
     let real = "    real_server 10.0.0.11 80 {\n    }\n";
     let cases: Vec<(String, usize, &str)> = vec![
         (
-            web(&format!("    lb_kind NAT\n{real}")),
-            4,
-            "lb_kind NAT: xdplb forwards by direct routing (DR) or IPIP tunnel (TUN); it has no NAT",
-        ),
-        (
-            format!("virtual_server 10.0.0.100 80 {{\n    protocol TCP\n{real}}}\n"),
-            1,
-            "no lb_kind: keepalived forwards by NAT then",
-        ),
-        (
             web(&format!("    lb_kind TUN type gue port 6080\n{real}")),
             4,
             "xdplb tunnels with IPIP only, not gue",
@@ -902,5 +892,25 @@ fn every_error_is_reported_and_notes_are_held_back() {
             "keepalived.conf:5: error: lb_algo xyz: unknown scheduler 'xyz' (xdplb has sh mh rr wrr lc wlc sed nq dh lblc lblcr fo ovf)",
             "keepalived.conf:7: error: weight: '-1' is out of range 0..=65535",
         ]
+    );
+}
+
+#[test]
+fn nat_virtual_servers_become_masquerading_with_their_ports() {
+    // lb_kind NAT, and no lb_kind at all (keepalived's default): LVS/NAT, ports mapped.
+    let text = "virtual_server 10.0.0.100 80 {\n    lb_kind NAT\n    protocol TCP\n    real_server 192.168.10.11 8080 {\n    }\n}\n\
+                virtual_server 10.0.0.100 53 {\n    protocol UDP\n    real_server 192.168.10.12 5353 {\n    }\n}\n";
+    let (config, lines) = converted(text);
+    let web = service(&config, Protocol::Tcp, 80);
+    let real = web.reals[0].get_ref();
+    assert_eq!((real.forward, real.port), (Forward::Masq, Some(8080)));
+    let dns = service(&config, Protocol::Udp, 53);
+    let real = dns.reals[0].get_ref();
+    assert_eq!((real.forward, real.port), (Forward::Masq, Some(5353)));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("no lb_kind: LVS/NAT, keepalived's default")),
+        "{lines:#?}"
     );
 }

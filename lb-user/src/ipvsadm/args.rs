@@ -298,9 +298,6 @@ impl Args {
         if self.sctp_service.is_some() {
             bail!("SCTP services (--sctp-service) are not supported: TCP (-t) and UDP (-u) are");
         }
-        if self.masquerading {
-            bail!("-m (masquerading, LVS/NAT) is not supported yet: use -g (direct routing) or -i (tunnelling)");
-        }
         if self.ipv6 {
             bail!("-6 (IPv6 firewall-mark services) is not supported: IPv6 is not supported yet");
         }
@@ -403,8 +400,13 @@ impl Args {
         if self.tcp_service.is_some() && self.udp_service.is_some() {
             bail!("one service at a time: -t or -u");
         }
-        if [self.gatewaying, self.ipip].iter().filter(|x| **x).count() > 1 {
-            bail!("one forwarding method at a time: -g or -i");
+        if [self.gatewaying, self.ipip, self.masquerading]
+            .iter()
+            .filter(|x| **x)
+            .count()
+            > 1
+        {
+            bail!("one forwarding method at a time: -g, -i or -m");
         }
         if cmd == Cmd::List {
             let has = |o: &str| given.contains(&o);
@@ -590,9 +592,10 @@ impl Args {
     }
 
     /// -a and -e: as ipvsadm, what is not given takes ipvsadm's default (weight 1, direct
-    /// routing, no thresholds), also in an edit; the real port of DR and TUN is the service's.
+    /// routing, no thresholds), also in an edit; the real port of DR and TUN is the service's,
+    /// as ipvsadm makes it; masquerading (-m) keeps the one given.
     fn real_spec(&self) -> Result<RealSpec> {
-        let (addr, _port) = self.real_address()?;
+        let (addr, port) = self.real_address()?;
         let number = |v: &Option<String>, what: &str, max: u32| -> Result<Option<u32>> {
             match v {
                 None => Ok(None),
@@ -607,10 +610,12 @@ impl Args {
         let lower = number(&self.l_threshold, "l_threshold (-y)", i32::MAX as u32)?;
         Ok(RealSpec {
             addr: Some(addr),
-            port: None,
+            port: port.filter(|_| self.masquerading),
             weight: Some(weight.unwrap_or(1)),
             forward: Some(if self.ipip || self.tun_type.is_some() {
                 Forward::Tunnel
+            } else if self.masquerading {
+                Forward::Masq
             } else {
                 Forward::Route
             }),
@@ -747,6 +752,19 @@ mod tests {
             (real.weight, real.upper, real.lower),
             (Some(5), Some(100), Some(50))
         );
+        // Masquerading keeps the real server's port; the other methods take the service's.
+        let Invocation::Change(Request::AddReal { real, .. }) =
+            parse_str("-a -t 10.0.0.1:80 -r 10.0.0.11:8080 -m").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((real.forward, real.port), (Some(Forward::Masq), Some(8080)));
+        let Invocation::Change(Request::AddReal { real, .. }) =
+            parse_str("-a -t 10.0.0.1:80 -r 10.0.0.11:8080 -g").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((real.forward, real.port), (Some(Forward::Route), None));
     }
 
     #[test]
@@ -797,7 +815,6 @@ mod tests {
             ("-A -t 10.0.0.1:80 -s sh -b mh-port", "mh-port"),
             ("-a -t 10.0.0.1:80", "'real-server'"),
             ("-a -t 10.0.0.1:80 -r 10.0.0.2 -w 70000", "70000"),
-            ("-a -t 10.0.0.1:80 -r 10.0.0.2 -m", "-m (masquerading"),
             (
                 "-a -t 10.0.0.1:80 -r 10.0.0.2 -g -i",
                 "one forwarding method",

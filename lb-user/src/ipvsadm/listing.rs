@@ -20,6 +20,7 @@ fn forward_name(f: Forward) -> &'static str {
     match f {
         Forward::Route => "Route",
         Forward::Tunnel => "Tunnel",
+        Forward::Masq => "Masq",
     }
 }
 
@@ -27,6 +28,7 @@ fn forward_switch(f: Forward) -> &'static str {
     match f {
         Forward::Route => "-g",
         Forward::Tunnel => "-i",
+        Forward::Masq => "-m",
     }
 }
 
@@ -108,7 +110,13 @@ fn service_entry(out: &mut String, s: &ServiceView, o: ListOptions) {
     match o.columns {
         Columns::Stats | Columns::Rate => {
             let _ = write!(out, "{name:<33}");
-            for n in [stats.conns, stats.packets, 0, stats.bytes, 0] {
+            for n in [
+                stats.conns,
+                stats.packets,
+                stats.out_packets,
+                stats.bytes,
+                stats.out_bytes,
+            ] {
                 number(out, n, o.exact);
             }
         }
@@ -134,7 +142,13 @@ fn real_entry(out: &mut String, r: &RealView, o: ListOptions) {
     let _ = match o.columns {
         Columns::Stats => {
             let _ = write!(out, "  -> {name:<28}");
-            for n in [stats.conns, stats.packets, 0, stats.bytes, 0] {
+            for n in [
+                stats.conns,
+                stats.packets,
+                stats.out_packets,
+                stats.bytes,
+                stats.out_bytes,
+            ] {
                 number(out, n, o.exact);
             }
             writeln!(out)
@@ -143,10 +157,10 @@ fn real_entry(out: &mut String, r: &RealView, o: ListOptions) {
             let _ = write!(
                 out,
                 "  -> {name:<28} {:>8} {:>8} {:>8}",
-                stats.conns, stats.packets, 0
+                stats.conns, stats.packets, stats.out_packets
             );
             number(out, stats.bytes, o.exact);
-            number(out, 0, o.exact);
+            number(out, stats.out_bytes, o.exact);
             writeln!(out)
         }
         Columns::Thresholds => writeln!(
@@ -369,6 +383,7 @@ UDP  10.0.0.100:53 mh
             conns: 7,
             packets: 123_456_789,
             bytes: 12_345_678_901,
+            ..Default::default()
         });
         l.services[1].reals[0].u_threshold = 100;
         l.services[1].reals[0].l_threshold = 75;

@@ -135,9 +135,9 @@ ipvsadm -a -t 207.175.44.110:80 -r 192.168.10.1:80 -g   # the first
             &requests[2].1,
             Request::AddReal { real, .. } if real.weight == Some(2)
         ));
-        let bad = format!("{text}-a -t 207.175.44.110:80 -r 192.168.10.3:80 -m\n");
+        let bad = format!("{text}-a -t 207.175.44.110:80 -r 192.168.10.3:80 -m -g\n");
         let err = format!("{:#}", restore(&bad).unwrap_err());
-        assert!(err.starts_with("line 6: -m (masquerading"), "{err}");
+        assert!(err.starts_with("line 6: one forwarding method"), "{err}");
         let err = format!("{:#}", restore("-L -n\n").unwrap_err());
         assert!(err.starts_with("line 1: only commands"), "{err}");
     }

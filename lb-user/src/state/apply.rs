@@ -5,9 +5,9 @@
 use anyhow::{Context as _, Result};
 use std::collections::BTreeSet;
 
-use lb_common::{vip_filter_index, RealLimits, RealServer, REAL_ACTIVE, REAL_DOWN};
+use lb_common::{vip_filter_index, RealEgress, RealLimits, RealServer, REAL_ACTIVE, REAL_DOWN};
 
-use super::{Real, Scheduler, Service, State};
+use super::{Forward, Real, Scheduler, Service, State};
 use crate::datapath::MapWriter;
 
 fn limits(r: &Real) -> RealLimits {
@@ -53,6 +53,30 @@ pub fn resync(writer: &mut dyn MapWriter, state: &State) -> Result<()> {
     write_diff(writer, &State::default(), state, false)
 }
 
+/// A real server's REAL_EGRESS entry: its interface and, for LVS/NAT, its port.
+fn egress_entry(state: &State, r: &Real) -> RealEgress {
+    RealEgress {
+        ifindex: state.egress.get(&r.addr).copied().unwrap_or(0),
+        port: if r.forward == Forward::Masq {
+            r.port
+        } else {
+            0
+        },
+        _pad: 0,
+    }
+}
+
+/// The LVS/NAT reply prefilter entries a state needs (its NAT real servers' addresses).
+fn nat_source_entries(state: &State) -> BTreeSet<u32> {
+    state
+        .services
+        .values()
+        .flat_map(|s| s.reals.iter())
+        .filter(|r| r.forward == Forward::Masq)
+        .map(|r| vip_filter_index(&lb_common::addr_from_v4(r.addr.octets())))
+        .collect()
+}
+
 /// The VIP prefilter entries a state needs.
 fn filter_entries(state: &State) -> BTreeSet<u32> {
     state
@@ -67,6 +91,10 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> R
     // Open the prefilter before any new service entry, close it after the last one went.
     for &i in new_filter.difference(&old_filter) {
         w.set_vip_filter(i, true)?;
+    }
+    let (old_nat, new_nat) = (nat_source_entries(old), nat_source_entries(new));
+    for &i in new_nat.difference(&old_nat) {
+        w.set_nat_source(i, true)?;
     }
     for (addr, svc) in &old.services {
         if !new.services.contains_key(addr) {
@@ -90,6 +118,11 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> R
             // Limits before the entry: a new real server is compared by its own weight.
             if find_old(r.id).is_none_or(|(_, o)| limits(o) != limits(r)) {
                 w.set_limits(r.id, &limits(r))?;
+            }
+            // Where it leaves and its NAT port, before the entry that sends packets there.
+            let egress = egress_entry(new, r);
+            if find_old(r.id).is_none_or(|(_, o)| egress_entry(old, o) != egress) {
+                w.set_egress(r.id, &egress)?;
             }
             match find_old(r.id) {
                 Some((b, o)) if real_entry(b, o) == real_entry(svc, r) => {}
@@ -162,6 +195,9 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> R
     }
     for &i in old_filter.difference(&new_filter) {
         w.set_vip_filter(i, false)?;
+    }
+    for &i in old_nat.difference(&new_nat) {
+        w.set_nat_source(i, false)?;
     }
     Ok(())
 }

@@ -429,6 +429,26 @@ impl Loads {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct State {
     pub services: BTreeMap<ServiceAddr, Service>,
+    /// The interface (ifindex) toward each real-server address, when the director is attached
+    /// to several: learned from the kernel's routes by the agent. Absent: frames leave where the
+    /// request came in.
+    pub egress: BTreeMap<Ipv4Addr, u32>,
+}
+
+/// The real server's port: the one given, else the service's. Only LVS/NAT maps ports: direct
+/// routing and tunnelling deliver the packet as the client sent it.
+fn check_real_port(service: &ServiceAddr, port: Option<u16>, forward: Forward) -> Result<u16> {
+    let port = port.unwrap_or(service.port);
+    if service.port != 0 {
+        check_port("real server", port)?;
+    }
+    if forward.keeps_destination() && port != service.port {
+        bail!(
+            "real server port {port} differs from the service port {}: direct routing and tunnelling cannot change the port (masquerading, -m, can)",
+            service.port
+        );
+    }
+    Ok(port)
 }
 
 fn check_port(what: &str, port: u16) -> Result<()> {
@@ -660,6 +680,20 @@ impl State {
         }
     }
 
+    /// The state with the interfaces toward real servers replaced by `egress` (only those of
+    /// real servers it has are kept).
+    pub fn with_egress(&self, egress: BTreeMap<Ipv4Addr, u32>) -> State {
+        let mut next = self.clone();
+        next.egress = egress;
+        let addrs: std::collections::BTreeSet<Ipv4Addr> = next
+            .services
+            .values()
+            .flat_map(|s| s.reals.iter().map(|r| r.addr))
+            .collect();
+        next.egress.retain(|a, _| addrs.contains(a));
+        next
+    }
+
     /// The state with kernel-learned MACs updated (the agent re-resolves them periodically).
     pub fn with_learned_macs(&self, learned: &[(ServiceAddr, Ipv4Addr, Mac)]) -> State {
         let mut next = self.clone();
@@ -682,7 +716,7 @@ impl State {
         let Some(addr) = spec.addr else {
             bail!("a real server address (-r RIP) is required")
         };
-        let port = self.check_real_port(&service, spec.port)?;
+        let port = check_real_port(&service, spec.port, spec.forward.unwrap_or_default())?;
         if svc.real(addr).is_some() {
             bail!("real server {addr}:{port} already exists in service {service}");
         }
@@ -695,22 +729,6 @@ impl State {
         }
         svc.check_capacity(&svc.weights_with(Some((u32::MAX, spec.weight.unwrap_or(1)))))?;
         Ok((addr, port))
-    }
-
-    fn check_real_port(&self, service: &ServiceAddr, port: Option<u16>) -> Result<u16> {
-        let port = port.unwrap_or(service.port);
-        if service.port != 0 {
-            check_port("real server", port)?;
-        }
-        // Direct routing and tunnelling leave the packet untouched: the real server sees the
-        // VIP's port.
-        if port != service.port {
-            bail!(
-                "real server port {port} differs from the service port {}: direct routing and tunnelling cannot change the port",
-                service.port
-            );
-        }
-        Ok(port)
     }
 
     pub fn edit_real(&self, service: ServiceAddr, spec: &RealSpec) -> Result<State> {
@@ -727,12 +745,20 @@ impl State {
         let Some(addr) = spec.addr else {
             bail!("a real server address (-r RIP) is required")
         };
-        self.check_real_port(&service, spec.port)?;
         let mut next = self.clone();
         let svc = next.service_mut(&service)?;
         let Some(real) = svc.reals.iter_mut().find(|r| r.addr == addr) else {
             bail!("no such real server {addr} in service {service}");
         };
+        let forward = spec.forward.unwrap_or(real.forward);
+        // A port given is the real server's new one (LVS/NAT); none keeps it, unless the
+        // method no longer maps ports.
+        let port = match spec.port {
+            Some(p) => Some(p),
+            None if forward.keeps_destination() => None,
+            None => Some(real.port),
+        };
+        real.port = check_real_port(&service, port, forward)?;
         if let Some(w) = spec.weight {
             check_weight(w)?;
             real.weight = w;

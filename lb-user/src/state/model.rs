@@ -216,7 +216,7 @@ impl Persistence {
     pub const DEFAULT_NETMASK: Ipv4Addr = Ipv4Addr::BROADCAST;
 }
 
-/// Forwarding method, ipvsadm's `-g` and `-i`.
+/// Forwarding method, ipvsadm's `-g`, `-i` and `-m`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Forward {
@@ -225,6 +225,10 @@ pub enum Forward {
     Route,
     /// LVS/TUN: wrap the packet in IPIP to the real server, wherever it is routable.
     Tunnel,
+    /// LVS/NAT, "masquerading": rewrite the destination to the real server's address and port;
+    /// its replies come back through the director, which rewrites their source.
+    #[serde(alias = "nat")]
+    Masq,
 }
 
 impl Forward {
@@ -232,7 +236,14 @@ impl Forward {
         match self {
             Forward::Route => lb_common::FWD_DR,
             Forward::Tunnel => lb_common::FWD_TUN,
+            Forward::Masq => lb_common::FWD_NAT,
         }
+    }
+
+    /// Whether the packet reaches the real server with the destination the client sent it to,
+    /// so the real server must hold the VIP and listen on the service's port (DR, TUN).
+    pub fn keeps_destination(self) -> bool {
+        self != Forward::Masq
     }
 }
 
@@ -241,6 +252,7 @@ impl fmt::Display for Forward {
         f.pad(match self {
             Forward::Route => "Route",
             Forward::Tunnel => "Tunnel",
+            Forward::Masq => "Masq",
         })
     }
 }

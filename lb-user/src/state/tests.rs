@@ -106,6 +106,21 @@ impl MapWriter for FakeMaps {
     fn template(&self, _: u32, _: Ipv4Addr) -> Result<Option<(u32, u32)>> {
         Ok(None)
     }
+    fn set_egress(&mut self, id: u32, e: &lb_common::RealEgress) -> Result<()> {
+        self.write(format!("egress {id} {} {}", e.ifindex, e.port))
+    }
+    fn set_interfaces(&mut self, _: &[(u32, lb_common::Iface)]) -> Result<()> {
+        self.write("interfaces".into())
+    }
+    fn take_neigh_misses(&mut self) -> Vec<(Ipv4Addr, u32)> {
+        Vec::new()
+    }
+    fn set_nat_source(&mut self, index: u32, on: bool) -> Result<()> {
+        self.write(format!("nat source {index} {on}"))
+    }
+    fn set_nat_reply(&mut self, _: &FlowKey, _: &lb_common::NatReply) -> Result<()> {
+        self.write("nat reply".into())
+    }
     fn persistent_conns(&self) -> Result<std::collections::HashMap<u32, u64>> {
         Ok(Default::default())
     }
@@ -443,4 +458,84 @@ fn the_vip_prefilter_follows_the_services() {
     apply(&mut maps, &s1, &empty).unwrap();
     assert_eq!(maps.filter.get(&index), Some(&false));
     assert_eq!(maps.log.last().unwrap(), &format!("filter {index} false"));
+}
+
+/// LVS/NAT maps ports, the other methods cannot; apply writes each real server's port and the
+/// reply prefilter, and clears them when the NAT real servers go.
+#[test]
+fn masquerading_maps_the_port_and_opens_the_reply_prefilter() {
+    let (s, svc) = three_reals();
+    let nat = RealSpec {
+        port: Some(8080),
+        forward: Some(Forward::Masq),
+        ..real([192, 168, 10, 21], 1)
+    };
+    let next = s.add_real(svc, &nat).unwrap();
+    let r = next
+        .service(&svc)
+        .unwrap()
+        .real([192, 168, 10, 21].into())
+        .unwrap();
+    assert_eq!((r.port, r.forward), (8080, Forward::Masq));
+    // Without a port it is the service's.
+    let plain = RealSpec {
+        forward: Some(Forward::Masq),
+        ..real([192, 168, 10, 22], 1)
+    };
+    assert_eq!(
+        s.add_real(svc, &plain)
+            .unwrap()
+            .service(&svc)
+            .unwrap()
+            .reals[3]
+            .port,
+        80
+    );
+    // Made DR it takes the service's port, as ipvsadm does; DR cannot keep another one.
+    let to_dr = RealSpec {
+        forward: Some(Forward::Route),
+        ..real([192, 168, 10, 21], 1)
+    };
+    let dr = next.edit_real(svc, &to_dr).unwrap();
+    assert_eq!(dr.service(&svc).unwrap().reals[3].port, 80);
+    let keep = RealSpec {
+        port: Some(8080),
+        ..to_dr
+    };
+    let Err(e) = next.edit_real(svc, &keep) else {
+        panic!("DR kept port 8080")
+    };
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("direct routing and tunnelling cannot change the port"),
+        "{msg}"
+    );
+
+    let mut maps = FakeMaps::default();
+    apply(&mut maps, &State::default(), &next).unwrap();
+    let id = r.id;
+    let index = lb_common::vip_filter_index(&lb_common::addr_from_v4([192, 168, 10, 21]));
+    assert!(
+        maps.log.contains(&format!("egress {id} 0 8080")),
+        "{:?}",
+        maps.log
+    );
+    assert!(
+        maps.log.contains(&format!("nat source {index} true")),
+        "{:?}",
+        maps.log
+    );
+    // The DR real servers get no port.
+    assert!(maps
+        .log
+        .iter()
+        .any(|l| l.starts_with("egress ") && l.ends_with(" 0 0")));
+    let after = next.del_real(svc, [192, 168, 10, 21].into()).unwrap();
+    maps.log.clear();
+    apply(&mut maps, &next, &after).unwrap();
+    assert!(
+        maps.log.contains(&format!("nat source {index} false")),
+        "{:?}",
+        maps.log
+    );
 }

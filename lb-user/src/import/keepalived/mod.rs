@@ -152,6 +152,7 @@ pub fn convert(
     }
     let director = Director {
         interface: interface?,
+        more_interfaces: Vec::new(),
         mode: AttachMode::Native,
         conn_max: DEFAULT_CONN_MAX,
         tunnel_src: None,
@@ -315,19 +316,20 @@ fn virtual_server(item: &Item, report: &mut Report) -> Option<Service> {
     for rs in &vs.reals {
         let forward = match rs.method.or(vs.method) {
             Some(Method::Forward(f)) => Some(f),
-            Some(Method::Nat) => None,
             // A wrong method was reported where it was given.
             None if rs.method_seen || vs.method_seen => None,
+            // keepalived's default.
             None => {
                 no_method = true;
-                None
+                Some(crate::state::Forward::Masq)
             }
         };
         let check = health_check(rs, &vs.timing, port, report);
         if check.is_some() && !rs.inhibit.unwrap_or(vs.inhibit) {
             uninhibited = true;
         }
-        if let Some(p) = rs.port.filter(|p| port != 0 && p != &port) {
+        let masq = forward == Some(crate::state::Forward::Masq);
+        if let Some(p) = rs.port.filter(|p| port != 0 && p != &port && !masq) {
             report.note(
                 &rs.pos,
                 format!("{}: DR and TUN leave ports alone, so traffic reaches port {port} (as with IPVS); its check probes port {p}", rs.text),
@@ -341,7 +343,8 @@ fn virtual_server(item: &Item, report: &mut Report) -> Option<Service> {
             text: rs.text.clone(),
             spec: RealSpec {
                 addr: Some(addr),
-                port: None,
+                // LVS/NAT maps the port; DR and TUN leave it as the client sent it.
+                port: rs.port.filter(|_| masq),
                 weight: Some(rs.weight.or(vs.weight).unwrap_or(1)),
                 forward: Some(forward),
                 mac: None,
@@ -352,9 +355,9 @@ fn virtual_server(item: &Item, report: &mut Report) -> Option<Service> {
         });
     }
     if no_method {
-        report.error(
+        report.note(
             &item.pos,
-            format!("{text}: no lb_kind: keepalived forwards by NAT then, which xdplb does not have: add `lb_kind DR` or `lb_kind TUN`"),
+            format!("{text}: no lb_kind: LVS/NAT, keepalived's default (the real servers route through the director)"),
         );
     }
     if uninhibited {

@@ -22,8 +22,6 @@ pub(super) struct At<T> {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) enum Method {
     Forward(Forward),
-    /// Reported where it was given.
-    Nat,
 }
 
 /// The one value of a statement; errors name the statement.
@@ -183,14 +181,7 @@ pub(super) fn method(item: &Item, report: &mut Report) -> Option<Method> {
     };
     match args.first().map(String::as_str) {
         Some("DR") if args.len() == 1 => Some(Method::Forward(Forward::Route)),
-        Some("NAT") if args.len() == 1 => {
-            bad(
-                report,
-                "xdplb forwards by direct routing (DR) or IPIP tunnel (TUN); it has no NAT"
-                    .to_owned(),
-            );
-            Some(Method::Nat)
-        }
+        Some("NAT") if args.len() == 1 => Some(Method::Forward(Forward::Masq)),
         Some("TUN") => {
             let mut i = 1;
             while i < args.len() {

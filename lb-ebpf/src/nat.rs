@@ -1,0 +1,191 @@
+//! LVS/NAT ("masquerading"): a request's destination becomes the real server's address and port;
+//! the real server answers through the director (its default gateway), and the reply's source
+//! becomes the VIP and the service's port again. Both rewrites update the IP and TCP/UDP
+//! checksums incrementally (RFC 1624) and decrement the TTL, as a router does.
+//!
+//! Replies are found by their own flow key in NAT_REPLIES, written when a NAT flow is bound: one
+//! lookup on the reply path, no search of the connection table. Only packets from a NAT real
+//! server's address (the NAT_SOURCES prefilter) pay for that lookup.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, ProgramArray},
+    programs::XdpContext,
+};
+use lb_common::{
+    csum, vip_filter_index, Addr, FlowKey, NatReply, Reason, BPF_F_NO_COMMON_LRU, DEFAULT_CONN_MAX,
+    IPPROTO_TCP, VIP_FILTER_SIZE,
+};
+
+use crate::parse::{ptr_at, Packet};
+
+/// Reply flow (real server -> client) -> what its source becomes. Sized by the agent as the
+/// connection table.
+#[map]
+static NAT_REPLIES: LruHashMap<FlowKey, NatReply> =
+    LruHashMap::with_max_entries(DEFAULT_CONN_MAX, BPF_F_NO_COMMON_LRU);
+
+/// Non-zero where a NAT real server's address has its last 16 bits.
+#[map]
+static NAT_SOURCES: Array<u8> = Array::with_max_entries(VIP_FILTER_SIZE, 0);
+
+/// Index 0: the reply path's program (`xdplb_nat_reply`), set by the agent as it loads both.
+#[map]
+static NAT_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Continues with the reply path's program; returns only if it is not there.
+#[inline(always)]
+pub fn to_reply_path(ctx: &XdpContext) {
+    // SAFETY: a tail call does not return when it succeeds; the context is the kernel's.
+    unsafe { NAT_PROGS.tail_call(ctx, 0) };
+}
+
+/// Offset of the IPv4 checksum, TTL and addresses in the header.
+const IP_CSUM: usize = 10;
+const IP_TTL: usize = 8;
+const IP_SRC: usize = 12;
+const IP_DST: usize = 16;
+
+/// Whether the packet may be a NAT reply: its source has a NAT real server's last 16 bits.
+#[inline(always)]
+pub fn may_be_reply(pkt: &Packet) -> bool {
+    let index = vip_filter_index(&lb_common::addr_from_v4(pkt.src));
+    NAT_SOURCES.get(index).is_some_and(|b| *b != 0)
+}
+
+/// The reply's translation, if the packet belongs to a NAT flow.
+#[inline(always)]
+pub fn reply_of(flow: &FlowKey) -> Option<NatReply> {
+    // SAFETY: a copy of the value, read at once.
+    unsafe { NAT_REPLIES.get(flow) }.copied()
+}
+
+/// The key of a NAT flow's replies, as the real server sends them (RIP:RPORT -> client).
+#[inline(always)]
+pub fn reply_key(flow: &FlowKey, real_addr: &Addr, real_port: u16) -> FlowKey {
+    FlowKey {
+        src: *real_addr,
+        dst: flow.src,
+        sport: real_port,
+        dport: flow.sport,
+        proto: flow.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// The client's flow (client -> VIP:port, the connection table's key) a reply belongs to.
+#[inline(always)]
+pub fn client_flow(reply_flow: &FlowKey, reply: &NatReply) -> FlowKey {
+    FlowKey {
+        src: reply_flow.dst,
+        dst: reply.vip,
+        sport: reply_flow.dport,
+        dport: reply.vport,
+        proto: reply_flow.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Remembers a new NAT flow's reply, as the real server will send it.
+#[inline(always)]
+pub fn remember(flow: &FlowKey, real_addr: &Addr, real_port: u16, service: u32, real: u32) {
+    let key = reply_key(flow, real_addr, real_port);
+    let value = NatReply {
+        vip: flow.dst,
+        vport: flow.dport,
+        _pad: 0,
+        service,
+        real,
+    };
+    let _ = NAT_REPLIES.insert(key, value, 0);
+}
+
+/// Forgets a NAT flow's reply (a RST ended it).
+#[inline(always)]
+pub fn forget(reply: &FlowKey) {
+    let _ = NAT_REPLIES.remove(reply);
+}
+
+/// The sum of the 16-bit words of an address and a port, for the incremental checksums.
+#[inline(always)]
+fn words(addr: [u8; 4], port: u16) -> u32 {
+    csum::sum(&addr) + port as u32
+}
+
+/// Rewrites one end of the packet: its destination (`to_dst`, a request) or its source (a reply)
+/// becomes `addr`:`port`, with the checksums, and the TTL goes down by one. Err if the TTL has
+/// run out (the kernel answers it) or the frame is too short (the caller checked it whole).
+// The headers are copied out, changed and written back whole: one bounds check each, which the
+// verifier follows where separate pointers into them it does not.
+#[inline(always)]
+pub fn rewrite(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    to_dst: bool,
+    addr: [u8; 4],
+    port: u16,
+) -> Result<(), Reason> {
+    let (addr_off, port_off, old_addr, old_port) = if to_dst {
+        (IP_DST, 2, pkt.dst, pkt.dport)
+    } else {
+        (IP_SRC, 0, pkt.src, pkt.sport)
+    };
+    let ip_at = ptr_at::<[u8; 20]>(ctx, pkt.l3_off).ok_or(Reason::DropMalformed)?;
+    // SAFETY: bounds-checked by ptr_at; unaligned-safe.
+    let mut ip = unsafe { ip_at.read_unaligned() };
+    let ttl = ip[IP_TTL];
+    if ttl <= 1 {
+        return Err(Reason::PassTtl);
+    }
+    // The TTL is the high byte of its 16-bit word; the protocol beside it does not change.
+    let check = csum::update(
+        u16::from_be_bytes([ip[IP_CSUM], ip[IP_CSUM + 1]]),
+        csum::sum(&old_addr) + ((ttl as u32) << 8),
+        csum::sum(&addr) + (((ttl - 1) as u32) << 8),
+    );
+    ip[IP_TTL] = ttl - 1;
+    ip[IP_CSUM..IP_CSUM + 2].copy_from_slice(&check.to_be_bytes());
+    ip[addr_off..addr_off + 4].copy_from_slice(&addr);
+    // SAFETY: as above.
+    unsafe { ip_at.write_unaligned(ip) };
+    let (old, new) = (words(old_addr, old_port), words(addr, port));
+    if pkt.proto == IPPROTO_TCP {
+        transport::<TCP_CSUM_END>(ctx, pkt.l4_off, port_off, false, old, new, port)
+    } else {
+        transport::<UDP_HLEN>(ctx, pkt.l4_off, port_off, true, old, new, port)
+    }
+}
+
+/// Where the TCP checksum ends (it is at 16) and the UDP header's length (checksum at 6).
+const TCP_CSUM_END: usize = 18;
+const UDP_HLEN: usize = 8;
+
+/// Writes the port at `port_off` of the transport header (the first `N` bytes, ending with its
+/// checksum) and updates the checksum for the port and the pseudo-header's address.
+#[inline(always)]
+fn transport<const N: usize>(
+    ctx: &XdpContext,
+    l4_off: usize,
+    port_off: usize,
+    udp: bool,
+    old: u32,
+    new: u32,
+    port: u16,
+) -> Result<(), Reason> {
+    let at = ptr_at::<[u8; N]>(ctx, l4_off).ok_or(Reason::DropMalformed)?;
+    // SAFETY: bounds-checked by ptr_at; unaligned-safe.
+    let mut h = unsafe { at.read_unaligned() };
+    h[port_off..port_off + 2].copy_from_slice(&port.to_be_bytes());
+    let check = u16::from_be_bytes([h[N - 2], h[N - 1]]);
+    // A UDP checksum of 0 means "none": it stays none.
+    if !(udp && check == 0) {
+        let mut check = csum::update(check, old, new);
+        if udp && check == 0 {
+            check = 0xffff;
+        }
+        h[N - 2..].copy_from_slice(&check.to_be_bytes());
+    }
+    // SAFETY: as above.
+    unsafe { at.write_unaligned(h) };
+    Ok(())
+}

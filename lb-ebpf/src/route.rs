@@ -1,0 +1,161 @@
+//! Where a frame leaves: back out of the interface it came in on (XDP_TX), or out of another
+//! interface the director is attached to (XDP_REDIRECT through a device map), with that
+//! interface's MAC as its source. The interface toward a real server is the agent's to find (from
+//! the kernel's routes, like its MAC); toward a client of a NAT reply, the kernel's FIB lookup
+//! finds the next hop, and a next hop without a neighbour entry is left for the agent to resolve.
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams,
+        xdp_action::{XDP_ABORTED, XDP_TX},
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+    },
+    helpers::bpf_fib_lookup,
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap},
+    programs::XdpContext,
+};
+use lb_common::{addr_from_v4, Iface, NeighMiss, RealEgress, MAX_IFACES, MAX_REALS};
+
+use crate::parse::ptr_at;
+
+/// The interfaces the director is attached to, by ifindex.
+#[map]
+static IFACES: HashMap<u32, Iface> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// The same interfaces, as redirect targets.
+#[map]
+static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
+
+/// Each real server's egress interface (0: the ingress one) and NAT port, by real-server id.
+#[map]
+static REAL_EGRESS: Array<RealEgress> = Array::with_max_entries(MAX_REALS, 0);
+
+/// Next hops (address, interface) a NAT reply found no neighbour entry for; the agent reads,
+/// resolves and removes them.
+#[map]
+static NEIGH_MISSES: LruHashMap<NeighMiss, u8> = LruHashMap::with_max_entries(256, 0);
+
+/// A next hop: the interface to send from, and the frame's Ethernet addresses.
+pub struct Hop {
+    pub ifindex: u32,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+}
+
+/// The interface the packet arrived on, as the director knows it (None: not one it set up,
+/// such as a test run without IFACES).
+#[inline(always)]
+pub fn ingress(ctx: &XdpContext) -> Option<&'static Iface> {
+    // SAFETY: reads a field of the context the kernel gave the program.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    // SAFETY: a shared reference into a map value that is only written by user space.
+    unsafe { IFACES.get(ifindex) }
+}
+
+/// A real server's egress interface and NAT port.
+#[inline(always)]
+pub fn real_egress(id: u32) -> RealEgress {
+    REAL_EGRESS.get(id).copied().unwrap_or_default()
+}
+
+/// The next hop toward a real server: its MAC (or its router's) on `egress` (0: the ingress
+/// interface). The frame leaves from the director's MAC on that link: `here`, the MAC the frame
+/// was sent to, when it leaves where it came in (no lookup on the common path), else the egress
+/// interface's.
+#[inline(always)]
+pub fn toward(ctx: &XdpContext, here: [u8; 6], mac: [u8; 6], egress: u32) -> Hop {
+    // SAFETY: as in `ingress`.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    if egress == 0 || egress == ingress {
+        return Hop {
+            ifindex: ingress,
+            dst_mac: mac,
+            src_mac: here,
+        };
+    }
+    // SAFETY: as in `ingress`.
+    let src_mac = match unsafe { IFACES.get(egress) } {
+        Some(i) => i.mac,
+        None => here,
+    };
+    Hop {
+        ifindex: egress,
+        dst_mac: mac,
+        src_mac,
+    }
+}
+
+/// Why a client's next hop is not known yet.
+pub enum NoHop {
+    /// No route (or one the director does not send out of): the kernel's business.
+    NoRoute,
+    /// A route, but no neighbour entry for its next hop: recorded for the agent.
+    NoNeigh,
+}
+
+/// The kernel's next hop for `dst` (from `src`), by its FIB. A next hop whose neighbour entry is
+/// missing is recorded in NEIGH_MISSES, so the agent has the kernel resolve it.
+#[inline(always)]
+pub fn fib(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], tot_len: u16) -> Result<Hop, NoHop> {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid input; the fields are set below.
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.family = 2; // AF_INET
+                  // SAFETY: as in `ingress`.
+    p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    p.__bindgen_anon_1.tot_len = tot_len;
+    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    // SAFETY: the helper reads and writes `p`, whose size it is given.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        // SAFETY: after the lookup the union holds the next hop's IPv4 address.
+        let nh = unsafe { p.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
+        let miss = NeighMiss {
+            addr: addr_from_v4(nh),
+            ifindex: p.ifindex,
+        };
+        let _ = NEIGH_MISSES.insert(miss, 0, 0);
+        return Err(NoHop::NoNeigh);
+    }
+    // SAFETY: as in `ingress`.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    // Out of an interface the director sends from: the ingress one, or one in TX_PORTS.
+    // SAFETY: as in `ingress`.
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64
+        || (p.ifindex != ingress && unsafe { IFACES.get(p.ifindex) }.is_none())
+    {
+        return Err(NoHop::NoRoute);
+    }
+    Ok(Hop {
+        ifindex: p.ifindex,
+        dst_mac: p.dmac,
+        src_mac: p.smac,
+    })
+}
+
+/// Addresses the frame to `hop` and sends it: back out of the ingress interface, or redirected
+/// to another one.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, hop: &Hop) -> u32 {
+    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
+        return XDP_ABORTED;
+    };
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&hop.dst_mac);
+    macs[6..].copy_from_slice(&hop.src_mac);
+    // SAFETY: ptr_at checked the 12 bytes are inside the frame.
+    unsafe { eth.write_unaligned(macs) };
+    // SAFETY: as in `ingress`.
+    if hop.ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
+        return XDP_TX;
+    }
+    TX_PORTS.redirect(hop.ifindex, 0).unwrap_or(XDP_ABORTED)
+}

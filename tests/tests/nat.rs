@@ -1,0 +1,386 @@
+//! LVS/NAT in the datapath (BPF_PROG_TEST_RUN), asserting bytes: a request leaves with the real
+//! server's address and port, a reply with the VIP's, routed to the client's next hop by the
+//! kernel's FIB. Every expected frame is built from scratch by `FrameSpec` (which computes the
+//! checksums whole), so the datapath's incremental checksums are checked independently.
+//! The tests run in a namespace of their own: two veth interfaces, `out0` toward the clients
+//! (through a router) and `in0` toward the real servers, with IP forwarding on.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use lb_common::{FlowKey, Iface, NatReply, Reason, CONN_FIN, IPPROTO_TCP, IPPROTO_UDP};
+use lb_tests::fixture::{Fixture, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
+use lb_tests::{names, netns::veth, require_root, Netns};
+use lb_user::{
+    datapath::MapWriter as _,
+    packet::FrameSpec,
+    state::{Forward, Mac, Protocol, RealSpec, SchedulerSpec, ServiceAddr},
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+const RIP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
+const REAL_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x11];
+const REAL_PORT: u16 = 8080;
+/// A client behind the router on the outside link.
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const ROUTER: &str = "192.0.2.254";
+const ROUTER_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0xfe];
+
+fn service(protocol: Protocol) -> ServiceAddr {
+    ServiceAddr {
+        protocol,
+        vip: VIP,
+        port: 80,
+    }
+}
+
+/// The director's namespace and what the tests need of it.
+struct Net {
+    ns: Netns,
+    out0: (u32, [u8; 6]),
+    in0: (u32, [u8; 6]),
+}
+
+fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
+    let text = ns.mac(dev).unwrap();
+    let b: Vec<u8> = text
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect();
+    b.try_into().unwrap()
+}
+
+fn net() -> Net {
+    names::cleanup_stale();
+    let ns = Netns::new(format!("{}-nat", names::unique_prefix())).unwrap();
+    veth(&ns, "out0", &ns, "out1").unwrap();
+    veth(&ns, "in0", &ns, "in1").unwrap();
+    ns.ip_batch(&format!(
+        "addr add 192.0.2.1/24 dev out0\n\
+         addr add 192.168.10.1/24 dev in0\n\
+         route add 198.51.100.0/24 via {ROUTER} dev out0\n\
+         neigh replace {ROUTER} lladdr 02:77:00:00:00:fe nud permanent dev out0\n"
+    ))
+    .unwrap();
+    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    let out0 = (ns.ifindex("out0").unwrap(), mac_of(&ns, "out0"));
+    let in0 = (ns.ifindex("in0").unwrap(), mac_of(&ns, "in0"));
+    Net { ns, out0, in0 }
+}
+
+/// A director attached to `out0` and `in0` with one NAT real server (RIP:8080) per protocol.
+fn fixture(net: &Net) -> Fixture {
+    let mut fx = Fixture::new();
+    let ifaces: Vec<(u32, Iface)> = [net.out0, net.in0]
+        .iter()
+        .map(|&(index, mac)| {
+            let iface = Iface {
+                mac,
+                _pad: 0,
+                mtu: 1500,
+            };
+            (index, iface)
+        })
+        .collect();
+    fx.maps.set_interfaces(&ifaces).unwrap();
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        fx.add_service(service(protocol), SchedulerSpec::default());
+        fx.add_real_spec(
+            service(protocol),
+            RealSpec {
+                addr: Some(RIP),
+                port: Some(REAL_PORT),
+                forward: Some(Forward::Masq),
+                mac: Some(Mac(REAL_MAC)),
+                ..Default::default()
+            },
+        );
+    }
+    fx
+}
+
+/// A client's packet to the service, as it arrives on `out0`.
+fn request(net: &Net, proto: u8) -> FrameSpec {
+    FrameSpec {
+        dst_mac: net.out0.1,
+        src_mac: ROUTER_MAC,
+        src: CLIENT,
+        dst: VIP,
+        proto,
+        sport: 40000,
+        dport: 80,
+        tcp_flags: 0x02,
+        payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+        ..Default::default()
+    }
+}
+
+/// The real server's answer to [`request`], as it arrives on `in0`.
+fn reply(net: &Net, proto: u8) -> FrameSpec {
+    FrameSpec {
+        dst_mac: net.in0.1,
+        src_mac: REAL_MAC,
+        src: RIP,
+        dst: CLIENT,
+        proto,
+        sport: REAL_PORT,
+        dport: 40000,
+        tcp_flags: 0x12,
+        payload: b"HTTP/1.0 200 OK\r\n\r\nhello".to_vec(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_request_leaves_with_the_real_servers_address_and_port() {
+    if !require_root() {
+        return;
+    }
+    let net = net();
+    net.ns.run_in(|| {
+        let mut fx = fixture(&net);
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            let input = request(&net, proto);
+            let (verdict, out) = fx.run_on(net.out0.0, &input.build()).unwrap();
+            // The real server is reached out of the interface the request came in on (no
+            // egress learned): XDP_TX, from the MAC the frame came to.
+            assert_eq!(verdict, XDP_TX, "proto {proto}");
+            let expected = FrameSpec {
+                dst_mac: REAL_MAC,
+                src_mac: net.out0.1,
+                dst: RIP,
+                dport: REAL_PORT,
+                ttl: input.ttl - 1,
+                ..input.clone()
+            }
+            .build();
+            assert_eq!(
+                out, expected,
+                "proto {proto}: addresses, port, TTL, checksums"
+            );
+            // Its replies are known by their own flow.
+            let reply_key = FlowKey {
+                src: lb_common::addr_from_v4(RIP.octets()),
+                dst: lb_common::addr_from_v4(CLIENT.octets()),
+                sport: REAL_PORT,
+                dport: 40000,
+                proto,
+                _pad: [0; 3],
+            };
+            let got = fx.maps.nat_reply(&reply_key).expect("a reply entry");
+            let svc = fx
+                .state
+                .service(&service(if proto == IPPROTO_TCP {
+                    Protocol::Tcp
+                } else {
+                    Protocol::Udp
+                }))
+                .unwrap();
+            assert_eq!(
+                got,
+                NatReply {
+                    vip: lb_common::addr_from_v4(VIP.octets()),
+                    vport: 80,
+                    _pad: 0,
+                    service: svc.id,
+                    real: svc.reals[0].id,
+                }
+            );
+        }
+        // Learned to be behind in0: redirected there, from in0's MAC.
+        let egress = BTreeMap::from([(RIP, net.in0.0)]);
+        fx.change(|s| Ok(s.with_egress(egress)));
+        let input = request(&net, IPPROTO_TCP);
+        let (verdict, out) = fx.run_on(net.out0.0, &input.build()).unwrap();
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(out[0..6], REAL_MAC);
+        assert_eq!(out[6..12], net.in0.1, "from the inside interface's MAC");
+        // A TTL that runs out here is the kernel's to answer.
+        let dying = FrameSpec {
+            ttl: 1,
+            ..request(&net, IPPROTO_TCP)
+        }
+        .build();
+        assert_eq!(fx.run_on(net.out0.0, &dying).unwrap(), (XDP_PASS, dying));
+        assert_eq!(fx.reason(Reason::PassTtl), 1);
+    });
+}
+
+#[test]
+fn a_reply_leaves_from_the_vip_toward_the_clients_router() {
+    if !require_root() {
+        return;
+    }
+    let net = net();
+    net.ns.run_in(|| {
+        let mut fx = fixture(&net);
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            fx.run_on(net.out0.0, &request(&net, proto).build())
+                .unwrap();
+            let input = reply(&net, proto);
+            let (verdict, out) = fx.run_on(net.in0.0, &input.build()).unwrap();
+            assert_eq!(verdict, XDP_REDIRECT, "proto {proto}: out of out0");
+            let expected = FrameSpec {
+                dst_mac: ROUTER_MAC,
+                src_mac: net.out0.1,
+                src: VIP,
+                sport: 80,
+                ttl: input.ttl - 1,
+                ..input.clone()
+            }
+            .build();
+            assert_eq!(
+                out, expected,
+                "proto {proto}: addresses, port, TTL, checksums"
+            );
+        }
+        // Counted outbound, per service and real server (ipvsadm's OutPkts/OutBytes).
+        let c = fx.maps.counters().unwrap();
+        let svc = fx.state.service(&service(Protocol::Tcp)).unwrap();
+        let real = svc.reals[0].id;
+        assert_eq!(c.reals_out[real as usize].packets, 1);
+        assert_eq!(c.services_out[svc.id as usize].packets, 1);
+        assert_eq!(
+            c.reals_out[real as usize].bytes,
+            reply(&net, IPPROTO_TCP).build().len() as u64
+        );
+    });
+}
+
+#[test]
+fn the_real_servers_other_traffic_goes_to_the_kernel_untouched() {
+    if !require_root() {
+        return;
+    }
+    let net = net();
+    net.ns.run_in(|| {
+        let mut fx = fixture(&net);
+        fx.run_on(net.out0.0, &request(&net, IPPROTO_TCP).build())
+            .unwrap();
+        let others = [
+            // Its own DNS query, an update download: not a reply to any client.
+            FrameSpec {
+                dst: Ipv4Addr::new(8, 8, 8, 8),
+                sport: 33000,
+                dport: 53,
+                proto: IPPROTO_UDP,
+                ..reply(&net, IPPROTO_UDP)
+            },
+            FrameSpec {
+                sport: 34000,
+                dport: 443,
+                tcp_flags: 0x02,
+                ..reply(&net, IPPROTO_TCP)
+            },
+            // The same ports to another client.
+            FrameSpec {
+                dst: Ipv4Addr::new(198, 51, 100, 8),
+                ..reply(&net, IPPROTO_TCP)
+            },
+        ];
+        for spec in others {
+            let frame = spec.build();
+            assert_eq!(fx.run_on(net.in0.0, &frame).unwrap(), (XDP_PASS, frame));
+        }
+        assert_eq!(fx.reason(Reason::PassNoService), 3);
+    });
+}
+
+#[test]
+fn a_reply_without_a_next_hop_is_dropped_never_leaked() {
+    if !require_root() {
+        return;
+    }
+    let net = net();
+    net.ns.run_in(|| {
+        let mut fx = fixture(&net);
+        // An on-link client the kernel has no neighbour entry for, and one it has no route to.
+        for (client, reason) in [
+            (Ipv4Addr::new(192, 0, 2, 77), Reason::DropNoNeigh),
+            (Ipv4Addr::new(203, 0, 113, 5), Reason::DropNoRoute),
+        ] {
+            let req = FrameSpec {
+                src: client,
+                ..request(&net, IPPROTO_TCP)
+            };
+            fx.run_on(net.out0.0, &req.build()).unwrap();
+            let rep = FrameSpec {
+                dst: client,
+                ..reply(&net, IPPROTO_TCP)
+            };
+            let (verdict, _) = fx.run_on(net.in0.0, &rep.build()).unwrap();
+            assert_eq!(verdict, XDP_DROP, "{client}");
+            assert_eq!(fx.reason(reason), 1, "{client}");
+        }
+        // The agent is told which next hop to resolve.
+        assert_eq!(
+            fx.maps.take_neigh_misses(),
+            [(Ipv4Addr::new(192, 0, 2, 77), net.out0.0)]
+        );
+        assert!(fx.maps.take_neigh_misses().is_empty(), "removed once read");
+    });
+}
+
+#[test]
+fn the_real_servers_fin_and_rst_end_the_connection() {
+    if !require_root() {
+        return;
+    }
+    let net = net();
+    net.ns.run_in(|| {
+        let mut fx = fixture(&net);
+        let flow = FlowKey {
+            src: lb_common::addr_from_v4(CLIENT.octets()),
+            dst: lb_common::addr_from_v4(VIP.octets()),
+            sport: 40000,
+            dport: 80,
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        fx.run_on(net.out0.0, &request(&net, IPPROTO_TCP).build())
+            .unwrap();
+        let fin = FrameSpec {
+            tcp_flags: 0x11,
+            ..reply(&net, IPPROTO_TCP)
+        };
+        assert_eq!(fx.run_on(net.in0.0, &fin.build()).unwrap().0, XDP_REDIRECT);
+        assert_ne!(fx.maps.conn(&flow).expect("entry").flags & CONN_FIN, 0);
+        let rst = FrameSpec {
+            tcp_flags: 0x04,
+            ..reply(&net, IPPROTO_TCP)
+        };
+        assert_eq!(fx.run_on(net.in0.0, &rst.build()).unwrap().0, XDP_REDIRECT);
+        assert!(fx.maps.conn(&flow).is_none(), "the RST removed the entry");
+        // And the reply translation with it: later packets of that flow are not the service's.
+        let late = reply(&net, IPPROTO_TCP).build();
+        assert_eq!(fx.run_on(net.in0.0, &late).unwrap(), (XDP_PASS, late));
+    });
+}
+
+#[test]
+fn truncated_nat_packets_are_never_sent() {
+    if !require_root() {
+        return;
+    }
+    let net = net();
+    net.ns.run_in(|| {
+        let mut fx = fixture(&net);
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            let req = request(&net, proto).build();
+            let rep = reply(&net, proto).build();
+            fx.run_on(net.out0.0, &req).unwrap();
+            for (ingress, frame) in [(net.out0.0, &req), (net.in0.0, &rep)] {
+                for len in 1..frame.len() {
+                    let cut = &frame[..len];
+                    // Frames this short the kernel refuses to run at all.
+                    let Ok((verdict, _)) = fx.run_on(ingress, cut) else {
+                        continue;
+                    };
+                    assert!(
+                        verdict == XDP_PASS || verdict == XDP_DROP,
+                        "proto {proto}, cut at {len}: verdict {verdict}"
+                    );
+                }
+            }
+        }
+    });
+}
