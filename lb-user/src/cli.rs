@@ -540,16 +540,11 @@ pub fn execute(cli: Cli) -> Result<()> {
                 service: a.service.addr(),
                 real: a.spec(),
             },
-            RealAction::Del { service, real } => {
-                let service = service.addr();
-                if let Some(p) = real.1.filter(|p| *p != service.port) {
-                    bail!("no such real server {}:{p} in service {service}", real.0);
-                }
-                Request::DelReal {
-                    service,
-                    addr: real.0,
-                }
-            }
+            RealAction::Del { service, real } => Request::DelReal {
+                service: service.addr(),
+                addr: real.0,
+                port: real.1,
+            },
         },
         Command::List {
             numeric: _,

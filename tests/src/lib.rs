@@ -18,6 +18,7 @@ pub mod fixture;
 pub mod ha;
 pub mod metrics;
 pub mod names;
+pub mod nat;
 pub mod netns;
 pub mod topo;
 pub mod tun;

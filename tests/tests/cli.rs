@@ -100,6 +100,11 @@ fn rejected_commands_change_nothing() {
             "real del -t 10.0.0.100:80 -r 10.0.0.99",
             "no such real server",
         ),
+        (
+            "real del with another port",
+            "real del -t 10.0.0.100:80 -r 10.0.0.11:81",
+            "no such real server 10.0.0.11:81",
+        ),
     ];
     // Check them all, then report every deviation at once.
     let mut wrong = Vec::new();

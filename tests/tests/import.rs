@@ -381,11 +381,10 @@ virtual_server 10.0.0.100 443 {
         (
             &["keepalived.conf", "--interface", "eth0"],
             &[
-                "keepalived.conf:3: error: lb_kind NAT: xdplb forwards by direct routing (DR) or IPIP tunnel (TUN); it has no NAT",
                 "keepalived.conf:8: error: virtual_server fwmark 1: xdplb has no firewall marks (it matches VIP, port and protocol in XDP); for every port of a VIP use `virtual_server VIP 0` with persistence_timeout",
                 "keepalived.conf:13: error: '{' is never closed",
                 "keepalived.conf:18: error: weight: '70000' is out of range 0..=65535",
-                "xdplb: keepalived.conf: nothing converted: 4 error(s)",
+                "xdplb: keepalived.conf: nothing converted: 3 error(s)",
             ],
         ),
         (

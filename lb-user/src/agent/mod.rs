@@ -409,7 +409,19 @@ impl Agent {
                 };
                 from.edit_real_learned(service, &real, learned)
             }
-            Request::DelReal { service, addr } => from.del_real(service, addr),
+            Request::DelReal {
+                service,
+                addr,
+                port,
+            } => {
+                let listed = from.service(&service)?.real(addr).map(|r| r.port);
+                if let (Some(p), Some(listed)) = (port, listed) {
+                    if p != listed {
+                        bail!("no such real server {addr}:{p} in service {service}");
+                    }
+                }
+                from.del_real(service, addr)
+            }
             other => bail!("{} does not change services or real servers", other.name()),
         }
     }

@@ -41,6 +41,9 @@ pub enum Request {
     DelReal {
         service: ServiceAddr,
         addr: Ipv4Addr,
+        /// The port given with the address, if one was: it must be the real server's.
+        #[serde(default)]
+        port: Option<u16>,
     },
     List,
     /// Which real server new flows from these client addresses and ports would get.

@@ -463,10 +463,11 @@ impl Args {
             Cmd::DelServer => {
                 let service = need_service()?;
                 let (addr, port) = self.real_address()?;
-                if let Some(p) = port.filter(|p| *p != service.port) {
-                    bail!("no such real server {addr}:{p} in service {service}");
-                }
-                Invocation::Change(Request::DelReal { service, addr })
+                Invocation::Change(Request::DelReal {
+                    service,
+                    addr,
+                    port,
+                })
             }
             Cmd::Zero => Invocation::Change(Request::Zero { service }),
             Cmd::Set => {
@@ -825,7 +826,6 @@ mod tests {
             ("-A -D -t 10.0.0.1:80", "only one command"),
             ("-L -c --stats", "'stats'"),
             ("-L -c -t 10.0.0.1:80", "'service-address'"),
-            ("-d -t 10.0.0.1:80 -r 10.0.0.2:81", "10.0.0.2:81"),
             ("-A -t 10.0.0.1:nosuchport", "nosuchport"),
             ("--set 1 2", "--set"),
             ("-Q", "-Q"),

@@ -1,0 +1,151 @@
+//! The classic LVS/NAT topology: clients on the outside network, the director with two
+//! interfaces, and real servers on a private network whose default gateway is the director.
+//!
+//! - outside switch, 10.0.0.0/24: director `eth0` 10.0.0.1 with the VIP 10.0.0.100/32; client
+//!   10.0.0.2, which also routes for the client addresses 172.16.0.1.. (on its `lo`): the
+//!   director reaches them via 10.0.0.2, as it would through a router;
+//! - inside switch, 192.168.10.0/24: director `eth1` 192.168.10.1; real servers `rs1..rsN` at
+//!   192.168.10.11.., default route via the director, each running a real HTTP server (Python's
+//!   http.server, tests/data/nat-httpd.py) on port 8080, not the service's 80;
+//! - the director forwards IP (LVS/NAT routes replies), XDP_PASS programs on its switch ports
+//!   (native XDP frames sent into a veth need one), TX checksum offload off on the hosts that
+//!   send through it (see [`crate::ethtool`]).
+
+use std::io::{BufRead as _, BufReader};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use lb_user::datapath::XdpPass;
+
+use crate::netns::Proc;
+use crate::topo::{Host, Switch};
+use crate::{names, Agent};
+
+pub struct NatTopology {
+    // Drop order is field order: programs and servers before their namespaces.
+    _xdp_pass: Vec<XdpPass>,
+    _servers: Vec<Proc>,
+    client: Host,
+    director: Host,
+    reals: Vec<Host>,
+    _outside: Switch,
+    _inside: Switch,
+}
+
+impl NatTopology {
+    pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+    pub const PORT: u16 = 80;
+    /// The real servers' HTTP port: LVS/NAT maps VIP:80 to RIP:8080.
+    pub const REAL_PORT: u16 = 8080;
+    pub const INSIDE_GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 1);
+    /// Client source addresses, 172.16.0.1 onwards.
+    pub const CLIENT_SOURCES: u8 = 40;
+
+    pub fn new(n_reals: usize) -> Result<Self> {
+        names::cleanup_stale();
+        let prefix = names::unique_prefix();
+        let outside = Switch::new(format!("{prefix}-swo"))?;
+        let inside = Switch::new(format!("{prefix}-swi"))?;
+
+        let director = Host::new(&prefix, "director", &outside, Ipv4Addr::new(10, 0, 0, 1))?;
+        director.plug(&inside, "eth1", Self::INSIDE_GATEWAY)?;
+        let vip = format!("{}/32", Self::VIP);
+        director.ns().ip(&["addr", "add", &vip, "dev", "eth0"])?;
+        director.ns().sysctl("net.ipv4.ip_forward", "1")?;
+        director.route("172.16.0.0/24", Ipv4Addr::new(10, 0, 0, 2))?;
+        let xdp_pass = vec![
+            outside.pass_xdp(director.name())?,
+            inside.pass_xdp(director.name())?,
+        ];
+
+        let client = Host::new(&prefix, "client", &outside, Ipv4Addr::new(10, 0, 0, 2))?;
+        let batch: String = Self::client_sources()
+            .iter()
+            .map(|a| format!("addr add {a}/32 dev lo\n"))
+            .collect();
+        client.ns().ip_batch(&batch)?;
+        client.ns().set_tx_checksum("eth0", false)?;
+
+        let mut reals = Vec::new();
+        let mut servers = Vec::new();
+        for i in 1..=n_reals {
+            let rs = Host::new(&prefix, &format!("rs{i}"), &inside, Self::real_addr(i))?;
+            rs.route("default", Self::INSIDE_GATEWAY)?;
+            rs.ns().set_tx_checksum("eth0", false)?;
+            servers.push(start_httpd(&rs)?);
+            reals.push(rs);
+        }
+        Ok(Self {
+            _xdp_pass: xdp_pass,
+            _servers: servers,
+            client,
+            director,
+            reals,
+            _outside: outside,
+            _inside: inside,
+        })
+    }
+
+    /// Real server `i`'s address, counting from 1: 192.168.10.11 onwards.
+    pub fn real_addr(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(192, 168, 10, 10 + i as u8)
+    }
+
+    pub fn client_sources() -> Vec<Ipv4Addr> {
+        (1..=Self::CLIENT_SOURCES)
+            .map(|i| Ipv4Addr::new(172, 16, 0, i))
+            .collect()
+    }
+
+    pub fn service() -> SocketAddrV4 {
+        SocketAddrV4::new(Self::VIP, Self::PORT)
+    }
+
+    /// `xdplb run` on both of the director's interfaces, outside first.
+    pub fn start_agent(&self) -> Result<Agent> {
+        Agent::start(self.director.ns(), "eth0", &["--iface", "eth1"])
+    }
+
+    pub fn client(&self) -> &Host {
+        &self.client
+    }
+
+    pub fn director(&self) -> &Host {
+        &self.director
+    }
+
+    pub fn reals(&self) -> &[Host] {
+        &self.reals
+    }
+
+    /// `curl` in the client's namespace from source `src`, with `args` (the URL among them):
+    /// what it printed, or its error.
+    pub fn curl(&self, src: Ipv4Addr, args: &[&str]) -> Result<String> {
+        let src = src.to_string();
+        let mut all = vec!["-sS", "--fail", "--max-time", "30", "--interface", &src];
+        all.extend_from_slice(args);
+        self.client.ns().exec("curl", &all)
+    }
+}
+
+/// Starts nat-httpd.py on the real server, on [`NatTopology::REAL_PORT`], and waits until it
+/// listens.
+fn start_httpd(rs: &Host) -> Result<Proc> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/nat-httpd.py");
+    let script = script.to_string_lossy().into_owned();
+    let port = NatTopology::REAL_PORT.to_string();
+    let mut server = rs
+        .ns()
+        .spawn("python3", &[script.as_str(), rs.name(), port.as_str()])?;
+    let mut line = String::new();
+    BufReader::new(server.stdout().expect("stdout is piped")).read_line(&mut line)?;
+    if line.trim() != "listening" {
+        bail!(
+            "the HTTP server of {} did not start: {:?}",
+            rs.name(),
+            server.stop()
+        );
+    }
+    Ok(server)
+}

@@ -1,0 +1,226 @@
+//! End to end, LVS/NAT with native XDP on both of the director's interfaces: clients outside,
+//! three real servers on a private network whose default gateway is the director, each running a
+//! real HTTP server on port 8080 behind the service's port 80 (see lb_tests::nat). Requests and
+//! replies both cross the director's XDP program; the real servers see the clients' own
+//! addresses; weights, a 10 MB download and upload, a real server's deletion and an agent
+//! restart are each checked over real TCP.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use lb_tests::nat::NatTopology;
+use lb_tests::{require_root, Agent};
+
+const SERVICE: &str = "10.0.0.100:80";
+const ROUNDS: usize = 5;
+const BIG: usize = 10 << 20;
+
+/// "rsN CLIENT" as the HTTP server answers /name: the server and the client address it saw.
+fn name_and_peer(answer: &str) -> (String, Ipv4Addr) {
+    let (name, peer) = answer
+        .trim()
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("unexpected answer {answer:?}"));
+    (name.to_owned(), peer.parse().expect("a peer address"))
+}
+
+/// The real server a request from `src` to `url` reached; asserts it saw `src` itself.
+fn reach(topo: &NatTopology, src: Ipv4Addr, url: &str) -> String {
+    let answer = topo
+        .curl(src, &[url])
+        .unwrap_or_else(|e| panic!("{src} -> {url}: {e:#}"));
+    let (name, peer) = name_and_peer(&answer);
+    assert_eq!(peer, src, "{name} saw the client's own address");
+    name
+}
+
+/// The 10 MB /big answers with: the pattern nat-httpd.py serves.
+fn big_pattern() -> Vec<u8> {
+    let mb: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    mb.repeat(BIG >> 20)
+}
+
+fn configure(agent: &Agent) {
+    agent.cli_ok(&["service", "add", "-t", SERVICE, "-s", "sh"]);
+    for i in 1..=3 {
+        let real = format!("{}:{}", NatTopology::real_addr(i), NatTopology::REAL_PORT);
+        agent.cli_ok(&["real", "add", "-t", SERVICE, "-r", &real, "-m"]);
+    }
+}
+
+#[test]
+fn nat_maps_ports_routes_replies_and_keeps_connections() {
+    if !require_root() {
+        return;
+    }
+    let topo = NatTopology::new(3).expect("cannot build the NAT topology");
+    let mut agent = topo.start_agent().expect("cannot start the agent");
+    configure(&agent);
+
+    let owner = sticky_from_many_clients(&topo, &agent);
+    weights_are_honoured(&topo, &agent);
+    big_transfers_are_intact(&topo);
+    restart_breaks_no_transfer(&topo, &mut agent);
+    deletion_moves_only_its_clients(&topo, &agent, &owner);
+}
+
+/// ROUNDS rounds of one HTTP request from each of 40 client addresses: all answered, each
+/// client always by the same server, every server used, the replies counted outbound.
+fn sticky_from_many_clients(topo: &NatTopology, agent: &Agent) -> HashMap<Ipv4Addr, String> {
+    let url = format!("http://{SERVICE}/name");
+    let before = agent.list();
+    let mut owner: HashMap<Ipv4Addr, String> = HashMap::new();
+    for _ in 0..ROUNDS {
+        for src in NatTopology::client_sources() {
+            let name = reach(topo, src, &url);
+            let first = owner.entry(src).or_insert_with(|| name.clone());
+            assert_eq!(*first, name, "{src} reached {first} first, then {name}");
+        }
+    }
+    let used: BTreeSet<&String> = owner.values().collect();
+    assert_eq!(used.len(), 3, "every real server answers: {owner:?}");
+    let after = agent.list();
+    let conns = (ROUNDS * NatTopology::CLIENT_SOURCES as usize) as u64;
+    let grew = |stat| after.service_stat(SERVICE, stat) - before.service_stat(SERVICE, stat);
+    assert!(grew("conns") >= conns, "{}", after.0);
+    // Each reply (SYN-ACK, the answer, FIN) crossed the director: counted outbound.
+    assert!(grew("out_packets") >= 3 * conns, "{}", after.0);
+    assert!(grew("out_bytes") > grew("out_packets") * 40, "{}", after.0);
+    owner
+}
+
+/// A second service on VIP:81, weighted round robin 1:2:3 over the same servers' port 8080.
+fn weights_are_honoured(topo: &NatTopology, agent: &Agent) {
+    let wrr = "10.0.0.100:81";
+    agent.cli_ok(&["service", "add", "-t", wrr, "-s", "wrr"]);
+    for (i, w) in [(1, "1"), (2, "2"), (3, "3")] {
+        let real = format!("{}:{}", NatTopology::real_addr(i), NatTopology::REAL_PORT);
+        agent.cli_ok(&["real", "add", "-t", wrr, "-r", &real, "-m", "-w", w]);
+    }
+    let url = format!("http://{wrr}/name");
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for src in NatTopology::client_sources().iter().cycle().take(120) {
+        *count.entry(reach(topo, *src, &url)).or_default() += 1;
+    }
+    // 20, 40 and 60 of 120; each CPU keeps its own place in the sequence, so allow a little.
+    for (name, want) in [("rs1", 20), ("rs2", 40), ("rs3", 60)] {
+        let got = count.get(name).copied().unwrap_or(0);
+        assert!(
+            got.abs_diff(want) <= 8,
+            "{name}: {got} of 120, want {want}: {count:?}"
+        );
+    }
+}
+
+/// A 10 MB download and a 10 MB upload through the director, byte for byte.
+fn big_transfers_are_intact(topo: &NatTopology) {
+    let dir = scratch();
+    let src = NatTopology::client_sources()[0];
+    let file = dir.join("big");
+    let file_arg = file.to_string_lossy().into_owned();
+    topo.curl(src, &["-o", &file_arg, &format!("http://{SERVICE}/big")])
+        .expect("10 MB download");
+    assert!(
+        std::fs::read(&file).unwrap() == big_pattern(),
+        "the download arrived damaged"
+    );
+
+    let body: Vec<u8> = (0..BIG).map(|i| (i * 7 % 256) as u8).collect();
+    let upload = dir.join("upload");
+    std::fs::write(&upload, &body).unwrap();
+    let data = format!("@{}", upload.to_string_lossy());
+    let answer = topo
+        .curl(
+            src,
+            &[
+                "--data-binary",
+                &data,
+                "-H",
+                "Content-Type: application/octet-stream",
+                &format!("http://{SERVICE}/upload"),
+            ],
+        )
+        .expect("10 MB upload");
+    let sum = Command::new("sha256sum").arg(&upload).output().unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    let sum = sum.split_whitespace().next().unwrap();
+    let fields: Vec<&str> = answer.split_whitespace().collect();
+    assert_eq!(fields[1..], [BIG.to_string().as_str(), sum], "{answer}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Four downloads paced to last a few seconds each; the agent exits (leaving the datapath) and
+/// starts again meanwhile: all four complete, intact.
+fn restart_breaks_no_transfer(topo: &NatTopology, agent: &mut Agent) {
+    let dir = scratch();
+    let url = format!("http://{SERVICE}/big");
+    let downloads: Vec<(std::path::PathBuf, Child)> = NatTopology::client_sources()[..4]
+        .iter()
+        .enumerate()
+        .map(|(i, src)| {
+            let file = dir.join(format!("d{i}"));
+            let child = topo
+                .client()
+                .ns()
+                .command("curl")
+                .args(["-sS", "--fail", "--max-time", "60", "--limit-rate", "2M"])
+                .args(["--interface", &src.to_string(), "-o"])
+                .arg(&file)
+                .arg(&url)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("curl");
+            (file, child)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.signal(libc::SIGQUIT).expect("SIGQUIT");
+    agent
+        .wait_exit(Duration::from_secs(5))
+        .expect("the agent did not exit on SIGQUIT");
+    std::thread::sleep(Duration::from_millis(500));
+    agent.restart().expect("the agent starts again");
+    let pattern = big_pattern();
+    for (file, child) in downloads {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "a download across the restart failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(std::fs::read(&file).unwrap() == pattern, "damaged");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Deleting rs2 moves its clients to the others and nobody else's.
+fn deletion_moves_only_its_clients(
+    topo: &NatTopology,
+    agent: &Agent,
+    owner: &HashMap<Ipv4Addr, String>,
+) {
+    let rs2 = format!("{}:{}", NatTopology::real_addr(2), NatTopology::REAL_PORT);
+    agent.cli_ok(&["real", "del", "-t", SERVICE, "-r", &rs2]);
+    let url = format!("http://{SERVICE}/name");
+    for src in NatTopology::client_sources() {
+        let name = reach(topo, src, &url);
+        match owner[&src].as_str() {
+            "rs2" => assert_ne!(name, "rs2", "{src}: rs2 is gone"),
+            before => assert_eq!(name, before, "{src} moved though its server stayed"),
+        }
+    }
+}
+
+/// A directory of its own for downloaded and uploaded files.
+fn scratch() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "xdplb-nat-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
