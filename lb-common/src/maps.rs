@@ -225,6 +225,22 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+impl FlowKey {
+    /// LVS/NAT: the key of this (client) flow's replies as the real server at `real`:`port`
+    /// sends them (port 0: the port the client sent to, a port-0 service's).
+    #[inline(always)]
+    pub fn nat_reply(&self, real: &Addr, port: u16) -> FlowKey {
+        FlowKey {
+            src: *real,
+            dst: self.src,
+            sport: if port == 0 { self.dport } else { port },
+            dport: self.sport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// [`Conn::flags`]: a FIN was seen; the entry then ages out after the shorter FIN timeout.
 pub const CONN_FIN: u32 = 1;
 /// [`Conn::flags`]: the TCP connection was established (an ACK after the SYN, or a flow first

@@ -130,7 +130,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
         conntrack::close(&flow, service_id, real_id, !new_flow, config);
         if real.method == FWD_NAT {
             let port = nat_port(&route::real_egress(real_id), &pkt);
-            nat::forget(&nat::reply_key(&flow, &real.addr, port));
+            nat::forget(&flow.nat_reply(&real.addr, port));
         }
     }
     let verdict = match forward(&ctx, &pkt, config, real_id, real) {

@@ -60,19 +60,6 @@ pub fn reply_of(flow: &FlowKey) -> Option<NatReply> {
     unsafe { NAT_REPLIES.get(flow) }.copied()
 }
 
-/// The key of a NAT flow's replies, as the real server sends them (RIP:RPORT -> client).
-#[inline(always)]
-pub fn reply_key(flow: &FlowKey, real_addr: &Addr, real_port: u16) -> FlowKey {
-    FlowKey {
-        src: *real_addr,
-        dst: flow.src,
-        sport: real_port,
-        dport: flow.sport,
-        proto: flow.proto,
-        _pad: [0; 3],
-    }
-}
-
 /// The client's flow (client -> VIP:port, the connection table's key) a reply belongs to.
 #[inline(always)]
 pub fn client_flow(reply_flow: &FlowKey, reply: &NatReply) -> FlowKey {
@@ -89,7 +76,7 @@ pub fn client_flow(reply_flow: &FlowKey, reply: &NatReply) -> FlowKey {
 /// Remembers a new NAT flow's reply, as the real server will send it.
 #[inline(always)]
 pub fn remember(flow: &FlowKey, real_addr: &Addr, real_port: u16, service: u32, real: u32) {
-    let key = reply_key(flow, real_addr, real_port);
+    let key = flow.nat_reply(real_addr, real_port);
     let value = NatReply {
         vip: flow.dst,
         vport: flow.dport,

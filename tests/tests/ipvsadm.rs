@@ -89,8 +89,8 @@ fn the_manual_example_builds_the_service_and_lists_as_ipvsadm() {
     ipvsadm_ok(&agent, "-A -t 10.0.0.100:80 -s rr");
     let before = agent.cli_ok(&["list", "--json"]);
     // Its real servers are masqueraded: refused until LVS/NAT exists, nothing added.
-    let out = ipvsadm(&agent, "-a -t 10.0.0.100:80 -r 10.0.0.11:80 -m");
-    assert_rejected(&agent, &out, "-m", "-m (masquerading", &before);
+    let out = ipvsadm(&agent, "-a -t 10.0.0.100:80 -r 10.0.0.11:80 -g -m");
+    assert_rejected(&agent, &out, "-g -m", "one forwarding method", &before);
     for rs in topo.reals() {
         ipvsadm_ok(
             &agent,
@@ -204,9 +204,15 @@ fn save_and_restore_move_a_directors_rules() {
 
     // A restore with one bad line, at the end: nothing of it is applied.
     let empty = agent.cli_ok(&["list", "--json"]);
-    let bad = format!("{SAVED}-a -t 10.0.0.100:80 -r 10.0.0.13 -m\n");
+    let bad = format!("{SAVED}-a -t 10.0.0.100:80 -r 10.0.0.13 -g -m\n");
     let out = restore(&agent, &bad);
-    assert_rejected(&agent, &out, "restore with -m", "line 8: -m", &empty);
+    assert_rejected(
+        &agent,
+        &out,
+        "restore with -g -m",
+        "line 8: one forwarding method",
+        &empty,
+    );
     // One the agent refuses (the same service twice): nothing applied either.
     let twice = format!("{SAVED}-A -t 10.0.0.100:80 -s rr\n");
     let out = restore(&agent, &twice);

@@ -10,11 +10,14 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Map, MapData};
-use lb_common::{Conn, FlowKey};
+use lb_common::{map_names, Conn, FlowKey, NatReply};
 
 pub trait ConnTable: Send {
     /// Inserts or replaces a flow's entry.
     fn upsert(&mut self, flow: &FlowKey, conn: &Conn) -> Result<()>;
+    /// Inserts or replaces an LVS/NAT connection's reply translation (keyed by the reply's own
+    /// flow), which the datapath writes beside the entry of a flow it binds itself.
+    fn upsert_nat_reply(&mut self, reply: &FlowKey, value: &NatReply) -> Result<()>;
     /// Removes a flow's entry, if there is one.
     fn remove(&mut self, flow: &FlowKey) -> Result<()>;
     /// Every entry (a snapshot; the datapath goes on changing the table meanwhile).
@@ -27,25 +30,48 @@ pub trait ConnTables: Send + Sync {
     fn open(&self) -> Result<Box<dyn ConnTable>>;
 }
 
-/// The datapath's pinned connection table.
+/// The datapath's pinned connection table (the path of its pin; the LVS/NAT reply index is
+/// pinned beside it).
 pub struct PinnedTable(pub PathBuf);
+
+type ConnMap = aya::maps::HashMap<MapData, FlowKey, Conn>;
+type ReplyMap = aya::maps::HashMap<MapData, FlowKey, NatReply>;
+
+/// The datapath's connection table and LVS/NAT reply index, owned (pinned handles) or borrowed
+/// (from [`crate::datapath::Maps::conn_table`]).
+pub struct MapConns<C, R> {
+    pub conns: C,
+    pub replies: R,
+}
 
 impl ConnTables for PinnedTable {
     fn open(&self) -> Result<Box<dyn ConnTable>> {
-        let data = MapData::from_pin(&self.0)
-            .with_context(|| format!("cannot open the connection table {}", self.0.display()))?;
-        let map = aya::maps::HashMap::<MapData, FlowKey, Conn>::try_from(Map::LruHashMap(data))?;
-        Ok(Box::new(map))
+        let open = |path: &std::path::Path| {
+            MapData::from_pin(path)
+                .with_context(|| format!("cannot open the pinned map {}", path.display()))
+        };
+        let conns = aya::maps::HashMap::try_from(Map::LruHashMap(open(&self.0)?))?;
+        let replies_path = self.0.with_file_name(map_names::NAT_REPLIES);
+        let replies = aya::maps::HashMap::try_from(Map::LruHashMap(open(&replies_path)?))?;
+        Ok(Box::new(MapConns::<ConnMap, ReplyMap> { conns, replies }))
     }
 }
 
-impl ConnTable for aya::maps::HashMap<MapData, FlowKey, Conn> {
+impl<C, R> ConnTable for MapConns<C, R>
+where
+    C: std::borrow::BorrowMut<ConnMap> + Send,
+    R: std::borrow::BorrowMut<ReplyMap> + Send,
+{
     fn upsert(&mut self, flow: &FlowKey, conn: &Conn) -> Result<()> {
-        Ok(self.insert(flow, conn, 0)?)
+        Ok(self.conns.borrow_mut().insert(flow, conn, 0)?)
+    }
+
+    fn upsert_nat_reply(&mut self, reply: &FlowKey, value: &NatReply) -> Result<()> {
+        Ok(self.replies.borrow_mut().insert(reply, value, 0)?)
     }
 
     fn remove(&mut self, flow: &FlowKey) -> Result<()> {
-        match aya::maps::HashMap::remove(self, flow) {
+        match aya::maps::HashMap::remove(self.conns.borrow_mut(), flow) {
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(aya::maps::MapError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
@@ -59,13 +85,17 @@ impl ConnTable for aya::maps::HashMap<MapData, FlowKey, Conn> {
     fn entries(&self) -> Result<Vec<(FlowKey, Conn)>> {
         // A key deleted between two steps of the walk ends it early at worst; what is missing
         // was going away anyway.
-        Ok(self.iter().filter_map(Result::ok).collect())
+        Ok(self.conns.borrow().iter().filter_map(Result::ok).collect())
     }
 }
 
-/// A table in memory, shared by every handle opened on it: for tests of the protocol.
+/// A table in memory (and its NAT reply index), shared by every handle opened on it: for tests
+/// of the protocol.
 #[derive(Clone, Default)]
-pub struct MemoryTable(pub Arc<Mutex<HashMap<FlowKey, Conn>>>);
+pub struct MemoryTable(
+    pub Arc<Mutex<HashMap<FlowKey, Conn>>>,
+    pub Arc<Mutex<HashMap<FlowKey, NatReply>>>,
+);
 
 impl ConnTables for MemoryTable {
     fn open(&self) -> Result<Box<dyn ConnTable>> {
@@ -76,6 +106,11 @@ impl ConnTables for MemoryTable {
 impl ConnTable for MemoryTable {
     fn upsert(&mut self, flow: &FlowKey, conn: &Conn) -> Result<()> {
         self.0.lock().unwrap().insert(*flow, *conn);
+        Ok(())
+    }
+
+    fn upsert_nat_reply(&mut self, reply: &FlowKey, value: &NatReply) -> Result<()> {
+        self.1.lock().unwrap().insert(*reply, *value);
         Ok(())
     }
 

@@ -304,6 +304,19 @@ impl Maps {
         &mut self.conns
     }
 
+    /// The connection table with the LVS/NAT reply index, as sync writes them.
+    pub fn conn_table(
+        &mut self,
+    ) -> crate::conntrack::table::MapConns<
+        &mut HashMap<MapData, FlowKey, Conn>,
+        &mut HashMap<MapData, FlowKey, NatReply>,
+    > {
+        crate::conntrack::table::MapConns {
+            conns: &mut self.conns,
+            replies: &mut self.nat_replies,
+        }
+    }
+
     /// How many flows the connection table holds.
     pub fn conn_capacity(&self) -> Result<u32> {
         Ok(self.conns.map().info()?.max_entries())

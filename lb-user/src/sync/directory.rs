@@ -29,6 +29,8 @@ pub struct RealName {
 pub struct RealIds {
     pub service: u32,
     pub real: u32,
+    /// LVS/NAT: the real server's address and port, for its replies' translation.
+    pub nat: Option<(std::net::Ipv4Addr, u16)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -57,6 +59,7 @@ impl Directory {
                     RealIds {
                         service: s.id,
                         real: r.id,
+                        nat: (r.forward == crate::state::Forward::Masq).then_some((r.addr, r.port)),
                     },
                 );
             }

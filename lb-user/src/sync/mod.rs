@@ -40,7 +40,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use lb_common::{addr_from_v4, Conn, FlowKey, CONN_ESTABLISHED, CONN_FIN};
+use lb_common::{addr_from_v4, Conn, FlowKey, NatReply, CONN_ESTABLISHED, CONN_FIN};
 use serde::{Deserialize, Serialize};
 use tokio::{
     net::{TcpListener, UdpSocket},
@@ -541,16 +541,31 @@ pub fn apply_records(
             continue;
         };
         let result = match r.op {
-            Op::Bind => table.upsert(
-                &flow,
-                &Conn {
-                    real: ids.real,
-                    service: ids.service,
-                    last_seen: now,
-                    flags: if r.fin { CONN_FIN } else { 0 }
-                        | if r.established { CONN_ESTABLISHED } else { 0 },
-                },
-            ),
+            Op::Bind => table
+                .upsert(
+                    &flow,
+                    &Conn {
+                        real: ids.real,
+                        service: ids.service,
+                        last_seen: now,
+                        flags: if r.fin { CONN_FIN } else { 0 }
+                            | if r.established { CONN_ESTABLISHED } else { 0 },
+                    },
+                )
+                .and_then(|()| match ids.nat {
+                    // An LVS/NAT flow's replies must be translated here too after a failover.
+                    Some((addr, port)) => table.upsert_nat_reply(
+                        &flow.nat_reply(&addr_from_v4(addr.octets()), port),
+                        &NatReply {
+                            vip: flow.dst,
+                            vport: flow.dport,
+                            _pad: 0,
+                            service: ids.service,
+                            real: ids.real,
+                        },
+                    ),
+                    None => Ok(()),
+                }),
             Op::Close => table.remove(&flow),
         };
         match result {
@@ -852,5 +867,39 @@ mod tests {
         assert!(table.0.lock().unwrap().is_empty());
         // Ids that are no longer a real server of that service name nothing.
         assert!(record_of(&da, &flow, svc.id + 1, id, Op::Bind, 0, 0).is_none());
+    }
+
+    #[test]
+    fn a_peers_nat_flow_gets_its_reply_translation() {
+        let rip = Ipv4Addr::new(192, 168, 10, 11);
+        let nat = RealSpec {
+            addr: Some(rip),
+            port: Some(8080),
+            forward: Some(crate::state::Forward::Masq),
+            mac: Some(Mac([2, 0, 0, 0, 0, 9])),
+            ..Default::default()
+        };
+        let (a, _) = states();
+        let a = a.add_real(service(80), &nat).unwrap();
+        let d = Directory::new(&a, &lb_common::DirectorConfig::default());
+        let svc = a.service(&service(80)).unwrap();
+        let flow = svc.flow(Ipv4Addr::new(10, 1, 2, 3), 40000);
+        let id = svc.real(rip).unwrap().id;
+        let record = record_of(&d, &flow, svc.id, id, Op::Bind, 0, 0).unwrap();
+        let table = MemoryTable::default();
+        assert_eq!(apply_records(&mut table.clone(), &d, &[record], 1), (1, 0));
+        let replies = table.1.lock().unwrap();
+        let want = NatReply {
+            vip: flow.dst,
+            vport: 80,
+            _pad: 0,
+            service: svc.id,
+            real: id,
+        };
+        // Keyed as the real server answers: from RIP:8080 to the client.
+        let key = flow.nat_reply(&addr_from_v4(rip.octets()), 8080);
+        assert_eq!(key.sport, 8080);
+        assert_eq!(replies.get(&key), Some(&want));
+        assert_eq!(replies.len(), 1, "DR flows get none");
     }
 }
