@@ -299,11 +299,6 @@ impl Maps {
         &self.conn_counts
     }
 
-    /// The connection table itself, for what writes it as sync does.
-    pub fn conns_mut(&mut self) -> &mut HashMap<MapData, FlowKey, Conn> {
-        &mut self.conns
-    }
-
     /// The connection table with the LVS/NAT reply index, as sync writes them.
     pub fn conn_table(
         &mut self,

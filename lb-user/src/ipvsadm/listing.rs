@@ -103,6 +103,19 @@ fn truncated(s: &str, width: usize) -> &str {
     &s[..s.len().min(width)]
 }
 
+/// ipvsadm's --stats columns: Conns, InPkts, OutPkts, InBytes, OutBytes.
+fn stats_numbers(out: &mut String, stats: &crate::control::StatsView, exact: bool) {
+    for n in [
+        stats.conns,
+        stats.packets,
+        stats.out_packets,
+        stats.bytes,
+        stats.out_bytes,
+    ] {
+        number(out, n, exact);
+    }
+}
+
 fn service_entry(out: &mut String, s: &ServiceView, o: ListOptions) {
     let name = format!("{}  {}", protocol_name(s.protocol), s.address);
     let name = truncated(&name, 33);
@@ -110,15 +123,7 @@ fn service_entry(out: &mut String, s: &ServiceView, o: ListOptions) {
     match o.columns {
         Columns::Stats | Columns::Rate => {
             let _ = write!(out, "{name:<33}");
-            for n in [
-                stats.conns,
-                stats.packets,
-                stats.out_packets,
-                stats.bytes,
-                stats.out_bytes,
-            ] {
-                number(out, n, o.exact);
-            }
+            stats_numbers(out, &stats, o.exact);
         }
         _ => {
             let _ = write!(out, "{name} {}", s.scheduler.name());
@@ -142,15 +147,7 @@ fn real_entry(out: &mut String, r: &RealView, o: ListOptions) {
     let _ = match o.columns {
         Columns::Stats => {
             let _ = write!(out, "  -> {name:<28}");
-            for n in [
-                stats.conns,
-                stats.packets,
-                stats.out_packets,
-                stats.bytes,
-                stats.out_bytes,
-            ] {
-                number(out, n, o.exact);
-            }
+            stats_numbers(out, &stats, o.exact);
             writeln!(out)
         }
         Columns::Rate => {
