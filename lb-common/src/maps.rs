@@ -189,6 +189,11 @@ pub struct NeighMiss {
 /// Most interfaces one director is attached to.
 pub const MAX_IFACES: u32 = 64;
 
+/// NAT_PROGS' slots: the LVS/NAT reply path's program, and the ICMP path's.
+pub const NAT_PROG_REPLY: u32 = 0;
+pub const NAT_PROG_ICMP: u32 = 1;
+pub const NAT_PROG_SLOTS: u32 = 2;
+
 /// [`RealServer::flags`]: the entry describes a configured real server. A table slot that points
 /// at an entry without it (a real server being deleted) is treated as "no real server".
 pub const REAL_ACTIVE: u8 = 1;
@@ -384,7 +389,8 @@ pub mod map_names {
     pub const TX_PORTS: &str = "TX_PORTS";
     /// Next hops a NAT reply found no neighbour entry for: the agent has the kernel resolve them.
     pub const NEIGH_MISSES: &str = "NEIGH_MISSES";
-    /// The program array [`super::program_names::NAT_REPLY`] is tail-called through.
+    /// The program array [`super::program_names::NAT_REPLY`] and
+    /// [`super::program_names::NAT_ICMP`] are tail-called through.
     pub const NAT_PROGS: &str = "NAT_PROGS";
     /// MAC addresses of devices stacked on the interface (macvlan, such as keepalived's
     /// `use_vmac`) whose frames the director acts on besides the interface's own.
@@ -416,6 +422,8 @@ pub mod program_names {
     /// The director's LVS/NAT reply path, tail-called by [`LB`] through NAT_PROGS (a program of
     /// its own, so it has a stack of its own).
     pub const NAT_REPLY: &str = "xdplb_nat_reply";
+    /// The director's LVS/NAT ICMP path (errors about NAT flows), tail-called the same way.
+    pub const NAT_ICMP: &str = "xdplb_nat_icmp";
     /// Passes everything: for veth peers that must have an XDP program to receive XDP_TX frames.
     pub const PASS: &str = "xdp_pass";
     /// Bounces everything back: the bare XDP_TX baseline of the benchmarks.

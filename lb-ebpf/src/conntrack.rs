@@ -111,6 +111,14 @@ pub fn established(
     Some((conn.service, conn.real))
 }
 
+/// The service and real server ids an entry binds this flow to, as they are: for packets that
+/// are about the flow rather than of it (ICMP errors).
+#[inline(always)]
+pub fn binding(flow: &FlowKey) -> Option<(u32, u32)> {
+    // SAFETY: a copy of two fields, read at once.
+    unsafe { CONNS.get(flow) }.map(|c| (c.service, c.real))
+}
+
 /// Binds a new flow to a real server (and tells the peers, with sync on).
 #[inline(always)]
 pub fn insert(

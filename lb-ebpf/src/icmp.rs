@@ -10,12 +10,10 @@ use lb_common::{
 
 use crate::{
     ether::{adjust_head, EthHeader},
-    parse::{ptr_at, read, Packet},
+    parse::{ptr_at, read, Packet, ICMP_DEST_UNREACH, ICMP_HLEN},
 };
 
-const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
-const ICMP_HLEN: usize = 8;
 /// What an ICMP error quotes: the offending IP header (up to 60 bytes) and 8 bytes after it.
 const MAX_QUOTE: usize = 60 + 8;
 const TTL: u8 = 64;

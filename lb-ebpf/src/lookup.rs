@@ -17,12 +17,12 @@ static SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_entries(MA
 #[map]
 static VIP_FILTER: Array<u8> = Array::with_max_entries(VIP_FILTER_SIZE, 0);
 
-/// Whether the destination could be a VIP: most traffic that is not for a service stops here,
+/// Whether the address could be a VIP: most traffic that is not for a service stops here,
 /// at one array read.
 #[inline(always)]
-pub fn may_be_vip(pkt: &Packet) -> bool {
+pub fn may_be_vip(addr: [u8; 4]) -> bool {
     VIP_FILTER
-        .get(vip_filter_index(&addr_from_v4(pkt.dst)))
+        .get(vip_filter_index(&addr_from_v4(addr)))
         .copied()
         == Some(1)
 }

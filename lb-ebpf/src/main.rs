@@ -5,7 +5,7 @@
 //! flow?) -> schedule (new flow: real server) -> forward (LVS/DR; LVS/TUN by `encap`, with `icmp`
 //! when it does not fit; LVS/NAT by `nat`; out of the right interface by `route`) -> stats.
 //! A packet for no service may be an LVS/NAT reply: `nat` turns it back into the service's and
-//! `route` sends it to the client. `sync` hands new and closing flows to the agent, which tells
+//! `route` sends it to the client. An ICMP error about a NAT flow is translated the same way. `sync` hands new and closing flows to the agent, which tells
 //! the other directors.
 //! `xdp_decap` is the real-server side of LVS/TUN.
 // Built for bpfel-unknown-none by lb-user's build script; on the host (cargo clippy --workspace)
@@ -40,7 +40,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
-use lb_common::{DirectorConfig, RealEgress, RealServer, Reason, FWD_NAT, FWD_TUN};
+use lb_common::{DirectorConfig, NatReply, RealEgress, RealServer, Reason, FWD_NAT, FWD_TUN};
 
 use crate::parse::{Packet, Parsed, TCP_FLAG_RST};
 
@@ -49,9 +49,13 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     let pkt = match parse::parse(&ctx) {
         Parsed::Packet(p) => p,
+        Parsed::Icmp => {
+            nat::to_icmp_path(&ctx);
+            return stats::pass(Reason::PassNotTcpUdp, frame_len);
+        }
         Parsed::Pass(reason) => return stats::pass(reason, frame_len),
     };
-    if !lookup::may_be_vip(&pkt) {
+    if !lookup::may_be_vip(pkt.dst) {
         return no_service(&ctx, &pkt, frame_len);
     }
     let Some(config) = config::get() else {
@@ -112,7 +116,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
                 conntrack::insert(&flow, service.id, id, flags, now, config);
                 persist::remember(service, &flow, id, now);
                 if real.method == FWD_NAT {
-                    let port = nat_port(&route::real_egress(id), &pkt);
+                    let port = nat_port(&route::real_egress(id), pkt.dport);
                     nat::remember(&flow, &real.addr, port, service.id, id);
                 }
             }
@@ -129,7 +133,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     if flags & TCP_FLAG_RST != 0 {
         conntrack::close(&flow, service_id, real_id, !new_flow, config);
         if real.method == FWD_NAT {
-            let port = nat_port(&route::real_egress(real_id), &pkt);
+            let port = nat_port(&route::real_egress(real_id), pkt.dport);
             nat::forget(&flow.nat_reply(&real.addr, port));
         }
     }
@@ -164,7 +168,7 @@ fn forward(
         encap::ipip(ctx, pkt, config, real)?;
     } else if real.method == FWD_NAT {
         let addr = [real.addr[12], real.addr[13], real.addr[14], real.addr[15]];
-        nat::rewrite(ctx, pkt, true, addr, nat_port(&egress, pkt))?;
+        nat::rewrite(ctx, pkt, true, addr, nat_port(&egress, pkt.dport))?;
     }
     let hop = route::toward(ctx, here, real.mac, egress.ifindex);
     Ok(route::send(ctx, &hop))
@@ -172,9 +176,9 @@ fn forward(
 
 /// The real server's port for an LVS/NAT flow: its own, or the one the client sent to.
 #[inline(always)]
-fn nat_port(egress: &RealEgress, pkt: &Packet) -> u16 {
+fn nat_port(egress: &RealEgress, vport: u16) -> u16 {
     match egress.port {
-        0 => pkt.dport,
+        0 => vport,
         port => port,
     }
 }
@@ -184,7 +188,7 @@ fn nat_port(egress: &RealEgress, pkt: &Packet) -> u16 {
 /// included) goes to the kernel.
 #[inline(always)]
 fn no_service(ctx: &XdpContext, pkt: &Packet, frame_len: u64) -> u32 {
-    if nat::may_be_reply(pkt) {
+    if nat::may_be_real(pkt.src) {
         nat::to_reply_path(ctx);
     }
     stats::pass(Reason::PassNoService, frame_len)
@@ -198,6 +202,7 @@ pub fn xdplb_nat_reply(ctx: XdpContext) -> u32 {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     let pkt = match parse::parse(&ctx) {
         Parsed::Packet(p) => p,
+        Parsed::Icmp => return stats::pass(Reason::PassNotTcpUdp, frame_len),
         Parsed::Pass(reason) => return stats::pass(reason, frame_len),
     };
     let reply_flow = conntrack::flow(&pkt);
@@ -228,14 +233,90 @@ pub fn xdplb_nat_reply(ctx: XdpContext) -> u32 {
             _ => stats::drop(reason, frame_len),
         };
     }
-    match route::fib(&ctx, vip, pkt.dst, pkt.tot_len) {
+    to_client(&ctx, vip, pkt.dst, pkt.tot_len, &reply, frame_len)
+}
+
+/// Sends a translated reply (or ICMP error) from `src` on to its client at `dst`, by the
+/// kernel's FIB, counted as the NAT flow's outbound traffic.
+#[inline(always)]
+fn to_client(
+    ctx: &XdpContext,
+    src: [u8; 4],
+    dst: [u8; 4],
+    tot_len: u16,
+    reply: &NatReply,
+    frame_len: u64,
+) -> u32 {
+    match route::fib(ctx, src, dst, tot_len) {
         Ok(hop) => {
             stats::replied(reply.service, reply.real, frame_len);
-            route::send(&ctx, &hop)
+            route::send(ctx, &hop)
         }
         // Never passed: the kernel would forward it with the real server's address.
         Err(route::NoHop::NoNeigh) => stats::drop(Reason::DropNoNeigh, frame_len),
         Err(route::NoHop::NoRoute) => stats::drop(Reason::DropNoRoute, frame_len),
+    }
+}
+
+/// The LVS/NAT ICMP path: an ICMP error about a NAT flow (fragmentation needed, port
+/// unreachable, ...) is translated as the flow's packets are and sent on, to the real server or
+/// to the client; any other ICMP goes to the kernel.
+/// parse -> flow lookup -> translate -> route -> stats.
+#[xdp]
+pub fn xdplb_nat_icmp(ctx: XdpContext) -> u32 {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let Some(err) = parse::icmp_error(&ctx) else {
+        return stats::pass(Reason::PassNotTcpUdp, frame_len);
+    };
+    let Some(config) = config::get() else {
+        return stats::pass(Reason::PassNoService, frame_len);
+    };
+    if host::owner(&ctx, config) != host::Owner::Local {
+        return stats::pass(Reason::PassOtherHost, frame_len);
+    }
+    let translated = match nat::icmp::about(&err) {
+        // To the real server, about its reply: as a request is.
+        Some(nat::icmp::About::Reply {
+            service,
+            real_id,
+            real,
+        }) => {
+            let Some(here) = parse::read::<[u8; 6]>(&ctx, 0) else {
+                return stats::drop(Reason::DropMalformed, frame_len);
+            };
+            let egress = route::real_egress(real_id);
+            let rip = [real.addr[12], real.addr[13], real.addr[14], real.addr[15]];
+            let port = nat_port(&egress, err.quoted.sport);
+            nat::icmp::translate(&ctx, &err, true, rip, true, rip, port).map(|()| {
+                stats::forwarded(service, real_id, frame_len, false);
+                route::send(&ctx, &route::toward(&ctx, here, real.mac, egress.ifindex))
+            })
+        }
+        // To the client, about its request: as a reply is.
+        Some(nat::icmp::About::Request(reply)) => {
+            let vip = [reply.vip[12], reply.vip[13], reply.vip[14], reply.vip[15]];
+            let from = if err.outer.src == err.quoted.dst {
+                vip
+            } else {
+                err.outer.src
+            };
+            nat::icmp::translate(&ctx, &err, false, from, false, vip, reply.vport).map(|()| {
+                to_client(
+                    &ctx,
+                    from,
+                    err.outer.dst,
+                    err.outer.tot_len,
+                    &reply,
+                    frame_len,
+                )
+            })
+        }
+        None => return stats::pass(Reason::PassNotTcpUdp, frame_len),
+    };
+    match translated {
+        Ok(verdict) => verdict,
+        Err(Reason::PassTtl) => stats::pass(Reason::PassTtl, frame_len),
+        Err(reason) => stats::drop(reason, frame_len),
     }
 }
 

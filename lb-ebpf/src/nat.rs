@@ -5,7 +5,10 @@
 //!
 //! Replies are found by their own flow key in NAT_REPLIES, written when a NAT flow is bound: one
 //! lookup on the reply path, no search of the connection table. Only packets from a NAT real
-//! server's address (the NAT_SOURCES prefilter) pay for that lookup.
+//! server's address (the NAT_SOURCES prefilter) pay for that lookup. ICMP errors about NAT
+//! flows are translated too (`icmp`).
+
+pub mod icmp;
 
 use aya_ebpf::{
     macros::map,
@@ -14,7 +17,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     csum, vip_filter_index, Addr, FlowKey, NatReply, Reason, BPF_F_NO_COMMON_LRU, DEFAULT_CONN_MAX,
-    IPPROTO_TCP, VIP_FILTER_SIZE,
+    IPPROTO_TCP, NAT_PROG_ICMP, NAT_PROG_REPLY, NAT_PROG_SLOTS, VIP_FILTER_SIZE,
 };
 
 use crate::parse::{ptr_at, Packet};
@@ -29,15 +32,22 @@ static NAT_REPLIES: LruHashMap<FlowKey, NatReply> =
 #[map]
 static NAT_SOURCES: Array<u8> = Array::with_max_entries(VIP_FILTER_SIZE, 0);
 
-/// Index 0: the reply path's program (`xdplb_nat_reply`), set by the agent as it loads both.
+/// The reply path's and the ICMP path's programs, set by the agent as it loads them all.
 #[map]
-static NAT_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+static NAT_PROGS: ProgramArray = ProgramArray::with_max_entries(NAT_PROG_SLOTS, 0);
 
 /// Continues with the reply path's program; returns only if it is not there.
 #[inline(always)]
 pub fn to_reply_path(ctx: &XdpContext) {
     // SAFETY: a tail call does not return when it succeeds; the context is the kernel's.
-    unsafe { NAT_PROGS.tail_call(ctx, 0) };
+    unsafe { NAT_PROGS.tail_call(ctx, NAT_PROG_REPLY) };
+}
+
+/// Continues with the ICMP path's program; returns only if it is not there.
+#[inline(always)]
+pub fn to_icmp_path(ctx: &XdpContext) {
+    // SAFETY: as in `to_reply_path`.
+    unsafe { NAT_PROGS.tail_call(ctx, NAT_PROG_ICMP) };
 }
 
 /// Offset of the IPv4 checksum, TTL and addresses in the header.
@@ -46,10 +56,10 @@ const IP_TTL: usize = 8;
 const IP_SRC: usize = 12;
 const IP_DST: usize = 16;
 
-/// Whether the packet may be a NAT reply: its source has a NAT real server's last 16 bits.
+/// Whether `addr` may be a NAT real server's (a reply's source): it has one's last 16 bits.
 #[inline(always)]
-pub fn may_be_reply(pkt: &Packet) -> bool {
-    let index = vip_filter_index(&lb_common::addr_from_v4(pkt.src));
+pub fn may_be_real(addr: [u8; 4]) -> bool {
+    let index = vip_filter_index(&lb_common::addr_from_v4(addr));
     NAT_SOURCES.get(index).is_some_and(|b| *b != 0)
 }
 
@@ -117,7 +127,27 @@ pub fn rewrite(
     } else {
         (IP_SRC, 0, pkt.src, pkt.sport)
     };
-    let ip_at = ptr_at::<[u8; 20]>(ctx, pkt.l3_off).ok_or(Reason::DropMalformed)?;
+    forward_ip(ctx, pkt.l3_off, addr_off, old_addr, addr)?;
+    let (old, new) = (words(old_addr, old_port), words(addr, port));
+    if pkt.proto == IPPROTO_TCP {
+        transport::<TCP_CSUM_END>(ctx, pkt.l4_off, port_off, false, old, new, port)
+    } else {
+        transport::<UDP_HLEN>(ctx, pkt.l4_off, port_off, true, old, new, port)
+    }
+}
+
+/// The IPv4 header at `l3_off` as a router forwards it with one of its addresses (at
+/// `addr_off`, now `old`) changed to `addr`: TTL one less, checksum updated. Err if the TTL has
+/// run out (the kernel answers it) or the frame is too short.
+#[inline(always)]
+fn forward_ip(
+    ctx: &XdpContext,
+    l3_off: usize,
+    addr_off: usize,
+    old: [u8; 4],
+    addr: [u8; 4],
+) -> Result<(), Reason> {
+    let ip_at = ptr_at::<[u8; 20]>(ctx, l3_off).ok_or(Reason::DropMalformed)?;
     // SAFETY: bounds-checked by ptr_at; unaligned-safe.
     let mut ip = unsafe { ip_at.read_unaligned() };
     let ttl = ip[IP_TTL];
@@ -127,7 +157,7 @@ pub fn rewrite(
     // The TTL is the high byte of its 16-bit word; the protocol beside it does not change.
     let check = csum::update(
         u16::from_be_bytes([ip[IP_CSUM], ip[IP_CSUM + 1]]),
-        csum::sum(&old_addr) + ((ttl as u32) << 8),
+        csum::sum(&old) + ((ttl as u32) << 8),
         csum::sum(&addr) + (((ttl - 1) as u32) << 8),
     );
     ip[IP_TTL] = ttl - 1;
@@ -135,12 +165,7 @@ pub fn rewrite(
     ip[addr_off..addr_off + 4].copy_from_slice(&addr);
     // SAFETY: as above.
     unsafe { ip_at.write_unaligned(ip) };
-    let (old, new) = (words(old_addr, old_port), words(addr, port));
-    if pkt.proto == IPPROTO_TCP {
-        transport::<TCP_CSUM_END>(ctx, pkt.l4_off, port_off, false, old, new, port)
-    } else {
-        transport::<UDP_HLEN>(ctx, pkt.l4_off, port_off, true, old, new, port)
-    }
+    Ok(())
 }
 
 /// Where the TCP checksum ends (it is at 16) and the UDP header's length (checksum at 6).
@@ -164,15 +189,21 @@ fn transport<const N: usize>(
     let mut h = unsafe { at.read_unaligned() };
     h[port_off..port_off + 2].copy_from_slice(&port.to_be_bytes());
     let check = u16::from_be_bytes([h[N - 2], h[N - 1]]);
-    // A UDP checksum of 0 means "none": it stays none.
-    if !(udp && check == 0) {
-        let mut check = csum::update(check, old, new);
-        if udp && check == 0 {
-            check = 0xffff;
-        }
-        h[N - 2..].copy_from_slice(&check.to_be_bytes());
-    }
+    h[N - 2..].copy_from_slice(&l4_check(check, udp, old, new).to_be_bytes());
     // SAFETY: as above.
     unsafe { at.write_unaligned(h) };
     Ok(())
+}
+
+/// A TCP/UDP checksum after words summing to `old` became words summing to `new`. A UDP
+/// checksum of 0 means "none": it stays none, and a computed 0 is sent as 0xffff.
+#[inline(always)]
+fn l4_check(check: u16, udp: bool, old: u32, new: u32) -> u16 {
+    if udp && check == 0 {
+        return 0;
+    }
+    match csum::update(check, old, new) {
+        0 if udp => 0xffff,
+        check => check,
+    }
 }

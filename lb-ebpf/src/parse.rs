@@ -1,10 +1,11 @@
-//! Parsing: Ethernet (with at most one 802.1Q tag), IPv4 with any header length, TCP/UDP ports.
+//! Parsing: Ethernet (with at most one 802.1Q tag), IPv4 with any header length, TCP/UDP ports;
+//! and ICMP errors, with the headers of the packet they quote.
 //! Every read is bounds-checked against `data_end`, which is also what the verifier demands.
 
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Reason, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{Reason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -17,6 +18,10 @@ pub const TCP_FLAG_FIN: u8 = 0x01;
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_RST: u8 = 0x04;
 pub const TCP_FLAG_ACK: u8 = 0x10;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_SOURCE_QUENCH: u8 = 4;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_HLEN: usize = 8;
 
 /// What the later stages need to know about an IPv4 TCP/UDP packet.
 pub struct Packet {
@@ -36,7 +41,18 @@ pub struct Packet {
 
 pub enum Parsed {
     Packet(Packet),
+    /// ICMP: maybe an error about an LVS/NAT flow (see [`icmp_error`]).
+    Icmp,
     Pass(Reason),
+}
+
+/// An ICMP error and the packet it is about, as it quotes it: the IP header and at least the 8
+/// bytes after it (the ports, and UDP's checksum).
+pub struct IcmpError {
+    /// The error's own IP header; `l4_off` is where the ICMP header is, the ports are zero.
+    pub outer: Packet,
+    /// The quoted packet's headers, inside the ICMP message.
+    pub quoted: Packet,
 }
 
 /// A pointer to a `T` at `off` in the frame, if the frame is long enough to hold it.
@@ -62,9 +78,13 @@ pub fn be16(b: [u8; 2]) -> u16 {
 
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Parsed {
-    match parse_inner(ctx) {
-        Ok(p) => Parsed::Packet(p),
-        Err(r) => Parsed::Pass(r),
+    match ipv4_offset(ctx).and_then(|off| ipv4(ctx, off)) {
+        Ok(ip) if ip.proto == IPPROTO_ICMP => Parsed::Icmp,
+        Ok(ip) => match ports(ctx, ip) {
+            Ok(pkt) => Parsed::Packet(pkt),
+            Err(reason) => Parsed::Pass(reason),
+        },
+        Err(reason) => Parsed::Pass(reason),
     }
 }
 
@@ -83,34 +103,67 @@ pub fn ipv4_offset(ctx: &XdpContext) -> Result<usize, Reason> {
     Ok(l3_off)
 }
 
+/// The IPv4 header at `l3_off`, as a [`Packet`] whose ports are not read yet. Non-first
+/// fragments are not: only the first carries the ports.
 #[inline(always)]
-fn parse_inner(ctx: &XdpContext) -> Result<Packet, Reason> {
-    let l3_off = ipv4_offset(ctx)?;
+fn ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Reason> {
     let ip: [u8; IPV4_MIN_HLEN] = read(ctx, l3_off).ok_or(Reason::PassUnparsed)?;
     let ihl = (ip[0] & 0x0f) as usize * 4;
     if ip[0] >> 4 != 4 || ihl < IPV4_MIN_HLEN {
         return Err(Reason::PassUnparsed);
     }
-    // Only the first fragment carries the ports; the rest cannot be matched to a service.
     if be16([ip[6], ip[7]]) & 0x1fff != 0 {
         return Err(Reason::PassFragment);
     }
-    let proto = ip[9];
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return Err(Reason::PassNotTcpUdp);
-    }
-    let l4_off = l3_off + ihl;
-    let ports: [u8; 4] = read(ctx, l4_off).ok_or(Reason::PassUnparsed)?;
     Ok(Packet {
         l3_off,
-        l4_off,
+        l4_off: l3_off + ihl,
         src: [ip[12], ip[13], ip[14], ip[15]],
         dst: [ip[16], ip[17], ip[18], ip[19]],
-        proto,
-        sport: be16([ports[0], ports[1]]),
-        dport: be16([ports[2], ports[3]]),
+        proto: ip[9],
+        sport: 0,
+        dport: 0,
         tot_len: be16([ip[2], ip[3]]),
     })
+}
+
+/// The TCP/UDP ports of a packet from [`ipv4`].
+#[inline(always)]
+fn ports(ctx: &XdpContext, pkt: Packet) -> Result<Packet, Reason> {
+    if pkt.proto != IPPROTO_TCP && pkt.proto != IPPROTO_UDP {
+        return Err(Reason::PassNotTcpUdp);
+    }
+    let ports: [u8; 4] = read(ctx, pkt.l4_off).ok_or(Reason::PassUnparsed)?;
+    Ok(Packet {
+        sport: be16([ports[0], ports[1]]),
+        dport: be16([ports[2], ports[3]]),
+        ..pkt
+    })
+}
+
+/// The ICMP error in the frame (destination unreachable, source quench, time exceeded: those
+/// IPVS translates too) about a TCP/UDP packet, if it is one, with its quote inside the packet
+/// and the packet inside the frame.
+#[inline(always)]
+pub fn icmp_error(ctx: &XdpContext) -> Option<IcmpError> {
+    let outer = ipv4(ctx, ipv4_offset(ctx).ok()?).ok()?;
+    // Type and code (a one-byte read's bounds check is one LLVM turns into a form the
+    // verifier cannot follow).
+    let kind = read::<[u8; 2]>(ctx, outer.l4_off)?;
+    if outer.proto != IPPROTO_ICMP
+        || !matches!(
+            kind[0],
+            ICMP_DEST_UNREACH | ICMP_SOURCE_QUENCH | ICMP_TIME_EXCEEDED
+        )
+    {
+        return None;
+    }
+    let quoted = ports(ctx, ipv4(ctx, outer.l4_off + ICMP_HLEN).ok()?).ok()?;
+    let end = outer.l3_off + outer.tot_len as usize;
+    if quoted.l4_off + UDP_HLEN > end || end > ctx.data_end() - ctx.data() {
+        return None;
+    }
+    Some(IcmpError { outer, quoted })
 }
 
 /// Whether a packet for a service is complete and self-consistent, so forwarding it cannot hand a

@@ -54,6 +54,23 @@ impl Default for FrameSpec {
 
 impl FrameSpec {
     pub fn build(&self) -> Vec<u8> {
+        self.frame(self.proto, &self.l4())
+    }
+
+    /// An ICMP error in this frame's Ethernet and IPv4 headers (its ports, flags and payload are
+    /// not used): ICMP `kind` and `code`, then `rest` (the next-hop MTU of "fragmentation
+    /// needed", else zero), quoting `quote` (an IP packet, or its start).
+    pub fn icmp_error(&self, kind: u8, code: u8, rest: [u8; 4], quote: &[u8]) -> Vec<u8> {
+        let mut icmp = vec![kind, code, 0, 0];
+        icmp.extend_from_slice(&rest);
+        icmp.extend_from_slice(quote);
+        let csum = lb_common::csum::fold(lb_common::csum::sum(&icmp));
+        icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+        self.frame(lb_common::IPPROTO_ICMP, &icmp)
+    }
+
+    /// The Ethernet and IPv4 headers (protocol `proto`) around `l4`.
+    fn frame(&self, proto: u8, l4: &[u8]) -> Vec<u8> {
         assert!(self.ip_options.len().is_multiple_of(4) && self.ip_options.len() <= 40);
         let mut f = Vec::with_capacity(128 + self.payload.len());
         f.extend_from_slice(&self.dst_mac);
@@ -64,7 +81,6 @@ impl FrameSpec {
         }
         f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
 
-        let l4 = self.l4();
         let ihl = 20 + self.ip_options.len();
         let tot_len = (ihl + l4.len()) as u16;
         let ip_start = f.len();
@@ -74,14 +90,14 @@ impl FrameSpec {
         f.extend_from_slice(&0x1234u16.to_be_bytes());
         f.extend_from_slice(&self.frag.to_be_bytes());
         f.push(self.ttl);
-        f.push(self.proto);
+        f.push(proto);
         f.extend_from_slice(&[0, 0]);
         f.extend_from_slice(&self.src.octets());
         f.extend_from_slice(&self.dst.octets());
         f.extend_from_slice(&self.ip_options);
         let csum = lb_common::csum::fold(lb_common::csum::sum(&f[ip_start..]));
         f[ip_start + 10..ip_start + 12].copy_from_slice(&csum.to_be_bytes());
-        f.extend_from_slice(&l4);
+        f.extend_from_slice(l4);
         f
     }
 

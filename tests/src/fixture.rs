@@ -122,7 +122,9 @@ impl Fixture {
         // SAFETY: sched_getcpu has no preconditions.
         let cpu = unsafe { libc::sched_getcpu() };
         lb_user::pktgen::pin_to_cpu(cpu.max(0) as usize).expect("pin the test thread");
-        let mut datapath = Datapath::load_lb(opts).expect("load the datapath");
+        let mut datapath = Datapath::load_lb(opts)
+            .map_err(|e| format!("{e:?}"))
+            .expect("load the datapath");
         let mut maps = datapath.maps().unwrap();
         maps.set_config(&config).unwrap();
         Self {

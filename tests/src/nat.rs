@@ -4,6 +4,9 @@
 //! - outside switch, 10.0.0.0/24: director `eth0` 10.0.0.1 with the VIP 10.0.0.100/32; client
 //!   10.0.0.2, which also routes for the client addresses 172.16.0.1.. (on its `lo`): the
 //!   director reaches them via 10.0.0.2, as it would through a router;
+//! - far switch, 10.0.1.0/24, behind the client as a router: `far` 10.0.1.2, a client whose
+//!   last hop is narrower than the rest of the path (route MTU 1280 on the client's `eth1`
+//!   10.0.1.1), so big replies to it need path MTU discovery through the director;
 //! - inside switch, 192.168.10.0/24: director `eth1` 192.168.10.1; real servers `rs1..rsN` at
 //!   192.168.10.11.., default route via the director, each running a real HTTP server (Python's
 //!   http.server, tests/data/nat-httpd.py) on port 8080, not the service's 80;
@@ -27,10 +30,12 @@ pub struct NatTopology {
     _xdp_pass: Vec<XdpPass>,
     _servers: Vec<Proc>,
     client: Host,
+    far: Host,
     director: Host,
     reals: Vec<Host>,
     _outside: Switch,
     _inside: Switch,
+    _far: Switch,
 }
 
 impl NatTopology {
@@ -41,12 +46,16 @@ impl NatTopology {
     pub const INSIDE_GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 1);
     /// Client source addresses, 172.16.0.1 onwards.
     pub const CLIENT_SOURCES: u8 = 40;
+    /// The far client's address, and the MTU of the hop before it.
+    pub const FAR: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+    pub const FAR_MTU: u32 = 1280;
 
     pub fn new(n_reals: usize) -> Result<Self> {
         names::cleanup_stale();
         let prefix = names::unique_prefix();
         let outside = Switch::new(format!("{prefix}-swo"))?;
         let inside = Switch::new(format!("{prefix}-swi"))?;
+        let far_switch = Switch::new(format!("{prefix}-swf"))?;
 
         let director = Host::new(&prefix, "director", &outside, Ipv4Addr::new(10, 0, 0, 1))?;
         director.plug(&inside, "eth1", Self::INSIDE_GATEWAY)?;
@@ -54,6 +63,7 @@ impl NatTopology {
         director.ns().ip(&["addr", "add", &vip, "dev", "eth0"])?;
         director.ns().sysctl("net.ipv4.ip_forward", "1")?;
         director.route("172.16.0.0/24", Ipv4Addr::new(10, 0, 0, 2))?;
+        director.route("10.0.1.0/24", Ipv4Addr::new(10, 0, 0, 2))?;
         let xdp_pass = vec![
             outside.pass_xdp(director.name())?,
             inside.pass_xdp(director.name())?,
@@ -66,6 +76,17 @@ impl NatTopology {
             .collect();
         client.ns().ip_batch(&batch)?;
         client.ns().set_tx_checksum("eth0", false)?;
+
+        let router = Ipv4Addr::new(10, 0, 1, 1);
+        client.plug(&far_switch, "eth1", router)?;
+        client.ns().sysctl("net.ipv4.ip_forward", "1")?;
+        let mtu = Self::FAR_MTU.to_string();
+        client.ns().ip(&[
+            "route", "replace", "10.0.1.0/24", "dev", "eth1", "src", "10.0.1.1", "mtu", &mtu,
+        ])?;
+        let far = Host::new(&prefix, "far", &far_switch, Self::FAR)?;
+        far.route("default", router)?;
+        far.ns().set_tx_checksum("eth0", false)?;
 
         let mut reals = Vec::new();
         let mut servers = Vec::new();
@@ -80,10 +101,12 @@ impl NatTopology {
             _xdp_pass: xdp_pass,
             _servers: servers,
             client,
+            far,
             director,
             reals,
             _outside: outside,
             _inside: inside,
+            _far: far_switch,
         })
     }
 
@@ -109,6 +132,11 @@ impl NatTopology {
 
     pub fn client(&self) -> &Host {
         &self.client
+    }
+
+    /// The client behind the narrower hop.
+    pub fn far(&self) -> &Host {
+        &self.far
     }
 
     pub fn director(&self) -> &Host {

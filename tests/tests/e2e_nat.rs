@@ -62,6 +62,8 @@ fn nat_maps_ports_routes_replies_and_keeps_connections() {
     let owner = sticky_from_many_clients(&topo, &agent);
     weights_are_honoured(&topo, &agent);
     big_transfers_are_intact(&topo);
+    path_mtu_discovery_works_through_the_director(&topo);
+    port_unreachable_reaches_the_client(&topo, &agent);
     restart_breaks_no_transfer(&topo, &mut agent);
     deletion_moves_only_its_clients(&topo, &agent, &owner);
 }
@@ -149,6 +151,60 @@ fn big_transfers_are_intact(topo: &NatTopology) {
     let fields: Vec<&str> = answer.split_whitespace().collect();
     assert_eq!(fields[1..], [BIG.to_string().as_str(), sum], "{answer}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A 10 MB download to the far client, whose last hop takes 1280 bytes where the rest of the
+/// path takes 1500: that hop's "fragmentation needed" goes to the VIP, and only translated (to
+/// the real server, about its own reply) does the server lower its packet size.
+fn path_mtu_discovery_works_through_the_director(topo: &NatTopology) {
+    let far = NatTopology::FAR.to_string();
+    let get = |args: &[&str]| {
+        let mut all = vec!["-sS", "--fail", "--max-time", "30"];
+        all.extend_from_slice(args);
+        topo.far().ns().exec("curl", &all)
+    };
+    let (name, peer) = name_and_peer(&get(&[&format!("http://{SERVICE}/name")]).unwrap());
+    assert_eq!(peer, NatTopology::FAR);
+    let dir = scratch();
+    let file = dir.join("far");
+    get(&["-o", &file.to_string_lossy(), &format!("http://{SERVICE}/big")])
+        .expect("a 10 MB download over a path narrower than its first hops");
+    assert!(
+        std::fs::read(&file).unwrap() == big_pattern(),
+        "the download arrived damaged"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    // The real server learned the path's MTU from the translated error.
+    let rs = topo.reals().iter().find(|r| r.name() == name).unwrap();
+    let route = rs.ns().ip(&["route", "get", &far]).unwrap();
+    assert!(
+        route.contains(&format!("mtu {}", NatTopology::FAR_MTU)),
+        "{name}: {route}"
+    );
+}
+
+/// A UDP service whose real server has nothing on the port: its "port unreachable" reaches the
+/// client from the VIP, about what the client sent, so the client's socket is refused at once.
+fn port_unreachable_reaches_the_client(topo: &NatTopology, agent: &Agent) {
+    let service = "10.0.0.100:53";
+    agent.cli_ok(&["service", "add", "-u", service]);
+    let real = format!("{}:5353", NatTopology::real_addr(1));
+    agent.cli_ok(&["real", "add", "-u", service, "-r", &real, "-m"]);
+    let src = NatTopology::client_sources()[0].to_string();
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('{src}', 0))\n\
+         s.connect(('10.0.0.100', 53))\n\
+         s.settimeout(10)\n\
+         s.send(b'anyone?')\n\
+         try:\n    s.recv(100)\n    print('answered')\n\
+         except ConnectionRefusedError:\n    print('refused')\n\
+         except socket.timeout:\n    print('no answer')\n"
+    );
+    let answer = topo.client().ns().exec("python3", &["-c", &script]).unwrap();
+    assert_eq!(answer.trim(), "refused");
+    agent.cli_ok(&["service", "del", "-u", service]);
 }
 
 /// Four downloads paced to last a few seconds each; the agent exits (leaving the datapath) and

@@ -227,7 +227,8 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
     }
     let topo = DrTopology::new(2).expect("cannot build the DR topology");
     let director = topo.director().ns();
-    // What the previous version left pinned: the same maps, but 10 reason slots.
+    // What the previous version left pinned: the same maps, but 10 reason slots and a NAT
+    // program array of one slot (the ICMP path's program came later).
     // Named as the agent names it: after the namespace the agent runs in.
     let dir = bpffs()
         .unwrap()
@@ -238,6 +239,7 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
         let mut loader = aya::EbpfLoader::new();
         loader.map_max_entries(lb_common::map_names::REASONS, 10);
         loader.map_max_entries(lb_common::map_names::CONNS, 1024);
+        loader.map_max_entries(lb_common::map_names::NAT_PROGS, 1);
         let paths: Vec<(&str, std::path::PathBuf)> = lb_user::datapath::pin::PINNED_MAPS
             .iter()
             .filter(|m| **m != lb_common::map_names::LOCAL_MACS && !m.starts_with("SYNC"))

@@ -3,7 +3,8 @@
 //! kernel's FIB. Every expected frame is built from scratch by `FrameSpec` (which computes the
 //! checksums whole), so the datapath's incremental checksums are checked independently.
 //! The tests run in a namespace of their own: two veth interfaces, `out0` toward the clients
-//! (through a router) and `in0` toward the real servers, with IP forwarding on.
+//! (through a router) and `in0` toward the real servers, with IP forwarding on. ICMP errors about
+//! NAT flows are translated both ways, quoted headers included.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -368,7 +369,42 @@ fn truncated_nat_packets_are_never_sent() {
             let req = request(&net, proto).build();
             let rep = reply(&net, proto).build();
             fx.run_on(net.out0.0, &req).unwrap();
-            for (ingress, frame) in [(net.out0.0, &req), (net.in0.0, &rep)] {
+            // ICMP errors about the flow, each way.
+            let error = |dst_mac, src, dst, quoted: FrameSpec| {
+                let outer = FrameSpec {
+                    dst_mac,
+                    src,
+                    dst,
+                    ..Default::default()
+                };
+                outer.icmp_error(ICMP_UNREACH, FRAG_NEEDED, MTU_1280, &quoted.build()[14..])
+            };
+            let inbound = error(
+                net.out0.1,
+                CLIENT,
+                VIP,
+                FrameSpec {
+                    src: VIP,
+                    sport: 80,
+                    ..reply(&net, proto)
+                },
+            );
+            let outbound = error(
+                net.in0.1,
+                RIP,
+                CLIENT,
+                FrameSpec {
+                    dst: RIP,
+                    dport: REAL_PORT,
+                    ..request(&net, proto)
+                },
+            );
+            for (ingress, frame) in [
+                (net.out0.0, &req),
+                (net.in0.0, &rep),
+                (net.out0.0, &inbound),
+                (net.in0.0, &outbound),
+            ] {
                 for len in 1..frame.len() {
                     let cut = &frame[..len];
                     // Frames this short the kernel refuses to run at all.
@@ -382,5 +418,241 @@ fn truncated_nat_packets_are_never_sent() {
                 }
             }
         }
+    });
+}
+
+const ICMP_UNREACH: u8 = 3;
+const FRAG_NEEDED: u8 = 4;
+const PORT_UNREACH: u8 = 3;
+/// "Fragmentation needed" with a next-hop MTU of 1280.
+const MTU_1280: [u8; 4] = [0, 0, 0x05, 0x00];
+/// A router on the inside network, between the director and the real servers.
+const INSIDE_ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 254);
+
+/// The first `len` bytes of a frame's IP packet (what an ICMP error quotes of it).
+fn quote(spec: &FrameSpec, len: usize) -> Vec<u8> {
+    spec.build()[14..].iter().take(len).copied().collect()
+}
+
+/// The two lengths a quote comes in: the IP header and 8 bytes (RFC 792, most routers), and
+/// the whole packet (Linux quotes up to 576 bytes).
+const QUOTES: [usize; 2] = [28, usize::MAX];
+
+#[test]
+fn icmp_errors_about_a_nat_flow_are_translated_both_ways() {
+    if !require_root() {
+        return;
+    }
+    let net = net();
+    net.ns.run_in(|| {
+        let mut fx = fixture(&net);
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            fx.run_on(net.out0.0, &request(&net, proto).build())
+                .unwrap();
+            // The director's outgoing packets, as the ICMP errors quote them (one hop on).
+            let sent_reply = FrameSpec {
+                src: VIP,
+                sport: 80,
+                ttl: 63,
+                ..reply(&net, proto)
+            };
+            let sent_request = FrameSpec {
+                dst: RIP,
+                dport: REAL_PORT,
+                ttl: 63,
+                ..request(&net, proto)
+            };
+            for len in QUOTES {
+                // A router on the clients' side cannot pass the reply on: "fragmentation
+                // needed", to the VIP. It reaches the real server, about its own reply.
+                let from_router = FrameSpec {
+                    dst_mac: net.out0.1,
+                    src_mac: ROUTER_MAC,
+                    src: ROUTER.parse().unwrap(),
+                    dst: VIP,
+                    ..Default::default()
+                };
+                let input = from_router.icmp_error(
+                    ICMP_UNREACH,
+                    FRAG_NEEDED,
+                    MTU_1280,
+                    &quote(&sent_reply, len),
+                );
+                let (verdict, out) = fx.run_on(net.out0.0, &input).unwrap();
+                assert_eq!(
+                    verdict, XDP_TX,
+                    "proto {proto}, quote {len}: to the real server"
+                );
+                let as_real_sent = FrameSpec {
+                    ttl: 63,
+                    ..reply(&net, proto)
+                };
+                let expected = FrameSpec {
+                    dst_mac: REAL_MAC,
+                    src_mac: net.out0.1,
+                    dst: RIP,
+                    ttl: from_router.ttl - 1,
+                    ..from_router.clone()
+                }
+                .icmp_error(
+                    ICMP_UNREACH,
+                    FRAG_NEEDED,
+                    MTU_1280,
+                    &quote(&as_real_sent, len),
+                );
+                assert_eq!(
+                    out, expected,
+                    "proto {proto}, quote {len}: toward the real server"
+                );
+
+                // The real server answers the request with "port unreachable": the client
+                // gets it from the VIP, about what it sent to the VIP.
+                let from_real = FrameSpec {
+                    dst_mac: net.in0.1,
+                    src_mac: REAL_MAC,
+                    src: RIP,
+                    dst: CLIENT,
+                    ..Default::default()
+                };
+                let as_client_sent = FrameSpec {
+                    ttl: 63,
+                    ..request(&net, proto)
+                };
+                let to_client = |from: &FrameSpec, src: Ipv4Addr, code: u8, rest: [u8; 4]| {
+                    FrameSpec {
+                        dst_mac: ROUTER_MAC,
+                        src_mac: net.out0.1,
+                        src,
+                        ttl: from.ttl - 1,
+                        ..from.clone()
+                    }
+                    .icmp_error(
+                        ICMP_UNREACH,
+                        code,
+                        rest,
+                        &quote(&as_client_sent, len),
+                    )
+                };
+                let input = from_real.icmp_error(
+                    ICMP_UNREACH,
+                    PORT_UNREACH,
+                    [0; 4],
+                    &quote(&sent_request, len),
+                );
+                let (verdict, out) = fx.run_on(net.in0.0, &input).unwrap();
+                assert_eq!(
+                    verdict, XDP_REDIRECT,
+                    "proto {proto}, quote {len}: out of out0"
+                );
+                assert_eq!(
+                    out,
+                    to_client(&from_real, VIP, PORT_UNREACH, [0; 4]),
+                    "proto {proto}, quote {len}: toward the client, from the VIP"
+                );
+
+                // A router on the inside cannot pass the request on: its own address stays.
+                let from_inside_router = FrameSpec {
+                    src: INSIDE_ROUTER,
+                    ..from_real.clone()
+                };
+                let input = from_inside_router.icmp_error(
+                    ICMP_UNREACH,
+                    FRAG_NEEDED,
+                    MTU_1280,
+                    &quote(&sent_request, len),
+                );
+                let (verdict, out) = fx.run_on(net.in0.0, &input).unwrap();
+                assert_eq!(verdict, XDP_REDIRECT);
+                assert_eq!(
+                    out,
+                    to_client(&from_inside_router, INSIDE_ROUTER, FRAG_NEEDED, MTU_1280),
+                    "proto {proto}, quote {len}: toward the client, from the router"
+                );
+            }
+        }
+        // Counted with the flow, each way.
+        let c = fx.maps.counters().unwrap();
+        let svc = fx.state.service(&service(Protocol::Tcp)).unwrap();
+        let real = svc.reals[0].id as usize;
+        assert_eq!(
+            c.reals[real].packets,
+            1 + 2,
+            "the request and two errors to the real server"
+        );
+        assert_eq!(c.reals_out[real].packets, 4, "four errors to the client");
+    });
+}
+
+#[test]
+fn icmp_that_is_not_about_a_nat_flow_goes_to_the_kernel_untouched() {
+    if !require_root() {
+        return;
+    }
+    let net = net();
+    net.ns.run_in(|| {
+        let mut fx = fixture(&net);
+        fx.run_on(net.out0.0, &request(&net, IPPROTO_TCP).build())
+            .unwrap();
+        let sent_reply = FrameSpec {
+            src: VIP,
+            sport: 80,
+            ttl: 63,
+            ..reply(&net, IPPROTO_TCP)
+        };
+        let from_router = FrameSpec {
+            dst_mac: net.out0.1,
+            src_mac: ROUTER_MAC,
+            src: ROUTER.parse().unwrap(),
+            dst: VIP,
+            ..Default::default()
+        };
+        let about = |spec: &FrameSpec| {
+            from_router.icmp_error(ICMP_UNREACH, FRAG_NEEDED, MTU_1280, &quote(spec, 28))
+        };
+        let frames = [
+            // A ping to the VIP.
+            from_router.icmp_error(8, 0, [0, 1, 0, 1], b"ping"),
+            // About a flow the director does not know.
+            about(&FrameSpec {
+                dport: 40001,
+                ..sent_reply.clone()
+            }),
+            // Not sent to the quoted packet's source.
+            FrameSpec {
+                dst: Ipv4Addr::new(192, 0, 2, 1),
+                ..from_router.clone()
+            }
+            .icmp_error(ICMP_UNREACH, FRAG_NEEDED, MTU_1280, &quote(&sent_reply, 28)),
+            // Quoting too little for the ports, or a fragment.
+            about(&sent_reply)[..14 + 20 + 8 + 20 + 2].to_vec(),
+            about(&FrameSpec {
+                frag: 0x2000 | 10,
+                ..sent_reply.clone()
+            }),
+        ];
+        for (i, frame) in frames.iter().enumerate() {
+            let mut frame = frame.clone();
+            if i == 3 {
+                // Cut, with a total length to match.
+                let len = (frame.len() - 14) as u16;
+                frame[16..18].copy_from_slice(&len.to_be_bytes());
+                frame[24..26].copy_from_slice(&[0, 0]);
+                let check = lb_common::csum::fold(lb_common::csum::sum(&frame[14..34]));
+                frame[24..26].copy_from_slice(&check.to_be_bytes());
+            }
+            assert_eq!(
+                fx.run_on(net.out0.0, &frame).unwrap(),
+                (XDP_PASS, frame.clone()),
+                "frame {i}"
+            );
+        }
+        // An error whose TTL runs out here is the kernel's to answer.
+        let dying = FrameSpec {
+            ttl: 1,
+            ..from_router.clone()
+        }
+        .icmp_error(ICMP_UNREACH, FRAG_NEEDED, MTU_1280, &quote(&sent_reply, 28));
+        assert_eq!(fx.run_on(net.out0.0, &dying).unwrap(), (XDP_PASS, dying));
+        assert_eq!(fx.reason(Reason::PassTtl), 1);
     });
 }

@@ -11,7 +11,9 @@ use aya::{
     programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use lb_common::{map_names, program_names, DEFAULT_CONN_MAX};
+use lb_common::{
+    map_names, program_names, DEFAULT_CONN_MAX, NAT_PROG_ICMP, NAT_PROG_REPLY, NAT_PROG_SLOTS,
+};
 
 pub use maps::{ConnCounts, Counters, DatapathCounters, DecapMaps, MapWriter, Maps};
 
@@ -98,24 +100,30 @@ impl Datapath {
     /// Loads the director's program, and its LVS/NAT reply path.
     pub fn load_lb(opts: LoadOptions) -> Result<Self> {
         let mut datapath = Self::load(program_names::LB, opts)?;
-        datapath.link_nat_reply()?;
+        datapath.link_nat_programs()?;
         Ok(datapath)
     }
 
-    /// Loads the LVS/NAT reply path's program and puts it where the director's program
-    /// tail-calls it.
-    fn link_nat_reply(&mut self) -> Result<()> {
-        let prog = xdp(&mut self.ebpf, program_names::NAT_REPLY)?;
-        prog.load()
-            .context("the kernel rejected the LVS/NAT reply program")?;
-        let fd = prog.fd()?.try_clone()?;
-        let map = self
-            .ebpf
-            .map_mut(map_names::NAT_PROGS)
-            .ok_or_else(|| anyhow!("the XDP object has no map {}", map_names::NAT_PROGS))?;
-        aya::maps::ProgramArray::try_from(map)?
-            .set(0, &fd, 0)
-            .context("cannot install the LVS/NAT reply program")
+    /// Loads the LVS/NAT reply and ICMP paths' programs and puts them where the director's
+    /// program tail-calls them.
+    fn link_nat_programs(&mut self) -> Result<()> {
+        for (slot, name) in [
+            (NAT_PROG_REPLY, program_names::NAT_REPLY),
+            (NAT_PROG_ICMP, program_names::NAT_ICMP),
+        ] {
+            let prog = xdp(&mut self.ebpf, name)?;
+            prog.load()
+                .with_context(|| format!("the kernel rejected the XDP program '{name}'"))?;
+            let fd = prog.fd()?.try_clone()?;
+            let map = self
+                .ebpf
+                .map_mut(map_names::NAT_PROGS)
+                .ok_or_else(|| anyhow!("the XDP object has no map {}", map_names::NAT_PROGS))?;
+            aya::maps::ProgramArray::try_from(map)?
+                .set(slot, &fd, 0)
+                .with_context(|| format!("cannot install the XDP program '{name}'"))?;
+        }
+        Ok(())
     }
 
     /// Loads the director's program on the maps pinned in `pins`, creating and pinning those
@@ -128,6 +136,7 @@ impl Datapath {
         } else {
             LOG_OFF
         };
+        pins.drop_outgrown_prog_array(map_names::NAT_PROGS, NAT_PROG_SLOTS)?;
         let mut loader = EbpfLoader::new();
         // One NAT reply entry per connection at most.
         loader.map_max_entries(map_names::CONNS, opts.conn_max);
@@ -143,7 +152,7 @@ impl Datapath {
             .load()
             .context("the kernel rejected the XDP program")?;
         let mut datapath = Self { ebpf };
-        datapath.link_nat_reply()?;
+        datapath.link_nat_programs()?;
         Ok(datapath)
     }
 

@@ -174,6 +174,17 @@ impl Pins {
         Ok(())
     }
 
+    /// Removes the pin of a program array with fewer slots than this version's (an older
+    /// version's): it holds only programs, which every agent installs anew, so nothing is lost.
+    pub fn drop_outgrown_prog_array(&self, name: &str, slots: u32) -> Result<()> {
+        let path = self.map(name);
+        if path.exists() && aya::maps::MapInfo::from_pin(&path)?.max_entries() < slots {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// Removes every pin: once no process holds them, the program is detached and the maps freed.
     pub fn remove(&self) -> Result<()> {
         std::fs::remove_dir_all(&self.dir)
