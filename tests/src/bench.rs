@@ -13,11 +13,12 @@ use aya::{
 use lb_common::{map_names, program_names, BenchFrame, BENCH_FRAME_MAX};
 use lb_user::{
     datapath::{clock::with_sync, AttachMode, Datapath, LoadOptions, MapWriter as _},
-    packet::FrameSpec,
+    packet::{FrameSpec, TCP_ACK},
     state::{Forward, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr},
 };
 
 use crate::fixture::{default_config, real_mac, Fixture, XDP_PASS, XDP_TX};
+use crate::{names, netns::veth, Netns};
 
 /// One benchmark case: what runs, on which frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +47,13 @@ pub enum Case {
     /// A new client every packet for a persistent `rr` service: the template lookup that
     /// misses, the scheduler, and the template insert.
     DrPersistentNewFlow,
+    /// `mh` service, established flow, LVS/NAT request: destination address and port
+    /// rewritten (VIP:83 to RIP:8080), checksums updated incrementally, TTL decremented.
+    NatRequest,
+    /// The reply of [`Case::NatRequest`]'s flow from the real server: the prefilter, the reply
+    /// index, the tail call to the reply program, the connection table, the source rewrite and
+    /// the kernel's FIB lookup toward the client (on the interface it came in on: XDP_TX).
+    NatReply,
 }
 
 /// The schedulers with a new-flow case of their own (mh's is [`Case::DrMhNewFlow`]).
@@ -74,6 +82,8 @@ impl Case {
         ];
         all.extend(schedulers().map(Case::DrNewFlow));
         all.push(Case::DrPersistentNewFlow);
+        // The request first: it binds the flow the reply belongs to.
+        all.extend([Case::NatRequest, Case::NatReply]);
         all
     }
 
@@ -91,6 +101,8 @@ impl Case {
             }
             Case::DrNewFlow(s) => format!("DR {}, new flow", s.name()),
             Case::DrPersistentNewFlow => "DR rr persistent, new client (template insert)".into(),
+            Case::NatRequest => "NAT mh, established flow, request (destination rewrite)".into(),
+            Case::NatReply => "NAT mh, reply (reply index, source rewrite, FIB lookup)".into(),
         }
     }
 
@@ -121,6 +133,12 @@ impl Case {
             Case::DrPersistentNewFlow => 200.0,
             Case::TunEstablished => 70.0,
             Case::DrMhEstablishedSync => 50.0,
+            // DR established plus what NAT must add: a rewrite of the IP and transport headers
+            // with their checksums (as TUN adds an encapsulation).
+            Case::NatRequest => 70.0,
+            // A reply adds a second lookup and a tail call to that, and the kernel's FIB
+            // lookup (the route and neighbour to the client), which DR and TUN never need.
+            Case::NatReply => 120.0,
         }
     }
 
@@ -197,13 +215,22 @@ pub fn median(v: &[f64]) -> f64 {
 }
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+/// The LVS/NAT service's port, its one real server and that server's port.
+const NAT_PORT: u16 = 83;
+const NAT_REAL: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 21);
+const NAT_REAL_PORT: u16 = 8080;
+
 /// Offset of the IPv4 source address in an untagged frame: what the wrapper varies.
 const SRC_ADDR_OFFSET: u32 = 26;
 
 /// Everything loaded for the benchmarks: the director's program with a `sh` service on port 80
-/// and an `mh` service on port 81 (DR) and 82 (TUN), each over 3 real servers; the bare XDP_TX
-/// program; and the wrapper, once with the director and once with the bare program behind it.
+/// and an `mh` service on port 81 (DR) and 82 (TUN), each over 3 real servers, and on port 83
+/// (NAT) over one; the bare XDP_TX program; the wrapper, once with the director and once with
+/// the bare program behind it; and a namespace whose routes the NAT reply's FIB lookup uses.
 pub struct Bench {
+    net: Netns,
+    /// The interface of `net` NAT replies arrive on, toward the client too.
+    ingress: u32,
     fx: Fixture,
     bare: Datapath,
     wrap_lb: Datapath,
@@ -231,6 +258,26 @@ fn wrapper(target: &mut Datapath, target_name: &str) -> Result<Datapath> {
         .context("no BENCH_PROGS map")?;
     ProgramArray::<&mut MapData>::try_from(map)?.set(0, &fd, 0)?;
     Ok(wrap)
+}
+
+/// A namespace with one interface, `b0`, on the clients' network: the benchmark frames' client
+/// (10.0.0.2) is on it, with a permanent neighbour entry, and IP forwarding is on (the FIB
+/// lookup helper wants it).
+fn nat_net() -> Result<(Netns, u32)> {
+    names::cleanup_stale();
+    let net = Netns::new(format!("{}-bench", names::unique_prefix()))?;
+    veth(&net, "b0", &net, "b1")?;
+    let client = FrameSpec::default();
+    let mac: Vec<String> = client.src_mac.iter().map(|b| format!("{b:02x}")).collect();
+    net.ip_batch(&format!(
+        "addr add 10.0.0.1/24 dev b0\n\
+         neigh replace {} lladdr {} nud permanent dev b0\n",
+        client.src,
+        mac.join(":")
+    ))?;
+    net.sysctl("net.ipv4.ip_forward", "1")?;
+    let ingress = net.ifindex("b0")?;
+    Ok((net, ingress))
 }
 
 impl Bench {
@@ -275,11 +322,25 @@ impl Bench {
                 );
             }
         }
+        fx.add_service(service(NAT_PORT), mh);
+        fx.add_real_spec(
+            service(NAT_PORT),
+            RealSpec {
+                addr: Some(NAT_REAL),
+                port: Some(NAT_REAL_PORT),
+                forward: Some(Forward::Masq),
+                mac: Some(Mac(real_mac(21))),
+                ..Default::default()
+            },
+        );
+        let (net, ingress) = nat_net()?;
         let mut bare = Datapath::load(program_names::TX, LoadOptions::flows(1))?;
         let wrap_lb = wrapper(&mut fx.datapath, program_names::LB)?;
         let wrap_bare = wrapper(&mut bare, program_names::TX)?;
         let ring = fx.datapath.sync_events()?;
         Ok(Self {
+            net,
+            ingress,
             fx,
             bare,
             wrap_lb,
@@ -300,6 +361,19 @@ impl Bench {
             Case::TunEstablished => (VIP, 82),
             Case::DrNewFlow(s) => (VIP, scheduler_port(s)),
             Case::DrPersistentNewFlow => (VIP, PERSISTENT_PORT),
+            Case::NatRequest => (VIP, NAT_PORT),
+            Case::NatReply => {
+                let request = FrameSpec::default();
+                return FrameSpec {
+                    src: NAT_REAL,
+                    dst: request.src,
+                    sport: NAT_REAL_PORT,
+                    dport: request.sport,
+                    tcp_flags: TCP_ACK,
+                    ..request
+                }
+                .build();
+            }
         };
         FrameSpec {
             dst,
@@ -309,20 +383,41 @@ impl Bench {
         .build()
     }
 
-    /// Mean time per iteration of `program` over `repeat` runs on `frame`.
+    /// Mean time per iteration of `program` over `repeat` runs on `frame`; with `ingress`, as
+    /// if the frame had arrived on that interface of `net` (measured from a thread in it).
     fn time(
+        net: &Netns,
+        ingress: Option<u32>,
         datapath: &mut Datapath,
         program: &str,
         frame: &[u8],
         repeat: u32,
         verdict: u32,
     ) -> Result<f64> {
+        match ingress {
+            None => Self::time_here(datapath, program, frame, repeat, verdict, None),
+            Some(_) => {
+                net.run_in(|| Self::time_here(datapath, program, frame, repeat, verdict, ingress))
+            }
+        }
+    }
+
+    fn time_here(
+        datapath: &mut Datapath,
+        program: &str,
+        frame: &[u8],
+        repeat: u32,
+        verdict: u32,
+        ingress: Option<u32>,
+    ) -> Result<f64> {
         let mut out = vec![0u8; frame.len() + 256];
+        let ctx = crate::fixture::xdp_md(frame, ingress);
         let r = datapath
             .program(program)?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: ingress.is_some().then_some(&ctx[..]),
                 repeat,
                 ..Default::default()
             })
@@ -368,6 +463,8 @@ impl Bench {
     pub fn measure(&mut self, case: Case, rounds: usize, repeat: u32) -> Result<Measurement> {
         let frame = Self::frame(case);
         let repeat = repeat.min(case.max_repeat());
+        // Only the NAT reply's FIB lookup needs an interface of its own to arrive on.
+        let ingress = (case == Case::NatReply).then_some(self.ingress);
         let mut m = Measurement {
             case,
             case_ns: Vec::new(),
@@ -386,6 +483,8 @@ impl Bench {
             // Fill the ring with new flows nobody reads, as a director without its agent would.
             while self.fx.maps.sync_counters()?.1 == 0 {
                 Self::time(
+                    &self.net,
+                    ingress,
                     &mut self.wrap_lb,
                     program_names::BENCH,
                     &frame,
@@ -400,6 +499,8 @@ impl Bench {
                 if first {
                     let t = if case.wrapped() {
                         Self::time(
+                            &self.net,
+                            ingress,
                             &mut self.wrap_bare,
                             program_names::BENCH,
                             &frame,
@@ -407,7 +508,15 @@ impl Bench {
                             XDP_TX,
                         )?
                     } else {
-                        Self::time(&mut self.bare, program_names::TX, &frame, repeat, XDP_TX)?
+                        Self::time(
+                            &self.net,
+                            ingress,
+                            &mut self.bare,
+                            program_names::TX,
+                            &frame,
+                            repeat,
+                            XDP_TX,
+                        )?
                     };
                     m.base_ns.push(t);
                 } else {
@@ -416,16 +525,39 @@ impl Bench {
                     }
                     let v = case.verdict();
                     let t = if case.wrapped() {
-                        Self::time(&mut self.wrap_lb, program_names::BENCH, &frame, repeat, v)?
+                        Self::time(
+                            &self.net,
+                            ingress,
+                            &mut self.wrap_lb,
+                            program_names::BENCH,
+                            &frame,
+                            repeat,
+                            v,
+                        )?
                     } else {
-                        Self::time(&mut self.fx.datapath, program_names::LB, &frame, repeat, v)?
+                        Self::time(
+                            &self.net,
+                            ingress,
+                            &mut self.fx.datapath,
+                            program_names::LB,
+                            &frame,
+                            repeat,
+                            v,
+                        )?
                     };
                     m.case_ns.push(t);
                     if case == Case::DrMhNewFlowSync || case == Case::DrMhEstablishedSync {
                         // The same with sync off, right after.
                         self.fx.maps.set_config(&config(false))?;
-                        let off =
-                            Self::time(&mut self.wrap_lb, program_names::BENCH, &frame, repeat, v)?;
+                        let off = Self::time(
+                            &self.net,
+                            ingress,
+                            &mut self.wrap_lb,
+                            program_names::BENCH,
+                            &frame,
+                            repeat,
+                            v,
+                        )?;
                         self.fx.maps.set_config(&config(true))?;
                         m.sync_off_ns.push(off);
                     }

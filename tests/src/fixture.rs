@@ -70,6 +70,16 @@ pub fn test_run(
     test_run_on(datapath, name, frame, None)
 }
 
+/// The context (struct xdp_md) of a test run on `frame` arriving on `ingress`: data,
+/// data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex; the kernel wants
+/// data_end to be the frame's length.
+pub fn xdp_md(frame: &[u8], ingress: Option<u32>) -> [u8; 24] {
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ingress.unwrap_or(0).to_ne_bytes());
+    ctx
+}
+
 /// [`test_run`] as if the frame had arrived on interface `ingress` (of the calling thread's
 /// network namespace) rather than the loopback device.
 pub fn test_run_on(
@@ -79,11 +89,7 @@ pub fn test_run_on(
     ingress: Option<u32>,
 ) -> std::io::Result<(u32, Vec<u8>)> {
     let mut out = vec![0u8; frame.len() + 256];
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-    // egress_ifindex; the kernel wants data_end to be the frame's length.
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ingress.unwrap_or(0).to_ne_bytes());
+    let ctx = xdp_md(frame, ingress);
     let prog = datapath.program(name).unwrap();
     let r = prog
         .test_run(TestRunOptions {

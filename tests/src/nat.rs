@@ -82,7 +82,15 @@ impl NatTopology {
         client.ns().sysctl("net.ipv4.ip_forward", "1")?;
         let mtu = Self::FAR_MTU.to_string();
         client.ns().ip(&[
-            "route", "replace", "10.0.1.0/24", "dev", "eth1", "src", "10.0.1.1", "mtu", &mtu,
+            "route",
+            "replace",
+            "10.0.1.0/24",
+            "dev",
+            "eth1",
+            "src",
+            "10.0.1.1",
+            "mtu",
+            &mtu,
         ])?;
         let far = Host::new(&prefix, "far", &far_switch, Self::FAR)?;
         far.route("default", router)?;

@@ -16,6 +16,7 @@ use lb_tests::{require_root, Agent, DrTopology, FreshFlows, Listing, Netns, Serv
 const METRICS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9727);
 /// Both services' address: service A is TCP, service B UDP.
 const SVC: &str = "10.0.0.100:80";
+const NAT_SVC: &str = "10.0.0.100:8080";
 /// Long-lived TCP connections on service A, each from its own source port.
 const STREAMS: usize = 30;
 const STREAM_PORTS: u16 = 20000;
@@ -313,6 +314,20 @@ hash = "src"
     agent.cli_ok(&["real", "edit", "-t", SVC, "-r", "10.0.0.12", "-w", "5"]);
     agent.cli_ok(&["service", "add", "-u", SVC, "-s", "sh"]);
     agent.cli_ok(&["real", "add", "-u", SVC, "-r", "10.0.0.11", "-w", "3"]);
+    // An LVS/NAT real server on a port of its own (the agent wants forwarding on for it).
+    director.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    agent.cli_ok(&["service", "add", "-t", NAT_SVC, "-s", "wrr"]);
+    agent.cli_ok(&[
+        "real",
+        "add",
+        "-t",
+        NAT_SVC,
+        "-r",
+        "10.0.0.12:8081",
+        "-m",
+        "-w",
+        "2",
+    ]);
     let running = agent.list_config();
     assert_eq!(reals_of(&running, "tcp").len(), 4, "{}", running.0);
     let saved = agent.save();
@@ -339,6 +354,19 @@ hash = "src"
         .check
         .clone();
     let check = check.unwrap_or_else(|| panic!("rs1's check is not saved:\n{saved}"));
+    let nat = parsed
+        .services
+        .iter()
+        .map(|s| s.get_ref())
+        .find(|s| s.port == 8080)
+        .unwrap_or_else(|| panic!("the NAT service is not saved:\n{saved}"));
+    let real = nat.reals[0].get_ref();
+    assert_eq!(
+        (real.forward, real.port),
+        (lb_user::state::Forward::Masq, Some(8081)),
+        "{saved}"
+    );
+    assert!(saved.contains(r#"forward = "masq""#), "{saved}");
     assert_eq!(
         (check.interval_ms, check.timeout_ms, check.rise, check.fall),
         (500, 400, 3, 2),

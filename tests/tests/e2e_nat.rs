@@ -167,8 +167,12 @@ fn path_mtu_discovery_works_through_the_director(topo: &NatTopology) {
     assert_eq!(peer, NatTopology::FAR);
     let dir = scratch();
     let file = dir.join("far");
-    get(&["-o", &file.to_string_lossy(), &format!("http://{SERVICE}/big")])
-        .expect("a 10 MB download over a path narrower than its first hops");
+    get(&[
+        "-o",
+        &file.to_string_lossy(),
+        &format!("http://{SERVICE}/big"),
+    ])
+    .expect("a 10 MB download over a path narrower than its first hops");
     assert!(
         std::fs::read(&file).unwrap() == big_pattern(),
         "the download arrived damaged"
@@ -202,7 +206,11 @@ fn port_unreachable_reaches_the_client(topo: &NatTopology, agent: &Agent) {
          except ConnectionRefusedError:\n    print('refused')\n\
          except socket.timeout:\n    print('no answer')\n"
     );
-    let answer = topo.client().ns().exec("python3", &["-c", &script]).unwrap();
+    let answer = topo
+        .client()
+        .ns()
+        .exec("python3", &["-c", &script])
+        .unwrap();
     assert_eq!(answer.trim(), "refused");
     agent.cli_ok(&["service", "del", "-u", service]);
 }

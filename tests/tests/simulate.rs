@@ -1,7 +1,8 @@
 //! `xdplb simulate` answers "which real server would this flow hit?" from the agent's state with
 //! the same lb-common code the datapath runs: 10,000 random flows through the XDP program
 //! (BPF_PROG_TEST_RUN, tables built in this process) and through `simulate` (tables built by a
-//! separate agent configured through the CLI) must agree on every one.
+//! separate agent configured through the CLI) must agree on every one, LVS/NAT real servers'
+//! ports included.
 
 use std::io::Write as _;
 use std::net::Ipv4Addr;
@@ -14,7 +15,7 @@ use lb_tests::netns::veth;
 use lb_tests::{names, require_root, Agent, Netns};
 use lb_user::{
     packet::{FrameSpec, TCP_SYN},
-    state::{Hash, Protocol, Scheduler, SchedulerSpec, ServiceAddr},
+    state::{Forward, Hash, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr},
 };
 
 const WEIGHTS: [(u8, u32); 4] = [(11, 1), (12, 2), (13, 3), (14, 0)];
@@ -70,14 +71,15 @@ fn simulate_agrees_with_the_datapath_on_10000_flows() {
         .unwrap();
     let agent = Agent::start(&director, "eth0", &["--conn-max", "1024"]).unwrap();
 
+    // LVS/NAT real servers route replies through the director: the agent wants forwarding.
+    director.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    let mh = SchedulerSpec {
+        scheduler: Some(Scheduler::Mh),
+        ..Default::default()
+    };
+    // (service, scheduler, LVS/NAT: each real server on port 8000 + n instead of the service's)
     let services = [
-        (
-            "10.0.0.100:80",
-            SchedulerSpec {
-                scheduler: Some(Scheduler::Mh),
-                ..Default::default()
-            },
-        ),
+        ("10.0.0.100:80", mh, false),
         (
             "10.0.0.100:443",
             SchedulerSpec {
@@ -86,6 +88,7 @@ fn simulate_agrees_with_the_datapath_on_10000_flows() {
                 hash: Some(Hash::Src),
                 ..Default::default()
             },
+            false,
         ),
         (
             "10.0.0.100:8080",
@@ -93,10 +96,19 @@ fn simulate_agrees_with_the_datapath_on_10000_flows() {
                 scheduler: Some(Scheduler::Sh),
                 ..Default::default()
             },
+            false,
         ),
+        ("10.0.0.100:81", mh, true),
     ];
+    let real_port = |n: u8, service_port: u16, masq: bool| {
+        if masq {
+            8000 + n as u16
+        } else {
+            service_port
+        }
+    };
     let mut fx = Fixture::new();
-    for (addr, spec) in &services {
+    for (addr, spec, masq) in &services {
         let mut args = vec!["service", "add", "-t", addr];
         let size = spec.mh_size.map(|s| s.to_string());
         let sched = spec.scheduler.unwrap().to_string();
@@ -116,16 +128,31 @@ fn simulate_agrees_with_the_datapath_on_10000_flows() {
         };
         fx.add_service(svc, *spec);
         for (n, w) in WEIGHTS {
-            let (rip, weight, mac) = (format!("10.0.0.{n}"), w.to_string(), mac_arg(n));
-            agent.cli_ok(&[
+            let port = real_port(n, svc.port, *masq);
+            let (rip, weight, mac) = (format!("10.0.0.{n}:{port}"), w.to_string(), mac_arg(n));
+            let mut args = vec![
                 "real", "add", "-t", addr, "-r", &rip, "-w", &weight, "--mac", &mac,
-            ]);
-            fx.add_real(svc, n, w);
+            ];
+            if *masq {
+                args.push("-m");
+            }
+            agent.cli_ok(&args);
+            fx.add_real_spec(
+                svc,
+                RealSpec {
+                    addr: Some(Ipv4Addr::new(10, 0, 0, n)),
+                    port: Some(port),
+                    weight: Some(w),
+                    forward: Some(if *masq { Forward::Masq } else { Forward::Route }),
+                    mac: Some(Mac(real_mac(n))),
+                    ..Default::default()
+                },
+            );
         }
     }
 
     let mut rng = XorShift64::new(7);
-    for (addr, _) in &services {
+    for (addr, _, masq) in &services {
         let svc: std::net::SocketAddrV4 = addr.parse().unwrap();
         let flows: Vec<(Ipv4Addr, u16)> = (0..10_000)
             .map(|_| {
@@ -144,7 +171,7 @@ fn simulate_agrees_with_the_datapath_on_10000_flows() {
             };
             let real = fx.send(&spec).expect("forwarded");
             assert_eq!(
-                &format!("10.0.0.{real}:{}", svc.port()),
+                &format!("10.0.0.{real}:{}", real_port(real, svc.port(), *masq)),
                 want,
                 "flow {src}:{sport} to {addr}"
             );

@@ -139,11 +139,16 @@ fn main() -> Result<()> {
          default is 1,000,000) misses the CPU caches more on an insert: the persistent case's \
          262,144-entry template table costs about twice what a 65,536-entry one does. The \
          schedulers that choose by load add the scan of the real servers (bpf_loop) and the count \
-         updates; rr and wrr a per-CPU position. For scale, Katran's XDP balancer (commit \
-         19f08fe, ../shared/peer-bench, run on this machine right after this one): +20 ns on its \
-         pass path, +64 ns on an established (IPIP) flow, +151 ns on a new flow, its new-flow case \
+         updates; rr and wrr a per-CPU position. An LVS/NAT request adds to DR's established path \
+         the rewrite of the destination address and port with the incremental checksums. A NAT \
+         reply takes the real-server prefilter, a tail call to the reply program, a second lookup \
+         (the reply index, keyed by the reply's own flow) besides the connection table's, the \
+         rewrite, and the kernel's FIB lookup helper toward the client (route and neighbour), \
+         which no other path needs. For scale, Katran's XDP balancer (commit 19f08fe, \
+         ../shared/peer-bench, run on this machine right after this one): +22 ns on its pass \
+         path, +69 ns on an established (IPIP) flow, +170 ns on a new flow, its new-flow case \
          rewriting one LRU key every iteration where xdplb's inserts a new flow into a full table \
-         and evicts.\n"
+         and evicts; Katran has no NAT.\n"
     );
 
     eprintln!("measuring: forwarding throughput");
