@@ -2,8 +2,9 @@
 //! three real servers on a private network whose default gateway is the director, each running a
 //! real HTTP server on port 8080 behind the service's port 80 (see lb_tests::nat). Requests and
 //! replies both cross the director's XDP program; the real servers see the clients' own
-//! addresses; weights, a 10 MB download and upload, a real server's deletion and an agent
-//! restart are each checked over real TCP.
+//! addresses; weights, a 10 MB download and upload, path MTU discovery and port unreachable
+//! (ICMP translated), a real server's deletion, an agent restart and a gateway on a stacked
+//! (VRRP-style) device are each checked over real TCP; `check` watches both interfaces.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -66,6 +67,8 @@ fn nat_maps_ports_routes_replies_and_keeps_connections() {
     port_unreachable_reaches_the_client(&topo, &agent);
     restart_breaks_no_transfer(&topo, &mut agent);
     deletion_moves_only_its_clients(&topo, &agent, &owner);
+    gateway_on_a_stacked_device(&topo, &agent);
+    check_watches_the_inside_interface(&topo, &agent);
 }
 
 /// ROUNDS rounds of one HTTP request from each of 40 client addresses: all answered, each
@@ -279,6 +282,85 @@ fn deletion_moves_only_its_clients(
 }
 
 /// A directory of its own for downloaded and uploaded files.
+/// The real servers' gateway on a macvlan stacked on the inside interface, as keepalived's
+/// `use_vmac` makes a floating gateway: replies come to its MAC, and the director still
+/// translates them (they never reach the kernel, which would forward them from the RIP).
+fn gateway_on_a_stacked_device(topo: &NatTopology, agent: &Agent) {
+    const GATEWAY: &str = "192.168.10.254";
+    const VMAC: &str = "02:00:5e:00:01:0a";
+    let director = topo.director().ns();
+    director
+        .ip_batch(&format!(
+            "link add gw0 link eth1 address {VMAC} type macvlan mode bridge\n\
+             addr add {GATEWAY}/24 dev gw0 noprefixroute\n\
+             link set gw0 up\n"
+        ))
+        .unwrap();
+    // The gateway's MAC is the stacked device's (the director's eth1 would answer ARP for the
+    // address too; keepalived's set-up has arp_ignore for that).
+    for rs in topo.reals() {
+        rs.ns()
+            .ip_batch(&format!(
+                "neigh replace {GATEWAY} lladdr {VMAC} nud permanent dev eth0\n\
+                 route replace default via {GATEWAY}\n"
+            ))
+            .unwrap();
+    }
+    // The agent learns the device from the kernel's link events.
+    let learned = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        agent.log().contains(VMAC)
+    });
+    assert!(
+        learned,
+        "the stacked device went unnoticed: {}",
+        agent.log()
+    );
+    for src in &NatTopology::client_sources()[..10] {
+        reach(topo, *src, &format!("http://{SERVICE}/name"));
+    }
+    for rs in topo.reals() {
+        rs.ns()
+            .ip(&[
+                "route",
+                "replace",
+                "default",
+                "via",
+                &NatTopology::INSIDE_GATEWAY.to_string(),
+            ])
+            .unwrap();
+    }
+    director.ip(&["link", "del", "gw0"]).unwrap();
+}
+
+/// `xdplb check` (keepalived's vrrp_script) fails while the inside interface is down: a
+/// director that cannot reach its NAT real servers must not hold the VIP.
+fn check_watches_the_inside_interface(topo: &NatTopology, agent: &Agent) {
+    let director = topo.director().ns();
+    let check = || {
+        let out = agent.cli(&["check"]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(check().0, "fit before: {}", check().1);
+    director.ip(&["link", "set", "eth1", "down"]).unwrap();
+    let failed = (0..50).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let (ok, why) = check();
+        (!ok).then_some(why)
+    });
+    let why = failed.expect("check still passes with the inside interface down");
+    assert!(why.contains("interface eth1 is down"), "{why}");
+    director.ip(&["link", "set", "eth1", "up"]).unwrap();
+    let back = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        check().0
+    });
+    assert!(back, "check still fails with eth1 up again: {}", check().1);
+}
+
 fn scratch() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "xdplb-nat-{}-{:?}",

@@ -81,8 +81,9 @@ pub struct Agent {
     announcer: Option<Announcer>,
     /// Maintenance (`xdplb drain`): nothing announced, `check` fails, forwarding goes on.
     drained: bool,
-    /// The interface as last seen (up, XDP attached, stacked devices).
-    link: LinkState,
+    /// Each of `ifaces` as last seen (up, XDP attached, stacked devices); empty before the
+    /// first look.
+    links: Vec<LinkState>,
     /// SIGTERM: the VIPs are withdrawn for good.
     stopping: bool,
     /// The idle timeouts the connection counts are corrected with (they change on reload).
@@ -193,11 +194,13 @@ impl Agent {
         if self.stopping {
             return Some("the agent is stopping".into());
         }
-        if !self.link.up {
-            return Some(format!("interface {} is down", self.iface.name));
-        }
-        if !self.link.xdp_attached {
-            return Some(format!("no XDP program is attached to {}", self.iface.name));
+        for (iface, link) in self.ifaces.iter().zip(&self.links) {
+            if !link.up {
+                return Some(format!("interface {} is down", iface.name));
+            }
+            if !link.xdp_attached {
+                return Some(format!("no XDP program is attached to {}", iface.name));
+            }
         }
         if let Some(sync) = self.sync.as_ref().filter(|s| !s.is_current()) {
             return Some(format!(
@@ -243,25 +246,33 @@ impl Agent {
         }
     }
 
-    /// Looks at the interface again: up or down (sync catches up after a bounce), XDP still
-    /// attached, the stacked devices whose MACs are this host's.
+    /// Looks at the interfaces again: up or down (sync catches up after a bounce of the
+    /// first), XDP still attached, the stacked devices whose MACs are this host's (keepalived's
+    /// virtual MACs, on the clients' side or, for LVS/NAT, the real servers' gateway).
     pub async fn link_changed(&mut self) {
-        let now = match net::link_state(&self.iface).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("cannot read the state of {}: {e:#}", self.iface.name);
-                return;
-            }
-        };
-        let was = std::mem::replace(&mut self.link, now.clone());
-        let first = was == LinkState::default();
-        if was.up != now.up && !first {
-            if now.up {
-                info!(interface = %self.iface.name, "interface up");
-            } else {
-                warn!(interface = %self.iface.name, "interface down");
+        let mut links = Vec::with_capacity(self.ifaces.len());
+        for iface in &self.ifaces {
+            match net::link_state(iface).await {
+                Ok(s) => links.push(s),
+                Err(e) => {
+                    warn!("cannot read the state of {}: {e:#}", iface.name);
+                    return;
+                }
             }
         }
+        let was_all = std::mem::replace(&mut self.links, links);
+        let first = was_all.is_empty();
+        for (iface, (was, now)) in self.ifaces.iter().zip(was_all.iter().zip(&self.links)) {
+            if was.up != now.up {
+                if now.up {
+                    info!(interface = %iface.name, "interface up");
+                } else {
+                    warn!(interface = %iface.name, "interface down");
+                }
+            }
+        }
+        let was = was_all.first().cloned().unwrap_or_default();
+        let now = self.links[0].clone();
         if let Some(sync) = self.sync.as_ref().filter(|_| !first) {
             // A bounce between two looks still counts: the carrier changed meanwhile.
             if !now.up || was.carrier_changes != now.carrier_changes {
@@ -271,12 +282,15 @@ impl Agent {
                 sync.link_changed(true);
             }
         }
-        if was.stacked_macs != now.stacked_macs || first {
-            if let Err(e) = self.maps.set_local_macs(&now.stacked_macs) {
+        let stacked = |links: &[LinkState]| -> Vec<([u8; 6], bool)> {
+            links.iter().flat_map(|l| l.stacked_macs.clone()).collect()
+        };
+        let (was_macs, now_macs) = (stacked(&was_all), stacked(&self.links));
+        if was_macs != now_macs || first {
+            if let Err(e) = self.maps.set_local_macs(&now_macs) {
                 error!("cannot write the stacked devices' MAC addresses: {e:#}");
-            } else if !now.stacked_macs.is_empty() || !was.stacked_macs.is_empty() {
-                let macs: Vec<String> = now
-                    .stacked_macs
+            } else if !now_macs.is_empty() || !was_macs.is_empty() {
+                let macs: Vec<String> = now_macs
                     .iter()
                     .map(|(m, active)| {
                         format!("{}{}", Mac(*m), if *active { "" } else { " (standby)" })

@@ -35,7 +35,7 @@ use crate::{
     },
     health::Monitor,
     metrics,
-    net::{self, Interface, LinkState},
+    net::{self, Interface},
     state::{self, persist, State},
     sync::{Directory, SyncDaemon},
 };
@@ -343,7 +343,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         sync: None,
         announcer: None,
         drained: run_dir.join("drained").exists(),
-        link: LinkState::default(),
+        links: Vec::new(),
         stopping: false,
         count_timeouts: Arc::new(std::sync::Mutex::new(crate::conntrack::IdleTimeouts::of(
             &config,
