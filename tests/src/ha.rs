@@ -186,10 +186,7 @@ impl HaTopology {
 
     /// Writes the shared sync key (mode 0600) and returns its path.
     pub fn sync_key(&self) -> Result<PathBuf> {
-        let path = self.dir.join("sync.key");
-        std::fs::write(&path, "a shared secret of the test directors\n")?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(path)
+        write_sync_key(&self.dir)
     }
 
     /// The `[sync]` table of director `i`'s config file: sync with every other director.
@@ -243,18 +240,11 @@ impl HaTopology {
 
     /// `xdplb run` arguments for director `i`: sync with every other director.
     pub fn sync_args(&self, i: usize) -> Result<Vec<String>> {
-        let key = self.sync_key()?;
-        let mut args = vec![
-            "--sync-listen".to_owned(),
-            format!("{}:{}", Self::director_addr(i), Self::SYNC_PORT),
-            "--sync-key".to_owned(),
-            key.display().to_string(),
-        ];
-        for j in (1..=self.directors.len()).filter(|j| *j != i) {
-            args.push("--sync-peer".to_owned());
-            args.push(format!("{}:{}", Self::director_addr(j), Self::SYNC_PORT));
-        }
-        Ok(args)
+        let peers: Vec<Ipv4Addr> = (1..=self.directors.len())
+            .filter(|j| *j != i)
+            .map(Self::director_addr)
+            .collect();
+        Ok(sync_args(&self.sync_key()?, Self::director_addr(i), &peers))
     }
 
     /// Starts an agent on director `i`'s eth0 with sync to the others and `extra` arguments.
@@ -291,6 +281,31 @@ impl HaTopology {
             .ip(&["link", "set", "eth0", state])
             .unwrap_or_else(|e| panic!("d{i} link {state}: {e:#}"));
     }
+}
+
+/// Writes a sync key (mode 0600) shared by test directors into `dir`; returns its path.
+pub fn write_sync_key(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("sync.key");
+    std::fs::write(&path, "a shared secret of the test directors\n")?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(path)
+}
+
+/// `xdplb run` arguments for a director at `listen` syncing with `peers` (all on
+/// [`HaTopology::SYNC_PORT`]) under `key`.
+pub fn sync_args(key: &Path, listen: Ipv4Addr, peers: &[Ipv4Addr]) -> Vec<String> {
+    let port = HaTopology::SYNC_PORT;
+    let mut args = vec![
+        "--sync-listen".to_owned(),
+        format!("{listen}:{port}"),
+        "--sync-key".to_owned(),
+        key.display().to_string(),
+    ];
+    for peer in peers {
+        args.push("--sync-peer".to_owned());
+        args.push(format!("{peer}:{port}"));
+    }
+    args
 }
 
 impl Drop for HaTopology {

@@ -10,6 +10,9 @@
 //! - inside switch, 192.168.10.0/24: director `eth1` 192.168.10.1; real servers `rs1..rsN` at
 //!   192.168.10.11.., default route via the director, each running a real HTTP server (Python's
 //!   http.server, tests/data/nat-httpd.py) on port 8080, not the service's 80;
+//! - with [`NatTopology::with_directors`], a second director `d2` like the first (outside
+//!   10.0.0.3, inside 192.168.10.3): the real servers' gateway 192.168.10.1 and the VIP move
+//!   to it by the neighbour entries that point at it, as a VRRP takeover's gratuitous ARP does;
 //! - the director forwards IP (LVS/NAT routes replies), XDP_PASS programs on its switch ports
 //!   (native XDP frames sent into a veth need one), TX checksum offload off on the hosts that
 //!   send through it (see [`crate::ethtool`]).
@@ -22,16 +25,16 @@ use anyhow::{bail, Result};
 use lb_user::datapath::XdpPass;
 
 use crate::netns::Proc;
-use crate::topo::{Host, Switch};
+use crate::topo::{Host, Serve, Switch};
 use crate::{names, Agent};
 
 pub struct NatTopology {
     // Drop order is field order: programs and servers before their namespaces.
     _xdp_pass: Vec<XdpPass>,
-    _servers: Vec<Proc>,
+    servers: Vec<Proc>,
     client: Host,
     far: Host,
-    director: Host,
+    directors: Vec<Host>,
     reals: Vec<Host>,
     _outside: Switch,
     _inside: Switch,
@@ -51,23 +54,42 @@ impl NatTopology {
     pub const FAR_MTU: u32 = 1280;
 
     pub fn new(n_reals: usize) -> Result<Self> {
+        Self::with_directors(n_reals, 1)
+    }
+
+    /// The topology with `n_directors` (1 or 2) directors; the first holds the VIP and the
+    /// real servers' gateway.
+    pub fn with_directors(n_reals: usize, n_directors: usize) -> Result<Self> {
+        assert!((1..=2).contains(&n_directors));
         names::cleanup_stale();
         let prefix = names::unique_prefix();
         let outside = Switch::new(format!("{prefix}-swo"))?;
         let inside = Switch::new(format!("{prefix}-swi"))?;
         let far_switch = Switch::new(format!("{prefix}-swf"))?;
 
-        let director = Host::new(&prefix, "director", &outside, Ipv4Addr::new(10, 0, 0, 1))?;
-        director.plug(&inside, "eth1", Self::INSIDE_GATEWAY)?;
-        let vip = format!("{}/32", Self::VIP);
-        director.ns().ip(&["addr", "add", &vip, "dev", "eth0"])?;
-        director.ns().sysctl("net.ipv4.ip_forward", "1")?;
-        director.route("172.16.0.0/24", Ipv4Addr::new(10, 0, 0, 2))?;
-        director.route("10.0.1.0/24", Ipv4Addr::new(10, 0, 0, 2))?;
-        let xdp_pass = vec![
-            outside.pass_xdp(director.name())?,
-            inside.pass_xdp(director.name())?,
-        ];
+        let mut directors = Vec::new();
+        let mut xdp_pass = Vec::new();
+        for i in 1..=n_directors {
+            let name = if i == 1 {
+                "director".to_owned()
+            } else {
+                format!("d{i}")
+            };
+            let outside_addr = Self::director_addr(i);
+            let inside_addr = Ipv4Addr::new(192, 168, 10, if i == 1 { 1 } else { i as u8 + 1 });
+            let director = Host::new(&prefix, &name, &outside, outside_addr)?;
+            director.plug(&inside, "eth1", inside_addr)?;
+            if i == 1 {
+                let vip = format!("{}/32", Self::VIP);
+                director.ns().ip(&["addr", "add", &vip, "dev", "eth0"])?;
+            }
+            director.ns().sysctl("net.ipv4.ip_forward", "1")?;
+            director.route("172.16.0.0/24", Ipv4Addr::new(10, 0, 0, 2))?;
+            director.route("10.0.1.0/24", Ipv4Addr::new(10, 0, 0, 2))?;
+            xdp_pass.push(outside.pass_xdp(director.name())?);
+            xdp_pass.push(inside.pass_xdp(director.name())?);
+            directors.push(director);
+        }
 
         let client = Host::new(&prefix, "client", &outside, Ipv4Addr::new(10, 0, 0, 2))?;
         let batch: String = Self::client_sources()
@@ -107,15 +129,61 @@ impl NatTopology {
         }
         Ok(Self {
             _xdp_pass: xdp_pass,
-            _servers: servers,
+            servers,
             client,
             far,
-            director,
+            directors,
             reals,
             _outside: outside,
             _inside: inside,
             _far: far_switch,
         })
+    }
+
+    /// Director `i`'s outside address, counting from 1 (10.0.0.2 is the client's).
+    pub fn director_addr(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, if i == 1 { 1 } else { i as u8 + 1 })
+    }
+
+    /// Starts `lb-testsrv` with `serve` on every real server's RIP:`port` as well.
+    pub fn start_testsrv(&mut self, port: u16, serve: Serve) -> Result<()> {
+        for rs in &self.reals {
+            // Echo mode also answers UDP on the VIP, which NAT real servers do not hold.
+            rs.ns().sysctl("net.ipv4.ip_nonlocal_bind", "1")?;
+            let listen = SocketAddrV4::new(rs.addr(), port);
+            self.servers.push(crate::topo::start_testsrv(
+                rs.ns(),
+                rs.name(),
+                listen,
+                serve,
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Sends the VIP's packets (the client's neighbour entry) and the real servers' replies
+    /// (their neighbour entry for their gateway) to director `i`, as a VRRP takeover would.
+    pub fn move_to(&self, i: usize) -> Result<()> {
+        let d = self.director_at(i).ns();
+        let (outside, inside) = (d.mac("eth0")?, d.mac("eth1")?);
+        let neigh = |ns: &crate::Netns, addr: Ipv4Addr, mac: &str| {
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &addr.to_string(),
+                "lladdr",
+                mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])
+        };
+        neigh(self.client.ns(), Self::VIP, &outside)?;
+        for rs in &self.reals {
+            neigh(rs.ns(), Self::INSIDE_GATEWAY, &inside)?;
+        }
+        Ok(())
     }
 
     /// Real server `i`'s address, counting from 1: 192.168.10.11 onwards.
@@ -135,7 +203,14 @@ impl NatTopology {
 
     /// `xdplb run` on both of the director's interfaces, outside first.
     pub fn start_agent(&self) -> Result<Agent> {
-        Agent::start(self.director.ns(), "eth0", &["--iface", "eth1"])
+        self.start_agent_at(1, &[])
+    }
+
+    /// `xdplb run` on both interfaces of director `i`, with `extra` arguments.
+    pub fn start_agent_at(&self, i: usize, extra: &[&str]) -> Result<Agent> {
+        let mut args = vec!["--iface", "eth1"];
+        args.extend_from_slice(extra);
+        Agent::start(self.director_at(i).ns(), "eth0", &args)
     }
 
     pub fn client(&self) -> &Host {
@@ -148,7 +223,12 @@ impl NatTopology {
     }
 
     pub fn director(&self) -> &Host {
-        &self.director
+        self.director_at(1)
+    }
+
+    /// Director `i`, counting from 1.
+    pub fn director_at(&self, i: usize) -> &Host {
+        &self.directors[i - 1]
     }
 
     pub fn reals(&self) -> &[Host] {

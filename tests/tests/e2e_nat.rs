@@ -4,15 +4,18 @@
 //! replies both cross the director's XDP program; the real servers see the clients' own
 //! addresses; weights, a 10 MB download and upload, path MTU discovery and port unreachable
 //! (ICMP translated), a real server's deletion, an agent restart and a gateway on a stacked
-//! (VRRP-style) device are each checked over real TCP; `check` watches both interfaces.
+//! (VRRP-style) device are each checked over real TCP; `check` watches both interfaces. Two
+//! directors with connection sync hand NAT connections over, replies included.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use lb_tests::client::StreamSet;
+use lb_tests::ha::{sync_args, wait_fit, write_sync_key};
 use lb_tests::nat::NatTopology;
-use lb_tests::{require_root, Agent};
+use lb_tests::{require_root, Agent, FreshFlows, Serve};
 
 const SERVICE: &str = "10.0.0.100:80";
 const ROUNDS: usize = 5;
@@ -359,6 +362,72 @@ fn check_watches_the_inside_interface(topo: &NatTopology, agent: &Agent) {
         check().0
     });
     assert!(back, "check still fails with eth1 up again: {}", check().1);
+}
+
+/// Two LVS/NAT directors syncing their connection tables. Streams open through d1; a real
+/// server is added on both (Maglev alone would now move some streams); then the VIP and the
+/// real servers' gateway move to d2, as a VRRP takeover moves them. Every stream goes on: d2
+/// sends its requests where d1 did and translates its replies from the reply translations it
+/// wrote for d1's flows (without them the kernel would forward the replies from the RIP, and
+/// the client would reset the connections).
+#[test]
+fn a_second_director_takes_over_nat_connections_and_their_replies() {
+    if !require_root() {
+        return;
+    }
+    const ECHO_PORT: u16 = 9000;
+    const STREAMS: usize = 40;
+    let mut topo = NatTopology::with_directors(4, 2).expect("cannot build the NAT topology");
+    topo.start_testsrv(ECHO_PORT, Serve::Echo)
+        .expect("echo servers");
+    let dir = scratch();
+    let key = write_sync_key(&dir).unwrap();
+    let agents: Vec<Agent> = (1..=2)
+        .map(|i| {
+            let peer = NatTopology::director_addr(3 - i);
+            let args = sync_args(&key, NatTopology::director_addr(i), &[peer]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            topo.start_agent_at(i, &args)
+                .unwrap_or_else(|e| panic!("agent on d{i}: {e:#}"))
+        })
+        .collect();
+    let real = |i: usize| format!("{}:{ECHO_PORT}", NatTopology::real_addr(i));
+    for a in &agents {
+        a.cli_ok(&["service", "add", "-t", SERVICE, "-s", "mh"]);
+        for i in 1..=3 {
+            a.cli_ok(&["real", "add", "-t", SERVICE, "-r", &real(i), "-m"]);
+        }
+    }
+    for a in &agents {
+        wait_fit(a, Duration::from_secs(10));
+    }
+
+    let flows = FreshFlows::from(NatTopology::client_sources(), 20000).take(STREAMS);
+    let streams = StreamSet::open(topo.client().ns(), &flows, NatTopology::service())
+        .unwrap_or_else(|e| panic!("streams through d1: {e:#}"));
+    let received = || agents[1].list_config().0["sync"]["peers"][0]["flows_received"].as_u64();
+    let synced = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        received().unwrap_or(0) >= STREAMS as u64
+    });
+    assert!(synced, "d2 did not learn d1's flows: {:?}", received());
+    for a in &agents {
+        a.cli_ok(&["real", "add", "-t", SERVICE, "-r", &real(4), "-m"]);
+    }
+
+    let before = agents[1].list().service_stat(SERVICE, "out_packets");
+    topo.move_to(2).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    streams.assert_flowing("after the move to d2");
+    let after = agents[1].list().service_stat(SERVICE, "out_packets");
+    assert!(
+        after > before + STREAMS as u64,
+        "d2 translated {} replies",
+        after - before
+    );
+    let finals = streams.stop();
+    assert!(finals.iter().all(|s| s.failure.is_none()), "{finals:?}");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn scratch() -> std::path::PathBuf {
