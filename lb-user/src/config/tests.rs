@@ -87,8 +87,10 @@ fn the_example_file_parses() {
     let web = cfg.services[0].get_ref();
     assert_eq!(
         (web.scheduler, web.mh_size, web.reals.len()),
-        (Scheduler::Mh, Some(65537), 3)
+        (Scheduler::Mh, Some(65537), 4)
     );
+    let masq = web.reals[3].get_ref();
+    assert_eq!((masq.forward, masq.port), (Forward::Masq, Some(8080)));
     assert!(matches!(
         web.reals[0].get_ref().check.as_ref().unwrap().check,
         Check::Http { .. }
