@@ -60,6 +60,18 @@ impl NatTopology {
     /// The topology with `n_directors` (1 or 2) directors; the first holds the VIP and the
     /// real servers' gateway.
     pub fn with_directors(n_reals: usize, n_directors: usize) -> Result<Self> {
+        Self::build(n_reals, n_directors, true)
+    }
+
+    /// The one-interface layout: the real servers on the outside link with the clients' router
+    /// (10.0.0.11.., [`NatTopology::outside_real_addr`]), their default route via the
+    /// director's 10.0.0.1, and the director run on `eth0` alone
+    /// ([`NatTopology::start_agent_outside_only`]).
+    pub fn one_interface(n_reals: usize) -> Result<Self> {
+        Self::build(n_reals, 1, false)
+    }
+
+    fn build(n_reals: usize, n_directors: usize, reals_inside: bool) -> Result<Self> {
         assert!((1..=2).contains(&n_directors));
         names::cleanup_stale();
         let prefix = names::unique_prefix();
@@ -121,8 +133,13 @@ impl NatTopology {
         let mut reals = Vec::new();
         let mut servers = Vec::new();
         for i in 1..=n_reals {
-            let rs = Host::new(&prefix, &format!("rs{i}"), &inside, Self::real_addr(i))?;
-            rs.route("default", Self::INSIDE_GATEWAY)?;
+            let (switch, addr, gateway) = if reals_inside {
+                (&inside, Self::real_addr(i), Self::INSIDE_GATEWAY)
+            } else {
+                (&outside, Self::outside_real_addr(i), Self::director_addr(1))
+            };
+            let rs = Host::new(&prefix, &format!("rs{i}"), switch, addr)?;
+            rs.route("default", gateway)?;
             rs.ns().set_tx_checksum("eth0", false)?;
             servers.push(start_httpd(&rs)?);
             reals.push(rs);
@@ -184,6 +201,16 @@ impl NatTopology {
             neigh(rs.ns(), Self::INSIDE_GATEWAY, &inside)?;
         }
         Ok(())
+    }
+
+    /// Real server `i`'s address in the one-interface layout: 10.0.0.11 onwards.
+    pub fn outside_real_addr(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, 10 + i as u8)
+    }
+
+    /// `xdplb run` on the director's `eth0` only (the one-interface layout).
+    pub fn start_agent_outside_only(&self) -> Result<Agent> {
+        Agent::start(self.director().ns(), "eth0", &[])
     }
 
     /// Real server `i`'s address, counting from 1: 192.168.10.11 onwards.

@@ -285,6 +285,42 @@ fn deletion_moves_only_its_clients(
 }
 
 /// A directory of its own for downloaded and uploaded files.
+/// The one-interface layout: real servers on the same link as the clients' router, routing
+/// through the director. Requests and replies both leave where they came in (XDP_TX), replies
+/// from the VIP, and every client is answered.
+#[test]
+fn one_interface_nat_sends_both_ways_back_out_of_it() {
+    if !require_root() {
+        return;
+    }
+    let topo = NatTopology::one_interface(3).expect("cannot build the NAT topology");
+    let agent = topo
+        .start_agent_outside_only()
+        .expect("cannot start the agent");
+    agent.cli_ok(&["service", "add", "-t", SERVICE, "-s", "wrr"]);
+    for i in 1..=3 {
+        let real = format!(
+            "{}:{}",
+            NatTopology::outside_real_addr(i),
+            NatTopology::REAL_PORT
+        );
+        agent.cli_ok(&["real", "add", "-t", SERVICE, "-r", &real, "-m"]);
+    }
+    let mut seen = BTreeSet::new();
+    for src in NatTopology::client_sources() {
+        seen.insert(reach(&topo, src, &format!("http://{SERVICE}/name")));
+    }
+    assert_eq!(seen.len(), 3, "every real server answered: {seen:?}");
+    let listing = agent.list();
+    let out = listing.service_stat(SERVICE, "out_packets");
+    assert!(
+        out >= 2 * NatTopology::CLIENT_SOURCES as u64,
+        "replies translated by the director: {out}"
+    );
+    // Nothing went to the kernel to forward: it would have sent the replies from the RIPs.
+    assert_eq!(listing.reason("pass_no_service"), 0, "{}", listing.0);
+}
+
 /// The real servers' gateway on a macvlan stacked on the inside interface, as keepalived's
 /// `use_vmac` makes a floating gateway: replies come to its MAC, and the director still
 /// translates them (they never reach the kernel, which would forward them from the RIP).
