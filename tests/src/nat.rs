@@ -228,12 +228,7 @@ impl NatTopology {
         SocketAddrV4::new(Self::VIP, Self::PORT)
     }
 
-    /// `xdplb run` on both of the director's interfaces, outside first.
-    pub fn start_agent(&self) -> Result<Agent> {
-        self.start_agent_at(1, &[])
-    }
-
-    /// `xdplb run` on both interfaces of director `i`, with `extra` arguments.
+    /// `xdplb run` on both interfaces of director `i` (outside first), with `extra` arguments.
     pub fn start_agent_at(&self, i: usize, extra: &[&str]) -> Result<Agent> {
         let mut args = vec!["--iface", "eth1"];
         args.extend_from_slice(extra);

@@ -8,18 +8,20 @@
 //! directors with connection sync hand NAT connections over, replies included.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use lb_tests::client::StreamSet;
 use lb_tests::ha::{sync_args, wait_fit, write_sync_key};
+use lb_tests::metrics::Scrape;
 use lb_tests::nat::NatTopology;
 use lb_tests::{require_root, Agent, FreshFlows, Serve};
 
 const SERVICE: &str = "10.0.0.100:80";
 const ROUNDS: usize = 5;
 const BIG: usize = 10 << 20;
+const METRICS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9727);
 
 /// "rsN CLIENT" as the HTTP server answers /name: the server and the client address it saw.
 fn name_and_peer(answer: &str) -> (String, Ipv4Addr) {
@@ -60,7 +62,10 @@ fn nat_maps_ports_routes_replies_and_keeps_connections() {
         return;
     }
     let topo = NatTopology::new(3).expect("cannot build the NAT topology");
-    let mut agent = topo.start_agent().expect("cannot start the agent");
+    let metrics = METRICS.to_string();
+    let mut agent = topo
+        .start_agent_at(1, &["--metrics", &metrics])
+        .expect("cannot start the agent");
     configure(&agent);
 
     let owner = sticky_from_many_clients(&topo, &agent);
@@ -72,6 +77,7 @@ fn nat_maps_ports_routes_replies_and_keeps_connections() {
     deletion_moves_only_its_clients(&topo, &agent, &owner);
     gateway_on_a_stacked_device(&topo, &agent);
     check_watches_the_inside_interface(&topo, &agent);
+    health_checks_go_to_the_real_servers_port(&agent);
 }
 
 /// ROUNDS rounds of one HTTP request from each of 40 client addresses: all answered, each
@@ -96,6 +102,28 @@ fn sticky_from_many_clients(topo: &NatTopology, agent: &Agent) -> HashMap<Ipv4Ad
     // Each reply (SYN-ACK, the answer, FIN) crossed the director: counted outbound.
     assert!(grew("out_packets") >= 3 * conns, "{}", after.0);
     assert!(grew("out_bytes") > grew("out_packets") * 40, "{}", after.0);
+    // The metrics count the same replies, per service and per real server.
+    let scrape = Scrape::get(topo.director().ns(), METRICS).expect("scrape the metrics");
+    let service = [("vip", "10.0.0.100"), ("port", "80")];
+    assert_eq!(
+        scrape.value("xdplb_service_out_packets_total", &service) as u64,
+        after.service_stat(SERVICE, "out_packets")
+    );
+    let per_real: f64 = (1..=3)
+        .map(|i| {
+            let real = format!("{}:{}", NatTopology::real_addr(i), NatTopology::REAL_PORT);
+            let labels = [("port", "80"), ("real", real.as_str())];
+            let v = scrape.value("xdplb_real_out_packets_total", &labels);
+            assert!(v > 0.0, "{real}: {}", scrape.text);
+            v
+        })
+        .sum();
+    assert_eq!(
+        per_real as u64,
+        after.service_stat(SERVICE, "out_packets"),
+        "{}",
+        scrape.text
+    );
     owner
 }
 
@@ -285,6 +313,53 @@ fn deletion_moves_only_its_clients(
 }
 
 /// A directory of its own for downloaded and uploaded files.
+/// Health checks of NAT real servers go to RIP:RPORT: the ones on 8080 stay up under an HTTP
+/// check (nothing listens on the service's port 80 there), one on 8081 (nothing there) goes
+/// down.
+fn health_checks_go_to_the_real_servers_port(agent: &Agent) {
+    let reals = agent.list().reals(SERVICE);
+    assert!(!reals.is_empty());
+    for r in &reals {
+        agent.cli_ok(&[
+            "real",
+            "edit",
+            "-t",
+            SERVICE,
+            "-r",
+            r,
+            "--check",
+            "http:/name",
+        ]);
+    }
+    // On a real server the service no longer has (deleted above), whose port 8081 is closed.
+    let free = (1..=3)
+        .map(NatTopology::real_addr)
+        .find(|a| !reals.iter().any(|r| r.starts_with(&format!("{a}:"))))
+        .expect("a real server was deleted");
+    let closed = format!("{free}:8081");
+    agent.cli_ok(&[
+        "real", "add", "-t", SERVICE, "-r", &closed, "-m", "--check", "tcp",
+    ]);
+    let state = |r: &str| {
+        let listing = agent.list();
+        listing.real(SERVICE, r)["health"]["state"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no health for {r}: {}", listing.0))
+            .to_owned()
+    };
+    let down = (0..80).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        state(&closed) == "down"
+    });
+    assert!(down, "{closed} never went down: {}", state(&closed));
+    // Two more seconds of checks every second: long enough for a wrong port to fail twice.
+    std::thread::sleep(Duration::from_secs(2));
+    for r in &reals {
+        assert_eq!(state(r), "up", "{r}");
+    }
+    agent.cli_ok(&["real", "del", "-t", SERVICE, "-r", &closed]);
+}
+
 /// The one-interface layout: real servers on the same link as the clients' router, routing
 /// through the director. Requests and replies both leave where they came in (XDP_TX), replies
 /// from the VIP, and every client is answered.

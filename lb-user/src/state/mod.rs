@@ -717,8 +717,15 @@ impl State {
             bail!("a real server address (-r RIP) is required")
         };
         let port = check_real_port(&service, spec.port, spec.forward.unwrap_or_default())?;
-        if svc.real(addr).is_some() {
-            bail!("real server {addr}:{port} already exists in service {service}");
+        if let Some(existing) = svc.real(addr) {
+            if existing.port == port {
+                bail!("real server {addr}:{port} already exists in service {service}");
+            }
+            bail!(
+                "real server {addr} is already in service {service} as {addr}:{} (one port per \
+                 real server address and service)",
+                existing.port
+            );
         }
         if let Some(w) = spec.weight {
             check_weight(w)?;

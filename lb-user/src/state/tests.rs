@@ -477,6 +477,17 @@ fn masquerading_maps_the_port_and_opens_the_reply_prefilter() {
         .real([192, 168, 10, 21].into())
         .unwrap();
     assert_eq!((r.port, r.forward), (8080, Forward::Masq));
+    // One port per address and service: another port of the same address is refused.
+    let again = RealSpec {
+        port: Some(8081),
+        ..nat.clone()
+    };
+    let msg = format!("{:#}", next.check_new_real(svc, &again).unwrap_err());
+    assert!(
+        msg.contains("192.168.10.21 is already in service")
+            && msg.contains("as 192.168.10.21:8080"),
+        "{msg}"
+    );
     // Without a port it is the service's.
     let plain = RealSpec {
         forward: Some(Forward::Masq),
