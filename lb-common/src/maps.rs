@@ -392,6 +392,8 @@ pub mod map_names {
     /// The program array [`super::program_names::NAT_REPLY`] and
     /// [`super::program_names::NAT_ICMP`] are tail-called through.
     pub const NAT_PROGS: &str = "NAT_PROGS";
+    /// The program array [`super::program_names::IPV6`] is tail-called through.
+    pub const IPV6_PROGS: &str = "IPV6_PROGS";
     /// MAC addresses of devices stacked on the interface (macvlan, such as keepalived's
     /// `use_vmac`) whose frames the director acts on besides the interface's own.
     pub const LOCAL_MACS: &str = "LOCAL_MACS";
@@ -424,6 +426,8 @@ pub mod program_names {
     pub const NAT_REPLY: &str = "xdplb_nat_reply";
     /// The director's LVS/NAT ICMP path (errors about NAT flows), tail-called the same way.
     pub const NAT_ICMP: &str = "xdplb_nat_icmp";
+    /// The director's IPv6 pipeline, tail-called by [`LB`] through IPV6_PROGS.
+    pub const IPV6: &str = "xdplb_v6";
     /// Passes everything: for veth peers that must have an XDP program to receive XDP_TX frames.
     pub const PASS: &str = "xdp_pass";
     /// Bounces everything back: the bare XDP_TX baseline of the benchmarks.

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 use lb_common::{
-    addr_from_v4, vip_filter_index, ServiceInfo, ServiceKey, MAX_SERVICES, VIP_FILTER_SIZE,
+    addr_from_v4, vip_filter_index, Addr, ServiceInfo, ServiceKey, MAX_SERVICES, VIP_FILTER_SIZE,
 };
 
 use crate::parse::Packet;
@@ -20,19 +20,22 @@ static VIP_FILTER: Array<u8> = Array::with_max_entries(VIP_FILTER_SIZE, 0);
 /// Whether the address could be a VIP: most traffic that is not for a service stops here,
 /// at one array read.
 #[inline(always)]
-pub fn may_be_vip(addr: [u8; 4]) -> bool {
-    VIP_FILTER
-        .get(vip_filter_index(&addr_from_v4(addr)))
-        .copied()
-        == Some(1)
+pub fn may_be_vip(addr: &Addr) -> bool {
+    VIP_FILTER.get(vip_filter_index(addr)).copied() == Some(1)
 }
 
 #[inline(always)]
 pub fn service(pkt: &Packet) -> Option<&'static ServiceInfo> {
+    service_at(addr_from_v4(pkt.dst), pkt.dport, pkt.proto)
+}
+
+/// The service of `vip`:`port` (or the VIP's port-0 service), of either family.
+#[inline(always)]
+pub fn service_at(vip: Addr, port: u16, proto: u8) -> Option<&'static ServiceInfo> {
     let key = ServiceKey {
-        vip: addr_from_v4(pkt.dst),
-        port: pkt.dport,
-        proto: pkt.proto,
+        vip,
+        port,
+        proto,
         _pad: 0,
     };
     // SAFETY: the value is only read; user space replaces entries whole.

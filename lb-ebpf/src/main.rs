@@ -7,6 +7,7 @@
 //! A packet for no service may be an LVS/NAT reply: `nat` turns it back into the service's and
 //! `route` sends it to the client. An ICMP error about a NAT flow is translated the same way. `sync` hands new and closing flows to the agent, which tells
 //! the other directors.
+//! IPv6 frames go to `xdplb_v6`, the same stages over IPv6 (`parse6`; LVS/DR so far).
 //! `xdp_decap` is the real-server side of LVS/TUN.
 // Built for bpfel-unknown-none by lb-user's build script; on the host (cargo clippy --workspace)
 // it is an ordinary empty program so the same sources are still checked.
@@ -24,9 +25,11 @@ mod encap;
 mod ether;
 mod host;
 mod icmp;
+mod ipv6;
 mod lookup;
 mod nat;
 mod parse;
+mod parse6;
 mod persist;
 mod pktgen;
 mod route;
@@ -40,7 +43,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
-use lb_common::{DirectorConfig, NatReply, RealEgress, RealServer, Reason, FWD_NAT, FWD_TUN};
+use lb_common::{
+    DirectorConfig, NatReply, RealEgress, RealServer, Reason, FWD_DR, FWD_NAT, FWD_TUN,
+};
 
 use crate::parse::{Packet, Parsed, TCP_FLAG_RST};
 
@@ -53,25 +58,20 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
             nat::to_icmp_path(&ctx);
             return stats::pass(Reason::PassNotTcpUdp, frame_len);
         }
+        Parsed::Ipv6 => {
+            ipv6::to_ipv6_path(&ctx);
+            return stats::pass(Reason::PassNotIpv4, frame_len);
+        }
         Parsed::Pass(reason) => return stats::pass(reason, frame_len),
     };
-    if !lookup::may_be_vip(pkt.dst) {
+    if !lookup::may_be_vip(&lb_common::addr_from_v4(pkt.dst)) {
         return no_service(&ctx, &pkt, frame_len);
     }
     let Some(config) = config::get() else {
         return stats::pass(Reason::PassNoService, frame_len);
     };
-    match host::owner(&ctx, config) {
-        host::Owner::Local => {}
-        host::Owner::Other => return stats::pass(Reason::PassOtherHost, frame_len),
-        // A backup's virtual MAC: dropped if it is for a service, so the kernel (which may just
-        // have been given the VIP) never resets a connection this director is about to take.
-        host::Owner::Standby => {
-            return match lookup::service(&pkt) {
-                Some(_) => stats::drop(Reason::DropStandby, frame_len),
-                None => stats::pass(Reason::PassOtherHost, frame_len),
-            }
-        }
+    if let Some(verdict) = not_ours(&ctx, config, frame_len, || lookup::service(&pkt).is_some()) {
+        return verdict;
     }
     let flow = conntrack::flow(&pkt);
     let flags = parse::tcp_flags(&ctx, &pkt);
@@ -150,6 +150,29 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     verdict
 }
 
+/// The host stage: the verdict for a frame that is not this director's to act on (another
+/// host's MAC, or a VRRP backup's virtual MAC), None for one that is. `for_service` says
+/// whether it is for a service.
+#[inline(always)]
+fn not_ours(
+    ctx: &XdpContext,
+    config: &DirectorConfig,
+    frame_len: u64,
+    for_service: impl FnOnce() -> bool,
+) -> Option<u32> {
+    match host::owner(ctx, config) {
+        host::Owner::Local => None,
+        host::Owner::Other => Some(stats::pass(Reason::PassOtherHost, frame_len)),
+        // A backup's virtual MAC: dropped if it is for a service, so the kernel (which may just
+        // have been given the VIP) never resets a connection this director is about to take.
+        host::Owner::Standby => Some(if for_service() {
+            stats::drop(Reason::DropStandby, frame_len)
+        } else {
+            stats::pass(Reason::PassOtherHost, frame_len)
+        }),
+    }
+}
+
 /// The forward stage: the frame becomes what the real server's forwarding method sends
 /// (LVS/DR: the frame as it is; LVS/TUN: IPIP; LVS/NAT: the real server's address and port),
 /// addressed to the real server (or the next hop toward it) out of its interface.
@@ -203,6 +226,7 @@ pub fn xdplb_nat_reply(ctx: XdpContext) -> u32 {
     let pkt = match parse::parse(&ctx) {
         Parsed::Packet(p) => p,
         Parsed::Icmp => return stats::pass(Reason::PassNotTcpUdp, frame_len),
+        Parsed::Ipv6 => return stats::pass(Reason::PassNotIpv4, frame_len),
         Parsed::Pass(reason) => return stats::pass(reason, frame_len),
     };
     let reply_flow = conntrack::flow(&pkt);
@@ -318,6 +342,73 @@ pub fn xdplb_nat_icmp(ctx: XdpContext) -> u32 {
         Err(Reason::PassTtl) => stats::pass(Reason::PassTtl, frame_len),
         Err(reason) => stats::drop(reason, frame_len),
     }
+}
+
+/// The IPv6 pipeline, tail-called for every IPv6 frame:
+/// parse6 -> lookup -> conntrack -> schedule -> forward (LVS/DR) -> stats.
+/// LVS/TUN and LVS/NAT over IPv6, and persistence, are not in it yet.
+#[xdp]
+pub fn xdplb_v6(ctx: XdpContext) -> u32 {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let pkt = match parse6::parse6(&ctx) {
+        Ok(p) => p,
+        Err(reason) => return stats::pass(reason, frame_len),
+    };
+    if !lookup::may_be_vip(&pkt.dst) {
+        return stats::pass(Reason::PassNoService, frame_len);
+    }
+    let Some(config) = config::get() else {
+        return stats::pass(Reason::PassNoService, frame_len);
+    };
+    let service_of = || lookup::service_at(pkt.dst, pkt.dport, pkt.proto);
+    if let Some(verdict) = not_ours(&ctx, config, frame_len, || service_of().is_some()) {
+        return verdict;
+    }
+    // Everything that reads past the network header, first: the extension headers give each
+    // packet its own transport offset, and the verifier explores every stage after its last
+    // use once per offset.
+    let whole = parse6::is_whole6(&ctx, &pkt);
+    let flags = parse::tcp_flags_at(&ctx, pkt.proto, pkt.l4_off);
+    let flow = pkt.flow();
+    let now = conntrack::now();
+    let known = conntrack::established(&flow, flags, now, config)
+        .and_then(|(svc, id)| Some((svc, id, schedule::real(svc, id)?)));
+    let (service_id, real_id, real, new_flow) = match known {
+        Some((svc, id, real)) => (svc, id, real, false),
+        None => {
+            let Some(service) = service_of() else {
+                return stats::pass(Reason::PassNoService, frame_len);
+            };
+            if !whole {
+                return stats::drop(Reason::DropMalformed, frame_len);
+            }
+            let Some((id, real)) = schedule::pick(service, &flow)
+                .and_then(|id| Some((id, schedule::real(service.id, id)?)))
+            else {
+                return stats::drop(Reason::DropNoReal, frame_len);
+            };
+            if flags & TCP_FLAG_RST == 0 {
+                conntrack::insert(&flow, service.id, id, flags, now, config);
+            }
+            (service.id, id, real, true)
+        }
+    };
+    if !whole {
+        return stats::drop(Reason::DropMalformed, frame_len);
+    }
+    if flags & TCP_FLAG_RST != 0 {
+        conntrack::close(&flow, service_id, real_id, !new_flow, config);
+    }
+    // Only LVS/DR so far: an IPv6 service's real servers cannot be tunnelled or masqueraded.
+    if real.method != FWD_DR {
+        return stats::drop(Reason::DropNoReal, frame_len);
+    }
+    let Some(here) = parse::read::<[u8; 6]>(&ctx, 0) else {
+        return stats::drop(Reason::DropMalformed, frame_len);
+    };
+    let hop = route::toward(&ctx, here, real.mac, route::real_egress(real_id).ifindex);
+    stats::forwarded(service_id, real_id, frame_len, new_flow);
+    route::send(&ctx, &hop)
 }
 
 /// Benchmarks only: restores a template frame each iteration, then tail-calls the program under

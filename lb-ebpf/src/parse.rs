@@ -10,6 +10,7 @@ use lb_common::{Reason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const IPV4_MIN_HLEN: usize = 20;
 const TCP_MIN_HLEN: usize = 20;
@@ -43,6 +44,8 @@ pub enum Parsed {
     Packet(Packet),
     /// ICMP: maybe an error about an LVS/NAT flow (see [`icmp_error`]).
     Icmp,
+    /// IPv6: the IPv6 pipeline's (see `parse6`).
+    Ipv6,
     Pass(Reason),
 }
 
@@ -78,7 +81,13 @@ pub fn be16(b: [u8; 2]) -> u16 {
 
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Parsed {
-    match ipv4_offset(ctx).and_then(|off| ipv4(ctx, off)) {
+    let l3_off = match l3(ctx) {
+        Ok((l3_off, ETH_P_IPV4)) => l3_off,
+        Ok((_, ETH_P_IPV6)) => return Parsed::Ipv6,
+        Ok(_) => return Parsed::Pass(Reason::PassNotIpv4),
+        Err(reason) => return Parsed::Pass(reason),
+    };
+    match ipv4(ctx, l3_off) {
         Ok(ip) if ip.proto == IPPROTO_ICMP => Parsed::Icmp,
         Ok(ip) => match ports(ctx, ip) {
             Ok(pkt) => Parsed::Packet(pkt),
@@ -88,19 +97,25 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     }
 }
 
-/// Offset of the IPv4 header: after Ethernet and at most one 802.1Q tag.
+/// Offset of the network header and its ethertype: after Ethernet and at most one 802.1Q tag.
 #[inline(always)]
-pub fn ipv4_offset(ctx: &XdpContext) -> Result<usize, Reason> {
+pub fn l3(ctx: &XdpContext) -> Result<(usize, u16), Reason> {
     let mut l3_off = ETH_HLEN;
     let mut ethertype = be16(read(ctx, 12).ok_or(Reason::PassUnparsed)?);
     if ethertype == ETH_P_8021Q {
         ethertype = be16(read(ctx, ETH_HLEN + 2).ok_or(Reason::PassUnparsed)?);
         l3_off += VLAN_HLEN;
     }
-    if ethertype != ETH_P_IPV4 {
-        return Err(Reason::PassNotIpv4);
+    Ok((l3_off, ethertype))
+}
+
+/// Offset of the IPv4 header.
+#[inline(always)]
+pub fn ipv4_offset(ctx: &XdpContext) -> Result<usize, Reason> {
+    match l3(ctx)? {
+        (l3_off, ETH_P_IPV4) => Ok(l3_off),
+        _ => Err(Reason::PassNotIpv4),
     }
-    Ok(l3_off)
 }
 
 /// The IPv4 header at `l3_off`, as a [`Packet`] whose ports are not read yet. Non-first
@@ -171,11 +186,7 @@ pub fn icmp_error(ctx: &XdpContext) -> Option<IcmpError> {
 /// headers and fits in the frame (Ethernet padding after it is fine).
 #[inline(always)]
 pub fn is_whole(ctx: &XdpContext, pkt: &Packet) -> bool {
-    let l4_min = if pkt.proto == IPPROTO_TCP {
-        TCP_MIN_HLEN
-    } else {
-        UDP_HLEN
-    };
+    let l4_min = l4_min(pkt.proto);
     let frame_len = ctx.data_end() - ctx.data();
     let ip_len = pkt.tot_len as usize;
     if pkt.l4_off + l4_min > frame_len
@@ -185,14 +196,37 @@ pub fn is_whole(ctx: &XdpContext, pkt: &Packet) -> bool {
         return false;
     }
     let l4_len = ip_len - (pkt.l4_off - pkt.l3_off);
-    if pkt.proto == IPPROTO_TCP {
-        let Some(off) = read::<u8>(ctx, pkt.l4_off + 12) else {
+    transport_is_whole(ctx, pkt.proto, pkt.l4_off, l4_len)
+}
+
+/// The TCP flags byte (0 for UDP). Call after [`is_whole`].
+#[inline(always)]
+pub fn tcp_flags(ctx: &XdpContext, pkt: &Packet) -> u8 {
+    tcp_flags_at(ctx, pkt.proto, pkt.l4_off)
+}
+
+/// The flags byte of the TCP header at `l4_off` (0 for UDP), of either family.
+#[inline(always)]
+pub fn tcp_flags_at(ctx: &XdpContext, proto: u8, l4_off: usize) -> u8 {
+    if proto != IPPROTO_TCP {
+        return 0;
+    }
+    read::<u8>(ctx, l4_off + 13).unwrap_or(0)
+}
+
+/// Whether a transport header of `l4_len` bytes (as the IP header says) is whole and
+/// consistent: TCP's data offset, UDP's length within it. `l4_len` covers at least the fixed
+/// header, checked by the caller.
+#[inline(always)]
+pub fn transport_is_whole(ctx: &XdpContext, proto: u8, l4_off: usize, l4_len: usize) -> bool {
+    if proto == IPPROTO_TCP {
+        let Some(off) = read::<u8>(ctx, l4_off + 12) else {
             return false;
         };
         let doff = (off >> 4) as usize * 4;
         doff >= TCP_MIN_HLEN && doff <= l4_len
     } else {
-        let Some(len) = read::<[u8; 2]>(ctx, pkt.l4_off + 4) else {
+        let Some(len) = read::<[u8; 2]>(ctx, l4_off + 4) else {
             return false;
         };
         let udp_len = be16(len) as usize;
@@ -200,11 +234,12 @@ pub fn is_whole(ctx: &XdpContext, pkt: &Packet) -> bool {
     }
 }
 
-/// The TCP flags byte (0 for UDP). Call after [`is_whole`].
+/// The smallest transport header of `proto`.
 #[inline(always)]
-pub fn tcp_flags(ctx: &XdpContext, pkt: &Packet) -> u8 {
-    if pkt.proto != IPPROTO_TCP {
-        return 0;
+pub fn l4_min(proto: u8) -> usize {
+    if proto == IPPROTO_TCP {
+        TCP_MIN_HLEN
+    } else {
+        UDP_HLEN
     }
-    read::<u8>(ctx, pkt.l4_off + 13).unwrap_or(0)
 }

@@ -1,7 +1,7 @@
-//! Building Ethernet/IPv4/TCP-or-UDP frames byte by byte: for datapath tests, benchmarks and the
+//! Building Ethernet/IPv4-or-IPv6/TCP-or-UDP frames byte by byte: for datapath tests, benchmarks and the
 //! packet generator, which all need exact frames rather than what a socket would send.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use lb_common::ipv4;
 
@@ -102,6 +102,37 @@ impl FrameSpec {
     }
 
     fn l4(&self) -> Vec<u8> {
+        let segment = Segment {
+            proto: self.proto,
+            sport: self.sport,
+            dport: self.dport,
+            tcp_flags: self.tcp_flags,
+            payload: &self.payload,
+        };
+        let mut l4 = segment.unchecked();
+        // The IPv4 pseudo-header.
+        let mut pseudo = Vec::with_capacity(12);
+        pseudo.extend_from_slice(&self.src.octets());
+        pseudo.extend_from_slice(&self.dst.octets());
+        pseudo.extend_from_slice(&[0, self.proto]);
+        pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        segment.check(&mut l4, &pseudo);
+        l4
+    }
+}
+
+/// A TCP or UDP segment, either family's.
+struct Segment<'a> {
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+    payload: &'a [u8],
+}
+
+impl Segment<'_> {
+    /// The header and payload, checksum zero.
+    fn unchecked(&self) -> Vec<u8> {
         let mut l4 = Vec::new();
         l4.extend_from_slice(&self.sport.to_be_bytes());
         l4.extend_from_slice(&self.dport.to_be_bytes());
@@ -116,20 +147,128 @@ impl FrameSpec {
             l4.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
             l4.extend_from_slice(&[0, 0]);
         }
-        l4.extend_from_slice(&self.payload);
-        // Checksum over the pseudo-header and the segment.
-        let mut pseudo = Vec::with_capacity(12);
-        pseudo.extend_from_slice(&self.src.octets());
-        pseudo.extend_from_slice(&self.dst.octets());
-        pseudo.extend_from_slice(&[0, self.proto]);
-        pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-        let csum = lb_common::csum::fold(lb_common::csum::sum(&pseudo) + lb_common::csum::sum(&l4));
+        l4.extend_from_slice(self.payload);
+        l4
+    }
+
+    /// Writes the checksum over `pseudo` (the family's pseudo-header) and the segment.
+    fn check(&self, l4: &mut [u8], pseudo: &[u8]) {
+        let csum = lb_common::csum::fold(lb_common::csum::sum(pseudo) + lb_common::csum::sum(l4));
         let at = if self.proto == lb_common::IPPROTO_TCP {
             16
         } else {
             6
         };
         l4[at..at + 2].copy_from_slice(&csum.to_be_bytes());
+    }
+}
+
+pub const ETH_P_IPV6: u16 = 0x86dd;
+/// IPv6 extension header types ([`Frame6Spec::ext`]).
+pub const NEXTHDR_HOP: u8 = 0;
+pub const NEXTHDR_ROUTING: u8 = 43;
+pub const NEXTHDR_FRAGMENT: u8 = 44;
+pub const NEXTHDR_DEST: u8 = 60;
+
+/// An IPv6 frame to build; every field has a sensible default (a TCP SYN).
+#[derive(Clone, Debug)]
+pub struct Frame6Spec {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// 802.1Q VLAN id, if tagged.
+    pub vlan: Option<u16>,
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub hop_limit: u8,
+    /// Extension headers before the transport header, in order: (type, length in bytes, a
+    /// multiple of 8). A fragment header is 8 bytes: offset 0, no more fragments.
+    pub ext: Vec<(u8, usize)>,
+    /// The transport protocol (TCP or UDP), or any other next header with no transport header.
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    pub payload: Vec<u8>,
+}
+
+impl Default for Frame6Spec {
+    fn default() -> Self {
+        let v4 = FrameSpec::default();
+        Self {
+            dst_mac: v4.dst_mac,
+            src_mac: v4.src_mac,
+            vlan: None,
+            src: "2001:db8::2".parse().expect("an address"),
+            dst: "2001:db8::100".parse().expect("an address"),
+            hop_limit: 64,
+            ext: Vec::new(),
+            proto: v4.proto,
+            sport: v4.sport,
+            dport: v4.dport,
+            tcp_flags: v4.tcp_flags,
+            payload: Vec::new(),
+        }
+    }
+}
+
+impl Frame6Spec {
+    pub fn build(&self) -> Vec<u8> {
+        let mut f = Vec::with_capacity(128 + self.payload.len());
+        f.extend_from_slice(&self.dst_mac);
+        f.extend_from_slice(&self.src_mac);
+        if let Some(vid) = self.vlan {
+            f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+            f.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+        }
+        f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+        let l4 = self.l4();
+        let mut ext = Vec::new();
+        for (i, &(kind, len)) in self.ext.iter().enumerate() {
+            assert!(
+                len >= 8 && len.is_multiple_of(8),
+                "extension header length {len}"
+            );
+            let next = self.ext.get(i + 1).map_or(self.proto, |e| e.0);
+            let mut h = vec![0u8; len];
+            h[0] = next;
+            if kind == NEXTHDR_FRAGMENT {
+                assert_eq!(len, 8, "a fragment header is 8 bytes");
+                h[4..8].copy_from_slice(&0x1234u32.to_be_bytes());
+            } else {
+                h[1] = (len / 8 - 1) as u8;
+            }
+            ext.extend_from_slice(&h);
+        }
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
+        f.push(self.ext.first().map_or(self.proto, |e| e.0));
+        f.push(self.hop_limit);
+        f.extend_from_slice(&self.src.octets());
+        f.extend_from_slice(&self.dst.octets());
+        f.extend_from_slice(&ext);
+        f.extend_from_slice(&l4);
+        f
+    }
+
+    fn l4(&self) -> Vec<u8> {
+        if self.proto != lb_common::IPPROTO_TCP && self.proto != lb_common::IPPROTO_UDP {
+            return self.payload.clone();
+        }
+        let segment = Segment {
+            proto: self.proto,
+            sport: self.sport,
+            dport: self.dport,
+            tcp_flags: self.tcp_flags,
+            payload: &self.payload,
+        };
+        let mut l4 = segment.unchecked();
+        // The IPv6 pseudo-header (RFC 8200, 8.1).
+        let mut pseudo = Vec::with_capacity(40);
+        pseudo.extend_from_slice(&self.src.octets());
+        pseudo.extend_from_slice(&self.dst.octets());
+        pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, self.proto]);
+        segment.check(&mut l4, &pseudo);
         l4
     }
 }

@@ -47,7 +47,7 @@ pub fn about(err: &IcmpError) -> Option<About> {
         proto: q.proto,
         _pad: [0; 3],
     };
-    if lookup::may_be_vip(q.src) {
+    if lookup::may_be_vip(&addr_from_v4(q.src)) {
         if let Some((service, real_id)) = conntrack::binding(&key) {
             let real = schedule::real(service, real_id)?;
             return (real.method == FWD_NAT).then_some(About::Reply {

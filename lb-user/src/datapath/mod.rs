@@ -97,19 +97,24 @@ impl Datapath {
         Ok(Self { ebpf })
     }
 
-    /// Loads the director's program, and its LVS/NAT reply path.
+    /// Loads the director's program, and the programs it tail-calls.
     pub fn load_lb(opts: LoadOptions) -> Result<Self> {
         let mut datapath = Self::load(program_names::LB, opts)?;
-        datapath.link_nat_programs()?;
+        datapath.link_tail_programs()?;
         Ok(datapath)
     }
 
-    /// Loads the LVS/NAT reply and ICMP paths' programs and puts them where the director's
-    /// program tail-calls them.
-    fn link_nat_programs(&mut self) -> Result<()> {
-        for (slot, name) in [
-            (NAT_PROG_REPLY, program_names::NAT_REPLY),
-            (NAT_PROG_ICMP, program_names::NAT_ICMP),
+    /// Loads the programs the director's program tail-calls (the LVS/NAT reply and ICMP paths,
+    /// the IPv6 pipeline) and puts them where it calls them.
+    fn link_tail_programs(&mut self) -> Result<()> {
+        for (array, slot, name) in [
+            (
+                map_names::NAT_PROGS,
+                NAT_PROG_REPLY,
+                program_names::NAT_REPLY,
+            ),
+            (map_names::NAT_PROGS, NAT_PROG_ICMP, program_names::NAT_ICMP),
+            (map_names::IPV6_PROGS, 0, program_names::IPV6),
         ] {
             let prog = xdp(&mut self.ebpf, name)?;
             prog.load()
@@ -117,8 +122,8 @@ impl Datapath {
             let fd = prog.fd()?.try_clone()?;
             let map = self
                 .ebpf
-                .map_mut(map_names::NAT_PROGS)
-                .ok_or_else(|| anyhow!("the XDP object has no map {}", map_names::NAT_PROGS))?;
+                .map_mut(array)
+                .ok_or_else(|| anyhow!("the XDP object has no map {array}"))?;
             aya::maps::ProgramArray::try_from(map)?
                 .set(slot, &fd, 0)
                 .with_context(|| format!("cannot install the XDP program '{name}'"))?;
@@ -152,7 +157,7 @@ impl Datapath {
             .load()
             .context("the kernel rejected the XDP program")?;
         let mut datapath = Self { ebpf };
-        datapath.link_nat_programs()?;
+        datapath.link_tail_programs()?;
         Ok(datapath)
     }
 

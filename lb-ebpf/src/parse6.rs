@@ -1,0 +1,119 @@
+//! IPv6 parsing: the fixed header, then the extension headers that may come before TCP/UDP
+//! (hop-by-hop options, routing, destination options; at most [`MAX_EXT`] of them) to the
+//! transport header. Fragments, longer chains and anything else it cannot classify are the
+//! kernel's, as for IPv4.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{Addr, FlowKey, Reason, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::parse::{be16, l3, l4_min, read, transport_is_whole, ETH_P_IPV6};
+
+const IPV6_HLEN: usize = 40;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_DEST: u8 = 60;
+/// Extension headers walked at most: a hop-by-hop, a routing and two destination options
+/// headers is the longest order RFC 8200 recommends before the transport header.
+pub const MAX_EXT: usize = 4;
+
+/// What the later stages need to know about an IPv6 TCP/UDP packet.
+pub struct Packet6 {
+    /// Offset of the IPv6 header in the frame.
+    pub l3_off: usize,
+    /// Offset of the TCP/UDP header, after any extension headers.
+    pub l4_off: usize,
+    pub src: Addr,
+    pub dst: Addr,
+    pub proto: u8,
+    /// Ports, host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    /// The payload length: every byte after the fixed header.
+    pub payload_len: u16,
+}
+
+impl Packet6 {
+    /// The connection table's key.
+    #[inline(always)]
+    pub fn flow(&self) -> FlowKey {
+        FlowKey {
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// The IPv6 TCP/UDP packet in the frame, or why it is the kernel's.
+#[inline(always)]
+pub fn parse6(ctx: &XdpContext) -> Result<Packet6, Reason> {
+    let (l3_off, ethertype) = l3(ctx)?;
+    if ethertype != ETH_P_IPV6 {
+        return Err(Reason::PassNotIpv4);
+    }
+    let ip: [u8; IPV6_HLEN] = read(ctx, l3_off).ok_or(Reason::PassUnparsed)?;
+    if ip[0] >> 4 != 6 {
+        return Err(Reason::PassUnparsed);
+    }
+    let mut next = ip[6];
+    let mut l4_off = l3_off + IPV6_HLEN;
+    // Bounded, for the verifier: each step reads the next header's type and length.
+    let mut i = 0;
+    while i < MAX_EXT {
+        match next {
+            IPPROTO_TCP | IPPROTO_UDP => break,
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let h: [u8; 2] = read(ctx, l4_off).ok_or(Reason::PassUnparsed)?;
+                next = h[0];
+                l4_off += (h[1] as usize + 1) * 8;
+            }
+            NEXTHDR_FRAGMENT => return Err(Reason::PassFragment),
+            _ => return Err(Reason::PassNotTcpUdp),
+        }
+        i += 1;
+    }
+    match next {
+        IPPROTO_TCP | IPPROTO_UDP => {}
+        NEXTHDR_FRAGMENT => return Err(Reason::PassFragment),
+        // A chain longer than the walk: nothing the director should act on.
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => return Err(Reason::PassUnparsed),
+        _ => return Err(Reason::PassNotTcpUdp),
+    }
+    let ports: [u8; 4] = read(ctx, l4_off).ok_or(Reason::PassUnparsed)?;
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&ip[8..24]);
+    dst.copy_from_slice(&ip[24..40]);
+    Ok(Packet6 {
+        l3_off,
+        l4_off,
+        src,
+        dst,
+        proto: next,
+        sport: be16([ports[0], ports[1]]),
+        dport: be16([ports[2], ports[3]]),
+        payload_len: be16([ip[4], ip[5]]),
+    })
+}
+
+/// Whether a packet for a service is complete and self-consistent (as `parse::is_whole` for
+/// IPv4): the payload length covers the extension headers and the transport header and fits
+/// in the frame, and the transport header agrees.
+#[inline(always)]
+pub fn is_whole6(ctx: &XdpContext, pkt: &Packet6) -> bool {
+    let frame_len = ctx.data_end() - ctx.data();
+    let payload = pkt.payload_len as usize;
+    let ext = pkt.l4_off - pkt.l3_off - IPV6_HLEN;
+    let l4_min = l4_min(pkt.proto);
+    if pkt.l4_off + l4_min > frame_len
+        || payload < ext + l4_min
+        || pkt.l3_off + IPV6_HLEN + payload > frame_len
+    {
+        return false;
+    }
+    transport_is_whole(ctx, pkt.proto, pkt.l4_off, payload - ext)
+}

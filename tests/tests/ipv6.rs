@@ -1,0 +1,256 @@
+//! The datapath's IPv6 pipeline (BPF_PROG_TEST_RUN), asserting bytes: an IPv6 TCP or UDP packet
+//! for a service leaves for the real server its scheduler picks, by LVS/DR (the frame as it came,
+//! to the real server's MAC), through any extension headers before the transport header; what
+//! it cannot classify (fragments, longer chains, other protocols, damaged packets) goes to the
+//! kernel untouched, or is dropped when it is for a service and damaged.
+//!
+//! The agent does not configure IPv6 services yet (issue 12): the service is written into the
+//! maps directly, as the agent's map writer would.
+
+use std::net::Ipv6Addr;
+
+use lb_common::{
+    sched, vip_filter_index, FlowKey, RealServer, Reason, ServiceInfo, ServiceKey, FWD_DR,
+    IPPROTO_TCP, IPPROTO_UDP, REAL_ACTIVE, SCHED_SH,
+};
+use lb_tests::fixture::{real_mac, Fixture, XDP_DROP, XDP_PASS, XDP_TX};
+use lb_tests::require_root;
+use lb_user::{
+    datapath::MapWriter as _,
+    packet::{Frame6Spec, NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP, NEXTHDR_ROUTING},
+};
+
+const SERVICE_ID: u32 = 7;
+const REAL_IDS: [u32; 3] = [20, 21, 22];
+
+fn vip() -> Ipv6Addr {
+    Frame6Spec::default().dst
+}
+
+fn info(proto: u8) -> ServiceInfo {
+    ServiceInfo {
+        id: SERVICE_ID + u32::from(proto == IPPROTO_UDP),
+        table_size: REAL_IDS.len() as u32,
+        scheduler: SCHED_SH,
+        hash: 0,
+        flags: 0,
+        _pad: 0,
+    }
+}
+
+/// A director with a `sh` service on [2001:db8::100]:80, TCP and UDP, over three LVS/DR real
+/// servers 2001:db8::11..13.
+fn fixture() -> Fixture {
+    let mut fx = Fixture::new();
+    for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+        let info = info(proto);
+        for (n, id) in REAL_IDS.iter().enumerate() {
+            let real = RealServer {
+                addr: format!("2001:db8::{}", 11 + n)
+                    .parse::<Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
+                mac: real_mac(11 + n as u8),
+                method: FWD_DR,
+                flags: REAL_ACTIVE,
+                service: info.id,
+            };
+            // Each protocol's service has its own ids.
+            fx.maps
+                .set_real(id + 10 * (info.id - SERVICE_ID), &real)
+                .unwrap();
+        }
+        let table: Vec<u32> = REAL_IDS
+            .iter()
+            .map(|id| id + 10 * (info.id - SERVICE_ID))
+            .collect();
+        fx.maps.set_table(info.id, &table).unwrap();
+        let key = ServiceKey {
+            vip: vip().octets(),
+            port: 80,
+            proto,
+            _pad: 0,
+        };
+        fx.maps.set_service(&key, &info).unwrap();
+    }
+    fx.maps
+        .set_vip_filter(vip_filter_index(&vip().octets()), true)
+        .unwrap();
+    fx
+}
+
+fn flow(spec: &Frame6Spec) -> FlowKey {
+    FlowKey {
+        src: spec.src.octets(),
+        dst: spec.dst.octets(),
+        sport: spec.sport,
+        dport: spec.dport,
+        proto: spec.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// The MAC of the real server lb-common's scheduler gives `spec`'s flow.
+fn predicted_mac(spec: &Frame6Spec) -> [u8; 6] {
+    let slot = sched::slot(&info(spec.proto), &flow(spec)).expect("a slot");
+    real_mac(11 + slot as u8)
+}
+
+/// The extension-header chains a packet may carry before its transport header.
+fn chains() -> Vec<Vec<(u8, usize)>> {
+    vec![
+        vec![],
+        vec![(NEXTHDR_HOP, 8)],
+        vec![(NEXTHDR_HOP, 16), (NEXTHDR_ROUTING, 24), (NEXTHDR_DEST, 8)],
+        vec![
+            (NEXTHDR_HOP, 8),
+            (NEXTHDR_DEST, 8),
+            (NEXTHDR_ROUTING, 8),
+            (NEXTHDR_DEST, 2048),
+        ],
+    ]
+}
+
+#[test]
+fn an_ipv6_packet_for_a_service_leaves_for_its_real_server_by_direct_routing() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture();
+    for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+        for (i, ext) in chains().into_iter().enumerate() {
+            for vlan in [None, Some(42)] {
+                let input = Frame6Spec {
+                    proto,
+                    ext: ext.clone(),
+                    vlan,
+                    // A flow of its own per case, so the scheduler decides each.
+                    sport: 40000 + i as u16,
+                    payload: b"hello".to_vec(),
+                    ..Default::default()
+                };
+                let (verdict, out) = fx.run(&input.build()).unwrap();
+                let case = format!("proto {proto}, chain {i}, vlan {vlan:?}");
+                assert_eq!(verdict, XDP_TX, "{case}");
+                let expected = Frame6Spec {
+                    dst_mac: predicted_mac(&input),
+                    src_mac: input.dst_mac,
+                    ..input.clone()
+                }
+                .build();
+                assert_eq!(out, expected, "{case}: only the MACs change");
+                assert!(fx.maps.conn(&flow(&input)).is_some(), "{case}: remembered");
+            }
+        }
+    }
+    let c = fx.maps.counters().unwrap();
+    assert_eq!(
+        c.services[SERVICE_ID as usize].packets,
+        (chains().len() * 2) as u64
+    );
+}
+
+#[test]
+fn ipv6_the_director_cannot_classify_goes_to_the_kernel_untouched() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture();
+    let cases = [
+        (
+            "not a VIP",
+            Frame6Spec {
+                dst: "2001:db8::1".parse().unwrap(),
+                ..Default::default()
+            },
+            Reason::PassNoService,
+        ),
+        (
+            "no service on the port",
+            Frame6Spec {
+                dport: 81,
+                ..Default::default()
+            },
+            Reason::PassNoService,
+        ),
+        (
+            "a fragment",
+            Frame6Spec {
+                ext: vec![(NEXTHDR_FRAGMENT, 8)],
+                ..Default::default()
+            },
+            Reason::PassFragment,
+        ),
+        (
+            "a fragment after a hop-by-hop header",
+            Frame6Spec {
+                ext: vec![(NEXTHDR_HOP, 8), (NEXTHDR_FRAGMENT, 8)],
+                ..Default::default()
+            },
+            Reason::PassFragment,
+        ),
+        (
+            "a chain longer than the walk",
+            Frame6Spec {
+                ext: vec![(NEXTHDR_DEST, 8); 5],
+                ..Default::default()
+            },
+            Reason::PassUnparsed,
+        ),
+        (
+            "ICMPv6 to the VIP",
+            Frame6Spec {
+                proto: 58,
+                payload: vec![128, 0, 0, 0, 0, 1, 0, 1],
+                ..Default::default()
+            },
+            Reason::PassNotTcpUdp,
+        ),
+    ];
+    for (what, spec, reason) in cases {
+        let frame = spec.build();
+        let before = fx.reason(reason);
+        assert_eq!(fx.run(&frame).unwrap(), (XDP_PASS, frame), "{what}");
+        assert_eq!(
+            fx.reason(reason),
+            before + 1,
+            "{what}: counted as {reason:?}"
+        );
+    }
+    // A payload length that promises more than the frame holds: damaged, for a service.
+    let mut short = Frame6Spec::default().build();
+    let len = u16::from_be_bytes([short[18], short[19]]) + 8;
+    short[18..20].copy_from_slice(&len.to_be_bytes());
+    assert_eq!(fx.run(&short).unwrap().0, XDP_DROP);
+    assert_eq!(fx.reason(Reason::DropMalformed), 1);
+}
+
+#[test]
+fn an_ipv6_packet_cut_short_is_never_sent() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture();
+    for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+        for ext in chains() {
+            let frame = Frame6Spec {
+                proto,
+                ext,
+                payload: b"hello".to_vec(),
+                ..Default::default()
+            }
+            .build();
+            for len in 1..frame.len() {
+                // Frames this short the kernel refuses to run at all.
+                let Ok((verdict, _)) = fx.run(&frame[..len]) else {
+                    continue;
+                };
+                assert!(
+                    verdict == XDP_PASS || verdict == XDP_DROP,
+                    "proto {proto}, cut at {len} of {}: verdict {verdict}",
+                    frame.len()
+                );
+            }
+        }
+    }
+}
