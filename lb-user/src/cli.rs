@@ -3,13 +3,14 @@
 
 use std::{
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
 };
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::addr::{parse_real, parse_service};
 use crate::{
     agent::{self, RunOptions},
     config::{Director, Metrics, Timeouts},
@@ -96,7 +97,8 @@ pub enum Command {
     Simulate {
         #[command(flatten)]
         service: ServiceArg,
-        /// Client SRC:PORT; repeat it for several flows, or give `-` to read one per line from stdin.
+        /// Client SRC:PORT ([SRC]:PORT for IPv6); repeat it for several flows, or give `-` to read
+        /// one per line from stdin.
         #[arg(long, value_name = "SRC:PORT", required = true)]
         from: Vec<String>,
     },
@@ -262,10 +264,10 @@ impl RunArgs {
 pub struct ServiceArg {
     /// TCP service VIP:PORT.
     #[arg(short = 't', long = "tcp-service", value_name = "VIP:PORT", value_parser = parse_service)]
-    tcp: Option<SocketAddrV4>,
+    tcp: Option<SocketAddr>,
     /// UDP service VIP:PORT.
     #[arg(short = 'u', long = "udp-service", value_name = "VIP:PORT", value_parser = parse_service)]
-    udp: Option<SocketAddrV4>,
+    udp: Option<SocketAddr>,
 }
 
 impl ServiceArg {
@@ -277,7 +279,7 @@ impl ServiceArg {
         };
         ServiceAddr {
             protocol,
-            vip: *sa.ip(),
+            vip: sa.ip(),
             port: sa.port(),
         }
     }
@@ -347,7 +349,7 @@ pub struct RealArgs {
     /// Real server RIP or RIP:PORT (the port must be the service's, but with -m: DR and TUN do
     /// not rewrite it).
     #[arg(short = 'r', long = "real-server", value_name = "RIP[:PORT]", value_parser = parse_real)]
-    real: (Ipv4Addr, Option<u16>),
+    real: (IpAddr, Option<u16>),
     /// Direct routing (LVS/DR): rewrite the MAC address; the default.
     #[arg(short = 'g', long = "gatewaying", conflicts_with_all = ["ipip", "masquerading"])]
     gatewaying: bool,
@@ -434,34 +436,8 @@ pub enum RealAction {
         #[command(flatten)]
         service: ServiceArg,
         #[arg(short = 'r', long = "real-server", value_name = "RIP[:PORT]", value_parser = parse_real)]
-        real: (Ipv4Addr, Option<u16>),
+        real: (IpAddr, Option<u16>),
     },
-}
-
-fn parse_ip(s: &str) -> Result<Ipv4Addr, String> {
-    s.parse()
-        .map_err(|_| format!("'{s}' is not an IPv4 address"))
-}
-
-/// A port; 0 (every port of the VIP, for persistent services) is checked by the agent, which
-/// knows whether the service is persistent.
-fn parse_port(s: &str) -> Result<u16, String> {
-    s.parse::<u16>()
-        .map_err(|_| format!("'{s}' is not a port number (0..=65535)"))
-}
-
-fn parse_service(s: &str) -> Result<SocketAddrV4, String> {
-    let Some((ip, port)) = s.rsplit_once(':') else {
-        return Err("expected VIP:PORT, e.g. 10.0.0.100:80".to_string());
-    };
-    Ok(SocketAddrV4::new(parse_ip(ip)?, parse_port(port)?))
-}
-
-fn parse_real(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
-    match s.rsplit_once(':') {
-        Some((ip, port)) => Ok((parse_ip(ip)?, Some(parse_port(port)?))),
-        None => Ok((parse_ip(s)?, None)),
-    }
 }
 
 fn parse_weight(s: &str) -> Result<u32, String> {
@@ -700,10 +676,13 @@ fn simulate(socket: &std::path::Path, service: ServiceAddr, from: &[String]) -> 
     let flows = flows_text
         .iter()
         .map(|f| {
-            let sa: SocketAddrV4 = f.trim().parse().map_err(|_| {
-                anyhow::anyhow!("invalid client address '{}': expected SRC:PORT", f.trim())
+            let sa: SocketAddr = f.trim().parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "invalid client address '{}': expected SRC:PORT or [SRC]:PORT",
+                    f.trim()
+                )
             })?;
-            Ok((*sa.ip(), sa.port()))
+            Ok((sa.ip(), sa.port()))
         })
         .collect::<Result<Vec<_>>>()?;
     let Response::Simulated { reals } = control::request(

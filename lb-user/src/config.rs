@@ -7,7 +7,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
 };
@@ -118,7 +118,7 @@ impl Director {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RealConfig {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     #[serde(default, skip_serializing_if = "is_default")]
@@ -141,7 +141,7 @@ pub struct RealConfig {
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     pub protocol: Protocol,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     #[serde(default, skip_serializing_if = "is_default")]
     pub scheduler: Scheduler,
@@ -323,7 +323,7 @@ impl Source {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MacNeeded {
     pub service: ServiceAddr,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub forward: Forward,
     pub span: Range<usize>,
 }
@@ -357,7 +357,7 @@ impl Config {
     pub fn apply_to(
         &self,
         current: &State,
-        learned: &HashMap<(ServiceAddr, Ipv4Addr), Mac>,
+        learned: &HashMap<(ServiceAddr, IpAddr), Mac>,
         src: &Source,
     ) -> Result<State> {
         let wanted: BTreeSet<ServiceAddr> =
@@ -376,8 +376,8 @@ impl Config {
                 false => next.add_service(addr, &spec),
             }
             .map_err(at)?;
-            let keep: BTreeSet<Ipv4Addr> = cfg.reals.iter().map(|r| r.get_ref().address).collect();
-            let gone: Vec<Ipv4Addr> = next
+            let keep: BTreeSet<IpAddr> = cfg.reals.iter().map(|r| r.get_ref().address).collect();
+            let gone: Vec<IpAddr> = next
                 .service(&addr)?
                 .reals
                 .iter()

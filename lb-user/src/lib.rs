@@ -3,6 +3,7 @@
 //! Data flows one way: CLI (or, later, a config file) -> agent [`state`] -> tables built by
 //! lb-common -> [`datapath`] map writer -> the XDP program.
 
+pub mod addr;
 pub mod agent;
 pub mod announce;
 pub mod cli;

@@ -242,7 +242,7 @@ pub struct Bench {
 fn service(port: u16) -> ServiceAddr {
     ServiceAddr {
         protocol: Protocol::Tcp,
-        vip: VIP,
+        vip: VIP.into(),
         port,
     }
 }
@@ -314,7 +314,7 @@ impl Bench {
                 fx.add_real_spec(
                     service(port),
                     RealSpec {
-                        addr: Some(Ipv4Addr::new(10, 1, 0, n)),
+                        addr: Some(Ipv4Addr::new(10, 1, 0, n).into()),
                         forward: Some(forward),
                         mac: Some(Mac(real_mac(n))),
                         ..Default::default()
@@ -326,7 +326,7 @@ impl Bench {
         fx.add_real_spec(
             service(NAT_PORT),
             RealSpec {
-                addr: Some(NAT_REAL),
+                addr: Some(NAT_REAL.into()),
                 port: Some(NAT_REAL_PORT),
                 forward: Some(Forward::Masq),
                 mac: Some(Mac(real_mac(21))),
@@ -633,12 +633,12 @@ pub fn control_plane(changes: usize) -> Result<ControlPlane> {
     }
     let service = ServiceAddr {
         protocol: Protocol::Tcp,
-        vip: VIP,
+        vip: VIP.into(),
         port: 80,
     };
     for i in 0..changes {
         let real = RealSpec {
-            addr: Some(Ipv4Addr::new(10, 0, 0, 12)),
+            addr: Some(Ipv4Addr::new(10, 0, 0, 12).into()),
             weight: Some(1 + (i % 2) as u32),
             ..Default::default()
         };
@@ -729,7 +729,7 @@ pub fn throughput(rounds: usize, each: Duration) -> Result<Throughput> {
     )?;
     for (rs, mac) in topo.reals().iter().zip(&real_macs) {
         let spec = RealSpec {
-            addr: Some(rs.addr()),
+            addr: Some(rs.addr().into()),
             mac: Some(Mac(*mac)),
             ..Default::default()
         };

@@ -36,7 +36,8 @@ pub fn fetch(src: Ipv4Addr, dst: SocketAddrV4) -> Result<String> {
 /// Like [`fetch`], from source address AND port `src` (port 0: any). The client half-closes
 /// right after connecting (it has nothing to say), so `lb-testsrv --echo` closes after its
 /// greeting just like the default mode does.
-pub fn fetch_from(src: SocketAddrV4, dst: SocketAddrV4) -> Result<String> {
+pub fn fetch_from(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>) -> Result<String> {
+    let (src, dst) = (src.into(), dst.into());
     let deadline = Instant::now() + TIMEOUT;
     let mut stream = connect(src, dst)?;
     stream
@@ -56,7 +57,7 @@ pub fn upload(
     timeout: Duration,
 ) -> Result<String> {
     let deadline = Instant::now() + timeout;
-    let mut stream = connect(src, dst)?;
+    let mut stream = connect(src.into(), dst.into())?;
     let chunk = [b'x'; 64 * 1024];
     let mut sent = 0;
     while sent < bytes {
@@ -104,13 +105,13 @@ fn read_reply(stream: &mut TcpStream, deadline: Instant) -> Result<String> {
 }
 
 /// A TCP connection from `src` (port 0: any) to `dst`, within [`TIMEOUT`].
-fn connect(src: SocketAddrV4, dst: SocketAddrV4) -> Result<TcpStream> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+fn connect(src: SocketAddr, dst: SocketAddr) -> Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
     socket
-        .bind(&SocketAddr::V4(src).into())
+        .bind(&src.into())
         .with_context(|| format!("bind {src}"))?;
     socket
-        .connect_timeout(&SocketAddr::V4(dst).into(), TIMEOUT)
+        .connect_timeout(&dst.into(), TIMEOUT)
         .with_context(|| format!("connect {src} -> {dst}"))?;
     Ok(socket.into())
 }
@@ -170,7 +171,7 @@ impl Stream {
         dst: SocketAddrV4,
         stall: Duration,
     ) -> Result<Self> {
-        let writer = connect(src, dst)?;
+        let writer = connect(src.into(), dst.into())?;
         writer.set_read_timeout(Some(stall))?;
         writer.set_write_timeout(Some(stall))?;
         let mut reader = BufReader::new(writer.try_clone()?);
@@ -450,7 +451,10 @@ impl HttpResponse {
 /// connection that fails, or an answer that is not HTTP, is an error.
 pub fn http_get(dst: SocketAddrV4, path: &str) -> Result<HttpResponse> {
     let deadline = Instant::now() + TIMEOUT;
-    let mut stream = connect(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), dst)?;
+    let mut stream = connect(
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into(),
+        dst.into(),
+    )?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {dst}\r\nConnection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())

@@ -154,7 +154,7 @@ impl Fixture {
     /// Adds real server 10.0.0.`n` with the fixture's MAC for it.
     pub fn add_real(&mut self, svc: ServiceAddr, n: u8, weight: u32) {
         let spec = RealSpec {
-            addr: Some(real_addr(n)),
+            addr: Some(real_addr(n).into()),
             weight: Some(weight),
             mac: Some(Mac(real_mac(n))),
             ..Default::default()
@@ -169,7 +169,7 @@ impl Fixture {
 
     pub fn set_weight(&mut self, svc: ServiceAddr, n: u8, weight: u32) {
         let spec = RealSpec {
-            addr: Some(real_addr(n)),
+            addr: Some(real_addr(n).into()),
             weight: Some(weight),
             ..Default::default()
         };
@@ -196,7 +196,7 @@ impl Fixture {
     /// The MAC of the real server the agent's state gives a new flow like `spec`.
     pub fn predicted_mac(&self, svc: &ServiceAddr, spec: &FrameSpec) -> [u8; 6] {
         let service = self.state.service(svc).unwrap();
-        let flow = service.flow(spec.src, spec.sport);
+        let flow = service.flow(spec.src.into(), spec.sport);
         service.pick(&flow).expect("a real server").mac.0
     }
 

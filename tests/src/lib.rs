@@ -16,6 +16,7 @@ pub mod daemons;
 pub mod ethtool;
 pub mod fixture;
 pub mod ha;
+pub mod ipv6;
 pub mod metrics;
 pub mod names;
 pub mod nat;

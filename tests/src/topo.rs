@@ -391,7 +391,13 @@ pub enum Serve {
 
 /// Starts `lb-testsrv` in a namespace and waits until it listens (it prints one line then).
 /// With [`Serve::Echo`] it answers UDP on [`DrTopology::VIP`] at `listen`'s port too.
-pub fn start_testsrv(ns: &Netns, name: &str, listen: SocketAddrV4, serve: Serve) -> Result<Proc> {
+pub fn start_testsrv(
+    ns: &Netns,
+    name: &str,
+    listen: impl Into<std::net::SocketAddr>,
+    serve: Serve,
+) -> Result<Proc> {
+    let listen = listen.into();
     let bin = crate::binary("LB_TESTSRV_BIN", "lb-testsrv", "cargo build -p lb-tests");
     let listen_arg = listen.to_string();
     let udp = SocketAddrV4::new(DrTopology::VIP, listen.port()).to_string();

@@ -22,7 +22,7 @@ fn service(protocol: Protocol) -> ServiceAddr {
     let port = if protocol == Protocol::Tcp { 80 } else { 53 };
     ServiceAddr {
         protocol,
-        vip: VIP,
+        vip: VIP.into(),
         port,
     }
 }
@@ -66,7 +66,7 @@ fn flow_key(fx: &Fixture, i: u32) -> lb_common::FlowKey {
     fx.state
         .service(&service(Protocol::Tcp))
         .unwrap()
-        .flow(p.src, p.sport)
+        .flow(p.src.into(), p.sport)
 }
 
 /// Opens `n` flows with a SYN; returns the real server (last MAC byte) of each.
@@ -136,7 +136,7 @@ fn deleting_a_real_server_reschedules_only_its_flows() {
     }
     let mut fx = fixture();
     let before = open(&mut fx, 300);
-    fx.change(|s| s.del_real(service(Protocol::Tcp), real_addr(13)));
+    fx.change(|s| s.del_real(service(Protocol::Tcp), real_addr(13).into()));
     for (i, &real) in before.iter().enumerate() {
         let ack = packet(i as u32, TCP_ACK);
         let now = fx.send(&ack).expect("forwarded");
@@ -156,7 +156,7 @@ fn deleting_a_real_server_reschedules_only_its_flows() {
 fn flow_that_moves(fx: &mut Fixture, from: u32) -> (u32, u8) {
     let svc = service(Protocol::Tcp);
     let spec = RealSpec {
-        addr: Some(real_addr(14)),
+        addr: Some(real_addr(14).into()),
         weight: Some(1),
         mac: Some(Mac(real_mac(14))),
         ..Default::default()
@@ -164,7 +164,7 @@ fn flow_that_moves(fx: &mut Fixture, from: u32) -> (u32, u8) {
     let with_14 = fx.state.add_real(svc, &spec).unwrap();
     let pick = |state: &State, p: &FrameSpec| {
         let s = state.service(&svc).unwrap();
-        s.pick(&s.flow(p.src, p.sport)).unwrap().mac.0[5]
+        s.pick(&s.flow(p.src.into(), p.sport)).unwrap().mac.0[5]
     };
     (from..from + 10_000)
         .find_map(|i| {
@@ -297,7 +297,7 @@ fn a_tcp_packet_of_an_unknown_flow_is_scheduled_and_remembered() {
         .state
         .service(&service(Protocol::Tcp))
         .unwrap()
-        .real(real_addr(real))
+        .real(real_addr(real).into())
         .unwrap()
         .id;
     assert_eq!(conn.real, id);
@@ -329,7 +329,7 @@ fn active_and_inactive_connections_follow_the_tcp_states() {
     let mut fx = fixture();
     let conns = |fx: &Fixture, p: &FrameSpec| {
         let svc = fx.state.service(&service(Protocol::Tcp)).unwrap();
-        let id = svc.pick(&svc.flow(p.src, p.sport)).unwrap().id;
+        let id = svc.pick(&svc.flow(p.src.into(), p.sport)).unwrap().id;
         let c = fx.maps.counters().unwrap().conns[id as usize];
         (c.active, c.inactive)
     };
@@ -363,7 +363,10 @@ fn active_and_inactive_connections_follow_the_tcp_states() {
         udp.run(&dgram.build()).unwrap();
     }
     let svc = udp.state.service(&service(Protocol::Udp)).unwrap();
-    let id = svc.pick(&svc.flow(dgram.src, dgram.sport)).unwrap().id;
+    let id = svc
+        .pick(&svc.flow(dgram.src.into(), dgram.sport))
+        .unwrap()
+        .id;
     let c = udp.maps.counters().unwrap().conns[id as usize];
     assert_eq!((c.active, c.inactive), (0, 1), "UDP");
 }
@@ -383,7 +386,7 @@ fn the_fin_timeout_runs_from_the_fin() {
     let p = packet(7, TCP_ACK);
     fx.run(&p.build()).unwrap();
     let svc = fx.state.service(&service(Protocol::Tcp)).unwrap().clone();
-    let flow = svc.flow(p.src, p.sport);
+    let flow = svc.flow(p.src.into(), p.sport);
     let mut conn = fx.maps.conn(&flow).unwrap();
     // Last refreshed 2 s ago (refreshes come every few seconds at most).
     let hz = lb_user::datapath::clock::ticks_per_second().unwrap();

@@ -18,7 +18,7 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 fn tcp_service() -> ServiceAddr {
     ServiceAddr {
         protocol: Protocol::Tcp,
-        vip: VIP,
+        vip: VIP.into(),
         port: 80,
     }
 }
@@ -26,7 +26,7 @@ fn tcp_service() -> ServiceAddr {
 fn udp_service() -> ServiceAddr {
     ServiceAddr {
         protocol: Protocol::Udp,
-        vip: VIP,
+        vip: VIP.into(),
         port: 53,
     }
 }
@@ -380,7 +380,7 @@ fn deleting_a_real_server_moves_only_its_clients() {
             )
         })
         .collect();
-    fx.change(|s| s.del_real(tcp_service(), Ipv4Addr::new(10, 0, 0, 12)));
+    fx.change(|s| s.del_real(tcp_service(), Ipv4Addr::new(10, 0, 0, 12).into()));
     for (&src, old) in clients.iter().zip(before) {
         let new = assert_direct_routed(
             &mut fx,

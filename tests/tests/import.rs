@@ -5,7 +5,7 @@
 //! loads the result and forwards by it; and what cannot be converted (NAT, fwmark, a malformed
 //! file) exits non-zero with one line per problem and prints no configuration.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -108,7 +108,7 @@ fn keepalived_accepts_the_fixture() {
 }
 
 /// A real server as the assertions compare it.
-type RealRow = (Ipv4Addr, u32, Forward, u32, u32, Option<HealthCheck>);
+type RealRow = (IpAddr, u32, Forward, u32, u32, Option<HealthCheck>);
 
 fn tcp(port: Option<u16>, interval_ms: u64, timeout_ms: u64, fall: u32) -> Option<HealthCheck> {
     Some(HealthCheck {
@@ -121,8 +121,8 @@ fn tcp(port: Option<u16>, interval_ms: u64, timeout_ms: u64, fall: u32) -> Optio
     })
 }
 
-fn rs(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 0, 0, 10 + i)
+fn rs(i: u8) -> IpAddr {
+    Ipv4Addr::new(10, 0, 0, 10 + i).into()
 }
 
 #[test]
@@ -157,7 +157,7 @@ fn the_fixture_converts_to_the_services_it_describes() {
             )
         })
         .collect();
-    let vip = Ipv4Addr::new(10, 0, 0, 100);
+    let vip: IpAddr = Ipv4Addr::new(10, 0, 0, 100).into();
     let route = Forward::Route;
     let expected = vec![
         // Every port, persistent per /24, sh; the second real server's check: delay_loop 3 s,

@@ -4,8 +4,8 @@
 //! it cannot classify (fragments, longer chains, other protocols, damaged packets) goes to the
 //! kernel untouched, or is dropped when it is for a service and damaged.
 //!
-//! The agent does not configure IPv6 services yet (issue 12): the service is written into the
-//! maps directly, as the agent's map writer would.
+//! The service is written into the maps directly, as the agent's map writer would (e2e_ipv6.rs
+//! goes through the agent).
 
 use std::net::Ipv6Addr;
 

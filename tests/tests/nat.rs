@@ -29,7 +29,7 @@ const ROUTER_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0xfe];
 fn service(protocol: Protocol) -> ServiceAddr {
     ServiceAddr {
         protocol,
-        vip: VIP,
+        vip: VIP.into(),
         port: 80,
     }
 }
@@ -88,7 +88,7 @@ fn fixture(net: &Net) -> Fixture {
         fx.add_real_spec(
             service(protocol),
             RealSpec {
-                addr: Some(RIP),
+                addr: Some(RIP.into()),
                 port: Some(REAL_PORT),
                 forward: Some(Forward::Masq),
                 mac: Some(Mac(REAL_MAC)),
@@ -188,7 +188,7 @@ fn a_request_leaves_with_the_real_servers_address_and_port() {
             );
         }
         // Learned to be behind in0: redirected there, from in0's MAC.
-        let egress = BTreeMap::from([(RIP, net.in0.0)]);
+        let egress = BTreeMap::from([(RIP.into(), net.in0.0)]);
         fx.change(|s| Ok(s.with_egress(egress)));
         let input = request(&net, IPPROTO_TCP);
         let (verdict, out) = fx.run_on(net.out0.0, &input.build()).unwrap();

@@ -19,7 +19,7 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 fn service(port: u16) -> ServiceAddr {
     ServiceAddr {
         protocol: Protocol::Tcp,
-        vip: VIP,
+        vip: VIP.into(),
         port,
     }
 }
@@ -82,7 +82,7 @@ fn a_clients_connections_stay_with_one_real_server() {
     fx.set_weight(service(80), first_a, 0);
     assert_eq!(connect(&mut fx, a, 2000, 80), Some(first_a), "drained");
     // Down: they move, and stay where they moved.
-    fx.change(|s| s.set_health(service(80), real_addr(first_a), Health::Down, None));
+    fx.change(|s| s.set_health(service(80), real_addr(first_a).into(), Health::Down, None));
     let moved = connect(&mut fx, a, 2001, 80).unwrap();
     assert_ne!(moved, first_a, "a failed server keeps no client");
     assert_eq!(connect(&mut fx, a, 2002, 80), Some(moved));
@@ -178,19 +178,19 @@ fn a_failed_or_deleted_real_server_releases_its_templates() {
     let first_b = connect(&mut fx, b, 1000, 80).unwrap();
     assert_eq!(template(&fx, a), Some(real_id(&fx, first_a)));
     // Failed and back before the client returns: its template went with the failure.
-    fx.change(|s| s.set_health(service(80), real_addr(first_a), Health::Down, None));
+    fx.change(|s| s.set_health(service(80), real_addr(first_a).into(), Health::Down, None));
     assert_eq!(template(&fx, a), None, "a failed server's template");
     assert_eq!(template(&fx, b), Some(real_id(&fx, first_b)), "others stay");
-    fx.change(|s| s.set_health(service(80), real_addr(first_a), Health::Up, None));
+    fx.change(|s| s.set_health(service(80), real_addr(first_a).into(), Health::Up, None));
     assert_eq!(template(&fx, a), None);
     // Deleted: its clients' templates go, whoever takes its id next gets none of them.
-    fx.change(|s| s.del_real(service(80), real_addr(first_b)));
+    fx.change(|s| s.del_real(service(80), real_addr(first_b).into()));
     assert_eq!(template(&fx, b), None, "a deleted server's template");
     fx.change(|s| {
         s.add_real(
             service(80),
             &RealSpec {
-                addr: Some(real_addr(first_b)),
+                addr: Some(real_addr(first_b).into()),
                 weight: Some(1),
                 mac: Some(lb_user::state::Mac(lb_tests::fixture::real_mac(first_b))),
                 ..Default::default()

@@ -20,7 +20,7 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 fn service(vip: Ipv4Addr) -> ServiceAddr {
     ServiceAddr {
         protocol: Protocol::Tcp,
-        vip,
+        vip: vip.into(),
         port: 80,
     }
 }
@@ -67,7 +67,7 @@ fn set_conns(fx: &mut Fixture, n: u8, active: i64, inactive: i64) {
         .state
         .service(&service(VIP))
         .unwrap()
-        .real(real_addr(n))
+        .real(real_addr(n).into())
         .unwrap()
         .id;
     let counts = fx.maps.conn_counts();
@@ -94,8 +94,8 @@ fn simulated(fx: &Fixture, n: u32) -> Vec<u8> {
     };
     (0..n)
         .map(|i| {
-            let flow = svc.flow(Ipv4Addr::from(0x0a64_0000 + i), 10000);
-            svc.choose(&flow, &mut loads).unwrap().addr.octets()[3]
+            let flow = svc.flow(Ipv4Addr::from(0x0a64_0000 + i).into(), 10000);
+            lb_user::state::addr_of(svc.choose(&flow, &mut loads).unwrap().addr)[15]
         })
         .collect()
 }
@@ -114,7 +114,7 @@ fn rr_takes_the_available_servers_in_turn() {
     let seq: Vec<u8> = (10..14).map(|i| new_flow(&mut fx, i)).collect();
     assert_eq!(seq, predicted, "simulate agrees");
     assert!(seq.iter().all(|n| *n != 12), "{seq:?}");
-    fx.change(|s| s.set_health(service(VIP), real_addr(13), Health::Down, None));
+    fx.change(|s| s.set_health(service(VIP), real_addr(13).into(), Health::Down, None));
     assert!((20..24).all(|i| new_flow(&mut fx, i) == 11));
 }
 
@@ -235,7 +235,7 @@ fn dh_keys_on_the_destination_address() {
         }
         // IPVS's buckets: the hash of the address, dealt to the servers in turn.
         let bucket = lb_common::sched::dh_hash(&lb_common::addr_from_v4(vip.octets())) % 256;
-        let expected = svc.reals[bucket as usize % 3].addr.octets()[3];
+        let expected = lb_user::state::addr_of(svc.reals[bucket as usize % 3].addr)[15];
         assert_eq!(first, expected, "{vip}: bucket {bucket}");
         seen.insert(first);
     }
@@ -270,7 +270,7 @@ fn an_overloaded_server_gets_nothing_until_under_its_lower_threshold() {
             fx.add_real_spec(
                 service(VIP),
                 lb_user::state::RealSpec {
-                    addr: Some(real_addr(n)),
+                    addr: Some(real_addr(n).into()),
                     mac: Some(lb_user::state::Mac(lb_tests::fixture::real_mac(n))),
                     upper: Some(upper),
                     lower: Some(lower),
@@ -282,7 +282,7 @@ fn an_overloaded_server_gets_nothing_until_under_its_lower_threshold() {
         let svc = fx.state.service(&service(VIP)).unwrap().clone();
         let to_11 = (0..1000u32)
             .find(|i| {
-                let f = svc.flow(Ipv4Addr::from(0x0a64_0000 + i), 10000);
+                let f = svc.flow(Ipv4Addr::from(0x0a64_0000 + i).into(), 10000);
                 svc.pick(&f).unwrap().addr == real_addr(11)
             })
             .unwrap();
@@ -316,7 +316,7 @@ fn an_overloaded_server_gets_nothing_until_under_its_lower_threshold() {
             .state
             .service(&service(VIP))
             .unwrap()
-            .real(real_addr(11))
+            .real(real_addr(11).into())
             .unwrap()
             .id;
         assert_eq!(listed[id as usize].overloaded, 0, "{sched}");

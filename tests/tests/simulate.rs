@@ -123,7 +123,7 @@ fn simulate_agrees_with_the_datapath_on_10000_flows() {
         let svc: std::net::SocketAddrV4 = addr.parse().unwrap();
         let svc = ServiceAddr {
             protocol: Protocol::Tcp,
-            vip: *svc.ip(),
+            vip: (*svc.ip()).into(),
             port: svc.port(),
         };
         fx.add_service(svc, *spec);
@@ -140,7 +140,7 @@ fn simulate_agrees_with_the_datapath_on_10000_flows() {
             fx.add_real_spec(
                 svc,
                 RealSpec {
-                    addr: Some(Ipv4Addr::new(10, 0, 0, n)),
+                    addr: Some(Ipv4Addr::new(10, 0, 0, n).into()),
                     port: Some(port),
                     weight: Some(w),
                     forward: Some(if *masq { Forward::Masq } else { Forward::Route }),

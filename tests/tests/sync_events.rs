@@ -69,7 +69,7 @@ fn events_for_binding_fin_and_rst_only() {
     assert_eq!(bound.len(), 1, "{bound:?}");
     let ev = bound[0];
     let svc = fx.state.service(&service()).unwrap();
-    let flow = svc.flow(syn.src, syn.sport);
+    let flow = svc.flow(syn.src.into(), syn.sport);
     let real = svc.pick(&flow).unwrap();
     assert_eq!(
         (ev.kind, ev.flow, ev.service, ev.real, ev.flags),
@@ -110,7 +110,7 @@ fn a_live_flow_is_announced_again_when_its_refresh_crosses_a_period() {
     let config = with_sync(default_config(), true);
     assert!(config.sync_shift > 0);
     let svc = fx.state.service(&service()).unwrap().clone();
-    let flow = svc.flow(real_addr(101), 40000);
+    let flow = svc.flow(real_addr(101).into(), 40000);
     let real = svc.pick(&flow).unwrap().id;
     let now = lb_user::datapath::clock::jiffies_now().unwrap();
     let period = 1u32 << config.sync_shift;
@@ -187,7 +187,7 @@ fn a_peers_flow_to_a_tunnel_real_server_is_encapsulated_to_it() {
         fx.add_real_spec(
             tun,
             RealSpec {
-                addr: Some(real_addr(n)),
+                addr: Some(real_addr(n).into()),
                 forward: Some(Forward::Tunnel),
                 mac: Some(Mac([2, 0xee, 0, 0, 0, n])),
                 ..Default::default()
@@ -196,7 +196,7 @@ fn a_peers_flow_to_a_tunnel_real_server_is_encapsulated_to_it() {
     }
     let svc = fx.state.service(&tun).unwrap().clone();
     let client = real_addr(150);
-    let flow = svc.flow(client, 41000);
+    let flow = svc.flow(client.into(), 41000);
     let picked = svc.pick(&flow).unwrap().addr;
     let other = svc.reals.iter().find(|r| r.addr != picked).unwrap();
     // The peer bound it to the other server: the record says so by address.
@@ -220,7 +220,7 @@ fn a_peers_flow_to_a_tunnel_real_server_is_encapsulated_to_it() {
     assert_eq!(out[14 + 9], 4, "an IPIP packet");
     assert_eq!(
         out[14 + 16..14 + 20],
-        other.addr.octets(),
+        lb_user::state::addr_of(other.addr)[12..],
         "to the peer's real server, not {picked}"
     );
 }

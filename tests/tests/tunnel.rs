@@ -25,7 +25,7 @@ const DF: u16 = 0x4000;
 fn service() -> ServiceAddr {
     ServiceAddr {
         protocol: Protocol::Tcp,
-        vip: VIP,
+        vip: VIP.into(),
         port: 80,
     }
 }
@@ -37,7 +37,7 @@ fn tunnel_fixture() -> Fixture {
     fx.add_real_spec(
         service(),
         RealSpec {
-            addr: Some(RIP),
+            addr: Some(RIP.into()),
             forward: Some(Forward::Tunnel),
             mac: Some(Mac(NEXT_HOP_MAC)),
             ..Default::default()

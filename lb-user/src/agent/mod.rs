@@ -18,7 +18,7 @@ mod run;
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     time::{Duration, SystemTime},
 };
@@ -55,7 +55,7 @@ const LINK_POLL_INTERVAL: Duration = Duration::from_secs(1);
 const COUNT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A health-check target: one real server of one service.
-type Key = (ServiceAddr, Ipv4Addr);
+type Key = (ServiceAddr, IpAddr);
 
 /// The agent's mutable core: the desired state and the maps it is mirrored into.
 pub struct Agent {
@@ -431,7 +431,10 @@ impl Agent {
                 let listed = from.service(&service)?.real(addr).map(|r| r.port);
                 if let (Some(p), Some(listed)) = (port, listed) {
                     if p != listed {
-                        bail!("no such real server {addr}:{p} in service {service}");
+                        bail!(
+                            "no such real server {} in service {service}",
+                            SocketAddr::new(addr, p)
+                        );
                     }
                 }
                 from.del_real(service, addr)
@@ -441,7 +444,7 @@ impl Agent {
     }
 
     /// Which real server new flows would get (`xdplb simulate`).
-    fn simulate(&self, service: ServiceAddr, flows: &[(Ipv4Addr, u16)]) -> Result<Response> {
+    fn simulate(&self, service: ServiceAddr, flows: &[(IpAddr, u16)]) -> Result<Response> {
         // The flows in turn, as new flows would come: the round-robin position moves
         // on (the first CPU's), and each flow adds to the chosen server's connections.
         let svc = self.state.service(&service)?;
@@ -453,20 +456,24 @@ impl Agent {
                 .map(|(id, c)| (id as u32, *c))
                 .collect(),
             position: self.maps.positions(svc.id)?.first().copied().unwrap_or(0),
-            locality: self
-                .maps
-                .locality(svc.id, lb_common::addr_from_v4(service.vip.octets()))?,
+            locality: self.maps.locality(svc.id, state::addr_of(service.vip))?,
         };
         // A persistent client goes where its template (or an earlier flow of this
         // simulation) sent it, while that server is up.
         let mut remembered: HashMap<Ipv4Addr, u32> = HashMap::new();
         let mut reals = Vec::new();
         for &(src, sport) in flows {
+            // Persistence is IPv4's only (an IPv6 service cannot be persistent yet).
+            let client = match src {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            };
             let masked = svc
                 .persistence
-                .map(|p| Ipv4Addr::from(u32::from(src) & u32::from(p.netmask)));
+                .zip(client)
+                .map(|(p, src)| (src, Ipv4Addr::from(u32::from(src) & u32::from(p.netmask))));
             let template = match masked {
-                Some(m) => match remembered.get(&m) {
+                Some((src, m)) => match remembered.get(&m) {
                     Some(id) => Some(*id),
                     None => self.maps.template(svc.id, src)?.map(|(id, _)| id),
                 },
@@ -481,10 +488,10 @@ impl Agent {
                 Some(r) => Some(r),
                 None => self.state.simulate(&service, src, sport, &mut loads)?,
             };
-            if let (Some(m), Some(r)) = (masked, real) {
+            if let (Some((_, m)), Some(r)) = (masked, real) {
                 remembered.insert(m, r.id);
             }
-            reals.push(real.map(|r| format!("{}:{}", r.addr, r.port)));
+            reals.push(real.map(|r| SocketAddr::new(r.addr, r.port).to_string()));
         }
         Ok(Response::Simulated { reals })
     }
@@ -541,14 +548,19 @@ impl Agent {
             return Ok(next);
         }
         let mut egress = next.egress.clone();
-        let addrs: BTreeSet<Ipv4Addr> = next
+        let addrs: BTreeSet<IpAddr> = next
             .services
             .values()
             .flat_map(|s| s.reals.iter().map(|r| r.addr))
             .collect();
         for addr in addrs {
+            // IPv6 real servers are reached by LVS/DR only, out of the interface the request
+            // came in on.
+            let IpAddr::V4(v4) = addr else {
+                continue;
+            };
             if all || !egress.contains_key(&addr) {
-                match net::egress(&self.ifaces, addr).await {
+                match net::egress(&self.ifaces, v4).await {
                     Ok(index) => {
                         egress.insert(addr, index);
                     }
@@ -734,7 +746,13 @@ impl Agent {
 }
 
 /// Where frames for a real server go: itself (DR) or the next hop toward it (TUN, NAT).
-async fn resolve_mac(ifaces: &[Interface], forward: Forward, addr: Ipv4Addr) -> Result<[u8; 6]> {
+async fn resolve_mac(ifaces: &[Interface], forward: Forward, addr: IpAddr) -> Result<[u8; 6]> {
+    let IpAddr::V4(addr) = addr else {
+        bail!(
+            "cannot learn the MAC address of IPv6 real server {addr} yet (neighbour discovery \
+             is not in xdplb yet): give it with --mac"
+        );
+    };
     let (mac, _) = match forward {
         Forward::Route => net::real_neighbour(ifaces, addr).await?,
         Forward::Tunnel | Forward::Masq => net::next_hop(ifaces, addr).await?,

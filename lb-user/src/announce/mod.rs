@@ -55,13 +55,16 @@ impl Settings {
 }
 
 /// The VIPs of `state` that have a service with at least one real server that takes new flows
-/// (weight above 0, health up).
+/// (weight above 0, health up). IPv4 VIPs only: IPv6 ones are not announced yet.
 pub fn servable(state: &State) -> BTreeSet<Ipv4Addr> {
     state
         .services
         .values()
         .filter(|s| s.reals.iter().any(|r| r.effective_weight() > 0))
-        .map(|s| s.addr.vip)
+        .filter_map(|s| match s.addr.vip {
+            std::net::IpAddr::V4(vip) => Some(vip),
+            std::net::IpAddr::V6(_) => None,
+        })
         .collect()
 }
 
@@ -127,7 +130,7 @@ mod tests {
     fn svc(vip: [u8; 4], port: u16) -> ServiceAddr {
         ServiceAddr {
             protocol: Protocol::Tcp,
-            vip: Ipv4Addr::from(vip),
+            vip: Ipv4Addr::from(vip).into(),
             port,
         }
     }
@@ -145,7 +148,7 @@ mod tests {
         }
         assert!(servable(&s).is_empty(), "services without real servers");
         let real = |n: u8, w: u32| RealSpec {
-            addr: Some(Ipv4Addr::new(10, 0, 0, n)),
+            addr: Some(Ipv4Addr::new(10, 0, 0, n).into()),
             weight: Some(w),
             mac: Some(Mac([2, 0, 0, 0, 0, n])),
             ..Default::default()
@@ -154,20 +157,20 @@ mod tests {
         s = s.add_real(b80, &real(12, 0)).unwrap();
         assert_eq!(
             servable(&s),
-            BTreeSet::from([a80.vip]),
+            BTreeSet::from([Ipv4Addr::new(10, 0, 0, 100)]),
             "weight 0 serves nothing"
         );
         s = s.add_real(a443, &real(13, 1)).unwrap();
         let down = s
-            .set_health(a80, Ipv4Addr::new(10, 0, 0, 11), Health::Down, None)
+            .set_health(a80, Ipv4Addr::new(10, 0, 0, 11).into(), Health::Down, None)
             .unwrap();
         assert_eq!(
             servable(&down),
-            BTreeSet::from([a80.vip]),
+            BTreeSet::from([Ipv4Addr::new(10, 0, 0, 100)]),
             "443 still serves the VIP"
         );
         let both_down = down
-            .set_health(a443, Ipv4Addr::new(10, 0, 0, 13), Health::Down, None)
+            .set_health(a443, Ipv4Addr::new(10, 0, 0, 13).into(), Health::Down, None)
             .unwrap();
         assert!(servable(&both_down).is_empty());
     }

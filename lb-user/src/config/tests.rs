@@ -1,7 +1,7 @@
 //! Config files without root: parsing, one-line errors with file and line, applying a file to a
 //! running state by difference, and `save` round trips.
 
-use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf};
+use std::{collections::HashMap, path::PathBuf};
 
 use super::*;
 use crate::{health::Check, state::Mac};
@@ -18,16 +18,16 @@ fn error(text: &str) -> String {
 }
 
 /// Every MAC the file needs, made up: these tests do not ask the kernel.
-fn learned(cfg: &Config, state: &State) -> HashMap<(ServiceAddr, Ipv4Addr), Mac> {
+fn learned(cfg: &Config, state: &State) -> HashMap<(ServiceAddr, std::net::IpAddr), Mac> {
     cfg.macs_needed(state)
         .into_iter()
-        .map(|m| {
-            (
-                (m.service, m.addr),
-                Mac([2, 0, 0, 0, 0, m.addr.octets()[3]]),
-            )
-        })
+        .map(|m| ((m.service, m.addr), Mac([2, 0, 0, 0, 0, last_byte(m.addr)])))
         .collect()
+}
+
+/// The last byte of an address, for made-up MACs.
+fn last_byte(addr: std::net::IpAddr) -> u8 {
+    crate::state::addr_of(addr)[15]
 }
 
 fn apply(text: &str, state: &State) -> Result<State> {
@@ -107,7 +107,7 @@ fn errors_name_the_file_the_line_and_the_reason() {
         (
             "interface = \"eth0\"\n[[service]]\nprotocol = \"tcp\"\nvip = \"10.0.0.300\"\nport = 80\n",
             "test.toml:4:",
-            "invalid IPv4 address",
+            "invalid IP address",
         ),
         (
             "interface = \"eth0\"\n[[service]]\nprotocol = \"tcp\"\nvip = \"10.0.0.1\"\nport = 80\n[[service]]\nprotocol = \"tcp\"\nvip = \"10.0.0.1\"\nport = 80\n",

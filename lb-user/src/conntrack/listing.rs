@@ -1,26 +1,18 @@
 //! The connection table as `ipvsadm -Lnc` lists it: each entry with its service's and real
 //! server's addresses, IPVS's name for its state and the seconds left until it expires.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::SocketAddr;
 
 use lb_common::{Addr, Conn, FlowKey, CONN_ESTABLISHED, CONN_FIN, IPPROTO_UDP};
 
 use super::IdleTimeouts;
-use crate::{control::ConnView, state::State};
-
-fn ip(addr: &Addr) -> IpAddr {
-    let v6 = Ipv6Addr::from(*addr);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
-}
+use crate::{
+    control::ConnView,
+    state::{ip_of, State},
+};
 
 fn endpoint(addr: &Addr, port: u16) -> String {
-    match ip(addr) {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
+    SocketAddr::new(ip_of(addr), port).to_string()
 }
 
 /// IPVS's state names for what the datapath knows of a flow: a director that sees one direction
@@ -61,15 +53,15 @@ pub fn views(
                 virtual_address: endpoint(&flow.dst, flow.dport),
                 // DR and TUN keep the port: a port-0 service's real server answers on the
                 // port the client asked for.
-                real: format!(
-                    "{}:{}",
+                real: SocketAddr::new(
                     real.addr,
                     if real.port == 0 {
                         flow.dport
                     } else {
                         real.port
-                    }
-                ),
+                    },
+                )
+                .to_string(),
                 state: state_name(flow, conn).to_owned(),
                 expires: left.div_ceil(hz.max(1)),
             };

@@ -162,7 +162,7 @@ impl Listing {
             .values()
             .map(|s| ServiceView {
                 protocol: s.addr.protocol,
-                address: format!("{}:{}", s.addr.vip, s.addr.port),
+                address: std::net::SocketAddr::new(s.addr.vip, s.addr.port).to_string(),
                 scheduler: s.scheduler,
                 mh_size: (s.scheduler == Scheduler::Mh).then_some(s.table.len() as u32),
                 hash: (s.scheduler == Scheduler::Mh).then_some(s.hash),
@@ -173,7 +173,7 @@ impl Listing {
                     .reals
                     .iter()
                     .map(|r| RealView {
-                        address: format!("{}:{}", r.addr, r.port),
+                        address: std::net::SocketAddr::new(r.addr, r.port).to_string(),
                         forward: r.forward,
                         weight: r.weight,
                         mac: r.mac,

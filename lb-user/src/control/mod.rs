@@ -4,7 +4,7 @@
 mod client;
 mod listing;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +40,7 @@ pub enum Request {
     },
     DelReal {
         service: ServiceAddr,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         /// The port given with the address, if one was: it must be the real server's.
         #[serde(default)]
         port: Option<u16>,
@@ -49,7 +49,7 @@ pub enum Request {
     /// Which real server new flows from these client addresses and ports would get.
     Simulate {
         service: ServiceAddr,
-        flows: Vec<(Ipv4Addr, u16)>,
+        flows: Vec<(IpAddr, u16)>,
     },
     /// Apply the config file again (as SIGHUP does).
     Reload,

@@ -3,7 +3,7 @@
 
 use std::{
     ffi::OsString,
-    net::{Ipv4Addr, SocketAddr, ToSocketAddrs as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _},
 };
 
 use anyhow::{anyhow, bail, Result};
@@ -528,7 +528,7 @@ impl Args {
         }))
     }
 
-    fn real_address(&self) -> Result<(Ipv4Addr, Option<u16>)> {
+    fn real_address(&self) -> Result<(IpAddr, Option<u16>)> {
         let text = self.real_server.as_deref().unwrap_or_default();
         let protocol = if self.udp_service.is_some() {
             Protocol::Udp
@@ -629,10 +629,29 @@ impl Args {
 }
 
 /// `host[:port]` as ipvsadm reads it: an IPv4 address or a host name, and a port number or a
-/// service name (/etc/services); IPv6 (`[addr]:port`) is refused.
-fn address(text: &str, protocol: Protocol) -> Result<(Ipv4Addr, Option<u16>)> {
-    if text.starts_with('[') || text.matches(':').count() > 1 {
-        bail!("IPv6 is not supported yet");
+/// service name (/etc/services); an IPv6 address as `[addr]:port`, or bare without a port.
+fn address(text: &str, protocol: Protocol) -> Result<(IpAddr, Option<u16>)> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| anyhow!("no ']' after the IPv6 address"))?;
+        let addr = host
+            .parse::<Ipv6Addr>()
+            .map_err(|_| anyhow!("'{host}' is not an IPv6 address"))?;
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(p) => Some(port(p, protocol)?),
+                None => bail!("expected ':port' after ']'"),
+            },
+        };
+        return Ok((addr.into(), port));
+    }
+    if text.matches(':').count() > 1 {
+        let addr = text
+            .parse::<Ipv6Addr>()
+            .map_err(|_| anyhow!("'{text}' is not an IPv6 address (with a port: [addr]:port)"))?;
+        return Ok((addr.into(), None));
     }
     let (host, port) = match text.rsplit_once(':') {
         Some((h, p)) => (h, Some(port(p, protocol)?)),
@@ -654,7 +673,7 @@ fn address(text: &str, protocol: Protocol) -> Result<(Ipv4Addr, Option<u16>)> {
             })
             .ok_or_else(|| anyhow!("'{host}' is not an IPv4 address or a known host name"))?,
     };
-    Ok((addr, port))
+    Ok((addr.into(), port))
 }
 
 fn port(text: &str, protocol: Protocol) -> Result<u16> {
@@ -805,6 +824,22 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_addresses_in_brackets() {
+        let Invocation::Change(Request::AddService { service, .. }) =
+            parse_str("-A -t [2001:db8::80]:80 -s rr").unwrap()
+        else {
+            panic!("not an add")
+        };
+        assert_eq!(service.vip, "2001:db8::80".parse::<IpAddr>().unwrap());
+        let Invocation::Change(Request::AddReal { real, .. }) =
+            parse_str("-a -t [2001:db8::80]:80 -r 2001:db8::11 -g").unwrap()
+        else {
+            panic!("not an add")
+        };
+        assert_eq!(real.addr, Some("2001:db8::11".parse().unwrap()));
+    }
+
+    #[test]
     fn bad_and_unsupported_input_is_named() {
         for (line, named) in [
             ("-A -t 10.0.0.1:80 -s xyz", "xyz"),
@@ -821,7 +856,8 @@ mod tests {
                 "one forwarding method",
             ),
             ("-A -f 1 -s rr", "port-0 service"),
-            ("-A -t [2001:db8::80]:80 -s rr", "IPv6"),
+            ("-A -t [2001:db8::80:80 -s rr", "no ']'"),
+            ("-A -t [2001:db8::80]80 -s rr", "':port'"),
             ("--start-daemon master", "docs/ha.md"),
             ("-A -D -t 10.0.0.1:80", "only one command"),
             ("-L -c --stats", "'stats'"),

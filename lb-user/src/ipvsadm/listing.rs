@@ -1,7 +1,10 @@
 //! ipvsadm's listings, column for column: scripts and eyes used to `ipvsadm -Ln` read xdplb's
 //! the same way. Addresses are always numeric (as with -n).
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
 
 use super::args::{Columns, ListOptions};
 use crate::{
@@ -32,12 +35,13 @@ fn forward_switch(f: Forward) -> &'static str {
     }
 }
 
-/// "ADDR:PORT" -> (address, port), for sorting as ipvsadm does (by address, then port).
-fn sort_key(address: &str) -> (Ipv4Addr, u16) {
+/// "ADDR:PORT" or "[ADDR]:PORT" -> (address, port), for sorting as ipvsadm does (by address,
+/// then port; IPv4 before IPv6).
+fn sort_key(address: &str) -> (IpAddr, u16) {
     address
-        .rsplit_once(':')
-        .and_then(|(a, p)| Some((a.parse().ok()?, p.parse().ok()?)))
-        .unwrap_or((Ipv4Addr::UNSPECIFIED, 0))
+        .parse::<SocketAddr>()
+        .map(|a| (a.ip(), a.port()))
+        .unwrap_or((Ipv4Addr::UNSPECIFIED.into(), 0))
 }
 
 /// The services in listing order: sorted by protocol, address and port unless --nosort.

@@ -32,7 +32,12 @@ pub fn main(args: &[OsString], socket: &Path) -> Result<()> {
                 std::thread::sleep(std::time::Duration::from_secs(1));
                 l = list(socket)?.per_second(&l, start.elapsed().as_secs_f64());
             }
-            let only = service.map(|s| (s.protocol, format!("{}:{}", s.vip, s.port)));
+            let only = service.map(|s| {
+                (
+                    s.protocol,
+                    std::net::SocketAddr::new(s.vip, s.port).to_string(),
+                )
+            });
             if let Some((protocol, addr)) = &only {
                 if !l
                     .services

@@ -21,7 +21,7 @@ fn limits(r: &Real) -> RealLimits {
 
 fn real_entry(svc: &Service, r: &Real) -> RealServer {
     RealServer {
-        addr: lb_common::addr_from_v4(r.addr.octets()),
+        addr: super::model::addr_of(r.addr),
         mac: r.mac.0,
         method: r.forward.method(),
         flags: REAL_ACTIVE
@@ -73,7 +73,7 @@ fn nat_source_entries(state: &State) -> BTreeSet<u32> {
         .values()
         .flat_map(|s| s.reals.iter())
         .filter(|r| r.forward == Forward::Masq)
-        .map(|r| vip_filter_index(&lb_common::addr_from_v4(r.addr.octets())))
+        .map(|r| vip_filter_index(&super::model::addr_of(r.addr)))
         .collect()
 }
 

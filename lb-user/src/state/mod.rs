@@ -6,11 +6,11 @@ mod apply;
 pub mod model;
 pub mod persist;
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{bail, Result};
 use lb_common::{
-    addr_from_v4, maglev,
+    maglev,
     sched::{
         self, DH_TABLE_SIZE, MAX_SCAN, MH_DEFAULT_SIZE, MH_SIZES, MH_SLOTS_PER_REAL, NO_REAL,
         SH_TABLE_SIZE,
@@ -22,7 +22,10 @@ use lb_common::{
 pub use apply::{apply, resync};
 
 use crate::health::{Health, HealthCheck};
-pub use model::{Forward, Hash, Mac, Persistence, Protocol, Scheduler, SchedulerSpec, ServiceAddr};
+pub use model::{
+    addr_of, ip_of, Forward, Hash, Mac, Persistence, Protocol, Scheduler, SchedulerSpec,
+    ServiceAddr,
+};
 
 /// Largest weight, as in IPVS.
 pub const MAX_WEIGHT: u32 = 65535;
@@ -34,7 +37,7 @@ pub const WRR_MAX_LEN: u64 = 1 << 20;
 /// known down stays down until its check says otherwise.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Real {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub weight: u32,
     pub forward: Forward,
@@ -91,7 +94,7 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn real(&self, addr: Ipv4Addr) -> Option<&Real> {
+    pub fn real(&self, addr: IpAddr) -> Option<&Real> {
         self.reals.iter().find(|r| r.addr == addr)
     }
 
@@ -174,7 +177,7 @@ impl Service {
                     .reals
                     .iter()
                     .map(|r| maglev::Backend {
-                        addr: addr_from_v4(r.addr.octets()),
+                        addr: addr_of(r.addr),
                         weight: r.effective_weight(),
                         id: r.id,
                     })
@@ -185,10 +188,10 @@ impl Service {
     }
 
     /// The flow a client's packet to this service forms, as the datapath keys it.
-    pub fn flow(&self, client: Ipv4Addr, sport: u16) -> FlowKey {
+    pub fn flow(&self, client: IpAddr, sport: u16) -> FlowKey {
         FlowKey {
-            src: addr_from_v4(client.octets()),
-            dst: addr_from_v4(self.addr.vip.octets()),
+            src: addr_of(client),
+            dst: addr_of(self.addr.vip),
             sport,
             dport: self.addr.port,
             proto: self.addr.protocol.number(),
@@ -358,7 +361,7 @@ fn resolve_scheduler(
 /// default (add).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RealSpec {
-    pub addr: Option<Ipv4Addr>,
+    pub addr: Option<IpAddr>,
     pub port: Option<u16>,
     pub weight: Option<u32>,
     pub forward: Option<Forward>,
@@ -432,12 +435,18 @@ pub struct State {
     /// The interface (ifindex) toward each real-server address, when the director is attached
     /// to several: learned from the kernel's routes by the agent. Absent: frames leave where the
     /// request came in.
-    pub egress: BTreeMap<Ipv4Addr, u32>,
+    pub egress: BTreeMap<IpAddr, u32>,
 }
 
 /// The real server's port: the one given, else the service's. Only LVS/NAT maps ports: direct
 /// routing and tunnelling deliver the packet as the client sent it.
-fn check_real_port(service: &ServiceAddr, port: Option<u16>, forward: Forward) -> Result<u16> {
+fn check_real_port(
+    service: &ServiceAddr,
+    addr: IpAddr,
+    port: Option<u16>,
+    forward: Forward,
+) -> Result<u16> {
+    check_family(service, addr, forward)?;
     let port = port.unwrap_or(service.port);
     if service.port != 0 {
         check_port("real server", port)?;
@@ -449,6 +458,24 @@ fn check_real_port(service: &ServiceAddr, port: Option<u16>, forward: Forward) -
         );
     }
     Ok(port)
+}
+
+/// A real server is of its service's family, and an IPv6 one is reached by direct routing:
+/// LVS/TUN and LVS/NAT over IPv6 are not in the datapath yet.
+fn check_family(service: &ServiceAddr, addr: IpAddr, forward: Forward) -> Result<()> {
+    if service.vip.is_ipv4() != addr.is_ipv4() {
+        bail!("real server {addr} is not of the same address family as service {service}");
+    }
+    if addr.is_ipv6() && forward != Forward::Route {
+        bail!(
+            "real server {addr}: only direct routing (-g) works over IPv6 so far, not {}",
+            match forward {
+                Forward::Tunnel => "tunnelling (-i)",
+                _ => "masquerading (-m)",
+            }
+        );
+    }
+    Ok(())
 }
 
 fn check_port(what: &str, port: u16) -> Result<()> {
@@ -488,6 +515,9 @@ fn resolve_persistence(
 
 /// Port 0 means every port of the VIP, which only a persistent service may take (as ipvsadm).
 fn check_service_port(addr: ServiceAddr, persistence: Option<Persistence>) -> Result<()> {
+    if addr.vip.is_ipv6() && persistence.is_some() {
+        bail!("persistence (-p) is not supported for IPv6 services yet ({addr})");
+    }
     if addr.port == 0 && persistence.is_none() {
         bail!("port 0 (every port of the VIP) is only for a persistent service (-p)");
     }
@@ -588,7 +618,7 @@ impl State {
     pub fn simulate(
         &self,
         addr: &ServiceAddr,
-        client: Ipv4Addr,
+        client: IpAddr,
         sport: u16,
         loads: &mut Loads,
     ) -> Result<Option<&Real>> {
@@ -643,7 +673,7 @@ impl State {
     pub fn set_health(
         &self,
         service: ServiceAddr,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         health: Health,
         error: Option<String>,
     ) -> Result<State> {
@@ -660,7 +690,7 @@ impl State {
     pub fn unpin_mac(
         &self,
         service: ServiceAddr,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         learned: Option<Mac>,
     ) -> Result<State> {
         let mut next = self.clone();
@@ -672,7 +702,7 @@ impl State {
         Ok(next)
     }
 
-    fn real_mut(&mut self, service: &ServiceAddr, addr: Ipv4Addr) -> Result<&mut Real> {
+    fn real_mut(&mut self, service: &ServiceAddr, addr: IpAddr) -> Result<&mut Real> {
         let svc = self.service_mut(service)?;
         match svc.reals.iter_mut().find(|r| r.addr == addr) {
             Some(r) => Ok(r),
@@ -682,10 +712,10 @@ impl State {
 
     /// The state with the interfaces toward real servers replaced by `egress` (only those of
     /// real servers it has are kept).
-    pub fn with_egress(&self, egress: BTreeMap<Ipv4Addr, u32>) -> State {
+    pub fn with_egress(&self, egress: BTreeMap<IpAddr, u32>) -> State {
         let mut next = self.clone();
         next.egress = egress;
-        let addrs: std::collections::BTreeSet<Ipv4Addr> = next
+        let addrs: std::collections::BTreeSet<IpAddr> = next
             .services
             .values()
             .flat_map(|s| s.reals.iter().map(|r| r.addr))
@@ -695,7 +725,7 @@ impl State {
     }
 
     /// The state with kernel-learned MACs updated (the agent re-resolves them periodically).
-    pub fn with_learned_macs(&self, learned: &[(ServiceAddr, Ipv4Addr, Mac)]) -> State {
+    pub fn with_learned_macs(&self, learned: &[(ServiceAddr, IpAddr, Mac)]) -> State {
         let mut next = self.clone();
         for (svc, addr, mac) in learned {
             let real = next
@@ -711,15 +741,18 @@ impl State {
 
     /// Validates everything of a `real add` that does not need the kernel: the agent calls this
     /// before it resolves the real server's MAC address.
-    pub fn check_new_real(&self, service: ServiceAddr, spec: &RealSpec) -> Result<(Ipv4Addr, u16)> {
+    pub fn check_new_real(&self, service: ServiceAddr, spec: &RealSpec) -> Result<(IpAddr, u16)> {
         let svc = self.service(&service)?;
         let Some(addr) = spec.addr else {
             bail!("a real server address (-r RIP) is required")
         };
-        let port = check_real_port(&service, spec.port, spec.forward.unwrap_or_default())?;
+        let port = check_real_port(&service, addr, spec.port, spec.forward.unwrap_or_default())?;
         if let Some(existing) = svc.real(addr) {
             if existing.port == port {
-                bail!("real server {addr}:{port} already exists in service {service}");
+                bail!(
+                    "real server {} already exists in service {service}",
+                    std::net::SocketAddr::new(addr, port)
+                );
             }
             bail!(
                 "real server {addr} is already in service {service} as {addr}:{} (one port per \
@@ -765,7 +798,7 @@ impl State {
             None if forward.keeps_destination() => None,
             None => Some(real.port),
         };
-        real.port = check_real_port(&service, port, forward)?;
+        real.port = check_real_port(&service, addr, port, forward)?;
         if let Some(w) = spec.weight {
             check_weight(w)?;
             real.weight = w;
@@ -803,7 +836,7 @@ impl State {
         Ok(next)
     }
 
-    pub fn del_real(&self, service: ServiceAddr, addr: Ipv4Addr) -> Result<State> {
+    pub fn del_real(&self, service: ServiceAddr, addr: IpAddr) -> Result<State> {
         let mut next = self.clone();
         let svc = next.service_mut(&service)?;
         let before = svc.reals.len();

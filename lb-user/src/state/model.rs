@@ -1,7 +1,10 @@
 //! The vocabulary of the desired state, named after LVS: services, real servers, schedulers,
 //! forwarding methods.
 
-use std::{fmt, net::Ipv4Addr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,14 +37,31 @@ impl fmt::Display for Protocol {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ServiceAddr {
     pub protocol: Protocol,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
+}
+
+/// An address as the maps hold it: IPv4 in its IPv4-mapped IPv6 form, IPv6 as it is.
+pub fn addr_of(ip: IpAddr) -> lb_common::Addr {
+    match ip {
+        IpAddr::V4(v4) => lb_common::addr_from_v4(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address a map holds: IPv4 if it is IPv4-mapped, else IPv6 ([`addr_of`] undone).
+pub fn ip_of(addr: &lb_common::Addr) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(*addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
 }
 
 impl ServiceAddr {
     pub fn key(&self) -> lb_common::ServiceKey {
         lb_common::ServiceKey {
-            vip: lb_common::addr_from_v4(self.vip.octets()),
+            vip: addr_of(self.vip),
             port: self.port,
             proto: self.protocol.number(),
             _pad: 0,
@@ -51,7 +71,12 @@ impl ServiceAddr {
 
 impl fmt::Display for ServiceAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}:{}", self.protocol, self.vip, self.port)
+        write!(
+            f,
+            "{} {}",
+            self.protocol,
+            SocketAddr::new(self.vip, self.port)
+        )
     }
 }
 

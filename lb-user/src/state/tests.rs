@@ -241,7 +241,7 @@ fn new_service_is_written_table_first_and_fully() {
     assert_eq!(maps.tables[&service.id], service.table);
     // The fake datapath picks what the state predicts, for every client.
     for i in 0..=255u8 {
-        let flow = service.flow(Ipv4Addr::new(192, 168, 7, i), 1000 + i as u16);
+        let flow = service.flow(Ipv4Addr::new(192, 168, 7, i).into(), 1000 + i as u16);
         assert_eq!(maps.pick(&svc, &flow), service.pick(&flow).map(|r| r.id));
     }
 }
@@ -263,7 +263,7 @@ fn deleting_a_real_moves_only_its_clients() {
         let flow = s
             .service(&svc)
             .unwrap()
-            .flow(Ipv4Addr::new(172, 16, 0, i), 999);
+            .flow(Ipv4Addr::new(172, 16, 0, i).into(), 999);
         let before = s.service(&svc).unwrap().pick(&flow).unwrap().id;
         let after = maps.pick(&svc, &flow).unwrap();
         if before != gone {
@@ -383,9 +383,12 @@ fn changing_the_scheduler_rebuilds_and_a_shrinking_table_follows_its_entry() {
     let service = m.service(&svc).unwrap();
     for i in 0..50u8 {
         let client = Ipv4Addr::new(10, 9, 0, i);
-        let first = maps.pick(&svc, &service.flow(client, 1));
-        assert_eq!(maps.pick(&svc, &service.flow(client, 2)), first);
-        assert_eq!(first, service.pick(&service.flow(client, 3)).map(|r| r.id));
+        let first = maps.pick(&svc, &service.flow(client.into(), 1));
+        assert_eq!(maps.pick(&svc, &service.flow(client.into(), 2)), first);
+        assert_eq!(
+            first,
+            service.pick(&service.flow(client.into(), 3)).map(|r| r.id)
+        );
     }
     let back = m
         .edit_service(
@@ -549,4 +552,81 @@ fn masquerading_maps_the_port_and_opens_the_reply_prefilter() {
         "{:?}",
         maps.log
     );
+}
+
+/// IPv6 services and real servers: written with their 16-byte addresses, reached by direct
+/// routing; a real server of the other family, tunnelling, masquerading and persistence are
+/// refused with a line naming what is wrong.
+#[test]
+fn ipv6_services_take_ipv6_real_servers_by_direct_routing() {
+    let v6 = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let svc = ServiceAddr {
+        protocol: Protocol::Tcp,
+        vip: v6("2001:db8::100"),
+        port: 80,
+    };
+    let s = State::default()
+        .add_service(svc, &SchedulerSpec::default())
+        .unwrap();
+    assert_eq!(svc.to_string(), "TCP [2001:db8::100]:80");
+    let dr = RealSpec {
+        addr: Some(v6("2001:db8::11")),
+        mac: Some(Mac([2, 0, 0, 0, 0, 0x11])),
+        ..Default::default()
+    };
+    let next = s.add_real(svc, &dr).unwrap();
+    let mut maps = FakeMaps::default();
+    apply(&mut maps, &State::default(), &next).unwrap();
+    let key = svc.key();
+    let octets = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+    assert_eq!(key.vip, octets("2001:db8::100"));
+    assert!(maps.services.contains_key(&key));
+    let real = maps.reals.values().next().expect("a real server entry");
+    assert_eq!(
+        real.addr,
+        "2001:db8::11"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets()
+    );
+    assert_eq!(real.method, lb_common::FWD_DR);
+
+    let refused = |spec: RealSpec, what: &str| {
+        let msg = format!("{:#}", s.add_real(svc, &spec).unwrap_err());
+        assert!(msg.contains(what) && !msg.contains('\n'), "{msg}");
+    };
+    refused(
+        RealSpec {
+            addr: Some(v6("10.0.0.11")),
+            ..dr.clone()
+        },
+        "not of the same address family",
+    );
+    refused(
+        RealSpec {
+            forward: Some(Forward::Tunnel),
+            ..dr.clone()
+        },
+        "not tunnelling (-i)",
+    );
+    refused(
+        RealSpec {
+            forward: Some(Forward::Masq),
+            ..dr.clone()
+        },
+        "not masquerading (-m)",
+    );
+    let persistent = SchedulerSpec {
+        persistent: Some(300),
+        ..Default::default()
+    };
+    let msg = format!(
+        "{:#}",
+        State::default().add_service(svc, &persistent).unwrap_err()
+    );
+    assert!(msg.contains("not supported for IPv6 services"), "{msg}");
+    // And an IPv4 service takes no IPv6 real server.
+    let (v4, svc4) = three_reals();
+    let msg = format!("{:#}", v4.add_real(svc4, &dr).unwrap_err());
+    assert!(msg.contains("not of the same address family"), "{msg}");
 }

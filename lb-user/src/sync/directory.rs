@@ -50,7 +50,7 @@ impl Directory {
             for r in &s.reals {
                 let name = RealName {
                     service: s.addr,
-                    addr: IpAddr::V4(r.addr),
+                    addr: r.addr,
                     port: r.port,
                 };
                 by_id.insert(r.id, (s.id, name));
@@ -59,7 +59,11 @@ impl Directory {
                     RealIds {
                         service: s.id,
                         real: r.id,
-                        nat: (r.forward == crate::state::Forward::Masq).then_some((r.addr, r.port)),
+                        // LVS/NAT is IPv4's only.
+                        nat: match (r.forward, r.addr) {
+                            (crate::state::Forward::Masq, IpAddr::V4(a)) => Some((a, r.port)),
+                            _ => None,
+                        },
                     },
                 );
             }
@@ -146,7 +150,7 @@ mod tests {
     fn svc() -> ServiceAddr {
         ServiceAddr {
             protocol: Protocol::Tcp,
-            vip: Ipv4Addr::new(10, 0, 0, 100),
+            vip: Ipv4Addr::new(10, 0, 0, 100).into(),
             port: 80,
         }
     }
@@ -159,7 +163,7 @@ mod tests {
         let mut s = State::default().add_service(svc(), &spec).unwrap();
         for &(n, w) in reals {
             let real = RealSpec {
-                addr: Some(Ipv4Addr::new(10, 0, 0, n)),
+                addr: Some(Ipv4Addr::new(10, 0, 0, n).into()),
                 weight: Some(w),
                 mac: Some(Mac([2, 0, 0, 0, 0, n])),
                 ..Default::default()
@@ -188,7 +192,12 @@ mod tests {
         let d = |s: &State| Directory::new(s, &DirectorConfig::default()).digest();
         assert_eq!(d(&a), d(&b), "same servers, other order");
         let down = a
-            .set_health(svc(), Ipv4Addr::new(10, 0, 0, 11), Health::Down, None)
+            .set_health(
+                svc(),
+                Ipv4Addr::new(10, 0, 0, 11).into(),
+                Health::Down,
+                None,
+            )
             .unwrap();
         assert_eq!(d(&a), d(&down), "health is each director's own view");
         assert_ne!(d(&a), d(&state(&[(11, 1), (12, 3)])), "another weight");

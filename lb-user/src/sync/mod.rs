@@ -608,7 +608,7 @@ fn flow_of(r: &Record) -> Option<(FlowKey, ServiceAddr)> {
         },
         ServiceAddr {
             protocol,
-            vip,
+            vip: vip.into(),
             port: r.vport,
         },
     ))
@@ -625,15 +625,21 @@ pub fn record_of(
     age_us: u32,
 ) -> Option<Record> {
     let name = directory.name(service, real)?;
-    let v4 = |a: &lb_common::Addr| IpAddr::V4(Ipv4Addr::new(a[12], a[13], a[14], a[15]));
+    // The sync protocol carries IPv4 flows only so far: IPv6 ones stay with their director.
+    let (client @ IpAddr::V4(_), vip @ IpAddr::V4(_)) = (
+        crate::state::ip_of(&flow.src),
+        crate::state::ip_of(&flow.dst),
+    ) else {
+        return None;
+    };
     Some(Record {
         op,
         fin: flags & CONN_FIN != 0,
         established: flags & CONN_ESTABLISHED != 0,
         proto: flow.proto,
-        client: v4(&flow.src),
+        client,
         cport: flow.sport,
-        vip: v4(&flow.dst),
+        vip,
         vport: flow.dport,
         real: name.addr,
         rport: name.port,
@@ -777,7 +783,7 @@ mod tests {
     fn service(port: u16) -> ServiceAddr {
         ServiceAddr {
             protocol: Protocol::Tcp,
-            vip: Ipv4Addr::new(10, 0, 0, 100),
+            vip: Ipv4Addr::new(10, 0, 0, 100).into(),
             port,
         }
     }
@@ -790,7 +796,7 @@ mod tests {
                 .unwrap();
             for &n in order {
                 let real = RealSpec {
-                    addr: Some(Ipv4Addr::new(10, 0, 0, n)),
+                    addr: Some(Ipv4Addr::new(10, 0, 0, n).into()),
                     mac: Some(Mac([2, 0, 0, 0, 0, n])),
                     ..Default::default()
                 };
@@ -807,8 +813,8 @@ mod tests {
         let cfg = lb_common::DirectorConfig::default();
         let (da, db) = (Directory::new(&a, &cfg), Directory::new(&b, &cfg));
         let svc = a.service(&service(80)).unwrap();
-        let flow = svc.flow(Ipv4Addr::new(10, 1, 2, 3), 40000);
-        let rs11_on_a = svc.real(Ipv4Addr::new(10, 0, 0, 11)).unwrap().id;
+        let flow = svc.flow(Ipv4Addr::new(10, 1, 2, 3).into(), 40000);
+        let rs11_on_a = svc.real(Ipv4Addr::new(10, 0, 0, 11).into()).unwrap().id;
         let record = record_of(&da, &flow, svc.id, rs11_on_a, Op::Bind, CONN_FIN, 7).unwrap();
         assert_eq!(record.real, IpAddr::from([10, 0, 0, 11]));
         let on_b = MemoryTable::default();
@@ -817,7 +823,7 @@ mod tests {
         let rs11_on_b = b
             .service(&service(80))
             .unwrap()
-            .real(Ipv4Addr::new(10, 0, 0, 11))
+            .real(Ipv4Addr::new(10, 0, 0, 11).into())
             .unwrap()
             .id;
         assert_ne!(rs11_on_a, rs11_on_b, "the test needs different ids");
@@ -841,11 +847,11 @@ mod tests {
         let cfg = lb_common::DirectorConfig::default();
         let da = Directory::new(&a, &cfg);
         let svc = a.service(&service(80)).unwrap();
-        let flow = svc.flow(Ipv4Addr::new(10, 1, 2, 3), 40000);
-        let id = svc.real(Ipv4Addr::new(10, 0, 0, 12)).unwrap().id;
+        let flow = svc.flow(Ipv4Addr::new(10, 1, 2, 3).into(), 40000);
+        let id = svc.real(Ipv4Addr::new(10, 0, 0, 12).into()).unwrap().id;
         let record = record_of(&da, &flow, svc.id, id, Op::Bind, 0, 0).unwrap();
         let without_12 = b
-            .del_real(service(80), Ipv4Addr::new(10, 0, 0, 12))
+            .del_real(service(80), Ipv4Addr::new(10, 0, 0, 12).into())
             .unwrap();
         let other_port = Record {
             vport: 81,
@@ -873,7 +879,7 @@ mod tests {
     fn a_peers_nat_flow_gets_its_reply_translation() {
         let rip = Ipv4Addr::new(192, 168, 10, 11);
         let nat = RealSpec {
-            addr: Some(rip),
+            addr: Some(rip.into()),
             port: Some(8080),
             forward: Some(crate::state::Forward::Masq),
             mac: Some(Mac([2, 0, 0, 0, 0, 9])),
@@ -883,8 +889,8 @@ mod tests {
         let a = a.add_real(service(80), &nat).unwrap();
         let d = Directory::new(&a, &lb_common::DirectorConfig::default());
         let svc = a.service(&service(80)).unwrap();
-        let flow = svc.flow(Ipv4Addr::new(10, 1, 2, 3), 40000);
-        let id = svc.real(rip).unwrap().id;
+        let flow = svc.flow(Ipv4Addr::new(10, 1, 2, 3).into(), 40000);
+        let id = svc.real(rip.into()).unwrap().id;
         let record = record_of(&d, &flow, svc.id, id, Op::Bind, 0, 0).unwrap();
         let table = MemoryTable::default();
         assert_eq!(apply_records(&mut table.clone(), &d, &[record], 1), (1, 0));

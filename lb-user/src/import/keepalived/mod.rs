@@ -342,7 +342,7 @@ fn virtual_server(item: &Item, report: &mut Report) -> Option<Service> {
             pos: rs.pos.clone(),
             text: rs.text.clone(),
             spec: RealSpec {
-                addr: Some(addr),
+                addr: Some(addr.into()),
                 // LVS/NAT maps the port; DR and TUN leave it as the client sent it.
                 port: rs.port.filter(|_| masq),
                 weight: Some(rs.weight.or(vs.weight).unwrap_or(1)),
@@ -371,7 +371,7 @@ fn virtual_server(item: &Item, report: &mut Report) -> Option<Service> {
         text,
         addr: ServiceAddr {
             protocol,
-            vip,
+            vip: vip.into(),
             port,
         },
         spec: SchedulerSpec {

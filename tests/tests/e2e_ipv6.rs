@@ -1,0 +1,143 @@
+//! End to end, LVS/DR over IPv6 only (see lb_tests::ipv6): the agent configured through the CLI
+//! with an IPv6 service and IPv6 real servers in ipvsadm's bracket notation; hundreds of real TCP
+//! connections from many source addresses, each answered by the real server `xdplb simulate`
+//! names, every real server used, each source kept on one (source hashing); what the agent
+//! cannot do yet over IPv6 is refused with a line saying so.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use lb_tests::agent::xdplb_bin;
+use lb_tests::client::fetch_from;
+use lb_tests::ipv6::Dr6Topology;
+use lb_tests::{require_root, Agent};
+
+const SERVICE: &str = "[2001:db8::100]:80";
+const ROUNDS: u16 = 5;
+
+#[test]
+fn ipv6_direct_routing_from_many_clients() {
+    if !require_root() {
+        return;
+    }
+    let topo = Dr6Topology::new(3).expect("cannot build the IPv6 topology");
+    let agent = Agent::start(topo.director(), "eth0", &[]).expect("cannot start the agent");
+    agent.cli_ok(&["service", "add", "-t", SERVICE, "-s", "sh"]);
+    for (i, rs) in topo.reals().iter().enumerate() {
+        let real = format!("[{}]", Dr6Topology::real_addr(i + 1));
+        let mac = rs.mac("eth0").unwrap();
+        agent.cli_ok(&["real", "add", "-t", SERVICE, "-r", &real, "--mac", &mac]);
+    }
+    let listing = agent.list();
+    assert_eq!(
+        listing.reals(SERVICE),
+        (1..=3)
+            .map(|i| format!("[{}]:80", Dr6Topology::real_addr(i)))
+            .collect::<Vec<_>>(),
+        "{}",
+        listing.0
+    );
+
+    // ipvsadm's listing, in its IPv6 notation.
+    let out = agent.cli(&["ipvsadm", "-Ln"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("TCP  [2001:db8::100]:80 sh") && text.contains("-> [2001:db8::13]:80"),
+        "{text}"
+    );
+
+    // What the agent cannot do over IPv6 yet: one line each, nothing changed.
+    for (args, named) in [
+        (
+            vec!["real", "add", "-t", SERVICE, "-r", "2001:db8::14", "-i"],
+            "tunnelling",
+        ),
+        (
+            vec!["real", "add", "-t", SERVICE, "-r", "10.0.0.14"],
+            "address family",
+        ),
+        (
+            vec!["real", "add", "-t", SERVICE, "-r", "2001:db8::14"],
+            "--mac",
+        ),
+        (
+            vec!["service", "add", "-t", "[2001:db8::100]:443", "-p", "300"],
+            "IPv6",
+        ),
+    ] {
+        let out = agent.cli(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(
+            err.contains(named) && err.trim_end().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(agent.list().reals(SERVICE).len(), 3, "nothing changed");
+
+    // Every source, ROUNDS connections each from its own ports.
+    let flows: Vec<SocketAddr> = Dr6Topology::client_sources()
+        .into_iter()
+        .flat_map(|src| (0..ROUNDS).map(move |r| SocketAddr::new(src.into(), 41000 + r)))
+        .collect();
+    let answers: Vec<String> = topo.client().run_in(|| {
+        flows
+            .iter()
+            .map(|&src| {
+                fetch_from(src, Dr6Topology::service())
+                    .unwrap_or_else(|e| panic!("{src} -> {SERVICE}: {e:#}"))
+            })
+            .collect()
+    });
+    let predicted = simulate(&agent, &flows);
+    let mut by_source: BTreeMap<std::net::IpAddr, BTreeSet<&str>> = BTreeMap::new();
+    for ((flow, answer), real) in flows.iter().zip(&answers).zip(&predicted) {
+        // "[2001:db8::12]:80" is rs2.
+        let n: usize = real
+            .trim_start_matches("[2001:db8::1")
+            .split(']')
+            .next()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected simulate answer {real}"));
+        assert_eq!(answer, &format!("rs{n}"), "{flow}: simulate said {real}");
+        by_source.entry(flow.ip()).or_default().insert(answer);
+    }
+    assert!(
+        by_source.values().all(|servers| servers.len() == 1),
+        "source hashing keeps each source on one server: {by_source:?}"
+    );
+    let used: BTreeSet<&str> = by_source.values().flatten().copied().collect();
+    assert_eq!(used.len(), 3, "every real server answered: {used:?}");
+    let conns = agent.list().service_stat(SERVICE, "conns");
+    assert_eq!(conns, flows.len() as u64, "each connection counted once");
+}
+
+/// `xdplb simulate` for `flows`: the real server ("[RIP]:PORT") each would get.
+fn simulate(agent: &Agent, flows: &[SocketAddr]) -> Vec<String> {
+    let out = std::process::Command::new(xdplb_bin())
+        .arg("--socket")
+        .arg(agent.socket())
+        .args(["simulate", "-t", SERVICE])
+        .args(
+            flows
+                .iter()
+                .flat_map(|f| ["--from".to_owned(), f.to_string()]),
+        )
+        .output()
+        .expect("run xdplb simulate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .expect("a real server")
+                .to_owned()
+        })
+        .collect()
+}
