@@ -5,7 +5,7 @@
 //! Every call opens its own rtnetlink socket, in the network namespace of the calling thread.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
@@ -95,18 +95,18 @@ pub async fn interface(name: &str) -> Result<Interface> {
 /// The route to `rip` must leave through `iface` without a gateway. The neighbour table is consulted
 /// first; if it has no usable entry the kernel is asked to resolve the address (ARP) and the table is
 /// polled for up to 3 s.
-pub async fn resolve_real_mac(iface: &Interface, rip: Ipv4Addr) -> Result<[u8; 6]> {
+pub async fn resolve_real_mac(iface: &Interface, rip: IpAddr) -> Result<[u8; 6]> {
     Ok(real_neighbour(std::slice::from_ref(iface), rip).await?.0)
 }
 
 /// [`resolve_real_mac`] on whichever of the director's interfaces `rip` is on-link on: its MAC
 /// and that interface's index.
-pub async fn real_neighbour(ifaces: &[Interface], rip: Ipv4Addr) -> Result<([u8; 6], u32)> {
+pub async fn real_neighbour(ifaces: &[Interface], rip: IpAddr) -> Result<([u8; 6], u32)> {
     let nl = Netlink::open()?;
     let iface = check_on_link(&nl, ifaces, rip).await?;
     let mac = resolve_neighbour(&nl, iface, rip)
         .await?
-        .ok_or_else(|| anyhow!("cannot resolve the MAC address of real server {rip} on {} (no ARP reply); give it with --mac", iface.name))?;
+        .ok_or_else(|| anyhow!("cannot resolve the MAC address of real server {rip} on {} (no {} reply); give it with --mac", iface.name, resolution(rip)))?;
     Ok((mac, iface.index))
 }
 
@@ -129,7 +129,7 @@ pub async fn next_hop_mac(iface: &Interface, dst: Ipv4Addr, what: &str) -> Resul
 /// The interface (of `ifaces`) the kernel's route toward real server `rip` leaves through.
 pub async fn egress(ifaces: &[Interface], rip: Ipv4Addr) -> Result<u32> {
     let nl = Netlink::open()?;
-    let route = route_to(&nl, rip, "real server ").await?;
+    let route = route_to(&nl, rip.into(), "real server ").await?;
     Ok(director_iface(&nl, ifaces, &route, rip, "real server ")
         .await?
         .index)
@@ -168,7 +168,7 @@ async fn next_hop_through(
     what: &str,
 ) -> Result<([u8; 6], u32)> {
     let nl = Netlink::open()?;
-    let route = route_to(&nl, dst, what).await?;
+    let route = route_to(&nl, dst.into(), what).await?;
     let iface = director_iface(&nl, ifaces, &route, dst, what).await?;
     let hop = match route.gateway {
         None => dst,
@@ -177,7 +177,7 @@ async fn next_hop_through(
             bail!("{what}{dst} is routed via IPv6 gateway {g}, which IPIP over IPv4 cannot use")
         }
     };
-    let mac = resolve_neighbour(&nl, iface, hop).await?.ok_or_else(|| {
+    let mac = resolve_neighbour(&nl, iface, hop.into()).await?.ok_or_else(|| {
         anyhow!(
             "cannot resolve the MAC address of {hop}, the next hop toward {what}{dst}, on {} (no ARP reply); give it with --mac",
             iface.name
@@ -190,7 +190,7 @@ async fn next_hop_through(
 /// LVS/NAT reply found no entry for its next hop, and the next one will.
 pub async fn resolve_later(iface: &Interface, ip: Ipv4Addr) -> Result<()> {
     let nl = Netlink::open()?;
-    start_resolution(&nl, iface, ip).await
+    start_resolution(&nl, iface, ip.into()).await
 }
 
 /// Whether the kernel forwards IPv4 packets that arrive on `iface`: the XDP FIB lookup LVS/NAT
@@ -201,12 +201,9 @@ pub fn forwarding(iface: &Interface) -> bool {
 }
 
 /// The usable link-layer address of neighbour `ip`: from the table, or after asking the kernel
-/// to resolve it (ARP) and polling the table for up to 3 s. None when nobody answers.
-async fn resolve_neighbour(
-    nl: &Netlink,
-    iface: &Interface,
-    ip: Ipv4Addr,
-) -> Result<Option<[u8; 6]>> {
+/// to resolve it (ARP, or IPv6 neighbour discovery) and polling the table for up to 3 s. None
+/// when nobody answers.
+async fn resolve_neighbour(nl: &Netlink, iface: &Interface, ip: IpAddr) -> Result<Option<[u8; 6]>> {
     if let Some(entry) = nl.neighbour(iface.index, ip).await? {
         if let Some(mac) = usable_mac(&entry) {
             return Ok(Some(mac));
@@ -238,13 +235,17 @@ struct Route {
 }
 
 /// Like `ip route get RIP`: unicast routes only; errors name the address `what` + `rip`.
-async fn route_to(nl: &Netlink, rip: Ipv4Addr, what: &str) -> Result<Route> {
+async fn route_to(nl: &Netlink, rip: IpAddr, what: &str) -> Result<Route> {
     let mut query = RouteMessage::default();
-    query.header.address_family = AddressFamily::Inet;
-    query.header.destination_prefix_length = 32;
+    let (family, length, destination) = match rip {
+        IpAddr::V4(a) => (AddressFamily::Inet, 32, RouteAddress::Inet(a)),
+        IpAddr::V6(a) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(a)),
+    };
+    query.header.address_family = family;
+    query.header.destination_prefix_length = length;
     query
         .attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(rip)));
+        .push(RouteAttribute::Destination(destination));
     // No RTA_OIF in the query: with one, the kernel assumes on-link when no route matches.
     let route = match nl.handle.route().get(query).execute().try_next().await {
         Ok(Some(route)) => route,
@@ -276,7 +277,7 @@ async fn route_to(nl: &Netlink, rip: Ipv4Addr, what: &str) -> Result<Route> {
             _ => {}
         }
     }
-    found.gateway = found.gateway.filter(|g| *g != IpAddr::V4(rip));
+    found.gateway = found.gateway.filter(|g| *g != rip);
     Ok(found)
 }
 
@@ -284,7 +285,7 @@ async fn route_to(nl: &Netlink, rip: Ipv4Addr, what: &str) -> Result<Route> {
 async fn check_on_link<'a>(
     nl: &Netlink,
     ifaces: &'a [Interface],
-    rip: Ipv4Addr,
+    rip: IpAddr,
 ) -> Result<&'a Interface> {
     let route = route_to(nl, rip, "real server ").await?;
     let iface = ifaces.iter().find(|i| Some(i.index) == route.oif);
@@ -332,14 +333,24 @@ pub async fn ipv4_addresses(ifindex: Option<u32>) -> Result<Vec<Ipv4Addr>> {
     Ok(found)
 }
 
-/// Starts ARP for `rip` on `iface`, as the kernel does for any next hop it must transmit to.
-async fn start_resolution(nl: &Netlink, iface: &Interface, rip: Ipv4Addr) -> Result<()> {
+/// "ARP" or "neighbour discovery": how the kernel resolves `ip`, for messages.
+fn resolution(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "ARP"
+    } else {
+        "neighbour discovery"
+    }
+}
+
+/// Starts resolving `rip` on `iface` (ARP, or neighbour discovery), as the kernel does for any
+/// next hop it must transmit to.
+async fn start_resolution(nl: &Netlink, iface: &Interface, rip: IpAddr) -> Result<()> {
     // RTM_NEWNEIGH with NTF_USE: neigh_add() creates the entry if needed and calls neigh_event_send(),
     // which sends the ARP request, without touching an entry's address or state otherwise.
     let by_netlink = nl
         .handle
         .neighbours()
-        .add(iface.index, IpAddr::V4(rip))
+        .add(iface.index, rip)
         .replace()
         .state(NeighbourState::None)
         .flags(NeighbourFlags::Use)
@@ -353,15 +364,20 @@ async fn start_resolution(nl: &Netlink, iface: &Interface, rip: Ipv4Addr) -> Res
     match poke_udp(iface, rip).await {
         Ok(()) => Ok(()),
         Err(e) => bail!(
-            "cannot start ARP resolution of real server {rip} on {} (netlink: {}; UDP: {e}); give its MAC with --mac",
+            "cannot start {} of real server {rip} on {} (netlink: {}; UDP: {e}); give its MAC with --mac",
+            resolution(rip),
             iface.name,
             reason(&nl_err)
         ),
     }
 }
 
-async fn poke_udp(iface: &Interface, rip: Ipv4Addr) -> io::Result<()> {
-    let sock = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+async fn poke_udp(iface: &Interface, rip: IpAddr) -> io::Result<()> {
+    let any: IpAddr = match rip {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let sock = tokio::net::UdpSocket::bind((any, 0)).await?;
     sock.bind_device(Some(iface.name.as_bytes()))?;
     sock.send_to(&[], (rip, 9)).await?;
     Ok(())
@@ -397,13 +413,17 @@ impl Netlink {
     }
 
     /// The neighbour entry for (`ifindex`, `ip`), if any: a single RTM_GETNEIGH, not a table dump.
-    async fn neighbour(&self, ifindex: u32, ip: Ipv4Addr) -> Result<Option<NeighbourMessage>> {
+    async fn neighbour(&self, ifindex: u32, ip: IpAddr) -> Result<Option<NeighbourMessage>> {
         let mut query = NeighbourMessage::default();
-        query.header.family = AddressFamily::Inet;
+        let (family, destination) = match ip {
+            IpAddr::V4(a) => (AddressFamily::Inet, NeighbourAddress::Inet(a)),
+            IpAddr::V6(a) => (AddressFamily::Inet6, NeighbourAddress::Inet6(a)),
+        };
+        query.header.family = family;
         query.header.ifindex = ifindex;
         query
             .attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+            .push(NeighbourAttribute::Destination(destination));
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(query));
         req.header.flags = NLM_F_REQUEST;
         let mut replies = self.request(req)?;

@@ -3,7 +3,7 @@
 //! Needs root.
 
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use lb_tests::netns::veth;
@@ -63,7 +63,7 @@ fn mac(ns: &Netns, dev: &str) -> [u8; 6] {
 
 /// `resolve_real_mac(interface(dev), rip)` inside `director`; the error as its Display text.
 fn resolve(director: &Netns, dev: &str, rip: &str) -> Result<[u8; 6], String> {
-    let rip: Ipv4Addr = rip.parse().unwrap();
+    let rip: IpAddr = rip.parse().unwrap();
     block_on_in(director, async move {
         let iface = interface(dev).await.map_err(|e| e.to_string())?;
         resolve_real_mac(&iface, rip)
@@ -264,6 +264,69 @@ fn an_address_nobody_answers_times_out() {
     );
 }
 
+/// Director (v0 2001:db8:77::1/64) and real server (v1 2001:db8:77::2/64), IPv6 only, without
+/// duplicate address detection.
+fn ipv6_director_and_real_server() -> Vec<Netns> {
+    let ns = namespaces(2);
+    for n in &ns {
+        n.sysctl("net.ipv6.conf.default.accept_dad", "0").unwrap();
+    }
+    veth(&ns[0], "v0", &ns[1], "v1").expect("cannot create the veth pair");
+    for (n, dev, addr) in [
+        (&ns[0], "v0", "2001:db8:77::1/64"),
+        (&ns[1], "v1", "2001:db8:77::2/64"),
+    ] {
+        n.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"])
+            .unwrap();
+    }
+    ns
+}
+
+#[test]
+fn resolves_an_ipv6_real_server_by_neighbour_discovery() {
+    if !require_root() {
+        return;
+    }
+    let ns = ipv6_director_and_real_server();
+    assert_eq!(
+        neighbour_entries(&ns[0], "v0", "2001:db8:77::2"),
+        0,
+        "test premise: no entry yet"
+    );
+    let started = Instant::now();
+    assert_eq!(
+        resolve(&ns[0], "v0", "2001:db8:77::2"),
+        Ok(mac(&ns[1], "v1"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "took {:?}: resolved by waiting out the limit?",
+        started.elapsed()
+    );
+    assert_eq!(
+        resolve(&ns[0], "v0", "2001:db8:77::99"),
+        Err("cannot resolve the MAC address of real server 2001:db8:77::99 on v0 (no neighbour discovery reply); give it with --mac".into())
+    );
+    ns[0]
+        .ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:99::/64",
+            "via",
+            "2001:db8:77::2",
+        ])
+        .unwrap();
+    assert_eq!(
+        resolve(&ns[0], "v0", "2001:db8:99::5"),
+        Err(
+            "real server 2001:db8:99::5 is not on-link on v0 (routed via 2001:db8:77::2); \
+             direct routing needs the real server on the director's LAN"
+                .into()
+        )
+    );
+}
+
 #[test]
 fn futures_are_send() {
     // Compile-time check (the futures are never polled): the agent awaits these inside spawned tasks.
@@ -275,5 +338,5 @@ fn futures_are_send() {
         mtu: 65536,
     };
     send(&interface("lo"));
-    send(&resolve_real_mac(&iface, Ipv4Addr::LOCALHOST));
+    send(&resolve_real_mac(&iface, Ipv4Addr::LOCALHOST.into()));
 }

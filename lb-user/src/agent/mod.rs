@@ -747,15 +747,11 @@ impl Agent {
 
 /// Where frames for a real server go: itself (DR) or the next hop toward it (TUN, NAT).
 async fn resolve_mac(ifaces: &[Interface], forward: Forward, addr: IpAddr) -> Result<[u8; 6]> {
-    let IpAddr::V4(addr) = addr else {
-        bail!(
-            "cannot learn the MAC address of IPv6 real server {addr} yet (neighbour discovery \
-             is not in xdplb yet): give it with --mac"
-        );
-    };
-    let (mac, _) = match forward {
-        Forward::Route => net::real_neighbour(ifaces, addr).await?,
-        Forward::Tunnel | Forward::Masq => net::next_hop(ifaces, addr).await?,
+    let (mac, _) = match (forward, addr) {
+        (Forward::Route, _) => net::real_neighbour(ifaces, addr).await?,
+        (Forward::Tunnel | Forward::Masq, IpAddr::V4(v4)) => net::next_hop(ifaces, v4).await?,
+        // Refused by the state before any MAC is looked for.
+        (_, IpAddr::V6(_)) => bail!("real server {addr}: only direct routing works over IPv6"),
     };
     Ok(mac)
 }
