@@ -3,7 +3,10 @@
 //! the drift of a shared machine cancels out. Cases that change the packet, or need a new flow
 //! each iteration, run behind the `xdp_bench` wrapper, and so does their baseline.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
@@ -13,7 +16,7 @@ use aya::{
 use lb_common::{map_names, program_names, BenchFrame, BENCH_FRAME_MAX};
 use lb_user::{
     datapath::{clock::with_sync, AttachMode, Datapath, LoadOptions, MapWriter as _},
-    packet::{FrameSpec, TCP_ACK},
+    packet::{Frame6Spec, FrameSpec, TCP_ACK},
     state::{Forward, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr},
 };
 
@@ -54,6 +57,11 @@ pub enum Case {
     /// index, the tail call to the reply program, the connection table, the source rewrite and
     /// the kernel's FIB lookup toward the client (on the interface it came in on: XDP_TX).
     NatReply,
+    /// An IPv6 `mh` service, established flow, LVS/DR: the IPv6 pipeline (a tail call, the
+    /// IPv6 header) in front of the same stages.
+    Dr6MhEstablished,
+    /// [`Case::Dr6MhEstablished`] with a new flow every packet.
+    Dr6MhNewFlow,
 }
 
 /// The schedulers with a new-flow case of their own (mh's is [`Case::DrMhNewFlow`]).
@@ -84,6 +92,7 @@ impl Case {
         all.push(Case::DrPersistentNewFlow);
         // The request first: it binds the flow the reply belongs to.
         all.extend([Case::NatRequest, Case::NatReply]);
+        all.extend([Case::Dr6MhEstablished, Case::Dr6MhNewFlow]);
         all
     }
 
@@ -103,6 +112,8 @@ impl Case {
             Case::DrPersistentNewFlow => "DR rr persistent, new client (template insert)".into(),
             Case::NatRequest => "NAT mh, established flow, request (destination rewrite)".into(),
             Case::NatReply => "NAT mh, reply (reply index, source rewrite, FIB lookup)".into(),
+            Case::Dr6MhEstablished => "IPv6 DR mh, established flow".into(),
+            Case::Dr6MhNewFlow => "IPv6 DR mh, new flow (connection-table insert)".into(),
         }
     }
 
@@ -139,6 +150,9 @@ impl Case {
             // A reply adds a second lookup and a tail call to that, and the kernel's FIB
             // lookup (the route and neighbour to the client), which DR and TUN never need.
             Case::NatReply => 120.0,
+            // The IPv4 cases plus a tail call to the IPv6 pipeline and its longer header.
+            Case::Dr6MhEstablished => 60.0,
+            Case::Dr6MhNewFlow => 160.0,
         }
     }
 
@@ -158,6 +172,11 @@ impl Case {
         self.verdict() == XDP_TX
     }
 
+    /// Whether the case's frame is IPv6.
+    fn ipv6(self) -> bool {
+        matches!(self, Case::Dr6MhEstablished | Case::Dr6MhNewFlow)
+    }
+
     /// Whether every iteration is a new flow (the wrapper varies the source address).
     fn new_flow(self) -> bool {
         matches!(
@@ -167,6 +186,7 @@ impl Case {
                 | Case::DrMhNewFlowSyncRingFull
                 | Case::DrNewFlow(_)
                 | Case::DrPersistentNewFlow
+                | Case::Dr6MhNewFlow
         )
     }
 }
@@ -215,13 +235,16 @@ pub fn median(v: &[f64]) -> f64 {
 }
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
 /// The LVS/NAT service's port, its one real server and that server's port.
 const NAT_PORT: u16 = 83;
 const NAT_REAL: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 21);
 const NAT_REAL_PORT: u16 = 8080;
 
-/// Offset of the IPv4 source address in an untagged frame: what the wrapper varies.
+/// Offset of the IPv4 source address in an untagged frame: what the wrapper varies; in an IPv6
+/// frame, the last 4 bytes of the source address.
 const SRC_ADDR_OFFSET: u32 = 26;
+const SRC6_ADDR_TAIL_OFFSET: u32 = 14 + 8 + 12;
 
 /// Everything loaded for the benchmarks: the director's program with a `sh` service on port 80
 /// and an `mh` service on port 81 (DR) and 82 (TUN), each over 3 real servers, and on port 83
@@ -333,6 +356,22 @@ impl Bench {
                 ..Default::default()
             },
         );
+        // The IPv6 service: Maglev over three LVS/DR real servers.
+        let v6 = ServiceAddr {
+            vip: VIP6.into(),
+            ..service(80)
+        };
+        fx.add_service(v6, mh);
+        for n in 11..=13u8 {
+            fx.add_real_spec(
+                v6,
+                RealSpec {
+                    addr: Some(format!("2001:db8::{n}").parse::<Ipv6Addr>()?.into()),
+                    mac: Some(Mac(real_mac(n))),
+                    ..Default::default()
+                },
+            );
+        }
         let (net, ingress) = nat_net()?;
         let mut bare = Datapath::load(program_names::TX, LoadOptions::flows(1))?;
         let wrap_lb = wrapper(&mut fx.datapath, program_names::LB)?;
@@ -350,6 +389,14 @@ impl Bench {
     }
 
     fn frame(case: Case) -> Vec<u8> {
+        if case.ipv6() {
+            return Frame6Spec {
+                dst: VIP6,
+                dport: 80,
+                ..Default::default()
+            }
+            .build();
+        }
         let (dst, dport) = match case {
             Case::NonVipPass => (Ipv4Addr::new(10, 0, 0, 1), 80),
             Case::DrShEstablished => (VIP, 80),
@@ -362,6 +409,7 @@ impl Bench {
             Case::DrNewFlow(s) => (VIP, scheduler_port(s)),
             Case::DrPersistentNewFlow => (VIP, PERSISTENT_PORT),
             Case::NatRequest => (VIP, NAT_PORT),
+            Case::Dr6MhEstablished | Case::Dr6MhNewFlow => unreachable!("IPv6, above"),
             Case::NatReply => {
                 let request = FrameSpec::default();
                 return FrameSpec {
@@ -431,15 +479,15 @@ impl Bench {
         Ok(r.duration.as_nanos() as f64)
     }
 
-    fn set_template(wrap: &mut Datapath, frame: &[u8], vary: bool) -> Result<()> {
+    fn set_template(wrap: &mut Datapath, frame: &[u8], vary: Option<u32>) -> Result<()> {
         let mut t = BenchFrame {
             len: frame.len() as u32,
             vary_at: u32::MAX,
             bytes: [0; BENCH_FRAME_MAX],
         };
         t.bytes[..frame.len()].copy_from_slice(frame);
-        if vary {
-            t.vary_at = SRC_ADDR_OFFSET;
+        if let Some(at) = vary {
+            t.vary_at = at;
         }
         let mut map: Array<&mut MapData, BenchFrame> = wrap
             .ebpf_mut()
@@ -474,7 +522,11 @@ impl Bench {
         let config = |sync| with_sync(default_config(), sync);
         self.fx.maps.set_config(&config(case.sync()))?;
         if case.wrapped() {
-            let vary = case.new_flow();
+            let vary = case.new_flow().then_some(if case.ipv6() {
+                SRC6_ADDR_TAIL_OFFSET
+            } else {
+                SRC_ADDR_OFFSET
+            });
             Self::set_template(&mut self.wrap_lb, &frame, vary)?;
             Self::set_template(&mut self.wrap_bare, &frame, vary)?;
         }

@@ -104,7 +104,8 @@ fn main() -> Result<()> {
     println!("## Datapath cost per packet\n");
     println!(
         "BPF_PROG_TEST_RUN with repeat = {REPEAT}, {ROUNDS} rounds alternating each case with a bare \
-         `return XDP_TX` program on the same 54-byte TCP frame; the kernel's mean time per iteration. \
+         `return XDP_TX` program on the same TCP frame (54 bytes; 74 for IPv6); the kernel's mean \
+         time per iteration. \
          Every case the program forwards runs behind the `xdp_bench` wrapper, which restores the \
          frame from a template (forwarding rewrites at least its destination MAC, and the director \
          acts only on frames for its own) or varies its source (a new flow every iteration) and \
@@ -144,7 +145,9 @@ fn main() -> Result<()> {
          reply takes the real-server prefilter, a tail call to the reply program, a second lookup \
          (the reply index, keyed by the reply's own flow) besides the connection table's, the \
          rewrite, and the kernel's FIB lookup helper toward the client (route and neighbour), \
-         which no other path needs. For scale, Katran's XDP balancer (commit 19f08fe, \
+         which no other path needs. IPv6 adds the tail call to its pipeline and parsing a 40-byte \
+         header; the table keys are IPv6-sized for both families, so its lookups cost the same. \
+         For scale, Katran's XDP balancer (commit 19f08fe, \
          ../shared/peer-bench, run on this machine right after this one): +22 ns on its pass \
          path, +69 ns on an established (IPIP) flow, +170 ns on a new flow, its new-flow case \
          rewriting one LRU key every iteration where xdplb's inserts a new flow into a full table \
