@@ -386,13 +386,15 @@ type PeerFamily = (
 /// One of the counters of [`StatsView`]: its name part, its HELP text and its value.
 type StatsFamily = (&'static str, &'static str, fn(&StatsView) -> u64);
 
-/// `protocol="tcp",vip="10.0.0.100",port="80",scheduler="sh"`, escaped.
+/// `protocol="tcp",vip="10.0.0.100",port="80",scheduler="sh"`, escaped; an IPv6 VIP without
+/// its brackets (`vip="2001:db8::100"`).
 fn service_labels(s: &ServiceView) -> String {
     let protocol = match s.protocol {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
     };
     let (vip, port) = s.address.rsplit_once(':').unwrap_or((&s.address, ""));
+    let vip = vip.trim_start_matches('[').trim_end_matches(']');
     format!(
         "protocol=\"{protocol}\",vip=\"{}\",port=\"{}\",scheduler=\"{}\"",
         escape(vip),
@@ -1128,5 +1130,30 @@ mod tests {
         assert_eq!(status, 500);
         assert!(body.contains("datapath counters unreadable"));
         server.abort();
+    }
+}
+
+#[cfg(test)]
+mod ipv6_tests {
+    use super::*;
+    use crate::state::Scheduler;
+
+    #[test]
+    fn an_ipv6_vip_is_labelled_without_brackets() {
+        let s = ServiceView {
+            protocol: Protocol::Tcp,
+            address: "[2001:db8::100]:80".to_owned(),
+            scheduler: Scheduler::Mh,
+            mh_size: None,
+            hash: None,
+            persistent: None,
+            netmask: None,
+            stats: None,
+            reals: Vec::new(),
+        };
+        assert_eq!(
+            service_labels(&s),
+            r#"protocol="tcp",vip="2001:db8::100",port="80",scheduler="mh""#
+        );
     }
 }
