@@ -1,8 +1,8 @@
 //! LVS/DR over IPv6 only (no IPv4 address on any test link): a client, a director and real
 //! servers on one bridge, 2001:db8::/64.
 //!
-//! - director 2001:db8::1, plus the VIP 2001:db8::100/128 on its eth0 (it answers neighbour
-//!   solicitations for the VIP);
+//! - director 2001:db8::1, plus the VIP 2001:db8::100/128 on its eth0, deprecated (it answers
+//!   neighbour solicitations for the VIP, and never sends from it);
 //! - real servers `rs1..rsN` at 2001:db8::11.., the VIP on `lo` (IPv6 answers solicitations
 //!   only for the receiving interface's addresses, so they never claim it), each running
 //!   `lb-testsrv` on [::]:80, answering its name;
@@ -23,7 +23,7 @@ use crate::{names, Netns};
 pub struct Dr6Topology {
     // Drop order is field order: programs and servers before their namespaces.
     _xdp_pass: XdpPass,
-    _servers: Vec<Proc>,
+    servers: Vec<Proc>,
     client: Netns,
     director: Netns,
     reals: Vec<Netns>,
@@ -57,7 +57,20 @@ impl Dr6Topology {
         };
         let director = host("director", Self::addr(1))?;
         let vip = format!("{}/128", Self::VIP);
-        director.ip(&["-6", "addr", "add", &vip, "dev", "eth0", "nodad"])?;
+        // Deprecated (preferred_lft 0): still answered for, never chosen as a source address.
+        // A /128 would otherwise win source selection toward the real servers (longest match),
+        // and their answers to the VIP, which they hold too, would never come back.
+        director.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &vip,
+            "dev",
+            "eth0",
+            "nodad",
+            "preferred_lft",
+            "0",
+        ])?;
         let xdp_pass = switch.pass_xdp("director")?;
 
         let client = host("client", Self::addr(2))?;
@@ -80,7 +93,7 @@ impl Dr6Topology {
         }
         Ok(Self {
             _xdp_pass: xdp_pass,
-            _servers: servers,
+            servers,
             client,
             director,
             reals,
@@ -118,5 +131,10 @@ impl Dr6Topology {
 
     pub fn reals(&self) -> &[Netns] {
         &self.reals
+    }
+
+    /// Stops real server `i`'s `lb-testsrv` (counting from 1): its port closes, the host stays.
+    pub fn kill_server(&mut self, i: usize) -> std::process::ExitStatus {
+        self.servers[i - 1].stop()
     }
 }

@@ -147,3 +147,67 @@ fn simulate(agent: &Agent, flows: &[SocketAddr]) -> Vec<String> {
         })
         .collect()
 }
+
+/// An IPv6 service in the configuration file `xdplb save` writes, started from it again; TCP
+/// health checks of IPv6 real servers: one whose server stops goes down, the other stays up.
+#[test]
+fn ipv6_saved_configuration_and_health_checks() {
+    if !require_root() {
+        return;
+    }
+    let mut topo = Dr6Topology::new(2).expect("cannot build the IPv6 topology");
+    let mut agent = Agent::start(topo.director(), "eth0", &[]).expect("cannot start the agent");
+    agent.cli_ok(&["service", "add", "-t", SERVICE, "-s", "mh", "--hash", "src"]);
+    for i in 1..=2 {
+        let real = format!("[{}]:80", Dr6Topology::real_addr(i));
+        agent.cli_ok(&["real", "add", "-t", SERVICE, "-r", &real, "--check", "tcp"]);
+    }
+    let running = agent.list_config();
+    let saved = agent.save();
+    assert!(
+        saved.contains(r#"vip = "2001:db8::100""#) && saved.contains(r#"address = "2001:db8::12""#),
+        "{saved}"
+    );
+    assert!(agent.stop().success());
+    let agent = Agent::start_with_config(topo.director(), &saved)
+        .unwrap_or_else(|e| panic!("cannot start from the saved file: {e:#}\n{saved}"));
+    assert_eq!(
+        agent.list_config(),
+        running,
+        "another configuration from:\n{saved}"
+    );
+
+    let state = |i: usize| {
+        let real = format!("[{}]:80", Dr6Topology::real_addr(i));
+        agent.list().real(SERVICE, &real)["health"]["state"]
+            .as_str()
+            .unwrap_or("none")
+            .to_owned()
+    };
+    topo.kill_server(1);
+    let down = (0..80).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        state(1) == "down"
+    });
+    assert!(down, "rs1 never went down: {}", state(1));
+    assert_eq!(
+        state(2),
+        "up",
+        "rs2 passes its checks: {}",
+        agent.list().real(SERVICE, "[2001:db8::12]:80")["health"]
+    );
+    // New connections avoid the server that is down.
+    let flows: Vec<SocketAddr> = Dr6Topology::client_sources()
+        .into_iter()
+        .map(|src| SocketAddr::new(src.into(), 42000))
+        .collect();
+    let answers: Vec<String> = topo.client().run_in(|| {
+        flows
+            .iter()
+            .map(|&src| {
+                fetch_from(src, Dr6Topology::service()).unwrap_or_else(|e| panic!("{src}: {e:#}"))
+            })
+            .collect()
+    });
+    assert!(answers.iter().all(|a| a == "rs2"), "{answers:?}");
+}
