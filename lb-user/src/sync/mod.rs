@@ -587,20 +587,20 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The flow key and service a record names (IPv4 services only, for now).
+/// The flow key and service a record names; None for a client of another family than its VIP.
 fn flow_of(r: &Record) -> Option<(FlowKey, ServiceAddr)> {
     let protocol = match r.proto {
         lb_common::IPPROTO_TCP => Protocol::Tcp,
         lb_common::IPPROTO_UDP => Protocol::Udp,
         _ => return None,
     };
-    let (IpAddr::V4(client), IpAddr::V4(vip)) = (r.client, r.vip) else {
+    if r.client.is_ipv4() != r.vip.is_ipv4() {
         return None;
-    };
+    }
     Some((
         FlowKey {
-            src: addr_from_v4(client.octets()),
-            dst: addr_from_v4(vip.octets()),
+            src: crate::state::addr_of(r.client),
+            dst: crate::state::addr_of(r.vip),
             sport: r.cport,
             dport: r.vport,
             proto: r.proto,
@@ -608,7 +608,7 @@ fn flow_of(r: &Record) -> Option<(FlowKey, ServiceAddr)> {
         },
         ServiceAddr {
             protocol,
-            vip: vip.into(),
+            vip: r.vip,
             port: r.vport,
         },
     ))
@@ -625,13 +625,10 @@ pub fn record_of(
     age_us: u32,
 ) -> Option<Record> {
     let name = directory.name(service, real)?;
-    // The sync protocol carries IPv4 flows only so far: IPv6 ones stay with their director.
-    let (client @ IpAddr::V4(_), vip @ IpAddr::V4(_)) = (
+    let (client, vip) = (
         crate::state::ip_of(&flow.src),
         crate::state::ip_of(&flow.dst),
-    ) else {
-        return None;
-    };
+    );
     Some(Record {
         op,
         fin: flags & CONN_FIN != 0,
@@ -839,6 +836,60 @@ mod tests {
         };
         apply_records(&mut on_b.clone(), &db, &[close], 1300);
         assert!(on_b.0.lock().unwrap().is_empty());
+    }
+
+    /// IPv6 flows travel the same way, with their 16-byte addresses;
+    /// a client of the other family than its VIP is not a flow.
+    #[test]
+    fn an_ipv6_flow_travels_too() {
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let svc6 = ServiceAddr {
+            vip: v6("2001:db8::100"),
+            ..service(80)
+        };
+        let build = |order: &[&str]| {
+            let mut s = State::default()
+                .add_service(svc6, &SchedulerSpec::default())
+                .unwrap();
+            for (i, a) in order.iter().enumerate() {
+                let real = RealSpec {
+                    addr: Some(v6(a)),
+                    mac: Some(Mac([2, 0, 0, 0, 0, i as u8])),
+                    ..Default::default()
+                };
+                s = s.add_real(svc6, &real).unwrap();
+            }
+            s
+        };
+        let (a, b) = (
+            build(&["2001:db8::11", "2001:db8::12"]),
+            build(&["2001:db8::12", "2001:db8::11"]),
+        );
+        let cfg = lb_common::DirectorConfig::default();
+        let (da, db) = (Directory::new(&a, &cfg), Directory::new(&b, &cfg));
+        let svc = a.service(&svc6).unwrap();
+        let flow = svc.flow(v6("2001:db8::1:7"), 40000);
+        let id = svc.real(v6("2001:db8::12")).unwrap().id;
+        let record = record_of(&da, &flow, svc.id, id, Op::Bind, 0, 0).unwrap();
+        assert_eq!(
+            (record.client, record.vip, record.real),
+            (v6("2001:db8::1:7"), v6("2001:db8::100"), v6("2001:db8::12"))
+        );
+        // (The wire format's round trip of IPv6 records is wire.rs's test.)
+        let table = MemoryTable::default();
+        assert_eq!(apply_records(&mut table.clone(), &db, &[record], 1), (1, 0));
+        let on_b = b
+            .service(&svc6)
+            .unwrap()
+            .real(v6("2001:db8::12"))
+            .unwrap()
+            .id;
+        assert_eq!(table.0.lock().unwrap()[&flow].real, on_b);
+        let mixed = Record {
+            client: v6("10.1.2.3"),
+            ..record
+        };
+        assert_eq!(apply_records(&mut table.clone(), &db, &[mixed], 1), (0, 1));
     }
 
     #[test]
