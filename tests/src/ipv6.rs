@@ -36,6 +36,17 @@ impl Dr6Topology {
     pub const CLIENT_SOURCES: u16 = 40;
 
     pub fn new(n_reals: usize) -> Result<Self> {
+        Self::build(n_reals, false)
+    }
+
+    /// The same hosts dual-stack: IPv4 as in the LVS/DR topology besides IPv6 (director 10.0.0.1
+    /// with the VIP 10.0.0.100/32, client 10.0.0.2, real servers 10.0.0.11.. with the IPv4 VIP
+    /// on `lo` and the ARP sysctls); the same servers answer both families.
+    pub fn dual_stack(n_reals: usize) -> Result<Self> {
+        Self::build(n_reals, true)
+    }
+
+    fn build(n_reals: usize, ipv4: bool) -> Result<Self> {
         names::cleanup_stale();
         let prefix = names::unique_prefix();
         let switch = Switch::new(format!("{prefix}-sw6"))?;
@@ -73,7 +84,15 @@ impl Dr6Topology {
         ])?;
         let xdp_pass = switch.pass_xdp("director")?;
 
+        if ipv4 {
+            director
+                .ip_batch("addr add 10.0.0.1/24 dev eth0\naddr add 10.0.0.100/32 dev eth0\n")?;
+        }
+
         let client = host("client", Self::addr(2))?;
+        if ipv4 {
+            client.ip(&["addr", "add", "10.0.0.2/24", "dev", "eth0"])?;
+        }
         let batch: String = Self::client_sources()
             .iter()
             .map(|a| format!("addr add {a}/64 dev eth0 nodad\n"))
@@ -87,6 +106,16 @@ impl Dr6Topology {
             let name = format!("rs{i}");
             let rs = host(&name, Self::real_addr(i))?;
             rs.ip(&["-6", "addr", "add", &vip, "dev", "lo"])?;
+            if ipv4 {
+                rs.ip_batch(&format!(
+                    "addr add {}/24 dev eth0\naddr add 10.0.0.100/32 dev lo\n",
+                    Self::real_addr4(i)
+                ))?;
+                for conf in ["all", "eth0"] {
+                    rs.sysctl(&format!("net.ipv4.conf.{conf}.arp_ignore"), "1")?;
+                    rs.sysctl(&format!("net.ipv4.conf.{conf}.arp_announce"), "2")?;
+                }
+            }
             let listen = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), Self::PORT);
             servers.push(start_testsrv(&rs, &name, listen, Serve::Once)?);
             reals.push(rs);
@@ -109,6 +138,11 @@ impl Dr6Topology {
     /// Real server `i`'s address, counting from 1: 2001:db8::11 onwards.
     pub fn real_addr(i: usize) -> Ipv6Addr {
         Self::addr(0x10 + i as u16)
+    }
+
+    /// Real server `i`'s IPv4 address in the dual-stack topology: 10.0.0.11 onwards.
+    pub fn real_addr4(i: usize) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, 0, 0, 10 + i as u8)
     }
 
     pub fn client_sources() -> Vec<Ipv6Addr> {

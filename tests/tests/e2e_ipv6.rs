@@ -6,7 +6,7 @@
 //! line saying so.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use lb_tests::agent::xdplb_bin;
 use lb_tests::client::fetch_from;
@@ -120,10 +120,15 @@ fn ipv6_direct_routing_from_many_clients() {
 
 /// `xdplb simulate` for `flows`: the real server ("[RIP]:PORT") each would get.
 fn simulate(agent: &Agent, flows: &[SocketAddr]) -> Vec<String> {
+    simulate_for(agent, SERVICE, flows)
+}
+
+/// `xdplb simulate -t service` for `flows`: the real server each would get.
+fn simulate_for(agent: &Agent, service: &str, flows: &[SocketAddr]) -> Vec<String> {
     let out = std::process::Command::new(xdplb_bin())
         .arg("--socket")
         .arg(agent.socket())
-        .args(["simulate", "-t", SERVICE])
+        .args(["simulate", "-t", service])
         .args(
             flows
                 .iter()
@@ -210,4 +215,51 @@ fn ipv6_saved_configuration_and_health_checks() {
             .collect()
     });
     assert!(answers.iter().all(|a| a == "rs2"), "{answers:?}");
+}
+
+/// A dual-stack service pair: the same three real servers behind an IPv4 and an IPv6 VIP, each
+/// family by its own addresses. Connections of both families are answered, each by the server
+/// `simulate` names for its service, and counted in its own service.
+#[test]
+fn a_dual_stack_service_pair() {
+    if !require_root() {
+        return;
+    }
+    const SERVICE4: &str = "10.0.0.100:80";
+    let topo = Dr6Topology::dual_stack(3).expect("cannot build the dual-stack topology");
+    let agent = Agent::start(topo.director(), "eth0", &[]).expect("cannot start the agent");
+    for svc in [SERVICE4, SERVICE] {
+        agent.cli_ok(&["service", "add", "-t", svc, "-s", "mh"]);
+    }
+    for i in 1..=3 {
+        let v4 = Dr6Topology::real_addr4(i).to_string();
+        let v6 = Dr6Topology::real_addr(i).to_string();
+        agent.cli_ok(&["real", "add", "-t", SERVICE4, "-r", &v4]);
+        agent.cli_ok(&["real", "add", "-t", SERVICE, "-r", &v6]);
+    }
+    let sources: [IpAddr; 2] = ["10.0.0.2".parse().unwrap(), "2001:db8::2".parse().unwrap()];
+    for (service, src) in [SERVICE4, SERVICE].into_iter().zip(sources) {
+        let dst: SocketAddr = service.parse().unwrap();
+        let flows: Vec<SocketAddr> = (0..30).map(|p| SocketAddr::new(src, 43000 + p)).collect();
+        let answers: Vec<String> = topo.client().run_in(|| {
+            flows
+                .iter()
+                .map(|&f| fetch_from(f, dst).unwrap_or_else(|e| panic!("{f} -> {dst}: {e:#}")))
+                .collect()
+        });
+        let predicted = simulate_for(&agent, service, &flows);
+        let mut used = BTreeSet::new();
+        for ((flow, answer), real) in flows.iter().zip(&answers).zip(&predicted) {
+            let expected = (1..=3)
+                .find(|&i| {
+                    real.starts_with(&format!("{}:", Dr6Topology::real_addr4(i)))
+                        || real.starts_with(&format!("[{}]:", Dr6Topology::real_addr(i)))
+                })
+                .unwrap_or_else(|| panic!("unexpected simulate answer {real}"));
+            assert_eq!(answer, &format!("rs{expected}"), "{flow} -> {service}");
+            used.insert(answer.clone());
+        }
+        assert_eq!(used.len(), 3, "{service}: every real server answered");
+        assert_eq!(agent.list().service_stat(service, "conns"), 30, "{service}");
+    }
 }
