@@ -742,14 +742,9 @@ fn what_cannot_be_converted_is_an_error_on_its_line() {
             "virtual_server group WEB: xdplb has no virtual server groups",
         ),
         (
-            format!("virtual_server 2001:db8::1 80 {{\n    lb_kind DR\n{real}}}\n"),
-            1,
-            "virtual_server 2001:db8::1 80: xdplb is IPv4 only",
-        ),
-        (
             format!("virtual_server 10.0.0.300 80 {{\n    lb_kind DR\n{real}}}\n"),
             1,
-            "'10.0.0.300' is not an IPv4 address",
+            "'10.0.0.300' is not an IP address",
         ),
         (
             format!("virtual_server 10.0.0.100 http {{\n    lb_kind DR\n{real}}}\n"),
@@ -759,12 +754,12 @@ fn what_cannot_be_converted_is_an_error_on_its_line() {
         (
             web("    real_server 10.0.0.x 80 {\n    }\n"),
             4,
-            "real_server 10.0.0.x 80: '10.0.0.x' is not an IPv4 address",
+            "real_server 10.0.0.x 80: '10.0.0.x' is not an IP address",
         ),
         (
             web("    real_server 2001:db8::2 80 {\n    }\n"),
             4,
-            "xdplb is IPv4 only",
+            "not of the same address family",
         ),
         (
             web(&format!("    protocol SCTP\n{real}")),
@@ -912,5 +907,23 @@ fn nat_virtual_servers_become_masquerading_with_their_ports() {
             .iter()
             .any(|l| l.contains("no lb_kind: LVS/NAT, keepalived's default")),
         "{lines:#?}"
+    );
+}
+
+/// An IPv6 virtual server (keepalived's `ip_family inet6` or just IPv6 addresses) converts as an
+/// IPv4 one does, by direct routing.
+#[test]
+fn an_ipv6_virtual_server_converts() {
+    let (config, _) = converted(
+        "virtual_server 2001:db8::100 80 {\n    ip_family inet6\n    lb_kind DR\n    protocol TCP\n    real_server 2001:db8::11 80 {\n    }\n}\n",
+    );
+    let svc = service(&config, Protocol::Tcp, 80);
+    assert_eq!(
+        svc.vip,
+        "2001:db8::100".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!(
+        svc.reals[0].get_ref().address,
+        "2001:db8::11".parse::<std::net::IpAddr>().unwrap()
     );
 }

@@ -12,7 +12,11 @@
 mod checks;
 mod values;
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
 
 use lb_common::DEFAULT_CONN_MAX;
 
@@ -29,9 +33,7 @@ use crate::{
     },
 };
 use checks::{checker, health_check, Checker, Timing};
-use values::{
-    boolean, ipv4, method, port_number, protocol, scheduler, unsigned, value, At, Method,
-};
+use values::{boolean, ip, method, port_number, protocol, scheduler, unsigned, value, At, Method};
 
 /// keepalived's defaults (check_data.c, libipvs.h).
 const DEFAULT_PERSISTENCE: u32 = 360;
@@ -248,7 +250,7 @@ fn virtual_server(item: &Item, report: &mut Report) -> Option<Service> {
         }
         _ => {}
     }
-    let vip = ipv4(&args[0], &text, &item.pos, report);
+    let vip = ip(&args[0], &text, &item.pos, report);
     // keepalived: a missing port (or 0) is every port, for persistent services only.
     let port = match args.get(1) {
         Some(p) => port_number(p, &text, &item.pos, report),
@@ -342,7 +344,7 @@ fn virtual_server(item: &Item, report: &mut Report) -> Option<Service> {
             pos: rs.pos.clone(),
             text: rs.text.clone(),
             spec: RealSpec {
-                addr: Some(addr.into()),
+                addr: Some(addr),
                 // LVS/NAT maps the port; DR and TUN leave it as the client sent it.
                 port: rs.port.filter(|_| masq),
                 weight: Some(rs.weight.or(vs.weight).unwrap_or(1)),
@@ -371,7 +373,7 @@ fn virtual_server(item: &Item, report: &mut Report) -> Option<Service> {
         text,
         addr: ServiceAddr {
             protocol,
-            vip: vip.into(),
+            vip,
             port,
         },
         spec: SchedulerSpec {
@@ -419,7 +421,7 @@ fn vs_keyword(vs: &mut VsConf, sub: &Item, report: &mut Report) {
                 Err(_) if !m.contains('.') => {
                     report.error(
                         &sub.pos,
-                        format!("{text}: an IPv6 prefix length: xdplb is IPv4 only"),
+                        format!("{text}: an IPv6 prefix length: xdplb has no IPv6 persistence yet"),
                     );
                     None
                 }
@@ -435,7 +437,8 @@ fn vs_keyword(vs: &mut VsConf, sub: &Item, report: &mut Report) {
         }
         "ip_family" => match value(sub, report) {
             Some("inet") | None => {}
-            Some("inet6") => report.error(&sub.pos, format!("{text}: xdplb is IPv4 only")),
+            // The addresses say the family.
+            Some("inet6") => {}
             Some(f) => report.error(&sub.pos, format!("{text}: unknown address family '{f}'")),
         },
         "weight" => vs.weight = unsigned(sub, 1, MAX_WEIGHT, report),
@@ -518,7 +521,7 @@ fn scheduler_flags(
 struct RsConf {
     pos: Pos,
     text: String,
-    addr: Option<Ipv4Addr>,
+    addr: Option<IpAddr>,
     port: Option<u16>,
     weight: Option<u32>,
     method: Option<Method>,
@@ -540,7 +543,7 @@ fn real_server(item: &Item, report: &mut Report) -> Option<RsConf> {
     let mut rs = RsConf {
         pos: item.pos.clone(),
         text: text.clone(),
-        addr: ipv4(addr, &text, &item.pos, report),
+        addr: ip(addr, &text, &item.pos, report),
         port: args
             .get(1)
             .and_then(|p| port_number(p, &text, &item.pos, report))

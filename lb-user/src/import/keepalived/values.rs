@@ -1,7 +1,7 @@
 //! The values of keepalived's statements (numbers, TIMERs, BOOLs, addresses, schedulers,
 //! forwarding methods), each refused with a one-line error naming the statement.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use crate::{
     import::{
@@ -113,15 +113,11 @@ pub(super) fn boolean(item: &Item, report: &mut Report) -> Option<bool> {
     }
 }
 
-pub(super) fn ipv4(s: &str, what: &str, at: &Pos, report: &mut Report) -> Option<Ipv4Addr> {
+pub(super) fn ip(s: &str, what: &str, at: &Pos, report: &mut Report) -> Option<IpAddr> {
     match s.parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) => Some(a),
-        Ok(IpAddr::V6(_)) => {
-            report.error(at, format!("{what}: xdplb is IPv4 only"));
-            None
-        }
+        Ok(a) => Some(a),
         Err(_) => {
-            report.error(at, format!("{what}: '{s}' is not an IPv4 address"));
+            report.error(at, format!("{what}: '{s}' is not an IP address"));
             None
         }
     }
