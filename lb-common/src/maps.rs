@@ -392,6 +392,8 @@ pub mod map_names {
     /// The program array [`super::program_names::NAT_REPLY`] and
     /// [`super::program_names::NAT_ICMP`] are tail-called through.
     pub const NAT_PROGS: &str = "NAT_PROGS";
+    /// The outer source address of IPv6 LVS/TUN packets (index 0).
+    pub const TUNNEL_SRC6: &str = "TUNNEL_SRC6";
     /// The program array [`super::program_names::IPV6`] is tail-called through.
     pub const IPV6_PROGS: &str = "IPV6_PROGS";
     /// MAC addresses of devices stacked on the interface (macvlan, such as keepalived's

@@ -1,10 +1,10 @@
-//! IPIP: LVS/TUN encapsulation on the director, and decapsulation on real servers (`xdplb decap`),
-//! so real servers need no ipip kernel module.
+//! IPIP: LVS/TUN encapsulation on the director (IPv4 in IPv4, IPv6 in IPv6), and decapsulation
+//! on real servers (`xdplb decap`), so real servers need no ipip kernel module.
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{
@@ -16,6 +16,7 @@ use lb_common::{
 use crate::{
     ether::{adjust_head, EthHeader},
     parse::{be16, ipv4_offset, ptr_at, read, Packet},
+    parse6::Packet6,
 };
 /// TTL of the outer header: a fresh hop budget for the path to the real server.
 const OUTER_TTL: u8 = 64;
@@ -62,6 +63,52 @@ pub fn ipip(
         dst,
     );
     let Some(at) = ptr_at::<[u8; 20]>(ctx, l3) else {
+        return Err(Reason::DropNoRoom);
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe { at.write_unaligned(outer) };
+    Ok(())
+}
+
+/// Index 0: the source address of the outer header of IPv6 LVS/TUN packets (IPv6-in-IPv6),
+/// written by the agent: IPv4 ones take [`DirectorConfig::tunnel_src`].
+#[map]
+static TUNNEL_SRC6: Array<Addr> = Array::with_max_entries(1, 0);
+
+const IPV6_HLEN: usize = 40;
+/// IPv6-in-IPv6's next header.
+const NEXTHDR_IPV6: u8 = 41;
+
+/// Wraps an IPv6 packet in an outer IPv6 header to `real` (IPv6-in-IPv6), as [`ipip`] does for
+/// IPv4: the inner packet byte for byte, the traffic class and flow label copied. A packet
+/// that no longer fits is too big (IPv6 routers never fragment: the caller answers).
+#[inline(always)]
+pub fn ip6ip6(
+    ctx: &XdpContext,
+    pkt: &Packet6,
+    cfg: &DirectorConfig,
+    real: &RealServer,
+) -> Result<(), Reason> {
+    let l3 = pkt.l3_off;
+    let inner_len = IPV6_HLEN + pkt.payload_len as usize;
+    if (inner_len + IPV6_HLEN) as u32 > cfg.mtu {
+        return Err(Reason::TxFragNeeded);
+    }
+    let src = TUNNEL_SRC6.get(0).copied().ok_or(Reason::DropNoRoom)?;
+    let first: [u8; 4] = read(ctx, l3).ok_or(Reason::DropMalformed)?;
+    let mut eth = EthHeader::read(ctx, l3).ok_or(Reason::DropMalformed)?;
+    (eth.dst, eth.src) = (real.mac, cfg.mac);
+    if !adjust_head(ctx, -(IPV6_HLEN as i32)) || !eth.write(ctx) {
+        return Err(Reason::DropNoRoom);
+    }
+    let mut outer = [0u8; IPV6_HLEN];
+    outer[..4].copy_from_slice(&first);
+    outer[4..6].copy_from_slice(&(inner_len as u16).to_be_bytes());
+    outer[6] = NEXTHDR_IPV6;
+    outer[7] = OUTER_TTL;
+    outer[8..24].copy_from_slice(&src);
+    outer[24..40].copy_from_slice(&real.addr);
+    let Some(at) = ptr_at::<[u8; IPV6_HLEN]>(ctx, l3) else {
         return Err(Reason::DropNoRoom);
     };
     // SAFETY: bounds-checked by ptr_at.

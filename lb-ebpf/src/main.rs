@@ -345,8 +345,8 @@ pub fn xdplb_nat_icmp(ctx: XdpContext) -> u32 {
 }
 
 /// The IPv6 pipeline, tail-called for every IPv6 frame:
-/// parse6 -> lookup -> conntrack -> schedule -> forward (LVS/DR) -> stats.
-/// LVS/TUN and LVS/NAT over IPv6, and persistence, are not in it yet.
+/// parse6 -> lookup -> conntrack -> schedule -> forward (LVS/DR, LVS/TUN) -> stats.
+/// LVS/NAT over IPv6, and persistence, are not in it yet.
 #[xdp]
 pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
@@ -399,13 +399,20 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     if flags & TCP_FLAG_RST != 0 {
         conntrack::close(&flow, service_id, real_id, !new_flow, config);
     }
-    // Only LVS/DR so far: an IPv6 service's real servers cannot be tunnelled or masqueraded.
-    if real.method != FWD_DR {
-        return stats::drop(Reason::DropNoReal, frame_len);
-    }
     let Some(here) = parse::read::<[u8; 6]>(&ctx, 0) else {
         return stats::drop(Reason::DropMalformed, frame_len);
     };
+    // LVS/DR and LVS/TUN so far: an IPv6 service's real servers cannot be masqueraded.
+    if real.method == FWD_TUN {
+        match encap::ip6ip6(&ctx, &pkt, config, real) {
+            Ok(()) => {}
+            // No ICMPv6 Packet Too Big built here yet: counted as too big.
+            Err(Reason::TxFragNeeded) => return stats::drop(Reason::DropTooBig, frame_len),
+            Err(reason) => return stats::drop(reason, frame_len),
+        }
+    } else if real.method != FWD_DR {
+        return stats::drop(Reason::DropNoReal, frame_len);
+    }
     let hop = route::toward(&ctx, here, real.mac, route::real_egress(real_id).ifindex);
     stats::forwarded(service_id, real_id, frame_len, new_flow);
     route::send(&ctx, &hop)

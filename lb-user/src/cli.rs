@@ -170,9 +170,10 @@ pub struct RunArgs {
     /// Idle timeout of UDP flows, seconds (ipvsadm --set UDP). Default 300.
     #[arg(long, value_name = "SECS")]
     udp_timeout: Option<u32>,
-    /// Source address of LVS/TUN (IPIP) packets; default: the interface's first IPv4 address.
+    /// Source address of LVS/TUN packets, one per family: IPv4 (IPIP; default: the interface's
+    /// first IPv4 address) and IPv6 (IPv6-in-IPv6; default: its first global IPv6 address).
     #[arg(long, value_name = "IP")]
-    tunnel_src: Option<Ipv4Addr>,
+    tunnel_src: Vec<IpAddr>,
     /// Serve Prometheus metrics on ADDR (off by default; keep it on localhost or a management
     /// network).
     #[arg(long, value_name = "ADDR")]
@@ -220,12 +221,23 @@ impl RunArgs {
             });
         }
         let defaults = Timeouts::default();
+        let (mut tunnel_src, mut tunnel_src6) = (None, None);
+        for a in &self.tunnel_src {
+            let taken = match a {
+                IpAddr::V4(v4) => tunnel_src.replace(*v4).is_some(),
+                IpAddr::V6(v6) => tunnel_src6.replace(*v6).is_some(),
+            };
+            if taken {
+                bail!("--tunnel-src: give at most one IPv4 and one IPv6 address");
+            }
+        }
         let director = Director {
             interface: self.iface[0].clone(),
             more_interfaces: self.iface[1..].to_vec(),
             mode: self.mode.unwrap_or(AttachMode::Native),
             conn_max: self.conn_max.unwrap_or(DEFAULT_CONN_MAX),
-            tunnel_src: self.tunnel_src,
+            tunnel_src,
+            tunnel_src6,
             metrics: self.metrics.map(|listen| Metrics { listen }),
             sync: self.sync_listen.map(|listen| crate::sync::Settings {
                 listen,

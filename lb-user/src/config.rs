@@ -7,7 +7,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
 };
@@ -78,6 +78,9 @@ pub struct Director {
     pub mode: AttachMode,
     pub conn_max: u32,
     pub tunnel_src: Option<Ipv4Addr>,
+    /// The outer source of IPv6 LVS/TUN packets; default: the interface's first global IPv6
+    /// address.
+    pub tunnel_src6: Option<Ipv6Addr>,
     pub metrics: Option<Metrics>,
     /// Connection synchronisation with other directors.
     pub sync: Option<crate::sync::Settings>,
@@ -195,6 +198,8 @@ pub struct Config {
     pub conn_max: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_src: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_src6: Option<Ipv6Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
     #[serde(default)]
@@ -426,6 +431,7 @@ impl Config {
             mode: self.mode,
             conn_max: self.conn_max,
             tunnel_src: self.tunnel_src,
+            tunnel_src6: self.tunnel_src6,
             metrics: self.metrics.clone(),
             sync: self.sync.as_ref().map(|s| s.get_ref().clone()),
             announce: self.announce.as_ref().map(|a| a.get_ref().clone()),
@@ -491,6 +497,7 @@ impl Config {
             mode: director.mode,
             conn_max: director.conn_max,
             tunnel_src: director.tunnel_src,
+            tunnel_src6: director.tunnel_src6,
             metrics: director.metrics,
             timeouts,
             sync: director.sync.map(|s| Spanned::new(0..0, s)),

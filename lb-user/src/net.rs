@@ -114,16 +114,18 @@ pub async fn real_neighbour(ifaces: &[Interface], rip: IpAddr) -> Result<([u8; 6
 /// router on the way, or to the real server itself when it is on-link), and the index of the
 /// director's interface it is reached through. The route must leave through one of `ifaces`:
 /// the datapath sends only out of the interfaces it is attached to.
-pub async fn next_hop(ifaces: &[Interface], rip: Ipv4Addr) -> Result<([u8; 6], u32)> {
+pub async fn next_hop(ifaces: &[Interface], rip: IpAddr) -> Result<([u8; 6], u32)> {
     next_hop_through(ifaces, rip, "real server ").await
 }
 
 /// The MAC of the next hop toward `dst`, through `iface` only; errors name it `what` followed by
 /// its address (`what` = "real server " for the agent, "" for a plain destination).
 pub async fn next_hop_mac(iface: &Interface, dst: Ipv4Addr, what: &str) -> Result<[u8; 6]> {
-    Ok(next_hop_through(std::slice::from_ref(iface), dst, what)
-        .await?
-        .0)
+    Ok(
+        next_hop_through(std::slice::from_ref(iface), dst.into(), what)
+            .await?
+            .0,
+    )
 }
 
 /// The interface (of `ifaces`) the kernel's route toward real server `rip` leaves through.
@@ -140,7 +142,7 @@ async fn director_iface<'a>(
     nl: &Netlink,
     ifaces: &'a [Interface],
     route: &Route,
-    dst: Ipv4Addr,
+    dst: impl std::fmt::Display,
     what: &str,
 ) -> Result<&'a Interface> {
     if let Some(i) = ifaces.iter().find(|i| Some(i.index) == route.oif) {
@@ -162,25 +164,22 @@ fn names(ifaces: &[Interface]) -> String {
     names.join(", ")
 }
 
-async fn next_hop_through(
-    ifaces: &[Interface],
-    dst: Ipv4Addr,
-    what: &str,
-) -> Result<([u8; 6], u32)> {
+async fn next_hop_through(ifaces: &[Interface], dst: IpAddr, what: &str) -> Result<([u8; 6], u32)> {
     let nl = Netlink::open()?;
-    let route = route_to(&nl, dst.into(), what).await?;
+    let route = route_to(&nl, dst, what).await?;
     let iface = director_iface(&nl, ifaces, &route, dst, what).await?;
-    let hop = match route.gateway {
-        None => dst,
-        Some(IpAddr::V4(g)) => g,
-        Some(IpAddr::V6(g)) => {
-            bail!("{what}{dst} is routed via IPv6 gateway {g}, which IPIP over IPv4 cannot use")
+    let hop = match (route.gateway, dst) {
+        (None, _) => dst,
+        (Some(g), _) if g.is_ipv4() == dst.is_ipv4() => g,
+        (Some(g), _) => {
+            bail!("{what}{dst} is routed via {g}, of the other address family, which its tunnel cannot use")
         }
     };
-    let mac = resolve_neighbour(&nl, iface, hop.into()).await?.ok_or_else(|| {
+    let mac = resolve_neighbour(&nl, iface, hop).await?.ok_or_else(|| {
         anyhow!(
-            "cannot resolve the MAC address of {hop}, the next hop toward {what}{dst}, on {} (no ARP reply); give it with --mac",
-            iface.name
+            "cannot resolve the MAC address of {hop}, the next hop toward {what}{dst}, on {} (no {} reply); give it with --mac",
+            iface.name,
+            resolution(hop)
         )
     })?;
     Ok((mac, iface.index))
@@ -304,6 +303,34 @@ async fn check_on_link<'a>(
         "real server {rip} is not on-link on {} ({detail}); direct routing needs the real server on the director's LAN",
         names(ifaces)
     )
+}
+
+/// The global IPv6 addresses of interface `ifindex`, in address-dump order (link-local ones
+/// cannot be a tunnel's source toward another network).
+pub async fn ipv6_global_addresses(ifindex: u32) -> Result<Vec<Ipv6Addr>> {
+    let nl = Netlink::open()?;
+    let mut dump = nl
+        .handle
+        .address()
+        .get()
+        .set_link_index_filter(ifindex)
+        .execute();
+    let mut found = Vec::new();
+    while let Some(msg) = dump
+        .try_next()
+        .await
+        .map_err(|e| anyhow!("cannot list addresses: {}", reason(&e)))?
+    {
+        for attr in msg.attributes {
+            if let AddressAttribute::Address(IpAddr::V6(a)) = attr {
+                let link_local = a.segments()[0] & 0xffc0 == 0xfe80;
+                if !link_local && !a.is_loopback() && !found.contains(&a) {
+                    found.push(a);
+                }
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The IPv4 addresses of the host (every interface), in address-dump order.

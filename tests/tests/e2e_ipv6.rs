@@ -55,8 +55,16 @@ fn ipv6_direct_routing_from_many_clients() {
     // What the agent cannot do over IPv6 yet: one line each, nothing changed.
     for (args, named) in [
         (
-            vec!["real", "add", "-t", SERVICE, "-r", "2001:db8::14", "-i"],
-            "tunnelling",
+            vec![
+                "real",
+                "add",
+                "-t",
+                SERVICE,
+                "-r",
+                "[2001:db8::14]:8080",
+                "-m",
+            ],
+            "masquerading",
         ),
         (
             vec!["real", "add", "-t", SERVICE, "-r", "10.0.0.14"],

@@ -18,6 +18,7 @@ use lb_tests::require_root;
 use lb_user::{
     datapath::MapWriter as _,
     packet::{Frame6Spec, NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP, NEXTHDR_ROUTING},
+    state::{Forward, Mac, Protocol, RealSpec, SchedulerSpec, ServiceAddr},
 };
 
 const SERVICE_ID: u32 = 7;
@@ -253,4 +254,71 @@ fn an_ipv6_packet_cut_short_is_never_sent() {
             }
         }
     }
+}
+
+/// LVS/TUN over IPv6, configured through the agent's state: the packet leaves wrapped in an
+/// outer IPv6 header (next header 41, hop limit 64, the inner traffic class and flow label) from
+/// the director's IPv6 tunnel source to the real server, addressed to the next hop's MAC, the
+/// inner packet byte for byte; one that would no longer fit the MTU is dropped and counted.
+#[test]
+fn an_ipv6_packet_for_a_tunnelled_real_server_leaves_in_ipv6_in_ipv6() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let svc = ServiceAddr {
+        protocol: Protocol::Tcp,
+        vip: vip().into(),
+        port: 443,
+    };
+    let real: Ipv6Addr = "2001:db8:2::21".parse().unwrap();
+    const ROUTER_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x01];
+    fx.add_service(svc, SchedulerSpec::default());
+    fx.add_real_spec(
+        svc,
+        RealSpec {
+            addr: Some(real.into()),
+            forward: Some(Forward::Tunnel),
+            mac: Some(Mac(ROUTER_MAC)),
+            ..Default::default()
+        },
+    );
+    let source: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    fx.maps.set_tunnel_src6(source.octets()).unwrap();
+    let frame = |payload: usize, vlan| {
+        Frame6Spec {
+            dport: 443,
+            vlan,
+            ext: vec![(NEXTHDR_DEST, 8)],
+            payload: vec![0x5a; payload],
+            ..Default::default()
+        }
+        .build()
+    };
+    for vlan in [None, Some(7)] {
+        let input = frame(5, vlan);
+        let (verdict, out) = fx.run(&input).unwrap();
+        assert_eq!(verdict, XDP_TX, "vlan {vlan:?}");
+        let l3 = if vlan.is_some() { 18 } else { 14 };
+        let inner = &input[l3..];
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&ROUTER_MAC);
+        expected.extend_from_slice(&input[0..6]);
+        expected.extend_from_slice(&input[12..l3]);
+        expected.extend_from_slice(&inner[..4]);
+        expected.extend_from_slice(&(inner.len() as u16).to_be_bytes());
+        expected.extend_from_slice(&[41, 64]);
+        expected.extend_from_slice(&source.octets());
+        expected.extend_from_slice(&real.octets());
+        expected.extend_from_slice(inner);
+        assert_eq!(
+            out, expected,
+            "vlan {vlan:?}: outer header, then the packet as it came"
+        );
+    }
+    // The MTU (1500) with the outer header: fits exactly, then one byte too many.
+    let fits = 1500 - 40 - 40 - 8 - 20;
+    assert_eq!(fx.run(&frame(fits, None)).unwrap().0, XDP_TX);
+    assert_eq!(fx.run(&frame(fits + 1, None)).unwrap().0, XDP_DROP);
+    assert_eq!(fx.reason(Reason::DropTooBig), 1);
 }

@@ -86,6 +86,8 @@ pub struct Agent {
     links: Vec<LinkState>,
     /// SIGTERM: the VIPs are withdrawn for good.
     stopping: bool,
+    /// The outer source address of IPv6 LVS/TUN packets, if the director has one.
+    tunnel_src6: Option<std::net::Ipv6Addr>,
     /// The idle timeouts the connection counts are corrected with (they change on reload).
     count_timeouts: std::sync::Arc<std::sync::Mutex<crate::conntrack::IdleTimeouts>>,
 }
@@ -531,7 +533,7 @@ impl Agent {
         let cfg = src.parse()?;
         if cfg.director() != self.director {
             bail!(
-                "{}: interface, mode, conn_max, tunnel_src, metrics, sync and announce are fixed while the agent runs; restart it to change them",
+                "{}: interface, mode, conn_max, tunnel_src(6), metrics, sync and announce are fixed while the agent runs; restart it to change them",
                 path.display()
             );
         }
@@ -645,11 +647,22 @@ impl Agent {
         let Some(addr) = real.addr.filter(|_| real.mac.is_none()) else {
             return Ok(None);
         };
-        if forward == Forward::Tunnel && self.config.tunnel_src == [0; 16] {
-            bail!(
-                "LVS/TUN needs a tunnel source address: {} has no IPv4 address; start the agent with --tunnel-src",
-                self.iface.name
-            );
+        if forward == Forward::Tunnel {
+            let has_source = match addr {
+                IpAddr::V4(_) => self.config.tunnel_src != [0; 16],
+                IpAddr::V6(_) => self.tunnel_src6.is_some(),
+            };
+            if !has_source {
+                let family = if addr.is_ipv4() {
+                    "IPv4"
+                } else {
+                    "global IPv6"
+                };
+                bail!(
+                    "LVS/TUN needs a tunnel source address: {} has no {family} address; start the agent with --tunnel-src",
+                    self.iface.name
+                );
+            }
         }
         Ok(Some(Mac(resolve_mac(&self.ifaces, forward, addr).await?)))
     }
@@ -747,11 +760,9 @@ impl Agent {
 
 /// Where frames for a real server go: itself (DR) or the next hop toward it (TUN, NAT).
 async fn resolve_mac(ifaces: &[Interface], forward: Forward, addr: IpAddr) -> Result<[u8; 6]> {
-    let (mac, _) = match (forward, addr) {
-        (Forward::Route, _) => net::real_neighbour(ifaces, addr).await?,
-        (Forward::Tunnel | Forward::Masq, IpAddr::V4(v4)) => net::next_hop(ifaces, v4).await?,
-        // Refused by the state before any MAC is looked for.
-        (_, IpAddr::V6(_)) => bail!("real server {addr}: only direct routing works over IPv6"),
+    let (mac, _) = match forward {
+        Forward::Route => net::real_neighbour(ifaces, addr).await?,
+        Forward::Tunnel | Forward::Masq => net::next_hop(ifaces, addr).await?,
     };
     Ok(mac)
 }

@@ -137,6 +137,8 @@ struct Up {
     datapath: Datapath,
     maps: crate::datapath::Maps,
     config: DirectorConfig,
+    /// The outer source of IPv6 LVS/TUN packets, if any.
+    tunnel_src6: Option<std::net::Ipv6Addr>,
     state: State,
     /// One per interface, the first one first.
     attachments: Vec<Attachment>,
@@ -180,6 +182,13 @@ async fn bring_up(
             .first()
             .copied(),
     };
+    let tunnel_src6 = match director.tunnel_src6 {
+        Some(a) => Some(a),
+        None => net::ipv6_global_addresses(iface.index)
+            .await?
+            .first()
+            .copied(),
+    };
     let config = with_sync(
         director_config(
             iface.mac,
@@ -190,6 +199,7 @@ async fn bring_up(
         director.sync.is_some(),
     );
     maps.set_config(&config)?;
+    maps.set_tunnel_src6(tunnel_src6.map_or([0; 16], |a| a.octets()))?;
     let entries: Vec<(u32, lb_common::Iface)> = ifaces
         .iter()
         .map(|i| {
@@ -231,6 +241,7 @@ async fn bring_up(
         datapath,
         maps,
         config,
+        tunnel_src6,
         state,
         attachments,
         mode,
@@ -291,6 +302,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         mut datapath,
         maps,
         config,
+        tunnel_src6,
         mut state,
         attachments,
         mode,
@@ -345,6 +357,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         drained: run_dir.join("drained").exists(),
         links: Vec::new(),
         stopping: false,
+        tunnel_src6,
         count_timeouts: Arc::new(std::sync::Mutex::new(crate::conntrack::IdleTimeouts::of(
             &config,
         ))),

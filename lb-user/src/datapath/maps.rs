@@ -82,6 +82,8 @@ pub trait MapWriter: Send + Sync {
     /// Next hops an LVS/NAT reply found no neighbour entry for (address, ifindex), removed as
     /// they are read: the agent has the kernel resolve them.
     fn take_neigh_misses(&mut self) -> Vec<(Ipv4Addr, u32)>;
+    /// The outer source address of IPv6 LVS/TUN packets (zero: none).
+    fn set_tunnel_src6(&mut self, addr: Addr) -> Result<()>;
 }
 
 /// Counters summed over CPUs.
@@ -118,6 +120,7 @@ pub struct Maps {
     templates: HashMap<MapData, TemplateKey, Template>,
     real_egress: Array<MapData, RealEgress>,
     nat_sources: Array<MapData, u8>,
+    tunnel_src6: Array<MapData, Addr>,
     nat_replies: HashMap<MapData, FlowKey, NatReply>,
     service_out: PerCpuArray<MapData, Counters>,
     real_out: PerCpuArray<MapData, Counters>,
@@ -271,6 +274,7 @@ impl Maps {
             templates: take(ebpf, map_names::TEMPLATES)?,
             real_egress: take(ebpf, map_names::REAL_EGRESS)?,
             nat_sources: take(ebpf, map_names::NAT_SOURCES)?,
+            tunnel_src6: take(ebpf, map_names::TUNNEL_SRC6)?,
             nat_replies: take(ebpf, map_names::NAT_REPLIES)?,
             service_out: take(ebpf, map_names::SERVICE_OUT)?,
             real_out: take(ebpf, map_names::REAL_OUT)?,
@@ -355,6 +359,10 @@ impl MapWriter for Maps {
                 (Ipv4Addr::new(a[12], a[13], a[14], a[15]), m.ifindex)
             })
             .collect()
+    }
+
+    fn set_tunnel_src6(&mut self, addr: Addr) -> Result<()> {
+        Ok(self.tunnel_src6.set(0, addr, 0)?)
     }
 
     fn set_config(&mut self, config: &DirectorConfig) -> Result<()> {

@@ -460,20 +460,14 @@ fn check_real_port(
     Ok(port)
 }
 
-/// A real server is of its service's family, and an IPv6 one is reached by direct routing:
-/// LVS/TUN and LVS/NAT over IPv6 are not in the datapath yet.
+/// A real server is of its service's family, and an IPv6 one is reached by direct routing or
+/// tunnelling: LVS/NAT over IPv6 is not in the datapath yet.
 fn check_family(service: &ServiceAddr, addr: IpAddr, forward: Forward) -> Result<()> {
     if service.vip.is_ipv4() != addr.is_ipv4() {
         bail!("real server {addr} is not of the same address family as service {service}");
     }
-    if addr.is_ipv6() && forward != Forward::Route {
-        bail!(
-            "real server {addr}: only direct routing (-g) works over IPv6 so far, not {}",
-            match forward {
-                Forward::Tunnel => "tunnelling (-i)",
-                _ => "masquerading (-m)",
-            }
-        );
+    if addr.is_ipv6() && forward == Forward::Masq {
+        bail!("real server {addr}: masquerading (-m) does not work over IPv6 yet");
     }
     Ok(())
 }

@@ -130,6 +130,9 @@ impl MapWriter for FakeMaps {
     fn release_templates(&mut self, id: u32, reals: &[u32]) -> Result<()> {
         self.write(format!("release {id} {reals:?}"))
     }
+    fn set_tunnel_src6(&mut self, _: lb_common::Addr) -> Result<()> {
+        Ok(())
+    }
 }
 
 fn tcp(vip: [u8; 4], port: u16) -> ServiceAddr {
@@ -555,7 +558,7 @@ fn masquerading_maps_the_port_and_opens_the_reply_prefilter() {
 }
 
 /// IPv6 services and real servers: written with their 16-byte addresses, reached by direct
-/// routing; a real server of the other family, tunnelling, masquerading and persistence are
+/// routing or tunnelling; a real server of the other family, masquerading and persistence are
 /// refused with a line naming what is wrong.
 #[test]
 fn ipv6_services_take_ipv6_real_servers_by_direct_routing() {
@@ -604,17 +607,18 @@ fn ipv6_services_take_ipv6_real_servers_by_direct_routing() {
     );
     refused(
         RealSpec {
-            forward: Some(Forward::Tunnel),
-            ..dr.clone()
-        },
-        "not tunnelling (-i)",
-    );
-    refused(
-        RealSpec {
             forward: Some(Forward::Masq),
             ..dr.clone()
         },
-        "not masquerading (-m)",
+        "masquerading (-m) does not work over IPv6",
+    );
+    let tun = RealSpec {
+        forward: Some(Forward::Tunnel),
+        ..dr.clone()
+    };
+    assert!(
+        s.add_real(svc, &tun).is_ok(),
+        "IPv6 real servers may be tunnelled"
     );
     let persistent = SchedulerSpec {
         persistent: Some(300),

@@ -158,6 +158,7 @@ pub fn convert(
         mode: AttachMode::Native,
         conn_max: DEFAULT_CONN_MAX,
         tunnel_src: None,
+        tunnel_src6: None,
         metrics: None,
         sync: None,
         announce: None,
