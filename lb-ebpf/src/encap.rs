@@ -15,7 +15,7 @@ use lb_common::{
 
 use crate::{
     ether::{adjust_head, EthHeader},
-    parse::{be16, ipv4_offset, ptr_at, read, Packet},
+    parse::{be16, ipv4_offset, l3, ptr_at, read, Packet, ETH_P_IPV6},
     parse6::Packet6,
 };
 /// TTL of the outer header: a fresh hop budget for the path to the real server.
@@ -135,9 +135,9 @@ fn count(index: u32, bytes: u64) {
     }
 }
 
-/// Real-server side: strips the outer header of an IPIP packet whose inner destination is one
-/// of the host's VIPs, so it goes up the stack as if it had arrived directly; passes everything
-/// else untouched.
+/// Real-server side: strips the outer header of an IPIP (or IPv6-in-IPv6) packet whose inner
+/// destination is one of the host's VIPs, so it goes up the stack as if it had arrived
+/// directly; passes everything else untouched.
 #[inline(always)]
 pub fn decap(ctx: &XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
@@ -150,6 +150,44 @@ pub fn decap(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn strip(ctx: &XdpContext) -> bool {
+    match l3(ctx) {
+        Ok((l3, ETH_P_IPV6)) => strip6(ctx, l3),
+        Ok(_) => strip4(ctx),
+        Err(_) => false,
+    }
+}
+
+/// IPv6-in-IPv6 whose inner destination is one of the host's VIPs: the outer header goes.
+#[inline(always)]
+fn strip6(ctx: &XdpContext, l3: usize) -> bool {
+    let Some(outer) = read::<[u8; IPV6_HLEN]>(ctx, l3) else {
+        return false;
+    };
+    // A packet cut short stays whole for the kernel to drop, never opened into a damaged one.
+    let payload = be16([outer[4], outer[5]]) as usize;
+    if outer[0] >> 4 != 6
+        || outer[6] != NEXTHDR_IPV6
+        || l3 + IPV6_HLEN + payload > ctx.data_end() - ctx.data()
+    {
+        return false;
+    }
+    let Some(inner) = read::<[u8; IPV6_HLEN]>(ctx, l3 + IPV6_HLEN) else {
+        return false;
+    };
+    let mut vip = [0u8; 16];
+    vip.copy_from_slice(&inner[24..40]);
+    // SAFETY: read-only lookup.
+    if inner[0] >> 4 != 6 || unsafe { DECAP_VIPS.get(vip) }.is_none() {
+        return false;
+    }
+    let Some(eth) = EthHeader::read(ctx, l3) else {
+        return false;
+    };
+    adjust_head(ctx, IPV6_HLEN as i32) && eth.write(ctx)
+}
+
+#[inline(always)]
+fn strip4(ctx: &XdpContext) -> bool {
     let Ok(l3) = ipv4_offset(ctx) else {
         return false;
     };

@@ -77,9 +77,9 @@ pub enum Command {
         #[arg(long, short = 'i', value_name = "IF")]
         iface: String,
         /// A VIP to decapsulate for (repeatable); default: every IPv4 address of the host
-        /// outside 127.0.0.0/8, followed as addresses come and go.
+        /// outside 127.0.0.0/8 and every global IPv6 one, followed as addresses come and go.
         #[arg(long, value_name = "VIP")]
-        vip: Vec<Ipv4Addr>,
+        vip: Vec<IpAddr>,
         #[arg(long, value_enum, default_value = "native")]
         mode: AttachMode,
     },

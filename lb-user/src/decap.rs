@@ -1,7 +1,7 @@
 //! `xdplb decap`: the real-server side of LVS/TUN. Attaches the decapsulation program and keeps
 //! its set of VIPs current, until SIGINT/SIGTERM.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use anyhow::{Context as _, Result};
 use lb_common::program_names;
@@ -15,16 +15,20 @@ use crate::{
 /// How often the host's addresses are re-read when no VIP was given.
 const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Every IPv4 address of the host outside 127.0.0.0/8: the VIPs a real server holds (on lo).
-async fn host_vips() -> Result<Vec<Ipv4Addr>> {
-    Ok(net::ipv4_addresses(None)
-        .await?
+/// Every IPv4 address of the host outside 127.0.0.0/8 and every global IPv6 one: the VIPs a
+/// real server holds (on lo).
+async fn host_vips() -> Result<Vec<IpAddr>> {
+    let v4 = net::ipv4_addresses(None).await?;
+    let v6 = net::ipv6_global_addresses(None).await?;
+    Ok(v4
         .into_iter()
         .filter(|a| !a.is_loopback())
+        .map(IpAddr::V4)
+        .chain(v6.into_iter().map(IpAddr::V6))
         .collect())
 }
 
-pub async fn run(iface: &str, vips: Vec<Ipv4Addr>, mode: AttachMode) -> Result<()> {
+pub async fn run(iface: &str, vips: Vec<IpAddr>, mode: AttachMode) -> Result<()> {
     let iface = net::interface(iface).await?;
     // The decapsulation program needs no connection table worth the name.
     let mut datapath = Datapath::load(program_names::DECAP, LoadOptions::flows(1))?;
@@ -35,9 +39,9 @@ pub async fn run(iface: &str, vips: Vec<Ipv4Addr>, mode: AttachMode) -> Result<(
     let (_link, mode) = datapath
         .attach_program(program_names::DECAP, iface.index, mode)
         .with_context(|| format!("interface {}", iface.name))?;
-    let list: Vec<String> = current.iter().map(Ipv4Addr::to_string).collect();
+    let list: Vec<String> = current.iter().map(IpAddr::to_string).collect();
     tracing::info!(
-        "attached to {} ({} XDP); decapsulating IPIP for {}",
+        "attached to {} ({} XDP); decapsulating IPIP and IPv6-in-IPv6 for {}",
         iface.name,
         format!("{mode:?}").to_lowercase(),
         if follow {

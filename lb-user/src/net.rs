@@ -305,16 +305,15 @@ async fn check_on_link<'a>(
     )
 }
 
-/// The global IPv6 addresses of interface `ifindex`, in address-dump order (link-local ones
-/// cannot be a tunnel's source toward another network).
-pub async fn ipv6_global_addresses(ifindex: u32) -> Result<Vec<Ipv6Addr>> {
+/// The global IPv6 addresses of interface `ifindex` (or of every interface), in address-dump
+/// order (link-local ones cannot be a tunnel's source toward another network).
+pub async fn ipv6_global_addresses(ifindex: Option<u32>) -> Result<Vec<Ipv6Addr>> {
     let nl = Netlink::open()?;
-    let mut dump = nl
-        .handle
-        .address()
-        .get()
-        .set_link_index_filter(ifindex)
-        .execute();
+    let mut req = nl.handle.address().get();
+    if let Some(i) = ifindex {
+        req = req.set_link_index_filter(i);
+    }
+    let mut dump = req.execute();
     let mut found = Vec::new();
     while let Some(msg) = dump
         .try_next()

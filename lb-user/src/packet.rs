@@ -296,31 +296,21 @@ pub fn encapsulate(frame: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     [&frame[..l3], &outer[..], inner].concat()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipv4_header_checksum_verifies() {
-        let f = FrameSpec {
-            ip_options: vec![1, 1, 1, 1],
-            ..Default::default()
-        }
-        .build();
-        assert_eq!(
-            lb_common::csum::fold(lb_common::csum::sum(&f[14..14 + 24])),
-            0
-        );
-        assert_eq!(f.len(), 14 + 24 + 20);
-    }
-
-    #[test]
-    fn vlan_tag_is_inserted() {
-        let f = FrameSpec {
-            vlan: Some(7),
-            ..Default::default()
-        }
-        .build();
-        assert_eq!(&f[12..18], &[0x81, 0x00, 0x00, 0x07, 0x08, 0x00]);
-    }
+/// An IPv6-in-IPv6 frame: `frame`'s Ethernet header (with any VLAN tag) and IPv6 packet, the
+/// packet wrapped in an outer IPv6 header from `src` to `dst` (next header 41, hop limit 64,
+/// the inner traffic class and flow label), as the director's LVS/TUN sends it.
+pub fn encapsulate6(frame: &[u8], src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+    let l3 = if frame[12..14] == ETH_P_8021Q.to_be_bytes() {
+        18
+    } else {
+        14
+    };
+    let inner = &frame[l3..];
+    let mut outer = Vec::with_capacity(40);
+    outer.extend_from_slice(&inner[..4]);
+    outer.extend_from_slice(&(inner.len() as u16).to_be_bytes());
+    outer.extend_from_slice(&[41, 64]);
+    outer.extend_from_slice(&src.octets());
+    outer.extend_from_slice(&dst.octets());
+    [&frame[..l3], &outer[..], inner].concat()
 }

@@ -17,7 +17,9 @@ use lb_tests::fixture::{real_mac, Fixture, XDP_DROP, XDP_PASS, XDP_TX};
 use lb_tests::require_root;
 use lb_user::{
     datapath::MapWriter as _,
-    packet::{Frame6Spec, NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP, NEXTHDR_ROUTING},
+    packet::{
+        encapsulate6, Frame6Spec, NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP, NEXTHDR_ROUTING,
+    },
     state::{Forward, Mac, Protocol, RealSpec, SchedulerSpec, ServiceAddr},
 };
 
@@ -301,6 +303,7 @@ fn an_ipv6_packet_for_a_tunnelled_real_server_leaves_in_ipv6_in_ipv6() {
         assert_eq!(verdict, XDP_TX, "vlan {vlan:?}");
         let l3 = if vlan.is_some() { 18 } else { 14 };
         let inner = &input[l3..];
+        // Independently of encapsulate6: the frame as the real server must get it.
         let mut expected = Vec::new();
         expected.extend_from_slice(&ROUTER_MAC);
         expected.extend_from_slice(&input[0..6]);
@@ -311,6 +314,14 @@ fn an_ipv6_packet_for_a_tunnelled_real_server_leaves_in_ipv6_in_ipv6() {
         expected.extend_from_slice(&source.octets());
         expected.extend_from_slice(&real.octets());
         expected.extend_from_slice(inner);
+        let mut readdressed = input.clone();
+        readdressed[0..6].copy_from_slice(&ROUTER_MAC);
+        readdressed[6..12].copy_from_slice(&input[0..6]);
+        assert_eq!(
+            encapsulate6(&readdressed, source, real),
+            expected,
+            "the helper agrees"
+        );
         assert_eq!(
             out, expected,
             "vlan {vlan:?}: outer header, then the packet as it came"
@@ -321,4 +332,59 @@ fn an_ipv6_packet_for_a_tunnelled_real_server_leaves_in_ipv6_in_ipv6() {
     assert_eq!(fx.run(&frame(fits, None)).unwrap().0, XDP_TX);
     assert_eq!(fx.run(&frame(fits + 1, None)).unwrap().0, XDP_DROP);
     assert_eq!(fx.reason(Reason::DropTooBig), 1);
+}
+
+/// The real-server side (`xdplb decap`): IPv6-in-IPv6 for one of the host's IPv6 VIPs is opened
+/// to exactly the inner frame; for another address, or cut short, it is left as it is.
+#[test]
+fn decap_opens_ipv6_in_ipv6_for_local_vips() {
+    if !require_root() {
+        return;
+    }
+    use lb_common::program_names;
+    use lb_tests::fixture::test_run;
+    use lb_user::datapath::{Datapath, LoadOptions};
+    let mut datapath = Datapath::load(program_names::DECAP, LoadOptions::flows(1)).unwrap();
+    datapath
+        .decap_maps()
+        .unwrap()
+        .set_vips(&[vip().into()])
+        .unwrap();
+    let mut run = |frame: &[u8]| test_run(&mut datapath, program_names::DECAP, frame).unwrap();
+    let (src, rip): (Ipv6Addr, Ipv6Addr) = (
+        "2001:db8::1".parse().unwrap(),
+        "2001:db8:2::21".parse().unwrap(),
+    );
+    for spec in [
+        Frame6Spec::default(),
+        Frame6Spec {
+            vlan: Some(5),
+            ext: vec![(NEXTHDR_HOP, 8)],
+            payload: b"data".to_vec(),
+            ..Default::default()
+        },
+    ] {
+        let inner = spec.build();
+        let (verdict, out) = run(&encapsulate6(&inner, src, rip));
+        assert_eq!((verdict, out), (XDP_PASS, inner), "exactly the inner frame");
+    }
+    let other = encapsulate6(
+        &Frame6Spec {
+            dst: "2001:db8::99".parse().unwrap(),
+            ..Default::default()
+        }
+        .build(),
+        src,
+        rip,
+    );
+    assert_eq!(run(&other), (XDP_PASS, other.clone()), "not ours to open");
+    let tunnelled = encapsulate6(&Frame6Spec::default().build(), src, rip);
+    for len in 14..tunnelled.len() {
+        let cut = &tunnelled[..len];
+        assert_eq!(
+            run(cut),
+            (XDP_PASS, cut.to_vec()),
+            "cut at {len}: untouched"
+        );
+    }
 }

@@ -227,7 +227,11 @@ fn decap_opens_ipip_for_local_vips_and_passes_the_rest() {
         return;
     }
     let mut datapath = Datapath::load(program_names::DECAP, LoadOptions::flows(1)).unwrap();
-    datapath.decap_maps().unwrap().set_vips(&[VIP]).unwrap();
+    datapath
+        .decap_maps()
+        .unwrap()
+        .set_vips(&[VIP.into()])
+        .unwrap();
     let mut run = |frame: &[u8]| test_run(&mut datapath, program_names::DECAP, frame).unwrap();
     for spec in [
         FrameSpec::default(),

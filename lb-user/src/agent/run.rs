@@ -184,7 +184,7 @@ async fn bring_up(
     };
     let tunnel_src6 = match director.tunnel_src6 {
         Some(a) => Some(a),
-        None => net::ipv6_global_addresses(iface.index)
+        None => net::ipv6_global_addresses(Some(iface.index))
             .await?
             .first()
             .copied(),

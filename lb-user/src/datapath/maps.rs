@@ -598,8 +598,8 @@ impl DecapMaps {
     }
 
     /// Makes `vips` the set of decapsulated destinations (adds the new, removes the gone).
-    pub fn set_vips(&mut self, vips: &[Ipv4Addr]) -> Result<()> {
-        let wanted: Vec<Addr> = vips.iter().map(|v| addr_from_v4(v.octets())).collect();
+    pub fn set_vips(&mut self, vips: &[std::net::IpAddr]) -> Result<()> {
+        let wanted: Vec<Addr> = vips.iter().map(|v| crate::state::addr_of(*v)).collect();
         let present: Vec<Addr> = self.vips.keys().collect::<Result<_, _>>()?;
         for gone in present.iter().filter(|a| !wanted.contains(a)) {
             self.vips.remove(gone)?;
