@@ -172,3 +172,141 @@ impl Dr6Topology {
         self.servers[i - 1].stop()
     }
 }
+
+/// LVS/TUN over IPv6: real servers in two other IPv6 subnets behind a router, reached through
+/// IPv6-in-IPv6 tunnels, IPv6 only.
+///
+/// ```text
+///  segment 0, 2001:db8::/64               segment 1, 2001:db8:1::/64   segment 2, 2001:db8:2::/64
+///  client ::2 (+ ::1:1..), director ::1    rs1 2001:db8:1::11           rs2 2001:db8:2::12
+///  (VIP ::100, deprecated, on eth0)        |                            |
+///  router ::fe (eth0) -------------------- router :1::fe (eth1) ------- router :2::fe (eth2)
+/// ```
+///
+/// The director routes the remote subnets via the router; the real servers hold the VIP on `lo`,
+/// route by default via the router, run `lb-testsrv` on [::]:80 and `xdplb decap --iface eth0`
+/// (its default VIP set: the host's global addresses).
+pub struct Tun6Topology {
+    // Drop order is field order: programs and servers before their namespaces.
+    _decaps: Vec<crate::Decap>,
+    _servers: Vec<Proc>,
+    _xdp_pass: XdpPass,
+    client: Netns,
+    director: Netns,
+    _router: Netns,
+    reals: Vec<Netns>,
+    _segments: Vec<Switch>,
+}
+
+impl Tun6Topology {
+    /// The real servers' addresses: rs1 in segment 1, rs2 in segment 2.
+    pub fn real_addr(i: usize) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, i as u16, 0, 0, 0, 0, 0x10 + i as u16)
+    }
+
+    pub fn new() -> Result<Self> {
+        names::cleanup_stale();
+        let prefix = names::unique_prefix();
+        let segments = (0..3)
+            .map(|s| Switch::new(format!("{prefix}-s6{s}")))
+            .collect::<Result<Vec<_>>>()?;
+        let ns = |name: &str| -> Result<Netns> {
+            let ns = Netns::new(format!("{prefix}-{name}"))?;
+            ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+            ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+            Ok(ns)
+        };
+        let plug = |host: &Netns, seg: usize, ifname: &str, port: &str, addr: &str| {
+            segments[seg].plug(host, ifname, port)?;
+            host.ip(&["-6", "addr", "add", addr, "dev", ifname, "nodad"])
+        };
+        let router = ns("router6")?;
+        router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        for (seg, ifname) in [(0, "eth0"), (1, "eth1"), (2, "eth2")] {
+            let net = if seg == 0 {
+                "2001:db8::fe/64".to_owned()
+            } else {
+                format!("2001:db8:{seg}::fe/64")
+            };
+            plug(&router, seg, ifname, "router", &net)?;
+        }
+
+        let director = ns("director")?;
+        plug(&director, 0, "eth0", "director", "2001:db8::1/64")?;
+        let vip = format!("{}/128", Dr6Topology::VIP);
+        director.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &vip,
+            "dev",
+            "eth0",
+            "nodad",
+            "preferred_lft",
+            "0",
+        ])?;
+        for seg in 1..=2 {
+            director.ip(&[
+                "-6",
+                "route",
+                "add",
+                &format!("2001:db8:{seg}::/64"),
+                "via",
+                "2001:db8::fe",
+            ])?;
+        }
+        let xdp_pass = segments[0].pass_xdp("director")?;
+
+        let client = ns("client")?;
+        plug(&client, 0, "eth0", "client", "2001:db8::2/64")?;
+        let batch: String = Dr6Topology::client_sources()
+            .iter()
+            .map(|a| format!("addr add {a}/64 dev eth0 nodad\n"))
+            .collect();
+        client.ip_batch(&batch)?;
+        client.ip(&["-6", "route", "add", "default", "via", "2001:db8::fe"])?;
+        client.set_tx_checksum("eth0", false)?;
+
+        let (mut reals, mut servers, mut decaps) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 1..=2 {
+            let name = format!("rs{i}");
+            let rs = ns(&name)?;
+            plug(&rs, i, "eth0", &name, &format!("{}/64", Self::real_addr(i)))?;
+            rs.ip(&["-6", "addr", "add", &vip, "dev", "lo"])?;
+            rs.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("2001:db8:{i}::fe"),
+            ])?;
+            let listen = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), Dr6Topology::PORT);
+            servers.push(start_testsrv(&rs, &name, listen, Serve::Once)?);
+            decaps.push(crate::Decap::start(&rs, "eth0", &[])?);
+            reals.push(rs);
+        }
+        Ok(Self {
+            _decaps: decaps,
+            _servers: servers,
+            _xdp_pass: xdp_pass,
+            client,
+            director,
+            _router: router,
+            reals,
+            _segments: segments,
+        })
+    }
+
+    pub fn client(&self) -> &Netns {
+        &self.client
+    }
+
+    pub fn director(&self) -> &Netns {
+        &self.director
+    }
+
+    pub fn reals(&self) -> &[Netns] {
+        &self.reals
+    }
+}

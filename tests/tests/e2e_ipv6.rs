@@ -271,3 +271,44 @@ fn a_dual_stack_service_pair() {
         assert_eq!(agent.list().service_stat(service, "conns"), 30, "{service}");
     }
 }
+
+/// LVS/TUN over IPv6 (see lb_tests::ipv6::Tun6Topology): real servers in two other IPv6 subnets
+/// behind a router, their next hop learned by neighbour discovery, reached through
+/// IPv6-in-IPv6 that `xdplb decap` opens. Connections from many sources are each answered by
+/// the real server `simulate` names; both answer.
+#[test]
+fn ipv6_tunnelling_through_a_router() {
+    if !require_root() {
+        return;
+    }
+    let topo = lb_tests::ipv6::Tun6Topology::new().expect("cannot build the IPv6 TUN topology");
+    let agent = Agent::start(topo.director(), "eth0", &[]).expect("cannot start the agent");
+    agent.cli_ok(&["service", "add", "-t", SERVICE, "-s", "mh"]);
+    for i in 1..=2 {
+        let real = lb_tests::ipv6::Tun6Topology::real_addr(i).to_string();
+        agent.cli_ok(&["real", "add", "-t", SERVICE, "-r", &real, "-i"]);
+    }
+    let flows: Vec<SocketAddr> = Dr6Topology::client_sources()
+        .into_iter()
+        .flat_map(|src| (0..3).map(move |r| SocketAddr::new(src.into(), 44000 + r)))
+        .collect();
+    let answers: Vec<String> = topo.client().run_in(|| {
+        flows
+            .iter()
+            .map(|&src| {
+                fetch_from(src, Dr6Topology::service())
+                    .unwrap_or_else(|e| panic!("{src} -> {SERVICE}: {e:#}"))
+            })
+            .collect()
+    });
+    let predicted = simulate(&agent, &flows);
+    let mut used = BTreeSet::new();
+    for ((flow, answer), real) in flows.iter().zip(&answers).zip(&predicted) {
+        let i = (1..=2)
+            .find(|&i| real == &format!("[{}]:80", lb_tests::ipv6::Tun6Topology::real_addr(i)))
+            .unwrap_or_else(|| panic!("unexpected simulate answer {real}"));
+        assert_eq!(answer, &format!("rs{i}"), "{flow}: simulate said {real}");
+        used.insert(answer.clone());
+    }
+    assert_eq!(used.len(), 2, "both real servers answered");
+}
