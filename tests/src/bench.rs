@@ -62,6 +62,8 @@ pub enum Case {
     Dr6MhEstablished,
     /// [`Case::Dr6MhEstablished`] with a new flow every packet.
     Dr6MhNewFlow,
+    /// An IPv6 `mh` service, established flow, LVS/TUN (IPv6-in-IPv6).
+    Tun6MhEstablished,
 }
 
 /// The schedulers with a new-flow case of their own (mh's is [`Case::DrMhNewFlow`]).
@@ -92,7 +94,11 @@ impl Case {
         all.push(Case::DrPersistentNewFlow);
         // The request first: it binds the flow the reply belongs to.
         all.extend([Case::NatRequest, Case::NatReply]);
-        all.extend([Case::Dr6MhEstablished, Case::Dr6MhNewFlow]);
+        all.extend([
+            Case::Dr6MhEstablished,
+            Case::Dr6MhNewFlow,
+            Case::Tun6MhEstablished,
+        ]);
         all
     }
 
@@ -114,6 +120,9 @@ impl Case {
             Case::NatReply => "NAT mh, reply (reply index, source rewrite, FIB lookup)".into(),
             Case::Dr6MhEstablished => "IPv6 DR mh, established flow".into(),
             Case::Dr6MhNewFlow => "IPv6 DR mh, new flow (connection-table insert)".into(),
+            Case::Tun6MhEstablished => {
+                "IPv6 TUN mh, established flow (IPv6-in-IPv6 encapsulation)".into()
+            }
         }
     }
 
@@ -153,6 +162,7 @@ impl Case {
             // The IPv4 cases plus a tail call to the IPv6 pipeline and its longer header.
             Case::Dr6MhEstablished => 60.0,
             Case::Dr6MhNewFlow => 160.0,
+            Case::Tun6MhEstablished => 80.0,
         }
     }
 
@@ -174,7 +184,10 @@ impl Case {
 
     /// Whether the case's frame is IPv6.
     fn ipv6(self) -> bool {
-        matches!(self, Case::Dr6MhEstablished | Case::Dr6MhNewFlow)
+        matches!(
+            self,
+            Case::Dr6MhEstablished | Case::Dr6MhNewFlow | Case::Tun6MhEstablished
+        )
     }
 
     /// Whether every iteration is a new flow (the wrapper varies the source address).
@@ -356,22 +369,27 @@ impl Bench {
                 ..Default::default()
             },
         );
-        // The IPv6 service: Maglev over three LVS/DR real servers.
-        let v6 = ServiceAddr {
-            vip: VIP6.into(),
-            ..service(80)
-        };
-        fx.add_service(v6, mh);
-        for n in 11..=13u8 {
-            fx.add_real_spec(
-                v6,
-                RealSpec {
-                    addr: Some(format!("2001:db8::{n}").parse::<Ipv6Addr>()?.into()),
-                    mac: Some(Mac(real_mac(n))),
-                    ..Default::default()
-                },
-            );
+        // The IPv6 services: Maglev over three real servers, LVS/DR on 80, LVS/TUN on 82.
+        for (port, forward) in [(80, Forward::Route), (82, Forward::Tunnel)] {
+            let v6 = ServiceAddr {
+                vip: VIP6.into(),
+                ..service(port)
+            };
+            fx.add_service(v6, mh);
+            for n in 11..=13u8 {
+                fx.add_real_spec(
+                    v6,
+                    RealSpec {
+                        addr: Some(format!("2001:db8::{n}").parse::<Ipv6Addr>()?.into()),
+                        forward: Some(forward),
+                        mac: Some(Mac(real_mac(n))),
+                        ..Default::default()
+                    },
+                );
+            }
         }
+        let tunnel_src6: Ipv6Addr = "2001:db8::1".parse()?;
+        fx.maps.set_tunnel_src6(tunnel_src6.octets())?;
         let (net, ingress) = nat_net()?;
         let mut bare = Datapath::load(program_names::TX, LoadOptions::flows(1))?;
         let wrap_lb = wrapper(&mut fx.datapath, program_names::LB)?;
@@ -392,7 +410,11 @@ impl Bench {
         if case.ipv6() {
             return Frame6Spec {
                 dst: VIP6,
-                dport: 80,
+                dport: if case == Case::Tun6MhEstablished {
+                    82
+                } else {
+                    80
+                },
                 ..Default::default()
             }
             .build();
@@ -409,7 +431,9 @@ impl Bench {
             Case::DrNewFlow(s) => (VIP, scheduler_port(s)),
             Case::DrPersistentNewFlow => (VIP, PERSISTENT_PORT),
             Case::NatRequest => (VIP, NAT_PORT),
-            Case::Dr6MhEstablished | Case::Dr6MhNewFlow => unreachable!("IPv6, above"),
+            Case::Dr6MhEstablished | Case::Dr6MhNewFlow | Case::Tun6MhEstablished => {
+                unreachable!("IPv6, above")
+            }
             Case::NatReply => {
                 let request = FrameSpec::default();
                 return FrameSpec {
