@@ -148,8 +148,8 @@ fn main() -> Result<()> {
          which no other path needs. IPv6 adds the tail call to its pipeline and parsing a 40-byte \
          header; the table keys are IPv6-sized for both families, so its lookups cost the same. \
          For scale, Katran's XDP balancer (commit 19f08fe, \
-         ../shared/peer-bench, run on this machine right after this one): +20 ns on its pass \
-         path, +67 ns on an established (IPIP) flow, +161 ns on a new flow, its new-flow case \
+         ../shared/peer-bench, run on this machine right after this one): +19 ns on its pass \
+         path, +61 ns on an established (IPIP) flow, +146 ns on a new flow, its new-flow case \
          rewriting one LRU key every iteration where xdplb's inserts a new flow into a full table \
          and evicts; Katran has no NAT.\n"
     );
