@@ -194,6 +194,11 @@ pub const NAT_PROG_REPLY: u32 = 0;
 pub const NAT_PROG_ICMP: u32 = 1;
 pub const NAT_PROG_SLOTS: u32 = 2;
 
+/// IPV6_PROGS' slots: the IPv6 pipeline's program, and its Packet Too Big answer's.
+pub const IPV6_PROG_PIPELINE: u32 = 0;
+pub const IPV6_PROG_TOO_BIG: u32 = 1;
+pub const IPV6_PROG_SLOTS: u32 = 2;
+
 /// [`RealServer::flags`]: the entry describes a configured real server. A table slot that points
 /// at an entry without it (a real server being deleted) is treated as "no real server".
 pub const REAL_ACTIVE: u8 = 1;
@@ -430,6 +435,9 @@ pub mod program_names {
     pub const NAT_ICMP: &str = "xdplb_nat_icmp";
     /// The director's IPv6 pipeline, tail-called by [`LB`] through IPV6_PROGS.
     pub const IPV6: &str = "xdplb_v6";
+    /// ICMPv6 Packet Too Big for tunnelled IPv6 packets that no longer fit, tail-called by
+    /// [`IPV6`] through IPV6_PROGS.
+    pub const IPV6_TOO_BIG: &str = "xdplb_v6_too_big";
     /// Passes everything: for veth peers that must have an XDP program to receive XDP_TX frames.
     pub const PASS: &str = "xdp_pass";
     /// Bounces everything back: the bare XDP_TX baseline of the benchmarks.

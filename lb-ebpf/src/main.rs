@@ -7,7 +7,8 @@
 //! A packet for no service may be an LVS/NAT reply: `nat` turns it back into the service's and
 //! `route` sends it to the client. An ICMP error about a NAT flow is translated the same way. `sync` hands new and closing flows to the agent, which tells
 //! the other directors.
-//! IPv6 frames go to `xdplb_v6`, the same stages over IPv6 (`parse6`; LVS/DR so far).
+//! IPv6 frames go to `xdplb_v6`, the same stages over IPv6 (`parse6`; LVS/DR and LVS/TUN, with
+//! `icmp6` when a tunnelled packet does not fit).
 //! `xdp_decap` is the real-server side of LVS/TUN.
 // Built for bpfel-unknown-none by lb-user's build script; on the host (cargo clippy --workspace)
 // it is an ordinary empty program so the same sources are still checked.
@@ -25,6 +26,7 @@ mod encap;
 mod ether;
 mod host;
 mod icmp;
+mod icmp6;
 mod ipv6;
 mod lookup;
 mod nat;
@@ -406,8 +408,11 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     if real.method == FWD_TUN {
         match encap::ip6ip6(&ctx, &pkt, config, real) {
             Ok(()) => {}
-            // No ICMPv6 Packet Too Big built here yet: counted as too big.
-            Err(Reason::TxFragNeeded) => return stats::drop(Reason::DropTooBig, frame_len),
+            // Answered by a program of its own (this one's stack is full); dropped without it.
+            Err(Reason::TxFragNeeded) => {
+                ipv6::to_too_big(&ctx);
+                return stats::drop(Reason::DropTooBig, frame_len);
+            }
             Err(reason) => return stats::drop(reason, frame_len),
         }
     } else if real.method != FWD_DR {
@@ -416,6 +421,20 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     let hop = route::toward(&ctx, here, real.mac, route::real_egress(real_id).ifindex);
     stats::forwarded(service_id, real_id, frame_len, new_flow);
     route::send(&ctx, &hop)
+}
+
+/// ICMPv6 Packet Too Big for an IPv6 packet that no longer fits once tunnelled, tail-called by
+/// `xdplb_v6`: parse6 -> answer -> stats.
+#[xdp]
+pub fn xdplb_v6_too_big(ctx: XdpContext) -> u32 {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let (Ok(pkt), Some(config)) = (parse6::parse6(&ctx), config::get()) else {
+        return stats::drop(Reason::DropTooBig, frame_len);
+    };
+    if icmp6::packet_too_big(&ctx, &pkt, config) {
+        return stats::tx(Reason::TxFragNeeded, frame_len);
+    }
+    stats::drop(Reason::DropTooBig, frame_len)
 }
 
 /// Benchmarks only: restores a template frame each iteration, then tail-calls the program under

@@ -51,13 +51,14 @@ pub fn fetch_from(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>) -> Res
 /// closes, without the trailing newline: with `lb-testsrv --sink`, `NAME BYTES`. All within
 /// `timeout`.
 pub fn upload(
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
+    src: impl Into<SocketAddr>,
+    dst: impl Into<SocketAddr>,
     bytes: usize,
     timeout: Duration,
 ) -> Result<String> {
+    let (src, dst) = (src.into(), dst.into());
     let deadline = Instant::now() + timeout;
-    let mut stream = connect(src.into(), dst.into())?;
+    let mut stream = connect(src, dst)?;
     let chunk = [b'x'; 64 * 1024];
     let mut sent = 0;
     while sent < bytes {

@@ -184,8 +184,9 @@ impl Dr6Topology {
 /// ```
 ///
 /// The director routes the remote subnets via the router; the real servers hold the VIP on `lo`,
-/// route by default via the router, run `lb-testsrv` on [::]:80 and `xdplb decap --iface eth0`
-/// (its default VIP set: the host's global addresses).
+/// route by default via the router, run `lb-testsrv` on [::]:80 (and `--sink` on [::]:81) and
+/// `xdplb decap --iface eth0` (its default VIP set: the host's global addresses). Every link has
+/// the same MTU (1500): a full-sized packet no longer fits once tunnelled.
 pub struct Tun6Topology {
     // Drop order is field order: programs and servers before their namespaces.
     _decaps: Vec<crate::Decap>,
@@ -199,6 +200,9 @@ pub struct Tun6Topology {
 }
 
 impl Tun6Topology {
+    /// Where the real servers also run `lb-testsrv --sink` (uploads).
+    pub const SINK_PORT: u16 = 81;
+
     /// The real servers' addresses: rs1 in segment 1, rs2 in segment 2.
     pub fn real_addr(i: usize) -> Ipv6Addr {
         Ipv6Addr::new(0x2001, 0xdb8, i as u16, 0, 0, 0, 0, 0x10 + i as u16)
@@ -283,6 +287,8 @@ impl Tun6Topology {
             ])?;
             let listen = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), Dr6Topology::PORT);
             servers.push(start_testsrv(&rs, &name, listen, Serve::Once)?);
+            let sink = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), Self::SINK_PORT);
+            servers.push(start_testsrv(&rs, &name, sink, Serve::Sink)?);
             decaps.push(crate::Decap::start(&rs, "eth0", &[])?);
             reals.push(rs);
         }

@@ -311,4 +311,29 @@ fn ipv6_tunnelling_through_a_router() {
         used.insert(answer.clone());
     }
     assert_eq!(used.len(), 2, "both real servers answered");
+
+    // A 4 MB upload: full-sized segments no longer fit once tunnelled; the director answers
+    // with ICMPv6 Packet Too Big and the client's TCP lowers its segment size.
+    let upload = format!(
+        "[{}]:{}",
+        Dr6Topology::VIP,
+        lb_tests::ipv6::Tun6Topology::SINK_PORT
+    );
+    agent.cli_ok(&["service", "add", "-t", &upload, "-s", "mh"]);
+    for i in 1..=2 {
+        let real = lb_tests::ipv6::Tun6Topology::real_addr(i).to_string();
+        agent.cli_ok(&["real", "add", "-t", &upload, "-r", &real, "-i"]);
+    }
+    const BYTES: usize = 4 << 20;
+    let src = SocketAddr::new(Dr6Topology::client_sources()[0].into(), 45000);
+    let dst: SocketAddr = upload.parse().unwrap();
+    let answer = topo
+        .client()
+        .run_in(|| lb_tests::client::upload(src, dst, BYTES, std::time::Duration::from_secs(20)))
+        .unwrap_or_else(|e| panic!("the upload through the tunnel: {e:#}"));
+    assert!(answer.ends_with(&format!(" {BYTES}")), "{answer}");
+    assert!(
+        agent.list().reason("tx_frag_needed") >= 1,
+        "the director answered a packet too big"
+    );
 }

@@ -261,7 +261,8 @@ fn an_ipv6_packet_cut_short_is_never_sent() {
 /// LVS/TUN over IPv6, configured through the agent's state: the packet leaves wrapped in an
 /// outer IPv6 header (next header 41, hop limit 64, the inner traffic class and flow label) from
 /// the director's IPv6 tunnel source to the real server, addressed to the next hop's MAC, the
-/// inner packet byte for byte; one that would no longer fit the MTU is dropped and counted.
+/// inner packet byte for byte; one that would no longer fit the MTU is answered with ICMPv6
+/// Packet Too Big.
 #[test]
 fn an_ipv6_packet_for_a_tunnelled_real_server_leaves_in_ipv6_in_ipv6() {
     if !require_root() {
@@ -327,11 +328,52 @@ fn an_ipv6_packet_for_a_tunnelled_real_server_leaves_in_ipv6_in_ipv6() {
             "vlan {vlan:?}: outer header, then the packet as it came"
         );
     }
-    // The MTU (1500) with the outer header: fits exactly, then one byte too many.
+    // The MTU (1500) with the outer header: fits exactly; one byte more is answered with
+    // ICMPv6 Packet Too Big, from the VIP to the client, next-hop MTU 1460.
     let fits = 1500 - 40 - 40 - 8 - 20;
     assert_eq!(fx.run(&frame(fits, None)).unwrap().0, XDP_TX);
-    assert_eq!(fx.run(&frame(fits + 1, None)).unwrap().0, XDP_DROP);
-    assert_eq!(fx.reason(Reason::DropTooBig), 1);
+    let input = frame(fits + 1, None);
+    let (verdict, out) = fx.run(&input).unwrap();
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(fx.reason(Reason::TxFragNeeded), 1, "counted as answered");
+    assert_eq!(fx.reason(Reason::DropTooBig), 0);
+    let spec = Frame6Spec::default();
+    assert_eq!(out[0..6], spec.src_mac, "back to the client's router");
+    assert_eq!(out[6..12], input[0..6], "from the director");
+    assert_eq!(out[12..14], [0x86, 0xdd]);
+    let quote = 128;
+    assert_eq!(
+        out.len(),
+        14 + 40 + 8 + quote,
+        "the packet's first 128 bytes quoted"
+    );
+    let ip = &out[14..54];
+    assert_eq!(ip[0], 0x60);
+    assert_eq!(u16::from_be_bytes([ip[4], ip[5]]) as usize, 8 + quote);
+    assert_eq!((ip[6], ip[7]), (58, 64), "ICMPv6, hop limit 64");
+    assert_eq!(ip[8..24], vip().octets(), "from the VIP");
+    assert_eq!(ip[24..40], spec.src.octets(), "to the client");
+    let icmp = &out[54..];
+    assert_eq!((icmp[0], icmp[1]), (2, 0), "Packet Too Big");
+    assert_eq!(
+        u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+        1460
+    );
+    assert_eq!(icmp[8..], input[14..14 + quote]);
+    // The checksum, over the pseudo-header and the message, summed here from scratch.
+    let mut words: Vec<u8> = Vec::new();
+    words.extend_from_slice(&ip[8..40]);
+    words.extend_from_slice(&((8 + quote) as u32).to_be_bytes());
+    words.extend_from_slice(&[0, 0, 0, 58]);
+    words.extend_from_slice(icmp);
+    let mut sum: u32 = words
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    assert_eq!(sum, 0xffff, "ICMPv6 checksum");
 }
 
 /// The real-server side (`xdplb decap`): IPv6-in-IPv6 for one of the host's IPv6 VIPs is opened

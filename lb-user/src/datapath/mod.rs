@@ -12,7 +12,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    map_names, program_names, DEFAULT_CONN_MAX, NAT_PROG_ICMP, NAT_PROG_REPLY, NAT_PROG_SLOTS,
+    map_names, program_names, DEFAULT_CONN_MAX, IPV6_PROG_PIPELINE, IPV6_PROG_SLOTS,
+    IPV6_PROG_TOO_BIG, NAT_PROG_ICMP, NAT_PROG_REPLY, NAT_PROG_SLOTS,
 };
 
 pub use maps::{ConnCounts, Counters, DatapathCounters, DecapMaps, MapWriter, Maps};
@@ -114,7 +115,16 @@ impl Datapath {
                 program_names::NAT_REPLY,
             ),
             (map_names::NAT_PROGS, NAT_PROG_ICMP, program_names::NAT_ICMP),
-            (map_names::IPV6_PROGS, 0, program_names::IPV6),
+            (
+                map_names::IPV6_PROGS,
+                IPV6_PROG_PIPELINE,
+                program_names::IPV6,
+            ),
+            (
+                map_names::IPV6_PROGS,
+                IPV6_PROG_TOO_BIG,
+                program_names::IPV6_TOO_BIG,
+            ),
         ] {
             let prog = xdp(&mut self.ebpf, name)?;
             prog.load()
@@ -142,6 +152,7 @@ impl Datapath {
             LOG_OFF
         };
         pins.drop_outgrown_prog_array(map_names::NAT_PROGS, NAT_PROG_SLOTS)?;
+        pins.drop_outgrown_prog_array(map_names::IPV6_PROGS, IPV6_PROG_SLOTS)?;
         let mut loader = EbpfLoader::new();
         // One NAT reply entry per connection at most.
         loader.map_max_entries(map_names::CONNS, opts.conn_max);
