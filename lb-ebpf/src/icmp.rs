@@ -24,21 +24,9 @@ const TTL: u8 = 64;
 pub fn frag_needed(ctx: &XdpContext, pkt: &Packet, cfg: &DirectorConfig) -> bool {
     let l3 = pkt.l3_off;
     let quote = pkt.l4_off - l3 + 8;
-    // Back to the client, from the director.
-    let Some(mut eth) = EthHeader::read(ctx, l3) else {
-        return false;
-    };
-    (eth.dst, eth.src) = (eth.src, cfg.mac);
     // Room for the new IP and ICMP headers in front of the quoted original IP header.
     let grow = IPV4_HLEN + ICMP_HLEN;
-    if !adjust_head(ctx, -(grow as i32)) || !eth.write(ctx) {
-        return false;
-    }
-    // Cut everything after the quote.
-    let len = ctx.data_end() - ctx.data();
-    let keep = l3 + grow + quote;
-    // SAFETY: the helper checks the new length itself.
-    if keep > len || unsafe { bpf_xdp_adjust_tail(ctx.ctx, keep as i32 - len as i32) } != 0 {
+    if !answer_frame(ctx, l3, cfg.mac, grow, quote) {
         return false;
     }
     let ip = ipv4::header(
@@ -53,20 +41,11 @@ pub fn frag_needed(ctx: &XdpContext, pkt: &Packet, cfg: &DirectorConfig) -> bool
     let next_hop_mtu = (cfg.mtu - IPV4_HLEN as u32) as u16;
     let mut icmp = [ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0, 0, 0, 0, 0];
     icmp[6..8].copy_from_slice(&next_hop_mtu.to_be_bytes());
-    // Checksum over the ICMP header and the quote, two bytes at a time (bounded for the verifier).
-    let mut sum = csum::sum(&icmp);
-    let start = l3 + grow;
-    let mut i = 0;
-    while i < MAX_QUOTE {
-        if i >= quote {
-            break;
-        }
-        let Some(w) = read::<[u8; 2]>(ctx, start + i) else {
-            return false;
-        };
-        sum += u16::from_be_bytes(w) as u32;
-        i += 2;
-    }
+    // Checksum over the ICMP header and the quote.
+    let Some(quoted) = sum_quote::<MAX_QUOTE>(ctx, l3 + grow, quote) else {
+        return false;
+    };
+    let sum = csum::sum(&icmp) + quoted;
     icmp[2..4].copy_from_slice(&csum::fold(sum).to_be_bytes());
     let (Some(ip_at), Some(icmp_at)) = (
         ptr_at::<[u8; 20]>(ctx, l3),
@@ -80,4 +59,39 @@ pub fn frag_needed(ctx: &XdpContext, pkt: &Packet, cfg: &DirectorConfig) -> bool
         icmp_at.write_unaligned(icmp);
     }
     true
+}
+
+/// Makes the frame an answer to its sender, from `mac`: the Ethernet addresses swapped, `grow`
+/// bytes of room in front of the packet at `l3` for the new headers, and everything after the
+/// packet's first `quote` bytes cut. False if the frame could not be resized.
+#[inline(always)]
+pub fn answer_frame(ctx: &XdpContext, l3: usize, mac: [u8; 6], grow: usize, quote: usize) -> bool {
+    let Some(mut eth) = EthHeader::read(ctx, l3) else {
+        return false;
+    };
+    (eth.dst, eth.src) = (eth.src, mac);
+    if !adjust_head(ctx, -(grow as i32)) || !eth.write(ctx) {
+        return false;
+    }
+    let len = ctx.data_end() - ctx.data();
+    let keep = l3 + grow + quote;
+    // SAFETY: the helper checks the new length itself.
+    keep <= len && unsafe { bpf_xdp_adjust_tail(ctx.ctx, keep as i32 - len as i32) } == 0
+}
+
+/// The one's-complement sum (not folded) of the `len` bytes at `start` (an even number, at most
+/// `MAX`), two at a time in a loop bounded for the verifier; None if they are not all there.
+#[inline(always)]
+pub fn sum_quote<const MAX: usize>(ctx: &XdpContext, start: usize, len: usize) -> Option<u32> {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < MAX {
+        if i >= len {
+            break;
+        }
+        let w = read::<[u8; 2]>(ctx, start + i)?;
+        sum += u16::from_be_bytes(w) as u32;
+        i += 2;
+    }
+    Some(sum)
 }

@@ -2,12 +2,12 @@
 //! routers never fragment, so the client's TCP must learn the smaller MTU, from the VIP it sent
 //! to, and lower its segment size.
 
-use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{csum, DirectorConfig};
 
 use crate::{
-    ether::{adjust_head, EthHeader},
-    parse::{ptr_at, read},
+    icmp::{answer_frame, sum_quote},
+    parse::ptr_at,
     parse6::Packet6,
 };
 
@@ -32,41 +32,23 @@ pub fn packet_too_big(ctx: &XdpContext, pkt: &Packet6, cfg: &DirectorConfig) -> 
     if pkt.l4_off + 8 > l3 + quote {
         return false;
     }
-    let Some(mut eth) = EthHeader::read(ctx, l3) else {
-        return false;
-    };
-    (eth.dst, eth.src) = (eth.src, cfg.mac);
     let grow = IPV6_HLEN + ICMP6_HLEN;
-    if !adjust_head(ctx, -(grow as i32)) || !eth.write(ctx) {
-        return false;
-    }
-    let len = ctx.data_end() - ctx.data();
-    let keep = l3 + grow + quote;
-    // SAFETY: the helper checks the new length itself.
-    if keep > len || unsafe { bpf_xdp_adjust_tail(ctx.ctx, keep as i32 - len as i32) } != 0 {
+    if !answer_frame(ctx, l3, cfg.mac, grow, quote) {
         return false;
     }
     let payload = (ICMP6_HLEN + quote) as u16;
     let mut icmp = [PACKET_TOO_BIG, 0, 0, 0, 0, 0, 0, 0];
     icmp[4..8].copy_from_slice(&(cfg.mtu - TUNNEL_OVERHEAD).to_be_bytes());
     // From the VIP to the client: the pseudo-header, the ICMPv6 header and the quote.
-    let mut sum = csum::sum(&pkt.dst)
+    let Some(quoted) = sum_quote::<MAX_QUOTE>(ctx, l3 + grow, quote) else {
+        return false;
+    };
+    let sum = csum::sum(&pkt.dst)
         + csum::sum(&pkt.src)
         + payload as u32
         + NEXTHDR_ICMPV6 as u32
-        + csum::sum(&icmp);
-    let start = l3 + grow;
-    let mut i = 0;
-    while i < MAX_QUOTE {
-        if i >= quote {
-            break;
-        }
-        let Some(w) = read::<[u8; 2]>(ctx, start + i) else {
-            return false;
-        };
-        sum += u16::from_be_bytes(w) as u32;
-        i += 2;
-    }
+        + csum::sum(&icmp)
+        + quoted;
     icmp[2..4].copy_from_slice(&csum::fold(sum).to_be_bytes());
     let mut ip = [0u8; IPV6_HLEN];
     ip[0] = 0x60;

@@ -305,9 +305,9 @@ async fn check_on_link<'a>(
     )
 }
 
-/// The global IPv6 addresses of interface `ifindex` (or of every interface), in address-dump
-/// order (link-local ones cannot be a tunnel's source toward another network).
-pub async fn ipv6_global_addresses(ifindex: Option<u32>) -> Result<Vec<Ipv6Addr>> {
+/// The addresses of interface `ifindex` (or of every interface), both families, in
+/// address-dump order, each once.
+async fn addresses(ifindex: Option<u32>) -> Result<Vec<IpAddr>> {
     let nl = Netlink::open()?;
     let mut req = nl.handle.address().get();
     if let Some(i) = ifindex {
@@ -321,9 +321,8 @@ pub async fn ipv6_global_addresses(ifindex: Option<u32>) -> Result<Vec<Ipv6Addr>
         .map_err(|e| anyhow!("cannot list addresses: {}", reason(&e)))?
     {
         for attr in msg.attributes {
-            if let AddressAttribute::Address(IpAddr::V6(a)) = attr {
-                let link_local = a.segments()[0] & 0xffc0 == 0xfe80;
-                if !link_local && !a.is_loopback() && !found.contains(&a) {
+            if let AddressAttribute::Local(a) | AddressAttribute::Address(a) = attr {
+                if !found.contains(&a) {
                     found.push(a);
                 }
             }
@@ -332,31 +331,29 @@ pub async fn ipv6_global_addresses(ifindex: Option<u32>) -> Result<Vec<Ipv6Addr>
     Ok(found)
 }
 
+/// The global IPv6 addresses of interface `ifindex` (or of every interface), in address-dump
+/// order (link-local ones cannot be a tunnel's source toward another network).
+pub async fn ipv6_global_addresses(ifindex: Option<u32>) -> Result<Vec<Ipv6Addr>> {
+    Ok(addresses(ifindex)
+        .await?
+        .into_iter()
+        .filter_map(|a| match a {
+            IpAddr::V6(a) if a.segments()[0] & 0xffc0 != 0xfe80 && !a.is_loopback() => Some(a),
+            _ => None,
+        })
+        .collect())
+}
+
 /// The IPv4 addresses of the host (every interface), in address-dump order.
 pub async fn ipv4_addresses(ifindex: Option<u32>) -> Result<Vec<Ipv4Addr>> {
-    let nl = Netlink::open()?;
-    let mut req = nl.handle.address().get();
-    if let Some(i) = ifindex {
-        req = req.set_link_index_filter(i);
-    }
-    let mut dump = req.execute();
-    let mut found = Vec::new();
-    while let Some(msg) = dump
-        .try_next()
-        .await
-        .map_err(|e| anyhow!("cannot list addresses: {}", reason(&e)))?
-    {
-        for attr in msg.attributes {
-            if let AddressAttribute::Local(IpAddr::V4(a))
-            | AddressAttribute::Address(IpAddr::V4(a)) = attr
-            {
-                if !found.contains(&a) {
-                    found.push(a);
-                }
-            }
-        }
-    }
-    Ok(found)
+    Ok(addresses(ifindex)
+        .await?
+        .into_iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
+        .collect())
 }
 
 /// "ARP" or "neighbour discovery": how the kernel resolves `ip`, for messages.

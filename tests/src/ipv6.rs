@@ -51,37 +51,13 @@ impl Dr6Topology {
         let prefix = names::unique_prefix();
         let switch = Switch::new(format!("{prefix}-sw6"))?;
         let host = |name: &str, addr: Ipv6Addr| -> Result<Netns> {
-            let ns = Netns::new(format!("{prefix}-{name}"))?;
-            ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
-            ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
-            switch.plug(&ns, "eth0", name)?;
-            ns.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{addr}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ])?;
+            let ns = ipv6_host(&prefix, name)?;
+            plug6(&switch, &ns, "eth0", name, &format!("{addr}/64"))?;
             Ok(ns)
         };
         let director = host("director", Self::addr(1))?;
         let vip = format!("{}/128", Self::VIP);
-        // Deprecated (preferred_lft 0): still answered for, never chosen as a source address.
-        // A /128 would otherwise win source selection toward the real servers (longest match),
-        // and their answers to the VIP, which they hold too, would never come back.
-        director.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &vip,
-            "dev",
-            "eth0",
-            "nodad",
-            "preferred_lft",
-            "0",
-        ])?;
+        hold_vip_deprecated(&director)?;
         let xdp_pass = switch.pass_xdp("director")?;
 
         if ipv4 {
@@ -214,15 +190,9 @@ impl Tun6Topology {
         let segments = (0..3)
             .map(|s| Switch::new(format!("{prefix}-s6{s}")))
             .collect::<Result<Vec<_>>>()?;
-        let ns = |name: &str| -> Result<Netns> {
-            let ns = Netns::new(format!("{prefix}-{name}"))?;
-            ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
-            ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
-            Ok(ns)
-        };
+        let ns = |name: &str| ipv6_host(&prefix, name);
         let plug = |host: &Netns, seg: usize, ifname: &str, port: &str, addr: &str| {
-            segments[seg].plug(host, ifname, port)?;
-            host.ip(&["-6", "addr", "add", addr, "dev", ifname, "nodad"])
+            plug6(&segments[seg], host, ifname, port, addr)
         };
         let router = ns("router6")?;
         router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
@@ -238,17 +208,7 @@ impl Tun6Topology {
         let director = ns("director")?;
         plug(&director, 0, "eth0", "director", "2001:db8::1/64")?;
         let vip = format!("{}/128", Dr6Topology::VIP);
-        director.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &vip,
-            "dev",
-            "eth0",
-            "nodad",
-            "preferred_lft",
-            "0",
-        ])?;
+        hold_vip_deprecated(&director)?;
         for seg in 1..=2 {
             director.ip(&[
                 "-6",
@@ -315,4 +275,40 @@ impl Tun6Topology {
     pub fn reals(&self) -> &[Netns] {
         &self.reals
     }
+}
+
+/// A namespace `<prefix>-<name>` whose IPv6 addresses are usable at once (no duplicate address
+/// detection).
+fn ipv6_host(prefix: &str, name: &str) -> Result<Netns> {
+    let ns = Netns::new(format!("{prefix}-{name}"))?;
+    ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+    ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+    Ok(ns)
+}
+
+/// Plugs `host`'s `ifname` into `switch` (bridge port `port`) with IPv6 address `addr` (with
+/// its prefix length).
+fn plug6(switch: &Switch, host: &Netns, ifname: &str, port: &str, addr: &str) -> Result<String> {
+    switch.plug(host, ifname, port)?;
+    host.ip(&["-6", "addr", "add", addr, "dev", ifname, "nodad"])
+}
+
+/// The director's VIP on its eth0, deprecated (preferred_lft 0): still answered for, never
+/// chosen as a source address. A /128 would otherwise win source selection toward the real
+/// servers (longest match), and their answers to the VIP, which they hold too, would never
+/// come back.
+fn hold_vip_deprecated(director: &Netns) -> Result<()> {
+    let vip = format!("{}/128", Dr6Topology::VIP);
+    director.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &vip,
+        "dev",
+        "eth0",
+        "nodad",
+        "preferred_lft",
+        "0",
+    ])?;
+    Ok(())
 }

@@ -94,15 +94,7 @@ fn ipv6_direct_routing_from_many_clients() {
         .into_iter()
         .flat_map(|src| (0..ROUNDS).map(move |r| SocketAddr::new(src.into(), 41000 + r)))
         .collect();
-    let answers: Vec<String> = topo.client().run_in(|| {
-        flows
-            .iter()
-            .map(|&src| {
-                fetch_from(src, Dr6Topology::service())
-                    .unwrap_or_else(|e| panic!("{src} -> {SERVICE}: {e:#}"))
-            })
-            .collect()
-    });
+    let answers = fetch_all(topo.client(), &flows, Dr6Topology::service());
     let predicted = simulate(&agent, &flows);
     let mut by_source: BTreeMap<std::net::IpAddr, BTreeSet<&str>> = BTreeMap::new();
     for ((flow, answer), real) in flows.iter().zip(&answers).zip(&predicted) {
@@ -124,6 +116,16 @@ fn ipv6_direct_routing_from_many_clients() {
     assert_eq!(used.len(), 3, "every real server answered: {used:?}");
     let conns = agent.list().service_stat(SERVICE, "conns");
     assert_eq!(conns, flows.len() as u64, "each connection counted once");
+}
+
+/// One connection from each of `flows` to `dst`, from inside `client`: what each server said.
+fn fetch_all(client: &lb_tests::Netns, flows: &[SocketAddr], dst: SocketAddr) -> Vec<String> {
+    client.run_in(|| {
+        flows
+            .iter()
+            .map(|&f| fetch_from(f, dst).unwrap_or_else(|e| panic!("{f} -> {dst}: {e:#}")))
+            .collect()
+    })
 }
 
 /// `xdplb simulate` for `flows`: the real server ("[RIP]:PORT") each would get.
@@ -214,14 +216,7 @@ fn ipv6_saved_configuration_and_health_checks() {
         .into_iter()
         .map(|src| SocketAddr::new(src.into(), 42000))
         .collect();
-    let answers: Vec<String> = topo.client().run_in(|| {
-        flows
-            .iter()
-            .map(|&src| {
-                fetch_from(src, Dr6Topology::service()).unwrap_or_else(|e| panic!("{src}: {e:#}"))
-            })
-            .collect()
-    });
+    let answers = fetch_all(topo.client(), &flows, Dr6Topology::service());
     assert!(answers.iter().all(|a| a == "rs2"), "{answers:?}");
 }
 
@@ -249,12 +244,7 @@ fn a_dual_stack_service_pair() {
     for (service, src) in [SERVICE4, SERVICE].into_iter().zip(sources) {
         let dst: SocketAddr = service.parse().unwrap();
         let flows: Vec<SocketAddr> = (0..30).map(|p| SocketAddr::new(src, 43000 + p)).collect();
-        let answers: Vec<String> = topo.client().run_in(|| {
-            flows
-                .iter()
-                .map(|&f| fetch_from(f, dst).unwrap_or_else(|e| panic!("{f} -> {dst}: {e:#}")))
-                .collect()
-        });
+        let answers = fetch_all(topo.client(), &flows, dst);
         let predicted = simulate_for(&agent, service, &flows);
         let mut used = BTreeSet::new();
         for ((flow, answer), real) in flows.iter().zip(&answers).zip(&predicted) {
@@ -292,15 +282,7 @@ fn ipv6_tunnelling_through_a_router() {
         .into_iter()
         .flat_map(|src| (0..3).map(move |r| SocketAddr::new(src.into(), 44000 + r)))
         .collect();
-    let answers: Vec<String> = topo.client().run_in(|| {
-        flows
-            .iter()
-            .map(|&src| {
-                fetch_from(src, Dr6Topology::service())
-                    .unwrap_or_else(|e| panic!("{src} -> {SERVICE}: {e:#}"))
-            })
-            .collect()
-    });
+    let answers = fetch_all(topo.client(), &flows, Dr6Topology::service());
     let predicted = simulate(&agent, &flows);
     let mut used = BTreeSet::new();
     for ((flow, answer), real) in flows.iter().zip(&answers).zip(&predicted) {
