@@ -46,7 +46,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    DirectorConfig, NatReply, RealEgress, RealServer, Reason, FWD_DR, FWD_NAT, FWD_TUN,
+    DirectorConfig, FlowKey, NatReply, RealEgress, RealServer, Reason, ServiceInfo, FWD_DR,
+    FWD_NAT, FWD_TUN,
 };
 
 use crate::parse::{Packet, Parsed, TCP_FLAG_RST};
@@ -97,12 +98,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
             if !parse::is_whole(&ctx, &pkt) {
                 return stats::drop(Reason::DropMalformed, frame_len);
             }
-            // A persistent client goes where its template says; else the scheduler decides.
-            let id = match persist::template(service, &flow, now) {
-                Some(id) => Some(id),
-                None => schedule::pick(service, &flow),
-            };
-            let Some(id) = id else {
+            let Some(id) = choose(service, &flow, now) else {
                 debug!(
                     &ctx,
                     "no real server for {:i}:{}",
@@ -150,6 +146,16 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     };
     stats::forwarded(service_id, real_id, frame_len, new_flow);
     verdict
+}
+
+/// The schedule stage for a new flow: a persistent client goes where its template says; else
+/// the scheduler decides.
+#[inline(always)]
+fn choose(service: &ServiceInfo, flow: &FlowKey, now: u32) -> Option<u32> {
+    match persist::template(service, flow, now) {
+        Some(id) => Some(id),
+        None => schedule::pick(service, flow),
+    }
 }
 
 /// The host stage: the verdict for a frame that is not this director's to act on (another
@@ -348,7 +354,7 @@ pub fn xdplb_nat_icmp(ctx: XdpContext) -> u32 {
 
 /// The IPv6 pipeline, tail-called for every IPv6 frame:
 /// parse6 -> lookup -> conntrack -> schedule -> forward (LVS/DR, LVS/TUN) -> stats.
-/// LVS/NAT over IPv6, and persistence, are not in it yet.
+/// LVS/NAT over IPv6 is not in it yet.
 #[xdp]
 pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
@@ -384,13 +390,14 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
             if !whole {
                 return stats::drop(Reason::DropMalformed, frame_len);
             }
-            let Some((id, real)) = schedule::pick(service, &flow)
+            let Some((id, real)) = choose(service, &flow, now)
                 .and_then(|id| Some((id, schedule::real(service.id, id)?)))
             else {
                 return stats::drop(Reason::DropNoReal, frame_len);
             };
             if flags & TCP_FLAG_RST == 0 {
                 conntrack::insert(&flow, service.id, id, flags, now, config);
+                persist::remember(service, &flow, id, now);
             }
             (service.id, id, real, true)
         }

@@ -314,9 +314,10 @@ pub struct SchedulerArgs {
     /// while any lives and for SECS (default 300) after the last; 0 turns it off.
     #[arg(short = 'p', long, value_name = "SECS", num_args = 0..=1, default_missing_value = "300")]
     persistent: Option<u32>,
-    /// Persistence groups clients by this netmask (default 255.255.255.255: each address).
+    /// Persistence groups clients by this netmask: dotted (IPv4) or a prefix length (IPv6:
+    /// 64; IPv4: 24). Default: each address apart (255.255.255.255, 128).
     #[arg(short = 'M', long, value_name = "NETMASK")]
-    netmask: Option<Ipv4Addr>,
+    netmask: Option<crate::state::Netmask>,
 }
 
 impl SchedulerArgs {
@@ -709,7 +710,8 @@ fn simulate(socket: &std::path::Path, service: ServiceAddr, from: &[String]) -> 
     };
     let mut out = String::new();
     for ((src, sport), real) in flows.iter().zip(reals) {
-        let _ = writeln!(out, "{src}:{sport} {}", real.as_deref().unwrap_or("-"));
+        let client = SocketAddr::new(*src, *sport);
+        let _ = writeln!(out, "{client} {}", real.as_deref().unwrap_or("-"));
     }
     print!("{out}");
     Ok(())
@@ -764,7 +766,7 @@ pub fn format_listing(l: &Listing) -> String {
                 };
                 if let Some(t) = s.persistent {
                     options += &format!(" persistent {t}");
-                    if let Some(m) = s.netmask.filter(|m| !m.is_broadcast()) {
+                    if let Some(m) = s.netmask.filter(|m| !m.is_single()) {
                         options += &format!(" mask {m}");
                     }
                 }

@@ -157,7 +157,7 @@ pub struct ServiceConfig {
     pub persistent: Option<u32>,
     /// The netmask persistent clients are grouped by (ipvsadm -M).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub netmask: Option<Ipv4Addr>,
+    pub netmask: Option<crate::state::Netmask>,
     #[serde(default, rename = "real")]
     pub reals: Vec<Spanned<RealConfig>>,
 }
@@ -455,10 +455,7 @@ impl Config {
                         mh_size: mh.then_some(s.table.len() as u32),
                         hash: mh.then_some(s.hash),
                         persistent: s.persistence.map(|p| p.timeout),
-                        netmask: s
-                            .persistence
-                            .map(|p| p.netmask)
-                            .filter(|m| *m != crate::state::Persistence::DEFAULT_NETMASK),
+                        netmask: s.persistence.map(|p| p.netmask).filter(|m| !m.is_single()),
                         reals: s
                             .reals
                             .iter()

@@ -619,50 +619,73 @@ pub mod announce_routes {
     use rtnetlink::packet_route::route::RouteProtocol;
     use rtnetlink::RouteMessageBuilder;
 
-    fn message(table: u32, vip: Ipv4Addr) -> RouteMessage {
-        RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(vip, 32)
-            .table_id(table)
-            .kind(RouteType::BlackHole)
-            .protocol(RouteProtocol::Static)
-            .build()
+    /// The host route (/32, /128) of `vip` in `table`: a blackhole of protocol static, which
+    /// the routing daemon learns; the datapath takes the VIP's packets before any route.
+    fn message(table: u32, vip: IpAddr) -> RouteMessage {
+        match vip {
+            IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(v4, 32)
+                .table_id(table)
+                .kind(RouteType::BlackHole)
+                .protocol(RouteProtocol::Static)
+                .build(),
+            IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(v6, 128)
+                .table_id(table)
+                .kind(RouteType::BlackHole)
+                .protocol(RouteProtocol::Static)
+                .build(),
+        }
     }
 
-    /// The VIPs announced in `table`: its blackhole /32 routes of protocol static.
-    pub async fn list(table: u32) -> Result<Vec<Ipv4Addr>> {
+    /// The VIPs announced in `table`: its blackhole host routes (/32, /128) of protocol static.
+    pub async fn list(table: u32) -> Result<Vec<IpAddr>> {
         let nl = Netlink::open()?;
-        let query = RouteMessageBuilder::<Ipv4Addr>::new()
-            .table_id(table)
-            .build();
-        let mut dump = nl.handle.route().get(query).execute();
+        let queries = [
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .table_id(table)
+                .build(),
+            RouteMessageBuilder::<Ipv6Addr>::new()
+                .table_id(table)
+                .build(),
+        ];
         let mut vips = Vec::new();
-        while let Some(route) = dump
-            .try_next()
-            .await
-            .map_err(|e| anyhow!("cannot list routing table {table}: {}", reason(&e)))?
-        {
-            let in_table = route.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Table(t) => Some(*t),
-                _ => None,
-            });
-            let in_table = in_table.unwrap_or(route.header.table as u32);
-            if in_table != table
-                || route.header.kind != RouteType::BlackHole
-                || route.header.protocol != RouteProtocol::Static
-                || route.header.destination_prefix_length != 32
+        for query in queries {
+            let mut dump = nl.handle.route().get(query).execute();
+            while let Some(route) = dump
+                .try_next()
+                .await
+                .map_err(|e| anyhow!("cannot list routing table {table}: {}", reason(&e)))?
             {
-                continue;
-            }
-            for a in &route.attributes {
-                if let RouteAttribute::Destination(RouteAddress::Inet(v)) = a {
-                    vips.push(*v);
+                let in_table = route.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                });
+                let in_table = in_table.unwrap_or(route.header.table as u32);
+                if in_table != table
+                    || route.header.kind != RouteType::BlackHole
+                    || route.header.protocol != RouteProtocol::Static
+                {
+                    continue;
+                }
+                let host = |len: u8| route.header.destination_prefix_length == len;
+                for a in &route.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(v)) if host(32) => {
+                            vips.push((*v).into())
+                        }
+                        RouteAttribute::Destination(RouteAddress::Inet6(v)) if host(128) => {
+                            vips.push((*v).into())
+                        }
+                        _ => {}
+                    }
                 }
             }
         }
         Ok(vips)
     }
 
-    pub async fn add(table: u32, vip: Ipv4Addr) -> Result<()> {
+    pub async fn add(table: u32, vip: IpAddr) -> Result<()> {
         let nl = Netlink::open()?;
         nl.handle
             .route()
@@ -678,7 +701,7 @@ pub mod announce_routes {
             })
     }
 
-    pub async fn del(table: u32, vip: Ipv4Addr) -> Result<()> {
+    pub async fn del(table: u32, vip: IpAddr) -> Result<()> {
         let nl = Netlink::open()?;
         match nl.handle.route().del(message(table, vip)).execute().await {
             Ok(()) => Ok(()),

@@ -2,7 +2,7 @@
 //! with an IPv6 service and IPv6 real servers in ipvsadm's bracket notation; hundreds of real TCP
 //! connections from many source addresses, each answered by the real server `xdplb simulate`
 //! names, every real server used, each source kept on one (source hashing); real servers' MACs
-//! learned by neighbour discovery; what the agent cannot do yet over IPv6 is refused with a
+//! learned by neighbour discovery; what the agent cannot do over IPv6 is refused with a
 //! line saying so.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -75,8 +75,17 @@ fn ipv6_direct_routing_from_many_clients() {
             "no neighbour discovery reply",
         ),
         (
-            vec!["service", "add", "-t", "[2001:db8::100]:443", "-p", "300"],
-            "IPv6",
+            vec![
+                "service",
+                "add",
+                "-t",
+                "[2001:db8::100]:443",
+                "-p",
+                "300",
+                "-M",
+                "255.255.255.0",
+            ],
+            "an IPv6 service takes a prefix length",
         ),
     ] {
         let out = agent.cli(&args);
@@ -163,16 +172,20 @@ fn simulate_for(agent: &Agent, service: &str, flows: &[SocketAddr]) -> Vec<Strin
         .collect()
 }
 
-/// An IPv6 service in the configuration file `xdplb save` writes, started from it again; TCP
-/// health checks of IPv6 real servers: one whose server stops goes down, the other stays up.
+/// A persistent IPv6 service (a prefix length as its netmask) in the configuration file `xdplb
+/// save` writes, started from it again; clients in one prefix kept on one real server; TCP
+/// health checks of IPv6 real servers: one whose server stops goes down, the other stays up,
+/// and the clients persistence kept on the failed one go to the other.
 #[test]
-fn ipv6_saved_configuration_and_health_checks() {
+fn ipv6_saved_configuration_persistence_and_health_checks() {
     if !require_root() {
         return;
     }
     let mut topo = Dr6Topology::new(2).expect("cannot build the IPv6 topology");
     let mut agent = Agent::start(topo.director(), "eth0", &[]).expect("cannot start the agent");
-    agent.cli_ok(&["service", "add", "-t", SERVICE, "-s", "mh", "--hash", "src"]);
+    agent.cli_ok(&[
+        "service", "add", "-t", SERVICE, "-s", "mh", "--hash", "src", "-p", "600", "-M", "125",
+    ]);
     for i in 1..=2 {
         let real = format!("[{}]:80", Dr6Topology::real_addr(i));
         agent.cli_ok(&["real", "add", "-t", SERVICE, "-r", &real, "--check", "tcp"]);
@@ -180,7 +193,9 @@ fn ipv6_saved_configuration_and_health_checks() {
     let running = agent.list_config();
     let saved = agent.save();
     assert!(
-        saved.contains(r#"vip = "2001:db8::100""#) && saved.contains(r#"address = "2001:db8::12""#),
+        saved.contains(r#"vip = "2001:db8::100""#)
+            && saved.contains(r#"address = "2001:db8::12""#)
+            && saved.contains(r#"netmask = "125""#),
         "{saved}"
     );
     assert!(agent.stop().success());
@@ -191,6 +206,40 @@ fn ipv6_saved_configuration_and_health_checks() {
         running,
         "another configuration from:\n{saved}"
     );
+    let out = agent.cli(&["ipvsadm", "-Ln"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("[2001:db8::100]:80 mh persistent 600 mask 125"),
+        "{text}"
+    );
+
+    // Persistence groups the sources by /125 (eight addresses): mh alone, hashing each
+    // address, would spread a group over both servers.
+    let flows: Vec<SocketAddr> = Dr6Topology::client_sources()
+        .into_iter()
+        .map(|src| SocketAddr::new(src.into(), 42100))
+        .collect();
+    let answers = fetch_all(topo.client(), &flows, Dr6Topology::service());
+    let mut by_group: BTreeMap<u16, BTreeSet<&str>> = BTreeMap::new();
+    for (flow, answer) in flows.iter().zip(&answers) {
+        let IpAddr::V6(src) = flow.ip() else {
+            unreachable!()
+        };
+        by_group
+            .entry(src.segments()[7] >> 3)
+            .or_default()
+            .insert(answer);
+    }
+    assert!(
+        by_group.values().all(|servers| servers.len() == 1),
+        "one server per /125: {by_group:?}"
+    );
+    // simulate reads the templates these connections left: the same server for each.
+    let predicted = simulate(&agent, &flows);
+    for ((flow, answer), real) in flows.iter().zip(&answers).zip(&predicted) {
+        let n = Dr6Topology::real_addr(answer[2..].parse().unwrap());
+        assert_eq!(real, &format!("[{n}]:80"), "{flow}");
+    }
 
     let state = |i: usize| {
         let real = format!("[{}]:80", Dr6Topology::real_addr(i));

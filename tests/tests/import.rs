@@ -168,7 +168,9 @@ fn the_fixture_converts_to_the_services_it_describes() {
                 Scheduler::Sh,
                 None,
                 Some(600),
-                Some(Ipv4Addr::new(255, 255, 255, 0)),
+                Some(lb_user::state::Netmask::Dotted(Ipv4Addr::new(
+                    255, 255, 255, 0,
+                ))),
             ),
             vec![
                 (rs(1), 1, route, 0, 0, tcp(Some(80), 60_000, 5_000, 2)),

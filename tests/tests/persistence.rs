@@ -11,7 +11,7 @@ use lb_tests::require_root;
 use lb_user::{
     health::Health,
     packet::FrameSpec,
-    state::{Protocol, Scheduler, SchedulerSpec, ServiceAddr},
+    state::{Netmask, Protocol, Scheduler, SchedulerSpec, ServiceAddr},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
@@ -26,7 +26,7 @@ fn service(port: u16) -> ServiceAddr {
 
 /// A persistent rr service on `port` over rs11..rs13: without persistence every new
 /// connection would go to the next server.
-fn fixture(port: u16, timeout: u32, netmask: Option<Ipv4Addr>) -> Fixture {
+fn fixture(port: u16, timeout: u32, netmask: Option<Netmask>) -> Fixture {
     let mut fx = Fixture::new();
     fx.add_service(
         service(port),
@@ -93,7 +93,11 @@ fn clients_under_one_netmask_share_a_real_server() {
     if !require_root() {
         return;
     }
-    let mut fx = fixture(80, 300, Some(Ipv4Addr::new(255, 255, 255, 0)));
+    let mut fx = fixture(
+        80,
+        300,
+        Some(Netmask::Dotted(Ipv4Addr::new(255, 255, 255, 0))),
+    );
     let first = connect(&mut fx, Ipv4Addr::new(10, 1, 7, 1), 1000, 80).unwrap();
     for host in 2..40 {
         let c = Ipv4Addr::new(10, 1, 7, host);
@@ -172,7 +176,10 @@ fn a_failed_or_deleted_real_server_releases_its_templates() {
     };
     let template = |fx: &Fixture, c: Ipv4Addr| {
         let id = fx.state.service(&service(80)).unwrap().id;
-        fx.maps.template(id, c).unwrap().map(|(real, _)| real)
+        fx.maps
+            .template(id, c.into())
+            .unwrap()
+            .map(|(real, _)| real)
     };
     let first_a = connect(&mut fx, a, 1000, 80).unwrap();
     let first_b = connect(&mut fx, b, 1000, 80).unwrap();
@@ -231,4 +238,92 @@ fn persistence_holds_with_every_scheduler() {
             }
         }
     }
+}
+
+/// IPv6: the same, with the netmask a prefix length. Clients in one /64 share a template, those
+/// in another get their own, every port of a port-0 service included; the default (128) keeps
+/// each address apart.
+#[test]
+fn ipv6_clients_under_one_prefix_share_a_real_server() {
+    if !require_root() {
+        return;
+    }
+    use lb_user::{
+        packet::Frame6Spec,
+        state::{Mac, RealSpec},
+    };
+    use std::net::Ipv6Addr;
+    let vip: Ipv6Addr = "2001:db8::100".parse().unwrap();
+    let fixture6 = |port: u16, netmask: Option<Netmask>| {
+        let svc = ServiceAddr {
+            protocol: Protocol::Tcp,
+            vip: vip.into(),
+            port,
+        };
+        let mut fx = Fixture::new();
+        fx.add_service(
+            svc,
+            SchedulerSpec {
+                scheduler: Some(Scheduler::Rr),
+                persistent: Some(300),
+                netmask,
+                ..Default::default()
+            },
+        );
+        for n in 11..=13u8 {
+            let addr: Ipv6Addr = format!("2001:db8::{n}").parse().unwrap();
+            fx.add_real_spec(
+                svc,
+                RealSpec {
+                    addr: Some(addr.into()),
+                    mac: Some(Mac(lb_tests::fixture::real_mac(n))),
+                    ..Default::default()
+                },
+            );
+        }
+        fx
+    };
+    let connect6 = |fx: &mut Fixture, client: &str, sport: u16, dport: u16| {
+        let frame = Frame6Spec {
+            src: client.parse().unwrap(),
+            dst: vip,
+            sport,
+            dport,
+            ..Default::default()
+        }
+        .build();
+        let (verdict, out) = fx.run(&frame).expect("test run");
+        assert_eq!(verdict, lb_tests::fixture::XDP_TX, "{client}:{sport}");
+        assert_eq!(
+            out[12..],
+            frame[12..],
+            "LVS/DR leaves the packet as it came"
+        );
+        out[5]
+    };
+
+    let mut fx = fixture6(80, Some(Netmask::Prefix(64)));
+    let a = connect6(&mut fx, "2001:db8:1:1::1", 1000, 80);
+    let b = connect6(&mut fx, "2001:db8:1:2::1", 1000, 80);
+    assert_ne!(a, b, "rr gave the two prefixes different servers");
+    for port in 1001..1006 {
+        assert_eq!(connect6(&mut fx, "2001:db8:1:1::1", port, 80), a);
+        assert_eq!(connect6(&mut fx, "2001:db8:1:1:aaaa::7", port, 80), a);
+        assert_eq!(connect6(&mut fx, "2001:db8:1:2:ffff::", port, 80), b);
+    }
+
+    // Each address apart by default: a neighbour in the /64 is scheduled afresh (rr: the next).
+    let mut fx = fixture6(80, None);
+    let a = connect6(&mut fx, "2001:db8:1:1::1", 1000, 80);
+    let c = connect6(&mut fx, "2001:db8:1:1::2", 1000, 80);
+    assert_ne!(a, c);
+    assert_eq!(connect6(&mut fx, "2001:db8:1:1::1", 1001, 80), a);
+
+    // A port-0 service: every port of one client's prefix on one real server.
+    let mut fx = fixture6(0, Some(Netmask::Prefix(48)));
+    let first = connect6(&mut fx, "2001:db8:5::1", 1000, 80);
+    for (sport, dport) in [(1001, 443), (1002, 8080), (1003, 22)] {
+        assert_eq!(connect6(&mut fx, "2001:db8:5:9::3", sport, dport), first);
+    }
+    assert_ne!(connect6(&mut fx, "2001:db8:6::1", 1000, 443), first);
 }

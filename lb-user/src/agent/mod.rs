@@ -18,7 +18,7 @@ mod run;
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::{Duration, SystemTime},
 };
@@ -229,7 +229,7 @@ impl Agent {
     }
 
     /// The VIPs to announce now.
-    fn wanted(&self) -> BTreeSet<Ipv4Addr> {
+    fn wanted(&self) -> BTreeSet<IpAddr> {
         if self.unfit().is_some() {
             return BTreeSet::new();
         }
@@ -462,18 +462,10 @@ impl Agent {
         };
         // A persistent client goes where its template (or an earlier flow of this
         // simulation) sent it, while that server is up.
-        let mut remembered: HashMap<Ipv4Addr, u32> = HashMap::new();
+        let mut remembered: HashMap<IpAddr, u32> = HashMap::new();
         let mut reals = Vec::new();
         for &(src, sport) in flows {
-            // Persistence is IPv4's only (an IPv6 service cannot be persistent yet).
-            let client = match src {
-                IpAddr::V4(v4) => Some(v4),
-                IpAddr::V6(_) => None,
-            };
-            let masked = svc
-                .persistence
-                .zip(client)
-                .map(|(p, src)| (src, Ipv4Addr::from(u32::from(src) & u32::from(p.netmask))));
+            let masked = svc.persistence.map(|p| (src, p.netmask.apply(src)));
             let template = match masked {
                 Some((src, m)) => match remembered.get(&m) {
                     Some(id) => Some(*id),

@@ -7,7 +7,7 @@
 //! SIGTERM every VIP is withdrawn first, and the datapath keeps forwarding for a grace period
 //! while the routers converge.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -54,24 +54,21 @@ impl Settings {
     }
 }
 
-/// The VIPs of `state` that have a service with at least one real server that takes new flows
-/// (weight above 0, health up). IPv4 VIPs only: IPv6 ones are not announced yet.
-pub fn servable(state: &State) -> BTreeSet<Ipv4Addr> {
+/// The VIPs of `state`, of both families, that have a service with at least one real server
+/// that takes new flows (weight above 0, health up).
+pub fn servable(state: &State) -> BTreeSet<IpAddr> {
     state
         .services
         .values()
         .filter(|s| s.reals.iter().any(|r| r.effective_weight() > 0))
-        .filter_map(|s| match s.addr.vip {
-            std::net::IpAddr::V4(vip) => Some(vip),
-            std::net::IpAddr::V6(_) => None,
-        })
+        .map(|s| s.addr.vip)
         .collect()
 }
 
 /// The routes of one table, kept equal to the VIPs that should be announced.
 pub struct Announcer {
     settings: Settings,
-    announced: BTreeSet<Ipv4Addr>,
+    announced: BTreeSet<IpAddr>,
 }
 
 impl Announcer {
@@ -91,12 +88,12 @@ impl Announcer {
         &self.settings
     }
 
-    pub fn announced(&self) -> &BTreeSet<Ipv4Addr> {
+    pub fn announced(&self) -> &BTreeSet<IpAddr> {
         &self.announced
     }
 
     /// Adds and removes routes so that exactly `wanted` is announced.
-    pub async fn set(&mut self, wanted: &BTreeSet<Ipv4Addr>) -> Result<()> {
+    pub async fn set(&mut self, wanted: &BTreeSet<IpAddr>) -> Result<()> {
         let table = self.settings.table;
         for &vip in wanted.difference(&self.announced.clone()) {
             announce_routes::add(table, vip).await?;
@@ -112,7 +109,7 @@ impl Announcer {
     }
 
     /// Reads the table again (someone may have removed a route) and sets it right.
-    pub async fn resync(&mut self, wanted: &BTreeSet<Ipv4Addr>) -> Result<()> {
+    pub async fn resync(&mut self, wanted: &BTreeSet<IpAddr>) -> Result<()> {
         self.announced = announce_routes::list(self.settings.table)
             .await?
             .into_iter()
@@ -126,6 +123,7 @@ mod tests {
     use super::*;
     use crate::health::Health;
     use crate::state::{Mac, Protocol, RealSpec, SchedulerSpec, ServiceAddr};
+    use std::net::Ipv4Addr;
 
     fn svc(vip: [u8; 4], port: u16) -> ServiceAddr {
         ServiceAddr {
@@ -157,7 +155,7 @@ mod tests {
         s = s.add_real(b80, &real(12, 0)).unwrap();
         assert_eq!(
             servable(&s),
-            BTreeSet::from([Ipv4Addr::new(10, 0, 0, 100)]),
+            BTreeSet::from([IpAddr::from([10, 0, 0, 100])]),
             "weight 0 serves nothing"
         );
         s = s.add_real(a443, &real(13, 1)).unwrap();
@@ -166,13 +164,31 @@ mod tests {
             .unwrap();
         assert_eq!(
             servable(&down),
-            BTreeSet::from([Ipv4Addr::new(10, 0, 0, 100)]),
+            BTreeSet::from([IpAddr::from([10, 0, 0, 100])]),
             "443 still serves the VIP"
         );
         let both_down = down
             .set_health(a443, Ipv4Addr::new(10, 0, 0, 13).into(), Health::Down, None)
             .unwrap();
         assert!(servable(&both_down).is_empty());
+
+        // An IPv6 VIP is announced as an IPv4 one is, beside it.
+        let v6 = ServiceAddr {
+            vip: "2001:db8::100".parse().unwrap(),
+            ..a80
+        };
+        let rs6 = RealSpec {
+            addr: Some("2001:db8::11".parse().unwrap()),
+            ..real(11, 1)
+        };
+        let s6 = s
+            .add_service(v6, &SchedulerSpec::default())
+            .and_then(|s| s.add_real(v6, &rs6))
+            .unwrap();
+        assert_eq!(
+            servable(&s6),
+            BTreeSet::from([IpAddr::from([10, 0, 0, 100]), v6.vip])
+        );
     }
 
     #[test]

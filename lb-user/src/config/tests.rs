@@ -80,7 +80,9 @@ fn the_example_file_parses() {
             0,
             Scheduler::Wlc,
             Some(360),
-            Some(std::net::Ipv4Addr::new(255, 255, 255, 0))
+            Some(crate::state::Netmask::Dotted(std::net::Ipv4Addr::new(
+                255, 255, 255, 0
+            )))
         )
     );
     assert_eq!(cart.reals[0].get_ref().u_threshold, 1000);

@@ -113,7 +113,7 @@ pub struct ServiceView {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub persistent: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub netmask: Option<std::net::Ipv4Addr>,
+    pub netmask: Option<crate::state::Netmask>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stats: Option<StatsView>,
     pub reals: Vec<RealView>,

@@ -11,15 +11,15 @@ use aya::{
     Ebpf,
 };
 pub use lb_common::Counters;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::mmap::Mapped;
 
 use lb_common::{
-    addr_from_v4, map_names, Addr, Conn, DirectorConfig, FlowKey, Iface, LocalMacs, LocalityEntry,
-    LocalityKey, NatReply, NeighMiss, Persistence, RealConns, RealEgress, RealLimits, RealServer,
-    Reason, ServiceInfo, ServiceKey, Template, TemplateKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS,
+    map_names, Addr, Conn, DirectorConfig, FlowKey, Iface, LocalMacs, LocalityEntry, LocalityKey,
+    NatReply, NeighMiss, Persistence, RealConns, RealEgress, RealLimits, RealServer, Reason,
+    ServiceInfo, ServiceKey, Template, TemplateKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS,
     SYNC_STAT_LOST, TABLE_MAP_FLAGS,
 };
 
@@ -61,7 +61,7 @@ pub trait MapWriter: Send + Sync {
     ) -> Result<()>;
     /// The template of a persistent service's client, if the datapath has one: (real server id,
     /// ticks since it was last used).
-    fn template(&self, service_id: u32, client: Ipv4Addr) -> Result<Option<(u32, u32)>>;
+    fn template(&self, service_id: u32, client: IpAddr) -> Result<Option<(u32, u32)>>;
     /// Forgets a service's templates that send clients to these real servers (deleted or
     /// failed), so those clients are scheduled afresh, as IPVS expires them.
     fn release_templates(&mut self, service_id: u32, reals: &[u32]) -> Result<()>;
@@ -490,12 +490,10 @@ impl MapWriter for Maps {
         let value = match persistence {
             Some(p) => {
                 let hz = super::clock::ticks_per_second()?;
-                let mut mask = [0xffu8; 16];
-                mask[12..].copy_from_slice(&p.netmask.octets());
                 Persistence {
                     timeout: p.timeout.saturating_mul(hz),
                     _pad: 0,
-                    mask,
+                    mask: p.mask(),
                 }
             }
             None => Persistence::default(),
@@ -503,11 +501,11 @@ impl MapWriter for Maps {
         Ok(self.persistence.set(service_id, value, 0)?)
     }
 
-    fn template(&self, service_id: u32, client: Ipv4Addr) -> Result<Option<(u32, u32)>> {
+    fn template(&self, service_id: u32, client: IpAddr) -> Result<Option<(u32, u32)>> {
         let p = self.persistence.get(&service_id, 0)?;
         let key = TemplateKey {
             service: service_id,
-            client: lb_common::mask_addr(&addr_from_v4(client.octets()), &p.mask),
+            client: lb_common::mask_addr(&crate::state::addr_of(client), &p.mask),
         };
         let now = super::clock::jiffies_now()?;
         Ok(self

@@ -326,7 +326,12 @@ virtual_server 10.0.0.100 443 {
     assert_eq!(svc.vip, Ipv4Addr::new(10, 0, 0, 100));
     assert_eq!(svc.scheduler, Scheduler::Wrr);
     assert_eq!(svc.persistent, Some(600));
-    assert_eq!(svc.netmask, Some(Ipv4Addr::new(255, 255, 255, 0)));
+    assert_eq!(
+        svc.netmask,
+        Some(crate::state::Netmask::Dotted(Ipv4Addr::new(
+            255, 255, 255, 0
+        )))
+    );
     let reals: Vec<_> = svc.reals.iter().map(|r| r.get_ref()).collect();
     assert_eq!(
         reals
@@ -408,7 +413,10 @@ fn keepalived_defaults() {
     let s80 = service(&config, Protocol::Tcp, 80);
     assert_eq!(
         (s80.persistent, s80.netmask),
-        (Some(360), Some(Ipv4Addr::new(255, 255, 0, 0)))
+        (
+            Some(360),
+            Some(crate::state::Netmask::Dotted(Ipv4Addr::new(255, 255, 0, 0)))
+        )
     );
     assert_eq!(service(&config, Protocol::Tcp, 81).persistent, Some(360));
     assert_note(&lines, 1, "every port (0) without persistence_timeout");

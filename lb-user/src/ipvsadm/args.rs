@@ -11,7 +11,10 @@ use clap::{Parser, ValueEnum as _};
 
 use crate::{
     control::Request,
-    state::{Forward, Hash, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr, MAX_WEIGHT},
+    state::{
+        Forward, Hash, Netmask, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr,
+        MAX_WEIGHT,
+    },
 };
 
 /// ipvsadm's default scheduler.
@@ -557,7 +560,7 @@ impl Args {
         };
         let netmask = match &self.netmask {
             Some(m) => Some(
-                m.parse::<Ipv4Addr>()
+                m.parse::<Netmask>()
                     .map_err(|_| anyhow!("illegal persistence netmask -M {m}"))?,
             ),
             None => None,
@@ -577,6 +580,7 @@ impl Args {
             // IPVS's mh hashes the client address, and its port with mh-port.
             hash = hash.or(Some(Hash::Src));
         }
+        let v6 = self.service()?.is_some_and(|s| s.vip.is_ipv6());
         if netmask.is_some() && persistent.is_none() {
             bail!("a netmask (-M) needs persistence (-p)");
         }
@@ -588,7 +592,7 @@ impl Args {
                 None if edit => Some(0),
                 p => p,
             },
-            netmask: persistent.and(Some(netmask.unwrap_or(Ipv4Addr::BROADCAST))),
+            netmask: persistent.and(Some(netmask.unwrap_or(Netmask::single(v6)))),
         })
     }
 
@@ -738,7 +742,10 @@ mod tests {
         };
         assert_eq!(service.port, 0);
         assert_eq!(scheduler.persistent, Some(300));
-        assert_eq!(scheduler.netmask, Some(Ipv4Addr::new(255, 255, 255, 0)));
+        assert_eq!(
+            scheduler.netmask,
+            Some(Netmask::Dotted(Ipv4Addr::new(255, 255, 255, 0)))
+        );
         let Invocation::Change(Request::AddService { scheduler, .. }) =
             parse_str("-A -u 10.0.0.1:domain -s mh -b mh-port,mh-fallback -p 60").unwrap()
         else {
@@ -746,7 +753,7 @@ mod tests {
         };
         assert_eq!(scheduler.hash, Some(Hash::Flow));
         assert_eq!(scheduler.persistent, Some(60));
-        assert_eq!(scheduler.netmask, Some(Ipv4Addr::BROADCAST));
+        assert_eq!(scheduler.netmask, Some(Netmask::single(false)));
     }
 
     #[test]

@@ -133,7 +133,7 @@ fn service_entry(out: &mut String, s: &ServiceView, o: ListOptions) {
             let _ = write!(out, "{name} {}", s.scheduler.name());
             if let Some(timeout) = s.persistent {
                 let _ = write!(out, " persistent {timeout}");
-                if let Some(mask) = s.netmask.filter(|m| *m != Ipv4Addr::BROADCAST) {
+                if let Some(mask) = s.netmask.filter(|m| !m.is_single()) {
                     let _ = write!(out, " mask {mask}");
                 }
             }
@@ -221,7 +221,7 @@ pub fn rules(l: &Listing) -> String {
         }
         if let Some(timeout) = s.persistent {
             let _ = write!(out, " -p {timeout}");
-            if let Some(mask) = s.netmask.filter(|m| *m != Ipv4Addr::BROADCAST) {
+            if let Some(mask) = s.netmask.filter(|m| !m.is_single()) {
                 let _ = write!(out, " -M {mask}");
             }
         }
@@ -322,7 +322,9 @@ mod tests {
             vec![real("10.0.0.12:0", Forward::Route, 1, 0, 0)],
         );
         persistent.persistent = Some(360);
-        persistent.netmask = Some(Ipv4Addr::new(255, 255, 255, 0));
+        persistent.netmask = Some(crate::state::Netmask::Dotted(Ipv4Addr::new(
+            255, 255, 255, 0,
+        )));
         let mut mh = service(Protocol::Udp, "10.0.0.100:53", Scheduler::Mh, vec![]);
         mh.hash = Some(Hash::Flow);
         Listing {

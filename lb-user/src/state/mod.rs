@@ -8,7 +8,7 @@ pub mod persist;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use lb_common::{
     maglev,
     sched::{
@@ -23,7 +23,7 @@ pub use apply::{apply, resync};
 
 use crate::health::{Health, HealthCheck};
 pub use model::{
-    addr_of, ip_of, Forward, Hash, Mac, Persistence, Protocol, Scheduler, SchedulerSpec,
+    addr_of, ip_of, Forward, Hash, Mac, Netmask, Persistence, Protocol, Scheduler, SchedulerSpec,
     ServiceAddr,
 };
 
@@ -479,10 +479,12 @@ fn check_port(what: &str, port: u16) -> Result<()> {
     Ok(())
 }
 
-/// Persistence settings from a request, keeping what is not given (an edit).
+/// Persistence settings from a request for a service of the family (`v6`), keeping what is not
+/// given (an edit).
 fn resolve_persistence(
     spec: &SchedulerSpec,
     current: Option<&Service>,
+    v6: bool,
 ) -> Result<Option<Persistence>> {
     let was = current.and_then(|c| c.persistence);
     let timeout = match spec.persistent {
@@ -493,10 +495,9 @@ fn resolve_persistence(
     let netmask = spec
         .netmask
         .or(was.map(|p| p.netmask))
-        .unwrap_or(Persistence::DEFAULT_NETMASK);
-    if u32::from(netmask).leading_ones() + u32::from(netmask).trailing_zeros() != 32 {
-        bail!("{netmask} is not a netmask (ones, then zeros)");
-    }
+        .unwrap_or(Netmask::single(v6))
+        .for_family(v6)
+        .map_err(|e| anyhow!(e))?;
     match timeout {
         None if spec.netmask.is_some() => bail!("a netmask (-M) needs persistence (-p)"),
         None => Ok(None),
@@ -509,9 +510,6 @@ fn resolve_persistence(
 
 /// Port 0 means every port of the VIP, which only a persistent service may take (as ipvsadm).
 fn check_service_port(addr: ServiceAddr, persistence: Option<Persistence>) -> Result<()> {
-    if addr.vip.is_ipv6() && persistence.is_some() {
-        bail!("persistence (-p) is not supported for IPv6 services yet ({addr})");
-    }
     if addr.port == 0 && persistence.is_none() {
         bail!("port 0 (every port of the VIP) is only for a persistent service (-p)");
     }
@@ -571,7 +569,7 @@ impl State {
             bail!("service {addr} already exists");
         }
         let (scheduler, hash, size) = resolve_scheduler(spec, None)?;
-        let persistence = resolve_persistence(spec, None)?;
+        let persistence = resolve_persistence(spec, None, addr.vip.is_ipv6())?;
         check_service_port(addr, persistence)?;
         let mut next = self.clone();
         let mut service = Service {
@@ -591,7 +589,7 @@ impl State {
     pub fn edit_service(&self, addr: ServiceAddr, spec: &SchedulerSpec) -> Result<State> {
         let current = self.service(&addr)?;
         let (scheduler, hash, size) = resolve_scheduler(spec, Some(current))?;
-        let persistence = resolve_persistence(spec, Some(current))?;
+        let persistence = resolve_persistence(spec, Some(current), addr.vip.is_ipv6())?;
         check_service_port(addr, persistence)?;
         let mut next = self.clone();
         let svc = next.service_mut(&addr)?;

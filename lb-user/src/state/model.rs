@@ -223,7 +223,7 @@ pub struct SchedulerSpec {
     pub persistent: Option<u32>,
     /// The netmask a persistent client's address is grouped by (ipvsadm -M).
     #[serde(default)]
-    pub netmask: Option<Ipv4Addr>,
+    pub netmask: Option<Netmask>,
 }
 
 /// A persistent service's settings (ipvsadm -p TIMEOUT -M NETMASK).
@@ -231,14 +231,157 @@ pub struct SchedulerSpec {
 pub struct Persistence {
     /// Seconds a client's template outlives its last connection.
     pub timeout: u32,
-    /// Clients whose addresses agree under this mask share a template.
-    pub netmask: Ipv4Addr,
+    /// Clients whose addresses agree under this mask share a template: dotted for an IPv4
+    /// service, a prefix length for an IPv6 one (see [`Netmask::for_family`]).
+    pub netmask: Netmask,
 }
 
 impl Persistence {
-    /// ipvsadm's defaults: 300 s, one client address each.
+    /// ipvsadm's default: 300 s.
     pub const DEFAULT_TIMEOUT: u32 = 300;
-    pub const DEFAULT_NETMASK: Ipv4Addr = Ipv4Addr::BROADCAST;
+
+    /// The netmask over the datapath's 16-byte addresses. The netmask is kept in its service's
+    /// family's form: a prefix length only for an IPv6 service.
+    pub fn mask(&self) -> [u8; 16] {
+        self.netmask
+            .bytes(matches!(self.netmask, Netmask::Prefix(_)))
+    }
+}
+
+/// A persistence netmask as ipvsadm takes it (-M): a dotted mask (IPv4) or a prefix length
+/// (IPv6, and IPv4 too). Written as ipvsadm lists it: dotted for IPv4 services, the length for
+/// IPv6 ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Netmask {
+    Dotted(Ipv4Addr),
+    Prefix(u8),
+}
+
+impl Netmask {
+    /// One client address per template: ipvsadm's default for the family.
+    pub fn single(v6: bool) -> Netmask {
+        match v6 {
+            true => Netmask::Prefix(128),
+            false => Netmask::Dotted(Ipv4Addr::BROADCAST),
+        }
+    }
+
+    /// The prefix length this mask keeps.
+    pub fn prefix_len(self) -> u8 {
+        match self {
+            Netmask::Dotted(m) => u32::from(m).leading_ones() as u8,
+            Netmask::Prefix(n) => n,
+        }
+    }
+
+    /// This mask for a service of the family (`v6`) in the form it is kept and listed in; an
+    /// error says why it does not fit the family.
+    pub fn for_family(self, v6: bool) -> Result<Netmask, String> {
+        match (self, v6) {
+            (Netmask::Dotted(m), false) => {
+                let bits = u32::from(m);
+                if bits.leading_ones() + bits.trailing_zeros() != 32 {
+                    return Err(format!("{m} is not a netmask (ones, then zeros)"));
+                }
+                Ok(self)
+            }
+            (Netmask::Dotted(m), true) => Err(format!(
+                "netmask {m} is an IPv4 mask: an IPv6 service takes a prefix length (-M 64)"
+            )),
+            (Netmask::Prefix(n), false) if n <= 32 => Ok(Netmask::Dotted(Ipv4Addr::from(
+                u32::MAX.checked_shl(32 - u32::from(n)).unwrap_or(0),
+            ))),
+            (Netmask::Prefix(n), false) => Err(format!(
+                "netmask /{n} is longer than an IPv4 address (0..=32)"
+            )),
+            (Netmask::Prefix(n), true) if n <= 128 => Ok(self),
+            (Netmask::Prefix(n), true) => Err(format!(
+                "netmask /{n} is longer than an IPv6 address (0..=128)"
+            )),
+        }
+    }
+
+    /// Whether the mask, in its family's form ([`Netmask::for_family`]), keeps every bit of a
+    /// client address: ipvsadm's default, left out of listings.
+    pub fn is_single(self) -> bool {
+        self == Netmask::single(false) || self == Netmask::single(true)
+    }
+
+    /// The mask over the datapath's 16-byte addresses: an IPv4 address is kept in the last four
+    /// bytes, so the first twelve are kept whole.
+    pub fn bytes(self, v6: bool) -> [u8; 16] {
+        let keep = u32::from(self.prefix_len()) + if v6 { 0 } else { 96 };
+        let bits = u128::MAX.checked_shl(128 - keep.min(128)).unwrap_or(0);
+        bits.to_be_bytes()
+    }
+
+    /// `addr` with the bits this mask drops cleared.
+    pub fn apply(self, addr: IpAddr) -> IpAddr {
+        match addr {
+            IpAddr::V4(a) => {
+                let m = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix_len().min(32)))
+                    .unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
+            }
+            IpAddr::V6(a) => {
+                let m = u128::from_be_bytes(self.bytes(true));
+                IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & m))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Netmask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Netmask::Dotted(m) => write!(f, "{m}"),
+            Netmask::Prefix(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Netmask {
+    type Err = String;
+
+    /// `255.255.255.0`, `64` or `/64`.
+    fn from_str(text: &str) -> Result<Netmask, String> {
+        if text.contains('.') {
+            return text
+                .parse()
+                .map(Netmask::Dotted)
+                .map_err(|_| format!("'{text}' is not a netmask"));
+        }
+        match text.strip_prefix('/').unwrap_or(text).parse::<u8>() {
+            Ok(n) if n <= 128 => Ok(Netmask::Prefix(n)),
+            _ => Err(format!(
+                "'{text}' is not a netmask (a dotted IPv4 mask or a prefix length 0..=128)"
+            )),
+        }
+    }
+}
+
+impl Serialize for Netmask {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Netmask {
+    /// A string (either form) or, in a config file, a bare prefix length.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Netmask, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            Len(u8),
+            Text(String),
+        }
+        match Text::deserialize(d)? {
+            Text::Len(n) => Netmask::Prefix(n).to_string().parse(),
+            Text::Text(t) => t.parse(),
+        }
+        .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Forwarding method, ipvsadm's `-g`, `-i` and `-m`.

@@ -103,7 +103,7 @@ impl MapWriter for FakeMaps {
     fn set_persistence(&mut self, id: u32, p: Option<&super::Persistence>) -> Result<()> {
         self.write(format!("persistence {id} {p:?}"))
     }
-    fn template(&self, _: u32, _: Ipv4Addr) -> Result<Option<(u32, u32)>> {
+    fn template(&self, _: u32, _: std::net::IpAddr) -> Result<Option<(u32, u32)>> {
         Ok(None)
     }
     fn set_egress(&mut self, id: u32, e: &lb_common::RealEgress) -> Result<()> {
@@ -558,8 +558,7 @@ fn masquerading_maps_the_port_and_opens_the_reply_prefilter() {
 }
 
 /// IPv6 services and real servers: written with their 16-byte addresses, reached by direct
-/// routing or tunnelling; a real server of the other family, masquerading and persistence are
-/// refused with a line naming what is wrong.
+/// routing or tunnelling; a real server of the other family and masquerading are refused with a line naming what is wrong.
 #[test]
 fn ipv6_services_take_ipv6_real_servers_by_direct_routing() {
     let v6 = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
@@ -620,17 +619,122 @@ fn ipv6_services_take_ipv6_real_servers_by_direct_routing() {
         s.add_real(svc, &tun).is_ok(),
         "IPv6 real servers may be tunnelled"
     );
-    let persistent = SchedulerSpec {
-        persistent: Some(300),
-        ..Default::default()
-    };
-    let msg = format!(
-        "{:#}",
-        State::default().add_service(svc, &persistent).unwrap_err()
-    );
-    assert!(msg.contains("not supported for IPv6 services"), "{msg}");
     // And an IPv4 service takes no IPv6 real server.
     let (v4, svc4) = three_reals();
     let msg = format!("{:#}", v4.add_real(svc4, &dr).unwrap_err());
     assert!(msg.contains("not of the same address family"), "{msg}");
+}
+
+/// Persistence netmasks as ipvsadm takes them: dotted or a prefix length for IPv4 services
+/// (kept and listed dotted), a prefix length for IPv6 ones; the datapath gets the mask over its
+/// 16-byte addresses; what does not fit the family is refused and changes nothing.
+#[test]
+fn persistence_netmasks_take_each_family_s_form() {
+    use super::Netmask;
+    let spec = |m: &str| SchedulerSpec {
+        persistent: Some(600),
+        netmask: Some(m.parse::<Netmask>().unwrap()),
+        ..Default::default()
+    };
+    let svc6 = ServiceAddr {
+        protocol: Protocol::Tcp,
+        vip: "2001:db8::100".parse().unwrap(),
+        port: 0,
+    };
+    let (v4, svc4) = three_reals();
+    let kept = |s: &State, a: ServiceAddr| s.services[&a].persistence.unwrap();
+
+    let s = State::default().add_service(svc6, &spec("/64")).unwrap();
+    let p = kept(&s, svc6);
+    assert_eq!((p.timeout, p.netmask.to_string()), (600, "64".to_string()));
+    let mut want = [0u8; 16];
+    want[..8].fill(0xff);
+    assert_eq!(p.mask(), want);
+    let mut maps = FakeMaps::default();
+    apply(&mut maps, &State::default(), &s).unwrap();
+    assert!(maps
+        .log
+        .iter()
+        .any(|l| l.starts_with("persistence ") && l.contains("Prefix(64)")));
+    assert_eq!(
+        p.netmask.apply("2001:db8:1:2:3:4:5:6".parse().unwrap()),
+        "2001:db8:1:2::".parse::<std::net::IpAddr>().unwrap()
+    );
+    // The default for an IPv6 service: each client address apart.
+    let s = State::default()
+        .add_service(
+            svc6,
+            &SchedulerSpec {
+                persistent: Some(300),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(kept(&s, svc6).mask(), [0xff; 16]);
+    assert!(kept(&s, svc6).netmask.is_single());
+
+    // IPv4: a prefix length becomes the dotted mask; the mask keeps the first 12 bytes.
+    let s = v4.edit_service(svc4, &spec("24")).unwrap();
+    let p = kept(&s, svc4);
+    assert_eq!(p.netmask.to_string(), "255.255.255.0");
+    let mut want = [0xffu8; 16];
+    want[15] = 0;
+    assert_eq!(p.mask(), want);
+    assert_eq!(
+        p.netmask.apply("10.1.2.3".parse().unwrap()),
+        "10.1.2.0".parse::<std::net::IpAddr>().unwrap()
+    );
+
+    for (svc, state, mask, what) in [
+        (
+            svc6,
+            State::default(),
+            "255.255.255.0",
+            "an IPv6 service takes a prefix length",
+        ),
+        (svc6, State::default(), "129", "is not a netmask"),
+        (svc4, v4.clone(), "33", "longer than an IPv4 address"),
+        (
+            svc4,
+            v4.clone(),
+            "255.0.255.0",
+            "is not a netmask (ones, then zeros)",
+        ),
+    ] {
+        let result = mask
+            .parse::<Netmask>()
+            .map_err(anyhow::Error::msg)
+            .and_then(|m| {
+                let spec = SchedulerSpec {
+                    persistent: Some(60),
+                    netmask: Some(m),
+                    ..Default::default()
+                };
+                match state.services.contains_key(&svc) {
+                    true => state.edit_service(svc, &spec),
+                    false => state.add_service(svc, &spec),
+                }
+            });
+        let msg = format!("{:#}", result.unwrap_err());
+        assert!(msg.contains(what) && !msg.contains('\n'), "{mask}: {msg}");
+    }
+    assert_eq!(
+        v4.services[&svc4].persistence, None,
+        "a refusal changes nothing"
+    );
+
+    // Saved state and config files: either form reads back; a bare number in TOML too.
+    let back: Netmask = serde_json::from_str("\"255.255.0.0\"").unwrap();
+    assert_eq!(
+        back,
+        Netmask::Dotted(std::net::Ipv4Addr::new(255, 255, 0, 0))
+    );
+    assert_eq!(
+        serde_json::to_string(&Netmask::Prefix(48)).unwrap(),
+        "\"48\""
+    );
+    assert_eq!(
+        serde_json::from_str::<Netmask>("56").unwrap(),
+        Netmask::Prefix(56)
+    );
 }

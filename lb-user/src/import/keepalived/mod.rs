@@ -12,11 +12,7 @@
 mod checks;
 mod values;
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
-    path::Path,
-};
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use lb_common::DEFAULT_CONN_MAX;
 
@@ -28,8 +24,8 @@ use crate::{
     config::{Config, Director, Timeouts},
     datapath::AttachMode,
     state::{
-        CheckChange, Hash, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr, State,
-        MAX_WEIGHT,
+        CheckChange, Hash, Netmask, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr,
+        State, MAX_WEIGHT,
     },
 };
 use checks::{checker, health_check, Checker, Timing};
@@ -221,7 +217,7 @@ struct VsConf {
     /// A method was given, even one that was wrong (and reported).
     method_seen: bool,
     persistence: Option<u32>,
-    granularity: Option<At<Ipv4Addr>>,
+    granularity: Option<At<Netmask>>,
     /// Scheduler flags (sh-port, mh-fallback, flag-1, ops, ...).
     flags: Vec<At<String>>,
     weight: Option<u32>,
@@ -417,17 +413,10 @@ fn vs_keyword(vs: &mut VsConf, sub: &Item, report: &mut Report) {
             }
         }
         "persistence_granularity" => {
-            let mask = value(sub, report).and_then(|m| match m.parse::<Ipv4Addr>() {
+            let mask = value(sub, report).and_then(|m| match m.parse::<Netmask>() {
                 Ok(m) => Some(m),
-                Err(_) if !m.contains('.') => {
-                    report.error(
-                        &sub.pos,
-                        format!("{text}: an IPv6 prefix length: xdplb has no IPv6 persistence yet"),
-                    );
-                    None
-                }
-                Err(_) => {
-                    report.error(&sub.pos, format!("{text}: '{m}' is not a netmask"));
+                Err(e) => {
+                    report.error(&sub.pos, format!("{text}: {e}"));
                     None
                 }
             });
