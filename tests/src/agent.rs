@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
-use std::net::SocketAddrV4;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -431,23 +430,21 @@ impl Agent {
     /// `xdplb simulate <proto> <service> --from SRC:PORT...`, `proto` being `-t` or `-u`: the
     /// real server (RIP:PORT) a NEW flow from each of `flows` would get now, in their order.
     /// Panics unless every flow gets exactly one well-formed line.
-    pub fn simulate(
-        &self,
-        proto: &str,
-        service: &str,
-        flows: &[SocketAddrV4],
-    ) -> Vec<SocketAddrV4> {
+    pub fn simulate<A>(&self, proto: &str, service: &str, flows: &[A]) -> Vec<A>
+    where
+        A: std::str::FromStr + std::fmt::Display + PartialEq,
+    {
         let mut args = vec!["simulate", proto, service];
         let flows_text: Vec<String> = flows.iter().map(ToString::to_string).collect();
         for flow in &flows_text {
             args.extend(["--from", flow]);
         }
         let out = self.cli_ok(&args);
-        let reals: Vec<SocketAddrV4> = out
+        let reals: Vec<A> = out
             .lines()
             .zip(flows)
             .map(|(line, flow)| {
-                let parsed: Option<(SocketAddrV4, SocketAddrV4)> = line
+                let parsed: Option<(A, A)> = line
                     .split_once(' ')
                     .and_then(|(src, real)| Some((src.parse().ok()?, real.parse().ok()?)));
                 match parsed {

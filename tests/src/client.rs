@@ -147,7 +147,8 @@ impl From<std::io::Error> for StreamError {
 /// server's name), each [`Stream::exchange`] sends a sequence number and expects
 /// `NAME SEQ` back. [`Stream::drive`] exchanges in a background thread.
 pub struct Stream {
-    src: SocketAddrV4,
+    src: SocketAddr,
+    dst: SocketAddr,
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     server: String,
@@ -161,18 +162,19 @@ impl Stream {
     /// Connects from `src` (address AND port, so the flow is known in advance) to `dst` in the
     /// CALLING THREAD's namespace (see [`fetch`]) and reads the server's greeting. The socket
     /// keeps its namespace: the stream may be used, and driven, from any thread.
-    pub fn connect(src: SocketAddrV4, dst: SocketAddrV4) -> Result<Self> {
+    pub fn connect(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>) -> Result<Self> {
         Self::connect_with_stall(src, dst, Self::STALL)
     }
 
     /// Like [`Stream::connect`], with another stall limit: for connections that must ride out a
     /// failover, where TCP's retransmission backoff adds seconds to the outage itself.
     pub fn connect_with_stall(
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
+        src: impl Into<SocketAddr>,
+        dst: impl Into<SocketAddr>,
         stall: Duration,
     ) -> Result<Self> {
-        let writer = connect(src.into(), dst.into())?;
+        let (src, dst) = (src.into(), dst.into());
+        let writer = connect(src, dst)?;
         writer.set_read_timeout(Some(stall))?;
         writer.set_write_timeout(Some(stall))?;
         let mut reader = BufReader::new(writer.try_clone()?);
@@ -180,6 +182,7 @@ impl Stream {
             .map_err(|e| anyhow::anyhow!("{src} -> {dst}: greeting: {e:?}"))?;
         Ok(Self {
             src,
+            dst,
             reader,
             writer,
             server,
@@ -188,7 +191,7 @@ impl Stream {
     }
 
     /// The client end of the flow.
-    pub fn src(&self) -> SocketAddrV4 {
+    pub fn src(&self) -> SocketAddr {
         self.src
     }
 
@@ -217,6 +220,7 @@ impl Stream {
     pub fn drive(mut self, interval: Duration) -> DrivenStream {
         let status = Arc::new(Mutex::new(StreamStatus {
             src: self.src,
+            dst: self.dst,
             server: self.server.clone(),
             exchanges: 0,
             last_ok: Instant::now(),
@@ -274,7 +278,9 @@ fn read_line(reader: &mut BufReader<TcpStream>) -> Result<String, StreamError> {
 /// What a driven stream did so far.
 #[derive(Clone, Debug)]
 pub struct StreamStatus {
-    pub src: SocketAddrV4,
+    pub src: SocketAddr,
+    /// The service it connected to.
+    pub dst: SocketAddr,
     /// The server that greeted the connection; every answer came from it.
     pub server: String,
     /// Successful exchanges.
@@ -339,18 +345,24 @@ impl StreamSet {
 
     /// Connects a [`Stream`] from each of `flows` to `dst` inside `ns` (each reads its server's
     /// greeting), then drives them all, each exchanging every [`StreamSet::INTERVAL`].
-    pub fn open(ns: &Netns, flows: &[SocketAddrV4], dst: SocketAddrV4) -> Result<Self> {
+    pub fn open<A: Into<SocketAddr> + Copy>(
+        ns: &Netns,
+        flows: &[A],
+        dst: impl Into<SocketAddr>,
+    ) -> Result<Self> {
         Self::open_with_stall(ns, flows, dst, Stream::STALL)
     }
 
     /// Like [`StreamSet::open`], each stream broken only after `stall` without an answer
     /// ([`Stream::connect_with_stall`]).
-    pub fn open_with_stall(
+    pub fn open_with_stall<A: Into<SocketAddr> + Copy>(
         ns: &Netns,
-        flows: &[SocketAddrV4],
-        dst: SocketAddrV4,
+        flows: &[A],
+        dst: impl Into<SocketAddr>,
         stall: Duration,
     ) -> Result<Self> {
+        let dst = dst.into();
+        let flows: Vec<SocketAddr> = flows.iter().map(|&f| f.into()).collect();
         let streams = ns.run_in(|| {
             flows
                 .iter()
@@ -423,7 +435,10 @@ impl StreamSet {
 
 /// [`fetch_from`] each of `flows` to `dst`, one after the other, in the CALLING THREAD's
 /// namespace (see [`fetch`]): what each server said, or the error, in the order of the flows.
-pub fn fetch_each(flows: &[SocketAddrV4], dst: SocketAddrV4) -> Vec<Result<String>> {
+pub fn fetch_each<A: Into<SocketAddr> + Copy>(
+    flows: &[A],
+    dst: impl Into<SocketAddr> + Copy,
+) -> Vec<Result<String>> {
     flows.iter().map(|&src| fetch_from(src, dst)).collect()
 }
 

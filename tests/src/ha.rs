@@ -3,7 +3,7 @@
 //! that moves between directors: keepalived, or the client's neighbour entry) or behind a
 //! router that spreads the VIP's traffic over them (ECMP, routes from BGP).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -44,6 +44,8 @@ pub struct HaTopology {
     dir: PathBuf,
     /// The sync multicast group of the directors' configs, if any.
     sync_group: Option<Ipv4Addr>,
+    /// What the real servers' `lb-testsrv` does.
+    serve: Serve,
 }
 
 impl HaTopology {
@@ -53,6 +55,9 @@ impl HaTopology {
     pub const SYNC_PORT: u16 = 8742;
     pub const ROUTER_LAN: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
     pub const ROUTER_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
+    /// The IPv6 VIP and the router's IPv6 address on the LAN ([`HaTopology::with_ipv6`]).
+    pub const VIP6: Ipv6Addr = crate::ipv6::Dr6Topology::VIP;
+    pub const ROUTER_LAN6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
 
     pub fn new(directors: usize, reals: usize, serve: Serve, client_at: ClientAt) -> Result<Self> {
         assert!((1..=8).contains(&directors) && (1..=40).contains(&reals));
@@ -120,7 +125,98 @@ impl HaTopology {
             switch,
             dir,
             sync_group: None,
+            serve,
         })
+    }
+
+    /// IPv6 beside IPv4, behind the router only: the LAN is 2001:db8::/64 too (directors
+    /// [`HaTopology::director_addr6`], real servers [`crate::ipv6::Dr6Topology::real_addr`]
+    /// with the IPv6 VIP [`HaTopology::VIP6`] on `lo` and a default route via the router's
+    /// [`HaTopology::ROUTER_LAN6`]), the client's side 2001:db8:9::/64 (router ::1, client ::2
+    /// with sources [`HaTopology::client_sources6`]). Every real server's `lb-testsrv` listens
+    /// on [::]:80, both families, as before. Duplicate address detection is off: the addresses
+    /// work at once.
+    pub fn with_ipv6(mut self) -> Result<Self> {
+        let router = self
+            .router
+            .as_ref()
+            .context("IPv6 is set up behind the router only")?;
+        let add = |host: &Host, dev: &str, addr: String| {
+            host.ns()
+                .ip(&["-6", "addr", "add", &addr, "dev", dev, "nodad"])
+                .map(drop)
+        };
+        let hosts = self
+            .directors
+            .iter()
+            .chain(&self.reals)
+            .chain([&self.client, router]);
+        for host in hosts {
+            // The hosts were made IPv4-only (quiet links); "all" turns IPv6 on for every device.
+            for conf in ["all", "default"] {
+                host.ns()
+                    .sysctl(&format!("net.ipv6.conf.{conf}.accept_dad"), "0")?;
+                host.ns()
+                    .sysctl(&format!("net.ipv6.conf.{conf}.disable_ipv6"), "0")?;
+            }
+        }
+        add(router, "eth0", format!("{}/64", Self::ROUTER_LAN6))?;
+        add(router, "eth1", "2001:db8:9::1/64".to_owned())?;
+        router.ns().sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        router
+            .ns()
+            .sysctl("net.ipv6.fib_multipath_hash_policy", "1")?;
+        for (i, d) in self.directors.iter().enumerate() {
+            add(d, "eth0", format!("{}/64", Self::director_addr6(i + 1)))?;
+        }
+        // The servers again, on [::]:80: both families (their health checks go to RIP:80).
+        self._servers.clear();
+        let any = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), Self::PORT);
+        for (i, rs) in self.reals.iter().enumerate() {
+            add(
+                rs,
+                "eth0",
+                format!("{}/64", crate::ipv6::Dr6Topology::real_addr(i + 1)),
+            )?;
+            add(rs, "lo", format!("{}/128", Self::VIP6))?;
+            rs.ns().ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &Self::ROUTER_LAN6.to_string(),
+            ])?;
+            self._servers.push(crate::topo::start_testsrv(
+                rs.ns(),
+                rs.name(),
+                any,
+                self.serve,
+            )?);
+        }
+        add(&self.client, "eth0", "2001:db8:9::2/64".to_owned())?;
+        let batch: String = Self::client_sources6()
+            .iter()
+            .map(|a| format!("addr add {a}/64 dev eth0 nodad\n"))
+            .collect();
+        self.client.ns().ip_batch(&batch)?;
+        self.client
+            .ns()
+            .ip(&["-6", "route", "add", "default", "via", "2001:db8:9::1"])?;
+        Ok(self)
+    }
+
+    /// Director `i`'s IPv6 address ([`HaTopology::with_ipv6`]): 2001:db8::1, ::3, ::4, ...
+    pub fn director_addr6(i: usize) -> Ipv6Addr {
+        let [.., last] = Self::director_addr(i).octets();
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last.into())
+    }
+
+    /// The client's IPv6 source addresses ([`HaTopology::with_ipv6`]): 2001:db8:9::1:1.. .
+    pub fn client_sources6() -> Vec<Ipv6Addr> {
+        (1..=DrTopology::CLIENT_SOURCES)
+            .map(|i| Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 1, i.into()))
+            .collect()
     }
 
     /// The directors' configs ([`HaTopology::config`]) send sync updates to multicast `group`.
@@ -293,17 +389,17 @@ pub fn write_sync_key(dir: &Path) -> Result<PathBuf> {
 
 /// `xdplb run` arguments for a director at `listen` syncing with `peers` (all on
 /// [`HaTopology::SYNC_PORT`]) under `key`.
-pub fn sync_args(key: &Path, listen: Ipv4Addr, peers: &[Ipv4Addr]) -> Vec<String> {
-    let port = HaTopology::SYNC_PORT;
+pub fn sync_args<A: Into<IpAddr> + Copy>(key: &Path, listen: A, peers: &[A]) -> Vec<String> {
+    let at = |a: A| SocketAddr::new(a.into(), HaTopology::SYNC_PORT).to_string();
     let mut args = vec![
         "--sync-listen".to_owned(),
-        format!("{listen}:{port}"),
+        at(listen),
         "--sync-key".to_owned(),
         key.display().to_string(),
     ];
-    for peer in peers {
+    for &peer in peers {
         args.push("--sync-peer".to_owned());
-        args.push(format!("{peer}:{port}"));
+        args.push(at(peer));
     }
     args
 }
@@ -337,10 +433,21 @@ pub fn wait_fit(agent: &Agent, limit: Duration) -> Duration {
 /// where they are, and that a director without sync would break.
 pub fn held_by_connection_table(agent: &Agent, streams: &StreamSet) -> usize {
     let statuses = streams.statuses();
-    let flows: Vec<SocketAddrV4> = statuses.iter().map(|s| s.src).collect();
-    let now = agent.simulate("-t", &HaTopology::service().to_string(), &flows);
+    let Some(service) = statuses.first().map(|s| s.dst) else {
+        return 0;
+    };
+    let flows: Vec<SocketAddr> = statuses.iter().map(|s| s.src).collect();
+    let now = agent.simulate("-t", &service.to_string(), &flows);
     now.iter()
         .zip(&statuses)
-        .filter(|(r, s)| format!("rs{}", r.ip().octets()[3] - 10) != s.server)
+        .filter(|(r, s)| format!("rs{}", real_number(r.ip())) != s.server)
         .count()
+}
+
+/// `n` of real server `rsN` from its address: 10.0.0.(10 + n) or 2001:db8::(0x10 + n).
+pub fn real_number(addr: IpAddr) -> u16 {
+    match addr {
+        IpAddr::V4(a) => u16::from(a.octets()[3]) - 10,
+        IpAddr::V6(a) => a.segments()[7] - 0x10,
+    }
 }

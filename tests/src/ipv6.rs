@@ -22,10 +22,10 @@ use crate::{names, Netns};
 
 pub struct Dr6Topology {
     // Drop order is field order: programs and servers before their namespaces.
-    _xdp_pass: XdpPass,
+    _xdp_pass: Vec<XdpPass>,
     servers: Vec<Proc>,
     client: Netns,
-    director: Netns,
+    directors: Vec<Netns>,
     reals: Vec<Netns>,
     _switch: Switch,
 }
@@ -36,17 +36,24 @@ impl Dr6Topology {
     pub const CLIENT_SOURCES: u16 = 40;
 
     pub fn new(n_reals: usize) -> Result<Self> {
-        Self::build(n_reals, false)
+        Self::build(n_reals, false, 1, Serve::Once)
+    }
+
+    /// Two directors (2001:db8::1 and 2001:db8::3, both holding the VIP, deprecated) in front
+    /// of the same real servers, which run `lb-testsrv` as `serve` says: the client's neighbour
+    /// entry for the VIP ([`Dr6Topology::send_vip_to`]) decides which director gets its packets.
+    pub fn pair(n_reals: usize, serve: Serve) -> Result<Self> {
+        Self::build(n_reals, false, 2, serve)
     }
 
     /// The same hosts dual-stack: IPv4 as in the LVS/DR topology besides IPv6 (director 10.0.0.1
     /// with the VIP 10.0.0.100/32, client 10.0.0.2, real servers 10.0.0.11.. with the IPv4 VIP
     /// on `lo` and the ARP sysctls); the same servers answer both families.
     pub fn dual_stack(n_reals: usize) -> Result<Self> {
-        Self::build(n_reals, true)
+        Self::build(n_reals, true, 1, Serve::Once)
     }
 
-    fn build(n_reals: usize, ipv4: bool) -> Result<Self> {
+    fn build(n_reals: usize, ipv4: bool, n_directors: usize, serve: Serve) -> Result<Self> {
         names::cleanup_stale();
         let prefix = names::unique_prefix();
         let switch = Switch::new(format!("{prefix}-sw6"))?;
@@ -55,13 +62,20 @@ impl Dr6Topology {
             plug6(&switch, &ns, "eth0", name, &format!("{addr}/64"))?;
             Ok(ns)
         };
-        let director = host("director", Self::addr(1))?;
         let vip = format!("{}/128", Self::VIP);
-        hold_vip_deprecated(&director)?;
-        let xdp_pass = switch.pass_xdp("director")?;
-
+        let (mut directors, mut xdp_pass) = (Vec::new(), Vec::new());
+        for i in 1..=n_directors {
+            let name = match i {
+                1 => "director".to_owned(),
+                i => format!("director{i}"),
+            };
+            let director = host(&name, Self::director_addr(i))?;
+            hold_vip_deprecated(&director)?;
+            xdp_pass.push(switch.pass_xdp(&name)?);
+            directors.push(director);
+        }
         if ipv4 {
-            director
+            directors[0]
                 .ip_batch("addr add 10.0.0.1/24 dev eth0\naddr add 10.0.0.100/32 dev eth0\n")?;
         }
 
@@ -93,17 +107,42 @@ impl Dr6Topology {
                 }
             }
             let listen = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), Self::PORT);
-            servers.push(start_testsrv(&rs, &name, listen, Serve::Once)?);
+            servers.push(start_testsrv(&rs, &name, listen, serve)?);
             reals.push(rs);
         }
         Ok(Self {
             _xdp_pass: xdp_pass,
             servers,
             client,
-            director,
+            directors,
             reals,
             _switch: switch,
         })
+    }
+
+    /// Director `i`'s address, counting from 1: 2001:db8::1, then ::3, ::4, ... (::2 is the
+    /// client's).
+    pub fn director_addr(i: usize) -> Ipv6Addr {
+        Self::addr(if i == 1 { 1 } else { i as u16 + 1 })
+    }
+
+    /// Points the client's neighbour entry for the VIP at director `i`, as a takeover's
+    /// unsolicited neighbour advertisement would.
+    pub fn send_vip_to(&self, i: usize) -> Result<()> {
+        let mac = self.director_at(i).mac("eth0")?;
+        self.client.ip(&[
+            "-6",
+            "neigh",
+            "replace",
+            &Self::VIP.to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])?;
+        Ok(())
     }
 
     /// 2001:db8::`n`.
@@ -136,7 +175,12 @@ impl Dr6Topology {
     }
 
     pub fn director(&self) -> &Netns {
-        &self.director
+        &self.directors[0]
+    }
+
+    /// Director `i`, counting from 1.
+    pub fn director_at(&self, i: usize) -> &Netns {
+        &self.directors[i - 1]
     }
 
     pub fn reals(&self) -> &[Netns] {

@@ -400,7 +400,12 @@ pub fn start_testsrv(
     let listen = listen.into();
     let bin = crate::binary("LB_TESTSRV_BIN", "lb-testsrv", "cargo build -p lb-tests");
     let listen_arg = listen.to_string();
-    let udp = SocketAddrV4::new(DrTopology::VIP, listen.port()).to_string();
+    // UDP on the VIP of the listening address's family.
+    let vip: std::net::IpAddr = match listen.is_ipv6() {
+        true => crate::ipv6::Dr6Topology::VIP.into(),
+        false => DrTopology::VIP.into(),
+    };
+    let udp = std::net::SocketAddr::new(vip, listen.port()).to_string();
     let mut args = vec!["--name", name, "--listen", &listen_arg];
     match serve {
         Serve::Once => {}

@@ -117,7 +117,7 @@ fn mh_established_tcp_connections_survive_real_server_changes() {
 
     let finals: Vec<StreamStatus> = streams.into_iter().map(DrivenStream::stop).collect();
     let mut still_scheduled_to_own_server = 0;
-    let predicted = check.simulate(&finals.iter().map(|s| s.src).collect::<Vec<_>>());
+    let predicted = check.simulate(&finals.iter().map(src4).collect::<Vec<_>>());
     for (status, now_new_flow_goes_to) in finals.iter().zip(&predicted) {
         if status.server == "rs3" {
             // Rescheduled on its next packet to a server that does not know the connection.
@@ -144,7 +144,7 @@ fn mh_established_tcp_connections_survive_real_server_changes() {
             status.src, status.server
         );
         if status.server == "rs2" {
-            let before = rs2_exchanges_at_drain[&status.src];
+            let before = rs2_exchanges_at_drain[&src4(status)];
             let expected = 2 * SETTLE.as_millis() / INTERVAL.as_millis();
             assert!(
                 status.exchanges >= before + expected as u64,
@@ -219,13 +219,21 @@ fn mh_udp_flows_keep_their_real_server_until_it_is_deleted() {
     }
 }
 
+/// A stream's source: these tests are IPv4's.
+fn src4(s: &lb_tests::client::StreamStatus) -> SocketAddrV4 {
+    match s.src {
+        std::net::SocketAddr::V4(a) => a,
+        other => panic!("an IPv6 stream {other}"),
+    }
+}
+
 /// Exchanges so far of the streams served by `server`, by source.
 fn exchanges_of(streams: &[DrivenStream], server: &str) -> BTreeMap<SocketAddrV4, u64> {
     streams
         .iter()
         .map(DrivenStream::status)
         .filter(|s| s.server == server)
-        .map(|s| (s.src, s.exchanges))
+        .map(|s| (src4(&s), s.exchanges))
         .collect()
 }
 

@@ -7,11 +7,12 @@
 //! never inserted.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
 use lb_tests::client::{fetch_each, StreamSet};
-use lb_tests::ha::{held_by_connection_table, wait_fit};
+use lb_tests::ha::{held_by_connection_table, sync_args, wait_fit, write_sync_key};
+use lb_tests::ipv6::Dr6Topology;
 use lb_tests::{require_root, Agent, ClientAt, FreshFlows, HaTopology, Serve};
 use lb_user::sync::wire::{self, Body, Header, Key, Message, Op, Record};
 use serde_json::Value;
@@ -93,57 +94,137 @@ fn the_same_with_updates_to_a_multicast_group() {
     move_between_directors(&topo);
 }
 
-/// Streams through d1, a table change, the VIP's packets to d2, and back: no stream breaks.
-fn move_between_directors(topo: &HaTopology) {
-    let d1 = start(topo, 1);
-    let d2 = start(topo, 2);
-    wait_fit(&d1, Duration::from_secs(10));
-    wait_fit(&d2, Duration::from_secs(10));
-    wait_config_match(&d1);
-    wait_config_match(&d2);
+/// The same over IPv6 only: an IPv6 service and real servers, streams from many IPv6 sources,
+/// and the directors syncing over IPv6 (`--sync-listen [addr]:port`).
+#[test]
+fn the_same_over_ipv6() {
+    if !require_root() {
+        return;
+    }
+    let topo = Dr6Topology::pair(4, Serve::Echo).expect("IPv6 topology");
+    let dir = std::env::temp_dir().join(format!("xdplb-sync6-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = write_sync_key(&dir).unwrap();
+    let service = Dr6Topology::service();
+    let agents: Vec<Agent> = [(1, 2), (2, 1)]
+        .into_iter()
+        .map(|(i, peer)| {
+            let args = sync_args(
+                &key,
+                Dr6Topology::director_addr(i),
+                &[Dr6Topology::director_addr(peer)],
+            );
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let agent = Agent::start(topo.director_at(i), "eth0", &args)
+                .unwrap_or_else(|e| panic!("agent on d{i}: {e:#}"));
+            let svc = service.to_string();
+            agent.cli_ok(&["service", "add", "-t", &svc, "-s", "mh"]);
+            for (r, _) in REALS {
+                let rip = SocketAddr::new(Dr6Topology::real_addr(r).into(), 80).to_string();
+                agent.cli_ok(&["real", "add", "-t", &svc, "-r", &rip]);
+            }
+            agent
+        })
+        .collect();
+    let sources = Dr6Topology::client_sources();
+    let flows = |first_port: u16, n: usize| -> Vec<SocketAddr> {
+        (0..n)
+            .map(|k| SocketAddr::new(sources[k % sources.len()].into(), first_port + k as u16))
+            .collect()
+    };
+    between_directors(
+        &agents[0],
+        &agents[1],
+        &Lan {
+            client: topo.client(),
+            service,
+            flows: &flows,
+            rs4: SocketAddr::new(Dr6Topology::real_addr(4).into(), 80).to_string(),
+            send_vip_to: &|i| topo.send_vip_to(i).unwrap(),
+        },
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
-    topo.send_vip_to(1).unwrap();
-    let flows =
-        FreshFlows::from(HaTopology::client_sources(ClientAt::Lan), STREAM_PORTS).take(STREAMS);
-    let streams = StreamSet::open(topo.client().ns(), &flows, HaTopology::service())
+/// The directors' LAN as [`between_directors`] uses it, for either family.
+struct Lan<'a> {
+    client: &'a lb_tests::Netns,
+    service: SocketAddr,
+    /// `n` fresh flows from the client's sources, from a port on.
+    flows: &'a dyn Fn(u16, usize) -> Vec<SocketAddr>,
+    /// The real server a table change adds (rs4), as `-r` takes it.
+    rs4: String,
+    /// Moves the VIP's packets to director `i`.
+    send_vip_to: &'a dyn Fn(usize),
+}
+
+/// [`between_directors`] on the IPv4 LAN, the agents started from config files.
+fn move_between_directors(topo: &HaTopology) {
+    let flows = |first_port: u16, n: usize| -> Vec<SocketAddr> {
+        FreshFlows::from(HaTopology::client_sources(ClientAt::Lan), first_port)
+            .take(n)
+            .into_iter()
+            .map(Into::into)
+            .collect()
+    };
+    between_directors(
+        &start(topo, 1),
+        &start(topo, 2),
+        &Lan {
+            client: topo.client().ns(),
+            service: HaTopology::service().into(),
+            flows: &flows,
+            rs4: lb_tests::DrTopology::real_addr(4).to_string(),
+            send_vip_to: &|i| topo.send_vip_to(i).unwrap(),
+        },
+    );
+}
+
+/// Streams through d1, a table change, the VIP's packets to d2, and back: no stream breaks.
+fn between_directors(d1: &Agent, d2: &Agent, lan: &Lan) {
+    let svc = lan.service.to_string();
+    wait_fit(d1, Duration::from_secs(10));
+    wait_fit(d2, Duration::from_secs(10));
+    wait_config_match(d1);
+    wait_config_match(d2);
+
+    (lan.send_vip_to)(1);
+    let flows = (lan.flows)(STREAM_PORTS, STREAMS);
+    let streams = StreamSet::open(lan.client, &flows, lan.service)
         .unwrap_or_else(|e| panic!("streams through d1: {e:#}"));
-    wait_received(&d2, STREAMS as u64);
+    wait_received(d2, STREAMS as u64);
 
     // A table change on both directors: Maglev alone would now move some of the streams.
-    let rs4 = lb_tests::DrTopology::real_addr(4).to_string();
-    for d in [&d1, &d2] {
-        d.cli_ok(&["real", "add", "-t", &svc(), "-r", &rs4, "-w", "4"]);
+    for d in [d1, d2] {
+        d.cli_ok(&["real", "add", "-t", &svc, "-r", &lan.rs4, "-w", "4"]);
     }
-    let moved = held_by_connection_table(&d2, &streams);
+    let moved = held_by_connection_table(d2, &streams);
     assert!(
         moved > 0,
         "no stream would move: the test would not see a missing sync"
     );
 
     // The takeover: the client's packets now go to d2, which never saw these connections open.
-    let before = d2.list().service_stat(&svc(), "packets");
-    topo.send_vip_to(2).unwrap();
+    let before = d2.list().service_stat(&svc, "packets");
+    (lan.send_vip_to)(2);
     std::thread::sleep(Duration::from_secs(2));
     streams.assert_flowing("after the move to d2");
-    let after = d2.list().service_stat(&svc(), "packets");
+    let after = d2.list().service_stat(&svc, "packets");
     assert!(
         after > before + STREAMS as u64,
         "d2 forwarded {} packets",
         after - before
     );
     // New connections through d2 work, and go where its table says.
-    let fresh =
-        FreshFlows::from(HaTopology::client_sources(ClientAt::Lan), FRESH_PORTS).take(NEW_CONNS);
-    let answers = topo
-        .client()
-        .ns()
-        .run_in(|| fetch_each(&fresh, HaTopology::service()));
+    let fresh = (lan.flows)(FRESH_PORTS, NEW_CONNS);
+    let service = lan.service;
+    let answers = lan.client.run_in(|| fetch_each(&fresh, service));
     for (flow, a) in fresh.iter().zip(answers) {
         assert!(a.is_ok(), "new connection {flow} through d2: {a:?}");
     }
     // And back to d1: d1 learned d2's new flows too.
-    wait_received(&d1, NEW_CONNS as u64);
-    topo.send_vip_to(1).unwrap();
+    wait_received(d1, NEW_CONNS as u64);
+    (lan.send_vip_to)(1);
     std::thread::sleep(Duration::from_secs(1));
     streams.assert_flowing("back on d1");
     let finals = streams.stop();
