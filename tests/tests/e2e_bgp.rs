@@ -9,7 +9,7 @@
 //! connections opened sends many of them elsewhere by Maglev alone, so they survive the moves
 //! only through sync. All three directors pick the same real server for 10,000 flows.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -44,53 +44,77 @@ fn example(name: &str) -> String {
 fn director_bird(i: usize) -> String {
     let config = example("bird-director.conf")
         .replace("192.0.2.254", &HaTopology::ROUTER_LAN.to_string())
-        .replace("192.0.2.1", &HaTopology::director_addr(i).to_string());
+        .replace("192.0.2.1", &HaTopology::director_addr(i).to_string())
+        .replace("2001:db8:ffff::fe", &HaTopology::ROUTER_LAN6.to_string())
+        .replace(
+            "2001:db8:ffff::1",
+            &HaTopology::director_addr6(i).to_string(),
+        );
     assert!(config.contains("kernel table 100;"), "{config}");
     config
 }
 
 /// examples/bird-router.conf for the topology's router and three directors.
 fn router_bird() -> String {
-    let mut config =
-        example("bird-router.conf").replace("192.0.2.254", &HaTopology::ROUTER_LAN.to_string());
+    let mut config = example("bird-router.conf")
+        .replace("192.0.2.254", &HaTopology::ROUTER_LAN.to_string())
+        .replace("2001:db8:ffff::fe", &HaTopology::ROUTER_LAN6.to_string());
     for i in 1..=3 {
-        config = config.replace(
-            &format!("neighbor 192.0.2.{i} "),
-            &format!("neighbor {} ", HaTopology::director_addr(i)),
-        );
+        config = config
+            .replace(
+                &format!("neighbor 192.0.2.{i} "),
+                &format!("neighbor {} ", HaTopology::director_addr(i)),
+            )
+            .replace(
+                &format!("neighbor 2001:db8:ffff::{i} "),
+                &format!("neighbor {} ", HaTopology::director_addr6(i)),
+            );
     }
     config
 }
 
-/// The router's nexthops for the VIP now.
-fn nexthops(topo: &HaTopology) -> Vec<Ipv4Addr> {
-    let out = topo
-        .router()
-        .unwrap()
-        .ns()
-        .ip(&["route", "show", &HaTopology::VIP.to_string()])
+/// The directors the router's route to `vip` goes through now (an IPv6 route may name a
+/// director by its link-local address).
+fn nexthops(topo: &HaTopology, vip: IpAddr) -> Vec<usize> {
+    let family = if vip.is_ipv6() { "-6" } else { "-4" };
+    let router = topo.router().unwrap().ns();
+    let out = router
+        .ip(&[family, "route", "show", &vip.to_string()])
         .unwrap_or_default();
-    let mut hops: Vec<Ipv4Addr> = out
+    let director = |hop: IpAddr| {
+        (1..=topo.directors().len()).find(|&i| {
+            hop == IpAddr::from(HaTopology::director_addr(i))
+                || hop == IpAddr::from(HaTopology::director_addr6(i))
+                || topo
+                    .director(i)
+                    .ns()
+                    .ip(&["-6", "addr", "show", "dev", "eth0", "scope", "link"])
+                    .is_ok_and(|a| a.contains(&format!("{hop}/64")))
+        })
+    };
+    let mut hops: Vec<usize> = out
         .split_whitespace()
         .collect::<Vec<_>>()
         .windows(2)
         .filter(|w| w[0] == "via")
-        .filter_map(|w| w[1].parse().ok())
+        .filter_map(|w| director(w[1].parse().ok()?))
         .collect();
     hops.sort();
     hops
 }
 
-/// Waits until the router's nexthops for the VIP are exactly those of `directors`.
+/// Waits until the router's nexthops for the VIP are exactly `directors`.
 fn wait_nexthops(topo: &HaTopology, directors: &[usize], limit: Duration) -> Duration {
-    let mut want: Vec<Ipv4Addr> = directors
-        .iter()
-        .map(|&i| HaTopology::director_addr(i))
-        .collect();
+    wait_route(topo, HaTopology::VIP.into(), directors, limit)
+}
+
+/// Waits until the router's route to `vip` goes through exactly `directors`.
+fn wait_route(topo: &HaTopology, vip: IpAddr, directors: &[usize], limit: Duration) -> Duration {
+    let mut want = directors.to_vec();
     want.sort();
     let start = Instant::now();
     loop {
-        let now = nexthops(topo);
+        let now = nexthops(topo, vip);
         if now == want {
             return start.elapsed();
         }
@@ -340,4 +364,100 @@ fn drain_withdraws_and_undrain_announces_again() {
         .unwrap();
     wait(true);
     let _ = d1;
+}
+
+/// IPv6 VIPs over BGP, beside IPv4 ones (examples/bird-*.conf, an IPv6 session per director):
+/// two dual-stack directors announce the IPv6 VIP while they can serve it, the router spreads
+/// IPv6 connections over both, and a director that drains is withdrawn while its connections go
+/// on through the other (sync); undrained, it is announced again, and none is reset.
+#[test]
+fn ipv6_vips_are_announced_over_bgp() {
+    if !require_root() || !require_program("bird", "bird2") {
+        return;
+    }
+    let topo = HaTopology::new(2, 3, Serve::Echo, ClientAt::BehindRouter)
+        .and_then(HaTopology::with_ipv6)
+        .expect("topology");
+    let router = topo.router().unwrap();
+    let _rbird = Bird::start(router.ns(), topo.dir(), "bird-router", &router_bird()).unwrap();
+    let vip6 = SocketAddr::new(HaTopology::VIP6.into(), HaTopology::PORT);
+    let agents: Vec<Agent> = (1..=2)
+        .map(|i| {
+            let mut config = format!(
+                "interface = \"eth0\"\n{}[announce]\ntable = {TABLE}\n",
+                topo.sync_config(i).unwrap()
+            );
+            config += &format!(
+                "[[service]]\nprotocol = \"tcp\"\nvip = \"{}\"\nport = 80\nscheduler = \"mh\"\n",
+                HaTopology::VIP6
+            );
+            for r in 1..=3 {
+                config += &format!(
+                    "[[service.real]]\naddress = \"{}\"\ncheck = {{ type = \"tcp\", interval_ms = 500, timeout_ms = 500 }}\n",
+                    lb_tests::ipv6::Dr6Topology::real_addr(r)
+                );
+            }
+            Agent::start_with_config(topo.director(i).ns(), &config)
+                .unwrap_or_else(|e| panic!("d{i}: {e:#}\n{config}"))
+        })
+        .collect();
+    let _birds: Vec<Bird> = (1..=2)
+        .map(|i| {
+            Bird::start(
+                topo.director(i).ns(),
+                topo.dir(),
+                &format!("bird-d{i}"),
+                &director_bird(i),
+            )
+            .unwrap()
+        })
+        .collect();
+    let vip: IpAddr = HaTopology::VIP6.into();
+    wait_route(&topo, vip, &[1, 2], Duration::from_secs(20));
+    let table = TABLE.to_string();
+    let routes = topo
+        .director(1)
+        .ns()
+        .ip(&["-6", "route", "show", "table", &table])
+        .unwrap();
+    assert!(
+        routes.contains("blackhole 2001:db8::100 ") && routes.contains("proto static"),
+        "{routes}"
+    );
+    assert_eq!(
+        agents[0].list_config().0["announce"]["announced"][0],
+        "2001:db8::100"
+    );
+
+    let sources = HaTopology::client_sources6();
+    let flows: Vec<SocketAddr> = (0..60)
+        .map(|k| SocketAddr::new(sources[k % sources.len()].into(), 21000 + k as u16))
+        .collect();
+    let forwarded = |a: &Agent| a.list().service_stat(&vip6.to_string(), "packets");
+    let before: Vec<u64> = agents.iter().map(forwarded).collect();
+    let streams = StreamSet::open_with_stall(topo.client().ns(), &flows, vip6, STALL).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    streams.assert_flowing("through two directors");
+    for (i, a) in agents.iter().enumerate() {
+        let n = forwarded(a) - before[i];
+        assert!(
+            n > 60,
+            "d{} forwarded only {n} packets: ECMP does not spread",
+            i + 1
+        );
+    }
+
+    // d1 drains: withdrawn; its connections go on through d2, which has them from sync.
+    let drained = Instant::now();
+    agents[0].cli_ok(&["drain"]);
+    let t = wait_route(&topo, vip, &[2], CONVERGE);
+    eprintln!("d1 drained: IPv6 VIP withdrawn after {t:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    streams.assert_recovered(drained, LONGEST_GAP, "d1 drained");
+    agents[0].cli_ok(&["undrain"]);
+    wait_route(&topo, vip, &[1, 2], Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    streams.assert_flowing("d1 back");
+    let finals = streams.stop();
+    assert!(finals.iter().all(|s| s.failure.is_none()), "{finals:?}");
 }
