@@ -25,6 +25,17 @@ pub const fn addr_from_v4(v4: [u8; 4]) -> Addr {
     ]
 }
 
+/// Whether an address is an IPv4 one ([`addr_from_v4`]'s IPv4-mapped form).
+#[inline(always)]
+pub fn is_v4(addr: &Addr) -> bool {
+    // Whole words, no slice compare: the BPF target has no memcmp.
+    let a = u64::from_ne_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let b = u32::from_be_bytes([addr[8], addr[9], addr[10], addr[11]]);
+    a == 0 && b == 0xffff
+}
+
 /// Entries of the VIP prefilter: a packet whose destination's last 16 bits have no VIP is passed
 /// after one array read, without the service hash lookup (most of what reaches a director that
 /// is not for a service: its own traffic, other hosts').
@@ -194,10 +205,23 @@ pub const NAT_PROG_REPLY: u32 = 0;
 pub const NAT_PROG_ICMP: u32 = 1;
 pub const NAT_PROG_SLOTS: u32 = 2;
 
-/// IPV6_PROGS' slots: the IPv6 pipeline's program, and its Packet Too Big answer's.
+/// IPV6_PROGS' slots: the IPv6 pipeline's program, its Packet Too Big answer's, and the
+/// IPv4-in-IPv6 tunnel's (IPv4 services' IPv6 real servers).
 pub const IPV6_PROG_PIPELINE: u32 = 0;
 pub const IPV6_PROG_TOO_BIG: u32 = 1;
-pub const IPV6_PROG_SLOTS: u32 = 2;
+pub const IPV6_PROG_4IN6: u32 = 2;
+pub const IPV6_PROG_SLOTS: u32 = 3;
+
+/// TUN_HANDOFF value: what the IPv4 pipeline hands the IPv4-in-IPv6 tunnel's program with its
+/// tail call (a program's locals do not survive one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct TunHandoff {
+    pub service: u32,
+    pub real: u32,
+    /// 1 for a new flow.
+    pub new_flow: u32,
+}
 
 /// [`RealServer::flags`]: the entry describes a configured real server. A table slot that points
 /// at an entry without it (a real server being deleted) is treated as "no real server".
@@ -399,6 +423,7 @@ pub mod map_names {
     pub const NAT_PROGS: &str = "NAT_PROGS";
     /// The outer source address of IPv6 LVS/TUN packets (index 0).
     pub const TUNNEL_SRC6: &str = "TUNNEL_SRC6";
+    pub const TUN_HANDOFF: &str = "TUN_HANDOFF";
     /// The program array [`super::program_names::IPV6`] is tail-called through.
     pub const IPV6_PROGS: &str = "IPV6_PROGS";
     /// MAC addresses of devices stacked on the interface (macvlan, such as keepalived's
@@ -438,6 +463,9 @@ pub mod program_names {
     /// ICMPv6 Packet Too Big for tunnelled IPv6 packets that no longer fit, tail-called by
     /// [`IPV6`] through IPV6_PROGS.
     pub const IPV6_TOO_BIG: &str = "xdplb_v6_too_big";
+    /// IPv4-in-IPv6 tunnelling to an IPv4 service's IPv6 real servers, tail-called by [`LB`]
+    /// through IPV6_PROGS.
+    pub const TUN_4IN6: &str = "xdplb_4in6";
     /// Passes everything: for veth peers that must have an XDP program to receive XDP_TX frames.
     pub const PASS: &str = "xdp_pass";
     /// Bounces everything back: the bare XDP_TX baseline of the benchmarks.

@@ -15,7 +15,7 @@ use lb_common::{
 
 use crate::{
     ether::{adjust_head, EthHeader},
-    parse::{be16, ipv4_offset, l3, ptr_at, read, Packet, ETH_P_IPV6},
+    parse::{be16, ipv4_offset, l3, ptr_at, read, Packet, ETH_P_IPV4, ETH_P_IPV6},
     parse6::Packet6,
 };
 /// TTL of the outer header: a fresh hop budget for the path to the real server.
@@ -34,13 +34,7 @@ pub fn ipip(
     let l3 = pkt.l3_off;
     let inner: [u8; 8] = read(ctx, l3).ok_or(Reason::DropMalformed)?;
     let df = be16([inner[6], inner[7]]) & DF;
-    if pkt.tot_len as u32 + IPV4_HLEN as u32 > cfg.mtu {
-        return Err(if df != 0 {
-            Reason::TxFragNeeded
-        } else {
-            Reason::DropTooBig
-        });
-    }
+    fits(pkt.tot_len, IPV4_HLEN, df != 0, cfg)?;
     let mut eth = EthHeader::read(ctx, l3).ok_or(Reason::DropMalformed)?;
     (eth.dst, eth.src) = (real.mac, cfg.mac);
     if !adjust_head(ctx, -(IPV4_HLEN as i32)) || !eth.write(ctx) {
@@ -70,12 +64,27 @@ pub fn ipip(
     Ok(())
 }
 
-/// Index 0: the source address of the outer header of IPv6 LVS/TUN packets (IPv6-in-IPv6),
-/// written by the agent: IPv4 ones take [`DirectorConfig::tunnel_src`].
+/// Whether an IPv4 packet of `tot_len` bytes still fits the interface with an outer header of
+/// `outer` bytes; if not, a DF packet is answered (the caller sends ICMP fragmentation needed),
+/// any other dropped: XDP cannot fragment.
+#[inline(always)]
+fn fits(tot_len: u16, outer: usize, df: bool, cfg: &DirectorConfig) -> Result<(), Reason> {
+    if tot_len as u32 + outer as u32 <= cfg.mtu {
+        Ok(())
+    } else if df {
+        Err(Reason::TxFragNeeded)
+    } else {
+        Err(Reason::DropTooBig)
+    }
+}
+
+/// Index 0: the source address of the outer header of LVS/TUN packets to IPv6 real servers
+/// (IPv6-in-IPv6, IPv4-in-IPv6), written by the agent: IPv4 ones take
+/// [`DirectorConfig::tunnel_src`].
 #[map]
 static TUNNEL_SRC6: Array<Addr> = Array::with_max_entries(1, 0);
 
-const IPV6_HLEN: usize = 40;
+pub const IPV6_HLEN: usize = 40;
 /// IPv6-in-IPv6's next header.
 const NEXTHDR_IPV6: u8 = 41;
 
@@ -105,6 +114,48 @@ pub fn ip6ip6(
     outer[..4].copy_from_slice(&first);
     outer[4..6].copy_from_slice(&(inner_len as u16).to_be_bytes());
     outer[6] = NEXTHDR_IPV6;
+    outer[7] = OUTER_TTL;
+    outer[8..24].copy_from_slice(&src);
+    outer[24..40].copy_from_slice(&real.addr);
+    let Some(at) = ptr_at::<[u8; IPV6_HLEN]>(ctx, l3) else {
+        return Err(Reason::DropNoRoom);
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe { at.write_unaligned(outer) };
+    Ok(())
+}
+
+/// Wraps an IPv4 packet in an outer IPv6 header to an IPv6 real server (IPv4-in-IPv6, next
+/// header 4, as Katran does), the ethertype becoming IPv6's; the traffic class is the inner
+/// TOS. As [`ipip`], a packet that no longer fits is answered (DF) or dropped.
+#[inline(always)]
+pub fn ip4in6(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    cfg: &DirectorConfig,
+    real: &RealServer,
+) -> Result<(), Reason> {
+    let l3 = pkt.l3_off;
+    let inner: [u8; 8] = read(ctx, l3).ok_or(Reason::DropMalformed)?;
+    fits(
+        pkt.tot_len,
+        IPV6_HLEN,
+        be16([inner[6], inner[7]]) & DF != 0,
+        cfg,
+    )?;
+    let src = TUNNEL_SRC6.get(0).copied().ok_or(Reason::DropNoRoom)?;
+    let mut eth = EthHeader::read(ctx, l3).ok_or(Reason::DropMalformed)?;
+    (eth.dst, eth.src) = (real.mac, cfg.mac);
+    eth.set_type(ETH_P_IPV6);
+    if !adjust_head(ctx, -(IPV6_HLEN as i32)) || !eth.write(ctx) {
+        return Err(Reason::DropNoRoom);
+    }
+    let tos = inner[1];
+    let mut outer = [0u8; IPV6_HLEN];
+    outer[0] = 0x60 | (tos >> 4);
+    outer[1] = tos << 4;
+    outer[4..6].copy_from_slice(&pkt.tot_len.to_be_bytes());
+    outer[6] = IPPROTO_IPIP;
     outer[7] = OUTER_TTL;
     outer[8..24].copy_from_slice(&src);
     outer[24..40].copy_from_slice(&real.addr);
@@ -157,7 +208,8 @@ fn strip(ctx: &XdpContext) -> bool {
     }
 }
 
-/// IPv6-in-IPv6 whose inner destination is one of the host's VIPs: the outer header goes.
+/// IPv6-in-IPv6 or IPv4-in-IPv6 whose inner destination is one of the host's VIPs: the outer
+/// header goes (and, for IPv4 inside, the ethertype becomes IPv4's).
 #[inline(always)]
 fn strip6(ctx: &XdpContext, l3: usize) -> bool {
     let Some(outer) = read::<[u8; IPV6_HLEN]>(ctx, l3) else {
@@ -165,24 +217,35 @@ fn strip6(ctx: &XdpContext, l3: usize) -> bool {
     };
     // A packet cut short stays whole for the kernel to drop, never opened into a damaged one.
     let payload = be16([outer[4], outer[5]]) as usize;
-    if outer[0] >> 4 != 6
-        || outer[6] != NEXTHDR_IPV6
-        || l3 + IPV6_HLEN + payload > ctx.data_end() - ctx.data()
-    {
+    if outer[0] >> 4 != 6 || l3 + IPV6_HLEN + payload > ctx.data_end() - ctx.data() {
         return false;
     }
-    let Some(inner) = read::<[u8; IPV6_HLEN]>(ctx, l3 + IPV6_HLEN) else {
-        return false;
+    let (vip, ethertype) = match outer[6] {
+        NEXTHDR_IPV6 => {
+            let Some(inner) = read::<[u8; IPV6_HLEN]>(ctx, l3 + IPV6_HLEN) else {
+                return false;
+            };
+            let mut vip = [0u8; 16];
+            vip.copy_from_slice(&inner[24..40]);
+            (Some(vip).filter(|_| inner[0] >> 4 == 6), ETH_P_IPV6)
+        }
+        IPPROTO_IPIP => {
+            let Some(inner) = read::<[u8; 20]>(ctx, l3 + IPV6_HLEN) else {
+                return false;
+            };
+            let vip = addr_from_v4([inner[16], inner[17], inner[18], inner[19]]);
+            (Some(vip).filter(|_| inner[0] >> 4 == 4), ETH_P_IPV4)
+        }
+        _ => (None, 0),
     };
-    let mut vip = [0u8; 16];
-    vip.copy_from_slice(&inner[24..40]);
     // SAFETY: read-only lookup.
-    if inner[0] >> 4 != 6 || unsafe { DECAP_VIPS.get(vip) }.is_none() {
+    if vip.is_none_or(|v| unsafe { DECAP_VIPS.get(v) }.is_none()) {
         return false;
     }
-    let Some(eth) = EthHeader::read(ctx, l3) else {
+    let Some(mut eth) = EthHeader::read(ctx, l3) else {
         return false;
     };
+    eth.set_type(ethertype);
     adjust_head(ctx, IPV6_HLEN as i32) && eth.write(ctx)
 }
 

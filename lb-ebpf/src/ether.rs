@@ -44,6 +44,14 @@ impl EthHeader {
         Some(h)
     }
 
+    /// Sets the ethertype (after the tag, if any): the network protocol a tunnel's outer header
+    /// changes.
+    #[inline(always)]
+    pub fn set_type(&mut self, ty: u16) {
+        let at = if self.tagged { 4 } else { 0 };
+        self.tail[at..at + 2].copy_from_slice(&ty.to_be_bytes());
+    }
+
     /// Writes the header at the start of the frame; false if the frame is too short.
     #[inline(always)]
     pub fn write(&self, ctx: &XdpContext) -> bool {

@@ -19,9 +19,10 @@ const MAX_QUOTE: usize = 60 + 8;
 const TTL: u8 = 64;
 
 /// Turns the frame into the ICMP error for the client, from the VIP (the address the client
-/// sent to), to be sent back with XDP_TX; false if the frame could not be resized.
+/// sent to), to be sent back with XDP_TX; the MTU it gives leaves room for a tunnel's outer
+/// header of `outer` bytes (IPv4's 20, IPv6's 40). False if the frame could not be resized.
 #[inline(always)]
-pub fn frag_needed(ctx: &XdpContext, pkt: &Packet, cfg: &DirectorConfig) -> bool {
+pub fn frag_needed(ctx: &XdpContext, pkt: &Packet, cfg: &DirectorConfig, outer: usize) -> bool {
     let l3 = pkt.l3_off;
     let quote = pkt.l4_off - l3 + 8;
     // Room for the new IP and ICMP headers in front of the quoted original IP header.
@@ -38,7 +39,7 @@ pub fn frag_needed(ctx: &XdpContext, pkt: &Packet, cfg: &DirectorConfig) -> bool
         pkt.dst,
         pkt.src,
     );
-    let next_hop_mtu = (cfg.mtu - IPV4_HLEN as u32) as u16;
+    let next_hop_mtu = cfg.mtu.saturating_sub(outer as u32) as u16;
     let mut icmp = [ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0, 0, 0, 0, 0];
     icmp[6..8].copy_from_slice(&next_hop_mtu.to_be_bytes());
     // Checksum over the ICMP header and the quote.

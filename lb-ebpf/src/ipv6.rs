@@ -1,12 +1,22 @@
 //! The IPv6 pipeline's entry: the director's program hands IPv6 frames to `xdplb_v6`, a program
 //! of its own (with a stack of its own), through a program array the agent fills.
 
-use aya_ebpf::{macros::map, maps::ProgramArray, programs::XdpContext};
-use lb_common::{IPV6_PROG_PIPELINE, IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG};
+use aya_ebpf::{
+    macros::map,
+    maps::{PerCpuArray, ProgramArray},
+    programs::XdpContext,
+};
+use lb_common::{
+    TunHandoff, IPV6_PROG_4IN6, IPV6_PROG_PIPELINE, IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG,
+};
 
-/// `xdplb_v6`, and `xdplb_v6_too_big` (ICMPv6 Packet Too Big).
+/// `xdplb_v6`, `xdplb_v6_too_big` (ICMPv6 Packet Too Big) and `xdplb_4in6` (IPv4-in-IPv6).
 #[map]
 static IPV6_PROGS: ProgramArray = ProgramArray::with_max_entries(IPV6_PROG_SLOTS, 0);
+
+/// What `xdplb` hands `xdplb_4in6`: per CPU, read right after the tail call on the same CPU.
+#[map]
+static TUN_HANDOFF: PerCpuArray<TunHandoff> = PerCpuArray::with_max_entries(1, 0);
 
 /// Continues with the IPv6 pipeline; returns only if it is not there.
 #[inline(always)]
@@ -20,4 +30,24 @@ pub fn to_ipv6_path(ctx: &XdpContext) {
 pub fn to_too_big(ctx: &XdpContext) {
     // SAFETY: as above.
     unsafe { IPV6_PROGS.tail_call(ctx, IPV6_PROG_TOO_BIG) };
+}
+
+/// Continues with IPv4-in-IPv6 tunnelling of this flow's packet; returns only if that program
+/// is not there.
+#[inline(always)]
+pub fn to_4in6(ctx: &XdpContext, handoff: TunHandoff) {
+    let Some(slot) = TUN_HANDOFF.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU slot, read by the program tail-called next on this CPU.
+    unsafe {
+        *slot = handoff;
+        IPV6_PROGS.tail_call(ctx, IPV6_PROG_4IN6)
+    };
+}
+
+/// What `xdplb` handed over before its tail call.
+#[inline(always)]
+pub fn handoff() -> Option<TunHandoff> {
+    TUN_HANDOFF.get(0).copied()
 }

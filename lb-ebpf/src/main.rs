@@ -8,7 +8,8 @@
 //! `route` sends it to the client. An ICMP error about a NAT flow is translated the same way. `sync` hands new and closing flows to the agent, which tells
 //! the other directors.
 //! IPv6 frames go to `xdplb_v6`, the same stages over IPv6 (`parse6`; LVS/DR and LVS/TUN, with
-//! `icmp6` when a tunnelled packet does not fit).
+//! `icmp6` when a tunnelled packet does not fit). An IPv4 service's IPv6 real servers are
+//! tunnelled to by `xdplb_4in6` (IPv4-in-IPv6).
 //! `xdp_decap` is the real-server side of LVS/TUN.
 // Built for bpfel-unknown-none by lb-user's build script; on the host (cargo clippy --workspace)
 // it is an ordinary empty program so the same sources are still checked.
@@ -46,8 +47,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    DirectorConfig, FlowKey, NatReply, RealEgress, RealServer, Reason, ServiceInfo, FWD_DR,
-    FWD_NAT, FWD_TUN,
+    ipv4::HEADER_LEN as IPV4_HLEN, is_v4, DirectorConfig, FlowKey, NatReply, RealEgress,
+    RealServer, Reason, ServiceInfo, TunHandoff, FWD_DR, FWD_NAT, FWD_TUN,
 };
 
 use crate::parse::{Packet, Parsed, TCP_FLAG_RST};
@@ -135,9 +136,14 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
             nat::forget(&flow.nat_reply(&real.addr, port));
         }
     }
-    let verdict = match forward(&ctx, &pkt, config, real_id, real) {
+    let flow_of = TunHandoff {
+        service: service_id,
+        real: real_id,
+        new_flow: new_flow.into(),
+    };
+    let verdict = match forward(&ctx, &pkt, config, flow_of, real) {
         Ok(verdict) => verdict,
-        Err(Reason::TxFragNeeded) if icmp::frag_needed(&ctx, &pkt, config) => {
+        Err(Reason::TxFragNeeded) if icmp::frag_needed(&ctx, &pkt, config, IPV4_HLEN) => {
             return stats::tx(Reason::TxFragNeeded, frame_len);
         }
         Err(Reason::TxFragNeeded) => return stats::drop(Reason::DropNoRoom, frame_len),
@@ -182,20 +188,27 @@ fn not_ours(
 }
 
 /// The forward stage: the frame becomes what the real server's forwarding method sends
-/// (LVS/DR: the frame as it is; LVS/TUN: IPIP; LVS/NAT: the real server's address and port),
-/// addressed to the real server (or the next hop toward it) out of its interface.
+/// (LVS/DR: the frame as it is; LVS/TUN: IPIP, or IPv4-in-IPv6 to an IPv6 real server by a
+/// program of its own; LVS/NAT: the real server's address and port), addressed to the real
+/// server (or the next hop toward it) out of its interface.
 #[inline(always)]
 fn forward(
     ctx: &XdpContext,
     pkt: &Packet,
     config: &DirectorConfig,
-    real_id: u32,
+    flow_of: TunHandoff,
     real: &RealServer,
 ) -> Result<u32, Reason> {
+    let real_id = flow_of.real;
     // The MAC this frame was sent to: the director's own on the link it came in on.
     let here = parse::read::<[u8; 6]>(ctx, 0).ok_or(Reason::DropMalformed)?;
     let egress = route::real_egress(real_id);
     if real.method == FWD_TUN {
+        if !is_v4(&real.addr) {
+            // This program's stack is full: xdplb_4in6 takes the packet on.
+            ipv6::to_4in6(ctx, flow_of);
+            return Err(Reason::DropNoReal);
+        }
         encap::ipip(ctx, pkt, config, real)?;
     } else if real.method == FWD_NAT {
         let addr = [real.addr[12], real.addr[13], real.addr[14], real.addr[15]];
@@ -442,6 +455,35 @@ pub fn xdplb_v6_too_big(ctx: XdpContext) -> u32 {
         return stats::tx(Reason::TxFragNeeded, frame_len);
     }
     stats::drop(Reason::DropTooBig, frame_len)
+}
+
+/// LVS/TUN to an IPv4 service's IPv6 real server (IPv4-in-IPv6), tail-called by `xdplb` with
+/// the flow's service and real server: parse -> encapsulate -> route -> stats.
+#[xdp]
+pub fn xdplb_4in6(ctx: XdpContext) -> u32 {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let (Parsed::Packet(pkt), Some(config), Some(to)) =
+        (parse::parse(&ctx), config::get(), ipv6::handoff())
+    else {
+        return stats::drop(Reason::DropMalformed, frame_len);
+    };
+    let (Some(real), Some(here)) = (
+        schedule::real(to.service, to.real),
+        parse::read::<[u8; 6]>(&ctx, 0),
+    ) else {
+        return stats::drop(Reason::DropNoReal, frame_len);
+    };
+    match encap::ip4in6(&ctx, &pkt, config, real) {
+        Ok(()) => {}
+        Err(Reason::TxFragNeeded) if icmp::frag_needed(&ctx, &pkt, config, encap::IPV6_HLEN) => {
+            return stats::tx(Reason::TxFragNeeded, frame_len);
+        }
+        Err(Reason::TxFragNeeded) => return stats::drop(Reason::DropNoRoom, frame_len),
+        Err(reason) => return stats::drop(reason, frame_len),
+    }
+    let hop = route::toward(&ctx, here, real.mac, route::real_egress(to.real).ifindex);
+    stats::forwarded(to.service, to.real, frame_len, to.new_flow != 0);
+    route::send(&ctx, &hop)
 }
 
 /// Benchmarks only: restores a template frame each iteration, then tail-calls the program under

@@ -9,7 +9,7 @@ use lb_common::{Reason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
-const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const IPV4_MIN_HLEN: usize = 20;

@@ -296,9 +296,11 @@ pub fn encapsulate(frame: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     [&frame[..l3], &outer[..], inner].concat()
 }
 
-/// An IPv6-in-IPv6 frame: `frame`'s Ethernet header (with any VLAN tag) and IPv6 packet, the
-/// packet wrapped in an outer IPv6 header from `src` to `dst` (next header 41, hop limit 64,
-/// the inner traffic class and flow label), as the director's LVS/TUN sends it.
+/// An IPv6 tunnel frame: `frame`'s Ethernet header (with any VLAN tag, the ethertype IPv6's)
+/// and IP packet, the packet wrapped in an outer IPv6 header from `src` to `dst` with hop
+/// limit 64, as the director's LVS/TUN sends it: IPv6-in-IPv6 (next header 41, the inner
+/// traffic class and flow label) or IPv4-in-IPv6 (next header 4, the inner TOS as the traffic
+/// class).
 pub fn encapsulate6(frame: &[u8], src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
     let l3 = if frame[12..14] == ETH_P_8021Q.to_be_bytes() {
         18
@@ -307,10 +309,19 @@ pub fn encapsulate6(frame: &[u8], src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
     };
     let inner = &frame[l3..];
     let mut outer = Vec::with_capacity(40);
-    outer.extend_from_slice(&inner[..4]);
+    let next_header = if inner[0] >> 4 == 4 {
+        let tos = inner[1];
+        outer.extend_from_slice(&[0x60 | (tos >> 4), tos << 4, 0, 0]);
+        4
+    } else {
+        outer.extend_from_slice(&inner[..4]);
+        41
+    };
     outer.extend_from_slice(&(inner.len() as u16).to_be_bytes());
-    outer.extend_from_slice(&[41, 64]);
+    outer.extend_from_slice(&[next_header, 64]);
     outer.extend_from_slice(&src.octets());
     outer.extend_from_slice(&dst.octets());
-    [&frame[..l3], &outer[..], inner].concat()
+    let mut eth = frame[..l3].to_vec();
+    eth[l3 - 2..].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+    [&eth[..], &outer[..], inner].concat()
 }

@@ -229,6 +229,24 @@ impl Tun6Topology {
     }
 
     pub fn new() -> Result<Self> {
+        Self::build(false)
+    }
+
+    /// The same with IPv4 beside IPv6, for an IPv4 service tunnelled to the IPv6 real servers
+    /// (IPv4-in-IPv6): segment 0 is 10.0.0.0/24 too (director 10.0.0.1 with the IPv4 VIP
+    /// 10.0.0.100/32 on eth0, client 10.0.0.2, router .254), segment `i` 10.`i`.0.0/24 (router
+    /// .254, rs`i` [`Tun6Topology::real_addr4`]); the real servers hold the IPv4 VIP on `lo` too
+    /// and route IPv4 by default via the router; their servers answer both families.
+    pub fn dual_stack() -> Result<Self> {
+        Self::build(true)
+    }
+
+    /// rs`i`'s IPv4 address ([`Tun6Topology::dual_stack`]): 10.`i`.0.1`i`.
+    pub fn real_addr4(i: usize) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, i as u8, 0, 10 + i as u8)
+    }
+
+    fn build(ipv4: bool) -> Result<Self> {
         names::cleanup_stale();
         let prefix = names::unique_prefix();
         let segments = (0..3)
@@ -247,6 +265,12 @@ impl Tun6Topology {
                 format!("2001:db8:{seg}::fe/64")
             };
             plug(&router, seg, ifname, "router", &net)?;
+            if ipv4 {
+                router.ip(&["addr", "add", &format!("10.{seg}.0.254/24"), "dev", ifname])?;
+            }
+        }
+        if ipv4 {
+            router.sysctl("net.ipv4.ip_forward", "1")?;
         }
 
         let director = ns("director")?;
@@ -264,9 +288,16 @@ impl Tun6Topology {
             ])?;
         }
         let xdp_pass = segments[0].pass_xdp("director")?;
+        if ipv4 {
+            director
+                .ip_batch("addr add 10.0.0.1/24 dev eth0\naddr add 10.0.0.100/32 dev eth0\n")?;
+        }
 
         let client = ns("client")?;
         plug(&client, 0, "eth0", "client", "2001:db8::2/64")?;
+        if ipv4 {
+            client.ip_batch("addr add 10.0.0.2/24 dev eth0\nroute add default via 10.0.0.254\n")?;
+        }
         let batch: String = Dr6Topology::client_sources()
             .iter()
             .map(|a| format!("addr add {a}/64 dev eth0 nodad\n"))
@@ -289,6 +320,12 @@ impl Tun6Topology {
                 "via",
                 &format!("2001:db8:{i}::fe"),
             ])?;
+            if ipv4 {
+                rs.ip_batch(&format!(
+                    "addr add {}/24 dev eth0\naddr add 10.0.0.100/32 dev lo\nroute add default via 10.{i}.0.254\n",
+                    Self::real_addr4(i)
+                ))?;
+            }
             let listen = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), Dr6Topology::PORT);
             servers.push(start_testsrv(&rs, &name, listen, Serve::Once)?);
             let sink = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), Self::SINK_PORT);

@@ -368,3 +368,83 @@ fn ipv6_tunnelling_through_a_router() {
         "the director answered a packet too big"
     );
 }
+
+/// An IPv4 service tunnelled to IPv6 real servers (IPv4-in-IPv6; see
+/// lb_tests::ipv6::Tun6Topology::dual_stack): IPv4 connections answered by the real server
+/// `simulate` names, through IPv6 tunnels `xdplb decap` opens; a 4 MB IPv4 upload whose
+/// full-sized segments no longer fit the IPv6 tunnel lowers its segment size on the director's
+/// fragmentation-needed answers; the mixed service survives `save` and a restart from the
+/// file; an IPv6 real server without `-i` is refused with one line.
+#[test]
+fn an_ipv4_service_tunnelled_to_ipv6_real_servers() {
+    use lb_tests::ipv6::Tun6Topology;
+    if !require_root() {
+        return;
+    }
+    const SERVICE4: &str = "10.0.0.100:80";
+    const UPLOAD4: &str = "10.0.0.100:81";
+    let topo = Tun6Topology::dual_stack().expect("cannot build the dual-stack TUN topology");
+    let mut agent = Agent::start(topo.director(), "eth0", &[]).expect("cannot start the agent");
+    for svc in [SERVICE4, UPLOAD4] {
+        agent.cli_ok(&["service", "add", "-t", svc, "-s", "mh"]);
+        for i in 1..=2 {
+            let real = Tun6Topology::real_addr(i).to_string();
+            agent.cli_ok(&["real", "add", "-t", svc, "-r", &real, "-i"]);
+        }
+    }
+    let out = agent.cli(&["real", "add", "-t", SERVICE4, "-r", "2001:db8:1::99"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("by tunnelling only") && err.lines().count() == 1,
+        "{err}"
+    );
+    let text = agent.cli_ok(&["ipvsadm", "-Ln"]);
+    assert!(text.contains("-> [2001:db8:1::11]:80"), "{text}");
+
+    let flows: Vec<SocketAddr> = (0..40)
+        .map(|k| SocketAddr::new("10.0.0.2".parse().unwrap(), 46000 + k))
+        .collect();
+    let dst: SocketAddr = SERVICE4.parse().unwrap();
+    let answers = fetch_all(topo.client(), &flows, dst);
+    let predicted = simulate_for(&agent, SERVICE4, &flows);
+    let mut used = BTreeSet::new();
+    for ((flow, answer), real) in flows.iter().zip(&answers).zip(&predicted) {
+        let i = (1..=2)
+            .find(|&i| real == &format!("[{}]:80", Tun6Topology::real_addr(i)))
+            .unwrap_or_else(|| panic!("unexpected simulate answer {real}"));
+        assert_eq!(answer, &format!("rs{i}"), "{flow}: simulate said {real}");
+        used.insert(answer.clone());
+    }
+    assert_eq!(used.len(), 2, "both real servers answered");
+
+    const BYTES: usize = 4 << 20;
+    let src: SocketAddr = "10.0.0.2:47000".parse().unwrap();
+    let upload: SocketAddr = UPLOAD4.parse().unwrap();
+    let answer = topo
+        .client()
+        .run_in(|| lb_tests::client::upload(src, upload, BYTES, std::time::Duration::from_secs(20)))
+        .unwrap_or_else(|e| panic!("the upload through the IPv6 tunnel: {e:#}"));
+    assert!(answer.ends_with(&format!(" {BYTES}")), "{answer}");
+    assert!(
+        agent.list().reason("tx_frag_needed") >= 1,
+        "the director answered a packet too big for the tunnel"
+    );
+
+    let running = agent.list_config();
+    let saved = agent.save();
+    assert!(agent.stop().success());
+    let agent = Agent::start_with_config(topo.director(), &saved)
+        .unwrap_or_else(|e| panic!("cannot start from the saved file: {e:#}\n{saved}"));
+    assert_eq!(agent.list_config(), running, "from:\n{saved}");
+    let fresh: Vec<SocketAddr> = (0..6)
+        .map(|k| SocketAddr::new("10.0.0.2".parse().unwrap(), 46100 + k))
+        .collect();
+    let answers = fetch_all(topo.client(), &fresh, dst);
+    for (answer, real) in answers.iter().zip(simulate_for(&agent, SERVICE4, &fresh)) {
+        let n = &answer[2..];
+        assert!(
+            real.starts_with(&format!("[2001:db8:{n}::1{n}]")),
+            "{answer} {real}"
+        );
+    }
+}

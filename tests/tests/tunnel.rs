@@ -11,7 +11,7 @@ use lb_tests::fixture::{
 use lb_tests::require_root;
 use lb_user::{
     datapath::{Datapath, LoadOptions},
-    packet::{encapsulate, FrameSpec},
+    packet::{encapsulate, encapsulate6, FrameSpec},
     state::{Forward, Mac, Protocol, RealSpec, SchedulerSpec, ServiceAddr},
 };
 
@@ -276,5 +276,138 @@ fn decap_opens_ipip_for_local_vips_and_passes_the_rest() {
                 "{len} bytes: too short to open, untouched"
             );
         }
+    }
+}
+
+/// An IPv4 service's IPv6 real server (IPv4-in-IPv6, `xdplb_4in6`): the IPv4 packet byte for
+/// byte behind an outer IPv6 header (next header 4, the TOS as traffic class, hop limit 64,
+/// from the IPv6 tunnel source), the ethertype IPv6's and any VLAN tag kept, counted for the
+/// real server; a packet that no longer fits is answered with fragmentation needed giving the
+/// MTU less IPv6's 40 bytes (DF), or dropped.
+#[test]
+fn an_ipv6_real_server_of_an_ipv4_service_is_reached_by_ipv4_in_ipv6() {
+    if !require_root() {
+        return;
+    }
+    use lb_user::datapath::MapWriter as _;
+    use std::net::Ipv6Addr;
+    let rip6: Ipv6Addr = "2001:db8:1::11".parse().unwrap();
+    let src6: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    let mut fx = Fixture::new();
+    fx.maps.set_tunnel_src6(src6.octets()).unwrap();
+    fx.add_service(service(), SchedulerSpec::default());
+    fx.add_real_spec(
+        service(),
+        RealSpec {
+            addr: Some(rip6.into()),
+            forward: Some(Forward::Tunnel),
+            mac: Some(Mac(NEXT_HOP_MAC)),
+            ..Default::default()
+        },
+    );
+    for spec in [
+        FrameSpec {
+            payload: b"over IPv6".to_vec(),
+            ..Default::default()
+        },
+        FrameSpec {
+            vlan: Some(7),
+            frag: 0,
+            sport: 4000,
+            ..Default::default()
+        },
+        sized(MTU as usize - 40, DF, 0),
+    ] {
+        let mut input = spec.build();
+        let l3 = if spec.vlan.is_some() { 18 } else { 14 };
+        input[l3 + 1] = 0xb8; // TOS: DSCP EF
+        let (verdict, out) = fx.run(&input).unwrap();
+        assert_eq!(verdict, XDP_TX);
+        let mut want = encapsulate6(&input, src6, rip6);
+        want[..6].copy_from_slice(&NEXT_HOP_MAC);
+        want[6..12].copy_from_slice(&DIRECTOR_MAC);
+        assert_eq!(out, want, "{spec:?}");
+        assert_eq!(out[l3 + 6], 4, "next header: IPv4");
+        assert_eq!(
+            (out[l3] << 4) | (out[l3 + 1] >> 4),
+            0xb8,
+            "TOS as traffic class"
+        );
+    }
+    let stats = fx.maps.counters().unwrap();
+    assert_eq!(stats.reals.iter().map(|c| c.packets).sum::<u64>(), 3);
+
+    // One byte more: fragmentation needed, MTU 1460, from the VIP; without DF: dropped.
+    let before = fx.reason(Reason::TxFragNeeded);
+    let (verdict, out) = fx.run(&sized(MTU as usize - 39, DF, 0).build()).unwrap();
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(fx.reason(Reason::TxFragNeeded), before + 1);
+    assert_eq!(out[0..6], CLIENT_MAC, "back to the client");
+    assert_eq!(out[14 + 9], IPPROTO_ICMP);
+    assert_eq!(out[26..30], VIP.octets(), "from the VIP");
+    assert_eq!(
+        out[34..36],
+        [3, 4],
+        "destination unreachable, fragmentation needed"
+    );
+    assert_eq!(
+        u16::from_be_bytes([out[40], out[41]]) as u32,
+        MTU - 40,
+        "the MTU left inside an IPv6 tunnel"
+    );
+    let dropped = fx.reason(Reason::DropTooBig);
+    let (verdict, _) = fx.run(&sized(MTU as usize - 39, 0, 0).build()).unwrap();
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(fx.reason(Reason::DropTooBig), dropped + 1);
+}
+
+/// `xdplb decap` opens IPv4-in-IPv6 for its IPv4 VIPs into exactly the inner frame (the
+/// ethertype IPv4's again, any VLAN tag kept); not its VIP, or cut short: untouched.
+#[test]
+fn decap_opens_ipv4_in_ipv6_for_local_vips() {
+    if !require_root() {
+        return;
+    }
+    use std::net::Ipv6Addr;
+    let (src6, rip6): (Ipv6Addr, Ipv6Addr) = (
+        "2001:db8::1".parse().unwrap(),
+        "2001:db8:1::11".parse().unwrap(),
+    );
+    let mut datapath = Datapath::load(program_names::DECAP, LoadOptions::flows(1)).unwrap();
+    datapath
+        .decap_maps()
+        .unwrap()
+        .set_vips(&[VIP.into()])
+        .unwrap();
+    let mut run = |frame: &[u8]| test_run(&mut datapath, program_names::DECAP, frame).unwrap();
+    for spec in [
+        FrameSpec::default(),
+        FrameSpec {
+            vlan: Some(5),
+            payload: b"data".to_vec(),
+            ..Default::default()
+        },
+    ] {
+        let inner = spec.build();
+        let (verdict, out) = run(&encapsulate6(&inner, src6, rip6));
+        assert_eq!((verdict, out), (XDP_PASS, inner));
+    }
+    let other = encapsulate6(
+        &FrameSpec {
+            dst: Ipv4Addr::new(10, 0, 0, 99),
+            ..Default::default()
+        }
+        .build(),
+        src6,
+        rip6,
+    );
+    assert_eq!(run(&other), (XDP_PASS, other.clone()));
+    let tunnelled = encapsulate6(&FrameSpec::default().build(), src6, rip6);
+    for len in 14..tunnelled.len() {
+        assert_eq!(
+            run(&tunnelled[..len]),
+            (XDP_PASS, tunnelled[..len].to_vec()),
+            "{len} bytes: never opened"
+        );
     }
 }

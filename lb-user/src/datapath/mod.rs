@@ -12,8 +12,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    map_names, program_names, DEFAULT_CONN_MAX, IPV6_PROG_PIPELINE, IPV6_PROG_SLOTS,
-    IPV6_PROG_TOO_BIG, NAT_PROG_ICMP, NAT_PROG_REPLY, NAT_PROG_SLOTS,
+    map_names, program_names, DEFAULT_CONN_MAX, IPV6_PROG_4IN6, IPV6_PROG_PIPELINE,
+    IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG, NAT_PROG_ICMP, NAT_PROG_REPLY, NAT_PROG_SLOTS,
 };
 
 pub use maps::{ConnCounts, Counters, DatapathCounters, DecapMaps, MapWriter, Maps};
@@ -124,6 +124,11 @@ impl Datapath {
                 map_names::IPV6_PROGS,
                 IPV6_PROG_TOO_BIG,
                 program_names::IPV6_TOO_BIG,
+            ),
+            (
+                map_names::IPV6_PROGS,
+                IPV6_PROG_4IN6,
+                program_names::TUN_4IN6,
             ),
         ] {
             let prog = xdp(&mut self.ebpf, name)?;

@@ -23,7 +23,7 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The maps of the director's program that survive its agent: configuration, state and counters.
-pub const PINNED_MAPS: [&str; 29] = [
+pub const PINNED_MAPS: [&str; 30] = [
     map_names::SERVICES,
     map_names::VIP_FILTER,
     map_names::TABLES,
@@ -55,6 +55,8 @@ pub const PINNED_MAPS: [&str; 29] = [
     map_names::NAT_PROGS,
     map_names::IPV6_PROGS,
     map_names::TUNNEL_SRC6,
+    // Shared by the old program and the new one's xdplb_4in6 while an upgrade swaps them.
+    map_names::TUN_HANDOFF,
 ];
 
 /// The network namespace of this process, as a number that tells namespaces apart: interfaces

@@ -619,10 +619,27 @@ fn ipv6_services_take_ipv6_real_servers_by_direct_routing() {
         s.add_real(svc, &tun).is_ok(),
         "IPv6 real servers may be tunnelled"
     );
-    // And an IPv4 service takes no IPv6 real server.
+    // An IPv4 service takes an IPv6 real server by tunnelling only (IPv4-in-IPv6), and an
+    // IPv6 service no IPv4 one.
     let (v4, svc4) = three_reals();
-    let msg = format!("{:#}", v4.add_real(svc4, &dr).unwrap_err());
-    assert!(msg.contains("not of the same address family"), "{msg}");
+    for forward in [None, Some(Forward::Masq)] {
+        let spec = RealSpec {
+            forward,
+            ..dr.clone()
+        };
+        let msg = format!("{:#}", v4.add_real(svc4, &spec).unwrap_err());
+        assert!(msg.contains("by tunnelling only"), "{msg}");
+    }
+    let with6 = v4.add_real(svc4, &tun).unwrap();
+    let mut maps = FakeMaps::default();
+    apply(&mut maps, &v4, &with6).unwrap();
+    assert!(
+        maps.reals.values().any(|r| r.method == lb_common::FWD_TUN
+            && r.addr == octets("2001:db8::11")
+            && r.service == with6.services[&svc4].id),
+        "{:?}",
+        maps.reals
+    );
 }
 
 /// Persistence netmasks as ipvsadm takes them: dotted or a prefix length for IPv4 services
