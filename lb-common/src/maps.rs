@@ -205,15 +205,18 @@ pub const NAT_PROG_REPLY: u32 = 0;
 pub const NAT_PROG_ICMP: u32 = 1;
 pub const NAT_PROG_SLOTS: u32 = 2;
 
-/// IPV6_PROGS' slots: the IPv6 pipeline's program, its Packet Too Big answer's, and the
-/// IPv4-in-IPv6 tunnel's (IPv4 services' IPv6 real servers).
+/// IPV6_PROGS' slots: the IPv6 pipeline's program, its Packet Too Big answer's, the
+/// IPv4-in-IPv6 tunnel's (IPv4 services' IPv6 real servers), and LVS/NAT over IPv6's request
+/// and reply programs.
 pub const IPV6_PROG_PIPELINE: u32 = 0;
 pub const IPV6_PROG_TOO_BIG: u32 = 1;
 pub const IPV6_PROG_4IN6: u32 = 2;
-pub const IPV6_PROG_SLOTS: u32 = 3;
+pub const IPV6_PROG_NAT: u32 = 3;
+pub const IPV6_PROG_NAT_REPLY: u32 = 4;
+pub const IPV6_PROG_SLOTS: u32 = 5;
 
-/// TUN_HANDOFF value: what the IPv4 pipeline hands the IPv4-in-IPv6 tunnel's program with its
-/// tail call (a program's locals do not survive one).
+/// TUN_HANDOFF value: the flow a pipeline hands a program of its own with its tail call (a
+/// program's locals do not survive one): IPv4-in-IPv6 tunnelling, LVS/NAT over IPv6.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct TunHandoff {
@@ -466,6 +469,10 @@ pub mod program_names {
     /// IPv4-in-IPv6 tunnelling to an IPv4 service's IPv6 real servers, tail-called by [`LB`]
     /// through IPV6_PROGS.
     pub const TUN_4IN6: &str = "xdplb_4in6";
+    /// LVS/NAT over IPv6: the request's rewrite, tail-called by [`IPV6`] through IPV6_PROGS.
+    pub const NAT6: &str = "xdplb_nat6";
+    /// LVS/NAT over IPv6: the reply path, tail-called by [`IPV6`] through IPV6_PROGS.
+    pub const NAT6_REPLY: &str = "xdplb_nat6_reply";
     /// Passes everything: for veth peers that must have an XDP program to receive XDP_TX frames.
     pub const PASS: &str = "xdp_pass";
     /// Bounces everything back: the bare XDP_TX baseline of the benchmarks.

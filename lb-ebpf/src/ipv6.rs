@@ -7,14 +7,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    TunHandoff, IPV6_PROG_4IN6, IPV6_PROG_PIPELINE, IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG,
+    TunHandoff, IPV6_PROG_4IN6, IPV6_PROG_NAT, IPV6_PROG_NAT_REPLY, IPV6_PROG_PIPELINE,
+    IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG,
 };
 
-/// `xdplb_v6`, `xdplb_v6_too_big` (ICMPv6 Packet Too Big) and `xdplb_4in6` (IPv4-in-IPv6).
+/// `xdplb_v6`, `xdplb_v6_too_big` (ICMPv6 Packet Too Big), `xdplb_4in6` (IPv4-in-IPv6),
+/// `xdplb_nat6` and `xdplb_nat6_reply` (LVS/NAT over IPv6).
 #[map]
 static IPV6_PROGS: ProgramArray = ProgramArray::with_max_entries(IPV6_PROG_SLOTS, 0);
 
-/// What `xdplb` hands `xdplb_4in6`: per CPU, read right after the tail call on the same CPU.
+/// What a pipeline hands `xdplb_4in6` or `xdplb_nat6`: per CPU, read right after the tail call
+/// on the same CPU.
 #[map]
 static TUN_HANDOFF: PerCpuArray<TunHandoff> = PerCpuArray::with_max_entries(1, 0);
 
@@ -36,17 +39,36 @@ pub fn to_too_big(ctx: &XdpContext) {
 /// is not there.
 #[inline(always)]
 pub fn to_4in6(ctx: &XdpContext, handoff: TunHandoff) {
+    hand_over(ctx, IPV6_PROG_4IN6, handoff);
+}
+
+/// Continues with the LVS/NAT rewrite of this IPv6 flow's request; returns only if that
+/// program is not there.
+#[inline(always)]
+pub fn to_nat6(ctx: &XdpContext, handoff: TunHandoff) {
+    hand_over(ctx, IPV6_PROG_NAT, handoff);
+}
+
+/// Continues with the LVS/NAT reply path over IPv6; returns only if it is not there.
+#[inline(always)]
+pub fn to_nat6_reply(ctx: &XdpContext) {
+    // SAFETY: as in `to_ipv6_path`.
+    unsafe { IPV6_PROGS.tail_call(ctx, IPV6_PROG_NAT_REPLY) };
+}
+
+#[inline(always)]
+fn hand_over(ctx: &XdpContext, prog: u32, handoff: TunHandoff) {
     let Some(slot) = TUN_HANDOFF.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: a per-CPU slot, read by the program tail-called next on this CPU.
     unsafe {
         *slot = handoff;
-        IPV6_PROGS.tail_call(ctx, IPV6_PROG_4IN6)
+        IPV6_PROGS.tail_call(ctx, prog)
     };
 }
 
-/// What `xdplb` handed over before its tail call.
+/// What the pipeline handed over before its tail call.
 #[inline(always)]
 pub fn handoff() -> Option<TunHandoff> {
     TUN_HANDOFF.get(0).copied()

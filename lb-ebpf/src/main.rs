@@ -47,8 +47,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    ipv4::HEADER_LEN as IPV4_HLEN, is_v4, DirectorConfig, FlowKey, NatReply, RealEgress,
-    RealServer, Reason, ServiceInfo, TunHandoff, FWD_DR, FWD_NAT, FWD_TUN,
+    addr_from_v4, ipv4::HEADER_LEN as IPV4_HLEN, is_v4, DirectorConfig, FlowKey, NatReply,
+    RealEgress, RealServer, Reason, ServiceInfo, TunHandoff, FWD_DR, FWD_NAT, FWD_TUN,
 };
 
 use crate::parse::{Packet, Parsed, TCP_FLAG_RST};
@@ -232,8 +232,17 @@ fn nat_port(egress: &RealEgress, vport: u16) -> u16 {
 /// included) goes to the kernel.
 #[inline(always)]
 fn no_service(ctx: &XdpContext, pkt: &Packet, frame_len: u64) -> u32 {
-    if nat::may_be_real(pkt.src) {
+    if nat::may_be_real(&addr_from_v4(pkt.src)) {
         nat::to_reply_path(ctx);
+    }
+    stats::pass(Reason::PassNoService, frame_len)
+}
+
+/// [`no_service`] for IPv6: a reply of an LVS/NAT flow goes to `xdplb_nat6_reply`.
+#[inline(always)]
+fn no_service6(ctx: &XdpContext, src: &lb_common::Addr, frame_len: u64) -> u32 {
+    if nat::may_be_real(src) {
+        ipv6::to_nat6_reply(ctx);
     }
     stats::pass(Reason::PassNoService, frame_len)
 }
@@ -263,14 +272,8 @@ pub fn xdplb_nat_reply(ctx: XdpContext) -> u32 {
     if !parse::is_whole(&ctx, &pkt) {
         return stats::drop(Reason::DropMalformed, frame_len);
     }
-    let flow = nat::client_flow(&reply_flow, &reply);
-    let flags = parse::tcp_flags(&ctx, &pkt);
-    if flags & TCP_FLAG_RST != 0 {
-        conntrack::close(&flow, reply.service, reply.real, true, config);
-        nat::forget(&reply_flow);
-    } else {
-        let _ = conntrack::established(&flow, flags, conntrack::now(), config);
-    }
+    let mut flow = reply_flow;
+    nat_reply_conntrack(&mut flow, &reply, parse::tcp_flags(&ctx, &pkt), config);
     let vip = [reply.vip[12], reply.vip[13], reply.vip[14], reply.vip[15]];
     if let Err(reason) = nat::rewrite(&ctx, &pkt, false, vip, reply.vport) {
         return match reason {
@@ -278,7 +281,13 @@ pub fn xdplb_nat_reply(ctx: XdpContext) -> u32 {
             _ => stats::drop(reason, frame_len),
         };
     }
-    to_client(&ctx, vip, pkt.dst, pkt.tot_len, &reply, frame_len)
+    to_client(
+        &ctx,
+        &reply.vip,
+        &addr_from_v4(pkt.dst),
+        pkt.tot_len,
+        &reply,
+    )
 }
 
 /// Sends a translated reply (or ICMP error) from `src` on to its client at `dst`, by the
@@ -286,12 +295,13 @@ pub fn xdplb_nat_reply(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn to_client(
     ctx: &XdpContext,
-    src: [u8; 4],
-    dst: [u8; 4],
+    src: &lb_common::Addr,
+    dst: &lb_common::Addr,
     tot_len: u16,
     reply: &NatReply,
-    frame_len: u64,
 ) -> u32 {
+    // A translation keeps the frame's length.
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
     match route::fib(ctx, src, dst, tot_len) {
         Ok(hop) => {
             stats::replied(reply.service, reply.real, frame_len);
@@ -348,11 +358,10 @@ pub fn xdplb_nat_icmp(ctx: XdpContext) -> u32 {
             nat::icmp::translate(&ctx, &err, false, from, false, vip, reply.vport).map(|()| {
                 to_client(
                     &ctx,
-                    from,
-                    err.outer.dst,
+                    &addr_from_v4(from),
+                    &addr_from_v4(err.outer.dst),
                     err.outer.tot_len,
                     &reply,
-                    frame_len,
                 )
             })
         }
@@ -376,7 +385,7 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
         Err(reason) => return stats::pass(reason, frame_len),
     };
     if !lookup::may_be_vip(&pkt.dst) {
-        return stats::pass(Reason::PassNoService, frame_len);
+        return no_service6(&ctx, &pkt.src, frame_len);
     }
     let Some(config) = config::get() else {
         return stats::pass(Reason::PassNoService, frame_len);
@@ -398,7 +407,7 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
         Some((svc, id, real)) => (svc, id, real, false),
         None => {
             let Some(service) = service_of() else {
-                return stats::pass(Reason::PassNoService, frame_len);
+                return no_service6(&ctx, &pkt.src, frame_len);
             };
             if !whole {
                 return stats::drop(Reason::DropMalformed, frame_len);
@@ -424,7 +433,18 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     let Some(here) = parse::read::<[u8; 6]>(&ctx, 0) else {
         return stats::drop(Reason::DropMalformed, frame_len);
     };
-    // LVS/DR and LVS/TUN so far: an IPv6 service's real servers cannot be masqueraded.
+    if real.method == FWD_NAT {
+        // This program's stack is full: xdplb_nat6 rewrites and sends the packet.
+        ipv6::to_nat6(
+            &ctx,
+            TunHandoff {
+                service: service_id,
+                real: real_id,
+                new_flow: new_flow.into(),
+            },
+        );
+        return stats::drop(Reason::DropNoReal, frame_len);
+    }
     if real.method == FWD_TUN {
         match encap::ip6ip6(&ctx, &pkt, config, real) {
             Ok(()) => {}
@@ -441,6 +461,107 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     let hop = route::toward(&ctx, here, real.mac, route::real_egress(real_id).ifindex);
     stats::forwarded(service_id, real_id, frame_len, new_flow);
     route::send(&ctx, &hop)
+}
+
+/// LVS/NAT over IPv6, a request: tail-called by `xdplb_v6` with the flow's service and real
+/// server: parse6 -> reply index -> rewrite (RIP:RPORT) -> route -> stats.
+#[xdp]
+pub fn xdplb_nat6(ctx: XdpContext) -> u32 {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let (Ok(pkt), Some(to)) = (parse6::parse6(&ctx), ipv6::handoff()) else {
+        return stats::drop(Reason::DropMalformed, frame_len);
+    };
+    let (Some(real), Some(here)) = (
+        schedule::real(to.service, to.real),
+        parse::read::<[u8; 6]>(&ctx, 0),
+    ) else {
+        return stats::drop(Reason::DropNoReal, frame_len);
+    };
+    let flags = parse::tcp_flags_at(&ctx, pkt.proto, pkt.l4_off);
+    let flow = pkt.flow();
+    let egress = route::real_egress(to.real);
+    let port = nat_port(&egress, pkt.dport);
+    if flags & TCP_FLAG_RST != 0 {
+        nat::forget(&flow.nat_reply(&real.addr, port));
+    } else if to.new_flow != 0 {
+        nat::remember(&flow, &real.addr, port, to.service, to.real);
+    }
+    match nat::rewrite6(&ctx, &pkt, true, real.addr, port) {
+        Ok(()) => {}
+        Err(Reason::PassTtl) => return stats::pass(Reason::PassTtl, frame_len),
+        Err(reason) => return stats::drop(reason, frame_len),
+    }
+    let hop = route::toward(&ctx, here, real.mac, egress.ifindex);
+    stats::forwarded(to.service, to.real, frame_len, to.new_flow != 0);
+    route::send(&ctx, &hop)
+}
+
+/// LVS/NAT over IPv6, a reply: a packet from RIP:RPORT to a client of a NAT flow leaves as the
+/// service's (from [VIP]:port) toward the client's next hop, as `xdplb_nat_reply` does for
+/// IPv4. parse6 -> reply lookup -> conntrack -> rewrite -> route -> stats.
+#[xdp]
+pub fn xdplb_nat6_reply(ctx: XdpContext) -> u32 {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let pkt = match parse6::parse6(&ctx) {
+        Ok(p) => p,
+        Err(reason) => return stats::pass(reason, frame_len),
+    };
+    // One key, the reply's and then the client's: this stack has no room for two.
+    let mut flow = pkt.flow();
+    let Some(reply) = nat::reply_of(&flow) else {
+        return stats::pass(Reason::PassNoService, frame_len);
+    };
+    let Some(config) = config::get() else {
+        return stats::pass(Reason::PassNoService, frame_len);
+    };
+    if host::owner(&ctx, config) != host::Owner::Local {
+        return stats::pass(Reason::PassOtherHost, frame_len);
+    }
+    if !parse6::is_whole6(&ctx, &pkt) {
+        return stats::drop(Reason::DropMalformed, frame_len);
+    }
+    let flags = parse::tcp_flags_at(&ctx, pkt.proto, pkt.l4_off);
+    nat_reply_conntrack(&mut flow, &reply, flags, config);
+    if let Err(reason) = reply6_rewrite(&ctx, &pkt, &reply) {
+        return match reason {
+            Reason::PassTtl => stats::pass(reason, frame_len),
+            _ => stats::drop(reason, frame_len),
+        };
+    }
+    reply6_out(&ctx, &pkt, &reply)
+}
+
+// The IPv6 reply path's stages below each take a frame of their own (not inlined): inlined
+// together, the path's stack would outgrow BPF's 512 bytes.
+
+/// The IPv6 reply's rewrite: from [VIP]:port.
+#[inline(never)]
+fn reply6_rewrite(ctx: &XdpContext, pkt: &parse6::Packet6, reply: &NatReply) -> Result<(), Reason> {
+    nat::rewrite6(ctx, pkt, false, reply.vip, reply.vport)
+}
+
+/// The IPv6 reply's way to the client.
+#[inline(never)]
+fn reply6_out(ctx: &XdpContext, pkt: &parse6::Packet6, reply: &NatReply) -> u32 {
+    let tot_len = pkt.payload_len.saturating_add(40);
+    to_client(ctx, &reply.vip, &pkt.dst, tot_len, reply)
+}
+
+/// The conntrack stage of an LVS/NAT reply, `flow` the reply's key (made the client's): the
+/// server's RST ends the flow (and its reply index entry), anything else refreshes it. A
+/// function of its own, not inlined: the IPv6 reply path's stack has no room for it.
+#[inline(never)]
+fn nat_reply_conntrack(flow: &mut FlowKey, reply: &NatReply, flags: u8, config: &DirectorConfig) {
+    let rst = flags & TCP_FLAG_RST != 0;
+    if rst {
+        nat::forget(flow);
+    }
+    nat::to_client_flow(flow, reply);
+    if rst {
+        conntrack::close(flow, reply.service, reply.real, true, config);
+    } else {
+        let _ = conntrack::established(flow, flags, conntrack::now(), config);
+    }
 }
 
 /// ICMPv6 Packet Too Big for an IPv6 packet that no longer fits once tunnelled, tail-called by

@@ -20,7 +20,10 @@ use lb_common::{
     IPPROTO_TCP, NAT_PROG_ICMP, NAT_PROG_REPLY, NAT_PROG_SLOTS, VIP_FILTER_SIZE,
 };
 
-use crate::parse::{ptr_at, Packet};
+use crate::{
+    parse::{ptr_at, Packet},
+    parse6::Packet6,
+};
 
 /// Reply flow (real server -> client) -> what its source becomes. Sized by the agent as the
 /// connection table.
@@ -58,9 +61,10 @@ const IP_DST: usize = 16;
 
 /// Whether `addr` may be a NAT real server's (a reply's source): it has one's last 16 bits.
 #[inline(always)]
-pub fn may_be_real(addr: [u8; 4]) -> bool {
-    let index = vip_filter_index(&lb_common::addr_from_v4(addr));
-    NAT_SOURCES.get(index).is_some_and(|b| *b != 0)
+pub fn may_be_real(addr: &Addr) -> bool {
+    NAT_SOURCES
+        .get(vip_filter_index(addr))
+        .is_some_and(|b| *b != 0)
 }
 
 /// The reply's translation, if the packet belongs to a NAT flow.
@@ -70,17 +74,14 @@ pub fn reply_of(flow: &FlowKey) -> Option<NatReply> {
     unsafe { NAT_REPLIES.get(flow) }.copied()
 }
 
-/// The client's flow (client -> VIP:port, the connection table's key) a reply belongs to.
+/// A reply's key becomes the flow of its client (client -> VIP:port, the connection table's
+/// key).
 #[inline(always)]
-pub fn client_flow(reply_flow: &FlowKey, reply: &NatReply) -> FlowKey {
-    FlowKey {
-        src: reply_flow.dst,
-        dst: reply.vip,
-        sport: reply_flow.dport,
-        dport: reply.vport,
-        proto: reply_flow.proto,
-        _pad: [0; 3],
-    }
+pub fn to_client_flow(flow: &mut FlowKey, reply: &NatReply) {
+    flow.src = flow.dst;
+    flow.dst = reply.vip;
+    flow.sport = flow.dport;
+    flow.dport = reply.vport;
 }
 
 /// Remembers a new NAT flow's reply, as the real server will send it.
@@ -105,8 +106,8 @@ pub fn forget(reply: &FlowKey) {
 
 /// The sum of the 16-bit words of an address and a port, for the incremental checksums.
 #[inline(always)]
-fn words(addr: [u8; 4], port: u16) -> u32 {
-    csum::sum(&addr) + port as u32
+fn words(addr: &[u8], port: u16) -> u32 {
+    csum::sum(addr) + port as u32
 }
 
 /// Rewrites one end of the packet: its destination (`to_dst`, a request) or its source (a reply)
@@ -128,11 +129,68 @@ pub fn rewrite(
         (IP_SRC, 0, pkt.src, pkt.sport)
     };
     forward_ip(ctx, pkt.l3_off, addr_off, old_addr, addr)?;
-    let (old, new) = (words(old_addr, old_port), words(addr, port));
-    if pkt.proto == IPPROTO_TCP {
-        transport::<TCP_CSUM_END>(ctx, pkt.l4_off, port_off, false, old, new, port)
+    let (old, new) = (words(&old_addr, old_port), words(&addr, port));
+    rewrite_port(ctx, pkt.proto, pkt.l4_off, port_off, old, new, port)
+}
+
+/// [`rewrite`] for an IPv6 packet: the address in the fixed header (the pseudo-header's, so
+/// the TCP/UDP checksum follows it), the port, and the hop limit one less (IPv6 has no header
+/// checksum).
+#[inline(always)]
+pub fn rewrite6(
+    ctx: &XdpContext,
+    pkt: &Packet6,
+    to_dst: bool,
+    addr: Addr,
+    port: u16,
+) -> Result<(), Reason> {
+    let (addr_off, port_off, old_addr, old_port) = if to_dst {
+        (IP6_DST, 2, pkt.dst, pkt.dport)
     } else {
-        transport::<UDP_HLEN>(ctx, pkt.l4_off, port_off, true, old, new, port)
+        (IP6_SRC, 0, pkt.src, pkt.sport)
+    };
+    // In place, not copied whole: the reply path's stack has no room for the header.
+    let (Some(hop_at), Some(addr_at)) = (
+        ptr_at::<[u8; 2]>(ctx, pkt.l3_off + IP6_HOP_LIMIT - 1),
+        ptr_at::<Addr>(ctx, pkt.l3_off + addr_off),
+    ) else {
+        return Err(Reason::DropMalformed);
+    };
+    // SAFETY: bounds-checked by ptr_at; unaligned-safe.
+    let [next, hops] = unsafe { hop_at.read_unaligned() };
+    if hops <= 1 {
+        return Err(Reason::PassTtl);
+    }
+    // SAFETY: as above.
+    unsafe {
+        hop_at.write_unaligned([next, hops - 1]);
+        addr_at.write_unaligned(addr);
+    }
+    let (old, new) = (words(&old_addr, old_port), words(&addr, port));
+    rewrite_port(ctx, pkt.proto, pkt.l4_off, port_off, old, new, port)
+}
+
+/// Offsets of the hop limit and the addresses in the IPv6 header.
+const IP6_HOP_LIMIT: usize = 7;
+const IP6_SRC: usize = 8;
+const IP6_DST: usize = 24;
+
+/// The transport half of a rewrite: the port, and the checksum for the port and the
+/// pseudo-header's address (words summing to `old` now summing to `new`).
+#[inline(always)]
+fn rewrite_port(
+    ctx: &XdpContext,
+    proto: u8,
+    l4_off: usize,
+    port_off: usize,
+    old: u32,
+    new: u32,
+    port: u16,
+) -> Result<(), Reason> {
+    if proto == IPPROTO_TCP {
+        transport::<TCP_CSUM_END>(ctx, l4_off, port_off, false, old, new, port)
+    } else {
+        transport::<UDP_HLEN>(ctx, l4_off, port_off, true, old, new, port)
     }
 }
 

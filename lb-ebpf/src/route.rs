@@ -15,7 +15,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap},
     programs::XdpContext,
 };
-use lb_common::{addr_from_v4, Iface, NeighMiss, RealEgress, MAX_IFACES, MAX_REALS};
+use lb_common::{addr_from_v4, is_v4, Addr, Iface, NeighMiss, RealEgress, MAX_IFACES, MAX_REALS};
 
 use crate::parse::ptr_at;
 
@@ -94,18 +94,27 @@ pub enum NoHop {
     NoNeigh,
 }
 
-/// The kernel's next hop for `dst` (from `src`), by its FIB. A next hop whose neighbour entry is
-/// missing is recorded in NEIGH_MISSES, so the agent has the kernel resolve it.
+/// The kernel's next hop for `dst` (from `src`), by its FIB; either family (IPv4 addresses in
+/// their mapped form). `tot_len` is the packet's length from its IP header. A next hop whose
+/// neighbour entry is missing is recorded in NEIGH_MISSES, so the agent has the kernel resolve
+/// it.
 #[inline(always)]
-pub fn fib(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], tot_len: u16) -> Result<Hop, NoHop> {
+pub fn fib(ctx: &XdpContext, src: &Addr, dst: &Addr, tot_len: u16) -> Result<Hop, NoHop> {
     // SAFETY: an all-zero bpf_fib_lookup is a valid input; the fields are set below.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
-    p.family = 2; // AF_INET
-                  // SAFETY: as in `ingress`.
+    // SAFETY: as in `ingress`.
     p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     p.__bindgen_anon_1.tot_len = tot_len;
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    let v4 = is_v4(dst);
+    if v4 {
+        p.family = 2; // AF_INET
+        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[12], src[13], src[14], src[15]]);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[12], dst[13], dst[14], dst[15]]);
+    } else {
+        p.family = 10; // AF_INET6
+        p.__bindgen_anon_3.ipv6_src = words(src);
+        p.__bindgen_anon_4.ipv6_dst = words(dst);
+    }
     // SAFETY: the helper reads and writes `p`, whose size it is given.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -116,10 +125,21 @@ pub fn fib(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], tot_len: u16) -> Result
         )
     };
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        // SAFETY: after the lookup the union holds the next hop's IPv4 address.
-        let nh = unsafe { p.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
+        // SAFETY: after the lookup the union holds the next hop's address, of the family.
+        let addr = if v4 {
+            addr_from_v4(unsafe { p.__bindgen_anon_4.ipv4_dst }.to_ne_bytes())
+        } else {
+            let w = unsafe { p.__bindgen_anon_4.ipv6_dst };
+            let mut a = [0u8; 16];
+            let mut i = 0;
+            while i < 4 {
+                a[i * 4..i * 4 + 4].copy_from_slice(&w[i].to_ne_bytes());
+                i += 1;
+            }
+            a
+        };
         let miss = NeighMiss {
-            addr: addr_from_v4(nh),
+            addr,
             ifindex: p.ifindex,
         };
         let _ = NEIGH_MISSES.insert(miss, 0, 0);
@@ -139,6 +159,17 @@ pub fn fib(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], tot_len: u16) -> Result
         dst_mac: p.dmac,
         src_mac: p.smac,
     })
+}
+
+/// An IPv6 address as the FIB lookup's four words, in network order.
+#[inline(always)]
+fn words(a: &Addr) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
 }
 
 /// Addresses the frame to `hop` and sends it: back out of the ingress interface, or redirected

@@ -129,9 +129,9 @@ pub async fn next_hop_mac(iface: &Interface, dst: Ipv4Addr, what: &str) -> Resul
 }
 
 /// The interface (of `ifaces`) the kernel's route toward real server `rip` leaves through.
-pub async fn egress(ifaces: &[Interface], rip: Ipv4Addr) -> Result<u32> {
+pub async fn egress(ifaces: &[Interface], rip: IpAddr) -> Result<u32> {
     let nl = Netlink::open()?;
-    let route = route_to(&nl, rip.into(), "real server ").await?;
+    let route = route_to(&nl, rip, "real server ").await?;
     Ok(director_iface(&nl, ifaces, &route, rip, "real server ")
         .await?
         .index)
@@ -187,16 +187,19 @@ async fn next_hop_through(ifaces: &[Interface], dst: IpAddr, what: &str) -> Resu
 
 /// Has the kernel resolve neighbour `ip` on `iface` (ARP), without waiting for the answer: an
 /// LVS/NAT reply found no entry for its next hop, and the next one will.
-pub async fn resolve_later(iface: &Interface, ip: Ipv4Addr) -> Result<()> {
+pub async fn resolve_later(iface: &Interface, ip: IpAddr) -> Result<()> {
     let nl = Netlink::open()?;
-    start_resolution(&nl, iface, ip.into()).await
+    start_resolution(&nl, iface, ip).await
 }
 
-/// Whether the kernel forwards IPv4 packets that arrive on `iface`: the XDP FIB lookup LVS/NAT
-/// replies are routed with honours the same setting.
-pub fn forwarding(iface: &Interface) -> bool {
-    std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{}/forwarding", iface.name))
-        .is_ok_and(|s| s.trim() == "1")
+/// Whether the kernel forwards packets of the family (`v6`) that arrive on `iface`: the XDP FIB
+/// lookup LVS/NAT replies are routed with honours the same setting (for IPv6, the `all` one).
+pub fn forwarding(iface: &Interface, v6: bool) -> bool {
+    let path = match v6 {
+        true => "/proc/sys/net/ipv6/conf/all/forwarding".to_owned(),
+        false => format!("/proc/sys/net/ipv4/conf/{}/forwarding", iface.name),
+    };
+    std::fs::read_to_string(path).is_ok_and(|s| s.trim() == "1")
 }
 
 /// The usable link-layer address of neighbour `ip`: from the table, or after asking the kernel

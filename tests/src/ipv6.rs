@@ -378,7 +378,7 @@ fn plug6(switch: &Switch, host: &Netns, ifname: &str, port: &str, addr: &str) ->
 /// chosen as a source address. A /128 would otherwise win source selection toward the real
 /// servers (longest match), and their answers to the VIP, which they hold too, would never
 /// come back.
-fn hold_vip_deprecated(director: &Netns) -> Result<()> {
+pub(crate) fn hold_vip_deprecated(director: &Netns) -> Result<()> {
     let vip = format!("{}/128", Dr6Topology::VIP);
     director.ip(&[
         "-6",

@@ -157,6 +157,63 @@ impl NatTopology {
         })
     }
 
+    /// IPv6 beside IPv4 (one director): outside 2001:db8::/64 (director `eth0` ::1 with the
+    /// IPv6 VIP [`NatTopology::VIP6`], deprecated; client ::2, which routes for the client
+    /// addresses [`NatTopology::client_sources6`] on its `lo`), inside fd00:10::/64 (director
+    /// `eth1` fd00:10::1, real servers [`NatTopology::real_addr6`] with their default route via
+    /// it); the director forwards IPv6; the HTTP servers answer both families. Duplicate address
+    /// detection is off: the addresses work at once.
+    pub fn with_ipv6(mut self) -> Result<Self> {
+        let hosts = self
+            .directors
+            .iter()
+            .chain(&self.reals)
+            .chain([&self.client]);
+        for host in hosts {
+            // The hosts were made IPv4-only (quiet links); "all" turns IPv6 on for every device.
+            for conf in ["all", "default"] {
+                host.ns()
+                    .sysctl(&format!("net.ipv6.conf.{conf}.accept_dad"), "0")?;
+                host.ns()
+                    .sysctl(&format!("net.ipv6.conf.{conf}.disable_ipv6"), "0")?;
+            }
+        }
+        let d = self.directors[0].ns();
+        d.ip_batch("addr add 2001:db8::1/64 dev eth0 nodad\naddr add fd00:10::1/64 dev eth1 nodad\nroute add 2001:db8:c::/64 via 2001:db8::2\n")?;
+        crate::ipv6::hold_vip_deprecated(d)?;
+        d.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        let mut batch = "addr add 2001:db8::2/64 dev eth0 nodad\n".to_owned();
+        for a in Self::client_sources6() {
+            batch += &format!("addr add {a}/128 dev lo nodad\n");
+        }
+        self.client.ns().ip_batch(&batch)?;
+        // The HTTP servers again, now that they can listen on both families.
+        self.servers.clear();
+        for (i, rs) in self.reals.iter().enumerate() {
+            rs.ns().ip_batch(&format!(
+                "addr add {}/64 dev eth0 nodad\nroute add default via fd00:10::1\n",
+                Self::real_addr6(i + 1)
+            ))?;
+            self.servers.push(start_httpd(rs)?);
+        }
+        Ok(self)
+    }
+
+    /// The IPv6 VIP of [`NatTopology::with_ipv6`].
+    pub const VIP6: std::net::Ipv6Addr = crate::ipv6::Dr6Topology::VIP;
+
+    /// Real server `i`'s IPv6 address ([`NatTopology::with_ipv6`]): fd00:10::11 onwards.
+    pub fn real_addr6(i: usize) -> std::net::Ipv6Addr {
+        std::net::Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0x10 + i as u16)
+    }
+
+    /// The client's IPv6 source addresses ([`NatTopology::with_ipv6`]): 2001:db8:c::1 onwards.
+    pub fn client_sources6() -> Vec<std::net::Ipv6Addr> {
+        (1..=u16::from(Self::CLIENT_SOURCES))
+            .map(|i| std::net::Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, i))
+            .collect()
+    }
+
     /// Director `i`'s outside address, counting from 1 (10.0.0.2 is the client's).
     pub fn director_addr(i: usize) -> Ipv4Addr {
         Ipv4Addr::new(10, 0, 0, if i == 1 { 1 } else { i as u8 + 1 })
@@ -259,9 +316,10 @@ impl NatTopology {
 
     /// `curl` in the client's namespace from source `src`, with `args` (the URL among them):
     /// what it printed, or its error.
-    pub fn curl(&self, src: Ipv4Addr, args: &[&str]) -> Result<String> {
+    pub fn curl(&self, src: impl Into<std::net::IpAddr>, args: &[&str]) -> Result<String> {
+        let src = src.into();
         let src = src.to_string();
-        let mut all = vec!["-sS", "--fail", "--max-time", "30", "--interface", &src];
+        let mut all = vec!["-gsS", "--fail", "--max-time", "30", "--interface", &src];
         all.extend_from_slice(args);
         self.client.ns().exec("curl", &all)
     }

@@ -8,7 +8,7 @@
 //! directors with connection sync hand NAT connections over, replies included.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ const BIG: usize = 10 << 20;
 const METRICS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9727);
 
 /// "rsN CLIENT" as the HTTP server answers /name: the server and the client address it saw.
-fn name_and_peer(answer: &str) -> (String, Ipv4Addr) {
+fn name_and_peer(answer: &str) -> (String, IpAddr) {
     let (name, peer) = answer
         .trim()
         .split_once(' ')
@@ -33,7 +33,8 @@ fn name_and_peer(answer: &str) -> (String, Ipv4Addr) {
 }
 
 /// The real server a request from `src` to `url` reached; asserts it saw `src` itself.
-fn reach(topo: &NatTopology, src: Ipv4Addr, url: &str) -> String {
+fn reach(topo: &NatTopology, src: impl Into<IpAddr>, url: &str) -> String {
+    let src = src.into();
     let answer = topo
         .curl(src, &[url])
         .unwrap_or_else(|e| panic!("{src} -> {url}: {e:#}"));
@@ -152,11 +153,15 @@ fn weights_are_honoured(topo: &NatTopology, agent: &Agent) {
 
 /// A 10 MB download and a 10 MB upload through the director, byte for byte.
 fn big_transfers_are_intact(topo: &NatTopology) {
+    big_transfers_to(topo, NatTopology::client_sources()[0].into(), SERVICE);
+}
+
+/// [`big_transfers_are_intact`] from `src` to `service` ("VIP:port", "[VIP]:port").
+fn big_transfers_to(topo: &NatTopology, src: IpAddr, service: &str) {
     let dir = scratch();
-    let src = NatTopology::client_sources()[0];
     let file = dir.join("big");
     let file_arg = file.to_string_lossy().into_owned();
-    topo.curl(src, &["-o", &file_arg, &format!("http://{SERVICE}/big")])
+    topo.curl(src, &["-o", &file_arg, &format!("http://{service}/big")])
         .expect("10 MB download");
     assert!(
         std::fs::read(&file).unwrap() == big_pattern(),
@@ -175,7 +180,7 @@ fn big_transfers_are_intact(topo: &NatTopology) {
                 &data,
                 "-H",
                 "Content-Type: application/octet-stream",
-                &format!("http://{SERVICE}/upload"),
+                &format!("http://{service}/upload"),
             ],
         )
         .expect("10 MB upload");
@@ -198,7 +203,7 @@ fn path_mtu_discovery_works_through_the_director(topo: &NatTopology) {
         topo.far().ns().exec("curl", &all)
     };
     let (name, peer) = name_and_peer(&get(&[&format!("http://{SERVICE}/name")]).unwrap());
-    assert_eq!(peer, NatTopology::FAR);
+    assert_eq!(peer, IpAddr::from(NatTopology::FAR));
     let dir = scratch();
     let file = dir.join("far");
     get(&[
@@ -549,4 +554,60 @@ fn scratch() -> std::path::PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// LVS/NAT over IPv6, beside IPv4 on the same director and real servers: an IPv6 service
+/// mapped to the real servers' port 8080 answers 40 IPv6 clients, each always by the same
+/// server and every server used, each server seeing the client's own address; the replies are
+/// counted outbound; 10 MB each way arrive intact; the IPv4 service goes on beside it.
+#[test]
+fn nat_over_ipv6_beside_ipv4() {
+    if !require_root() {
+        return;
+    }
+    const SERVICE6: &str = "[2001:db8::100]:80";
+    let topo = NatTopology::new(3)
+        .and_then(NatTopology::with_ipv6)
+        .expect("cannot build the dual-stack NAT topology");
+    let agent = topo.start_agent_at(1, &[]).expect("cannot start the agent");
+    configure(&agent);
+    agent.cli_ok(&["service", "add", "-t", SERVICE6, "-s", "sh"]);
+    for i in 1..=3 {
+        let real = format!(
+            "[{}]:{}",
+            NatTopology::real_addr6(i),
+            NatTopology::REAL_PORT
+        );
+        agent.cli_ok(&["real", "add", "-t", SERVICE6, "-r", &real, "-m"]);
+    }
+    let listing = agent.cli_ok(&["ipvsadm", "-Ln"]);
+    assert!(
+        listing.contains("-> [fd00:10::11]:8080") && listing.contains("Masq"),
+        "{listing}"
+    );
+
+    let url = format!("http://{SERVICE6}/name");
+    let mut owner: HashMap<IpAddr, String> = HashMap::new();
+    for _ in 0..3 {
+        for src in NatTopology::client_sources6() {
+            let name = reach(&topo, src, &url);
+            let first = owner.entry(src.into()).or_insert_with(|| name.clone());
+            assert_eq!(*first, name, "{src} reached {first} first, then {name}");
+        }
+    }
+    let used: BTreeSet<&String> = owner.values().collect();
+    assert_eq!(used.len(), 3, "every real server answers: {owner:?}");
+    let listing = agent.list();
+    let conns = 3 * u64::from(NatTopology::CLIENT_SOURCES);
+    assert_eq!(listing.service_stat(SERVICE6, "conns"), conns);
+    assert!(
+        listing.service_stat(SERVICE6, "out_packets") >= 3 * conns,
+        "replies counted outbound: {}",
+        listing.0
+    );
+    big_transfers_to(&topo, NatTopology::client_sources6()[0].into(), SERVICE6);
+
+    // IPv4 beside it, on the same real servers.
+    let v4 = NatTopology::client_sources()[0];
+    reach(&topo, v4, &format!("http://{SERVICE}/name"));
 }

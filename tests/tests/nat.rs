@@ -315,7 +315,7 @@ fn a_reply_without_a_next_hop_is_dropped_never_leaked() {
         // The agent is told which next hop to resolve.
         assert_eq!(
             fx.maps.take_neigh_misses(),
-            [(Ipv4Addr::new(192, 0, 2, 77), net.out0.0)]
+            [(lb_common::addr_from_v4([192, 0, 2, 77]), net.out0.0)]
         );
         assert!(fx.maps.take_neigh_misses().is_empty(), "removed once read");
     });
@@ -654,5 +654,151 @@ fn icmp_that_is_not_about_a_nat_flow_goes_to_the_kernel_untouched() {
         .icmp_error(ICMP_UNREACH, FRAG_NEEDED, MTU_1280, &quote(&sent_reply, 28));
         assert_eq!(fx.run_on(net.out0.0, &dying).unwrap(), (XDP_PASS, dying));
         assert_eq!(fx.reason(Reason::PassTtl), 1);
+    });
+}
+
+/// LVS/NAT over IPv6: a request leaves with the real server's address and port and the hop
+/// limit one less, its reply from the VIP toward the client's router by the kernel's IPv6 FIB;
+/// the TCP/UDP checksums (over the IPv6 pseudo-header) are checked against frames built whole;
+/// the reply index holds the IPv6 reply flow; a hop limit that runs out is the kernel's, and a
+/// reply with no route is dropped, never leaked.
+#[test]
+fn ipv6_requests_and_replies_are_translated() {
+    if !require_root() {
+        return;
+    }
+    use lb_user::packet::Frame6Spec;
+    use std::net::Ipv6Addr;
+    let vip6: Ipv6Addr = "2001:db8::100".parse().unwrap();
+    let rip6: Ipv6Addr = "fd00:10::11".parse().unwrap();
+    let client6: Ipv6Addr = "2001:db8:c::7".parse().unwrap();
+    let net = net();
+    for conf in ["all", "default", "out0", "in0"] {
+        net.ns
+            .sysctl(&format!("net.ipv6.conf.{conf}.accept_dad"), "0")
+            .unwrap();
+    }
+    net.ns
+        .ip_batch(
+            "addr add 2001:db8:ff::1/64 dev out0 nodad\n\
+             addr add fd00:10::1/64 dev in0 nodad\n\
+             route add 2001:db8:c::/64 via 2001:db8:ff::fe dev out0\n\
+             neigh replace 2001:db8:ff::fe lladdr 02:77:00:00:00:fe nud permanent dev out0\n",
+        )
+        .unwrap();
+    net.ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    net.ns.run_in(|| {
+        let mut fx = fixture(&net);
+        let svc6 = |protocol| ServiceAddr {
+            protocol,
+            vip: vip6.into(),
+            port: 80,
+        };
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            fx.add_service(svc6(protocol), SchedulerSpec::default());
+            fx.add_real_spec(
+                svc6(protocol),
+                RealSpec {
+                    addr: Some(rip6.into()),
+                    port: Some(REAL_PORT),
+                    forward: Some(Forward::Masq),
+                    mac: Some(Mac(REAL_MAC)),
+                    ..Default::default()
+                },
+            );
+        }
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            let request = Frame6Spec {
+                dst_mac: net.out0.1,
+                src_mac: ROUTER_MAC,
+                src: client6,
+                dst: vip6,
+                proto,
+                sport: 40000,
+                dport: 80,
+                tcp_flags: 0x02,
+                payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+                ..Default::default()
+            };
+            let (verdict, out) = fx.run_on(net.out0.0, &request.build()).unwrap();
+            assert_eq!(verdict, XDP_TX, "proto {proto}");
+            let expected = Frame6Spec {
+                dst_mac: REAL_MAC,
+                src_mac: net.out0.1,
+                dst: rip6,
+                dport: REAL_PORT,
+                hop_limit: request.hop_limit - 1,
+                ..request.clone()
+            };
+            assert_eq!(out, expected.build(), "proto {proto}: request");
+            let reply_key = FlowKey {
+                src: rip6.octets(),
+                dst: client6.octets(),
+                sport: REAL_PORT,
+                dport: 40000,
+                proto,
+                _pad: [0; 3],
+            };
+            let got = fx.maps.nat_reply(&reply_key).expect("a reply entry");
+            assert_eq!((got.vip, got.vport), (vip6.octets(), 80));
+
+            let reply = Frame6Spec {
+                dst_mac: net.in0.1,
+                src_mac: REAL_MAC,
+                src: rip6,
+                dst: client6,
+                proto,
+                sport: REAL_PORT,
+                dport: 40000,
+                tcp_flags: 0x12,
+                payload: b"HTTP/1.0 200 OK\r\n\r\nhello".to_vec(),
+                ..Default::default()
+            };
+            let (verdict, out) = fx.run_on(net.in0.0, &reply.build()).unwrap();
+            assert_eq!(verdict, XDP_REDIRECT, "proto {proto}: out of out0");
+            let expected = Frame6Spec {
+                dst_mac: ROUTER_MAC,
+                src_mac: net.out0.1,
+                src: vip6,
+                sport: 80,
+                hop_limit: reply.hop_limit - 1,
+                ..reply.clone()
+            };
+            assert_eq!(out, expected.build(), "proto {proto}: reply");
+
+            // A hop limit that runs out here: the kernel's to answer, both ways.
+            let dying = Frame6Spec {
+                hop_limit: 1,
+                ..reply.clone()
+            }
+            .build();
+            assert_eq!(fx.run_on(net.in0.0, &dying).unwrap(), (XDP_PASS, dying));
+        }
+        let svc = fx.state.service(&svc6(Protocol::Tcp)).unwrap();
+        let c = fx.maps.counters().unwrap();
+        assert_eq!(c.reals_out[svc.reals[0].id as usize].packets, 1);
+
+        // A reply toward a client with no route: dropped, counted.
+        let lost: Ipv6Addr = "2001:db8:d::9".parse().unwrap();
+        let request = Frame6Spec {
+            dst_mac: net.out0.1,
+            src: lost,
+            dst: vip6,
+            sport: 41000,
+            dport: 80,
+            ..Default::default()
+        };
+        assert_eq!(fx.run_on(net.out0.0, &request.build()).unwrap().0, XDP_TX);
+        let reply = Frame6Spec {
+            dst_mac: net.in0.1,
+            src: rip6,
+            dst: lost,
+            sport: REAL_PORT,
+            dport: 41000,
+            ..Default::default()
+        };
+        let before = fx.reason(Reason::DropNoRoute);
+        assert_eq!(fx.run_on(net.in0.0, &reply.build()).unwrap().0, XDP_DROP);
+        assert_eq!(fx.reason(Reason::DropNoRoute), before + 1);
     });
 }

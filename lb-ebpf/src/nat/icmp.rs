@@ -57,7 +57,7 @@ pub fn about(err: &IcmpError) -> Option<About> {
             });
         }
     }
-    if may_be_real(q.dst) {
+    if may_be_real(&lb_common::addr_from_v4(q.dst)) {
         return reply_of(&key).map(About::Request);
     }
     None
@@ -106,7 +106,7 @@ pub fn translate(
     old += check as u32;
     new += ip_check as u32;
 
-    let (pseudo_old, pseudo_new) = (words(old_addr, old_port), words(addr, port));
+    let (pseudo_old, pseudo_new) = (words(&old_addr, old_port), words(&addr, port));
     let l4_at = ptr_at::<[u8; 8]>(ctx, q.l4_off).ok_or(Reason::DropMalformed)?;
     let mut l4 = unsafe { l4_at.read_unaligned() };
     l4[port_off..port_off + 2].copy_from_slice(&port.to_be_bytes());

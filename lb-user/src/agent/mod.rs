@@ -548,13 +548,8 @@ impl Agent {
             .flat_map(|s| s.reals.iter().map(|r| r.addr))
             .collect();
         for addr in addrs {
-            // IPv6 real servers are reached by LVS/DR only, out of the interface the request
-            // came in on.
-            let IpAddr::V4(v4) = addr else {
-                continue;
-            };
             if all || !egress.contains_key(&addr) {
-                match net::egress(&self.ifaces, v4).await {
+                match net::egress(&self.ifaces, addr).await {
                     Ok(index) => {
                         egress.insert(addr, index);
                     }
@@ -569,6 +564,7 @@ impl Agent {
     /// Has the kernel resolve the next hops LVS/NAT replies found no neighbour entry for.
     pub async fn resolve_misses(&mut self) {
         for (addr, index) in self.maps.take_neigh_misses() {
+            let addr = state::ip_of(&addr);
             let Some(iface) = self.ifaces.iter().find(|i| i.index == index) else {
                 continue;
             };
@@ -626,13 +622,18 @@ impl Agent {
     /// never causes ARP traffic.
     async fn learn_mac(&self, real: &RealSpec, current: Option<Forward>) -> Result<Option<Mac>> {
         let forward = real.forward.or(current).unwrap_or_default();
+        let v6 = real.addr.is_some_and(|a| a.is_ipv6());
         if let Some(off) = self
             .ifaces
             .iter()
-            .find(|i| forward == Forward::Masq && !net::forwarding(i))
+            .find(|i| forward == Forward::Masq && !net::forwarding(i, v6))
         {
+            let fix = match v6 {
+                true => "net.ipv6.conf.all.forwarding=1",
+                false => "net.ipv4.ip_forward=1",
+            };
             bail!(
-                "LVS/NAT needs IP forwarding on the director, which routes the real servers' replies (off on {}): sysctl -w net.ipv4.ip_forward=1",
+                "LVS/NAT needs IP forwarding on the director, which routes the real servers' replies (off on {}): sysctl -w {fix}",
                 off.name
             );
         }

@@ -11,7 +11,7 @@ use aya::{
     Ebpf,
 };
 pub use lb_common::Counters;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::mmap::Mapped;
@@ -81,7 +81,7 @@ pub trait MapWriter: Send + Sync {
     fn set_interfaces(&mut self, ifaces: &[(u32, Iface)]) -> Result<()>;
     /// Next hops an LVS/NAT reply found no neighbour entry for (address, ifindex), removed as
     /// they are read: the agent has the kernel resolve them.
-    fn take_neigh_misses(&mut self) -> Vec<(Ipv4Addr, u32)>;
+    fn take_neigh_misses(&mut self) -> Vec<(Addr, u32)>;
     /// The outer source address of IPv6 LVS/TUN packets (zero: none).
     fn set_tunnel_src6(&mut self, addr: Addr) -> Result<()>;
 }
@@ -349,14 +349,13 @@ impl MapWriter for Maps {
         Ok(())
     }
 
-    fn take_neigh_misses(&mut self) -> Vec<(Ipv4Addr, u32)> {
+    fn take_neigh_misses(&mut self) -> Vec<(Addr, u32)> {
         let misses: Vec<NeighMiss> = self.neigh_misses.keys().filter_map(|k| k.ok()).collect();
         misses
             .into_iter()
             .map(|m| {
                 let _ = self.neigh_misses.remove(&m);
-                let a = m.addr;
-                (Ipv4Addr::new(a[12], a[13], a[14], a[15]), m.ifindex)
+                (m.addr, m.ifindex)
             })
             .collect()
     }

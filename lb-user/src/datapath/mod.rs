@@ -12,8 +12,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    map_names, program_names, DEFAULT_CONN_MAX, IPV6_PROG_4IN6, IPV6_PROG_PIPELINE,
-    IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG, NAT_PROG_ICMP, NAT_PROG_REPLY, NAT_PROG_SLOTS,
+    map_names, program_names, DEFAULT_CONN_MAX, IPV6_PROG_4IN6, IPV6_PROG_NAT, IPV6_PROG_NAT_REPLY,
+    IPV6_PROG_PIPELINE, IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG, NAT_PROG_ICMP, NAT_PROG_REPLY,
+    NAT_PROG_SLOTS,
 };
 
 pub use maps::{ConnCounts, Counters, DatapathCounters, DecapMaps, MapWriter, Maps};
@@ -129,6 +130,12 @@ impl Datapath {
                 map_names::IPV6_PROGS,
                 IPV6_PROG_4IN6,
                 program_names::TUN_4IN6,
+            ),
+            (map_names::IPV6_PROGS, IPV6_PROG_NAT, program_names::NAT6),
+            (
+                map_names::IPV6_PROGS,
+                IPV6_PROG_NAT_REPLY,
+                program_names::NAT6_REPLY,
             ),
         ] {
             let prog = xdp(&mut self.ebpf, name)?;

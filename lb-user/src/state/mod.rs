@@ -461,15 +461,11 @@ fn check_real_port(
 }
 
 /// A real server is of its service's family, except an IPv6 real server of an IPv4 service
-/// reached by tunnelling (IPv4-in-IPv6, as IPVS and Katran allow); an IPv6 one is reached by
-/// direct routing or tunnelling: LVS/NAT over IPv6 is not in the datapath yet.
+/// reached by tunnelling (IPv4-in-IPv6, as IPVS and Katran allow).
 fn check_family(service: &ServiceAddr, addr: IpAddr, forward: Forward) -> Result<()> {
     let tunnel_4in6 = service.vip.is_ipv4() && addr.is_ipv6() && forward == Forward::Tunnel;
     if service.vip.is_ipv4() != addr.is_ipv4() && !tunnel_4in6 {
         bail!("real server {addr} is not of the same address family as service {service} (an IPv4 service reaches an IPv6 real server by tunnelling only, -i)");
-    }
-    if addr.is_ipv6() && forward == Forward::Masq {
-        bail!("real server {addr}: masquerading (-m) does not work over IPv6 yet");
     }
     Ok(())
 }

@@ -112,7 +112,7 @@ impl MapWriter for FakeMaps {
     fn set_interfaces(&mut self, _: &[(u32, lb_common::Iface)]) -> Result<()> {
         self.write("interfaces".into())
     }
-    fn take_neigh_misses(&mut self) -> Vec<(Ipv4Addr, u32)> {
+    fn take_neigh_misses(&mut self) -> Vec<(lb_common::Addr, u32)> {
         Vec::new()
     }
     fn set_nat_source(&mut self, index: u32, on: bool) -> Result<()> {
@@ -558,7 +558,7 @@ fn masquerading_maps_the_port_and_opens_the_reply_prefilter() {
 }
 
 /// IPv6 services and real servers: written with their 16-byte addresses, reached by direct
-/// routing or tunnelling; a real server of the other family and masquerading are refused with a line naming what is wrong.
+/// routing, tunnelling or masquerading; a real server of the other family is refused with a line naming what is wrong.
 #[test]
 fn ipv6_services_take_ipv6_real_servers_by_direct_routing() {
     let v6 = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
@@ -604,12 +604,24 @@ fn ipv6_services_take_ipv6_real_servers_by_direct_routing() {
         },
         "not of the same address family",
     );
-    refused(
-        RealSpec {
-            forward: Some(Forward::Masq),
-            ..dr.clone()
-        },
-        "masquerading (-m) does not work over IPv6",
+    // Masqueraded, with a port of its own: the datapath's reply index and prefilter take the
+    // IPv6 address.
+    let masq = RealSpec {
+        forward: Some(Forward::Masq),
+        port: Some(8080),
+        ..dr.clone()
+    };
+    let with_masq = s.add_real(svc, &masq).unwrap();
+    let mut maps = FakeMaps::default();
+    apply(&mut maps, &s, &with_masq).unwrap();
+    assert!(
+        maps.log.iter().any(|l| l
+            == &format!(
+                "nat source {} true",
+                lb_common::vip_filter_index(&octets("2001:db8::11"))
+            )),
+        "{:?}",
+        maps.log
     );
     let tun = RealSpec {
         forward: Some(Forward::Tunnel),
