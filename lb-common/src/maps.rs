@@ -206,14 +206,16 @@ pub const NAT_PROG_ICMP: u32 = 1;
 pub const NAT_PROG_SLOTS: u32 = 2;
 
 /// IPV6_PROGS' slots: the IPv6 pipeline's program, its Packet Too Big answer's, the
-/// IPv4-in-IPv6 tunnel's (IPv4 services' IPv6 real servers), and LVS/NAT over IPv6's request
-/// and reply programs.
+/// IPv4-in-IPv6 tunnel's (IPv4 services' IPv6 real servers), and LVS/NAT over IPv6's request,
+/// reply and ICMPv6 programs, and the last one's way to the client.
 pub const IPV6_PROG_PIPELINE: u32 = 0;
 pub const IPV6_PROG_TOO_BIG: u32 = 1;
 pub const IPV6_PROG_4IN6: u32 = 2;
 pub const IPV6_PROG_NAT: u32 = 3;
 pub const IPV6_PROG_NAT_REPLY: u32 = 4;
-pub const IPV6_PROG_SLOTS: u32 = 5;
+pub const IPV6_PROG_NAT_ICMP: u32 = 5;
+pub const IPV6_PROG_NAT_OUT: u32 = 6;
+pub const IPV6_PROG_SLOTS: u32 = 7;
 
 /// TUN_HANDOFF value: the flow a pipeline hands a program of its own with its tail call (a
 /// program's locals do not survive one): IPv4-in-IPv6 tunnelling, LVS/NAT over IPv6.
@@ -473,6 +475,12 @@ pub mod program_names {
     pub const NAT6: &str = "xdplb_nat6";
     /// LVS/NAT over IPv6: the reply path, tail-called by [`IPV6`] through IPV6_PROGS.
     pub const NAT6_REPLY: &str = "xdplb_nat6_reply";
+    /// LVS/NAT over IPv6: ICMPv6 errors about NAT flows, tail-called by [`IPV6`] through
+    /// IPV6_PROGS.
+    pub const NAT6_ICMP: &str = "xdplb_nat6_icmp";
+    /// LVS/NAT over IPv6: a translated ICMPv6 error on its way to the client, tail-called by
+    /// [`NAT6_ICMP`] through IPV6_PROGS.
+    pub const NAT6_OUT: &str = "xdplb_nat6_out";
     /// Passes everything: for veth peers that must have an XDP program to receive XDP_TX frames.
     pub const PASS: &str = "xdp_pass";
     /// Bounces everything back: the bare XDP_TX baseline of the benchmarks.

@@ -7,12 +7,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    TunHandoff, IPV6_PROG_4IN6, IPV6_PROG_NAT, IPV6_PROG_NAT_REPLY, IPV6_PROG_PIPELINE,
-    IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG,
+    TunHandoff, IPV6_PROG_4IN6, IPV6_PROG_NAT, IPV6_PROG_NAT_ICMP, IPV6_PROG_NAT_OUT,
+    IPV6_PROG_NAT_REPLY, IPV6_PROG_PIPELINE, IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG,
 };
 
 /// `xdplb_v6`, `xdplb_v6_too_big` (ICMPv6 Packet Too Big), `xdplb_4in6` (IPv4-in-IPv6),
-/// `xdplb_nat6` and `xdplb_nat6_reply` (LVS/NAT over IPv6).
+/// `xdplb_nat6`, `xdplb_nat6_reply`, `xdplb_nat6_icmp` and `xdplb_nat6_out` (LVS/NAT over
+/// IPv6).
 #[map]
 static IPV6_PROGS: ProgramArray = ProgramArray::with_max_entries(IPV6_PROG_SLOTS, 0);
 
@@ -54,6 +55,20 @@ pub fn to_nat6(ctx: &XdpContext, handoff: TunHandoff) {
 pub fn to_nat6_reply(ctx: &XdpContext) {
     // SAFETY: as in `to_ipv6_path`.
     unsafe { IPV6_PROGS.tail_call(ctx, IPV6_PROG_NAT_REPLY) };
+}
+
+/// Continues with ICMPv6 errors about NAT flows; returns only if that program is not there.
+#[inline(always)]
+pub fn to_nat6_icmp(ctx: &XdpContext) {
+    // SAFETY: as in `to_ipv6_path`.
+    unsafe { IPV6_PROGS.tail_call(ctx, IPV6_PROG_NAT_ICMP) };
+}
+
+/// Continues with the way to the client of a translated packet of this flow; returns only if
+/// that program is not there.
+#[inline(always)]
+pub fn to_nat6_out(ctx: &XdpContext, handoff: TunHandoff) {
+    hand_over(ctx, IPV6_PROG_NAT_OUT, handoff);
 }
 
 #[inline(always)]

@@ -382,6 +382,11 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     let pkt = match parse6::parse6(&ctx) {
         Ok(p) => p,
+        Err(Reason::PassNotTcpUdp) => {
+            // ICMPv6 among them: an error about a NAT flow is translated.
+            ipv6::to_nat6_icmp(&ctx);
+            return stats::pass(Reason::PassNotTcpUdp, frame_len);
+        }
         Err(reason) => return stats::pass(reason, frame_len),
     };
     if !lookup::may_be_vip(&pkt.dst) {
@@ -528,7 +533,7 @@ pub fn xdplb_nat6_reply(ctx: XdpContext) -> u32 {
             _ => stats::drop(reason, frame_len),
         };
     }
-    reply6_out(&ctx, &pkt, &reply)
+    reply6_out(&ctx, &reply.vip, &pkt, &reply)
 }
 
 // The IPv6 reply path's stages below each take a frame of their own (not inlined): inlined
@@ -540,11 +545,132 @@ fn reply6_rewrite(ctx: &XdpContext, pkt: &parse6::Packet6, reply: &NatReply) -> 
     nat::rewrite6(ctx, pkt, false, reply.vip, reply.vport)
 }
 
-/// The IPv6 reply's way to the client.
+/// The way to the client of an IPv6 reply (or ICMPv6 error) `pkt`, from `src`.
 #[inline(never)]
-fn reply6_out(ctx: &XdpContext, pkt: &parse6::Packet6, reply: &NatReply) -> u32 {
+fn reply6_out(
+    ctx: &XdpContext,
+    src: &lb_common::Addr,
+    pkt: &parse6::Packet6,
+    reply: &NatReply,
+) -> u32 {
     let tot_len = pkt.payload_len.saturating_add(40);
-    to_client(ctx, &reply.vip, &pkt.dst, tot_len, reply)
+    to_client(ctx, src, &pkt.dst, tot_len, reply)
+}
+
+/// LVS/NAT over IPv6, ICMPv6 errors (destination unreachable, packet too big, time exceeded)
+/// about NAT flows, translated both ways as `xdplb_nat_icmp` does for IPv4; any other ICMPv6
+/// goes to the kernel. parse -> flow lookup -> translate -> route -> stats.
+#[xdp]
+pub fn xdplb_nat6_icmp(ctx: XdpContext) -> u32 {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let Some(err) = parse6::icmp_error6(&ctx) else {
+        return stats::pass(Reason::PassNotTcpUdp, frame_len);
+    };
+    let Some(config) = config::get() else {
+        return stats::pass(Reason::PassNoService, frame_len);
+    };
+    if host::owner(&ctx, config) != host::Owner::Local {
+        return stats::pass(Reason::PassOtherHost, frame_len);
+    }
+    match nat::icmp::about6(&err) {
+        Some(nat::icmp::About::Reply {
+            service,
+            real_id,
+            real,
+        }) => icmp6_to_real(&ctx, &err, service, real_id, real),
+        Some(nat::icmp::About::Request(reply)) => icmp6_to_client(&ctx, &err, &reply),
+        None => stats::pass(Reason::PassNotTcpUdp, frame_len),
+    }
+}
+
+/// The verdict for a translation that failed: a TTL (hop limit) that ran out is the kernel's
+/// to answer; anything else is dropped, never sent damaged.
+#[inline(always)]
+fn untranslated(reason: Reason, frame_len: u64) -> u32 {
+    match reason {
+        Reason::PassTtl => stats::pass(reason, frame_len),
+        _ => stats::drop(reason, frame_len),
+    }
+}
+
+/// An ICMPv6 error about a reply, on to the real server: as a request is.
+#[inline(always)]
+fn icmp6_to_real(
+    ctx: &XdpContext,
+    err: &parse6::IcmpError6,
+    service: u32,
+    real_id: u32,
+    real: &RealServer,
+) -> u32 {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let Some(here) = parse::read::<[u8; 6]>(ctx, 0) else {
+        return stats::drop(Reason::DropMalformed, frame_len);
+    };
+    let egress = route::real_egress(real_id);
+    let port = nat_port(&egress, err.quoted.sport);
+    // The real server's end, in a reply entry's shape.
+    let to = NatReply {
+        vip: real.addr,
+        vport: port,
+        _pad: 0,
+        service,
+        real: real_id,
+    };
+    if let Err(reason) = nat::icmp::translate6(ctx, err, true, &real.addr, &to) {
+        return untranslated(reason, frame_len);
+    }
+    stats::forwarded(service, real_id, frame_len, false);
+    route::send(ctx, &route::toward(ctx, here, real.mac, egress.ifindex))
+}
+
+/// An ICMPv6 error about a request, on to the client: as a reply is, from the VIP when the
+/// real server sent it. The way to the client is a program of its own, `xdplb_nat6_out` (the
+/// FIB lookup's stack and the translation's do not fit one program's).
+#[inline(always)]
+fn icmp6_to_client(ctx: &XdpContext, err: &parse6::IcmpError6, reply: &NatReply) -> u32 {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let from = if err.outer.src == err.quoted.dst {
+        reply.vip
+    } else {
+        err.outer.src
+    };
+    if let Err(reason) = nat::icmp::translate6(ctx, err, false, &from, reply) {
+        return untranslated(reason, frame_len);
+    }
+    ipv6::to_nat6_out(
+        ctx,
+        TunHandoff {
+            service: reply.service,
+            real: reply.real,
+            new_flow: 0,
+        },
+    );
+    stats::drop(Reason::DropNoRoute, frame_len)
+}
+
+/// A translated IPv6 packet of a NAT flow on its way to the client, by the kernel's FIB,
+/// tail-called with the flow's service and real server: l3 -> route -> stats.
+#[xdp]
+pub fn xdplb_nat6_out(ctx: XdpContext) -> u32 {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let (Ok((l3, _)), Some(to)) = (parse::l3(&ctx), ipv6::handoff()) else {
+        return stats::drop(Reason::DropMalformed, frame_len);
+    };
+    let Some(ip) = parse::read::<[u8; 40]>(&ctx, l3) else {
+        return stats::drop(Reason::DropMalformed, frame_len);
+    };
+    let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+    src.copy_from_slice(&ip[8..24]);
+    dst.copy_from_slice(&ip[24..40]);
+    let tot_len = parse::be16([ip[4], ip[5]]).saturating_add(40);
+    let flow_of = NatReply {
+        vip: src,
+        vport: 0,
+        _pad: 0,
+        service: to.service,
+        real: to.real,
+    };
+    to_client(&ctx, &src, &dst, tot_len, &flow_of)
 }
 
 /// The conntrack stage of an LVS/NAT reply, `flow` the reply's key (made the client's): the

@@ -117,3 +117,82 @@ pub fn is_whole6(ctx: &XdpContext, pkt: &Packet6) -> bool {
     }
     transport_is_whole(ctx, pkt.proto, pkt.l4_off, payload - ext)
 }
+
+/// ICMPv6's next header, and the errors IPVS translates for NAT flows.
+const NEXTHDR_ICMP: u8 = 58;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PKT_TOOBIG: u8 = 2;
+const ICMPV6_TIME_EXCEED: u8 = 3;
+const ICMPV6_HLEN: usize = 8;
+
+/// An ICMPv6 error about a TCP/UDP packet.
+pub struct IcmpError6 {
+    /// The error's own IPv6 header; `l4_off` is where the ICMPv6 header is, the ports are zero.
+    pub outer: Packet6,
+    /// The quoted packet's headers, inside the ICMPv6 message.
+    pub quoted: Packet6,
+}
+
+/// The ICMPv6 error in the frame (destination unreachable, packet too big, time exceeded)
+/// about a TCP/UDP packet, if it is one: ICMPv6 right after the fixed header, the quoted
+/// packet's transport header right after its own (errors about packets with extension headers
+/// go to the kernel), the quote's ports inside the packet and the packet inside the frame.
+#[inline(always)]
+pub fn icmp_error6(ctx: &XdpContext) -> Option<IcmpError6> {
+    let (l3_off, ethertype) = l3(ctx).ok()?;
+    if ethertype != ETH_P_IPV6 {
+        return None;
+    }
+    let outer = read::<[u8; IPV6_HLEN]>(ctx, l3_off)?;
+    let l4_off = l3_off + IPV6_HLEN;
+    // Type and code: a two-byte read (see parse::icmp_error).
+    let kind = read::<[u8; 2]>(ctx, l4_off)?;
+    if outer[0] >> 4 != 6
+        || outer[6] != NEXTHDR_ICMP
+        || !matches!(
+            kind[0],
+            ICMPV6_DEST_UNREACH | ICMPV6_PKT_TOOBIG | ICMPV6_TIME_EXCEED
+        )
+    {
+        return None;
+    }
+    let q_l3 = l4_off + ICMPV6_HLEN;
+    let quoted = read::<[u8; IPV6_HLEN]>(ctx, q_l3)?;
+    let ports = read::<[u8; 4]>(ctx, q_l3 + IPV6_HLEN)?;
+    let payload_len = be16([outer[4], outer[5]]);
+    let end = l3_off + IPV6_HLEN + payload_len as usize;
+    if quoted[0] >> 4 != 6
+        || (quoted[6] != IPPROTO_TCP && quoted[6] != IPPROTO_UDP)
+        || q_l3 + IPV6_HLEN + 8 > end
+        || end > ctx.data_end() - ctx.data()
+    {
+        return None;
+    }
+    let addr = |h: &[u8; IPV6_HLEN], at: usize| {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&h[at..at + 16]);
+        a
+    };
+    Some(IcmpError6 {
+        outer: Packet6 {
+            l3_off,
+            l4_off,
+            src: addr(&outer, 8),
+            dst: addr(&outer, 24),
+            proto: NEXTHDR_ICMP,
+            sport: 0,
+            dport: 0,
+            payload_len,
+        },
+        quoted: Packet6 {
+            l3_off: q_l3,
+            l4_off: q_l3 + IPV6_HLEN,
+            src: addr(&quoted, 8),
+            dst: addr(&quoted, 24),
+            proto: quoted[6],
+            sport: be16([ports[0], ports[1]]),
+            dport: be16([ports[2], ports[3]]),
+            payload_len: be16([quoted[4], quoted[5]]),
+        },
+    })
+}

@@ -212,6 +212,30 @@ impl Default for Frame6Spec {
 }
 
 impl Frame6Spec {
+    /// An ICMPv6 error in this frame's Ethernet and IPv6 headers (its ports, flags, extension
+    /// headers and payload are not used): `kind` and `code`, then `rest` (the MTU of "packet too
+    /// big", else zero), quoting `quote` (an IPv6 packet, or its start); the checksum over the
+    /// pseudo-header computed whole.
+    pub fn icmp_error(&self, kind: u8, code: u8, rest: [u8; 4], quote: &[u8]) -> Vec<u8> {
+        let mut icmp = vec![kind, code, 0, 0];
+        icmp.extend_from_slice(&rest);
+        icmp.extend_from_slice(quote);
+        let mut pseudo = Vec::with_capacity(40);
+        pseudo.extend_from_slice(&self.src.octets());
+        pseudo.extend_from_slice(&self.dst.octets());
+        pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 58]);
+        let sum = lb_common::csum::sum(&pseudo) + lb_common::csum::sum(&icmp);
+        icmp[2..4].copy_from_slice(&lb_common::csum::fold(sum).to_be_bytes());
+        Frame6Spec {
+            ext: Vec::new(),
+            proto: 58,
+            payload: icmp,
+            ..self.clone()
+        }
+        .build()
+    }
+
     pub fn build(&self) -> Vec<u8> {
         let mut f = Vec::with_capacity(128 + self.payload.len());
         f.extend_from_slice(&self.dst_mac);

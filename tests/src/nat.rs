@@ -159,7 +159,9 @@ impl NatTopology {
 
     /// IPv6 beside IPv4 (one director): outside 2001:db8::/64 (director `eth0` ::1 with the
     /// IPv6 VIP [`NatTopology::VIP6`], deprecated; client ::2, which routes for the client
-    /// addresses [`NatTopology::client_sources6`] on its `lo`), inside fd00:10::/64 (director
+    /// addresses [`NatTopology::client_sources6`] on its `lo` and for the far network
+    /// 2001:db8:f::/64 with the far client [`NatTopology::FAR6`] behind the same 1280-byte
+    /// hop), inside fd00:10::/64 (director
     /// `eth1` fd00:10::1, real servers [`NatTopology::real_addr6`] with their default route via
     /// it); the director forwards IPv6; the HTTP servers answer both families. Duplicate address
     /// detection is off: the addresses work at once.
@@ -168,7 +170,7 @@ impl NatTopology {
             .directors
             .iter()
             .chain(&self.reals)
-            .chain([&self.client]);
+            .chain([&self.client, &self.far]);
         for host in hosts {
             // The hosts were made IPv4-only (quiet links); "all" turns IPv6 on for every device.
             for conf in ["all", "default"] {
@@ -179,14 +181,32 @@ impl NatTopology {
             }
         }
         let d = self.directors[0].ns();
-        d.ip_batch("addr add 2001:db8::1/64 dev eth0 nodad\naddr add fd00:10::1/64 dev eth1 nodad\nroute add 2001:db8:c::/64 via 2001:db8::2\n")?;
+        d.ip_batch(
+            "addr add 2001:db8::1/64 dev eth0 nodad\n\
+             addr add fd00:10::1/64 dev eth1 nodad\n\
+             route add 2001:db8:c::/64 via 2001:db8::2\n\
+             route add 2001:db8:f::/64 via 2001:db8::2\n",
+        )?;
         crate::ipv6::hold_vip_deprecated(d)?;
         d.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         let mut batch = "addr add 2001:db8::2/64 dev eth0 nodad\n".to_owned();
         for a in Self::client_sources6() {
             batch += &format!("addr add {a}/128 dev lo nodad\n");
         }
+        // The far client behind the client as a router, its hop narrower (IPv6's minimum MTU).
+        batch += &format!(
+            // Metric 256: the connected route's, which this one replaces.
+            "addr add 2001:db8:f::1/64 dev eth1 nodad\nroute replace 2001:db8:f::/64 dev eth1 metric 256 mtu {}\n",
+            Self::FAR_MTU
+        );
         self.client.ns().ip_batch(&batch)?;
+        self.client
+            .ns()
+            .sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        self.far.ns().ip_batch(&format!(
+            "addr add {}/64 dev eth0 nodad\nroute add default via 2001:db8:f::1\n",
+            Self::FAR6
+        ))?;
         // The HTTP servers again, now that they can listen on both families.
         self.servers.clear();
         for (i, rs) in self.reals.iter().enumerate() {
@@ -198,6 +218,9 @@ impl NatTopology {
         }
         Ok(self)
     }
+
+    /// The far client's IPv6 address ([`NatTopology::with_ipv6`]), behind the same narrower hop.
+    pub const FAR6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 2);
 
     /// The IPv6 VIP of [`NatTopology::with_ipv6`].
     pub const VIP6: std::net::Ipv6Addr = crate::ipv6::Dr6Topology::VIP;

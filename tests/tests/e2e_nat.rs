@@ -196,20 +196,26 @@ fn big_transfers_to(topo: &NatTopology, src: IpAddr, service: &str) {
 /// path takes 1500: that hop's "fragmentation needed" goes to the VIP, and only translated (to
 /// the real server, about its own reply) does the server lower its packet size.
 fn path_mtu_discovery_works_through_the_director(topo: &NatTopology) {
-    let far = NatTopology::FAR.to_string();
+    path_mtu_discovery_to(topo, NatTopology::FAR.into(), SERVICE);
+}
+
+/// [`path_mtu_discovery_works_through_the_director`] for the far client at `far_addr` and
+/// `service` ("VIP:port", "[VIP]:port"): over IPv6 the hop's "packet too big" is translated.
+fn path_mtu_discovery_to(topo: &NatTopology, far_addr: IpAddr, service: &str) {
+    let far = far_addr.to_string();
     let get = |args: &[&str]| {
-        let mut all = vec!["-sS", "--fail", "--max-time", "30"];
+        let mut all = vec!["-gsS", "--fail", "--max-time", "30"];
         all.extend_from_slice(args);
         topo.far().ns().exec("curl", &all)
     };
-    let (name, peer) = name_and_peer(&get(&[&format!("http://{SERVICE}/name")]).unwrap());
-    assert_eq!(peer, IpAddr::from(NatTopology::FAR));
+    let (name, peer) = name_and_peer(&get(&[&format!("http://{service}/name")]).unwrap());
+    assert_eq!(peer, far_addr);
     let dir = scratch();
     let file = dir.join("far");
     get(&[
         "-o",
         &file.to_string_lossy(),
-        &format!("http://{SERVICE}/big"),
+        &format!("http://{service}/big"),
     ])
     .expect("a 10 MB download over a path narrower than its first hops");
     assert!(
@@ -559,7 +565,9 @@ fn scratch() -> std::path::PathBuf {
 /// LVS/NAT over IPv6, beside IPv4 on the same director and real servers: an IPv6 service
 /// mapped to the real servers' port 8080 answers 40 IPv6 clients, each always by the same
 /// server and every server used, each server seeing the client's own address; the replies are
-/// counted outbound; 10 MB each way arrive intact; the IPv4 service goes on beside it.
+/// counted outbound; 10 MB each way arrive intact; a 10 MB download to a client behind a
+/// 1280-byte hop completes (its "packet too big" translated to the real server); the IPv4
+/// service goes on beside it.
 #[test]
 fn nat_over_ipv6_beside_ipv4() {
     if !require_root() {
@@ -606,6 +614,7 @@ fn nat_over_ipv6_beside_ipv4() {
         listing.0
     );
     big_transfers_to(&topo, NatTopology::client_sources6()[0].into(), SERVICE6);
+    path_mtu_discovery_to(&topo, NatTopology::FAR6.into(), SERVICE6);
 
     // IPv4 beside it, on the same real servers.
     let v4 = NatTopology::client_sources()[0];

@@ -802,3 +802,188 @@ fn ipv6_requests_and_replies_are_translated() {
         assert_eq!(fx.reason(Reason::DropNoRoute), before + 1);
     });
 }
+
+/// ICMPv6 errors about IPv6 NAT flows, both ways, byte for byte against frames built whole:
+/// "packet too big" from a router on the clients' side, sent to the VIP about a reply, reaches
+/// the real server about its own reply (outer destination and quoted source RIP:RPORT); "port
+/// unreachable" from the real server reaches the client from the VIP, about what it sent to
+/// the VIP. Quotes of the headers only and of the whole packet; other ICMPv6 is the kernel's.
+#[test]
+fn icmpv6_errors_about_an_ipv6_nat_flow_are_translated_both_ways() {
+    if !require_root() {
+        return;
+    }
+    use lb_user::packet::Frame6Spec;
+    use std::net::Ipv6Addr;
+    let vip6: Ipv6Addr = "2001:db8::100".parse().unwrap();
+    let rip6: Ipv6Addr = "fd00:10::11".parse().unwrap();
+    let client6: Ipv6Addr = "2001:db8:c::7".parse().unwrap();
+    let router6: Ipv6Addr = "2001:db8:ff::fe".parse().unwrap();
+    const TOO_BIG: u8 = 2;
+    const UNREACH: u8 = 1;
+    const PORT_UNREACH6: u8 = 4;
+    let net = net();
+    for conf in ["all", "default", "out0", "in0"] {
+        net.ns
+            .sysctl(&format!("net.ipv6.conf.{conf}.accept_dad"), "0")
+            .unwrap();
+    }
+    net.ns
+        .ip_batch(
+            "addr add 2001:db8:ff::1/64 dev out0 nodad\n\
+             addr add fd00:10::1/64 dev in0 nodad\n\
+             route add 2001:db8:c::/64 via 2001:db8:ff::fe dev out0\n\
+             neigh replace 2001:db8:ff::fe lladdr 02:77:00:00:00:fe nud permanent dev out0\n",
+        )
+        .unwrap();
+    net.ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    net.ns.run_in(|| {
+        let mut fx = fixture(&net);
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let svc = ServiceAddr {
+                protocol,
+                vip: vip6.into(),
+                port: 80,
+            };
+            fx.add_service(svc, SchedulerSpec::default());
+            fx.add_real_spec(
+                svc,
+                RealSpec {
+                    addr: Some(rip6.into()),
+                    port: Some(REAL_PORT),
+                    forward: Some(Forward::Masq),
+                    mac: Some(Mac(REAL_MAC)),
+                    ..Default::default()
+                },
+            );
+        }
+        let quote = |spec: &Frame6Spec, len: usize| -> Vec<u8> {
+            spec.build()[14..].iter().take(len).copied().collect()
+        };
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            let request = Frame6Spec {
+                dst_mac: net.out0.1,
+                src_mac: ROUTER_MAC,
+                src: client6,
+                dst: vip6,
+                proto,
+                sport: 40000,
+                dport: 80,
+                tcp_flags: 0x02,
+                payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+                ..Default::default()
+            };
+            assert_eq!(fx.run_on(net.out0.0, &request.build()).unwrap().0, XDP_TX);
+            let reply = Frame6Spec {
+                dst_mac: net.in0.1,
+                src_mac: REAL_MAC,
+                src: rip6,
+                dst: client6,
+                proto,
+                sport: REAL_PORT,
+                dport: 40000,
+                tcp_flags: 0x12,
+                hop_limit: 63,
+                payload: b"HTTP/1.0 200 OK\r\n\r\nhello".to_vec(),
+                ..Default::default()
+            };
+            // The director's own packets, as the errors quote them.
+            let sent_reply = Frame6Spec {
+                src: vip6,
+                sport: 80,
+                ..reply.clone()
+            };
+            let sent_request = Frame6Spec {
+                dst: rip6,
+                dport: REAL_PORT,
+                hop_limit: 63,
+                ..request.clone()
+            };
+            // 48: the headers and 8 bytes (UDP's checksum, not TCP's); else the whole packet.
+            for len in [48, usize::MAX] {
+                let from_router = Frame6Spec {
+                    dst_mac: net.out0.1,
+                    src_mac: ROUTER_MAC,
+                    src: router6,
+                    dst: vip6,
+                    ..Default::default()
+                };
+                let mtu = 1280u32.to_be_bytes();
+                let input = from_router.icmp_error(TOO_BIG, 0, mtu, &quote(&sent_reply, len));
+                let (verdict, out) = fx.run_on(net.out0.0, &input).unwrap();
+                assert_eq!(verdict, XDP_TX, "proto {proto}, quote {len}");
+                let expected = Frame6Spec {
+                    dst_mac: REAL_MAC,
+                    src_mac: net.out0.1,
+                    dst: rip6,
+                    hop_limit: from_router.hop_limit - 1,
+                    ..from_router.clone()
+                }
+                .icmp_error(TOO_BIG, 0, mtu, &quote(&reply, len));
+                assert_eq!(
+                    out, expected,
+                    "proto {proto}, quote {len}: to the real server"
+                );
+
+                let from_real = Frame6Spec {
+                    dst_mac: net.in0.1,
+                    src_mac: REAL_MAC,
+                    src: rip6,
+                    dst: client6,
+                    ..Default::default()
+                };
+                let input = from_real.icmp_error(
+                    UNREACH,
+                    PORT_UNREACH6,
+                    [0; 4],
+                    &quote(&sent_request, len),
+                );
+                let (verdict, out) = fx.run_on(net.in0.0, &input).unwrap();
+                assert_eq!(
+                    verdict, XDP_REDIRECT,
+                    "proto {proto}, quote {len}: out of out0"
+                );
+                let as_client_sent = Frame6Spec {
+                    hop_limit: 63,
+                    ..request.clone()
+                };
+                let expected = Frame6Spec {
+                    dst_mac: ROUTER_MAC,
+                    src_mac: net.out0.1,
+                    src: vip6,
+                    hop_limit: from_real.hop_limit - 1,
+                    ..from_real.clone()
+                }
+                .icmp_error(
+                    UNREACH,
+                    PORT_UNREACH6,
+                    [0; 4],
+                    &quote(&as_client_sent, len),
+                );
+                assert_eq!(out, expected, "proto {proto}, quote {len}: to the client");
+            }
+        }
+        // Not about a NAT flow, and not an error: the kernel's, untouched.
+        let stranger = Frame6Spec {
+            dst_mac: net.out0.1,
+            src: router6,
+            dst: vip6,
+            ..Default::default()
+        };
+        let unrelated = Frame6Spec {
+            src: client6,
+            dst: vip6,
+            sport: 1,
+            dport: 80,
+            ..Default::default()
+        };
+        let echo = stranger.icmp_error(128, 0, [0, 1, 0, 1], b"ping");
+        let other = stranger.icmp_error(TOO_BIG, 0, 1280u32.to_be_bytes(), &quote(&unrelated, 100));
+        for frame in [echo, other] {
+            assert_eq!(
+                fx.run_on(net.out0.0, &frame).unwrap(),
+                (XDP_PASS, frame.clone())
+            );
+        }
+    });
+}

@@ -9,12 +9,18 @@
 //! Either way the key is the quoted packet's flow reversed: the connection table's key of the
 //! client's flow, or NAT_REPLIES' key of the reply's.
 
-use lb_common::{addr_from_v4, csum, FlowKey, NatReply, RealServer, Reason, FWD_NAT, IPPROTO_UDP};
+use lb_common::{
+    addr_from_v4, csum, Addr, FlowKey, NatReply, RealServer, Reason, FWD_NAT, IPPROTO_UDP,
+};
 
-use super::{forward_ip, l4_check, may_be_real, reply_of, words, IP_CSUM, IP_DST, IP_SRC};
+use super::{
+    forward_ip, l4_check, may_be_real, reply_of, words, IP6_DST, IP6_HOP_LIMIT, IP6_SRC, IP_CSUM,
+    IP_DST, IP_SRC,
+};
 use crate::{
     conntrack, lookup,
     parse::{ptr_at, IcmpError},
+    parse6::IcmpError6,
     schedule,
 };
 use aya_ebpf::programs::XdpContext;
@@ -47,8 +53,33 @@ pub fn about(err: &IcmpError) -> Option<About> {
         proto: q.proto,
         _pad: [0; 3],
     };
-    if lookup::may_be_vip(&addr_from_v4(q.src)) {
-        if let Some((service, real_id)) = conntrack::binding(&key) {
+    about_flow(&key)
+}
+
+/// [`about`] for an ICMPv6 error.
+#[inline(always)]
+pub fn about6(err: &IcmpError6) -> Option<About> {
+    let q = &err.quoted;
+    if err.outer.dst != q.src {
+        return None;
+    }
+    let key = FlowKey {
+        src: q.dst,
+        dst: q.src,
+        sport: q.dport,
+        dport: q.sport,
+        proto: q.proto,
+        _pad: [0; 3],
+    };
+    about_flow(&key)
+}
+
+/// The NAT flow of `key`, the quoted packet's flow reversed: a client's (the quote was a reply)
+/// or a reply's (the quote was a request).
+#[inline(always)]
+fn about_flow(key: &FlowKey) -> Option<About> {
+    if lookup::may_be_vip(&key.dst) {
+        if let Some((service, real_id)) = conntrack::binding(key) {
             let real = schedule::real(service, real_id)?;
             return (real.method == FWD_NAT).then_some(About::Reply {
                 service,
@@ -57,8 +88,8 @@ pub fn about(err: &IcmpError) -> Option<About> {
             });
         }
     }
-    if may_be_real(&lb_common::addr_from_v4(q.dst)) {
-        return reply_of(&key).map(About::Request);
+    if may_be_real(&key.src) {
+        return reply_of(key).map(About::Request);
     }
     None
 }
@@ -138,3 +169,84 @@ pub fn translate(
 
 /// Where the TCP checksum is in its header.
 const TCP_CHECK: usize = 16;
+
+/// [`translate`] for an ICMPv6 error, toward the real server (`to_real`: the outer
+/// destination and the quoted source become `addr`, with `port`) or the client (the outer
+/// source becomes `outer_addr`, the quoted destination `addr`:`port`): the outer address (in
+/// the ICMPv6 checksum's pseudo-header) and hop limit, the quoted address and port, the quoted
+/// transport checksum where the quote holds it, and the ICMPv6 checksum. IPv6 headers have no
+/// checksum of their own. Written in place, field by field, in a frame of its own (not
+/// inlined): the program's stack has no room for header copies.
+#[inline(never)]
+pub fn translate6(
+    ctx: &XdpContext,
+    err: &IcmpError6,
+    to_real: bool,
+    outer_addr: &Addr,
+    to: &NatReply,
+) -> Result<(), Reason> {
+    let (outer_dst, src, addr, port) = (to_real, to_real, &to.vip, to.vport);
+    let (o, q) = (&err.outer, &err.quoted);
+    let (outer_off, outer_old) = if outer_dst {
+        (IP6_DST, &o.dst)
+    } else {
+        (IP6_SRC, &o.src)
+    };
+    let (Some(hop_at), Some(outer_at)) = (
+        ptr_at::<[u8; 2]>(ctx, o.l3_off + IP6_HOP_LIMIT - 1),
+        ptr_at::<Addr>(ctx, o.l3_off + outer_off),
+    ) else {
+        return Err(Reason::DropMalformed);
+    };
+    // SAFETY: bounds-checked by ptr_at; unaligned-safe (as every access below).
+    let [next, hops] = unsafe { hop_at.read_unaligned() };
+    if hops <= 1 {
+        return Err(Reason::PassTtl);
+    }
+    unsafe {
+        hop_at.write_unaligned([next, hops - 1]);
+        outer_at.write_unaligned(*outer_addr);
+    }
+    let (addr_off, port_off, old_addr, old_port) = if src {
+        (IP6_SRC, 0, &q.src, q.sport)
+    } else {
+        (IP6_DST, 2, &q.dst, q.dport)
+    };
+    // What the ICMPv6 checksum covers changes by these words: the outer address (pseudo-header),
+    // the quoted address, port and transport checksum.
+    let (pseudo_old, pseudo_new) = (words(old_addr, old_port), words(addr, port));
+    let mut old = csum::sum(outer_old) + pseudo_old;
+    let mut new = csum::sum(outer_addr) + pseudo_new;
+    let (Some(q_addr_at), Some(port_at)) = (
+        ptr_at::<Addr>(ctx, q.l3_off + addr_off),
+        ptr_at::<[u8; 2]>(ctx, q.l4_off + port_off),
+    ) else {
+        return Err(Reason::DropMalformed);
+    };
+    unsafe {
+        q_addr_at.write_unaligned(*addr);
+        port_at.write_unaligned(port.to_be_bytes());
+    }
+    // UDP's checksum is always quoted (the quote holds 8 bytes of it at least); TCP's where the
+    // message quotes 18 bytes of its header.
+    let (check_off, udp) = if q.proto == IPPROTO_UDP {
+        (6, true)
+    } else {
+        (TCP_CHECK, false)
+    };
+    let end = o.l3_off + 40 + o.payload_len as usize;
+    if q.l4_off + check_off + 2 <= end {
+        let at = ptr_at::<[u8; 2]>(ctx, q.l4_off + check_off).ok_or(Reason::DropMalformed)?;
+        let check = u16::from_be_bytes(unsafe { at.read_unaligned() });
+        let l4 = l4_check(check, udp, pseudo_old, pseudo_new);
+        unsafe { at.write_unaligned(l4.to_be_bytes()) };
+        old += check as u32;
+        new += l4 as u32;
+    }
+    let icmp_at = ptr_at::<[u8; 4]>(ctx, o.l4_off).ok_or(Reason::DropMalformed)?;
+    let mut icmp = unsafe { icmp_at.read_unaligned() };
+    let check = csum::update(u16::from_be_bytes([icmp[2], icmp[3]]), old, new);
+    icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    unsafe { icmp_at.write_unaligned(icmp) };
+    Ok(())
+}

@@ -12,9 +12,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    map_names, program_names, DEFAULT_CONN_MAX, IPV6_PROG_4IN6, IPV6_PROG_NAT, IPV6_PROG_NAT_REPLY,
-    IPV6_PROG_PIPELINE, IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG, NAT_PROG_ICMP, NAT_PROG_REPLY,
-    NAT_PROG_SLOTS,
+    map_names, program_names, DEFAULT_CONN_MAX, IPV6_PROG_4IN6, IPV6_PROG_NAT, IPV6_PROG_NAT_ICMP,
+    IPV6_PROG_NAT_OUT, IPV6_PROG_NAT_REPLY, IPV6_PROG_PIPELINE, IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG,
+    NAT_PROG_ICMP, NAT_PROG_REPLY, NAT_PROG_SLOTS,
 };
 
 pub use maps::{ConnCounts, Counters, DatapathCounters, DecapMaps, MapWriter, Maps};
@@ -136,6 +136,16 @@ impl Datapath {
                 map_names::IPV6_PROGS,
                 IPV6_PROG_NAT_REPLY,
                 program_names::NAT6_REPLY,
+            ),
+            (
+                map_names::IPV6_PROGS,
+                IPV6_PROG_NAT_ICMP,
+                program_names::NAT6_ICMP,
+            ),
+            (
+                map_names::IPV6_PROGS,
+                IPV6_PROG_NAT_OUT,
+                program_names::NAT6_OUT,
             ),
         ] {
             let prog = xdp(&mut self.ebpf, name)?;
