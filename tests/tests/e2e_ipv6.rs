@@ -214,6 +214,32 @@ fn ipv6_saved_configuration_persistence_and_health_checks() {
         "{text}"
     );
 
+    // A reload: an IPv4 mask for the IPv6 service is refused with its line, nothing changes;
+    // a prefix length is taken.
+    agent
+        .write_config(&saved.replace(r#"netmask = "125""#, r#"netmask = "255.255.255.0""#))
+        .unwrap();
+    let out = agent.cli(&["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("prefix length") && err.contains("xdplb.toml:"),
+        "{err}"
+    );
+    assert_eq!(
+        agent.list_config(),
+        running,
+        "a refused reload changed something"
+    );
+    agent
+        .write_config(&saved.replace(r#"netmask = "125""#, "netmask = 126"))
+        .unwrap();
+    agent.cli_ok(&["reload"]);
+    let text = agent.cli_ok(&["ipvsadm", "-Ln"]);
+    assert!(text.contains("persistent 600 mask 126"), "{text}");
+    agent.write_config(&saved).unwrap();
+    agent.cli_ok(&["reload"]);
+    assert_eq!(agent.list_config(), running);
+
     // Persistence groups the sources by /125 (eight addresses): mh alone, hashing each
     // address, would spread a group over both servers.
     let flows: Vec<SocketAddr> = Dr6Topology::client_sources()

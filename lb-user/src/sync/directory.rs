@@ -30,7 +30,7 @@ pub struct RealIds {
     pub service: u32,
     pub real: u32,
     /// LVS/NAT: the real server's address and port, for its replies' translation.
-    pub nat: Option<(std::net::Ipv4Addr, u16)>,
+    pub nat: Option<(IpAddr, u16)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -59,11 +59,7 @@ impl Directory {
                     RealIds {
                         service: s.id,
                         real: r.id,
-                        // LVS/NAT is IPv4's only.
-                        nat: match (r.forward, r.addr) {
-                            (crate::state::Forward::Masq, IpAddr::V4(a)) => Some((a, r.port)),
-                            _ => None,
-                        },
+                        nat: (r.forward == crate::state::Forward::Masq).then_some((r.addr, r.port)),
                     },
                 );
             }

@@ -40,7 +40,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use lb_common::{addr_from_v4, Conn, FlowKey, NatReply, CONN_ESTABLISHED, CONN_FIN};
+use lb_common::{Conn, FlowKey, NatReply, CONN_ESTABLISHED, CONN_FIN};
 use serde::{Deserialize, Serialize};
 use tokio::{
     net::{TcpListener, UdpSocket},
@@ -555,7 +555,7 @@ pub fn apply_records(
                 .and_then(|()| match ids.nat {
                     // An LVS/NAT flow's replies must be translated here too after a failover.
                     Some((addr, port)) => table.upsert_nat_reply(
-                        &flow.nat_reply(&addr_from_v4(addr.octets()), port),
+                        &flow.nat_reply(&crate::state::addr_of(addr), port),
                         &NatReply {
                             vip: flow.dst,
                             vport: flow.dport,
@@ -954,9 +954,44 @@ mod tests {
             real: id,
         };
         // Keyed as the real server answers: from RIP:8080 to the client.
-        let key = flow.nat_reply(&addr_from_v4(rip.octets()), 8080);
+        let key = flow.nat_reply(&lb_common::addr_from_v4(rip.octets()), 8080);
         assert_eq!(key.sport, 8080);
         assert_eq!(replies.get(&key), Some(&want));
         assert_eq!(replies.len(), 1, "DR flows get none");
+    }
+
+    /// The same for an IPv6 NAT flow: its reply is keyed by the IPv6 real server's address.
+    #[test]
+    fn a_peers_ipv6_nat_flow_gets_its_reply_translation() {
+        let svc6 = ServiceAddr {
+            protocol: crate::state::Protocol::Tcp,
+            vip: "2001:db8::100".parse().unwrap(),
+            port: 80,
+        };
+        let rip: std::net::IpAddr = "fd00:10::11".parse().unwrap();
+        let nat = RealSpec {
+            addr: Some(rip),
+            port: Some(8080),
+            forward: Some(crate::state::Forward::Masq),
+            mac: Some(Mac([2, 0, 0, 0, 0, 9])),
+            ..Default::default()
+        };
+        let s = State::default()
+            .add_service(svc6, &crate::state::SchedulerSpec::default())
+            .and_then(|s| s.add_real(svc6, &nat))
+            .unwrap();
+        let d = Directory::new(&s, &lb_common::DirectorConfig::default());
+        let svc = s.service(&svc6).unwrap();
+        let flow = svc.flow("2001:db8:c::7".parse().unwrap(), 40000);
+        let id = svc.real(rip).unwrap().id;
+        let record = record_of(&d, &flow, svc.id, id, Op::Bind, 0, 0).unwrap();
+        let table = MemoryTable::default();
+        assert_eq!(apply_records(&mut table.clone(), &d, &[record], 1), (1, 0));
+        let key = flow.nat_reply(&crate::state::addr_of(rip), 8080);
+        let got = table.1.lock().unwrap().get(&key).copied();
+        assert_eq!(
+            got.map(|r| (r.vip, r.vport, r.real)),
+            Some((flow.dst, 80, id))
+        );
     }
 }
