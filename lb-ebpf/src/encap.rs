@@ -110,19 +110,27 @@ pub fn ip6ip6(
     if !adjust_head(ctx, -(IPV6_HLEN as i32)) || !eth.write(ctx) {
         return Err(Reason::DropNoRoom);
     }
-    let mut outer = [0u8; IPV6_HLEN];
-    outer[..4].copy_from_slice(&first);
-    outer[4..6].copy_from_slice(&(inner_len as u16).to_be_bytes());
-    outer[6] = NEXTHDR_IPV6;
-    outer[7] = OUTER_TTL;
-    outer[8..24].copy_from_slice(&src);
-    outer[24..40].copy_from_slice(&real.addr);
+    let outer = outer6(first, inner_len as u16, NEXTHDR_IPV6, &src, &real.addr);
     let Some(at) = ptr_at::<[u8; IPV6_HLEN]>(ctx, l3) else {
         return Err(Reason::DropNoRoom);
     };
     // SAFETY: bounds-checked by ptr_at.
     unsafe { at.write_unaligned(outer) };
     Ok(())
+}
+
+/// An outer IPv6 header: `first` its version, traffic class and flow label, then the payload
+/// length and next header given, hop limit [`OUTER_TTL`], from `src` to `dst`.
+#[inline(always)]
+fn outer6(first: [u8; 4], payload_len: u16, next_header: u8, src: &Addr, dst: &Addr) -> [u8; 40] {
+    let mut outer = [0u8; IPV6_HLEN];
+    outer[..4].copy_from_slice(&first);
+    outer[4..6].copy_from_slice(&payload_len.to_be_bytes());
+    outer[6] = next_header;
+    outer[7] = OUTER_TTL;
+    outer[8..24].copy_from_slice(src);
+    outer[24..40].copy_from_slice(dst);
+    outer
 }
 
 /// Wraps an IPv4 packet in an outer IPv6 header to an IPv6 real server (IPv4-in-IPv6, next
@@ -151,14 +159,8 @@ pub fn ip4in6(
         return Err(Reason::DropNoRoom);
     }
     let tos = inner[1];
-    let mut outer = [0u8; IPV6_HLEN];
-    outer[0] = 0x60 | (tos >> 4);
-    outer[1] = tos << 4;
-    outer[4..6].copy_from_slice(&pkt.tot_len.to_be_bytes());
-    outer[6] = IPPROTO_IPIP;
-    outer[7] = OUTER_TTL;
-    outer[8..24].copy_from_slice(&src);
-    outer[24..40].copy_from_slice(&real.addr);
+    let first = [0x60 | (tos >> 4), tos << 4, 0, 0];
+    let outer = outer6(first, pkt.tot_len, IPPROTO_IPIP, &src, &real.addr);
     let Some(at) = ptr_at::<[u8; IPV6_HLEN]>(ctx, l3) else {
         return Err(Reason::DropNoRoom);
     };

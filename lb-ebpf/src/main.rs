@@ -147,8 +147,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
             return stats::tx(Reason::TxFragNeeded, frame_len);
         }
         Err(Reason::TxFragNeeded) => return stats::drop(Reason::DropNoRoom, frame_len),
-        Err(Reason::PassTtl) => return stats::pass(Reason::PassTtl, frame_len),
-        Err(reason) => return stats::drop(reason, frame_len),
+        Err(reason) => return untranslated(reason, frame_len),
     };
     stats::forwarded(service_id, real_id, frame_len, new_flow);
     verdict
@@ -259,27 +258,18 @@ pub fn xdplb_nat_reply(ctx: XdpContext) -> u32 {
         Parsed::Ipv6 => return stats::pass(Reason::PassNotIpv4, frame_len),
         Parsed::Pass(reason) => return stats::pass(reason, frame_len),
     };
-    let reply_flow = conntrack::flow(&pkt);
-    let Some(reply) = nat::reply_of(&reply_flow) else {
-        return stats::pass(Reason::PassNoService, frame_len);
+    let mut flow = conntrack::flow(&pkt);
+    let (reply, config) = match nat_reply_of(&ctx, &flow, frame_len) {
+        Ok(found) => found,
+        Err(verdict) => return verdict,
     };
-    let Some(config) = config::get() else {
-        return stats::pass(Reason::PassNoService, frame_len);
-    };
-    if host::owner(&ctx, config) != host::Owner::Local {
-        return stats::pass(Reason::PassOtherHost, frame_len);
-    }
     if !parse::is_whole(&ctx, &pkt) {
         return stats::drop(Reason::DropMalformed, frame_len);
     }
-    let mut flow = reply_flow;
     nat_reply_conntrack(&mut flow, &reply, parse::tcp_flags(&ctx, &pkt), config);
     let vip = [reply.vip[12], reply.vip[13], reply.vip[14], reply.vip[15]];
     if let Err(reason) = nat::rewrite(&ctx, &pkt, false, vip, reply.vport) {
-        return match reason {
-            Reason::PassTtl => stats::pass(reason, frame_len),
-            _ => stats::drop(reason, frame_len),
-        };
+        return untranslated(reason, frame_len);
     }
     to_client(
         &ctx,
@@ -323,11 +313,8 @@ pub fn xdplb_nat_icmp(ctx: XdpContext) -> u32 {
     let Some(err) = parse::icmp_error(&ctx) else {
         return stats::pass(Reason::PassNotTcpUdp, frame_len);
     };
-    let Some(config) = config::get() else {
-        return stats::pass(Reason::PassNoService, frame_len);
-    };
-    if host::owner(&ctx, config) != host::Owner::Local {
-        return stats::pass(Reason::PassOtherHost, frame_len);
+    if let Err(verdict) = local_config(&ctx, frame_len) {
+        return verdict;
     }
     let translated = match nat::icmp::about(&err) {
         // To the real server, about its reply: as a request is.
@@ -367,11 +354,7 @@ pub fn xdplb_nat_icmp(ctx: XdpContext) -> u32 {
         }
         None => return stats::pass(Reason::PassNotTcpUdp, frame_len),
     };
-    match translated {
-        Ok(verdict) => verdict,
-        Err(Reason::PassTtl) => stats::pass(Reason::PassTtl, frame_len),
-        Err(reason) => stats::drop(reason, frame_len),
-    }
+    translated.unwrap_or_else(|reason| untranslated(reason, frame_len))
 }
 
 /// The IPv6 pipeline, tail-called for every IPv6 frame:
@@ -491,10 +474,8 @@ pub fn xdplb_nat6(ctx: XdpContext) -> u32 {
     } else if to.new_flow != 0 {
         nat::remember(&flow, &real.addr, port, to.service, to.real);
     }
-    match nat::rewrite6(&ctx, &pkt, true, real.addr, port) {
-        Ok(()) => {}
-        Err(Reason::PassTtl) => return stats::pass(Reason::PassTtl, frame_len),
-        Err(reason) => return stats::drop(reason, frame_len),
+    if let Err(reason) = nat::rewrite6(&ctx, &pkt, true, real.addr, port) {
+        return untranslated(reason, frame_len);
     }
     let hop = route::toward(&ctx, here, real.mac, egress.ifindex);
     stats::forwarded(to.service, to.real, frame_len, to.new_flow != 0);
@@ -513,25 +494,17 @@ pub fn xdplb_nat6_reply(ctx: XdpContext) -> u32 {
     };
     // One key, the reply's and then the client's: this stack has no room for two.
     let mut flow = pkt.flow();
-    let Some(reply) = nat::reply_of(&flow) else {
-        return stats::pass(Reason::PassNoService, frame_len);
+    let (reply, config) = match nat_reply_of(&ctx, &flow, frame_len) {
+        Ok(found) => found,
+        Err(verdict) => return verdict,
     };
-    let Some(config) = config::get() else {
-        return stats::pass(Reason::PassNoService, frame_len);
-    };
-    if host::owner(&ctx, config) != host::Owner::Local {
-        return stats::pass(Reason::PassOtherHost, frame_len);
-    }
     if !parse6::is_whole6(&ctx, &pkt) {
         return stats::drop(Reason::DropMalformed, frame_len);
     }
     let flags = parse::tcp_flags_at(&ctx, pkt.proto, pkt.l4_off);
     nat_reply_conntrack(&mut flow, &reply, flags, config);
     if let Err(reason) = reply6_rewrite(&ctx, &pkt, &reply) {
-        return match reason {
-            Reason::PassTtl => stats::pass(reason, frame_len),
-            _ => stats::drop(reason, frame_len),
-        };
+        return untranslated(reason, frame_len);
     }
     reply6_out(&ctx, &reply.vip, &pkt, &reply)
 }
@@ -566,11 +539,8 @@ pub fn xdplb_nat6_icmp(ctx: XdpContext) -> u32 {
     let Some(err) = parse6::icmp_error6(&ctx) else {
         return stats::pass(Reason::PassNotTcpUdp, frame_len);
     };
-    let Some(config) = config::get() else {
-        return stats::pass(Reason::PassNoService, frame_len);
-    };
-    if host::owner(&ctx, config) != host::Owner::Local {
-        return stats::pass(Reason::PassOtherHost, frame_len);
+    if let Err(verdict) = local_config(&ctx, frame_len) {
+        return verdict;
     }
     match nat::icmp::about6(&err) {
         Some(nat::icmp::About::Reply {
@@ -583,8 +553,8 @@ pub fn xdplb_nat6_icmp(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The verdict for a translation that failed: a TTL (hop limit) that ran out is the kernel's
-/// to answer; anything else is dropped, never sent damaged.
+/// The verdict for a packet the forward stage (a rewrite, a translation) failed on: a TTL (hop
+/// limit) that ran out is the kernel's to answer; anything else is dropped, never sent damaged.
 #[inline(always)]
 fn untranslated(reason: Reason, frame_len: u64) -> u32 {
     match reason {
@@ -671,6 +641,34 @@ pub fn xdplb_nat6_out(ctx: XdpContext) -> u32 {
         real: to.real,
     };
     to_client(&ctx, &src, &dst, tot_len, &flow_of)
+}
+
+/// The reply lookup of an LVS/NAT reply path, either family: the NAT flow `flow` (the reply's
+/// key) belongs to and the director's settings, or the verdict for a packet that is not this
+/// director's to translate.
+#[inline(always)]
+fn nat_reply_of(
+    ctx: &XdpContext,
+    flow: &FlowKey,
+    frame_len: u64,
+) -> Result<(NatReply, &'static DirectorConfig), u32> {
+    let Some(reply) = nat::reply_of(flow) else {
+        return Err(stats::pass(Reason::PassNoService, frame_len));
+    };
+    Ok((reply, local_config(ctx, frame_len)?))
+}
+
+/// The director's settings for a frame sent to this director's own MAC, or the verdict for
+/// one that is not its to act on (no settings yet, another host's MAC, a backup's).
+#[inline(always)]
+fn local_config(ctx: &XdpContext, frame_len: u64) -> Result<&'static DirectorConfig, u32> {
+    let Some(config) = config::get() else {
+        return Err(stats::pass(Reason::PassNoService, frame_len));
+    };
+    if host::owner(ctx, config) != host::Owner::Local {
+        return Err(stats::pass(Reason::PassOtherHost, frame_len));
+    }
+    Ok(config)
 }
 
 /// The conntrack stage of an LVS/NAT reply, `flow` the reply's key (made the client's): the

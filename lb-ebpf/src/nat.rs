@@ -149,10 +149,25 @@ pub fn rewrite6(
     } else {
         (IP6_SRC, 0, pkt.src, pkt.sport)
     };
-    // In place, not copied whole: the reply path's stack has no room for the header.
+    forward_ip6(ctx, pkt.l3_off, addr_off, &addr)?;
+    let (old, new) = (words(&old_addr, old_port), words(&addr, port));
+    rewrite_port(ctx, pkt.proto, pkt.l4_off, port_off, old, new, port)
+}
+
+/// The IPv6 header at `l3_off` as a router forwards it with the address at `addr_off` now
+/// `addr`: the hop limit one less. Err if it has run out (the kernel answers it) or the frame
+/// is too short. In place, field by field, not copied whole: the NAT programs' stacks have no
+/// room for the header.
+#[inline(always)]
+fn forward_ip6(
+    ctx: &XdpContext,
+    l3_off: usize,
+    addr_off: usize,
+    addr: &Addr,
+) -> Result<(), Reason> {
     let (Some(hop_at), Some(addr_at)) = (
-        ptr_at::<[u8; 2]>(ctx, pkt.l3_off + IP6_HOP_LIMIT - 1),
-        ptr_at::<Addr>(ctx, pkt.l3_off + addr_off),
+        ptr_at::<[u8; 2]>(ctx, l3_off + IP6_HOP_LIMIT - 1),
+        ptr_at::<Addr>(ctx, l3_off + addr_off),
     ) else {
         return Err(Reason::DropMalformed);
     };
@@ -164,10 +179,9 @@ pub fn rewrite6(
     // SAFETY: as above.
     unsafe {
         hop_at.write_unaligned([next, hops - 1]);
-        addr_at.write_unaligned(addr);
+        addr_at.write_unaligned(*addr);
     }
-    let (old, new) = (words(&old_addr, old_port), words(&addr, port));
-    rewrite_port(ctx, pkt.proto, pkt.l4_off, port_off, old, new, port)
+    Ok(())
 }
 
 /// Offsets of the hop limit and the addresses in the IPv6 header.

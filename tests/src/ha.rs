@@ -152,13 +152,7 @@ impl HaTopology {
             .chain(&self.reals)
             .chain([&self.client, router]);
         for host in hosts {
-            // The hosts were made IPv4-only (quiet links); "all" turns IPv6 on for every device.
-            for conf in ["all", "default"] {
-                host.ns()
-                    .sysctl(&format!("net.ipv6.conf.{conf}.accept_dad"), "0")?;
-                host.ns()
-                    .sysctl(&format!("net.ipv6.conf.{conf}.disable_ipv6"), "0")?;
-            }
+            host.ns().enable_ipv6()?;
         }
         add(router, "eth0", format!("{}/64", Self::ROUTER_LAN6))?;
         add(router, "eth1", "2001:db8:9::1/64".to_owned())?;
@@ -355,18 +349,7 @@ impl HaTopology {
     /// (a gratuitous ARP) would.
     pub fn send_vip_to(&self, i: usize) -> Result<()> {
         let mac = self.director(i).ns().mac("eth0")?;
-        self.client.ns().ip(&[
-            "neigh",
-            "replace",
-            &Self::VIP.to_string(),
-            "lladdr",
-            &mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])?;
-        Ok(())
+        self.client.ns().pin_neighbour(Self::VIP, &mac, "eth0")
     }
 
     /// Takes director `i`'s link down or up (`ip link set eth0 down|up`), as a cable pulled.

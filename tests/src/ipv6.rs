@@ -130,19 +130,7 @@ impl Dr6Topology {
     /// unsolicited neighbour advertisement would.
     pub fn send_vip_to(&self, i: usize) -> Result<()> {
         let mac = self.director_at(i).mac("eth0")?;
-        self.client.ip(&[
-            "-6",
-            "neigh",
-            "replace",
-            &Self::VIP.to_string(),
-            "lladdr",
-            &mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])?;
-        Ok(())
+        self.client.pin_neighbour(Self::VIP, &mac, "eth0")
     }
 
     /// 2001:db8::`n`.
@@ -362,8 +350,7 @@ impl Tun6Topology {
 /// detection).
 fn ipv6_host(prefix: &str, name: &str) -> Result<Netns> {
     let ns = Netns::new(format!("{prefix}-{name}"))?;
-    ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
-    ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+    ns.enable_ipv6()?;
     Ok(ns)
 }
 

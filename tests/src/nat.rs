@@ -172,13 +172,7 @@ impl NatTopology {
             .chain(&self.reals)
             .chain([&self.client, &self.far]);
         for host in hosts {
-            // The hosts were made IPv4-only (quiet links); "all" turns IPv6 on for every device.
-            for conf in ["all", "default"] {
-                host.ns()
-                    .sysctl(&format!("net.ipv6.conf.{conf}.accept_dad"), "0")?;
-                host.ns()
-                    .sysctl(&format!("net.ipv6.conf.{conf}.disable_ipv6"), "0")?;
-            }
+            host.ns().enable_ipv6()?;
         }
         let d = self.directors[0].ns();
         d.ip_batch(
@@ -263,22 +257,12 @@ impl NatTopology {
     pub fn move_to(&self, i: usize) -> Result<()> {
         let d = self.director_at(i).ns();
         let (outside, inside) = (d.mac("eth0")?, d.mac("eth1")?);
-        let neigh = |ns: &crate::Netns, addr: Ipv4Addr, mac: &str| {
-            ns.ip(&[
-                "neigh",
-                "replace",
-                &addr.to_string(),
-                "lladdr",
-                mac,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ])
-        };
-        neigh(self.client.ns(), Self::VIP, &outside)?;
+        self.client
+            .ns()
+            .pin_neighbour(Self::VIP, &outside, "eth0")?;
         for rs in &self.reals {
-            neigh(rs.ns(), Self::INSIDE_GATEWAY, &inside)?;
+            rs.ns()
+                .pin_neighbour(Self::INSIDE_GATEWAY, &inside, "eth0")?;
         }
         Ok(())
     }

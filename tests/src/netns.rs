@@ -129,6 +129,35 @@ impl Netns {
             .with_context(|| format!("cannot set {key}={value} in {}", self.name))
     }
 
+    /// IPv6 on, on every interface (a topology may have made its hosts IPv4-only, for quiet
+    /// links; "all" reaches every device), and duplicate address detection off: addresses added
+    /// afterwards work at once.
+    pub fn enable_ipv6(&self) -> Result<()> {
+        for conf in ["all", "default"] {
+            self.sysctl(&format!("net.ipv6.conf.{conf}.accept_dad"), "0")?;
+            self.sysctl(&format!("net.ipv6.conf.{conf}.disable_ipv6"), "0")?;
+        }
+        Ok(())
+    }
+
+    /// A permanent neighbour entry: `addr` is at `mac` on `dev` (as a takeover's gratuitous
+    /// ARP or unsolicited neighbour advertisement would have it).
+    pub fn pin_neighbour(&self, addr: impl std::fmt::Display, mac: &str, dev: &str) -> Result<()> {
+        let addr = addr.to_string();
+        self.ip(&[
+            "neigh",
+            "replace",
+            &addr,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])
+        .map(drop)
+    }
+
     /// The index of an interface of this namespace.
     pub fn ifindex(&self, ifname: &str) -> Result<u32> {
         let c_name = std::ffi::CString::new(ifname)?;

@@ -54,6 +54,16 @@ fn director_bird(i: usize) -> String {
     config
 }
 
+/// BIRD on directors 1..=`n`, each with [`director_bird`].
+fn director_birds(topo: &HaTopology, n: usize) -> Vec<Bird> {
+    (1..=n)
+        .map(|i| {
+            let name = format!("bird-d{i}");
+            Bird::start(topo.director(i).ns(), topo.dir(), &name, &director_bird(i)).unwrap()
+        })
+        .collect()
+}
+
 /// examples/bird-router.conf for the topology's router and three directors.
 fn router_bird() -> String {
     let mut config = example("bird-router.conf")
@@ -153,17 +163,7 @@ fn ecmp_directors_keep_every_connection_when_one_fails_and_comes_back() {
     let router = topo.router().unwrap();
     let _rbird = Bird::start(router.ns(), topo.dir(), "bird-router", &router_bird()).unwrap();
     let mut agents: Vec<Agent> = (1..=3).map(|i| start_agent(&topo, i)).collect();
-    let birds: Vec<Bird> = (1..=3)
-        .map(|i| {
-            Bird::start(
-                topo.director(i).ns(),
-                topo.dir(),
-                &format!("bird-d{i}"),
-                &director_bird(i),
-            )
-            .unwrap()
-        })
-        .collect();
+    let birds = director_birds(&topo, 3);
     wait_nexthops(&topo, &[1, 2, 3], Duration::from_secs(20));
 
     // Every director picks the same real server for the same flow.
@@ -401,17 +401,7 @@ fn ipv6_vips_are_announced_over_bgp() {
                 .unwrap_or_else(|e| panic!("d{i}: {e:#}\n{config}"))
         })
         .collect();
-    let _birds: Vec<Bird> = (1..=2)
-        .map(|i| {
-            Bird::start(
-                topo.director(i).ns(),
-                topo.dir(),
-                &format!("bird-d{i}"),
-                &director_bird(i),
-            )
-            .unwrap()
-        })
-        .collect();
+    let _birds = director_birds(&topo, 2);
     let vip: IpAddr = HaTopology::VIP6.into();
     wait_route(&topo, vip, &[1, 2], Duration::from_secs(20));
     let table = TABLE.to_string();

@@ -6,14 +6,17 @@
 //! (through a router) and `in0` toward the real servers, with IP forwarding on. ICMP errors about
 //! NAT flows are translated both ways, quoted headers included.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use lb_common::{FlowKey, Iface, NatReply, Reason, CONN_FIN, IPPROTO_TCP, IPPROTO_UDP};
 use lb_tests::fixture::{Fixture, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 use lb_tests::{names, netns::veth, require_root, Netns};
 use lb_user::{
     datapath::MapWriter as _,
-    packet::FrameSpec,
+    packet::{Frame6Spec, FrameSpec},
     state::{Forward, Mac, Protocol, RealSpec, SchedulerSpec, ServiceAddr},
 };
 
@@ -97,6 +100,93 @@ fn fixture(net: &Net) -> Fixture {
         );
     }
     fx
+}
+
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+const RIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0x11);
+/// An IPv6 client behind the clients' router.
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 7);
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0xfe);
+
+fn service6(protocol: Protocol) -> ServiceAddr {
+    ServiceAddr {
+        protocol,
+        vip: VIP6.into(),
+        port: 80,
+    }
+}
+
+/// [`net`] with IPv6 too: `out0` 2001:db8:ff::1/64 (the clients' router ::fe, routing for
+/// 2001:db8:c::/64, its neighbour entry pinned), `in0` fd00:10::1/64, IPv6 forwarding on.
+fn net6() -> Net {
+    let net = net();
+    net.ns.enable_ipv6().unwrap();
+    net.ns
+        .ip_batch(&format!(
+            "addr add 2001:db8:ff::1/64 dev out0 nodad\n\
+             addr add fd00:10::1/64 dev in0 nodad\n\
+             route add 2001:db8:c::/64 via {ROUTER6} dev out0\n"
+        ))
+        .unwrap();
+    net.ns
+        .pin_neighbour(ROUTER6, "02:77:00:00:00:fe", "out0")
+        .unwrap();
+    net.ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    net
+}
+
+/// [`fixture`] plus the IPv6 service [VIP6]:80, TCP and UDP, over one NAT real server
+/// [RIP6]:8080.
+fn fixture6(net: &Net) -> Fixture {
+    let mut fx = fixture(net);
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        fx.add_service(service6(protocol), SchedulerSpec::default());
+        fx.add_real_spec(
+            service6(protocol),
+            RealSpec {
+                addr: Some(RIP6.into()),
+                port: Some(REAL_PORT),
+                forward: Some(Forward::Masq),
+                mac: Some(Mac(REAL_MAC)),
+                ..Default::default()
+            },
+        );
+    }
+    fx
+}
+
+/// [`request`] over IPv6: from [`CLIENT6`] to the IPv6 service.
+fn request6(net: &Net, proto: u8) -> Frame6Spec {
+    let v4 = request(net, proto);
+    Frame6Spec {
+        dst_mac: v4.dst_mac,
+        src_mac: v4.src_mac,
+        src: CLIENT6,
+        dst: VIP6,
+        proto,
+        sport: v4.sport,
+        dport: v4.dport,
+        tcp_flags: v4.tcp_flags,
+        payload: v4.payload,
+        ..Default::default()
+    }
+}
+
+/// [`reply`] over IPv6: the real server's answer to [`request6`].
+fn reply6(net: &Net, proto: u8) -> Frame6Spec {
+    let v4 = reply(net, proto);
+    Frame6Spec {
+        dst_mac: v4.dst_mac,
+        src_mac: v4.src_mac,
+        src: RIP6,
+        dst: CLIENT6,
+        proto,
+        sport: v4.sport,
+        dport: v4.dport,
+        tcp_flags: v4.tcp_flags,
+        payload: v4.payload,
+        ..Default::default()
+    }
 }
 
 /// A client's packet to the service, as it arrives on `out0`.
@@ -667,59 +757,12 @@ fn ipv6_requests_and_replies_are_translated() {
     if !require_root() {
         return;
     }
-    use lb_user::packet::Frame6Spec;
-    use std::net::Ipv6Addr;
-    let vip6: Ipv6Addr = "2001:db8::100".parse().unwrap();
-    let rip6: Ipv6Addr = "fd00:10::11".parse().unwrap();
-    let client6: Ipv6Addr = "2001:db8:c::7".parse().unwrap();
-    let net = net();
-    for conf in ["all", "default", "out0", "in0"] {
-        net.ns
-            .sysctl(&format!("net.ipv6.conf.{conf}.accept_dad"), "0")
-            .unwrap();
-    }
-    net.ns
-        .ip_batch(
-            "addr add 2001:db8:ff::1/64 dev out0 nodad\n\
-             addr add fd00:10::1/64 dev in0 nodad\n\
-             route add 2001:db8:c::/64 via 2001:db8:ff::fe dev out0\n\
-             neigh replace 2001:db8:ff::fe lladdr 02:77:00:00:00:fe nud permanent dev out0\n",
-        )
-        .unwrap();
-    net.ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    let (vip6, rip6, client6) = (VIP6, RIP6, CLIENT6);
+    let net = net6();
     net.ns.run_in(|| {
-        let mut fx = fixture(&net);
-        let svc6 = |protocol| ServiceAddr {
-            protocol,
-            vip: vip6.into(),
-            port: 80,
-        };
-        for protocol in [Protocol::Tcp, Protocol::Udp] {
-            fx.add_service(svc6(protocol), SchedulerSpec::default());
-            fx.add_real_spec(
-                svc6(protocol),
-                RealSpec {
-                    addr: Some(rip6.into()),
-                    port: Some(REAL_PORT),
-                    forward: Some(Forward::Masq),
-                    mac: Some(Mac(REAL_MAC)),
-                    ..Default::default()
-                },
-            );
-        }
+        let mut fx = fixture6(&net);
         for proto in [IPPROTO_TCP, IPPROTO_UDP] {
-            let request = Frame6Spec {
-                dst_mac: net.out0.1,
-                src_mac: ROUTER_MAC,
-                src: client6,
-                dst: vip6,
-                proto,
-                sport: 40000,
-                dport: 80,
-                tcp_flags: 0x02,
-                payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
-                ..Default::default()
-            };
+            let request = request6(&net, proto);
             let (verdict, out) = fx.run_on(net.out0.0, &request.build()).unwrap();
             assert_eq!(verdict, XDP_TX, "proto {proto}");
             let expected = Frame6Spec {
@@ -742,18 +785,7 @@ fn ipv6_requests_and_replies_are_translated() {
             let got = fx.maps.nat_reply(&reply_key).expect("a reply entry");
             assert_eq!((got.vip, got.vport), (vip6.octets(), 80));
 
-            let reply = Frame6Spec {
-                dst_mac: net.in0.1,
-                src_mac: REAL_MAC,
-                src: rip6,
-                dst: client6,
-                proto,
-                sport: REAL_PORT,
-                dport: 40000,
-                tcp_flags: 0x12,
-                payload: b"HTTP/1.0 200 OK\r\n\r\nhello".to_vec(),
-                ..Default::default()
-            };
+            let reply = reply6(&net, proto);
             let (verdict, out) = fx.run_on(net.in0.0, &reply.build()).unwrap();
             assert_eq!(verdict, XDP_REDIRECT, "proto {proto}: out of out0");
             let expected = Frame6Spec {
@@ -774,7 +806,7 @@ fn ipv6_requests_and_replies_are_translated() {
             .build();
             assert_eq!(fx.run_on(net.in0.0, &dying).unwrap(), (XDP_PASS, dying));
         }
-        let svc = fx.state.service(&svc6(Protocol::Tcp)).unwrap();
+        let svc = fx.state.service(&service6(Protocol::Tcp)).unwrap();
         let c = fx.maps.counters().unwrap();
         assert_eq!(c.reals_out[svc.reals[0].id as usize].packets, 1);
 
@@ -813,79 +845,22 @@ fn icmpv6_errors_about_an_ipv6_nat_flow_are_translated_both_ways() {
     if !require_root() {
         return;
     }
-    use lb_user::packet::Frame6Spec;
-    use std::net::Ipv6Addr;
-    let vip6: Ipv6Addr = "2001:db8::100".parse().unwrap();
-    let rip6: Ipv6Addr = "fd00:10::11".parse().unwrap();
-    let client6: Ipv6Addr = "2001:db8:c::7".parse().unwrap();
-    let router6: Ipv6Addr = "2001:db8:ff::fe".parse().unwrap();
+    let (vip6, rip6, client6, router6) = (VIP6, RIP6, CLIENT6, ROUTER6);
     const TOO_BIG: u8 = 2;
     const UNREACH: u8 = 1;
     const PORT_UNREACH6: u8 = 4;
-    let net = net();
-    for conf in ["all", "default", "out0", "in0"] {
-        net.ns
-            .sysctl(&format!("net.ipv6.conf.{conf}.accept_dad"), "0")
-            .unwrap();
-    }
-    net.ns
-        .ip_batch(
-            "addr add 2001:db8:ff::1/64 dev out0 nodad\n\
-             addr add fd00:10::1/64 dev in0 nodad\n\
-             route add 2001:db8:c::/64 via 2001:db8:ff::fe dev out0\n\
-             neigh replace 2001:db8:ff::fe lladdr 02:77:00:00:00:fe nud permanent dev out0\n",
-        )
-        .unwrap();
-    net.ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    let net = net6();
     net.ns.run_in(|| {
-        let mut fx = fixture(&net);
-        for protocol in [Protocol::Tcp, Protocol::Udp] {
-            let svc = ServiceAddr {
-                protocol,
-                vip: vip6.into(),
-                port: 80,
-            };
-            fx.add_service(svc, SchedulerSpec::default());
-            fx.add_real_spec(
-                svc,
-                RealSpec {
-                    addr: Some(rip6.into()),
-                    port: Some(REAL_PORT),
-                    forward: Some(Forward::Masq),
-                    mac: Some(Mac(REAL_MAC)),
-                    ..Default::default()
-                },
-            );
-        }
+        let mut fx = fixture6(&net);
         let quote = |spec: &Frame6Spec, len: usize| -> Vec<u8> {
             spec.build()[14..].iter().take(len).copied().collect()
         };
         for proto in [IPPROTO_TCP, IPPROTO_UDP] {
-            let request = Frame6Spec {
-                dst_mac: net.out0.1,
-                src_mac: ROUTER_MAC,
-                src: client6,
-                dst: vip6,
-                proto,
-                sport: 40000,
-                dport: 80,
-                tcp_flags: 0x02,
-                payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
-                ..Default::default()
-            };
+            let request = request6(&net, proto);
             assert_eq!(fx.run_on(net.out0.0, &request.build()).unwrap().0, XDP_TX);
             let reply = Frame6Spec {
-                dst_mac: net.in0.1,
-                src_mac: REAL_MAC,
-                src: rip6,
-                dst: client6,
-                proto,
-                sport: REAL_PORT,
-                dport: 40000,
-                tcp_flags: 0x12,
                 hop_limit: 63,
-                payload: b"HTTP/1.0 200 OK\r\n\r\nhello".to_vec(),
-                ..Default::default()
+                ..reply6(&net, proto)
             };
             // The director's own packets, as the errors quote them.
             let sent_reply = Frame6Spec {

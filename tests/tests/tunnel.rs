@@ -221,18 +221,24 @@ fn too_big_without_df_is_dropped() {
     assert_eq!(fx.reason(Reason::DropTooBig), before + 1);
 }
 
-#[test]
-fn decap_opens_ipip_for_local_vips_and_passes_the_rest() {
-    if !require_root() {
-        return;
-    }
+/// The decapsulation program, with [`VIP`] as this host's.
+fn decap_datapath() -> Datapath {
     let mut datapath = Datapath::load(program_names::DECAP, LoadOptions::flows(1)).unwrap();
     datapath
         .decap_maps()
         .unwrap()
         .set_vips(&[VIP.into()])
         .unwrap();
-    let mut run = |frame: &[u8]| test_run(&mut datapath, program_names::DECAP, frame).unwrap();
+    datapath
+}
+
+/// Asserts that `run` (the decapsulation program) opens frames to [`VIP`] that `wrap` tunnels
+/// into exactly the inner frame (any VLAN tag kept); returns one to another address, for the
+/// caller to check it is left whole.
+fn assert_opens_for_vips(
+    run: &mut impl FnMut(&[u8]) -> (u32, Vec<u8>),
+    wrap: impl Fn(&[u8]) -> Vec<u8>,
+) -> Vec<u8> {
     for spec in [
         FrameSpec::default(),
         FrameSpec {
@@ -242,24 +248,31 @@ fn decap_opens_ipip_for_local_vips_and_passes_the_rest() {
         },
     ] {
         let inner = spec.build();
-        let tunnelled = encapsulate(&inner, TUNNEL_SRC, RIP);
-        let (verdict, out) = run(&tunnelled);
+        let (verdict, out) = run(&wrap(&inner));
         assert_eq!(verdict, XDP_PASS);
         assert_eq!(
             out, inner,
             "exactly the inner frame, as if it had arrived directly"
         );
     }
-    // Not ours to open, or not IPIP at all: untouched.
-    let other = encapsulate(
+    wrap(
         &FrameSpec {
             dst: Ipv4Addr::new(10, 0, 0, 99),
             ..Default::default()
         }
         .build(),
-        TUNNEL_SRC,
-        RIP,
-    );
+    )
+}
+
+#[test]
+fn decap_opens_ipip_for_local_vips_and_passes_the_rest() {
+    if !require_root() {
+        return;
+    }
+    let mut datapath = decap_datapath();
+    let mut run = |frame: &[u8]| test_run(&mut datapath, program_names::DECAP, frame).unwrap();
+    let other = assert_opens_for_vips(&mut run, |inner| encapsulate(inner, TUNNEL_SRC, RIP));
+    // Not ours to open, or not IPIP at all: untouched.
     let plain = FrameSpec::default().build();
     for frame in [other, plain] {
         assert_eq!(run(&frame), (XDP_PASS, frame.clone()));
@@ -373,34 +386,9 @@ fn decap_opens_ipv4_in_ipv6_for_local_vips() {
         "2001:db8::1".parse().unwrap(),
         "2001:db8:1::11".parse().unwrap(),
     );
-    let mut datapath = Datapath::load(program_names::DECAP, LoadOptions::flows(1)).unwrap();
-    datapath
-        .decap_maps()
-        .unwrap()
-        .set_vips(&[VIP.into()])
-        .unwrap();
+    let mut datapath = decap_datapath();
     let mut run = |frame: &[u8]| test_run(&mut datapath, program_names::DECAP, frame).unwrap();
-    for spec in [
-        FrameSpec::default(),
-        FrameSpec {
-            vlan: Some(5),
-            payload: b"data".to_vec(),
-            ..Default::default()
-        },
-    ] {
-        let inner = spec.build();
-        let (verdict, out) = run(&encapsulate6(&inner, src6, rip6));
-        assert_eq!((verdict, out), (XDP_PASS, inner));
-    }
-    let other = encapsulate6(
-        &FrameSpec {
-            dst: Ipv4Addr::new(10, 0, 0, 99),
-            ..Default::default()
-        }
-        .build(),
-        src6,
-        rip6,
-    );
+    let other = assert_opens_for_vips(&mut run, |inner| encapsulate6(inner, src6, rip6));
     assert_eq!(run(&other), (XDP_PASS, other.clone()));
     let tunnelled = encapsulate6(&FrameSpec::default().build(), src6, rip6);
     for len in 14..tunnelled.len() {

@@ -14,7 +14,7 @@ use lb_common::{
 };
 
 use super::{
-    forward_ip, l4_check, may_be_real, reply_of, words, IP6_DST, IP6_HOP_LIMIT, IP6_SRC, IP_CSUM,
+    forward_ip, forward_ip6, l4_check, may_be_real, reply_of, words, IP6_DST, IP6_SRC, IP_CSUM,
     IP_DST, IP_SRC,
 };
 use crate::{
@@ -151,18 +151,42 @@ pub fn translate(
     unsafe { l4_at.write_unaligned(l4) };
     // TCP's checksum, 16 bytes in, if the ICMP message quotes that far.
     if q.proto != IPPROTO_UDP && q.l4_off + TCP_CHECK + 2 <= o.l3_off + o.tot_len as usize {
-        let at = ptr_at::<[u8; 2]>(ctx, q.l4_off + TCP_CHECK).ok_or(Reason::DropMalformed)?;
-        let check = u16::from_be_bytes(unsafe { at.read_unaligned() });
-        let tcp_check = l4_check(check, false, pseudo_old, pseudo_new);
-        unsafe { at.write_unaligned(tcp_check.to_be_bytes()) };
-        old += check as u32;
-        new += tcp_check as u32;
+        let (was, now) = quoted_check(ctx, q.l4_off + TCP_CHECK, false, pseudo_old, pseudo_new)?;
+        old += was;
+        new += now;
     }
+    icmp_check(ctx, o.l4_off, old, new)
+}
 
-    let icmp_at = ptr_at::<[u8; 4]>(ctx, o.l4_off).ok_or(Reason::DropMalformed)?;
+/// Updates the quoted transport checksum at `off` for words summing to `old` now summing to
+/// `new`; returns the old and new checksum, which the ICMP checksum covers.
+#[inline(always)]
+fn quoted_check(
+    ctx: &XdpContext,
+    off: usize,
+    udp: bool,
+    old: u32,
+    new: u32,
+) -> Result<(u32, u32), Reason> {
+    let at = ptr_at::<[u8; 2]>(ctx, off).ok_or(Reason::DropMalformed)?;
+    // SAFETY: bounds-checked by ptr_at; unaligned-safe.
+    let check = u16::from_be_bytes(unsafe { at.read_unaligned() });
+    let updated = l4_check(check, udp, old, new);
+    // SAFETY: as above.
+    unsafe { at.write_unaligned(updated.to_be_bytes()) };
+    Ok((check as u32, updated as u32))
+}
+
+/// Updates the ICMP (or ICMPv6) checksum of the header at `off` for words summing to `old`
+/// now summing to `new`.
+#[inline(always)]
+fn icmp_check(ctx: &XdpContext, off: usize, old: u32, new: u32) -> Result<(), Reason> {
+    let icmp_at = ptr_at::<[u8; 4]>(ctx, off).ok_or(Reason::DropMalformed)?;
+    // SAFETY: bounds-checked by ptr_at; unaligned-safe.
     let mut icmp = unsafe { icmp_at.read_unaligned() };
     let check = csum::update(u16::from_be_bytes([icmp[2], icmp[3]]), old, new);
     icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    // SAFETY: as above.
     unsafe { icmp_at.write_unaligned(icmp) };
     Ok(())
 }
@@ -192,21 +216,7 @@ pub fn translate6(
     } else {
         (IP6_SRC, &o.src)
     };
-    let (Some(hop_at), Some(outer_at)) = (
-        ptr_at::<[u8; 2]>(ctx, o.l3_off + IP6_HOP_LIMIT - 1),
-        ptr_at::<Addr>(ctx, o.l3_off + outer_off),
-    ) else {
-        return Err(Reason::DropMalformed);
-    };
-    // SAFETY: bounds-checked by ptr_at; unaligned-safe (as every access below).
-    let [next, hops] = unsafe { hop_at.read_unaligned() };
-    if hops <= 1 {
-        return Err(Reason::PassTtl);
-    }
-    unsafe {
-        hop_at.write_unaligned([next, hops - 1]);
-        outer_at.write_unaligned(*outer_addr);
-    }
+    forward_ip6(ctx, o.l3_off, outer_off, outer_addr)?;
     let (addr_off, port_off, old_addr, old_port) = if src {
         (IP6_SRC, 0, &q.src, q.sport)
     } else {
@@ -223,6 +233,7 @@ pub fn translate6(
     ) else {
         return Err(Reason::DropMalformed);
     };
+    // SAFETY: bounds-checked by ptr_at; unaligned-safe (as every access below).
     unsafe {
         q_addr_at.write_unaligned(*addr);
         port_at.write_unaligned(port.to_be_bytes());
@@ -236,17 +247,9 @@ pub fn translate6(
     };
     let end = o.l3_off + 40 + o.payload_len as usize;
     if q.l4_off + check_off + 2 <= end {
-        let at = ptr_at::<[u8; 2]>(ctx, q.l4_off + check_off).ok_or(Reason::DropMalformed)?;
-        let check = u16::from_be_bytes(unsafe { at.read_unaligned() });
-        let l4 = l4_check(check, udp, pseudo_old, pseudo_new);
-        unsafe { at.write_unaligned(l4.to_be_bytes()) };
-        old += check as u32;
-        new += l4 as u32;
+        let (was, now) = quoted_check(ctx, q.l4_off + check_off, udp, pseudo_old, pseudo_new)?;
+        old += was;
+        new += now;
     }
-    let icmp_at = ptr_at::<[u8; 4]>(ctx, o.l4_off).ok_or(Reason::DropMalformed)?;
-    let mut icmp = unsafe { icmp_at.read_unaligned() };
-    let check = csum::update(u16::from_be_bytes([icmp[2], icmp[3]]), old, new);
-    icmp[2..4].copy_from_slice(&check.to_be_bytes());
-    unsafe { icmp_at.write_unaligned(icmp) };
-    Ok(())
+    icmp_check(ctx, o.l4_off, old, new)
 }
