@@ -502,7 +502,7 @@ pub fn xdplb_nat6_reply(ctx: XdpContext) -> u32 {
         return stats::drop(Reason::DropMalformed, frame_len);
     }
     let flags = parse::tcp_flags_at(&ctx, pkt.proto, pkt.l4_off);
-    nat_reply_conntrack(&mut flow, &reply, flags, config);
+    nat_reply_conntrack_apart(&mut flow, &reply, flags, config);
     if let Err(reason) = reply6_rewrite(&ctx, &pkt, &reply) {
         return untranslated(reason, frame_len);
     }
@@ -672,9 +672,8 @@ fn local_config(ctx: &XdpContext, frame_len: u64) -> Result<&'static DirectorCon
 }
 
 /// The conntrack stage of an LVS/NAT reply, `flow` the reply's key (made the client's): the
-/// server's RST ends the flow (and its reply index entry), anything else refreshes it. A
-/// function of its own, not inlined: the IPv6 reply path's stack has no room for it.
-#[inline(never)]
+/// server's RST ends the flow (and its reply index entry), anything else refreshes it.
+#[inline(always)]
 fn nat_reply_conntrack(flow: &mut FlowKey, reply: &NatReply, flags: u8, config: &DirectorConfig) {
     let rst = flags & TCP_FLAG_RST != 0;
     if rst {
@@ -686,6 +685,18 @@ fn nat_reply_conntrack(flow: &mut FlowKey, reply: &NatReply, flags: u8, config: 
     } else {
         let _ = conntrack::established(flow, flags, conntrack::now(), config);
     }
+}
+
+/// [`nat_reply_conntrack`] in a frame of its own, not inlined: the IPv6 reply path's stack has
+/// no room for it (the IPv4 one keeps it inline, without a call).
+#[inline(never)]
+fn nat_reply_conntrack_apart(
+    flow: &mut FlowKey,
+    reply: &NatReply,
+    flags: u8,
+    config: &DirectorConfig,
+) {
+    nat_reply_conntrack(flow, reply, flags, config)
 }
 
 /// ICMPv6 Packet Too Big for an IPv6 packet that no longer fits once tunnelled, tail-called by
