@@ -39,6 +39,8 @@ pub struct NatTopology {
     _outside: Switch,
     _inside: Switch,
     _far: Switch,
+    /// Whether [`NatTopology::with_ipv6`] added IPv6.
+    ipv6: bool,
 }
 
 impl NatTopology {
@@ -154,6 +156,7 @@ impl NatTopology {
             _outside: outside,
             _inside: inside,
             _far: far_switch,
+            ipv6: false,
         })
     }
 
@@ -174,15 +177,21 @@ impl NatTopology {
         for host in hosts {
             host.ns().enable_ipv6()?;
         }
-        let d = self.directors[0].ns();
-        d.ip_batch(
-            "addr add 2001:db8::1/64 dev eth0 nodad\n\
-             addr add fd00:10::1/64 dev eth1 nodad\n\
-             route add 2001:db8:c::/64 via 2001:db8::2\n\
-             route add 2001:db8:f::/64 via 2001:db8::2\n",
-        )?;
-        crate::ipv6::hold_vip_deprecated(d)?;
-        d.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        for (i, director) in self.directors.iter().enumerate() {
+            // As in IPv4: d1 ::1 (and the gateway fd00:10::1), d2 ::3.
+            let n = if i == 0 { 1 } else { i + 2 };
+            let d = director.ns();
+            d.ip_batch(&format!(
+                "addr add 2001:db8::{n}/64 dev eth0 nodad\n\
+                 addr add fd00:10::{n}/64 dev eth1 nodad\n\
+                 route add 2001:db8:c::/64 via 2001:db8::2\n\
+                 route add 2001:db8:f::/64 via 2001:db8::2\n",
+            ))?;
+            if i == 0 {
+                crate::ipv6::hold_vip_deprecated(d)?;
+            }
+            d.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        }
         let mut batch = "addr add 2001:db8::2/64 dev eth0 nodad\n".to_owned();
         for a in Self::client_sources6() {
             batch += &format!("addr add {a}/128 dev lo nodad\n");
@@ -210,6 +219,7 @@ impl NatTopology {
             ))?;
             self.servers.push(start_httpd(rs)?);
         }
+        self.ipv6 = true;
         Ok(self)
     }
 
@@ -249,6 +259,18 @@ impl NatTopology {
                 serve,
             )?);
         }
+        if self.ipv6 {
+            for (i, rs) in self.reals.iter().enumerate() {
+                rs.ns().sysctl("net.ipv6.ip_nonlocal_bind", "1")?;
+                let listen = std::net::SocketAddr::new(Self::real_addr6(i + 1).into(), port);
+                self.servers.push(crate::topo::start_testsrv(
+                    rs.ns(),
+                    rs.name(),
+                    listen,
+                    serve,
+                )?);
+            }
+        }
         Ok(())
     }
 
@@ -260,9 +282,17 @@ impl NatTopology {
         self.client
             .ns()
             .pin_neighbour(Self::VIP, &outside, "eth0")?;
+        if self.ipv6 {
+            self.client
+                .ns()
+                .pin_neighbour(Self::VIP6, &outside, "eth0")?;
+        }
         for rs in &self.reals {
             rs.ns()
                 .pin_neighbour(Self::INSIDE_GATEWAY, &inside, "eth0")?;
+            if self.ipv6 {
+                rs.ns().pin_neighbour("fd00:10::1", &inside, "eth0")?;
+            }
         }
         Ok(())
     }

@@ -497,9 +497,26 @@ fn a_second_director_takes_over_nat_connections_and_their_replies() {
     if !require_root() {
         return;
     }
+    takeover(false);
+}
+
+/// The same over IPv6 (an IPv6 service beside the IPv4 one, IPv6 streams): d2 translates the
+/// IPv6 replies of d1's flows from the reply translations sync wrote.
+#[test]
+fn a_second_director_takes_over_ipv6_nat_connections_and_their_replies() {
+    if !require_root() {
+        return;
+    }
+    takeover(true);
+}
+
+fn takeover(ipv6: bool) {
     const ECHO_PORT: u16 = 9000;
     const STREAMS: usize = 40;
     let mut topo = NatTopology::with_directors(4, 2).expect("cannot build the NAT topology");
+    if ipv6 {
+        topo = topo.with_ipv6().expect("IPv6 on the NAT topology");
+    }
     topo.start_testsrv(ECHO_PORT, Serve::Echo)
         .expect("echo servers");
     let dir = scratch();
@@ -513,19 +530,41 @@ fn a_second_director_takes_over_nat_connections_and_their_replies() {
                 .unwrap_or_else(|e| panic!("agent on d{i}: {e:#}"))
         })
         .collect();
-    let real = |i: usize| format!("{}:{ECHO_PORT}", NatTopology::real_addr(i));
+    let (service, real): (String, Box<dyn Fn(usize) -> String>) = match ipv6 {
+        false => (
+            SERVICE.to_owned(),
+            Box::new(|i| format!("{}:{ECHO_PORT}", NatTopology::real_addr(i))),
+        ),
+        true => (
+            format!("[{}]:80", NatTopology::VIP6),
+            Box::new(|i| format!("[{}]:{ECHO_PORT}", NatTopology::real_addr6(i))),
+        ),
+    };
     for a in &agents {
-        a.cli_ok(&["service", "add", "-t", SERVICE, "-s", "mh"]);
+        a.cli_ok(&["service", "add", "-t", &service, "-s", "mh"]);
         for i in 1..=3 {
-            a.cli_ok(&["real", "add", "-t", SERVICE, "-r", &real(i), "-m"]);
+            a.cli_ok(&["real", "add", "-t", &service, "-r", &real(i), "-m"]);
         }
     }
     for a in &agents {
         wait_fit(a, Duration::from_secs(10));
     }
 
-    let flows = FreshFlows::from(NatTopology::client_sources(), 20000).take(STREAMS);
-    let streams = StreamSet::open(topo.client().ns(), &flows, NatTopology::service())
+    let flows: Vec<std::net::SocketAddr> = match ipv6 {
+        false => FreshFlows::from(NatTopology::client_sources(), 20000)
+            .take(STREAMS)
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+        true => NatTopology::client_sources6()
+            .into_iter()
+            .zip(20000..)
+            .map(|(src, port)| std::net::SocketAddr::new(src.into(), port))
+            .take(STREAMS)
+            .collect(),
+    };
+    let dst: std::net::SocketAddr = service.parse().unwrap();
+    let streams = StreamSet::open(topo.client().ns(), &flows, dst)
         .unwrap_or_else(|e| panic!("streams through d1: {e:#}"));
     let received = || agents[1].list_config().0["sync"]["peers"][0]["flows_received"].as_u64();
     let synced = (0..50).any(|_| {
@@ -534,14 +573,14 @@ fn a_second_director_takes_over_nat_connections_and_their_replies() {
     });
     assert!(synced, "d2 did not learn d1's flows: {:?}", received());
     for a in &agents {
-        a.cli_ok(&["real", "add", "-t", SERVICE, "-r", &real(4), "-m"]);
+        a.cli_ok(&["real", "add", "-t", &service, "-r", &real(4), "-m"]);
     }
 
-    let before = agents[1].list().service_stat(SERVICE, "out_packets");
+    let before = agents[1].list().service_stat(&service, "out_packets");
     topo.move_to(2).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     streams.assert_flowing("after the move to d2");
-    let after = agents[1].list().service_stat(SERVICE, "out_packets");
+    let after = agents[1].list().service_stat(&service, "out_packets");
     assert!(
         after > before + STREAMS as u64,
         "d2 translated {} replies",
