@@ -1,6 +1,6 @@
 //! Prometheus metrics for `xdplb run --metrics ADDR`: the text exposition format (version 0.0.4)
-//! rendered from the same [`Listing`] that `xdplb list --stats --json` prints, and a minimal
-//! HTTP/1.1 server answering `GET /metrics`.
+//! rendered from the same [`Listing`] that `xdplb list --stats --json` prints, served at
+//! `GET /metrics` by axum.
 //!
 //! The server has no authentication: bind it to localhost or a management network.
 //!
@@ -37,11 +37,7 @@ use std::{
 };
 
 use anyhow::Result;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-    task::JoinSet,
-};
+use tokio::{net::TcpListener, task::JoinSet};
 
 use crate::{
     control::{Listing, RealView, ServiceView, StatsView},
@@ -452,15 +448,16 @@ impl Text {
     }
 }
 
-/// The most a request head (request line and headers) may take.
-const MAX_HEAD: usize = 8 * 1024;
 /// The longest one scrape connection may last, from accept to the last byte written.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Scrapes served at once; further connections wait to be accepted.
 const MAX_CONNECTIONS: usize = 16;
 
 /// Serves `GET /metrics` (and `HEAD`) on `listener` until the task is aborted, answering 404 for
-/// other paths and 405 for other methods, one request per connection (`Connection: close`).
+/// other paths and 405 (with `Allow`) for other methods, one request per connection
+/// (`Connection: close`), at most [`MAX_CONNECTIONS`] at once, each for at most
+/// [`CONNECTION_TIMEOUT`]. HTTP itself is axum's router on hyper's HTTP/1.1 connections: request
+/// parsing, malformed requests (400) and oversized heads (431).
 ///
 /// `snapshot` is called once per scrape and returns the exposition text (see [`render`]); an
 /// error is answered with 500. Connections in progress are aborted with the task.
@@ -469,7 +466,43 @@ where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<String>> + Send + 'static,
 {
+    use axum::{
+        http::{header, StatusCode},
+        routing::get,
+        Router,
+    };
     let snapshot = Arc::new(snapshot);
+    let scrape = move || {
+        let snapshot = snapshot.clone();
+        async move {
+            let no_store = [(header::CACHE_CONTROL, "no-store")];
+            match snapshot().await {
+                Ok(text) => (
+                    StatusCode::OK,
+                    no_store,
+                    [(header::CONTENT_TYPE, CONTENT_TYPE)],
+                    text,
+                ),
+                Err(e) => {
+                    tracing::warn!("xdplb: metrics: {e:#}");
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        no_store,
+                        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                        format!("{e:#}\n"),
+                    )
+                }
+            }
+        }
+    };
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found; metrics are at /metrics\n",
+            )
+        });
     // Dropping the set (when this task is aborted) aborts the connections it holds.
     let mut connections = JoinSet::new();
     loop {
@@ -488,147 +521,17 @@ where
                 continue;
             }
         };
-        let snapshot = snapshot.clone();
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
         connections.spawn(async move {
-            match tokio::time::timeout(CONNECTION_TIMEOUT, scrape(stream, &*snapshot)).await {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
                 Ok(Ok(())) | Err(_) => {}
-                Ok(Err(e)) => tracing::warn!("xdplb: metrics connection: {e:#}"),
+                Ok(Err(e)) => tracing::debug!("xdplb: metrics connection: {e}"),
             }
         });
     }
-}
-
-/// Answers one request on `stream`.
-async fn scrape<F, Fut>(mut stream: TcpStream, snapshot: &F) -> Result<()>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<String>>,
-{
-    let answered = answer(&mut stream, snapshot).await;
-    // Read what the client may still be sending (a rejected request's rest) before closing, so
-    // that closing with unread data does not reset the connection before the client has read
-    // the answer. Bounded in time and size; ends when the client closes.
-    let mut buf = [0u8; 4096];
-    let mut left: usize = 64 * 1024;
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Ok(n @ 1..) = stream.read(&mut buf).await {
-            left = left.saturating_sub(n);
-            if left == 0 {
-                break;
-            }
-        }
-    })
-    .await;
-    answered
-}
-
-async fn answer<F, Fut>(stream: &mut TcpStream, snapshot: &F) -> Result<()>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<String>>,
-{
-    let head = match read_head(stream).await? {
-        Some(head) => head,
-        None => return respond(stream, 431, "request head too large\n", true).await,
-    };
-    let mut parts = head
-        .split(|&b| b == b'\r' || b == b'\n')
-        .next()
-        .unwrap_or_default()
-        .split(|&b| b == b' ')
-        .filter(|p| !p.is_empty());
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return respond(stream, 400, "malformed request line\n", true).await;
-    };
-    if !version.starts_with(b"HTTP/1.") {
-        return respond(stream, 400, "HTTP/1.x only\n", true).await;
-    }
-    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
-    if path != b"/metrics" {
-        return respond(stream, 404, "not found; metrics are at /metrics\n", true).await;
-    }
-    let with_body = match method {
-        b"GET" => true,
-        b"HEAD" => false,
-        _ => return respond(stream, 405, "GET or HEAD only\n", true).await,
-    };
-    match snapshot().await {
-        Ok(text) => respond(stream, 200, &text, with_body).await,
-        Err(e) => {
-            tracing::warn!("xdplb: metrics: {e:#}");
-            respond(stream, 500, &format!("{e:#}\n"), with_body).await
-        }
-    }
-}
-
-/// Reads up to the blank line ending the request head; `None` when it exceeds [`MAX_HEAD`].
-async fn read_head(stream: &mut TcpStream) -> Result<Option<Vec<u8>>> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            anyhow::bail!("connection closed before the end of the request head");
-        }
-        // Look for the end from a little before the new bytes: it may straddle two reads.
-        let from = head.len().saturating_sub(3);
-        head.extend_from_slice(&buf[..n]);
-        let tail = &head[from..];
-        if let Some(end) = find_end(tail) {
-            head.truncate(from + end);
-            return Ok(Some(head));
-        }
-        if head.len() > MAX_HEAD {
-            return Ok(None);
-        }
-    }
-}
-
-/// Where the head in `buf` ends (after `\r\n\r\n` or, leniently, `\n\n`).
-fn find_end(buf: &[u8]) -> Option<usize> {
-    (0..buf.len()).find_map(|i| {
-        if buf[i..].starts_with(b"\r\n\r\n") {
-            Some(i + 4)
-        } else if buf[i..].starts_with(b"\n\n") {
-            Some(i + 2)
-        } else {
-            None
-        }
-    })
-}
-
-async fn respond(stream: &mut TcpStream, status: u16, body: &str, with_body: bool) -> Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Internal Server Error",
-    };
-    let content_type = if status == 200 {
-        CONTENT_TYPE
-    } else {
-        "text/plain; charset=utf-8"
-    };
-    let allow = if status == 405 {
-        "Allow: GET, HEAD\r\n"
-    } else {
-        ""
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         {allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    if with_body {
-        stream.write_all(body.as_bytes()).await?;
-    }
-    stream.shutdown().await?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1029,9 +932,11 @@ mod tests {
         assert_eq!(escape("plain 10.0.0.1:80"), "plain 10.0.0.1:80");
     }
 
-    /// Sends `request`, returns the status code, the head and the body.
+    /// Sends `request`, returns the status code, the head (header names in lower case, as
+    /// hyper writes them) and the body.
     async fn http(addr: std::net::SocketAddr, request: &str) -> (u16, String, String) {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
@@ -1067,12 +972,12 @@ mod tests {
         let (status, head, body) = http(addr, get).await;
         assert_eq!(status, 200, "{head}");
         assert!(
-            head.contains("Content-Type: text/plain; version=0.0.4"),
+            head.contains("content-type: text/plain; version=0.0.4"),
             "{head}"
         );
-        assert!(head.contains("Connection: close"), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
         assert!(
-            head.contains(&format!("Content-Length: {}", body.len())),
+            head.contains(&format!("content-length: {}", body.len())),
             "{head}"
         );
         parse(&body);
@@ -1086,7 +991,7 @@ mod tests {
         let (status, head, body) = http(addr, "HEAD /metrics HTTP/1.1\r\n\r\n").await;
         assert_eq!(status, 200);
         assert!(body.is_empty());
-        assert!(!head.contains("Content-Length: 0"), "{head}");
+        assert!(!head.contains("content-length: 0"), "{head}");
 
         let (status, _, _) = http(addr, "GET / HTTP/1.1\r\n\r\n").await;
         assert_eq!(status, 404);
@@ -1095,15 +1000,20 @@ mod tests {
         let (status, head, _) =
             http(addr, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
         assert_eq!(status, 405);
-        assert!(head.contains("Allow: GET, HEAD"), "{head}");
+        assert!(head.contains("allow: GET,HEAD"), "{head}");
         let (status, _, _) = http(addr, "garbage\r\n\r\n").await;
         assert_eq!(status, 400);
-        let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
+        // Beyond hyper's limit for a request head (about 400 KB).
+        let huge = format!(
+            "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(1 << 20)
+        );
         let (status, _, _) = http(addr, &huge).await;
         assert_eq!(status, 431);
 
         // The head may arrive in pieces.
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         for piece in ["GET /met", "rics HTTP/1.1\r", "\n\r", "\n"] {
             stream.write_all(piece.as_bytes()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(10)).await;
