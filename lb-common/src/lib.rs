@@ -11,6 +11,7 @@ extern crate alloc;
 pub mod csum;
 pub mod hash;
 pub mod ipv4;
+pub mod ipv6;
 #[cfg(feature = "alloc")]
 pub mod maglev;
 pub mod maps;

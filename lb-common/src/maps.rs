@@ -217,11 +217,11 @@ pub const IPV6_PROG_NAT_ICMP: u32 = 5;
 pub const IPV6_PROG_NAT_OUT: u32 = 6;
 pub const IPV6_PROG_SLOTS: u32 = 7;
 
-/// TUN_HANDOFF value: the flow a pipeline hands a program of its own with its tail call (a
+/// FLOW_HANDOFF value: the flow a pipeline hands a program of its own with its tail call (a
 /// program's locals do not survive one): IPv4-in-IPv6 tunnelling, LVS/NAT over IPv6.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct TunHandoff {
+pub struct FlowHandoff {
     pub service: u32,
     pub real: u32,
     /// 1 for a new flow.
@@ -428,7 +428,7 @@ pub mod map_names {
     pub const NAT_PROGS: &str = "NAT_PROGS";
     /// The outer source address of IPv6 LVS/TUN packets (index 0).
     pub const TUNNEL_SRC6: &str = "TUNNEL_SRC6";
-    pub const TUN_HANDOFF: &str = "TUN_HANDOFF";
+    pub const FLOW_HANDOFF: &str = "FLOW_HANDOFF";
     /// The program array [`super::program_names::IPV6`] is tail-called through.
     pub const IPV6_PROGS: &str = "IPV6_PROGS";
     /// MAC addresses of devices stacked on the interface (macvlan, such as keepalived's

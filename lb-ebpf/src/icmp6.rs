@@ -3,7 +3,7 @@
 //! to, and lower its segment size.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{csum, DirectorConfig};
+use lb_common::{csum, ipv6, DirectorConfig};
 
 use crate::{
     icmp::{answer_frame, sum_quote},
@@ -50,13 +50,15 @@ pub fn packet_too_big(ctx: &XdpContext, pkt: &Packet6, cfg: &DirectorConfig) -> 
         + csum::sum(&icmp)
         + quoted;
     icmp[2..4].copy_from_slice(&csum::fold(sum).to_be_bytes());
-    let mut ip = [0u8; IPV6_HLEN];
-    ip[0] = 0x60;
-    ip[4..6].copy_from_slice(&payload.to_be_bytes());
-    ip[6] = NEXTHDR_ICMPV6;
-    ip[7] = HOP_LIMIT;
-    ip[8..24].copy_from_slice(&pkt.dst);
-    ip[24..40].copy_from_slice(&pkt.src);
+    let first = ipv6::first_word(0);
+    let ip = ipv6::header(
+        first,
+        payload,
+        NEXTHDR_ICMPV6,
+        HOP_LIMIT,
+        &pkt.dst,
+        &pkt.src,
+    );
     let (Some(ip_at), Some(icmp_at)) = (
         ptr_at::<[u8; IPV6_HLEN]>(ctx, l3),
         ptr_at::<[u8; ICMP6_HLEN]>(ctx, l3 + IPV6_HLEN),

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    TunHandoff, IPV6_PROG_4IN6, IPV6_PROG_NAT, IPV6_PROG_NAT_ICMP, IPV6_PROG_NAT_OUT,
+    FlowHandoff, IPV6_PROG_4IN6, IPV6_PROG_NAT, IPV6_PROG_NAT_ICMP, IPV6_PROG_NAT_OUT,
     IPV6_PROG_NAT_REPLY, IPV6_PROG_PIPELINE, IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG,
 };
 
@@ -20,7 +20,7 @@ static IPV6_PROGS: ProgramArray = ProgramArray::with_max_entries(IPV6_PROG_SLOTS
 /// What a pipeline hands `xdplb_4in6` or `xdplb_nat6`: per CPU, read right after the tail call
 /// on the same CPU.
 #[map]
-static TUN_HANDOFF: PerCpuArray<TunHandoff> = PerCpuArray::with_max_entries(1, 0);
+static FLOW_HANDOFF: PerCpuArray<FlowHandoff> = PerCpuArray::with_max_entries(1, 0);
 
 /// Continues with the IPv6 pipeline; returns only if it is not there.
 #[inline(always)]
@@ -39,14 +39,14 @@ pub fn to_too_big(ctx: &XdpContext) {
 /// Continues with IPv4-in-IPv6 tunnelling of this flow's packet; returns only if that program
 /// is not there.
 #[inline(always)]
-pub fn to_4in6(ctx: &XdpContext, handoff: TunHandoff) {
+pub fn to_4in6(ctx: &XdpContext, handoff: FlowHandoff) {
     hand_over(ctx, IPV6_PROG_4IN6, handoff);
 }
 
 /// Continues with the LVS/NAT rewrite of this IPv6 flow's request; returns only if that
 /// program is not there.
 #[inline(always)]
-pub fn to_nat6(ctx: &XdpContext, handoff: TunHandoff) {
+pub fn to_nat6(ctx: &XdpContext, handoff: FlowHandoff) {
     hand_over(ctx, IPV6_PROG_NAT, handoff);
 }
 
@@ -67,13 +67,13 @@ pub fn to_nat6_icmp(ctx: &XdpContext) {
 /// Continues with the way to the client of a translated packet of this flow; returns only if
 /// that program is not there.
 #[inline(always)]
-pub fn to_nat6_out(ctx: &XdpContext, handoff: TunHandoff) {
+pub fn to_nat6_out(ctx: &XdpContext, handoff: FlowHandoff) {
     hand_over(ctx, IPV6_PROG_NAT_OUT, handoff);
 }
 
 #[inline(always)]
-fn hand_over(ctx: &XdpContext, prog: u32, handoff: TunHandoff) {
-    let Some(slot) = TUN_HANDOFF.get_ptr_mut(0) else {
+fn hand_over(ctx: &XdpContext, prog: u32, handoff: FlowHandoff) {
+    let Some(slot) = FLOW_HANDOFF.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: a per-CPU slot, read by the program tail-called next on this CPU.
@@ -85,6 +85,6 @@ fn hand_over(ctx: &XdpContext, prog: u32, handoff: TunHandoff) {
 
 /// What the pipeline handed over before its tail call.
 #[inline(always)]
-pub fn handoff() -> Option<TunHandoff> {
-    TUN_HANDOFF.get(0).copied()
+pub fn handoff() -> Option<FlowHandoff> {
+    FLOW_HANDOFF.get(0).copied()
 }

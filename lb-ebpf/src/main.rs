@@ -47,8 +47,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    addr_from_v4, ipv4::HEADER_LEN as IPV4_HLEN, is_v4, DirectorConfig, FlowKey, NatReply,
-    RealEgress, RealServer, Reason, ServiceInfo, TunHandoff, FWD_DR, FWD_NAT, FWD_TUN,
+    addr_from_v4, ipv4::HEADER_LEN as IPV4_HLEN, is_v4, DirectorConfig, FlowHandoff, FlowKey,
+    NatReply, RealEgress, RealServer, Reason, ServiceInfo, FWD_DR, FWD_NAT, FWD_TUN,
 };
 
 use crate::parse::{Packet, Parsed, TCP_FLAG_RST};
@@ -136,7 +136,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
             nat::forget(&flow.nat_reply(&real.addr, port));
         }
     }
-    let flow_of = TunHandoff {
+    let flow_of = FlowHandoff {
         service: service_id,
         real: real_id,
         new_flow: new_flow.into(),
@@ -195,7 +195,7 @@ fn forward(
     ctx: &XdpContext,
     pkt: &Packet,
     config: &DirectorConfig,
-    flow_of: TunHandoff,
+    flow_of: FlowHandoff,
     real: &RealServer,
 ) -> Result<u32, Reason> {
     let real_id = flow_of.real;
@@ -425,7 +425,7 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
         // This program's stack is full: xdplb_nat6 rewrites and sends the packet.
         ipv6::to_nat6(
             &ctx,
-            TunHandoff {
+            FlowHandoff {
                 service: service_id,
                 real: real_id,
                 new_flow: new_flow.into(),
@@ -609,7 +609,7 @@ fn icmp6_to_client(ctx: &XdpContext, err: &parse6::IcmpError6, reply: &NatReply)
     }
     ipv6::to_nat6_out(
         ctx,
-        TunHandoff {
+        FlowHandoff {
             service: reply.service,
             real: reply.real,
             new_flow: 0,

@@ -263,12 +263,14 @@ impl Frame6Spec {
             }
             ext.extend_from_slice(&h);
         }
-        f.extend_from_slice(&[0x60, 0, 0, 0]);
-        f.extend_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
-        f.push(self.ext.first().map_or(self.proto, |e| e.0));
-        f.push(self.hop_limit);
-        f.extend_from_slice(&self.src.octets());
-        f.extend_from_slice(&self.dst.octets());
+        f.extend_from_slice(&lb_common::ipv6::header(
+            lb_common::ipv6::first_word(0),
+            (ext.len() + l4.len()) as u16,
+            self.ext.first().map_or(self.proto, |e| e.0),
+            self.hop_limit,
+            &self.src.octets(),
+            &self.dst.octets(),
+        ));
         f.extend_from_slice(&ext);
         f.extend_from_slice(&l4);
         f
@@ -332,19 +334,19 @@ pub fn encapsulate6(frame: &[u8], src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
         14
     };
     let inner = &frame[l3..];
-    let mut outer = Vec::with_capacity(40);
-    let next_header = if inner[0] >> 4 == 4 {
-        let tos = inner[1];
-        outer.extend_from_slice(&[0x60 | (tos >> 4), tos << 4, 0, 0]);
-        4
+    let (first, next_header) = if inner[0] >> 4 == 4 {
+        (lb_common::ipv6::first_word(inner[1]), 4)
     } else {
-        outer.extend_from_slice(&inner[..4]);
-        41
+        ([inner[0], inner[1], inner[2], inner[3]], 41)
     };
-    outer.extend_from_slice(&(inner.len() as u16).to_be_bytes());
-    outer.extend_from_slice(&[next_header, 64]);
-    outer.extend_from_slice(&src.octets());
-    outer.extend_from_slice(&dst.octets());
+    let outer = lb_common::ipv6::header(
+        first,
+        inner.len() as u16,
+        next_header,
+        64,
+        &src.octets(),
+        &dst.octets(),
+    );
     let mut eth = frame[..l3].to_vec();
     eth[l3 - 2..].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
     [&eth[..], &outer[..], inner].concat()

@@ -157,30 +157,22 @@ fn fixture6(net: &Net) -> Fixture {
 
 /// [`request`] over IPv6: from [`CLIENT6`] to the IPv6 service.
 fn request6(net: &Net, proto: u8) -> Frame6Spec {
-    let v4 = request(net, proto);
-    Frame6Spec {
-        dst_mac: v4.dst_mac,
-        src_mac: v4.src_mac,
-        src: CLIENT6,
-        dst: VIP6,
-        proto,
-        sport: v4.sport,
-        dport: v4.dport,
-        tcp_flags: v4.tcp_flags,
-        payload: v4.payload,
-        ..Default::default()
-    }
+    over_ipv6(request(net, proto), CLIENT6, VIP6)
 }
 
 /// [`reply`] over IPv6: the real server's answer to [`request6`].
 fn reply6(net: &Net, proto: u8) -> Frame6Spec {
-    let v4 = reply(net, proto);
+    over_ipv6(reply(net, proto), RIP6, CLIENT6)
+}
+
+/// The IPv4 frame `v4`'s MACs, protocol, ports, flags and payload, from `src` to `dst`.
+fn over_ipv6(v4: FrameSpec, src: Ipv6Addr, dst: Ipv6Addr) -> Frame6Spec {
     Frame6Spec {
         dst_mac: v4.dst_mac,
         src_mac: v4.src_mac,
-        src: RIP6,
-        dst: CLIENT6,
-        proto,
+        src,
+        dst,
+        proto: v4.proto,
         sport: v4.sport,
         dport: v4.dport,
         tcp_flags: v4.tcp_flags,

@@ -56,7 +56,7 @@ pub const PINNED_MAPS: [&str; 30] = [
     map_names::IPV6_PROGS,
     map_names::TUNNEL_SRC6,
     // Shared by the old program and the new one's xdplb_4in6 while an upgrade swaps them.
-    map_names::TUN_HANDOFF,
+    map_names::FLOW_HANDOFF,
 ];
 
 /// The network namespace of this process, as a number that tells namespaces apart: interfaces
