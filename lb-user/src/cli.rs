@@ -144,7 +144,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Configuration file (TOML, see examples/xdplb.toml): settings, services, real servers.
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["iface", "mode", "conn_max", "tcp_timeout", "tcp_fin_timeout", "udp_timeout", "tunnel_src", "metrics", "sync_listen", "sync_peer", "sync_key", "sync_group", "announce_table", "announce_grace"])]
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["iface", "mode", "conn_max", "tcp_timeout", "tcp_fin_timeout", "udp_timeout", "tunnel_src", "metrics", "web", "web_token", "sync_listen", "sync_peer", "sync_key", "sync_group", "announce_table", "announce_grace"])]
     config: Option<PathBuf>,
     /// Interface that receives the traffic for the virtual services. Repeat it for several
     /// (LVS/NAT's outside and inside interfaces): the first names the director.
@@ -178,6 +178,14 @@ pub struct RunArgs {
     /// network).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Serve the status page, the read-only HTTP API and /metrics on ADDR (off by default; keep
+    /// it on localhost or a management network).
+    #[arg(long, value_name = "ADDR")]
+    web: Option<std::net::SocketAddr>,
+    /// Allow changes through the HTTP API on --web to requests carrying this file's token
+    /// (Authorization: Bearer; at least 16 bytes, mode 0600).
+    #[arg(long, value_name = "FILE", requires = "web")]
+    web_token: Option<PathBuf>,
     /// Connection sync: where this director listens for its peers (UDP and TCP) and sends from.
     #[arg(long, value_name = "IP:PORT", requires_all = ["sync_peer", "sync_key"])]
     sync_listen: Option<std::net::SocketAddr>,
@@ -239,6 +247,10 @@ impl RunArgs {
             tunnel_src,
             tunnel_src6,
             metrics: self.metrics.map(|listen| Metrics { listen }),
+            web: self.web.map(|listen| crate::web::Settings {
+                listen,
+                token_file: self.web_token,
+            }),
             sync: self.sync_listen.map(|listen| crate::sync::Settings {
                 listen,
                 peers: self.sync_peer,

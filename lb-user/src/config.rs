@@ -82,6 +82,8 @@ pub struct Director {
     /// address.
     pub tunnel_src6: Option<Ipv6Addr>,
     pub metrics: Option<Metrics>,
+    /// The status page and the HTTP API on TCP.
+    pub web: Option<crate::web::Settings>,
     /// Connection synchronisation with other directors.
     pub sync: Option<crate::sync::Settings>,
     /// Announcing VIPs through a routing table (ECMP with BGP).
@@ -113,6 +115,9 @@ impl Director {
         }
         if let Some(a) = &self.announce {
             a.validate()?;
+        }
+        if let Some(token) = self.web.as_ref().and_then(|w| w.token_file.as_ref()) {
+            crate::web::read_token(token)?;
         }
         Ok(())
     }
@@ -202,6 +207,8 @@ pub struct Config {
     pub tunnel_src6: Option<Ipv6Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<Spanned<crate::web::Settings>>,
     #[serde(default)]
     pub timeouts: Timeouts,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -271,19 +278,34 @@ impl Source {
             .director()
             .check_interfaces()
             .map_err(|e| anyhow!("{}: {e:#}", self.path.display()))?;
-        if let Some(sync) = &mut config.sync {
-            // A relative key file is next to the config file.
-            let dir = self.path.parent().unwrap_or(Path::new(""));
-            let key = &mut sync.get_mut().key_file;
-            if key.is_relative() && !dir.as_os_str().is_empty() {
-                *key = dir.join(&*key);
+        // A relative key or token file is next to the config file.
+        let dir = self.path.parent().unwrap_or(Path::new(""));
+        let beside = |file: &mut PathBuf| {
+            if file.is_relative() && !dir.as_os_str().is_empty() {
+                *file = dir.join(&*file);
             }
+        };
+        if let Some(sync) = &mut config.sync {
+            beside(&mut sync.get_mut().key_file);
+        }
+        if let Some(token) = config
+            .web
+            .as_mut()
+            .and_then(|w| w.get_mut().token_file.as_mut())
+        {
+            beside(token);
         }
         if let Some(sync) = &config.sync {
             let s = sync.get_ref();
             s.validate()
                 .and_then(|_| s.load_key())
                 .map_err(|e| self.error_at(&sync.span(), format!("{e:#}")))?;
+        }
+        if let Some(web) = &config.web {
+            if let Some(token) = &web.get_ref().token_file {
+                crate::web::read_token(token)
+                    .map_err(|e| self.error_at(&web.span(), format!("{e:#}")))?;
+            }
         }
         if let Some(announce) = &config.announce {
             announce
@@ -433,6 +455,7 @@ impl Config {
             tunnel_src: self.tunnel_src,
             tunnel_src6: self.tunnel_src6,
             metrics: self.metrics.clone(),
+            web: self.web.as_ref().map(|w| w.get_ref().clone()),
             sync: self.sync.as_ref().map(|s| s.get_ref().clone()),
             announce: self.announce.as_ref().map(|a| a.get_ref().clone()),
         }
@@ -496,6 +519,7 @@ impl Config {
             tunnel_src: director.tunnel_src,
             tunnel_src6: director.tunnel_src6,
             metrics: director.metrics,
+            web: director.web.map(|w| Spanned::new(0..0, w)),
             timeouts,
             sync: director.sync.map(|s| Spanned::new(0..0, s)),
             announce: director.announce.map(|a| Spanned::new(0..0, a)),

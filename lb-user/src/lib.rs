@@ -1,6 +1,6 @@
 //! xdplb user space: the agent that owns the datapath and the CLI that drives it.
 //!
-//! Data flows one way: CLI (or, later, a config file) -> agent [`state`] -> tables built by
+//! Data flows one way: CLI, HTTP API or config file -> agent [`state`] -> tables built by
 //! lb-common -> [`datapath`] map writer -> the XDP program.
 
 pub mod addr;
@@ -19,5 +19,7 @@ pub mod metrics;
 pub mod net;
 pub mod packet;
 pub mod pktgen;
+pub mod secret;
 pub mod state;
 pub mod sync;
+pub mod web;

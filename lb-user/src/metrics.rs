@@ -1,10 +1,10 @@
-//! Prometheus metrics for `xdplb run --metrics ADDR`: the text exposition format (version 0.0.4)
-//! rendered from the same [`Listing`] that `xdplb list --stats --json` prints, served at
-//! `GET /metrics` by axum.
+//! Prometheus metrics for `xdplb run --metrics ADDR` (and `--web ADDR`): the OpenMetrics text
+//! format, encoded by the `prometheus-client` crate from the same [`Listing`] that
+//! `xdplb list --stats --json` prints, served at `GET /metrics` (see [`crate::web`]).
 //!
 //! The server has no authentication: bind it to localhost or a management network.
 //!
-//! Families (all prefixed `xdplb_`):
+//! Families (all prefixed `xdplb_`; a counter `x` is sampled as `x_total`):
 //!
 //! | family | type | labels |
 //! |---|---|---|
@@ -26,117 +26,45 @@
 //! | `sync_peer_flows_sent_total`, `_flows_received_total`, `_flows_unknown_total`, `_datagrams_unsent_total`, `_tables_received_total`, `_tables_sent_total` | counter | `peer` |
 //! | `sync_peer_delay_seconds` | gauge | `peer`, `quantile` (0.5, 0.99) |
 //!
-//! Service labels: `protocol` (`tcp`, `udp`), `vip`, `port`, `scheduler` (`sh`, `mh`); real server
-//! labels: the service's plus `real` (`RIP:PORT`) and `forward` (`route`, `tunnel`).
+//! Service labels: `protocol` (`tcp`, `udp`), `vip`, `port`, `scheduler` (`sh`, `mh`, ...); real
+//! server labels: the service's plus `real` (`RIP:PORT`) and `forward` (`route`, `tunnel`,
+//! `masq`). `xdplb_real_up` is only there for health-checked real servers; an unchecked one
+//! counts as up in `xdplb_service_reals_up`, as the datapath sends it flows.
 
-use std::{
-    fmt::{Display, Write as _},
-    future::Future,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeMetric},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, TypedMetric},
+    registry::Registry,
 };
-
-use anyhow::Result;
-use tokio::{net::TcpListener, task::JoinSet};
 
 use crate::{
     control::{Listing, RealView, ServiceView, StatsView},
+    health::Health,
     state::{Forward, Protocol},
 };
 
-/// What the metrics show besides the listing.
-#[derive(Clone, Debug)]
-pub struct AgentInfo {
-    pub version: &'static str,
-    pub interface: String,
-    /// The mode the program is attached in: `native` or `generic`.
-    pub mode: String,
-    pub program_id: Option<u32>,
-    pub started: SystemTime,
-    pub reloads: u64,
-    pub reload_failures: u64,
-}
-
 /// The `Content-Type` of [`render`]'s output.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Renders the Prometheus text exposition format (version 0.0.4) for one scrape.
-///
-/// `up` tells whether a real server passes its health check: `Some(true)` up, `Some(false)` down,
-/// `None` not checked. `xdplb_real_up` is only emitted for checked real servers; an unchecked real
-/// server counts as up in `xdplb_service_reals_up`, as the datapath sends it flows.
-/// Counters are emitted for the services and real servers whose `stats` are present.
-pub fn render<F>(listing: &Listing, info: &AgentInfo, up: F) -> String
-where
-    F: Fn(&ServiceView, &RealView) -> Option<bool>,
-{
-    let mut t = Text::default();
+/// A sample's labels, values already escaped (the crate writes them as given).
+type Labels = Vec<(String, String)>;
 
-    t.family(
-        "xdplb_agent_info",
-        Gauge,
-        "The agent's version, the interface it is attached to and the XDP mode; always 1.",
-    );
-    let labels = format!(
-        "version=\"{}\",interface=\"{}\",mode=\"{}\"",
-        escape(info.version),
-        escape(&info.interface),
-        escape(&info.mode)
-    );
-    t.sample("xdplb_agent_info", &labels, 1);
-    if let Some(id) = info.program_id {
-        t.family(
-            "xdplb_program_id",
-            Gauge,
-            "The kernel's id of the attached XDP program.",
-        );
-        t.sample("xdplb_program_id", "", id);
-    }
-    t.family(
-        "xdplb_agent_start_time_seconds",
-        Gauge,
-        "When the agent started, in seconds since the Unix epoch.",
-    );
-    let started = info
-        .started
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    t.sample("xdplb_agent_start_time_seconds", "", started);
-    t.family(
-        "xdplb_config_reloads_total",
-        Counter,
-        "Configuration reloads applied.",
-    );
-    t.sample("xdplb_config_reloads_total", "", info.reloads);
-    t.family(
-        "xdplb_config_reload_failures_total",
-        Counter,
-        "Configuration reloads rejected; the previous configuration stays in force.",
-    );
-    t.sample(
-        "xdplb_config_reload_failures_total",
-        "",
-        info.reload_failures,
-    );
+/// Renders one scrape. Counters are there for the services and real servers whose `stats`
+/// are present.
+pub fn render(listing: &Listing) -> String {
+    let mut r = Registry::with_prefix("xdplb");
+    agent(&mut r, listing);
 
-    let services: Vec<(&ServiceView, String)> = listing
+    let services: Vec<(&ServiceView, Labels)> = listing
         .services
         .iter()
         .map(|s| (s, service_labels(s)))
         .collect();
-    let reals: Vec<(&ServiceView, &RealView, String)> = services
+    let reals: Vec<(&ServiceView, &RealView, Labels)> = services
         .iter()
-        .flat_map(|(s, sl)| {
-            s.reals.iter().map(move |r| {
-                let forward = match r.forward {
-                    Forward::Route => "route",
-                    Forward::Tunnel => "tunnel",
-                    Forward::Masq => "masq",
-                };
-                let rl = format!("{sl},real=\"{}\",forward=\"{forward}\"", escape(&r.address));
-                (*s, r, rl)
-            })
-        })
+        .flat_map(|(s, sl)| s.reals.iter().map(move |r| (*s, r, real_labels(sl, r))))
         .collect();
 
     let counters: [StatsFamily; 5] = [
@@ -157,216 +85,323 @@ where
         }),
     ];
     for (what, help, value) in counters {
-        let name = format!("xdplb_service_{what}_total");
-        t.family(&name, Counter, &format!("{help} for the service."));
-        for (s, labels) in &services {
-            if let Some(stats) = &s.stats {
-                t.sample(&name, labels, value(stats));
-            }
-        }
+        counter(
+            &mut r,
+            &format!("service_{what}"),
+            &format!("{help} for the service"),
+            services
+                .iter()
+                .filter_map(|(s, l)| s.stats.as_ref().map(|st| (l.clone(), value(st)))),
+        );
     }
-    t.family(
-        "xdplb_service_reals_up",
-        Gauge,
-        "Real servers of the service that can take new flows: weight above 0 and not failing \
-         their health check.",
-    );
     let reals_up = |s: &ServiceView| {
         s.reals
             .iter()
-            .filter(|r| r.weight > 0 && up(s, r) != Some(false))
-            .count()
+            .filter(|r| r.weight > 0 && up(r) != Some(false))
+            .count() as i64
     };
-    for (s, labels) in &services {
-        t.sample("xdplb_service_reals_up", labels, reals_up(s));
-    }
-    t.family(
-        "xdplb_service_available",
-        Gauge,
-        "1 if at least one real server of the service can take new flows, 0 if none can (its \
-         new flows are dropped).",
+    gauge(
+        &mut r,
+        "service_reals_up",
+        "Real servers of the service that can take new flows: weight above 0 and not failing \
+         their health check",
+        services.iter().map(|(s, l)| (l.clone(), reals_up(s))),
     );
-    for (s, labels) in &services {
-        t.sample("xdplb_service_available", labels, u8::from(reals_up(s) > 0));
-    }
+    gauge(
+        &mut r,
+        "service_available",
+        "1 if at least one real server of the service can take new flows, 0 if none can (its \
+         new flows are dropped)",
+        services
+            .iter()
+            .map(|(s, l)| (l.clone(), i64::from(reals_up(s) > 0))),
+    );
 
     for (what, help, value) in counters {
-        let name = format!("xdplb_real_{what}_total");
-        t.family(&name, Counter, &format!("{help} for the real server."));
-        for (_, r, labels) in &reals {
-            if let Some(stats) = &r.stats {
-                t.sample(&name, labels, value(stats));
-            }
-        }
+        counter(
+            &mut r,
+            &format!("real_{what}"),
+            &format!("{help} for the real server"),
+            reals
+                .iter()
+                .filter_map(|(_, rv, l)| rv.stats.as_ref().map(|st| (l.clone(), value(st)))),
+        );
     }
     let conns: [RealFamily; 2] = [
         ("active", "TCP connections established (IPVS's ActiveConn)", |r: &RealView| r.active_conns),
         ("inactive", "Other entries of the connection table: handshakes, after a FIN, UDP (IPVS's InActConn)", |r: &RealView| r.inactive_conns),
     ];
     for (what, help, value) in conns {
-        let name = format!("xdplb_real_{what}_connections");
-        t.family(&name, Gauge, &format!("{help} of the real server now."));
-        for (_, r, labels) in &reals {
-            t.sample(&name, labels, value(r));
-        }
+        gauge(
+            &mut r,
+            &format!("real_{what}_connections"),
+            &format!("{help} of the real server now"),
+            reals.iter().map(|(_, rv, l)| (l.clone(), value(rv) as i64)),
+        );
     }
-    t.family(
-        "xdplb_real_weight",
-        Gauge,
-        "The real server's configured weight; 0 gives it no new flows.",
+    gauge(
+        &mut r,
+        "real_weight",
+        "The real server's configured weight; 0 gives it no new flows",
+        reals
+            .iter()
+            .map(|(_, rv, l)| (l.clone(), i64::from(rv.weight))),
     );
-    for (_, r, labels) in &reals {
-        t.sample("xdplb_real_weight", labels, r.weight);
-    }
-    t.family(
-        "xdplb_real_up",
-        Gauge,
+    gauge(
+        &mut r,
+        "real_up",
         "1 if the real server passes its health check, 0 if it fails it (health-checked real \
-         servers only).",
+         servers only)",
+        reals
+            .iter()
+            .filter_map(|(_, rv, l)| up(rv).map(|u| (l.clone(), i64::from(u)))),
     );
-    for (s, r, labels) in &reals {
-        if let Some(u) = up(s, r) {
-            t.sample("xdplb_real_up", labels, u8::from(u));
-        }
-    }
 
-    t.family(
-        "xdplb_packets_total",
-        Counter,
-        "Packets passed to the kernel, dropped or answered by the director itself, by reason.",
+    counter(
+        &mut r,
+        "packets",
+        "Packets passed to the kernel, dropped or answered by the director itself, by reason",
+        listing
+            .reasons
+            .iter()
+            .map(|(reason, n)| (labels(&[("reason", reason)]), *n)),
     );
-    for (reason, packets) in &listing.reasons {
-        let labels = format!("reason=\"{}\"", escape(reason));
-        t.sample("xdplb_packets_total", &labels, packets);
+    high_availability(&mut r, listing);
+
+    let mut out = String::new();
+    encode(&mut out, &r).expect("writing to a String does not fail");
+    out
+}
+
+/// Whether the real server passes its health check; `None` when it has none.
+fn up(r: &RealView) -> Option<bool> {
+    r.health.as_ref().map(|h| h.state == Health::Up)
+}
+
+/// The agent: version, interface, mode, program, start time, reloads.
+fn agent(r: &mut Registry, listing: &Listing) {
+    let Some(a) = &listing.agent else {
+        return;
+    };
+    let mode = format!("{:?}", listing.mode).to_lowercase();
+    gauge(
+        r,
+        "agent_info",
+        "The agent's version, the interface it is attached to and the XDP mode; always 1",
+        [(
+            labels(&[
+                ("version", &a.version),
+                ("interface", &listing.interface),
+                ("mode", &mode),
+            ]),
+            1,
+        )],
+    );
+    if let Some(id) = a.program_id {
+        gauge(
+            r,
+            "program_id",
+            "The kernel's id of the attached XDP program",
+            [(Labels::new(), i64::from(id))],
+        );
     }
-    high_availability(&mut t, listing);
-    t.out
+    gauge_f64(
+        r,
+        "agent_start_time_seconds",
+        "When the agent started, in seconds since the Unix epoch",
+        [(Labels::new(), a.started)],
+    );
+    counter(
+        r,
+        "config_reloads",
+        "Configuration reloads applied",
+        [(Labels::new(), a.reloads)],
+    );
+    counter(
+        r,
+        "config_reload_failures",
+        "Configuration reloads rejected; the previous configuration stays in force",
+        [(Labels::new(), a.reload_failures)],
+    );
 }
 
 /// Drain, announced VIPs and connection sync.
-fn high_availability(t: &mut Text, listing: &Listing) {
-    t.family(
-        "xdplb_drained",
-        Gauge,
+fn high_availability(r: &mut Registry, listing: &Listing) {
+    gauge(
+        r,
+        "drained",
         "1 while the director is drained for maintenance (xdplb drain): nothing announced, \
-         check fails, forwarding goes on.",
+         check fails, forwarding goes on",
+        [(Labels::new(), i64::from(listing.drained))],
     );
-    t.sample("xdplb_drained", "", u8::from(listing.drained));
     if let Some(a) = &listing.announce {
-        t.family(
-            "xdplb_vip_announced",
-            Gauge,
+        let table = a.table.to_string();
+        gauge(
+            r,
+            "vip_announced",
             "A VIP this director announces (a route in the routing table the routing daemon \
-             learns); absent when withdrawn.",
+             learns); absent when withdrawn",
+            a.announced
+                .iter()
+                .map(|vip| (labels(&[("vip", vip), ("table", &table)]), 1)),
         );
-        for vip in &a.announced {
-            let labels = format!("vip=\"{}\",table=\"{}\"", escape(vip), a.table);
-            t.sample("xdplb_vip_announced", &labels, 1);
-        }
     }
     let Some(sync) = &listing.sync else {
         return;
     };
-    t.family(
-        "xdplb_sync_current",
-        Gauge,
-        "1 when the connection table is current, 0 while the director catches up from a peer.",
+    gauge(
+        r,
+        "sync_current",
+        "1 when the connection table is current, 0 while the director catches up from a peer",
+        [(Labels::new(), i64::from(sync.current))],
     );
-    t.sample("xdplb_sync_current", "", u8::from(sync.current));
-    t.family(
-        "xdplb_sync_events_total",
-        Counter,
+    counter(
+        r,
+        "sync_events",
         "Flow events of the datapath: written to the ring, lost because it was full, and \
-         about real servers no longer configured (not sent).",
+         about real servers no longer configured (not sent)",
+        [
+            ("written", sync.events_written),
+            ("lost", sync.events_lost),
+            ("unnamed", sync.events_unnamed),
+        ]
+        .map(|(result, n)| (labels(&[("result", result)]), n)),
     );
-    for (result, n) in [
-        ("written", sync.events_written),
-        ("lost", sync.events_lost),
-        ("unnamed", sync.events_unnamed),
-    ] {
-        t.sample(
-            "xdplb_sync_events_total",
-            &format!("result=\"{result}\""),
-            n,
-        );
-    }
-    t.family(
-        "xdplb_sync_rejected_total",
-        Counter,
+    counter(
+        r,
+        "sync_rejected",
         "Sync messages refused: not authentic, malformed, replayed, or from an address that \
-         is not a peer.",
+         is not a peer",
+        ["auth", "malformed", "replay", "unknown_peer"].map(|reason| {
+            let n = sync.rejected.get(reason).copied().unwrap_or(0);
+            (labels(&[("reason", reason)]), n)
+        }),
     );
-    for reason in ["auth", "malformed", "replay", "unknown_peer"] {
-        let n = sync.rejected.get(reason).copied().unwrap_or(0);
-        t.sample(
-            "xdplb_sync_rejected_total",
-            &format!("reason=\"{reason}\""),
-            n,
-        );
-    }
-    let peers: Vec<(&crate::sync::PeerView, String)> = sync
+    let peers: Vec<(&crate::sync::PeerView, Labels)> = sync
         .peers
         .iter()
-        .map(|p| (p, format!("peer=\"{}\"", escape(&p.address))))
+        .map(|p| (p, labels(&[("peer", &p.address)])))
         .collect();
-    t.family(
-        "xdplb_sync_peer_up",
-        Gauge,
-        "1 if the peer was heard within 3 s.",
+    gauge(
+        r,
+        "sync_peer_up",
+        "1 if the peer was heard within 3 s",
+        peers
+            .iter()
+            .map(|(p, l)| (l.clone(), i64::from(p.state == "up"))),
     );
-    for (p, l) in &peers {
-        t.sample("xdplb_sync_peer_up", l, u8::from(p.state == "up"));
-    }
-    t.family(
-        "xdplb_sync_peer_config_match",
-        Gauge,
+    gauge(
+        r,
+        "sync_peer_config_match",
         "1 if the peer's services and real servers are ours, 0 if they differ (directors then \
-         disagree on real servers); absent until it said hello.",
+         disagree on real servers); absent until it said hello",
+        peers
+            .iter()
+            .filter_map(|(p, l)| p.config_match.map(|m| (l.clone(), i64::from(m)))),
     );
-    for (p, l) in &peers {
-        if let Some(m) = p.config_match {
-            t.sample("xdplb_sync_peer_config_match", l, u8::from(m));
-        }
-    }
-    t.family(
-        "xdplb_sync_peer_last_contact_seconds",
-        Gauge,
-        "Seconds since the peer was last heard; absent if never.",
+    gauge_f64(
+        r,
+        "sync_peer_last_contact_seconds",
+        "Seconds since the peer was last heard; absent if never",
+        peers
+            .iter()
+            .filter_map(|(p, l)| p.last_contact_secs.map(|s| (l.clone(), s))),
     );
-    for (p, l) in &peers {
-        if let Some(s) = p.last_contact_secs {
-            t.sample("xdplb_sync_peer_last_contact_seconds", l, s);
-        }
-    }
     let counters: [PeerFamily; 6] = [
-        ("flows_sent", "Flows sent to the peer.", |p| p.flows_sent),
-        ("flows_received", "Flows received from the peer and written into the connection table.", |p| p.flows_received),
-        ("flows_unknown", "Flows from the peer for a service or real server this director does not have (not written).", |p| p.flows_unknown),
-        ("datagrams_unsent", "Datagrams to the peer the socket would not take (their flows never left).", |p| p.datagrams_unsent),
-        ("tables_received", "Full connection tables received from the peer.", |p| p.tables_received),
-        ("tables_sent", "Full connection tables sent to the peer.", |p| p.tables_sent),
+        ("flows_sent", "Flows sent to the peer", |p| p.flows_sent),
+        ("flows_received", "Flows received from the peer and written into the connection table", |p| p.flows_received),
+        ("flows_unknown", "Flows from the peer for a service or real server this director does not have (not written)", |p| p.flows_unknown),
+        ("datagrams_unsent", "Datagrams to the peer the socket would not take (their flows never left)", |p| p.datagrams_unsent),
+        ("tables_received", "Full connection tables received from the peer", |p| p.tables_received),
+        ("tables_sent", "Full connection tables sent to the peer", |p| p.tables_sent),
     ];
     for (what, help, value) in counters {
-        let name = format!("xdplb_sync_peer_{what}_total");
-        t.family(&name, Counter, help);
-        for (p, l) in &peers {
-            t.sample(&name, l, value(p));
-        }
+        counter(
+            r,
+            &format!("sync_peer_{what}"),
+            help,
+            peers.iter().map(|(p, l)| (l.clone(), value(p))),
+        );
     }
-    t.family(
-        "xdplb_sync_peer_delay_seconds",
-        Gauge,
+    gauge_f64(
+        r,
+        "sync_peer_delay_seconds",
         "Sync delay of the flows received from the peer (bound there -> in this table), by \
-         quantile, since the start or the last zero.",
+         quantile, since the start or the last zero",
+        peers.iter().flat_map(|(p, l)| {
+            [("0.5", p.delay_p50_us), ("0.99", p.delay_p99_us)]
+                .into_iter()
+                .filter_map(move |(q, v)| {
+                    let mut l = l.clone();
+                    l.push(("quantile".into(), q.into()));
+                    v.map(|us| (l, us as f64 / 1e6))
+                })
+        }),
     );
-    for (p, l) in &peers {
-        for (q, v) in [("0.5", p.delay_p50_us), ("0.99", p.delay_p99_us)] {
-            if let Some(us) = v {
-                let labels = format!("{l},quantile=\"{q}\"");
-                t.sample("xdplb_sync_peer_delay_seconds", &labels, us as f64 / 1e6);
-            }
+}
+
+/// A family of counters, each sample its labels and value. (The crate adds the `_total`
+/// suffix to the samples and a full stop to the help.)
+fn counter(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, u64)>,
+) {
+    family(r, name, help, samples, |c: &Counter, v| {
+        c.inc_by(v);
+    });
+}
+
+/// A family of integer gauges.
+fn gauge(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, i64)>,
+) {
+    family(r, name, help, samples, |g: &Gauge, v| {
+        g.set(v);
+    });
+}
+
+/// A family of gauges with fractions.
+fn gauge_f64(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, f64)>,
+) {
+    family(r, name, help, samples, |g: &Gauge<f64, AtomicU64>, v| {
+        g.set(v);
+    });
+}
+
+/// Registers the samples as one family of metrics `M`, each set by `set`; a single sample
+/// without labels as a metric of its own (`name 1`, not `name{} 1`).
+fn family<M, V>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, V)>,
+    set: impl Fn(&M, V),
+) where
+    M: EncodeMetric + TypedMetric + Default + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    let mut samples: Vec<(Labels, V)> = samples.into_iter().collect();
+    if samples.len() == 1 && samples[0].0.is_empty() {
+        let metric = M::default();
+        if let Some((_, v)) = samples.pop() {
+            set(&metric, v);
         }
+        r.register(name, help, metric);
+        return;
     }
+    let family = Family::<Labels, M>::default();
+    for (l, v) in samples {
+        set(&family.get_or_create(&l), v);
+    }
+    r.register(name, help, family);
 }
 
 /// A per-real-server gauge: its name part, its HELP text and its value.
@@ -382,24 +417,45 @@ type PeerFamily = (
 /// One of the counters of [`StatsView`]: its name part, its HELP text and its value.
 type StatsFamily = (&'static str, &'static str, fn(&StatsView) -> u64);
 
-/// `protocol="tcp",vip="10.0.0.100",port="80",scheduler="sh"`, escaped; an IPv6 VIP without
-/// its brackets (`vip="2001:db8::100"`).
-fn service_labels(s: &ServiceView) -> String {
+/// Labels from names and raw values (escaped here).
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), escape(v)))
+        .collect()
+}
+
+/// `protocol="tcp",vip="10.0.0.100",port="80",scheduler="sh"`; an IPv6 VIP without its
+/// brackets (`vip="2001:db8::100"`).
+fn service_labels(s: &ServiceView) -> Labels {
     let protocol = match s.protocol {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
     };
     let (vip, port) = s.address.rsplit_once(':').unwrap_or((&s.address, ""));
     let vip = vip.trim_start_matches('[').trim_end_matches(']');
-    format!(
-        "protocol=\"{protocol}\",vip=\"{}\",port=\"{}\",scheduler=\"{}\"",
-        escape(vip),
-        escape(port),
-        escape(&s.scheduler.to_string())
-    )
+    labels(&[
+        ("protocol", protocol),
+        ("vip", vip),
+        ("port", port),
+        ("scheduler", &s.scheduler.to_string()),
+    ])
 }
 
-/// A label value as the exposition format quotes it: `\`, `"` and newline escaped.
+/// The service's labels and `real="RIP:PORT",forward="route"`.
+fn real_labels(service: &Labels, r: &RealView) -> Labels {
+    let forward = match r.forward {
+        Forward::Route => "route",
+        Forward::Tunnel => "tunnel",
+        Forward::Masq => "masq",
+    };
+    let mut l = service.clone();
+    l.extend(labels(&[("real", &r.address), ("forward", forward)]));
+    l
+}
+
+/// A label value as the exposition format quotes it: `\`, `"` and newline escaped (the crate
+/// writes values as they are).
 fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for c in v.chars() {
@@ -413,133 +469,13 @@ fn escape(v: &str) -> String {
     out
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
-}
-use Kind::{Counter, Gauge};
-
-/// The exposition text being written: each family's HELP and TYPE, then its samples.
-#[derive(Default)]
-struct Text {
-    out: String,
-}
-
-impl Text {
-    fn family(&mut self, name: &str, kind: Kind, help: &str) {
-        let kind = match kind {
-            Counter => "counter",
-            Gauge => "gauge",
-        };
-        // HELP text escapes `\` and newline (not `"`).
-        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    /// `labels` is the already escaped inside of the braces, empty for none.
-    fn sample(&mut self, name: &str, labels: &str, value: impl Display) {
-        if labels.is_empty() {
-            let _ = writeln!(self.out, "{name} {value}");
-        } else {
-            let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
-        }
-    }
-}
-
-/// The longest one scrape connection may last, from accept to the last byte written.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
-/// Scrapes served at once; further connections wait to be accepted.
-const MAX_CONNECTIONS: usize = 16;
-
-/// Serves `GET /metrics` (and `HEAD`) on `listener` until the task is aborted, answering 404 for
-/// other paths and 405 (with `Allow`) for other methods, one request per connection
-/// (`Connection: close`), at most [`MAX_CONNECTIONS`] at once, each for at most
-/// [`CONNECTION_TIMEOUT`]. HTTP itself is axum's router on hyper's HTTP/1.1 connections: request
-/// parsing, malformed requests (400) and oversized heads (431).
-///
-/// `snapshot` is called once per scrape and returns the exposition text (see [`render`]); an
-/// error is answered with 500. Connections in progress are aborted with the task.
-pub async fn serve<F, Fut>(listener: TcpListener, snapshot: F) -> Result<()>
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<String>> + Send + 'static,
-{
-    use axum::{
-        http::{header, StatusCode},
-        routing::get,
-        Router,
-    };
-    let snapshot = Arc::new(snapshot);
-    let scrape = move || {
-        let snapshot = snapshot.clone();
-        async move {
-            let no_store = [(header::CACHE_CONTROL, "no-store")];
-            match snapshot().await {
-                Ok(text) => (
-                    StatusCode::OK,
-                    no_store,
-                    [(header::CONTENT_TYPE, CONTENT_TYPE)],
-                    text,
-                ),
-                Err(e) => {
-                    tracing::warn!("xdplb: metrics: {e:#}");
-                    (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        no_store,
-                        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                        format!("{e:#}\n"),
-                    )
-                }
-            }
-        }
-    };
-    let app = Router::new()
-        .route("/metrics", get(scrape))
-        .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                "not found; metrics are at /metrics\n",
-            )
-        });
-    // Dropping the set (when this task is aborted) aborts the connections it holds.
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        if connections.len() >= MAX_CONNECTIONS {
-            connections.join_next().await;
-            continue;
-        }
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors, a connection reset before it was accepted, ...: the
-                // listener itself is fine, so keep serving.
-                tracing::warn!("xdplb: metrics: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        connections.spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(false)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
-                Ok(Ok(())) | Err(_) => {}
-                Ok(Err(e)) => tracing::debug!("xdplb: metrics connection: {e}"),
-            }
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet, HashSet};
 
     use super::*;
     use crate::{
+        control::{AgentView, HealthView},
         datapath::AttachMode,
         state::{Mac, Scheduler},
     };
@@ -562,17 +498,14 @@ mod tests {
             health: None,
             active_conns: 2,
             inactive_conns: 1,
-            u_threshold: 0,
-            l_threshold: 0,
-            overloaded: false,
-            persistent_conns: 0,
             stats: s,
+            ..RealView::default()
         }
     }
 
     fn listing() -> Listing {
         Listing {
-            interface: "eth0".to_owned(),
+            interface: "eth\"0\\x\ny".to_owned(),
             mode: AttachMode::Native,
             services: vec![
                 ServiceView {
@@ -584,6 +517,7 @@ mod tests {
                     persistent: None,
                     netmask: None,
                     stats: stats(7, 100, 6400),
+                    rates: None,
                     reals: vec![
                         real("10.0.0.11:80", Forward::Route, 1, stats(3, 40, 2560)),
                         real("10.0.0.12:80", Forward::Tunnel, 2, stats(4, 60, 3840)),
@@ -600,6 +534,7 @@ mod tests {
                     netmask: None,
                     hash: None,
                     stats: stats(1, 2, 3),
+                    rates: None,
                     reals: vec![real("10.0.0.21:53", Forward::Route, 5, stats(1, 2, 3))],
                 },
                 // No real servers at all.
@@ -612,6 +547,7 @@ mod tests {
                     netmask: None,
                     hash: None,
                     stats: None,
+                    rates: None,
                     reals: vec![],
                 },
             ],
@@ -625,29 +561,34 @@ mod tests {
             announce: None,
             timeouts: Default::default(),
             conn_max: 1_000_000,
+            agent: Some(AgentView {
+                version: "0.1.0".into(),
+                started: 1_700_000_000.5,
+                reloads: 3,
+                reload_failures: 1,
+                program_id: Some(42),
+            }),
+            reason_rates: BTreeMap::new(),
         }
     }
 
-    fn info() -> AgentInfo {
-        AgentInfo {
-            version: "0.1.0",
-            interface: "eth\"0\\x\ny".to_owned(),
-            mode: "native".to_owned(),
-            program_id: Some(42),
-            started: UNIX_EPOCH + Duration::from_millis(1_700_000_000_500),
-            reloads: 3,
-            reload_failures: 1,
+    /// 10.0.0.12 fails its health check (with an error), the UDP service's only real server
+    /// too, 10.0.0.11 is unchecked, the others pass.
+    fn with_health(mut l: Listing) -> Listing {
+        for r in l.services.iter_mut().flat_map(|s| &mut s.reals) {
+            r.health = match r.address.as_str() {
+                "10.0.0.11:80" => None,
+                "10.0.0.12:80" | "10.0.0.21:53" => Some(HealthView {
+                    state: Health::Down,
+                    last_error: Some("connection refused".into()),
+                }),
+                _ => Some(HealthView {
+                    state: Health::Up,
+                    last_error: None,
+                }),
+            };
         }
-    }
-
-    /// 10.0.0.12 fails its health check, the UDP service's only real server too, 10.0.0.11 is
-    /// unchecked.
-    fn health(_: &ServiceView, r: &RealView) -> Option<bool> {
-        match r.address.as_str() {
-            "10.0.0.11:80" => None,
-            "10.0.0.12:80" | "10.0.0.21:53" => Some(false),
-            _ => Some(true),
-        }
+        l
     }
 
     /// One sample: its name, its labels unescaped, its value.
@@ -691,11 +632,14 @@ mod tests {
         labels
     }
 
-    /// Checks that `text` is valid version 0.0.4 exposition text as `render` writes it (one TYPE
-    /// per family, HELP and TYPE before its samples, samples of a family together, no duplicate
-    /// series) and returns its samples and each family's type.
+    /// Checks that `text` is valid OpenMetrics text as `render` writes it (HELP and TYPE before
+    /// a family's samples, a counter's samples named `_total`, samples of a family together,
+    /// no duplicate series, `# EOF` last) and returns its samples and the type of each sample
+    /// name.
     fn parse(text: &str) -> (Vec<Sample>, BTreeMap<String, String>) {
-        assert!(text.ends_with('\n'), "text ends with a newline");
+        let text = text
+            .strip_suffix("# EOF\n")
+            .expect("the text ends with # EOF and a newline");
         let mut types = BTreeMap::new();
         let mut helped = HashSet::new();
         let mut current: Option<String> = None;
@@ -705,21 +649,27 @@ mod tests {
             if let Some(rest) = line.strip_prefix("# HELP ") {
                 let (name, help) = rest.split_once(' ').expect("HELP name text");
                 assert!(is_name(name, true), "HELP name {name:?}");
-                assert!(!help.is_empty(), "HELP for {name} is empty");
+                assert!(
+                    help.ends_with('.') && !help.ends_with(".."),
+                    "HELP {help:?}"
+                );
                 assert!(helped.insert(name.to_owned()), "HELP {name} twice");
-                assert!(!types.contains_key(name), "HELP {name} after its TYPE");
             } else if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
                 assert!(helped.contains(name), "TYPE {name} without HELP before it");
-                assert!(matches!(kind, "counter" | "gauge"), "TYPE {name} {kind}");
-                if kind == "counter" {
-                    assert!(name.ends_with("_total"), "counter {name} ends with _total");
-                }
+                let sample_name = match kind {
+                    "counter" => {
+                        assert!(!name.ends_with("_total"), "counter family {name}");
+                        format!("{name}_total")
+                    }
+                    "gauge" => name.to_owned(),
+                    _ => panic!("TYPE {name} {kind}"),
+                };
                 assert!(
-                    types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                    types.insert(sample_name.clone(), kind.to_owned()).is_none(),
                     "family {name} declared twice"
                 );
-                current = Some(name.to_owned());
+                current = Some(sample_name);
             } else {
                 assert!(!line.starts_with('#'), "stray comment {line:?}");
                 let (series_text, value) = line.rsplit_once(' ').expect("sample has a value");
@@ -793,7 +743,7 @@ mod tests {
 
     #[test]
     fn render_is_valid_exposition_text() {
-        let text = render(&listing(), &info(), health);
+        let text = render(&with_health(listing()));
         let (samples, types) = parse(&text);
         let families: BTreeSet<&str> = types.keys().map(String::as_str).collect();
         for f in [
@@ -825,7 +775,7 @@ mod tests {
 
     #[test]
     fn render_has_the_expected_samples() {
-        let text = render(&listing(), &info(), health);
+        let text = render(&with_health(listing()));
         let (s, _) = parse(&text);
         let v = |name: &str, pairs: &[(&str, &str)]| value(&s, name, pairs);
 
@@ -906,12 +856,9 @@ mod tests {
 
     #[test]
     fn render_without_health_checks_stats_or_program() {
-        let listing = listing().without_stats();
-        let info = AgentInfo {
-            program_id: None,
-            ..info()
-        };
-        let text = render(&listing, &info, |_, _| None);
+        let mut listing = listing().without_stats();
+        listing.agent.as_mut().unwrap().program_id = None;
+        let text = render(&listing);
         let (s, types) = parse(&text);
         assert!(!types.contains_key("xdplb_program_id"));
         assert!(!s.iter().any(|x| x.0 == "xdplb_real_up"));
@@ -931,116 +878,6 @@ mod tests {
         assert_eq!(escape("a\nb"), r"a\nb");
         assert_eq!(escape("plain 10.0.0.1:80"), "plain 10.0.0.1:80");
     }
-
-    /// Sends `request`, returns the status code, the head (header names in lower case, as
-    /// hyper writes them) and the body.
-    async fn http(addr: std::net::SocketAddr, request: &str) -> (u16, String, String) {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status code");
-        (status, head.to_owned(), body.to_owned())
-    }
-
-    #[tokio::test]
-    async fn serve_answers_scrapes() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        // The agent's state behind a tokio Mutex, as the agent holds it.
-        let state = Arc::new(tokio::sync::Mutex::new((listing(), info(), 0u64)));
-        let server = tokio::spawn(serve(listener, {
-            let state = state.clone();
-            move || {
-                let state = state.clone();
-                async move {
-                    let mut st = state.lock().await;
-                    st.2 += 1;
-                    st.1.reloads = st.2;
-                    Ok(render(&st.0, &st.1, health))
-                }
-            }
-        }));
-
-        let get = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: text/plain\r\n\r\n";
-        let (status, head, body) = http(addr, get).await;
-        assert_eq!(status, 200, "{head}");
-        assert!(
-            head.contains("content-type: text/plain; version=0.0.4"),
-            "{head}"
-        );
-        assert!(head.contains("connection: close"), "{head}");
-        assert!(
-            head.contains(&format!("content-length: {}", body.len())),
-            "{head}"
-        );
-        parse(&body);
-        assert!(body.contains("xdplb_config_reloads_total 1\n"), "{body}");
-
-        // A second scrape takes a new snapshot.
-        let (status, _, body) = http(addr, "GET /metrics?x=1 HTTP/1.0\r\n\r\n").await;
-        assert_eq!(status, 200);
-        assert!(body.contains("xdplb_config_reloads_total 2\n"), "{body}");
-
-        let (status, head, body) = http(addr, "HEAD /metrics HTTP/1.1\r\n\r\n").await;
-        assert_eq!(status, 200);
-        assert!(body.is_empty());
-        assert!(!head.contains("content-length: 0"), "{head}");
-
-        let (status, _, _) = http(addr, "GET / HTTP/1.1\r\n\r\n").await;
-        assert_eq!(status, 404);
-        let (status, _, _) = http(addr, "GET /metricsx HTTP/1.1\r\n\r\n").await;
-        assert_eq!(status, 404);
-        let (status, head, _) =
-            http(addr, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
-        assert_eq!(status, 405);
-        assert!(head.contains("allow: GET,HEAD"), "{head}");
-        let (status, _, _) = http(addr, "garbage\r\n\r\n").await;
-        assert_eq!(status, 400);
-        // Beyond hyper's limit for a request head (about 400 KB).
-        let huge = format!(
-            "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
-            "a".repeat(1 << 20)
-        );
-        let (status, _, _) = http(addr, &huge).await;
-        assert_eq!(status, 431);
-
-        // The head may arrive in pieces.
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        for piece in ["GET /met", "rics HTTP/1.1\r", "\n\r", "\n"] {
-            stream.write_all(piece.as_bytes()).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
-        assert!(response.contains("xdplb_config_reloads_total 4\n"));
-
-        // Every scrape above that reached /metrics with GET or HEAD took one snapshot.
-        assert_eq!(state.lock().await.2, 4);
-        server.abort();
-        assert!(server.await.unwrap_err().is_cancelled());
-    }
-
-    #[tokio::test]
-    async fn serve_answers_500_when_the_snapshot_fails() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve(listener, || async {
-            Err(anyhow::anyhow!("datapath counters unreadable"))
-        }));
-        let (status, _, body) = http(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
-        assert_eq!(status, 500);
-        assert!(body.contains("datapath counters unreadable"));
-        server.abort();
-    }
 }
 
 #[cfg(test)]
@@ -1059,11 +896,22 @@ mod ipv6_tests {
             persistent: None,
             netmask: None,
             stats: None,
+            rates: None,
             reals: Vec::new(),
         };
+        let labels = service_labels(&s);
+        let pairs: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         assert_eq!(
-            service_labels(&s),
-            r#"protocol="tcp",vip="2001:db8::100",port="80",scheduler="mh""#
+            pairs,
+            [
+                ("protocol", "tcp"),
+                ("vip", "2001:db8::100"),
+                ("port", "80"),
+                ("scheduler", "mh")
+            ]
         );
     }
 }

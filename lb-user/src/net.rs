@@ -532,6 +532,8 @@ pub struct LinkState {
     pub carrier_changes: u32,
     /// Whether an XDP program is attached (any mode).
     pub xdp_attached: bool,
+    /// The kernel's id of the attached XDP program.
+    pub program_id: Option<u32>,
     /// MAC addresses, other than the interface's own, of devices stacked on it (macvlan, such as
     /// keepalived's `use_vmac`) that are up, each with whether it holds an IPv4 address (a VRRP
     /// master's virtual MAC does, a backup's does not).
@@ -562,7 +564,11 @@ pub async fn link_state(iface: &Interface) -> Result<LinkState> {
                     LinkAttribute::Xdp(xdp) => {
                         state.xdp_attached = xdp
                             .iter()
-                            .any(|x| matches!(x, LinkXdp::Attached(a) if *a != XdpAttached::None))
+                            .any(|x| matches!(x, LinkXdp::Attached(a) if *a != XdpAttached::None));
+                        state.program_id = xdp.iter().find_map(|x| match x {
+                            LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+                            _ => None,
+                        });
                     }
                     _ => {}
                 }

@@ -2,8 +2,9 @@
 //! and bridges (in the style of xdp-tools' test environment), the LVS/DR and LVS/TUN topologies
 //! built from them, the `xdplb` agent (started from arguments or a config file, killed and
 //! restarted), CLI and real-server decapsulation, TCP clients that connect from a chosen source
-//! address and port: short connections, uploads and long-lived streams, and a scraper of the
-//! agent's Prometheus metrics.
+//! address and port: short connections, uploads and long-lived streams, a scraper of the
+//! agent's Prometheus metrics, and its HTTP API and status page through curl and headless
+//! Chromium.
 //!
 //! Everything lives in namespaces this harness creates and names uniquely per run; nothing is
 //! created in the root namespace, and every guard tears its part down on Drop, panics included.
@@ -23,6 +24,7 @@ pub mod nat;
 pub mod netns;
 pub mod topo;
 pub mod tun;
+pub mod web;
 
 pub use agent::{Agent, Decap, Listing};
 pub use daemons::{require_program, Bird, Keepalived};

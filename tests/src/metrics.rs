@@ -1,5 +1,5 @@
-//! Scraping the agent's Prometheus metrics (`xdplb run --metrics ADDR`) and reading the text
-//! exposition format back: families (`# TYPE`) and samples with their labels.
+//! Scraping the agent's Prometheus metrics (`xdplb run --metrics ADDR`, `--web ADDR`) and
+//! reading the OpenMetrics text back: families (`# TYPE`) and samples with their labels.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
@@ -40,14 +40,17 @@ impl Scrape {
             );
         }
         let content_type = response.header("content-type").unwrap_or_default();
-        if !content_type.starts_with("text/plain") {
-            bail!("GET http://{addr}/metrics: content type {content_type:?}, not text/plain");
+        if !content_type.starts_with("application/openmetrics-text; version=1.0.0") {
+            bail!("GET http://{addr}/metrics: content type {content_type:?}, not OpenMetrics text");
         }
         Self::parse(&response.body)
     }
 
-    /// Parses the text exposition format (version 0.0.4).
+    /// Parses the OpenMetrics text format (which must end with `# EOF`).
     pub fn parse(text: &str) -> Result<Self> {
+        if !text.trim_end().ends_with("\n# EOF") {
+            bail!("the metrics do not end with # EOF:\n{text}");
+        }
         let mut scrape = Self {
             text: text.to_owned(),
             ..Self::default()
@@ -61,7 +64,13 @@ impl Scrape {
                     let (Some(name), Some(kind)) = (words.next(), words.next()) else {
                         bail!("{}: malformed TYPE", what());
                     };
-                    scrape.types.insert(name.to_owned(), kind.to_owned());
+                    // OpenMetrics names a counter family without the `_total` of its samples:
+                    // keyed here by the samples' name.
+                    let name = match kind {
+                        "counter" => format!("{name}_total"),
+                        _ => name.to_owned(),
+                    };
+                    scrape.types.insert(name, kind.to_owned());
                 }
                 continue;
             }

@@ -1,5 +1,6 @@
-//! The distribution's packages the tests start daemons from (keepalived for VRRP, BIRD for BGP):
-//! installed with apt-get when missing, so a fresh machine runs every test with one command.
+//! The distribution's packages the tests start daemons and clients from (keepalived for VRRP,
+//! BIRD for BGP, curl and headless Chromium for the HTTP API and the status page): installed
+//! with apt-get when missing, so a fresh machine runs every test with one command.
 //! Installing starts no service here (policy-rc.d, no systemd): the tests start the daemons
 //! themselves, inside their namespaces.
 
@@ -10,7 +11,12 @@ use anyhow::{Context as _, Result};
 use crate::toolchain::run;
 
 /// (program the tests run, Debian package that has it).
-const NEEDED: [(&str, &str); 2] = [("keepalived", "keepalived"), ("bird", "bird2")];
+const NEEDED: [(&str, &str); 4] = [
+    ("keepalived", "keepalived"),
+    ("bird", "bird2"),
+    ("curl", "curl"),
+    ("chromium", "chromium"),
+];
 
 fn installed(program: &str) -> bool {
     ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]

@@ -38,7 +38,6 @@ use crate::{
         AttachMode, MapWriter,
     },
     health::{Health, Monitor, Target, Transition},
-    metrics,
     net::{self, Interface, LinkState},
     state::{self, persist, Forward, Mac, RealSpec, ServiceAddr, State},
     sync::{Directory, SyncDaemon},
@@ -150,6 +149,16 @@ impl Agent {
         listing.drained = self.drained;
         listing.timeouts = self.timeouts;
         listing.conn_max = self.director.conn_max;
+        listing.agent = Some(crate::control::AgentView {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started: self
+                .started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            reloads: self.reloads,
+            reload_failures: self.reload_failures,
+            program_id: self.links.first().and_then(|l| l.program_id),
+        });
         if self
             .state
             .services
@@ -178,9 +187,7 @@ impl Agent {
     pub async fn handle(&mut self, req: Request) -> Response {
         let response = match self.execute(req).await {
             Ok(r) => r,
-            Err(e) => Response::Error {
-                message: format!("{e:#}").replace('\n', " "),
-            },
+            Err(e) => Response::error(&e),
         };
         self.follow().await;
         response
@@ -433,10 +440,7 @@ impl Agent {
                 let listed = from.service(&service)?.real(addr).map(|r| r.port);
                 if let (Some(p), Some(listed)) = (port, listed) {
                     if p != listed {
-                        bail!(
-                            "no such real server {} in service {service}",
-                            SocketAddr::new(addr, p)
-                        );
+                        return Err(state::no_such_real(SocketAddr::new(addr, p), &service));
                     }
                 }
                 from.del_real(service, addr)
@@ -732,22 +736,6 @@ impl Agent {
         if let Err(e) = result {
             warn!("cannot record the drain in {}: {e}", path.display());
         }
-    }
-
-    fn metrics_text(&self) -> Result<String> {
-        let info = metrics::AgentInfo {
-            version: env!("CARGO_PKG_VERSION"),
-            interface: self.iface.name.clone(),
-            mode: format!("{:?}", self.mode).to_lowercase(),
-            program_id: None,
-            started: self.started,
-            reloads: self.reloads,
-            reload_failures: self.reload_failures,
-        };
-        let listing = self.listing()?;
-        Ok(metrics::render(&listing, &info, |_, r| {
-            r.health.as_ref().map(|h| h.state == Health::Up)
-        }))
     }
 }
 

@@ -34,10 +34,10 @@ use crate::{
         AttachMode, Attachment, Datapath, LoadOptions, MapWriter,
     },
     health::Monitor,
-    metrics,
     net::{self, Interface},
     state::{self, persist, State},
     sync::{Directory, SyncDaemon},
+    web,
 };
 
 /// Where agents keep their lock, their saved state and (by default) their socket.
@@ -116,15 +116,56 @@ fn lock_interface(dir: &Path, ifname: &str) -> Result<fs::File> {
     Ok(file)
 }
 
-async fn serve(agent: Arc<Mutex<Agent>>, stream: UnixStream) -> Result<()> {
+/// One connection on the control socket: the CLI's one-line JSON request (it starts with `{`),
+/// or HTTP (the API, see [`web`]).
+async fn serve(agent: Arc<Mutex<Agent>>, stream: UnixStream, api: axum::Router) -> Result<()> {
+    match first_byte(&stream).await? {
+        None => Ok(()),
+        Some(b'{') => serve_request(agent, stream).await,
+        Some(_) => {
+            web::serve_connection(stream, api, "control socket").await;
+            Ok(())
+        }
+    }
+}
+
+/// The first byte the peer sent, left in the socket; None if it closed without sending any.
+async fn first_byte(stream: &UnixStream) -> Result<Option<u8>> {
+    loop {
+        stream.readable().await?;
+        let mut byte = 0u8;
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            // SAFETY: a one-byte buffer we own, on a socket we own.
+            let n = unsafe {
+                libc::recv(
+                    stream.as_raw_fd(),
+                    (&raw mut byte).cast(),
+                    1,
+                    libc::MSG_PEEK,
+                )
+            };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n)
+            }
+        });
+        match peeked {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(byte)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn serve_request(agent: Arc<Mutex<Agent>>, stream: UnixStream) -> Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     BufReader::new(rd).read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(req) => agent.lock().await.handle(req).await,
-        Err(e) => Response::Error {
-            message: format!("malformed request: {e}"),
-        },
+        Err(e) => Response::error(&anyhow!("malformed request: {e}")),
     };
     let mut out = serde_json::to_string(&response)?;
     out.push('\n');
@@ -411,20 +452,47 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     );
     let agent = Arc::new(Mutex::new(agent));
 
-    let metrics_task = match &director.metrics {
-        Some(m) => {
-            let listener = tokio::net::TcpListener::bind(m.listen)
-                .await
-                .with_context(|| format!("cannot serve metrics on {}", m.listen))?;
-            info!(listen = %m.listen, "serving Prometheus metrics");
+    // The HTTP side asks the agent what the CLI asks it, through the same handler.
+    let control: web::Control = {
+        let agent = agent.clone();
+        Arc::new(move |req| {
             let agent = agent.clone();
-            Some(tokio::spawn(metrics::serve(listener, move || {
-                let agent = agent.clone();
-                async move { agent.lock().await.metrics_text() }
-            })))
-        }
-        None => None,
+            Box::pin(async move { agent.lock().await.handle(req).await })
+        })
     };
+    let rates = Arc::new(web::Rates::default());
+    let mut http_tasks = vec![tokio::spawn(web::sample(control.clone(), rates.clone()))];
+    let socket_api = web::router(
+        web::Door::Socket,
+        control.clone(),
+        rates.clone(),
+        web::Access::Full,
+    );
+    if let Some(m) = &director.metrics {
+        let listener = tokio::net::TcpListener::bind(m.listen)
+            .await
+            .with_context(|| format!("cannot serve metrics on {}", m.listen))?;
+        info!(listen = %m.listen, "serving Prometheus metrics");
+        let app = web::router(
+            web::Door::Metrics,
+            control.clone(),
+            rates.clone(),
+            web::Access::ReadOnly,
+        );
+        http_tasks.push(tokio::spawn(web::serve_listener(listener, app, "metrics")));
+    }
+    if let Some(w) = &director.web {
+        let access = match &w.token_file {
+            Some(file) => web::Access::Token(Arc::new(web::read_token(file)?)),
+            None => web::Access::ReadOnly,
+        };
+        let listener = tokio::net::TcpListener::bind(w.listen)
+            .await
+            .with_context(|| format!("cannot serve the web page and API on {}", w.listen))?;
+        info!(listen = %w.listen, writable = access.writable(), "serving the status page and the HTTP API");
+        let app = web::router(web::Door::Web, control.clone(), rates.clone(), access);
+        http_tasks.push(tokio::spawn(web::serve_listener(listener, app, "web")));
+    }
 
     let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
     let mut neigh_poll = tokio::time::interval(NEIGH_POLL_INTERVAL);
@@ -440,8 +508,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             accepted = listener.accept() => {
                 let (stream, _) = accepted?;
                 let agent = agent.clone();
+                let api = socket_api.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve(agent, stream).await {
+                    if let Err(e) = serve(agent, stream, api).await {
                         warn!("control connection: {e:#}");
                     }
                 });
@@ -474,7 +543,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = sigquit.recv() => break Exit::Leave,
         }
     };
-    if let Some(t) = metrics_task {
+    for t in http_tasks {
         t.abort();
     }
     counts_task.abort();

@@ -289,3 +289,51 @@ fn bad_sync_or_announce_tables_name_their_line() {
         );
     }
 }
+
+#[test]
+fn the_web_section_parses_saves_back_and_names_its_line() {
+    let token = key_file("web.token", "0123456789abcdef0123\n", 0o600);
+    let text = format!(
+        "interface = \"eth0\"\n[web]\nlisten = \"127.0.0.1:9728\"\ntoken_file = \"{}\"\n",
+        token.display()
+    );
+    let cfg = source(&text).parse().unwrap();
+    let director = cfg.director();
+    let web = director.web.clone().unwrap();
+    assert_eq!(web.listen, "127.0.0.1:9728".parse().unwrap());
+    assert_eq!(web.token_file.as_deref(), Some(token.as_path()));
+    let saved = Config::from_state(director.clone(), cfg.timeouts, &State::default())
+        .to_toml()
+        .unwrap();
+    assert_eq!(
+        source(&saved).parse().unwrap().director(),
+        director,
+        "{saved}"
+    );
+
+    let open = key_file("open.token", "0123456789abcdef0123\n", 0o644);
+    let cases = [
+        (
+            text.replace(&token.display().to_string(), &open.display().to_string()),
+            "test.toml:2:",
+            "web token file",
+        ),
+        (
+            text.replace("listen =", "lisen = \"x\"\nlisten ="),
+            "test.toml:3:",
+            "lisen",
+        ),
+        (
+            "interface = \"eth0\"\n[web]\nlisten = \"localhost\"\n".to_owned(),
+            "test.toml:3:",
+            "invalid socket address",
+        ),
+    ];
+    for (text, at, reason) in cases {
+        let e = error(&text);
+        assert!(
+            e.starts_with(at) && e.contains(reason) && !e.contains('\n'),
+            "{e:?} for {text:?}"
+        );
+    }
+}

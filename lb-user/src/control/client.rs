@@ -48,7 +48,7 @@ pub fn request_within(socket: &Path, req: &Request, timeout: Duration) -> Result
         bail!("the agent closed the connection without answering");
     }
     match serde_json::from_str(&answer).context("the agent's answer is not valid")? {
-        Response::Error { message } => Err(anyhow!(message)),
+        Response::Error { message, .. } => Err(anyhow!(message)),
         r => Ok(r),
     }
 }

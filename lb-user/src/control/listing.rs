@@ -27,6 +27,17 @@ pub struct StatsView {
 }
 
 impl StatsView {
+    /// Both added up.
+    pub fn plus(&self, other: &StatsView) -> StatsView {
+        StatsView {
+            conns: self.conns + other.conns,
+            packets: self.packets + other.packets,
+            bytes: self.bytes + other.bytes,
+            out_packets: self.out_packets + other.out_packets,
+            out_bytes: self.out_bytes + other.out_bytes,
+        }
+    }
+
     /// Inbound counters, and outbound ones (LVS/NAT replies).
     pub fn of(inbound: Counters, outbound: Counters) -> Self {
         Self {
@@ -48,7 +59,7 @@ pub struct HealthView {
     pub last_error: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RealView {
     /// RIP:PORT
     pub address: String,
@@ -74,8 +85,17 @@ pub struct RealView {
     /// Clients whose persistence template sends them here (ipvsadm's PersistConn).
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub persistent_conns: u64,
+    /// While drained (weight 0): the weight it had before, which a restore gives back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_weight: Option<u32>,
+    /// The health check, as configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<crate::health::HealthCheck>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stats: Option<StatsView>,
+    /// The counters' growth per second over the last few seconds (the HTTP API).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rates: Option<StatsView>,
 }
 
 fn is_zero_u64(v: &u64) -> bool {
@@ -116,6 +136,9 @@ pub struct ServiceView {
     pub netmask: Option<crate::state::Netmask>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stats: Option<StatsView>,
+    /// The counters' growth per second over the last few seconds (the HTTP API).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rates: Option<StatsView>,
     pub reals: Vec<RealView>,
 }
 
@@ -141,6 +164,25 @@ pub struct Listing {
     pub timeouts: crate::config::Timeouts,
     #[serde(default)]
     pub conn_max: u32,
+    /// The agent itself.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub agent: Option<AgentView>,
+    /// `reasons` per second over the last few seconds (the HTTP API).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub reason_rates: BTreeMap<String, u64>,
+}
+
+/// The agent: its version, when it started, its reloads, the program it attached.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentView {
+    pub version: String,
+    /// Seconds since the Unix epoch.
+    pub started: f64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    /// The kernel's id of the XDP program on the director's interface.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub program_id: Option<u32>,
 }
 
 /// The routing table VIPs are announced in, and which are.
@@ -169,6 +211,7 @@ impl Listing {
                 persistent: s.persistence.map(|p| p.timeout),
                 netmask: s.persistence.map(|p| p.netmask),
                 stats: at(&c.services, &c.services_out, s.id),
+                rates: None,
                 reals: s
                     .reals
                     .iter()
@@ -187,7 +230,10 @@ impl Listing {
                         l_threshold: r.lower,
                         overloaded: conns(r.id).overloaded != 0,
                         persistent_conns: 0,
+                        previous_weight: r.previous_weight.filter(|_| r.weight == 0),
+                        check: r.check.clone(),
                         stats: at(&c.reals, &c.reals_out, r.id),
+                        rates: None,
                     })
                     .collect(),
             })
@@ -207,6 +253,8 @@ impl Listing {
             announce: None,
             timeouts: Default::default(),
             conn_max: 0,
+            agent: None,
+            reason_rates: BTreeMap::new(),
         }
     }
 

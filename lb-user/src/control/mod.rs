@@ -9,7 +9,9 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 pub use client::{request, request_within};
-pub use listing::{AnnounceView, ConnView, HealthView, Listing, RealView, ServiceView, StatsView};
+pub use listing::{
+    AgentView, AnnounceView, ConnView, HealthView, Listing, RealView, ServiceView, StatsView,
+};
 
 use crate::state::{RealSpec, SchedulerSpec, ServiceAddr};
 
@@ -117,6 +119,9 @@ pub enum Response {
     Ok,
     Error {
         message: String,
+        /// What kind of failure, where it is one the HTTP API answers with its own status.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<Failure>,
     },
     Listing(Box<Listing>),
     Connections {
@@ -133,4 +138,34 @@ pub enum Response {
     Checked {
         problem: Option<String>,
     },
+}
+
+/// Failures the HTTP API tells apart from bad input (400).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// No such service or real server (404).
+    NotFound,
+    /// The service or real server exists already (409).
+    Exists,
+}
+
+impl Response {
+    /// The answer for a failed request: its one-line message, and its kind when the error
+    /// chain carries one (see [`crate::state::NotFound`], [`crate::state::Exists`]).
+    pub fn error(e: &anyhow::Error) -> Self {
+        let kind = e.chain().find_map(|c| {
+            if c.is::<crate::state::NotFound>() {
+                Some(Failure::NotFound)
+            } else if c.is::<crate::state::Exists>() {
+                Some(Failure::Exists)
+            } else {
+                None
+            }
+        });
+        Response::Error {
+            message: format!("{e:#}").replace('\n', " "),
+            kind,
+        }
+    }
 }

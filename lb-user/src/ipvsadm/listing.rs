@@ -298,8 +298,7 @@ mod tests {
             u_threshold: 0,
             l_threshold: 0,
             overloaded: false,
-            persistent_conns: 0,
-            stats: None,
+            ..RealView::default()
         }
     }
 
@@ -313,6 +312,7 @@ mod tests {
             persistent: None,
             netmask: None,
             stats: None,
+            rates: None,
             reals,
         };
         let mut persistent = service(
@@ -349,6 +349,8 @@ mod tests {
             announce: None,
             timeouts: Default::default(),
             conn_max: 1_000_000,
+            agent: None,
+            reason_rates: Default::default(),
         }
     }
 

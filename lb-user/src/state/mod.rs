@@ -60,6 +60,9 @@ pub struct Real {
     pub health: Health,
     #[serde(skip)]
     pub last_error: Option<String>,
+    /// The weight before it was set to 0 (drained), for a restore; none while above 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_weight: Option<u32>,
 }
 
 fn up() -> Health {
@@ -360,6 +363,7 @@ fn resolve_scheduler(
 /// What `real add` / `real edit` asks for. `None` keeps the current value (edit) or takes the
 /// default (add).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RealSpec {
     pub addr: Option<IpAddr>,
     pub port: Option<u16>,
@@ -528,19 +532,47 @@ fn check_weight(weight: u32) -> Result<()> {
     Ok(())
 }
 
+/// A service or real server that is not there (the HTTP API answers 404).
+#[derive(Debug)]
+pub struct NotFound(pub String);
+
+/// A service or real server that is there already (the HTTP API answers 409).
+#[derive(Debug)]
+pub struct Exists(pub String);
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for Exists {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotFound {}
+impl std::error::Error for Exists {}
+
+pub fn no_such_service(addr: &ServiceAddr) -> anyhow::Error {
+    NotFound(format!("no such service: {addr}")).into()
+}
+
+/// `real` is the real server's address, with the port given if one was.
+pub fn no_such_real(real: impl std::fmt::Display, service: &ServiceAddr) -> anyhow::Error {
+    NotFound(format!("no such real server {real} in service {service}")).into()
+}
+
 impl State {
     pub fn service(&self, addr: &ServiceAddr) -> Result<&Service> {
-        match self.services.get(addr) {
-            Some(s) => Ok(s),
-            None => bail!("no such service: {addr}"),
-        }
+        self.services.get(addr).ok_or_else(|| no_such_service(addr))
     }
 
     fn service_mut(&mut self, addr: &ServiceAddr) -> Result<&mut Service> {
-        match self.services.get_mut(addr) {
-            Some(s) => Ok(s),
-            None => bail!("no such service: {addr}"),
-        }
+        self.services
+            .get_mut(addr)
+            .ok_or_else(|| no_such_service(addr))
     }
 
     fn free_service_id(&self) -> Result<u32> {
@@ -564,7 +596,7 @@ impl State {
 
     pub fn add_service(&self, addr: ServiceAddr, spec: &SchedulerSpec) -> Result<State> {
         if self.services.contains_key(&addr) {
-            bail!("service {addr} already exists");
+            return Err(Exists(format!("service {addr} already exists")).into());
         }
         let (scheduler, hash, size) = resolve_scheduler(spec, None)?;
         let persistence = resolve_persistence(spec, None, addr.vip.is_ipv6())?;
@@ -652,6 +684,7 @@ impl State {
             check: spec.check.clone().and_then(CheckChange::into_option),
             health: Health::Up,
             last_error: None,
+            previous_weight: None,
             upper: spec.upper.unwrap_or(0),
             lower: spec.lower.unwrap_or(0),
         });
@@ -694,10 +727,10 @@ impl State {
 
     fn real_mut(&mut self, service: &ServiceAddr, addr: IpAddr) -> Result<&mut Real> {
         let svc = self.service_mut(service)?;
-        match svc.reals.iter_mut().find(|r| r.addr == addr) {
-            Some(r) => Ok(r),
-            None => bail!("no such real server {addr} in service {service}"),
-        }
+        svc.reals
+            .iter_mut()
+            .find(|r| r.addr == addr)
+            .ok_or_else(|| no_such_real(addr, service))
     }
 
     /// The state with the interfaces toward real servers replaced by `egress` (only those of
@@ -738,17 +771,19 @@ impl State {
         };
         let port = check_real_port(&service, addr, spec.port, spec.forward.unwrap_or_default())?;
         if let Some(existing) = svc.real(addr) {
-            if existing.port == port {
-                bail!(
+            let message = if existing.port == port {
+                format!(
                     "real server {} already exists in service {service}",
                     std::net::SocketAddr::new(addr, port)
-                );
-            }
-            bail!(
-                "real server {addr} is already in service {service} as {addr}:{} (one port per \
-                 real server address and service)",
-                existing.port
-            );
+                )
+            } else {
+                format!(
+                    "real server {addr} is already in service {service} as {addr}:{} (one port \
+                     per real server address and service)",
+                    existing.port
+                )
+            };
+            return Err(Exists(message).into());
         }
         if let Some(w) = spec.weight {
             check_weight(w)?;
@@ -778,7 +813,7 @@ impl State {
         let mut next = self.clone();
         let svc = next.service_mut(&service)?;
         let Some(real) = svc.reals.iter_mut().find(|r| r.addr == addr) else {
-            bail!("no such real server {addr} in service {service}");
+            return Err(no_such_real(addr, &service));
         };
         let forward = spec.forward.unwrap_or(real.forward);
         // A port given is the real server's new one (LVS/NAT); none keeps it, unless the
@@ -791,6 +826,12 @@ impl State {
         real.port = check_real_port(&service, addr, port, forward)?;
         if let Some(w) = spec.weight {
             check_weight(w)?;
+            // Drained: remember the weight a restore gives back.
+            real.previous_weight = match (real.weight, w) {
+                (_, 1..) => None,
+                (0, 0) => real.previous_weight,
+                (before, 0) => Some(before),
+            };
             real.weight = w;
         }
         let (upper, lower) = (
@@ -832,7 +873,7 @@ impl State {
         let before = svc.reals.len();
         svc.reals.retain(|r| r.addr != addr);
         if svc.reals.len() == before {
-            bail!("no such real server {addr} in service {service}");
+            return Err(no_such_real(addr, &service));
         }
         svc.rebuild_table();
         Ok(next)

@@ -213,6 +213,7 @@ impl fmt::Display for Hash {
 /// The scheduler a `service add|edit` asks for; `None` takes the default (add) or keeps the
 /// current value (edit).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SchedulerSpec {
     pub scheduler: Option<Scheduler>,
     /// Maglev table size (`mh` only).

@@ -5,7 +5,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::wire::Key;
@@ -70,16 +70,6 @@ impl Settings {
 
 /// Reads a sync key file, refusing a short key or a file others can read.
 pub fn read_key(path: &Path) -> Result<Key> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let what = || format!("sync key file {}", path.display());
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", what()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "{} is readable by group or others (mode {mode:04o}): chmod 600 it",
-            what()
-        );
-    }
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", what()))?;
-    Key::new(&bytes).map_err(|e| anyhow!("{} {e}", what()))
+    let secret = crate::secret::read(path, "sync key file")?;
+    Key::new(&secret).map_err(|e| anyhow!("sync key file {} {e}", path.display()))
 }

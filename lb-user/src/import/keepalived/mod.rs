@@ -156,6 +156,7 @@ pub fn convert(
         tunnel_src: None,
         tunnel_src6: None,
         metrics: None,
+        web: None,
         sync: None,
         announce: None,
     };

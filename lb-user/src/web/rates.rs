@@ -1,0 +1,233 @@
+//! Rates and the recent history the page charts: the listing sampled every
+//! [`SAMPLE_INTERVAL`], each sample's counters turned into per-second rates against the one
+//! before ([`Listing::per_second`], as `xdplb list --rate`), the last [`HISTORY`] kept per
+//! service.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+
+use crate::control::{Listing, ServiceView, StatsView};
+
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
+/// Samples kept per service: five minutes.
+pub const HISTORY: usize = 150;
+
+/// One point of a service's chart: its rates over the interval that ended at `time`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Point {
+    /// Seconds since the Unix epoch.
+    pub time: f64,
+    pub conns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A service's chart: its identity as the listing names it, and its points, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct History {
+    pub protocol: crate::state::Protocol,
+    pub address: String,
+    pub points: Vec<Point>,
+}
+
+#[derive(Default)]
+pub struct Rates {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The last sample, and when it was taken.
+    last: Option<(Instant, Listing)>,
+    /// The listing's counters as rates over the last interval.
+    current: Option<Listing>,
+    history: BTreeMap<String, VecDeque<Point>>,
+}
+
+/// A service's key: `tcp 10.0.0.100:80`.
+fn key(s: &ServiceView) -> String {
+    format!("{:?} {}", s.protocol, s.address).to_lowercase()
+}
+
+impl Rates {
+    /// Takes a sample: the rates since the one before, a point for each service's chart.
+    /// Services no longer listed lose their history.
+    pub fn record(&self, listing: &Listing, now: Instant) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((then, earlier)) = &inner.last {
+            let secs = now.duration_since(*then).as_secs_f64();
+            if secs > 0.0 {
+                let rates = listing.clone().per_second(earlier, secs);
+                let time = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                let mut history = std::mem::take(&mut inner.history);
+                history.retain(|k, _| rates.services.iter().any(|s| key(s) == *k));
+                for s in &rates.services {
+                    let r = s.stats.unwrap_or_default();
+                    let points = history.entry(key(s)).or_default();
+                    if points.len() == HISTORY {
+                        points.pop_front();
+                    }
+                    points.push_back(Point {
+                        time,
+                        conns: r.conns,
+                        packets: r.packets,
+                        bytes: r.bytes,
+                    });
+                }
+                inner.history = history;
+                inner.current = Some(rates);
+            }
+        }
+        inner.last = Some((now, listing.clone()));
+    }
+
+    /// Fills in the rates of the services and real servers of `listing` from the last sample
+    /// (those it did not see yet have none).
+    pub fn annotate(&self, listing: &mut Listing) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(current) = &inner.current else {
+            return;
+        };
+        for s in &mut listing.services {
+            let Some(then) = current.services.iter().find(|c| key(c) == key(s)) else {
+                continue;
+            };
+            s.rates = then.stats;
+            for r in &mut s.reals {
+                r.rates = then
+                    .reals
+                    .iter()
+                    .find(|c| c.address == r.address)
+                    .and_then(|c| c.stats);
+            }
+        }
+        listing.reason_rates = current.reasons.clone();
+    }
+
+    /// Every service's chart.
+    pub fn history(&self) -> Vec<History> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(current) = &inner.current else {
+            return Vec::new();
+        };
+        current
+            .services
+            .iter()
+            .map(|s| History {
+                protocol: s.protocol,
+                address: s.address.clone(),
+                points: inner
+                    .history
+                    .get(&key(s))
+                    .map(|p| p.iter().copied().collect())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+}
+
+/// The rates of a whole listing: every service's summed (what the page's header shows).
+pub fn total(listing: &Listing) -> StatsView {
+    listing
+        .services
+        .iter()
+        .filter_map(|s| s.rates)
+        .fold(StatsView::default(), |a, r| a.plus(&r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        control::RealView,
+        state::{Forward, Protocol, Scheduler},
+    };
+
+    fn listing(conns: u64, packets: u64, real_conns: [u64; 2]) -> Listing {
+        let stats = |conns, packets| {
+            Some(StatsView {
+                conns,
+                packets,
+                bytes: packets * 100,
+                ..StatsView::default()
+            })
+        };
+        let real = |n: u8, conns| RealView {
+            address: format!("10.0.0.{n}:80"),
+            forward: Forward::Route,
+            weight: 1,
+            stats: stats(conns, conns),
+            ..RealView::default()
+        };
+        let mut l: Listing = serde_json::from_value(serde_json::json!({
+            "interface": "eth0", "mode": "native", "services": []
+        }))
+        .unwrap();
+        l.services.push(ServiceView {
+            protocol: Protocol::Tcp,
+            address: "10.0.0.100:80".into(),
+            scheduler: Scheduler::Mh,
+            mh_size: None,
+            hash: None,
+            persistent: None,
+            netmask: None,
+            stats: stats(conns, packets),
+            rates: None,
+            reals: vec![real(11, real_conns[0]), real(12, real_conns[1])],
+        });
+        l.reasons.insert("pass_no_service".into(), packets * 2);
+        l
+    }
+
+    #[test]
+    fn rates_come_from_two_samples_and_history_keeps_the_last_five_minutes() {
+        let rates = Rates::default();
+        let t0 = Instant::now();
+        let mut view = listing(0, 0, [0, 0]);
+        rates.record(&listing(0, 0, [0, 0]), t0);
+        rates.annotate(&mut view);
+        assert_eq!(view.services[0].rates, None, "one sample gives no rate");
+        assert!(rates.history().is_empty());
+
+        rates.record(&listing(20, 400, [15, 5]), t0 + Duration::from_secs(2));
+        let mut view = listing(20, 400, [15, 5]);
+        rates.annotate(&mut view);
+        let s = &view.services[0];
+        assert_eq!(
+            s.rates.map(|r| (r.conns, r.packets, r.bytes)),
+            Some((10, 200, 20_000))
+        );
+        assert_eq!(s.reals[0].rates.map(|r| r.conns), Some(8));
+        assert_eq!(s.reals[1].rates.map(|r| r.conns), Some(3));
+        assert_eq!(view.reason_rates.get("pass_no_service"), Some(&400));
+        assert_eq!(total(&view).packets, 200);
+
+        for i in 2..200u64 {
+            rates.record(
+                &listing(20 + i, 400, [15, 5]),
+                t0 + Duration::from_secs(2 * i),
+            );
+        }
+        let history = rates.history();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].address, "10.0.0.100:80");
+        assert_eq!(history[0].points.len(), HISTORY);
+        assert!(history[0]
+            .points
+            .iter()
+            .all(|p| p.packets == 0 && p.conns == 1));
+
+        // A service gone takes its chart with it.
+        let mut empty = listing(0, 0, [0, 0]);
+        empty.services.clear();
+        rates.record(&empty, t0 + Duration::from_secs(500));
+        assert!(rates.history().is_empty());
+    }
+}

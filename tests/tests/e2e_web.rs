@@ -1,0 +1,536 @@
+//! End to end, the HTTP API and the status page: curl on the control socket does what the CLI
+//! does (services, real servers, weights: which server answers follows), with the CLI's errors
+//! and status codes; `--web` serves the API read-only, changes only with the token, /metrics
+//! and the page; headless Chromium shows services, real servers, health and live rates, and its
+//! buttons drain, restore, take out and put back in through the API.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lb_tests::client::fetch_each;
+use lb_tests::metrics::Scrape;
+use lb_tests::web::{Api, Browser};
+use lb_tests::{require_program, require_root, Agent, DrTopology, FreshFlows, Listing, Serve};
+
+const SVC: &str = "10.0.0.100:80";
+const SVC_PATH: &str = "/api/v1/services/tcp/10.0.0.100/80";
+const WEB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9728);
+const TOKEN: &str = "a-web-token-of-32-characters-xyz";
+
+fn needs() -> bool {
+    require_root() && require_program("curl", "curl")
+}
+
+/// A token file for `--web-token`, mode 0600, next to the agent's other files.
+fn token_file(dir: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("web-token");
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// Which real server each of `n` new connections reached, by name.
+fn answered(topo: &DrTopology, fresh: &mut FreshFlows, n: usize) -> Vec<String> {
+    let flows = fresh.take(n);
+    topo.client()
+        .ns()
+        .run_in(|| fetch_each(&flows, DrTopology::service()))
+        .into_iter()
+        .map(|r| r.expect("a connection through the director"))
+        .collect()
+}
+
+/// Asserts that the CLI fails `args` with the API's one-line message (the CLI may say more
+/// around it: the option it came with).
+fn cli_says(agent: &Agent, args: &[&str], message: &str) {
+    let out = agent.cli(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    assert!(!err.contains('\n'), "{err}");
+    assert!(err.ends_with(message), "CLI: {err:?}, API: {message:?}");
+}
+
+fn weight(listing: &Listing, real: &str) -> u64 {
+    listing.real(SVC, real)["weight"].as_u64().unwrap()
+}
+
+#[test]
+fn the_api_on_the_control_socket_does_what_the_cli_does() {
+    if !needs() {
+        return;
+    }
+    let topo = DrTopology::new(2).expect("topology");
+    let agent = Agent::start(topo.director().ns(), "eth0", &[]).expect("agent");
+    let api = Api::Socket(agent.socket());
+    let (rs1, rs2) = (topo.reals()[0].name(), topo.reals()[1].name());
+
+    // The service and its real servers, through the API only.
+    let r = api.call(
+        "POST",
+        "/api/v1/services",
+        Some(r#"{"protocol":"tcp","vip":"10.0.0.100","port":80,"scheduler":"mh"}"#),
+        None,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["scheduler"], "mh");
+    for rip in ["10.0.0.11", "10.0.0.12"] {
+        let body = format!(r#"{{"addr":"{rip}","weight":2,"forward":"route"}}"#);
+        let r = api.call("POST", &format!("{SVC_PATH}/reals"), Some(&body), None);
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(r.json()["address"], format!("{rip}:80"));
+    }
+    // The CLI sees it, and the datapath forwards by it.
+    let listing = agent.list();
+    assert_eq!(listing.reals(SVC), ["10.0.0.11:80", "10.0.0.12:80"]);
+    assert_eq!(listing.service(SVC).unwrap()["scheduler"], "mh");
+    let mut fresh = FreshFlows::new(20000);
+    let names = answered(&topo, &mut fresh, 40);
+    assert!(
+        names.iter().any(|n| n == rs1) && names.iter().any(|n| n == rs2),
+        "{names:?}"
+    );
+
+    // The API's view: counters as the CLI's, health, weights.
+    let services = api.get_json("/api/v1/services");
+    assert_eq!(services[0]["address"], SVC);
+    assert_eq!(services[0]["stats"]["conns"], 40);
+    assert_eq!(
+        services[0]["stats"]["conns"],
+        agent.list().service(SVC).unwrap()["stats"]["conns"]
+    );
+
+    // Drain: weight 0 gives no new connections, and remembers the weight for a restore.
+    let r = api.call(
+        "PUT",
+        &format!("{SVC_PATH}/reals/10.0.0.11"),
+        Some(r#"{"weight":0}"#),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["weight"], 0);
+    assert_eq!(r.json()["previous_weight"], 2);
+    let names = answered(&topo, &mut fresh, 20);
+    assert!(
+        names.iter().all(|n| n == rs2),
+        "drained {rs1} still answers: {names:?}"
+    );
+    let previous = api.get_json(&format!("{SVC_PATH}/reals/10.0.0.11"))["previous_weight"].clone();
+    let r = api.call(
+        "PUT",
+        &format!("{SVC_PATH}/reals/10.0.0.11"),
+        Some(&format!(r#"{{"weight":{previous}}}"#)),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(weight(&agent.list(), "10.0.0.11:80"), 2);
+    assert!(r.json().get("previous_weight").is_none());
+
+    // Errors: the CLI's one-line messages, the right status codes, and nothing changes.
+    let before = agent.list_config();
+    let add_again = r#"{"protocol":"tcp","vip":"10.0.0.100","port":80}"#;
+    let r = api.call("POST", "/api/v1/services", Some(add_again), None);
+    assert_eq!(r.status, 409);
+    cli_says(&agent, &["service", "add", "-t", SVC], &r.error());
+    let r = api.call(
+        "POST",
+        &format!("{SVC_PATH}/reals"),
+        Some(r#"{"addr":"10.0.0.12"}"#),
+        None,
+    );
+    assert_eq!(r.status, 409);
+    cli_says(
+        &agent,
+        &["real", "add", "-t", SVC, "-r", "10.0.0.12"],
+        &r.error(),
+    );
+    let r = api.call("DELETE", "/api/v1/services/tcp/10.0.0.100/81", None, None);
+    assert_eq!(r.status, 404);
+    cli_says(
+        &agent,
+        &["service", "del", "-t", "10.0.0.100:81"],
+        &r.error(),
+    );
+    let r = api.call("DELETE", &format!("{SVC_PATH}/reals/10.0.0.13"), None, None);
+    assert_eq!(r.status, 404);
+    cli_says(
+        &agent,
+        &["real", "del", "-t", SVC, "-r", "10.0.0.13"],
+        &r.error(),
+    );
+    let r = api.call(
+        "PUT",
+        &format!("{SVC_PATH}/reals/10.0.0.11"),
+        Some(r#"{"weight":100000}"#),
+        None,
+    );
+    assert_eq!(r.status, 400);
+    cli_says(
+        &agent,
+        &["real", "edit", "-t", SVC, "-r", "10.0.0.11", "-w", "100000"],
+        &r.error(),
+    );
+    for (method, path, body) in [
+        ("POST", "/api/v1/services", "not json"),
+        (
+            "POST",
+            "/api/v1/services",
+            r#"{"protocol":"tcp","vip":"10.0.0.100","port":80,"sched":"rr"}"#,
+        ),
+        (
+            "PUT",
+            &format!("{SVC_PATH}/reals/10.0.0.11"),
+            r#"{"weight":-1}"#,
+        ),
+    ] {
+        let r = api.call(method, path, Some(body), None);
+        assert_eq!(r.status, 400, "{method} {path} {body}: {}", r.body);
+        assert!(!r.error().is_empty());
+    }
+    assert_eq!(
+        agent.list_config().0,
+        before.0,
+        "a refused call changed something"
+    );
+
+    // Everything else the CLI does: the director's check, drain, save, timeouts.
+    assert_eq!(api.get("/api/v1/check").status, 200);
+    assert_eq!(api.call("POST", "/api/v1/drain", None, None).status, 204);
+    let r = api.get("/api/v1/check");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.error(), "drained for maintenance (xdplb undrain ends it)");
+    assert_eq!(api.call("POST", "/api/v1/undrain", None, None).status, 204);
+    let saved = api.get("/api/v1/config");
+    assert_eq!(saved.status, 200);
+    assert_eq!(saved.body, agent.save());
+    let r = api.call("PUT", "/api/v1/timeouts", Some(r#"{"tcp":600}"#), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["tcp"], 600);
+    let agent_view = api.get_json("/api/v1/agent");
+    assert_eq!(agent_view["interface"], "eth0");
+    assert_eq!(agent_view["mode"], "native");
+    assert!(agent_view["agent"]["program_id"].as_u64().unwrap() > 0);
+    assert_eq!(agent_view["writable"], "yes");
+
+    // Deleting through the API takes the real server out of the datapath.
+    let r = api.call(
+        "DELETE",
+        &format!("{SVC_PATH}/reals/10.0.0.12:80"),
+        None,
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let names = answered(&topo, &mut fresh, 10);
+    assert!(names.iter().all(|n| n == rs1), "{names:?}");
+    assert_eq!(api.call("DELETE", SVC_PATH, None, None).status, 204);
+    assert!(agent.list().services().is_empty());
+}
+
+#[test]
+fn an_ipv6_service_through_the_api() {
+    if !needs() {
+        return;
+    }
+    let topo = DrTopology::new(1).expect("topology");
+    let agent = Agent::start(topo.director().ns(), "eth0", &[]).expect("agent");
+    let api = Api::Socket(agent.socket());
+    let r = api.call(
+        "POST",
+        "/api/v1/services",
+        Some(r#"{"protocol":"udp","vip":"2001:db8::100","port":53,"scheduler":"sh"}"#),
+        None,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let path = "/api/v1/services/udp/[2001:db8::100]/53";
+    let r = api.call(
+        "POST",
+        &format!("{path}/reals"),
+        Some(r#"{"addr":"2001:db8::11","forward":"tunnel","mac":"02:00:00:00:00:11"}"#),
+        None,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["address"], "[2001:db8::11]:53");
+    let listing = agent.list();
+    let service = listing
+        .service_of("udp", "[2001:db8::100]:53")
+        .expect("listed");
+    assert_eq!(service["reals"][0]["forward"], "tunnel");
+    let r = api.get(&format!("{path}/reals/[2001:db8::11]"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = api.call(
+        "DELETE",
+        &format!("{path}/reals/[2001:db8::11]:53"),
+        None,
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(api.call("DELETE", path, None, None).status, 204);
+    assert!(agent.list().services().is_empty());
+}
+
+#[test]
+fn the_web_door_reads_and_changes_only_with_the_token() {
+    if !needs() {
+        return;
+    }
+    let topo = DrTopology::new(2).expect("topology");
+    let director = topo.director().ns();
+    let dir = std::env::temp_dir().join(format!("xdplb-web-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = token_file(&dir);
+    let web = WEB.to_string();
+    let agent =
+        Agent::start(director, "eth0", &["--web", &web, "--web-token", &token]).expect("agent");
+    topo.configure(&agent);
+    let api = Api::Web(director, SocketAddr::V4(WEB));
+
+    let services = api.get_json("/api/v1/services");
+    assert_eq!(services[0]["reals"].as_array().unwrap().len(), 2);
+    assert_eq!(api.get_json("/api/v1/agent")["writable"], "token");
+    let drain = format!("{SVC_PATH}/reals/10.0.0.11");
+    for given in [None, Some("not-the-token-not-the-token-xx")] {
+        let r = api.call("PUT", &drain, Some(r#"{"weight":0}"#), given);
+        assert_eq!(r.status, 401, "{given:?}: {}", r.body);
+        assert!(r.error().contains("Bearer"), "{}", r.body);
+    }
+    assert_eq!(
+        weight(&agent.list(), "10.0.0.11:80"),
+        1,
+        "a refused change was applied"
+    );
+    let r = api.call("PUT", &drain, Some(r#"{"weight":0}"#), Some(TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(weight(&agent.list(), "10.0.0.11:80"), 0);
+
+    // The same door serves /metrics (OpenMetrics, from prometheus-client) and the page.
+    let scrape = Scrape::get(director, WEB).expect("metrics on --web");
+    let real = [("real", "10.0.0.11:80")];
+    assert_eq!(scrape.value("xdplb_real_weight", &real), 0.0);
+    assert!(scrape.value("xdplb_program_id", &[]) > 0.0);
+    let page = api.get("/");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<title>xdplb</title>"));
+    drop(agent);
+
+    // Without a token (here from the config file), the API is read-only over TCP.
+    let config = format!(
+        "interface = \"eth0\"\n[web]\nlisten = \"{WEB}\"\n\n[[service]]\nprotocol = \"tcp\"\n\
+         vip = \"10.0.0.100\"\nport = 80\n[[service.real]]\naddress = \"10.0.0.11\"\n"
+    );
+    let agent = Agent::start_with_config(director, &config).expect("agent from config");
+    assert_eq!(api.get_json("/api/v1/agent")["writable"], "no");
+    let r = api.call("PUT", &drain, Some(r#"{"weight":0}"#), Some(TOKEN));
+    assert_eq!(r.status, 403);
+    assert!(r.error().contains("read-only"), "{}", r.body);
+    assert_eq!(api.call("POST", "/api/v1/drain", None, None).status, 403);
+    assert_eq!(weight(&agent.list(), "10.0.0.11:80"), 1);
+    assert!(!agent.list().0["drained"].as_bool().unwrap_or(false));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A bad token file stops the agent before it starts, with one line naming the file.
+#[test]
+fn a_token_file_others_can_read_is_refused() {
+    if !needs() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let topo = DrTopology::new(1).expect("topology");
+    let dir = std::env::temp_dir().join(format!("xdplb-web-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = token_file(&dir);
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let web = WEB.to_string();
+    let err = Agent::start(
+        topo.director().ns(),
+        "eth0",
+        &["--web", &web, "--web-token", &token],
+    )
+    .err()
+    .expect("the agent refuses the token file");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains(&format!(
+            "web token file {token} is readable by group or others"
+        )),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_status_page_shows_live_rates_in_a_real_browser() {
+    if !needs() || !require_program("chromium", "chromium") {
+        return;
+    }
+    let topo = DrTopology::with_servers(3, Serve::Once).expect("topology");
+    let director = topo.director().ns();
+    let dir = std::env::temp_dir().join(format!("xdplb-page-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = token_file(&dir);
+    let web = WEB.to_string();
+    let agent =
+        Agent::start(director, "eth0", &["--web", &web, "--web-token", &token]).expect("agent");
+    topo.configure(&agent);
+    // Health checks: the third real server's server is gone, so it is down with an error.
+    topo.kill_server(3);
+    for rip in ["10.0.0.11", "10.0.0.12", "10.0.0.13"] {
+        agent.cli_ok(&["real", "edit", "-t", SVC, "-r", rip, "--check", "tcp"]);
+    }
+
+    let mut browser = Browser::open(
+        director,
+        &format!("http://{WEB}/"),
+        &dir.join("chromium.log"),
+    )
+    .unwrap_or_else(|e| {
+        let log = std::fs::read_to_string(dir.join("chromium.log")).unwrap_or_default();
+        panic!("{e:#}\n{log}")
+    });
+    let wait = |b: &mut Browser, what: &str| {
+        b.wait_for(what, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    wait(&mut browser, "Number(document.body.dataset.updates) >= 1");
+    // A mark that a reload would wipe.
+    browser.eval("window.xdplbMark = 1").unwrap();
+    let text = |b: &mut Browser, js: &str| b.eval(js).unwrap().as_str().unwrap_or("").to_owned();
+    let row = |r: &str, cell: &str| {
+        format!(
+            "((document.querySelector('[data-real=\"{r}\"] .{cell}') || {{}}).textContent || '')"
+        )
+    };
+    wait(
+        &mut browser,
+        &format!("{}.startsWith('down')", row("10.0.0.13:80", "health")),
+    );
+    assert!(text(&mut browser, &row("10.0.0.11:80", "health")).starts_with("up"));
+    let last_error = text(&mut browser, &row("10.0.0.13:80", "last-error"));
+    assert!(last_error.contains("refused"), "{last_error}");
+    assert_eq!(
+        text(
+            &mut browser,
+            "document.querySelector('[data-service] h2').textContent"
+        ),
+        "TCP 10.0.0.100:80"
+    );
+    assert_eq!(text(&mut browser, &row("10.0.0.12:80", "forward")), "DR");
+    assert_eq!(
+        text(
+            &mut browser,
+            "document.getElementById('interface').textContent"
+        ),
+        "eth0"
+    );
+    let program = text(
+        &mut browser,
+        "document.getElementById('program').textContent",
+    );
+    assert!(program.starts_with("id "), "{program}");
+
+    // First reading: no traffic.
+    let rate = "document.querySelector('[data-service] .service-head .conns-rate').textContent";
+    wait(&mut browser, &format!("{rate} === '0'"));
+    let quiet = text(&mut browser, rate);
+
+    // Traffic for a few seconds: the page's rates follow without a reload.
+    let client = topo.client().ns();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = client.thread({
+        let stop = stop.clone();
+        move || {
+            let mut fresh = FreshFlows::new(30000);
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let flows = fresh.take(5);
+                n += fetch_each(&flows, DrTopology::service())
+                    .iter()
+                    .filter(|r| r.is_ok())
+                    .count();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        }
+    });
+    wait(&mut browser, &format!("Number({rate}) > 0"));
+    let busy = text(&mut browser, rate);
+    assert_ne!(busy, quiet, "the rates did not change between two readings");
+    wait(
+        &mut browser,
+        &format!("Number({}) > 0", row("10.0.0.11:80", "conns-rate")),
+    );
+    assert_eq!(
+        browser.eval("window.xdplbMark").unwrap(),
+        1,
+        "the page was reloaded"
+    );
+    // The chart has points, the shares add up to the traffic each server took.
+    wait(
+        &mut browser,
+        "document.querySelectorAll('[data-service] .chart polyline').length === 2",
+    );
+    let share = text(&mut browser, &row("10.0.0.13:80", "share-value"));
+    assert_eq!(share, "0%", "the down server got new connections");
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/xdplb-web.png");
+    browser.screenshot(&shot).unwrap();
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let served = traffic.join().unwrap();
+    assert!(served > 0);
+
+    // The buttons, with the token: drain, restore, take out, put back in.
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('button').length")
+            .unwrap(),
+        0,
+        "buttons without a token"
+    );
+    browser
+        .eval(&format!(
+            "(() => {{ const t = document.getElementById('token'); t.value = '{TOKEN}'; \
+             t.dispatchEvent(new Event('change')); return true; }})()"
+        ))
+        .unwrap();
+    let click = |b: &mut Browser, real: &str, action: &str| {
+        let js = format!(
+            "document.querySelector('[data-real=\"{real}\"] button[data-action=\"{action}\"]')"
+        );
+        b.wait_for(&format!("!!{js}"), Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        b.eval(&format!("{js}.click(), true")).unwrap();
+    };
+    let until = |what: &str, f: &dyn Fn(&Listing) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f(&agent.list()) {
+            assert!(Instant::now() < deadline, "{what}: {}", agent.list().0);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    click(&mut browser, "10.0.0.11:80", "drain");
+    until("drained", &|l| weight(l, "10.0.0.11:80") == 0);
+    click(&mut browser, "10.0.0.11:80", "restore");
+    until("restored", &|l| weight(l, "10.0.0.11:80") == 1);
+    click(&mut browser, "10.0.0.12:80", "out");
+    until("taken out", &|l| {
+        !l.reals(SVC).contains(&"10.0.0.12:80".to_owned())
+    });
+    click(&mut browser, "10.0.0.12", "in");
+    until("put back in", &|l| {
+        l.reals(SVC).contains(&"10.0.0.12:80".to_owned())
+    });
+    let back = agent.list();
+    let back = back.real(SVC, "10.0.0.12:80");
+    assert_eq!(back["weight"], 1);
+    assert!(
+        back["check"].is_object(),
+        "its health check came back with it: {back}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
