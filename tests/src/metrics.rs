@@ -168,9 +168,13 @@ mod tests {
 
     #[test]
     fn parses_families_samples_and_escaped_labels() {
-        let text = "# HELP a_total Things.\n# TYPE a_total counter\na_total{x=\"1\",y=\"q\\\"\\\\\\n\"} 7\n\
-                    # TYPE b gauge\nb 2.5\n";
+        let text = "# HELP a Things.\n# TYPE a counter\na_total{x=\"1\",y=\"q\\\"\\\\\\n\"} 7\n\
+                    # TYPE b gauge\nb 2.5\n# EOF\n";
         let scrape = Scrape::parse(text).unwrap();
+        assert!(
+            Scrape::parse(&text.replace("# EOF\n", "")).is_err(),
+            "no # EOF"
+        );
         assert_eq!(scrape.types["a_total"], "counter");
         assert_eq!(scrape.types["b"], "gauge");
         assert_eq!(scrape.value("a_total", &[("y", "q\"\\\n")]), 7.0);

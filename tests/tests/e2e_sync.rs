@@ -719,9 +719,21 @@ fn list_sync_shows_the_peers() {
         .find(|l| l.starts_with(&peer))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains(" up ") && line.contains("same"), "{line}");
+    // The HTTP API on the control socket shows the same peers.
+    let view = lb_tests::web::Api::Socket(d1.socket()).get_json("/api/v1/sync");
+    assert_eq!(view["peers"][0]["address"], peer, "{view}");
+    assert_eq!(view["peers"][0]["state"], "up", "{view}");
+    assert_eq!(view["peers"][0]["config_match"], true, "{view}");
     drop(d2);
     let lone = Agent::start(topo.director(2).ns(), "eth0", &[]).unwrap();
     let out = lone.cli(&["list", "--sync"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("connection sync is not configured"));
+    let r = lb_tests::web::Api::Socket(lone.socket()).get("/api/v1/sync");
+    assert_eq!(r.status, 404);
+    assert!(
+        r.error().contains("connection sync is not configured"),
+        "{}",
+        r.body
+    );
 }

@@ -62,7 +62,7 @@ fn the_api_on_the_control_socket_does_what_the_cli_does() {
         return;
     }
     let topo = DrTopology::new(2).expect("topology");
-    let agent = Agent::start(topo.director().ns(), "eth0", &[]).expect("agent");
+    let mut agent = Agent::start(topo.director().ns(), "eth0", &[]).expect("agent");
     let api = Api::Socket(agent.socket());
     let (rs1, rs2) = (topo.reals()[0].name(), topo.reals()[1].name());
 
@@ -116,6 +116,10 @@ fn the_api_on_the_control_socket_does_what_the_cli_does() {
         names.iter().all(|n| n == rs2),
         "drained {rs1} still answers: {names:?}"
     );
+    // The weight to restore outlives the agent (its saved state).
+    agent.kill();
+    agent.restart().expect("the agent adopts its datapath");
+    let api = Api::Socket(agent.socket());
     let previous = api.get_json(&format!("{SVC_PATH}/reals/10.0.0.11"))["previous_weight"].clone();
     let r = api.call(
         "PUT",

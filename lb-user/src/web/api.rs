@@ -228,7 +228,16 @@ fn real_addr(text: &str) -> Result<(IpAddr, Option<u16>)> {
 }
 
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| bad(format!("malformed request body: {e}")))
+    serde_json::from_slice(bytes).map_err(malformed)
+}
+
+/// A part of a body already parsed.
+fn part<T: DeserializeOwned>(fields: serde_json::Map<String, Value>) -> Result<T> {
+    serde_json::from_value(Value::Object(fields)).map_err(malformed)
+}
+
+fn malformed(e: serde_json::Error) -> ApiError {
+    bad(format!("malformed request body: {e}"))
 }
 
 /// A body that may be empty (none given means all defaults).
@@ -312,8 +321,8 @@ async fn add_service(State(api): State<Api>, bytes: Bytes) -> Result<HttpRespons
             addr.insert(k.to_owned(), v);
         }
     }
-    let service: ServiceAddr = body(&serde_json::to_vec(&addr).unwrap_or_default())?;
-    let scheduler: SchedulerSpec = body(&serde_json::to_vec(&fields).unwrap_or_default())?;
+    let service: ServiceAddr = part(addr)?;
+    let scheduler: SchedulerSpec = part(fields)?;
     api.call(
         Request::AddService { service, scheduler },
         StatusCode::BAD_REQUEST,
