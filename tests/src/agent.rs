@@ -137,7 +137,9 @@ fn live_netns_inodes() -> HashSet<u64> {
 }
 
 impl XdplbProc {
-    const READY_TIMEOUT: Duration = Duration::from_secs(10);
+    /// A start loads the program (the verifier takes about 5 s on these machines); a restart
+    /// that finds its pinned datapath stale loads it twice.
+    const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
     /// Starts `xdplb <args(dir)>` inside `ns`; `role` names it and its directory, `dir`, which
     /// `args` may use (and put files in).

@@ -5,7 +5,7 @@
 //! buttons drain, restore, take out and put back in through the API.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lb_tests::client::fetch_each;
@@ -22,13 +22,30 @@ fn needs() -> bool {
     require_root() && require_program("curl", "curl")
 }
 
-/// A token file for `--web-token`, mode 0600, next to the agent's other files.
-fn token_file(dir: &Path) -> String {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = dir.join("web-token");
-    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path.to_str().unwrap().to_owned()
+/// A test's scratch directory, removed when dropped, with a token file for `--web-token`
+/// (mode 0600) in it.
+struct Scratch {
+    dir: PathBuf,
+    token: String,
+}
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("xdplb-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("web-token");
+        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let token = path.to_str().unwrap().to_owned();
+        Self { dir, token }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Which real server each of `n` new connections reached, by name.
@@ -280,9 +297,8 @@ fn the_web_door_reads_and_changes_only_with_the_token() {
     }
     let topo = DrTopology::new(2).expect("topology");
     let director = topo.director().ns();
-    let dir = std::env::temp_dir().join(format!("xdplb-web-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token = token_file(&dir);
+    let scratch = Scratch::new("web");
+    let token = &scratch.token;
     let web = WEB.to_string();
     let agent =
         Agent::start(director, "eth0", &["--web", &web, "--web-token", &token]).expect("agent");
@@ -330,7 +346,6 @@ fn the_web_door_reads_and_changes_only_with_the_token() {
     assert_eq!(api.call("POST", "/api/v1/drain", None, None).status, 403);
     assert_eq!(weight(&agent.list(), "10.0.0.11:80"), 1);
     assert!(!agent.list().0["drained"].as_bool().unwrap_or(false));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A bad token file stops the agent before it starts, with one line naming the file.
@@ -341,9 +356,8 @@ fn a_token_file_others_can_read_is_refused() {
     }
     use std::os::unix::fs::PermissionsExt as _;
     let topo = DrTopology::new(1).expect("topology");
-    let dir = std::env::temp_dir().join(format!("xdplb-web-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token = token_file(&dir);
+    let scratch = Scratch::new("web-bad");
+    let token = &scratch.token;
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let web = WEB.to_string();
     let err = Agent::start(
@@ -360,7 +374,6 @@ fn a_token_file_others_can_read_is_refused() {
         )),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -370,9 +383,8 @@ fn the_status_page_shows_live_rates_in_a_real_browser() {
     }
     let topo = DrTopology::with_servers(3, Serve::Once).expect("topology");
     let director = topo.director().ns();
-    let dir = std::env::temp_dir().join(format!("xdplb-page-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token = token_file(&dir);
+    let scratch = Scratch::new("page");
+    let (dir, token) = (&scratch.dir, &scratch.token);
     let web = WEB.to_string();
     let agent =
         Agent::start(director, "eth0", &["--web", &web, "--web-token", &token]).expect("agent");
@@ -536,5 +548,4 @@ fn the_status_page_shows_live_rates_in_a_real_browser() {
         back["check"].is_object(),
         "its health check came back with it: {back}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

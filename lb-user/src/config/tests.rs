@@ -247,6 +247,17 @@ fn sync_and_announce_parse_and_save_back() {
     );
 }
 
+/// Each config is refused with one line starting with FILE:LINE: and saying the reason.
+fn assert_errors(cases: &[(String, &str, &str)]) {
+    for (text, at, reason) in cases {
+        let e = error(text);
+        assert!(
+            e.starts_with(at) && e.contains(reason) && !e.contains('\n'),
+            "{e:?} for {text:?}"
+        );
+    }
+}
+
 #[test]
 fn bad_sync_or_announce_tables_name_their_line() {
     let good = key_file("good2.key", "0123456789abcdef0123\n", 0o600);
@@ -281,13 +292,7 @@ fn bad_sync_or_announce_tables_name_their_line() {
             "bogus",
         ),
     ];
-    for (text, at, reason) in cases {
-        let e = error(&text);
-        assert!(
-            e.starts_with(at) && e.contains(reason) && !e.contains('\n'),
-            "{e:?} for {text:?}"
-        );
-    }
+    assert_errors(&cases);
 }
 
 #[test]
@@ -329,11 +334,5 @@ fn the_web_section_parses_saves_back_and_names_its_line() {
             "invalid socket address",
         ),
     ];
-    for (text, at, reason) in cases {
-        let e = error(&text);
-        assert!(
-            e.starts_with(at) && e.contains(reason) && !e.contains('\n'),
-            "{e:?} for {text:?}"
-        );
-    }
+    assert_errors(&cases);
 }
