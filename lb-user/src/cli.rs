@@ -392,7 +392,8 @@ pub struct RealArgs {
     #[arg(long, value_name = "MAC")]
     mac: Option<Mac>,
     /// Health check with the default timing (every second, down after 2 failures, up after 2
-    /// successes): tcp, http:/PATH (status 200), or none. The config file sets every detail.
+    /// successes): tcp, http:/PATH or https:/PATH (status 200; https verifies the certificate),
+    /// ping, script:COMMAND (exit 0 is up), or none. The config file sets every detail.
     #[arg(long, value_name = "CHECK", value_parser = parse_check)]
     check: Option<CheckArg>,
     /// Upper connection threshold: at this many connections (active and inactive) no new ones
@@ -409,17 +410,40 @@ pub struct RealArgs {
 struct CheckArg(Option<HealthCheck>);
 
 fn parse_check(s: &str) -> Result<CheckArg, String> {
+    let web = |path: &str, tls: bool| match tls {
+        false => Check::Http {
+            path: path.to_owned(),
+            status: 200,
+            body: None,
+        },
+        true => Check::Https {
+            path: path.to_owned(),
+            status: 200,
+            body: None,
+            verify: true,
+            sni: None,
+            ca_file: None,
+        },
+    };
     let check = match s {
         "none" => return Ok(CheckArg(None)),
         "tcp" => Check::Tcp,
-        _ => match s.strip_prefix("http:") {
-            Some(path) => Check::Http {
-                path: path.to_owned(),
-                status: 200,
-                body: None,
-            },
-            None => return Err(format!("'{s}' is not a check: tcp, http:/PATH or none")),
-        },
+        "ping" => Check::Ping,
+        _ => {
+            if let Some(path) = s.strip_prefix("http:") {
+                web(path, false)
+            } else if let Some(path) = s.strip_prefix("https:") {
+                web(path, true)
+            } else if let Some(command) = s.strip_prefix("script:") {
+                Check::Script {
+                    command: command.to_owned(),
+                }
+            } else {
+                return Err(format!(
+                    "'{s}' is not a check: tcp, http:/PATH, https:/PATH, ping, script:COMMAND or none"
+                ));
+            }
+        }
     };
     let hc = HealthCheck {
         check,
@@ -904,9 +928,34 @@ mod check_tests {
                 body: None
             }
         );
-        assert!(check_of(&["--check", "ping"])
-            .unwrap_err()
-            .contains("'ping' is not a check"));
+        let set = |arg: &str| match check_of(&["--check", arg]) {
+            Ok(Some(CheckChange::Set(c))) => c.check,
+            other => panic!("{arg}: {other:?}"),
+        };
+        assert_eq!(set("ping"), Check::Ping);
+        assert_eq!(
+            set("https:/"),
+            Check::Https {
+                path: "/".into(),
+                status: 200,
+                body: None,
+                verify: true,
+                sni: None,
+                ca_file: None
+            }
+        );
+        assert_eq!(
+            set("script:/bin/true --quick"),
+            Check::Script {
+                command: "/bin/true --quick".into()
+            }
+        );
+        assert!(check_of(&["--check", "icmp"]).unwrap_err().contains(
+            "'icmp' is not a check: tcp, http:/PATH, https:/PATH, ping, script:COMMAND or none"
+        ));
         assert!(check_of(&["--check", "http:nopath"]).is_err());
+        assert!(check_of(&["--check", "script:relative.sh"])
+            .unwrap_err()
+            .contains("must be an absolute path"));
     }
 }

@@ -474,9 +474,13 @@ impl Agent {
     }
 
     /// `xdplb list --json` (no counters), parsed, without the connections each real server has
-    /// now: the configuration the agent runs.
+    /// now and without the agent's own figures: the configuration the agent runs.
     pub fn list_config(&self) -> Listing {
         let mut l = self.list_json(&["list", "--json"]);
+        // The agent's own figures (reloads, start time, program) are not configuration.
+        if let Some(o) = l.0.as_object_mut() {
+            o.remove("agent");
+        }
         for svc in l.0["services"].as_array_mut().into_iter().flatten() {
             for real in svc["reals"].as_array_mut().into_iter().flatten() {
                 if let Some(r) = real.as_object_mut() {

@@ -301,7 +301,7 @@ fn the_web_door_reads_and_changes_only_with_the_token() {
     let token = &scratch.token;
     let web = WEB.to_string();
     let agent =
-        Agent::start(director, "eth0", &["--web", &web, "--web-token", &token]).expect("agent");
+        Agent::start(director, "eth0", &["--web", &web, "--web-token", token]).expect("agent");
     topo.configure(&agent);
     let api = Api::Web(director, SocketAddr::V4(WEB));
 
@@ -358,12 +358,12 @@ fn a_token_file_others_can_read_is_refused() {
     let topo = DrTopology::new(1).expect("topology");
     let scratch = Scratch::new("web-bad");
     let token = &scratch.token;
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let web = WEB.to_string();
     let err = Agent::start(
         topo.director().ns(),
         "eth0",
-        &["--web", &web, "--web-token", &token],
+        &["--web", &web, "--web-token", token],
     )
     .err()
     .expect("the agent refuses the token file");
@@ -387,7 +387,7 @@ fn the_status_page_shows_live_rates_in_a_real_browser() {
     let (dir, token) = (&scratch.dir, &scratch.token);
     let web = WEB.to_string();
     let agent =
-        Agent::start(director, "eth0", &["--web", &web, "--web-token", &token]).expect("agent");
+        Agent::start(director, "eth0", &["--web", &web, "--web-token", token]).expect("agent");
     topo.configure(&agent);
     // Health checks: the third real server's server is gone, so it is down with an error.
     topo.kill_server(3);

@@ -1,6 +1,7 @@
 //! The distribution's packages the tests start daemons and clients from (keepalived for VRRP,
-//! BIRD for BGP, curl and headless Chromium for the HTTP API and the status page): installed
-//! with apt-get when missing, so a fresh machine runs every test with one command.
+//! BIRD for BGP, curl and headless Chromium for the HTTP API and the status page, openssl's
+//! TLS server for the https checks): installed with apt-get when missing, so a fresh machine runs
+//! every test with one command.
 //! Installing starts no service here (policy-rc.d, no systemd): the tests start the daemons
 //! themselves, inside their namespaces.
 
@@ -11,11 +12,13 @@ use anyhow::{Context as _, Result};
 use crate::toolchain::run;
 
 /// (program the tests run, Debian package that has it).
-const NEEDED: [(&str, &str); 4] = [
+const NEEDED: [(&str, &str); 5] = [
     ("keepalived", "keepalived"),
     ("bird", "bird2"),
     ("curl", "curl"),
     ("chromium", "chromium"),
+    // The TLS server and certificates of the https check tests.
+    ("openssl", "openssl"),
 ];
 
 fn installed(program: &str) -> bool {

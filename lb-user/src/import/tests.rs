@@ -471,7 +471,7 @@ fn timing_is_inherited_and_fitted_to_xdplb() {
 #[test]
 fn http_checks() {
     let (config, lines) = converted(&web(
-        "    lb_algo rr\n    real_server 10.0.0.11 80 {\n        HTTP_GET {\n            url {\n                path /a\n                status_code 200-299 404\n                regex o.k\n            }\n            url {\n                path /b\n            }\n            http_protocol 1.1\n        }\n    }\n    real_server 10.0.0.12 80 {\n        HTTP_GET {\n            url {\n                path /c\n                regex ok\n                regex_no_match\n            }\n        }\n    }\n",
+        "    lb_algo rr\n    real_server 10.0.0.11 80 {\n        HTTP_GET {\n            url {\n                path /a\n                status_code 200-299 404\n                regex o.k\n            }\n            url {\n                path /b\n            }\n            http_protocol 1.0\n        }\n    }\n    real_server 10.0.0.12 80 {\n        HTTP_GET {\n            url {\n                path /c\n                regex ok\n                regex_no_match\n            }\n        }\n    }\n",
     ));
     let svc = service(&config, Protocol::Tcp, 80);
     assert_eq!(
@@ -516,7 +516,7 @@ fn http_checks() {
     assert_note(
         &lines,
         15,
-        "http_protocol 1.1: xdplb's check sends HTTP/1.0",
+        "http_protocol 1.0: xdplb's check sends HTTP/1.1",
     );
     assert_note(
         &lines,
@@ -532,30 +532,75 @@ fn one_check_per_real_server() {
         "    lb_algo rr\n    real_server 10.0.0.11 80 {\n        SSL_GET {\n            url {\n                path /\n            }\n        }\n        HTTP_GET {\n            url {\n                path /h\n                status_code 200\n            }\n        }\n        TCP_CHECK {\n        }\n    }\n    real_server 10.0.0.12 80 {\n        SSL_GET {\n            connect_port 443\n            url {\n                path /\n            }\n        }\n    }\n    real_server 10.0.0.13 80 {\n        MISC_CHECK {\n            misc_path /bin/true\n        }\n    }\n",
     ));
     let svc = service(&config, Protocol::Tcp, 80);
-    assert!(matches!(check(svc, 0).check, Check::Http { .. }));
+    // The first checker is carried over: an SSL_GET is an https check that does not verify.
+    assert!(matches!(
+        check(svc, 0).check,
+        Check::Https { verify: false, .. }
+    ));
     assert_note(
         &lines,
-        6,
-        "SSL_GET: xdplb runs one check per real server: the HTTP_GET of line 11 is carried over",
+        11,
+        "HTTP_GET: xdplb runs one check per real server: the SSL_GET of line 6 is carried over",
     );
     assert_note(
         &lines,
         17,
         "TCP_CHECK: xdplb runs one check per real server",
     );
-    // An SSL_GET alone becomes a TCP connect to its port.
     let ssl = check(svc, 1);
-    assert_eq!((ssl.check, ssl.port), (Check::Tcp, Some(443)));
+    assert_eq!(ssl.port, Some(443));
+    assert_eq!(
+        ssl.check,
+        Check::Https {
+            path: "/".into(),
+            status: 200,
+            body: None,
+            verify: false,
+            sni: None,
+            ca_file: None
+        }
+    );
     assert_note(
         &lines,
         21,
-        "SSL_GET: xdplb has no TLS check: a TCP connect to port 443",
+        "SSL_GET: an https check that does not verify the certificate (verify = false)",
     );
-    assert_eq!(svc.reals[2].get_ref().check, None);
+    assert_eq!(
+        check(svc, 2).check,
+        Check::Script {
+            command: "/bin/true".into()
+        }
+    );
+}
+
+#[test]
+fn misc_and_ping_checks() {
+    let (config, lines) = converted(&web(
+        "    lb_algo rr\n    real_server 10.0.0.11 80 {\n        MISC_CHECK {\n            misc_path \"/bin/true --quick\"\n            misc_timeout 3\n            misc_dynamic\n        }\n    }\n    real_server 10.0.0.12 80 {\n        PING_CHECK {\n            connect_timeout 2\n        }\n    }\n",
+    ));
+    let svc = service(&config, Protocol::Tcp, 80);
+    let misc = check(svc, 0);
+    assert_eq!(
+        misc.check,
+        Check::Script {
+            command: "/bin/true --quick".into()
+        }
+    );
+    assert_eq!(misc.timeout_ms, 3000);
     assert_note(
         &lines,
-        29,
-        "MISC_CHECK: xdplb has no such check: not carried over",
+        9,
+        "misc_dynamic: xdplb's script checks say up (exit 0) or down",
+    );
+    let ping = check(svc, 1);
+    assert_eq!((ping.check, ping.timeout_ms), (Check::Ping, 2000));
+    let (out, lines) = import(&web(
+        "    real_server 10.0.0.13 80 {\n        MISC_CHECK {\n        }\n    }\n",
+    ));
+    assert!(out.is_none());
+    assert!(
+        lines.contains(&"keepalived.conf:5: error: MISC_CHECK without misc_path".to_owned()),
+        "{lines:#?}"
     );
 }
 
@@ -642,7 +687,7 @@ virtual_server 10.0.0.100 80 {
         (9, "vrrp_instance VI_1: belongs to keepalived itself"),
         (10, "interface eth1: the director's interface, taken from the vrrp_instance"),
         (13, "virtual_server_group WEB: xdplb has no virtual server groups: skipped"),
-        (16, "SSL: xdplb has no TLS checks"),
+        (16, "SSL: keepalived's own TLS settings: skipped"),
         (19, "real servers without inhibit_on_failure: keepalived removes a failed one"),
         (23, "ha_suspend: xdplb checks real servers whether or not this director holds the VIP"),
         (24, "alpha: xdplb starts real servers up"),

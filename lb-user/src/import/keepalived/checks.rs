@@ -86,8 +86,12 @@ impl Timing {
 pub(super) enum Kind {
     Tcp,
     Http,
-    /// SSL_GET: checked by a TCP connect (xdplb has no TLS check).
+    /// SSL_GET: an https check.
     Ssl,
+    /// MISC_CHECK: a script check.
+    Misc,
+    /// PING_CHECK: a ping check.
+    Ping,
 }
 
 pub(super) struct Checker {
@@ -96,8 +100,10 @@ pub(super) struct Checker {
     pub(super) name: String,
     pub(super) port: Option<u16>,
     pub(super) timing: Timing,
-    /// HTTP_GET: (path, status, body).
+    /// HTTP_GET, SSL_GET: (path, status, body).
     pub(super) http: Option<(String, u16, Option<String>)>,
+    /// MISC_CHECK: the command (misc_path).
+    pub(super) command: Option<String>,
 }
 
 pub(super) fn checker(item: &Item, report: &mut Report) -> Option<Checker> {
@@ -105,6 +111,8 @@ pub(super) fn checker(item: &Item, report: &mut Report) -> Option<Checker> {
     let kind = match name.as_str() {
         "TCP_CHECK" => Kind::Tcp,
         "HTTP_GET" => Kind::Http,
+        "MISC_CHECK" => Kind::Misc,
+        "PING_CHECK" => Kind::Ping,
         _ => Kind::Ssl,
     };
     let mut c = Checker {
@@ -114,12 +122,14 @@ pub(super) fn checker(item: &Item, report: &mut Report) -> Option<Checker> {
         port: None,
         timing: Timing::default(),
         http: None,
+        command: None,
     };
     let mut urls = Vec::new();
     for sub in item.block.iter().flatten() {
         let text = sub.text();
         let note = |report: &mut Report, why: &str| report.note(&sub.pos, format!("{text}: {why}"));
-        let http = kind != Kind::Tcp;
+        let http = matches!(kind, Kind::Http | Kind::Ssl);
+        let misc = kind == Kind::Misc;
         if c.timing.take(sub, true, report) {
             if sub.keyword() == "alpha" && c.timing.alpha.as_ref().is_some_and(|a| a.value) {
                 note(report, ALPHA);
@@ -143,10 +153,10 @@ pub(super) fn checker(item: &Item, report: &mut Report) -> Option<Checker> {
             }
             "virtualhost" if http => note(report, VIRTUALHOST),
             "http_protocol" if http => match value(sub, report) {
-                Some("1.0" | "1.0C" | "1.0c") | None => {}
-                Some("1.1") => note(
+                Some("1.1") | None => {}
+                Some("1.0" | "1.0C" | "1.0c") => note(
                     report,
-                    "xdplb's check sends HTTP/1.0 requests (with Host and Connection: close)",
+                    "xdplb's check sends HTTP/1.1 requests (with Host and Connection: close)",
                 ),
                 Some(v) => report.error(
                     &sub.pos,
@@ -158,11 +168,30 @@ pub(super) fn checker(item: &Item, report: &mut Report) -> Option<Checker> {
             }
             "enable_sni" | "sni_name" | "tls_compliant" if http => {}
             "url" if http => urls.push(sub),
+            // A quoted misc_path is one word; an unquoted one with arguments, several.
+            "misc_path" if misc => c.command = Some(sub.args().join(" ")),
+            "misc_timeout" if misc => {
+                c.timing.connect_timeout = unsigned(sub, 1, u32::MAX, report).map(|s| At {
+                    value: u64::from(s) * 1000,
+                    pos: sub.pos.clone(),
+                })
+            }
+            "misc_dynamic" if misc => note(
+                report,
+                "xdplb's script checks say up (exit 0) or down, they set no weight",
+            ),
+            "user" if misc => note(report, "xdplb runs the script as the agent's user"),
             k => report.error(&sub.pos, format!("unknown keyword '{k}' in {name}")),
         }
     }
-    if kind == Kind::Tcp {
-        return Some(c);
+    match kind {
+        Kind::Tcp | Kind::Ping => return Some(c),
+        Kind::Misc if c.command.is_none() => {
+            report.error(&item.pos, format!("{name} without misc_path"));
+            return None;
+        }
+        Kind::Misc => return Some(c),
+        Kind::Http | Kind::Ssl => {}
     }
     let Some(first) = urls.first() else {
         report.error(
@@ -180,9 +209,7 @@ pub(super) fn checker(item: &Item, report: &mut Report) -> Option<Checker> {
             ),
         );
     }
-    if kind == Kind::Http {
-        c.http = Some(url(first, report)?);
-    }
+    c.http = Some(url(first, report)?);
     Some(c)
 }
 
@@ -282,8 +309,7 @@ fn status_code(item: &Item, report: &mut Report) -> Option<u16> {
     }
 }
 
-/// The check of a real server: the first TCP_CHECK or HTTP_GET (else an SSL_GET, as a TCP
-/// connect), with keepalived's timing mapped: `delay_loop` -> interval, `connect_timeout` ->
+/// The check of a real server: its first checker, with keepalived's timing mapped: `delay_loop` -> interval, `connect_timeout` ->
 /// timeout, `retry` -> fall = retry + 1 (the failures before a server is down), rise 1 (one
 /// success brings it back).
 pub(super) fn health_check(
@@ -292,11 +318,7 @@ pub(super) fn health_check(
     service_port: u16,
     report: &mut Report,
 ) -> Option<HealthCheck> {
-    let chosen = rs
-        .checkers
-        .iter()
-        .find(|c| c.kind != Kind::Ssl)
-        .or(rs.checkers.first())?;
+    let chosen = rs.checkers.first()?;
     for other in rs.checkers.iter().filter(|c| c.pos != chosen.pos) {
         report.note(
             &other.pos,
@@ -318,7 +340,7 @@ pub(super) fn health_check(
     if c.kind == Kind::Ssl {
         report.note(
             &c.pos,
-            format!("SSL_GET: xdplb has no TLS check: a TCP connect to port {probe_port} checks this real server instead"),
+            "SSL_GET: an https check that does not verify the certificate (verify = false), as keepalived checks; set verify and ca_file to verify it",
         );
     }
 
@@ -398,14 +420,23 @@ pub(super) fn health_check(
             ),
         );
     }
+    let (path, status, body) = c.http.clone().unwrap_or(("/".into(), 200, None));
     let check = HealthCheck {
-        check: match &c.http {
-            Some((path, status, body)) => Check::Http {
-                path: path.clone(),
-                status: *status,
-                body: body.clone(),
+        check: match c.kind {
+            Kind::Tcp => Check::Tcp,
+            Kind::Http => Check::Http { path, status, body },
+            Kind::Ssl => Check::Https {
+                path,
+                status,
+                body,
+                verify: false,
+                sni: None,
+                ca_file: None,
             },
-            None => Check::Tcp,
+            Kind::Misc => Check::Script {
+                command: c.command.clone().unwrap_or_default(),
+            },
+            Kind::Ping => Check::Ping,
         },
         port: (probe_port != service_port).then_some(probe_port),
         interval_ms: interval,

@@ -104,7 +104,7 @@ pub fn convert(
             ),
             "SSL" => report.note(
                 &item.pos,
-                "SSL: xdplb has no TLS checks: skipped (SSL_GET becomes a TCP connect check)",
+                "SSL: keepalived's own TLS settings: skipped (an https check takes its ca_file itself and sends no client certificate)",
             ),
             k if KEEPALIVED_OWN.contains(&k) => report.note(
                 &item.pos,
@@ -575,9 +575,10 @@ fn real_server(item: &Item, report: &mut Report) -> Option<RsConf> {
             ),
             "smtp_alert" | "snmp_name" => note(report, NO_ALERTS),
             "virtualhost" => note(report, VIRTUALHOST),
-            "TCP_CHECK" | "HTTP_GET" | "SSL_GET" => rs.checkers.extend(checker(sub, report)),
-            "SMTP_CHECK" | "DNS_CHECK" | "MISC_CHECK" | "BFD_CHECK" | "UDP_CHECK"
-            | "PING_CHECK" | "FILE_CHECK" => report.note(
+            "TCP_CHECK" | "HTTP_GET" | "SSL_GET" | "MISC_CHECK" | "PING_CHECK" => {
+                rs.checkers.extend(checker(sub, report))
+            }
+            "SMTP_CHECK" | "DNS_CHECK" | "BFD_CHECK" | "UDP_CHECK" | "FILE_CHECK" => report.note(
                 &sub.pos,
                 format!(
                     "{}: xdplb has no such check: not carried over",

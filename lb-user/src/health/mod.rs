@@ -1,10 +1,15 @@
 //! Health checks for real servers, as keepalived's checkers do them: every checked real server
-//! gets a tokio task that probes it every `interval_ms` (a TCP connect, or an HTTP `GET`), and a
+//! gets a tokio task that probes it every `interval_ms` (a TCP connect, an HTTP or HTTPS `GET`
+//! ([`http`]), an ICMP echo ([`ping`]) or a command ([`script`])), and a
 //! [`Transition`] is reported only when `fall` consecutive probes failed (Up -> Down) or `rise`
 //! consecutive probes succeeded (Down -> Up). A server starts Up: it is trusted until proven dead.
 //!
 //! The agent owns a [`Monitor`], hands it the set of [`Target`]s whenever the configuration
 //! changes, and turns the transitions it receives into weight-0-like "down" real servers.
+
+mod http;
+mod ping;
+mod script;
 
 use std::{
     collections::{hash_map::RandomState, HashMap},
@@ -12,6 +17,7 @@ use std::{
     hash::{BuildHasher as _, Hash},
     io,
     net::SocketAddr,
+    path::PathBuf,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
@@ -19,7 +25,6 @@ use std::{
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
     sync::mpsc::UnboundedSender,
     task::JoinHandle,
@@ -63,8 +68,19 @@ fn default_fall() -> u32 {
     DEFAULT_FALL
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
+}
+
 /// What to check. TOML/JSON form: `{ type = "tcp" }`,
-/// `{ type = "http", path = "/health", status = 200, body = "ok" }`, `{ type = "none" }`.
+/// `{ type = "http", path = "/health", status = 200, body = "ok" }`,
+/// `{ type = "https", path = "/", verify = false, sni = "www.example.com" }`,
+/// `{ type = "ping" }`, `{ type = "script", command = "/usr/local/bin/check --fast" }`,
+/// `{ type = "none" }`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Check {
@@ -72,9 +88,9 @@ pub enum Check {
     None,
     /// A TCP connect within the timeout (then close).
     Tcp,
-    /// `GET path` over plain TCP (HTTP/1.0, `Host` and `Connection: close`) within the timeout;
+    /// `GET path` (HTTP/1.1 with `Connection: close`, hyper's client) within the timeout;
     /// success iff the status code is `status` and, if `body` is set, the body (its first
-    /// [`MAX_RESPONSE`] bytes with the headers) contains that substring.
+    /// [`MAX_RESPONSE`] bytes) contains that substring.
     Http {
         #[serde(default = "default_path")]
         path: String,
@@ -83,6 +99,27 @@ pub enum Check {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         body: Option<String>,
     },
+    /// The same over TLS (rustls; keepalived's SSL_GET): the certificate verified against
+    /// `ca_file` or the system's roots unless `verify` is false, for the name `sni` (sent as
+    /// SNI and used as `Host`), else for the real server's address.
+    Https {
+        #[serde(default = "default_path")]
+        path: String,
+        #[serde(default = "default_status")]
+        status: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<String>,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        verify: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sni: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
+    },
+    /// An ICMP (ICMPv6) echo answered within the timeout.
+    Ping,
+    /// A command that exits 0 within the timeout (see [`script`]).
+    Script { command: String },
 }
 
 /// A check with its timing. `type` may be left out: it defaults to `tcp`.
@@ -152,21 +189,39 @@ impl HealthCheck {
         if self.port == Some(0) {
             bail!("health check port 0 is not a valid port");
         }
-        if let Check::Http { path, status, body } = &self.check {
-            if !path.starts_with('/') {
-                bail!("http check path must start with '/', got {path:?}");
+        match &self.check {
+            Check::Http { path, status, body }
+            | Check::Https {
+                path, status, body, ..
+            } => {
+                if !path.starts_with('/') {
+                    bail!("http check path must start with '/', got {path:?}");
+                }
+                if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    bail!(
+                        "http check path must not contain spaces or control characters, got {path:?}"
+                    );
+                }
+                if !(100..=599).contains(status) {
+                    bail!("http check status must be 100..=599, got {status}");
+                }
+                if body.as_ref().is_some_and(|b| b.len() > MAX_RESPONSE) {
+                    bail!("http check body is longer than the {MAX_RESPONSE} bytes a check reads");
+                }
             }
-            if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                bail!(
-                    "http check path must not contain spaces or control characters, got {path:?}"
-                );
-            }
-            if !(100..=599).contains(status) {
-                bail!("http check status must be 100..=599, got {status}");
-            }
-            if body.as_ref().is_some_and(|b| b.len() > MAX_RESPONSE) {
-                bail!("http check body is longer than the {MAX_RESPONSE} bytes a check reads");
-            }
+            Check::Script { command } => script::validate(command).map_err(anyhow::Error::msg)?,
+            Check::None | Check::Tcp | Check::Ping => {}
+        }
+        if let Check::Https {
+            verify,
+            sni,
+            ca_file,
+            ..
+        } = &self.check
+        {
+            let any: SocketAddr = ([0, 0, 0, 0], 0).into();
+            http::Tls::new(*verify, sni.as_deref(), ca_file.as_deref(), any)
+                .map_err(anyhow::Error::msg)?;
         }
         Ok(())
     }
@@ -186,6 +241,10 @@ struct RawHealthCheck {
     path: Option<String>,
     status: Option<u16>,
     body: Option<String>,
+    verify: Option<bool>,
+    sni: Option<String>,
+    ca_file: Option<PathBuf>,
+    command: Option<String>,
     port: Option<u16>,
     #[serde(default = "default_interval_ms")]
     interval_ms: u64,
@@ -204,32 +263,65 @@ enum CheckKind {
     #[default]
     Tcp,
     Http,
+    Https,
+    Ping,
+    Script,
 }
 
 impl TryFrom<RawHealthCheck> for HealthCheck {
     type Error = String;
 
     fn try_from(raw: RawHealthCheck) -> Result<Self, String> {
+        use CheckKind as K;
+        // Each field and the kinds of check it belongs to.
+        let only = [
+            ("path", raw.path.is_some(), "http and https"),
+            ("status", raw.status.is_some(), "http and https"),
+            ("body", raw.body.is_some(), "http and https"),
+            ("verify", raw.verify.is_some(), "https"),
+            ("sni", raw.sni.is_some(), "https"),
+            ("ca_file", raw.ca_file.is_some(), "https"),
+            ("command", raw.command.is_some(), "script"),
+        ];
+        let kind = match raw.kind {
+            K::None => "none",
+            K::Tcp => "tcp",
+            K::Http => "http",
+            K::Https => "https",
+            K::Ping => "ping",
+            K::Script => "script",
+        };
+        if let Some((field, _, kinds)) = only
+            .iter()
+            .find(|(_, set, kinds)| *set && !kinds.split(" and ").any(|k| k == kind))
+        {
+            return Err(format!("`{field}` is only for checks of type {kinds}"));
+        }
+        let path = || raw.path.clone().unwrap_or_else(default_path);
+        let status = raw.status.unwrap_or_else(default_status);
         let check = match raw.kind {
-            CheckKind::Http => Check::Http {
-                path: raw.path.unwrap_or_else(default_path),
-                status: raw.status.unwrap_or_else(default_status),
-                body: raw.body,
+            K::None => Check::None,
+            K::Tcp => Check::Tcp,
+            K::Http => Check::Http {
+                path: path(),
+                status,
+                body: raw.body.clone(),
             },
-            kind => {
-                let http_only = [
-                    ("path", raw.path.is_some()),
-                    ("status", raw.status.is_some()),
-                    ("body", raw.body.is_some()),
-                ];
-                if let Some((field, _)) = http_only.iter().find(|(_, set)| *set) {
-                    return Err(format!("`{field}` is only for checks of type \"http\""));
-                }
-                match kind {
-                    CheckKind::None => Check::None,
-                    _ => Check::Tcp,
-                }
-            }
+            K::Https => Check::Https {
+                path: path(),
+                status,
+                body: raw.body.clone(),
+                verify: raw.verify.unwrap_or(true),
+                sni: raw.sni.clone(),
+                ca_file: raw.ca_file.clone(),
+            },
+            K::Ping => Check::Ping,
+            K::Script => Check::Script {
+                command: raw
+                    .command
+                    .clone()
+                    .ok_or("a script check needs its `command`")?,
+            },
         };
         Ok(Self {
             check,
@@ -446,9 +538,10 @@ async fn run<K: Clone>(
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Consecutive results that disagree with the current health.
     let mut streak = 0;
+    let prober = Prober::new(&hc.check, addr);
     loop {
         ticks.tick().await;
-        let result = probe(&hc.check, addr, timeout).await;
+        let result = prober.probe(addr, timeout).await;
         let mut status = lock(&status);
         if status.stopped {
             return;
@@ -472,146 +565,97 @@ async fn run<K: Clone>(
     }
 }
 
-/// One probe of `addr`; the error is one line.
-async fn probe(check: &Check, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
-    if *check == Check::None {
-        return Ok(());
-    }
-    match time::timeout(timeout, probe_now(check, addr)).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("timeout after {} ms", timeout.as_millis())),
-    }
+/// A check ready to probe: what it needs prepared once (the TLS settings of an HTTPS check).
+enum Prober {
+    Pass,
+    Tcp,
+    Http {
+        path: String,
+        status: u16,
+        body: Option<String>,
+        tls: Option<http::Tls>,
+    },
+    Ping,
+    Script(String),
+    /// A check that cannot run (its CA file is gone, say): every probe fails with this.
+    Broken(String),
 }
 
-async fn probe_now(check: &Check, addr: SocketAddr) -> Result<(), String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {}", io_message(&e)))?;
-    match check {
-        // Dropping the stream closes the connection.
-        Check::None | Check::Tcp => Ok(()),
-        Check::Http { path, status, body } => {
-            http_get(stream, addr, path, *status, body.as_deref()).await
+impl Prober {
+    fn new(check: &Check, addr: SocketAddr) -> Self {
+        match check {
+            Check::None => Prober::Pass,
+            Check::Tcp => Prober::Tcp,
+            Check::Http { path, status, body } => Prober::Http {
+                path: path.clone(),
+                status: *status,
+                body: body.clone(),
+                tls: None,
+            },
+            Check::Https {
+                path,
+                status,
+                body,
+                verify,
+                sni,
+                ca_file,
+            } => match http::Tls::new(*verify, sni.as_deref(), ca_file.as_deref(), addr) {
+                Ok(tls) => Prober::Http {
+                    path: path.clone(),
+                    status: *status,
+                    body: body.clone(),
+                    tls: Some(tls),
+                },
+                Err(e) => Prober::Broken(e),
+            },
+            Check::Ping => Prober::Ping,
+            Check::Script { command } => Prober::Script(command.clone()),
         }
     }
-}
 
-/// `GET path`, then the status line and, if `body` is wanted, the body. HTTP/1.0 so that the
-/// server does not answer with chunked encoding; a `Content-Length` ends the body early.
-async fn http_get(
-    mut stream: TcpStream,
-    addr: SocketAddr,
-    path: &str,
-    status: u16,
-    body: Option<&str>,
-) -> Result<(), String> {
-    let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: xdplb-health\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("send HTTP request to {addr}: {}", io_message(&e)))?;
-    let mut buf = Vec::new();
-
-    let line_end = loop {
-        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
-            break i;
-        }
-        if !read_more(&mut stream, &mut buf).await? {
-            return Err(if buf.is_empty() {
-                "connection closed before the HTTP status line".to_owned()
-            } else {
-                format!("malformed HTTP status line {}", quote(&buf))
-            });
-        }
-    };
-    let got = parse_status_line(&buf[..line_end])?;
-    if got != status {
-        return Err(format!("HTTP status {got}, expected {status}"));
-    }
-    let Some(wanted) = body else {
-        return Ok(());
-    };
-
-    let body_start = loop {
-        if let Some(end) = headers_end(&buf) {
-            break end;
-        }
-        if !read_more(&mut stream, &mut buf).await? {
-            return Err("connection closed inside the HTTP headers".to_owned());
-        }
-    };
-    let length = content_length(&buf[..body_start]);
-    loop {
-        let mut received = &buf[body_start..];
-        if let Some(n) = length {
-            received = &received[..received.len().min(n)];
-        }
-        if contains(received, wanted.as_bytes()) {
+    /// One probe of `addr`; the error is one line.
+    async fn probe(&self, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+        if let Prober::Pass = self {
             return Ok(());
         }
-        if length.is_some_and(|n| received.len() >= n) || !read_more(&mut stream, &mut buf).await? {
-            return Err(format!("body does not contain {wanted:?}"));
+        match time::timeout(timeout, self.probe_now(addr)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("timeout after {} ms", timeout.as_millis())),
+        }
+    }
+
+    async fn probe_now(&self, addr: SocketAddr) -> Result<(), String> {
+        match self {
+            Prober::Pass => Ok(()),
+            // Dropping the stream closes the connection.
+            Prober::Tcp => TcpStream::connect(addr)
+                .await
+                .map(drop)
+                .map_err(|e| format!("connect {addr}: {}", io_message(&e))),
+            Prober::Http {
+                path,
+                status,
+                body,
+                tls,
+            } => {
+                let want = http::Expect {
+                    path,
+                    status: *status,
+                    body: body.as_deref(),
+                };
+                http::get(addr, tls.as_ref(), &want).await
+            }
+            Prober::Ping => ping::echo(addr.ip()).await,
+            Prober::Script(command) => script::run(command, addr).await,
+            Prober::Broken(e) => Err(e.clone()),
         }
     }
 }
 
-/// Appends what the server sent next; `false` at EOF or once [`MAX_RESPONSE`] bytes are in.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<bool, String> {
-    let room = MAX_RESPONSE.saturating_sub(buf.len());
-    if room == 0 {
-        return Ok(false);
-    }
-    let mut chunk = [0; 4096];
-    let n = stream
-        .read(&mut chunk[..room.min(4096)])
-        .await
-        .map_err(|e| format!("read HTTP response: {}", io_message(&e)))?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n > 0)
-}
-
-/// The code of `HTTP/1.x 200 OK`.
-fn parse_status_line(line: &[u8]) -> Result<u16, String> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let mut parts = line.splitn(3, |&b| b == b' ');
-    let version = parts.next().unwrap_or_default();
-    let code = parts.next().unwrap_or_default();
-    if !version.starts_with(b"HTTP/") || code.len() != 3 || !code.iter().all(u8::is_ascii_digit) {
-        return Err(format!("malformed HTTP status line {}", quote(line)));
-    }
-    Ok(code.iter().fold(0, |n, &d| n * 10 + u16::from(d - b'0')))
-}
-
-/// Where the body starts: after the first empty line.
-fn headers_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-fn content_length(headers: &[u8]) -> Option<usize> {
-    headers.split(|&b| b == b'\n').find_map(|line| {
-        let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
-        if !name.trim_ascii().eq_ignore_ascii_case(b"content-length") {
-            return None;
-        }
-        std::str::from_utf8(&value[1..]).ok()?.trim().parse().ok()
-    })
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Quoted, escaped (so one line) and cut to 80 bytes.
-fn quote(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(80)]);
-    format!("{text:?}")
+/// One probe of `addr` with `check` (prepared for this probe alone).
+#[cfg(test)]
+async fn probe(check: &Check, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    Prober::new(check, addr).probe(addr, timeout).await
 }
 
 /// "connection refused" rather than "Connection refused (os error 111)".
@@ -630,6 +674,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
         net::TcpListener,
         sync::mpsc::{unbounded_channel, UnboundedReceiver},
     };
@@ -637,6 +682,11 @@ mod tests {
     use super::*;
 
     const LOCAL: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
+
+    /// Where a request's body starts: after the first empty line.
+    fn headers_end(buf: &[u8]) -> Option<usize> {
+        buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    }
 
     fn fast(check: Check) -> HealthCheck {
         HealthCheck {
@@ -743,12 +793,13 @@ mod tests {
         let timeout = Duration::from_millis(500);
         assert_eq!(probe(&http("/health", None), addr, timeout).await, Ok(()));
         let request = requests.lock().unwrap()[0].clone();
-        assert!(request.starts_with("GET /health HTTP/1.0\r\n"), "{request}");
+        // hyper writes header names in lower case.
+        assert!(request.starts_with("GET /health HTTP/1.1\r\n"), "{request}");
         assert!(
-            request.contains(&format!("\r\nHost: {addr}\r\n")),
+            request.contains(&format!("\r\nhost: {addr}\r\n")),
             "{request}"
         );
-        assert!(request.contains("\r\nConnection: close\r\n"), "{request}");
+        assert!(request.contains("\r\nconnection: close\r\n"), "{request}");
 
         let wrong = Check::Http {
             path: "/".into(),
@@ -767,12 +818,12 @@ mod tests {
         let (addr, _) = serve_http("SSH-2.0-OpenSSH\r\n", false).await;
         assert_eq!(
             probe(&http("/", None), addr, timeout).await,
-            Err("malformed HTTP status line \"SSH-2.0-OpenSSH\"".into())
+            Err("HTTP: invalid HTTP version parsed".into())
         );
         let (addr, _) = serve_http("", false).await;
         assert_eq!(
             probe(&http("/", None), addr, timeout).await,
-            Err("connection closed before the HTTP status line".into())
+            Err("HTTP: connection closed before message completed".into())
         );
     }
 
@@ -1052,7 +1103,12 @@ mod tests {
         assert!(error(r#"{"type":"http","interval":1}"#).contains("unknown field `interval`"));
         assert!(error(r#"{"type":"udp"}"#).contains("unknown variant `udp`"));
         assert!(error(r#"{"type":"tcp","path":"/"}"#)
-            .contains("`path` is only for checks of type \"http\""));
+            .contains("`path` is only for checks of type http and https"));
+        assert!(error(r#"{"type":"http","sni":"a.example"}"#)
+            .contains("`sni` is only for checks of type https"));
+        assert!(error(r#"{"type":"ping","command":"/bin/true"}"#)
+            .contains("`command` is only for checks of type script"));
+        assert!(error(r#"{"type":"script"}"#).contains("a script check needs its `command`"));
         assert!(error(r#"{"type":"none","body":"ok"}"#).contains("`body` is only"));
     }
 
