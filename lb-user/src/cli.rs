@@ -62,6 +62,18 @@ pub enum Command {
     /// Print the manual page (troff), generated from these same definitions:
     /// `xdplb man | man -l -`.
     Man,
+    /// Print shell completions: `xdplb completions bash > /etc/bash_completion.d/xdplb`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// A full-screen live view of the director, like top: services and real servers with their
+    /// rates, health, connections and weights (s: sort, r: reverse, q: quit).
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, short = 'd', default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
+        delay: f64,
+    },
     /// Remove a datapath left running without an agent (after SIGQUIT or a crash).
     Detach {
         #[arg(long, short = 'i', value_name = "IF")]
@@ -405,6 +417,14 @@ pub struct RealArgs {
     lower: Option<u32>,
 }
 
+/// `top --delay`: 0.1 to 3600 seconds.
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a delay from 0.1 to 3600 seconds")),
+    }
+}
+
 /// `--check`'s value: a check, or none (which removes one).
 #[derive(Clone, Debug)]
 struct CheckArg(Option<HealthCheck>);
@@ -507,6 +527,14 @@ pub fn execute(cli: Cli) -> Result<()> {
         }
         Command::Detach { iface, bpffs } => return agent::detach(&bpffs, &iface),
         Command::Man => return manual(&mut std::io::stdout()),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "xdplb", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Top { delay } => {
+            return crate::top::run(&cli.socket, std::time::Duration::from_secs_f64(delay))
+        }
         Command::Pktgen(args) => return crate::pktgen::execute(args),
         Command::Import(args) => return crate::import::execute(args),
         Command::Ipvsadm { args } => return crate::ipvsadm::main(&args, &cli.socket),

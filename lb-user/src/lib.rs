@@ -22,4 +22,5 @@ pub mod pktgen;
 pub mod secret;
 pub mod state;
 pub mod sync;
+pub mod top;
 pub mod web;

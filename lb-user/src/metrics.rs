@@ -29,7 +29,8 @@
 //! Service labels: `protocol` (`tcp`, `udp`), `vip`, `port`, `scheduler` (`sh`, `mh`, ...); real
 //! server labels: the service's plus `real` (`RIP:PORT`) and `forward` (`route`, `tunnel`,
 //! `masq`). `xdplb_real_up` is only there for health-checked real servers; an unchecked one
-//! counts as up in `xdplb_service_reals_up`, as the datapath sends it flows.
+//! counts as up in `xdplb_service_reals_up`, as the datapath sends it flows. A family without
+//! samples (no health checks, no sync) is left out.
 
 use std::sync::atomic::AtomicU64;
 

@@ -51,7 +51,24 @@ fn xdplb_in_named(ns: &str, args: &[&str]) -> Result<Output> {
 
 /// `xdplb <args>` inside namespace `ns`, pinning under [`bpffs`], stdin closed.
 fn xdplb_command(ns: &str, args: &[impl AsRef<OsStr>]) -> Result<Command> {
-    let mut cmd = command_in(ns, xdplb_bin());
+    launched_command(ns, &[], args)
+}
+
+/// [`xdplb_command`] started through `launcher` (a program and its arguments, which runs the
+/// rest: `setpriv ...`), or directly when it is empty.
+fn launched_command(
+    ns: &str,
+    launcher: &[OsString],
+    args: &[impl AsRef<OsStr>],
+) -> Result<Command> {
+    let mut cmd = match launcher.split_first() {
+        Some((program, rest)) => {
+            let mut c = command_in(ns, program);
+            c.args(rest).arg(xdplb_bin());
+            c
+        }
+        None => command_in(ns, xdplb_bin()),
+    };
     cmd.env("XDPLB_BPFFS", bpffs()?)
         .args(args)
         .stdin(Stdio::null());
@@ -66,6 +83,7 @@ struct XdplbProc {
     proc: Proc,
     what: String,
     ns: String,
+    launcher: Vec<OsString>,
     args: Vec<OsString>,
     dir: PathBuf,
     log: PathBuf,
@@ -146,6 +164,7 @@ impl XdplbProc {
     fn start(
         ns: &Netns,
         role: &str,
+        launcher: &[OsString],
         args: impl FnOnce(&Path) -> Result<Vec<OsString>>,
     ) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("{}-{role}", names::unique_prefix()));
@@ -153,7 +172,7 @@ impl XdplbProc {
         let log = dir.join(format!("{role}.log"));
         let what = format!("xdplb {role} in {}", ns.name());
         let spawned = args(&dir).and_then(|args| {
-            let proc = spawn_xdplb(ns.name(), &args, &log, &what)?;
+            let proc = spawn_xdplb(ns.name(), launcher, &args, &log, &what)?;
             Ok((proc, args))
         });
         match spawned {
@@ -161,6 +180,7 @@ impl XdplbProc {
                 proc,
                 what,
                 ns: ns.name().to_owned(),
+                launcher: launcher.to_vec(),
                 args,
                 dir,
                 log,
@@ -177,7 +197,7 @@ impl XdplbProc {
         if self.proc.try_wait().is_none() {
             bail!("{} is still running: it cannot be started again", self.what);
         }
-        self.proc = spawn_xdplb(&self.ns, &self.args, &self.log, &self.what)?;
+        self.proc = spawn_xdplb(&self.ns, &self.launcher, &self.args, &self.log, &self.what)?;
         Ok(())
     }
 
@@ -212,9 +232,15 @@ impl XdplbProc {
 }
 
 /// Starts `xdplb <args>` in namespace `ns`, stdout and stderr appended to `log`.
-fn spawn_xdplb(ns: &str, args: &[OsString], log: &Path, what: &str) -> Result<Proc> {
+fn spawn_xdplb(
+    ns: &str,
+    launcher: &[OsString],
+    args: &[OsString],
+    log: &Path,
+    what: &str,
+) -> Result<Proc> {
     let out = OpenOptions::new().create(true).append(true).open(log)?;
-    let mut cmd = xdplb_command(ns, args)?;
+    let mut cmd = launched_command(ns, launcher, args)?;
     cmd.stdout(out.try_clone()?).stderr(out);
     Proc::spawn(&mut cmd, what)
 }
@@ -248,7 +274,7 @@ impl Agent {
     /// Starts `xdplb run --iface <iface> --socket <tmp> <extra_args>` inside `ns` and waits until
     /// it answers on its control socket.
     pub fn start(ns: &Netns, iface: &str, extra_args: &[&str]) -> Result<Self> {
-        Self::launch(ns, Some(iface), None, extra_args)
+        Self::launch(ns, &[], Some(iface), None, extra_args)
     }
 
     /// Writes `config` (TOML, see examples/xdplb.toml) to a file in the agent's directory
@@ -260,17 +286,31 @@ impl Agent {
             text: config.to_owned(),
         };
         let iface = source.parse().ok().map(|c| c.interface);
-        Self::launch(ns, iface.as_deref(), Some(config), &[])
+        Self::launch(ns, &[], iface.as_deref(), Some(config), &[])
+    }
+
+    /// [`Agent::start`] with only the capabilities `caps` (setpriv's names: `bpf`, `net_admin`,
+    /// ...) in its bounding set, as a systemd unit's CapabilityBoundingSet leaves a root service.
+    pub fn start_with_capabilities(ns: &Netns, iface: &str, caps: &[&str]) -> Result<Self> {
+        let set: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+        let launcher = [
+            "setpriv".to_owned(),
+            format!("--bounding-set=-all,{}", set.join(",")),
+            "--".to_owned(),
+        ]
+        .map(OsString::from);
+        Self::launch(ns, &launcher, Some(iface), None, &[])
     }
 
     fn launch(
         ns: &Netns,
+        launcher: &[OsString],
         iface: Option<&str>,
         config: Option<&str>,
         extra_args: &[&str],
     ) -> Result<Self> {
         let (mut socket, mut config_path) = (PathBuf::new(), None);
-        let proc = XdplbProc::start(ns, "agent", |dir| {
+        let proc = XdplbProc::start(ns, "agent", launcher, |dir| {
             socket = dir.join("xdplb.sock");
             let mut args = vec![OsString::from("run")];
             match config {
@@ -537,7 +577,7 @@ impl Decap {
     /// Starts `xdplb decap --iface <iface> <extra_args>` inside `ns` and waits until an XDP
     /// program is attached to `iface`.
     pub fn start(ns: &Netns, iface: &str, extra_args: &[&str]) -> Result<Self> {
-        let mut proc = XdplbProc::start(ns, "decap", |_| {
+        let mut proc = XdplbProc::start(ns, "decap", &[], |_| {
             let args = ["decap", "--iface", iface]
                 .into_iter()
                 .chain(extra_args.iter().copied());

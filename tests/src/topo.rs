@@ -312,6 +312,18 @@ impl DrTopology {
         landed
     }
 
+    /// Which real servers `n` new TCP connections from `fresh` flows reached, by name, in their
+    /// order; panics if one fails.
+    pub fn answered(&self, fresh: &mut FreshFlows, n: usize) -> Vec<String> {
+        let flows = fresh.take(n);
+        self.client
+            .ns
+            .run_in(|| crate::client::fetch_each(&flows, Self::service()))
+            .into_iter()
+            .map(|r| r.expect("a connection through the director"))
+            .collect()
+    }
+
     /// Kills the `lb-testsrv` of real server `i` (counting from 1) with SIGKILL, as a crash
     /// would: the host stays up, but refuses (resets) connections on the port from now on.
     pub fn kill_server(&self, i: usize) -> std::process::ExitStatus {

@@ -7,7 +7,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use lb_tests::client::fetch_each;
 use lb_tests::netns::run;
 use lb_tests::{require_program, require_root, Agent, DrTopology, FreshFlows, Proc};
 
@@ -28,17 +27,6 @@ fn wait_health(agent: &Agent, real: &str, want: &str) -> Option<String> {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Which real servers `n` new connections reached, by name.
-fn answered(topo: &DrTopology, fresh: &mut FreshFlows, n: usize) -> Vec<String> {
-    let flows = fresh.take(n);
-    topo.client()
-        .ns()
-        .run_in(|| fetch_each(&flows, DrTopology::service()))
-        .into_iter()
-        .map(|r| r.expect("a connection through the director"))
-        .collect()
 }
 
 /// A scratch directory, removed when dropped.
@@ -183,7 +171,7 @@ fn https_checks_verify_the_certificate_for_its_name() {
 
     // New connections go to the servers whose check passes only.
     let mut fresh = FreshFlows::new(21000);
-    let names = answered(&topo, &mut fresh, 40);
+    let names = topo.answered(&mut fresh, 40);
     let (rs1, rs3) = (topo.reals()[0].name(), topo.reals()[2].name());
     assert!(names.iter().all(|n| n == rs1 || n == rs3), "{names:?}");
     assert!(
@@ -232,7 +220,7 @@ fn ping_checks_follow_icmp_echo() {
     rs2.sysctl("net.ipv4.icmp_echo_ignore_all", "1").unwrap();
     wait_health(&agent, "10.0.0.12:80", "down");
     let mut fresh = FreshFlows::new(22000);
-    let names = answered(&topo, &mut fresh, 20);
+    let names = topo.answered(&mut fresh, 20);
     let rs1 = topo.reals()[0].name();
     assert!(names.iter().all(|n| n == rs1), "{names:?}");
     rs2.sysctl("net.ipv4.icmp_echo_ignore_all", "0").unwrap();
@@ -274,7 +262,7 @@ fn script_checks_go_by_exit_status() {
     );
     let mut fresh = FreshFlows::new(23000);
     let rs1 = topo.reals()[0].name();
-    let names = answered(&topo, &mut fresh, 20);
+    let names = topo.answered(&mut fresh, 20);
     assert!(names.iter().all(|n| n == rs1), "{names:?}");
 
     std::fs::write(flag("10.0.0.12"), "").unwrap();

@@ -105,6 +105,17 @@ fn metrics_list_zero_and_rate_agree_on_the_counters() {
     let metrics = METRICS.to_string();
     let agent = Agent::start(director, "eth0", &["--metrics", &metrics]).expect("agent");
     topo.configure(&agent);
+    // A health check, so that xdplb_real_up has a sample (a family without any is not shown).
+    agent.cli_ok(&[
+        "real",
+        "edit",
+        "-t",
+        SVC,
+        "-r",
+        "10.0.0.11",
+        "--check",
+        "tcp",
+    ]);
     let mut fresh = FreshFlows::new(30000);
     topo.new_flows_as_simulated(&agent, "-t", &fresh.take(60), "traffic");
     std::thread::sleep(Duration::from_millis(300));
@@ -149,11 +160,10 @@ fn metrics_list_zero_and_rate_agree_on_the_counters() {
         ];
         assert_eq!(scrape.value("xdplb_real_weight", &labels), 1.0, "{real}");
     }
-    assert_eq!(
-        scrape.samples("xdplb_real_up", &[]).count(),
-        0,
-        "xdplb_real_up for unchecked real servers"
-    );
+    // Only the checked real server has xdplb_real_up.
+    let up: Vec<_> = scrape.samples("xdplb_real_up", &[]).collect();
+    assert_eq!(up.len(), 1, "xdplb_real_up for unchecked real servers");
+    assert_eq!(up[0].labels["real"], "10.0.0.11:80");
     let info = [("interface", "eth0"), ("mode", "native")];
     assert_eq!(scrape.value("xdplb_agent_info", &info), 1.0);
     let epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).expect("time").as_secs_f64();

@@ -8,7 +8,6 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lb_tests::client::fetch_each;
 use lb_tests::metrics::Scrape;
 use lb_tests::web::{Api, Browser};
 use lb_tests::{require_program, require_root, Agent, DrTopology, FreshFlows, Listing, Serve};
@@ -46,17 +45,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Which real server each of `n` new connections reached, by name.
-fn answered(topo: &DrTopology, fresh: &mut FreshFlows, n: usize) -> Vec<String> {
-    let flows = fresh.take(n);
-    topo.client()
-        .ns()
-        .run_in(|| fetch_each(&flows, DrTopology::service()))
-        .into_iter()
-        .map(|r| r.expect("a connection through the director"))
-        .collect()
 }
 
 /// Asserts that the CLI fails `args` with the API's one-line message (the CLI may say more
@@ -103,7 +91,7 @@ fn the_api_on_the_control_socket_does_what_the_cli_does() {
     assert_eq!(listing.reals(SVC), ["10.0.0.11:80", "10.0.0.12:80"]);
     assert_eq!(listing.service(SVC).unwrap()["scheduler"], "mh");
     let mut fresh = FreshFlows::new(20000);
-    let names = answered(&topo, &mut fresh, 40);
+    let names = topo.answered(&mut fresh, 40);
     assert!(
         names.iter().any(|n| n == rs1) && names.iter().any(|n| n == rs2),
         "{names:?}"
@@ -128,7 +116,7 @@ fn the_api_on_the_control_socket_does_what_the_cli_does() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["weight"], 0);
     assert_eq!(r.json()["previous_weight"], 2);
-    let names = answered(&topo, &mut fresh, 20);
+    let names = topo.answered(&mut fresh, 20);
     assert!(
         names.iter().all(|n| n == rs2),
         "drained {rs1} still answers: {names:?}"
@@ -242,7 +230,7 @@ fn the_api_on_the_control_socket_does_what_the_cli_does() {
         None,
     );
     assert_eq!(r.status, 204, "{}", r.body);
-    let names = answered(&topo, &mut fresh, 10);
+    let names = topo.answered(&mut fresh, 10);
     assert!(names.iter().all(|n| n == rs1), "{names:?}");
     assert_eq!(api.call("DELETE", SVC_PATH, None, None).status, 204);
     assert!(agent.list().services().is_empty());
@@ -460,7 +448,7 @@ fn the_status_page_shows_live_rates_in_a_real_browser() {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let flows = fresh.take(5);
-                n += fetch_each(&flows, DrTopology::service())
+                n += lb_tests::client::fetch_each(&flows, DrTopology::service())
                     .iter()
                     .filter(|r| r.is_ok())
                     .count();

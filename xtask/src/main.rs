@@ -2,6 +2,7 @@
 //! needs first (see toolchain.rs), so a fresh machine needs nothing by hand.
 
 mod bench;
+mod deb;
 mod packages;
 mod toolchain;
 
@@ -41,6 +42,15 @@ enum Task {
     Demo,
     /// Run the benchmarks (as root) and write docs/BENCHMARKS.md.
     Bench,
+    /// Build a Debian package (binary, manual page, completions, systemd unit, example config).
+    Deb {
+        /// Package this xdplb binary instead of building a release one.
+        #[arg(long, value_name = "PATH")]
+        bin: Option<PathBuf>,
+        /// Where the package goes.
+        #[arg(long, value_name = "DIR", default_value = "target/debian")]
+        out: PathBuf,
+    },
 }
 
 fn root() -> PathBuf {
@@ -148,6 +158,23 @@ fn main() -> Result<()> {
         Task::Bench => {
             require_root("the benchmarks")?;
             bench::run(&root(), |args| cargo(&path, args), &path)
+        }
+        Task::Deb { bin, out } => {
+            let bin = match bin {
+                Some(b) => b,
+                None => {
+                    run(&mut cargo(
+                        &path,
+                        &["build", "--release", "-p", "lb-user", "--bin", "xdplb"],
+                    ))?;
+                    root().join("target/release/xdplb")
+                }
+            };
+            let out = root().join(out);
+            std::fs::create_dir_all(&out)?;
+            let deb = deb::package(&root(), &bin, &out)?;
+            println!("{}", deb.display());
+            Ok(())
         }
         Task::Demo => {
             require_root("the demo")?;
