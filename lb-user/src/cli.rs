@@ -801,6 +801,12 @@ pub fn format_listing(l: &Listing) -> String {
         env!("CARGO_PKG_VERSION"),
         l.interface
     );
+    if l.agent.as_ref().and_then(|a| a.pins_outlive_agent) == Some(false) {
+        let _ = writeln!(
+            out,
+            "Warning: the datapath dies with this agent (its bpffs is in a private mount namespace): give xdplb run --bpffs a bpffs of the host"
+        );
+    }
     if stats {
         let _ = writeln!(
             out,

@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | `agent_info` (1) | gauge | `version`, `interface`, `mode` |
 //! | `program_id` | gauge | |
+//! | `pins_outlive_agent` (1/0) | gauge | |
 //! | `agent_start_time_seconds` | gauge | |
 //! | `config_reloads_total`, `config_reload_failures_total` | counter | |
 //! | `service_connections_total`, `_packets_total`, `_bytes_total`, `_out_packets_total`, `_out_bytes_total` | counter | service |
@@ -204,6 +205,15 @@ fn agent(r: &mut Registry, listing: &Listing) {
             "program_id",
             "The kernel's id of the attached XDP program",
             [(Labels::new(), i64::from(id))],
+        );
+    }
+    if let Some(persist) = a.pins_outlive_agent {
+        gauge(
+            r,
+            "pins_outlive_agent",
+            "1 if the datapath's pins outlive the agent (restarts keep forwarding), 0 if its bpffs \
+             is in the agent's private mount namespace (a restart starts empty)",
+            [(Labels::new(), i64::from(persist))],
         );
     }
     gauge_f64(
@@ -568,6 +578,7 @@ mod tests {
                 reloads: 3,
                 reload_failures: 1,
                 program_id: Some(42),
+                pins_outlive_agent: Some(true),
             }),
             reason_rates: BTreeMap::new(),
         }
@@ -750,6 +761,7 @@ mod tests {
         for f in [
             "xdplb_agent_info",
             "xdplb_program_id",
+            "xdplb_pins_outlive_agent",
             "xdplb_agent_start_time_seconds",
             "xdplb_config_reloads_total",
             "xdplb_config_reload_failures_total",
@@ -797,6 +809,7 @@ mod tests {
             "escaped in the text:\n{text}"
         );
         assert_eq!(v("xdplb_program_id", &[]), Some(42.0));
+        assert_eq!(v("xdplb_pins_outlive_agent", &[]), Some(1.0));
         assert_eq!(
             v("xdplb_agent_start_time_seconds", &[]),
             Some(1_700_000_000.5)

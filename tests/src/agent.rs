@@ -292,10 +292,10 @@ impl Agent {
     /// [`Agent::start`] with only the capabilities `caps` (setpriv's names: `bpf`, `net_admin`,
     /// ...) in its bounding set, as a systemd unit's CapabilityBoundingSet leaves a root service.
     pub fn start_with_capabilities(ns: &Netns, iface: &str, caps: &[&str]) -> Result<Self> {
-        let set: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+        let set: String = caps.iter().map(|c| format!(",+{c}")).collect();
         let launcher = [
             "setpriv".to_owned(),
-            format!("--bounding-set=-all,{}", set.join(",")),
+            format!("--bounding-set=-all{set}"),
             "--".to_owned(),
         ]
         .map(OsString::from);

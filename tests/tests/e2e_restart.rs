@@ -278,3 +278,62 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
         0
     );
 }
+
+/// Under `ip netns exec` with the default bpffs (/sys/fs/bpf, which there is a fresh sysfs), the
+/// agent mounts a bpffs of its own, in its private mount namespace: the pins die with it. It says
+/// so at start, in `list` and in the metrics; after a SIGKILL the XDP program is gone and the
+/// next agent starts empty. With a bpffs of the host (the tests' own, by XDPLB_BPFFS), nothing is
+/// said and a SIGKILL leaves the datapath attached.
+#[test]
+fn a_bpffs_that_dies_with_the_agent_is_reported() {
+    if !require_root() {
+        return;
+    }
+    let topo = DrTopology::new(1).expect("topology");
+    let director = topo.director().ns();
+    let mut agent = Agent::start(
+        director,
+        "eth0",
+        &["--bpffs", "/sys/fs/bpf", "--metrics", "127.0.0.1:9727"],
+    )
+    .expect("agent");
+    topo.configure(&agent);
+    let warning = "is this agent's own (a private mount namespace";
+    assert!(agent.log().contains(warning), "{}", agent.log());
+    assert!(
+        agent.log().contains("give it with --bpffs"),
+        "{}",
+        agent.log()
+    );
+    let list = agent.cli_ok(&["list"]);
+    assert!(
+        list.contains("Warning: the datapath dies with this agent"),
+        "{list}"
+    );
+    assert_eq!(agent.list().0["agent"]["pins_outlive_agent"], false);
+    let scrape = lb_tests::metrics::Scrape::get(director, "127.0.0.1:9727".parse().unwrap())
+        .expect("metrics");
+    assert_eq!(scrape.value("xdplb_pins_outlive_agent", &[]), 0.0);
+
+    // As warned: killed, the agent takes the datapath with it.
+    agent.kill();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while director.xdp_attached("eth0").expect("ip link") {
+        assert!(
+            Instant::now() < deadline,
+            "the XDP program outlived its private bpffs"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(agent);
+
+    // With the host's bpffs: no warning, and a killed agent leaves the datapath attached.
+    let mut agent = Agent::start(director, "eth0", &[]).expect("agent");
+    assert!(!agent.log().contains(warning), "{}", agent.log());
+    assert!(!agent
+        .cli_ok(&["list"])
+        .contains("Warning: the datapath dies"));
+    assert_eq!(agent.list().0["agent"]["pins_outlive_agent"], true);
+    agent.kill();
+    assert!(director.xdp_attached("eth0").expect("ip link"));
+}

@@ -111,8 +111,19 @@ fn keepalived_accepts_the_fixture() {
 type RealRow = (IpAddr, u32, Forward, u32, u32, Option<HealthCheck>);
 
 fn tcp(port: Option<u16>, interval_ms: u64, timeout_ms: u64, fall: u32) -> Option<HealthCheck> {
+    checked(Check::Tcp, port, interval_ms, timeout_ms, fall)
+}
+
+/// A check as keepalived's are carried over: rise 1.
+fn checked(
+    check: Check,
+    port: Option<u16>,
+    interval_ms: u64,
+    timeout_ms: u64,
+    fall: u32,
+) -> Option<HealthCheck> {
     Some(HealthCheck {
-        check: Check::Tcp,
+        check,
         port,
         interval_ms,
         timeout_ms,
@@ -178,7 +189,7 @@ fn the_fixture_converts_to_the_services_it_describes() {
             ],
         ),
         // Web: wlc; delay_loop 2, connect_timeout 1, retry 2 from the virtual server, the HTTP
-        // check's own connect_timeout 0.5 and retry 3; MISC_CHECK is not carried over.
+        // check's own connect_timeout 0.5 and retry 3; MISC_CHECK becomes a script check.
         (
             (Protocol::Tcp, vip, 80),
             (Scheduler::Wlc, None, None, None),
@@ -203,11 +214,26 @@ fn the_fixture_converts_to_the_services_it_describes() {
                         fall: 4,
                     }),
                 ),
-                (rs(3), 1, route, 0, 0, None),
+                (
+                    rs(3),
+                    1,
+                    route,
+                    0,
+                    0,
+                    checked(
+                        Check::Script {
+                            command: "/bin/true".into(),
+                        },
+                        None,
+                        2_000,
+                        1_000,
+                        3,
+                    ),
+                ),
             ],
         ),
         // HTTPS: mh with mh-port hashes the flow; TUN, one real server by DR; SSL_GET becomes
-        // a TCP connect.
+        // an https check that does not verify the certificate.
         (
             (Protocol::Tcp, vip, 443),
             (Scheduler::Mh, Some(Hash::Flow), None, None),
@@ -218,7 +244,20 @@ fn the_fixture_converts_to_the_services_it_describes() {
                     Forward::Tunnel,
                     0,
                     0,
-                    tcp(Some(80), 60_000, 5_000, 2),
+                    checked(
+                        Check::Https {
+                            path: "/".into(),
+                            status: 200,
+                            body: None,
+                            verify: false,
+                            sni: None,
+                            ca_file: None,
+                        },
+                        Some(80),
+                        60_000,
+                        5_000,
+                        2,
+                    ),
                 ),
                 (rs(3), 2, route, 0, 0, tcp(Some(80), 60_000, 5_000, 2)),
             ],
@@ -250,14 +289,14 @@ fn the_fixture_converts_to_the_services_it_describes() {
         at(f, &["digest"], "digest 9b3a0c85a887a256d6939da88aabd8cd: xdplb does not compare digests: the check looks at the status code"),
         at(f, &["virtualhost"], "virtualhost www.example.org: xdplb's HTTP check sends the real server's address as Host"),
         at(f, &["notify_down"], "notify_down /bin/true: xdplb runs no scripts: it logs the change, and exports it as a metric"),
-        at(f, &["MISC_CHECK"], "MISC_CHECK: xdplb has no such check: not carried over"),
         at(f, &["virtual_server 10.0.0.100 0 {"], &format!("virtual_server 10.0.0.100 0: {uninhibited}")),
         at(f, &["real_server 10.0.0.12 0", "TCP_CHECK"], "connect_timeout (keepalived's default 5 s) is longer than delay_loop 3 s: xdplb's check interval becomes 5 s"),
         at(f, &["virtual_server 10.0.0.100 443 {"], &format!("virtual_server 10.0.0.100 443: {uninhibited}")),
         at(f, &["quorum 2"], &format!("quorum 2: {quorum}")),
         at(f, &["hysteresis 1"], &format!("hysteresis 1: {quorum}")),
         at(f, &["    alpha"], "alpha: xdplb starts real servers up (down after `fall` failed probes); keepalived's alpha starts them down until a check passes"),
-        at(f, &["SSL_GET"], "SSL_GET: xdplb has no TLS check: a TCP connect to port 80 checks this real server instead"),
+        at(f, &["SSL_GET"], "SSL_GET: an https check that does not verify the certificate (verify = false), as keepalived checks; set verify and ca_file to verify it"),
+        at(f, &["SSL_GET", "url {"], "url without status_code: keepalived accepts 200-299, xdplb's check wants 200"),
         at(INCLUDED, &["DNS_CHECK"], "DNS_CHECK: xdplb has no such check: not carried over"),
     ];
     assert_eq!(stderr.lines().collect::<Vec<_>>(), expected);

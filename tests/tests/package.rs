@@ -170,6 +170,7 @@ fn the_units_capabilities_are_enough_for_a_director() {
         let err = Agent::start_with_capabilities(director, "eth0", &fewer)
             .err()
             .unwrap_or_else(|| panic!("an agent without CAP_{}", missing.to_uppercase()));
-        assert!(format!("{err:#}").contains("exited"), "{err:#}");
+        let want = format!("xdplb run needs CAP_{}", missing.to_uppercase());
+        assert!(format!("{err:#}").contains(&want), "{err:#}");
     }
 }

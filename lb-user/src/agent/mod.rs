@@ -87,6 +87,8 @@ pub struct Agent {
     stopping: bool,
     /// The outer source address of IPv6 LVS/TUN packets, if the director has one.
     tunnel_src6: Option<std::net::Ipv6Addr>,
+    /// Whether the pins outlive the agent (see [`crate::datapath::pin::outlives_agent`]).
+    pins_outlive_agent: Option<bool>,
     /// The idle timeouts the connection counts are corrected with (they change on reload).
     count_timeouts: std::sync::Arc<std::sync::Mutex<crate::conntrack::IdleTimeouts>>,
 }
@@ -158,6 +160,7 @@ impl Agent {
             reloads: self.reloads,
             reload_failures: self.reload_failures,
             program_id: self.links.first().and_then(|l| l.program_id),
+            pins_outlive_agent: self.pins_outlive_agent,
         });
         if self
             .state

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use lb_common::{addr_from_v4, DirectorConfig};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     signal::unix::{signal, SignalKind},
     sync::{mpsc, Mutex},
@@ -98,6 +98,32 @@ pub fn run_dir(ifname: &str) -> Result<PathBuf> {
     Ok(Path::new(RUN_DIR).join(format!("net{}-{ifname}", crate::datapath::pin::netns_id()?)))
 }
 
+/// This process's effective capabilities (CapEff of /proc/self/status), if readable.
+fn effective_capabilities() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// What is missing of what attaching XDP needs: CAP_NET_ADMIN, and CAP_BPF or CAP_SYS_ADMIN
+/// (which still allows BPF). None when it is all there, or when the capabilities are unknown
+/// (then the kernel says no, later).
+pub(crate) fn missing_capabilities(effective: Option<u64>) -> Option<String> {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_BPF: u32 = 39;
+    let caps = effective?;
+    let has = |cap: u32| caps & (1 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    (!missing.is_empty()).then(|| missing.join(" and "))
+}
+
 /// One agent per interface: an exclusive lock held for the agent's life.
 fn lock_interface(dir: &Path, ifname: &str) -> Result<fs::File> {
     fs::DirBuilder::new()
@@ -116,10 +142,18 @@ fn lock_interface(dir: &Path, ifname: &str) -> Result<fs::File> {
     Ok(file)
 }
 
+/// The longest request the control socket takes: an `ipvsadm -R` of many thousands of rules.
+const MAX_REQUEST: u64 = 64 << 20;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// One connection on the control socket: the CLI's one-line JSON request (it starts with `{`),
 /// or HTTP (the API, see [`web`]).
 async fn serve(agent: Arc<Mutex<Agent>>, stream: UnixStream, api: axum::Router) -> Result<()> {
-    match first_byte(&stream).await? {
+    let first = tokio::time::timeout(REQUEST_TIMEOUT, first_byte(&stream))
+        .await
+        .map_err(|_| anyhow!("no request within {} s", REQUEST_TIMEOUT.as_secs()))?;
+    match first? {
         None => Ok(()),
         Some(b'{') => serve_request(agent, stream).await,
         Some(_) => {
@@ -162,7 +196,25 @@ async fn first_byte(stream: &UnixStream) -> Result<Option<u8>> {
 async fn serve_request(agent: Arc<Mutex<Agent>>, stream: UnixStream) -> Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(rd).read_line(&mut line).await?;
+    // A request is one line, read within a deadline and up to a size: a client that sends an
+    // endless line, or nothing, holds nothing for long.
+    let mut reader = BufReader::new(rd.take(MAX_REQUEST));
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        Ok(result) => {
+            result?;
+        }
+        Err(_) => bail!("no request within {} s", REQUEST_TIMEOUT.as_secs()),
+    }
+    if !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST {
+        let response = Response::error(&anyhow!(
+            "malformed request: longer than {} MiB",
+            MAX_REQUEST >> 20
+        ));
+        let mut out = serde_json::to_string(&response)?;
+        out.push('\n');
+        wr.write_all(out.as_bytes()).await?;
+        return Ok(());
+    }
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(req) => agent.lock().await.handle(req).await,
         Err(e) => Response::error(&anyhow!("malformed request: {e}")),
@@ -310,6 +362,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
     let director = opts.director.clone();
     director.validate()?;
+    if let Some(missing) = missing_capabilities(effective_capabilities()) {
+        bail!(
+            "xdplb run needs {missing}: run it as root, or with the capabilities of \
+             examples/xdplb.service"
+        );
+    }
     let sync_key = director.sync.as_ref().map(|s| s.load_key()).transpose()?;
     let mut ifaces = Vec::new();
     for name in director.interfaces() {
@@ -325,6 +383,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
 
     let pins = Pins::for_interface(&opts.bpffs, &iface.name)?;
+    let pins_outlive_agent = crate::datapath::pin::outlives_agent(&opts.bpffs);
+    if pins_outlive_agent == Some(false) {
+        warn!("{}", crate::datapath::pin::ephemeral_warning(&opts.bpffs));
+    }
     let state_file = run_dir.join("state.json");
     let fresh = !pins.map(lb_common::map_names::SERVICES).exists();
     let up = match bring_up(&opts, &ifaces, &pins, &state_file).await {
@@ -399,6 +461,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         links: Vec::new(),
         stopping: false,
         tunnel_src6,
+        pins_outlive_agent,
         count_timeouts: Arc::new(std::sync::Mutex::new(crate::conntrack::IdleTimeouts::of(
             &config,
         ))),
@@ -631,4 +694,34 @@ pub fn detach(bpffs: &Path, ifname: &str) -> Result<()> {
     pins.remove()?;
     let _ = fs::remove_dir_all(&dir);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_capabilities;
+
+    #[test]
+    fn capabilities_attaching_needs() {
+        let bit = |c: u32| 1u64 << c;
+        assert_eq!(
+            missing_capabilities(None),
+            None,
+            "unknown: the kernel decides"
+        );
+        assert_eq!(missing_capabilities(Some(u64::MAX)), None);
+        assert_eq!(missing_capabilities(Some(bit(12) | bit(39))), None);
+        assert_eq!(
+            missing_capabilities(Some(bit(12) | bit(21))),
+            None,
+            "CAP_SYS_ADMIN allows BPF"
+        );
+        assert_eq!(
+            missing_capabilities(Some(bit(39))).as_deref(),
+            Some("CAP_NET_ADMIN")
+        );
+        assert_eq!(
+            missing_capabilities(Some(0)).as_deref(),
+            Some("CAP_NET_ADMIN and CAP_BPF")
+        );
+    }
 }

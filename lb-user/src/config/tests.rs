@@ -336,3 +336,64 @@ fn the_web_section_parses_saves_back_and_names_its_line() {
     ];
     assert_errors(&cases);
 }
+
+mod mutated {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../examples/xdplb.toml");
+
+    /// One edit of a config file's bytes: truncate, overwrite a byte with a printable one,
+    /// delete a line or repeat it, at a point chosen by `at`.
+    fn edit(text: &mut Vec<u8>, at: prop::sample::Index, kind: u8, byte: u8) {
+        let i = at.index(text.len() + 1).min(text.len());
+        let line_start = text[..i]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1);
+        let line_end = text[i..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(text.len(), |p| i + p + 1);
+        match kind {
+            0 => text.truncate(i),
+            1 if i < text.len() => text[i] = byte % 95 + 32,
+            2 => {
+                text.drain(line_start..line_end);
+            }
+            _ => {
+                let line = text[line_start..line_end].to_vec();
+                text.splice(line_end..line_end, line);
+            }
+        }
+    }
+
+    proptest! {
+        // Each case builds the example's Maglev tables (65537 slots): a few hundred are enough
+        // for CI; PROPTEST_CASES=N runs more.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn are_applied_or_refused_in_one_line_and_change_nothing(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..4, any::<u8>()), 1..6)
+        ) {
+            let mut bytes = EXAMPLE.as_bytes().to_vec();
+            for (at, kind, byte) in edits {
+                edit(&mut bytes, at, kind, byte);
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            let state = apply(BASE, &State::default()).unwrap();
+            let before = state.clone();
+            if let Err(e) = apply(&text, &state) {
+                let message = format!("{e:#}");
+                prop_assert!(!message.contains('\n'), "{}", message);
+                prop_assert!(message.starts_with("test.toml:"), "{}", message);
+            }
+            prop_assert_eq!(&state, &before);
+        }
+    }
+}

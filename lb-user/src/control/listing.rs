@@ -183,6 +183,10 @@ pub struct AgentView {
     /// The kernel's id of the XDP program on the director's interface.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub program_id: Option<u32>,
+    /// Whether the datapath's pins outlive the agent (false: its bpffs is in a private mount
+    /// namespace, and a restart starts empty); none if unknown.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pins_outlive_agent: Option<bool>,
 }
 
 /// The routing table VIPs are announced in, and which are.

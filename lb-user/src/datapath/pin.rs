@@ -97,6 +97,36 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether the bpffs at `root` outlives this process: `Some(true)` if the host (the mount
+/// namespace of PID 1) sees the same bpffs instance, `Some(false)` if only this process's
+/// private mount namespace has it (`ip netns exec`, a unit with PrivateMounts: the pins, and so
+/// the datapath, die with the agent), `None` if it cannot tell (PID 1's mounts unreadable).
+pub fn outlives_agent(root: &Path) -> Option<bool> {
+    let dev = std::fs::metadata(root).ok()?.dev();
+    let id = format!("{}:{}", libc::major(dev), libc::minor(dev));
+    let mounts = std::fs::read_to_string("/proc/1/mountinfo").ok()?;
+    Some(mounts.lines().any(|line| {
+        // `ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS ... - FSTYPE SOURCE ...`
+        let mut fields = line.split_whitespace();
+        fields.nth(2) == Some(&id)
+            && line
+                .split(" - ")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("bpf "))
+    }))
+}
+
+/// The warning an agent gives when its pins die with it: what happens and the fix.
+pub fn ephemeral_warning(root: &Path) -> String {
+    format!(
+        "the bpffs at {} is this agent's own (a private mount namespace: ip netns exec, or a unit \
+         with PrivateMounts/ProtectSystem): its pins, and the datapath with them, die with the \
+         agent, so a restart starts empty and breaks every connection; mount bpffs in the host's \
+         mount namespace (mount -t bpf bpf /run/xdplb/bpffs) and give it with --bpffs",
+        root.display()
+    )
+}
+
 const LINK_PREFIX: &str = "link-";
 
 /// The pin directory of one director (named after its first interface).
