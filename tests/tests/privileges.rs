@@ -120,3 +120,59 @@ fn without_its_capabilities_the_agent_says_which_are_missing() {
         assert!(!director.xdp_attached("eth0").expect("ip link"));
     }
 }
+
+/// Traffic that is not for a service (other ports, other protocols, the director's own address)
+/// reaches the director's kernel exactly as the client sent it: a capture on both ends agrees
+/// byte for byte.
+#[test]
+fn traffic_not_for_a_service_reaches_the_kernel_byte_identical() {
+    use std::net::{SocketAddr, TcpStream, UdpSocket};
+    use std::time::Duration;
+
+    use lb_tests::capture::Capture;
+
+    if !require_root() {
+        return;
+    }
+    let topo = DrTopology::new(1).expect("topology");
+    let (client, director) = (topo.client().ns(), topo.director().ns());
+    let agent = Agent::start(director, "eth0", &[]).expect("agent");
+    topo.configure(&agent);
+    let sent = Capture::start(client, "eth0").expect("capture on the client");
+    let got = Capture::start(director, "eth0").expect("capture on the director");
+    client.run_in(|| {
+        let vip = DrTopology::VIP;
+        let own = DrTopology::DIRECTOR_ADDR;
+        // TCP to ports of the VIP that are no service, and to the director itself: refused.
+        for (addr, port) in [(vip, 81), (vip, 443), (own, 22), (own, 80)] {
+            let _ = TcpStream::connect_timeout(
+                &SocketAddr::from((addr, port)),
+                Duration::from_millis(500),
+            );
+        }
+        // UDP to the TCP service's port (another protocol), and to the director, of two sizes.
+        let udp = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for (addr, port, len) in [(vip, 80, 10), (vip, 80, 1200), (own, 9999, 64)] {
+            let _ = udp.send_to(&vec![0x5a; len], (addr, port));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (sent, got) = (sent.stop(), got.stop());
+    let director_mac = director.mac("eth0").expect("director MAC");
+    let mac: Vec<u8> = director_mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    let to_director: Vec<_> = sent
+        .iter()
+        .filter(|f| f.outgoing && f.data.len() >= 14 && f.data[..6] == mac[..])
+        .collect();
+    assert!(to_director.len() >= 7, "{} frames sent", to_director.len());
+    for frame in &to_director {
+        assert!(
+            got.iter().any(|g| !g.outgoing && g.data == frame.data),
+            "a frame reached the director changed or not at all: {:02x?}",
+            frame.data
+        );
+    }
+}

@@ -384,9 +384,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
     let pins = Pins::for_interface(&opts.bpffs, &iface.name)?;
     let pins_outlive_agent = crate::datapath::pin::outlives_agent(&opts.bpffs);
-    if pins_outlive_agent == Some(false) {
-        warn!("{}", crate::datapath::pin::ephemeral_warning(&opts.bpffs));
-    }
     let state_file = run_dir.join("state.json");
     let fresh = !pins.map(lb_common::map_names::SERVICES).exists();
     let up = match bring_up(&opts, &ifaces, &pins, &state_file).await {
@@ -423,6 +420,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
     if opts.datapath_log {
         forward_datapath_logs(&mut datapath)?;
+    }
+    // Said once the datapath runs: that is what would not survive a restart.
+    if pins_outlive_agent == Some(false) {
+        warn!("{}", crate::datapath::pin::ephemeral_warning(&opts.bpffs));
     }
     if adopted {
         info!(interface = %iface.name, "adopted the running datapath: new program swapped in, maps and flows kept");
