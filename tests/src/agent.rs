@@ -469,6 +469,11 @@ impl Agent {
         String::from_utf8(out.stdout).expect("xdplb prints UTF-8")
     }
 
+    /// `xdplb real edit -t SERVICE -r RIP --check CHECK`: gives a real server a health check.
+    pub fn set_check(&self, service: &str, rip: &str, check: &str) {
+        self.cli_ok(&["real", "edit", "-t", service, "-r", rip, "--check", check]);
+    }
+
     /// `xdplb simulate <proto> <service> --from SRC:PORT...`, `proto` being `-t` or `-u`: the
     /// real server (RIP:PORT) a NEW flow from each of `flows` would get now, in their order.
     /// Panics unless every flow gets exactly one well-formed line.

@@ -213,16 +213,7 @@ fn health_checks_can_be_set_from_the_cli() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    agent.cli_ok(&[
-        "real",
-        "edit",
-        "-t",
-        &svc,
-        "-r",
-        "10.0.0.11",
-        "--check",
-        "none",
-    ]);
+    agent.set_check(&svc, "10.0.0.11", "none");
     assert!(
         health(&agent).is_null(),
         "the check is still there: {}",

@@ -195,7 +195,7 @@ fn ping_checks_follow_icmp_echo() {
     let agent = Agent::start(topo.director().ns(), "eth0", &[]).expect("agent");
     topo.configure(&agent);
     for rip in ["10.0.0.11", "10.0.0.12"] {
-        agent.cli_ok(&["real", "edit", "-t", SVC, "-r", rip, "--check", "ping"]);
+        agent.set_check(SVC, rip, "ping");
     }
     // A real server that is not there at all (its MAC given, nothing answers).
     agent.cli_ok(&[
@@ -252,7 +252,7 @@ fn script_checks_go_by_exit_status() {
     std::fs::write(flag("10.0.0.11"), "").unwrap();
     let check = format!("script:{script} web");
     for rip in ["10.0.0.11", "10.0.0.12"] {
-        agent.cli_ok(&["real", "edit", "-t", SVC, "-r", rip, "--check", &check]);
+        agent.set_check(SVC, rip, &check);
     }
     assert_eq!(wait_health(&agent, "10.0.0.11:80", "up"), None);
     let err = wait_health(&agent, "10.0.0.12:80", "down").unwrap_or_default();

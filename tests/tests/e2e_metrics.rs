@@ -106,16 +106,7 @@ fn metrics_list_zero_and_rate_agree_on_the_counters() {
     let agent = Agent::start(director, "eth0", &["--metrics", &metrics]).expect("agent");
     topo.configure(&agent);
     // A health check, so that xdplb_real_up has a sample (a family without any is not shown).
-    agent.cli_ok(&[
-        "real",
-        "edit",
-        "-t",
-        SVC,
-        "-r",
-        "10.0.0.11",
-        "--check",
-        "tcp",
-    ]);
+    agent.set_check(SVC, "10.0.0.11", "tcp");
     let mut fresh = FreshFlows::new(30000);
     topo.new_flows_as_simulated(&agent, "-t", &fresh.take(60), "traffic");
     std::thread::sleep(Duration::from_millis(300));

@@ -331,16 +331,7 @@ fn health_checks_go_to_the_real_servers_port(agent: &Agent) {
     let reals = agent.list().reals(SERVICE);
     assert!(!reals.is_empty());
     for r in &reals {
-        agent.cli_ok(&[
-            "real",
-            "edit",
-            "-t",
-            SERVICE,
-            "-r",
-            r,
-            "--check",
-            "http:/name",
-        ]);
+        agent.set_check(SERVICE, r, "http:/name");
     }
     // On a real server the service no longer has (deleted above), whose port 8081 is closed.
     let free = (1..=3)

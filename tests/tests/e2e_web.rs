@@ -380,7 +380,7 @@ fn the_status_page_shows_live_rates_in_a_real_browser() {
     // Health checks: the third real server's server is gone, so it is down with an error.
     topo.kill_server(3);
     for rip in ["10.0.0.11", "10.0.0.12", "10.0.0.13"] {
-        agent.cli_ok(&["real", "edit", "-t", SVC, "-r", rip, "--check", "tcp"]);
+        agent.set_check(SVC, rip, "tcp");
     }
 
     let mut browser = Browser::open(

@@ -138,16 +138,7 @@ fn the_units_capabilities_are_enough_for_a_director() {
     let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
     let agent = Agent::start_with_capabilities(director, "eth0", &caps).expect("agent");
     topo.configure(&agent);
-    agent.cli_ok(&[
-        "real",
-        "edit",
-        "-t",
-        "10.0.0.100:80",
-        "-r",
-        "10.0.0.11",
-        "--check",
-        "ping",
-    ]);
+    agent.set_check("10.0.0.100:80", "10.0.0.11", "ping");
     let flows = FreshFlows::new(25000).take(20);
     let answers = topo
         .client()

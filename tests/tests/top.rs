@@ -21,16 +21,7 @@ fn director() -> (DrTopology, Agent) {
     let agent = Agent::start(topo.director().ns(), "eth0", &[]).expect("agent");
     topo.configure(&agent);
     topo.kill_server(2);
-    agent.cli_ok(&[
-        "real",
-        "edit",
-        "-t",
-        SVC,
-        "-r",
-        "10.0.0.12",
-        "--check",
-        "tcp",
-    ]);
+    agent.set_check(SVC, "10.0.0.12", "tcp");
     let deadline = Instant::now() + Duration::from_secs(10);
     while agent.list_config().real(SVC, "10.0.0.12:80")["health"]["state"] != "down" {
         assert!(Instant::now() < deadline, "10.0.0.12 never went down");

@@ -237,11 +237,16 @@ fn sync_and_announce_parse_and_save_back() {
         3,
         "the default grace"
     );
-    let saved = Config::from_state(director.clone(), cfg.timeouts, &State::default())
+    assert_saves_back(&director, cfg.timeouts);
+}
+
+/// The director's settings, saved as a file and read back, are the same.
+fn assert_saves_back(director: &crate::config::Director, timeouts: crate::config::Timeouts) {
+    let saved = Config::from_state(director.clone(), timeouts, &State::default())
         .to_toml()
         .unwrap();
     assert_eq!(
-        source(&saved).parse().unwrap().director(),
+        &source(&saved).parse().unwrap().director(),
         director,
         "{saved}"
     );
@@ -307,14 +312,7 @@ fn the_web_section_parses_saves_back_and_names_its_line() {
     let web = director.web.clone().unwrap();
     assert_eq!(web.listen, "127.0.0.1:9728".parse().unwrap());
     assert_eq!(web.token_file.as_deref(), Some(token.as_path()));
-    let saved = Config::from_state(director.clone(), cfg.timeouts, &State::default())
-        .to_toml()
-        .unwrap();
-    assert_eq!(
-        source(&saved).parse().unwrap().director(),
-        director,
-        "{saved}"
-    );
+    assert_saves_back(&director, cfg.timeouts);
 
     let open = key_file("open.token", "0123456789abcdef0123\n", 0o644);
     let cases = [
