@@ -102,6 +102,14 @@ fn top_in_a_terminal_draws_and_quits_on_q() {
     }
     let (_topo, agent) = director();
     let (master, slave) = pty(140, 30);
+    /// Killed when dropped, so a failing test leaves no `xdplb top` behind.
+    struct Top(std::process::Child);
+    impl Drop for Top {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let mut child = std::process::Command::new(xdplb_bin())
         .args(["--socket", agent.socket().to_str().unwrap(), "top"])
         .env("TERM", "xterm-256color")
@@ -109,6 +117,7 @@ fn top_in_a_terminal_draws_and_quits_on_q() {
         .stdout(slave.try_clone().unwrap())
         .stderr(slave)
         .spawn()
+        .map(Top)
         .expect("xdplb top");
     // Everything the program writes to the terminal.
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -143,7 +152,7 @@ fn top_in_a_terminal_draws_and_quits_on_q() {
     writer.write_all(b"q").unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "top did not quit on q");
