@@ -44,7 +44,7 @@ use prometheus_client::{
 use crate::{
     control::{Listing, RealView, ServiceView, StatsView},
     health::Health,
-    state::{Forward, Protocol},
+    state::Forward,
 };
 
 /// The `Content-Type` of [`render`]'s output.
@@ -439,10 +439,7 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 /// `protocol="tcp",vip="10.0.0.100",port="80",scheduler="sh"`; an IPv6 VIP without its
 /// brackets (`vip="2001:db8::100"`).
 fn service_labels(s: &ServiceView) -> Labels {
-    let protocol = match s.protocol {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    };
+    let protocol = s.protocol.name();
     let (vip, port) = s.address.rsplit_once(':').unwrap_or((&s.address, ""));
     let vip = vip.trim_start_matches('[').trim_end_matches(']');
     labels(&[
@@ -488,7 +485,7 @@ mod tests {
     use crate::{
         control::{AgentView, HealthView},
         datapath::AttachMode,
-        state::{Mac, Scheduler},
+        state::{Mac, Protocol, Scheduler},
     };
 
     fn stats(conns: u64, packets: u64, bytes: u64) -> Option<StatsView> {
@@ -897,7 +894,7 @@ mod tests {
 #[cfg(test)]
 mod ipv6_tests {
     use super::*;
-    use crate::state::Scheduler;
+    use crate::state::{Protocol, Scheduler};
 
     #[test]
     fn an_ipv6_vip_is_labelled_without_brackets() {

@@ -27,15 +27,16 @@ pub struct StatsView {
 }
 
 impl StatsView {
-    /// Both added up.
-    pub fn plus(&self, other: &StatsView) -> StatsView {
-        StatsView {
-            conns: self.conns + other.conns,
-            packets: self.packets + other.packets,
-            bytes: self.bytes + other.bytes,
-            out_packets: self.out_packets + other.out_packets,
-            out_bytes: self.out_bytes + other.out_bytes,
-        }
+    /// Every one added up (totals over services).
+    pub fn sum(all: impl IntoIterator<Item = StatsView>) -> StatsView {
+        all.into_iter()
+            .fold(StatsView::default(), |a, b| StatsView {
+                conns: a.conns + b.conns,
+                packets: a.packets + b.packets,
+                bytes: a.bytes + b.bytes,
+                out_packets: a.out_packets + b.out_packets,
+                out_bytes: a.out_bytes + b.out_bytes,
+            })
     }
 
     /// Inbound counters, and outbound ones (LVS/NAT replies).

@@ -1,5 +1,6 @@
 //! The control protocol between the CLI and the agent: one JSON request per connection on a
-//! root-only Unix socket, answered by one JSON response.
+//! root-only Unix socket, answered by one JSON response. The HTTP API ([`crate::web`]) speaks
+//! the same requests on the same socket (the agent tells the two apart by the first byte).
 
 mod client;
 mod listing;

@@ -31,7 +31,7 @@ use tokio::{
     time::{self, Instant, MissedTickBehavior},
 };
 
-/// The most an HTTP check reads of a response (status line, headers and body).
+/// The most an HTTP check reads of a response's body.
 pub const MAX_RESPONSE: usize = 64 * 1024;
 /// Longest interval or timeout: one hour.
 const MAX_MS: u64 = 3_600_000;

@@ -24,6 +24,16 @@ impl Protocol {
     }
 }
 
+impl Protocol {
+    /// `tcp` or `udp`: the name in paths, labels and config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {

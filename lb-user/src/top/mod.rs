@@ -252,12 +252,10 @@ fn header(view: &View) -> Vec<Line<'static>> {
         l.services.len(),
         if l.drained { ", DRAINED" } else { "" }
     ));
-    let total = view.rates.as_ref().map(|r| {
-        r.services
-            .iter()
-            .filter_map(|s| s.stats)
-            .fold(StatsView::default(), |a, s| a.plus(&s))
-    });
+    let total = view
+        .rates
+        .as_ref()
+        .map(|r| StatsView::sum(r.services.iter().filter_map(|s| s.stats)));
     let second = format!(
         "total: {} conn/s, {} pkt/s, {}/s",
         number(total.map(|t| t.conns)),
@@ -374,11 +372,7 @@ fn table(view: &View) -> Table<'static> {
             .count();
         rows.push(
             Row::new(vec![
-                Cell::from(format!(
-                    "{} {}",
-                    format!("{:?}", s.protocol).to_uppercase(),
-                    s.address
-                )),
+                Cell::from(format!("{} {}", s.protocol, s.address)),
                 Cell::from(s.scheduler.to_string()),
                 Cell::from(""),
                 Cell::from(format!("{up}/{} up", s.reals.len())),

@@ -289,8 +289,11 @@ fn location(addr: ServiceAddr, real: Option<&str>) -> String {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("[{v6}]"),
     };
-    let protocol = format!("{:?}", addr.protocol).to_lowercase();
-    let mut path = format!("/api/v1/services/{protocol}/{vip}/{}", addr.port);
+    let mut path = format!(
+        "/api/v1/services/{}/{vip}/{}",
+        addr.protocol.name(),
+        addr.port
+    );
     if let Some(r) = real {
         path.push_str("/reals/");
         path.push_str(r);
@@ -471,11 +474,7 @@ async fn zero(State(api): State<Api>) -> Result<HttpResponse> {
 /// chart of the last minutes.
 async fn stats(State(api): State<Api>) -> Result<HttpResponse> {
     let listing = api.listing().await?;
-    let totals = listing
-        .services
-        .iter()
-        .filter_map(|s| s.stats)
-        .fold(crate::control::StatsView::default(), |a, s| a.plus(&s));
+    let totals = crate::control::StatsView::sum(listing.services.iter().filter_map(|s| s.stats));
     Ok(ok(json!({
         "reasons": listing.reasons,
         "reason_rates": listing.reason_rates,

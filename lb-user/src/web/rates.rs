@@ -51,7 +51,7 @@ struct Inner {
 
 /// A service's key: `tcp 10.0.0.100:80`.
 fn key(s: &ServiceView) -> String {
-    format!("{:?} {}", s.protocol, s.address).to_lowercase()
+    format!("{} {}", s.protocol.name(), s.address)
 }
 
 impl Rates {
@@ -135,11 +135,7 @@ impl Rates {
 
 /// The rates of a whole listing: every service's summed (what the page's header shows).
 pub fn total(listing: &Listing) -> StatsView {
-    listing
-        .services
-        .iter()
-        .filter_map(|s| s.rates)
-        .fold(StatsView::default(), |a, r| a.plus(&r))
+    StatsView::sum(listing.services.iter().filter_map(|s| s.rates))
 }
 
 #[cfg(test)]
