@@ -357,11 +357,14 @@ fn use_vmac_works_and_the_backup_never_forwards_the_virtual_macs_frames() {
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(800));
-    port.exec(
+    // The master's next advertisement may already have moved the entry back to its port (the
+    // bridge moves an entry that is not sticky): then there is nothing to delete.
+    if let Err(e) = port.exec(
         "bridge",
         &["fdb", "del", vmac, "dev", "d2", "master", "static"],
-    )
-    .unwrap();
+    ) {
+        assert!(format!("{e:#}").contains("No such file"), "{e:#}");
+    }
     let backup_after = d2.list();
     let dropped = backup_after.reason("drop_standby") - backup_before.reason("drop_standby");
     assert!(
