@@ -1,7 +1,7 @@
 //! The distribution's packages the tests start daemons and clients from (keepalived for VRRP,
 //! BIRD for BGP, curl and headless Chromium for the HTTP API and the status page, openssl's
-//! TLS server for the https checks): installed with apt-get when missing, so a fresh machine runs
-//! every test with one command.
+//! TLS server for the https checks, nginx and wrk for the soak under HTTP load): installed with
+//! apt-get when missing, so a fresh machine runs every test with one command.
 //! Installing starts no service here (policy-rc.d, no systemd): the tests start the daemons
 //! themselves, inside their namespaces.
 
@@ -12,13 +12,16 @@ use anyhow::{Context as _, Result};
 use crate::toolchain::run;
 
 /// (program the tests run, Debian package that has it).
-const NEEDED: [(&str, &str); 5] = [
+const NEEDED: [(&str, &str); 7] = [
     ("keepalived", "keepalived"),
     ("bird", "bird2"),
     ("curl", "curl"),
     ("chromium", "chromium"),
     // The TLS server and certificates of the https check tests.
     ("openssl", "openssl"),
+    // The real servers and the load generator of the soak (tests/tests/soak.rs).
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
 ];
 
 fn installed(program: &str) -> bool {
@@ -53,5 +56,20 @@ pub fn ensure() -> Result<()> {
     run(&mut apt(&["update", "-q"])).context("apt-get update")?;
     let mut install = apt(&["install", "-y", "-q", "--no-install-recommends"]);
     install.args(&missing);
-    run(&mut install).with_context(|| format!("apt-get install {}", missing.join(" ")))
+    run(&mut install).with_context(|| format!("apt-get install {}", missing.join(" ")))?;
+    if missing.contains(&"nginx") {
+        stop_nginx_service();
+    }
+    Ok(())
+}
+
+/// Where nothing forbids it (no policy-rc.d), nginx's package starts a system nginx on the host's
+/// port 80: the tests start their own, in namespaces, so stop the one the install just started.
+fn stop_nginx_service() {
+    if Path::new("/run/nginx.pid").exists() {
+        eprintln!("xtask: stopping the nginx service the package started");
+        if let Err(e) = run(Command::new("nginx").args(["-s", "quit"])) {
+            eprintln!("xtask: warning: nginx -s quit: {e:#}");
+        }
+    }
 }
