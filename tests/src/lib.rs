@@ -3,8 +3,8 @@
 //! built from them, the `xdplb` agent (started from arguments or a config file, killed and
 //! restarted), CLI and real-server decapsulation, TCP clients that connect from a chosen source
 //! address and port: short connections, uploads and long-lived streams, a scraper of the
-//! agent's Prometheus metrics, and its HTTP API and status page through curl and headless
-//! Chromium.
+//! agent's Prometheus metrics, its HTTP API and status page through curl and headless
+//! Chromium, and real HTTP load: nginx real servers and a wrk client.
 //!
 //! Everything lives in namespaces this harness creates and names uniquely per run; nothing is
 //! created in the root namespace, and every guard tears its part down on Drop, panics included.
@@ -17,6 +17,7 @@ pub mod daemons;
 pub mod ethtool;
 pub mod fixture;
 pub mod ha;
+pub mod http_load;
 pub mod ipv6;
 pub mod metrics;
 pub mod names;
@@ -29,6 +30,7 @@ pub mod web;
 pub use agent::{Agent, Decap, Listing};
 pub use daemons::{require_program, Bird, Keepalived};
 pub use ha::{ClientAt, HaTopology};
+pub use http_load::{Nginx, Wrk, WrkSummary};
 pub use netns::{Netns, Proc};
 pub use topo::{DrTopology, FreshFlows, Host, Serve, Switch};
 pub use tun::TunTopology;
