@@ -4,6 +4,7 @@
 mod bench;
 mod deb;
 mod packages;
+mod soak;
 mod toolchain;
 
 use std::{
@@ -42,6 +43,13 @@ enum Task {
     Demo,
     /// Run the benchmarks (as root) and write docs/BENCHMARKS.md.
     Bench,
+    /// Install nginx and wrk if missing, build, then run the chaos soak under HTTP load (as root)
+    /// and print its figures (CI runs it for 60 seconds).
+    Soak {
+        /// How long it runs, in minutes.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Build a Debian package (binary, manual page, completions, systemd unit, example config).
     Deb {
         /// Package this xdplb binary instead of building a release one.
@@ -154,6 +162,12 @@ fn main() -> Result<()> {
                 totals.0, totals.1, totals.2
             );
             Ok(())
+        }
+        Task::Soak { minutes } => {
+            require_root("the soak")?;
+            packages::ensure()?;
+            build(&path)?;
+            soak::run(cargo(&path, &[]), &bin.join("xdplb"), minutes)
         }
         Task::Bench => {
             require_root("the benchmarks")?;
