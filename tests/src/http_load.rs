@@ -118,9 +118,18 @@ fn config(dir: &Path, name: &str, port: u16) -> String {
     )
 }
 
+/// `program` inside `ns` at a lower priority (`nice`, which execs it: the pid is the program's).
+/// Real servers and clients are other machines in production; here they share two cores with
+/// the agent, whose start (the verifier runs in its bpf() call) they must not starve.
+fn niced(ns: &Netns, program: &str) -> std::process::Command {
+    let mut cmd = ns.command("nice");
+    cmd.args(["-n", "10", program]);
+    cmd
+}
+
 fn spawn_nginx(ns: &Netns, dir: &Path, conf: &Path) -> Result<Proc> {
     // -e: the error log before the configuration is read (else the package's /var/log/nginx).
-    let mut cmd = ns.command("nginx");
+    let mut cmd = niced(ns, "nginx");
     cmd.arg("-p")
         .arg(dir)
         .arg("-c")
@@ -207,7 +216,7 @@ impl Wrk {
         );
         let duration = format!("{}s", Self::MAX_RUN.as_secs());
         let connections = connections.to_string();
-        let mut cmd = ns.command("wrk");
+        let mut cmd = niced(ns, "wrk");
         cmd.args(["-t1", "-c", &connections, "-d", &duration])
             .args(["--timeout", Self::TIMEOUT]);
         if close {

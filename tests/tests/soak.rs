@@ -34,8 +34,10 @@ const REWEIGHTED: usize = 1;
 /// wrk's connections: kept alive, and one per request.
 const KEEPALIVE_CONNS: u32 = 8;
 const CLOSE_CONNS: u32 = 4;
-/// How long the extra server takes new connections before it is deleted.
+/// How long the extra server takes new connections before it is deleted, once it has its
+/// first; the longest it may wait for that one.
 const EXTRA_SERVES: Duration = Duration::from_secs(2);
+const EXTRA_FIRST_REQUEST: Duration = Duration::from_secs(30);
 /// How long the director runs without an agent after a SIGKILL.
 const AGENTLESS: Duration = Duration::from_secs(1);
 /// Longest a health change may take to show: `fall`/`rise` (2) probes a second apart, each with
@@ -160,6 +162,16 @@ fn resources(pid: u32) -> Option<(u64, u64)> {
     Some((rss, fds))
 }
 
+/// Sets its flag when dropped: the sampler stops also when the chaos loop panics (else the
+/// scope would wait for it forever).
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Samples the current agent every second until `stop` is set.
 fn sample(started: Instant, current: &Mutex<Current>, stop: &AtomicBool) -> Vec<Sample> {
     let mut samples = Vec::new();
@@ -192,6 +204,8 @@ struct Counts {
     health_flaps: u64,
     kills: u64,
     upgrades: u64,
+    /// How long each restart or upgrade took until the new agent answered, seconds.
+    replacing: Vec<f64>,
 }
 
 /// The chaos loop's world.
@@ -227,9 +241,8 @@ impl Chaos<'_> {
 
     fn round(&mut self) {
         self.change_weight();
-        self.served_during("a weight change");
         self.add_and_delete_extra();
-        self.served_during("the extra server's add and delete");
+        self.served_during("a weight change and the extra server's add and delete");
         self.reload_valid_and_invalid();
         self.served_during("the reloads");
         self.flap_health();
@@ -261,11 +274,15 @@ impl Chaos<'_> {
         let served = self.nginx[EXTRA - 1].served().expect("access log");
         self.agent
             .cli_ok(&["real", "add", "-t", &svc, "-r", &rip, "-g", "-w", "1"]);
+        let deadline = Instant::now() + EXTRA_FIRST_REQUEST;
+        while self.nginx[EXTRA - 1].served().expect("access log") == served {
+            assert!(
+                Instant::now() < deadline,
+                "the extra server got no request in {EXTRA_FIRST_REQUEST:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         std::thread::sleep(EXTRA_SERVES);
-        assert!(
-            self.nginx[EXTRA - 1].served().expect("access log") > served,
-            "the extra server got no request in {EXTRA_SERVES:?}"
-        );
         let mut held = open_connections(rs4.ns());
         self.agent.cli_ok(&["real", "del", "-t", &svc, "-r", &rip]);
         // Long enough for every connection in flight to send its next packet, short of any
@@ -345,63 +362,67 @@ impl Chaos<'_> {
         };
     }
 
-    fn next_instance(&self) -> usize {
-        self.current.lock().unwrap().instance + 1
+    /// Replaces the running agent by what `replace` starts: the sampler follows the new
+    /// instance, which must run the same state and let requests through meanwhile.
+    fn replace_agent(&mut self, what: &str, replace: impl FnOnce(&mut Self)) {
+        let before = weights(&self.agent);
+        let instance = self.current.lock().unwrap().instance + 1;
+        self.set_current(instance, None);
+        let began = Instant::now();
+        replace(self);
+        self.counts.replacing.push(began.elapsed().as_secs_f64());
+        self.set_current(instance, Some(self.agent.pid()));
+        assert_eq!(weights(&self.agent), before, "state after {what}");
+        self.served_during(what);
     }
 
     /// SIGKILL, a second without an agent, and the same agent started again: it adopts the
-    /// datapath with the same state.
+    /// datapath.
     fn kill_and_restart(&mut self) {
-        let before = weights(&self.agent);
-        let instance = self.next_instance();
-        self.set_current(instance, None);
-        let status = self.agent.kill();
-        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
-        std::thread::sleep(AGENTLESS);
-        self.agent.restart().expect("restart after SIGKILL");
-        self.set_current(instance, Some(self.agent.pid()));
-        assert_eq!(weights(&self.agent), before, "state after the restart");
+        self.replace_agent("a SIGKILL and restart", |chaos| {
+            let status = chaos.agent.kill();
+            assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+            std::thread::sleep(AGENTLESS);
+            chaos.agent.restart().expect("restart after SIGKILL");
+        });
         self.counts.kills += 1;
-        self.served_during("a SIGKILL and restart");
     }
 
     /// An upgrade: SIGQUIT leaves the datapath running, and a second agent (its own socket, a
     /// copy of the file) adopts it.
     fn upgrade(&mut self) {
-        let before = weights(&self.agent);
-        let instance = self.next_instance();
-        self.set_current(instance, None);
-        self.agent.signal(libc::SIGQUIT).expect("SIGQUIT");
-        let status = self
-            .agent
-            .wait_exit(Duration::from_secs(10))
-            .expect("the agent did not exit on SIGQUIT");
-        assert!(status.success(), "exit on SIGQUIT: {status}");
-        let director = self.topo.director().ns();
-        let next =
-            Agent::start_with_config(director, &config(self.rs2_weight)).expect("the second agent");
-        assert!(
-            next.log().contains("adopted the running datapath"),
-            "{}",
-            next.log()
-        );
-        // The old one's guard would detach a datapath no agent runs; it is refused now.
-        drop(std::mem::replace(&mut self.agent, next));
-        assert!(director.xdp_attached("eth0").expect("ip link"));
-        self.set_current(instance, Some(self.agent.pid()));
-        assert_eq!(weights(&self.agent), before, "state after the upgrade");
+        self.replace_agent("an upgrade", |chaos| {
+            chaos.agent.signal(libc::SIGQUIT).expect("SIGQUIT");
+            let status = chaos
+                .agent
+                .wait_exit(Duration::from_secs(10))
+                .expect("the agent did not exit on SIGQUIT");
+            assert!(status.success(), "exit on SIGQUIT: {status}");
+            let director = chaos.topo.director().ns();
+            let next = Agent::start_with_config(director, &config(chaos.rs2_weight))
+                .expect("the second agent");
+            assert!(
+                next.log().contains("adopted the running datapath"),
+                "{}",
+                next.log()
+            );
+            // The old one's guard would detach a datapath no agent runs; with the new agent
+            // running, that is refused (the warning it prints).
+            drop(std::mem::replace(&mut chaos.agent, next));
+            assert!(director.xdp_attached("eth0").expect("ip link"));
+        });
         self.counts.upgrades += 1;
-        self.served_during("an upgrade");
     }
 }
 
-/// Growth of the largest value after warm-up over the largest during it, per instance with
-/// samples on both sides: (instance, first and last second, warm-up max, later max) for RSS and
-/// fds.
+/// An agent instance's resources: the most during its warm-up and the most after it, for each
+/// instance sampled on both sides.
 struct Growth {
     instance: usize,
+    /// Its first and last sample, seconds into the soak.
     from: f64,
     to: f64,
+    /// (warm-up, after) maxima: resident memory in kB, open files.
     rss: (u64, u64),
     fds: (u64, u64),
 }
@@ -494,6 +515,7 @@ fn chaos_soak_under_http_load() {
 
     let samples = std::thread::scope(|s| {
         let sampler = s.spawn(|| sample(started, &current, &stop));
+        let stopping = SetOnDrop(&stop);
         // Restarts and upgrades alternate between the rounds of the first half (at least one of
         // each); the agent of the second half lives on, so its memory is watched over half the
         // run. An instance's first round is its warm-up.
@@ -515,7 +537,7 @@ fn chaos_soak_under_http_load() {
                 rounds_of_instance = 0;
             }
         }
-        stop.store(true, Ordering::Relaxed);
+        drop(stopping);
         sampler.join().expect("sampler")
     });
     let elapsed = started.elapsed();
@@ -541,6 +563,8 @@ fn chaos_soak_under_http_load() {
         c.kills,
         c.upgrades
     );
+    let most = c.replacing.iter().copied().fold(0.0, f64::max);
+    println!("soak: restarts and upgrades took up to {most:.1} s until the new agent answered");
     print_wrk("keep-alive", &keepalive);
     print_wrk("new connection per request", &close);
     println!(
