@@ -577,9 +577,18 @@ pub enum Reason {
     /// an interface the director is attached to: dropped, never leaked with the real server's
     /// address.
     DropNoRoute = 14,
+    /// For a service, but the IPv4 header checksum is wrong: the kernel would have dropped it
+    /// before IPVS saw it.
+    DropBadChecksum = 15,
+    /// For a service, from an address no client can have (the kernel's martian sources):
+    /// IPv4 0/8, 127/8, multicast, broadcast or the VIP itself; IPv6 ::, ::1, multicast or
+    /// IPv4-mapped.
+    DropBadSource = 16,
+    /// For a service, with a TTL (hop limit) of 0.
+    DropTtlZero = 17,
 }
 
-pub const REASON_COUNT: u32 = 15;
+pub const REASON_COUNT: u32 = 18;
 /// Entries of the REASONS map: room for reasons added later, so a datapath pinned by one
 /// version is adopted by the next without resizing it.
 pub const REASON_SLOTS: u32 = 32;
@@ -601,6 +610,9 @@ impl Reason {
         Reason::DropNoNeigh,
         Reason::PassTtl,
         Reason::DropNoRoute,
+        Reason::DropBadChecksum,
+        Reason::DropBadSource,
+        Reason::DropTtlZero,
     ];
 
     /// Stable snake_case name for CLI, JSON and metrics.
@@ -621,6 +633,9 @@ impl Reason {
             Reason::DropNoNeigh => "drop_no_neigh",
             Reason::PassTtl => "pass_ttl",
             Reason::DropNoRoute => "drop_no_route",
+            Reason::DropBadChecksum => "drop_bad_checksum",
+            Reason::DropBadSource => "drop_bad_source",
+            Reason::DropTtlZero => "drop_ttl_zero",
         }
     }
 }

@@ -84,21 +84,22 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     // so the service lookup is only for new flows.
     let known = conntrack::established(&flow, flags, now, config)
         .and_then(|(svc, id)| Some((svc, id, schedule::real(svc, id)?)));
-    let (service_id, real_id, real, new_flow) = match known {
-        Some((svc, id, real)) => {
-            if !parse::is_whole(&ctx, &pkt) {
-                return stats::drop(Reason::DropMalformed, frame_len);
-            }
-            (svc, id, real, false)
-        }
-        None => {
-            let Some(service) = lookup::service(&pkt) else {
-                return no_service(&ctx, &pkt, frame_len);
-            };
-            // Only now, with a service at stake, is a damaged packet worth a drop, not a pass.
-            if !parse::is_whole(&ctx, &pkt) {
-                return stats::drop(Reason::DropMalformed, frame_len);
-            }
+    // A new flow's service. Only with a service at stake is a damaged packet worth a drop, not
+    // a pass; checked once for both kinds of flow (the verifier walks each copy).
+    let service = match known {
+        Some(_) => None,
+        None => match lookup::service(&pkt) {
+            Some(service) => Some(service),
+            None => return no_service(&ctx, &pkt, frame_len),
+        },
+    };
+    if let Err(reason) = parse::check(&ctx, &pkt) {
+        return stats::drop(reason, frame_len);
+    }
+    let (service_id, real_id, real, new_flow) = match (known, service) {
+        (Some((svc, id, real)), _) => (svc, id, real, false),
+        (None, None) => return stats::drop(Reason::DropNoReal, frame_len),
+        (None, Some(service)) => {
             let Some(id) = choose(service, &flow, now) else {
                 debug!(
                     &ctx,
@@ -263,8 +264,8 @@ pub fn xdplb_nat_reply(ctx: XdpContext) -> u32 {
         Ok(found) => found,
         Err(verdict) => return verdict,
     };
-    if !parse::is_whole(&ctx, &pkt) {
-        return stats::drop(Reason::DropMalformed, frame_len);
+    if let Err(reason) = parse::check(&ctx, &pkt) {
+        return stats::drop(reason, frame_len);
     }
     nat_reply_conntrack(&mut flow, &reply, parse::tcp_flags(&ctx, &pkt), config);
     let vip = [reply.vip[12], reply.vip[13], reply.vip[14], reply.vip[15]];
@@ -385,6 +386,12 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     // Everything that reads past the network header, first: the extension headers give each
     // packet its own transport offset, and the verifier explores every stage after its last
     // use once per offset.
+    // What the kernel would have refused IPVS, for a service; the lookup only for such a packet.
+    if let Some(reason) = parse6::insane6(&ctx, &pkt) {
+        if service_of().is_some() {
+            return stats::drop(reason, frame_len);
+        }
+    }
     let whole = parse6::is_whole6(&ctx, &pkt);
     let flags = parse::tcp_flags_at(&ctx, pkt.proto, pkt.l4_off);
     let flow = pkt.flow();

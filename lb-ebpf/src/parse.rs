@@ -181,11 +181,12 @@ pub fn icmp_error(ctx: &XdpContext) -> Option<IcmpError> {
     Some(IcmpError { outer, quoted })
 }
 
-/// Whether a packet for a service is complete and self-consistent, so forwarding it cannot hand a
-/// real server a damaged packet: the L4 header is all there, and the IPv4 total length covers the
-/// headers and fits in the frame (Ethernet padding after it is fine).
+/// Whether a packet for a service may be forwarded: complete and self-consistent, so a real
+/// server is never handed a damaged packet (the L4 header is all there, and the IPv4 total
+/// length covers the headers and fits in the frame; Ethernet padding after it is fine), and one
+/// the kernel would have accepted for IPVS (see [`ipv4_sane`]). The error is the drop's reason.
 #[inline(always)]
-pub fn is_whole(ctx: &XdpContext, pkt: &Packet) -> bool {
+pub fn check(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
     let l4_min = l4_min(pkt.proto);
     let frame_len = ctx.data_end() - ctx.data();
     let ip_len = pkt.tot_len as usize;
@@ -193,13 +194,62 @@ pub fn is_whole(ctx: &XdpContext, pkt: &Packet) -> bool {
         || ip_len < pkt.l4_off - pkt.l3_off + l4_min
         || pkt.l3_off + ip_len > frame_len
     {
-        return false;
+        return Err(Reason::DropMalformed);
     }
     let l4_len = ip_len - (pkt.l4_off - pkt.l3_off);
-    transport_is_whole(ctx, pkt.proto, pkt.l4_off, l4_len)
+    if !transport_is_whole(ctx, pkt.proto, pkt.l4_off, l4_len) {
+        return Err(Reason::DropMalformed);
+    }
+    ipv4_sane(ctx, pkt)
 }
 
-/// The TCP flags byte (0 for UDP). Call after [`is_whole`].
+/// Longest IPv4 header, in 32-bit words.
+const IPV4_MAX_WORDS: usize = 15;
+/// The TTL's offset in the IPv4 header.
+const IPV4_TTL: usize = 8;
+
+/// What the kernel checks of an IPv4 header before IPVS sees the packet (ip_rcv and the route
+/// lookup's martian test), so the director forwards nothing a kernel director would have
+/// dropped: the header checksum (over the options too), the source (not 0/8, 127/8,
+/// multicast, broadcast or the destination itself) and a TTL above 0.
+/// Not the options' structure (ip_options_compile): a walk of variable-length options puts the
+/// director's program over the verifier's limit; the real server's kernel drops such packets.
+/// Read a word at a time: this runs on every packet for a service, and the stack is full.
+#[inline(always)]
+fn ipv4_sane(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
+    let words = (pkt.l4_off - pkt.l3_off) / 4;
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < IPV4_MAX_WORDS {
+        if i >= words {
+            break;
+        }
+        let w = read::<u32>(ctx, pkt.l3_off + i * 4).ok_or(Reason::DropMalformed)?;
+        sum += (w & 0xffff) + (w >> 16);
+        i += 1;
+    }
+    // Folded, a header with a right checksum sums to all ones (in either byte order).
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    if sum != 0xffff {
+        return Err(Reason::DropBadChecksum);
+    }
+    if is_martian(pkt.src) || pkt.src == pkt.dst {
+        return Err(Reason::DropBadSource);
+    }
+    if read::<u8>(ctx, pkt.l3_off + IPV4_TTL).ok_or(Reason::DropMalformed)? == 0 {
+        return Err(Reason::DropTtlZero);
+    }
+    Ok(())
+}
+
+/// A source no client can have: 0.0.0.0/8, 127.0.0.0/8, multicast, 255.255.255.255.
+#[inline(always)]
+fn is_martian(src: [u8; 4]) -> bool {
+    src[0] == 0 || src[0] == 127 || src[0] & 0xf0 == 0xe0 || u32::from_ne_bytes(src) == u32::MAX
+}
+
+/// The TCP flags byte (0 for UDP). Call after [`check`].
 #[inline(always)]
 pub fn tcp_flags(ctx: &XdpContext, pkt: &Packet) -> u8 {
     tcp_flags_at(ctx, pkt.proto, pkt.l4_off)

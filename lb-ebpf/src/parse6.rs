@@ -100,7 +100,7 @@ pub fn parse6(ctx: &XdpContext) -> Result<Packet6, Reason> {
     })
 }
 
-/// Whether a packet for a service is complete and self-consistent (as `parse::is_whole` for
+/// Whether a packet for a service is complete and self-consistent (as `parse::check` for
 /// IPv4): the payload length covers the extension headers and the transport header and fits
 /// in the frame, and the transport header agrees.
 #[inline(always)]
@@ -116,6 +116,39 @@ pub fn is_whole6(ctx: &XdpContext, pkt: &Packet6) -> bool {
         return false;
     }
     transport_is_whole(ctx, pkt.proto, pkt.l4_off, payload - ext)
+}
+
+/// The hop limit's offset in the IPv6 header.
+const IPV6_HOP_LIMIT: usize = 7;
+
+/// What the kernel checks of an IPv6 header before IPVS sees the packet (ipv6_rcv): a source
+/// that is not unspecified, loopback, multicast or IPv4-mapped; and, as for IPv4's TTL, a hop
+/// limit above 0. The reason to drop it if not.
+#[inline(always)]
+pub fn insane6(ctx: &XdpContext, pkt: &Packet6) -> Option<Reason> {
+    if is_martian6(&pkt.src) {
+        return Some(Reason::DropBadSource);
+    }
+    match read::<u8>(ctx, pkt.l3_off + IPV6_HOP_LIMIT) {
+        Some(0) => Some(Reason::DropTtlZero),
+        _ => None,
+    }
+}
+
+/// A source no client can have: ::, ::1, multicast (ff00::/8), IPv4-mapped (::ffff:0:0/96).
+/// Byte by byte: the IPv6 programs' stacks are full.
+#[inline(always)]
+fn is_martian6(a: &Addr) -> bool {
+    if a[0] == 0xff {
+        return true;
+    }
+    let head = a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9];
+    if head != 0 {
+        return false;
+    }
+    let mapped = a[10] == 0xff && a[11] == 0xff;
+    let low = a[10] | a[11] | a[12] | a[13] | a[14] == 0 && a[15] <= 1;
+    mapped || low
 }
 
 /// ICMPv6's next header, and the errors IPVS translates for NAT flows.

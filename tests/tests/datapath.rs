@@ -306,8 +306,13 @@ fn weights_1_2_3_share_30000_random_sources() {
     let mut sources = std::collections::HashSet::new();
     let mut rng = XorShift64::new(1);
     const N: u32 = 30_000;
+    let mut sent = 0u32;
     for _ in 0..N {
         let src = Ipv4Addr::from((rng.next() >> 32) as u32);
+        // Sources no client can have are dropped (a test of their own below).
+        if src.is_loopback() || src.is_multicast() || src.is_broadcast() || src.octets()[0] == 0 {
+            continue;
+        }
         sources.insert(src);
         let mac = assert_direct_routed(
             &mut fx,
@@ -318,9 +323,10 @@ fn weights_1_2_3_share_30000_random_sources() {
             },
         );
         seen[(mac[5] - 11) as usize] += 1;
+        sent += 1;
     }
     for (i, n) in seen.iter().enumerate() {
-        let share = *n as f64 / N as f64;
+        let share = *n as f64 / sent as f64;
         let want = (i + 1) as f64 / 6.0;
         assert!(
             (share - want).abs() <= 0.03,
@@ -329,7 +335,7 @@ fn weights_1_2_3_share_30000_random_sources() {
     }
     let c = fx.maps.counters().unwrap();
     let svc = fx.state.service(&tcp_service()).unwrap();
-    assert_eq!(c.services[svc.id as usize].packets, N as u64);
+    assert_eq!(c.services[svc.id as usize].packets, sent as u64);
     assert_eq!(
         c.services[svc.id as usize].conns,
         sources.len() as u64,
@@ -466,4 +472,107 @@ fn a_stacked_devices_mac_is_forwarded_while_it_holds_an_address() {
     fx.maps.set_local_macs(&[]).unwrap();
     let frame = to_vmac.build();
     assert_eq!(fx.run(&frame).unwrap(), (XDP_PASS, frame), "device gone");
+}
+
+/// What the kernel would have dropped before IPVS saw it is dropped, and counted, when it is
+/// for a service (new flow or established): a wrong header checksum, a source no client can
+/// have, a TTL of 0. The same frames for no service go to the kernel as they are.
+#[test]
+fn packets_the_kernel_would_refuse_are_dropped_with_a_reason() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture(&[1, 1]);
+    let bad_checksum = |spec: &FrameSpec| {
+        let mut frame = spec.build();
+        frame[14 + 10] ^= 0x5a;
+        frame
+    };
+    let established = FrameSpec {
+        sport: 41000,
+        ..Default::default()
+    };
+    assert_direct_routed(&mut fx, &tcp_service(), &established);
+    let ack = FrameSpec {
+        tcp_flags: TCP_ACK,
+        ..established.clone()
+    };
+    let mut cases: Vec<(Vec<u8>, Reason)> = vec![
+        (bad_checksum(&FrameSpec::default()), Reason::DropBadChecksum),
+        (bad_checksum(&ack), Reason::DropBadChecksum),
+        (
+            bad_checksum(&FrameSpec {
+                ip_options: vec![1, 1, 1, 0],
+                ..Default::default()
+            }),
+            Reason::DropBadChecksum,
+        ),
+        (
+            FrameSpec {
+                ttl: 0,
+                ..Default::default()
+            }
+            .build(),
+            Reason::DropTtlZero,
+        ),
+        (
+            FrameSpec {
+                ttl: 0,
+                ..ack.clone()
+            }
+            .build(),
+            Reason::DropTtlZero,
+        ),
+    ];
+    for src in [
+        "0.0.0.0",
+        "0.1.2.3",
+        "127.0.0.1",
+        "127.200.1.1",
+        "224.0.0.5",
+        "239.255.255.250",
+        "255.255.255.255",
+        "10.0.0.100",
+    ] {
+        let spec = FrameSpec {
+            src: src.parse().unwrap(),
+            ..Default::default()
+        };
+        cases.push((spec.build(), Reason::DropBadSource));
+    }
+    for (frame, reason) in &cases {
+        let before = fx.reason(*reason);
+        let (verdict, _) = fx.run(frame).unwrap();
+        assert_eq!(verdict, XDP_DROP, "{reason:?}: {frame:02x?}");
+        assert_eq!(fx.reason(*reason), before + 1, "{reason:?} counted");
+    }
+    // For no service (another port of the VIP): the kernel's, untouched.
+    for (frame, reason) in &cases {
+        let mut other = frame.clone();
+        other[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&8080u16.to_be_bytes());
+        if other[14] != 0x45 {
+            continue;
+        }
+        let (verdict, out) = fx.run(&other).unwrap();
+        assert_eq!(
+            (verdict, &out),
+            (XDP_PASS, &other),
+            "{reason:?} for no service"
+        );
+    }
+    // Still forwarded: TTL 1, a source from the 240/4 block the kernel accepts, and the
+    // established flow's next packet.
+    for spec in [
+        FrameSpec {
+            ttl: 1,
+            ..Default::default()
+        },
+        FrameSpec {
+            src: Ipv4Addr::new(240, 0, 0, 1),
+            ..Default::default()
+        },
+        ack,
+    ] {
+        assert_direct_routed(&mut fx, &tcp_service(), &spec);
+    }
 }

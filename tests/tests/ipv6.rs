@@ -430,3 +430,52 @@ fn decap_opens_ipv6_in_ipv6_for_local_vips() {
         );
     }
 }
+
+/// As for IPv4: what ipv6_rcv would have dropped before IPVS saw it (sources no client can
+/// have), and a hop limit of 0, is dropped and counted when it is for a service; for no
+/// service it goes to the kernel as it is.
+#[test]
+fn ipv6_packets_the_kernel_would_refuse_are_dropped_with_a_reason() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture();
+    let mut cases: Vec<(Frame6Spec, Reason)> =
+        ["::", "::1", "ff02::1", "ff0e::5", "::ffff:10.0.0.1"]
+            .iter()
+            .map(|src| {
+                let spec = Frame6Spec {
+                    src: src.parse().unwrap(),
+                    ..Default::default()
+                };
+                (spec, Reason::DropBadSource)
+            })
+            .collect();
+    cases.push((
+        Frame6Spec {
+            hop_limit: 0,
+            ..Default::default()
+        },
+        Reason::DropTtlZero,
+    ));
+    for (spec, reason) in &cases {
+        let before = fx.reason(*reason);
+        assert_eq!(fx.run(&spec.build()).unwrap().0, XDP_DROP, "{spec:?}");
+        assert_eq!(fx.reason(*reason), before + 1, "{reason:?} counted");
+        let other = Frame6Spec {
+            dport: 8080,
+            ..spec.clone()
+        }
+        .build();
+        assert_eq!(
+            fx.run(&other).unwrap(),
+            (XDP_PASS, other),
+            "{spec:?} for no service"
+        );
+    }
+    let fine = Frame6Spec {
+        hop_limit: 1,
+        ..Default::default()
+    };
+    assert_eq!(fx.run(&fine.build()).unwrap().0, XDP_TX);
+}

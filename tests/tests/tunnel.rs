@@ -334,6 +334,11 @@ fn an_ipv6_real_server_of_an_ipv4_service_is_reached_by_ipv4_in_ipv6() {
         let mut input = spec.build();
         let l3 = if spec.vlan.is_some() { 18 } else { 14 };
         input[l3 + 1] = 0xb8; // TOS: DSCP EF
+                              // The header checksum again (the datapath drops a header whose checksum is wrong).
+        input[l3 + 10..l3 + 12].fill(0);
+        let header: [u8; 20] = input[l3..l3 + 20].try_into().unwrap();
+        let check = lb_common::csum::ipv4_header(&header);
+        input[l3 + 10..l3 + 12].copy_from_slice(&check.to_be_bytes());
         let (verdict, out) = fx.run(&input).unwrap();
         assert_eq!(verdict, XDP_TX);
         let mut want = encapsulate6(&input, src6, rip6);
