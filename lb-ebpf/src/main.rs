@@ -317,7 +317,12 @@ pub fn xdplb_nat_icmp(ctx: XdpContext) -> u32 {
     if let Err(verdict) = local_config(&ctx, frame_len) {
         return verdict;
     }
-    let translated = match nat::icmp::about(&err) {
+    let about = nat::icmp::about(&err);
+    // About a NAT flow: never translated and sent on with a damaged header.
+    if about.is_some() && !parse::checksum_ok(&ctx, &err.outer) {
+        return stats::drop(Reason::DropBadChecksum, frame_len);
+    }
+    let translated = match about {
         // To the real server, about its reply: as a request is.
         Some(nat::icmp::About::Reply {
             service,

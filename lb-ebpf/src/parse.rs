@@ -217,21 +217,7 @@ const IPV4_TTL: usize = 8;
 /// Read a word at a time: this runs on every packet for a service, and the stack is full.
 #[inline(always)]
 fn ipv4_sane(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
-    let words = (pkt.l4_off - pkt.l3_off) / 4;
-    let mut sum: u32 = 0;
-    let mut i = 0;
-    while i < IPV4_MAX_WORDS {
-        if i >= words {
-            break;
-        }
-        let w = read::<u32>(ctx, pkt.l3_off + i * 4).ok_or(Reason::DropMalformed)?;
-        sum += (w & 0xffff) + (w >> 16);
-        i += 1;
-    }
-    // Folded, a header with a right checksum sums to all ones (in either byte order).
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    if sum != 0xffff {
+    if !checksum_ok(ctx, pkt) {
         return Err(Reason::DropBadChecksum);
     }
     if is_martian(pkt.src) || pkt.src == pkt.dst {
@@ -241,6 +227,28 @@ fn ipv4_sane(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
         return Err(Reason::DropTtlZero);
     }
     Ok(())
+}
+
+/// Whether the IPv4 header of `pkt` (options included) has the right checksum.
+#[inline(always)]
+pub fn checksum_ok(ctx: &XdpContext, pkt: &Packet) -> bool {
+    let words = (pkt.l4_off - pkt.l3_off) / 4;
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < IPV4_MAX_WORDS {
+        if i >= words {
+            break;
+        }
+        let Some(w) = read::<u32>(ctx, pkt.l3_off + i * 4) else {
+            return false;
+        };
+        sum += (w & 0xffff) + (w >> 16);
+        i += 1;
+    }
+    // Folded, a header with a right checksum sums to all ones (in either byte order).
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum == 0xffff
 }
 
 /// A source no client can have: 0.0.0.0/8, 127.0.0.0/8, multicast, 255.255.255.255.

@@ -66,6 +66,9 @@ pub fn parse6(ctx: &XdpContext) -> Result<Packet6, Reason> {
     while i < MAX_EXT {
         match next {
             IPPROTO_TCP | IPPROTO_UDP => break,
+            // Hop-by-hop options only right after the fixed header (RFC 8200; the kernel
+            // drops it anywhere else).
+            NEXTHDR_HOP if i != 0 => return Err(Reason::PassUnparsed),
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
                 let h: [u8; 2] = read(ctx, l4_off).ok_or(Reason::PassUnparsed)?;
                 next = h[0];

@@ -4,7 +4,7 @@
 mod bench;
 mod deb;
 mod packages;
-mod soak;
+mod reliability;
 mod toolchain;
 
 use std::{
@@ -49,6 +49,16 @@ enum Task {
         /// How long it runs, in minutes.
         #[arg(long, default_value_t = 10)]
         minutes: u64,
+    },
+    /// Build, then fuzz the datapath through BPF_PROG_TEST_RUN (as root) and print the
+    /// verdicts (CI fuzzes 100,000 frames).
+    Fuzz {
+        /// How many frames.
+        #[arg(long, default_value_t = 10_000_000)]
+        frames: u64,
+        /// The mutations' seed.
+        #[arg(long, default_value_t = 15)]
+        seed: u64,
     },
     /// Build a Debian package (binary, manual page, completions, systemd unit, example config).
     Deb {
@@ -167,7 +177,12 @@ fn main() -> Result<()> {
             require_root("the soak")?;
             packages::ensure()?;
             build(&path)?;
-            soak::run(cargo(&path, &[]), &bin.join("xdplb"), minutes)
+            reliability::soak(cargo(&path, &[]), &bin.join("xdplb"), minutes)
+        }
+        Task::Fuzz { frames, seed } => {
+            require_root("the fuzzing")?;
+            build(&path)?;
+            reliability::fuzz(cargo(&path, &[]), &bin.join("xdplb"), frames, seed)
         }
         Task::Bench => {
             require_root("the benchmarks")?;
