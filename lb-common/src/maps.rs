@@ -228,6 +228,24 @@ pub struct FlowHandoff {
     pub new_flow: u32,
 }
 
+/// FLOOD_GUARD value (per CPU): the new-flow guard. Above `limit` new flows in a second on a
+/// CPU, new flows are still forwarded (scheduled by hash as usual) but no longer remembered in
+/// the connection table, so a flood cannot push out the entries of established connections
+/// (Katran's answer to the same problem). LVS/NAT flows are always remembered: their replies
+/// need the translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FloodGuard {
+    /// New flows a CPU remembers per second; 0: no limit. Written by the agent.
+    pub limit: u32,
+    /// The current second's start (kernel ticks), and the flows remembered in it.
+    pub start: u32,
+    pub count: u32,
+    pub _pad: u32,
+    /// New flows forwarded but not remembered, the limit reached.
+    pub unremembered: u64,
+}
+
 /// [`RealServer::flags`]: the entry describes a configured real server. A table slot that points
 /// at an entry without it (a real server being deleted) is treated as "no real server".
 pub const REAL_ACTIVE: u8 = 1;
@@ -322,6 +340,15 @@ pub struct Conn {
 
 /// Default size of the connection table (flows).
 pub const DEFAULT_CONN_MAX: u32 = 1_000_000;
+/// The new-flow guard's default ([`FloodGuard`]): the connection table may turn over no faster
+/// than once in this many seconds, all CPUs at their limit together.
+pub const NEW_FLOW_TURNOVER_SECS: u32 = 8;
+
+/// The new-flow guard's default limit (new flows remembered per second per CPU) for a table
+/// of `conn_max` flows on `cpus` CPUs: 62,500 for the default 1,000,000 on 2 CPUs.
+pub fn default_new_flow_limit(conn_max: u32, cpus: u32) -> u32 {
+    (conn_max / cpus.max(1) / NEW_FLOW_TURNOVER_SECS).max(1)
+}
 
 /// Flag of the lookup-table inner maps (and of their template in the datapath): inner arrays of
 /// different sizes may stand in the same outer map.
@@ -400,6 +427,8 @@ pub mod map_names {
     pub const REASONS: &str = "REASONS";
     /// Each real server's active and inactive connections ([`RealConns`]).
     pub const REAL_CONNS: &str = "REAL_CONNS";
+    /// Per CPU: the new-flow guard ([`super::FloodGuard`]).
+    pub const FLOOD_GUARD: &str = "FLOOD_GUARD";
     /// Each real server's weight and thresholds, for the schedulers ([`RealLimits`]).
     pub const REAL_LIMITS: &str = "REAL_LIMITS";
     /// Per service: the round-robin position of `rr` and `wrr`.
@@ -586,9 +615,12 @@ pub enum Reason {
     DropBadSource = 16,
     /// For a service, with a TTL (hop limit) of 0.
     DropTtlZero = 17,
+    /// A new flow forwarded but not remembered in the connection table: its CPU reached the
+    /// new-flow guard's rate (a flood). Counted in FLOOD_GUARD (per CPU), not in REASONS.
+    TxNotRemembered = 18,
 }
 
-pub const REASON_COUNT: u32 = 18;
+pub const REASON_COUNT: u32 = 19;
 /// Entries of the REASONS map: room for reasons added later, so a datapath pinned by one
 /// version is adopted by the next without resizing it.
 pub const REASON_SLOTS: u32 = 32;
@@ -613,6 +645,7 @@ impl Reason {
         Reason::DropBadChecksum,
         Reason::DropBadSource,
         Reason::DropTtlZero,
+        Reason::TxNotRemembered,
     ];
 
     /// Stable snake_case name for CLI, JSON and metrics.
@@ -636,6 +669,7 @@ impl Reason {
             Reason::DropBadChecksum => "drop_bad_checksum",
             Reason::DropBadSource => "drop_bad_source",
             Reason::DropTtlZero => "drop_ttl_zero",
+            Reason::TxNotRemembered => "tx_not_remembered",
         }
     }
 }
@@ -691,6 +725,7 @@ pub const SYNC_STAT_LOST: u32 = 1;
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::LocalMacs {}
+    unsafe impl aya::Pod for super::FloodGuard {}
     unsafe impl aya::Pod for super::RealEgress {}
     unsafe impl aya::Pod for super::NatReply {}
     unsafe impl aya::Pod for super::Iface {}

@@ -25,6 +25,7 @@ mod conntrack;
 mod counts;
 mod encap;
 mod ether;
+mod flood;
 mod host;
 mod icmp;
 mod icmp6;
@@ -112,7 +113,9 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
             let Some(real) = schedule::real(service.id, id) else {
                 return stats::drop(Reason::DropNoReal, frame_len);
             };
-            if flags & TCP_FLAG_RST == 0 {
+            // Under a flood, past the guard's rate, a new flow is forwarded but not remembered
+            // (an LVS/NAT one always is: its replies need the translation).
+            if flags & TCP_FLAG_RST == 0 && (real.method == FWD_NAT || flood::admit(now, config)) {
                 conntrack::insert(&flow, service.id, id, flags, now, config);
                 persist::remember(service, &flow, id, now);
                 if real.method == FWD_NAT {
@@ -417,7 +420,7 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
             else {
                 return stats::drop(Reason::DropNoReal, frame_len);
             };
-            if flags & TCP_FLAG_RST == 0 {
+            if flags & TCP_FLAG_RST == 0 && (real.method == FWD_NAT || flood::admit(now, config)) {
                 conntrack::insert(&flow, service.id, id, flags, now, config);
                 persist::remember(service, &flow, id, now);
             }

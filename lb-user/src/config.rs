@@ -77,6 +77,9 @@ pub struct Director {
     pub more_interfaces: Vec<String>,
     pub mode: AttachMode,
     pub conn_max: u32,
+    /// New flows each CPU remembers per second (the new-flow guard); 0: no limit; None: from
+    /// the table's size ([`lb_common::default_new_flow_limit`]).
+    pub new_flow_limit: Option<u32>,
     pub tunnel_src: Option<Ipv4Addr>,
     /// The outer source of IPv6 LVS/TUN packets; default: the interface's first global IPv6
     /// address.
@@ -201,6 +204,8 @@ pub struct Config {
     pub mode: AttachMode,
     #[serde(default = "default_conn_max")]
     pub conn_max: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_flow_limit: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_src: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -452,6 +457,7 @@ impl Config {
             more_interfaces,
             mode: self.mode,
             conn_max: self.conn_max,
+            new_flow_limit: self.new_flow_limit,
             tunnel_src: self.tunnel_src,
             tunnel_src6: self.tunnel_src6,
             metrics: self.metrics.clone(),
@@ -516,6 +522,7 @@ impl Config {
             interfaces,
             mode: director.mode,
             conn_max: director.conn_max,
+            new_flow_limit: director.new_flow_limit,
             tunnel_src: director.tunnel_src,
             tunnel_src6: director.tunnel_src6,
             metrics: director.metrics,

@@ -576,3 +576,48 @@ fn packets_the_kernel_would_refuse_are_dropped_with_a_reason() {
         assert_direct_routed(&mut fx, &tcp_service(), &spec);
     }
 }
+
+/// The new-flow guard: past its limit of new flows per second on a CPU, new flows are still
+/// forwarded to the real server the scheduler picks, but not remembered (counted as
+/// tx_not_remembered); the flows remembered before keep their entries.
+#[test]
+fn past_the_new_flow_limit_flows_are_forwarded_but_not_remembered() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture(&[1, 1, 1]);
+    fx.maps.set_new_flow_limit(3).unwrap();
+    let flow = |i: u8| FrameSpec {
+        src: Ipv4Addr::new(192, 0, 2, i),
+        ..Default::default()
+    };
+    for i in 1..=5 {
+        assert_direct_routed(&mut fx, &tcp_service(), &flow(i));
+    }
+    assert_eq!(fx.reason(Reason::TxNotRemembered), 2, "flows 4 and 5");
+    // Remembered flows are established: their next packet is not a new flow (an ACK with no
+    // entry would be one too, and counted as a new connection).
+    let conns = |fx: &Fixture| {
+        let c = fx.maps.counters().unwrap();
+        let svc = fx.state.service(&tcp_service()).unwrap();
+        c.services[svc.id as usize].conns
+    };
+    let before = conns(&fx);
+    for i in 1..=3 {
+        let ack = FrameSpec {
+            tcp_flags: TCP_ACK,
+            ..flow(i)
+        };
+        assert_direct_routed(&mut fx, &tcp_service(), &ack);
+    }
+    assert_eq!(conns(&fx), before, "flows 1-3 are in the table");
+    assert_eq!(
+        fx.reason(Reason::TxNotRemembered),
+        2,
+        "within the same second"
+    );
+    // No limit: every new flow is remembered.
+    fx.maps.set_new_flow_limit(0).unwrap();
+    assert_direct_routed(&mut fx, &tcp_service(), &flow(9));
+    assert_eq!(fx.reason(Reason::TxNotRemembered), 2);
+}

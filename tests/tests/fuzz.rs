@@ -526,7 +526,7 @@ fn mutate(rng: &mut XorShift64, frame: &[u8]) -> Vec<u8> {
                     .collect();
                 f.splice(l3 + 20..l3 + 20, opts);
                 f[l3] = 0x45 + words as u8;
-                let tot = u16::from_be_bytes([f[l3 + 2], f[l3 + 3]]) + words as u16 * 4;
+                let tot = u16::from_be_bytes([f[l3 + 2], f[l3 + 3]]).wrapping_add(words as u16 * 4);
                 f[l3 + 2..l3 + 4].copy_from_slice(&tot.to_be_bytes());
             }
             7 if !v4 && f.len() > l3 + 7 => {

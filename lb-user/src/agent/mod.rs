@@ -532,7 +532,7 @@ impl Agent {
         let cfg = src.parse()?;
         if cfg.director() != self.director {
             bail!(
-                "{}: interface, mode, conn_max, tunnel_src(6), metrics, sync and announce are fixed while the agent runs; restart it to change them",
+                "{}: interface, mode, conn_max, new_flow_limit, tunnel_src(6), metrics, sync and announce are fixed while the agent runs; restart it to change them",
                 path.display()
             );
         }

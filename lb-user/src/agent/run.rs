@@ -293,6 +293,12 @@ async fn bring_up(
     );
     maps.set_config(&config)?;
     maps.set_tunnel_src6(tunnel_src6.map_or([0; 16], |a| a.octets()))?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)? as u32;
+    maps.set_new_flow_limit(
+        director
+            .new_flow_limit
+            .unwrap_or_else(|| lb_common::default_new_flow_limit(director.conn_max, cpus)),
+    )?;
     let entries: Vec<(u32, lb_common::Iface)> = ifaces
         .iter()
         .map(|i| {

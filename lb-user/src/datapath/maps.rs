@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use super::mmap::Mapped;
 
 use lb_common::{
-    map_names, Addr, Conn, DirectorConfig, FlowKey, Iface, LocalMacs, LocalityEntry, LocalityKey,
-    NatReply, NeighMiss, Persistence, RealConns, RealEgress, RealLimits, RealServer, Reason,
-    ServiceInfo, ServiceKey, Template, TemplateKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS,
+    map_names, Addr, Conn, DirectorConfig, FloodGuard, FlowKey, Iface, LocalMacs, LocalityEntry,
+    LocalityKey, NatReply, NeighMiss, Persistence, RealConns, RealEgress, RealLimits, RealServer,
+    Reason, ServiceInfo, ServiceKey, Template, TemplateKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS,
     SYNC_STAT_LOST, TABLE_MAP_FLAGS,
 };
 
@@ -84,6 +84,8 @@ pub trait MapWriter: Send + Sync {
     fn take_neigh_misses(&mut self) -> Vec<(Addr, u32)>;
     /// The outer source address of IPv6 LVS/TUN packets (zero: none).
     fn set_tunnel_src6(&mut self, addr: Addr) -> Result<()>;
+    /// New flows each CPU remembers per second (the new-flow guard; 0: no limit).
+    fn set_new_flow_limit(&mut self, limit: u32) -> Result<()>;
 }
 
 /// Counters summed over CPUs.
@@ -121,6 +123,7 @@ pub struct Maps {
     real_egress: Array<MapData, RealEgress>,
     nat_sources: Array<MapData, u8>,
     tunnel_src6: Array<MapData, Addr>,
+    flood_guard: PerCpuArray<MapData, FloodGuard>,
     nat_replies: HashMap<MapData, FlowKey, NatReply>,
     service_out: PerCpuArray<MapData, Counters>,
     real_out: PerCpuArray<MapData, Counters>,
@@ -275,6 +278,7 @@ impl Maps {
             real_egress: take(ebpf, map_names::REAL_EGRESS)?,
             nat_sources: take(ebpf, map_names::NAT_SOURCES)?,
             tunnel_src6: take(ebpf, map_names::TUNNEL_SRC6)?,
+            flood_guard: take(ebpf, map_names::FLOOD_GUARD)?,
             nat_replies: take(ebpf, map_names::NAT_REPLIES)?,
             service_out: take(ebpf, map_names::SERVICE_OUT)?,
             real_out: take(ebpf, map_names::REAL_OUT)?,
@@ -364,6 +368,17 @@ impl MapWriter for Maps {
         Ok(self.tunnel_src6.set(0, addr, 0)?)
     }
 
+    fn set_new_flow_limit(&mut self, limit: u32) -> Result<()> {
+        // Each CPU's count keeps going; only the limit changes.
+        let mut guards = self.flood_guard.get(&0, 0)?.to_vec();
+        for g in &mut guards {
+            g.limit = limit;
+        }
+        Ok(self
+            .flood_guard
+            .set(0, PerCpuValues::try_from(guards)?, 0)?)
+    }
+
     fn set_config(&mut self, config: &DirectorConfig) -> Result<()> {
         Ok(self.config.set(0, config, 0)?)
     }
@@ -403,6 +418,12 @@ impl MapWriter for Maps {
 
     fn counters(&self) -> Result<DatapathCounters> {
         let reasons = read_all(&self.reasons)?;
+        let unremembered = self
+            .flood_guard
+            .get(&0, 0)?
+            .iter()
+            .map(|g| g.unremembered)
+            .sum();
         // A datapath pinned by an older version may have fewer slots; newer reasons read as 0.
         debug_assert!(reasons.len() <= lb_common::REASON_SLOTS as usize);
         Ok(DatapathCounters {
@@ -413,7 +434,17 @@ impl MapWriter for Maps {
                 .collect(),
             reasons: Reason::ALL
                 .iter()
-                .map(|&r| (r, reasons.get(r as usize).copied().unwrap_or_default()))
+                .map(|&r| match r {
+                    // Counted by the new-flow guard itself (packets only).
+                    Reason::TxNotRemembered => (
+                        r,
+                        Counters {
+                            packets: unremembered,
+                            ..Default::default()
+                        },
+                    ),
+                    _ => (r, reasons.get(r as usize).copied().unwrap_or_default()),
+                })
                 .collect(),
             services_out: read_all(&self.service_out)?,
             reals_out: read_all(&self.real_out)?,

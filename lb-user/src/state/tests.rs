@@ -45,6 +45,9 @@ impl MapWriter for FakeMaps {
     fn set_config(&mut self, _: &DirectorConfig) -> Result<()> {
         self.write("config".into())
     }
+    fn set_new_flow_limit(&mut self, limit: u32) -> Result<()> {
+        self.write(format!("new flow limit {limit}"))
+    }
     fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<()> {
         self.write(format!("service+ {}", info.id))?;
         self.services.insert(*key, *info);

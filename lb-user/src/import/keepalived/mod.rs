@@ -153,6 +153,7 @@ pub fn convert(
         more_interfaces: Vec::new(),
         mode: AttachMode::Native,
         conn_max: DEFAULT_CONN_MAX,
+        new_flow_limit: None,
         tunnel_src: None,
         tunnel_src6: None,
         metrics: None,
