@@ -19,8 +19,11 @@ pub const BENCH_FRAME_MAX: usize = 256;
 pub struct BenchFrame {
     pub len: u32,
     /// Where to write a 32-bit per-iteration counter (e.g. the source address) so every iteration
-    /// is a new flow; `u32::MAX` for none.
+    /// is a new flow; `u32::MAX` for none. Its first byte keeps the template's.
     pub vary_at: u32,
+    /// Where the IPv4 header checksum is, to keep it right when `vary_at` is in the header;
+    /// `u32::MAX` for none.
+    pub csum_at: u32,
     pub bytes: [u8; BENCH_FRAME_MAX],
 }
 

@@ -40,6 +40,30 @@ pub fn forward(ctx: &XdpContext) -> u32 {
 
 const CHUNK: usize = 8;
 
+/// Updates the 16-bit checksum at `at` (if it is in the frame) for 4 bytes changed from `old`
+/// to `new` (RFC 1624), so the IPv4 header of a varied frame stays right.
+#[inline(always)]
+fn fix_checksum(ctx: &XdpContext, at: usize, old: &[u8], new: [u8; 4]) {
+    if at > BENCH_FRAME_MAX - 2 || old.len() < 4 {
+        return;
+    }
+    let Some(field) = ptr_at::<[u8; 2]>(ctx, at) else {
+        return;
+    };
+    let word = |b: &[u8], i: usize| u32::from(u16::from_be_bytes([b[i], b[i + 1]]));
+    // SAFETY: bounds-checked by ptr_at.
+    let check = u16::from_be_bytes(unsafe { field.read_unaligned() });
+    let mut sum = u32::from(!check)
+        + (!word(old, 0) & 0xffff)
+        + (!word(old, 2) & 0xffff)
+        + word(&new, 0)
+        + word(&new, 2);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    // SAFETY: as above.
+    unsafe { field.write_unaligned((!(sum as u16)).to_be_bytes()) };
+}
+
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
     let Some(frame) = BENCH_FRAME.get(0) else {
@@ -77,12 +101,21 @@ pub fn run(ctx: &XdpContext) -> u32 {
     // A bounded offset, so the verifier can check the write (u32::MAX, "none", fails the test).
     let vary_at = frame.vary_at as usize;
     if vary_at <= BENCH_FRAME_MAX - 4 {
-        if let (Some(seq), Some(at)) = (BENCH_SEQ.get_ptr_mut(0), ptr_at::<[u8; 4]>(ctx, vary_at)) {
+        if let (Some(seq), Some(at), Some(old)) = (
+            BENCH_SEQ.get_ptr_mut(0),
+            ptr_at::<[u8; 4]>(ctx, vary_at),
+            frame.bytes.get(vary_at..vary_at + 4),
+        ) {
             // SAFETY: per-CPU counter; bounds-checked packet pointer.
-            unsafe {
+            let new = unsafe {
                 *seq = (*seq).wrapping_add(1);
-                at.write_unaligned((*seq).to_be_bytes());
-            }
+                // The first byte stays the template's: an IPv4 source stays one a client can
+                // have (not 0.0.0.0/8), which the datapath checks.
+                let new = ((*seq & 0x00ff_ffff) | (u32::from(old[0]) << 24)).to_be_bytes();
+                at.write_unaligned(new);
+                new
+            };
+            fix_checksum(ctx, frame.csum_at as usize, old, new);
         }
     }
     // SAFETY: index 0 holds an XDP program; on failure the call returns and we abort.

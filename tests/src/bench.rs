@@ -257,6 +257,7 @@ const NAT_REAL_PORT: u16 = 8080;
 /// Offset of the IPv4 source address in an untagged frame: what the wrapper varies; in an IPv6
 /// frame, the last 4 bytes of the source address.
 const SRC_ADDR_OFFSET: u32 = 26;
+const IPV4_CSUM_OFFSET: u32 = 24;
 const SRC6_ADDR_TAIL_OFFSET: u32 = 14 + 8 + 12;
 
 /// Everything loaded for the benchmarks: the director's program with a `sh` service on port 80
@@ -507,11 +508,16 @@ impl Bench {
         let mut t = BenchFrame {
             len: frame.len() as u32,
             vary_at: u32::MAX,
+            csum_at: u32::MAX,
             bytes: [0; BENCH_FRAME_MAX],
         };
         t.bytes[..frame.len()].copy_from_slice(frame);
         if let Some(at) = vary {
             t.vary_at = at;
+            if at == SRC_ADDR_OFFSET {
+                // The source address is in the IPv4 header: its checksum follows.
+                t.csum_at = IPV4_CSUM_OFFSET;
+            }
         }
         let mut map: Array<&mut MapData, BenchFrame> = wrap
             .ebpf_mut()
