@@ -212,3 +212,87 @@ impl Default for Fixture {
         Self::new()
     }
 }
+
+/// A director's namespace for datapath tests that route (LVS/NAT): `out0` toward the clients,
+/// 192.0.2.1/24, the clients 198.51.100.0/24 behind the router 192.0.2.254 (02:77:00:00:00:fe,
+/// its neighbour entry pinned); `in0` toward the real servers, 192.168.10.1/24; IPv4
+/// forwarding on. [`RoutedNet::with_ipv6`] adds IPv6. Each veth's other end stays unused.
+pub struct RoutedNet {
+    pub ns: crate::Netns,
+    /// (ifindex, MAC) of `out0` and of `in0`.
+    pub out0: (u32, [u8; 6]),
+    pub in0: (u32, [u8; 6]),
+}
+
+impl RoutedNet {
+    /// The namespace, named after `what` (the test file).
+    pub fn new(what: &str) -> Self {
+        crate::names::cleanup_stale();
+        let ns = crate::Netns::new(format!("{}-{what}", crate::names::unique_prefix())).unwrap();
+        crate::netns::veth(&ns, "out0", &ns, "out1").unwrap();
+        crate::netns::veth(&ns, "in0", &ns, "in1").unwrap();
+        ns.ip_batch(
+            "addr add 192.0.2.1/24 dev out0\n\
+             addr add 192.168.10.1/24 dev in0\n\
+             route add 198.51.100.0/24 via 192.0.2.254 dev out0\n\
+             neigh replace 192.0.2.254 lladdr 02:77:00:00:00:fe nud permanent dev out0\n",
+        )
+        .unwrap();
+        ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+        let mac = |dev: &str| -> [u8; 6] {
+            let text = ns.mac(dev).unwrap();
+            let b: Vec<u8> = text
+                .split(':')
+                .map(|x| u8::from_str_radix(x, 16).unwrap())
+                .collect();
+            b.try_into().unwrap()
+        };
+        let out0 = (ns.ifindex("out0").unwrap(), mac("out0"));
+        let in0 = (ns.ifindex("in0").unwrap(), mac("in0"));
+        Self { ns, out0, in0 }
+    }
+
+    /// IPv6 too: `out0` 2001:db8:ff::1/64 (the clients' router ::fe, routing for
+    /// 2001:db8:c::/64, its neighbour entry pinned), `in0` fd00:10::1/64, IPv6 forwarding on.
+    pub fn with_ipv6(self) -> Self {
+        self.ns.enable_ipv6().unwrap();
+        self.ns
+            .ip_batch(
+                "addr add 2001:db8:ff::1/64 dev out0 nodad\n\
+                 addr add fd00:10::1/64 dev in0 nodad\n\
+                 route add 2001:db8:c::/64 via 2001:db8:ff::fe dev out0\n",
+            )
+            .unwrap();
+        self.ns
+            .pin_neighbour("2001:db8:ff::fe", "02:77:00:00:00:fe", "out0")
+            .unwrap();
+        self.ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+        self
+    }
+
+    /// The director's interfaces as the agent writes them (1500-byte MTU).
+    pub fn ifaces(&self) -> Vec<(u32, lb_common::Iface)> {
+        [self.out0, self.in0]
+            .iter()
+            .map(|&(index, mac)| {
+                let iface = lb_common::Iface {
+                    mac,
+                    _pad: 0,
+                    mtu: MTU,
+                };
+                (index, iface)
+            })
+            .collect()
+    }
+}
+
+/// A random address a client can have, drawn from `rng`: the datapath drops the others for a
+/// service (0.0.0.0/8, 127.0.0.0/8, multicast, 255.255.255.255).
+pub fn random_client(rng: &mut lb_common::rng::XorShift64) -> Ipv4Addr {
+    loop {
+        let a = Ipv4Addr::from((rng.next() >> 32) as u32);
+        if !(a.octets()[0] == 0 || a.is_loopback() || a.is_multicast() || a.is_broadcast()) {
+            return a;
+        }
+    }
+}

@@ -14,9 +14,9 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use lb_common::{rng::XorShift64, Iface, IPPROTO_TCP, IPPROTO_UDP};
-use lb_tests::fixture::{Fixture, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
-use lb_tests::{names, netns::veth, require_root, Netns};
+use lb_common::{rng::XorShift64, IPPROTO_TCP, IPPROTO_UDP};
+use lb_tests::fixture::{Fixture, RoutedNet, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
+use lb_tests::require_root;
 use lb_user::{
     datapath::MapWriter as _,
     packet::{encapsulate, Frame6Spec, FrameSpec, NEXTHDR_DEST, NEXTHDR_HOP, NEXTHDR_ROUTING},
@@ -59,66 +59,10 @@ fn real(addr: impl Into<std::net::IpAddr>, forward: Forward, weight: u32) -> Rea
     }
 }
 
-/// The director's namespace: `out0` toward the clients (through a router), `in0` toward the
-/// LVS/NAT real servers, forwarding on, both families.
-struct Net {
-    ns: Netns,
-    out0: (u32, [u8; 6]),
-    in0: (u32, [u8; 6]),
-}
-
-fn net() -> Net {
-    names::cleanup_stale();
-    let ns = Netns::new(format!("{}-fuzz", names::unique_prefix())).unwrap();
-    veth(&ns, "out0", &ns, "out1").unwrap();
-    veth(&ns, "in0", &ns, "in1").unwrap();
-    ns.enable_ipv6().unwrap();
-    ns.ip_batch(
-        "addr add 192.0.2.1/24 dev out0\n\
-         addr add 192.168.10.1/24 dev in0\n\
-         route add 198.51.100.0/24 via 192.0.2.254 dev out0\n\
-         neigh replace 192.0.2.254 lladdr 02:77:00:00:00:fe nud permanent dev out0\n\
-         addr add 2001:db8:ff::1/64 dev out0 nodad\n\
-         addr add fd00:10::1/64 dev in0 nodad\n\
-         route add 2001:db8:c::/64 via 2001:db8:ff::fe dev out0\n",
-    )
-    .unwrap();
-    ns.pin_neighbour(
-        "2001:db8:ff::fe".parse::<Ipv6Addr>().unwrap(),
-        "02:77:00:00:00:fe",
-        "out0",
-    )
-    .unwrap();
-    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
-    let mac = |dev: &str| -> [u8; 6] {
-        let text = ns.mac(dev).unwrap();
-        let b: Vec<u8> = text
-            .split(':')
-            .map(|x| u8::from_str_radix(x, 16).unwrap())
-            .collect();
-        b.try_into().unwrap()
-    };
-    let out0 = (ns.ifindex("out0").unwrap(), mac("out0"));
-    let in0 = (ns.ifindex("in0").unwrap(), mac("in0"));
-    Net { ns, out0, in0 }
-}
-
 /// Every forwarding method and scheduler, TCP and UDP, IPv4 and IPv6.
-fn fixture(net: &Net) -> Fixture {
+fn fixture(net: &RoutedNet) -> Fixture {
     let mut fx = Fixture::new();
-    let ifaces: Vec<(u32, Iface)> = [net.out0, net.in0]
-        .iter()
-        .map(|&(index, mac)| {
-            let iface = Iface {
-                mac,
-                _pad: 0,
-                mtu: 1500,
-            };
-            (index, iface)
-        })
-        .collect();
-    fx.maps.set_interfaces(&ifaces).unwrap();
+    fx.maps.set_interfaces(&net.ifaces()).unwrap();
     fx.maps
         .set_tunnel_src6("2001:db8:ff::1".parse::<Ipv6Addr>().unwrap().octets())
         .unwrap();
@@ -204,7 +148,7 @@ struct Template {
 /// Valid frames of every kind the director meets: requests to every service and port range,
 /// LVS/NAT replies, ICMP errors both ways, IPIP, VLAN tags, IPv4 options, IPv6 extension
 /// headers, and traffic for no service.
-fn templates(net: &Net) -> Vec<Template> {
+fn templates(net: &RoutedNet) -> Vec<Template> {
     let out = |frame| Template {
         ingress: net.out0.0,
         frame,
@@ -652,7 +596,7 @@ fn mutated_frames_never_abort_leak_or_leave_damaged() {
         .ok()
         .map(|v| v.parse().expect("XDPLB_FUZZ_SEED: a number"))
         .unwrap_or(15);
-    let net = net();
+    let net = RoutedNet::new("fuzz").with_ipv6();
     let start = std::time::Instant::now();
     let (tally, n_templates) = net.ns.run_in(|| {
         let mut fx = fixture(&net);
@@ -706,7 +650,7 @@ fn frames_the_fuzzing_found_are_not_sent_on() {
     if !require_root() {
         return;
     }
-    let net = net();
+    let net = RoutedNet::new("fuzz").with_ipv6();
     net.ns.run_in(|| {
         let mut fx = fixture(&net);
         let templates = templates(&net);

@@ -11,9 +11,9 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use lb_common::{FlowKey, Iface, NatReply, Reason, CONN_FIN, IPPROTO_TCP, IPPROTO_UDP};
-use lb_tests::fixture::{Fixture, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
-use lb_tests::{names, netns::veth, require_root, Netns};
+use lb_common::{FlowKey, NatReply, Reason, CONN_FIN, IPPROTO_TCP, IPPROTO_UDP};
+use lb_tests::fixture::{Fixture, RoutedNet, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
+use lb_tests::require_root;
 use lb_user::{
     datapath::MapWriter as _,
     packet::{Frame6Spec, FrameSpec},
@@ -37,55 +37,18 @@ fn service(protocol: Protocol) -> ServiceAddr {
     }
 }
 
-/// The director's namespace and what the tests need of it.
-struct Net {
-    ns: Netns,
-    out0: (u32, [u8; 6]),
-    in0: (u32, [u8; 6]),
-}
-
-fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
-    let text = ns.mac(dev).unwrap();
-    let b: Vec<u8> = text
-        .split(':')
-        .map(|x| u8::from_str_radix(x, 16).unwrap())
-        .collect();
-    b.try_into().unwrap()
-}
+/// The director's namespace: `out0` toward the clients (through a router), `in0` toward the
+/// real servers.
+type Net = RoutedNet;
 
 fn net() -> Net {
-    names::cleanup_stale();
-    let ns = Netns::new(format!("{}-nat", names::unique_prefix())).unwrap();
-    veth(&ns, "out0", &ns, "out1").unwrap();
-    veth(&ns, "in0", &ns, "in1").unwrap();
-    ns.ip_batch(&format!(
-        "addr add 192.0.2.1/24 dev out0\n\
-         addr add 192.168.10.1/24 dev in0\n\
-         route add 198.51.100.0/24 via {ROUTER} dev out0\n\
-         neigh replace {ROUTER} lladdr 02:77:00:00:00:fe nud permanent dev out0\n"
-    ))
-    .unwrap();
-    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    let out0 = (ns.ifindex("out0").unwrap(), mac_of(&ns, "out0"));
-    let in0 = (ns.ifindex("in0").unwrap(), mac_of(&ns, "in0"));
-    Net { ns, out0, in0 }
+    RoutedNet::new("nat")
 }
 
 /// A director attached to `out0` and `in0` with one NAT real server (RIP:8080) per protocol.
 fn fixture(net: &Net) -> Fixture {
     let mut fx = Fixture::new();
-    let ifaces: Vec<(u32, Iface)> = [net.out0, net.in0]
-        .iter()
-        .map(|&(index, mac)| {
-            let iface = Iface {
-                mac,
-                _pad: 0,
-                mtu: 1500,
-            };
-            (index, iface)
-        })
-        .collect();
-    fx.maps.set_interfaces(&ifaces).unwrap();
+    fx.maps.set_interfaces(&net.ifaces()).unwrap();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         fx.add_service(service(protocol), SchedulerSpec::default());
         fx.add_real_spec(
@@ -116,23 +79,9 @@ fn service6(protocol: Protocol) -> ServiceAddr {
     }
 }
 
-/// [`net`] with IPv6 too: `out0` 2001:db8:ff::1/64 (the clients' router ::fe, routing for
-/// 2001:db8:c::/64, its neighbour entry pinned), `in0` fd00:10::1/64, IPv6 forwarding on.
+/// [`net`] with IPv6 too (see [`RoutedNet::with_ipv6`]).
 fn net6() -> Net {
-    let net = net();
-    net.ns.enable_ipv6().unwrap();
-    net.ns
-        .ip_batch(&format!(
-            "addr add 2001:db8:ff::1/64 dev out0 nodad\n\
-             addr add fd00:10::1/64 dev in0 nodad\n\
-             route add 2001:db8:c::/64 via {ROUTER6} dev out0\n"
-        ))
-        .unwrap();
-    net.ns
-        .pin_neighbour(ROUTER6, "02:77:00:00:00:fe", "out0")
-        .unwrap();
-    net.ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
-    net
+    net().with_ipv6()
 }
 
 /// [`fixture`] plus the IPv6 service [VIP6]:80, TCP and UDP, over one NAT real server

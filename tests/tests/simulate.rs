@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use lb_common::rng::XorShift64;
 use lb_tests::agent::xdplb_bin;
-use lb_tests::fixture::{real_mac, Fixture};
+use lb_tests::fixture::{random_client, real_mac, Fixture};
 use lb_tests::netns::veth;
 use lb_tests::{names, require_root, Agent, Netns};
 use lb_user::{
@@ -155,10 +155,7 @@ fn simulate_agrees_with_the_datapath_on_10000_flows() {
     for (addr, _, masq) in &services {
         let svc: std::net::SocketAddrV4 = addr.parse().unwrap();
         let flows: Vec<(Ipv4Addr, u16)> = (0..10_000)
-            .map(|_| {
-                let r = rng.next();
-                (Ipv4Addr::from((r >> 32) as u32), (r as u16).max(1))
-            })
+            .map(|_| (random_client(&mut rng), (rng.next() as u16).max(1)))
             .collect();
         let predicted = simulate(&agent, addr, &flows);
         for ((src, sport), want) in flows.iter().zip(&predicted) {
