@@ -296,3 +296,24 @@ pub fn random_client(rng: &mut lb_common::rng::XorShift64) -> Ipv4Addr {
         }
     }
 }
+
+/// The IPv4 frame `v4`'s MACs, protocol, ports, flags and payload, from `src` to `dst` over
+/// IPv6.
+pub fn over_ipv6(
+    v4: FrameSpec,
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+) -> lb_user::packet::Frame6Spec {
+    lb_user::packet::Frame6Spec {
+        dst_mac: v4.dst_mac,
+        src_mac: v4.src_mac,
+        src,
+        dst,
+        proto: v4.proto,
+        sport: v4.sport,
+        dport: v4.dport,
+        tcp_flags: v4.tcp_flags,
+        payload: v4.payload,
+        ..Default::default()
+    }
+}

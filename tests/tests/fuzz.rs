@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use lb_common::{rng::XorShift64, IPPROTO_TCP, IPPROTO_UDP};
-use lb_tests::fixture::{Fixture, RoutedNet, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
+use lb_tests::fixture::{over_ipv6, Fixture, RoutedNet, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 use lb_tests::require_root;
 use lb_user::{
     datapath::MapWriter as _,
@@ -183,17 +183,7 @@ fn templates(net: &RoutedNet) -> Vec<Template> {
                 ..v4.clone()
             }
             .build()));
-            let v6 = Frame6Spec {
-                dst_mac: net.out0.1,
-                src_mac: ROUTER_MAC,
-                src: CLIENT6,
-                dst: VIP6,
-                proto,
-                sport: 40000,
-                dport,
-                payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
-                ..Default::default()
-            };
+            let v6 = over_ipv6(v4.clone(), CLIENT6, VIP6);
             t.push(out(v6.build()));
             t.push(out(Frame6Spec {
                 ext: vec![(NEXTHDR_HOP, 8), (NEXTHDR_ROUTING, 16), (NEXTHDR_DEST, 8)],
@@ -218,18 +208,7 @@ fn templates(net: &RoutedNet) -> Vec<Template> {
         };
         let reply_bytes = reply.build();
         t.push(inside(reply_bytes.clone()));
-        let reply6 = Frame6Spec {
-            dst_mac: net.in0.1,
-            src_mac: REAL_MAC,
-            src: RIP_NAT6,
-            dst: CLIENT6,
-            proto,
-            sport: REAL_PORT,
-            dport: 40000,
-            tcp_flags: 0x12,
-            payload: b"HTTP/1.0 200 OK\r\n\r\nhello".to_vec(),
-            ..Default::default()
-        };
+        let reply6 = over_ipv6(reply.clone(), RIP_NAT6, CLIENT6);
         t.push(inside(reply6.build()));
         let request = FrameSpec {
             dst_mac: net.out0.1,

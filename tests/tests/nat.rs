@@ -12,7 +12,7 @@ use std::{
 };
 
 use lb_common::{FlowKey, NatReply, Reason, CONN_FIN, IPPROTO_TCP, IPPROTO_UDP};
-use lb_tests::fixture::{Fixture, RoutedNet, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
+use lb_tests::fixture::{over_ipv6, Fixture, RoutedNet, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 use lb_tests::require_root;
 use lb_user::{
     datapath::MapWriter as _,
@@ -112,22 +112,6 @@ fn request6(net: &Net, proto: u8) -> Frame6Spec {
 /// [`reply`] over IPv6: the real server's answer to [`request6`].
 fn reply6(net: &Net, proto: u8) -> Frame6Spec {
     over_ipv6(reply(net, proto), RIP6, CLIENT6)
-}
-
-/// The IPv4 frame `v4`'s MACs, protocol, ports, flags and payload, from `src` to `dst`.
-fn over_ipv6(v4: FrameSpec, src: Ipv6Addr, dst: Ipv6Addr) -> Frame6Spec {
-    Frame6Spec {
-        dst_mac: v4.dst_mac,
-        src_mac: v4.src_mac,
-        src,
-        dst,
-        proto: v4.proto,
-        sport: v4.sport,
-        dport: v4.dport,
-        tcp_flags: v4.tcp_flags,
-        payload: v4.payload,
-        ..Default::default()
-    }
 }
 
 /// A client's packet to the service, as it arrives on `out0`.
