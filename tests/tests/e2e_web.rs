@@ -396,7 +396,8 @@ fn the_status_page_shows_live_rates_in_a_real_browser() {
         b.wait_for(what, Duration::from_secs(20))
             .unwrap_or_else(|e| panic!("{e:#}"))
     };
-    wait(&mut browser, "Number(document.body.dataset.updates) >= 1");
+    // Asked before the page is parsed, there is no body yet: a throw is not a failure to retry.
+    wait(&mut browser, "Number(document.body?.dataset.updates) >= 1");
     // A mark that a reload would wipe.
     browser.eval("window.xdplbMark = 1").unwrap();
     let text = |b: &mut Browser, js: &str| b.eval(js).unwrap().as_str().unwrap_or("").to_owned();
