@@ -238,10 +238,11 @@ pub struct FlowHandoff {
 pub struct FloodGuard {
     /// New flows a CPU remembers per second; 0: no limit. Written by the agent.
     pub limit: u32,
+    /// Kernel ticks in a second. Written by the agent with the limit.
+    pub second: u32,
     /// The current second's start (kernel ticks), and the flows remembered in it.
     pub start: u32,
     pub count: u32,
-    pub _pad: u32,
     /// New flows forwarded but not remembered, the limit reached.
     pub unremembered: u64,
 }

@@ -2,15 +2,19 @@
 //! remembering them above a rate, so the connection table keeps the flows it already has.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use lb_common::{DirectorConfig, FloodGuard};
+use lb_common::{FloodGuard, RealServer, FWD_NAT};
 
 #[map]
 static FLOOD_GUARD: PerCpuArray<FloodGuard> = PerCpuArray::with_max_entries(1, 0);
 
-/// Whether this CPU may remember one more new flow at `now` (kernel ticks): under its limit
-/// for the current second, or no limit set.
+/// Whether a new flow to `real` is remembered at `now` (kernel ticks): always for LVS/NAT (its
+/// replies need the translation); otherwise while this CPU is under its limit for the current
+/// second, or has no limit.
 #[inline(always)]
-pub fn admit(now: u32, config: &DirectorConfig) -> bool {
+pub fn may_remember(real: &RealServer, now: u32) -> bool {
+    if real.method == FWD_NAT {
+        return true;
+    }
     let Some(guard) = FLOOD_GUARD.get_ptr_mut(0) else {
         return true;
     };
@@ -19,9 +23,7 @@ pub fn admit(now: u32, config: &DirectorConfig) -> bool {
     if guard.limit == 0 {
         return true;
     }
-    // The ticks in a second, from the refresh interval the agent wrote in ticks.
-    let second = config.refresh / DirectorConfig::REFRESH_SECS;
-    if now.wrapping_sub(guard.start) >= second {
+    if now.wrapping_sub(guard.start) >= guard.second {
         guard.start = now;
         guard.count = 0;
     }

@@ -99,6 +99,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     }
     let (service_id, real_id, real, new_flow) = match (known, service) {
         (Some((svc, id, real)), _) => (svc, id, real, false),
+        // Not a case: a flow that is not established has a service, or returned above.
         (None, None) => return stats::drop(Reason::DropNoReal, frame_len),
         (None, Some(service)) => {
             let Some(id) = choose(service, &flow, now) else {
@@ -113,9 +114,8 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
             let Some(real) = schedule::real(service.id, id) else {
                 return stats::drop(Reason::DropNoReal, frame_len);
             };
-            // Under a flood, past the guard's rate, a new flow is forwarded but not remembered
-            // (an LVS/NAT one always is: its replies need the translation).
-            if flags & TCP_FLAG_RST == 0 && (real.method == FWD_NAT || flood::admit(now, config)) {
+            // Under a flood, past the guard's rate, a new flow is forwarded but not remembered.
+            if flags & TCP_FLAG_RST == 0 && flood::may_remember(real, now) {
                 conntrack::insert(&flow, service.id, id, flags, now, config);
                 persist::remember(service, &flow, id, now);
                 if real.method == FWD_NAT {
@@ -391,15 +391,15 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     if let Some(verdict) = not_ours(&ctx, config, frame_len, || service_of().is_some()) {
         return verdict;
     }
-    // Everything that reads past the network header, first: the extension headers give each
-    // packet its own transport offset, and the verifier explores every stage after its last
-    // use once per offset.
     // What the kernel would have refused IPVS, for a service; the lookup only for such a packet.
     if let Some(reason) = parse6::insane6(&ctx, &pkt) {
         if service_of().is_some() {
             return stats::drop(reason, frame_len);
         }
     }
+    // Everything that reads past the network header, first: the extension headers give each
+    // packet its own transport offset, and the verifier explores every stage after its last
+    // use once per offset.
     let whole = parse6::is_whole6(&ctx, &pkt);
     let flags = parse::tcp_flags_at(&ctx, pkt.proto, pkt.l4_off);
     let flow = pkt.flow();
@@ -420,7 +420,7 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
             else {
                 return stats::drop(Reason::DropNoReal, frame_len);
             };
-            if flags & TCP_FLAG_RST == 0 && (real.method == FWD_NAT || flood::admit(now, config)) {
+            if flags & TCP_FLAG_RST == 0 && flood::may_remember(real, now) {
                 conntrack::insert(&flow, service.id, id, flags, now, config);
                 persist::remember(service, &flow, id, now);
             }

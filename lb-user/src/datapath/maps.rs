@@ -369,10 +369,12 @@ impl MapWriter for Maps {
     }
 
     fn set_new_flow_limit(&mut self, limit: u32) -> Result<()> {
-        // Each CPU's count keeps going; only the limit changes.
+        // Each CPU's count keeps going; only the limit (and the second it counts in) changes.
+        let second = super::clock::ticks_per_second()?;
         let mut guards = self.flood_guard.get(&0, 0)?.to_vec();
         for g in &mut guards {
             g.limit = limit;
+            g.second = second;
         }
         Ok(self
             .flood_guard
