@@ -217,6 +217,12 @@ pub const IPV6_PROG_NAT_ICMP: u32 = 5;
 pub const IPV6_PROG_NAT_OUT: u32 = 6;
 pub const IPV6_PROG_SLOTS: u32 = 7;
 
+/// IPV4_PROGS' slots: the IPv4 options' checker, and the director's program it hands a
+/// checked packet back to.
+pub const IPV4_PROG_OPTIONS: u32 = 0;
+pub const IPV4_PROG_DIRECTOR: u32 = 1;
+pub const IPV4_PROG_SLOTS: u32 = 2;
+
 /// FLOW_HANDOFF value: the flow a pipeline hands a program of its own with its tail call (a
 /// program's locals do not survive one): IPv4-in-IPv6 tunnelling, LVS/NAT over IPv6.
 #[repr(C)]
@@ -461,6 +467,10 @@ pub mod map_names {
     pub const FLOW_HANDOFF: &str = "FLOW_HANDOFF";
     /// The program array [`super::program_names::IPV6`] is tail-called through.
     pub const IPV6_PROGS: &str = "IPV6_PROGS";
+    /// The program array [`super::program_names::IP_OPTIONS`] is tail-called through, and the
+    /// director's program called back from it; the per-CPU mark of the packet it checked.
+    pub const IPV4_PROGS: &str = "IPV4_PROGS";
+    pub const OPTIONS_CHECKED: &str = "OPTIONS_CHECKED";
     /// MAC addresses of devices stacked on the interface (macvlan, such as keepalived's
     /// `use_vmac`) whose frames the director acts on besides the interface's own.
     pub const LOCAL_MACS: &str = "LOCAL_MACS";
@@ -511,6 +521,10 @@ pub mod program_names {
     /// LVS/NAT over IPv6: a translated ICMPv6 error on its way to the client, tail-called by
     /// [`NAT6_ICMP`] through IPV6_PROGS.
     pub const NAT6_OUT: &str = "xdplb_nat6_out";
+    /// The IPv4 options of a packet for a service, checked by a program of their own,
+    /// tail-called by [`LB`], [`NAT_REPLY`] and [`NAT_ICMP`] through IPV4_PROGS; it calls
+    /// [`LB`] back with the packet marked.
+    pub const IP_OPTIONS: &str = "xdplb_ip_options";
     /// Passes everything: for veth peers that must have an XDP program to receive XDP_TX frames.
     pub const PASS: &str = "xdp_pass";
     /// Bounces everything back: the bare XDP_TX baseline of the benchmarks.
@@ -619,9 +633,12 @@ pub enum Reason {
     /// A new flow forwarded but not remembered in the connection table: its CPU reached the
     /// new-flow guard's rate (a flood). Counted in FLOOD_GUARD (per CPU), not in REASONS.
     TxNotRemembered = 18,
+    /// For a service, with IPv4 options the kernel would refuse: malformed (as
+    /// ip_options_compile checks them) or a source route (refused unless accept_source_route).
+    DropBadOptions = 19,
 }
 
-pub const REASON_COUNT: u32 = 19;
+pub const REASON_COUNT: u32 = 20;
 /// Entries of the REASONS map: room for reasons added later, so a datapath pinned by one
 /// version is adopted by the next without resizing it.
 pub const REASON_SLOTS: u32 = 32;
@@ -647,6 +664,7 @@ impl Reason {
         Reason::DropBadSource,
         Reason::DropTtlZero,
         Reason::TxNotRemembered,
+        Reason::DropBadOptions,
     ];
 
     /// Stable snake_case name for CLI, JSON and metrics.
@@ -671,6 +689,7 @@ impl Reason {
             Reason::DropBadSource => "drop_bad_source",
             Reason::DropTtlZero => "drop_ttl_zero",
             Reason::TxNotRemembered => "tx_not_remembered",
+            Reason::DropBadOptions => "drop_bad_options",
         }
     }
 }

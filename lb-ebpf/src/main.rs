@@ -1,7 +1,8 @@
 //! The xdplb datapath: an XDP program that forwards packets for virtual services to real servers.
 //!
 //! One module per stage, in the order a packet goes through them:
-//! parse -> lookup (service; `host`: is the frame for this host?) -> conntrack (established
+//! parse (with `ipv4_options`, a program of its own for packets with options) -> lookup
+//! (service; `host`: is the frame for this host?) -> conntrack (established
 //! flow?) -> schedule (new flow: real server) -> forward (LVS/DR; LVS/TUN by `encap`, with `icmp`
 //! when it does not fit; LVS/NAT by `nat`; out of the right interface by `route`) -> stats.
 //! A packet for no service may be an LVS/NAT reply: `nat` turns it back into the service's and
@@ -29,6 +30,7 @@ mod flood;
 mod host;
 mod icmp;
 mod icmp6;
+mod ipv4_options;
 mod ipv6;
 mod lookup;
 mod nat;
@@ -322,8 +324,13 @@ pub fn xdplb_nat_icmp(ctx: XdpContext) -> u32 {
     }
     let about = nat::icmp::about(&err);
     // About a NAT flow: never translated and sent on with a damaged header.
-    if about.is_some() && !parse::checksum_ok(&ctx, &err.outer) {
-        return stats::drop(Reason::DropBadChecksum, frame_len);
+    if about.is_some() {
+        if !parse::checksum_ok(&ctx, &err.outer) {
+            return stats::drop(Reason::DropBadChecksum, frame_len);
+        }
+        if let Err(reason) = ipv4_options::checked(&ctx, &err.outer) {
+            return stats::drop(reason, frame_len);
+        }
     }
     let translated = match about {
         // To the real server, about its reply: as a request is.
@@ -364,6 +371,21 @@ pub fn xdplb_nat_icmp(ctx: XdpContext) -> u32 {
         None => return stats::pass(Reason::PassNotTcpUdp, frame_len),
     };
     translated.unwrap_or_else(|reason| untranslated(reason, frame_len))
+}
+
+/// The IPv4 options of a packet for a service (or about a NAT flow), tail-called from the
+/// check stage of `xdplb`, `xdplb_nat_reply` and `xdplb_nat_icmp`: passed ones go back to
+/// `xdplb`, marked, which takes the packet from the start again; the others are dropped.
+#[xdp]
+pub fn xdplb_ip_options(ctx: XdpContext) -> u32 {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    match ipv4_options::check(&ctx) {
+        Ok(()) => {
+            ipv4_options::back_to_director(&ctx);
+            stats::drop(Reason::DropBadOptions, frame_len)
+        }
+        Err(reason) => stats::drop(reason, frame_len),
+    }
 }
 
 /// The IPv6 pipeline, tail-called for every IPv6 frame:

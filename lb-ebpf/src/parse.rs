@@ -7,6 +7,8 @@ use core::mem::size_of;
 use aya_ebpf::programs::XdpContext;
 use lb_common::{Reason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
+use crate::ipv4_options;
+
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 pub const ETH_P_IPV4: u16 = 0x0800;
@@ -208,12 +210,11 @@ const IPV4_MAX_WORDS: usize = 15;
 /// The TTL's offset in the IPv4 header.
 const IPV4_TTL: usize = 8;
 
-/// What the kernel checks of an IPv4 header before IPVS sees the packet (ip_rcv and the route
-/// lookup's martian test), so the director forwards nothing a kernel director would have
-/// dropped: the header checksum (over the options too), the source (not 0/8, 127/8,
-/// multicast, broadcast or the destination itself) and a TTL above 0.
-/// Not the options' structure (ip_options_compile): a walk of variable-length options puts the
-/// director's program over the verifier's limit; the real server's kernel drops such packets.
+/// What the kernel checks of an IPv4 header before IPVS sees the packet (ip_rcv, the route
+/// lookup's martian test, ip_options_compile), so the director forwards nothing a kernel
+/// director would have dropped: the header checksum (over the options too), the source (not
+/// 0/8, 127/8, multicast, broadcast or the destination itself), a TTL above 0, and the options
+/// (by a program of their own: see `ipv4_options`).
 /// Read a word at a time: this runs on every packet for a service, and the stack is full.
 #[inline(always)]
 fn ipv4_sane(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
@@ -226,7 +227,7 @@ fn ipv4_sane(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
     if read::<u8>(ctx, pkt.l3_off + IPV4_TTL).ok_or(Reason::DropMalformed)? == 0 {
         return Err(Reason::DropTtlZero);
     }
-    Ok(())
+    ipv4_options::checked(ctx, pkt)
 }
 
 /// Whether the IPv4 header of `pkt` (options included) has the right checksum.

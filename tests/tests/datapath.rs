@@ -573,6 +573,116 @@ fn packets_the_kernel_would_refuse_are_dropped_with_a_reason() {
     }
 }
 
+/// IPv4 options the kernel accepts: padding, record route (room left, and full), timestamps
+/// (times; addresses and times; overflowed), router alert, a kind it does not know, and
+/// anything after the end of the list.
+const ACCEPTED_OPTIONS: [&[u8]; 9] = [
+    &[1, 1, 1, 0],
+    &[7, 7, 4, 0, 0, 0, 0, 0],
+    &[1, 7, 3, 4],
+    &[68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    &[68, 12, 5, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+    &[68, 4, 5, 0x10],
+    &[148, 4, 0, 0],
+    &[30, 6, 1, 2, 3, 4, 0, 0],
+    &[0, 9, 9, 9],
+];
+
+/// IPv4 options the kernel refuses (ip_options_compile, and source routes, which Linux
+/// refuses unless accept_source_route is set), with why.
+const REFUSED_OPTIONS: [(&str, &[u8]); 14] = [
+    ("a length under 2", &[7, 1, 4, 0]),
+    ("a length past the options", &[1, 7, 9, 4]),
+    ("no room for the length", &[1, 1, 1, 7]),
+    ("record route too short", &[7, 2, 1, 0]),
+    ("record route pointer under 4", &[7, 7, 3, 0, 0, 0, 0, 0]),
+    (
+        "record route with no room for an address",
+        &[7, 6, 4, 0, 0, 0, 1, 0],
+    ),
+    ("record route twice", &[7, 3, 4, 7, 3, 4, 0, 0]),
+    ("timestamp too short", &[68, 3, 5, 0]),
+    (
+        "timestamp with no room for its address",
+        &[68, 8, 5, 1, 0, 0, 0, 0],
+    ),
+    ("timestamp overflow count run out", &[68, 4, 5, 0xf0]),
+    ("router alert too short", &[148, 2, 1, 0]),
+    ("loose source route", &[131, 7, 4, 192, 0, 2, 1, 0]),
+    ("strict source route", &[137, 7, 4, 192, 0, 2, 1, 0]),
+    ("CIPSO too short", &[134, 6, 0, 0, 0, 1, 0, 0]),
+];
+
+/// The options' checker is a program of its own, which calls the director's program back: a
+/// packet for a service with options the kernel would refuse is dropped and counted (new flow
+/// or established), one with options it accepts is forwarded untouched, and the same
+/// packets for no service go to the kernel as they are.
+#[test]
+fn ip_options_the_kernel_refuses_are_dropped_with_a_reason() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture(&[1, 1]);
+    let established = FrameSpec {
+        sport: 41000,
+        ..Default::default()
+    };
+    assert_direct_routed(&mut fx, &tcp_service(), &established);
+    let with = |options: &[u8], spec: &FrameSpec| FrameSpec {
+        ip_options: options.to_vec(),
+        payload: b"payload".to_vec(),
+        ..spec.clone()
+    };
+    let ack = FrameSpec {
+        tcp_flags: TCP_ACK,
+        ..established
+    };
+    for (why, options) in REFUSED_OPTIONS {
+        for spec in [with(options, &FrameSpec::default()), with(options, &ack)] {
+            let before = fx.reason(Reason::DropBadOptions);
+            let frame = spec.build();
+            assert_eq!(fx.run(&frame).unwrap().0, XDP_DROP, "{why}: {spec:?}");
+            assert_eq!(
+                fx.reason(Reason::DropBadOptions),
+                before + 1,
+                "{why} counted"
+            );
+            let other = FrameSpec {
+                dport: 8080,
+                ..spec
+            }
+            .build();
+            assert_eq!(
+                fx.run(&other).unwrap(),
+                (XDP_PASS, other),
+                "{why}, no service"
+            );
+        }
+    }
+    let svc = fx.state.service(&tcp_service()).unwrap().id as usize;
+    let conns_before = fx.maps.counters().unwrap().services[svc].conns;
+    for (i, options) in ACCEPTED_OPTIONS.into_iter().enumerate() {
+        let new_flow = FrameSpec {
+            sport: 42000 + i as u16,
+            ..FrameSpec::default()
+        };
+        assert_direct_routed(&mut fx, &tcp_service(), &with(options, &new_flow));
+        assert_direct_routed(&mut fx, &tcp_service(), &with(options, &ack));
+        let udp = FrameSpec {
+            proto: IPPROTO_UDP,
+            dport: 53,
+            vlan: Some(5),
+            ..new_flow
+        };
+        assert_direct_routed(&mut fx, &udp_service(), &with(options, &udp));
+    }
+    // The round trip through the checker counts each new flow once.
+    assert_eq!(
+        fx.maps.counters().unwrap().services[svc].conns,
+        conns_before + ACCEPTED_OPTIONS.len() as u64
+    );
+}
+
 /// The new-flow guard: past its limit of new flows per second on a CPU, new flows are still
 /// forwarded to the real server the scheduler picks, but not remembered (counted as
 /// tx_not_remembered); the flows remembered before keep their entries.

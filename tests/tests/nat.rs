@@ -598,6 +598,106 @@ fn icmp_errors_about_a_nat_flow_are_translated_both_ways() {
     });
 }
 
+/// IPv4 options are checked on every LVS/NAT path (the request, the real server's reply, an
+/// ICMP error about a flow): a source route (which Linux refuses) is dropped and counted as
+/// drop_bad_options; a record route is translated like any packet, its options kept.
+#[test]
+fn ip_options_are_checked_on_every_nat_path() {
+    if !require_root() {
+        return;
+    }
+    const RECORD_ROUTE: [u8; 8] = [7, 7, 4, 0, 0, 0, 0, 0];
+    const SOURCE_ROUTE: [u8; 8] = [131, 7, 4, 192, 0, 2, 1, 0];
+    let with = |options: [u8; 8], spec: FrameSpec| FrameSpec {
+        ip_options: options.to_vec(),
+        ..spec
+    };
+    let net = net();
+    net.ns.run_in(|| {
+        let mut fx = fixture(&net);
+        let mut refused = 0;
+        let mut assert_refused = |fx: &mut Fixture, iface: u32, frame: Vec<u8>, what: &str| {
+            assert_eq!(fx.run_on(iface, &frame).unwrap().0, XDP_DROP, "{what}");
+            refused += 1;
+            assert_eq!(fx.reason(Reason::DropBadOptions), refused, "{what} counted");
+        };
+        let source_routed = with(SOURCE_ROUTE, request(&net, IPPROTO_TCP)).build();
+        assert_refused(&mut fx, net.out0.0, source_routed, "request");
+
+        let input = with(RECORD_ROUTE, request(&net, IPPROTO_TCP));
+        let (verdict, out) = fx.run_on(net.out0.0, &input.build()).unwrap();
+        assert_eq!(verdict, XDP_TX, "request with a record route");
+        let expected = FrameSpec {
+            dst_mac: REAL_MAC,
+            src_mac: net.out0.1,
+            dst: RIP,
+            dport: REAL_PORT,
+            ttl: input.ttl - 1,
+            ..input.clone()
+        };
+        assert_eq!(out, expected.build(), "request translated, options kept");
+
+        let source_routed = with(SOURCE_ROUTE, reply(&net, IPPROTO_TCP)).build();
+        assert_refused(&mut fx, net.in0.0, source_routed, "reply");
+        let input = with(RECORD_ROUTE, reply(&net, IPPROTO_TCP));
+        let (verdict, out) = fx.run_on(net.in0.0, &input.build()).unwrap();
+        assert_eq!(verdict, XDP_REDIRECT, "reply with a record route");
+        let expected = FrameSpec {
+            dst_mac: ROUTER_MAC,
+            src_mac: net.out0.1,
+            src: VIP,
+            sport: 80,
+            ttl: input.ttl - 1,
+            ..input.clone()
+        };
+        assert_eq!(out, expected.build(), "reply translated, options kept");
+
+        // A router's "fragmentation needed" about the reply, options in its own header.
+        let sent_reply = FrameSpec {
+            src: VIP,
+            sport: 80,
+            ttl: 63,
+            ..reply(&net, IPPROTO_TCP)
+        };
+        let from_router = |options| {
+            with(
+                options,
+                FrameSpec {
+                    dst_mac: net.out0.1,
+                    src_mac: ROUTER_MAC,
+                    src: ROUTER.parse().unwrap(),
+                    dst: VIP,
+                    ..Default::default()
+                },
+            )
+        };
+        let error = |spec: &FrameSpec, quoted: &FrameSpec| {
+            spec.icmp_error(ICMP_UNREACH, FRAG_NEEDED, MTU_1280, &quote(quoted, 28))
+        };
+        let source_routed = error(&from_router(SOURCE_ROUTE), &sent_reply);
+        assert_refused(&mut fx, net.out0.0, source_routed, "ICMP error");
+        let input = from_router(RECORD_ROUTE);
+        let (verdict, out) = fx.run_on(net.out0.0, &error(&input, &sent_reply)).unwrap();
+        assert_eq!(verdict, XDP_TX, "ICMP error with a record route");
+        let expected = FrameSpec {
+            dst_mac: REAL_MAC,
+            src_mac: net.out0.1,
+            dst: RIP,
+            ttl: input.ttl - 1,
+            ..input.clone()
+        };
+        let as_real_sent = FrameSpec {
+            ttl: 63,
+            ..reply(&net, IPPROTO_TCP)
+        };
+        assert_eq!(
+            out,
+            error(&expected, &as_real_sent),
+            "ICMP error translated, options kept"
+        );
+    });
+}
+
 #[test]
 fn icmp_that_is_not_about_a_nat_flow_goes_to_the_kernel_untouched() {
     if !require_root() {

@@ -12,9 +12,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    map_names, program_names, DEFAULT_CONN_MAX, IPV6_PROG_4IN6, IPV6_PROG_NAT, IPV6_PROG_NAT_ICMP,
-    IPV6_PROG_NAT_OUT, IPV6_PROG_NAT_REPLY, IPV6_PROG_PIPELINE, IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG,
-    NAT_PROG_ICMP, NAT_PROG_REPLY, NAT_PROG_SLOTS,
+    map_names, program_names, DEFAULT_CONN_MAX, IPV4_PROG_DIRECTOR, IPV4_PROG_OPTIONS,
+    IPV4_PROG_SLOTS, IPV6_PROG_4IN6, IPV6_PROG_NAT, IPV6_PROG_NAT_ICMP, IPV6_PROG_NAT_OUT,
+    IPV6_PROG_NAT_REPLY, IPV6_PROG_PIPELINE, IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG, NAT_PROG_ICMP,
+    NAT_PROG_REPLY, NAT_PROG_SLOTS,
 };
 
 pub use maps::{ConnCounts, Counters, DatapathCounters, DecapMaps, MapWriter, Maps};
@@ -107,7 +108,8 @@ impl Datapath {
     }
 
     /// Loads the programs the director's program tail-calls (the LVS/NAT reply and ICMP paths,
-    /// the IPv6 pipeline) and puts them where it calls them.
+    /// the IPv6 pipeline, the IPv4 options' checker) and puts them where it calls them, and
+    /// itself where the checker calls it back.
     fn link_tail_programs(&mut self) -> Result<()> {
         for (array, slot, name) in [
             (
@@ -147,10 +149,19 @@ impl Datapath {
                 IPV6_PROG_NAT_OUT,
                 program_names::NAT6_OUT,
             ),
+            (
+                map_names::IPV4_PROGS,
+                IPV4_PROG_OPTIONS,
+                program_names::IP_OPTIONS,
+            ),
+            (map_names::IPV4_PROGS, IPV4_PROG_DIRECTOR, program_names::LB),
         ] {
             let prog = xdp(&mut self.ebpf, name)?;
-            prog.load()
-                .with_context(|| format!("the kernel rejected the XDP program '{name}'"))?;
+            // The director's own program (called back by the options' checker) is loaded.
+            if prog.fd().is_err() {
+                prog.load()
+                    .with_context(|| format!("the kernel rejected the XDP program '{name}'"))?;
+            }
             let fd = prog.fd()?.try_clone()?;
             let map = self
                 .ebpf
@@ -175,6 +186,7 @@ impl Datapath {
         };
         pins.drop_outgrown_prog_array(map_names::NAT_PROGS, NAT_PROG_SLOTS)?;
         pins.drop_outgrown_prog_array(map_names::IPV6_PROGS, IPV6_PROG_SLOTS)?;
+        pins.drop_outgrown_prog_array(map_names::IPV4_PROGS, IPV4_PROG_SLOTS)?;
         let mut loader = EbpfLoader::new();
         // One NAT reply entry per connection at most.
         loader.map_max_entries(map_names::CONNS, opts.conn_max);

@@ -23,7 +23,7 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The maps of the director's program that survive its agent: configuration, state and counters.
-pub const PINNED_MAPS: [&str; 30] = [
+pub const PINNED_MAPS: [&str; 32] = [
     map_names::SERVICES,
     map_names::VIP_FILTER,
     map_names::TABLES,
@@ -54,9 +54,12 @@ pub const PINNED_MAPS: [&str; 30] = [
     // user holds it); each agent installs its own reply program.
     map_names::NAT_PROGS,
     map_names::IPV6_PROGS,
+    map_names::IPV4_PROGS,
     map_names::TUNNEL_SRC6,
     // Shared by the old program and the new one's xdplb_4in6 while an upgrade swaps them.
     map_names::FLOW_HANDOFF,
+    // Likewise: the old program may call the new checker, which marks the packet for the new one.
+    map_names::OPTIONS_CHECKED,
 ];
 
 /// The network namespace of this process, as a number that tells namespaces apart: interfaces
