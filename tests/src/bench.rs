@@ -36,6 +36,9 @@ pub enum Case {
     DrMhEstablished,
     /// `mh` service, established flow, LVS/TUN (IPIP encapsulation).
     TunEstablished,
+    /// [`Case::DrMhEstablished`] with IPv4 options (a record route): the tail call to the
+    /// options' checker, its walk, and the director's program run again.
+    DrMhEstablishedOptions,
     /// [`Case::DrMhNewFlow`] with connection sync on: each new flow also writes a ring-buffer
     /// event for the agent (drained between rounds, as the agent does).
     DrMhNewFlowSync,
@@ -85,6 +88,7 @@ impl Case {
             Case::DrShEstablished,
             Case::DrMhNewFlow,
             Case::DrMhEstablished,
+            Case::DrMhEstablishedOptions,
             Case::TunEstablished,
             Case::DrMhNewFlowSync,
             Case::DrMhEstablishedSync,
@@ -108,6 +112,9 @@ impl Case {
             Case::DrShEstablished => "DR sh, established flow".into(),
             Case::DrMhNewFlow => "DR mh, new flow (connection-table insert)".into(),
             Case::DrMhEstablished => "DR mh, established flow".into(),
+            Case::DrMhEstablishedOptions => {
+                "DR mh, established flow, IPv4 options (checker and back)".into()
+            }
             Case::TunEstablished => "TUN mh, established flow (IPIP encapsulation)".into(),
             Case::DrMhNewFlowSync => "DR mh, new flow, sync on (ring-buffer event)".into(),
             Case::DrMhEstablishedSync => "DR mh, established flow, sync on".into(),
@@ -152,6 +159,9 @@ impl Case {
             Case::DrNewFlow(_) => 150.0,
             Case::DrPersistentNewFlow => 200.0,
             Case::TunEstablished => 70.0,
+            // DR established twice (the director's program runs again after the checker) plus
+            // two tail calls and a walk of the options.
+            Case::DrMhEstablishedOptions => 120.0,
             Case::DrMhEstablishedSync => 50.0,
             // DR established plus what NAT must add: a rewrite of the IP and transport headers
             // with their checksums (as TUN adds an encapsulation).
@@ -425,6 +435,7 @@ impl Bench {
             Case::DrShEstablished => (VIP, 80),
             Case::DrMhNewFlow
             | Case::DrMhEstablished
+            | Case::DrMhEstablishedOptions
             | Case::DrMhNewFlowSync
             | Case::DrMhEstablishedSync
             | Case::DrMhNewFlowSyncRingFull => (VIP, 81),
@@ -448,9 +459,14 @@ impl Bench {
                 .build();
             }
         };
+        let ip_options = match case {
+            Case::DrMhEstablishedOptions => vec![7, 7, 4, 0, 0, 0, 0, 0],
+            _ => Vec::new(),
+        };
         FrameSpec {
             dst,
             dport,
+            ip_options,
             ..Default::default()
         }
         .build()
