@@ -146,6 +146,32 @@ fn reply(net: &Net, proto: u8) -> FrameSpec {
     }
 }
 
+/// What the director sends the real server for a client's `request` that came in on `out0`
+/// and goes out of it again: the real server's MAC, address and port, the TTL one lower.
+fn to_real(net: &Net, request: &FrameSpec) -> FrameSpec {
+    FrameSpec {
+        dst_mac: REAL_MAC,
+        src_mac: net.out0.1,
+        dst: RIP,
+        dport: REAL_PORT,
+        ttl: request.ttl - 1,
+        ..request.clone()
+    }
+}
+
+/// What the director sends the clients' router for the real server's `reply`: from the VIP
+/// and the service's port, out of `out0`, the TTL one lower.
+fn to_client(net: &Net, reply: &FrameSpec) -> FrameSpec {
+    FrameSpec {
+        dst_mac: ROUTER_MAC,
+        src_mac: net.out0.1,
+        src: VIP,
+        sport: 80,
+        ttl: reply.ttl - 1,
+        ..reply.clone()
+    }
+}
+
 #[test]
 fn a_request_leaves_with_the_real_servers_address_and_port() {
     if !require_root() {
@@ -160,15 +186,7 @@ fn a_request_leaves_with_the_real_servers_address_and_port() {
             // The real server is reached out of the interface the request came in on (no
             // egress learned): XDP_TX, from the MAC the frame came to.
             assert_eq!(verdict, XDP_TX, "proto {proto}");
-            let expected = FrameSpec {
-                dst_mac: REAL_MAC,
-                src_mac: net.out0.1,
-                dst: RIP,
-                dport: REAL_PORT,
-                ttl: input.ttl - 1,
-                ..input.clone()
-            }
-            .build();
+            let expected = to_real(&net, &input).build();
             assert_eq!(
                 out, expected,
                 "proto {proto}: addresses, port, TTL, checksums"
@@ -235,15 +253,7 @@ fn a_reply_leaves_from_the_vip_toward_the_clients_router() {
             let input = reply(&net, proto);
             let (verdict, out) = fx.run_on(net.in0.0, &input.build()).unwrap();
             assert_eq!(verdict, XDP_REDIRECT, "proto {proto}: out of out0");
-            let expected = FrameSpec {
-                dst_mac: ROUTER_MAC,
-                src_mac: net.out0.1,
-                src: VIP,
-                sport: 80,
-                ttl: input.ttl - 1,
-                ..input.clone()
-            }
-            .build();
+            let expected = to_client(&net, &input).build();
             assert_eq!(
                 out, expected,
                 "proto {proto}: addresses, port, TTL, checksums"
@@ -627,30 +637,16 @@ fn ip_options_are_checked_on_every_nat_path() {
         let input = with(RECORD_ROUTE, request(&net, IPPROTO_TCP));
         let (verdict, out) = fx.run_on(net.out0.0, &input.build()).unwrap();
         assert_eq!(verdict, XDP_TX, "request with a record route");
-        let expected = FrameSpec {
-            dst_mac: REAL_MAC,
-            src_mac: net.out0.1,
-            dst: RIP,
-            dport: REAL_PORT,
-            ttl: input.ttl - 1,
-            ..input.clone()
-        };
-        assert_eq!(out, expected.build(), "request translated, options kept");
+        let expected = to_real(&net, &input).build();
+        assert_eq!(out, expected, "request translated, options kept");
 
         let source_routed = with(SOURCE_ROUTE, reply(&net, IPPROTO_TCP)).build();
         assert_refused(&mut fx, net.in0.0, source_routed, "reply");
         let input = with(RECORD_ROUTE, reply(&net, IPPROTO_TCP));
         let (verdict, out) = fx.run_on(net.in0.0, &input.build()).unwrap();
         assert_eq!(verdict, XDP_REDIRECT, "reply with a record route");
-        let expected = FrameSpec {
-            dst_mac: ROUTER_MAC,
-            src_mac: net.out0.1,
-            src: VIP,
-            sport: 80,
-            ttl: input.ttl - 1,
-            ..input.clone()
-        };
-        assert_eq!(out, expected.build(), "reply translated, options kept");
+        let expected = to_client(&net, &input).build();
+        assert_eq!(out, expected, "reply translated, options kept");
 
         // A router's "fragmentation needed" about the reply, options in its own header.
         let sent_reply = FrameSpec {
