@@ -10,7 +10,10 @@ use aya_ebpf::{
     maps::{PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-use lb_common::{Reason, IPV4_PROG_DIRECTOR, IPV4_PROG_OPTIONS, IPV4_PROG_SLOTS};
+use lb_common::{
+    ipv4::HEADER_LEN as IPV4_MIN_HLEN, Reason, IPV4_PROG_DIRECTOR, IPV4_PROG_OPTIONS,
+    IPV4_PROG_SLOTS,
+};
 
 use crate::parse::{self, Packet};
 
@@ -23,7 +26,6 @@ static IPV4_PROGS: ProgramArray = ProgramArray::with_max_entries(IPV4_PROG_SLOTS
 #[map]
 static OPTIONS_CHECKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-const IPV4_MIN_HLEN: usize = 20;
 /// Longest options: a 60-byte header's.
 const MAX_OPTIONS: usize = 40;
 /// The copy's size: a power of two past [`MAX_OPTIONS`], so an index masked by `COPY - 1`
@@ -65,7 +67,7 @@ pub fn checked(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
     // return when it succeeds.
     unsafe {
         let passed = *mark == fingerprint;
-        // Taken once: a later packet in the same buffer is checked again.
+        // Taken once: the same packet seen again (a retransmission) is checked again.
         *mark = 0;
         if passed {
             return Ok(());

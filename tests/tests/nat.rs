@@ -631,22 +631,32 @@ fn ip_options_are_checked_on_every_nat_path() {
             refused += 1;
             assert_eq!(fx.reason(Reason::DropBadOptions), refused, "{what} counted");
         };
-        let source_routed = with(SOURCE_ROUTE, request(&net, IPPROTO_TCP)).build();
-        assert_refused(&mut fx, net.out0.0, source_routed, "request");
-
-        let input = with(RECORD_ROUTE, request(&net, IPPROTO_TCP));
-        let (verdict, out) = fx.run_on(net.out0.0, &input.build()).unwrap();
-        assert_eq!(verdict, XDP_TX, "request with a record route");
-        let expected = to_real(&net, &input).build();
-        assert_eq!(out, expected, "request translated, options kept");
-
-        let source_routed = with(SOURCE_ROUTE, reply(&net, IPPROTO_TCP)).build();
-        assert_refused(&mut fx, net.in0.0, source_routed, "reply");
-        let input = with(RECORD_ROUTE, reply(&net, IPPROTO_TCP));
-        let (verdict, out) = fx.run_on(net.in0.0, &input.build()).unwrap();
-        assert_eq!(verdict, XDP_REDIRECT, "reply with a record route");
-        let expected = to_client(&net, &input).build();
-        assert_eq!(out, expected, "reply translated, options kept");
+        type Sent = fn(&Net, &FrameSpec) -> FrameSpec;
+        let paths: [(&str, u32, FrameSpec, u32, Sent); 2] = [
+            (
+                "request",
+                net.out0.0,
+                request(&net, IPPROTO_TCP),
+                XDP_TX,
+                to_real,
+            ),
+            (
+                "reply",
+                net.in0.0,
+                reply(&net, IPPROTO_TCP),
+                XDP_REDIRECT,
+                to_client,
+            ),
+        ];
+        for (what, iface, spec, verdict, sent) in paths {
+            let source_routed = with(SOURCE_ROUTE, spec.clone()).build();
+            assert_refused(&mut fx, iface, source_routed, what);
+            let input = with(RECORD_ROUTE, spec);
+            let (got, out) = fx.run_on(iface, &input.build()).unwrap();
+            assert_eq!(got, verdict, "{what} with a record route");
+            let expected = sent(&net, &input).build();
+            assert_eq!(out, expected, "{what} translated, options kept");
+        }
 
         // A router's "fragmentation needed" about the reply, options in its own header.
         let sent_reply = FrameSpec {
