@@ -35,12 +35,18 @@ pub fn run(root: &Path, cargo: impl Fn(&[&str]) -> Command, path: &OsString) -> 
     let docs = root.join("docs");
     std::fs::create_dir_all(&docs)?;
     eprintln!("xtask: datapath cost per packet (needs root)");
-    let datapath = output(
-        Command::new(root.join("target/release/xdplb-bench"))
-            .arg(&docs)
-            .env("PATH", path)
-            .env("XDPLB_BIN", root.join("target/release/xdplb")),
-    )?;
+    let mut bench = Command::new(root.join("target/release/xdplb-bench"));
+    bench
+        .arg(&docs)
+        .env("PATH", path)
+        .env("XDPLB_BIN", root.join("target/release/xdplb"));
+    // Katran, timed the same way right before and after our cases, where the peer benchmark
+    // sits next to this checkout (it builds Katran from KATRAN_GIT the first time).
+    let peer = root.join("../shared/peer-bench");
+    if std::env::var_os("XDPLB_PEER_BENCH").is_none() && peer.join("run.sh").is_file() {
+        bench.env("XDPLB_PEER_BENCH", peer);
+    }
+    let datapath = output(&mut bench)?;
     eprintln!("xtask: Maglev table figures");
     let maglev = output(&mut cargo(&[
         "run",

@@ -15,13 +15,55 @@ use aya::{
 };
 use lb_common::{map_names, program_names, BenchFrame, BENCH_FRAME_MAX};
 use lb_user::{
-    datapath::{clock::with_sync, AttachMode, Datapath, LoadOptions, MapWriter as _},
+    datapath::{clock::with_sync, Datapath, LoadOptions, MapWriter as _},
     packet::{Frame6Spec, FrameSpec, TCP_ACK},
     state::{Forward, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr},
 };
 
 use crate::fixture::{default_config, real_mac, Fixture, XDP_PASS, XDP_TX};
 use crate::{names, netns::veth, Netns};
+
+pub mod live;
+pub mod peer;
+
+/// The CPU every BPF_PROG_TEST_RUN measurement runs on, ours and the peer benchmark's: one
+/// CPU's caches and frequency for every figure set side by side.
+pub const BENCH_CPU: usize = 0;
+
+/// The calling thread pinned to one CPU (threads it starts inherit it) until dropped.
+pub struct Pinned {
+    before: libc::cpu_set_t,
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> Result<Pinned> {
+    // SAFETY: cpu_set_t is plain data; the calls read and write only the sets given.
+    unsafe {
+        let mut before: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(0, size, &mut before) != 0 {
+            bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+        }
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        if libc::sched_setaffinity(0, size, &one) != 0 {
+            bail!(
+                "cannot pin to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Pinned { before })
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // SAFETY: as in pin_to_cpu.
+        unsafe {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.before);
+        }
+    }
+}
 
 /// One benchmark case: what runs, on which frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +89,10 @@ pub enum Case {
     /// [`Case::DrMhNewFlowSync`] with the ring full (no agent reading it): the event is lost
     /// and counted, the packet forwarded.
     DrMhNewFlowSyncRingFull,
+    /// [`Case::DrMhNewFlow`] with the new-flow guard's limit reached: the flow is scheduled and
+    /// forwarded but not remembered (a SYN flood's packets), comparable with Katran's SYN path
+    /// under its flood guard.
+    DrMhNewFlowGuarded,
     /// A new flow every packet for a service of this scheduler (over 3 real servers): the
     /// scheduler's new-flow path, comparable with [`Case::DrMhNewFlow`].
     DrNewFlow(Scheduler),
@@ -87,6 +133,7 @@ impl Case {
             Case::NonVipPass,
             Case::DrShEstablished,
             Case::DrMhNewFlow,
+            Case::DrMhNewFlowGuarded,
             Case::DrMhEstablished,
             Case::DrMhEstablishedOptions,
             Case::TunEstablished,
@@ -121,6 +168,9 @@ impl Case {
             Case::DrMhNewFlowSyncRingFull => {
                 "DR mh, new flow, sync on, ring full (event lost)".into()
             }
+            Case::DrMhNewFlowGuarded => {
+                "DR mh, new flow, guard limit reached (not remembered)".into()
+            }
             Case::DrNewFlow(s) => format!("DR {}, new flow", s.name()),
             Case::DrPersistentNewFlow => "DR rr persistent, new client (template insert)".into(),
             Case::NatRequest => "NAT mh, established flow, request (destination rewrite)".into(),
@@ -153,9 +203,12 @@ impl Case {
     /// The target cost above the bare XDP_TX program, nanoseconds.
     pub fn target_ns(self) -> f64 {
         match self {
-            Case::NonVipPass => 20.0,
+            Case::NonVipPass => 15.0,
             Case::DrShEstablished | Case::DrMhEstablished => 50.0,
             Case::DrMhNewFlow | Case::DrMhNewFlowSync | Case::DrMhNewFlowSyncRingFull => 150.0,
+            // DR established's target plus the service lookup and the Maglev pick, with a
+            // connection-table miss in place of the hit.
+            Case::DrMhNewFlowGuarded => 100.0,
             Case::DrNewFlow(_) => 150.0,
             Case::DrPersistentNewFlow => 200.0,
             Case::TunEstablished => 70.0,
@@ -200,6 +253,33 @@ impl Case {
         )
     }
 
+    /// The baseline the case is measured against (its program, and the shape of its frame):
+    /// cases with the same one must find it at the same time within a run, or the machine
+    /// changed state during the run.
+    pub fn baseline(self) -> String {
+        let program = if self.wrapped() {
+            "the wrapper in front of bare XDP_TX"
+        } else {
+            "bare XDP_TX"
+        };
+        let frame = match (self.ipv6(), self == Case::DrMhEstablishedOptions) {
+            (true, _) => "IPv6",
+            (false, true) => "IPv4 with options",
+            (false, false) => "IPv4",
+        };
+        let source = if self.new_flow() {
+            ", a new source each iteration"
+        } else {
+            ""
+        };
+        let ingress = if self == Case::NatReply {
+            ", arriving on an interface"
+        } else {
+            ""
+        };
+        format!("{program}, {frame}{source}{ingress}")
+    }
+
     /// Whether every iteration is a new flow (the wrapper varies the source address).
     fn new_flow(self) -> bool {
         matches!(
@@ -207,6 +287,7 @@ impl Case {
             Case::DrMhNewFlow
                 | Case::DrMhNewFlowSync
                 | Case::DrMhNewFlowSyncRingFull
+                | Case::DrMhNewFlowGuarded
                 | Case::DrNewFlow(_)
                 | Case::DrPersistentNewFlow
                 | Case::Dr6MhNewFlow
@@ -438,7 +519,8 @@ impl Bench {
             | Case::DrMhEstablishedOptions
             | Case::DrMhNewFlowSync
             | Case::DrMhEstablishedSync
-            | Case::DrMhNewFlowSyncRingFull => (VIP, 81),
+            | Case::DrMhNewFlowSyncRingFull
+            | Case::DrMhNewFlowGuarded => (VIP, 81),
             Case::TunEstablished => (VIP, 82),
             Case::DrNewFlow(s) => (VIP, scheduler_port(s)),
             Case::DrPersistentNewFlow => (VIP, PERSISTENT_PORT),
@@ -567,6 +649,10 @@ impl Bench {
         };
         let config = |sync| with_sync(default_config(), sync);
         self.fx.maps.set_config(&config(case.sync()))?;
+        if case == Case::DrMhNewFlowGuarded {
+            // One flow a second remembered: every other iteration finds the limit reached.
+            self.fx.maps.set_new_flow_limit(1)?;
+        }
         if case.wrapped() {
             let vary = case.new_flow().then_some(if case.ipv6() {
                 SRC6_ADDR_TAIL_OFFSET
@@ -671,6 +757,23 @@ impl Bench {
                 );
             }
         }
+        if case == Case::DrMhNewFlowGuarded {
+            let unremembered = self
+                .fx
+                .maps
+                .counters()?
+                .reasons
+                .iter()
+                .find(|(r, _)| *r == lb_common::Reason::TxNotRemembered)
+                .map_or(0, |(_, c)| c.packets);
+            if unremembered < u64::from(repeat) {
+                bail!(
+                    "{}: only {unremembered} flows went unremembered",
+                    case.name()
+                );
+            }
+            self.fx.maps.set_new_flow_limit(0)?;
+        }
         self.drain();
         self.fx.maps.set_config(&default_config())?;
         self.fx.maps.reset_all_counters()?;
@@ -748,7 +851,7 @@ pub fn control_plane(changes: usize) -> Result<ControlPlane> {
 }
 
 /// A counting sink (XDP, drops everything) on each real server's eth0.
-fn sinks(reals: &[crate::Host]) -> Result<Vec<lb_user::pktgen::Sink>> {
+pub(crate) fn sinks(reals: &[crate::Host]) -> Result<Vec<lb_user::pktgen::Sink>> {
     reals
         .iter()
         .map(|rs| {
@@ -758,136 +861,10 @@ fn sinks(reals: &[crate::Host]) -> Result<Vec<lb_user::pktgen::Sink>> {
         .collect()
 }
 
-/// Forwarding throughput through a namespace topology: `xdplb pktgen` in the client sends TCP
-/// SYNs of 25,600 flows to the VIP as fast as it can; the director forwards them to three real
-/// servers whose XDP sinks count what arrives. The director is either xdplb (`mh`, DR) or a bare
-/// forwarder (two MAC addresses, XDP_TX) to one real server, alternating round by round.
-pub struct Throughput {
-    /// Packets per second delivered to the real servers, per round.
-    pub xdplb_pps: Vec<f64>,
-    pub bare_pps: Vec<f64>,
-    /// Packets per second the generator sent, per round (both directors).
-    pub sent_pps: Vec<f64>,
-}
-
-fn mac_of(ns: &crate::Netns) -> Result<[u8; 6]> {
+pub(crate) fn mac_of(ns: &crate::Netns) -> Result<[u8; 6]> {
     let json: serde_json::Value = serde_json::from_str(&ns.ip(&["-j", "link", "show", "eth0"])?)?;
     let text = json[0]["address"].as_str().context("no MAC")?;
     Ok(text.parse::<Mac>().map_err(anyhow::Error::msg)?.0)
-}
-
-pub fn throughput(rounds: usize, each: Duration) -> Result<Throughput> {
-    use lb_user::pktgen::{self, RunOptions as GenOptions, Traffic};
-
-    use crate::DrTopology;
-
-    let topo = DrTopology::new(3)?;
-    // The generator's XDP_TX frames enter the switch through the client's port.
-    let _client_port = topo.switch().pass_xdp(topo.client().name())?;
-    let director = topo.director().ns();
-    let dir_ifindex = director.ifindex("eth0")?;
-    let dir_mac = mac_of(director)?;
-    let real_macs: Vec<[u8; 6]> = topo
-        .reals()
-        .iter()
-        .map(|r| mac_of(r.ns()))
-        .collect::<Result<_>>()?;
-    // The real servers never send (their sinks drop everything), and the generator's frames are
-    // not learned from either: without static entries the bridge would flood every frame to
-    // every port, and every sink would count it.
-    for host in topo.reals().iter().chain([topo.director(), topo.client()]) {
-        let mac = Mac(mac_of(host.ns())?).to_string();
-        let switch = topo.switch().ns().name();
-        let args = [
-            "-n",
-            switch,
-            "fdb",
-            "replace",
-            &mac,
-            "dev",
-            host.name(),
-            "master",
-            "static",
-        ];
-        crate::netns::run(std::process::Command::new("bridge").args(args))?;
-    }
-
-    // xdplb, configured as the agent would (real servers' MACs given: the sinks drop ARP).
-    let mut lb = Datapath::load_lb(LoadOptions::flows(1_000_000))?;
-    let mut maps = lb.maps()?;
-    maps.set_config(&crate::fixture::default_config_for(dir_mac))?;
-    let mut fx_state = lb_user::state::State::default();
-    let svc = service(80);
-    fx_state = fx_state.add_service(
-        svc,
-        &SchedulerSpec {
-            scheduler: Some(Scheduler::Mh),
-            ..Default::default()
-        },
-    )?;
-    for (rs, mac) in topo.reals().iter().zip(&real_macs) {
-        let spec = RealSpec {
-            addr: Some(rs.addr().into()),
-            mac: Some(Mac(*mac)),
-            ..Default::default()
-        };
-        fx_state = fx_state.add_real(svc, &spec)?;
-    }
-    lb_user::state::apply(&mut maps, &lb_user::state::State::default(), &fx_state)?;
-
-    // The bare forwarder, to the first real server.
-    let mut bare = Datapath::load(program_names::FWD, LoadOptions::flows(1))?;
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&real_macs[0]);
-    macs[6..].copy_from_slice(&dir_mac);
-    let mut fwd: Array<&mut MapData, [u8; 12]> = bare
-        .ebpf_mut()
-        .map_mut(map_names::BENCH_FWD)
-        .context("no BENCH_FWD map")?
-        .try_into()?;
-    fwd.set(0, macs, 0)?;
-
-    let sinks = sinks(topo.reals())?;
-    let vip = std::net::SocketAddrV4::new(VIP, 80);
-    let traffic = topo.client().ns().run_in(|| -> Result<Traffic> {
-        let mut t = Traffic::for_interface("eth0", vip)?;
-        t.src = "10.1.0.0/24".parse().map_err(anyhow::Error::msg)?;
-        t.sport = "10000-10099".parse().map_err(anyhow::Error::msg)?;
-        Ok(t)
-    })?;
-
-    let mut out = Throughput {
-        xdplb_pps: Vec::new(),
-        bare_pps: Vec::new(),
-        sent_pps: Vec::new(),
-    };
-    for round in 0..rounds * 2 {
-        let use_lb = round % 2 == 0;
-        let (datapath, name) = if use_lb {
-            (&mut lb, program_names::LB)
-        } else {
-            (&mut bare, program_names::FWD)
-        };
-        let link = director
-            .run_in(|| datapath.attach_program(name, dir_ifindex, AttachMode::Native))?
-            .0;
-        let before: u64 = sinks.iter().map(|s| s.count().0).sum();
-        let summary = topo
-            .client()
-            .ns()
-            .run_in(|| pktgen::run(&traffic, &GenOptions::duration(each)))?;
-        std::thread::sleep(Duration::from_millis(200));
-        let after: u64 = sinks.iter().map(|s| s.count().0).sum();
-        datapath.program(name)?.detach(link)?;
-        let delivered = (after - before) as f64 / summary.seconds;
-        out.sent_pps.push(summary.pps);
-        if use_lb {
-            out.xdplb_pps.push(delivered);
-        } else {
-            out.bare_pps.push(delivered);
-        }
-    }
-    Ok(out)
 }
 
 /// One run of the sync benchmark: new flows at a rate into director A, synchronised to B.
