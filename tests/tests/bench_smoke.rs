@@ -5,7 +5,9 @@
 use lb_tests::bench::{
     control_plane,
     live::{live, Director},
-    pin_to_cpu, sync_delay, Bench, Case, BENCH_CPU,
+    pin_to_cpu,
+    profile::profile,
+    sync_delay, Bench, Case, BENCH_CPU,
 };
 use lb_tests::require_root;
 
@@ -29,6 +31,18 @@ fn every_datapath_case_runs() {
             "{m:?}"
         );
     }
+    // perf samples the benchmark's CPU: the director's JITed program is among what it finds.
+    let shares = profile(
+        &mut bench,
+        Case::DrMhNewFlow,
+        BENCH_CPU,
+        &std::env::temp_dir(),
+    )
+    .expect("profile a case");
+    assert!(
+        shares.iter().any(|s| s.symbol == "xdplb (JITed BPF)"),
+        "{shares:?}"
+    );
     drop(pinned);
 }
 

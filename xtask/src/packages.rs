@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use crate::toolchain::run;
 
 /// (program the tests run, Debian package that has it).
-const NEEDED: [(&str, &str); 7] = [
+const NEEDED: [(&str, &str); 8] = [
     ("keepalived", "keepalived"),
     ("bird", "bird2"),
     ("curl", "curl"),
@@ -22,6 +22,8 @@ const NEEDED: [(&str, &str); 7] = [
     // The real servers and the load generator of the soak (tests/tests/soak.rs).
     ("nginx", "nginx"),
     ("wrk", "wrk"),
+    // The benchmark's sampling of where a case's time goes (tests/src/bench/profile.rs).
+    ("perf", "linux-perf"),
 ];
 
 fn installed(program: &str) -> bool {

@@ -10,8 +10,18 @@ use lb_tests::bench::{
     live::{Director, Live, LIVE_TABLE},
     median,
     peer::{Katran, PeerBench},
-    percentile, pin_to_cpu, sync_delay, Bench, Case, Measurement, BENCH_CPU,
+    percentile, pin_to_cpu,
+    profile::{profile, Share},
+    sync_delay, Bench, Case, Measurement, BENCH_CPU,
 };
+
+/// The cases sampled by perf: the paths with a target against Katran or in the issue.
+const PROFILED: [Case; 4] = [
+    Case::DrMhEstablished,
+    Case::TunEstablished,
+    Case::DrMhNewFlow,
+    Case::DrMhNewFlowGuarded,
+];
 
 /// Alternating rounds per case, and BPF_PROG_TEST_RUN iterations per round.
 const ROUNDS: usize = 15;
@@ -309,6 +319,14 @@ fn main() -> Result<()> {
     if let Ok(p) = &peer {
         p.unload()?;
     }
+    let profiles: Vec<(Case, Result<Vec<Share>, String>)> = PROFILED
+        .into_iter()
+        .map(|case| {
+            eprintln!("profiling: {}", case.name());
+            let shares = profile(&mut bench, case, BENCH_CPU, &std::env::temp_dir());
+            (case, shares.map_err(|e| format!("{e:#}")))
+        })
+        .collect();
     drop(pinned);
     std::fs::write(out_dir.join("benchmarks-datapath.svg"), svg(&ms))?;
     println!("## Datapath cost per packet\n");
@@ -403,6 +421,29 @@ fn main() -> Result<()> {
             );
         }
     }
+
+    println!("## Where the time goes, sampled\n");
+    println!(
+        "`perf record` (the software clock: this machine has no hardware counters, so \
+         `bpftool prog profile` cannot count cycles) samples CPU {BENCH_CPU} while each case runs \
+         again for a few seconds, its baseline rounds included; `perf report` splits the samples by \
+         symbol: the JITed programs (xdplb, the bench's wrapper `xdp_bench`, the bare `xdp_tx`) and \
+         the kernel functions they call. Symbols with at least 2 % of the samples:\n"
+    );
+    println!("| case | where the samples fell |");
+    println!("|---|---|");
+    for (case, shares) in &profiles {
+        let text = match shares {
+            Ok(v) => v
+                .iter()
+                .map(|s| format!("{:.1} % {}", s.percent, s.symbol))
+                .collect::<Vec<_>>()
+                .join("; "),
+            Err(e) => format!("not profiled: {e}"),
+        };
+        println!("| {} | {text} |", case.name());
+    }
+    println!();
 
     eprintln!("measuring: live forwarding");
     let lv = live::live(LIVE_ROUNDS, std::time::Duration::from_secs(2))?;
