@@ -117,22 +117,29 @@ mod tests {
     fn report_lines_become_shares_with_programs_named() {
         let text = "\n    50.00%  swapper  [k] pv_native_safe_halt\n    \
                     30.00%  xdplb-bench  [k] bpf_prog_6deef7357e7b4530_xdplb\n    \
-                    15.00%  xdplb-bench  [k] htab_lru_map_update_elem\n     \
-                    4.00%  xdplb-bench  [k] __htab_map_lookup_elem\n     \
+                    14.50%  xdplb-bench  [k] htab_lru_map_update_elem\n     \
+                    5.00%  xdplb-bench  [k] __htab_map_lookup_elem\n     \
                     0.50%  xdplb-bench  [k] memcpy\n";
+        let rounded: Vec<Share> = parse_report(text)
+            .into_iter()
+            .map(|s| Share {
+                percent: (s.percent * 100.0).round() / 100.0,
+                ..s
+            })
+            .collect();
         assert_eq!(
-            parse_report(text),
+            rounded,
             vec![
                 Share {
                     percent: 60.0,
                     symbol: "xdplb (JITed BPF)".into()
                 },
                 Share {
-                    percent: 30.0,
+                    percent: 29.0,
                     symbol: "htab_lru_map_update_elem".into()
                 },
                 Share {
-                    percent: 8.0,
+                    percent: 10.0,
                     symbol: "__htab_map_lookup_elem".into()
                 },
             ]
