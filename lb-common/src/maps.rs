@@ -2,11 +2,37 @@
 
 use bytemuck::{Pod, Zeroable};
 
-/// Most services (VIP:port:proto) one director serves; also the size of the per-service arrays.
+/// Services (VIP:port:proto) a director has room for unless started with more
+/// (`services_max`): the size the object gives the per-service maps, which the loader changes.
 pub const MAX_SERVICES: u32 = 256;
-/// Most real servers over all services (one entry per service/real-server pair, as IPVS's
-/// destinations).
+/// Real servers over all services (one entry per service/real-server pair, as IPVS's
+/// destinations) a director has room for unless started with more (`reals_max`).
 pub const MAX_REALS: u32 = 4096;
+
+/// How many services and real servers a datapath has room for: the size of every map indexed
+/// by a service id or a real-server id, set when it is loaded. A running datapath keeps the room
+/// it was made with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub services: u32,
+    pub reals: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            services: MAX_SERVICES,
+            reals: MAX_REALS,
+        }
+    }
+}
+
+impl Limits {
+    /// The most services a director can be started with.
+    pub const SERVICES_CEILING: u32 = 1 << 16;
+    /// The most real servers (over all services).
+    pub const REALS_CEILING: u32 = 1 << 20;
+}
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;

@@ -156,7 +156,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Configuration file (TOML, see examples/xdplb.toml): settings, services, real servers.
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["iface", "mode", "conn_max", "new_flow_limit", "tcp_timeout", "tcp_fin_timeout", "udp_timeout", "tunnel_src", "metrics", "web", "web_token", "sync_listen", "sync_peer", "sync_key", "sync_group", "announce_table", "announce_grace"])]
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["iface", "mode", "conn_max", "services_max", "reals_max", "new_flow_limit", "tcp_timeout", "tcp_fin_timeout", "udp_timeout", "tunnel_src", "metrics", "web", "web_token", "sync_listen", "sync_peer", "sync_key", "sync_group", "announce_table", "announce_grace"])]
     config: Option<PathBuf>,
     /// Interface that receives the traffic for the virtual services. Repeat it for several
     /// (LVS/NAT's outside and inside interfaces): the first names the director.
@@ -173,6 +173,14 @@ pub struct RunArgs {
     /// Flows the connection table holds (least recently used ones make room). Default 1000000.
     #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(1..))]
     conn_max: Option<u32>,
+    /// Services the datapath has room for (its per-service maps are sized at start). Default
+    /// 256, at most 65536.
+    #[arg(long, value_name = "N")]
+    services_max: Option<u32>,
+    /// Real servers over all services the datapath has room for (sized at start). Default
+    /// 4096, at most 1048576.
+    #[arg(long, value_name = "N")]
+    reals_max: Option<u32>,
     /// New flows each CPU remembers per second; above it, under a flood, new flows are still
     /// forwarded but not remembered, so established ones keep their entries. 0: no limit.
     /// Default: the table turns over in no less than 8 s (62500 for 1000000 flows on 2 CPUs).
@@ -261,6 +269,13 @@ impl RunArgs {
             more_interfaces: self.iface[1..].to_vec(),
             mode: self.mode.unwrap_or(AttachMode::Native),
             conn_max: self.conn_max.unwrap_or(DEFAULT_CONN_MAX),
+            limits: {
+                let default = crate::state::Limits::default();
+                crate::state::Limits {
+                    services: self.services_max.unwrap_or(default.services),
+                    reals: self.reals_max.unwrap_or(default.reals),
+                }
+            },
             new_flow_limit: self.new_flow_limit,
             tunnel_src,
             tunnel_src6,

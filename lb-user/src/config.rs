@@ -21,8 +21,8 @@ use crate::{
     datapath::AttachMode,
     health::HealthCheck,
     state::{
-        CheckChange, Forward, Hash, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr,
-        State,
+        CheckChange, Forward, Hash, Limits, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec,
+        ServiceAddr, State,
     },
 };
 
@@ -32,6 +32,22 @@ fn default_mode() -> AttachMode {
 
 fn default_conn_max() -> u32 {
     DEFAULT_CONN_MAX
+}
+
+fn default_services_max() -> u32 {
+    Limits::default().services
+}
+
+fn default_reals_max() -> u32 {
+    Limits::default().reals
+}
+
+fn is_default_services_max(v: &u32) -> bool {
+    *v == default_services_max()
+}
+
+fn is_default_reals_max(v: &u32) -> bool {
+    *v == default_reals_max()
 }
 
 fn default_weight() -> u32 {
@@ -77,6 +93,8 @@ pub struct Director {
     pub more_interfaces: Vec<String>,
     pub mode: AttachMode,
     pub conn_max: u32,
+    /// Room for services and real servers in the datapath's maps.
+    pub limits: Limits,
     /// New flows each CPU remembers per second (the new-flow guard); 0: no limit; None: from
     /// the table's size ([`lb_common::default_new_flow_limit`]).
     pub new_flow_limit: Option<u32>,
@@ -112,6 +130,7 @@ impl Director {
     /// Checks the settings that can be checked without the kernel.
     pub fn validate(&self) -> Result<()> {
         self.check_interfaces()?;
+        crate::state::check_limits(self.limits)?;
         if let Some(s) = &self.sync {
             s.validate()?;
             s.load_key()?;
@@ -204,6 +223,16 @@ pub struct Config {
     pub mode: AttachMode,
     #[serde(default = "default_conn_max")]
     pub conn_max: u32,
+    #[serde(
+        default = "default_services_max",
+        skip_serializing_if = "is_default_services_max"
+    )]
+    pub services_max: u32,
+    #[serde(
+        default = "default_reals_max",
+        skip_serializing_if = "is_default_reals_max"
+    )]
+    pub reals_max: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_flow_limit: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -279,9 +308,10 @@ impl Source {
             ),
             _ => {}
         }
-        config
-            .director()
+        let director = config.director();
+        director
             .check_interfaces()
+            .and_then(|()| crate::state::check_limits(director.limits).map(|_| ()))
             .map_err(|e| anyhow!("{}: {e:#}", self.path.display()))?;
         // A relative key or token file is next to the config file.
         let dir = self.path.parent().unwrap_or(Path::new(""));
@@ -394,18 +424,22 @@ impl Config {
     ) -> Result<State> {
         let wanted: BTreeSet<ServiceAddr> =
             self.services.iter().map(|s| s.get_ref().addr()).collect();
+        // One copy, changed in place (it is dropped whole if any step fails); a service comes
+        // out as the same shared one unless the file changes it, and its table is rebuilt once,
+        // after all its real servers.
         let mut next = current.clone();
         for addr in current.services.keys().filter(|a| !wanted.contains(a)) {
-            next = next.del_service(*addr)?;
+            next.del_service_in(*addr)?;
         }
         for svc in &self.services {
             let at = |e: anyhow::Error| src.error_at(&svc.span(), format!("{e:#}"));
             let cfg = svc.get_ref();
             let addr = cfg.addr();
             let spec = cfg.scheduler_spec();
-            next = match next.services.contains_key(&addr) {
-                true => next.edit_service(addr, &spec),
-                false => next.add_service(addr, &spec),
+            let before = next.services.get(&addr).cloned();
+            match before.is_some() {
+                true => next.edit_service_in(addr, &spec),
+                false => next.add_service_in(addr, &spec),
             }
             .map_err(at)?;
             let keep: BTreeSet<IpAddr> = cfg.reals.iter().map(|r| r.get_ref().address).collect();
@@ -417,7 +451,7 @@ impl Config {
                 .filter(|a| !keep.contains(a))
                 .collect();
             for real in gone {
-                next = next.del_real(addr, real)?;
+                next.del_real_in(addr, real)?;
             }
             for real in &cfg.reals {
                 let at = |e: anyhow::Error| src.error_at(&real.span(), format!("{e:#}"));
@@ -433,16 +467,17 @@ impl Config {
                     lower: Some(r.l_threshold),
                 };
                 let learned = learned.get(&(addr, r.address)).copied();
-                next = match next.service(&addr)?.real(r.address) {
-                    Some(_) => next.edit_real_learned(addr, &spec, learned),
-                    None => next.add_real_learned(addr, &spec, learned),
+                match next.service(&addr)?.real(r.address) {
+                    Some(_) => next.edit_real_in(addr, &spec, learned),
+                    None => next.add_real_in(addr, &spec, learned),
                 }
                 .map_err(at)?;
                 if r.mac.is_none() {
                     // The file has no MAC: the kernel's is used and kept current.
-                    next = next.unpin_mac(addr, r.address, learned).map_err(at)?;
+                    next.unpin_mac_in(addr, r.address, learned).map_err(at)?;
                 }
             }
+            next.settle(&addr, before.as_ref());
         }
         Ok(next)
     }
@@ -457,6 +492,10 @@ impl Config {
             more_interfaces,
             mode: self.mode,
             conn_max: self.conn_max,
+            limits: Limits {
+                services: self.services_max,
+                reals: self.reals_max,
+            },
             new_flow_limit: self.new_flow_limit,
             tunnel_src: self.tunnel_src,
             tunnel_src6: self.tunnel_src6,
@@ -522,6 +561,8 @@ impl Config {
             interfaces,
             mode: director.mode,
             conn_max: director.conn_max,
+            services_max: director.limits.services,
+            reals_max: director.limits.reals,
             new_flow_limit: director.new_flow_limit,
             tunnel_src: director.tunnel_src,
             tunnel_src6: director.tunnel_src6,

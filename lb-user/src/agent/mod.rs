@@ -69,7 +69,8 @@ pub struct Agent {
     director: Director,
     timeouts: Timeouts,
     config_path: Option<PathBuf>,
-    state_file: Option<PathBuf>,
+    /// The state saved beside the pinned datapath, for a restart.
+    saver: Option<persist::Saver>,
     monitor: Monitor<Key>,
     started: SystemTime,
     reloads: u64,
@@ -93,6 +94,16 @@ pub struct Agent {
     count_timeouts: std::sync::Arc<std::sync::Mutex<crate::conntrack::IdleTimeouts>>,
 }
 
+/// Gives back to the system the heap a config file's parse used (a large file's document is
+/// many times its size, and glibc keeps freed memory for later otherwise).
+pub(crate) fn release_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl Agent {
     pub fn state(&self) -> &State {
         &self.state
@@ -106,8 +117,8 @@ impl Agent {
         if let Some(sync) = &self.sync {
             sync.set_directory(Directory::new(&self.state, &self.config));
         }
-        if let Some(path) = &self.state_file {
-            if let Err(e) = persist::save(path, self.mode, &self.state) {
+        if let Some(saver) = &mut self.saver {
+            if let Err(e) = saver.save(self.mode, &self.state) {
                 warn!("cannot save the state for a restart: {e:#}");
             }
         }
@@ -532,13 +543,16 @@ impl Agent {
         let cfg = src.parse()?;
         if cfg.director() != self.director {
             bail!(
-                "{}: interface, mode, conn_max, new_flow_limit, tunnel_src(6), metrics, sync and announce are fixed while the agent runs; restart it to change them",
+                "{}: interface, mode, conn_max, services_max, reals_max, new_flow_limit, tunnel_src(6), metrics, sync and announce are fixed while the agent runs; restart it to change them",
                 path.display()
             );
         }
         let next = self.state_from(&cfg, &src).await?;
         self.set_timeouts(cfg.timeouts)?;
-        self.commit(next)
+        self.commit(next)?;
+        drop((src, cfg));
+        release_memory();
+        Ok(())
     }
 
     /// `next` with the interface toward each of its real servers, from the kernel's routes:
@@ -723,9 +737,9 @@ impl Agent {
     /// Drain survives a restart of the agent (not a stop): a file beside the saved state.
     fn save_drained(&self) {
         let Some(path) = self
-            .state_file
+            .saver
             .as_ref()
-            .map(|f| f.with_file_name("drained"))
+            .map(|s| s.path().with_file_name("drained"))
         else {
             return;
         };

@@ -260,10 +260,24 @@ async fn bring_up(
     let director = &opts.director;
     let iface = &ifaces[0];
     let adopting = pins.map(lb_common::map_names::SERVICES).exists();
+    // A running datapath keeps the room it was made with: its maps are pinned, sized.
+    let limits = match pins.limits()? {
+        Some(pinned) if adopting => {
+            if pinned != director.limits {
+                warn!(
+                    "keeping the pinned datapath's room for {} services and {} real servers (asked for {} and {}): its maps cannot be resized while they hold the state; `xdplb detach` and start again to resize them",
+                    pinned.services, pinned.reals, director.limits.services, director.limits.reals
+                );
+            }
+            pinned
+        }
+        _ => director.limits,
+    };
     let mut datapath = Datapath::load_lb_pinned(
         LoadOptions {
             conn_max: director.conn_max,
             datapath_log: opts.datapath_log,
+            limits,
         },
         pins,
     )?;
@@ -313,13 +327,13 @@ async fn bring_up(
     maps.set_interfaces(&entries)?;
     // An adopted datapath: its saved state, written back whole (counters kept) so maps and
     // state agree even if the last agent died half-way through a change.
-    let (state, saved_mode) = match adopting.then(|| persist::load(state_file)) {
+    let (state, saved_mode) = match adopting.then(|| persist::load(state_file, limits)) {
         Some(Ok((mode, state))) => (state, Some(mode)),
         Some(Err(e)) => {
             warn!("adopting the pinned datapath without its saved state: {e:#}");
-            (State::default(), None)
+            (State::with_limits(limits), None)
         }
-        None => (State::default(), None),
+        None => (State::with_limits(limits), None),
     };
     state::resync(&mut maps, &state).context("cannot write the adopted state back")?;
     let (first, mode) = datapath
@@ -457,7 +471,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         director: director.clone(),
         timeouts: opts.timeouts,
         config_path: opts.config.clone(),
-        state_file: Some(state_file.clone()),
+        saver: None,
         monitor: Monitor::new(events_tx),
         started: SystemTime::now(),
         reloads: 0,
@@ -477,10 +491,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     agent.checks_follow_state();
     agent.restore_health();
     // Saved from the start: a datapath left behind always has its state beside it.
-    persist::save(&state_file, agent.mode, &agent.state)?;
-    if let Some((src, cfg)) = &initial {
-        let next = agent.state_from(cfg, src).await?;
+    agent.saver = Some(persist::Saver::new(&state_file, agent.mode, &agent.state)?);
+    if let Some((src, cfg)) = initial {
+        let next = agent.state_from(&cfg, &src).await?;
         agent.commit(next)?;
+        drop((src, cfg));
+        super::release_memory();
     }
     if let (Some(settings), Some(key), Some(sockets)) = (&director.sync, sync_key, sync_sockets) {
         let daemon = SyncDaemon::start(

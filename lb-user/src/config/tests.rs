@@ -395,3 +395,79 @@ mod mutated {
         }
     }
 }
+
+/// A file with `n` services of three real servers each, and room for them.
+fn many_services(n: u32, weight_of_first: u32) -> String {
+    let mut text = format!(
+        "interface = \"eth0\"\nservices_max = {n}\nreals_max = {}\n",
+        3 * n
+    );
+    for i in 0..n {
+        let vip = format!("10.{}.{}.{}", 1 + i / 65536, (i / 256) % 256, i % 256);
+        text.push_str(&format!(
+            "[[service]]\nprotocol = \"tcp\"\nvip = \"{vip}\"\nport = 80\nscheduler = \"rr\"\n"
+        ));
+        for r in 1..=3 {
+            let weight = if i == 0 && r == 1 { weight_of_first } else { 1 };
+            text.push_str(&format!(
+                "  [[service.real]]\n  address = \"10.200.0.{r}\"\n  weight = {weight}\n  mac = \"02:00:00:00:00:0{r}\"\n"
+            ));
+        }
+    }
+    text
+}
+
+#[test]
+fn room_beyond_the_defaults_is_set_in_the_file_and_checked() {
+    let text = many_services(300, 1);
+    let cfg = source(&text).parse().unwrap();
+    let director = cfg.director();
+    assert_eq!(
+        (director.limits.services, director.limits.reals),
+        (300, 900)
+    );
+    let state = apply(&text, &State::with_limits(director.limits)).unwrap();
+    assert_eq!(state.services.len(), 300);
+    // Without the room, the 257th service is refused, on its line.
+    let without = text.replace("services_max = 300\n", "");
+    let e = format!(
+        "{:#}",
+        apply(&without, &State::with_limits(Limits::default())).unwrap_err()
+    );
+    assert!(e.contains("too many services: at most 256"), "{e}");
+    assert!(e.starts_with("test.toml:"), "{e}");
+    let e = error(&text.replace("services_max = 300", "services_max = 0"));
+    assert!(
+        e.contains("services_max 0 is out of range: 1 to 65536"),
+        "{e}"
+    );
+    let e = error(&text.replace("reals_max = 900", "reals_max = 2000000"));
+    assert!(
+        e.contains("reals_max 2000000 is out of range: 1 to 1048576"),
+        "{e}"
+    );
+}
+
+#[test]
+fn reloading_a_file_that_changes_one_service_changes_only_that_service() {
+    let first = many_services(300, 1);
+    let limits = source(&first).parse().unwrap().director().limits;
+    let state = apply(&first, &State::with_limits(limits)).unwrap();
+    // The same file again: every service is still the same shared one.
+    let again = apply(&first, &state).unwrap();
+    for (addr, svc) in &again.services {
+        assert!(std::sync::Arc::ptr_eq(svc, &state.services[addr]), "{addr}");
+    }
+    let changed = apply(&many_services(300, 7), &state).unwrap();
+    let first_addr = *state
+        .services
+        .keys()
+        .find(|a| a.vip.to_string() == "10.1.0.0")
+        .unwrap();
+    for (addr, svc) in &changed.services {
+        let shared = std::sync::Arc::ptr_eq(svc, &state.services[addr]);
+        assert_eq!(shared, *addr != first_addr, "{addr}");
+    }
+    let weight = changed.services[&first_addr].reals[0].weight;
+    assert_eq!(weight, 7);
+}

@@ -277,11 +277,12 @@ impl Listing {
                 };
             }
         };
+        // Indexed: thousands of services must not cost millions of comparisons.
+        let earlier_services = earlier.service_index();
         for s in &mut self.services {
-            let then = earlier
-                .services
-                .iter()
-                .find(|e| e.address == s.address && e.protocol == s.protocol);
+            let then = earlier_services
+                .get(&(s.protocol, s.address.as_str()))
+                .copied();
             rate(&mut s.stats, then.and_then(|t| t.stats.as_ref()));
             for r in &mut s.reals {
                 let then_r = then.and_then(|t| t.reals.iter().find(|e| e.address == r.address));
@@ -293,6 +294,14 @@ impl Listing {
             *n = (n.saturating_sub(then) as f64 / secs).round() as u64;
         }
         self
+    }
+
+    /// The services by protocol and address.
+    pub fn service_index(&self) -> std::collections::HashMap<(Protocol, &str), &ServiceView> {
+        self.services
+            .iter()
+            .map(|s| ((s.protocol, s.address.as_str()), s))
+            .collect()
     }
 
     /// The listing without counters, for `list` without `--stats`.

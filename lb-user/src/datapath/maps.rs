@@ -12,6 +12,7 @@ use aya::{
 };
 pub use lb_common::Counters;
 use std::net::IpAddr;
+use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::mmap::Mapped;
@@ -30,9 +31,35 @@ pub trait MapWriter: Send + Sync {
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
     /// Marks (or clears) a VIP prefilter entry.
     fn set_vip_filter(&mut self, index: u32, on: bool) -> Result<()>;
-    /// Replaces a service's lookup table (slot -> real server id) in one atomic step.
+    /// Replaces a service's lookup table (slot -> real server id): each slot names a real
+    /// server of the old table or of the new one at any moment.
     fn set_table(&mut self, service_id: u32, table: &[u32]) -> Result<()>;
+    /// Several services' tables at once (the writer may batch them).
+    fn set_tables(&mut self, tables: &[(u32, &[u32])]) -> Result<()> {
+        for (id, table) in tables {
+            self.set_table(*id, table)?;
+        }
+        Ok(())
+    }
     fn set_real(&mut self, id: u32, real: &RealServer) -> Result<()>;
+    /// Real servers' limits, egress and entries, in that order (each kind may be batched).
+    fn set_real_parts(
+        &mut self,
+        limits: &[(u32, RealLimits)],
+        egress: &[(u32, RealEgress)],
+        entries: &[(u32, RealServer)],
+    ) -> Result<()> {
+        for (id, l) in limits {
+            self.set_limits(*id, l)?;
+        }
+        for (id, e) in egress {
+            self.set_egress(*id, e)?;
+        }
+        for (id, r) in entries {
+            self.set_real(*id, r)?;
+        }
+        Ok(())
+    }
     fn counters(&self) -> Result<DatapathCounters>;
     /// Zeroes the counters of a service id and of real server ids (before they are reused).
     fn reset_counters(&mut self, services: &[u32], reals: &[u32]) -> Result<()>;
@@ -130,6 +157,10 @@ pub struct Maps {
     ifaces: HashMap<MapData, u32, Iface>,
     tx_ports: DevMapHash<MapData>,
     neigh_misses: HashMap<MapData, NeighMiss, u8>,
+    /// The lookup tables this writer made, mapped, by service id (see [`Maps::set_tables`]).
+    held: std::collections::HashMap<u32, Mapped>,
+    /// TABLES' own descriptor, for the batch updates aya does not offer.
+    tables_fd: std::os::fd::OwnedFd,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -142,9 +173,9 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
-fn sum(values: PerCpuValues<Counters>) -> Counters {
+fn sum(values: &[Counters]) -> Counters {
     let mut total = Counters::default();
-    for v in values.iter() {
+    for v in values {
         total.add(v);
     }
     total
@@ -157,14 +188,17 @@ fn zero_per_cpu(map: &mut PerCpuArray<MapData, Counters>, index: u32) -> Result<
     Ok(())
 }
 
-/// Writes a whole array map of u32 through a shared mapping of it (BPF_F_MMAPABLE).
-fn fill_mmapped(map: &Array<MapData, u32>, values: &[u32]) -> Result<()> {
-    let mapped = Mapped::new(map.map(), values.len(), 4)?;
+/// Lookup tables kept mapped for in-place rewrites, at most.
+const HELD_TABLES_MAX: usize = 16_384;
+
+/// Writes an array map of u32 through a shared mapping of it (BPF_F_MMAPABLE), each slot with
+/// one atomic store: the datapath may be reading it.
+fn write_slots(mapped: &Mapped, values: &[u32]) {
     for (i, v) in values.iter().enumerate() {
-        // SAFETY: an aligned u32 slot of the mapping, written before anyone can see the map.
-        unsafe { mapped.at(i).cast::<u32>().write(*v) };
+        // SAFETY: an aligned u32 slot of the mapping (the kernel aligns array values to 8 bytes).
+        let slot = unsafe { &*mapped.at(i).cast::<std::sync::atomic::AtomicU32>() };
+        slot.store(*v, std::sync::atomic::Ordering::Relaxed);
     }
-    Ok(())
 }
 
 /// Each real server's connection counts (REAL_CONNS), mapped: read, zeroed and corrected in
@@ -240,10 +274,12 @@ fn entries(map: &PerCpuArray<MapData, Counters>) -> Result<u32> {
     Ok(map.len().min(map.map().info()?.max_entries()))
 }
 
+/// Every counter of the array, summed over the CPUs: one system call for the whole array.
 fn read_all(map: &PerCpuArray<MapData, Counters>) -> Result<Vec<Counters>> {
-    (0..entries(map)?)
-        .map(|i| Ok(sum(map.get(&i, 0)?)))
-        .collect()
+    let cpus = nr_cpus().map_err(|(_, e)| e)?;
+    let all =
+        super::batch::lookup_per_cpu::<Counters>(map.map().fd().as_fd(), entries(map)?, cpus)?;
+    Ok(all.iter().map(|per_cpu| sum(per_cpu)).collect())
 }
 
 impl Maps {
@@ -251,6 +287,10 @@ impl Maps {
         Ok(Self {
             services: take(ebpf, map_names::SERVICES)?,
             vip_filter: take(ebpf, map_names::VIP_FILTER)?,
+            tables_fd: match ebpf.map(map_names::TABLES) {
+                Some(aya::maps::Map::ArrayOfMaps(d)) => d.fd().as_fd().try_clone_to_owned()?,
+                _ => anyhow::bail!("the XDP object has no array of maps TABLES"),
+            },
             tables: take(ebpf, map_names::TABLES)?,
             conns: take(ebpf, map_names::CONNS)?,
             reals: take(ebpf, map_names::REALS)?,
@@ -285,6 +325,7 @@ impl Maps {
             ifaces: take(ebpf, map_names::IFACES)?,
             tx_ports: take(ebpf, map_names::TX_PORTS)?,
             neigh_misses: take(ebpf, map_names::NEIGH_MISSES)?,
+            held: Default::default(),
         })
     }
 
@@ -398,19 +439,53 @@ impl MapWriter for Maps {
     }
 
     fn set_table(&mut self, service_id: u32, table: &[u32]) -> Result<()> {
-        // Filled while nobody sees it, then swapped in by one update of the outer map; the kernel
-        // frees the old table once no program can be reading it any more.
-        // An empty table (a service without available real servers) still needs an array; the
-        // service entry says it has no slots, so the datapath never reads this one.
-        let table = if table.is_empty() {
-            &[lb_common::sched::NO_REAL][..]
-        } else {
-            table
-        };
-        let inner = Array::<MapData, u32>::create(table.len() as u32, TABLE_MAP_FLAGS)
-            .context("cannot create a lookup table")?;
-        fill_mmapped(&inner, table)?;
-        self.tables.set(service_id, &inner, 0)?;
+        self.set_tables(&[(service_id, table)])
+    }
+
+    /// A table of the size the service's current one has (one this writer made) is rewritten
+    /// in place, slot by slot, as Katran rewrites its rings: each slot names a real server of the
+    /// old table or of the new one, and the service entry's size stays true. Any other table is
+    /// filled while nobody sees it and swapped in by an update of the outer map; every update of
+    /// an array of maps makes the kernel wait for an RCU grace period (milliseconds), so the new
+    /// tables of one change go in together, in one batch: one wait.
+    fn set_tables(&mut self, tables: &[(u32, &[u32])]) -> Result<()> {
+        let mut fresh = Vec::new();
+        for &(id, table) in tables {
+            // An empty table (a service without available real servers) still needs an array;
+            // the service entry says it has no slots, so the datapath never reads this one.
+            let table = if table.is_empty() {
+                &[lb_common::sched::NO_REAL][..]
+            } else {
+                table
+            };
+            if let Some(held) = self.held.get(&id).filter(|m| m.entries() == table.len()) {
+                write_slots(held, table);
+                continue;
+            }
+            let inner = Array::<MapData, u32>::create(table.len() as u32, TABLE_MAP_FLAGS)
+                .context("cannot create a lookup table")?;
+            let mapped = Mapped::new(inner.map(), table.len(), 4)?;
+            write_slots(&mapped, table);
+            fresh.push((id, inner, mapped));
+        }
+        let keys: Vec<u32> = fresh.iter().map(|(id, _, _)| *id).collect();
+        let fds: Vec<u32> = fresh
+            .iter()
+            .map(|(_, inner, _)| inner.map().fd().as_fd().as_raw_fd() as u32)
+            .collect();
+        if fresh.len() > 1 {
+            super::batch::update(self.tables_fd.as_fd(), &keys, &fds)
+                .context("cannot swap in the lookup tables")?;
+        } else if let Some((id, inner, _)) = fresh.first() {
+            self.tables.set(*id, inner, 0)?;
+        }
+        for (id, _, mapped) in fresh {
+            // The outer map holds the table now; the mapping stays for in-place rewrites (up to
+            // a bound: every mapping counts against the process's vm.max_map_count).
+            if self.held.len() < HELD_TABLES_MAX || self.held.contains_key(&id) {
+                self.held.insert(id, mapped);
+            }
+        }
         Ok(())
     }
 
@@ -588,16 +663,36 @@ impl MapWriter for Maps {
     }
 
     fn reset_counters(&mut self, services: &[u32], reals: &[u32]) -> Result<()> {
-        for &s in services {
-            zero_per_cpu(&mut self.service_stats, s)?;
-            zero_per_cpu(&mut self.service_out, s)?;
+        let cpus = nr_cpus().map_err(|(_, e)| e)?;
+        for (map, ids) in [
+            (&self.service_stats, services),
+            (&self.service_out, services),
+            (&self.real_stats, reals),
+            (&self.real_out, reals),
+        ] {
+            super::batch::zero_per_cpu::<Counters>(map.map().fd().as_fd(), ids, cpus)?;
         }
         for &r in reals {
-            zero_per_cpu(&mut self.real_stats, r)?;
-            zero_per_cpu(&mut self.real_out, r)?;
             self.conn_counts.zero(r);
         }
         Ok(())
+    }
+
+    fn set_real_parts(
+        &mut self,
+        limits: &[(u32, RealLimits)],
+        egress: &[(u32, RealEgress)],
+        entries: &[(u32, RealServer)],
+    ) -> Result<()> {
+        fn split<T: Copy>(v: &[(u32, T)]) -> (Vec<u32>, Vec<T>) {
+            v.iter().copied().unzip()
+        }
+        let (ids, values) = split(limits);
+        super::batch::update(self.real_limits.map().fd().as_fd(), &ids, &values)?;
+        let (ids, values) = split(egress);
+        super::batch::update(self.real_egress.map().fd().as_fd(), &ids, &values)?;
+        let (ids, values) = split(entries);
+        super::batch::update(self.reals.map().fd().as_fd(), &ids, &values)
     }
 
     fn set_egress(&mut self, id: u32, egress: &RealEgress) -> Result<()> {

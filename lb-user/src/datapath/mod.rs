@@ -1,6 +1,7 @@
 //! The adapter between user space and the kernel: loads the XDP object, attaches it, and reads and
 //! writes its maps. It knows nothing of services or weights; the agent's state decides what to write.
 
+mod batch;
 pub mod clock;
 mod maps;
 pub mod mmap;
@@ -12,7 +13,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    map_names, program_names, DEFAULT_CONN_MAX, IPV4_PROG_DIRECTOR, IPV4_PROG_OPTIONS,
+    map_names, program_names, Limits, DEFAULT_CONN_MAX, IPV4_PROG_DIRECTOR, IPV4_PROG_OPTIONS,
     IPV4_PROG_SLOTS, IPV6_PROG_4IN6, IPV6_PROG_NAT, IPV6_PROG_NAT_ICMP, IPV6_PROG_NAT_OUT,
     IPV6_PROG_NAT_REPLY, IPV6_PROG_PIPELINE, IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG, NAT_PROG_ICMP,
     NAT_PROG_REPLY, NAT_PROG_SLOTS,
@@ -46,6 +47,8 @@ pub struct LoadOptions {
     pub conn_max: u32,
     /// The datapath's own debug logs (aya-log): off unless asked for, as they cost per packet.
     pub datapath_log: bool,
+    /// Room for services and real servers.
+    pub limits: Limits,
 }
 
 impl Default for LoadOptions {
@@ -53,8 +56,50 @@ impl Default for LoadOptions {
         Self {
             conn_max: DEFAULT_CONN_MAX,
             datapath_log: false,
+            limits: Limits::default(),
         }
     }
+}
+
+/// The maps with an entry per service id, and those with one per real-server id: sized by
+/// [`Limits`] when the object is loaded.
+pub const SERVICE_MAPS: [&str; 6] = [
+    map_names::SERVICES,
+    map_names::TABLES,
+    map_names::SERVICE_STATS,
+    map_names::SERVICE_OUT,
+    map_names::PERSISTENCE,
+    map_names::SCHED_POS,
+];
+pub const REAL_MAPS: [&str; 6] = [
+    map_names::REALS,
+    map_names::REAL_STATS,
+    map_names::REAL_OUT,
+    map_names::REAL_CONNS,
+    map_names::REAL_LIMITS,
+    map_names::REAL_EGRESS,
+];
+
+/// A loader with the maps sized as `opts` asks and the datapath's logs on or off.
+fn loader(opts: &LoadOptions) -> EbpfLoader<'static> {
+    let level: &'static u8 = if opts.datapath_log {
+        &LOG_DEBUG
+    } else {
+        &LOG_OFF
+    };
+    let mut loader = EbpfLoader::new();
+    // One NAT reply entry per connection at most.
+    loader
+        .map_max_entries(map_names::CONNS, opts.conn_max)
+        .map_max_entries(map_names::NAT_REPLIES, opts.conn_max)
+        .override_global(AYA_LOG_LEVEL, level, true);
+    for name in SERVICE_MAPS {
+        loader.map_max_entries(name, opts.limits.services);
+    }
+    for name in REAL_MAPS {
+        loader.map_max_entries(name, opts.limits.reals);
+    }
+    loader
 }
 
 impl LoadOptions {
@@ -83,15 +128,7 @@ pub enum Attachment {
 impl Datapath {
     /// Loads the object and the named program into the kernel, without attaching anything.
     pub fn load(program: &str, opts: LoadOptions) -> Result<Self> {
-        let level = if opts.datapath_log {
-            LOG_DEBUG
-        } else {
-            LOG_OFF
-        };
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::CONNS, opts.conn_max)
-            .map_max_entries(map_names::NAT_REPLIES, opts.conn_max)
-            .override_global(AYA_LOG_LEVEL, &level, true)
+        let mut ebpf = loader(&opts)
             .load(OBJECT)
             .context("cannot load the XDP object into the kernel")?;
         xdp(&mut ebpf, program)?
@@ -179,19 +216,10 @@ impl Datapath {
     pub fn load_lb_pinned(opts: LoadOptions, pins: &pin::Pins) -> Result<Self> {
         let paths: Vec<(&str, std::path::PathBuf)> =
             pin::PINNED_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
-        let level = if opts.datapath_log {
-            LOG_DEBUG
-        } else {
-            LOG_OFF
-        };
         pins.drop_outgrown_prog_array(map_names::NAT_PROGS, NAT_PROG_SLOTS)?;
         pins.drop_outgrown_prog_array(map_names::IPV6_PROGS, IPV6_PROG_SLOTS)?;
         pins.drop_outgrown_prog_array(map_names::IPV4_PROGS, IPV4_PROG_SLOTS)?;
-        let mut loader = EbpfLoader::new();
-        // One NAT reply entry per connection at most.
-        loader.map_max_entries(map_names::CONNS, opts.conn_max);
-        loader.map_max_entries(map_names::NAT_REPLIES, opts.conn_max);
-        loader.override_global(AYA_LOG_LEVEL, &level, true);
+        let mut loader = loader(&opts);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }

@@ -222,6 +222,24 @@ impl Pins {
         Ok(())
     }
 
+    /// The room the pinned datapath was made with (its per-service and per-real-server maps
+    /// keep their size), if there is one.
+    pub fn limits(&self) -> Result<Option<lb_common::Limits>> {
+        let size = |name: &str| -> Result<Option<u32>> {
+            let path = self.map(name);
+            Ok(match path.exists() {
+                true => Some(aya::maps::MapInfo::from_pin(&path)?.max_entries()),
+                false => None,
+            })
+        };
+        Ok(
+            match (size(map_names::SERVICES)?, size(map_names::REALS)?) {
+                (Some(services), Some(reals)) => Some(lb_common::Limits { services, reals }),
+                _ => None,
+            },
+        )
+    }
+
     /// Removes every pin: once no process holds them, the program is detached and the maps freed.
     pub fn remove(&self) -> Result<()> {
         std::fs::remove_dir_all(&self.dir)

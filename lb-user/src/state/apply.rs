@@ -87,110 +87,105 @@ fn filter_entries(state: &State) -> BTreeSet<u32> {
 }
 
 fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> Result<()> {
-    let (old_filter, new_filter) = (filter_entries(old), filter_entries(new));
+    // A service both states share is unchanged (a change copies what it touches), and so are
+    // its real servers' entries unless the interfaces toward them changed.
+    let same_egress = old.egress == new.egress;
+    let diff = super::service_changes(old, new, !same_egress);
+    // The prefilters follow the services' addresses and their LVS/NAT real servers: looked at
+    // again only when a service came or went, or one with NAT real servers changed.
+    let masq = |s: &Service| s.reals.iter().any(|r| r.forward == Forward::Masq);
+    let keys_changed = diff.iter().any(|(o, n)| o.is_none() || n.is_none());
+    let nat_changed = diff
+        .iter()
+        .any(|(o, n)| o.is_some_and(|s| masq(s)) || n.is_some_and(|s| masq(s)));
+    let (old_filter, new_filter) = match keys_changed {
+        true => (filter_entries(old), filter_entries(new)),
+        false => Default::default(),
+    };
     // Open the prefilter before any new service entry, close it after the last one went.
     for &i in new_filter.difference(&old_filter) {
         w.set_vip_filter(i, true)?;
     }
-    let (old_nat, new_nat) = (nat_source_entries(old), nat_source_entries(new));
+    let (old_nat, new_nat) = match nat_changed {
+        true => (nat_source_entries(old), nat_source_entries(new)),
+        false => Default::default(),
+    };
     for &i in new_nat.difference(&old_nat) {
         w.set_nat_source(i, true)?;
     }
-    for (addr, svc) in &old.services {
-        if !new.services.contains_key(addr) {
-            // Unreachable once its entry is gone; its table is replaced when the id is reused.
-            w.remove_service(&addr.key())
-                .with_context(|| format!("removing service {addr}"))?;
-            for r in &svc.reals {
-                w.set_real(r.id, &RealServer::default())?;
-            }
-            if svc.persistence.is_some() {
-                let ids: Vec<u32> = svc.reals.iter().map(|r| r.id).collect();
-                w.release_templates(svc.id, &ids)?;
-            }
+    for svc in diff
+        .iter()
+        .filter(|(_, n)| n.is_none())
+        .filter_map(|(o, _)| *o)
+    {
+        // Unreachable once its entry is gone; its table is replaced when the id is reused.
+        w.remove_service(&svc.addr.key())
+            .with_context(|| format!("removing service {}", svc.addr))?;
+        for r in &svc.reals {
+            w.set_real(r.id, &RealServer::default())?;
+        }
+        if svc.persistence.is_some() {
+            let ids: Vec<u32> = svc.reals.iter().map(|r| r.id).collect();
+            w.release_templates(svc.id, &ids)?;
         }
     }
-    for (addr, svc) in &new.services {
-        let before = old.services.get(addr);
-        let find_old =
-            |id: u32| before.and_then(|b| Some((b, b.reals.iter().find(|r| r.id == id)?)));
-        for r in &svc.reals {
-            // Limits before the entry: a new real server is compared by its own weight.
-            if find_old(r.id).is_none_or(|(_, o)| limits(o) != limits(r)) {
-                w.set_limits(r.id, &limits(r))?;
-            }
-            // Where it leaves and its NAT port, before the entry that sends packets there.
-            let egress = egress_entry(new, r);
-            if find_old(r.id).is_none_or(|(_, o)| egress_entry(old, o) != egress) {
-                w.set_egress(r.id, &egress)?;
-            }
-            match find_old(r.id) {
-                Some((b, o)) if real_entry(b, o) == real_entry(svc, r) => {}
-                Some((b, o)) => {
-                    let entry = real_entry(svc, r);
-                    w.set_real(r.id, &entry)?;
-                    // A failed real server releases its persistent clients (a drained one keeps
-                    // them until they expire).
-                    let failed = entry.flags & REAL_DOWN != 0;
-                    if failed
-                        && real_entry(b, o).flags & REAL_DOWN == 0
-                        && svc.persistence.is_some()
-                    {
-                        w.release_templates(svc.id, &[r.id])?;
-                    }
-                }
-                None => {
-                    if reset {
-                        w.reset_counters(&[], &[r.id])?;
-                    }
-                    w.set_real(r.id, &real_entry(svc, r))?;
-                }
-            }
-        }
-        if before.is_none() && reset {
-            w.reset_counters(&[svc.id], &[])?;
-        }
-        // The service entry carries the table size: a packet must never index past the table it
-        // finds, so a shrinking table is swapped in after the entry, a growing one before.
-        let shrinks = before.is_some_and(|b| svc.table.len() < b.table.len());
-        let write_table = |w: &mut dyn MapWriter| -> Result<()> {
-            if before.is_none_or(|b| b.table != svc.table) {
-                w.set_table(svc.id, &svc.table)
-                    .with_context(|| format!("writing the table of {addr}"))?;
-                // IPVS's wrr starts its sequence over when its servers change; a new service
-                // (perhaps on a reused id) starts at the beginning.
-                if before.is_none() || svc.scheduler == Scheduler::Wrr {
-                    w.reset_position(svc.id)?;
-                }
-            }
-            Ok(())
-        };
-        if !shrinks {
-            write_table(w)?;
-        }
+    let changed: Vec<(&Service, Option<&Service>)> = diff
+        .iter()
+        .filter_map(|(o, n)| Some((&**(*n)?, o.map(|b| &**b))))
+        .collect();
+    // The services' steps in phases, each phase for all of them, so that many services changed
+    // together (a config file) cost one batch of tables; each service still sees its own order:
+    // real servers, table, entry, a shrinking table, real servers gone.
+    let mut reals = RealWrites::default();
+    for &(svc, before) in &changed {
+        reals.add(old, new, svc, before);
+    }
+    w.set_real_parts(&reals.limits, &reals.egress, &reals.entries)?;
+    for (service, id) in &reals.released {
+        w.release_templates(*service, &[*id])?;
+    }
+    let new_reals = reals.new_reals;
+    if reset {
+        let new_services: Vec<u32> = changed
+            .iter()
+            .filter(|(_, before)| before.is_none())
+            .map(|(svc, _)| svc.id)
+            .collect();
+        w.reset_counters(&new_services, &new_reals)?;
+    }
+    // The service entry carries the table size: a packet must never index past the table it
+    // finds, so a shrinking table is swapped in after the entry, a growing one before.
+    let shrinks = |svc: &Service, before: Option<&Service>| {
+        before.is_some_and(|b| svc.table.len() < b.table.len())
+    };
+    let (shrinking, growing): (Vec<_>, Vec<_>) = changed
+        .iter()
+        .partition(|(svc, before)| shrinks(svc, *before));
+    write_tables(w, &growing)?;
+    for &(svc, before) in &changed {
         if before.is_none_or(|b| b.persistence != svc.persistence) {
             w.set_persistence(svc.id, svc.persistence.as_ref())?;
         }
         if before.is_none_or(|b| b.info() != svc.info()) {
-            w.set_service(&addr.key(), &svc.info())
-                .with_context(|| format!("writing service {addr}"))?;
+            w.set_service(&svc.addr.key(), &svc.info())
+                .with_context(|| format!("writing service {}", svc.addr))?;
         }
-        if shrinks {
-            write_table(w)?;
+    }
+    write_tables(w, &shrinking)?;
+    for &(svc, before) in &changed {
+        let Some(b) = before else { continue };
+        // An id another service took in this same change is that service's now.
+        let gone: Vec<u32> = b
+            .reals
+            .iter()
+            .filter(|r| !svc.reals.iter().any(|n| n.id == r.id))
+            .map(|r| r.id)
+            .collect();
+        for &id in gone.iter().filter(|id| !new.real_ids.contains(**id)) {
+            w.set_real(id, &RealServer::default())?;
         }
-        if let Some(b) = before {
-            let gone: Vec<u32> = b
-                .reals
-                .iter()
-                .filter(|r| !svc.reals.iter().any(|n| n.id == r.id))
-                .map(|r| r.id)
-                .collect();
-            for &id in &gone {
-                w.set_real(id, &RealServer::default())?;
-            }
-            if !gone.is_empty() && b.persistence.is_some() {
-                w.release_templates(svc.id, &gone)?;
-            }
+        if !gone.is_empty() && b.persistence.is_some() {
+            w.release_templates(svc.id, &gone)?;
         }
     }
     for &i in old_filter.difference(&new_filter) {
@@ -198,6 +193,79 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> R
     }
     for &i in old_nat.difference(&new_nat) {
         w.set_nat_source(i, false)?;
+    }
+    Ok(())
+}
+
+/// What changed of the real servers of the changed services, written together: every limit,
+/// then every egress, then every entry (each real server's entry after its limits and egress,
+/// and all before the tables that name them).
+#[derive(Default)]
+struct RealWrites {
+    limits: Vec<(u32, RealLimits)>,
+    egress: Vec<(u32, RealEgress)>,
+    entries: Vec<(u32, RealServer)>,
+    /// (service id, real server id): persistent clients released (the server failed).
+    released: Vec<(u32, u32)>,
+    /// Real servers new to the datapath (their counters start at zero).
+    new_reals: Vec<u32>,
+}
+
+impl RealWrites {
+    fn add(&mut self, old: &State, new: &State, svc: &Service, before: Option<&Service>) {
+        let find_old =
+            |id: u32| before.and_then(|b| Some((b, b.reals.iter().find(|r| r.id == id)?)));
+        for r in &svc.reals {
+            // Limits before the entry: a new real server is compared by its own weight.
+            if find_old(r.id).is_none_or(|(_, o)| limits(o) != limits(r)) {
+                self.limits.push((r.id, limits(r)));
+            }
+            // Where it leaves and its NAT port, before the entry that sends packets there.
+            let egress = egress_entry(new, r);
+            if find_old(r.id).is_none_or(|(_, o)| egress_entry(old, o) != egress) {
+                self.egress.push((r.id, egress));
+            }
+            match find_old(r.id) {
+                Some((b, o)) if real_entry(b, o) == real_entry(svc, r) => {}
+                Some((b, o)) => {
+                    let entry = real_entry(svc, r);
+                    self.entries.push((r.id, entry));
+                    // A failed real server releases its persistent clients (a drained one keeps
+                    // them until they expire).
+                    let failed = entry.flags & REAL_DOWN != 0;
+                    let was_up = real_entry(b, o).flags & REAL_DOWN == 0;
+                    if failed && was_up && svc.persistence.is_some() {
+                        self.released.push((svc.id, r.id));
+                    }
+                }
+                None => {
+                    self.new_reals.push(r.id);
+                    self.entries.push((r.id, real_entry(svc, r)));
+                }
+            }
+        }
+    }
+}
+
+/// The tables that changed among `services`, in one go; the round-robin positions that start
+/// over with them.
+fn write_tables(w: &mut dyn MapWriter, services: &[&(&Service, Option<&Service>)]) -> Result<()> {
+    let tables: Vec<(u32, &[u32])> = services
+        .iter()
+        .filter(|(svc, before)| before.is_none_or(|b| b.table != svc.table))
+        .map(|(svc, _)| (svc.id, &svc.table[..]))
+        .collect();
+    if tables.is_empty() {
+        return Ok(());
+    }
+    w.set_tables(&tables).context("writing the lookup tables")?;
+    for (svc, before) in services {
+        // IPVS's wrr starts its sequence over when its servers change; a new service (perhaps
+        // on a reused id) starts at the beginning.
+        let rewritten = before.is_none_or(|b| b.table != svc.table);
+        if rewritten && (before.is_none() || svc.scheduler == Scheduler::Wrr) {
+            w.reset_position(svc.id)?;
+        }
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ mod apply;
 pub mod model;
 pub mod persist;
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use anyhow::{anyhow, bail, Result};
 use lb_common::{
@@ -16,8 +16,11 @@ use lb_common::{
         SH_TABLE_SIZE,
     },
     table::{rebalance, Member},
-    FlowKey, ServiceInfo, LOCALITY_SET, MAX_REALS, MAX_SERVICES,
+    FlowKey, ServiceInfo, LOCALITY_SET,
 };
+
+mod ids;
+pub use ids::{check_limits, Ids, Limits};
 
 pub use apply::{apply, resync};
 
@@ -80,6 +83,42 @@ impl Real {
     }
 }
 
+/// A service before and after a change; None where absent.
+pub(crate) type ServiceChange<'a> = (Option<&'a Arc<Service>>, Option<&'a Arc<Service>>);
+
+/// The services that differ between two states, in order of address: (before, after), None
+/// where absent. A service both share (one Arc) is left out unless `all`. One walk over both
+/// ordered maps: no lookup per service.
+pub(crate) fn service_changes<'a>(
+    old: &'a State,
+    new: &'a State,
+    all: bool,
+) -> Vec<ServiceChange<'a>> {
+    let (mut a, mut b) = (
+        old.services.iter().peekable(),
+        new.services.iter().peekable(),
+    );
+    let mut out = Vec::new();
+    loop {
+        let pair = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((ka, _)), Some((kb, _))) if ka == kb => {
+                let (_, sa) = a.next().expect("peeked");
+                let (_, sb) = b.next().expect("peeked");
+                if !all && Arc::ptr_eq(sa, sb) {
+                    continue;
+                }
+                (Some(sa), Some(sb))
+            }
+            (Some((ka, _)), Some((kb, _))) if ka < kb => (a.next().map(|x| x.1), None),
+            (Some(_), None) => (a.next().map(|x| x.1), None),
+            _ => (None, b.next().map(|x| x.1)),
+        };
+        out.push(pair);
+    }
+    out
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Service {
     pub addr: ServiceAddr,
@@ -90,8 +129,9 @@ pub struct Service {
     pub id: u32,
     pub reals: Vec<Real>,
     /// Lookup table: slot -> real server id ([`NO_REAL`] when empty). Its length is the table
-    /// size: 4096 for `sh`, the Maglev prime for `mh`.
-    pub table: Vec<u32>,
+    /// size: 4096 for `sh`, the Maglev prime for `mh`. Shared by the states that did not
+    /// rebuild it, so copying a state copies no table and comparing two finds them equal at once.
+    pub table: Arc<Vec<u32>>,
     /// Persistence (ipvsadm -p), if the service has it.
     pub persistence: Option<Persistence>,
 }
@@ -132,14 +172,14 @@ impl Service {
                 .collect::<Vec<u32>>()
         };
         match self.scheduler {
-            Scheduler::Rr => self.table = available(),
+            Scheduler::Rr => self.table = Arc::new(available()),
             Scheduler::Wrr => {
                 let weights: Vec<(u32, u32)> = self
                     .reals
                     .iter()
                     .map(|r| (r.id, r.effective_weight()))
                     .collect();
-                self.table = sched::wrr_sequence(&weights);
+                self.table = Arc::new(sched::wrr_sequence(&weights));
             }
             Scheduler::Lc
             | Scheduler::Wlc
@@ -148,7 +188,7 @@ impl Service {
             | Scheduler::Lblc
             | Scheduler::Lblcr
             | Scheduler::Fo
-            | Scheduler::Ovf => self.table = available(),
+            | Scheduler::Ovf => self.table = Arc::new(available()),
             Scheduler::Dh => {
                 // IPVS's buckets: the servers dealt in turn. The buckets of a server at weight 0
                 // or down are dealt to the available ones in turn (IPVS would drop their flows),
@@ -156,12 +196,14 @@ impl Service {
                 // destinations of the available servers stay where they are.
                 let up = available();
                 let mut spare = up.iter().cycle();
-                self.table = (0..DH_TABLE_SIZE as usize)
-                    .map(|b| match self.reals.get(b % self.reals.len().max(1)) {
-                        Some(r) if r.effective_weight() > 0 => r.id,
-                        _ => spare.next().copied().unwrap_or(NO_REAL),
-                    })
-                    .collect();
+                self.table = Arc::new(
+                    (0..DH_TABLE_SIZE as usize)
+                        .map(|b| match self.reals.get(b % self.reals.len().max(1)) {
+                            Some(r) if r.effective_weight() > 0 => r.id,
+                            _ => spare.next().copied().unwrap_or(NO_REAL),
+                        })
+                        .collect(),
+                );
             }
             Scheduler::Sh => {
                 let members: Vec<Member> = self
@@ -172,8 +214,10 @@ impl Service {
                         weight: r.effective_weight(),
                     })
                     .collect();
-                self.table.resize(SH_TABLE_SIZE as usize, NO_REAL);
-                rebalance(&mut self.table, &members);
+                // Moves as few slots as it can from the table it had (copied if shared).
+                let table = Arc::make_mut(&mut self.table);
+                table.resize(SH_TABLE_SIZE as usize, NO_REAL);
+                rebalance(table, &members);
             }
             Scheduler::Mh => {
                 let backends: Vec<maglev::Backend> = self
@@ -185,7 +229,7 @@ impl Service {
                         id: r.id,
                     })
                     .collect();
-                self.table = maglev::build(&backends, self.table.len() as u32);
+                self.table = Arc::new(maglev::build(&backends, self.table.len() as u32));
             }
         }
     }
@@ -433,13 +477,29 @@ impl Loads {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Services are shared between a state and the next one until a change copies the one it
+/// touches: a change costs what it changes, not what the director holds, and [`apply`] skips
+/// every service the two states still share.
+#[derive(Clone, Debug, Default)]
 pub struct State {
-    pub services: BTreeMap<ServiceAddr, Service>,
+    pub services: BTreeMap<ServiceAddr, Arc<Service>>,
     /// The interface (ifindex) toward each real-server address, when the director is attached
     /// to several: learned from the kernel's routes by the agent. Absent: frames leave where the
     /// request came in.
     pub egress: BTreeMap<IpAddr, u32>,
+    /// How many services and real servers the datapath has room for (set at start).
+    pub limits: Limits,
+    /// The service and real-server ids in use (the datapath's array indexes).
+    service_ids: Ids,
+    real_ids: Ids,
+}
+
+/// Equal when they describe the same director: the id sets follow from the services.
+impl PartialEq for State {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.services, &self.egress, self.limits)
+            == (&other.services, &other.egress, other.limits)
+    }
 }
 
 /// The real server's port: the one given, else the service's. Only LVS/NAT maps ports: direct
@@ -566,74 +626,160 @@ pub fn no_such_real(real: impl std::fmt::Display, service: &ServiceAddr) -> anyh
 
 impl State {
     pub fn service(&self, addr: &ServiceAddr) -> Result<&Service> {
-        self.services.get(addr).ok_or_else(|| no_such_service(addr))
-    }
-
-    fn service_mut(&mut self, addr: &ServiceAddr) -> Result<&mut Service> {
         self.services
-            .get_mut(addr)
+            .get(addr)
+            .map(|s| &**s)
             .ok_or_else(|| no_such_service(addr))
     }
 
-    fn free_service_id(&self) -> Result<u32> {
-        let used: Vec<u32> = self.services.values().map(|s| s.id).collect();
-        match (0..MAX_SERVICES).find(|i| !used.contains(i)) {
-            Some(id) => Ok(id),
-            None => bail!("too many services: at most {MAX_SERVICES}"),
+    /// The service to change: this state's own copy (made now if the previous state shares it).
+    fn service_mut(&mut self, addr: &ServiceAddr) -> Result<&mut Service> {
+        self.services
+            .get_mut(addr)
+            .map(Arc::make_mut)
+            .ok_or_else(|| no_such_service(addr))
+    }
+
+    /// An empty state for a datapath with room for `limits`.
+    pub fn with_limits(limits: Limits) -> State {
+        State {
+            limits,
+            ..State::default()
         }
+    }
+
+    /// Builds the id sets from the services (a state read back from a file).
+    fn index_ids(&mut self) {
+        let (mut services, mut reals) = (Ids::default(), Ids::default());
+        for s in self.services.values() {
+            services.take(s.id);
+            for r in &s.reals {
+                reals.take(r.id);
+            }
+        }
+        (self.service_ids, self.real_ids) = (services, reals);
+    }
+
+    /// Finishes in-place changes to one service: if it ends as it was (`before`), the old shared
+    /// service is put back, so applying the state touches nothing of it; otherwise its table is
+    /// rebuilt from its real servers.
+    pub(crate) fn settle(&mut self, addr: &ServiceAddr, before: Option<&Arc<Service>>) {
+        let Some(now) = self.services.get_mut(addr) else {
+            return;
+        };
+        match before {
+            Some(b) if Arc::ptr_eq(b, now) => {}
+            // Unchanged but copied: the table is the one it had.
+            Some(b) if **b == **now => *now = Arc::clone(b),
+            _ => Arc::make_mut(now).rebuild_table(),
+        }
+    }
+
+    /// The room a director needs for this state: the defaults, or more where it holds more.
+    pub fn room_needed(&self) -> Limits {
+        let default = Limits::default();
+        let reals = self.services.values().map(|s| s.reals.len()).sum::<usize>() as u32;
+        Limits {
+            services: default.services.max(self.services.len() as u32),
+            reals: default.reals.max(reals),
+        }
+    }
+
+    /// Whether the id sets hold exactly the ids of the services and real servers (tests).
+    pub fn ids_consistent(&self) -> bool {
+        let mut copy = self.clone();
+        copy.index_ids();
+        copy.service_ids == self.service_ids && copy.real_ids == self.real_ids
+    }
+
+    fn free_service_id(&self) -> Result<u32> {
+        let max = self.limits.services;
+        self.service_ids.first_free(max).ok_or_else(|| {
+            anyhow!("too many services: at most {max} (the director's services_max)")
+        })
     }
 
     fn free_real_id(&self) -> Result<u32> {
-        let mut used = vec![false; MAX_REALS as usize];
-        for r in self.services.values().flat_map(|s| &s.reals) {
-            used[r.id as usize] = true;
-        }
-        match used.iter().position(|u| !u) {
-            Some(id) => Ok(id as u32),
-            None => bail!("too many real servers: at most {MAX_REALS} over all services"),
-        }
+        let max = self.limits.reals;
+        self.real_ids.first_free(max).ok_or_else(|| {
+            anyhow!(
+                "too many real servers: at most {max} over all services (the director's reals_max)"
+            )
+        })
+    }
+
+    /// The state after `change`, made on a copy: a change that fails leaves `self` as it was.
+    /// The copy shares every service the change does not touch.
+    fn changed(&self, change: impl FnOnce(&mut State) -> Result<()>) -> Result<State> {
+        let mut next = self.clone();
+        change(&mut next)?;
+        Ok(next)
     }
 
     pub fn add_service(&self, addr: ServiceAddr, spec: &SchedulerSpec) -> Result<State> {
+        self.changed(|next| next.add_service_in(addr, spec))
+    }
+
+    /// [`State::add_service`] in place (a failure may leave `self` half changed).
+    pub(crate) fn add_service_in(&mut self, addr: ServiceAddr, spec: &SchedulerSpec) -> Result<()> {
         if self.services.contains_key(&addr) {
             return Err(Exists(format!("service {addr} already exists")).into());
         }
         let (scheduler, hash, size) = resolve_scheduler(spec, None)?;
         let persistence = resolve_persistence(spec, None, addr.vip.is_ipv6())?;
         check_service_port(addr, persistence)?;
-        let mut next = self.clone();
+        let id = self.free_service_id()?;
         let mut service = Service {
             addr,
             scheduler,
             hash,
-            id: self.free_service_id()?,
+            id,
             reals: Vec::new(),
-            table: vec![NO_REAL; size],
+            table: Arc::new(vec![NO_REAL; size]),
             persistence,
         };
         service.rebuild_table();
-        next.services.insert(addr, service);
-        Ok(next)
+        self.service_ids.take(id);
+        self.services.insert(addr, Arc::new(service));
+        Ok(())
     }
 
     pub fn edit_service(&self, addr: ServiceAddr, spec: &SchedulerSpec) -> Result<State> {
+        self.changed(|next| next.edit_service_in(addr, spec))
+    }
+
+    /// [`State::edit_service`] in place. A service whose settings stay as they are is not
+    /// copied.
+    pub(crate) fn edit_service_in(
+        &mut self,
+        addr: ServiceAddr,
+        spec: &SchedulerSpec,
+    ) -> Result<()> {
         let current = self.service(&addr)?;
         let (scheduler, hash, size) = resolve_scheduler(spec, Some(current))?;
         let persistence = resolve_persistence(spec, Some(current), addr.vip.is_ipv6())?;
         check_service_port(addr, persistence)?;
-        let mut next = self.clone();
-        let svc = next.service_mut(&addr)?;
+        if (
+            current.scheduler,
+            current.hash,
+            current.table.len(),
+            current.persistence,
+        ) == (scheduler, hash, size, persistence)
+        {
+            return Ok(());
+        }
+        let svc = self.service_mut(&addr)?;
         svc.persistence = persistence;
         if (svc.scheduler, svc.hash, svc.table.len()) != (scheduler, hash, size) {
             if svc.scheduler != scheduler || svc.table.len() != size {
-                svc.table = vec![NO_REAL; size];
+                svc.table = Arc::new(vec![NO_REAL; size]);
             }
             svc.scheduler = scheduler;
             svc.hash = hash;
             svc.check_capacity(&svc.weights_with(None))?;
             svc.rebuild_table();
         }
-        Ok(next)
+        Ok(())
     }
 
     /// The real server a new flow from `client:sport` would get (`xdplb simulate`).
@@ -649,10 +795,19 @@ impl State {
     }
 
     pub fn del_service(&self, addr: ServiceAddr) -> Result<State> {
-        self.service(&addr)?;
-        let mut next = self.clone();
-        next.services.remove(&addr);
-        Ok(next)
+        self.changed(|next| next.del_service_in(addr))
+    }
+
+    pub(crate) fn del_service_in(&mut self, addr: ServiceAddr) -> Result<()> {
+        let gone = self
+            .services
+            .remove(&addr)
+            .ok_or_else(|| no_such_service(&addr))?;
+        self.service_ids.release(gone.id);
+        for r in &gone.reals {
+            self.real_ids.release(r.id);
+        }
+        Ok(())
     }
 
     /// Adds a real server whose MAC is given in `spec` (--mac).
@@ -667,12 +822,26 @@ impl State {
         spec: &RealSpec,
         learned: Option<Mac>,
     ) -> Result<State> {
+        self.changed(|next| {
+            next.add_real_in(service, spec, learned)?;
+            next.service_mut(&service)?.rebuild_table();
+            Ok(())
+        })
+    }
+
+    /// [`State::add_real_learned`] in place, leaving the service's table to rebuild.
+    pub(crate) fn add_real_in(
+        &mut self,
+        service: ServiceAddr,
+        spec: &RealSpec,
+        learned: Option<Mac>,
+    ) -> Result<()> {
         let (addr, port) = self.check_new_real(service, spec)?;
         let weight = spec.weight.unwrap_or(1);
         check_weight(weight)?;
         let id = self.free_real_id()?;
-        let mut next = self.clone();
-        let svc = next.service_mut(&service)?;
+        self.real_ids.take(id);
+        let svc = self.service_mut(&service)?;
         svc.reals.push(Real {
             addr,
             port,
@@ -688,8 +857,7 @@ impl State {
             upper: spec.upper.unwrap_or(0),
             lower: spec.lower.unwrap_or(0),
         });
-        svc.rebuild_table();
-        Ok(next)
+        Ok(())
     }
 
     /// Records a health transition; a server that goes down leaves the table (as weight 0).
@@ -716,13 +884,30 @@ impl State {
         addr: IpAddr,
         learned: Option<Mac>,
     ) -> Result<State> {
-        let mut next = self.clone();
-        let real = next.real_mut(&service, addr)?;
+        self.changed(|next| next.unpin_mac_in(service, addr, learned))
+    }
+
+    /// [`State::unpin_mac`] in place; a real server already unpinned with that MAC is not
+    /// copied.
+    pub(crate) fn unpin_mac_in(
+        &mut self,
+        service: ServiceAddr,
+        addr: IpAddr,
+        learned: Option<Mac>,
+    ) -> Result<()> {
+        let current = self
+            .service(&service)?
+            .real(addr)
+            .ok_or_else(|| no_such_real(addr, &service))?;
+        if !current.pinned_mac && learned.is_none_or(|m| m == current.mac) {
+            return Ok(());
+        }
+        let real = self.real_mut(&service, addr)?;
         real.pinned_mac = false;
         if let Some(m) = learned {
             real.mac = m;
         }
-        Ok(next)
+        Ok(())
     }
 
     fn real_mut(&mut self, service: &ServiceAddr, addr: IpAddr) -> Result<&mut Real> {
@@ -751,12 +936,16 @@ impl State {
     pub fn with_learned_macs(&self, learned: &[(ServiceAddr, IpAddr, Mac)]) -> State {
         let mut next = self.clone();
         for (svc, addr, mac) in learned {
-            let real = next
-                .services
-                .get_mut(svc)
-                .and_then(|s| s.reals.iter_mut().find(|r| r.addr == *addr));
-            if let Some(r) = real.filter(|r| !r.pinned_mac) {
-                r.mac = *mac;
+            // Only a real server whose MAC changes is copied.
+            let changes = next
+                .service(svc)
+                .ok()
+                .and_then(|s| s.real(*addr))
+                .is_some_and(|r| !r.pinned_mac && r.mac != *mac);
+            if changes {
+                if let Ok(r) = next.real_mut(svc, *addr) {
+                    r.mac = *mac;
+                }
             }
         }
         next
@@ -807,11 +996,24 @@ impl State {
         spec: &RealSpec,
         learned: Option<Mac>,
     ) -> Result<State> {
+        self.changed(|next| {
+            next.edit_real_in(service, spec, learned)?;
+            next.service_mut(&service)?.rebuild_table();
+            Ok(())
+        })
+    }
+
+    /// [`State::edit_real_learned`] in place, leaving the service's table to rebuild.
+    pub(crate) fn edit_real_in(
+        &mut self,
+        service: ServiceAddr,
+        spec: &RealSpec,
+        learned: Option<Mac>,
+    ) -> Result<()> {
         let Some(addr) = spec.addr else {
             bail!("a real server address (-r RIP) is required")
         };
-        let mut next = self.clone();
-        let svc = next.service_mut(&service)?;
+        let svc = self.service_mut(&service)?;
         let Some(real) = svc.reals.iter_mut().find(|r| r.addr == addr) else {
             return Err(no_such_real(addr, &service));
         };
@@ -863,20 +1065,26 @@ impl State {
         if let Some(w) = spec.weight {
             svc.check_capacity(&svc.weights_with(Some((id, w))))?;
         }
-        svc.rebuild_table();
-        Ok(next)
+        Ok(())
     }
 
     pub fn del_real(&self, service: ServiceAddr, addr: IpAddr) -> Result<State> {
-        let mut next = self.clone();
-        let svc = next.service_mut(&service)?;
-        let before = svc.reals.len();
-        svc.reals.retain(|r| r.addr != addr);
-        if svc.reals.len() == before {
+        self.changed(|next| {
+            next.del_real_in(service, addr)?;
+            next.service_mut(&service)?.rebuild_table();
+            Ok(())
+        })
+    }
+
+    /// [`State::del_real`] in place, leaving the service's table to rebuild.
+    pub(crate) fn del_real_in(&mut self, service: ServiceAddr, addr: IpAddr) -> Result<()> {
+        let svc = self.service_mut(&service)?;
+        let Some(at) = svc.reals.iter().position(|r| r.addr == addr) else {
             return Err(no_such_real(addr, &service));
-        }
-        svc.rebuild_table();
-        Ok(next)
+        };
+        let gone = svc.reals.remove(at);
+        self.real_ids.release(gone.id);
+        Ok(())
     }
 }
 

@@ -244,7 +244,7 @@ fn new_service_is_written_table_first_and_fully() {
             == 3
     );
     let service = s.service(&svc).unwrap();
-    assert_eq!(maps.tables[&service.id], service.table);
+    assert_eq!(maps.tables[&service.id], *service.table);
     // The fake datapath picks what the state predicts, for every client.
     for i in 0..=255u8 {
         let flow = service.flow(Ipv4Addr::new(192, 168, 7, i).into(), 1000 + i as u16);
@@ -426,7 +426,7 @@ fn maglev_removal_moves_few_other_flows() {
         &s.service(&svc).unwrap().table,
         &next.service(&svc).unwrap().table,
     );
-    let moved = a.iter().zip(b).filter(|(x, y)| x != y).count() as f64 / a.len() as f64;
+    let moved = a.iter().zip(b.iter()).filter(|(x, y)| x != y).count() as f64 / a.len() as f64;
     assert!((0.1..0.15).contains(&moved), "{moved}");
     // And back: it gets its id back (the lowest free one) and the table is the same again.
     let again = next.add_real(svc, &real([10, 0, 0, 15], 1)).unwrap();
@@ -768,5 +768,113 @@ fn persistence_netmasks_take_each_family_s_form() {
     assert_eq!(
         serde_json::from_str::<Netmask>("56").unwrap(),
         Netmask::Prefix(56)
+    );
+}
+
+#[test]
+fn limits_bound_the_ids_and_a_full_director_names_its_limit() {
+    let mut s = State::with_limits(Limits {
+        services: 3,
+        reals: 4,
+    });
+    let svc = |n: u8| tcp([10, 0, 0, 100], 80 + u16::from(n));
+    for n in 0..3 {
+        s = s.add_service(svc(n), &SchedulerSpec::default()).unwrap();
+    }
+    let e = s
+        .add_service(svc(3), &SchedulerSpec::default())
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "too many services: at most 3 (the director's services_max)"
+    );
+    for (n, r) in [(0, 11), (0, 12), (1, 13), (2, 14)] {
+        s = s.add_real(svc(n), &real([10, 0, 0, r], 1)).unwrap();
+    }
+    let e = s.add_real(svc(2), &real([10, 0, 0, 15], 1)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "too many real servers: at most 4 over all services (the director's reals_max)"
+    );
+    assert!(s.ids_consistent());
+    // Deleting a service frees its id and its real servers' ids, lowest first again.
+    s = s.del_service(svc(0)).unwrap();
+    assert!(s.ids_consistent());
+    s = s.add_service(svc(3), &SchedulerSpec::default()).unwrap();
+    assert_eq!(s.service(&svc(3)).unwrap().id, 0);
+    s = s.add_real(svc(3), &real([10, 0, 0, 16], 1)).unwrap();
+    s = s.add_real(svc(3), &real([10, 0, 0, 17], 1)).unwrap();
+    let ids: Vec<u32> = s
+        .service(&svc(3))
+        .unwrap()
+        .reals
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, [0, 1]);
+    s = s.del_real(svc(1), "10.0.0.13".parse().unwrap()).unwrap();
+    assert!(s.ids_consistent());
+    s = s.add_real(svc(3), &real([10, 0, 0, 18], 1)).unwrap();
+    assert_eq!(
+        s.service(&svc(3))
+            .unwrap()
+            .real("10.0.0.18".parse().unwrap())
+            .unwrap()
+            .id,
+        2
+    );
+    assert!(s.ids_consistent());
+}
+
+#[test]
+fn a_change_to_one_of_many_services_writes_only_that_service() {
+    let limits = Limits {
+        services: 1000,
+        reals: 10_000,
+    };
+    let svc = |n: u32| tcp([10, 1, (n / 250) as u8, (n % 250) as u8], 80);
+    let mut s = State::with_limits(limits);
+    for n in 0..1000u32 {
+        s.add_service_in(svc(n), &SchedulerSpec::default()).unwrap();
+        for r in 0..10u8 {
+            s.add_real_in(svc(n), &real([10, 2, r, (n % 250) as u8], 1), None)
+                .unwrap();
+        }
+        s.settle(&svc(n), None);
+    }
+    assert!(s.ids_consistent());
+    let mut maps = FakeMaps::default();
+    apply(&mut maps, &State::default(), &s).unwrap();
+    maps.log.clear();
+    let target = svc(500);
+    let next = s
+        .edit_real(target, &real([10, 2, 3, (500 % 250) as u8], 5))
+        .unwrap();
+    // Every other service is still the one both states share.
+    for (addr, svc) in &next.services {
+        assert_eq!(
+            Arc::ptr_eq(svc, &s.services[addr]),
+            *addr != target,
+            "{addr}"
+        );
+    }
+    apply(&mut maps, &s, &next).unwrap();
+    let service = next.service(&target).unwrap();
+    let real_ids: Vec<String> = service.reals.iter().map(|r| r.id.to_string()).collect();
+    assert!(!maps.log.is_empty());
+    for line in &maps.log {
+        let id = line.split_whitespace().nth(1).unwrap();
+        let ours = if line.starts_with("table") || line.starts_with("service") {
+            id == service.id.to_string()
+        } else {
+            real_ids.iter().any(|r| r == id)
+        };
+        assert!(ours, "{line} is not service {target}'s: {:?}", maps.log);
+    }
+    let changed = service.real("10.2.3.0".parse().unwrap()).unwrap().id;
+    assert!(
+        maps.log.contains(&format!("limits {changed} 5")),
+        "{:?}",
+        maps.log
     );
 }

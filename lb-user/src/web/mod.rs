@@ -78,6 +78,9 @@ pub async fn sample(control: Control, rates: Arc<Rates>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if !rates.watched(std::time::Instant::now()) {
+            continue;
+        }
         if let Response::Listing(listing) = control(Request::List).await {
             rates.record(&listing, std::time::Instant::now());
         }

@@ -16,6 +16,10 @@ use crate::control::{Listing, ServiceView, StatsView};
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
 /// Samples kept per service: five minutes.
 pub const HISTORY: usize = 150;
+/// How long sampling goes on after the rates were last asked for (the page, the API, `top`):
+/// a sample lists every service and real server under the agent's lock, which a director of
+/// thousands of services should not pay every two seconds when nobody looks.
+pub const WATCHED_FOR: Duration = Duration::from_secs(600);
 
 /// One point of a service's chart: its rates over the interval that ended at `time`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -38,6 +42,8 @@ pub struct History {
 #[derive(Default)]
 pub struct Rates {
     inner: Mutex<Inner>,
+    /// When the rates were last asked for.
+    asked: Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -55,10 +61,28 @@ fn key(s: &ServiceView) -> String {
 }
 
 impl Rates {
+    /// Whether someone asked for the rates within [`WATCHED_FOR`].
+    pub fn watched(&self, now: Instant) -> bool {
+        let asked = *self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        asked.is_some_and(|t| now.duration_since(t) < WATCHED_FOR)
+    }
+
+    fn ask(&self) {
+        *self.asked.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
     /// Takes a sample: the rates since the one before, a point for each service's chart.
     /// Services no longer listed lose their history.
     pub fn record(&self, listing: &Listing, now: Instant) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // A sample from before a pause in watching gives no rate: this one starts afresh.
+        let stale = |then: &Instant| now.duration_since(*then) > 3 * SAMPLE_INTERVAL;
+        if inner.last.as_ref().is_some_and(|(then, _)| stale(then)) {
+            inner.last = None;
+            inner.current = None;
+        }
+        let live: std::collections::HashSet<String> = listing.services.iter().map(key).collect();
+        inner.history.retain(|k, _| live.contains(k));
         if let Some((then, earlier)) = &inner.last {
             let secs = now.duration_since(*then).as_secs_f64();
             if secs > 0.0 {
@@ -67,7 +91,6 @@ impl Rates {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0.0, |d| d.as_secs_f64());
                 let mut history = std::mem::take(&mut inner.history);
-                history.retain(|k, _| rates.services.iter().any(|s| key(s) == *k));
                 for s in &rates.services {
                     let r = s.stats.unwrap_or_default();
                     let points = history.entry(key(s)).or_default();
@@ -91,12 +114,14 @@ impl Rates {
     /// Fills in the rates of the services and real servers of `listing` from the last sample
     /// (those it did not see yet have none).
     pub fn annotate(&self, listing: &mut Listing) {
+        self.ask();
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let Some(current) = &inner.current else {
             return;
         };
+        let index = current.service_index();
         for s in &mut listing.services {
-            let Some(then) = current.services.iter().find(|c| key(c) == key(s)) else {
+            let Some(then) = index.get(&(s.protocol, s.address.as_str())) else {
                 continue;
             };
             s.rates = then.stats;
@@ -113,6 +138,7 @@ impl Rates {
 
     /// Every service's chart.
     pub fn history(&self) -> Vec<History> {
+        self.ask();
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let Some(current) = &inner.current else {
             return Vec::new();
@@ -219,6 +245,20 @@ mod tests {
             .points
             .iter()
             .all(|p| p.packets == 0 && p.conns == 1));
+
+        // Asked for: watched for a while, then no longer.
+        assert!(rates.watched(Instant::now()));
+        assert!(!rates.watched(Instant::now() + WATCHED_FOR + Duration::from_secs(1)));
+        assert!(
+            !Rates::default().watched(Instant::now()),
+            "nobody asked yet"
+        );
+
+        // A sample long after the one before (watching paused) gives no rate.
+        rates.record(&listing(400, 400, [15, 5]), t0 + Duration::from_secs(460));
+        let mut view = listing(400, 400, [15, 5]);
+        rates.annotate(&mut view);
+        assert_eq!(view.services[0].rates, None);
 
         // A service gone takes its chart with it.
         let mut empty = listing(0, 0, [0, 0]);

@@ -24,8 +24,8 @@ use crate::{
     config::{Config, Director, Timeouts},
     datapath::AttachMode,
     state::{
-        CheckChange, Hash, Netmask, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr,
-        State, MAX_WEIGHT,
+        CheckChange, Hash, Limits, Netmask, Protocol, RealSpec, Scheduler, SchedulerSpec,
+        ServiceAddr, State, MAX_WEIGHT,
     },
 };
 use checks::{checker, health_check, Checker, Timing};
@@ -124,7 +124,11 @@ pub fn convert(
         None => vrrp_interface(items, file, report),
     };
 
-    let mut state = State::default();
+    // Any number of virtual servers: the director is given room for what the file has.
+    let mut state = State::with_limits(Limits {
+        services: Limits::SERVICES_CEILING,
+        reals: Limits::REALS_CEILING,
+    });
     let mut seen: BTreeMap<ServiceAddr, Pos> = BTreeMap::new();
     for vs in services {
         if let Some(first) = seen.insert(vs.addr, vs.pos.clone()) {
@@ -153,6 +157,7 @@ pub fn convert(
         more_interfaces: Vec::new(),
         mode: AttachMode::Native,
         conn_max: DEFAULT_CONN_MAX,
+        limits: state.room_needed(),
         new_flow_limit: None,
         tunnel_src: None,
         tunnel_src6: None,

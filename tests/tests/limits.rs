@@ -1,0 +1,129 @@
+//! The director's room for services and real servers, set at start (`services_max`,
+//! `reals_max`): a service on an id beyond the built-in 256 carries real TCP; the room's last
+//! service is refused one more with a line naming the limit; an agent started again without the
+//! setting keeps the running datapath's room and every service; a room out of range is refused
+//! at start and attaches nothing.
+
+use std::time::Duration;
+
+use lb_tests::{agent::xdplb_in, client::fetch, require_root, Agent, DrTopology};
+
+/// Services in the file: 299 on other VIPs, then the topology's service, the 300th.
+const SERVICES: usize = 300;
+
+fn config(room: bool) -> String {
+    let mut text = String::from("interface = \"eth0\"\n");
+    if room {
+        text.push_str(&format!("services_max = {SERVICES}\n"));
+    }
+    for i in 0..SERVICES - 1 {
+        text.push_str(&format!(
+            "\n[[service]]\nprotocol = \"tcp\"\nvip = \"10.9.{}.{}\"\nport = 80\n\
+             [[service.real]]\naddress = \"{}\"\n",
+            i / 250,
+            i % 250 + 1,
+            DrTopology::real_addr(1)
+        ));
+    }
+    text.push_str(&format!(
+        "\n[[service]]\nprotocol = \"tcp\"\nvip = \"{}\"\nport = {}\nscheduler = \"mh\"\n",
+        DrTopology::VIP,
+        DrTopology::PORT
+    ));
+    for i in 1..=3 {
+        text.push_str(&format!(
+            "[[service.real]]\naddress = \"{}\"\n",
+            DrTopology::real_addr(i)
+        ));
+    }
+    text
+}
+
+/// A new connection to the topology's service is answered by one of its real servers.
+fn assert_answered(topo: &DrTopology, when: &str) {
+    let src = DrTopology::client_sources()[0];
+    let answer = topo
+        .client()
+        .ns()
+        .run_in(|| fetch(src, DrTopology::service()))
+        .unwrap_or_else(|e| panic!("{when}: no answer: {e:#}"));
+    assert!(
+        (1..=3).any(|i| answer.trim() == format!("rs{i}")),
+        "{when}: answered by {answer:?}"
+    );
+}
+
+#[test]
+fn a_service_beyond_the_default_room_carries_traffic_and_keeps_its_room_across_a_restart() {
+    if !require_root() {
+        return;
+    }
+    let topo = DrTopology::new(3).expect("cannot build the DR topology");
+    let mut agent = Agent::start_with_config(topo.director().ns(), &config(true))
+        .expect("cannot start the agent");
+    let services = |a: &Agent| {
+        a.list_config().0["services"]
+            .as_array()
+            .map_or(0, |s| s.len())
+    };
+    assert_eq!(services(&agent), SERVICES);
+    assert_answered(&topo, "the 300th service");
+
+    // The room is full: one more service is refused, naming the limit, and nothing changes.
+    let out = agent.cli(&["service", "add", "-t", "10.9.9.9:80"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("too many services: at most 300 (the director's services_max)"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(services(&agent), SERVICES);
+
+    // Killed (the datapath runs on) and started again from a file without the setting: the
+    // running datapath's room holds, and so does every service.
+    agent.kill();
+    agent.write_config(&config(false)).unwrap();
+    agent.restart().expect("cannot start the agent again");
+    assert_eq!(services(&agent), SERVICES);
+    assert_answered(&topo, "after the restart");
+    assert!(
+        agent
+            .log()
+            .contains("keeping the pinned datapath's room for 300 services"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn a_room_out_of_range_is_refused_at_start_and_attaches_nothing() {
+    if !require_root() {
+        return;
+    }
+    let topo = DrTopology::new(1).expect("cannot build the DR topology");
+    let ns = topo.director().ns();
+    for (flag, value, message) in [
+        (
+            "--services-max",
+            "0",
+            "services_max 0 is out of range: 1 to 65536",
+        ),
+        (
+            "--reals-max",
+            "2000000",
+            "reals_max 2000000 is out of range: 1 to 1048576",
+        ),
+    ] {
+        let out = xdplb_in(ns, &["run", "--iface", "eth0", flag, value]).unwrap();
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "{flag} {value}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !ns.xdp_attached("eth0").unwrap(),
+            "{flag} {value}: attached"
+        );
+    }
+}
