@@ -7,6 +7,7 @@ use lb_tests::bench::{
     live::{live, Director},
     pin_to_cpu,
     profile::profile,
+    scale::{scale, Size},
     sync_delay, Bench, Case, BENCH_CPU,
 };
 use lb_tests::require_root;
@@ -70,6 +71,25 @@ fn live_forwarding_and_control_plane_run() {
     assert!(lv.unremembered > 0, "the new-flow guard never engaged");
     let c = control_plane(3).expect("control plane");
     assert_eq!((c.cli_ms.len(), c.socket_ms.len()), (3, 3));
+}
+
+#[test]
+fn the_control_plane_at_scale_runs() {
+    if !require_root() {
+        return;
+    }
+    // Beyond the default room (256 services): the file sets services_max and reals_max.
+    let size = Size {
+        services: 300,
+        per_service: 3,
+    };
+    let s = scale(size, 2).expect("control plane at scale");
+    assert!(s.maps_bytes > s.maps_empty_bytes, "{s:?}");
+    assert!(s.rss_kib > 0 && s.start_ms > 0.0, "{s:?}");
+    assert_eq!(
+        (s.reload_ms.len(), s.cli_ms.len(), s.socket_ms.len()),
+        (2, 2, 2)
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use crate::toolchain::run;
 
 /// (program the tests run, Debian package that has it).
-const NEEDED: [(&str, &str); 8] = [
+const NEEDED: [(&str, &str); 9] = [
     ("keepalived", "keepalived"),
     ("bird", "bird2"),
     ("curl", "curl"),
@@ -24,6 +24,8 @@ const NEEDED: [(&str, &str); 8] = [
     ("wrk", "wrk"),
     // The benchmark's sampling of where a case's time goes (tests/src/bench/profile.rs).
     ("perf", "linux-perf"),
+    // The benchmark's memory of the maps an agent made (tests/src/bench/scale.rs).
+    ("bpftool", "bpftool"),
 ];
 
 fn installed(program: &str) -> bool {

@@ -26,6 +26,7 @@ use crate::{names, netns::veth, Netns};
 pub mod live;
 pub mod peer;
 pub mod profile;
+pub mod scale;
 
 /// The CPU every BPF_PROG_TEST_RUN measurement runs on, ours and the peer benchmark's: one
 /// CPU's caches and frequency for every figure set side by side.
