@@ -309,23 +309,20 @@ pub struct Measurement {
     pub sync_off_ns: Vec<f64>,
 }
 
+/// Per-round differences `a - b`.
+fn per_round(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x - y).collect()
+}
+
 impl Measurement {
     /// Per-round differences sync on - sync off, for a case with sync on.
     pub fn sync_ns(&self) -> Vec<f64> {
-        self.case_ns
-            .iter()
-            .zip(&self.sync_off_ns)
-            .map(|(on, off)| on - off)
-            .collect()
+        per_round(&self.case_ns, &self.sync_off_ns)
     }
 
     /// Per-round differences case - baseline.
     pub fn extra_ns(&self) -> Vec<f64> {
-        self.case_ns
-            .iter()
-            .zip(&self.base_ns)
-            .map(|(c, b)| c - b)
-            .collect()
+        per_round(&self.case_ns, &self.base_ns)
     }
 }
 
