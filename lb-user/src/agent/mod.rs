@@ -75,6 +75,8 @@ pub struct Agent {
     started: SystemTime,
     reloads: u64,
     reload_failures: u64,
+    /// The config file's parsed sections, for the next reload.
+    parse_cache: crate::config::ParseCache,
     /// Connection synchronisation, when configured.
     sync: Option<SyncDaemon>,
     /// VIP announcement, when configured.
@@ -540,7 +542,7 @@ impl Agent {
             anyhow!("the agent was started without --config: there is nothing to reload")
         })?;
         let src = Source::read(&path)?;
-        let cfg = src.parse()?;
+        let cfg = src.parse_cached(&mut self.parse_cache)?;
         if cfg.director() != self.director {
             bail!(
                 "{}: interface, mode, conn_max, services_max, reals_max, new_flow_limit, tunnel_src(6), metrics, sync and announce are fixed while the agent runs; restart it to change them",

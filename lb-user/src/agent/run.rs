@@ -371,11 +371,13 @@ enum Exit {
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
-    // A config file is checked before anything else happens.
+    // A config file is checked before anything else happens; its sections are kept, so a
+    // reload parses only those that changed.
+    let mut parse_cache = crate::config::ParseCache::default();
     let initial = match &opts.config {
         Some(path) => {
             let src = Source::read(path)?;
-            let cfg = src.parse()?;
+            let cfg = src.parse_cached(&mut parse_cache)?;
             Some((src, cfg))
         }
         None => None,
@@ -476,6 +478,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         started: SystemTime::now(),
         reloads: 0,
         reload_failures: 0,
+        parse_cache,
         sync: None,
         announcer: None,
         drained: run_dir.join("drained").exists(),

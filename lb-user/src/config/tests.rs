@@ -471,3 +471,54 @@ fn reloading_a_file_that_changes_one_service_changes_only_that_service() {
     let weight = changed.services[&first_addr].reals[0].weight;
     assert_eq!(weight, 7);
 }
+
+#[test]
+fn a_cached_parse_reads_the_same_file_and_parses_only_changed_sections() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/xdplb.toml"
+    ))
+    .unwrap();
+    let texts = [
+        BASE.to_owned(),
+        example,
+        many_services(50, 1),
+        many_services(50, 4),
+    ];
+    let mut cache = ParseCache::default();
+    for text in &texts {
+        let src = source(text);
+        let whole = src.parse().unwrap();
+        let cached = src.parse_cached(&mut cache).unwrap();
+        assert_eq!(cached, whole);
+        // Spans too: every error a later step reports names the same line.
+        let spans = |c: &Config| -> Vec<std::ops::Range<usize>> {
+            c.services
+                .iter()
+                .flat_map(|s| {
+                    std::iter::once(s.span()).chain(s.get_ref().reals.iter().map(|r| r.span()))
+                })
+                .collect()
+        };
+        assert_eq!(spans(&cached), spans(&whole));
+    }
+    // The last file changed one section of the one before: the others came from the cache.
+    assert_eq!(cache.sections.len(), 50);
+
+    // An error in a section names its line in the whole file, as a whole parse does.
+    let broken = many_services(50, 1).replacen("weight = 1", "weight = \"x\"", 40);
+    let src = source(&broken);
+    let whole = format!("{:#}", src.parse().unwrap_err());
+    let cached = format!("{:#}", src.parse_cached(&mut cache).unwrap_err());
+    assert_eq!(cached, whole);
+    assert!(whole.starts_with("test.toml:"), "{whole}");
+
+    // A table after the services that is not a service's own: parsed whole, same result.
+    let late = format!(
+        "{}\n[metrics]\nlisten = \"127.0.0.1:9100\"\n",
+        many_services(3, 1)
+    );
+    let src = source(&late);
+    assert_eq!(src.parse_cached(&mut cache).unwrap(), src.parse().unwrap());
+    assert!(cache.sections.is_empty());
+}

@@ -365,7 +365,7 @@ fn scale_section(s: &Scale) -> String {
             Some(20.0),
         ),
         (
-            "of which parsing the file (this process)",
+            "parsing the whole file once, in this process (for comparison)",
             &s.parse_ms,
             None,
         ),
