@@ -402,9 +402,13 @@ fn scale_section(s: &Scale) -> String {
          servers' arrays and counters in one batch system call per map, and the {} lookup tables, \
          each a map of its own, swapped into the array of maps in one batch (the kernel waits for \
          an RCU grace period on every update of an array of maps: one at a time, 10,000 tables took \
-         over two minutes). A reload's parse of the whole file is what misses its target: the \
-         changed service alone is written, but the file is read whole. The agent's memory is mostly \
-         the state and the parsed file's leftovers (given back to the system after a load); the \
+         over two minutes). A reload parses only the sections of the file whose text changed (the \
+         agent keeps the parsed sections); what is left of its time: reading and hashing the whole \
+         file's sections, copying every parsed service into the new configuration, and applying \
+         the file service by service (each one compared with the state and found unchanged), most \
+         of which a memo of the services a reload left as they were would remove. The agent's \
+         memory is mostly the state, the parsed sections kept for reloads, and the lookup tables \
+         it keeps mapped (a page each); the \
          maps' is mostly the connection table (1,000,000 flows and as many LVS/NAT reply entries), \
          then a page per lookup table.\n",
         s.size.services
