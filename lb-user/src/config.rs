@@ -253,69 +253,6 @@ pub struct Config {
     pub services: Vec<Spanned<ServiceConfig>>,
 }
 
-/// The services of one `[[service]]` section of a file.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Section {
-    #[serde(default)]
-    service: Vec<Spanned<ServiceConfig>>,
-}
-
-/// Parsed `[[service]]` sections by their text (a hash and the length), spans counted from the
-/// section's start ([`Source::parse_cached`]).
-#[derive(Default)]
-pub struct ParseCache {
-    sections: HashMap<(u64, usize), Vec<Spanned<ServiceConfig>>>,
-}
-
-fn section_key(text: &str) -> (u64, usize) {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    (h.finish(), text.len())
-}
-
-/// A service (and its real servers) with spans counted from `at` bytes further.
-fn shifted(s: &Spanned<ServiceConfig>, at: usize) -> Spanned<ServiceConfig> {
-    let shift = |r: std::ops::Range<usize>| r.start + at..r.end + at;
-    let mut svc = s.get_ref().clone();
-    svc.reals = svc
-        .reals
-        .iter()
-        .map(|r| Spanned::new(shift(r.span()), r.get_ref().clone()))
-        .collect();
-    Spanned::new(shift(s.span()), svc)
-}
-
-/// Where a file's top part ends and each `[[service]]` section (up to the next one) lies; None
-/// when splitting it could change its meaning: a multi-line string (which could hold a line
-/// like a header), or a table after the services that is not a service's own.
-fn split_sections(text: &str) -> Option<(usize, Vec<Range<usize>>)> {
-    if text.contains("'''") || text.contains("\"\"\"") {
-        return None;
-    }
-    let (mut starts, mut at) = (Vec::new(), 0);
-    for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        if t == "[[service]]" {
-            starts.push(at);
-        } else if !starts.is_empty()
-            && t.starts_with('[')
-            && !t.starts_with("[[service.")
-            && !t.starts_with("[service.")
-        {
-            return None;
-        }
-        at += line.len();
-    }
-    let header = *starts.first()?;
-    let ends = starts.iter().skip(1).copied().chain([text.len()]);
-    Some((
-        header,
-        starts.iter().zip(ends).map(|(&s, e)| s..e).collect(),
-    ))
-}
-
 /// A file's text, to turn byte spans into "FILE:LINE:" prefixes.
 pub struct Source {
     pub path: PathBuf,
@@ -352,7 +289,11 @@ impl Source {
 
     /// `text`, a part of this file starting at byte `at`, deserialized; errors name their line
     /// in the whole file.
-    fn deserialize<T: serde::de::DeserializeOwned>(&self, text: &str, at: usize) -> Result<T> {
+    pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
+        &self,
+        text: &str,
+        at: usize,
+    ) -> Result<T> {
         toml::from_str(text).map_err(|e| match e.span() {
             Some(span) => self.error_at(&(span.start + at..span.end + at), e.message()),
             None => anyhow!(
@@ -368,40 +309,8 @@ impl Source {
         self.checked(config)
     }
 
-    /// [`Source::parse`], parsing again only the `[[service]]` sections whose text `cache` has
-    /// not seen (it keeps this file's sections for the next read): reading a large file again
-    /// to change one service parses that service. Files it cannot split safely are parsed
-    /// whole.
-    pub fn parse_cached(&self, cache: &mut ParseCache) -> Result<Config> {
-        let Some((header, sections)) = split_sections(&self.text) else {
-            cache.sections.clear();
-            return self.parse();
-        };
-        let mut config: Config = self.deserialize(&self.text[..header], 0)?;
-        if !config.services.is_empty() {
-            // Services in the top part too (`service = [...]`): TOML decides how they combine.
-            cache.sections.clear();
-            return self.parse();
-        }
-        let mut seen = HashMap::new();
-        for range in sections {
-            let text = &self.text[range.clone()];
-            let key = section_key(text);
-            let services = match cache.sections.remove(&key) {
-                Some(s) => s,
-                None => self.deserialize::<Section>(text, range.start)?.service,
-            };
-            config
-                .services
-                .extend(services.iter().map(|s| shifted(s, range.start)));
-            seen.insert(key, services);
-        }
-        cache.sections = seen;
-        self.checked(config)
-    }
-
     /// Checks a parsed file as a whole: what serde cannot.
-    fn checked(&self, config: Config) -> Result<Config> {
+    pub(crate) fn checked(&self, config: Config) -> Result<Config> {
         let mut config = config;
         match (config.interface.is_empty(), config.interfaces.is_empty()) {
             (true, true) => bail!(
@@ -685,6 +594,9 @@ impl Config {
         Ok(toml::to_string(self)?)
     }
 }
+
+mod sections;
+pub use sections::ParseCache;
 
 #[cfg(test)]
 mod tests;

@@ -202,8 +202,7 @@ impl Fixture {
 
     /// Packets counted for a pass/drop reason.
     pub fn reason(&self, r: Reason) -> u64 {
-        let c = self.maps.counters().unwrap();
-        c.reasons.iter().find(|(x, _)| *x == r).unwrap().1.packets
+        self.maps.counters().unwrap().packets(r)
     }
 }
 

@@ -128,6 +128,16 @@ pub struct DatapathCounters {
     pub conns: Vec<RealConns>,
 }
 
+impl DatapathCounters {
+    /// Packets counted for a pass/drop reason.
+    pub fn packets(&self, reason: Reason) -> u64 {
+        self.reasons
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, c)| c.packets)
+    }
+}
+
 /// The real maps of a loaded object.
 pub struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceInfo>,

@@ -218,11 +218,6 @@ pub fn live(rounds: usize, each: Duration) -> Result<Live> {
             packets,
         });
     }
-    out.unremembered = maps
-        .counters()?
-        .reasons
-        .iter()
-        .find(|(r, _)| *r == Reason::TxNotRemembered)
-        .map_or(0, |(_, c)| c.packets);
+    out.unremembered = maps.counters()?.packets(Reason::TxNotRemembered);
     Ok(out)
 }

@@ -761,10 +761,7 @@ impl Bench {
                 .fx
                 .maps
                 .counters()?
-                .reasons
-                .iter()
-                .find(|(r, _)| *r == lb_common::Reason::TxNotRemembered)
-                .map_or(0, |(_, c)| c.packets);
+                .packets(lb_common::Reason::TxNotRemembered);
             if unremembered < u64::from(repeat) {
                 bail!(
                     "{}: only {unremembered} flows went unremembered",
