@@ -243,12 +243,14 @@ pub struct RunArgs {
 impl RunArgs {
     fn options(self, socket: PathBuf) -> Result<RunOptions> {
         if let Some(path) = self.config {
-            let cfg = crate::config::Source::read(&path)?.parse()?;
+            // Parsed once, its sections kept for the agent's reloads.
+            let src = crate::config::Source::read(&path)?;
+            let read = src.parse_cached(&mut crate::config::ParseCache::default())?;
             return Ok(RunOptions {
-                director: cfg.director(),
-                timeouts: cfg.timeouts,
+                director: read.config.director(),
+                timeouts: read.config.timeouts,
                 socket,
-                config: Some(path),
+                config: Some((src, read)),
                 bpffs: self.bpffs,
                 datapath_log: self.debug_datapath,
             });

@@ -6,7 +6,7 @@
 //! their flows. `xdplb save` writes the running state back in this format.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
@@ -306,11 +306,12 @@ impl Source {
 
     pub fn parse(&self) -> Result<Config> {
         let config: Config = self.deserialize(&self.text, 0)?;
-        self.checked(config)
+        self.checked_skipping(config, &[])
     }
 
-    /// Checks a parsed file as a whole: what serde cannot.
-    pub(crate) fn checked(&self, config: Config) -> Result<Config> {
+    /// Checks a parsed file as a whole: what serde cannot. The real servers of a service marked
+    /// in `known` passed these checks before (the same text, read again).
+    pub(crate) fn checked_skipping(&self, config: Config, known: &[bool]) -> Result<Config> {
         let mut config = config;
         match (config.interface.is_empty(), config.interfaces.is_empty()) {
             (true, true) => bail!(
@@ -365,13 +366,16 @@ impl Source {
         }
         // Duplicates are caught here, with the line of the second one; everything else is checked
         // by the same state operations the CLI goes through.
-        let mut seen = BTreeSet::new();
-        for svc in &config.services {
+        let mut seen = HashSet::with_capacity(config.services.len());
+        for (i, svc) in config.services.iter().enumerate() {
             if !seen.insert(svc.get_ref().addr()) {
                 return Err(self.error_at(
                     &svc.span(),
                     format!("duplicate service {}", svc.get_ref().addr()),
                 ));
+            }
+            if known.get(i) == Some(&true) {
+                continue;
             }
             let mut reals = BTreeSet::new();
             for real in &svc.get_ref().reals {
@@ -408,8 +412,16 @@ pub struct MacNeeded {
 impl Config {
     /// Real servers that are new, or change their forwarding method, and have no `mac`.
     pub fn macs_needed(&self, current: &State) -> Vec<MacNeeded> {
+        self.macs_needed_skipping(current, &[])
+    }
+
+    /// [`Config::macs_needed`], skipping the services [`Config::apply_skipping`] skips.
+    pub fn macs_needed_skipping(&self, current: &State, skip: &[bool]) -> Vec<MacNeeded> {
         let mut needed = Vec::new();
-        for svc in &self.services {
+        for (i, svc) in self.services.iter().enumerate() {
+            if skip.get(i) == Some(&true) {
+                continue;
+            }
             let addr = svc.get_ref().addr();
             for real in &svc.get_ref().reals {
                 let r = real.get_ref();
@@ -437,7 +449,20 @@ impl Config {
         learned: &HashMap<(ServiceAddr, IpAddr), Mac>,
         src: &Source,
     ) -> Result<State> {
-        let wanted: BTreeSet<ServiceAddr> =
+        self.apply_skipping(current, learned, src, &[])
+    }
+
+    /// [`Config::apply_to`], skipping the services marked in `skip`: those `current` holds as
+    /// applying the same text left them ([`Reread::untouched`]), which applying again would
+    /// give back unchanged.
+    pub fn apply_skipping(
+        &self,
+        current: &State,
+        learned: &HashMap<(ServiceAddr, IpAddr), Mac>,
+        src: &Source,
+        skip: &[bool],
+    ) -> Result<State> {
+        let wanted: HashSet<ServiceAddr> =
             self.services.iter().map(|s| s.get_ref().addr()).collect();
         // One copy, changed in place (it is dropped whole if any step fails); a service comes
         // out as the same shared one unless the file changes it, and its table is rebuilt once,
@@ -446,7 +471,10 @@ impl Config {
         for addr in current.services.keys().filter(|a| !wanted.contains(a)) {
             next.del_service_in(*addr)?;
         }
-        for svc in &self.services {
+        for (i, svc) in self.services.iter().enumerate() {
+            if skip.get(i) == Some(&true) {
+                continue;
+            }
             let at = |e: anyhow::Error| src.error_at(&svc.span(), format!("{e:#}"));
             let cfg = svc.get_ref();
             let addr = cfg.addr();
@@ -596,7 +624,7 @@ impl Config {
 }
 
 mod sections;
-pub use sections::ParseCache;
+pub use sections::{ParseCache, Reread};
 
 #[cfg(test)]
 mod tests;

@@ -31,7 +31,7 @@ pub use run::{detach, run, run_dir, RunOptions, RUN_DIR};
 
 use crate::{
     announce::{self, Announcer},
-    config::{Config, Director, Source, Timeouts},
+    config::{Config, Director, Reread, Source, Timeouts},
     control::{AnnounceView, Listing, Request, Response},
     datapath::{
         clock::{director_config, with_sync},
@@ -98,6 +98,9 @@ pub struct Agent {
 
 /// Gives back to the system the heap a config file's parse used (a large file's document is
 /// many times its size, and glibc keeps freed memory for later otherwise).
+/// Services parsed by a reload above which the heap is trimmed after it.
+const RELEASE_AFTER_PARSING: usize = 100;
+
 pub(crate) fn release_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free memory to the system.
@@ -114,25 +117,30 @@ impl Agent {
     /// Makes `next` the current state once the datapath holds it.
     fn commit(&mut self, next: State) -> Result<()> {
         state::apply(self.maps.as_mut(), &self.state, &next)?;
-        self.state = next;
-        self.checks_follow_state();
+        let before = std::mem::replace(&mut self.state, next);
+        self.checks_follow(&before);
         if let Some(sync) = &self.sync {
             sync.set_directory(Directory::new(&self.state, &self.config));
         }
         if let Some(saver) = &mut self.saver {
-            if let Err(e) = saver.save(self.mode, &self.state) {
+            if let Err(e) = saver.save(self.mode, &before, &self.state) {
                 warn!("cannot save the state for a restart: {e:#}");
             }
         }
         Ok(())
     }
 
-    /// Health checks run for exactly the real servers that have one.
-    fn checks_follow_state(&mut self) {
-        let targets = self
-            .state
-            .services
-            .values()
+    /// Health checks run for exactly the real servers that have one: those of the services
+    /// that changed since `before` are set again.
+    fn checks_follow(&mut self, before: &State) {
+        let changes = state::service_changes(before, &self.state, false);
+        let within = changes
+            .iter()
+            .flat_map(|(old, new)| old.iter().chain(new))
+            .flat_map(|s| s.reals.iter().map(|r| (s.addr, r.addr)));
+        let targets = changes
+            .iter()
+            .filter_map(|(_, new)| *new)
             .flat_map(|s| {
                 s.reals.iter().filter_map(move |r| {
                     let check = r.check.clone()?;
@@ -145,7 +153,7 @@ impl Agent {
                 })
             })
             .collect();
-        self.monitor.set_targets(targets);
+        self.monitor.set_some_targets(within, targets);
     }
 
     /// At start: the checks begin from the health the saved state knows, so a restarted agent
@@ -261,6 +269,9 @@ impl Agent {
 
     /// Brings what follows the state up to date: the announced VIPs.
     pub async fn follow(&mut self) {
+        if self.announcer.is_none() {
+            return;
+        }
         let wanted = self.wanted();
         if let Some(a) = &mut self.announcer {
             if *a.announced() != wanted {
@@ -542,18 +553,25 @@ impl Agent {
             anyhow!("the agent was started without --config: there is nothing to reload")
         })?;
         let src = Source::read(&path)?;
-        let cfg = src.parse_cached(&mut self.parse_cache)?;
+        let read = src.parse_cached(&mut self.parse_cache)?;
+        let cfg = &read.config;
         if cfg.director() != self.director {
             bail!(
                 "{}: interface, mode, conn_max, services_max, reals_max, new_flow_limit, tunnel_src(6), metrics, sync and announce are fixed while the agent runs; restart it to change them",
                 path.display()
             );
         }
-        let next = self.state_from(&cfg, &src).await?;
+        let untouched = read.untouched(&self.state);
+        let next = self.state_from(&read, &untouched, &src).await?;
         self.set_timeouts(cfg.timeouts)?;
         self.commit(next)?;
-        drop((src, cfg));
-        release_memory();
+        // A reload that parsed little leaves little to give back.
+        let parsed = read.applied.iter().filter(|a| a.is_none()).count();
+        self.parse_cache
+            .keep(src.text, read, &untouched, &self.state);
+        if parsed > RELEASE_AFTER_PARSING {
+            release_memory();
+        }
         Ok(())
     }
 
@@ -618,10 +636,12 @@ impl Agent {
         Ok(())
     }
 
-    /// The state `cfg` describes, reached from the current one; learns the MACs it needs first.
-    async fn state_from(&self, cfg: &Config, src: &Source) -> Result<State> {
+    /// The state a file describes, reached from the current one; learns the MACs it needs
+    /// first.
+    async fn state_from(&self, read: &Reread, skip: &[bool], src: &Source) -> Result<State> {
+        let cfg = &read.config;
         let mut learned = HashMap::new();
-        for need in cfg.macs_needed(&self.state) {
+        for need in cfg.macs_needed_skipping(&self.state, skip) {
             let spec = RealSpec {
                 addr: Some(need.addr),
                 forward: Some(need.forward),
@@ -636,7 +656,7 @@ impl Agent {
                 mac.expect("no MAC given, so one was learned"),
             );
         }
-        let next = cfg.apply_to(&self.state, &learned, src)?;
+        let next = cfg.apply_skipping(&self.state, &learned, src, skip)?;
         self.routed(next, false).await
     }
 

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use super::{Agent, COUNT_INTERVAL, LINK_POLL_INTERVAL, NEIGH_POLL_INTERVAL, REFRESH_INTERVAL};
 use crate::{
     announce::Announcer,
-    config::{Director, Source, Timeouts},
+    config::{Director, Reread, Source, Timeouts},
     conntrack::table::PinnedTable,
     control::{Request, Response},
     datapath::{
@@ -48,8 +48,9 @@ pub struct RunOptions {
     pub director: Director,
     pub timeouts: Timeouts,
     pub socket: PathBuf,
-    /// The config file, if the agent runs from one (services are then applied from it).
-    pub config: Option<PathBuf>,
+    /// The config file, if the agent runs from one (services are then applied from it): read
+    /// and parsed once, before anything else happens.
+    pub config: Option<(Source, Reread)>,
     /// Where bpffs is (or gets) mounted for the pins.
     pub bpffs: PathBuf,
     /// The datapath's debug logs (aya-log), into the agent's log.
@@ -370,17 +371,13 @@ enum Exit {
     Leave,
 }
 
-pub async fn run(opts: RunOptions) -> Result<()> {
-    // A config file is checked before anything else happens; its sections are kept, so a
-    // reload parses only those that changed.
-    let mut parse_cache = crate::config::ParseCache::default();
-    let initial = match &opts.config {
-        Some(path) => {
-            let src = Source::read(path)?;
-            let cfg = src.parse_cached(&mut parse_cache)?;
-            Some((src, cfg))
+pub async fn run(mut opts: RunOptions) -> Result<()> {
+    let (initial, config_path) = match opts.config.take() {
+        Some((src, read)) => {
+            let path = src.path.clone();
+            (Some((src, read)), Some(path))
         }
-        None => None,
+        None => (None, None),
     };
     let director = opts.director.clone();
     director.validate()?;
@@ -472,13 +469,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         config,
         director: director.clone(),
         timeouts: opts.timeouts,
-        config_path: opts.config.clone(),
+        config_path,
         saver: None,
         monitor: Monitor::new(events_tx),
         started: SystemTime::now(),
         reloads: 0,
         reload_failures: 0,
-        parse_cache,
+        parse_cache: Default::default(),
         sync: None,
         announcer: None,
         drained: run_dir.join("drained").exists(),
@@ -491,14 +488,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         ))),
     };
     std::mem::swap(&mut agent.state, &mut state);
-    agent.checks_follow_state();
+    agent.checks_follow(&State::default());
     agent.restore_health();
     // Saved from the start: a datapath left behind always has its state beside it.
     agent.saver = Some(persist::Saver::new(&state_file, agent.mode, &agent.state)?);
-    if let Some((src, cfg)) = initial {
-        let next = agent.state_from(&cfg, &src).await?;
+    if let Some((src, read)) = initial {
+        let next = agent.state_from(&read, &[], &src).await?;
         agent.commit(next)?;
-        drop((src, cfg));
+        agent.parse_cache.keep(src.text, read, &[], &agent.state);
         super::release_memory();
     }
     if let (Some(settings), Some(key), Some(sockets)) = (&director.sync, sync_key, sync_sockets) {

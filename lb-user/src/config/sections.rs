@@ -1,16 +1,21 @@
 //! A reload reads the whole file again; a large one (thousands of `[[service]]` sections) is
-//! mostly services the reload does not change. The file is split at its `[[service]]` headers
-//! and each section's parse is kept by the section's text, so a file read again parses only the
-//! sections whose text changed. Spans are counted from the section's start and shifted, so
-//! every error names the same line as a whole parse.
+//! mostly services the reload does not change. The agent keeps the file it last applied, split
+//! at its `[[service]]` headers, with each section's parsed services and what applying them made
+//! of each service. A file read again is compared with it byte for byte from both ends: the
+//! sections wholly inside the common start or the common end are taken as they are (their spans
+//! moved), and only the text between is split, its sections parsed unless one is the same text
+//! as a cached one (moved, or between two separate changes). Applying then skips a service whose
+//! section is the same text and whose state is still what the last apply made of it, so a reload
+//! that changes one service costs about one service, plus reading and comparing the file.
 
-use std::{collections::HashMap, ops::Range};
+use std::{collections::HashMap, ops::Range, sync::Arc};
 
 use anyhow::Result;
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Config, ServiceConfig, Source};
+use crate::state::{Service, State};
 
 /// The services of one `[[service]]` section of a file.
 #[derive(Deserialize)]
@@ -20,91 +25,364 @@ struct Section {
     service: Vec<Spanned<ServiceConfig>>,
 }
 
-/// Parsed `[[service]]` sections by their text (a hash and the length), spans counted from the
-/// section's start ([`Source::parse_cached`]).
+/// The file the agent last applied ([`Source::parse_cached`], [`ParseCache::keep`]).
 #[derive(Default)]
 pub struct ParseCache {
-    pub(super) sections: HashMap<(u64, usize), Vec<Spanned<ServiceConfig>>>,
+    text: String,
+    sections: Vec<Cached>,
 }
 
-fn section_key(text: &str) -> (u64, usize) {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    (h.finish(), text.len())
+/// One `[[service]]` section of the cached file.
+struct Cached {
+    range: Range<usize>,
+    /// Spans in the cached file.
+    services: Vec<Spanned<ServiceConfig>>,
+    /// What the apply made of each of `services`.
+    applied: Vec<Option<Arc<Service>>>,
 }
 
-/// A service (and its real servers) with spans counted from `at` bytes further.
-fn shifted(s: &Spanned<ServiceConfig>, at: usize) -> Spanned<ServiceConfig> {
-    let shift = |r: std::ops::Range<usize>| r.start + at..r.end + at;
-    let mut svc = s.get_ref().clone();
-    svc.reals = svc
-        .reals
-        .iter()
-        .map(|r| Spanned::new(shift(r.span()), r.get_ref().clone()))
-        .collect();
-    Spanned::new(shift(s.span()), svc)
+/// A file read with the cache.
+pub struct Reread {
+    pub config: Config,
+    /// For each of `config.services`: what the last apply made of it, when its section is the
+    /// same text as then ([`Config::apply_skipping`]).
+    pub applied: Vec<Option<Arc<Service>>>,
+    /// Each section's range and number of services; None when the file was parsed whole.
+    sections: Option<Vec<(Range<usize>, usize)>>,
 }
 
-/// Where a file's top part ends and each `[[service]]` section (up to the next one) lies; None
-/// when splitting it could change its meaning: a multi-line string (which could hold a line
-/// like a header), or a table after the services that is not a service's own.
-fn split_sections(text: &str) -> Option<(usize, Vec<Range<usize>>)> {
-    if text.contains("'''") || text.contains("\"\"\"") {
-        return None;
+impl Reread {
+    /// Which services `current` holds as applying the same text left them last time.
+    pub fn untouched(&self, current: &State) -> Vec<bool> {
+        let svcs = self.config.services.iter();
+        (svcs.zip(&self.applied))
+            .map(|(svc, applied)| {
+                applied.as_ref().is_some_and(|applied| {
+                    let now = current.services.get(&svc.get_ref().addr());
+                    now.is_some_and(|now| Arc::ptr_eq(now, applied))
+                })
+            })
+            .collect()
     }
-    let (mut starts, mut at) = (Vec::new(), 0);
-    for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        if t == "[[service]]" {
-            starts.push(at);
-        } else if !starts.is_empty()
-            && t.starts_with('[')
-            && !t.starts_with("[[service.")
-            && !t.starts_with("[service.")
-        {
+}
+
+impl ParseCache {
+    /// After `read` (of `text`) was applied, giving `state`, with the services marked in
+    /// `untouched` skipped: keeps them for the next read.
+    pub fn keep(&mut self, text: String, read: Reread, untouched: &[bool], state: &State) {
+        *self = Self::default();
+        let Some(sections) = read.sections else {
+            return;
+        };
+        let mut services = read.config.services.into_iter();
+        let mut applied = read.applied.into_iter().enumerate();
+        self.sections = sections
+            .into_iter()
+            .map(|(range, count)| {
+                let services: Vec<_> = services.by_ref().take(count).collect();
+                let applied = (services.iter().zip(applied.by_ref()))
+                    .map(|(s, (i, was))| match untouched.get(i) {
+                        // Skipped: still the same shared service.
+                        Some(true) => was,
+                        _ => state.services.get(&s.get_ref().addr()).cloned(),
+                    })
+                    .collect();
+                Cached {
+                    range,
+                    services,
+                    applied,
+                }
+            })
+            .collect();
+        self.text = text;
+    }
+}
+
+/// A service (and its real servers) with spans moved by `by` bytes.
+fn shifted(s: Spanned<ServiceConfig>, by: isize) -> Spanned<ServiceConfig> {
+    let shift = |r: Range<usize>| r.start.wrapping_add_signed(by)..r.end.wrapping_add_signed(by);
+    let span = shift(s.span());
+    let mut svc = s.into_inner();
+    svc.reals = std::mem::take(&mut svc.reals)
+        .into_iter()
+        .map(|r| Spanned::new(shift(r.span()), r.into_inner()))
+        .collect();
+    Spanned::new(span, svc)
+}
+
+/// Where each `[[service]]` section of `text[range]` (which starts with one's header) lies; None
+/// when splitting could change its meaning: a table that is not a service's own. (A multi-line
+/// string, which could hold a line like a header, is looked for by the caller.)
+fn split(text: &str, range: Range<usize>) -> Option<Vec<Range<usize>>> {
+    let (mut starts, mut at) = (Vec::new(), range.start);
+    for line in text[range.clone()].split_inclusive('\n') {
+        // Only a line that starts with `[` can be a header.
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            let t = t.trim_end();
+            if t == "[[service]]" {
+                starts.push(at);
+            } else if !t.starts_with("[[service.") && !t.starts_with("[service.") {
+                return None;
+            }
+        } else if starts.is_empty() && !t.is_empty() {
             return None;
         }
         at += line.len();
     }
-    let header = *starts.first()?;
-    let ends = starts.iter().skip(1).copied().chain([text.len()]);
-    Some((
-        header,
-        starts.iter().zip(ends).map(|(&s, e)| s..e).collect(),
-    ))
+    let ends = starts.iter().skip(1).copied().chain([range.end]);
+    Some(starts.iter().zip(ends).map(|(&s, e)| s..e).collect())
+}
+
+/// Whether `text[range]`, or a quote just outside it, is part of a `'''` or `"""`.
+fn multi_line_string(text: &str, range: Range<usize>) -> bool {
+    let bytes = text.as_bytes();
+    let around = &bytes[range.start.saturating_sub(2)..(range.end + 2).min(bytes.len())];
+    memchr::memmem::find(around, b"'''").is_some()
+        || memchr::memmem::find(around, b"\"\"\"").is_some()
+}
+
+/// Where the top part of `text` ends: its first `[[service]]` header.
+fn first_header(text: &str) -> Option<usize> {
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim() == "[[service]]" {
+            return Some(at);
+        }
+        at += line.len();
+    }
+    None
+}
+
+/// What of the cached file a new text keeps: its first `prefix` sections where they were, its
+/// last `suffix` sections moved by `shift` bytes, and the new text between them.
+struct Plan {
+    prefix: usize,
+    suffix: usize,
+    shift: isize,
+    middle: Range<usize>,
+}
+
+/// How many bytes `a` and `b` have in common at their start (or `from_end`): compared a block
+/// at a time, which the compiler turns into memcmp, then byte by byte in the first block that
+/// differs.
+fn same_bytes(a: &[u8], b: &[u8], from_end: bool) -> usize {
+    const BLOCK: usize = 4096;
+    let n = a.len().min(b.len());
+    let (a, b) = match from_end {
+        true => (&a[a.len() - n..], &b[b.len() - n..]),
+        false => (&a[..n], &b[..n]),
+    };
+    let block = |i: usize| match from_end {
+        true => n.saturating_sub((i + 1) * BLOCK)..n - i * BLOCK,
+        false => i * BLOCK..((i + 1) * BLOCK).min(n),
+    };
+    let whole = (0..n.div_ceil(BLOCK))
+        .take_while(|&i| a[block(i)] == b[block(i)])
+        .count();
+    if whole * BLOCK >= n {
+        return n;
+    }
+    let (x, y) = (&a[block(whole)], &b[block(whole)]);
+    let same = match from_end {
+        true => x
+            .iter()
+            .rev()
+            .zip(y.iter().rev())
+            .take_while(|(p, q)| p == q)
+            .count(),
+        false => x.iter().zip(y).take_while(|(p, q)| p == q).count(),
+    };
+    whole * BLOCK + same
+}
+
+fn plan(cache: &ParseCache, new: &str) -> Option<Plan> {
+    let (old, new) = (cache.text.as_bytes(), new.as_bytes());
+    let n = cache.sections.len();
+    let first = cache.sections.first()?;
+    let shift = new.len() as isize - old.len() as isize;
+    if old == new {
+        return Some(Plan {
+            prefix: n,
+            suffix: 0,
+            shift,
+            middle: new.len()..new.len(),
+        });
+    }
+    let same_start = same_bytes(old, new, false);
+    let same_end = same_bytes(old, new, true).min(old.len().min(new.len()) - same_start);
+    let line_end = |at: usize| {
+        old[at..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(old.len(), |i| at + i + 1)
+    };
+    // The top part changed: parsed whole.
+    if line_end(first.range.start) > same_start {
+        return None;
+    }
+    // A section is kept at the start when the next one's header line is unchanged too (the new
+    // text ends it where the old one did) ...
+    let mut prefix = 0;
+    while prefix + 1 < n && line_end(cache.sections[prefix + 1].range.start) <= same_start {
+        prefix += 1;
+    }
+    // ... and at the end when the line break before its header is in the common end.
+    let cut = old.len() - same_end;
+    let mut suffix = 0;
+    while suffix < n - prefix && cache.sections[n - 1 - suffix].range.start > cut {
+        suffix += 1;
+    }
+    let start = cache.sections[prefix].range.start;
+    let end = match suffix {
+        0 => new.len(),
+        _ => cache.sections[n - suffix]
+            .range
+            .start
+            .wrapping_add_signed(shift),
+    };
+    Some(Plan {
+        prefix,
+        suffix,
+        shift,
+        middle: start..end,
+    })
 }
 
 impl Source {
-    /// [`Source::parse`], parsing again only the `[[service]]` sections whose text `cache` has
-    /// not seen (it keeps this file's sections for the next read): reading a large file again
-    /// to change one service parses that service. Files it cannot split safely are parsed
-    /// whole.
-    pub fn parse_cached(&self, cache: &mut ParseCache) -> Result<Config> {
-        let Some((header, sections)) = split_sections(&self.text) else {
-            cache.sections.clear();
-            return self.parse();
+    /// [`Source::parse`], taking from `cache` (emptied; give it back with [`ParseCache::keep`])
+    /// the sections this file has unchanged, so reading a large file again to change one
+    /// service parses that service. Files it cannot split safely are parsed whole.
+    pub fn parse_cached(&self, cache: &mut ParseCache) -> Result<Reread> {
+        let cache = std::mem::take(cache);
+        let planned = plan(&cache, &self.text).and_then(|plan| {
+            let middle = match plan.middle.is_empty() {
+                true => Vec::new(),
+                false if multi_line_string(&self.text, plan.middle.clone()) => return None,
+                false => split(&self.text, plan.middle.clone())?,
+            };
+            Some((cache.sections[0].range.start, plan, middle))
+        });
+        let (header, plan, middle) = match planned {
+            Some(planned) => planned,
+            // Split whole; every section is looked for among the cached ones.
+            None => {
+                let end = self.text.len();
+                let Some((header, sections)) = first_header(&self.text)
+                    .filter(|_| !multi_line_string(&self.text, 0..end))
+                    .and_then(|h| Some((h, split(&self.text, h..end)?)))
+                else {
+                    return self.parse_whole();
+                };
+                let plan = Plan {
+                    prefix: 0,
+                    suffix: 0,
+                    shift: 0,
+                    middle: header..self.text.len(),
+                };
+                (header, plan, sections)
+            }
         };
         let mut config: Config = self.deserialize(&self.text[..header], 0)?;
         if !config.services.is_empty() {
             // Services in the top part too (`service = [...]`): TOML decides how they combine.
-            cache.sections.clear();
-            return self.parse();
+            return self.parse_whole();
         }
-        let mut seen = HashMap::new();
-        for range in sections {
-            let text = &self.text[range.clone()];
-            let key = section_key(text);
-            let services = match cache.sections.remove(&key) {
-                Some(s) => s,
-                None => self.deserialize::<Section>(text, range.start)?.service,
+        let ParseCache {
+            text: old_text,
+            sections: mut old,
+        } = cache;
+        let kept = |c: Cached, by: isize| {
+            let range = c.range.start.wrapping_add_signed(by)..c.range.end.wrapping_add_signed(by);
+            let services: Vec<_> = match by {
+                0 => c.services,
+                _ => c.services.into_iter().map(|s| shifted(s, by)).collect(),
             };
-            config
-                .services
-                .extend(services.iter().map(|s| shifted(s, range.start)));
-            seen.insert(key, services);
+            (range, services, c.applied)
+        };
+        let tail = old.split_off(old.len() - plan.suffix);
+        // A section between that is the same text as an old one there (moved, or between two
+        // separate changes) is taken too; the others are parsed.
+        let mut between: HashMap<&str, Cached> = old
+            .drain(plan.prefix..)
+            .map(|c| (&old_text[c.range.clone()], c))
+            .collect();
+        let mut changed = Vec::with_capacity(middle.len());
+        for r in middle {
+            let text = &self.text[r.clone()];
+            changed.push(match between.remove(text) {
+                Some(c) => {
+                    let by = r.start as isize - c.range.start as isize;
+                    kept(c, by)
+                }
+                None => {
+                    // Spans counted from the section's start, moved to the file's.
+                    let section = self.deserialize::<Section>(text, r.start)?;
+                    let services: Vec<_> = (section.service.into_iter())
+                        .map(|s| shifted(s, r.start as isize))
+                        .collect();
+                    let unknown = vec![None; services.len()];
+                    (r, services, unknown)
+                }
+            });
         }
-        cache.sections = seen;
-        self.checked(config)
+        let parts = (old.into_iter().map(|c| kept(c, 0)))
+            .chain(changed)
+            .chain(tail.into_iter().map(|c| kept(c, plan.shift)));
+        let (mut applied, mut sections) = (Vec::new(), Vec::new());
+        for (range, services, was) in parts {
+            sections.push((range, services.len()));
+            config.services.extend(services);
+            applied.extend(was);
+        }
+        // What the cache held passed these checks when it was read.
+        let known: Vec<bool> = applied.iter().map(Option::is_some).collect();
+        let config = self.checked_skipping(config, &known)?;
+        Ok(Reread {
+            config,
+            applied,
+            sections: Some(sections),
+        })
+    }
+
+    fn parse_whole(&self) -> Result<Reread> {
+        let config = self.parse()?;
+        Ok(Reread {
+            applied: vec![None; config.services.len()],
+            config,
+            sections: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_bytes;
+
+    #[test]
+    fn same_bytes_counts_the_common_start_and_end() {
+        let a: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(same_bytes(&a, &a, false), 10_000);
+        assert_eq!(same_bytes(&a, &a, true), 10_000);
+        assert_eq!(same_bytes(&a, &a[..7000], false), 7000);
+        assert_eq!(same_bytes(&a, &a[3000..], true), 7000);
+        assert_eq!(same_bytes(&a, &[], false), 0);
+        // Around the blocks' edges, from either end.
+        for at in [
+            0, 1, 1807, 1808, 1809, 4095, 4096, 4097, 5903, 5904, 8191, 8192, 9999,
+        ] {
+            let mut b = a.clone();
+            b[at] ^= 1;
+            assert_eq!(same_bytes(&a, &b, false), at, "start, differing at {at}");
+            assert_eq!(
+                same_bytes(&a, &b, true),
+                9999 - at,
+                "end, differing at {at}"
+            );
+            // One byte more in the middle: the ends still line up.
+            let mut c = a.clone();
+            c.insert(at, 7);
+            assert_eq!(same_bytes(&a, &c, true), 10_000 - at, "end, {at} inserted");
+        }
     }
 }

@@ -472,53 +472,187 @@ fn reloading_a_file_that_changes_one_service_changes_only_that_service() {
     assert_eq!(weight, 7);
 }
 
+/// Every service's span and its real servers' spans: what errors of later steps name.
+fn spans(c: &Config) -> Vec<std::ops::Range<usize>> {
+    c.services
+        .iter()
+        .flat_map(|s| std::iter::once(s.span()).chain(s.get_ref().reals.iter().map(|r| r.span())))
+        .collect()
+}
+
+/// Reloads `text` as the agent does (read with the cache, apply skipping what is untouched,
+/// keep); checks that the result is what a whole parse and a whole apply give. Returns the new
+/// state and how many services were parsed anew.
+fn reload(cache: &mut ParseCache, state: &State, text: &str) -> Result<(State, usize)> {
+    let src = source(text);
+    let whole = src.parse();
+    let read = match src.parse_cached(cache) {
+        Ok(read) => read,
+        Err(e) => {
+            // The same error, naming the same line.
+            assert_eq!(format!("{e:#}"), format!("{:#}", whole.unwrap_err()));
+            return Err(e);
+        }
+    };
+    let whole = whole.unwrap();
+    assert_eq!(read.config, whole);
+    assert_eq!(spans(&read.config), spans(&whole));
+    let learned = learned(&whole, state);
+    let untouched = read.untouched(state);
+    let skipped_macs = read.config.macs_needed_skipping(state, &untouched);
+    let all_macs = whole.macs_needed(state);
+    assert!(skipped_macs.iter().all(|m| all_macs.contains(m)));
+    let next = read
+        .config
+        .apply_skipping(state, &learned, &src, &untouched)?;
+    assert_eq!(next, whole.apply_to(state, &learned, &src).unwrap());
+    assert!(next.ids_consistent());
+    let parsed = read.applied.iter().filter(|a| a.is_none()).count();
+    cache.keep(src.text, read, &untouched, &next);
+    Ok((next, parsed))
+}
+
+/// Where `[[service]]` section `i` of a [`many_services`] file starts (its end if there is none).
+fn section_start(text: &str, i: u32) -> usize {
+    let vip = format!("vip = \"10.1.0.{i}\"");
+    text.find(&vip).map_or(text.len(), |at| {
+        at - "[[service]]\nprotocol = \"tcp\"\n".len()
+    })
+}
+
+/// `text` with `[[service]]` section `i` (of [`many_services`]) changed by `edit`.
+fn with_section(text: &str, i: u32, edit: impl FnOnce(&str) -> String) -> String {
+    let (start, end) = (section_start(text, i), section_start(text, i + 1));
+    format!(
+        "{}{}{}",
+        &text[..start],
+        edit(&text[start..end]),
+        &text[end..]
+    )
+}
+
 #[test]
-fn a_cached_parse_reads_the_same_file_and_parses_only_changed_sections() {
+fn a_reload_parses_and_applies_only_the_sections_that_changed() {
+    let mut cache = ParseCache::default();
+    // Room for the real servers the edits add.
+    let base = many_services(50, 1)
+        .replacen("reals_max = 150", "reals_max = 200", 1)
+        .replacen("services_max = 50", "services_max = 60", 1);
+    let limits = source(&base).parse().unwrap().director().limits;
+    let empty = State::with_limits(limits);
+    let (state, parsed) = reload(&mut cache, &empty, &base).unwrap();
+    assert_eq!((state.services.len(), parsed), (50, 50));
+
+    // The same file: nothing parsed, the very same services.
+    let (again, parsed) = reload(&mut cache, &state, &base).unwrap();
+    assert_eq!(parsed, 0);
+    for (addr, svc) in &again.services {
+        assert!(std::sync::Arc::ptr_eq(svc, &state.services[addr]), "{addr}");
+    }
+
+    let next_header = "[[service]]\nprotocol = \"tcp\"\nvip = \"10.1.0.21\"";
+    let udp = "[[service]]\nprotocol = \"udp\"\nvip = \"10.9.9.9\"\nport = 53\n  [[service.real]]\n  address = \"10.200.0.1\"\n  mac = \"02:00:00:00:00:01\"\n\n";
+    let weight = |s: &str| s.replacen("weight = 1", "weight = 9", 1);
+    // Each edit is of `base`: from the one before, it also undoes that one's change.
+    let edits: Vec<(&str, String, usize)> = vec![
+        ("a weight", with_section(&base, 23, weight), 1),
+        (
+            "a real server appended to a section, before the next header",
+            base.replacen(
+                next_header,
+                &format!("  [[service.real]]\n  address = \"10.200.0.9\"\n  mac = \"02:00:00:00:00:09\"\n{next_header}"),
+                1,
+            ),
+            2,
+        ),
+        ("the last section's last line", format!("{base}  u_threshold = 4\n"), 2),
+        ("a section deleted", with_section(&base, 30, |_| String::new()), 1),
+        ("a section added", base.replacen(next_header, &format!("{udp}{next_header}"), 1), 2),
+        (
+            "two separate sections",
+            with_section(&with_section(&base, 5, weight), 45, weight),
+            2,
+        ),
+        (
+            "the top part",
+            base.replacen("reals_max = 200\n", "reals_max = 200\n[timeouts]\ntcp = 60\ntcp_fin = 10\nudp = 30\n", 1),
+            2,
+        ),
+        ("the same file again", base.clone(), 0),
+    ];
+    let mut state = state;
+    for (what, text, parsed_anew) in edits {
+        let (next, parsed) = reload(&mut cache, &state, &text).unwrap();
+        assert_eq!(parsed, parsed_anew, "{what}: services parsed anew");
+        state = next;
+    }
+
+    // A change made by the CLI since is undone by the file, though its section is unchanged.
+    let (state, _) = reload(&mut cache, &state, &base).unwrap();
+    let addr = *state.services.keys().nth(10).unwrap();
+    let real = state.services[&addr].reals[0].addr;
+    let spec = RealSpec {
+        addr: Some(real),
+        weight: Some(77),
+        ..Default::default()
+    };
+    let edited = state.edit_real(addr, &spec).unwrap();
+    let (undone, parsed) = reload(&mut cache, &edited, &base).unwrap();
+    assert_eq!(parsed, 0);
+    assert_eq!(undone.services[&addr].reals[0].weight, 1);
+    assert_eq!(undone, state);
+}
+
+#[test]
+fn a_reload_that_cannot_split_or_fails_reads_the_file_whole() {
+    let mut cache = ParseCache::default();
+    let base = many_services(20, 1);
+    let limits = source(&base).parse().unwrap().director().limits;
+    let (state, _) = reload(&mut cache, &State::with_limits(limits), &base).unwrap();
+
+    // An error in a changed section names its line in the whole file, and changes nothing.
+    let broken = base.replacen("weight = 1", "weight = \"x\"", 40);
+    let e = format!("{:#}", reload(&mut cache, &state, &broken).unwrap_err());
+    assert!(e.starts_with("test.toml:"), "{e}");
+    // After a failure the file is read whole, and the cache is filled again.
+    let (state, parsed) = reload(&mut cache, &state, &base).unwrap();
+    assert_eq!(parsed, 20);
+    // A duplicate service in a changed section: the line of the second one.
+    let dup = base.replacen("vip = \"10.1.0.7\"", "vip = \"10.1.0.3\"", 1);
+    let e = format!("{:#}", reload(&mut cache, &state, &dup).unwrap_err());
+    assert!(e.contains("duplicate service TCP 10.1.0.3:80"), "{e}");
+    let (state, _) = reload(&mut cache, &state, &base).unwrap();
+    // A duplicate real server in a changed section.
+    let dup = with_section(&base, 12, |s| s.replacen("10.200.0.2", "10.200.0.1", 1));
+    let e = format!("{:#}", reload(&mut cache, &state, &dup).unwrap_err());
+    assert!(e.contains("duplicate real server 10.200.0.1"), "{e}");
+    let (state, _) = reload(&mut cache, &state, &base).unwrap();
+    let (state, parsed) = reload(&mut cache, &state, &base).unwrap();
+    assert_eq!(parsed, 0);
+
+    // A multi-line string's quotes in a changed section (here in a comment, which splitting
+    // does not tell apart): the file is parsed whole.
+    let quoted = base.replacen("port = 80\n", "port = 80 # '''\n", 3);
+    let (state, parsed) = reload(&mut cache, &state, &quoted).unwrap();
+    assert_eq!(parsed, 20);
+    // So is a file with a table after the services that is not a service's own, every time.
+    let late = format!("{base}\n[metrics]\nlisten = \"127.0.0.1:9100\"\n");
+    let (state, parsed) = reload(&mut cache, &state, &late).unwrap();
+    assert_eq!(parsed, 20);
+    let (_, parsed) = reload(&mut cache, &state, &late).unwrap();
+    assert_eq!(parsed, 20);
+
+    // The example file, and a file without services.
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/xdplb.toml"
     ))
     .unwrap();
-    let texts = [
-        BASE.to_owned(),
-        example,
-        many_services(50, 1),
-        many_services(50, 4),
-    ];
-    let mut cache = ParseCache::default();
-    for text in &texts {
+    for text in [BASE, &example] {
         let src = source(text);
+        let read = src.parse_cached(&mut ParseCache::default()).unwrap();
         let whole = src.parse().unwrap();
-        let cached = src.parse_cached(&mut cache).unwrap();
-        assert_eq!(cached, whole);
-        // Spans too: every error a later step reports names the same line.
-        let spans = |c: &Config| -> Vec<std::ops::Range<usize>> {
-            c.services
-                .iter()
-                .flat_map(|s| {
-                    std::iter::once(s.span()).chain(s.get_ref().reals.iter().map(|r| r.span()))
-                })
-                .collect()
-        };
-        assert_eq!(spans(&cached), spans(&whole));
+        assert_eq!(read.config, whole);
+        assert_eq!(spans(&read.config), spans(&whole));
     }
-    // The last file changed one section of the one before: the others came from the cache.
-    assert_eq!(cache.sections.len(), 50);
-
-    // An error in a section names its line in the whole file, as a whole parse does.
-    let broken = many_services(50, 1).replacen("weight = 1", "weight = \"x\"", 40);
-    let src = source(&broken);
-    let whole = format!("{:#}", src.parse().unwrap_err());
-    let cached = format!("{:#}", src.parse_cached(&mut cache).unwrap_err());
-    assert_eq!(cached, whole);
-    assert!(whole.starts_with("test.toml:"), "{whole}");
-
-    // A table after the services that is not a service's own: parsed whole, same result.
-    let late = format!(
-        "{}\n[metrics]\nlisten = \"127.0.0.1:9100\"\n",
-        many_services(3, 1)
-    );
-    let src = source(&late);
-    assert_eq!(src.parse_cached(&mut cache).unwrap(), src.parse().unwrap());
-    assert!(cache.sections.is_empty());
 }

@@ -12,7 +12,7 @@ mod ping;
 mod script;
 
 use std::{
-    collections::{hash_map::RandomState, HashMap},
+    collections::{hash_map::RandomState, HashMap, HashSet},
     fmt,
     hash::{BuildHasher as _, Hash},
     io,
@@ -429,11 +429,29 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static + fmt::Debug> Monitor<K> {
     /// runtime. Checks should have passed [`HealthCheck::validate`]; zero intervals and counts
     /// are taken as 1 ms and 1.
     pub fn set_targets(&mut self, targets: Vec<Target<K>>) {
+        let all: Vec<K> = self.entries.keys().cloned().collect();
+        self.set_some_targets(all, targets);
+    }
+
+    /// [`Monitor::set_targets`] for part of the set: `targets` become the targets among the
+    /// keys `within` and their own; targets of other keys are left as they are. A change of a
+    /// few real servers costs a few, however many are checked.
+    pub fn set_some_targets(
+        &mut self,
+        within: impl IntoIterator<Item = K>,
+        targets: Vec<Target<K>>,
+    ) {
         let mut next: HashMap<K, Target<K>> = HashMap::with_capacity(targets.len());
         for target in targets {
             next.insert(target.key.clone(), target);
         }
-        for (key, entry) in std::mem::take(&mut self.entries) {
+        // Each key once: `within` may name a key twice, and `targets` name their own.
+        let mut keys: HashSet<K> = within.into_iter().collect();
+        keys.extend(next.keys().cloned());
+        for key in keys {
+            let Some(entry) = self.entries.remove(&key) else {
+                continue;
+            };
             match next.remove(&key) {
                 Some(target) if target == entry.target => {
                     self.entries.insert(key, entry);
@@ -980,6 +998,20 @@ mod tests {
         time::sleep(Duration::from_millis(60)).await;
         assert!(events.try_recv().is_err());
         assert_eq!(monitor.health(&"a"), Some(Health::Down));
+
+        // A part of the set changed: the others keep running as they were.
+        let b = closed_port().await;
+        monitor.set_some_targets(["b"], vec![target("b", b, fast(Check::Tcp))]);
+        assert_eq!(next(&mut events).await.key, "b");
+        monitor.set_some_targets(["b", "zz"], Vec::new());
+        assert_eq!(monitor.health(&"b"), None);
+        assert_eq!(monitor.health(&"a"), Some(Health::Down));
+        assert_eq!(monitor.health(&"c"), Some(Health::Down));
+        assert_eq!(monitor.entries.len(), 2);
+        // A key named twice (a service before and after a change) with its target unchanged.
+        monitor.set_some_targets(["a", "a"], vec![keep.clone()]);
+        assert_eq!(monitor.health(&"a"), Some(Health::Down));
+        assert!(events.try_recv().is_err());
 
         // Removed: no state, no task.
         monitor.set_targets(vec![keep]);

@@ -94,8 +94,9 @@ fn journal_of(path: &Path) -> PathBuf {
 pub struct Saver {
     path: PathBuf,
     generation: u64,
-    /// The state as saved: what the next change is compared with.
-    saved: State,
+    /// Whether the files hold the state the agent changes next: each change is then a journal
+    /// line; otherwise (a write failed) the next save is a snapshot.
+    in_step: bool,
     mode: AttachMode,
     snapshot_bytes: u64,
     journal_bytes: u64,
@@ -111,7 +112,7 @@ impl Saver {
         let mut saver = Saver {
             path: path.to_owned(),
             generation,
-            saved: State::default(),
+            in_step: false,
             mode,
             snapshot_bytes: 0,
             journal_bytes: 0,
@@ -142,17 +143,33 @@ impl Saver {
         // The old journal belongs to the old generation: replayed over this snapshot, it would
         // be left out; removed, it does not grow forever.
         let _ = std::fs::remove_file(journal_of(&self.path));
-        self.saved = state.clone();
+        self.in_step = true;
         self.mode = mode;
         self.snapshot_bytes = bytes.len() as u64;
         self.journal_bytes = 0;
         Ok(())
     }
 
-    /// Records `state`: a journal line with the services changed since the last save (none
-    /// if nothing changed); a new snapshot once the journal is larger than the snapshot.
-    pub fn save(&mut self, mode: AttachMode, state: &State) -> Result<()> {
-        let diff = super::service_changes(&self.saved, state, false);
+    /// Records `state`, which the agent reached from `before` (the state of the last save): a
+    /// journal line with the services changed (none if nothing changed); a new snapshot once
+    /// the journal is larger than the snapshot, or when the last write failed.
+    pub fn save(&mut self, mode: AttachMode, before: &State, state: &State) -> Result<()> {
+        if !self.in_step {
+            return self.snapshot(mode, state);
+        }
+        let written = self.journal(mode, before, state);
+        self.in_step = written.is_ok();
+        written
+    }
+
+    fn journal(&mut self, mode: AttachMode, before: &State, state: &State) -> Result<()> {
+        let diff = super::service_changes(before, state, false);
+        // A change of most services (a first load) is as large as a snapshot: written as one
+        // straight away, not written out as a line first.
+        if diff.len() > 1000 && diff.len() > state.services.len() / 2 {
+            self.generation += 1;
+            return self.snapshot(mode, state);
+        }
         let set: Vec<SavedService> = diff
             .iter()
             .filter_map(|(_, n)| Some(SavedService::of(n.as_ref()?)))
@@ -185,7 +202,6 @@ impl Saver {
             .and_then(|mut f| f.write_all(&line))
             .with_context(|| format!("cannot write {}", journal.display()))?;
         self.journal_bytes += line.len() as u64;
-        self.saved = state.clone();
         self.mode = mode;
         Ok(())
     }
@@ -277,14 +293,14 @@ mod tests {
         let snapshot = std::fs::metadata(&path).unwrap().len();
         // A change of one service appends a line about that service alone.
         let next = state.edit_real(svc(7), &real(11, 5)).unwrap();
-        saver.save(AttachMode::Native, &next).unwrap();
+        saver.save(AttachMode::Native, &state, &next).unwrap();
         let journal = std::fs::read_to_string(journal_of(&path)).unwrap();
         assert_eq!(journal.lines().count(), 1);
         assert!((journal.len() as u64) < snapshot / 10, "{journal}");
-        let next = next.del_service(svc(9)).unwrap();
-        saver.save(AttachMode::Native, &next).unwrap();
+        let (before, next) = (next.clone(), next.del_service(svc(9)).unwrap());
+        saver.save(AttachMode::Native, &before, &next).unwrap();
         // Unchanged: nothing written.
-        saver.save(AttachMode::Native, &next).unwrap();
+        saver.save(AttachMode::Native, &next, &next).unwrap();
         assert_eq!(
             std::fs::read_to_string(journal_of(&path))
                 .unwrap()
@@ -310,8 +326,9 @@ mod tests {
         let mut saver = Saver::new(&path, AttachMode::Native, &next).unwrap();
         let mut s = next.clone();
         for i in 0..2000 {
-            s = s.edit_real(svc(7), &real(11, 1 + i % 3)).unwrap();
-            saver.save(AttachMode::Native, &s).unwrap();
+            let next = s.edit_real(svc(7), &real(11, 1 + i % 3)).unwrap();
+            saver.save(AttachMode::Native, &s, &next).unwrap();
+            s = next;
         }
         let journal = std::fs::metadata(journal_of(&path)).map_or(0, |m| m.len());
         assert!(journal <= std::fs::metadata(&path).unwrap().len().max(64 * 1024));
@@ -328,6 +345,41 @@ mod tests {
         std::fs::write(journal_of(&path), old_line + "\n").unwrap();
         let (_, loaded) = load(&path, Limits::default()).unwrap();
         assert!(loaded.service(&svc(7)).is_ok());
+
+        // A change whose line cannot be written: the next change is saved as a snapshot, so the
+        // one that failed is not lost.
+        let mut saver = Saver::new(&path, AttachMode::Native, &s).unwrap();
+        std::fs::create_dir(journal_of(&path)).unwrap();
+        let failed = s.edit_real(svc(8), &real(11, 9)).unwrap();
+        assert!(saver.save(AttachMode::Native, &s, &failed).is_err());
+        std::fs::remove_dir(journal_of(&path)).unwrap();
+        let last = failed.edit_real(svc(7), &real(11, 4)).unwrap();
+        saver.save(AttachMode::Native, &failed, &last).unwrap();
+        assert!(
+            !journal_of(&path).exists(),
+            "a snapshot, not a journal line"
+        );
+        let (_, loaded) = load(&path, Limits::default()).unwrap();
+        assert_eq!(loaded, last);
+
+        // A first load of many services is saved as a snapshot, not as a journal line.
+        let limits = Limits {
+            services: 2000,
+            reals: 4096,
+        };
+        let empty = State::with_limits(limits);
+        let mut saver = Saver::new(&path, AttachMode::Native, &empty).unwrap();
+        let mut many = empty.clone();
+        for port in 1..=1500 {
+            many.add_service_in(svc(port), &SchedulerSpec::default())
+                .unwrap();
+        }
+        saver.save(AttachMode::Native, &empty, &many).unwrap();
+        assert!(
+            !journal_of(&path).exists(),
+            "a snapshot, not a journal line"
+        );
+        assert_eq!(load(&path, limits).unwrap().1, many);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
