@@ -3,7 +3,7 @@
 use crate::{
     hash::{hash_addr, hash_flow},
     FlowKey, ServiceInfo, HASH_SRC, SCHED_DH, SCHED_FO, SCHED_LBLC, SCHED_LBLCR, SCHED_LC,
-    SCHED_NQ, SCHED_OVF, SCHED_SED, SCHED_SH, SCHED_WLC,
+    SCHED_MH, SCHED_NQ, SCHED_OVF, SCHED_SED, SCHED_SH, SCHED_WLC,
 };
 
 /// Slots in a source-hashing (`sh`) lookup table: large enough that weights up to a few hundred
@@ -158,6 +158,13 @@ pub fn underloaded(c: &Candidate) -> bool {
 #[inline(always)]
 pub fn by_locality(sched: u8) -> bool {
     sched == SCHED_LBLC || sched == SCHED_LBLCR
+}
+
+/// Whether a scheduler chooses by a hash of the flow alone (`sh`, `mh`, `dh`): the same flow
+/// gets the same real server every time while the table is unchanged.
+#[inline(always)]
+pub fn by_hash(sched: u8) -> bool {
+    matches!(sched, SCHED_SH | SCHED_MH | SCHED_DH)
 }
 
 /// Whether a scheduler chooses by load (scans its whole table) rather than by hash or position.

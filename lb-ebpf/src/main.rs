@@ -84,14 +84,18 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     let flags = parse::tcp_flags(&ctx, &pkt);
     let now = conntrack::now();
     // An established flow goes straight to its real server: the flow already names the service,
-    // so the service lookup is only for new flows.
-    let known = conntrack::established(&flow, flags, now, config)
-        .and_then(|(svc, id)| Some((svc, id, schedule::real(svc, id)?)));
+    // so the service lookup is only for new flows. A SYN of a flood skips the table.
+    let flooding = flood::syn_service(flags, now, || lookup::service(&pkt));
+    let known = match flooding {
+        Some(_) => None,
+        None => conntrack::established(&flow, flags, now, config)
+            .and_then(|(svc, id)| Some((svc, id, schedule::real(svc, id)?))),
+    };
     // A new flow's service. Only with a service at stake is a damaged packet worth a drop, not
     // a pass; checked once for both kinds of flow (the verifier walks each copy).
     let service = match known {
         Some(_) => None,
-        None => match lookup::service(&pkt) {
+        None => match flooding.or_else(|| lookup::service(&pkt)) {
             Some(service) => Some(service),
             None => return no_service(&ctx, &pkt, frame_len),
         },
@@ -426,12 +430,17 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     let flags = parse::tcp_flags_at(&ctx, pkt.proto, pkt.l4_off);
     let flow = pkt.flow();
     let now = conntrack::now();
-    let known = conntrack::established(&flow, flags, now, config)
-        .and_then(|(svc, id)| Some((svc, id, schedule::real(svc, id)?)));
+    // A SYN of a flood skips the connection table, as in xdplb's.
+    let flooding = flood::syn_service(flags, now, service_of);
+    let known = match flooding {
+        Some(_) => None,
+        None => conntrack::established(&flow, flags, now, config)
+            .and_then(|(svc, id)| Some((svc, id, schedule::real(svc, id)?))),
+    };
     let (service_id, real_id, real, new_flow) = match known {
         Some((svc, id, real)) => (svc, id, real, false),
         None => {
-            let Some(service) = service_of() else {
+            let Some(service) = flooding.or_else(service_of) else {
                 return no_service6(&ctx, &pkt.src, frame_len);
             };
             if !whole {

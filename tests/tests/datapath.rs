@@ -12,7 +12,7 @@ use lb_tests::require_root;
 use lb_user::{
     datapath::MapWriter as _,
     packet::{FrameSpec, TCP_ACK},
-    state::{Protocol, SchedulerSpec, ServiceAddr},
+    state::{Protocol, Scheduler, SchedulerSpec, ServiceAddr},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
@@ -726,4 +726,71 @@ fn past_the_new_flow_limit_flows_are_forwarded_but_not_remembered() {
     fx.maps.set_new_flow_limit(0).unwrap();
     assert_direct_routed(&mut fx, &tcp_service(), &flow(9));
     assert_eq!(fx.reason(Reason::TxNotRemembered), 2);
+}
+
+/// Past the limit a SYN flood is on. A SYN to a service that schedules by hash (`sh` here) goes
+/// to the real server the hash picks without the connection table (it would not be remembered,
+/// and the hash picks a remembered flow's server anyway): a SYN sent again for a remembered flow
+/// counts as a new flow, not remembered, to the same server; its ACK still finds its entry. A
+/// service that schedules by position (`rr`) still looks its SYNs up: sent again, a SYN keeps
+/// its remembered server instead of the next one in turn.
+#[test]
+fn past_the_new_flow_limit_syns_of_hash_scheduled_services_skip_the_connection_table() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture(&[1, 1, 1]);
+    let rr = ServiceAddr {
+        port: 81,
+        ..tcp_service()
+    };
+    fx.add_service(
+        rr,
+        SchedulerSpec {
+            scheduler: Some(Scheduler::Rr),
+            ..Default::default()
+        },
+    );
+    for i in 0..3 {
+        fx.add_real(rr, 11 + i, 1);
+    }
+    fx.maps.set_new_flow_limit(2).unwrap();
+    let syn = |i: u8, dport: u16| FrameSpec {
+        src: Ipv4Addr::new(192, 0, 2, i),
+        dport,
+        ..Default::default()
+    };
+    let counts = |fx: &Fixture, svc: &ServiceAddr| {
+        let c = fx.maps.counters().unwrap();
+        let id = fx.state.service(svc).unwrap().id as usize;
+        (c.services[id].conns, fx.reason(Reason::TxNotRemembered))
+    };
+    let sent_to = |fx: &mut Fixture, spec: &FrameSpec| {
+        let (verdict, out) = fx.run(&spec.build()).unwrap();
+        assert_eq!(verdict, XDP_TX, "{spec:?}");
+        <[u8; 6]>::try_from(&out[..6]).unwrap()
+    };
+    // Two flows remembered (one per service), then the limit is reached.
+    let first_sh = assert_direct_routed(&mut fx, &tcp_service(), &syn(1, 80));
+    let first_rr = sent_to(&mut fx, &syn(1, 81));
+    assert_direct_routed(&mut fx, &tcp_service(), &syn(2, 80));
+    assert_eq!(fx.reason(Reason::TxNotRemembered), 1, "the third flow");
+
+    // rr: the SYN sent again finds its entry (no new connection, nothing unremembered).
+    let before = counts(&fx, &rr);
+    assert_eq!(sent_to(&mut fx, &syn(1, 81)), first_rr);
+    assert_eq!(counts(&fx, &rr), before);
+
+    // sh: the SYN sent again skips the table: a new flow, not remembered, to the same server.
+    let (conns, unremembered) = counts(&fx, &tcp_service());
+    let again = assert_direct_routed(&mut fx, &tcp_service(), &syn(1, 80));
+    assert_eq!(again, first_sh);
+    assert_eq!(counts(&fx, &tcp_service()), (conns + 1, unremembered + 1));
+    // Its ACK is not a SYN: the entry is found, the flow established.
+    let ack = FrameSpec {
+        tcp_flags: TCP_ACK,
+        ..syn(1, 80)
+    };
+    assert_direct_routed(&mut fx, &tcp_service(), &ack);
+    assert_eq!(counts(&fx, &tcp_service()), (conns + 1, unremembered + 1));
 }

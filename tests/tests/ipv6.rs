@@ -19,6 +19,7 @@ use lb_user::{
     datapath::MapWriter as _,
     packet::{
         encapsulate6, Frame6Spec, NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP, NEXTHDR_ROUTING,
+        TCP_ACK, TCP_SYN,
     },
     state::{Forward, Mac, Protocol, RealSpec, SchedulerSpec, ServiceAddr},
 };
@@ -151,6 +152,41 @@ fn an_ipv6_packet_for_a_service_leaves_for_its_real_server_by_direct_routing() {
         c.services[SERVICE_ID as usize].packets,
         (chains().len() * 2) as u64
     );
+}
+
+/// The new-flow guard on IPv6 as on IPv4: past its limit, new flows are forwarded but not
+/// remembered, and a SYN to a service that schedules by hash (`sh` here) skips the connection
+/// table, so a SYN sent again for a remembered flow counts as an unremembered new flow, sent to
+/// the same real server; its ACK still finds the entry.
+#[test]
+fn past_the_new_flow_limit_ipv6_syns_skip_the_connection_table() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture();
+    fx.maps.set_new_flow_limit(1).unwrap();
+    let syn = |sport: u16| Frame6Spec {
+        sport,
+        tcp_flags: TCP_SYN,
+        ..Default::default()
+    };
+    let send = |fx: &mut Fixture, spec: &Frame6Spec| {
+        let (verdict, out) = fx.run(&spec.build()).unwrap();
+        assert_eq!(verdict, XDP_TX, "{spec:?}");
+        assert_eq!(out[..6], predicted_mac(spec), "{spec:?}");
+        fx.reason(Reason::TxNotRemembered)
+    };
+    assert_eq!(send(&mut fx, &syn(41000)), 0);
+    assert!(fx.maps.conn(&flow(&syn(41000))).is_some());
+    assert_eq!(send(&mut fx, &syn(41001)), 1);
+    assert!(fx.maps.conn(&flow(&syn(41001))).is_none());
+    // The remembered flow's SYN again: past the limit, without the table.
+    assert_eq!(send(&mut fx, &syn(41000)), 2);
+    let ack = Frame6Spec {
+        tcp_flags: TCP_ACK,
+        ..syn(41000)
+    };
+    assert_eq!(send(&mut fx, &ack), 2, "the ACK finds the entry");
 }
 
 #[test]

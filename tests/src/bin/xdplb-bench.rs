@@ -499,8 +499,10 @@ fn main() -> Result<()> {
          table it also evicts. The bench's connection table holds 65,536 flows; a larger one (the \
          default is 1,000,000) misses the CPU caches more on an insert: the persistent case's \
          262,144-entry template table costs about twice what a 65,536-entry one does. A new flow \
-         the guard does not remember skips the insert: a connection-table miss, the service lookup \
-         and the scheduler. The \
+         the guard does not remember skips the insert; a SYN to a service that schedules by hash \
+         (sh, mh, dh) on a CPU past its limit also skips the connection table's lookup, as Katran's \
+         SYN path does (the hash gives a remembered flow's SYN sent again the same server): what \
+         is left is the service lookup and the scheduler. The \
          schedulers that choose by load add the scan of the real servers (bpf_loop) and the count \
          updates; rr and wrr a per-CPU position. An LVS/NAT request adds to DR's established path \
          the rewrite of the destination address and port with the incremental checksums. A NAT \
@@ -561,7 +563,8 @@ fn main() -> Result<()> {
                  the new-flow ratio compares unlike work; a fair one needs Katran timed with a \
                  new source every iteration, which its peer benchmark does not do. Katran's \
                  flood-guard case skips the insert for 87.5 % of its iterations; ours for all but \
-                 one a second. Katran has no LVS/DR (it only encapsulates) and no NAT.\n"
+                 one a second, and both skip the connection table's lookup for those SYNs. \
+                 Katran has no LVS/DR (it only encapsulates) and no NAT.\n"
             );
         }
         (before, after) => {
