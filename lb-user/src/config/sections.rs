@@ -154,6 +154,13 @@ fn first_header(text: &str) -> Option<usize> {
     None
 }
 
+/// A section between the kept start and end of a file read again: the same text as cached
+/// section `.0`, now at `.1`; or parsed.
+enum Between {
+    Cached(usize, Range<usize>),
+    Parsed(Range<usize>, Vec<Spanned<ServiceConfig>>),
+}
+
 /// What of the cached file a new text keeps: its first `prefix` sections where they were, its
 /// last `suffix` sections moved by `shift` bytes, and the new text between them.
 struct Plan {
@@ -250,12 +257,12 @@ fn plan(cache: &ParseCache, new: &str) -> Option<Plan> {
 }
 
 impl Source {
-    /// [`Source::parse`], taking from `cache` (emptied; give it back with [`ParseCache::keep`])
-    /// the sections this file has unchanged, so reading a large file again to change one
-    /// service parses that service. Files it cannot split safely are parsed whole.
+    /// [`Source::parse`], taking from `cache` the sections this file has unchanged, so reading
+    /// a large file again to change one service parses that service. The cache is emptied
+    /// unless the file's sections fail to parse (give it back with [`ParseCache::keep`]).
+    /// Files it cannot split safely are parsed whole.
     pub fn parse_cached(&self, cache: &mut ParseCache) -> Result<Reread> {
-        let cache = std::mem::take(cache);
-        let planned = plan(&cache, &self.text).and_then(|plan| {
+        let planned = plan(cache, &self.text).and_then(|plan| {
             let middle = match plan.middle.is_empty() {
                 true => Vec::new(),
                 false if multi_line_string(&self.text, plan.middle.clone()) => return None,
@@ -272,6 +279,7 @@ impl Source {
                     .filter(|_| !multi_line_string(&self.text, 0..end))
                     .and_then(|h| Some((h, split(&self.text, h..end)?)))
                 else {
+                    *cache = ParseCache::default();
                     return self.parse_whole();
                 };
                 let plan = Plan {
@@ -286,12 +294,30 @@ impl Source {
         let mut config: Config = self.deserialize(&self.text[..header], 0)?;
         if !config.services.is_empty() {
             // Services in the top part too (`service = [...]`): TOML decides how they combine.
+            *cache = ParseCache::default();
             return self.parse_whole();
         }
-        let ParseCache {
-            text: old_text,
-            sections: mut old,
-        } = cache;
+        // A section between that is the same text as a cached one there (moved, or between two
+        // separate changes) is taken from the cache; the others are parsed first, so a file
+        // with an error leaves the cache as it was.
+        let n = cache.sections.len();
+        let candidates: HashMap<&str, usize> = (plan.prefix..n - plan.suffix)
+            .map(|i| (&cache.text[cache.sections[i].range.clone()], i))
+            .collect();
+        let mut between = Vec::with_capacity(middle.len());
+        for r in middle {
+            let text = &self.text[r.clone()];
+            between.push(match candidates.get(text) {
+                Some(&i) => Between::Cached(i, r),
+                None => Between::Parsed(r.clone(), self.parse_section(text, r.start)?),
+            });
+        }
+        drop(candidates);
+        let mut old: Vec<Option<Cached>> = std::mem::take(cache)
+            .sections
+            .into_iter()
+            .map(Some)
+            .collect();
         let kept = |c: Cached, by: isize| {
             let range = c.range.start.wrapping_add_signed(by)..c.range.end.wrapping_add_signed(by);
             let services: Vec<_> = match by {
@@ -300,35 +326,34 @@ impl Source {
             };
             (range, services, c.applied)
         };
-        let tail = old.split_off(old.len() - plan.suffix);
-        // A section between that is the same text as an old one there (moved, or between two
-        // separate changes) is taken too; the others are parsed.
-        let mut between: HashMap<&str, Cached> = old
-            .drain(plan.prefix..)
-            .map(|c| (&old_text[c.range.clone()], c))
-            .collect();
-        let mut changed = Vec::with_capacity(middle.len());
-        for r in middle {
-            let text = &self.text[r.clone()];
-            changed.push(match between.remove(text) {
-                Some(c) => {
-                    let by = r.start as isize - c.range.start as isize;
-                    kept(c, by)
-                }
-                None => {
-                    // Spans counted from the section's start, moved to the file's.
-                    let section = self.deserialize::<Section>(text, r.start)?;
-                    let services: Vec<_> = (section.service.into_iter())
-                        .map(|s| shifted(s, r.start as isize))
-                        .collect();
-                    let unknown = vec![None; services.len()];
-                    (r, services, unknown)
-                }
-            });
+        let mut parts = Vec::with_capacity(plan.prefix + between.len() + plan.suffix);
+        parts.extend(
+            old[..plan.prefix]
+                .iter_mut()
+                .filter_map(Option::take)
+                .map(|c| kept(c, 0)),
+        );
+        for b in between {
+            let (range, services) = match b {
+                Between::Cached(i, r) => match old[i].take() {
+                    Some(c) => {
+                        let by = r.start as isize - c.range.start as isize;
+                        parts.push(kept(c, by));
+                        continue;
+                    }
+                    // Two sections of the same text (a duplicate the checks name).
+                    None => (
+                        r.clone(),
+                        self.parse_section(&self.text[r.clone()], r.start)?,
+                    ),
+                },
+                Between::Parsed(r, services) => (r, services),
+            };
+            let unknown = vec![None; services.len()];
+            parts.push((range, services, unknown));
         }
-        let parts = (old.into_iter().map(|c| kept(c, 0)))
-            .chain(changed)
-            .chain(tail.into_iter().map(|c| kept(c, plan.shift)));
+        let tail = old[n - plan.suffix..].iter_mut().filter_map(Option::take);
+        parts.extend(tail.map(|c| kept(c, plan.shift)));
         let (mut applied, mut sections) = (Vec::new(), Vec::new());
         for (range, services, was) in parts {
             sections.push((range, services.len()));
@@ -343,6 +368,15 @@ impl Source {
             applied,
             sections: Some(sections),
         })
+    }
+
+    /// The services of the section `text`, which starts `at` bytes into the file: spans counted
+    /// from the section's start, moved to the file's.
+    fn parse_section(&self, text: &str, at: usize) -> Result<Vec<Spanned<ServiceConfig>>> {
+        let section = self.deserialize::<Section>(text, at)?;
+        Ok((section.service.into_iter())
+            .map(|s| shifted(s, at as isize))
+            .collect())
     }
 
     fn parse_whole(&self) -> Result<Reread> {
