@@ -722,10 +722,19 @@ fn past_the_new_flow_limit_flows_are_forwarded_but_not_remembered() {
         2,
         "within the same second"
     );
+    // Zeroing the counters (`xdplb zero`) zeroes this one too, and keeps the limit.
+    fx.maps.reset_all_counters().unwrap();
+    assert_eq!(fx.reason(Reason::TxNotRemembered), 0);
+    assert_direct_routed(&mut fx, &tcp_service(), &flow(6));
+    assert_eq!(
+        fx.reason(Reason::TxNotRemembered),
+        1,
+        "still past the limit"
+    );
     // No limit: every new flow is remembered.
     fx.maps.set_new_flow_limit(0).unwrap();
     assert_direct_routed(&mut fx, &tcp_service(), &flow(9));
-    assert_eq!(fx.reason(Reason::TxNotRemembered), 2);
+    assert_eq!(fx.reason(Reason::TxNotRemembered), 1);
 }
 
 /// Past the limit a SYN flood is on. A SYN to a service that schedules by hash (`sh` here) goes

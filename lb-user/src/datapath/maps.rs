@@ -550,6 +550,14 @@ impl MapWriter for Maps {
             self.sync_stats
                 .set(i, PerCpuValues::try_from(vec![0u64; cpus])?, 0)?;
         }
+        // tx_not_remembered is the new-flow guard's own count; its limit and the current
+        // second's count stay as they are.
+        let mut guards = self.flood_guard.get(&0, 0)?.to_vec();
+        for g in &mut guards {
+            g.unremembered = 0;
+        }
+        self.flood_guard
+            .set(0, PerCpuValues::try_from(guards)?, 0)?;
         Ok(())
     }
 
