@@ -566,7 +566,7 @@ impl Agent {
         self.set_timeouts(cfg.timeouts)?;
         self.commit(next)?;
         // A reload that parsed little leaves little to give back.
-        let parsed = read.applied.iter().filter(|a| a.is_none()).count();
+        let parsed = read.parsed();
         self.parse_cache
             .keep(src.text, read, &untouched, &self.state);
         if parsed > RELEASE_AFTER_PARSING {

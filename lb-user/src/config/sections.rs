@@ -52,6 +52,11 @@ pub struct Reread {
 }
 
 impl Reread {
+    /// How many services were parsed anew (not taken from the cache).
+    pub fn parsed(&self) -> usize {
+        self.applied.iter().filter(|a| a.is_none()).count()
+    }
+
     /// Which services `current` holds as applying the same text left them last time.
     pub fn untouched(&self, current: &State) -> Vec<bool> {
         let svcs = self.config.services.iter();

@@ -507,7 +507,7 @@ fn reload(cache: &mut ParseCache, state: &State, text: &str) -> Result<(State, u
         .apply_skipping(state, &learned, &src, &untouched)?;
     assert_eq!(next, whole.apply_to(state, &learned, &src).unwrap());
     assert!(next.ids_consistent());
-    let parsed = read.applied.iter().filter(|a| a.is_none()).count();
+    let parsed = read.parsed();
     cache.keep(src.text, read, &untouched, &next);
     Ok((next, parsed))
 }

@@ -716,6 +716,19 @@ impl State {
         Ok(next)
     }
 
+    /// [`State::changed`] for a change to `service`'s real servers, its table rebuilt once after.
+    fn real_changed(
+        &self,
+        service: ServiceAddr,
+        change: impl FnOnce(&mut State) -> Result<()>,
+    ) -> Result<State> {
+        self.changed(|next| {
+            change(next)?;
+            next.service_mut(&service)?.rebuild_table();
+            Ok(())
+        })
+    }
+
     pub fn add_service(&self, addr: ServiceAddr, spec: &SchedulerSpec) -> Result<State> {
         self.changed(|next| next.add_service_in(addr, spec))
     }
@@ -822,11 +835,7 @@ impl State {
         spec: &RealSpec,
         learned: Option<Mac>,
     ) -> Result<State> {
-        self.changed(|next| {
-            next.add_real_in(service, spec, learned)?;
-            next.service_mut(&service)?.rebuild_table();
-            Ok(())
-        })
+        self.real_changed(service, |next| next.add_real_in(service, spec, learned))
     }
 
     /// [`State::add_real_learned`] in place, leaving the service's table to rebuild.
@@ -996,11 +1005,7 @@ impl State {
         spec: &RealSpec,
         learned: Option<Mac>,
     ) -> Result<State> {
-        self.changed(|next| {
-            next.edit_real_in(service, spec, learned)?;
-            next.service_mut(&service)?.rebuild_table();
-            Ok(())
-        })
+        self.real_changed(service, |next| next.edit_real_in(service, spec, learned))
     }
 
     /// [`State::edit_real_learned`] in place, leaving the service's table to rebuild.
@@ -1069,11 +1074,7 @@ impl State {
     }
 
     pub fn del_real(&self, service: ServiceAddr, addr: IpAddr) -> Result<State> {
-        self.changed(|next| {
-            next.del_real_in(service, addr)?;
-            next.service_mut(&service)?.rebuild_table();
-            Ok(())
-        })
+        self.real_changed(service, |next| next.del_real_in(service, addr))
     }
 
     /// [`State::del_real`] in place, leaving the service's table to rebuild.
