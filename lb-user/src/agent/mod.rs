@@ -96,11 +96,11 @@ pub struct Agent {
     count_timeouts: std::sync::Arc<std::sync::Mutex<crate::conntrack::IdleTimeouts>>,
 }
 
-/// Gives back to the system the heap a config file's parse used (a large file's document is
-/// many times its size, and glibc keeps freed memory for later otherwise).
 /// Services parsed by a reload above which the heap is trimmed after it.
 const RELEASE_AFTER_PARSING: usize = 100;
 
+/// Gives back to the system the heap a config file's parse used (a large file's document is
+/// many times its size, and glibc keeps freed memory for later otherwise).
 pub(crate) fn release_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free memory to the system.
