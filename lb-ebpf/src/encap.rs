@@ -58,7 +58,7 @@ pub fn ipip(
         return Err(Reason::DropNoRoom);
     };
     // SAFETY: bounds-checked by ptr_at.
-    unsafe { at.write_unaligned(outer) };
+    unsafe { crate::frame::store(at, outer) };
     Ok(())
 }
 
@@ -127,7 +127,7 @@ pub fn ip6ip6(
         return Err(Reason::DropNoRoom);
     };
     // SAFETY: bounds-checked by ptr_at.
-    unsafe { at.write_unaligned(outer) };
+    unsafe { crate::frame::store(at, outer) };
     Ok(())
 }
 
@@ -165,7 +165,7 @@ pub fn ip4in6(
         return Err(Reason::DropNoRoom);
     };
     // SAFETY: bounds-checked by ptr_at.
-    unsafe { at.write_unaligned(outer) };
+    unsafe { crate::frame::store(at, outer) };
     Ok(())
 }
 

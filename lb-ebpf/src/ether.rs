@@ -4,7 +4,10 @@
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 
-use crate::parse::{ptr_at, read};
+use crate::{
+    frame,
+    parse::{ptr_at, read},
+};
 
 /// Grows (negative) or shrinks (positive) the frame at its head; false without headroom.
 #[inline(always)]
@@ -62,17 +65,17 @@ impl EthHeader {
         macs[..6].copy_from_slice(&self.dst);
         macs[6..].copy_from_slice(&self.src);
         // SAFETY: every write below is bounds-checked by ptr_at.
-        unsafe { eth.write_unaligned(macs) };
+        unsafe { frame::store(eth, macs) };
         if self.tagged {
             let Some(to) = ptr_at::<[u8; 6]>(ctx, 12) else {
                 return false;
             };
-            unsafe { to.write_unaligned(self.tail) };
+            unsafe { frame::store(to, self.tail) };
         } else {
             let Some(to) = ptr_at::<[u8; 2]>(ctx, 12) else {
                 return false;
             };
-            unsafe { to.write_unaligned([self.tail[0], self.tail[1]]) };
+            unsafe { frame::store(to, [self.tail[0], self.tail[1]]) };
         }
         true
     }

@@ -56,8 +56,8 @@ pub fn frag_needed(ctx: &XdpContext, pkt: &Packet, cfg: &DirectorConfig, outer: 
     };
     // SAFETY: bounds-checked by ptr_at.
     unsafe {
-        ip_at.write_unaligned(ip);
-        icmp_at.write_unaligned(icmp);
+        crate::frame::store(ip_at, ip);
+        crate::frame::store(icmp_at, icmp);
     }
     true
 }

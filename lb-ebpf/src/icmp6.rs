@@ -67,8 +67,8 @@ pub fn packet_too_big(ctx: &XdpContext, pkt: &Packet6, cfg: &DirectorConfig) -> 
     };
     // SAFETY: bounds-checked by ptr_at.
     unsafe {
-        ip_at.write_unaligned(ip);
-        icmp_at.write_unaligned(icmp);
+        crate::frame::store(ip_at, ip);
+        crate::frame::store(icmp_at, icmp);
     }
     true
 }

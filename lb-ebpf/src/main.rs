@@ -19,6 +19,8 @@
 // Atomic adds (connection counts): the BPF target has no atomic types.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
+// The frame's word-wide loads and stores (see `frame`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod bench;
 mod config;
@@ -27,6 +29,7 @@ mod counts;
 mod encap;
 mod ether;
 mod flood;
+mod frame;
 mod host;
 mod icmp;
 mod icmp6;
@@ -56,7 +59,10 @@ use lb_common::{
 
 use crate::parse::{Packet, Parsed, TCP_FLAG_RST};
 
+// Inlined into the program's entry point (the macro's wrapper), where LLVM would otherwise make
+// the pipeline a subprogram of its own: a call per packet.
 #[xdp]
+#[inline(always)]
 pub fn xdplb(ctx: XdpContext) -> u32 {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     let pkt = match parse::parse(&ctx) {

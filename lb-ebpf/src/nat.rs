@@ -172,14 +172,14 @@ fn forward_ip6(
         return Err(Reason::DropMalformed);
     };
     // SAFETY: bounds-checked by ptr_at; unaligned-safe.
-    let [next, hops] = unsafe { hop_at.read_unaligned() };
+    let [next, hops] = unsafe { crate::frame::load(hop_at) };
     if hops <= 1 {
         return Err(Reason::PassTtl);
     }
     // SAFETY: as above.
     unsafe {
-        hop_at.write_unaligned([next, hops - 1]);
-        addr_at.write_unaligned(*addr);
+        crate::frame::store(hop_at, [next, hops - 1]);
+        crate::frame::store(addr_at, *addr);
     }
     Ok(())
 }
@@ -221,7 +221,7 @@ fn forward_ip(
 ) -> Result<(), Reason> {
     let ip_at = ptr_at::<[u8; 20]>(ctx, l3_off).ok_or(Reason::DropMalformed)?;
     // SAFETY: bounds-checked by ptr_at; unaligned-safe.
-    let mut ip = unsafe { ip_at.read_unaligned() };
+    let mut ip = unsafe { crate::frame::load(ip_at) };
     let ttl = ip[IP_TTL];
     if ttl <= 1 {
         return Err(Reason::PassTtl);
@@ -258,7 +258,7 @@ fn transport<const N: usize>(
 ) -> Result<(), Reason> {
     let at = ptr_at::<[u8; N]>(ctx, l4_off).ok_or(Reason::DropMalformed)?;
     // SAFETY: bounds-checked by ptr_at; unaligned-safe.
-    let mut h = unsafe { at.read_unaligned() };
+    let mut h = unsafe { crate::frame::load(at) };
     h[port_off..port_off + 2].copy_from_slice(&port.to_be_bytes());
     let check = u16::from_be_bytes([h[N - 2], h[N - 1]]);
     h[N - 2..].copy_from_slice(&l4_check(check, udp, old, new).to_be_bytes());

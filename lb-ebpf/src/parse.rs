@@ -7,7 +7,7 @@ use core::mem::size_of;
 use aya_ebpf::programs::XdpContext;
 use lb_common::{Reason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
-use crate::ipv4_options;
+use crate::{frame, ipv4_options};
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -72,8 +72,8 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
-    // SAFETY: ptr_at checked that the T lies inside the frame; the read is unaligned-safe.
-    ptr_at::<T>(ctx, off).map(|p| unsafe { p.read_unaligned() })
+    // SAFETY: ptr_at checked that the T lies inside the frame; `load` reads at any alignment.
+    ptr_at::<T>(ctx, off).map(|p| unsafe { frame::load(p) })
 }
 
 #[inline(always)]

@@ -183,7 +183,7 @@ pub fn send(ctx: &XdpContext, hop: &Hop) -> u32 {
     macs[..6].copy_from_slice(&hop.dst_mac);
     macs[6..].copy_from_slice(&hop.src_mac);
     // SAFETY: ptr_at checked the 12 bytes are inside the frame.
-    unsafe { eth.write_unaligned(macs) };
+    unsafe { crate::frame::store(eth, macs) };
     // SAFETY: as in `ingress`.
     if hop.ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
         return XDP_TX;

@@ -128,7 +128,7 @@ pub fn translate(
 
     let ip_at = ptr_at::<[u8; 20]>(ctx, q.l3_off).ok_or(Reason::DropMalformed)?;
     // SAFETY: bounds-checked by ptr_at; unaligned-safe (as every access below).
-    let mut ip = unsafe { ip_at.read_unaligned() };
+    let mut ip = unsafe { crate::frame::load(ip_at) };
     let check = u16::from_be_bytes([ip[IP_CSUM], ip[IP_CSUM + 1]]);
     let ip_check = csum::update(check, csum::sum(&old_addr), csum::sum(&addr));
     ip[addr_off..addr_off + 4].copy_from_slice(&addr);
@@ -139,7 +139,7 @@ pub fn translate(
 
     let (pseudo_old, pseudo_new) = (words(&old_addr, old_port), words(&addr, port));
     let l4_at = ptr_at::<[u8; 8]>(ctx, q.l4_off).ok_or(Reason::DropMalformed)?;
-    let mut l4 = unsafe { l4_at.read_unaligned() };
+    let mut l4 = unsafe { crate::frame::load(l4_at) };
     l4[port_off..port_off + 2].copy_from_slice(&port.to_be_bytes());
     if q.proto == IPPROTO_UDP {
         let check = u16::from_be_bytes([l4[6], l4[7]]);
@@ -170,7 +170,7 @@ fn quoted_check(
 ) -> Result<(u32, u32), Reason> {
     let at = ptr_at::<[u8; 2]>(ctx, off).ok_or(Reason::DropMalformed)?;
     // SAFETY: bounds-checked by ptr_at; unaligned-safe.
-    let check = u16::from_be_bytes(unsafe { at.read_unaligned() });
+    let check = u16::from_be_bytes(unsafe { crate::frame::load(at) });
     let updated = l4_check(check, udp, old, new);
     // SAFETY: as above.
     unsafe { at.write_unaligned(updated.to_be_bytes()) };
@@ -183,7 +183,7 @@ fn quoted_check(
 fn icmp_check(ctx: &XdpContext, off: usize, old: u32, new: u32) -> Result<(), Reason> {
     let icmp_at = ptr_at::<[u8; 4]>(ctx, off).ok_or(Reason::DropMalformed)?;
     // SAFETY: bounds-checked by ptr_at; unaligned-safe.
-    let mut icmp = unsafe { icmp_at.read_unaligned() };
+    let mut icmp = unsafe { crate::frame::load(icmp_at) };
     let check = csum::update(u16::from_be_bytes([icmp[2], icmp[3]]), old, new);
     icmp[2..4].copy_from_slice(&check.to_be_bytes());
     // SAFETY: as above.
@@ -235,8 +235,8 @@ pub fn translate6(
     };
     // SAFETY: bounds-checked by ptr_at; unaligned-safe (as every access below).
     unsafe {
-        q_addr_at.write_unaligned(*addr);
-        port_at.write_unaligned(port.to_be_bytes());
+        crate::frame::store(q_addr_at, *addr);
+        crate::frame::store(port_at, port.to_be_bytes());
     }
     // UDP's checksum is always quoted (the quote holds 8 bytes of it at least); TCP's where the
     // message quotes 18 bytes of its header.
