@@ -123,12 +123,17 @@ impl Fixture {
     }
 
     pub fn with_options(config: DirectorConfig, opts: LoadOptions) -> Self {
+        Self::with_object(lb_user::datapath::OBJECT, config, opts)
+    }
+
+    /// [`Fixture::with_options`] with another build's datapath object.
+    pub fn with_object(object: &[u8], config: DirectorConfig, opts: LoadOptions) -> Self {
         // rr and wrr keep their position per CPU: a test thread that moved between test runs
         // would see two sequences interleaved.
         // SAFETY: sched_getcpu has no preconditions.
         let cpu = unsafe { libc::sched_getcpu() };
         lb_user::pktgen::pin_to_cpu(cpu.max(0) as usize).expect("pin the test thread");
-        let mut datapath = Datapath::load_lb(opts)
+        let mut datapath = Datapath::load_lb_object(object, opts)
             .map_err(|e| format!("{e:?}"))
             .expect("load the datapath");
         let mut maps = datapath.maps().unwrap();

@@ -1,7 +1,12 @@
 //! `cargo xtask bench`: runs every benchmark and writes docs/BENCHMARKS.md (and its chart) with
 //! the machine it ran on. Benchmarks are measured here, never by timed tests.
 
-use std::{ffi::OsString, fmt::Write as _, path::Path, process::Command};
+use std::{
+    ffi::OsString,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::Result;
 
@@ -27,11 +32,34 @@ fn machine() -> Result<String> {
     Ok(s)
 }
 
-pub fn run(root: &Path, cargo: impl Fn(&[&str]) -> Command, path: &OsString) -> Result<()> {
-    // The benchmark, the test servers it starts, and the agent, all optimised.
+/// The benchmark, the test servers it starts, and the agent, all optimised.
+fn build(cargo: &impl Fn(&[&str]) -> Command) -> Result<()> {
     for package in ["lb-tests", "lb-user"] {
         crate::toolchain::run(&mut cargo(&["build", "--release", "-p", package, "--bins"]))?;
     }
+    Ok(())
+}
+
+/// `cargo xtask bench --compare A B`: two builds' datapath objects timed side by side; prints
+/// the table, writes nothing.
+pub fn compare(
+    root: &Path,
+    cargo: impl Fn(&[&str]) -> Command,
+    objects: &[PathBuf],
+    only: &str,
+) -> Result<()> {
+    build(&cargo)?;
+    crate::toolchain::run(
+        Command::new(root.join("target/release/xdplb-bench"))
+            .arg(root.join("docs"))
+            .arg("--compare")
+            .args(objects)
+            .arg(only),
+    )
+}
+
+pub fn run(root: &Path, cargo: impl Fn(&[&str]) -> Command, path: &OsString) -> Result<()> {
+    build(&cargo)?;
     let docs = root.join("docs");
     std::fs::create_dir_all(&docs)?;
     eprintln!("xtask: datapath cost per packet (needs root)");

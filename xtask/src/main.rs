@@ -42,7 +42,15 @@ enum Task {
     /// Build, then run the demo: a namespace topology with a client, the director and real servers.
     Demo,
     /// Run the benchmarks (as root) and write docs/BENCHMARKS.md.
-    Bench,
+    Bench {
+        /// Instead, time two builds of the datapath side by side, round by round, and print the
+        /// difference per case (the objects: target/*/build/lb-user-*/out/lb of each build).
+        #[arg(long, num_args = 2, value_names = ["OBJECT_A", "OBJECT_B"])]
+        compare: Option<Vec<PathBuf>>,
+        /// With --compare: only the cases whose names contain this (e.g. "established").
+        #[arg(long, requires = "compare")]
+        only: Option<String>,
+    },
     /// Install nginx and wrk if missing, build, then run the chaos soak under HTTP load (as root)
     /// and print its figures (CI runs it for 60 seconds).
     Soak {
@@ -184,9 +192,17 @@ fn main() -> Result<()> {
             build(&path)?;
             reliability::fuzz(cargo(&path, &[]), &bin.join("xdplb"), frames, seed)
         }
-        Task::Bench => {
+        Task::Bench { compare, only } => {
             require_root("the benchmarks")?;
-            bench::run(&root(), |args| cargo(&path, args), &path)
+            match compare {
+                Some(objects) => bench::compare(
+                    &root(),
+                    |args| cargo(&path, args),
+                    &objects,
+                    only.as_deref().unwrap_or(""),
+                ),
+                None => bench::run(&root(), |args| cargo(&path, args), &path),
+            }
         }
         Task::Deb { bin, out } => {
             let bin = match bin {

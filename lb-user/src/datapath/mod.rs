@@ -128,8 +128,14 @@ pub enum Attachment {
 impl Datapath {
     /// Loads the object and the named program into the kernel, without attaching anything.
     pub fn load(program: &str, opts: LoadOptions) -> Result<Self> {
+        Self::load_object(OBJECT, program, opts)
+    }
+
+    /// [`Datapath::load`] from another build's object (`cargo xtask bench --compare` times two
+    /// builds side by side).
+    pub fn load_object(object: &[u8], program: &str, opts: LoadOptions) -> Result<Self> {
         let mut ebpf = loader(&opts)
-            .load(OBJECT)
+            .load(object)
             .context("cannot load the XDP object into the kernel")?;
         xdp(&mut ebpf, program)?
             .load()
@@ -139,7 +145,12 @@ impl Datapath {
 
     /// Loads the director's program, and the programs it tail-calls.
     pub fn load_lb(opts: LoadOptions) -> Result<Self> {
-        let mut datapath = Self::load(program_names::LB, opts)?;
+        Self::load_lb_object(OBJECT, opts)
+    }
+
+    /// [`Datapath::load_lb`] from another build's object.
+    pub fn load_lb_object(object: &[u8], opts: LoadOptions) -> Result<Self> {
+        let mut datapath = Self::load_object(object, program_names::LB, opts)?;
         datapath.link_tail_programs()?;
         Ok(datapath)
     }
