@@ -22,6 +22,8 @@ pub struct Katran {
     pub established_ns: f64,
     /// A new flow: the LRU insert (of one key, rewritten every iteration).
     pub new_flow_ns: f64,
+    /// A new flow every iteration (a new source address each time): a new LRU key each time.
+    pub new_source_ns: f64,
     /// A SYN with Katran's default flood guard (most iterations skip the LRU insert).
     pub flood_guard_ns: f64,
 }
@@ -37,6 +39,7 @@ const BARE: &str = "bare XDP_TX";
 const PASS: &str = "Katran pass path (non-VIP), direct";
 const ESTABLISHED: &str = "Katran established flow (LRU hit, IPIP encap), net";
 const NEW_FLOW: &str = "Katran new flow SYN + LRU insert, net";
+const NEW_SOURCE: &str = "Katran new flow SYN, new source every packet + LRU insert, net";
 const FLOOD_GUARD: &str = "Katran SYN, default flood guard";
 
 impl PeerBench {
@@ -152,6 +155,7 @@ pub fn parse(text: &str) -> Result<Katran> {
         pass_ns: row(summary, PASS)?.1,
         established_ns: row(summary, ESTABLISHED)?.1,
         new_flow_ns: row(summary, NEW_FLOW)?.1,
+        new_source_ns: row(summary, NEW_SOURCE)?.1,
         flood_guard_ns: row(summary, FLOOD_GUARD)?.1,
     })
 }
@@ -173,6 +177,7 @@ MAC-swap XDP_TX                                             31.0   30.0   31.0  
 Katran pass path (non-VIP), direct                          92.0   92.0   94.0   x 3.41   x 2.97     +65.0
 Katran established flow (LRU hit, IPIP encap), net         159.0  157.0  160.0   x 5.85   x 5.13    +132.0
 Katran new flow SYN + LRU insert, net                      362.0  361.0  388.0   x13.41   x11.68    +335.0
+Katran new flow SYN, new source every packet + LRU insert, net   612.0  580.0  700.0   x22.67   x19.74    +585.0
 Katran SYN, default flood guard (87.5% skip LRU), net      178.0  177.0  180.0   x 6.59   x 5.74    +151.0
 ";
 
@@ -187,6 +192,7 @@ Katran SYN, default flood guard (87.5% skip LRU), net      178.0  177.0  180.0  
                 pass_ns: 65.0,
                 established_ns: 132.0,
                 new_flow_ns: 335.0,
+                new_source_ns: 585.0,
                 flood_guard_ns: 151.0,
             }
         );
