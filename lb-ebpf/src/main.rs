@@ -92,11 +92,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     // An established flow goes straight to its real server: the flow already names the service,
     // so the service lookup is only for new flows. A SYN of a flood skips the table.
     let flooding = flood::syn_service(flags, now, || lookup::service(&pkt));
-    let known = match flooding {
-        Some(_) => None,
-        None => conntrack::established(&flow, flags, now, config)
-            .and_then(|(svc, id)| Some((svc, id, schedule::real(svc, id)?))),
-    };
+    let known = known_flow(&flow, flags, now, config, flooding.is_some());
     // A new flow's service. Only with a service at stake is a damaged packet worth a drop, not
     // a pass; checked once for both kinds of flow (the verifier walks each copy).
     let service = match known {
@@ -167,6 +163,24 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     };
     stats::forwarded(service_id, real_id, frame_len, new_flow);
     verdict
+}
+
+/// The conntrack stage, for either family: the service, real-server id and real server of an
+/// established flow whose real server is still in its service; None for a new flow, and for a
+/// SYN of a flood (`flooding`), which goes without the table.
+#[inline(always)]
+fn known_flow(
+    flow: &FlowKey,
+    tcp_flags: u8,
+    now: u32,
+    config: &DirectorConfig,
+    flooding: bool,
+) -> Option<(u32, u32, &'static RealServer)> {
+    if flooding {
+        return None;
+    }
+    let (service, id) = conntrack::established(flow, tcp_flags, now, config)?;
+    Some((service, id, schedule::real(service, id)?))
 }
 
 /// The schedule stage for a new flow: a persistent client goes where its template says; else
@@ -438,11 +452,7 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     let now = conntrack::now();
     // A SYN of a flood skips the connection table, as in xdplb's.
     let flooding = flood::syn_service(flags, now, service_of);
-    let known = match flooding {
-        Some(_) => None,
-        None => conntrack::established(&flow, flags, now, config)
-            .and_then(|(svc, id)| Some((svc, id, schedule::real(svc, id)?))),
-    };
+    let known = known_flow(&flow, flags, now, config, flooding.is_some());
     let (service_id, real_id, real, new_flow) = match known {
         Some((svc, id, real)) => (svc, id, real, false),
         None => {
