@@ -8,5 +8,8 @@ fn main() {
     // established path. Without it, LLVM writes them as plain stores.
     if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("bpf") {
         println!("cargo:rustc-link-arg-bins=--disable-expand-memcpy-in-order");
+        // Kept global (the linker makes every other function static), so the verifier checks it
+        // once on its own: see schedule::xdplb_scan.
+        println!("cargo:rustc-link-arg-bins=--export=xdplb_scan");
     }
 }
