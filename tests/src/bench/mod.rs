@@ -16,7 +16,7 @@ use aya::{
 use lb_common::{map_names, program_names, BenchFrame, BENCH_FRAME_MAX};
 use lb_user::{
     datapath::{clock::with_sync, Datapath, LoadOptions, MapWriter as _},
-    packet::{Frame6Spec, FrameSpec, TCP_ACK},
+    packet::{Frame6Spec, FrameSpec, TCP_ACK, TCP_SYN},
     state::{Forward, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr},
 };
 
@@ -503,6 +503,9 @@ impl Bench {
     }
 
     fn frame(case: Case) -> Vec<u8> {
+        // A new flow's packet is its SYN; an established flow's, an ACK (a SYN on a known flow
+        // is a retransmission, which also takes the SYN-flood guard's check).
+        let tcp_flags = if case.new_flow() { TCP_SYN } else { TCP_ACK };
         if case.ipv6() {
             return Frame6Spec {
                 dst: VIP6,
@@ -511,6 +514,7 @@ impl Bench {
                 } else {
                     80
                 },
+                tcp_flags,
                 ..Default::default()
             }
             .build();
@@ -553,6 +557,7 @@ impl Bench {
             dst,
             dport,
             ip_options,
+            tcp_flags,
             ..Default::default()
         }
         .build()
@@ -968,4 +973,33 @@ pub fn sync_delay(rates: &[Option<u64>], each: Duration) -> Result<Vec<SyncRun>>
         });
     }
     Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The TCP flags of a case's frame.
+    fn flags(frame: &[u8]) -> u8 {
+        let l4 = match u16::from_be_bytes([frame[12], frame[13]]) {
+            0x86dd => 14 + 40,
+            _ => 14 + (frame[14] & 0x0f) as usize * 4,
+        };
+        frame[l4 + 13]
+    }
+
+    /// An established flow's case times what an established connection sends, ACKs (as
+    /// Katran's established case does; a SYN of a known flow is a retransmission, with the
+    /// flood guard's check besides), and a new flow's case its SYNs.
+    #[test]
+    fn established_cases_send_acks_new_flows_syns() {
+        for case in Case::all() {
+            let want = match case {
+                Case::NonVipPass => continue,
+                _ if case.new_flow() => TCP_SYN,
+                _ => TCP_ACK,
+            };
+            assert_eq!(flags(&Bench::frame(case)), want, "{}", case.name());
+        }
+    }
 }
