@@ -14,7 +14,7 @@ use lb_common::{
 };
 
 use crate::{
-    ether::{adjust_head, EthHeader},
+    ether::{self, adjust_head, EthHeader},
     parse::{be16, ipv4_offset, l3, ptr_at, read, Packet, ETH_P_IPV4, ETH_P_IPV6},
     parse6::Packet6,
 };
@@ -34,7 +34,7 @@ pub fn ipip(
     let l3 = pkt.l3_off;
     let (tos, df) = fits(ctx, pkt, IPV4_HLEN, cfg)?;
     let mut eth = EthHeader::read(ctx, l3).ok_or(Reason::DropMalformed)?;
-    (eth.dst, eth.src) = (real.mac, cfg.mac);
+    (eth.dst, eth.src) = (ether::real_mac(real), ether::mac(cfg.mac));
     if !adjust_head(ctx, -(IPV4_HLEN as i32)) || !eth.write(ctx) {
         return Err(Reason::DropNoRoom);
     }
@@ -111,7 +111,7 @@ pub fn ip6ip6(
     let src = TUNNEL_SRC6.get(0).copied().ok_or(Reason::DropNoRoom)?;
     let first: [u8; 4] = read(ctx, l3).ok_or(Reason::DropMalformed)?;
     let mut eth = EthHeader::read(ctx, l3).ok_or(Reason::DropMalformed)?;
-    (eth.dst, eth.src) = (real.mac, cfg.mac);
+    (eth.dst, eth.src) = (ether::real_mac(real), ether::mac(cfg.mac));
     if !adjust_head(ctx, -(IPV6_HLEN as i32)) || !eth.write(ctx) {
         return Err(Reason::DropNoRoom);
     }
@@ -147,7 +147,7 @@ pub fn ip4in6(
     let (tos, _) = fits(ctx, pkt, IPV6_HLEN, cfg)?;
     let src = TUNNEL_SRC6.get(0).copied().ok_or(Reason::DropNoRoom)?;
     let mut eth = EthHeader::read(ctx, l3).ok_or(Reason::DropMalformed)?;
-    (eth.dst, eth.src) = (real.mac, cfg.mac);
+    (eth.dst, eth.src) = (ether::real_mac(real), ether::mac(cfg.mac));
     eth.set_type(ETH_P_IPV6);
     if !adjust_head(ctx, -(IPV6_HLEN as i32)) || !eth.write(ctx) {
         return Err(Reason::DropNoRoom);

@@ -9,7 +9,7 @@ use lb_common::{
 };
 
 use crate::{
-    ether::{adjust_head, EthHeader},
+    ether::{self, adjust_head, EthHeader},
     parse::{ptr_at, read, Packet, ICMP_DEST_UNREACH, ICMP_HLEN},
 };
 
@@ -70,7 +70,7 @@ pub fn answer_frame(ctx: &XdpContext, l3: usize, mac: [u8; 6], grow: usize, quot
     let Some(mut eth) = EthHeader::read(ctx, l3) else {
         return false;
     };
-    (eth.dst, eth.src) = (eth.src, mac);
+    (eth.dst, eth.src) = (eth.src, ether::mac(mac));
     if !adjust_head(ctx, -(grow as i32)) || !eth.write(ctx) {
         return false;
     }

@@ -230,7 +230,7 @@ fn forward(
 ) -> Result<u32, Reason> {
     let real_id = flow_of.real;
     // The MAC this frame was sent to: the director's own on the link it came in on.
-    let here = parse::read::<[u8; 6]>(ctx, 0).ok_or(Reason::DropMalformed)?;
+    let here = ether::dst_mac(ctx).ok_or(Reason::DropMalformed)?;
     let egress = route::real_egress(real_id);
     if real.method == FWD_TUN {
         if !is_v4(&real.addr) {
@@ -243,7 +243,7 @@ fn forward(
         let addr = [real.addr[12], real.addr[13], real.addr[14], real.addr[15]];
         nat::rewrite(ctx, pkt, true, addr, nat_port(&egress, pkt.dport))?;
     }
-    let hop = route::toward(ctx, here, real.mac, egress.ifindex);
+    let hop = route::toward(ctx, here, real, egress.ifindex);
     Ok(route::send(ctx, &hop))
 }
 
@@ -363,7 +363,7 @@ pub fn xdplb_nat_icmp(ctx: XdpContext) -> u32 {
             real_id,
             real,
         }) => {
-            let Some(here) = parse::read::<[u8; 6]>(&ctx, 0) else {
+            let Some(here) = ether::dst_mac(&ctx) else {
                 return stats::drop(Reason::DropMalformed, frame_len);
             };
             let egress = route::real_egress(real_id);
@@ -371,7 +371,7 @@ pub fn xdplb_nat_icmp(ctx: XdpContext) -> u32 {
             let port = nat_port(&egress, err.quoted.sport);
             nat::icmp::translate(&ctx, &err, true, rip, true, rip, port).map(|()| {
                 stats::forwarded(service, real_id, frame_len, false);
-                route::send(&ctx, &route::toward(&ctx, here, real.mac, egress.ifindex))
+                route::send(&ctx, &route::toward(&ctx, here, real, egress.ifindex))
             })
         }
         // To the client, about its request: as a reply is.
@@ -480,7 +480,7 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     if flags & TCP_FLAG_RST != 0 {
         conntrack::close(&flow, service_id, real_id, !new_flow, config);
     }
-    let Some(here) = parse::read::<[u8; 6]>(&ctx, 0) else {
+    let Some(here) = ether::dst_mac(&ctx) else {
         return stats::drop(Reason::DropMalformed, frame_len);
     };
     if real.method == FWD_NAT {
@@ -508,7 +508,7 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     } else if real.method != FWD_DR {
         return stats::drop(Reason::DropNoReal, frame_len);
     }
-    let hop = route::toward(&ctx, here, real.mac, route::real_egress(real_id).ifindex);
+    let hop = route::toward(&ctx, here, real, route::real_egress(real_id).ifindex);
     stats::forwarded(service_id, real_id, frame_len, new_flow);
     route::send(&ctx, &hop)
 }
@@ -521,10 +521,8 @@ pub fn xdplb_nat6(ctx: XdpContext) -> u32 {
     let (Ok(pkt), Some(to)) = (parse6::parse6(&ctx), ipv6::handoff()) else {
         return stats::drop(Reason::DropMalformed, frame_len);
     };
-    let (Some(real), Some(here)) = (
-        schedule::real(to.service, to.real),
-        parse::read::<[u8; 6]>(&ctx, 0),
-    ) else {
+    let (Some(real), Some(here)) = (schedule::real(to.service, to.real), ether::dst_mac(&ctx))
+    else {
         return stats::drop(Reason::DropNoReal, frame_len);
     };
     let flags = parse::tcp_flags_at(&ctx, pkt.proto, pkt.l4_off);
@@ -539,7 +537,7 @@ pub fn xdplb_nat6(ctx: XdpContext) -> u32 {
     if let Err(reason) = nat::rewrite6(&ctx, &pkt, true, real.addr, port) {
         return untranslated(reason, frame_len);
     }
-    let hop = route::toward(&ctx, here, real.mac, egress.ifindex);
+    let hop = route::toward(&ctx, here, real, egress.ifindex);
     stats::forwarded(to.service, to.real, frame_len, to.new_flow != 0);
     route::send(&ctx, &hop)
 }
@@ -635,7 +633,7 @@ fn icmp6_to_real(
     real: &RealServer,
 ) -> u32 {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
-    let Some(here) = parse::read::<[u8; 6]>(ctx, 0) else {
+    let Some(here) = ether::dst_mac(ctx) else {
         return stats::drop(Reason::DropMalformed, frame_len);
     };
     let egress = route::real_egress(real_id);
@@ -652,7 +650,7 @@ fn icmp6_to_real(
         return untranslated(reason, frame_len);
     }
     stats::forwarded(service, real_id, frame_len, false);
-    route::send(ctx, &route::toward(ctx, here, real.mac, egress.ifindex))
+    route::send(ctx, &route::toward(ctx, here, real, egress.ifindex))
 }
 
 /// An ICMPv6 error about a request, on to the client: as a reply is, from the VIP when the
@@ -785,10 +783,8 @@ pub fn xdplb_4in6(ctx: XdpContext) -> u32 {
     else {
         return stats::drop(Reason::DropMalformed, frame_len);
     };
-    let (Some(real), Some(here)) = (
-        schedule::real(to.service, to.real),
-        parse::read::<[u8; 6]>(&ctx, 0),
-    ) else {
+    let (Some(real), Some(here)) = (schedule::real(to.service, to.real), ether::dst_mac(&ctx))
+    else {
         return stats::drop(Reason::DropNoReal, frame_len);
     };
     match encap::ip4in6(&ctx, &pkt, config, real) {
@@ -799,7 +795,7 @@ pub fn xdplb_4in6(ctx: XdpContext) -> u32 {
         Err(Reason::TxFragNeeded) => return stats::drop(Reason::DropNoRoom, frame_len),
         Err(reason) => return stats::drop(reason, frame_len),
     }
-    let hop = route::toward(&ctx, here, real.mac, route::real_egress(to.real).ifindex);
+    let hop = route::toward(&ctx, here, real, route::real_egress(to.real).ifindex);
     stats::forwarded(to.service, to.real, frame_len, to.new_flow != 0);
     route::send(&ctx, &hop)
 }

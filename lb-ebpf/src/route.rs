@@ -15,9 +15,11 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap},
     programs::XdpContext,
 };
-use lb_common::{addr_from_v4, is_v4, Addr, Iface, NeighMiss, RealEgress, MAX_IFACES, MAX_REALS};
+use lb_common::{
+    addr_from_v4, is_v4, Addr, Iface, NeighMiss, RealEgress, RealServer, MAX_IFACES, MAX_REALS,
+};
 
-use crate::parse::ptr_at;
+use crate::ether::{self, Mac};
 
 /// The interfaces the director is attached to, by ifindex.
 #[map]
@@ -39,8 +41,8 @@ static NEIGH_MISSES: LruHashMap<NeighMiss, u8> = LruHashMap::with_max_entries(25
 /// A next hop: the interface to send from, and the frame's Ethernet addresses.
 pub struct Hop {
     pub ifindex: u32,
-    pub dst_mac: [u8; 6],
-    pub src_mac: [u8; 6],
+    pub dst_mac: Mac,
+    pub src_mac: Mac,
 }
 
 /// The interface the packet arrived on, as the director knows it (None: not one it set up,
@@ -64,7 +66,8 @@ pub fn real_egress(id: u32) -> RealEgress {
 /// was sent to, when it leaves where it came in (no lookup on the common path), else the egress
 /// interface's.
 #[inline(always)]
-pub fn toward(ctx: &XdpContext, here: [u8; 6], mac: [u8; 6], egress: u32) -> Hop {
+pub fn toward(ctx: &XdpContext, here: Mac, real: &RealServer, egress: u32) -> Hop {
+    let mac = ether::real_mac(real);
     // SAFETY: as in `ingress`.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     if egress == 0 || egress == ingress {
@@ -76,7 +79,7 @@ pub fn toward(ctx: &XdpContext, here: [u8; 6], mac: [u8; 6], egress: u32) -> Hop
     }
     // SAFETY: as in `ingress`.
     let src_mac = match unsafe { IFACES.get(egress) } {
-        Some(i) => i.mac,
+        Some(i) => ether::mac(i.mac),
         None => here,
     };
     Hop {
@@ -156,8 +159,8 @@ pub fn fib(ctx: &XdpContext, src: &Addr, dst: &Addr, tot_len: u16) -> Result<Hop
     }
     Ok(Hop {
         ifindex: p.ifindex,
-        dst_mac: p.dmac,
-        src_mac: p.smac,
+        dst_mac: ether::mac(p.dmac),
+        src_mac: ether::mac(p.smac),
     })
 }
 
@@ -176,14 +179,9 @@ fn words(a: &Addr) -> [u32; 4] {
 /// to another one.
 #[inline(always)]
 pub fn send(ctx: &XdpContext, hop: &Hop) -> u32 {
-    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
+    if !ether::write_macs(ctx, hop.dst_mac, hop.src_mac) {
         return XDP_ABORTED;
-    };
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&hop.dst_mac);
-    macs[6..].copy_from_slice(&hop.src_mac);
-    // SAFETY: ptr_at checked the 12 bytes are inside the frame.
-    unsafe { crate::frame::store(eth, macs) };
+    }
     // SAFETY: as in `ingress`.
     if hop.ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
         return XDP_TX;
