@@ -33,7 +33,7 @@ fn every_datapath_case_runs() {
         );
     }
     // perf samples the benchmark's CPU: the director's JITed program is among what it finds.
-    let shares = profile(
+    let p = profile(
         &mut bench,
         Case::DrMhNewFlow,
         BENCH_CPU,
@@ -41,8 +41,22 @@ fn every_datapath_case_runs() {
     )
     .expect("profile a case");
     assert!(
-        shares.iter().any(|s| s.symbol == "xdplb (JITed BPF)"),
-        "{shares:?}"
+        p.symbols.iter().any(|s| s.symbol == "xdplb (JITed BPF)"),
+        "{p:?}"
+    );
+    // Its own samples fall on lines of the datapath's sources (by the kernel's JIT line info).
+    let sources: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-ebpf/src"))
+            .expect("lb-ebpf's sources")
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+    assert!(p.program_samples > 0, "{p:?}");
+    assert!(
+        p.lines
+            .iter()
+            .any(|l| sources.iter().any(|f| l.line.starts_with(&format!("{f}:")))),
+        "no line of lb-ebpf among {:?}",
+        p.lines
     );
     drop(pinned);
 }

@@ -23,6 +23,7 @@ use lb_user::{
 use crate::fixture::{default_config, real_mac, Fixture, XDP_PASS, XDP_TX};
 use crate::{names, netns::veth, Netns};
 
+pub mod jit_lines;
 pub mod live;
 pub mod peer;
 pub mod profile;

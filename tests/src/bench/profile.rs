@@ -1,9 +1,12 @@
 //! Where a case's time goes: `perf record` samples the benchmark's CPU (the software clock: these
 //! machines have no hardware counters for `bpftool prog profile`) while the case runs, and
 //! `perf report` splits the samples by symbol: the JITed programs themselves, and the kernel
-//! functions they call (map lookups and updates, the LRU's eviction, hashing, helpers).
+//! functions they call (map lookups and updates, the LRU's eviction, hashing, helpers). The
+//! director program's own samples are then split by the lb-ebpf source line their instruction
+//! came from (see `jit_lines`).
 
 use std::{
+    os::fd::AsFd as _,
     path::Path,
     process::{Command, Stdio},
     time::Duration,
@@ -11,7 +14,9 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{Bench, Case};
+use lb_common::program_names;
+
+use super::{jit_lines::JitLines, Bench, Case};
 
 /// One symbol's share of a case's samples.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,6 +24,27 @@ pub struct Share {
     pub percent: f64,
     pub symbol: String,
 }
+
+/// One source line's share of the director program's own samples.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LineShare {
+    pub percent: f64,
+    /// `file:line  text`.
+    pub line: String,
+}
+
+/// A case's profile: by symbol, and the director program's samples by source line.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub symbols: Vec<Share>,
+    /// The lines with at least [`LINE_LIMIT`] % of the program's samples, most first.
+    pub lines: Vec<LineShare>,
+    /// The program's samples the lines are shares of.
+    pub program_samples: usize,
+}
+
+/// Source lines below this share (percent of the program's samples) are left out.
+const LINE_LIMIT: f64 = 1.5;
 
 /// Rounds of the case while perf samples it.
 const ROUNDS: usize = 8;
@@ -64,8 +90,39 @@ pub fn parse_report(text: &str) -> Vec<Share> {
         .collect()
 }
 
-/// Samples `cpu` while `case` runs; the symbols with at least [`PERCENT_LIMIT`] % of the samples.
-pub fn profile(bench: &mut Bench, case: Case, cpu: usize, dir: &Path) -> Result<Vec<Share>> {
+/// Shares of the program's samples (`ips`, instruction pointers) by the source line each falls
+/// in; None for samples outside the program.
+pub fn line_shares(lines: impl Fn(u64) -> Option<String>, ips: &[u64]) -> (Vec<LineShare>, usize) {
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    let mut total = 0;
+    for ip in ips {
+        if let Some(line) = lines(*ip) {
+            *counts.entry(line).or_default() += 1;
+            total += 1;
+        }
+    }
+    let mut shares: Vec<LineShare> = counts
+        .into_iter()
+        .map(|(line, n)| LineShare {
+            percent: n as f64 * 100.0 / total as f64,
+            line,
+        })
+        .filter(|s| s.percent >= LINE_LIMIT)
+        .collect();
+    shares.sort_by(|a, b| b.percent.total_cmp(&a.percent).then(a.line.cmp(&b.line)));
+    (shares, total)
+}
+
+/// The sampled instruction pointers of `perf script -F ip` output.
+fn sample_ips(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
+        .collect()
+}
+
+/// Samples `cpu` while `case` runs; the symbols with at least [`PERCENT_LIMIT`] % of the samples,
+/// and the director program's own samples by source line.
+pub fn profile(bench: &mut Bench, case: Case, cpu: usize, dir: &Path) -> Result<Profile> {
     let data = dir.join(format!("xdplb-perf-{}.data", std::process::id()));
     let mut perf = Command::new("perf")
         .args(["record", "-q", "-e", "cpu-clock", "-C"])
@@ -99,6 +156,11 @@ pub fn profile(bench: &mut Bench, case: Case, cpu: usize, dir: &Path) -> Result<
         .arg(&data)
         .output()
         .context("cannot run perf report")?;
+    let script = Command::new("perf")
+        .args(["script", "-F", "ip", "-i"])
+        .arg(&data)
+        .output()
+        .context("cannot run perf script");
     let _ = std::fs::remove_file(&data);
     if !report.status.success() {
         bail!(
@@ -106,12 +168,50 @@ pub fn profile(bench: &mut Bench, case: Case, cpu: usize, dir: &Path) -> Result<
             String::from_utf8_lossy(&report.stderr).trim()
         );
     }
-    Ok(parse_report(&String::from_utf8_lossy(&report.stdout)))
+    let script = script?;
+    if !script.status.success() {
+        bail!(
+            "perf script: {}",
+            String::from_utf8_lossy(&script.stderr).trim()
+        );
+    }
+    let program = bench.fx.datapath.program(program_names::LB)?;
+    let jit = JitLines::of(program.fd()?.as_fd())?;
+    let ips = sample_ips(&String::from_utf8_lossy(&script.stdout));
+    let (lines, program_samples) = line_shares(|ip| jit.line(ip).map(str::to_owned), &ips);
+    Ok(Profile {
+        symbols: parse_report(&String::from_utf8_lossy(&report.stdout)),
+        lines,
+        program_samples,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_split_by_line_of_the_program_only() {
+        let ips = sample_ips(
+            "ffffffffc0001010\nffffffffc0001020\n  ffffffffc0001028\nffffffff81000000\n",
+        );
+        assert_eq!(ips.len(), 4);
+        let line = |ip: u64| match ip {
+            0xffffffffc0001000..0xffffffffc0001020 => Some("a.rs:1  x".to_owned()),
+            0xffffffffc0001020..0xffffffffc0002000 => Some("b.rs:2  y".to_owned()),
+            _ => None,
+        };
+        let (shares, total) = line_shares(line, &ips);
+        assert_eq!(total, 3, "the kernel's sample is not the program's");
+        let got: Vec<(String, i64)> = shares
+            .iter()
+            .map(|s| (s.line.clone(), (s.percent * 10.0).round() as i64))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("b.rs:2  y".to_owned(), 667), ("a.rs:1  x".to_owned(), 333)]
+        );
+    }
 
     #[test]
     fn report_lines_become_shares_with_programs_named() {

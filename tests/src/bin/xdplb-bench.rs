@@ -11,7 +11,7 @@ use lb_tests::bench::{
     median,
     peer::{Katran, PeerBench},
     percentile, pin_to_cpu,
-    profile::{profile, Share},
+    profile::{profile, Profile},
     scale::{scale, Scale, Size},
     sync_delay, Bench, Case, Measurement, BENCH_CPU,
 };
@@ -507,7 +507,7 @@ fn main() -> Result<()> {
     if let Ok(p) = &peer {
         p.unload()?;
     }
-    let profiles: Vec<(Case, Result<Vec<Share>, String>)> = PROFILED
+    let profiles: Vec<(Case, Result<Profile, String>)> = PROFILED
         .into_iter()
         .map(|case| {
             eprintln!("profiling: {}", case.name());
@@ -653,9 +653,10 @@ fn main() -> Result<()> {
     );
     println!("| case | where the samples fell |");
     println!("|---|---|");
-    for (case, shares) in &profiles {
-        let text = match shares {
-            Ok(v) => v
+    for (case, profile) in &profiles {
+        let text = match profile {
+            Ok(p) => p
+                .symbols
                 .iter()
                 .map(|s| format!("{:.1} % {}", s.percent, s.symbol))
                 .collect::<Vec<_>>()
@@ -665,6 +666,31 @@ fn main() -> Result<()> {
         println!("| {} | {text} |", case.name());
     }
     println!();
+    println!(
+        "The director program's own samples (xdplb's JITed code, not the kernel functions it \
+         calls) by the lb-ebpf source line each sampled instruction came from: the kernel keeps \
+         the JIT address of every line of a program loaded with BTF (jited_line_info), which is \
+         how this goes below the symbols (perf here cannot disassemble JITed BPF, and `bpftool \
+         prog profile` needs hardware counters). The software clock's sample is the instruction \
+         the timer found next, so a line's share includes waiting on the one before it (a map \
+         lookup's call, a load that missed the cache). Inlined helpers show as their own source \
+         (aya's `helpers.rs` is a map lookup or a helper call). Lines with at least 1.5 % of the \
+         program's samples:\n"
+    );
+    for (case, profile) in &profiles {
+        let Ok(p) = profile else { continue };
+        println!(
+            "{} ({} samples in xdplb):\n",
+            case.name(),
+            p.program_samples
+        );
+        println!("| share | source line |");
+        println!("|---:|---|");
+        for l in &p.lines {
+            println!("| {:.1} % | `{}` |", l.percent, l.line.replace('|', "\\|"));
+        }
+        println!();
+    }
 
     eprintln!("measuring: live forwarding");
     let lv = live::live(LIVE_ROUNDS, std::time::Duration::from_secs(2))?;
