@@ -11,6 +11,7 @@ use lb_tests::agent::xdplb_bin;
 use lb_tests::netns::veth;
 use lb_tests::{names, require_root, Agent, DrTopology, Netns};
 use lb_user::net::Interface;
+use lb_user::packet::{TCP_ACK, TCP_SYN};
 use lb_user::pktgen::{
     allowed_cpus, checksums_valid, pin_to_cpu, source_of, walk, Generator, Sink, Traffic,
 };
@@ -45,12 +46,16 @@ fn generator_frames_vary_within_the_ranges_with_valid_checksums() {
     let cpu = allowed_cpus().unwrap()[0];
     std::thread::spawn(move || {
         pin_to_cpu(cpu).unwrap();
-        for (protocol, src, sport, size) in [
-            (Protocol::Tcp, "10.1.0.0/30", "1000-1002", 60),
-            (Protocol::Udp, "10.1.0.1-10.1.0.5", "5000-5003", 42),
-            (Protocol::Udp, "10.2.0.0/16", "1024-65535", 1000),
+        for (protocol, flags, src, sport, size) in [
+            (Protocol::Tcp, TCP_SYN, "10.1.0.0/30", "1000-1002", 60),
+            (Protocol::Tcp, TCP_ACK, "10.3.0.0/30", "2000-2002", 60),
+            (Protocol::Udp, 0, "10.1.0.1-10.1.0.5", "5000-5003", 42),
+            (Protocol::Udp, 0, "10.2.0.0/16", "1024-65535", 1000),
         ] {
-            let t = traffic(protocol, src, sport, size);
+            let t = Traffic {
+                tcp_flags: flags,
+                ..traffic(protocol, src, sport, size)
+            };
             let generator = Generator::new(&t).unwrap();
             let n = 40;
             let expected = walk(generator.config(), 0, n);
@@ -75,6 +80,9 @@ fn generator_frames_vary_within_the_ranges_with_valid_checksums() {
                         .collect::<Vec<_>>()[..]
                 );
                 assert_eq!(out[30..34], template[30..34]);
+                if protocol == Protocol::Tcp {
+                    assert_eq!(out[47], flags, "{src} frame {i}: the TCP flags");
+                }
                 let (a, p) = source_of(&out);
                 assert!(
                     t.src.contains(a) && t.sport.contains(p),
@@ -232,6 +240,7 @@ fn bad_input_fails_with_one_line() {
         (&["--src", "10.1.0.5/16"], "host bits set"),
         (&["--engine", "kernel", "--udp"], "use --engine xdp"),
         (&["--cpus", "4096"], "CPU 4096 is not available"),
+        (&["--udp", "--ack"], "cannot be used with"),
     ] {
         let mut args = base.to_vec();
         args.extend_from_slice(extra);
@@ -319,4 +328,24 @@ fn pktgen_through_the_director_matches_its_per_real_counters() {
         after.0
     );
     eprintln!("through the director: {counted:?} (sum {total} of {COUNT})");
+
+    // The same flows again, as ACKs of open connections (`--ack`): the director holds them, so
+    // each goes where its SYN went.
+    let acks = pktgen_json(
+        topo.client().ns(),
+        &format!("--iface eth0 --dst {service} --src {sources} --count {COUNT} --rate 50000 --ack"),
+    );
+    assert_eq!(acks["packets"], COUNT, "{acks}");
+    for ((rs, sink), first) in topo.reals().iter().zip(&sinks).zip(&counted) {
+        let now = sink
+            .settle(Duration::from_millis(200), Duration::from_secs(5))
+            .unwrap()
+            .0;
+        let again = now - first;
+        assert!(
+            (first.saturating_sub(3)..=first + 3).contains(&again),
+            "{}: {first} SYNs, then {again} ACKs of the same flows",
+            rs.addr()
+        );
+    }
 }

@@ -17,10 +17,11 @@ use super::{
 };
 use crate::datapath::AttachMode;
 use crate::net;
+use crate::packet::{TCP_ACK, TCP_SYN};
 use crate::state::{Mac, Protocol};
 
-/// `xdplb pktgen`: crafted TCP SYN or UDP frames toward a VIP, from many source addresses and
-/// ports, at full speed or a given rate.
+/// `xdplb pktgen`: crafted TCP SYN (or ACK) or UDP frames toward a VIP, from many source
+/// addresses and ports, at full speed or a given rate.
 #[derive(Args, Debug)]
 pub struct PktgenArgs {
     /// Interface to send out of.
@@ -32,6 +33,10 @@ pub struct PktgenArgs {
     /// Send UDP datagrams instead of TCP SYNs.
     #[arg(long)]
     udp: bool,
+    /// Send TCP ACKs instead of SYNs: packets of connections already open, which a director
+    /// forwards by its connection table (its established path) once it holds their flows.
+    #[arg(long, conflicts_with = "udp")]
+    ack: bool,
     /// Destination MAC; default: the kernel's neighbour for the VIP (or its gateway) on IF,
     /// resolved by ARP if needed.
     #[arg(long, visible_alias = "mac", value_name = "MAC")]
@@ -178,6 +183,7 @@ pub fn execute(args: PktgenArgs) -> Result<()> {
             protocol,
             sport: args.sport,
             size: args.size,
+            tcp_flags: if args.ack { TCP_ACK } else { TCP_SYN },
             ..Traffic::new(&iface, [0; 6], args.dst, src)
         };
         // Bad input first, before waiting for an ARP reply.

@@ -16,8 +16,9 @@ pub const ETH_HLEN: usize = 14;
 /// The default frame size: the 64-byte minimum Ethernet frame without its 4-byte FCS.
 pub const DEFAULT_SIZE: usize = 60;
 
-/// The traffic to generate: TCP SYNs or UDP datagrams to `dst`, from every source address and
-/// port of the ranges, in frames of `size` bytes (Ethernet header included, FCS not).
+/// The traffic to generate: TCP segments (SYNs, or ACKs as of connections already open) or UDP
+/// datagrams to `dst`, from every source address and port of the ranges, in frames of `size`
+/// bytes (Ethernet header included, FCS not).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Traffic {
     /// The interface the frames leave through (of the calling thread's network namespace).
@@ -32,6 +33,8 @@ pub struct Traffic {
     pub src: AddrRange,
     pub sport: PortRange,
     pub size: usize,
+    /// The TCP flags: SYN (new flows) or ACK (a director's established path).
+    pub tcp_flags: u8,
 }
 
 impl Traffic {
@@ -49,6 +52,7 @@ impl Traffic {
             src,
             sport: PortRange::EPHEMERAL,
             size: DEFAULT_SIZE,
+            tcp_flags: TCP_SYN,
         }
     }
 
@@ -105,7 +109,7 @@ impl Traffic {
             proto,
             sport: self.sport.first,
             dport: self.dst.port(),
-            tcp_flags: TCP_SYN,
+            tcp_flags: self.tcp_flags,
             payload: vec![0; self.size.saturating_sub(headers)],
         }
         .build();

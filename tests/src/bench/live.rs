@@ -11,6 +11,7 @@ use aya::maps::{Array, MapData};
 use lb_common::{default_new_flow_limit, map_names, program_names, Reason};
 use lb_user::{
     datapath::{AttachMode, Datapath, LoadOptions, MapWriter as _},
+    packet::TCP_ACK,
     pktgen::{self, RunOptions as GenOptions, Traffic},
     state::{Mac, RealSpec, Scheduler, SchedulerSpec, State},
 };
@@ -166,7 +167,11 @@ pub fn live(rounds: usize, each: Duration) -> Result<Live> {
     fwd.set(0, macs, 0)?;
 
     let sinks = sinks(topo.reals())?;
-    let established = traffic(&topo, ESTABLISHED_SRC, ESTABLISHED_PORTS)?;
+    // Established flows send what open connections do, ACKs; the flood, SYNs.
+    let established = Traffic {
+        tcp_flags: TCP_ACK,
+        ..traffic(&topo, ESTABLISHED_SRC, ESTABLISHED_PORTS)?
+    };
     let flood = traffic(&topo, FLOOD_SRC, FLOOD_PORTS)?;
     let send = |t: &Traffic, d: Duration| {
         topo.client()

@@ -263,11 +263,12 @@ fn live_section(lv: &Live) -> String {
     let _ = writeln!(out, "## Live forwarding through a namespace topology\n");
     let _ = writeln!(
         out,
-        "`xdplb pktgen` (one CPU, 60-byte TCP SYNs) in the client namespace sends to the VIP as \
+        "`xdplb pktgen` (one CPU, 60-byte TCP frames) in the client namespace sends to the VIP as \
          fast as it can for 2 s; the director (native XDP on a veth into a bridge) forwards to \
          three real-server namespaces whose XDP sinks count what arrives. Three directors take \
          turns ({LIVE_ROUNDS} rounds each; medians): a bare forwarder (two MAC addresses, XDP_TX); \
-         xdplb (`mh`, DR, a {LIVE_TABLE}-flow connection table) on 4,096 flows it holds; and \
+         xdplb (`mh`, DR, a {LIVE_TABLE}-flow connection table) on ACKs of 4,096 flows it holds \
+         (`pktgen --ack`); and \
          xdplb under a SYN flood of flows never seen before (no flow twice), the new-flow guard at \
          its default for the table ({} flows a second per CPU). The time per packet is the \
          director program's own, from the kernel's BPF statistics (run time / run count while the \
