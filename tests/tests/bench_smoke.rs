@@ -3,7 +3,7 @@
 //! times are positive.
 
 use lb_tests::bench::{
-    control_plane,
+    compare, control_plane,
     live::{live, Director},
     pin_to_cpu,
     profile::profile,
@@ -121,4 +121,22 @@ fn sync_delay_runs() {
         r.received > 0 && r.p50_us.is_some(),
         "nothing arrived at B: {r:?}"
     );
+}
+
+/// `cargo xtask bench --compare`: two builds' objects side by side (here the same one twice);
+/// a name no case has is an error, not an empty table.
+#[test]
+fn comparing_two_builds_runs() {
+    if !require_root() {
+        return;
+    }
+    let object = lb_user::datapath::OBJECT;
+    let table = compare(object, object, "non-VIP", 2, 1000).expect("compare two builds");
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| non-VIP"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{table}");
+    let err = compare(object, object, "no such case", 2, 1000).unwrap_err();
+    assert!(format!("{err}").contains("no such case"), "{err}");
 }

@@ -976,6 +976,58 @@ pub fn sync_delay(rates: &[Option<u64>], each: Duration) -> Result<Vec<SyncRun>>
     Ok(runs)
 }
 
+/// Two builds of the datapath (their objects, `a` and `b`) loaded side by side, each case's
+/// rounds paired (one round of A and one of B, each against its own bare baseline, the order
+/// alternating so that neither always runs second), and B - A taken pair by pair: the machine's
+/// drift between rounds, which moves a whole run's figures by up to 2x here, is common to both
+/// halves of a pair and cancels out. `only`: the cases whose names contain it. A Markdown table.
+pub fn compare(a: &[u8], b: &[u8], only: &str, rounds: usize, repeat: u32) -> Result<String> {
+    use std::fmt::Write as _;
+    let mut a = Bench::with_object(a).context("loading object A (needs root)")?;
+    let mut b = Bench::with_object(b).context("loading object B")?;
+    let _pinned = pin_to_cpu(BENCH_CPU)?;
+    let mut out = format!(
+        "{rounds} paired rounds of {repeat} iterations per case, on CPU {BENCH_CPU}.\n\n\
+         | case | A above bare (ns) | B above bare (ns) | B - A per pair: median [q1, q3] (ns) |\n\
+         |---|---:|---:|---:|\n"
+    );
+    let cases: Vec<Case> = Case::all()
+        .into_iter()
+        .filter(|c| c.name().contains(only))
+        .collect();
+    if cases.is_empty() {
+        bail!("no case's name contains \"{only}\"");
+    }
+    for case in cases {
+        eprintln!("comparing: {}", case.name());
+        let (mut ea, mut eb, mut diff) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (ma, mb) = if round % 2 == 0 {
+                let ma = a.measure(case, 1, repeat)?;
+                (ma, b.measure(case, 1, repeat)?)
+            } else {
+                let mb = b.measure(case, 1, repeat)?;
+                (a.measure(case, 1, repeat)?, mb)
+            };
+            ea.extend(ma.extra_ns());
+            eb.extend(mb.extra_ns());
+            // The same wrapper and baseline for both: the case's own times compare directly.
+            diff.extend(mb.case_ns.iter().zip(&ma.case_ns).map(|(y, x)| y - x));
+        }
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {:.1} [{:.1}, {:.1}] |",
+            case.name(),
+            median(&ea),
+            median(&eb),
+            median(&diff),
+            percentile(&diff, 0.25),
+            percentile(&diff, 0.75)
+        );
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

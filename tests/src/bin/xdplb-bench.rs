@@ -6,7 +6,7 @@ use std::{fmt::Write as _, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 use lb_tests::bench::{
-    control_plane, live,
+    compare, control_plane, live,
     live::{Director, Live, LIVE_TABLE},
     median,
     peer::{Katran, PeerBench},
@@ -30,6 +30,9 @@ const PROFILED: [Case; 4] = [
     Case::DrMhNewFlow,
     Case::DrMhNewFlowGuarded,
 ];
+
+/// Paired rounds per case when two builds are compared (`--compare`).
+const COMPARE_ROUNDS: usize = 40;
 
 /// Alternating rounds per case, and BPF_PROG_TEST_RUN iterations per round.
 const ROUNDS: usize = 15;
@@ -428,47 +431,6 @@ fn scale_section(s: &Scale) -> String {
     out
 }
 
-/// Paired rounds per case when two builds are compared.
-const COMPARE_ROUNDS: usize = 40;
-
-/// Two builds of the datapath loaded side by side, each case's rounds interleaved (one round of
-/// A, then one of B, each against its own bare baseline), and B - A taken round by round: the
-/// machine's drift between rounds, which moves a whole run's figures by up to 2x here, is common
-/// to both halves of a pair and cancels out. `only`: the cases whose names contain it.
-fn compare(a: &[u8], b: &[u8], only: &str) -> Result<String> {
-    let mut a = Bench::with_object(a).context("loading object A (needs root)")?;
-    let mut b = Bench::with_object(b).context("loading object B")?;
-    let _pinned = pin_to_cpu(BENCH_CPU)?;
-    let mut out = format!(
-        "{COMPARE_ROUNDS} paired rounds of {REPEAT} iterations per case, on CPU {BENCH_CPU}.\n\n\
-         | case | A above bare (ns) | B above bare (ns) | B - A per pair: median [q1, q3] (ns) |\n\
-         |---|---:|---:|---:|\n"
-    );
-    for case in Case::all().into_iter().filter(|c| c.name().contains(only)) {
-        eprintln!("comparing: {}", case.name());
-        let (mut ea, mut eb, mut diff) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..COMPARE_ROUNDS {
-            let ma = a.measure(case, 1, REPEAT)?;
-            let mb = b.measure(case, 1, REPEAT)?;
-            ea.extend(ma.extra_ns());
-            eb.extend(mb.extra_ns());
-            // The same wrapper and baseline for both: the case's own times compare directly.
-            diff.extend(mb.case_ns.iter().zip(&ma.case_ns).map(|(y, x)| y - x));
-        }
-        let _ = writeln!(
-            out,
-            "| {} | {:.1} | {:.1} | {:.1} [{:.1}, {:.1}] |",
-            case.name(),
-            median(&ea),
-            median(&eb),
-            median(&diff),
-            percentile(&diff, 0.25),
-            percentile(&diff, 0.75)
-        );
-    }
-    Ok(out)
-}
-
 fn main() -> Result<()> {
     let out_dir: PathBuf = std::env::args()
         .nth(1)
@@ -486,7 +448,8 @@ fn main() -> Result<()> {
             std::fs::read(&path).with_context(|| format!("cannot read the object {path}"))
         };
         let only = std::env::args().nth(5).unwrap_or_default();
-        print!("{}", compare(&object(3)?, &object(4)?, &only)?);
+        let (a, b) = (object(3)?, object(4)?);
+        print!("{}", compare(&a, &b, &only, COMPARE_ROUNDS, REPEAT)?);
         return Ok(());
     }
     let mut bench = Bench::new().context("loading the benchmark programs (needs root)")?;
