@@ -408,8 +408,9 @@ fn scale_section(s: &Scale) -> String {
          and apply). The saved \
          state for restarts takes a journal line per change (the services it changed), folded into \
          a snapshot once the journal outgrows it.\n\n\
-         Where the time goes. Starting takes about 3 to 5 s with no service at all: the kernel's \
-         verifier checking the datapath's programs. Loading the file adds its parse (once: the \
+         Where the time goes. Starting takes about 2 s with no service at all, mostly the \
+         kernel's verifier checking the datapath's programs (3 to 5 s until the load-based \
+         schedulers' scan became a function it checks once). Loading the file adds its parse (once: the \
          command line hands the parsed file to the agent), building the state, and writing the \
          maps: the real servers' arrays and counters in one batch system call per map, and the {} \
          lookup tables, each a map of its own, swapped into the array of maps in one batch (the \
