@@ -26,19 +26,8 @@ struct BatchAttr {
 }
 
 fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
-    // SAFETY: bpf(2) with an attribute whose pointers the callers keep alive for the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
-        )
-    };
-    match r {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
+    // SAFETY: a batch attribute, whose pointers the callers keep alive for the call.
+    unsafe { super::sys::bpf(cmd, attr) }.map(|_| ())
 }
 
 /// Writes `values[i]` at `keys[i]` of a map whose values are a `T` each (for a map of maps,

@@ -6,6 +6,7 @@ pub mod clock;
 mod maps;
 pub mod mmap;
 pub mod pin;
+pub mod sys;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{

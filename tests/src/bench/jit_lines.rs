@@ -148,18 +148,7 @@ fn btf_strings(id: u32) -> Result<Vec<u8>> {
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> Result<libc::c_long> {
     // SAFETY: `attr` is a zero-padded bpf_attr of 128 bytes, which the kernel reads (and for
     // info, writes through the pointers in it, to buffers the caller keeps alive).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            size_of::<[u64; 16]>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(r)
+    Ok(unsafe { lb_user::datapath::sys::bpf(cmd, attr) }?)
 }
 
 /// A zeroed bindgen struct of the kernel's (all its fields are integers).

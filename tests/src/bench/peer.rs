@@ -111,7 +111,7 @@ trait StatusOk {
 }
 
 impl StatusOk for Command {
-    /// Runs the script with its standard output sent to ours' error stream: the bench's own
+    /// Runs the script with its standard output sent to our standard error: the bench's own
     /// standard output is the report (a stray "unloaded" line ended up in BENCHMARKS.md).
     fn status_ok(&mut self) -> Result<()> {
         let status = self.stdout(std::io::stderr()).status()?;

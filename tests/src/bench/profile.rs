@@ -44,7 +44,7 @@ pub struct Profile {
 }
 
 /// Source lines below this share (percent of the program's samples) are left out.
-const LINE_LIMIT: f64 = 1.5;
+pub const LINE_LIMIT: f64 = 1.5;
 
 /// Rounds of the case while perf samples it.
 const ROUNDS: usize = 8;

@@ -11,7 +11,7 @@ use lb_tests::bench::{
     median,
     peer::{Katran, PeerBench},
     percentile, pin_to_cpu,
-    profile::{profile, Profile},
+    profile::{profile, Profile, LINE_LIMIT},
     scale::{scale, Scale, Size},
     sync_delay, Bench, Case, Measurement, BENCH_CPU,
 };
@@ -410,8 +410,9 @@ fn scale_section(s: &Scale) -> String {
          a snapshot once the journal outgrows it.\n\n\
          Where the time goes. Starting takes about 2 s with no service at all, mostly the \
          kernel's verifier checking the datapath's programs (3 to 5 s until the load-based \
-         schedulers' scan became a function it checks once). Loading the file adds its parse (once: the \
-         command line hands the parsed file to the agent), building the state, and writing the \
+         schedulers' scan became a function it checks once). Loading the file adds its parse \
+         (once: the command line hands the parsed file to the agent), building the state, and \
+         writing the \
          maps: the real servers' arrays and counters in one batch system call per map, and the {} \
          lookup tables, each a map of its own, swapped into the array of maps in one batch (the \
          kernel waits for an RCU grace period on every update of an array of maps: one at a time, \
@@ -653,8 +654,8 @@ fn main() -> Result<()> {
          prog profile` needs hardware counters). The software clock's sample is the instruction \
          the timer found next, so a line's share includes waiting on the one before it (a map \
          lookup's call, a load that missed the cache). Inlined helpers show as their own source \
-         (aya's `helpers.rs` is a map lookup or a helper call). Lines with at least 1.5 % of the \
-         program's samples:\n"
+         (aya's `helpers.rs` is a map lookup or a helper call). Lines with at least {LINE_LIMIT} % \
+         of the program's samples:\n"
     );
     for (case, profile) in &profiles {
         let Ok(p) = profile else { continue };
