@@ -6,7 +6,7 @@
 //! their flows. `xdplb save` writes the running state back in this format.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
@@ -261,8 +261,18 @@ pub struct Source {
 
 impl Source {
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_bytes(path, "", Self::bytes(path)?, (0, 0))
+    }
+
+    fn bytes(path: &Path) -> Result<Vec<u8>> {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+
+    /// The file `path` read as `bytes`, which have `same` bytes in common at their start and
+    /// end with `like`, text already checked ([`sections::text_like`]).
+    fn from_bytes(path: &Path, like: &str, bytes: Vec<u8>, same: (usize, usize)) -> Result<Self> {
+        let text = sections::text_like(like, bytes, same)
+            .map_err(|line| anyhow!("{}:{line}: not UTF-8 text", path.display()))?;
         Ok(Self {
             path: path.to_owned(),
             text,
@@ -366,7 +376,10 @@ impl Source {
         }
         // Duplicates are caught here, with the line of the second one; everything else is checked
         // by the same state operations the CLI goes through.
-        let mut seen = HashSet::with_capacity(config.services.len());
+        // foldhash: SipHash's resistance to chosen keys buys nothing for the file's own services,
+        // and this set is built on every reload of a large one.
+        let mut seen =
+            foldhash::HashSet::with_capacity_and_hasher(config.services.len(), Default::default());
         for (i, svc) in config.services.iter().enumerate() {
             if !seen.insert(svc.get_ref().addr()) {
                 return Err(self.error_at(
@@ -462,7 +475,7 @@ impl Config {
         src: &Source,
         skip: &[bool],
     ) -> Result<State> {
-        let wanted: HashSet<ServiceAddr> =
+        let wanted: foldhash::HashSet<ServiceAddr> =
             self.services.iter().map(|s| s.get_ref().addr()).collect();
         // One copy, changed in place (it is dropped whole if any step fails); a service comes
         // out as the same shared one unless the file changes it, and its table is rebuilt once,

@@ -198,7 +198,7 @@ fn an_invalid_file_is_rejected_with_its_line_and_changes_nothing() {
     let rs2_in_b = line_of(&valid, "address = \"10.0.0.12\"", 1);
     let end = valid.lines().count();
     // (what, the broken file, the lines the error may name, what the error must name)
-    let broken: [(&str, String, RangeInclusive<usize>, &str); 4] = [
+    let broken: [(&str, String, RangeInclusive<usize>, &str); 5] = [
         (
             "a syntax error",
             replace_line(&valid, scheduler, "scheduler = \"mh"),
@@ -223,9 +223,20 @@ fn an_invalid_file_is_rejected_with_its_line_and_changes_nothing() {
             rs2_in_b - 1..=rs2_in_b + 1,
             "10.9.9.9",
         ),
+        (
+            // Stands for a byte that is not UTF-8 (0xff), written in its place below.
+            "a byte that is not UTF-8",
+            replace_line(&valid, rs2_in_b, "  address = \"10.0.0.12\" # \u{1}"),
+            rs2_in_b..=rs2_in_b,
+            "not UTF-8",
+        ),
     ];
     for (n, (what, text, lines, names)) in broken.iter().enumerate() {
-        agent.write_config(text).expect("write the config");
+        let bytes: Vec<u8> = text
+            .bytes()
+            .map(|b| if b == 1 { 0xff } else { b })
+            .collect();
+        std::fs::write(&path, bytes).expect("write the config");
         let out = agent.cli(&["reload"]);
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         assert!(!out.status.success(), "{what}: reload succeeded");

@@ -77,6 +77,10 @@ pub struct Agent {
     reload_failures: u64,
     /// The config file's parsed sections, for the next reload.
     parse_cache: crate::config::ParseCache,
+    /// States committed so far, and how many there were when `parse_cache` was kept: equal,
+    /// the state is still the one the cache describes.
+    commits: u64,
+    kept_at: Option<u64>,
     /// Connection synchronisation, when configured.
     sync: Option<SyncDaemon>,
     /// VIP announcement, when configured.
@@ -117,6 +121,7 @@ impl Agent {
     /// Makes `next` the current state once the datapath holds it.
     fn commit(&mut self, next: State) -> Result<()> {
         state::apply(self.maps.as_mut(), &self.state, &next)?;
+        self.commits += 1;
         let before = std::mem::replace(&mut self.state, next);
         self.checks_follow(&before);
         if let Some(sync) = &self.sync {
@@ -552,8 +557,7 @@ impl Agent {
         let path = self.config_path.clone().ok_or_else(|| {
             anyhow!("the agent was started without --config: there is nothing to reload")
         })?;
-        let src = Source::read(&path)?;
-        let read = src.parse_cached(&mut self.parse_cache)?;
+        let (src, read) = Source::reread(&path, &mut self.parse_cache)?;
         let cfg = &read.config;
         if cfg.director() != self.director {
             bail!(
@@ -561,7 +565,7 @@ impl Agent {
                 path.display()
             );
         }
-        let untouched = read.untouched(&self.state);
+        let untouched = read.untouched(&self.state, self.kept_at == Some(self.commits));
         let next = self.state_from(&read, &untouched, &src).await?;
         self.set_timeouts(cfg.timeouts)?;
         self.commit(next)?;
@@ -569,6 +573,7 @@ impl Agent {
         let parsed = read.parsed();
         self.parse_cache
             .keep(src.text, read, &untouched, &self.state);
+        self.kept_at = Some(self.commits);
         if parsed > RELEASE_AFTER_PARSING {
             release_memory();
         }

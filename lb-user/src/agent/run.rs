@@ -476,6 +476,8 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         reloads: 0,
         reload_failures: 0,
         parse_cache: Default::default(),
+        commits: 0,
+        kept_at: None,
         sync: None,
         announcer: None,
         drained: run_dir.join("drained").exists(),
@@ -496,6 +498,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         let next = agent.state_from(&read, &[], &src).await?;
         agent.commit(next)?;
         agent.parse_cache.keep(src.text, read, &[], &agent.state);
+        agent.kept_at = Some(agent.commits);
         super::release_memory();
     }
     if let (Some(settings), Some(key), Some(sockets)) = (&director.sync, sync_key, sync_sockets) {

@@ -484,6 +484,17 @@ fn spans(c: &Config) -> Vec<std::ops::Range<usize>> {
 /// keep); checks that the result is what a whole parse and a whole apply give. Returns the new
 /// state and how many services were parsed anew.
 fn reload(cache: &mut ParseCache, state: &State, text: &str) -> Result<(State, usize)> {
+    thread_local! {
+        /// The state the cache was last kept with, as the agent counts its commits.
+        static KEPT: std::cell::RefCell<Option<State>> = const { std::cell::RefCell::new(None) };
+    }
+    let kept = KEPT.with_borrow(|k| {
+        k.as_ref().is_some_and(|k| {
+            k.services.len() == state.services.len()
+                && (k.services.iter().zip(&state.services))
+                    .all(|((a, x), (b, y))| a == b && std::sync::Arc::ptr_eq(x, y))
+        })
+    });
     let src = source(text);
     let whole = src.parse();
     let read = match src.parse_cached(cache) {
@@ -498,7 +509,11 @@ fn reload(cache: &mut ParseCache, state: &State, text: &str) -> Result<(State, u
     assert_eq!(read.config, whole);
     assert_eq!(spans(&read.config), spans(&whole));
     let learned = learned(&whole, state);
-    let untouched = read.untouched(state);
+    let untouched = read.untouched(state, false);
+    if kept {
+        // Nothing changed the state since the cache was kept: the shortcut agrees.
+        assert_eq!(read.untouched(state, true), untouched);
+    }
     let skipped_macs = read.config.macs_needed_skipping(state, &untouched);
     let all_macs = whole.macs_needed(state);
     assert!(skipped_macs.iter().all(|m| all_macs.contains(m)));
@@ -509,6 +524,7 @@ fn reload(cache: &mut ParseCache, state: &State, text: &str) -> Result<(State, u
     assert!(next.ids_consistent());
     let parsed = read.parsed();
     cache.keep(src.text, read, &untouched, &next);
+    KEPT.set(Some(next.clone()));
     Ok((next, parsed))
 }
 
