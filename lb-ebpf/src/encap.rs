@@ -14,15 +14,15 @@ use lb_common::{
 };
 
 use crate::{
-    ether::{self, adjust_head, EthHeader},
+    ether::{adjust_head, EthHeader},
     parse::{be16, ipv4_offset, l3, ptr_at, read, Packet, ETH_P_IPV4, ETH_P_IPV6},
     parse6::Packet6,
 };
 /// TTL of the outer header: a fresh hop budget for the path to the real server.
 const OUTER_TTL: u8 = 64;
 
-/// Wraps the packet in an outer IPv4 header to `real` and addresses the frame to the next hop
-/// toward it. The inner packet is kept byte for byte. Err says why it could not be sent:
+/// Wraps the packet in an outer IPv4 header to `real`, leaving the Ethernet addresses to the
+/// caller's route::send. The inner packet is kept byte for byte. Err says why it could not be sent:
 /// too big for the interface (with DF: the caller answers with ICMP), or no headroom.
 #[inline(always)]
 pub fn ipip(
@@ -33,9 +33,9 @@ pub fn ipip(
 ) -> Result<(), Reason> {
     let l3 = pkt.l3_off;
     let (tos, df) = fits(ctx, pkt, IPV4_HLEN, cfg)?;
-    let mut eth = EthHeader::read(ctx, l3).ok_or(Reason::DropMalformed)?;
-    (eth.dst, eth.src) = (ether::real_mac(real), ether::mac(cfg.mac));
-    if !adjust_head(ctx, -(IPV4_HLEN as i32)) || !eth.write(ctx) {
+    let eth = EthHeader::read(ctx, l3).ok_or(Reason::DropMalformed)?;
+    // The addresses are the caller's route::send's to write.
+    if !adjust_head(ctx, -(IPV4_HLEN as i32)) || !eth.write_type(ctx) {
         return Err(Reason::DropNoRoom);
     }
     let src = [
@@ -110,9 +110,9 @@ pub fn ip6ip6(
     }
     let src = TUNNEL_SRC6.get(0).copied().ok_or(Reason::DropNoRoom)?;
     let first: [u8; 4] = read(ctx, l3).ok_or(Reason::DropMalformed)?;
-    let mut eth = EthHeader::read(ctx, l3).ok_or(Reason::DropMalformed)?;
-    (eth.dst, eth.src) = (ether::real_mac(real), ether::mac(cfg.mac));
-    if !adjust_head(ctx, -(IPV6_HLEN as i32)) || !eth.write(ctx) {
+    let eth = EthHeader::read(ctx, l3).ok_or(Reason::DropMalformed)?;
+    // The addresses are the caller's route::send's to write.
+    if !adjust_head(ctx, -(IPV6_HLEN as i32)) || !eth.write_type(ctx) {
         return Err(Reason::DropNoRoom);
     }
     let outer = ipv6::header(
@@ -147,9 +147,9 @@ pub fn ip4in6(
     let (tos, _) = fits(ctx, pkt, IPV6_HLEN, cfg)?;
     let src = TUNNEL_SRC6.get(0).copied().ok_or(Reason::DropNoRoom)?;
     let mut eth = EthHeader::read(ctx, l3).ok_or(Reason::DropMalformed)?;
-    (eth.dst, eth.src) = (ether::real_mac(real), ether::mac(cfg.mac));
     eth.set_type(ETH_P_IPV6);
-    if !adjust_head(ctx, -(IPV6_HLEN as i32)) || !eth.write(ctx) {
+    // The addresses are the caller's route::send's to write.
+    if !adjust_head(ctx, -(IPV6_HLEN as i32)) || !eth.write_type(ctx) {
         return Err(Reason::DropNoRoom);
     }
     let first = ipv6::first_word(tos);

@@ -103,9 +103,13 @@ impl EthHeader {
     /// Writes the header at the start of the frame; false if the frame is too short.
     #[inline(always)]
     pub fn write(&self, ctx: &XdpContext) -> bool {
-        if !write_macs(ctx, self.dst, self.src) {
-            return false;
-        }
+        write_macs(ctx, self.dst, self.src) && self.write_type(ctx)
+    }
+
+    /// Writes what follows the MAC addresses (the tag, if any, and the ethertype): for frames
+    /// whose addresses [`crate::route::send`] writes next.
+    #[inline(always)]
+    pub fn write_type(&self, ctx: &XdpContext) -> bool {
         // SAFETY: every write below is bounds-checked by ptr_at.
         if self.tagged {
             let Some(to) = ptr_at::<[u8; 6]>(ctx, 12) else {
