@@ -38,12 +38,17 @@ static REAL_EGRESS: Array<RealEgress> = Array::with_max_entries(MAX_REALS, 0);
 #[map]
 static NEIGH_MISSES: LruHashMap<NeighMiss, u8> = LruHashMap::with_max_entries(256, 0);
 
-/// A next hop: the interface to send from, and the frame's Ethernet addresses.
+/// A next hop: the interface to send from ([`SAME_IFACE`]: the one the frame came in on), and
+/// the frame's Ethernet addresses.
 pub struct Hop {
     pub ifindex: u32,
     pub dst_mac: Mac,
     pub src_mac: Mac,
 }
+
+/// [`Hop::ifindex`] of a frame that leaves where it came in: no interface has index 0, and
+/// [`send`] need not read the context's ingress interface again (three dependent loads).
+pub const SAME_IFACE: u32 = 0;
 
 /// The interface the packet arrived on, as the director knows it (None: not one it set up,
 /// such as a test run without IFACES).
@@ -72,7 +77,7 @@ pub fn toward(ctx: &XdpContext, here: Mac, real: &RealServer, egress: u32) -> Ho
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     if egress == 0 || egress == ingress {
         return Hop {
-            ifindex: ingress,
+            ifindex: SAME_IFACE,
             dst_mac: mac,
             src_mac: here,
         };
@@ -183,7 +188,7 @@ pub fn send(ctx: &XdpContext, hop: &Hop) -> u32 {
         return XDP_ABORTED;
     }
     // SAFETY: as in `ingress`.
-    if hop.ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
+    if hop.ifindex == SAME_IFACE || hop.ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
         return XDP_TX;
     }
     TX_PORTS.redirect(hop.ifindex, 0).unwrap_or(XDP_ABORTED)
