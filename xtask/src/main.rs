@@ -198,6 +198,8 @@ fn main() -> Result<()> {
         }
         Task::Bench { compare, only } => {
             require_root("the benchmarks")?;
+            // perf (the per-line profiles) and bpftool (the maps' memory at scale).
+            packages::ensure()?;
             match compare {
                 Some(objects) => bench::compare(
                     &root(),
