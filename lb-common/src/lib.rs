@@ -8,6 +8,7 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod conn_table;
 pub mod csum;
 pub mod hash;
 pub mod ipv4;

@@ -371,6 +371,21 @@ pub struct Conn {
     pub flags: u32,
 }
 
+impl Conn {
+    /// How long this entry of `flow` may stay idle (ticks), by protocol and state: UDP's timeout,
+    /// TCP's after a FIN, or established TCP's. One rule for the datapath and the agent.
+    #[inline(always)]
+    pub fn idle_timeout(&self, flow: &FlowKey, tcp: u32, tcp_fin: u32, udp: u32) -> u32 {
+        if flow.proto == IPPROTO_UDP {
+            udp
+        } else if self.flags & CONN_FIN != 0 {
+            tcp_fin
+        } else {
+            tcp
+        }
+    }
+}
+
 /// Default size of the connection table (flows).
 pub const DEFAULT_CONN_MAX: u32 = 1_000_000;
 /// The new-flow guard's default ([`FloodGuard`]): the connection table may turn over no faster

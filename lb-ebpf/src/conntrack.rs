@@ -6,7 +6,7 @@
 use aya_ebpf::{helpers::bpf_jiffies64, macros::map, maps::LruHashMap};
 use lb_common::{
     addr_from_v4, Conn, DirectorConfig, FlowKey, BPF_F_NO_COMMON_LRU, CONN_ESTABLISHED, CONN_FIN,
-    DEFAULT_CONN_MAX, IPPROTO_TCP, IPPROTO_UDP, SYNC_BIND, SYNC_CLOSE,
+    DEFAULT_CONN_MAX, IPPROTO_TCP, SYNC_BIND, SYNC_CLOSE,
 };
 
 use crate::{
@@ -68,13 +68,7 @@ pub fn established(
     // timestamp and the FIN flag, both of which tolerate a lost update.
     let conn = unsafe { &mut *conn };
     let idle = now.wrapping_sub(conn.last_seen);
-    let timeout = if flow.proto == IPPROTO_UDP {
-        cfg.udp_timeout
-    } else if conn.flags & CONN_FIN != 0 {
-        cfg.tcp_fin_timeout
-    } else {
-        cfg.tcp_timeout
-    };
+    let timeout = conn.idle_timeout(flow, cfg.tcp_timeout, cfg.tcp_fin_timeout, cfg.udp_timeout);
     if idle > timeout {
         return None;
     }

@@ -6,7 +6,7 @@ pub mod counts;
 pub mod listing;
 pub mod table;
 
-use lb_common::{Conn, DirectorConfig, FlowKey, CONN_FIN, IPPROTO_UDP};
+use lb_common::{Conn, DirectorConfig, FlowKey};
 
 /// Idle timeouts in kernel ticks, as the datapath applies them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,13 +27,7 @@ impl IdleTimeouts {
 
     /// The idle timeout that applies to an entry now, ticks.
     pub fn timeout(&self, flow: &FlowKey, conn: &Conn) -> u32 {
-        if flow.proto == IPPROTO_UDP {
-            self.udp
-        } else if conn.flags & CONN_FIN != 0 {
-            self.tcp_fin
-        } else {
-            self.tcp
-        }
+        conn.idle_timeout(flow, self.tcp, self.tcp_fin, self.udp)
     }
 
     /// Whether an entry is still alive at `now` (ticks): the datapath would follow it.
