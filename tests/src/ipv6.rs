@@ -95,7 +95,9 @@ impl Dr6Topology {
         for i in 1..=n_reals {
             let name = format!("rs{i}");
             let rs = host(&name, Self::real_addr(i))?;
-            rs.ip(&["-6", "addr", "add", &vip, "dev", "lo"])?;
+            // nodad: an address is tentative, and refuses a bind, until the kernel's DAD work
+            // runs, even on lo; a test server started right after lost that race on CI.
+            rs.ip(&["-6", "addr", "add", &vip, "dev", "lo", "nodad"])?;
             if ipv4 {
                 rs.ip_batch(&format!(
                     "addr add {}/24 dev eth0\naddr add 10.0.0.100/32 dev lo\n",
@@ -299,7 +301,7 @@ impl Tun6Topology {
             let name = format!("rs{i}");
             let rs = ns(&name)?;
             plug(&rs, i, "eth0", &name, &format!("{}/64", Self::real_addr(i)))?;
-            rs.ip(&["-6", "addr", "add", &vip, "dev", "lo"])?;
+            rs.ip(&["-6", "addr", "add", &vip, "dev", "lo", "nodad"])?;
             rs.ip(&[
                 "-6",
                 "route",
