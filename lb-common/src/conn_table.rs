@@ -60,28 +60,22 @@ pub struct Place {
     pub tag: u32,
 }
 
-/// The key as five 8-byte words, the hash's input.
+/// The key as five 8-byte words, the hash's and the compare's input: a view, not a copy (the
+/// datapath's stack has no room for one).
 #[inline(always)]
-pub fn words(key: &FlowKey) -> [u64; 5] {
-    let w = |a: &[u8; 16], i: usize| {
-        u64::from_le_bytes([
-            a[i],
-            a[i + 1],
-            a[i + 2],
-            a[i + 3],
-            a[i + 4],
-            a[i + 5],
-            a[i + 6],
-            a[i + 7],
-        ])
-    };
-    [
-        w(&key.src, 0),
-        w(&key.src, 8),
-        w(&key.dst, 0),
-        w(&key.dst, 8),
-        key.sport as u64 | (key.dport as u64) << 16 | (key.proto as u64) << 32,
-    ]
+pub fn words(key: &FlowKey) -> &[u64; 5] {
+    const _: () =
+        assert!(core::mem::size_of::<FlowKey>() == 40 && core::mem::align_of::<FlowKey>() == 8);
+    // SAFETY: FlowKey is 40 bytes of plain data aligned to 8 (checked above).
+    unsafe { &*(key as *const FlowKey).cast::<[u64; 5]>() }
+}
+
+/// Whether two keys are the same flow, word by word (a derived `==` compares byte arrays, which
+/// the BPF target may turn into a memcmp call it cannot link).
+#[inline(always)]
+pub fn same(a: &FlowKey, b: &FlowKey) -> bool {
+    let (a, b) = (words(a), words(b));
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
 }
 
 /// A flow's place in a table of `mask + 1` buckets. `seed` is the table's secret: without it,
@@ -130,8 +124,9 @@ fn worth(slot: &Slot, now: u32, cfg: &DirectorConfig) -> u32 {
 }
 
 /// The slot an insert into a full bucket writes: the least worth keeping ([`worth`]), the
-/// longest idle among equals; an empty slot at once.
-#[inline(always)]
+/// longest idle among equals; an empty slot at once. Not inlined: unrolled over the ways into
+/// every call site, its branches nearly exhausted the verifier's budget (issue 16's note).
+#[inline(never)]
 pub fn victim(bucket: &Bucket, now: u32, cfg: &DirectorConfig) -> usize {
     let mut best = 0;
     let mut best_worth = u32::MAX;
@@ -160,7 +155,7 @@ pub fn find(bucket: &Bucket, key: &FlowKey, tag: u32) -> Option<usize> {
     let mut i = 0;
     while i < WAYS {
         let slot = &bucket.slots[i];
-        if slot.tag == tag && slot.key == *key {
+        if slot.tag == tag && same(&slot.key, key) {
             return Some(i);
         }
         i += 1;
@@ -321,6 +316,12 @@ mod tests {
         };
         assert_eq!(find(&b, &f, p.tag), Some(2));
         assert_eq!(find(&b, &flow(0x0a00_0001, 40001), p.tag), None);
+        let mut other = f;
+        other.proto = 17;
+        assert_eq!(find(&b, &other, p.tag), None, "another protocol");
+        other = f;
+        other.dst[15] ^= 1;
+        assert_eq!(find(&b, &other, p.tag), None, "another destination");
         b.slots[2].tag = EMPTY;
         assert_eq!(find(&b, &f, p.tag), None, "an emptied slot");
     }

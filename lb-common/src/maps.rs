@@ -302,8 +302,10 @@ pub struct RealServer {
     pub service: u32,
 }
 
-/// CONNS map key: one direction of a connection, as the client sent it.
-#[repr(C)]
+/// CONNS map key: one direction of a connection, as the client sent it. Aligned to 8 so the
+/// connection table's hash and compare read it as five words ([`crate::conn_table::words`]);
+/// 40 bytes either way.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FlowKey {
     pub src: Addr,
