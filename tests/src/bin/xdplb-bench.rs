@@ -604,7 +604,12 @@ fn main() -> Result<()> {
          an upgrade, the hash's secret seed kept across restarts, the eviction must spare \
          established flows before connections in their handshake (a bucket fills before the \
          table does, which an LRU never does), and a reader must never take half of an entry \
-         another CPU is writing.\n"
+         another CPU is writing. Then the same array as a first level in front of the LRU \
+         (which would keep the entries the agent writes: sync's, an older version's table), \
+         against the same build in one machine state: DR established -16 ns, TUN -17.5, IPv6 \
+         TUN -19, IPv4 options -36; DR mh new flow 627 -> 373 (-238), IPv6 -234. The \
+         replacement against that hybrid: established within 2 ns, a new flow another -84 (the \
+         LRU's miss lookup), 211 ns above bare.\n"
     );
 
     println!("## Against Katran\n");
