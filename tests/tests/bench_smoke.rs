@@ -61,12 +61,18 @@ fn every_datapath_case_runs() {
     drop(pinned);
 }
 
+/// The smoke's new-flow guard, flows a second per CPU.
+const SMOKE_GUARD: u32 = 64;
+
 #[test]
 fn live_forwarding_and_control_plane_run() {
     if !require_root() {
         return;
     }
-    let lv = live(1, std::time::Duration::from_millis(300)).expect("live forwarding");
+    // A guard far below the default (2048 flows a second per CPU): a flood of 300 ms outruns it
+    // however slowly a loaded machine generates (CI once sent too few to reach the default).
+    let lv =
+        live(1, std::time::Duration::from_millis(300), Some(SMOKE_GUARD)).expect("live forwarding");
     for d in Director::ALL {
         let r = lv.of(d, |r| r.delivered_pps)[0];
         assert!(r > 0.0, "{}: nothing delivered", d.name());

@@ -99,8 +99,9 @@ fn traffic(topo: &DrTopology, src: &str, sport: &str) -> Result<Traffic> {
     })
 }
 
-/// `rounds` rounds of `each` per director configuration, interleaved.
-pub fn live(rounds: usize, each: Duration) -> Result<Live> {
+/// `rounds` rounds of `each` per director configuration, interleaved; the new-flow guard at
+/// `guard_limit` flows a second per CPU (None: its default for the table).
+pub fn live(rounds: usize, each: Duration, guard_limit: Option<u32>) -> Result<Live> {
     let topo = DrTopology::new(3)?;
     // The generator's XDP_TX frames enter the switch through the client's port.
     let _client_port = topo.switch().pass_xdp(topo.client().name())?;
@@ -152,7 +153,7 @@ pub fn live(rounds: usize, each: Duration) -> Result<Live> {
     }
     lb_user::state::apply(&mut maps, &State::default(), &state)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    let guard_limit = default_new_flow_limit(LIVE_TABLE, cpus);
+    let guard_limit = guard_limit.unwrap_or_else(|| default_new_flow_limit(LIVE_TABLE, cpus));
 
     // The bare forwarder, to the first real server.
     let mut bare = Datapath::load(program_names::FWD, LoadOptions::flows(1))?;

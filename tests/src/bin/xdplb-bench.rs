@@ -705,7 +705,7 @@ fn main() -> Result<()> {
     }
 
     eprintln!("measuring: live forwarding");
-    let lv = live::live(LIVE_ROUNDS, std::time::Duration::from_secs(2))?;
+    let lv = live::live(LIVE_ROUNDS, std::time::Duration::from_secs(2), None)?;
     print!("{}", live_section(&lv));
 
     eprintln!("measuring: connection sync");
