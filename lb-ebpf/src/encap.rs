@@ -21,6 +21,14 @@ use crate::{
 /// TTL of the outer header: a fresh hop budget for the path to the real server.
 const OUTER_TTL: u8 = 64;
 
+/// Makes room for an outer header of `len` bytes in front of the packet and writes the frame's
+/// ethertype (and VLAN tag) before it; its addresses are the caller's route::send's to write.
+/// False without headroom.
+#[inline(always)]
+fn grow(ctx: &XdpContext, eth: &EthHeader, len: usize) -> bool {
+    adjust_head(ctx, -(len as i32)) && eth.write_type(ctx)
+}
+
 /// Wraps the packet in an outer IPv4 header to `real`, leaving the Ethernet addresses to the
 /// caller's route::send. The inner packet is kept byte for byte. Err says why it could not be sent:
 /// too big for the interface (with DF: the caller answers with ICMP), or no headroom.
@@ -34,8 +42,7 @@ pub fn ipip(
     let l3 = pkt.l3_off;
     let (tos, df) = fits(ctx, pkt, IPV4_HLEN, cfg)?;
     let eth = EthHeader::read(ctx, l3).ok_or(Reason::DropMalformed)?;
-    // The addresses are the caller's route::send's to write.
-    if !adjust_head(ctx, -(IPV4_HLEN as i32)) || !eth.write_type(ctx) {
+    if !grow(ctx, &eth, IPV4_HLEN) {
         return Err(Reason::DropNoRoom);
     }
     let src = [
@@ -111,8 +118,7 @@ pub fn ip6ip6(
     let src = TUNNEL_SRC6.get(0).copied().ok_or(Reason::DropNoRoom)?;
     let first: [u8; 4] = read(ctx, l3).ok_or(Reason::DropMalformed)?;
     let eth = EthHeader::read(ctx, l3).ok_or(Reason::DropMalformed)?;
-    // The addresses are the caller's route::send's to write.
-    if !adjust_head(ctx, -(IPV6_HLEN as i32)) || !eth.write_type(ctx) {
+    if !grow(ctx, &eth, IPV6_HLEN) {
         return Err(Reason::DropNoRoom);
     }
     let outer = ipv6::header(
@@ -148,8 +154,7 @@ pub fn ip4in6(
     let src = TUNNEL_SRC6.get(0).copied().ok_or(Reason::DropNoRoom)?;
     let mut eth = EthHeader::read(ctx, l3).ok_or(Reason::DropMalformed)?;
     eth.set_type(ETH_P_IPV6);
-    // The addresses are the caller's route::send's to write.
-    if !adjust_head(ctx, -(IPV6_HLEN as i32)) || !eth.write_type(ctx) {
+    if !grow(ctx, &eth, IPV6_HLEN) {
         return Err(Reason::DropNoRoom);
     }
     let first = ipv6::first_word(tos);
