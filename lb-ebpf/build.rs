@@ -11,5 +11,6 @@ fn main() {
         // Kept global (the linker makes every other function static), so the verifier checks it
         // once on its own: see schedule::xdplb_scan.
         println!("cargo:rustc-link-arg-bins=--export=xdplb_scan");
+        println!("cargo:rustc-link-arg-bins=--export=xdplb_conn_write");
     }
 }

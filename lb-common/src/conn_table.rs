@@ -1,10 +1,11 @@
-//! A set-associative connection table: the layout and rules the datapath and the agent would
-//! share, in one BPF array map of [`Bucket`]s. A flow's keyed hash picks one bucket of [`WAYS`]
-//! slots; a lookup compares tags, then the key, in that bucket alone; an insert writes one slot
-//! of it, the one [`victim`] names when the bucket is full. Nothing is allocated, linked or
-//! locked: measured against the kernel's LRU hash in a throwaway build, about 30 ns less per
-//! established packet and half the cost of a new flow (docs/BENCHMARKS.md). Not yet the
-//! datapath's table: what it still needs is listed in issue 16.
+//! The connection table's layout and rules, shared by the datapath and the agent: one BPF array
+//! map of [`Bucket`]s, set-associative. A flow's keyed hash picks one bucket of [`WAYS`] slots; a
+//! lookup compares tags, then the key, in that bucket alone; an insert writes one slot of it, the
+//! one [`victim`] names when the bucket is full. Nothing is allocated, linked or locked: against
+//! the kernel's LRU hash it was before, about 20-35 ns less per established packet and about
+//! half the cost of a new flow (docs/BENCHMARKS.md). The map's last entry is not a bucket but the
+//! table's [`header`], its hash seed, so a pinned table and its seed never part. docs/conntrack.md
+//! is the user's side of it.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -42,6 +43,45 @@ pub struct Bucket {
 }
 
 const _: () = assert!(core::mem::size_of::<Slot>() == 64);
+
+/// The datapath's globals, set when the object is loaded: the hash seed and the bucket mask
+/// (buckets - 1). Load-time constants cost nothing per packet; the defaults (0) put every flow in
+/// one bucket, which the tests would notice at once.
+pub const SEED_GLOBAL: &str = "CONN_SEED";
+pub const MASK_GLOBAL: &str = "CONN_MASK";
+
+/// [`Slot::tag`] of the header's first slot.
+pub const HEADER_TAG: u32 = 0x7862_6c31;
+
+/// Entries of the array map for `buckets` buckets: the buckets, then the header.
+pub const fn map_entries(buckets: u32) -> u32 {
+    buckets + 1
+}
+
+/// The header entry that records `seed` (the map's last entry).
+pub fn header(seed: u64) -> Bucket {
+    let mut b = Bucket::default();
+    b.slots[0].tag = HEADER_TAG;
+    b.slots[0].conn.real = seed as u32;
+    b.slots[0].conn.service = (seed >> 32) as u32;
+    b
+}
+
+/// The seed a header records; None if `b` is not a header.
+pub fn seed_of(b: &Bucket) -> Option<u64> {
+    let s = &b.slots[0];
+    (s.tag == HEADER_TAG).then_some(s.conn.real as u64 | (s.conn.service as u64) << 32)
+}
+
+/// Slots per connection the table is sized for (`--conn-max`): a bucket fills before the table
+/// does. Simulated with random flows, a table half full sends about 4 % of inserts to a full
+/// bucket, where they push out what is least worth keeping (handshakes and idle entries first).
+pub const SLOTS_PER_FLOW: u32 = 2;
+
+/// Buckets of the table for `conn_max` connections.
+pub const fn table_buckets(conn_max: u32) -> u32 {
+    buckets_for(conn_max.saturating_mul(SLOTS_PER_FLOW))
+}
 
 /// Buckets for a table of at least `flows` slots: a power of two (the hash's low bits pick one).
 pub const fn buckets_for(flows: u32) -> u32 {
@@ -98,6 +138,23 @@ pub fn place(key: &FlowKey, seed: u64, mask: u32) -> Place {
     Place {
         bucket: h as u32 & mask,
         tag: (h >> 32) as u32 | 1,
+    }
+}
+
+/// Whether an entry holds a connection the datapath still follows (what the agent counts).
+#[inline(always)]
+pub fn live(slot: &Slot, now: u32, cfg: &DirectorConfig) -> bool {
+    worth(slot, now, cfg) >= 2
+}
+
+/// After an insert pushed a live entry out of `bucket`: the others lose their second chance
+/// (they must be looked up again to keep it), as CLOCK's hand clears what it passes over.
+#[inline(always)]
+pub fn age(bucket: &mut Bucket) {
+    let mut i = 0;
+    while i < WAYS {
+        bucket.slots[i].mark = 0;
+        i += 1;
     }
 }
 
@@ -302,6 +359,33 @@ mod tests {
         assert_eq!(victim(&b, now, &c), 1, "past the FIN timeout");
         b.slots[1].conn.last_seen = now - 100;
         assert_eq!(victim(&b, now, &c), 1, "closing");
+    }
+
+    #[test]
+    fn the_header_keeps_the_seed_and_is_no_bucket() {
+        for seed in [0, 1, u64::MAX, 0x0123_4567_89ab_cdef] {
+            assert_eq!(seed_of(&header(seed)), Some(seed));
+        }
+        assert_eq!(seed_of(&Bucket::default()), None);
+        assert_eq!(map_entries(buckets_for(4096)), 1025);
+    }
+
+    #[test]
+    fn liveness_and_aging() {
+        let c = cfg();
+        let now = 10_000;
+        assert!(!live(&Slot::default(), now, &c), "empty");
+        assert!(
+            !live(&slot(1, CONN_ESTABLISHED, 0, now - 901), now, &c),
+            "timed out"
+        );
+        assert!(live(&slot(1, 0, 0, now - 10), now, &c), "handshake");
+        assert!(live(&slot(1, CONN_ESTABLISHED, 0, now - 900), now, &c));
+        let mut b = Bucket {
+            slots: [slot(1, 0, SLOT_REFERENCED, now); WAYS],
+        };
+        age(&mut b);
+        assert!(b.slots.iter().all(|s| s.mark == 0));
     }
 
     #[test]

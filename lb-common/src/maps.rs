@@ -302,7 +302,7 @@ pub struct RealServer {
     pub service: u32,
 }
 
-/// CONNS map key: one direction of a connection, as the client sent it. Aligned to 8 so the
+/// The connection table's key: one direction of a connection, as the client sent it. Aligned to 8 so the
 /// connection table's hash and compare read it as five words ([`crate::conn_table::words`]);
 /// 40 bytes either way.
 #[repr(C, align(8))]
@@ -362,7 +362,7 @@ pub const MAP_MMAPABLE: u32 = 1 << 10;
 /// costs about a microsecond per insert once the map is full).
 pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
-/// CONNS map value: where an established flow goes.
+/// The connection table's value: where an established flow goes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Conn {
@@ -469,7 +469,11 @@ pub mod map_names {
     pub const VIP_FILTER: &str = "VIP_FILTER";
     /// Array of maps: service id -> that service's lookup table (slot -> real server id).
     pub const TABLES: &str = "TABLES";
-    pub const CONNS: &str = "CONNS";
+    /// The connection table ([`crate::conn_table`]).
+    pub const CONN_TABLE: &str = "CONN_TABLE";
+    /// The connection table of versions before it, a kernel LRU hash (FlowKey -> Conn): an
+    /// agent that finds one pinned moves its entries into CONN_TABLE.
+    pub const LRU_CONNS: &str = "CONNS";
     pub const REALS: &str = "REALS";
     pub const CONFIG: &str = "CONFIG";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";

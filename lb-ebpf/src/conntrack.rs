@@ -1,12 +1,22 @@
 //! The connection table: flow -> real server, consulted before the scheduler so an established
-//! flow keeps its real server when servers or weights change. A kernel LRU hash: when it is full,
-//! the least recently used flows make room. Per packet it is one lookup; writes happen only for
-//! new flows, a FIN, a RST, or a timestamp refresh at most every few seconds.
+//! flow keeps its real server when servers or weights change. Set-associative
+//! ([`lb_common::conn_table`]): a flow lives in one bucket of four slots its keyed hash picks; a
+//! new flow takes an empty slot there or pushes out the entry least worth keeping (timed out,
+//! then handshakes and closing connections, then established ones not looked up lately). Per
+//! packet it is one hash and one bucket; writes happen only for new flows, a FIN, a RST, a
+//! timestamp refresh at most every few seconds, and the first lookup after an eviction.
+//!
+//! Other CPUs and the agent write the same buckets without a lock: a writer empties the tag,
+//! writes key and entry, then the tag. A lookup that races an overwrite of its own slot can read
+//! the new entry for one packet (the caller only follows it to a real server of the packet's
+//! service); a torn slot has a tag that matches no key and is pushed out like any other.
 
-use aya_ebpf::{helpers::bpf_jiffies64, macros::map, maps::LruHashMap};
+use aya_ebpf::{helpers::bpf_jiffies64, macros::map, maps::Array};
 use lb_common::{
-    addr_from_v4, Conn, DirectorConfig, FlowKey, BPF_F_NO_COMMON_LRU, CONN_ESTABLISHED, CONN_FIN,
-    DEFAULT_CONN_MAX, IPPROTO_TCP, SYNC_BIND, SYNC_CLOSE,
+    addr_from_v4,
+    conn_table::{self, Bucket, Slot, EMPTY, SLOT_REFERENCED, WAYS},
+    Conn, DirectorConfig, FlowKey, CONN_ESTABLISHED, CONN_FIN, DEFAULT_CONN_MAX, IPPROTO_TCP,
+    MAP_MMAPABLE, SYNC_BIND, SYNC_CLOSE,
 };
 
 use crate::{
@@ -25,11 +35,44 @@ fn state(flags: u32) -> (i64, i64) {
     }
 }
 
-/// Its size is set by the agent at load time (`xdplb run --conn-max`). Per-CPU LRU lists
-/// (BPF_F_NO_COMMON_LRU): inserting a new flow takes no lock shared by all CPUs.
+/// Its size is set by the agent at load time (`xdplb run --conn-max`), with [`CONN_MASK`] and
+/// [`CONN_SEED`]; memory-mapped, so the agent reads and writes it without a system call per entry.
 #[map]
-static CONNS: LruHashMap<FlowKey, Conn> =
-    LruHashMap::with_max_entries(DEFAULT_CONN_MAX, BPF_F_NO_COMMON_LRU);
+static CONN_TABLE: Array<Bucket> = Array::with_max_entries(
+    conn_table::map_entries(conn_table::table_buckets(DEFAULT_CONN_MAX)),
+    MAP_MMAPABLE,
+);
+
+/// The hash's secret and the bucket mask, set at load ([`conn_table::SEED_GLOBAL`]): constants
+/// to the verifier, so reading them costs a load each.
+#[no_mangle]
+static CONN_SEED: u64 = 0;
+#[no_mangle]
+static CONN_MASK: u32 = 0;
+
+/// A flow's bucket and tag.
+#[inline(always)]
+fn place(flow: &FlowKey) -> conn_table::Place {
+    // SAFETY: reads of plain globals; volatile so the compiler does not fold their defaults.
+    let (seed, mask) = unsafe {
+        (
+            core::ptr::read_volatile(&CONN_SEED),
+            core::ptr::read_volatile(&CONN_MASK),
+        )
+    };
+    conn_table::place(flow, seed, mask)
+}
+
+/// The slot holding this flow's entry, if any.
+#[inline(always)]
+fn slot(flow: &FlowKey) -> Option<*mut Slot> {
+    let p = place(flow);
+    let bucket = CONN_TABLE.get_ptr_mut(p.bucket)?;
+    // SAFETY: the pointer is into the map's value.
+    let way = conn_table::find(unsafe { &*bucket }, flow, p.tag)?;
+    // SAFETY: as above, the way masked in bounds for the verifier.
+    Some(unsafe { &raw mut (*bucket).slots[way & (WAYS - 1)] })
+}
 
 #[inline(always)]
 pub fn flow(pkt: &Packet) -> FlowKey {
@@ -63,10 +106,10 @@ pub fn established(
     now: u32,
     cfg: &DirectorConfig,
 ) -> Option<(u32, u32)> {
-    let conn = CONNS.get_ptr_mut(flow)?;
     // SAFETY: the pointer is into the map's value; races with other CPUs only affect the
-    // timestamp and the FIN flag, both of which tolerate a lost update.
-    let conn = unsafe { &mut *conn };
+    // timestamp, the mark and the FIN flag, which tolerate a lost update.
+    let slot = unsafe { &mut *slot(flow)? };
+    let conn = &mut slot.conn;
     let idle = now.wrapping_sub(conn.last_seen);
     let timeout = conn.idle_timeout(flow, cfg.tcp_timeout, cfg.tcp_fin_timeout, cfg.udp_timeout);
     if idle > timeout {
@@ -102,15 +145,19 @@ pub fn established(
             sync::event(flow, conn.service, conn.real, SYNC_BIND, conn.flags);
         }
     }
-    Some((conn.service, conn.real))
+    // Its second chance; written only when clear, so a busy flow's bucket stays unwritten.
+    if slot.mark == 0 {
+        slot.mark = SLOT_REFERENCED;
+    }
+    Some((slot.conn.service, slot.conn.real))
 }
 
 /// The service and real server ids an entry binds this flow to, as they are: for packets that
 /// are about the flow rather than of it (ICMP errors).
 #[inline(always)]
 pub fn binding(flow: &FlowKey) -> Option<(u32, u32)> {
-    // SAFETY: a copy of two fields, read at once.
-    unsafe { CONNS.get(flow) }.map(|c| (c.service, c.real))
+    // SAFETY: a copy of two fields of the map's value.
+    slot(flow).map(|s| unsafe { ((*s).conn.service, (*s).conn.real) })
 }
 
 /// Binds a new flow to a real server (and tells the peers, with sync on).
@@ -131,33 +178,86 @@ pub fn insert(
     } else {
         0
     };
-    let conn = Conn {
-        real,
-        service,
-        last_seen: now,
-        flags,
-    };
-    // A full table evicts its least recently used flow; an error here only costs stickiness.
-    if CONNS.insert(flow, conn, 0).is_ok() {
-        let (active, inactive) = state(flags);
-        counts::add(real, active, inactive);
-    }
+    // A global function must return a number: 1 if written (a failed lookup of its own bucket,
+    // which cannot happen, only costs stickiness).
+    let _ = xdplb_conn_write(flow, service, real, (flags as u64) << 32 | now as u64, cfg);
     if sync::enabled(cfg) {
         sync::event(flow, service, real, SYNC_BIND, flags);
     }
 }
 
+/// Writes a flow's entry (1; 0 if it could not): into its own slot if it has one (a timed-out
+/// or reopened flow), else an empty one, else the one [`conn_table::victim`] gives up, whose live
+/// connection leaves its real server's counts. A global function (exported by the linker, see build.rs), so the verifier
+/// checks it once per program rather than for every state of its callers: inlined, or even as
+/// a static function, the table's writes took xdplb past the 1,000,000 instructions it may
+/// process. Hence five arguments at most (the flags and the clock share one) and pointers it
+/// checks for null.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn xdplb_conn_write(
+    flow: *const FlowKey,
+    service: u32,
+    real: u32,
+    flags_now: u64,
+    cfg: *const DirectorConfig,
+) -> u32 {
+    // SAFETY: the verifier sizes both pointers from their types; null is all they can be else.
+    let (Some(flow), Some(cfg)) = (unsafe { flow.as_ref() }, unsafe { cfg.as_ref() }) else {
+        return 0;
+    };
+    let (flags, now) = ((flags_now >> 32) as u32, flags_now as u32);
+    let p = place(flow);
+    let Some(bucket) = CONN_TABLE.get_ptr_mut(p.bucket) else {
+        return 0;
+    };
+    // SAFETY: the pointer is into the map's value.
+    let (way, reuse) = match conn_table::find(unsafe { &*bucket }, flow, p.tag) {
+        Some(way) => (way, true),
+        // SAFETY: as above.
+        None => (conn_table::victim(unsafe { &*bucket }, now, cfg), false),
+    };
+    // SAFETY: the pointer is into the map's value.
+    let bucket = unsafe { &mut *bucket };
+    let slot = &mut bucket.slots[way & (WAYS - 1)];
+    if conn_table::live(slot, now, cfg) {
+        let (active, inactive) = state(slot.conn.flags);
+        counts::add(slot.conn.real, -active, -inactive);
+        if !reuse {
+            conn_table::age(bucket);
+        }
+    }
+    let slot = &mut bucket.slots[way & (WAYS - 1)];
+    // SAFETY: stores into the map's value; the tag is emptied first and written last.
+    unsafe { core::ptr::write_volatile(&mut slot.tag, EMPTY) };
+    slot.mark = 0;
+    slot.key = *flow;
+    slot.conn = Conn {
+        real,
+        service,
+        last_seen: now,
+        flags,
+    };
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&mut slot.tag, p.tag) };
+    let (active, inactive) = state(flags);
+    counts::add(real, active, inactive);
+    1
+}
+
 /// Forgets a flow after a RST; `known` says it had an entry, which the peers forget too.
 #[inline(always)]
 pub fn close(flow: &FlowKey, service: u32, real: u32, known: bool, cfg: &DirectorConfig) {
-    if known {
-        // SAFETY: read only.
-        if let Some(conn) = unsafe { CONNS.get(flow) } {
-            let (active, inactive) = state(conn.flags);
-            counts::add(conn.real, -active, -inactive);
+    if let Some(slot) = slot(flow) {
+        // SAFETY: the pointer is into the map's value.
+        let slot = unsafe { &mut *slot };
+        if known {
+            let (active, inactive) = state(slot.conn.flags);
+            counts::add(slot.conn.real, -active, -inactive);
         }
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(&mut slot.tag, EMPTY) };
     }
-    let _ = CONNS.remove(flow);
     if known && sync::enabled(cfg) {
         sync::event(flow, service, real, SYNC_CLOSE, CONN_FIN);
     }

@@ -7,6 +7,7 @@
 use std::os::unix::process::ExitStatusExt as _;
 use std::time::{Duration, Instant};
 
+use lb_common::{Conn, FlowKey};
 use lb_tests::agent::{bpffs, xdplb_in};
 use lb_tests::client::{fetch, fetch_each, StreamSet};
 use lb_tests::{require_root, Agent, DrTopology, FreshFlows, Netns, Serve};
@@ -235,14 +236,31 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
         .join("xdplb")
         .join(format!("net{}-eth0", director.inode().unwrap()));
     std::fs::create_dir_all(&dir).unwrap();
+    // Its connection table was a kernel LRU hash, pinned as CONNS, with one flow in it.
+    let old_flow = FlowKey {
+        src: lb_common::addr_from_v4([10, 0, 0, 9]),
+        dst: lb_common::addr_from_v4(DrTopology::VIP.octets()),
+        sport: 40000,
+        dport: DrTopology::PORT,
+        proto: lb_common::IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let old_conn = Conn {
+        real: 1,
+        service: 0,
+        last_seen: lb_user::datapath::clock::jiffies_now().unwrap(),
+        flags: lb_common::CONN_ESTABLISHED,
+    };
+    let old_table = dir.join(lb_common::map_names::LRU_CONNS);
+    pin_lru_table(&old_table, &old_flow, &old_conn);
     director.run_in(|| {
         let mut loader = aya::EbpfLoader::new();
         loader.map_max_entries(lb_common::map_names::REASONS, 10);
-        loader.map_max_entries(lb_common::map_names::CONNS, 1024);
         loader.map_max_entries(lb_common::map_names::NAT_PROGS, 1);
         let paths: Vec<(&str, std::path::PathBuf)> = lb_user::datapath::pin::PINNED_MAPS
             .iter()
             .filter(|m| **m != lb_common::map_names::LOCAL_MACS && !m.starts_with("SYNC"))
+            .filter(|m| **m != lb_common::map_names::CONN_TABLE)
             .map(|m| (*m, dir.join(m)))
             .collect();
         for (name, path) in &paths {
@@ -260,6 +278,20 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
         "{}",
         agent.log()
     );
+    // The old table's flow moved into the new one, and the old table's pin is gone.
+    assert!(
+        agent
+            .log()
+            .contains("moved the connection table of the previous version"),
+        "{}",
+        agent.log()
+    );
+    assert!(!old_table.exists(), "the old table is still pinned");
+    let table = lb_user::datapath::conn_table::SlotTable::new(
+        &aya::maps::MapData::from_pin(dir.join(lb_common::map_names::CONN_TABLE)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(table.get(&old_flow), Some(old_conn));
     topo.configure(&agent);
     let answers = topo
         .client()
@@ -336,4 +368,51 @@ fn a_bpffs_that_dies_with_the_agent_is_reported() {
     assert_eq!(agent.list().0["agent"]["pins_outlive_agent"], true);
     agent.kill();
     assert!(director.xdp_attached("eth0").expect("ip link"));
+}
+
+/// Creates and pins a kernel LRU hash as versions before the set-associative table made their
+/// connection table (FlowKey -> Conn), holding one entry.
+fn pin_lru_table(path: &std::path::Path, flow: &FlowKey, conn: &Conn) {
+    #[repr(C)]
+    #[derive(Default)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+    let mut create = MapCreate {
+        map_type: BPF_MAP_TYPE_LRU_HASH,
+        key_size: size_of::<FlowKey>() as u32,
+        value_size: size_of::<Conn>() as u32,
+        max_entries: 1024,
+        map_flags: lb_common::BPF_F_NO_COMMON_LRU,
+    };
+    // SAFETY: a bpf_attr for BPF_MAP_CREATE.
+    let fd = unsafe { lb_user::datapath::sys::bpf(BPF_MAP_CREATE, &mut create) }
+        .expect("an LRU hash map") as i32;
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut pin = ObjPin {
+        pathname: name.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        file_flags: 0,
+    };
+    // SAFETY: a bpf_attr for BPF_OBJ_PIN with a live path string.
+    unsafe { lb_user::datapath::sys::bpf(BPF_OBJ_PIN, &mut pin) }.expect("pinning the old table");
+    // SAFETY: the descriptor the kernel gave above; the pin keeps the map.
+    unsafe { libc::close(fd) };
+    let map = aya::maps::MapData::from_pin(path).unwrap();
+    let mut table: aya::maps::HashMap<_, FlowKey, Conn> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).unwrap();
+    table.insert(flow, conn, 0).unwrap();
 }

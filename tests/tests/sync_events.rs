@@ -203,7 +203,7 @@ fn a_peers_flow_to_a_tunnel_real_server_is_encapsulated_to_it() {
     let directory = Directory::new(&fx.state, &default_config());
     let record = record_of(&directory, &flow, svc.id, other.id, Op::Bind, 0, 0).unwrap();
     let (written, _) = apply_records(
-        &mut fx.maps.conn_table(),
+        &mut fx.maps.conn_table().unwrap(),
         &directory,
         &[record],
         lb_user::datapath::clock::jiffies_now().unwrap(),

@@ -351,6 +351,14 @@ async fn bring_up(
             .with_context(|| format!("interface {}", i.name))?;
         attachments.push(attachment);
     }
+    // An older version's table, once its program no longer runs: its flows move into this one.
+    let old = pins.map(lb_common::map_names::LRU_CONNS);
+    if let Some(moved) = crate::conntrack::migrate::from_lru(&old, &mut maps.conn_table()?)? {
+        info!(
+            flows = moved,
+            "moved the connection table of the previous version into this one"
+        );
+    }
     Ok(Up {
         datapath,
         maps,
@@ -447,9 +455,10 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
     if adopted {
         info!(interface = %iface.name, "adopted the running datapath: new program swapped in, maps and flows kept");
         let capacity = maps.conn_capacity()?;
-        if capacity != director.conn_max {
+        let asked = crate::datapath::conn_table::Shape::new(director.conn_max).slots();
+        if capacity != asked {
             warn!(
-                "keeping the pinned connection table of {capacity} flows (asked for {}): it cannot be resized while it holds flows; `xdplb detach` and start again to resize it",
+                "keeping the pinned connection table of {capacity} slots (asked for {asked}, for {} connections): it cannot be resized while it holds flows; `xdplb detach` and start again to resize it",
                 director.conn_max
             );
         }
@@ -506,7 +515,10 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
             settings,
             sockets,
             key,
-            Box::new(PinnedTable(pins.map(lb_common::map_names::CONNS))),
+            Box::new(PinnedTable {
+                path: pins.map(lb_common::map_names::CONN_TABLE),
+                timeouts: agent.count_timeouts.clone(),
+            }),
             Directory::new(&agent.state, &agent.config),
             Box::new(|| jiffies_now().unwrap_or(0)),
             sync_events,
@@ -519,7 +531,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
     }
     let count_timeouts = agent.count_timeouts.clone();
     let counts_task = tokio::spawn(correct_counts(
-        pins.map(lb_common::map_names::CONNS),
+        pins.map(lb_common::map_names::CONN_TABLE),
         pins.map(lb_common::map_names::REAL_CONNS),
         count_timeouts,
     ));
@@ -686,8 +698,12 @@ async fn correct_counts(
         let started = std::time::Instant::now();
         let done = tokio::task::spawn_blocking(move || -> Result<usize> {
             use crate::conntrack::table::ConnTables as _;
-            let table = PinnedTable(conns).open()?;
             let counts = crate::datapath::ConnCounts::from_pin(&counts)?;
+            let table = PinnedTable {
+                path: conns,
+                timeouts: timeouts.clone(),
+            }
+            .open()?;
             let timeouts = *timeouts.lock().unwrap();
             crate::conntrack::counts::correct(
                 table.as_ref(),

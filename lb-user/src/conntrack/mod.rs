@@ -4,6 +4,7 @@
 
 pub mod counts;
 pub mod listing;
+pub mod migrate;
 pub mod table;
 
 use lb_common::{Conn, DirectorConfig, FlowKey};

@@ -12,6 +12,9 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Map, MapData};
 use lb_common::{map_names, Conn, FlowKey, NatReply};
 
+use super::IdleTimeouts;
+use crate::datapath::{clock::jiffies_now, conn_table::SlotTable};
+
 pub trait ConnTable: Send {
     /// Inserts or replaces a flow's entry.
     fn upsert(&mut self, flow: &FlowKey, conn: &Conn) -> Result<()>;
@@ -31,10 +34,13 @@ pub trait ConnTables: Send + Sync {
 }
 
 /// The datapath's pinned connection table (the path of its pin; the LVS/NAT reply index is
-/// pinned beside it).
-pub struct PinnedTable(pub PathBuf);
+/// pinned beside it), and the idle timeouts the agent applies now: an entry written into a full
+/// bucket pushes out the one the datapath would.
+pub struct PinnedTable {
+    pub path: PathBuf,
+    pub timeouts: Arc<Mutex<IdleTimeouts>>,
+}
 
-type ConnMap = aya::maps::HashMap<MapData, FlowKey, Conn>;
 type ReplyMap = aya::maps::HashMap<MapData, FlowKey, NatReply>;
 
 /// The datapath's connection table and LVS/NAT reply index, owned (pinned handles) or borrowed
@@ -42,6 +48,7 @@ type ReplyMap = aya::maps::HashMap<MapData, FlowKey, NatReply>;
 pub struct MapConns<C, R> {
     pub conns: C,
     pub replies: R,
+    pub timeouts: Arc<Mutex<IdleTimeouts>>,
 }
 
 impl ConnTables for PinnedTable {
@@ -50,20 +57,28 @@ impl ConnTables for PinnedTable {
             MapData::from_pin(path)
                 .with_context(|| format!("cannot open the pinned map {}", path.display()))
         };
-        let conns = aya::maps::HashMap::try_from(Map::LruHashMap(open(&self.0)?))?;
-        let replies_path = self.0.with_file_name(map_names::NAT_REPLIES);
+        let conns = SlotTable::new(&open(&self.path)?)?;
+        let replies_path = self.path.with_file_name(map_names::NAT_REPLIES);
         let replies = aya::maps::HashMap::try_from(Map::LruHashMap(open(&replies_path)?))?;
-        Ok(Box::new(MapConns::<ConnMap, ReplyMap> { conns, replies }))
+        Ok(Box::new(MapConns::<SlotTable, ReplyMap> {
+            conns,
+            replies,
+            timeouts: self.timeouts.clone(),
+        }))
     }
 }
 
 impl<C, R> ConnTable for MapConns<C, R>
 where
-    C: std::borrow::BorrowMut<ConnMap> + Send,
+    C: std::borrow::Borrow<SlotTable> + Send,
     R: std::borrow::BorrowMut<ReplyMap> + Send,
 {
     fn upsert(&mut self, flow: &FlowKey, conn: &Conn) -> Result<()> {
-        Ok(self.conns.borrow_mut().insert(flow, conn, 0)?)
+        let timeouts = *self.timeouts.lock().unwrap();
+        self.conns
+            .borrow()
+            .upsert(flow, conn, jiffies_now()?, &timeouts);
+        Ok(())
     }
 
     fn upsert_nat_reply(&mut self, reply: &FlowKey, value: &NatReply) -> Result<()> {
@@ -71,21 +86,12 @@ where
     }
 
     fn remove(&mut self, flow: &FlowKey) -> Result<()> {
-        match aya::maps::HashMap::remove(self.conns.borrow_mut(), flow) {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(())
-            }
-            other => Ok(other?),
-        }
+        self.conns.borrow().remove(flow);
+        Ok(())
     }
 
     fn entries(&self) -> Result<Vec<(FlowKey, Conn)>> {
-        // A key deleted between two steps of the walk ends it early at worst; what is missing
-        // was going away anyway.
-        Ok(self.conns.borrow().iter().filter_map(Result::ok).collect())
+        Ok(self.conns.borrow().entries())
     }
 }
 

@@ -143,7 +143,8 @@ pub struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceInfo>,
     vip_filter: Array<MapData, u8>,
     tables: ArrayOfMaps<MapData, Array<MapData, u32>>,
-    conns: HashMap<MapData, FlowKey, Conn>,
+    /// None in an object built before the table (`cargo xtask bench --compare` loads those).
+    conns: Option<super::conn_table::SlotTable>,
     reals: Array<MapData, RealServer>,
     config: Array<MapData, DirectorConfig>,
     service_stats: PerCpuArray<MapData, Counters>,
@@ -302,7 +303,11 @@ impl Maps {
                 _ => anyhow::bail!("the XDP object has no array of maps TABLES"),
             },
             tables: take(ebpf, map_names::TABLES)?,
-            conns: take(ebpf, map_names::CONNS)?,
+            conns: match ebpf.map(map_names::CONN_TABLE) {
+                Some(aya::maps::Map::Array(d)) => Some(super::conn_table::SlotTable::new(d)?),
+                None => None,
+                Some(_) => anyhow::bail!("map {} has an unexpected type", map_names::CONN_TABLE),
+            },
             reals: take(ebpf, map_names::REALS)?,
             config: take(ebpf, map_names::CONFIG)?,
             service_stats: take(ebpf, map_names::SERVICE_STATS)?,
@@ -345,12 +350,13 @@ impl Maps {
     }
     /// The connection-table entry of a flow, if any.
     pub fn conn(&self, flow: &FlowKey) -> Option<Conn> {
-        self.conns.get(flow, 0).ok()
+        self.conns.as_ref()?.get(flow)
     }
 
     /// Writes a connection-table entry (tests set one up as a peer's sync would).
     pub fn set_conn(&mut self, flow: &FlowKey, conn: &Conn) -> Result<()> {
-        Ok(self.conns.insert(flow, conn, 0)?)
+        use crate::conntrack::table::ConnTable as _;
+        self.conn_table()?.upsert(flow, conn)
     }
 
     /// The connection counts, mapped (tests set them as if connections were open).
@@ -361,19 +367,44 @@ impl Maps {
     /// The connection table with the LVS/NAT reply index, as sync writes them.
     pub fn conn_table(
         &mut self,
-    ) -> crate::conntrack::table::MapConns<
-        &mut HashMap<MapData, FlowKey, Conn>,
-        &mut HashMap<MapData, FlowKey, NatReply>,
+    ) -> Result<
+        crate::conntrack::table::MapConns<
+            &super::conn_table::SlotTable,
+            &mut HashMap<MapData, FlowKey, NatReply>,
+        >,
     > {
-        crate::conntrack::table::MapConns {
-            conns: &mut self.conns,
+        // The timeouts the datapath applies now (the last configuration written).
+        let timeouts = self
+            .config
+            .get(&0, 0)
+            .map(|c| crate::conntrack::IdleTimeouts::of(&c))
+            .unwrap_or_default();
+        Ok(crate::conntrack::table::MapConns {
+            conns: Self::slot_table(&self.conns)?,
             replies: &mut self.nat_replies,
-        }
+            timeouts: std::sync::Arc::new(std::sync::Mutex::new(timeouts)),
+        })
     }
 
-    /// How many flows the connection table holds.
+    fn slot_table(
+        conns: &Option<super::conn_table::SlotTable>,
+    ) -> Result<&super::conn_table::SlotTable> {
+        conns.as_ref().ok_or_else(|| {
+            anyhow!(
+                "the XDP object has no {} (built before it)",
+                map_names::CONN_TABLE
+            )
+        })
+    }
+
+    /// The connection table's bucket mask and hash seed.
+    pub fn conn_shape(&self) -> Result<super::conn_table::Shape> {
+        Ok(Self::slot_table(&self.conns)?.shape())
+    }
+
+    /// How many flows the connection table has slots for.
     pub fn conn_capacity(&self) -> Result<u32> {
-        Ok(self.conns.map().info()?.max_entries())
+        Ok(Self::slot_table(&self.conns)?.capacity())
     }
 
     /// A service's lookup table as the datapath sees it.
@@ -657,7 +688,7 @@ impl MapWriter for Maps {
     }
 
     fn connections(&self) -> Result<Vec<(FlowKey, Conn)>> {
-        Ok(self.conns.iter().filter_map(|e| e.ok()).collect())
+        Ok(Self::slot_table(&self.conns)?.entries())
     }
 
     fn release_templates(&mut self, service_id: u32, reals: &[u32]) -> Result<()> {

@@ -3,6 +3,7 @@
 
 mod batch;
 pub mod clock;
+pub mod conn_table;
 mod maps;
 pub mod mmap;
 pub mod pin;
@@ -81,18 +82,26 @@ pub const REAL_MAPS: [&str; 6] = [
     map_names::REAL_EGRESS,
 ];
 
-/// A loader with the maps sized as `opts` asks and the datapath's logs on or off.
-fn loader(opts: &LoadOptions) -> EbpfLoader<'static> {
+/// A loader with the maps sized as `opts` asks, the connection table shaped as `shape` (a
+/// pinned table's own, or a new one's) and the datapath's logs on or off.
+fn loader<'a>(opts: &LoadOptions, shape: &'a conn_table::Shape) -> EbpfLoader<'a> {
     let level: &'static u8 = if opts.datapath_log {
         &LOG_DEBUG
     } else {
         &LOG_OFF
     };
     let mut loader = EbpfLoader::new();
-    // One NAT reply entry per connection at most.
+    // One NAT reply entry per connection at most. The globals need not exist: `cargo xtask
+    // bench --compare` loads objects built before the table had them.
     loader
-        .map_max_entries(map_names::CONNS, opts.conn_max)
+        .map_max_entries(
+            map_names::CONN_TABLE,
+            lb_common::conn_table::map_entries(shape.buckets()),
+        )
+        .map_max_entries(map_names::LRU_CONNS, opts.conn_max)
         .map_max_entries(map_names::NAT_REPLIES, opts.conn_max)
+        .override_global(lb_common::conn_table::SEED_GLOBAL, &shape.seed, false)
+        .override_global(lb_common::conn_table::MASK_GLOBAL, &shape.mask, false)
         .override_global(AYA_LOG_LEVEL, level, true);
     for name in SERVICE_MAPS {
         loader.map_max_entries(name, opts.limits.services);
@@ -135,9 +144,11 @@ impl Datapath {
     /// [`Datapath::load`] from another build's object (`cargo xtask bench --compare` times two
     /// builds side by side).
     pub fn load_object(object: &[u8], program: &str, opts: LoadOptions) -> Result<Self> {
-        let mut ebpf = loader(&opts)
+        let shape = conn_table::Shape::new(opts.conn_max);
+        let mut ebpf = loader(&opts, &shape)
             .load(object)
             .context("cannot load the XDP object into the kernel")?;
+        set_up_conn_table(&ebpf, shape)?;
         xdp(&mut ebpf, program)?
             .load()
             .with_context(|| format!("the kernel rejected the XDP program '{program}'"))?;
@@ -231,13 +242,19 @@ impl Datapath {
         pins.drop_outgrown_prog_array(map_names::NAT_PROGS, NAT_PROG_SLOTS)?;
         pins.drop_outgrown_prog_array(map_names::IPV6_PROGS, IPV6_PROG_SLOTS)?;
         pins.drop_outgrown_prog_array(map_names::IPV4_PROGS, IPV4_PROG_SLOTS)?;
-        let mut loader = loader(&opts);
+        // A pinned table keeps its size and seed: the new program must hash as the old one did.
+        let shape = match conn_table::Shape::of_pin(&pins.map(map_names::CONN_TABLE))? {
+            Some(shape) => shape,
+            None => conn_table::Shape::new(opts.conn_max),
+        };
+        let mut loader = loader(&opts, &shape);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader
             .load(OBJECT)
             .context("cannot load the XDP object into the kernel (on its pinned maps)")?;
+        set_up_conn_table(&ebpf, shape)?;
         xdp(&mut ebpf, program_names::LB)?
             .load()
             .context("the kernel rejected the XDP program")?;
@@ -328,6 +345,19 @@ impl Datapath {
     /// The maps of the real-server side (`xdplb decap`).
     pub fn decap_maps(&mut self) -> Result<DecapMaps> {
         DecapMaps::take(&mut self.ebpf)
+    }
+}
+
+/// Gives a table the datapath has just made its header (its seed) before any program runs; a
+/// pinned one has it already. Objects without the table (older builds, in benchmarks) pass.
+fn set_up_conn_table(ebpf: &Ebpf, shape: conn_table::Shape) -> Result<()> {
+    match ebpf.map(map_names::CONN_TABLE) {
+        Some(aya::maps::Map::Array(map)) => conn_table::SlotTable::set_up(map, shape),
+        Some(_) => Err(anyhow!(
+            "map {} has an unexpected type",
+            map_names::CONN_TABLE
+        )),
+        None => Ok(()),
     }
 }
 

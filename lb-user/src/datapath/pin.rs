@@ -29,7 +29,7 @@ pub const PINNED_MAPS: [&str; 32] = [
     map_names::TABLES,
     map_names::REALS,
     map_names::CONFIG,
-    map_names::CONNS,
+    map_names::CONN_TABLE,
     map_names::SERVICE_STATS,
     map_names::REAL_STATS,
     map_names::REASONS,

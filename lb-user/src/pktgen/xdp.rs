@@ -21,7 +21,7 @@ use crate::datapath::OBJECT;
 /// set first.
 pub(super) fn load(name: &str, globals: &[(&'static str, u8)]) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(map_names::CONNS, 1);
+    loader.map_max_entries(map_names::CONN_TABLE, lb_common::conn_table::map_entries(1));
     loader.override_global("AYA_LOG_LEVEL", &0u8, true);
     for (global, value) in globals {
         loader.override_global(global, value, true);
