@@ -291,7 +291,7 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
         &aya::maps::MapData::from_pin(dir.join(lb_common::map_names::CONN_TABLE)).unwrap(),
     )
     .unwrap();
-    assert_eq!(table.get(&old_flow), Some(old_conn));
+    assert_eq!(table.get(&old_flow).unwrap(), Some(old_conn));
     topo.configure(&agent);
     let answers = topo
         .client()

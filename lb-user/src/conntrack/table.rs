@@ -77,8 +77,7 @@ where
         let timeouts = *self.timeouts.lock().unwrap();
         self.conns
             .borrow()
-            .upsert(flow, conn, jiffies_now()?, &timeouts);
-        Ok(())
+            .upsert(flow, conn, jiffies_now()?, &timeouts)
     }
 
     fn upsert_nat_reply(&mut self, reply: &FlowKey, value: &NatReply) -> Result<()> {
@@ -86,12 +85,11 @@ where
     }
 
     fn remove(&mut self, flow: &FlowKey) -> Result<()> {
-        self.conns.borrow().remove(flow);
-        Ok(())
+        self.conns.borrow().remove(flow)
     }
 
     fn entries(&self) -> Result<Vec<(FlowKey, Conn)>> {
-        Ok(self.conns.borrow().entries())
+        self.conns.borrow().entries()
     }
 }
 

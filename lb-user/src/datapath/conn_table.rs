@@ -1,9 +1,10 @@
 //! The agent's view of the datapath's connection table ([`lb_common::conn_table`]), mapped into
-//! its memory: a lookup, a listing or a peer's entry costs no system call. Writes follow the
+//! its memory a window at a time: a listing costs a few system calls, not one per entry. Writes follow the
 //! datapath's protocol (the tag emptied first, written last) so a lookup never takes half of
 //! one flow's entry for another's.
 
 use std::{
+    os::fd::{AsFd as _, OwnedFd},
     path::Path,
     sync::atomic::{fence, AtomicU32, Ordering},
 };
@@ -57,29 +58,66 @@ impl Shape {
     }
 }
 
-/// The table, mapped.
+/// Buckets mapped at once by a walk of the whole table: 4 MiB, so reading a table of millions
+/// of connections keeps no more than that in the agent's resident memory.
+const WALK_BUCKETS: u32 = 16_384;
+
+/// The table. Each operation maps the buckets it touches and unmaps them after: kept mapped,
+/// every page a walk or a peer's entry touched would count in the agent's resident memory
+/// (128 MiB for the default table), though the memory is the kernel's either way.
 pub struct SlotTable {
-    mapped: Mapped,
+    fd: OwnedFd,
     shape: Shape,
 }
 
+/// Some buckets of the table, mapped.
+struct Buckets {
+    mapped: Mapped,
+    first: u32,
+}
+
+impl Buckets {
+    fn map(fd: &OwnedFd, first: u32, count: u32) -> Result<Self> {
+        let mapped = Mapped::window(
+            fd.as_fd(),
+            first as usize,
+            count as usize,
+            size_of::<Bucket>(),
+        )?;
+        Ok(Self { mapped, first })
+    }
+
+    fn bucket(&self, index: u32) -> *mut Bucket {
+        self.mapped.at((index - self.first) as usize).cast()
+    }
+
+    fn slot(&self, index: u32, way: usize) -> *mut Slot {
+        // SAFETY: within the bucket.
+        unsafe { &raw mut (*self.bucket(index)).slots[way] }
+    }
+
+    /// A copy of a bucket (a racing write only changes what an insert chooses).
+    fn copy(&self, index: u32) -> Bucket {
+        // SAFETY: within the mapping.
+        unsafe { std::ptr::read_volatile(self.bucket(index)) }
+    }
+}
+
 impl SlotTable {
-    /// Maps `map`, which must be a connection table (its last entry a header).
+    /// Opens `map`, which must be a connection table (its last entry a header).
     pub fn new(map: &MapData) -> Result<Self> {
         let entries = map.info()?.max_entries();
         let buckets = entries.saturating_sub(1);
         if !buckets.is_power_of_two() || conn_table::map_entries(buckets) != entries {
             bail!("the map of {entries} entries is not a connection table");
         }
-        let mapped = Mapped::new(map, entries as usize, size_of::<Bucket>())?;
-        // SAFETY: the header entry, within the mapping; nothing writes it after the table is made.
-        let header =
-            unsafe { std::ptr::read_volatile(mapped.at(buckets as usize).cast::<Bucket>()) };
+        let fd = map.fd().as_fd().try_clone_to_owned()?;
+        let header = Buckets::map(&fd, buckets, 1)?.copy(buckets);
         let Some(seed) = conn_table::seed_of(&header) else {
             bail!("the connection table has no header (it was never set up)");
         };
         Ok(Self {
-            mapped,
+            fd,
             shape: Shape {
                 mask: buckets - 1,
                 seed,
@@ -94,15 +132,19 @@ impl SlotTable {
         if map.info()?.max_entries() != entries {
             bail!("the connection table was not made with {entries} entries");
         }
-        let mapped = Mapped::new(map, entries as usize, size_of::<Bucket>())?;
-        let header = mapped.at(shape.buckets() as usize).cast::<Bucket>();
-        // SAFETY: the header entry, within the mapping; the datapath never touches it.
-        match conn_table::seed_of(&unsafe { std::ptr::read_volatile(header) }) {
+        let fd = map.fd().as_fd().try_clone_to_owned()?;
+        let mapped = Buckets::map(&fd, shape.buckets(), 1)?;
+        match conn_table::seed_of(&mapped.copy(shape.buckets())) {
             Some(seed) if seed == shape.seed => Ok(()),
             Some(_) => bail!("the pinned connection table has another seed"),
             None => {
-                // SAFETY: as above.
-                unsafe { std::ptr::write_volatile(header, conn_table::header(shape.seed)) };
+                // SAFETY: the header entry, within the mapping; the datapath never touches it.
+                unsafe {
+                    std::ptr::write_volatile(
+                        mapped.bucket(shape.buckets()),
+                        conn_table::header(shape.seed),
+                    )
+                };
                 Ok(())
             }
         }
@@ -115,12 +157,6 @@ impl SlotTable {
     /// Flows it has slots for.
     pub fn capacity(&self) -> u32 {
         self.shape.slots()
-    }
-
-    fn slot(&self, bucket: u32, way: usize) -> *mut Slot {
-        let bucket = self.mapped.at(bucket as usize).cast::<Bucket>();
-        // SAFETY: within the bucket.
-        unsafe { &raw mut (*bucket).slots[way] }
     }
 
     fn tag(slot: *mut Slot) -> &'static AtomicU32 {
@@ -141,37 +177,38 @@ impl SlotTable {
         (Self::tag(slot).load(Ordering::Relaxed) == tag && copy.tag == tag).then_some(copy)
     }
 
-    /// A copy of bucket `index` (a racing write only changes what an insert chooses).
-    fn bucket(&self, index: u32) -> Bucket {
-        // SAFETY: within the mapping.
-        unsafe { std::ptr::read_volatile(self.mapped.at(index as usize).cast()) }
+    /// `flow`'s bucket, mapped, and its place.
+    fn bucket_of(&self, flow: &FlowKey) -> Result<(Buckets, conn_table::Place)> {
+        let p = conn_table::place(flow, self.shape.seed, self.shape.mask);
+        Ok((Buckets::map(&self.fd, p.bucket, 1)?, p))
     }
 
-    /// `flow`'s entry in bucket `index`, if it is there: (bucket, way, the slot).
-    fn find_in(&self, index: u32, flow: &FlowKey, tag: u32) -> Option<(u32, usize, Slot)> {
+    /// The way of `flow`'s entry in its (mapped) bucket, if it has one.
+    fn find(b: &Buckets, p: &conn_table::Place, flow: &FlowKey) -> Option<(usize, Slot)> {
         (0..WAYS).find_map(|way| {
-            let s = Self::read(self.slot(index, way))?;
-            (s.tag == tag && s.key == *flow).then_some((index, way, s))
+            let s = Self::read(b.slot(p.bucket, way))?;
+            (s.tag == p.tag && s.key == *flow).then_some((way, s))
         })
     }
 
-    /// Where `flow`'s entry is, if it has one.
-    fn find(&self, flow: &FlowKey) -> Option<(u32, usize, Slot)> {
-        let p = conn_table::place(flow, self.shape.seed, self.shape.mask);
-        self.find_in(p.bucket, flow, p.tag)
-    }
-
     /// A flow's entry, if it has one.
-    pub fn get(&self, flow: &FlowKey) -> Option<Conn> {
-        self.find(flow).map(|(_, _, s)| s.conn)
+    pub fn get(&self, flow: &FlowKey) -> Result<Option<Conn>> {
+        let (b, p) = self.bucket_of(flow)?;
+        Ok(Self::find(&b, &p, flow).map(|(_, s)| s.conn))
     }
 
     /// Writes a flow's entry into its own slot, an empty one, or the one the datapath would give
     /// up ([`conn_table::victim`], by the timeouts at clock `now`).
-    pub fn upsert(&self, flow: &FlowKey, conn: &Conn, now: u32, timeouts: &IdleTimeouts) {
-        let p = conn_table::place(flow, self.shape.seed, self.shape.mask);
-        let (bucket, way) = match self.find(flow) {
-            Some((bucket, way, _)) => (bucket, way),
+    pub fn upsert(
+        &self,
+        flow: &FlowKey,
+        conn: &Conn,
+        now: u32,
+        timeouts: &IdleTimeouts,
+    ) -> Result<()> {
+        let (b, p) = self.bucket_of(flow)?;
+        let way = match Self::find(&b, &p, flow) {
+            Some((way, _)) => way,
             None => {
                 let cfg = DirectorConfig {
                     tcp_timeout: timeouts.tcp,
@@ -179,13 +216,10 @@ impl SlotTable {
                     udp_timeout: timeouts.udp,
                     ..Default::default()
                 };
-                (
-                    p.bucket,
-                    conn_table::victim(&self.bucket(p.bucket), now, &cfg),
-                )
+                conn_table::victim(&b.copy(p.bucket), now, &cfg)
             }
         };
-        let slot = self.slot(bucket, way);
+        let slot = b.slot(p.bucket, way);
         Self::tag(slot).store(EMPTY, Ordering::Relaxed);
         fence(Ordering::Release);
         // SAFETY: within the mapping; the slot reads as empty until its tag is written.
@@ -195,20 +229,33 @@ impl SlotTable {
             std::ptr::write_volatile(&raw mut (*slot).conn, *conn);
         }
         Self::tag(slot).store(p.tag, Ordering::Release);
+        Ok(())
     }
 
     /// Forgets a flow's entry, if it has one.
-    pub fn remove(&self, flow: &FlowKey) {
-        if let Some((bucket, way, _)) = self.find(flow) {
-            Self::tag(self.slot(bucket, way)).store(EMPTY, Ordering::Release);
+    pub fn remove(&self, flow: &FlowKey) -> Result<()> {
+        let (b, p) = self.bucket_of(flow)?;
+        if let Some((way, _)) = Self::find(&b, &p, flow) {
+            Self::tag(b.slot(p.bucket, way)).store(EMPTY, Ordering::Release);
         }
+        Ok(())
     }
 
-    /// Every entry (a snapshot, bucket by bucket; the datapath goes on meanwhile).
-    pub fn entries(&self) -> Vec<(FlowKey, Conn)> {
-        (0..self.shape.buckets())
-            .flat_map(|b| (0..WAYS).map(move |w| (b, w)))
-            .filter_map(|(b, w)| Self::read(self.slot(b, w)).map(|s| (s.key, s.conn)))
-            .collect()
+    /// Every entry (a snapshot, a window of buckets at a time; the datapath goes on meanwhile).
+    pub fn entries(&self) -> Result<Vec<(FlowKey, Conn)>> {
+        let mut entries = Vec::new();
+        let buckets = self.shape.buckets();
+        for first in (0..buckets).step_by(WALK_BUCKETS as usize) {
+            let count = WALK_BUCKETS.min(buckets - first);
+            let window = Buckets::map(&self.fd, first, count)?;
+            for index in first..first + count {
+                entries.extend(
+                    (0..WAYS)
+                        .filter_map(|way| Self::read(window.slot(index, way)))
+                        .map(|s| (s.key, s.conn)),
+                );
+            }
+        }
+        Ok(entries)
     }
 }

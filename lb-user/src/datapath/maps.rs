@@ -350,7 +350,7 @@ impl Maps {
     }
     /// The connection-table entry of a flow, if any.
     pub fn conn(&self, flow: &FlowKey) -> Option<Conn> {
-        self.conns.as_ref()?.get(flow)
+        self.conns.as_ref()?.get(flow).ok().flatten()
     }
 
     /// Writes a connection-table entry (tests set one up as a peer's sync would).
@@ -688,7 +688,7 @@ impl MapWriter for Maps {
     }
 
     fn connections(&self) -> Result<Vec<(FlowKey, Conn)>> {
-        Ok(Self::slot_table(&self.conns)?.entries())
+        Self::slot_table(&self.conns)?.entries()
     }
 
     fn release_templates(&mut self, service_id: u32, reals: &[u32]) -> Result<()> {

@@ -2,15 +2,17 @@
 //! (lookup tables) or read and adjusted in place with atomics (connection counts), instead of a
 //! system call per element. The kernel lays array elements out 8-byte aligned.
 
-use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
 use anyhow::{bail, Result};
 use aya::maps::MapData;
 
-/// A shared mapping of an array map's values, unmapped on Drop.
+/// A shared mapping of an array map's values (all, or a window of them), unmapped on Drop.
 pub struct Mapped {
     base: *mut u8,
     len: usize,
+    /// Bytes from the mapping's start to the first value (a window starts on a page).
+    skew: usize,
     stride: usize,
     entries: usize,
 }
@@ -24,9 +26,23 @@ unsafe impl Sync for Mapped {}
 impl Mapped {
     /// Maps `entries` values of `value_size` bytes of `map` (which must be BPF_F_MMAPABLE).
     pub fn new(map: &MapData, entries: usize, value_size: usize) -> Result<Self> {
+        Self::window(map.fd().as_fd(), 0, entries, value_size)
+    }
+
+    /// Maps values `first..first + entries` of the BPF_F_MMAPABLE array `fd`: a large array
+    /// read a window at a time keeps only that window's pages in the caller's resident memory.
+    pub fn window(
+        fd: BorrowedFd<'_>,
+        first: usize,
+        entries: usize,
+        value_size: usize,
+    ) -> Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let stride = value_size.div_ceil(8) * 8;
-        let len = (entries * stride).max(1);
-        let fd = map.fd().as_fd().as_raw_fd();
+        let start = first * stride / page * page;
+        let skew = first * stride - start;
+        let len = (skew + entries * stride).max(1);
         // SAFETY: a fresh shared mapping of the map's memory, within its size.
         let p = unsafe {
             libc::mmap(
@@ -34,8 +50,8 @@ impl Mapped {
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                fd,
-                0,
+                fd.as_raw_fd(),
+                start as libc::off_t,
             )
         };
         if p == libc::MAP_FAILED {
@@ -47,6 +63,7 @@ impl Mapped {
         Ok(Self {
             base: p.cast(),
             len,
+            skew,
             stride,
             entries,
         })
@@ -56,7 +73,7 @@ impl Mapped {
         self.entries
     }
 
-    /// The address of value `i` (in bounds: panics otherwise).
+    /// The address of value `i` of the mapping (in bounds: panics otherwise).
     pub fn at(&self, i: usize) -> *mut u8 {
         assert!(
             i < self.entries,
@@ -64,7 +81,7 @@ impl Mapped {
             self.entries
         );
         // SAFETY: within the mapping.
-        unsafe { self.base.add(i * self.stride) }
+        unsafe { self.base.add(self.skew + i * self.stride) }
     }
 }
 
