@@ -520,14 +520,15 @@ fn main() -> Result<()> {
     println!();
     println!(
         "Where the time goes. Non-VIP traffic stops at the VIP prefilter (one array read). An \
-         established flow costs one connection-table lookup (a 40-byte key, IPv6-sized, hashed by the \
-         LRU map: most of the cost), the real server's entry, the per-service and per-real counters, \
+         established flow costs one connection-table lookup (a keyed hash of the 40-byte key, IPv6-sized, then the tags and the key of one 4-slot \
+         bucket), the real server's entry, the per-service and per-real counters, \
          and the rewrite; the service lookup is skipped (the flow names the service) and the clock is \
          jiffies (one load). IPIP adds growing the frame and writing a 20-byte header with its \
          checksum. A new flow adds the service lookup, the flow hash, the Maglev table (an inner map \
-         of an array of maps) and above all the LRU insert, the largest single cost; with a full \
-         table it also evicts. The bench's connection table holds 65,536 flows; a larger one (the \
-         default is 1,000,000) misses the CPU caches more on an insert: the persistent case's \
+         of an array of maps) and the connection table's insert, which in the bench's full table (for 65,536 \
+         connections, 131,072 slots) ranks the flow's bucket and pushes one entry out, taking its \
+         connection off its real server's counts. A larger table (the default is for 1,000,000 \
+         connections) misses the CPU caches more: the persistent case's \
          262,144-entry template table costs about twice what a 65,536-entry one does. A new flow \
          the guard does not remember skips the insert; a SYN to a service that schedules by hash \
          (sh, mh, dh) on a CPU past its limit also skips the connection table's lookup, as Katran's \
@@ -588,28 +589,29 @@ fn main() -> Result<()> {
          lookup for every SYN of a service that schedules by hash, as Katran does (about 4 % of \
          a new flow; not done, since a SYN sent again after a table change would then leave its \
          flow's entry and its real server's counts behind).\n\n\
-         Next, measured in a throwaway build (2026-12-03, `cargo xtask bench --compare`, 40 \
-         paired rounds, the machine in its slower state): the connection table as a \
-         set-associative table of our own in an array map, in place of the kernel's LRU hash. A \
-         keyed multiply-xorshift hash of the key's five 8-byte words picks a bucket of four \
-         64-byte slots; a lookup compares a tag, then the key, in that one bucket; an insert \
-         writes the bucket's empty or longest-idle slot and nothing else (no node to allocate, \
-         no list, no lock, no second bucket to unlink from). DR established 94 -> 66 ns above \
-         bare (-33 per pair), with sync on -28, IPv4 options -80, TUN -18, IPv6 DR -35, IPv6 TUN \
-         -36; new flows about halved: DR mh 777 -> 310 (-442 per pair), sh 459 -> 249, rr 389 -> \
-         183, wlc 576 -> 299, IPv6 mh 481 -> 223; a new flow past the guard -16. That meets the \
-         established DR target and the new-flow one (0.7x Katran's) with room, and TUN's. Not \
-         yet the product's: the agent's side must use the same layout (sync's writes and the \
-         listing, through an mmap of the array), the pinned LRU table must be carried over on \
-         an upgrade, the hash's secret seed kept across restarts, the eviction must spare \
-         established flows before connections in their handshake (a bucket fills before the \
-         table does, which an LRU never does), and a reader must never take half of an entry \
-         another CPU is writing. Then the same array as a first level in front of the LRU \
-         (which would keep the entries the agent writes: sync's, an older version's table), \
-         against the same build in one machine state: DR established -16 ns, TUN -17.5, IPv6 \
-         TUN -19, IPv4 options -36; DR mh new flow 627 -> 373 (-238), IPv6 -234. The \
-         replacement against that hybrid: established within 2 ns, a new flow another -84 (the \
-         LRU's miss lookup), 211 ns above bare.\n"
+         Then (2026-12-03, night) the connection table became a set-associative table of our own \
+         (docs/conntrack.md, lb-common's `conn_table`) in place of the kernel's LRU hash: one BPF \
+         array of 4-slot buckets, 64 bytes a slot, picked by a keyed multiply-xorshift hash of \
+         the key's five 8-byte words with a random seed per table; a lookup compares tags, then \
+         the key, in one bucket; a new flow takes an empty or timed-out slot, else pushes out the \
+         entry least worth keeping (handshakes and closing connections before established ones, \
+         those not looked up lately first, then the longest idle), whose connection leaves its \
+         real server's counts. Nothing to allocate, link, lock or unlink. `cargo xtask bench \
+         --compare` of the builds before (8c07060) and after, 40 paired rounds in one machine \
+         state, above bare, before -> after (median difference per pair): DR mh established 66.5 \
+         -> 46.0 (-20.5), DR sh established -24, with sync on -18, IPv4 options 155.5 -> 126.0 \
+         (-31), TUN 98.5 -> 87.0 (-20), NAT request -22.5, NAT reply -28, IPv6 DR 95.0 -> 53.5 \
+         (-35), IPv6 TUN -22, non-VIP 0; new flows about halved: DR mh 708 -> 318 (-347), sh 840 \
+         -> 351, rr 890 -> 339, lc 952 -> 450, wlc 596 -> 340, dh 449 -> 247, lblcr 1047 -> 498, \
+         IPv6 mh 705 -> 328, the persistent new client 1948 -> 1090 (its templates are still an \
+         LRU hash); a new flow past the guard within 2. Two costs found on the way: ranking the \
+         bucket's slots costs about 25 to 35 ns a new flow against plain longest-idle, the price \
+         of sparing established connections under a flood; an alternate bucket for a flow whose \
+         own is full of live entries (simulated: 0.4 % instead of 4 % of connections pushed out \
+         at the rated size) cost 70 to 115 ns a new flow in a full table, where both buckets are \
+         always full: not kept. The write of a new entry is a global function \
+         (`xdplb_conn_write`) for the verifier's sake: as a static one it took xdplb past the \
+         1,000,000 instructions the verifier may process.\n"
     );
 
     println!("## Against Katran\n");
@@ -629,13 +631,12 @@ fn main() -> Result<()> {
             print!("{}", katran_table(&ms, before, after));
             println!(
                 "\nWhat differs between the cases: Katran's frames are 74 bytes (TCP with \
-                 options), ours 54. Ours inserts a new flow every iteration into a full \
-                 65,536-entry table shared by the CPUs, evicting one. The peer benchmark times \
+                 options), ours 54. Ours inserts a new flow every iteration into a full table for 65,536 connections \
+         (131,072 slots) shared by the CPUs, pushing one out. The peer benchmark times \
                  Katran's new flows two ways: with a new source address every iteration (its \
                  wrapper writes one into each packet), so each SYN inserts a new key, as ours \
                  does, into a per-CPU LRU of 4M entries that does not fill in a run (fresh nodes, \
-                 no evictions; a 4M-entry table that never fills was about 40 ns cheaper for ours \
-                 than the full 65,536-entry one); the target is read against that one. And its \
+                 no evictions; a 4M-entry table that never fills was about 40 ns cheaper for our former LRU table than its full 65,536-entry one); the target is read against that one. And its \
                  own case, which rewrites one LRU key every iteration (an update in place whose \
                  node and bucket stay in the CPU's cache): unlike work, shown for reference. \
                  Katran's \
