@@ -83,6 +83,11 @@ pub const fn table_buckets(conn_max: u32) -> u32 {
     buckets_for(conn_max.saturating_mul(SLOTS_PER_FLOW))
 }
 
+/// Slots of the table for `conn_max` connections.
+pub const fn table_slots(conn_max: u32) -> u32 {
+    table_buckets(conn_max) * WAYS as u32
+}
+
 /// Buckets for a table of at least `flows` slots: a power of two (the hash's low bits pick one).
 pub const fn buckets_for(flows: u32) -> u32 {
     let buckets = flows.div_ceil(WAYS as u32);

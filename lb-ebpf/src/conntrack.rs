@@ -188,11 +188,11 @@ pub fn insert(
 
 /// Writes a flow's entry (1; 0 if it could not): into its own slot if it has one (a timed-out
 /// or reopened flow), else an empty one, else the one [`conn_table::victim`] gives up, whose live
-/// connection leaves its real server's counts. A global function (exported by the linker, see build.rs), so the verifier
-/// checks it once per program rather than for every state of its callers: inlined, or even as
-/// a static function, the table's writes took xdplb past the 1,000,000 instructions it may
-/// process. Hence five arguments at most (the flags and the clock share one) and pointers it
-/// checks for null.
+/// connection leaves its real server's counts. A global function (exported by the linker, see
+/// build.rs), so the verifier checks it once per program rather than for every state of its
+/// callers: inlined, or even as a static function, the table's writes took xdplb past the
+/// 1,000,000 instructions it may process. Hence five arguments at most (the flags and the clock
+/// share one) and pointers it checks for null.
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn xdplb_conn_write(

@@ -455,7 +455,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
     if adopted {
         info!(interface = %iface.name, "adopted the running datapath: new program swapped in, maps and flows kept");
         let capacity = maps.conn_capacity()?;
-        let asked = crate::datapath::conn_table::Shape::new(director.conn_max).slots();
+        let asked = lb_common::conn_table::table_slots(director.conn_max);
         if capacity != asked {
             warn!(
                 "keeping the pinned connection table of {capacity} slots (asked for {asked}, for {} connections): it cannot be resized while it holds flows; `xdplb detach` and start again to resize it",

@@ -1,7 +1,7 @@
 //! The agent's view of the datapath's connection table ([`lb_common::conn_table`]), mapped into
-//! its memory a window at a time: a listing costs a few system calls, not one per entry. Writes follow the
-//! datapath's protocol (the tag emptied first, written last) so a lookup never takes half of
-//! one flow's entry for another's.
+//! its memory a window at a time: a listing costs a few system calls, not one per entry. Writes
+//! follow the datapath's protocol (the tag emptied first, written last) so a lookup never takes
+//! half of one flow's entry for another's.
 
 use std::{
     os::fd::{AsFd as _, OwnedFd},
