@@ -532,6 +532,7 @@ pub mod map_names {
     /// Benchmark wrapper: the frame to restore, and the program it tail-calls (index 0).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     pub const BENCH_PROGS: &str = "BENCH_PROGS";
+    pub const BENCH_SEQ: &str = "BENCH_SEQ";
     /// Benchmarks only: the MAC addresses the bare forwarder writes (destination, source).
     pub const BENCH_FWD: &str = "BENCH_FWD";
     /// Packet generator (`xdplb pktgen`): its settings, its per-CPU flow walk, and the per-CPU
