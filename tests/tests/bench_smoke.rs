@@ -2,6 +2,7 @@
 //! come from `cargo xtask bench`): each case runs, its program does what the case says, and its
 //! times are positive.
 
+use lb_common::program_names;
 use lb_tests::bench::{
     compare, control_plane,
     live::{live, Director},
@@ -11,6 +12,10 @@ use lb_tests::bench::{
     sync_delay, Bench, Case, BENCH_CPU,
 };
 use lb_tests::require_root;
+use lb_user::{
+    datapath::{Datapath, LoadOptions},
+    packet::{FrameSpec, TCP_SYN},
+};
 
 #[test]
 fn every_datapath_case_runs() {
@@ -58,6 +63,24 @@ fn every_datapath_case_runs() {
         "no line of lb-ebpf among {:?}",
         p.lines
     );
+    // A program that is not the bench's (how Katran's new flows are timed): here a bare XDP_TX
+    // loaded on its own, behind the wrapper, a new source every iteration.
+    let mut other = Datapath::load(program_names::TX, LoadOptions::flows(1)).unwrap();
+    let fd = other.program(program_names::TX).unwrap().fd().unwrap();
+    let syn = FrameSpec {
+        tcp_flags: TCP_SYN,
+        ..Default::default()
+    }
+    .build();
+    let mut runs = 0;
+    let extra = bench
+        .measure_peer_new_flows(fd, &syn, 2, 1000, || {
+            runs += 1;
+            Ok(())
+        })
+        .expect("a peer's program behind the wrapper");
+    assert_eq!(extra.len(), 2);
+    assert_eq!(runs, 3, "before each of its runs, the discarded one too");
     drop(pinned);
 }
 

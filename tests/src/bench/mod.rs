@@ -11,7 +11,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray, RingBuf},
-    programs::{TestRun as _, TestRunOptions},
+    programs::{ProgramFd, TestRun as _, TestRunOptions},
     util::nr_cpus,
 };
 use lb_common::{map_names, program_names, BenchFrame, BENCH_FRAME_MAX};
@@ -405,15 +405,20 @@ fn service(port: u16) -> ServiceAddr {
 }
 
 fn wrapper(target: &mut Datapath, target_name: &str) -> Result<Datapath> {
-    let mut wrap = Datapath::load(program_names::BENCH, LoadOptions::flows(1))?;
     let fd = target.program(target_name)?.fd()?.try_clone()?;
+    wrapper_of(&fd)
+}
+
+/// The wrapper in front of the program `fd` refers to (ours, or a peer's).
+fn wrapper_of(fd: &ProgramFd) -> Result<Datapath> {
+    let mut wrap = Datapath::load(program_names::BENCH, LoadOptions::flows(1))?;
     // Set through the object's own handle: the kernel empties a program array once user space
     // holds no reference to it.
     let map = wrap
         .ebpf_mut()
         .map_mut(map_names::BENCH_PROGS)
         .context("no BENCH_PROGS map")?;
-    ProgramArray::<&mut MapData>::try_from(map)?.set(0, &fd, 0)?;
+    ProgramArray::<&mut MapData>::try_from(map)?.set(0, fd, 0)?;
     Ok(wrap)
 }
 
@@ -711,6 +716,49 @@ impl Bench {
             n += 1;
         }
         n
+    }
+
+    /// A program that is not ours (a peer's, by `target`) on `frame` (IPv4) with a new source
+    /// address every iteration, behind the wrapper, as our new-flow cases run: its cost above
+    /// the bare program behind the wrapper, per round, over `rounds` alternating rounds of
+    /// `repeat` iterations after one discarded. `before_each` runs before each of its runs.
+    pub fn measure_peer_new_flows(
+        &mut self,
+        target: &ProgramFd,
+        frame: &[u8],
+        rounds: usize,
+        repeat: u32,
+        mut before_each: impl FnMut() -> Result<()>,
+    ) -> Result<Vec<f64>> {
+        let mut wrap = wrapper_of(target)?;
+        Self::set_template(&mut wrap, frame, Some(SRC_ADDR_OFFSET))?;
+        Self::set_template(&mut self.wrap_bare, frame, Some(SRC_ADDR_OFFSET))?;
+        let mut peer = |net: &Netns| -> Result<f64> {
+            before_each()?;
+            Self::time(
+                net,
+                None,
+                &mut wrap,
+                program_names::BENCH,
+                frame,
+                repeat,
+                XDP_TX,
+            )
+        };
+        peer(&self.net)?;
+        let mut extra = Vec::new();
+        for round in 0..rounds {
+            // Alternate which goes first, as in `measure`.
+            let (base, case) = if round % 2 == 0 {
+                let base = self.wrapped_run(true, None, frame, repeat, XDP_TX)?;
+                (base, peer(&self.net)?)
+            } else {
+                let case = peer(&self.net)?;
+                (self.wrapped_run(true, None, frame, repeat, XDP_TX)?, case)
+            };
+            extra.push(case - base);
+        }
+        Ok(extra)
     }
 
     /// Measures `case` over `rounds` rounds of `repeat` iterations, alternating with its baseline.

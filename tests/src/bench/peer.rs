@@ -1,7 +1,9 @@
 //! Katran's XDP balancer, measured by the peer benchmark (`../shared/peer-bench`: it builds
 //! Katran from its source and times it with BPF_PROG_TEST_RUN next to a bare XDP_TX program, on
 //! the same CPU as ours) right before and right after xdplb's cases, so that both are read from
-//! the same state of the machine.
+//! the same state of the machine. Its new flows with a new source every packet, which that
+//! benchmark does not time, are timed by ours right after each of its runs, with our wrapper in
+//! front of Katran's program as the run left it loaded (`Bench::measure_peer_new_flows`).
 
 use std::{
     path::{Path, PathBuf},
@@ -9,6 +11,12 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use aya::{
+    maps::{Map, MapData, PerCpuArray, PerCpuValues},
+    programs::Xdp,
+    util::nr_cpus,
+};
+use aya_obj::programs::XdpAttachType;
 
 /// Katran's figures from one run: medians over its rounds, cost above its bare XDP_TX.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,10 +31,13 @@ pub struct Katran {
     /// A new flow: the LRU insert (of one key, rewritten every iteration).
     pub new_flow_ns: f64,
     /// A new flow every iteration (a new source address each time): a new LRU key each time.
-    /// None from a peer benchmark without that case (the one in ../shared has none today).
+    /// The peer benchmark in ../shared no longer times it: `cargo xtask bench` does, with our
+    /// wrapper in front of Katran's program (`Bench::measure_peer_new_flows`). None until then.
     pub new_source_ns: Option<f64>,
     /// A SYN with Katran's default flood guard (most iterations skip the LRU insert).
     pub flood_guard_ns: f64,
+    /// The SYN the peer benchmark sends Katran (74 bytes), as it prints it; empty if it did not.
+    pub syn_frame: Vec<u8>,
 }
 
 /// Where the peer benchmark's scripts are and where it builds.
@@ -34,6 +45,12 @@ pub struct PeerBench {
     scripts: PathBuf,
     work: PathBuf,
 }
+
+/// Katran's default build (balancer_consts.h): the slot of its stats map counting this second's
+/// new connections (MAX_VIPS + NEW_CONN_RATE_CNTR), and the count past which its flood guard stops
+/// inserting them (MAX_CONN_RATE, per CPU).
+const CONN_RATE_SLOT: u32 = 512 + 2;
+pub const KATRAN_MAX_CONN_RATE: u32 = 125_000;
 
 /// The rows of the peer benchmark's summary this reads, by the start of their label.
 const BARE: &str = "bare XDP_TX";
@@ -102,6 +119,30 @@ impl PeerBench {
         self.script("run.sh").arg("--unload").status_ok()
     }
 
+    /// Katran's program, as a run left it loaded (pinned in the peer benchmark's bpffs).
+    pub fn program(&self) -> Result<Xdp> {
+        let path = self.work.join("bpffs/katran");
+        Xdp::from_pin(&path, XdpAttachType::Interface)
+            .with_context(|| format!("cannot open Katran's program pinned at {}", path.display()))
+    }
+
+    /// Zeroes Katran's count of this second's new connections on every CPU, as the peer
+    /// benchmark does before its SYN cases: a run of fewer than [`KATRAN_MAX_CONN_RATE`] SYNs
+    /// then inserts every one.
+    pub fn reset_conn_rate(&self) -> Result<()> {
+        let path = self.work.join("bpffs/katran_maps/stats");
+        let map = MapData::from_pin(&path)
+            .with_context(|| format!("cannot open Katran's stats map at {}", path.display()))?;
+        let mut stats = PerCpuArray::<MapData, [u64; 2]>::try_from(Map::PerCpuArray(map))?;
+        let cpus = nr_cpus().map_err(|(_, e)| e)?;
+        stats.set(
+            CONN_RATE_SLOT,
+            PerCpuValues::try_from(vec![[0u64; 2]; cpus])?,
+            0,
+        )?;
+        Ok(())
+    }
+
     pub fn scripts(&self) -> &Path {
         &self.scripts
     }
@@ -160,7 +201,30 @@ pub fn parse(text: &str) -> Result<Katran> {
         new_flow_ns: row(summary, NEW_FLOW)?.1,
         new_source_ns: row(summary, NEW_SOURCE).ok().map(|r| r.1),
         flood_guard_ns: row(summary, FLOOD_GUARD)?.1,
+        syn_frame: syn_frame(text)?,
     })
+}
+
+/// The SYN frame the peer benchmark prints (`# packets (74 B each): SYN  <hex>`); empty if
+/// it printed none.
+fn syn_frame(text: &str) -> Result<Vec<u8>> {
+    let Some(hex) = text
+        .lines()
+        .find_map(|l| l.split_once("): SYN"))
+        .map(|(_, hex)| hex.trim())
+    else {
+        return Ok(Vec::new());
+    };
+    if hex.len() % 2 != 0 || !hex.is_ascii() {
+        bail!("the peer benchmark's SYN frame is not hex: {hex}");
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&hex[i..i + 2], 16)
+                .with_context(|| format!("the peer benchmark's SYN frame is not hex: {hex}"))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -170,6 +234,7 @@ mod tests {
     /// The peer benchmark's output as it prints it (a run on this machine kind).
     const SAMPLE: &str = "\
 # katran commit: 19f08fec82fb7b5fb14d935a80057bdc0897c8de
+# packets (74 B each): SYN   0a00000000020a00000000010800450000
 == raw ns/packet (BPF_PROG_TEST_RUN duration, repeat=1000000, 9 rounds interleaved) ==
 bare XDP_TX (direct)                                          27.0    27    28  TX
 
@@ -197,6 +262,7 @@ Katran SYN, default flood guard (87.5% skip LRU), net      178.0  177.0  180.0  
                 new_flow_ns: 335.0,
                 new_source_ns: Some(585.0),
                 flood_guard_ns: 151.0,
+                syn_frame: vec![10, 0, 0, 0, 0, 2, 10, 0, 0, 0, 0, 1, 8, 0, 0x45, 0, 0],
             }
         );
     }
@@ -211,6 +277,15 @@ Katran SYN, default flood guard (87.5% skip LRU), net      178.0  177.0  180.0  
         let k = parse(&text).unwrap();
         assert_eq!(k.new_source_ns, None);
         assert_eq!(k.new_flow_ns, 335.0);
+    }
+
+    #[test]
+    fn a_syn_frame_that_is_not_hex_is_an_error() {
+        let text = SAMPLE.replace("0a00000000020a", "0a00000000020z");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("not hex"), "{e}");
+        let none = SAMPLE.replace("): SYN", "): none");
+        assert!(parse(&none).unwrap().syn_frame.is_empty());
     }
 
     #[test]

@@ -4,12 +4,12 @@
 
 use std::{fmt::Write as _, path::PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use lb_tests::bench::{
     compare, control_plane, live,
     live::{Director, Live, LIVE_TABLE},
     median,
-    peer::{Katran, PeerBench},
+    peer::{self, Katran, PeerBench},
     percentile, pin_to_cpu,
     profile::{profile, Profile, LINE_LIMIT},
     scale::{scale, Scale, Size},
@@ -449,6 +449,44 @@ fn scale_section(s: &Scale) -> String {
     out
 }
 
+/// Iterations of a run of Katran's new flows with a new source every packet: under its flood
+/// guard's rate, so that every one is inserted (its count is reset before each run).
+const KATRAN_NEW_SOURCE_REPEAT: u32 = 100_000;
+const _: () = assert!(KATRAN_NEW_SOURCE_REPEAT < peer::KATRAN_MAX_CONN_RATE);
+
+/// Katran's new flows with a new source every packet, which the peer benchmark does not time:
+/// our wrapper in front of its program, on its own SYN, while the peer benchmark's run has it
+/// loaded (right after that run, in the same state of the machine).
+fn katran_new_sources(
+    peer: &Result<PeerBench>,
+    bench: &mut Bench,
+    katran: &mut Result<Katran, String>,
+) {
+    let (Ok(peer), Ok(k)) = (peer, katran) else {
+        return;
+    };
+    eprintln!("measuring: Katran, a new source every packet");
+    let measured = (|| -> Result<f64> {
+        if k.syn_frame.is_empty() {
+            bail!("the peer benchmark printed no SYN frame");
+        }
+        let program = peer.program()?;
+        let fd = program.fd()?.try_clone()?;
+        let extra = bench.measure_peer_new_flows(
+            &fd,
+            &k.syn_frame,
+            PEER_ROUNDS,
+            KATRAN_NEW_SOURCE_REPEAT,
+            || peer.reset_conn_rate(),
+        )?;
+        Ok(median(&extra))
+    })();
+    match measured {
+        Ok(ns) => k.new_source_ns = Some(ns),
+        Err(e) => eprintln!("Katran, a new source every packet: not measured: {e:#}"),
+    }
+}
+
 fn main() -> Result<()> {
     let out_dir: PathBuf = std::env::args()
         .nth(1)
@@ -479,13 +517,15 @@ fn main() -> Result<()> {
     };
     // Every test run on one CPU, ours and Katran's, back to back.
     let pinned = pin_to_cpu(BENCH_CPU)?;
-    let katran_before = peer_run("before");
+    let mut katran_before = peer_run("before");
+    katran_new_sources(&peer, &mut bench, &mut katran_before);
     let mut ms = Vec::new();
     for case in Case::all() {
         eprintln!("measuring: {}", case.name());
         ms.push(bench.measure(case, ROUNDS, REPEAT)?);
     }
-    let katran_after = peer_run("after");
+    let mut katran_after = peer_run("after");
+    katran_new_sources(&peer, &mut bench, &mut katran_after);
     if let Ok(p) = &peer {
         p.unload()?;
     }
@@ -627,9 +667,9 @@ fn main() -> Result<()> {
          bare on DR mh established; a variant hashing with NH (the universal hash of UMAC: five \
          multiplications that do not wait on each other, where the chained hash's do) came within \
          3 ns of it in every established case: not kept. Every full run \
-         of this command since the change (five, 2026-12-03 and 04) was flagged, baselines moving \
+         of this command since the change (six, 2026-12-03 and 04) was flagged, baselines moving \
          40 to 90 % within a case and Katran's own established case by up to 27 ns between its \
-         two runs: DR mh established +56 to +74, TUN +88 to +112 (0.63x to 0.86x Katran in the \
+         two runs: DR mh established +56 to +74, TUN +72 to +112 (0.63x to 0.86x Katran in the \
          same run). The DR target of +50 is met in one machine state and missed in the other. \
          The row of 32768 established flows in turn (added 2026-12-04) times DR's established \
          path with each packet's connection-table entry out of the CPU's caches, as real traffic \
@@ -658,19 +698,26 @@ fn main() -> Result<()> {
             print!("{}", katran_table(&ms, before, after));
             println!(
                 "\nWhat differs between the cases: Katran's frames are 74 bytes (TCP with \
-                 options), ours 54. Ours inserts a new flow every iteration into a full table for 65,536 connections \
-         (131,072 slots) shared by the CPUs, pushing one out. The peer benchmark times \
-                 Katran's new flows two ways: with a new source address every iteration (its \
-                 wrapper writes one into each packet), so each SYN inserts a new key, as ours \
-                 does, into a per-CPU LRU of 4M entries that does not fill in a run (fresh nodes, \
-                 no evictions; a 4M-entry table that never fills was about 40 ns cheaper for our former LRU table than its full 65,536-entry one); the target is read against that one. And its \
-                 own case, which rewrites one LRU key every iteration (an update in place whose \
-                 node and bucket stay in the CPU's cache): unlike work, shown for reference. \
-                 Katran's \
-                 flood-guard case skips the insert for 87.5 % of its iterations; ours for all but \
-                 one a second, and both skip the connection table's lookup for those SYNs. \
-                 Katran has no LVS/DR (it only encapsulates) and no NAT. A peer benchmark \
-                 without the new-source case leaves that row to xdplb alone.\n"
+                 options), ours 54. Ours inserts a new flow every iteration into a full table \
+                 for 65,536 connections (131,072 slots) shared by the CPUs, pushing one out. \
+                 Katran's new flows are timed two ways. With a new source address every \
+                 iteration, by this bench: its wrapper in front of Katran's program as the peer \
+                 benchmark's run left it loaded, on that benchmark's own SYN, right after each \
+                 of its runs, {PEER_ROUNDS} rounds of {KATRAN_NEW_SOURCE_REPEAT} against the \
+                 same wrapper in front of the bare program, Katran's count of the second's new \
+                 connections reset before each (its flood guard stops inserting past \
+                 {max_rate} a second per CPU). Each SYN inserts a new key, as ours does, into a \
+                 per-CPU LRU of 4M entries that does not fill in a run (fresh nodes, no \
+                 evictions; a 4M-entry table that never fills was about 40 ns cheaper for our \
+                 former LRU table than its full 65,536-entry one); the target is read against \
+                 that one. And the peer benchmark's own case, which rewrites one LRU key every \
+                 iteration (an update in place whose node and bucket stay in the CPU's cache): \
+                 unlike work, shown for reference. Katran's flood-guard case skips the insert \
+                 for 87.5 % of its iterations; ours for all but one a second, and both skip the \
+                 connection table's lookup for those SYNs. Katran has no LVS/DR (it only \
+                 encapsulates) and no NAT. If the new-source measurement fails, its row shows \
+                 xdplb alone.\n",
+                max_rate = peer::KATRAN_MAX_CONN_RATE,
             );
         }
         (before, after) => {
