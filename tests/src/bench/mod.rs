@@ -662,8 +662,20 @@ impl Bench {
         } else {
             &mut self.wrap_lb
         };
+        Self::time_wrapper(&self.net, ingress, wrap, frame, repeat, verdict)
+    }
+
+    /// One timed run of `wrap`, a wrapper in front of whichever program it tail-calls.
+    fn time_wrapper(
+        net: &Netns,
+        ingress: Option<u32>,
+        wrap: &mut Datapath,
+        frame: &[u8],
+        repeat: u32,
+        verdict: u32,
+    ) -> Result<f64> {
         Self::time(
-            &self.net,
+            net,
             ingress,
             wrap,
             program_names::BENCH,
@@ -735,15 +747,7 @@ impl Bench {
         Self::set_template(&mut self.wrap_bare, frame, Some(SRC_ADDR_OFFSET))?;
         let mut peer = |net: &Netns| -> Result<f64> {
             before_each()?;
-            Self::time(
-                net,
-                None,
-                &mut wrap,
-                program_names::BENCH,
-                frame,
-                repeat,
-                XDP_TX,
-            )
+            Self::time_wrapper(net, None, &mut wrap, frame, repeat, XDP_TX)
         };
         peer(&self.net)?;
         let mut extra = Vec::new();

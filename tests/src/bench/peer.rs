@@ -18,6 +18,8 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 
+use super::{median, Bench};
+
 /// Katran's figures from one run: medians over its rounds, cost above its bare XDP_TX.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Katran {
@@ -51,6 +53,11 @@ pub struct PeerBench {
 /// inserting them (MAX_CONN_RATE, per CPU).
 const CONN_RATE_SLOT: u32 = 512 + 2;
 pub const KATRAN_MAX_CONN_RATE: u32 = 125_000;
+
+/// Iterations of a run of Katran's new flows with a new source every packet: under its flood
+/// guard's rate, so that every one is inserted (its count is reset before each run).
+pub const NEW_SOURCE_REPEAT: u32 = 100_000;
+const _: () = assert!(NEW_SOURCE_REPEAT < KATRAN_MAX_CONN_RATE);
 
 /// The rows of the peer benchmark's summary this reads, by the start of their label.
 const BARE: &str = "bare XDP_TX";
@@ -120,16 +127,35 @@ impl PeerBench {
     }
 
     /// Katran's program, as a run left it loaded (pinned in the peer benchmark's bpffs).
-    pub fn program(&self) -> Result<Xdp> {
+    fn program(&self) -> Result<Xdp> {
         let path = self.work.join("bpffs/katran");
         Xdp::from_pin(&path, XdpAttachType::Interface)
             .with_context(|| format!("cannot open Katran's program pinned at {}", path.display()))
     }
 
+    /// Katran's new flows with a new source every packet, which the peer benchmark does not
+    /// time: our wrapper in front of its program, on the SYN the run `k` printed, while that run
+    /// has it loaded (right after it, in the same state of the machine). The median cost above
+    /// the bare program over `rounds` rounds.
+    pub fn new_sources(&self, bench: &mut Bench, k: &Katran, rounds: usize) -> Result<f64> {
+        if k.syn_frame.is_empty() {
+            bail!("the peer benchmark printed no SYN frame");
+        }
+        let program = self.program()?;
+        let extra = bench.measure_peer_new_flows(
+            program.fd()?,
+            &k.syn_frame,
+            rounds,
+            NEW_SOURCE_REPEAT,
+            || self.reset_conn_rate(),
+        )?;
+        Ok(median(&extra))
+    }
+
     /// Zeroes Katran's count of this second's new connections on every CPU, as the peer
     /// benchmark does before its SYN cases: a run of fewer than [`KATRAN_MAX_CONN_RATE`] SYNs
     /// then inserts every one.
-    pub fn reset_conn_rate(&self) -> Result<()> {
+    fn reset_conn_rate(&self) -> Result<()> {
         let path = self.work.join("bpffs/katran_maps/stats");
         let map = MapData::from_pin(&path)
             .with_context(|| format!("cannot open Katran's stats map at {}", path.display()))?;

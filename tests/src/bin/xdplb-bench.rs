@@ -4,7 +4,7 @@
 
 use std::{fmt::Write as _, path::PathBuf};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use lb_tests::bench::{
     compare, control_plane, live,
     live::{Director, Live, LIVE_TABLE},
@@ -449,14 +449,8 @@ fn scale_section(s: &Scale) -> String {
     out
 }
 
-/// Iterations of a run of Katran's new flows with a new source every packet: under its flood
-/// guard's rate, so that every one is inserted (its count is reset before each run).
-const KATRAN_NEW_SOURCE_REPEAT: u32 = 100_000;
-const _: () = assert!(KATRAN_NEW_SOURCE_REPEAT < peer::KATRAN_MAX_CONN_RATE);
-
-/// Katran's new flows with a new source every packet, which the peer benchmark does not time:
-/// our wrapper in front of its program, on its own SYN, while the peer benchmark's run has it
-/// loaded (right after that run, in the same state of the machine).
+/// Adds Katran's new flows with a new source every packet to a peer run's figures, measured
+/// right after it (the row shows xdplb alone if that fails, and stderr says why).
 fn katran_new_sources(
     peer: &Result<PeerBench>,
     bench: &mut Bench,
@@ -466,22 +460,7 @@ fn katran_new_sources(
         return;
     };
     eprintln!("measuring: Katran, a new source every packet");
-    let measured = (|| -> Result<f64> {
-        if k.syn_frame.is_empty() {
-            bail!("the peer benchmark printed no SYN frame");
-        }
-        let program = peer.program()?;
-        let fd = program.fd()?.try_clone()?;
-        let extra = bench.measure_peer_new_flows(
-            &fd,
-            &k.syn_frame,
-            PEER_ROUNDS,
-            KATRAN_NEW_SOURCE_REPEAT,
-            || peer.reset_conn_rate(),
-        )?;
-        Ok(median(&extra))
-    })();
-    match measured {
+    match peer.new_sources(bench, k, PEER_ROUNDS) {
         Ok(ns) => k.new_source_ns = Some(ns),
         Err(e) => eprintln!("Katran, a new source every packet: not measured: {e:#}"),
     }
@@ -703,7 +682,7 @@ fn main() -> Result<()> {
                  Katran's new flows are timed two ways. With a new source address every \
                  iteration, by this bench: its wrapper in front of Katran's program as the peer \
                  benchmark's run left it loaded, on that benchmark's own SYN, right after each \
-                 of its runs, {PEER_ROUNDS} rounds of {KATRAN_NEW_SOURCE_REPEAT} against the \
+                 of its runs, {PEER_ROUNDS} rounds of {repeat} against the \
                  same wrapper in front of the bare program, Katran's count of the second's new \
                  connections reset before each (its flood guard stops inserting past \
                  {max_rate} a second per CPU). Each SYN inserts a new key, as ours does, into a \
@@ -717,6 +696,7 @@ fn main() -> Result<()> {
                  connection table's lookup for those SYNs. Katran has no LVS/DR (it only \
                  encapsulates) and no NAT. If the new-source measurement fails, its row shows \
                  xdplb alone.\n",
+                repeat = peer::NEW_SOURCE_REPEAT,
                 max_rate = peer::KATRAN_MAX_CONN_RATE,
             );
         }
