@@ -95,21 +95,32 @@ pub fn now() -> u32 {
     unsafe { bpf_jiffies64() as u32 }
 }
 
-/// The service and real server ids of a live entry for this flow, refreshing it; None when
-/// there is none, it has timed out, or a SYN reopens a closed connection's ports. (The caller
-/// checks the real server still belongs to that service.) With sync on, the first FIN and a
-/// periodic refresh are announced to the peers, both off the per-packet path.
+/// What a packet changes in its flow's entry: decided by [`lookup`] while the entry's fields are
+/// at hand, done by [`refresh`] once the packet has passed its checks (nothing, for nearly every
+/// packet of an established flow).
+const TOUCH: u32 = 1;
+const ESTABLISH: u32 = 2;
+const CLOSE: u32 = 4;
+const MARK: u32 = 8;
+
+/// A flow's live entry, found by [`lookup`]: its service and real server ids, and what the
+/// packet changes in it.
+pub struct Entry {
+    slot: *mut Slot,
+    todo: u32,
+    pub service: u32,
+    pub real: u32,
+}
+
+/// The live entry for this flow, as it is; None when there is none, it has timed out, or a SYN
+/// reopens a closed connection's ports. (The caller checks the real server still belongs to
+/// that service.) Nothing is written: the packet is [`refresh`]ed into it once it has passed
+/// the header checks, so a damaged packet never moves a connection's state.
 #[inline(always)]
-pub fn established(
-    flow: &FlowKey,
-    tcp_flags: u8,
-    now: u32,
-    cfg: &DirectorConfig,
-) -> Option<(u32, u32)> {
-    // SAFETY: the pointer is into the map's value; races with other CPUs only affect the
-    // timestamp, the mark and the FIN flag, which tolerate a lost update.
-    let slot = unsafe { &mut *slot(flow)? };
-    let conn = &mut slot.conn;
+pub fn lookup(flow: &FlowKey, tcp_flags: u8, now: u32, cfg: &DirectorConfig) -> Option<Entry> {
+    let slot = slot(flow)?;
+    // SAFETY: the pointer is into the map's value.
+    let (conn, mark) = unsafe { (&(*slot).conn, (*slot).mark) };
     let idle = now.wrapping_sub(conn.last_seen);
     let timeout = conn.idle_timeout(flow, cfg.tcp_timeout, cfg.tcp_fin_timeout, cfg.udp_timeout);
     if idle > timeout {
@@ -119,23 +130,60 @@ pub fn established(
     if syn && conn.flags & CONN_FIN != 0 {
         return None;
     }
+    let mut todo = 0;
     if idle >= cfg.refresh {
+        todo |= TOUCH;
+    }
+    if conn.flags & CONN_FIN == 0 {
+        // The handshake's last ACK: the connection becomes active.
+        if conn.flags & CONN_ESTABLISHED == 0
+            && flow.proto == IPPROTO_TCP
+            && tcp_flags & (TCP_FLAG_ACK | TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)
+                == TCP_FLAG_ACK
+        {
+            todo |= ESTABLISH;
+        }
+        if tcp_flags & TCP_FLAG_FIN != 0 {
+            todo |= CLOSE;
+        }
+    }
+    // Its second chance; written only when clear, so a busy flow's bucket stays unwritten.
+    if mark == 0 {
+        todo |= MARK;
+    }
+    Some(Entry {
+        slot,
+        todo,
+        service: conn.service,
+        real: conn.real,
+    })
+}
+
+/// A packet of an established flow, in its entry: the timestamp (at most every `refresh`), the
+/// handshake's end, a FIN, the second-chance mark, as [`lookup`] decided. With sync on, the
+/// first FIN and a periodic refresh are announced to the peers, both off the per-packet path.
+#[inline(always)]
+pub fn refresh(entry: &Entry, flow: &FlowKey, now: u32, cfg: &DirectorConfig) {
+    let todo = entry.todo;
+    if todo == 0 {
+        return;
+    }
+    // SAFETY: the pointer is into the map's value; races with other CPUs only affect the
+    // timestamp, the mark and the FIN flag, which tolerate a lost update.
+    let slot = unsafe { &mut *entry.slot };
+    let conn = &mut slot.conn;
+    if todo & TOUCH != 0 {
         if sync::due(cfg, conn.last_seen, now) {
             sync::event(flow, conn.service, conn.real, SYNC_BIND, conn.flags);
         }
         conn.last_seen = now;
         persist::touch(conn.service, &flow.src, now);
     }
-    // The handshake's last ACK: the connection becomes active.
-    if conn.flags & CONN_ESTABLISHED == 0
-        && flow.proto == IPPROTO_TCP
-        && tcp_flags & (TCP_FLAG_ACK | TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST) == TCP_FLAG_ACK
-        && conn.flags & CONN_FIN == 0
-    {
+    if todo & ESTABLISH != 0 {
         conn.flags |= CONN_ESTABLISHED;
         counts::add(conn.real, 1, -1);
     }
-    if tcp_flags & TCP_FLAG_FIN != 0 && conn.flags & CONN_FIN == 0 {
+    if todo & CLOSE != 0 {
         let (was_active, _) = state(conn.flags);
         conn.flags |= CONN_FIN;
         // The FIN timeout runs from the FIN (as IPVS's FIN_WAIT does), not from the last refresh.
@@ -145,11 +193,22 @@ pub fn established(
             sync::event(flow, conn.service, conn.real, SYNC_BIND, conn.flags);
         }
     }
-    // Its second chance; written only when clear, so a busy flow's bucket stays unwritten.
-    if slot.mark == 0 {
+    if todo & MARK != 0 {
         slot.mark = SLOT_REFERENCED;
     }
-    Some((slot.conn.service, slot.conn.real))
+}
+
+/// [`lookup`] and [`refresh`] at once, for a packet already checked: whether the flow has a
+/// live entry.
+#[inline(always)]
+pub fn established(flow: &FlowKey, tcp_flags: u8, now: u32, cfg: &DirectorConfig) -> bool {
+    match lookup(flow, tcp_flags, now, cfg) {
+        Some(entry) => {
+            refresh(&entry, flow, now, cfg);
+            true
+        }
+        None => false,
+    }
 }
 
 /// The service and real server ids an entry binds this flow to, as they are: for packets that

@@ -94,19 +94,19 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     let flooding = flood::syn_service(flags, now, || lookup::service(&pkt));
     let known = known_flow(&flow, flags, now, config, flooding.is_some());
     // A new flow's service. Only with a service at stake is a damaged packet worth a drop, not
-    // a pass; checked once for both kinds of flow (the verifier walks each copy).
-    let service = match known {
-        Some(_) => None,
-        None => match flooding.or_else(|| lookup::service(&pkt)) {
-            Some(service) => Some(service),
-            None => return no_service(&ctx, &pkt, frame_len),
-        },
+    // a pass; checked once for both kinds of flow (the verifier walks each copy), and before
+    // either writes its entry: a damaged FIN must not close a connection.
+    let Some(service) = new_flow_service(&known, flooding, || lookup::service(&pkt)) else {
+        return no_service(&ctx, &pkt, frame_len);
     };
     if let Err(reason) = parse::check(&ctx, &pkt) {
         return stats::drop(reason, frame_len);
     }
     let (service_id, real_id, real, new_flow) = match (known, service) {
-        (Some((svc, id, real)), _) => (svc, id, real, false),
+        (Some((entry, real)), _) => {
+            conntrack::refresh(&entry, &flow, now, config);
+            (entry.service, entry.real, real, false)
+        }
         // Not a case: a flow that is not established has a service, or returned above.
         (None, None) => return stats::drop(Reason::DropNoReal, frame_len),
         (None, Some(service)) => {
@@ -165,9 +165,10 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     verdict
 }
 
-/// The conntrack stage, for either family: the service, real-server id and real server of an
-/// established flow whose real server is still in its service; None for a new flow, and for a
-/// SYN of a flood (`flooding`), which goes without the table.
+/// The conntrack stage, for either family: the entry and real server of an established flow
+/// whose real server is still in its service; None for a new flow, and for a SYN of a flood
+/// (`flooding`), which goes without the table. The caller refreshes the entry once the packet
+/// has passed its checks.
 #[inline(always)]
 fn known_flow(
     flow: &FlowKey,
@@ -175,12 +176,28 @@ fn known_flow(
     now: u32,
     config: &DirectorConfig,
     flooding: bool,
-) -> Option<(u32, u32, &'static RealServer)> {
+) -> Option<(conntrack::Entry, &'static RealServer)> {
     if flooding {
         return None;
     }
-    let (service, id) = conntrack::established(flow, tcp_flags, now, config)?;
-    Some((service, id, schedule::real(service, id)?))
+    let entry = conntrack::lookup(flow, tcp_flags, now, config)?;
+    let real = schedule::real(entry.service, entry.real)?;
+    Some((entry, real))
+}
+
+/// The service of a new flow: Some(None) for a known flow (its entry names the service),
+/// Some(service) for a new one, None for a packet of no service. `flooding` is a flood's SYN's,
+/// already looked up.
+#[inline(always)]
+fn new_flow_service<K>(
+    known: &Option<K>,
+    flooding: Option<&'static ServiceInfo>,
+    service_of: impl FnOnce() -> Option<&'static ServiceInfo>,
+) -> Option<Option<&'static ServiceInfo>> {
+    match known {
+        Some(_) => Some(None),
+        None => flooding.or_else(service_of).map(Some),
+    }
 }
 
 /// The schedule stage for a new flow: a persistent client goes where its template says; else
@@ -453,15 +470,21 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     // A SYN of a flood skips the connection table, as in xdplb's.
     let flooding = flood::syn_service(flags, now, service_of);
     let known = known_flow(&flow, flags, now, config, flooding.is_some());
-    let (service_id, real_id, real, new_flow) = match known {
-        Some((svc, id, real)) => (svc, id, real, false),
-        None => {
-            let Some(service) = flooding.or_else(service_of) else {
-                return no_service6(&ctx, &pkt.src, frame_len);
-            };
-            if !whole {
-                return stats::drop(Reason::DropMalformed, frame_len);
-            }
+    // As in xdplb's: a damaged packet is dropped if a flow or a service is at stake, before
+    // it can change an entry.
+    let Some(service) = new_flow_service(&known, flooding, service_of) else {
+        return no_service6(&ctx, &pkt.src, frame_len);
+    };
+    if !whole {
+        return stats::drop(Reason::DropMalformed, frame_len);
+    }
+    let (service_id, real_id, real, new_flow) = match (known, service) {
+        (Some((entry, real)), _) => {
+            conntrack::refresh(&entry, &flow, now, config);
+            (entry.service, entry.real, real, false)
+        }
+        (None, None) => return stats::drop(Reason::DropNoReal, frame_len),
+        (None, Some(service)) => {
             let Some((id, real)) = choose(service, &flow, now)
                 .and_then(|id| Some((id, schedule::real(service.id, id)?)))
             else {
@@ -474,9 +497,6 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
             (service.id, id, real, true)
         }
     };
-    if !whole {
-        return stats::drop(Reason::DropMalformed, frame_len);
-    }
     if flags & TCP_FLAG_RST != 0 {
         conntrack::close(&flow, service_id, real_id, !new_flow, config);
     }
@@ -743,7 +763,7 @@ fn nat_reply_conntrack(flow: &mut FlowKey, reply: &NatReply, flags: u8, config: 
     if rst {
         conntrack::close(flow, reply.service, reply.real, true, config);
     } else {
-        let _ = conntrack::established(flow, flags, conntrack::now(), config);
+        conntrack::established(flow, flags, conntrack::now(), config);
     }
 }
 

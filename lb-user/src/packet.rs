@@ -7,7 +7,9 @@ use lb_common::ipv4;
 
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_8021Q: u16 = 0x8100;
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// A frame to build; every field has a sensible default (a TCP SYN).

@@ -3,20 +3,18 @@
 
 use std::net::Ipv4Addr;
 
-use lb_common::{DirectorConfig, CONN_FIN, IPPROTO_UDP};
-use lb_tests::fixture::{config_with, default_config, real_addr, real_mac, Fixture};
+use lb_common::{DirectorConfig, Reason, CONN_ESTABLISHED, CONN_FIN, IPPROTO_UDP};
+use lb_tests::fixture::{config_with, default_config, real_addr, real_mac, Fixture, XDP_DROP};
 use lb_tests::require_root;
 use lb_user::datapath::MapWriter as _;
 use lb_user::{
     config::Timeouts,
     datapath::LoadOptions,
-    packet::{FrameSpec, TCP_ACK, TCP_SYN},
+    packet::{FrameSpec, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     state::{Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr, State},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
-const FIN: u8 = 0x01;
-const RST: u8 = 0x04;
 
 fn service(protocol: Protocol) -> ServiceAddr {
     let port = if protocol == Protocol::Tcp { 80 } else { 53 };
@@ -85,6 +83,14 @@ fn open(fx: &mut Fixture, n: u32) -> Vec<u8> {
     (0..n)
         .map(|i| fx.send(&packet(i, TCP_SYN)).expect("forwarded"))
         .collect()
+}
+
+/// The connections (active, inactive) of the real server the table gives flows like `p`.
+fn conns(fx: &Fixture, p: &FrameSpec) -> (i64, i64) {
+    let svc = fx.state.service(&service(Protocol::Tcp)).unwrap();
+    let id = svc.pick(&svc.flow(p.src.into(), p.sport)).unwrap().id;
+    let c = fx.maps.counters().unwrap().conns[id as usize];
+    (c.active, c.inactive)
 }
 
 /// The real server the current table gives a new flow like `spec`.
@@ -204,7 +210,7 @@ fn a_rst_ends_the_entry() {
     let (mut fx, i, old) = opened_then_table_moved();
     assert_eq!(fx.send(&packet(i, TCP_ACK)), Some(old), "established");
     // The RST still reaches the server that knows the connection, then the entry is gone.
-    assert_eq!(fx.send(&packet(i, RST | TCP_ACK)), Some(old));
+    assert_eq!(fx.send(&packet(i, TCP_RST | TCP_ACK)), Some(old));
     assert_eq!(fx.maps.conn(&flow_key(&fx, i)), None);
     assert_eq!(
         fx.send(&packet(i, TCP_SYN)),
@@ -220,7 +226,7 @@ fn a_syn_after_a_fin_opens_a_new_connection() {
     let (mut fx, i, old) = opened_then_table_moved();
     // A retransmitted SYN of a live connection stays.
     assert_eq!(fx.send(&packet(i, TCP_SYN)), Some(old));
-    assert_eq!(fx.send(&packet(i, FIN | TCP_ACK)), Some(old));
+    assert_eq!(fx.send(&packet(i, TCP_FIN | TCP_ACK)), Some(old));
     assert_eq!(
         fx.maps.conn(&flow_key(&fx, i)).map(|c| c.flags & CONN_FIN),
         Some(CONN_FIN)
@@ -359,7 +365,7 @@ fn a_flood_of_new_flows_pushes_out_handshakes_not_established_connections() {
     }
     for &i in &established {
         let conn = fx.maps.conn(&flow_key(&fx, i)).expect("still in the table");
-        assert_ne!(conn.flags & lb_common::CONN_ESTABLISHED, 0);
+        assert_ne!(conn.flags & CONN_ESTABLISHED, 0);
     }
     let entries = fx.maps.connections().unwrap();
     assert!(
@@ -414,12 +420,6 @@ fn active_and_inactive_connections_follow_the_tcp_states() {
         return;
     }
     let mut fx = fixture();
-    let conns = |fx: &Fixture, p: &FrameSpec| {
-        let svc = fx.state.service(&service(Protocol::Tcp)).unwrap();
-        let id = svc.pick(&svc.flow(p.src.into(), p.sport)).unwrap().id;
-        let c = fx.maps.counters().unwrap().conns[id as usize];
-        (c.active, c.inactive)
-    };
     let syn = packet(1, TCP_SYN);
     fx.run(&syn.build()).unwrap();
     assert_eq!(conns(&fx, &syn), (0, 1), "SYN: a handshake");
@@ -429,15 +429,15 @@ fn active_and_inactive_connections_follow_the_tcp_states() {
         fx.run(&packet(1, TCP_ACK).build()).unwrap();
     }
     assert_eq!(conns(&fx, &syn), (1, 0), "established");
-    fx.run(&packet(1, TCP_ACK | FIN).build()).unwrap();
-    fx.run(&packet(1, TCP_ACK | FIN).build()).unwrap();
+    fx.run(&packet(1, TCP_ACK | TCP_FIN).build()).unwrap();
+    fx.run(&packet(1, TCP_ACK | TCP_FIN).build()).unwrap();
     assert_eq!(conns(&fx, &syn), (0, 1), "after the FIN");
-    fx.run(&packet(1, TCP_ACK | RST).build()).unwrap();
+    fx.run(&packet(1, TCP_ACK | TCP_RST).build()).unwrap();
     assert_eq!(conns(&fx, &syn), (0, 0), "reset");
     let mid = packet(2, TCP_ACK);
     fx.run(&mid.build()).unwrap();
     assert_eq!(conns(&fx, &mid), (1, 0), "first seen mid-connection");
-    fx.run(&packet(2, RST).build()).unwrap();
+    fx.run(&packet(2, TCP_RST).build()).unwrap();
     assert_eq!(conns(&fx, &mid), (0, 0));
 
     let mut udp = fixture_with(default_config(), Protocol::Udp);
@@ -456,6 +456,52 @@ fn active_and_inactive_connections_follow_the_tcp_states() {
         .id;
     let c = udp.maps.counters().unwrap().conns[id as usize];
     assert_eq!((c.active, c.inactive), (0, 1), "UDP");
+}
+
+/// A damaged packet of an established flow (a wrong header checksum, cut short) is dropped
+/// before it can touch the flow's entry: a damaged ACK does not complete the handshake, a
+/// damaged FIN does not close the connection; the same packets undamaged do.
+#[test]
+fn a_damaged_packet_leaves_its_flows_entry_as_it_was() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture();
+    let i = 5;
+    let real = fx.send(&packet(i, TCP_SYN)).expect("forwarded");
+    let key = flow_key(&fx, i);
+    let flags = |fx: &Fixture| fx.maps.conn(&key).expect("an entry").flags;
+    let bad_checksum = |flags: u8| {
+        let mut frame = packet(i, flags).build();
+        frame[14 + 10] ^= 0x5a;
+        (frame, Reason::DropBadChecksum)
+    };
+    let cut_short = |flags: u8| {
+        let frame = packet(i, flags).build();
+        (frame[..frame.len() - 1].to_vec(), Reason::DropMalformed)
+    };
+    let damaged = |fx: &mut Fixture, (frame, reason): (Vec<u8>, Reason)| {
+        let before = fx.reason(reason);
+        assert_eq!(fx.run(&frame).unwrap().0, XDP_DROP, "{reason:?}");
+        assert_eq!(fx.reason(reason), before + 1, "{reason:?} counted");
+    };
+    for frame in [bad_checksum(TCP_ACK), cut_short(TCP_ACK)] {
+        damaged(&mut fx, frame);
+        assert_eq!(flags(&fx), 0, "a damaged ACK: still a handshake");
+    }
+    assert_eq!(conns(&fx, &packet(i, 0)), (0, 1));
+    assert_eq!(fx.send(&packet(i, TCP_ACK)), Some(real));
+    assert_eq!(flags(&fx), CONN_ESTABLISHED, "the ACK completes it");
+    for frame in [
+        bad_checksum(TCP_ACK | TCP_FIN),
+        cut_short(TCP_ACK | TCP_FIN),
+    ] {
+        damaged(&mut fx, frame);
+        assert_eq!(flags(&fx), CONN_ESTABLISHED, "a damaged FIN: still open");
+    }
+    assert_eq!(conns(&fx, &packet(i, 0)), (1, 0));
+    assert_eq!(fx.send(&packet(i, TCP_ACK | TCP_FIN)), Some(real));
+    assert_eq!(flags(&fx), CONN_ESTABLISHED | CONN_FIN, "the FIN closes it");
 }
 
 /// The FIN timeout runs from the FIN: a connection last refreshed longer ago than the FIN
@@ -479,7 +525,7 @@ fn the_fin_timeout_runs_from_the_fin() {
     let hz = lb_user::datapath::clock::ticks_per_second().unwrap();
     conn.last_seen = conn.last_seen.wrapping_sub(2 * hz);
     fx.maps.set_conn(&flow, &conn).unwrap();
-    fx.run(&packet(7, TCP_ACK | FIN).build()).unwrap();
+    fx.run(&packet(7, TCP_ACK | TCP_FIN).build()).unwrap();
     fx.run(&packet(7, TCP_ACK).build()).unwrap();
     let after = fx.maps.conn(&flow).unwrap();
     assert_eq!(

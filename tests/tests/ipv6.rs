@@ -10,8 +10,8 @@
 use std::net::Ipv6Addr;
 
 use lb_common::{
-    sched, vip_filter_index, FlowKey, RealServer, Reason, ServiceInfo, ServiceKey, FWD_DR,
-    IPPROTO_TCP, IPPROTO_UDP, REAL_ACTIVE, SCHED_SH,
+    sched, vip_filter_index, FlowKey, RealServer, Reason, ServiceInfo, ServiceKey,
+    CONN_ESTABLISHED, CONN_FIN, FWD_DR, IPPROTO_TCP, IPPROTO_UDP, REAL_ACTIVE, SCHED_SH,
 };
 use lb_tests::fixture::{real_mac, Fixture, XDP_DROP, XDP_PASS, XDP_TX};
 use lb_tests::require_root;
@@ -19,7 +19,7 @@ use lb_user::{
     datapath::MapWriter as _,
     packet::{
         encapsulate6, Frame6Spec, NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP, NEXTHDR_ROUTING,
-        TCP_ACK, TCP_SYN,
+        TCP_ACK, TCP_FIN, TCP_SYN,
     },
     state::{Forward, Mac, Protocol, RealSpec, SchedulerSpec, ServiceAddr},
 };
@@ -292,6 +292,45 @@ fn an_ipv6_packet_cut_short_is_never_sent() {
             }
         }
     }
+}
+
+/// An IPv6 packet of an established flow cut short (the payload length says more than came) is
+/// dropped before it touches the flow's entry: a damaged ACK does not complete the handshake, a
+/// damaged FIN does not close the connection.
+#[test]
+fn a_damaged_ipv6_packet_leaves_its_flows_entry_as_it_was() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = fixture();
+    let spec = |tcp_flags: u8| Frame6Spec {
+        sport: 41006,
+        tcp_flags,
+        payload: b"hello".to_vec(),
+        ..Default::default()
+    };
+    let flags = |fx: &Fixture| fx.maps.conn(&flow(&spec(0))).expect("an entry").flags;
+    let mac = |out: &[u8]| <[u8; 6]>::try_from(&out[..6]).unwrap();
+    let send = |fx: &mut Fixture, tcp_flags: u8| {
+        let (verdict, out) = fx.run(&spec(tcp_flags).build()).unwrap();
+        assert_eq!((verdict, mac(&out)), (XDP_TX, predicted_mac(&spec(0))));
+    };
+    let damaged = |fx: &mut Fixture, tcp_flags: u8| {
+        let frame = spec(tcp_flags).build();
+        let before = fx.reason(Reason::DropMalformed);
+        let (verdict, _) = fx.run(&frame[..frame.len() - 1]).unwrap();
+        assert_eq!(verdict, XDP_DROP);
+        assert_eq!(fx.reason(Reason::DropMalformed), before + 1);
+    };
+    send(&mut fx, TCP_SYN);
+    damaged(&mut fx, TCP_ACK);
+    assert_eq!(flags(&fx), 0, "a damaged ACK: still a handshake");
+    send(&mut fx, TCP_ACK);
+    assert_eq!(flags(&fx), CONN_ESTABLISHED, "the ACK completes it");
+    damaged(&mut fx, TCP_ACK | TCP_FIN);
+    assert_eq!(flags(&fx), CONN_ESTABLISHED, "a damaged FIN: still open");
+    send(&mut fx, TCP_ACK | TCP_FIN);
+    assert_eq!(flags(&fx), CONN_ESTABLISHED | CONN_FIN, "the FIN closes it");
 }
 
 /// LVS/TUN over IPv6, configured through the agent's state: the packet leaves wrapped in an

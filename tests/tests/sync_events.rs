@@ -1,20 +1,17 @@
 //! The datapath's side of connection sync, run by the kernel through BPF_PROG_TEST_RUN: the ring
 //! buffer gets an event when a flow is bound, on its first FIN, on a RST, and when a live flow is
-//! due to be announced again; never for the other packets of an established flow, and never with
-//! sync off.
+//! due to be announced again; never for the other packets of an established flow or a damaged
+//! one, and never with sync off.
 
 use lb_common::{Conn, SyncEvent, CONN_ESTABLISHED, CONN_FIN, SYNC_BIND, SYNC_CLOSE};
-use lb_tests::fixture::{default_config, real_addr, Fixture, XDP_TX};
+use lb_tests::fixture::{default_config, real_addr, Fixture, XDP_DROP, XDP_TX};
 use lb_tests::require_root;
 use lb_user::datapath::MapWriter as _;
 use lb_user::{
     datapath::clock::with_sync,
-    packet::{FrameSpec, TCP_ACK},
+    packet::{FrameSpec, TCP_ACK, TCP_FIN, TCP_RST},
     state::{Protocol, Scheduler, SchedulerSpec, ServiceAddr},
 };
-
-const FIN: u8 = 0x01;
-const RST: u8 = 0x04;
 
 fn service() -> ServiceAddr {
     ServiceAddr {
@@ -81,9 +78,14 @@ fn events_for_binding_fin_and_rst_only() {
         fx.run(&packet(40000, TCP_ACK).build()).unwrap();
     }
     assert!(events(&mut ring).is_empty());
+    // A FIN with a wrong header checksum is dropped before it closes anything, here or on a peer.
+    let mut damaged = packet(40000, TCP_ACK | TCP_FIN).build();
+    damaged[14 + 10] ^= 0x5a;
+    assert_eq!(fx.run(&damaged).unwrap().0, XDP_DROP);
+    assert!(events(&mut ring).is_empty());
     // The first FIN is announced (peers use the shorter timeout), the second is not.
-    fx.run(&packet(40000, TCP_ACK | FIN).build()).unwrap();
-    fx.run(&packet(40000, TCP_ACK | FIN).build()).unwrap();
+    fx.run(&packet(40000, TCP_ACK | TCP_FIN).build()).unwrap();
+    fx.run(&packet(40000, TCP_ACK | TCP_FIN).build()).unwrap();
     let fin = events(&mut ring);
     assert_eq!(fin.len(), 1, "{fin:?}");
     assert_eq!(
@@ -91,12 +93,12 @@ fn events_for_binding_fin_and_rst_only() {
         (SYNC_BIND, CONN_FIN | CONN_ESTABLISHED)
     );
     // A RST closes it on the peers too.
-    fx.run(&packet(40000, TCP_ACK | RST).build()).unwrap();
+    fx.run(&packet(40000, TCP_ACK | TCP_RST).build()).unwrap();
     let rst = events(&mut ring);
     assert_eq!(rst.len(), 1, "{rst:?}");
     assert_eq!((rst[0].kind, rst[0].flow), (SYNC_CLOSE, flow));
     // A RST of an unknown flow tells the peers nothing.
-    fx.run(&packet(40001, RST).build()).unwrap();
+    fx.run(&packet(40001, TCP_RST).build()).unwrap();
     assert!(events(&mut ring).is_empty());
     assert_eq!(fx.maps.sync_counters().unwrap(), (3, 0));
 }
@@ -154,8 +156,8 @@ fn without_sync_the_ring_stays_empty() {
     let (mut fx, mut ring) = fixture(false);
     for port in 40000..40010 {
         fx.run(&packet(port, 0x02).build()).unwrap();
-        fx.run(&packet(port, TCP_ACK | FIN).build()).unwrap();
-        fx.run(&packet(port, RST).build()).unwrap();
+        fx.run(&packet(port, TCP_ACK | TCP_FIN).build()).unwrap();
+        fx.run(&packet(port, TCP_RST).build()).unwrap();
     }
     assert!(events(&mut ring).is_empty());
     assert_eq!(fx.maps.sync_counters().unwrap(), (0, 0));
