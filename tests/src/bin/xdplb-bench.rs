@@ -646,10 +646,14 @@ fn main() -> Result<()> {
          bare on DR mh established; a variant hashing with NH (the universal hash of UMAC: five \
          multiplications that do not wait on each other, where the chained hash's do) came within \
          3 ns of it in every established case: not kept. Every full run \
-         of this command since the change (six, 2026-12-03 and 04) was flagged, baselines moving \
-         40 to 90 % within a case and Katran's own established case by up to 27 ns between its \
-         two runs: DR mh established +56 to +74, TUN +72 to +112 (0.63x to 0.86x Katran in the \
-         same run). The DR target of +50 is met in one machine state and missed in the other. \
+         of this command since the change (nine, 2026-12-03 and 04) was flagged, baselines \
+         moving 40 to 115 % within a case and Katran's own established case by up to 27 ns \
+         between its two runs: DR mh established +48 to +74, TUN +72 to +141 (0.63x to 1.00x \
+         Katran in the same run), new flow 0.51x to 0.70x Katran's new-source case. The DR \
+         target of +50 is met in one machine state and missed in the other. The tables above \
+         are the ninth, of the build that refreshes a flow's entry only once its packet has \
+         passed the header checks (docs/RELIABILITY.md; +1 to +2 ns on the established paths, \
+         paired). \
          The row of 32768 established flows in turn (added 2026-12-04) times DR's established \
          path with each packet's connection-table entry out of the CPU's caches, as real traffic \
          has it (the other established rows repeat one flow, whose entry stays in L1): paired, \
