@@ -9,6 +9,7 @@
 //! flows are translated too (`icmp`).
 
 pub mod icmp;
+pub mod paths;
 
 use aya_ebpf::{
     macros::map,
