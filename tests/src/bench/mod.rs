@@ -4,7 +4,7 @@
 //! each iteration, run behind the `xdp_bench` wrapper, and so does their baseline.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
@@ -121,6 +121,14 @@ pub enum Case {
     Dr6MhNewFlow,
     /// An IPv6 `mh` service, established flow, LVS/TUN (IPv6-in-IPv6).
     Tun6MhEstablished,
+    /// [`Case::NatRequest`] over IPv6: the IPv6 pipeline, then the tail call to the IPv6 NAT
+    /// program, which parses the packet again and rewrites it.
+    Nat6Request,
+    /// [`Case::NatReply`] over IPv6: the reply of [`Case::Nat6Request`]'s flow.
+    Nat6Reply,
+    /// An IPv4 `mh` service whose real servers are IPv6, established flow, LVS/TUN
+    /// (IPv4-in-IPv6): the IPv4 pipeline, then the tail call to the 4in6 program.
+    Tun4in6Established,
 }
 
 /// Flows of [`Case::DrMhEstablishedMany`]: half of the bench table's connections, its entries
@@ -137,6 +145,8 @@ fn scheduler_port(s: Scheduler) -> u16 {
     100 + Scheduler::ALL.iter().position(|x| *x == s).unwrap_or(0) as u16
 }
 const PERSISTENT_PORT: u16 = 99;
+/// The port of the IPv4 service tunnelled to IPv6 real servers.
+const TUN_4IN6_PORT: u16 = 84;
 
 impl Case {
     /// Every case, in the order of the report.
@@ -150,6 +160,7 @@ impl Case {
             Case::DrMhEstablishedMany,
             Case::DrMhEstablishedOptions,
             Case::TunEstablished,
+            Case::Tun4in6Established,
             Case::DrMhNewFlowSync,
             Case::DrMhEstablishedSync,
             Case::DrMhNewFlowSyncRingFull,
@@ -162,6 +173,8 @@ impl Case {
             Case::Dr6MhEstablished,
             Case::Dr6MhNewFlow,
             Case::Tun6MhEstablished,
+            Case::Nat6Request,
+            Case::Nat6Reply,
         ]);
         all
     }
@@ -195,6 +208,15 @@ impl Case {
             Case::Dr6MhNewFlow => "IPv6 DR mh, new flow (connection-table insert)".into(),
             Case::Tun6MhEstablished => {
                 "IPv6 TUN mh, established flow (IPv6-in-IPv6 encapsulation)".into()
+            }
+            Case::Nat6Request => {
+                "IPv6 NAT mh, established flow, request (destination rewrite)".into()
+            }
+            Case::Nat6Reply => {
+                "IPv6 NAT mh, reply (reply index, source rewrite, FIB lookup)".into()
+            }
+            Case::Tun4in6Established => {
+                "TUN mh to IPv6 real servers, established flow (IPv4-in-IPv6)".into()
             }
         }
     }
@@ -250,6 +272,15 @@ impl Case {
             Case::Dr6MhEstablished => Some(60.0),
             Case::Dr6MhNewFlow => Some(160.0),
             Case::Tun6MhEstablished => Some(80.0),
+            // IPv6 DR established plus NAT's rewrite (as NAT's request adds to DR), plus the
+            // hand-off to a program of its own (a tail call, the packet parsed again): the
+            // IPv6 pipeline's stack has no room for the rewrite.
+            Case::Nat6Request => Some(100.0),
+            // NAT's reply plus the IPv6 header, its stages in frames of their own (calls) for
+            // the same reason.
+            Case::Nat6Reply => Some(140.0),
+            // TUN plus the hand-off (tail call, parsed again) and an outer header twice as long.
+            Case::Tun4in6Established => Some(100.0),
         }
     }
 
@@ -273,8 +304,17 @@ impl Case {
     fn ipv6(self) -> bool {
         matches!(
             self,
-            Case::Dr6MhEstablished | Case::Dr6MhNewFlow | Case::Tun6MhEstablished
+            Case::Dr6MhEstablished
+                | Case::Dr6MhNewFlow
+                | Case::Tun6MhEstablished
+                | Case::Nat6Request
+                | Case::Nat6Reply
         )
+    }
+
+    /// Whether the frame must arrive on an interface: a NAT reply's FIB lookup needs one.
+    fn arrives(self) -> bool {
+        matches!(self, Case::NatReply | Case::Nat6Reply)
     }
 
     /// The baseline the case is measured against (its program, and the shape of its frame):
@@ -298,7 +338,7 @@ impl Case {
         } else {
             ""
         };
-        let ingress = if self == Case::NatReply {
+        let ingress = if self.arrives() {
             ", arriving on an interface"
         } else {
             ""
@@ -373,6 +413,8 @@ const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
 const NAT_PORT: u16 = 83;
 const NAT_REAL: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 21);
 const NAT_REAL_PORT: u16 = 8080;
+/// The IPv6 LVS/NAT service's one real server (on [VIP6]:NAT_PORT, the same port).
+const NAT6_REAL: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x21);
 
 /// Offset of the IPv4 source address in an untagged frame: what the wrapper varies; in an IPv6
 /// frame, the last 4 bytes of the source address.
@@ -423,21 +465,25 @@ fn wrapper_of(fd: &ProgramFd) -> Result<Datapath> {
 }
 
 /// A namespace with one interface, `b0`, on the clients' network: the benchmark frames' client
-/// (10.0.0.2) is on it, with a permanent neighbour entry, and IP forwarding is on (the FIB
-/// lookup helper wants it).
+/// (10.0.0.2, 2001:db8::2) is on it, with permanent neighbour entries, and IP forwarding is on
+/// (the FIB lookup helper wants it).
 fn nat_net() -> Result<(Netns, u32)> {
     names::cleanup_stale();
     let net = Netns::new(format!("{}-bench", names::unique_prefix()))?;
     veth(&net, "b0", &net, "b1")?;
     let client = FrameSpec::default();
     let mac: Vec<String> = client.src_mac.iter().map(|b| format!("{b:02x}")).collect();
+    let mac = mac.join(":");
     net.ip_batch(&format!(
         "addr add 10.0.0.1/24 dev b0\n\
-         neigh replace {} lladdr {} nud permanent dev b0\n",
+         addr add 2001:db8::1/64 dev b0 nodad\n\
+         neigh replace {} lladdr {mac} nud permanent dev b0\n\
+         neigh replace {} lladdr {mac} nud permanent dev b0\n",
         client.src,
-        mac.join(":")
+        Frame6Spec::default().src,
     ))?;
     net.sysctl("net.ipv4.ip_forward", "1")?;
+    net.sysctl("net.ipv6.conf.all.forwarding", "1")?;
     let ingress = net.ifindex("b0")?;
     Ok((net, ingress))
 }
@@ -489,27 +535,38 @@ impl Bench {
                 );
             }
         }
-        fx.add_service(service(NAT_PORT), mh);
-        fx.add_real_spec(
-            service(NAT_PORT),
-            RealSpec {
-                addr: Some(NAT_REAL.into()),
-                port: Some(NAT_REAL_PORT),
-                forward: Some(Forward::Masq),
-                mac: Some(Mac(real_mac(21))),
-                ..Default::default()
-            },
-        );
-        // The IPv6 services: Maglev over three real servers, LVS/DR on 80, LVS/TUN on 82.
-        for (port, forward) in [(80, Forward::Route), (82, Forward::Tunnel)] {
-            let v6 = ServiceAddr {
-                vip: VIP6.into(),
-                ..service(port)
-            };
-            fx.add_service(v6, mh);
+        let v6 = |port| ServiceAddr {
+            vip: VIP6.into(),
+            ..service(port)
+        };
+        // LVS/NAT, each family: one real server.
+        for (svc, rip) in [
+            (service(NAT_PORT), IpAddr::from(NAT_REAL)),
+            (v6(NAT_PORT), NAT6_REAL.into()),
+        ] {
+            fx.add_service(svc, mh);
+            fx.add_real_spec(
+                svc,
+                RealSpec {
+                    addr: Some(rip),
+                    port: Some(NAT_REAL_PORT),
+                    forward: Some(Forward::Masq),
+                    mac: Some(Mac(real_mac(21))),
+                    ..Default::default()
+                },
+            );
+        }
+        // Maglev over three IPv6 real servers: the IPv6 services, LVS/DR on 80 and LVS/TUN on
+        // 82, and an IPv4 service tunnelled to them (IPv4-in-IPv6).
+        for (svc, forward) in [
+            (v6(80), Forward::Route),
+            (v6(82), Forward::Tunnel),
+            (service(TUN_4IN6_PORT), Forward::Tunnel),
+        ] {
+            fx.add_service(svc, mh);
             for n in 11..=13u8 {
                 fx.add_real_spec(
-                    v6,
+                    svc,
                     RealSpec {
                         addr: Some(format!("2001:db8::{n}").parse::<Ipv6Addr>()?.into()),
                         forward: Some(forward),
@@ -542,17 +599,27 @@ impl Bench {
         // is a retransmission, which also takes the SYN-flood guard's check).
         let tcp_flags = if case.new_flow() { TCP_SYN } else { TCP_ACK };
         if case.ipv6() {
-            return Frame6Spec {
+            let request = Frame6Spec {
                 dst: VIP6,
-                dport: if case == Case::Tun6MhEstablished {
-                    82
-                } else {
-                    80
+                dport: match case {
+                    Case::Tun6MhEstablished => 82,
+                    Case::Nat6Request | Case::Nat6Reply => NAT_PORT,
+                    _ => 80,
                 },
                 tcp_flags,
                 ..Default::default()
+            };
+            if case == Case::Nat6Reply {
+                return Frame6Spec {
+                    src: NAT6_REAL,
+                    dst: request.src,
+                    sport: NAT_REAL_PORT,
+                    dport: request.sport,
+                    ..request
+                }
+                .build();
             }
-            .build();
+            return request.build();
         }
         let (dst, dport) = match case {
             Case::NonVipPass => (Ipv4Addr::new(10, 0, 0, 1), 80),
@@ -566,12 +633,15 @@ impl Bench {
             | Case::DrMhNewFlowSyncRingFull
             | Case::DrMhNewFlowGuarded => (VIP, 81),
             Case::TunEstablished => (VIP, 82),
+            Case::Tun4in6Established => (VIP, TUN_4IN6_PORT),
             Case::DrNewFlow(s) => (VIP, scheduler_port(s)),
             Case::DrPersistentNewFlow => (VIP, PERSISTENT_PORT),
             Case::NatRequest => (VIP, NAT_PORT),
-            Case::Dr6MhEstablished | Case::Dr6MhNewFlow | Case::Tun6MhEstablished => {
-                unreachable!("IPv6, above")
-            }
+            Case::Dr6MhEstablished
+            | Case::Dr6MhNewFlow
+            | Case::Tun6MhEstablished
+            | Case::Nat6Request
+            | Case::Nat6Reply => unreachable!("IPv6, above"),
             Case::NatReply => {
                 let request = FrameSpec::default();
                 return FrameSpec {
@@ -770,7 +840,7 @@ impl Bench {
         let frame = Self::frame(case);
         let repeat = repeat.min(case.max_repeat());
         // Only the NAT reply's FIB lookup needs an interface of its own to arrive on.
-        let ingress = (case == Case::NatReply).then_some(self.ingress);
+        let ingress = case.arrives().then_some(self.ingress);
         let mut m = Measurement {
             case,
             case_ns: Vec::new(),

@@ -572,6 +572,10 @@ fn main() -> Result<()> {
          rewrite, and the kernel's FIB lookup helper toward the client (route and neighbour), \
          which no other path needs. IPv6 adds the tail call to its pipeline and parsing a 40-byte \
          header; the table keys are IPv6-sized for both families, so its lookups cost the same. \
+         IPv6 NAT requests and LVS/TUN to IPv6 real servers (IPv4-in-IPv6) add one more \
+         hand-off: a tail call to a program of their own, which parses the packet again (the \
+         pipeline's stack has no room for the rewrite or the 40-byte outer header); the IPv6 \
+         reply path runs its stages in frames of their own (calls) for the same reason. \
          Every packet for a service also has its IPv4 header checked as the kernel would (the \
          checksum over 5 to 15 words, the source, the TTL) and one compare for options; a packet \
          with options takes a tail call to the options' checker, its walk, and the director's \
