@@ -12,5 +12,6 @@ fn main() {
         // once on its own: see schedule::xdplb_scan.
         println!("cargo:rustc-link-arg-bins=--export=xdplb_scan");
         println!("cargo:rustc-link-arg-bins=--export=xdplb_conn_write");
+        println!("cargo:rustc-link-arg-bins=--export=xdplb_template_write");
     }
 }

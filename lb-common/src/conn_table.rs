@@ -9,7 +9,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::{Conn, DirectorConfig, FlowKey, CONN_ESTABLISHED, CONN_FIN};
+use crate::{Conn, DirectorConfig, FlowKey, CONN_ESTABLISHED, CONN_FIN, TEMPLATES_MAX};
 
 /// Slots per bucket: four 64-byte slots, a bucket in four cache lines.
 pub const WAYS: usize = 4;
@@ -97,6 +97,12 @@ pub const fn buckets_for(flows: u32) -> u32 {
         buckets.next_power_of_two()
     }
 }
+
+/// The persistence templates' table has this layout too, a fixed [`TEMPLATES_MAX`] slots, its own
+/// seed ([`TEMPLATE_SEED_GLOBAL`]) and header; it gives up the longest unused template
+/// ([`oldest`]).
+pub const TEMPLATE_BUCKETS: u32 = buckets_for(TEMPLATES_MAX);
+pub const TEMPLATE_SEED_GLOBAL: &str = "TEMPLATE_SEED";
 
 /// Where a flow's entry lives: its bucket (below the number of buckets) and its tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,6 +210,28 @@ pub fn victim(bucket: &Bucket, now: u32, cfg: &DirectorConfig) -> usize {
         if worth < best_worth || (worth == best_worth && idle > best_idle) {
             best = i;
             best_worth = worth;
+            best_idle = idle;
+        }
+        i += 1;
+    }
+    best
+}
+
+/// The slot a new template takes: an empty one, else the longest unused (a template's timeout
+/// is its service's, so a full bucket of templates keeps the most recently used, as an LRU).
+#[inline(always)]
+pub fn oldest(bucket: &Bucket, now: u32) -> usize {
+    let mut best = 0;
+    let mut best_idle = 0;
+    let mut i = 0;
+    while i < WAYS {
+        let slot = &bucket.slots[i];
+        if slot.tag == EMPTY {
+            return i;
+        }
+        let idle = now.wrapping_sub(slot.conn.last_seen);
+        if idle > best_idle {
+            best = i;
             best_idle = idle;
         }
         i += 1;
@@ -364,6 +392,29 @@ mod tests {
         assert_eq!(victim(&b, now, &c), 1, "past the FIN timeout");
         b.slots[1].conn.last_seen = now - 100;
         assert_eq!(victim(&b, now, &c), 1, "closing");
+    }
+
+    #[test]
+    fn a_template_takes_an_empty_slot_else_the_longest_unused() {
+        let now = 10_000;
+        let mut b = Bucket {
+            slots: [
+                slot(1, 0, 0, now - 10),
+                slot(3, 0, 0, now - 3000),
+                slot(5, 0, 0, now - 20),
+                slot(7, 0, 0, now - 1),
+            ],
+        };
+        assert_eq!(oldest(&b, now), 1);
+        b.slots[2].tag = EMPTY;
+        assert_eq!(oldest(&b, now), 2, "an empty slot first");
+        // A template's key: its service and client, nothing else; two services never share one.
+        let client = addr_from_v4([192, 0, 2, 7]);
+        let key = |service| crate::TemplateKey { service, client }.flow_key();
+        assert_ne!(key(1), key(2));
+        assert_eq!(key(1).src, client);
+        assert_eq!((key(1).sport, key(1).dport, key(1).proto), (0, 0, 0));
+        assert_eq!(TEMPLATE_BUCKETS * WAYS as u32, TEMPLATES_MAX);
     }
 
     #[test]

@@ -141,7 +141,7 @@ pub struct Persistence {
     pub mask: Addr,
 }
 
-/// TEMPLATES map key: a persistent service and a (masked) client address.
+/// A persistence template's key: a persistent service and a (masked) client address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct TemplateKey {
@@ -149,7 +149,33 @@ pub struct TemplateKey {
     pub client: Addr,
 }
 
-/// TEMPLATES map value: where the client's connections go, and when one was last seen.
+impl TemplateKey {
+    /// Its key in the template table, which has the connection table's layout
+    /// ([`crate::conn_table`]): the client as the source, the service id in the destination's
+    /// first word, no ports, protocol 0 (the entry's [`Conn`] is the template: real server,
+    /// service, last use).
+    #[inline(always)]
+    pub fn flow_key(&self) -> FlowKey {
+        let mut dst = [0u8; 16];
+        let id = self.service.to_ne_bytes();
+        dst[0] = id[0];
+        dst[1] = id[1];
+        dst[2] = id[2];
+        dst[3] = id[3];
+        FlowKey {
+            src: self.client,
+            dst,
+            sport: 0,
+            dport: 0,
+            proto: 0,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// A template of the versions whose template table was a kernel LRU hash
+/// ([`map_names::LRU_TEMPLATES`], keyed by [`TemplateKey`]): where the client's connections go,
+/// and when one was last seen.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Template {
@@ -157,7 +183,8 @@ pub struct Template {
     pub last_seen: u32,
 }
 
-/// Persistence templates the datapath keeps (least recently used ones are forgotten).
+/// Persistence templates the datapath has slots for (four to a bucket; a new client whose
+/// bucket is full pushes out its longest unused template).
 pub const TEMPLATES_MAX: u32 = 262_144;
 
 /// `addr` masked with `mask`, byte by byte.
@@ -489,9 +516,13 @@ pub mod map_names {
     pub const SCHED_POS: &str = "SCHED_POS";
     /// `lblc` and `lblcr`: destination address -> its real servers.
     pub const LOCALITY: &str = "LOCALITY";
-    /// Persistent services: their settings by service id, and the templates.
+    /// Persistent services: their settings by service id, and the templates (a table of
+    /// [`crate::conn_table`]'s layout, [`super::TemplateKey::flow_key`] -> Conn).
     pub const PERSISTENCE: &str = "PERSISTENCE";
-    pub const TEMPLATES: &str = "TEMPLATES";
+    pub const TEMPLATE_TABLE: &str = "TEMPLATE_TABLE";
+    /// The templates of versions before it, a kernel LRU hash (TemplateKey -> Template): an
+    /// agent that finds one pinned moves its entries into TEMPLATE_TABLE.
+    pub const LRU_TEMPLATES: &str = "TEMPLATES";
     /// LVS/NAT: each real server's egress interface and port ([`RealEgress`]); the replies'
     /// index (reply flow -> [`NatReply`]); the prefilter of real-server source addresses (last
     /// 16 bits, as VIP_FILTER); outbound counters per service and real server.

@@ -2,32 +2,52 @@
 //! server its earlier ones went to, while any of them lives and for the service's timeout after
 //! the last, as IPVS keeps its templates. One template per service and client address (masked
 //! with the service's netmask), refreshed by every new connection of the client and by the
-//! refresh of its live connections.
+//! refresh of its live connections. The templates live in a table of the connection table's
+//! layout ([`conn_table`]): one keyed hash, one bucket of four slots, nothing to allocate.
 
-use aya_ebpf::{
-    macros::map,
-    maps::{Array, LruHashMap},
-};
+use aya_ebpf::{macros::map, maps::Array};
 use lb_common::{
-    mask_addr, Addr, FlowKey, Persistence, ServiceInfo, Template, TemplateKey, BPF_F_NO_COMMON_LRU,
-    MAX_SERVICES, REAL_DOWN, SVC_PERSISTENT, TEMPLATES_MAX,
+    conn_table::{self, Bucket, Slot, TEMPLATE_BUCKETS, WAYS},
+    mask_addr, Addr, Conn, FlowKey, Persistence, ServiceInfo, TemplateKey, MAP_MMAPABLE,
+    MAX_SERVICES, REAL_DOWN, SVC_PERSISTENT,
 };
 
-use crate::schedule;
+use crate::{conntrack, schedule};
 
 #[map]
 static PERSISTENCE: Array<Persistence> = Array::with_max_entries(MAX_SERVICES, 0);
 
+/// Memory-mapped, as the connection table, for the agent's walks.
 #[map]
-static TEMPLATES: LruHashMap<TemplateKey, Template> =
-    LruHashMap::with_max_entries(TEMPLATES_MAX, BPF_F_NO_COMMON_LRU);
+static TEMPLATE_TABLE: Array<Bucket> =
+    Array::with_max_entries(conn_table::map_entries(TEMPLATE_BUCKETS), MAP_MMAPABLE);
 
+/// The table's hash secret, set at load ([`conn_table::TEMPLATE_SEED_GLOBAL`]).
+#[no_mangle]
+static TEMPLATE_SEED: u64 = 0;
+
+/// A template's key in the table.
 #[inline(always)]
-fn key(service: u32, client: &Addr, p: &Persistence) -> TemplateKey {
+fn key(service: u32, client: &Addr, p: &Persistence) -> FlowKey {
     TemplateKey {
         service,
         client: mask_addr(client, &p.mask),
     }
+    .flow_key()
+}
+
+/// A template's bucket and tag.
+#[inline(always)]
+fn place(key: &FlowKey) -> conn_table::Place {
+    // SAFETY: a read of a plain global; volatile so the compiler does not fold its default.
+    let seed = unsafe { core::ptr::read_volatile(&TEMPLATE_SEED) };
+    conn_table::place(key, seed, TEMPLATE_BUCKETS - 1)
+}
+
+#[inline(always)]
+fn slot(service: u32, client: &Addr, p: &Persistence) -> Option<*mut Slot> {
+    let key = key(service, client, p);
+    conntrack::find_slot(&TEMPLATE_TABLE, &key, place(&key))
 }
 
 /// The real server a persistent service's template gives this client, if the template is alive
@@ -38,9 +58,9 @@ pub fn template(service: &ServiceInfo, flow: &FlowKey, now: u32) -> Option<u32> 
         return None;
     }
     let p = PERSISTENCE.get(service.id)?;
-    let t = TEMPLATES.get_ptr_mut(key(service.id, &flow.src, p))?;
+    let t = slot(service.id, &flow.src, p)?;
     // SAFETY: the pointer is into the map's value; a lost timestamp update is harmless.
-    let t = unsafe { &mut *t };
+    let t = unsafe { &mut (*t).conn };
     if now.wrapping_sub(t.last_seen) > p.timeout {
         return None;
     }
@@ -59,12 +79,44 @@ pub fn remember(service: &ServiceInfo, flow: &FlowKey, real: u32, now: u32) {
         return;
     }
     if let Some(p) = PERSISTENCE.get(service.id) {
-        let t = Template {
-            real,
-            last_seen: now,
-        };
-        let _ = TEMPLATES.insert(key(service.id, &flow.src, p), t, 0);
+        let _ = xdplb_template_write(&key(service.id, &flow.src, p), service.id, real, now);
     }
+}
+
+/// Writes `service`'s template `key` (1; 0 if it could not): into its own slot if it has one,
+/// else an empty one, else the longest unused ([`conn_table::oldest`]). A global function (see
+/// build.rs), as the connection table's write: the verifier checks it once, not for every state
+/// of the new-flow path.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn xdplb_template_write(
+    key: *const FlowKey,
+    service: u32,
+    real: u32,
+    now: u32,
+) -> u32 {
+    // SAFETY: the verifier sizes the pointer from its type; null is all it can be else.
+    let Some(key) = (unsafe { key.as_ref() }) else {
+        return 0;
+    };
+    let p = place(key);
+    let Some(b) = TEMPLATE_TABLE.get_ptr_mut(p.bucket) else {
+        return 0;
+    };
+    // SAFETY: the pointer is into the map's value.
+    let b = unsafe { &mut *b };
+    let way = match conn_table::find(b, key, p.tag) {
+        Some(way) => way,
+        None => conn_table::oldest(b, now),
+    };
+    let template = Conn {
+        real,
+        service,
+        last_seen: now,
+        flags: 0,
+    };
+    conntrack::write_slot(&mut b.slots[way & (WAYS - 1)], key, p.tag, template);
+    1
 }
 
 /// A live connection of this client was refreshed: its template lives on.
@@ -76,8 +128,8 @@ pub fn touch(service: u32, client: &Addr, now: u32) {
     if p.timeout == 0 {
         return;
     }
-    if let Some(t) = TEMPLATES.get_ptr_mut(key(service, client, p)) {
+    if let Some(t) = slot(service, client, p) {
         // SAFETY: as above.
-        unsafe { (*t).last_seen = now };
+        unsafe { (*t).conn.last_seen = now };
     }
 }

@@ -118,3 +118,30 @@ fn clients_stay_on_one_real_server_across_ports_until_their_template_expires() {
     }
     assert_eq!(round(&topo, 80, 40011), after);
 }
+
+/// The templates are pinned with the datapath: a client comes back after a restart of the agent
+/// to the real server it had before, where rr alone (its position moved on by the first round)
+/// would send nearly every client elsewhere.
+#[test]
+fn templates_outlive_a_restart_of_the_agent() {
+    if !require_root() {
+        return;
+    }
+    let topo = DrTopology::new(3).expect("topology");
+    let mut agent = Agent::start(topo.director().ns(), "eth0", &[]).expect("agent");
+    let svc = "10.0.0.100:0";
+    agent.cli_ok(&["service", "add", "-t", svc, "-s", "rr", "-p", "600"]);
+    for rs in topo.reals() {
+        agent.cli_ok(&["real", "add", "-t", svc, "-r", &rs.addr().to_string()]);
+    }
+    let first = round(&topo, 80, 40000);
+    assert_eq!(persistent_clients(&agent, svc), u64::from(CLIENTS));
+    agent.kill();
+    agent.restart().expect("cannot start the agent again");
+    assert_eq!(
+        persistent_clients(&agent, svc),
+        u64::from(CLIENTS),
+        "templates after the restart"
+    );
+    assert_eq!(round(&topo, 80, 40001), first, "after the restart");
+}

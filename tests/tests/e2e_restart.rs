@@ -253,6 +253,17 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
     };
     let old_table = dir.join(lb_common::map_names::LRU_CONNS);
     pin_lru_table(&old_table, &old_flow, &old_conn);
+    // Its persistence templates were one too, pinned as TEMPLATES: the client's, in service 0.
+    let old_template_key = lb_common::TemplateKey {
+        service: 0,
+        client: old_flow.src,
+    };
+    let old_template = lb_common::Template {
+        real: 1,
+        last_seen: old_conn.last_seen,
+    };
+    let old_templates = dir.join(lb_common::map_names::LRU_TEMPLATES);
+    pin_lru_table(&old_templates, &old_template_key, &old_template);
     director.run_in(|| {
         let mut loader = aya::EbpfLoader::new();
         loader.map_max_entries(lb_common::map_names::REASONS, 10);
@@ -260,7 +271,13 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
         let paths: Vec<(&str, std::path::PathBuf)> = lb_user::datapath::pin::PINNED_MAPS
             .iter()
             .filter(|m| **m != lb_common::map_names::LOCAL_MACS && !m.starts_with("SYNC"))
-            .filter(|m| **m != lb_common::map_names::CONN_TABLE)
+            .filter(|m| {
+                ![
+                    lb_common::map_names::CONN_TABLE,
+                    lb_common::map_names::TEMPLATE_TABLE,
+                ]
+                .contains(m)
+            })
             .map(|m| (*m, dir.join(m)))
             .collect();
         for (name, path) in &paths {
@@ -287,11 +304,37 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
         agent.log()
     );
     assert!(!old_table.exists(), "the old table is still pinned");
-    let table = lb_user::datapath::conn_table::SlotTable::new(
-        &aya::maps::MapData::from_pin(dir.join(lb_common::map_names::CONN_TABLE)).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(table.get(&old_flow).unwrap(), Some(old_conn));
+    let table = |name| {
+        lb_user::datapath::conn_table::SlotTable::new(
+            &aya::maps::MapData::from_pin(dir.join(name)).unwrap(),
+        )
+        .unwrap()
+    };
+    let conns = table(lb_common::map_names::CONN_TABLE);
+    assert_eq!(conns.get(&old_flow).unwrap(), Some(old_conn));
+    // Likewise its template, which names its service in the new table's entry.
+    assert!(
+        agent
+            .log()
+            .contains("moved the persistence templates of the previous version"),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        !old_templates.exists(),
+        "the old templates are still pinned"
+    );
+    let templates = table(lb_common::map_names::TEMPLATE_TABLE);
+    let template = Conn {
+        real: 1,
+        service: 0,
+        last_seen: old_conn.last_seen,
+        flags: 0,
+    };
+    assert_eq!(
+        templates.get(&old_template_key.flow_key()).unwrap(),
+        Some(template)
+    );
     topo.configure(&agent);
     let answers = topo
         .client()
@@ -370,9 +413,10 @@ fn a_bpffs_that_dies_with_the_agent_is_reported() {
     assert!(director.xdp_attached("eth0").expect("ip link"));
 }
 
-/// Creates and pins a kernel LRU hash as versions before the set-associative table made their
-/// connection table (FlowKey -> Conn), holding one entry.
-fn pin_lru_table(path: &std::path::Path, flow: &FlowKey, conn: &Conn) {
+/// Creates and pins a kernel LRU hash as versions before the set-associative tables made their
+/// connection table (FlowKey -> Conn) and their templates (TemplateKey -> Template), holding
+/// one entry.
+fn pin_lru_table<K: aya::Pod, V: aya::Pod>(path: &std::path::Path, key: &K, value: &V) {
     #[repr(C)]
     #[derive(Default)]
     struct MapCreate {
@@ -393,8 +437,8 @@ fn pin_lru_table(path: &std::path::Path, flow: &FlowKey, conn: &Conn) {
     const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
     let mut create = MapCreate {
         map_type: BPF_MAP_TYPE_LRU_HASH,
-        key_size: size_of::<FlowKey>() as u32,
-        value_size: size_of::<Conn>() as u32,
+        key_size: size_of::<K>() as u32,
+        value_size: size_of::<V>() as u32,
         max_entries: 1024,
         map_flags: lb_common::BPF_F_NO_COMMON_LRU,
     };
@@ -412,7 +456,7 @@ fn pin_lru_table(path: &std::path::Path, flow: &FlowKey, conn: &Conn) {
     // SAFETY: the descriptor the kernel gave above; the pin keeps the map.
     unsafe { libc::close(fd) };
     let map = aya::maps::MapData::from_pin(path).unwrap();
-    let mut table: aya::maps::HashMap<_, FlowKey, Conn> =
+    let mut table: aya::maps::HashMap<_, K, V> =
         aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).unwrap();
-    table.insert(flow, conn, 0).unwrap();
+    table.insert(key, value, 0).unwrap();
 }

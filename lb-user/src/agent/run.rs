@@ -351,12 +351,23 @@ async fn bring_up(
             .with_context(|| format!("interface {}", i.name))?;
         attachments.push(attachment);
     }
-    // An older version's table, once its program no longer runs: its flows move into this one.
+    // An older version's tables, once its program no longer runs: their entries move into
+    // this one's.
     let old = pins.map(lb_common::map_names::LRU_CONNS);
     if let Some(moved) = crate::conntrack::migrate::from_lru(&old, &mut maps.conn_table()?)? {
         info!(
             flows = moved,
             "moved the connection table of the previous version into this one"
+        );
+    }
+    let old = pins.map(lb_common::map_names::LRU_TEMPLATES);
+    let now = crate::datapath::clock::jiffies_now()?;
+    if let Some(moved) =
+        crate::conntrack::migrate::templates_from_lru(&old, maps.template_table()?, now)?
+    {
+        info!(
+            templates = moved,
+            "moved the persistence templates of the previous version into this one"
         );
     }
     Ok(Up {

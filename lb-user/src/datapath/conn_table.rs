@@ -30,10 +30,19 @@ pub struct Shape {
 impl Shape {
     /// A new table for `conn_max` connections, with a fresh random seed.
     pub fn new(conn_max: u32) -> Self {
+        Self::with_buckets(conn_table::table_buckets(conn_max))
+    }
+
+    /// A new template table ([`conn_table::TEMPLATE_BUCKETS`], a size fixed at build time).
+    pub fn templates() -> Self {
+        Self::with_buckets(conn_table::TEMPLATE_BUCKETS)
+    }
+
+    fn with_buckets(buckets: u32) -> Self {
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).expect("the kernel's random numbers");
         Self {
-            mask: conn_table::table_buckets(conn_max) - 1,
+            mask: buckets - 1,
             seed: u64::from_ne_bytes(seed),
         }
     }
@@ -55,6 +64,32 @@ impl Shape {
     /// Flows it has slots for.
     pub fn slots(&self) -> u32 {
         self.buckets() * WAYS as u32
+    }
+}
+
+/// The shapes of the datapath's two tables of this layout.
+#[derive(Clone, Copy, Debug)]
+pub struct Shapes {
+    pub conns: Shape,
+    pub templates: Shape,
+}
+
+impl Shapes {
+    /// New tables, the connection table for `conn_max` connections.
+    pub fn new(conn_max: u32) -> Self {
+        Self {
+            conns: Shape::new(conn_max),
+            templates: Shape::templates(),
+        }
+    }
+
+    /// The tables pinned at these paths keep their shapes (a new program must hash as the old
+    /// one did); a table not pinned yet is new.
+    pub fn pinned(conns: &Path, templates: &Path, conn_max: u32) -> Result<Self> {
+        Ok(Self {
+            conns: Shape::of_pin(conns)?.unwrap_or_else(|| Shape::new(conn_max)),
+            templates: Shape::of_pin(templates)?.unwrap_or_else(Shape::templates),
+        })
     }
 }
 
@@ -105,17 +140,18 @@ impl Buckets {
 }
 
 impl SlotTable {
-    /// Opens `map`, which must be a connection table (its last entry a header).
+    /// Opens `map`, which must be a table of [`conn_table`]'s layout (its last entry a header):
+    /// the connection table or the templates'.
     pub fn new(map: &MapData) -> Result<Self> {
         let entries = map.info()?.max_entries();
         let buckets = entries.saturating_sub(1);
         if !buckets.is_power_of_two() || conn_table::map_entries(buckets) != entries {
-            bail!("the map of {entries} entries is not a connection table");
+            bail!("the map of {entries} entries is not a connection or template table");
         }
         let fd = map.fd().as_fd().try_clone_to_owned()?;
         let header = Buckets::map(&fd, buckets, 1)?.copy(buckets);
         let Some(seed) = conn_table::seed_of(&header) else {
-            bail!("the connection table has no header (it was never set up)");
+            bail!("the table has no header (it was never set up)");
         };
         Ok(Self {
             fd,
@@ -131,13 +167,13 @@ impl SlotTable {
     pub fn set_up(map: &MapData, shape: Shape) -> Result<()> {
         let entries = conn_table::map_entries(shape.buckets());
         if map.info()?.max_entries() != entries {
-            bail!("the connection table was not made with {entries} entries");
+            bail!("the table was not made with {entries} entries");
         }
         let fd = map.fd().as_fd().try_clone_to_owned()?;
         let mapped = Buckets::map(&fd, shape.buckets(), 1)?;
         match conn_table::seed_of(&mapped.copy(shape.buckets())) {
             Some(seed) if seed == shape.seed => Ok(()),
-            Some(_) => bail!("the pinned connection table has another seed"),
+            Some(_) => bail!("the pinned table has another seed"),
             None => {
                 // SAFETY: the header entry, within the mapping; the datapath never touches it.
                 unsafe {
@@ -207,18 +243,27 @@ impl SlotTable {
         now: u32,
         timeouts: &IdleTimeouts,
     ) -> Result<()> {
+        let cfg = DirectorConfig {
+            tcp_timeout: timeouts.tcp,
+            tcp_fin_timeout: timeouts.tcp_fin,
+            udp_timeout: timeouts.udp,
+            ..Default::default()
+        };
+        self.write(flow, conn, |b| conn_table::victim(b, now, &cfg))
+    }
+
+    /// Writes a template into its own slot, an empty one, or the longest unused at clock `now`
+    /// ([`conn_table::oldest`]), as the datapath does.
+    pub fn upsert_template(&self, key: &FlowKey, template: &Conn, now: u32) -> Result<()> {
+        self.write(key, template, |b| conn_table::oldest(b, now))
+    }
+
+    /// Writes an entry into its own slot, else the one `victim` picks in its bucket.
+    fn write(&self, flow: &FlowKey, conn: &Conn, victim: impl Fn(&Bucket) -> usize) -> Result<()> {
         let (b, p) = self.bucket_of(flow)?;
         let way = match Self::find(&b, &p, flow) {
             Some((way, _)) => way,
-            None => {
-                let cfg = DirectorConfig {
-                    tcp_timeout: timeouts.tcp,
-                    tcp_fin_timeout: timeouts.tcp_fin,
-                    udp_timeout: timeouts.udp,
-                    ..Default::default()
-                };
-                conn_table::victim(&b.copy(p.bucket), now, &cfg)
-            }
+            None => victim(&b.copy(p.bucket)),
         };
         let slot = b.slot(p.bucket, way);
         Self::tag(slot).store(EMPTY, Ordering::Relaxed);

@@ -20,8 +20,8 @@ use super::mmap::Mapped;
 use lb_common::{
     map_names, Addr, Conn, DirectorConfig, FloodGuard, FlowKey, Iface, LocalMacs, LocalityEntry,
     LocalityKey, NatReply, NeighMiss, Persistence, RealConns, RealEgress, RealLimits, RealServer,
-    Reason, ServiceInfo, ServiceKey, Template, TemplateKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS,
-    SYNC_STAT_LOST, TABLE_MAP_FLAGS,
+    Reason, ServiceInfo, ServiceKey, TemplateKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS, SYNC_STAT_LOST,
+    TABLE_MAP_FLAGS,
 };
 
 /// What the agent needs from the datapath's maps.
@@ -157,7 +157,7 @@ pub struct Maps {
     sched_pos: PerCpuArray<MapData, u64>,
     locality: HashMap<MapData, LocalityKey, LocalityEntry>,
     persistence: Array<MapData, Persistence>,
-    templates: HashMap<MapData, TemplateKey, Template>,
+    templates: Option<super::conn_table::SlotTable>,
     real_egress: Array<MapData, RealEgress>,
     nat_sources: Array<MapData, u8>,
     tunnel_src6: Array<MapData, Addr>,
@@ -182,6 +182,25 @@ where
         .take_map(name)
         .ok_or_else(|| anyhow!("the XDP object has no map {name}"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+/// A table of [`lb_common::conn_table`]'s layout; None in an object built before it (an older
+/// build's, timed by `cargo xtask bench --compare`).
+fn slot_table_in(ebpf: &Ebpf, name: &str) -> Result<Option<super::conn_table::SlotTable>> {
+    match ebpf.map(name) {
+        Some(aya::maps::Map::Array(d)) => Ok(Some(super::conn_table::SlotTable::new(d)?)),
+        None => Ok(None),
+        Some(_) => anyhow::bail!("map {name} has an unexpected type"),
+    }
+}
+
+fn slot_table<'a>(
+    table: &'a Option<super::conn_table::SlotTable>,
+    name: &str,
+) -> Result<&'a super::conn_table::SlotTable> {
+    table
+        .as_ref()
+        .ok_or_else(|| anyhow!("the XDP object has no {name} (built before it)"))
 }
 
 fn sum(values: &[Counters]) -> Counters {
@@ -303,11 +322,7 @@ impl Maps {
                 _ => anyhow::bail!("the XDP object has no array of maps TABLES"),
             },
             tables: take(ebpf, map_names::TABLES)?,
-            conns: match ebpf.map(map_names::CONN_TABLE) {
-                Some(aya::maps::Map::Array(d)) => Some(super::conn_table::SlotTable::new(d)?),
-                None => None,
-                Some(_) => anyhow::bail!("map {} has an unexpected type", map_names::CONN_TABLE),
-            },
+            conns: slot_table_in(ebpf, map_names::CONN_TABLE)?,
             reals: take(ebpf, map_names::REALS)?,
             config: take(ebpf, map_names::CONFIG)?,
             service_stats: take(ebpf, map_names::SERVICE_STATS)?,
@@ -329,7 +344,7 @@ impl Maps {
             sched_pos: take(ebpf, map_names::SCHED_POS)?,
             locality: take(ebpf, map_names::LOCALITY)?,
             persistence: take(ebpf, map_names::PERSISTENCE)?,
-            templates: take(ebpf, map_names::TEMPLATES)?,
+            templates: slot_table_in(ebpf, map_names::TEMPLATE_TABLE)?,
             real_egress: take(ebpf, map_names::REAL_EGRESS)?,
             nat_sources: take(ebpf, map_names::NAT_SOURCES)?,
             tunnel_src6: take(ebpf, map_names::TUNNEL_SRC6)?,
@@ -380,31 +395,25 @@ impl Maps {
             .map(|c| crate::conntrack::IdleTimeouts::of(&c))
             .unwrap_or_default();
         Ok(crate::conntrack::table::MapConns {
-            conns: Self::slot_table(&self.conns)?,
+            conns: slot_table(&self.conns, map_names::CONN_TABLE)?,
             replies: &mut self.nat_replies,
             timeouts: std::sync::Arc::new(std::sync::Mutex::new(timeouts)),
         })
     }
 
-    fn slot_table(
-        conns: &Option<super::conn_table::SlotTable>,
-    ) -> Result<&super::conn_table::SlotTable> {
-        conns.as_ref().ok_or_else(|| {
-            anyhow!(
-                "the XDP object has no {} (built before it)",
-                map_names::CONN_TABLE
-            )
-        })
+    /// The persistence templates' table.
+    pub fn template_table(&self) -> Result<&super::conn_table::SlotTable> {
+        slot_table(&self.templates, map_names::TEMPLATE_TABLE)
     }
 
     /// The connection table's bucket mask and hash seed.
     pub fn conn_shape(&self) -> Result<super::conn_table::Shape> {
-        Ok(Self::slot_table(&self.conns)?.shape())
+        Ok(slot_table(&self.conns, map_names::CONN_TABLE)?.shape())
     }
 
     /// How many flows the connection table has slots for.
     pub fn conn_capacity(&self) -> Result<u32> {
-        Ok(Self::slot_table(&self.conns)?.capacity())
+        Ok(slot_table(&self.conns, map_names::CONN_TABLE)?.capacity())
     }
 
     /// A service's lookup table as the datapath sees it.
@@ -665,9 +674,8 @@ impl MapWriter for Maps {
         };
         let now = super::clock::jiffies_now()?;
         Ok(self
-            .templates
-            .get(&key, 0)
-            .ok()
+            .template_table()?
+            .get(&key.flow_key())?
             .map(|t| (t.real, now.wrapping_sub(t.last_seen)))
             .filter(|(_, idle)| *idle <= p.timeout))
     }
@@ -676,10 +684,10 @@ impl MapWriter for Maps {
         let now = super::clock::jiffies_now()?;
         let mut timeouts = std::collections::HashMap::new();
         let mut counts = std::collections::HashMap::new();
-        for (k, t) in self.templates.iter().filter_map(|e| e.ok()) {
+        for (_, t) in self.template_table()?.entries()? {
             let timeout = *timeouts
-                .entry(k.service)
-                .or_insert_with(|| self.persistence.get(&k.service, 0).map_or(0, |p| p.timeout));
+                .entry(t.service)
+                .or_insert_with(|| self.persistence.get(&t.service, 0).map_or(0, |p| p.timeout));
             if now.wrapping_sub(t.last_seen) <= timeout {
                 *counts.entry(t.real).or_insert(0) += 1;
             }
@@ -688,20 +696,15 @@ impl MapWriter for Maps {
     }
 
     fn connections(&self) -> Result<Vec<(FlowKey, Conn)>> {
-        Self::slot_table(&self.conns)?.entries()
+        slot_table(&self.conns, map_names::CONN_TABLE)?.entries()
     }
 
     fn release_templates(&mut self, service_id: u32, reals: &[u32]) -> Result<()> {
-        let stale: Vec<TemplateKey> = self
-            .templates
-            .iter()
-            .filter_map(|e| e.ok())
-            .filter(|(k, t)| k.service == service_id && reals.contains(&t.real))
-            .map(|(k, _)| k)
-            .collect();
-        for k in stale {
-            // Gone already (evicted or released by the datapath's LRU) is fine.
-            let _ = self.templates.remove(&k);
+        let table = self.template_table()?;
+        for (key, t) in table.entries()? {
+            if t.service == service_id && reals.contains(&t.real) {
+                table.remove(&key)?;
+            }
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ pub mod mmap;
 pub mod pin;
 pub mod sys;
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
     Ebpf, EbpfLoader,
@@ -84,7 +84,7 @@ pub const REAL_MAPS: [&str; 6] = [
 
 /// A loader with the maps sized as `opts` asks, the connection table shaped as `shape` (a
 /// pinned table's own, or a new one's) and the datapath's logs on or off.
-fn loader<'a>(opts: &LoadOptions, shape: &'a conn_table::Shape) -> EbpfLoader<'a> {
+fn loader<'a>(opts: &LoadOptions, shapes: &'a conn_table::Shapes) -> EbpfLoader<'a> {
     let level: &'static u8 = if opts.datapath_log {
         &LOG_DEBUG
     } else {
@@ -96,12 +96,25 @@ fn loader<'a>(opts: &LoadOptions, shape: &'a conn_table::Shape) -> EbpfLoader<'a
     loader
         .map_max_entries(
             map_names::CONN_TABLE,
-            lb_common::conn_table::map_entries(shape.buckets()),
+            lb_common::conn_table::map_entries(shapes.conns.buckets()),
         )
         .map_max_entries(map_names::LRU_CONNS, opts.conn_max)
         .map_max_entries(map_names::NAT_REPLIES, opts.conn_max)
-        .override_global(lb_common::conn_table::SEED_GLOBAL, &shape.seed, false)
-        .override_global(lb_common::conn_table::MASK_GLOBAL, &shape.mask, false)
+        .override_global(
+            lb_common::conn_table::SEED_GLOBAL,
+            &shapes.conns.seed,
+            false,
+        )
+        .override_global(
+            lb_common::conn_table::MASK_GLOBAL,
+            &shapes.conns.mask,
+            false,
+        )
+        .override_global(
+            lb_common::conn_table::TEMPLATE_SEED_GLOBAL,
+            &shapes.templates.seed,
+            false,
+        )
         .override_global(AYA_LOG_LEVEL, level, true);
     for name in SERVICE_MAPS {
         loader.map_max_entries(name, opts.limits.services);
@@ -144,11 +157,11 @@ impl Datapath {
     /// [`Datapath::load`] from another build's object (`cargo xtask bench --compare` times two
     /// builds side by side).
     pub fn load_object(object: &[u8], program: &str, opts: LoadOptions) -> Result<Self> {
-        let shape = conn_table::Shape::new(opts.conn_max);
-        let mut ebpf = loader(&opts, &shape)
+        let shapes = conn_table::Shapes::new(opts.conn_max);
+        let mut ebpf = loader(&opts, &shapes)
             .load(object)
             .context("cannot load the XDP object into the kernel")?;
-        set_up_conn_table(&ebpf, shape)?;
+        set_up_tables(&ebpf, shapes)?;
         xdp(&mut ebpf, program)?
             .load()
             .with_context(|| format!("the kernel rejected the XDP program '{program}'"))?;
@@ -242,19 +255,19 @@ impl Datapath {
         pins.drop_outgrown_prog_array(map_names::NAT_PROGS, NAT_PROG_SLOTS)?;
         pins.drop_outgrown_prog_array(map_names::IPV6_PROGS, IPV6_PROG_SLOTS)?;
         pins.drop_outgrown_prog_array(map_names::IPV4_PROGS, IPV4_PROG_SLOTS)?;
-        // A pinned table keeps its size and seed: the new program must hash as the old one did.
-        let shape = match conn_table::Shape::of_pin(&pins.map(map_names::CONN_TABLE))? {
-            Some(shape) => shape,
-            None => conn_table::Shape::new(opts.conn_max),
-        };
-        let mut loader = loader(&opts, &shape);
+        let shapes = conn_table::Shapes::pinned(
+            &pins.map(map_names::CONN_TABLE),
+            &pins.map(map_names::TEMPLATE_TABLE),
+            opts.conn_max,
+        )?;
+        let mut loader = loader(&opts, &shapes);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader
             .load(OBJECT)
             .context("cannot load the XDP object into the kernel (on its pinned maps)")?;
-        set_up_conn_table(&ebpf, shape)?;
+        set_up_tables(&ebpf, shapes)?;
         xdp(&mut ebpf, program_names::LB)?
             .load()
             .context("the kernel rejected the XDP program")?;
@@ -348,17 +361,22 @@ impl Datapath {
     }
 }
 
-/// Gives a table the datapath has just made its header (its seed) before any program runs; a
-/// pinned one has it already. Objects without the table (older builds, in benchmarks) pass.
-fn set_up_conn_table(ebpf: &Ebpf, shape: conn_table::Shape) -> Result<()> {
-    match ebpf.map(map_names::CONN_TABLE) {
-        Some(aya::maps::Map::Array(map)) => conn_table::SlotTable::set_up(map, shape),
-        Some(_) => Err(anyhow!(
-            "map {} has an unexpected type",
-            map_names::CONN_TABLE
-        )),
-        None => Ok(()),
+/// Gives each table the datapath has just made its header (its seed) before any program runs;
+/// a pinned one has it already. Objects without a table (older builds, in benchmarks) pass.
+fn set_up_tables(ebpf: &Ebpf, shapes: conn_table::Shapes) -> Result<()> {
+    for (name, shape) in [
+        (map_names::CONN_TABLE, shapes.conns),
+        (map_names::TEMPLATE_TABLE, shapes.templates),
+    ] {
+        match ebpf.map(name) {
+            Some(aya::maps::Map::Array(map)) => {
+                conn_table::SlotTable::set_up(map, shape).with_context(|| format!("map {name}"))?
+            }
+            Some(_) => bail!("map {name} has an unexpected type"),
+            None => {}
+        }
     }
+    Ok(())
 }
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {

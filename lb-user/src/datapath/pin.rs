@@ -41,7 +41,7 @@ pub const PINNED_MAPS: [&str; 32] = [
     map_names::SCHED_POS,
     map_names::LOCALITY,
     map_names::PERSISTENCE,
-    map_names::TEMPLATES,
+    map_names::TEMPLATE_TABLE,
     map_names::REAL_EGRESS,
     map_names::NAT_REPLIES,
     map_names::NAT_SOURCES,
