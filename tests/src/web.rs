@@ -114,6 +114,9 @@ pub struct Browser {
     profile: PathBuf,
 }
 
+/// A pipe whose ends are both above the descriptors 3 and 4 the child's are copied onto: an end
+/// that was 3 or 4 itself would be overwritten by the first copy before the second is made
+/// (Chromium then talks to the wrong end and exits at once).
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two descriptors we then own.
@@ -121,7 +124,23 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
         bail!("pipe2: {}", std::io::Error::last_os_error());
     }
     // SAFETY: both are fresh descriptors nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((above_4(read)?, above_4(write)?))
+}
+
+/// A copy of `fd` numbered 5 or more (close-on-exec); `fd` is closed.
+fn above_4(fd: OwnedFd) -> Result<OwnedFd> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: fcntl on a descriptor we own; the copy is fresh and ours.
+    let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 5) };
+    if copy < 0 {
+        bail!(
+            "fcntl(F_DUPFD_CLOEXEC): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
 
 impl Browser {
