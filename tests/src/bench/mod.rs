@@ -256,7 +256,9 @@ impl Case {
             // connection-table miss in place of the hit.
             Case::DrMhNewFlowGuarded => Some(100.0),
             Case::DrNewFlow(_) => Some(150.0),
-            Case::DrPersistentNewFlow => Some(200.0),
+            // rr's new flow plus the same table work again, in the templates' table of the
+            // same layout: a lookup that misses and an insert.
+            Case::DrPersistentNewFlow => Some(300.0),
             Case::TunEstablished => Some(70.0),
             // DR established twice (the director's program runs again after the checker) plus
             // two tail calls and a walk of the options.

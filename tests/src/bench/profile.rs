@@ -120,8 +120,18 @@ fn sample_ips(text: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The program whose samples a case's lines split: the director's, or for a NAT reply the
+/// reply program it tail-calls, where that path's work is.
+pub fn line_program(case: Case) -> &'static str {
+    match case {
+        Case::NatReply => program_names::NAT_REPLY,
+        Case::Nat6Reply => program_names::NAT6_REPLY,
+        _ => program_names::LB,
+    }
+}
+
 /// Samples `cpu` while `case` runs; the symbols with at least [`PERCENT_LIMIT`] % of the samples,
-/// and the director program's own samples by source line.
+/// and the samples of its [`line_program`] by source line.
 pub fn profile(bench: &mut Bench, case: Case, cpu: usize, dir: &Path) -> Result<Profile> {
     let data = dir.join(format!("xdplb-perf-{}.data", std::process::id()));
     let mut perf = Command::new("perf")
@@ -175,7 +185,7 @@ pub fn profile(bench: &mut Bench, case: Case, cpu: usize, dir: &Path) -> Result<
             String::from_utf8_lossy(&script.stderr).trim()
         );
     }
-    let program = bench.fx.datapath.program(program_names::LB)?;
+    let program = bench.fx.datapath.program(line_program(case))?;
     let jit = JitLines::of(program.fd()?.as_fd())?;
     let ips = sample_ips(&String::from_utf8_lossy(&script.stdout));
     let (lines, program_samples) = line_shares(|ip| jit.line(ip).map(str::to_owned), &ips);

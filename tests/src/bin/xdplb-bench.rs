@@ -11,7 +11,7 @@ use lb_tests::bench::{
     median,
     peer::{self, Katran, PeerBench},
     percentile, pin_to_cpu,
-    profile::{profile, Profile, LINE_LIMIT},
+    profile::{line_program, profile, Profile, LINE_LIMIT},
     scale::{scale, Scale, Size},
     sync_delay, Bench, Case, Measurement, BENCH_CPU,
 };
@@ -23,12 +23,15 @@ const SCALE: Size = Size {
 };
 const SCALE_CHANGES: usize = 50;
 
-/// The cases sampled by perf: the paths with a target against Katran or in the issue.
-const PROFILED: [Case; 4] = [
+/// The cases sampled by perf: the paths with a target against Katran or in the issue, and the
+/// paths that miss their own by the most (the NAT replies, with their kernel helpers).
+const PROFILED: [Case; 6] = [
     Case::DrMhEstablished,
     Case::TunEstablished,
     Case::DrMhNewFlow,
     Case::DrMhNewFlowGuarded,
+    Case::NatReply,
+    Case::Nat6Reply,
 ];
 
 /// Paired rounds per case when two builds are compared (`--compare`).
@@ -558,8 +561,9 @@ fn main() -> Result<()> {
          of an array of maps) and the connection table's insert, which in the bench's full table (for 65,536 \
          connections, 131,072 slots) ranks the flow's bucket and pushes one entry out, taking its \
          connection off its real server's counts. A larger table (the default is for 1,000,000 \
-         connections) misses the CPU caches more: the persistent case's \
-         262,144-entry template table costs about twice what a 65,536-entry one does. A new flow \
+         connections) misses the CPU caches more. A persistent service's new client adds a \
+         second table of the same layout, the templates' (262,144 slots): a lookup that misses \
+         and an insert. A new flow \
          the guard does not remember skips the insert; a SYN to a service that schedules by hash \
          (sh, mh, dh) on a CPU past its limit also skips the connection table's lookup, as Katran's \
          SYN path does (the hash gives a remembered flow's SYN sent again the same server): what \
@@ -637,8 +641,8 @@ fn main() -> Result<()> {
          (-31), TUN 98.5 -> 87.0 (-20), NAT request -22.5, NAT reply -28, IPv6 DR 95.0 -> 53.5 \
          (-35), IPv6 TUN -22, non-VIP 0; new flows about halved: DR mh 708 -> 318 (-347), sh 840 \
          -> 351, rr 890 -> 339, lc 952 -> 450, wlc 596 -> 340, dh 449 -> 247, lblcr 1047 -> 498, \
-         IPv6 mh 705 -> 328, the persistent new client 1948 -> 1090 (its templates are still an \
-         LRU hash); a new flow past the guard within 2. Two costs found on the way: ranking the \
+         IPv6 mh 705 -> 328, the persistent new client 1948 -> 1090 (its templates were still an \
+         LRU hash, until the change below); a new flow past the guard within 2. Two costs found on the way: ranking the \
          bucket's slots costs about 25 to 35 ns a new flow against plain longest-idle, the price \
          of sparing established connections under a flood; an alternate bucket for a flow whose \
          own is full of live entries (simulated: 0.4 % instead of 4 % of connections pushed out \
@@ -650,14 +654,32 @@ fn main() -> Result<()> {
          bare on DR mh established; a variant hashing with NH (the universal hash of UMAC: five \
          multiplications that do not wait on each other, where the chained hash's do) came within \
          3 ns of it in every established case: not kept. Every full run \
-         of this command since the change (nine, 2026-12-03 and 04) was flagged, baselines \
-         moving 40 to 115 % within a case and Katran's own established case by up to 27 ns \
-         between its two runs: DR mh established +48 to +74, TUN +72 to +141 (0.63x to 1.00x \
+         of this command since the change (twelve, 2026-12-03 and 04) was flagged, baselines \
+         moving 30 to 115 % within a case and Katran's own established case by up to 45 ns \
+         between its two runs: DR mh established +48 to +74, TUN +72 to +141 (0.62x to 1.00x \
          Katran in the same run), new flow 0.51x to 0.70x Katran's new-source case. The DR \
-         target of +50 is met in one machine state and missed in the other. The tables above \
-         are the ninth, of the build that refreshes a flow's entry only once its packet has \
-         passed the header checks (docs/RELIABILITY.md; +1 to +2 ns on the established paths, \
-         paired). \
+         target of +50 is met in one machine state and missed in the other. Since the ninth, \
+         a flow's entry is refreshed only once its packet has passed the header checks \
+         (docs/RELIABILITY.md; +1 to +2 ns on the established paths, paired). Then (2026-12-04, \
+         later) the persistence templates moved from the kernel's \
+         LRU hash into a table of the connection table's layout (`TEMPLATE_TABLE`, 262,144 \
+         slots; a new template takes an empty slot of its bucket or the longest unused, as the \
+         LRU gave up its least recently used): paired, 40 rounds, before -> after, the \
+         persistent new client 984.5 -> 570.5 (-403.5 per pair), DR mh new flow -3.5, IPv6 new \
+         flow -14.5, the established paths within 1 ns but IPv4 options (+5). The tables \
+         above are the twelfth run, of that build (so were the tenth, which had no Katran \
+         rows, the peer benchmark's harness built without BTF, and the eleventh). Where the NAT \
+         reply's time goes, by its sampled profile below (its target of 120 assumed DR's \
+         established path plus a lookup, a tail call and a cheap FIB lookup): the kernel's FIB \
+         lookup helper (bpf_ipv4_fib_lookup, fib_table_lookup, the MTU check it always makes \
+         for XDP) takes about a fifth of the samples, 60 to 75 ns of the case's time in the \
+         two runs profiled, about DR's whole established path; the reply index, still a \
+         kernel LRU hash (its hashing and bucket walk about 7 %), and the connection table's \
+         lookup follow; the reply program's own lines are spread thin (none over 13 %). The \
+         IPv6 reply's FIB lookup (bpf_ipv6_fib_lookup and the IPv6 routing table's walk under \
+         it) takes about a third of its samples, some 150 ns: most of what it costs over the \
+         IPv4 reply; its stages run in frames of their own (calls), the IPv6 pipeline's stack \
+         having no room for them inline. \
          The row of 32768 established flows in turn (added 2026-12-04) times DR's established \
          path with each packet's connection-table entry out of the CPU's caches, as real traffic \
          has it (the other established rows repeat one flow, whose entry stays in L1): paired, \
@@ -744,7 +766,9 @@ fn main() -> Result<()> {
     println!();
     println!(
         "The director program's own samples (xdplb's JITed code, not the kernel functions it \
-         calls) by the lb-ebpf source line each sampled instruction came from: the kernel keeps \
+         calls; for the NAT replies, the reply programs', xdplb_nat_reply and xdplb_nat6_reply) by \
+         the lb-ebpf source \
+         line each sampled instruction came from: the kernel keeps \
          the JIT address of every line of a program loaded with BTF (jited_line_info), which is \
          how this goes below the symbols (perf here cannot disassemble JITed BPF, and `bpftool \
          prog profile` needs hardware counters). The software clock's sample is the instruction \
@@ -756,9 +780,10 @@ fn main() -> Result<()> {
     for (case, profile) in &profiles {
         let Ok(p) = profile else { continue };
         println!(
-            "{} ({} samples in xdplb):\n",
+            "{} ({} samples in {}):\n",
             case.name(),
-            p.program_samples
+            p.program_samples,
+            line_program(*case)
         );
         println!("| share | source line |");
         println!("|---:|---|");
