@@ -89,9 +89,10 @@ pub trait MapWriter: Send + Sync {
     /// The template of a persistent service's client, if the datapath has one: (real server id,
     /// ticks since it was last used).
     fn template(&self, service_id: u32, client: IpAddr) -> Result<Option<(u32, u32)>>;
-    /// Forgets a service's templates that send clients to these real servers (deleted or
-    /// failed), so those clients are scheduled afresh, as IPVS expires them.
-    fn release_templates(&mut self, service_id: u32, reals: &[u32]) -> Result<()>;
+    /// Forgets the templates that send a service's clients to a real server of these (service
+    /// id, real server id) pairs (deleted or failed), so those clients are scheduled afresh, as
+    /// IPVS expires them. One walk of the template table, however many pairs.
+    fn release_templates(&mut self, released: &[(u32, u32)]) -> Result<()>;
     /// The live templates per real server id (ipvsadm's PersistConn).
     fn persistent_conns(&self) -> Result<std::collections::HashMap<u32, u64>>;
     /// Every entry of the connection table (a snapshot).
@@ -699,10 +700,11 @@ impl MapWriter for Maps {
         slot_table(&self.conns, map_names::CONN_TABLE)?.entries()
     }
 
-    fn release_templates(&mut self, service_id: u32, reals: &[u32]) -> Result<()> {
+    fn release_templates(&mut self, released: &[(u32, u32)]) -> Result<()> {
+        let released: std::collections::HashSet<&(u32, u32)> = released.iter().collect();
         let table = self.template_table()?;
         for (key, t) in table.entries()? {
-            if t.service == service_id && reals.contains(&t.real) {
+            if released.contains(&(t.service, t.real)) {
                 table.remove(&key)?;
             }
         }

@@ -113,6 +113,10 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> R
     for &i in new_nat.difference(&old_nat) {
         w.set_nat_source(i, true)?;
     }
+    // The templates to release, (service id, real server id), a walk of their table for many:
+    // those of services removed before any service (which may take a removed one's id) is
+    // written, the others once the real servers and tables are.
+    let mut released: Vec<(u32, u32)> = Vec::new();
     for svc in diff
         .iter()
         .filter(|(_, n)| n.is_none())
@@ -125,9 +129,12 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> R
             w.set_real(r.id, &RealServer::default())?;
         }
         if svc.persistence.is_some() {
-            let ids: Vec<u32> = svc.reals.iter().map(|r| r.id).collect();
-            w.release_templates(svc.id, &ids)?;
+            released.extend(svc.reals.iter().map(|r| (svc.id, r.id)));
         }
+    }
+    if !released.is_empty() {
+        w.release_templates(&released)?;
+        released.clear();
     }
     let changed: Vec<(&Service, Option<&Service>)> = diff
         .iter()
@@ -141,9 +148,7 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> R
         reals.add(old, new, svc, before);
     }
     w.set_real_parts(&reals.limits, &reals.egress, &reals.entries)?;
-    for (service, id) in &reals.released {
-        w.release_templates(*service, &[*id])?;
-    }
+    released.extend(&reals.released);
     let new_reals = reals.new_reals;
     if reset {
         let new_services: Vec<u32> = changed
@@ -184,9 +189,12 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> R
         for &id in gone.iter().filter(|id| !new.real_ids.contains(**id)) {
             w.set_real(id, &RealServer::default())?;
         }
-        if !gone.is_empty() && b.persistence.is_some() {
-            w.release_templates(svc.id, &gone)?;
+        if b.persistence.is_some() {
+            released.extend(gone.iter().map(|&id| (svc.id, id)));
         }
+    }
+    if !released.is_empty() {
+        w.release_templates(&released)?;
     }
     for &i in old_filter.difference(&new_filter) {
         w.set_vip_filter(i, false)?;

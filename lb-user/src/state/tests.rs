@@ -130,8 +130,8 @@ impl MapWriter for FakeMaps {
     fn connections(&self) -> Result<Vec<(lb_common::FlowKey, lb_common::Conn)>> {
         Ok(Vec::new())
     }
-    fn release_templates(&mut self, id: u32, reals: &[u32]) -> Result<()> {
-        self.write(format!("release {id} {reals:?}"))
+    fn release_templates(&mut self, released: &[(u32, u32)]) -> Result<()> {
+        self.write(format!("release {released:?}"))
     }
     fn set_tunnel_src6(&mut self, _: lb_common::Addr) -> Result<()> {
         Ok(())
@@ -877,4 +877,62 @@ fn a_change_to_one_of_many_services_writes_only_that_service() {
         "{:?}",
         maps.log
     );
+}
+
+/// Real servers of a persistent service that fail or go in one change release their clients'
+/// templates in one walk of the template table; a removed persistent service's are released
+/// before any service (which may take its id) is written.
+#[test]
+fn released_templates_take_one_walk_per_change() {
+    let persistent = SchedulerSpec {
+        persistent: Some(300),
+        ..Default::default()
+    };
+    let svc = tcp([10, 0, 0, 100], 80);
+    let mut s = State::default().add_service(svc, &persistent).unwrap();
+    for i in 11..=13 {
+        s = s.add_real(svc, &real([10, 0, 0, i], 1)).unwrap();
+    }
+    let ip = |i| std::net::IpAddr::from(Ipv4Addr::new(10, 0, 0, i));
+    let mut maps = FakeMaps::default();
+    apply(&mut maps, &State::default(), &s).unwrap();
+    let id = s.services[&svc].id;
+    let reals: Vec<u32> = s.services[&svc].reals.iter().map(|r| r.id).collect();
+
+    let next = s
+        .set_health(svc, ip(11), crate::health::Health::Down, None)
+        .unwrap()
+        .set_health(svc, ip(12), crate::health::Health::Down, None)
+        .unwrap()
+        .del_real(svc, ip(13))
+        .unwrap();
+    maps.log.clear();
+    apply(&mut maps, &s, &next).unwrap();
+    let releases: Vec<&String> = maps
+        .log
+        .iter()
+        .filter(|l| l.starts_with("release"))
+        .collect();
+    let want = format!(
+        "release {:?}",
+        [(id, reals[0]), (id, reals[1]), (id, reals[2])]
+    );
+    assert_eq!(releases, [&want], "{:?}", maps.log);
+
+    // The service removed and another added in one change: its release comes first.
+    let other = tcp([10, 0, 0, 101], 80);
+    let last = next
+        .del_service(svc)
+        .unwrap()
+        .add_service(other, &persistent)
+        .unwrap();
+    maps.log.clear();
+    apply(&mut maps, &next, &last).unwrap();
+    let at = |prefix: &str| maps.log.iter().position(|l| l.starts_with(prefix));
+    assert!(
+        at("release") < at("service+"),
+        "release after a service was written: {:?}",
+        maps.log
+    );
+    assert!(at("release").is_some(), "{:?}", maps.log);
 }
