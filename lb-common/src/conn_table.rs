@@ -4,8 +4,9 @@
 //! one [`victim`] names when the bucket is full. Nothing is allocated, linked or locked: against
 //! the kernel's LRU hash it was before, about 20-35 ns less per established packet and about
 //! half the cost of a new flow (docs/BENCHMARKS.md). The map's last entry is not a bucket but the
-//! table's [`header`], its hash seed, so a pinned table and its seed never part. docs/conntrack.md
-//! is the user's side of it.
+//! table's [`header`], its hash seed, so a pinned table and its seed never part. The persistence
+//! templates live in a second table of this layout ([`TEMPLATE_BUCKETS`]). docs/conntrack.md is
+//! the user's side of both.
 
 use bytemuck::{Pod, Zeroable};
 

@@ -22,7 +22,7 @@ use lb_common::{
 use crate::{
     counts,
     parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
-    persist, sync,
+    persist, slots, sync,
 };
 
 /// Which of a real server's counts an entry with these flags is in: (active, inactive).
@@ -66,30 +66,7 @@ fn place(flow: &FlowKey) -> conn_table::Place {
 /// The slot holding this flow's entry, if any.
 #[inline(always)]
 fn slot(flow: &FlowKey) -> Option<*mut Slot> {
-    find_slot(&CONN_TABLE, flow, place(flow))
-}
-
-/// The slot holding `key`'s entry in `table` (a table of [`conn_table`]'s layout), if any.
-#[inline(always)]
-pub fn find_slot(table: &Array<Bucket>, key: &FlowKey, p: conn_table::Place) -> Option<*mut Slot> {
-    let bucket = table.get_ptr_mut(p.bucket)?;
-    // SAFETY: the pointer is into the map's value.
-    let way = conn_table::find(unsafe { &*bucket }, key, p.tag)?;
-    // SAFETY: as above, the way masked in bounds for the verifier.
-    Some(unsafe { &raw mut (*bucket).slots[way & (WAYS - 1)] })
-}
-
-/// Writes an entry into a slot of a table other CPUs read without a lock: the tag emptied
-/// first and written last, so no reader takes half of one key's entry for another's.
-#[inline(always)]
-pub fn write_slot(slot: &mut Slot, key: &FlowKey, tag: u32, conn: Conn) {
-    // SAFETY: stores into the map's value.
-    unsafe { core::ptr::write_volatile(&mut slot.tag, EMPTY) };
-    slot.mark = 0;
-    slot.key = *key;
-    slot.conn = conn;
-    // SAFETY: as above.
-    unsafe { core::ptr::write_volatile(&mut slot.tag, tag) };
+    slots::find(&CONN_TABLE, flow, place(flow))
 }
 
 #[inline(always)]
@@ -310,7 +287,7 @@ pub extern "C" fn xdplb_conn_write(
         last_seen: now,
         flags,
     };
-    write_slot(&mut bucket.slots[way & (WAYS - 1)], flow, p.tag, conn);
+    slots::write(&mut bucket.slots[way & (WAYS - 1)], flow, p.tag, conn);
     let (active, inactive) = state(flags);
     counts::add(real, active, inactive);
     1

@@ -44,6 +44,7 @@ mod persist;
 mod pktgen;
 mod route;
 mod schedule;
+mod slots;
 mod stats;
 mod sync;
 

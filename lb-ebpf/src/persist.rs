@@ -12,7 +12,7 @@ use lb_common::{
     MAX_SERVICES, REAL_DOWN, SVC_PERSISTENT,
 };
 
-use crate::{conntrack, schedule};
+use crate::{schedule, slots};
 
 #[map]
 static PERSISTENCE: Array<Persistence> = Array::with_max_entries(MAX_SERVICES, 0);
@@ -47,7 +47,7 @@ fn place(key: &FlowKey) -> conn_table::Place {
 #[inline(always)]
 fn slot(service: u32, client: &Addr, p: &Persistence) -> Option<*mut Slot> {
     let key = key(service, client, p);
-    conntrack::find_slot(&TEMPLATE_TABLE, &key, place(&key))
+    slots::find(&TEMPLATE_TABLE, &key, place(&key))
 }
 
 /// The real server a persistent service's template gives this client, if the template is alive
@@ -115,7 +115,7 @@ pub extern "C" fn xdplb_template_write(
         last_seen: now,
         flags: 0,
     };
-    conntrack::write_slot(&mut b.slots[way & (WAYS - 1)], key, p.tag, template);
+    slots::write(&mut b.slots[way & (WAYS - 1)], key, p.tag, template);
     1
 }
 

@@ -82,8 +82,8 @@ pub const REAL_MAPS: [&str; 6] = [
     map_names::REAL_EGRESS,
 ];
 
-/// A loader with the maps sized as `opts` asks, the connection table shaped as `shape` (a
-/// pinned table's own, or a new one's) and the datapath's logs on or off.
+/// A loader with the maps sized as `opts` asks, the connection and template tables shaped as
+/// `shapes` (a pinned table's own, or a new one's) and the datapath's logs on or off.
 fn loader<'a>(opts: &LoadOptions, shapes: &'a conn_table::Shapes) -> EbpfLoader<'a> {
     let level: &'static u8 = if opts.datapath_log {
         &LOG_DEBUG
