@@ -315,14 +315,14 @@ impl Source {
     }
 
     pub fn parse(&self) -> Result<Config> {
-        let config: Config = self.deserialize(&self.text, 0)?;
-        self.checked_skipping(config, &[])
+        let mut config: Config = self.deserialize(&self.text, 0)?;
+        self.check_skipping(&mut config, &[])?;
+        Ok(config)
     }
 
     /// Checks a parsed file as a whole: what serde cannot. The real servers of a service marked
     /// in `known` passed these checks before (the same text, read again).
-    pub(crate) fn checked_skipping(&self, config: Config, known: &[bool]) -> Result<Config> {
-        let mut config = config;
+    pub(crate) fn check_skipping(&self, config: &mut Config, known: &[bool]) -> Result<()> {
         match (config.interface.is_empty(), config.interfaces.is_empty()) {
             (true, true) => bail!(
                 "{}: no interface: set interface = \"eth0\" or interfaces = [\"eth0\", \"eth1\"]",
@@ -409,7 +409,7 @@ impl Source {
                 }
             }
         }
-        Ok(config)
+        Ok(())
     }
 }
 

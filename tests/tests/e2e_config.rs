@@ -270,11 +270,18 @@ fn an_invalid_file_is_rejected_with_its_line_and_changes_nothing() {
         streams.assert_flowing(what);
     }
 
-    // The file fixed, a reload applies it again (nothing to change).
+    // The file fixed, a reload applies it again (nothing to change). The files that failed
+    // their checks or their apply were kept: only the section the last of them changed is
+    // parsed again (a large file put right reloads as fast as one edit).
     agent.write_config(&valid).expect("write the config");
     agent.cli_ok(&["reload"]);
     assert_eq!(agent.list_config(), before);
     assert_eq!(reload_counters(director), (1.0, broken.len() as f64));
+    let log = agent.log();
+    assert!(
+        log.contains("configuration reloaded (1 of 2 services parsed anew)"),
+        "the fixed file was not read with the failed ones' sections:\n{log}"
+    );
     streams.assert_flowing("after the fixed reload");
     for status in streams.stop() {
         assert_eq!(status.failure, None, "{status:?}");

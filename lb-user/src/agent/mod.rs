@@ -541,23 +541,49 @@ impl Agent {
     async fn reload(&mut self) -> Result<()> {
         let result = self.try_reload().await;
         match &result {
-            Ok(()) => {
+            Ok((parsed, services)) => {
                 self.reloads += 1;
-                info!("configuration reloaded");
+                info!("configuration reloaded ({parsed} of {services} services parsed anew)");
             }
             Err(e) => {
                 self.reload_failures += 1;
                 error!("reload rejected, nothing changed: {e:#}");
             }
         }
-        result
+        result.map(|_| ())
     }
 
-    async fn try_reload(&mut self) -> Result<()> {
+    /// Reloads; how many of the file's services were parsed anew, of how many.
+    async fn try_reload(&mut self) -> Result<(usize, usize)> {
         let path = self.config_path.clone().ok_or_else(|| {
             anyhow!("the agent was started without --config: there is nothing to reload")
         })?;
         let (src, read) = Source::reread(&path, &mut self.parse_cache)?;
+        let untouched = read.untouched(&self.state, self.kept_at == Some(self.commits));
+        if let Err(e) = self.apply_read(&path, &read, &untouched, &src).await {
+            // The file put right then parses only what changed since this one.
+            self.parse_cache.keep_unapplied(src.text, read);
+            return Err(e);
+        }
+        // A reload that parsed little leaves little to give back.
+        let (parsed, services) = (read.parsed(), read.config.services.len());
+        self.parse_cache
+            .keep(src.text, read, &untouched, &self.state);
+        self.kept_at = Some(self.commits);
+        if parsed > RELEASE_AFTER_PARSING {
+            release_memory();
+        }
+        Ok((parsed, services))
+    }
+
+    /// Commits the state a file read again describes, skipping its `untouched` services.
+    async fn apply_read(
+        &mut self,
+        path: &std::path::Path,
+        read: &Reread,
+        untouched: &[bool],
+        src: &Source,
+    ) -> Result<()> {
         let cfg = &read.config;
         if cfg.director() != self.director {
             bail!(
@@ -565,19 +591,9 @@ impl Agent {
                 path.display()
             );
         }
-        let untouched = read.untouched(&self.state, self.kept_at == Some(self.commits));
-        let next = self.state_from(&read, &untouched, &src).await?;
+        let next = self.state_from(read, untouched, src).await?;
         self.set_timeouts(cfg.timeouts)?;
-        self.commit(next)?;
-        // A reload that parsed little leaves little to give back.
-        let parsed = read.parsed();
-        self.parse_cache
-            .keep(src.text, read, &untouched, &self.state);
-        self.kept_at = Some(self.commits);
-        if parsed > RELEASE_AFTER_PARSING {
-            release_memory();
-        }
-        Ok(())
+        self.commit(next)
     }
 
     /// `next` with the interface toward each of its real servers, from the kernel's routes:

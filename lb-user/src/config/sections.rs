@@ -49,12 +49,15 @@ pub struct Reread {
     pub applied: Vec<Option<Arc<Service>>>,
     /// Each section's range and number of services; None when the file was parsed whole.
     sections: Option<Vec<(Range<usize>, usize)>>,
+    /// How many services were parsed anew (not taken from the cache).
+    parsed: usize,
 }
 
 impl Reread {
-    /// How many services were parsed anew (not taken from the cache).
+    /// How many services were parsed anew (not taken from the cache): a section a failed
+    /// reload left in the cache is not parsed again, though it is applied again.
     pub fn parsed(&self) -> usize {
-        self.applied.iter().filter(|a| a.is_none()).count()
+        self.parsed
     }
 
     /// Which services `current` holds as applying the same text left them last time.
@@ -81,6 +84,32 @@ impl ParseCache {
     /// After `read` (of `text`) was applied, giving `state`, with the services marked in
     /// `untouched` skipped: keeps them for the next read.
     pub fn keep(&mut self, text: String, read: Reread, untouched: &[bool], state: &State) {
+        self.fill(text, read, |i, s, was| match untouched.get(i) {
+            // Skipped: still the same shared service.
+            Some(true) => was,
+            _ => state.services.get(&s.get_ref().addr()).cloned(),
+        });
+    }
+
+    /// After `read` (of `text`) failed its checks or its apply: keeps its sections, each with
+    /// what an earlier apply made of it (none for those parsed anew), so the file put right
+    /// parses only what changed since. Whether those services are still the state's is asked
+    /// of the state then ([`Reread::untouched`]).
+    pub fn keep_unapplied(&mut self, text: String, read: Reread) {
+        self.fill(text, read, |_, _, was| was);
+    }
+
+    /// The cache of `read`'s sections, with what `applied` says each service's apply made.
+    fn fill(
+        &mut self,
+        text: String,
+        read: Reread,
+        mut applied_as: impl FnMut(
+            usize,
+            &Spanned<ServiceConfig>,
+            Option<Arc<Service>>,
+        ) -> Option<Arc<Service>>,
+    ) {
         *self = Self::default();
         let Some(sections) = read.sections else {
             return;
@@ -92,11 +121,7 @@ impl ParseCache {
             .map(|(range, count)| {
                 let services: Vec<_> = services.by_ref().take(count).collect();
                 let applied = (services.iter().zip(applied.by_ref()))
-                    .map(|(s, (i, was))| match untouched.get(i) {
-                        // Skipped: still the same shared service.
-                        Some(true) => was,
-                        _ => state.services.get(&s.get_ref().addr()).cloned(),
-                    })
+                    .map(|(s, (i, was))| applied_as(i, s, was))
                     .collect();
                 Cached {
                     range,
@@ -312,7 +337,8 @@ impl Source {
 
     /// [`Source::parse`], taking from `cache` the sections this file has unchanged, so reading
     /// a large file again to change one service parses that service. The cache is emptied
-    /// unless the file's sections fail to parse (give it back with [`ParseCache::keep`]).
+    /// (give it back with [`ParseCache::keep`], or [`ParseCache::keep_unapplied`] when the apply
+    /// fails) unless a section fails to parse; failing the checks after, it keeps this file.
     /// Files it cannot split safely are parsed whole.
     pub fn parse_cached(&self, cache: &mut ParseCache) -> Result<Reread> {
         let same = common(cache.text.as_bytes(), self.text.as_bytes());
@@ -364,11 +390,16 @@ impl Source {
             .map(|i| (&cache.text[cache.sections[i].range.clone()], i))
             .collect();
         let mut between = Vec::with_capacity(middle.len());
+        let mut parsed = 0;
         for r in middle {
             let text = &self.text[r.clone()];
             between.push(match candidates.get(text) {
                 Some(&i) => Between::Cached(i, r),
-                None => Between::Parsed(r.clone(), self.parse_section(text, r.start)?),
+                None => {
+                    let services = self.parse_section(text, r.start)?;
+                    parsed += services.len();
+                    Between::Parsed(r.clone(), services)
+                }
             });
         }
         drop(candidates);
@@ -401,10 +432,11 @@ impl Source {
                         continue;
                     }
                     // Two sections of the same text (a duplicate the checks name).
-                    None => (
-                        r.clone(),
-                        self.parse_section(&self.text[r.clone()], r.start)?,
-                    ),
+                    None => {
+                        let services = self.parse_section(&self.text[r.clone()], r.start)?;
+                        parsed += services.len();
+                        (r.clone(), services)
+                    }
                 },
                 Between::Parsed(r, services) => (r, services),
             };
@@ -419,14 +451,20 @@ impl Source {
             config.services.extend(services);
             applied.extend(was);
         }
-        // What the cache held passed these checks when it was read.
-        let known: Vec<bool> = applied.iter().map(Option::is_some).collect();
-        let config = self.checked_skipping(config, &known)?;
-        Ok(Reread {
+        let mut read = Reread {
             config,
             applied,
             sections: Some(sections),
-        })
+            parsed,
+        };
+        // What the cache held applied passed these checks when it was read.
+        let known: Vec<bool> = read.applied.iter().map(Option::is_some).collect();
+        if let Err(e) = self.check_skipping(&mut read.config, &known) {
+            // A duplicate pasted in is the usual mistake: put right, the file parses only that.
+            cache.keep_unapplied(self.text.clone(), read);
+            return Err(e);
+        }
+        Ok(read)
     }
 
     /// The services of the section `text`, which starts `at` bytes into the file: spans counted
@@ -442,6 +480,7 @@ impl Source {
         let config = self.parse()?;
         Ok(Reread {
             applied: vec![None; config.services.len()],
+            parsed: config.services.len(),
             config,
             sections: None,
         })

@@ -517,9 +517,21 @@ fn reload(cache: &mut ParseCache, state: &State, text: &str) -> Result<(State, u
     let skipped_macs = read.config.macs_needed_skipping(state, &untouched);
     let all_macs = whole.macs_needed(state);
     assert!(skipped_macs.iter().all(|m| all_macs.contains(m)));
-    let next = read
+    let next = match read
         .config
-        .apply_skipping(state, &learned, &src, &untouched)?;
+        .apply_skipping(state, &learned, &src, &untouched)
+    {
+        Ok(next) => next,
+        Err(e) => {
+            // The same error as a whole apply's; the agent keeps the file unapplied.
+            assert_eq!(
+                format!("{e:#}"),
+                format!("{:#}", whole.apply_to(state, &learned, &src).unwrap_err())
+            );
+            cache.keep_unapplied(src.text, read);
+            return Err(e);
+        }
+    };
     assert_eq!(next, whole.apply_to(state, &learned, &src).unwrap());
     assert!(next.ids_consistent());
     let parsed = read.parsed();
@@ -633,20 +645,42 @@ fn a_reload_that_cannot_split_or_fails_reads_the_file_whole() {
     assert!(e.starts_with("test.toml:"), "{e}");
     let (state, parsed) = reload(&mut cache, &state, &base).unwrap();
     assert_eq!(parsed, 0);
-    // A duplicate service in a changed section: the line of the second one.
+    // A duplicate service in a changed section: the line of the second one. Failing the checks
+    // after the parse, the file is kept: put right, only the section changed again is parsed,
+    // and the same failing file again parses nothing (its section is checked again).
     let dup = base.replacen("vip = \"10.1.0.7\"", "vip = \"10.1.0.3\"", 1);
     let e = format!("{:#}", reload(&mut cache, &state, &dup).unwrap_err());
     assert!(e.contains("duplicate service TCP 10.1.0.3:80"), "{e}");
-    // After a failed check the file is read whole, and the cache is filled again.
+    let e = format!("{:#}", reload(&mut cache, &state, &dup).unwrap_err());
+    assert!(e.contains("duplicate service TCP 10.1.0.3:80"), "{e}");
     let (state, parsed) = reload(&mut cache, &state, &base).unwrap();
-    assert_eq!(parsed, 20);
+    assert_eq!(parsed, 1);
+    let (state, parsed) = reload(&mut cache, &state, &base).unwrap();
+    assert_eq!(parsed, 0);
     // A duplicate real server in a changed section.
     let dup = with_section(&base, 12, |s| s.replacen("10.200.0.2", "10.200.0.1", 1));
     let e = format!("{:#}", reload(&mut cache, &state, &dup).unwrap_err());
     assert!(e.contains("duplicate real server 10.200.0.1"), "{e}");
-    let (state, _) = reload(&mut cache, &state, &base).unwrap();
+    let (state, parsed) = reload(&mut cache, &state, &base).unwrap();
+    assert_eq!(parsed, 1);
     let (state, parsed) = reload(&mut cache, &state, &base).unwrap();
     assert_eq!(parsed, 0);
+    // A section the apply rejects (a fourth real server where the file has room for three
+    // per service): the same, the services of the other sections still the state's own.
+    let full = with_section(&base, 12, |s| {
+        format!(
+            "{s}  [[service.real]]\n  address = \"10.200.0.4\"\n  mac = \"02:00:00:00:00:04\"\n"
+        )
+    });
+    let e = format!("{:#}", reload(&mut cache, &state, &full).unwrap_err());
+    assert!(e.contains("too many real servers"), "{e}");
+    let (again, parsed) = reload(&mut cache, &state, &base).unwrap();
+    assert_eq!(parsed, 1);
+    assert_eq!(again, state);
+    for (addr, svc) in &again.services {
+        assert!(std::sync::Arc::ptr_eq(svc, &state.services[addr]), "{addr}");
+    }
+    let state = again;
 
     // A multi-line string's quotes in a changed section (here in a comment, which splitting
     // does not tell apart): the file is parsed whole.
