@@ -13,5 +13,6 @@ fn main() {
         println!("cargo:rustc-link-arg-bins=--export=xdplb_scan");
         println!("cargo:rustc-link-arg-bins=--export=xdplb_conn_write");
         println!("cargo:rustc-link-arg-bins=--export=xdplb_template_write");
+        println!("cargo:rustc-link-arg-bins=--export=xdplb_reply_write");
     }
 }

@@ -5,12 +5,13 @@
 //! the kernel's LRU hash it was before, about 20-35 ns less per established packet and about
 //! half the cost of a new flow (docs/BENCHMARKS.md). The map's last entry is not a bucket but the
 //! table's [`header`], its hash seed, so a pinned table and its seed never part. The persistence
-//! templates live in a second table of this layout ([`TEMPLATE_BUCKETS`]). docs/conntrack.md is
-//! the user's side of both.
+//! templates live in a second table of this layout ([`TEMPLATE_BUCKETS`]), and the LVS/NAT reply
+//! index in a third, whose slots hold a [`ReplyEntry`] in place of a [`Conn`] ([`SlotOf`]).
+//! docs/conntrack.md is the user's side of them.
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::{Conn, DirectorConfig, FlowKey, CONN_ESTABLISHED, CONN_FIN, TEMPLATES_MAX};
+use crate::{Conn, DirectorConfig, FlowKey, ReplyEntry, CONN_ESTABLISHED, CONN_FIN, TEMPLATES_MAX};
 
 /// Slots per bucket: four 64-byte slots, a bucket in four cache lines.
 pub const WAYS: usize = 4;
@@ -22,10 +23,10 @@ pub const EMPTY: u32 = 0;
 /// (its second chance, as in the CLOCK approximation of LRU).
 pub const SLOT_REFERENCED: u32 = 1;
 
-/// One entry.
+/// One entry: a key and what the table holds for it (`E`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct Slot {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotOf<E> {
     /// [`EMPTY`], or the flow's tag ([`Place::tag`]), compared before the key. An insert clears
     /// it first and writes it last, so a reader that finds the same tag before and after reading
     /// the entry has read one flow's.
@@ -33,17 +34,77 @@ pub struct Slot {
     /// [`SLOT_REFERENCED`] or 0.
     pub mark: u32,
     pub key: FlowKey,
-    pub conn: Conn,
+    pub entry: E,
 }
 
 /// The array map's value: the slots one hash value can go to.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct Bucket {
-    pub slots: [Slot; WAYS],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketOf<E> {
+    pub slots: [SlotOf<E>; WAYS],
 }
 
+/// The connection table's and the templates' slots and buckets.
+pub type Slot = SlotOf<Conn>;
+pub type Bucket = BucketOf<Conn>;
+/// The LVS/NAT reply index's (80-byte slots: a reply's translation is 28 bytes).
+pub type ReplySlot = SlotOf<ReplyEntry>;
+pub type ReplyBucket = BucketOf<ReplyEntry>;
+
 const _: () = assert!(core::mem::size_of::<Slot>() == 64);
+const _: () = assert!(core::mem::size_of::<ReplySlot>() == 80);
+
+// SAFETY: repr(C) plain data, sizes checked above: no padding (8 + 40 bytes, then an entry of 4-byte
+// fields whose size is a multiple of 8).
+unsafe impl Zeroable for Slot {}
+unsafe impl Pod for Slot {}
+unsafe impl Zeroable for Bucket {}
+unsafe impl Pod for Bucket {}
+unsafe impl Zeroable for ReplySlot {}
+unsafe impl Pod for ReplySlot {}
+unsafe impl Zeroable for ReplyBucket {}
+unsafe impl Pod for ReplyBucket {}
+
+/// What a table's entries have in common: when one was last used (a full bucket of templates or
+/// replies gives up the longest unused), and a place for the header's seed.
+pub trait Entry: Copy + Default {
+    fn last_used(&self) -> u32;
+    fn seed(&self) -> u64;
+    fn with_seed(seed: u64) -> Self;
+}
+
+impl Entry for Conn {
+    #[inline(always)]
+    fn last_used(&self) -> u32 {
+        self.last_seen
+    }
+    fn seed(&self) -> u64 {
+        self.real as u64 | (self.service as u64) << 32
+    }
+    fn with_seed(seed: u64) -> Self {
+        Conn {
+            real: seed as u32,
+            service: (seed >> 32) as u32,
+            ..Default::default()
+        }
+    }
+}
+
+impl Entry for ReplyEntry {
+    #[inline(always)]
+    fn last_used(&self) -> u32 {
+        self.last_seen
+    }
+    fn seed(&self) -> u64 {
+        self.reply.real as u64 | (self.reply.service as u64) << 32
+    }
+    fn with_seed(seed: u64) -> Self {
+        let mut e = ReplyEntry::default();
+        e.reply.real = seed as u32;
+        e.reply.service = (seed >> 32) as u32;
+        e
+    }
+}
 
 /// The datapath's globals, set when the object is loaded: the hash seed and the bucket mask
 /// (buckets - 1). Load-time constants cost nothing per packet; the defaults (0) put every flow in
@@ -60,18 +121,17 @@ pub const fn map_entries(buckets: u32) -> u32 {
 }
 
 /// The header entry that records `seed` (the map's last entry).
-pub fn header(seed: u64) -> Bucket {
-    let mut b = Bucket::default();
+pub fn header<E: Entry>(seed: u64) -> BucketOf<E> {
+    let mut b = BucketOf::<E>::default();
     b.slots[0].tag = HEADER_TAG;
-    b.slots[0].conn.real = seed as u32;
-    b.slots[0].conn.service = (seed >> 32) as u32;
+    b.slots[0].entry = E::with_seed(seed);
     b
 }
 
 /// The seed a header records; None if `b` is not a header.
-pub fn seed_of(b: &Bucket) -> Option<u64> {
+pub fn seed_of<E: Entry>(b: &BucketOf<E>) -> Option<u64> {
     let s = &b.slots[0];
-    (s.tag == HEADER_TAG).then_some(s.conn.real as u64 | (s.conn.service as u64) << 32)
+    (s.tag == HEADER_TAG).then_some(s.entry.seed())
 }
 
 /// Slots per connection the table is sized for (`--conn-max`): a bucket fills before the table
@@ -104,6 +164,11 @@ pub const fn buckets_for(flows: u32) -> u32 {
 /// ([`oldest`]).
 pub const TEMPLATE_BUCKETS: u32 = buckets_for(TEMPLATES_MAX);
 pub const TEMPLATE_SEED_GLOBAL: &str = "TEMPLATE_SEED";
+
+/// The LVS/NAT reply index has as many buckets as the connection table (at most one reply per
+/// connection), and its own seed and mask; it gives up the longest unused reply ([`oldest`]).
+pub const REPLY_SEED_GLOBAL: &str = "REPLY_SEED";
+pub const REPLY_MASK_GLOBAL: &str = "REPLY_MASK";
 
 /// Where a flow's entry lives: its bucket (below the number of buckets) and its tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,16 +244,16 @@ fn worth(slot: &Slot, now: u32, cfg: &DirectorConfig) -> u32 {
     if slot.tag == EMPTY {
         return 0;
     }
-    let timeout = slot.conn.idle_timeout(
+    let timeout = slot.entry.idle_timeout(
         &slot.key,
         cfg.tcp_timeout,
         cfg.tcp_fin_timeout,
         cfg.udp_timeout,
     );
-    if now.wrapping_sub(slot.conn.last_seen) > timeout {
+    if now.wrapping_sub(slot.entry.last_seen) > timeout {
         return 1;
     }
-    let established = slot.conn.flags & (CONN_ESTABLISHED | CONN_FIN) == CONN_ESTABLISHED;
+    let established = slot.entry.flags & (CONN_ESTABLISHED | CONN_FIN) == CONN_ESTABLISHED;
     2 + 2 * established as u32 + (slot.mark & SLOT_REFERENCED)
 }
 
@@ -207,7 +272,7 @@ pub fn victim(bucket: &Bucket, now: u32, cfg: &DirectorConfig) -> usize {
         if worth == 0 {
             return i;
         }
-        let idle = now.wrapping_sub(slot.conn.last_seen);
+        let idle = now.wrapping_sub(slot.entry.last_seen);
         if worth < best_worth || (worth == best_worth && idle > best_idle) {
             best = i;
             best_worth = worth;
@@ -218,10 +283,11 @@ pub fn victim(bucket: &Bucket, now: u32, cfg: &DirectorConfig) -> usize {
     best
 }
 
-/// The slot a new template takes: an empty one, else the longest unused (a template's timeout
-/// is its service's, so a full bucket of templates keeps the most recently used, as an LRU).
+/// The slot a new template or reply takes: an empty one, else the longest unused (a template's
+/// timeout is its service's, a reply's its connection's, so a full bucket keeps the most recently
+/// used, as an LRU).
 #[inline(always)]
-pub fn oldest(bucket: &Bucket, now: u32) -> usize {
+pub fn oldest<E: Entry>(bucket: &BucketOf<E>, now: u32) -> usize {
     let mut best = 0;
     let mut best_idle = 0;
     let mut i = 0;
@@ -230,7 +296,7 @@ pub fn oldest(bucket: &Bucket, now: u32) -> usize {
         if slot.tag == EMPTY {
             return i;
         }
-        let idle = now.wrapping_sub(slot.conn.last_seen);
+        let idle = now.wrapping_sub(slot.entry.last_used());
         if idle > best_idle {
             best = i;
             best_idle = idle;
@@ -242,7 +308,7 @@ pub fn oldest(bucket: &Bucket, now: u32) -> usize {
 
 /// The slot of `key` in its bucket, if it has one.
 #[inline(always)]
-pub fn find(bucket: &Bucket, key: &FlowKey, tag: u32) -> Option<usize> {
+pub fn find<E>(bucket: &BucketOf<E>, key: &FlowKey, tag: u32) -> Option<usize> {
     let mut i = 0;
     while i < WAYS {
         let slot = &bucket.slots[i];
@@ -284,7 +350,7 @@ mod tests {
             tag,
             mark,
             key: flow(tag, 1000),
-            conn: Conn {
+            entry: Conn {
                 real: 1,
                 service: 0,
                 last_seen,
@@ -389,9 +455,9 @@ mod tests {
         b.slots[3] = slot(7, CONN_ESTABLISHED, SLOT_REFERENCED, now - 700);
         assert_eq!(victim(&b, now, &c), 2);
         // A closing connection (FIN) counts as not established, with the FIN timeout.
-        b.slots[1].conn.flags |= CONN_FIN;
+        b.slots[1].entry.flags |= CONN_FIN;
         assert_eq!(victim(&b, now, &c), 1, "past the FIN timeout");
-        b.slots[1].conn.last_seen = now - 100;
+        b.slots[1].entry.last_seen = now - 100;
         assert_eq!(victim(&b, now, &c), 1, "closing");
     }
 
@@ -409,6 +475,13 @@ mod tests {
         assert_eq!(oldest(&b, now), 1);
         b.slots[2].tag = EMPTY;
         assert_eq!(oldest(&b, now), 2, "an empty slot first");
+        // A reply index's bucket, by when a reply last used each.
+        let mut r = ReplyBucket::default();
+        for (way, used) in [(0, now - 5), (1, now - 7), (2, now - 2), (3, now)] {
+            r.slots[way].tag = 1 + way as u32;
+            r.slots[way].entry.last_seen = used;
+        }
+        assert_eq!(oldest(&r, now), 1);
         // A template's key: its service and client, nothing else; two services never share one.
         let client = addr_from_v4([192, 0, 2, 7]);
         let key = |service| crate::TemplateKey { service, client }.flow_key();
@@ -421,9 +494,17 @@ mod tests {
     #[test]
     fn the_header_keeps_the_seed_and_is_no_bucket() {
         for seed in [0, 1, u64::MAX, 0x0123_4567_89ab_cdef] {
-            assert_eq!(seed_of(&header(seed)), Some(seed));
+            assert_eq!(seed_of(&header::<Conn>(seed)), Some(seed));
+            assert_eq!(seed_of(&header::<ReplyEntry>(seed)), Some(seed));
         }
         assert_eq!(seed_of(&Bucket::default()), None);
+        assert_eq!(seed_of(&ReplyBucket::default()), None);
+        // A header written before the reply index (seed in the entry's real and service ids)
+        // reads the same.
+        let mut old = Bucket::default();
+        old.slots[0].tag = HEADER_TAG;
+        (old.slots[0].entry.real, old.slots[0].entry.service) = (0x89ab_cdef, 0x0123_4567);
+        assert_eq!(seed_of(&old), Some(0x0123_4567_89ab_cdef));
         assert_eq!(map_entries(buckets_for(4096)), 1025);
     }
 

@@ -218,8 +218,9 @@ pub struct RealEgress {
     pub _pad: u16,
 }
 
-/// NAT_REPLIES map value, keyed by the [`FlowKey`] of a reply as the real server sends it (from
-/// RIP:RPORT to the client): what its source becomes, and whose counters it counts in.
+/// The LVS/NAT reply index's value ([`ReplyEntry`]), keyed by the [`FlowKey`] of a reply as the
+/// real server sends it (from RIP:RPORT to the client): what its source becomes, and whose
+/// counters it counts in.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct NatReply {
@@ -229,6 +230,15 @@ pub struct NatReply {
     pub _pad: u16,
     pub service: u32,
     pub real: u32,
+}
+
+/// NAT_REPLY_TABLE's entry ([`crate::conn_table::ReplySlot`]): a reply's translation, and the
+/// kernel's clock (jiffies) when a reply last used it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ReplyEntry {
+    pub reply: NatReply,
+    pub last_seen: u32,
 }
 
 /// IFACES map value, keyed by ifindex: an interface the director is attached to (or sends out
@@ -524,10 +534,14 @@ pub mod map_names {
     /// agent that finds one pinned moves its entries into TEMPLATE_TABLE.
     pub const LRU_TEMPLATES: &str = "TEMPLATES";
     /// LVS/NAT: each real server's egress interface and port ([`RealEgress`]); the replies'
-    /// index (reply flow -> [`NatReply`]); the prefilter of real-server source addresses (last
-    /// 16 bits, as VIP_FILTER); outbound counters per service and real server.
+    /// index (a table of [`crate::conn_table`]'s layout, reply flow -> [`ReplyEntry`]); the
+    /// prefilter of real-server source addresses (last 16 bits, as VIP_FILTER); outbound
+    /// counters per service and real server.
     pub const REAL_EGRESS: &str = "REAL_EGRESS";
-    pub const NAT_REPLIES: &str = "NAT_REPLIES";
+    pub const NAT_REPLY_TABLE: &str = "NAT_REPLY_TABLE";
+    /// The reply index of versions before it, a kernel LRU hash (FlowKey -> NatReply): an agent
+    /// that finds one pinned moves its entries into NAT_REPLY_TABLE.
+    pub const LRU_NAT_REPLIES: &str = "NAT_REPLIES";
     pub const NAT_SOURCES: &str = "NAT_SOURCES";
     pub const SERVICE_OUT: &str = "SERVICE_OUT";
     pub const REAL_OUT: &str = "REAL_OUT";
@@ -827,6 +841,7 @@ mod pod {
     unsafe impl aya::Pod for super::FloodGuard {}
     unsafe impl aya::Pod for super::RealEgress {}
     unsafe impl aya::Pod for super::NatReply {}
+    unsafe impl aya::Pod for super::ReplyEntry {}
     unsafe impl aya::Pod for super::Iface {}
     unsafe impl aya::Pod for super::NeighMiss {}
     unsafe impl aya::Pod for super::RealConns {}

@@ -115,7 +115,7 @@ pub struct Entry {
 pub fn lookup(flow: &FlowKey, tcp_flags: u8, now: u32, cfg: &DirectorConfig) -> Option<Entry> {
     let slot = slot(flow)?;
     // SAFETY: the pointer is into the map's value.
-    let (conn, mark) = unsafe { (&(*slot).conn, (*slot).mark) };
+    let (conn, mark) = unsafe { (&(*slot).entry, (*slot).mark) };
     let idle = now.wrapping_sub(conn.last_seen);
     let timeout = conn.idle_timeout(flow, cfg.tcp_timeout, cfg.tcp_fin_timeout, cfg.udp_timeout);
     if idle > timeout {
@@ -166,7 +166,7 @@ pub fn refresh(entry: &Entry, flow: &FlowKey, now: u32, cfg: &DirectorConfig) {
     // SAFETY: the pointer is into the map's value; races with other CPUs only affect the
     // timestamp, the mark and the FIN flag, which tolerate a lost update.
     let slot = unsafe { &mut *entry.slot };
-    let conn = &mut slot.conn;
+    let conn = &mut slot.entry;
     if todo & TOUCH != 0 {
         if sync::due(cfg, conn.last_seen, now) {
             sync::event(flow, conn.service, conn.real, SYNC_BIND, conn.flags);
@@ -211,7 +211,7 @@ pub fn established(flow: &FlowKey, tcp_flags: u8, now: u32, cfg: &DirectorConfig
 #[inline(always)]
 pub fn binding(flow: &FlowKey) -> Option<(u32, u32)> {
     // SAFETY: a copy of two fields of the map's value.
-    slot(flow).map(|s| unsafe { ((*s).conn.service, (*s).conn.real) })
+    slot(flow).map(|s| unsafe { ((*s).entry.service, (*s).entry.real) })
 }
 
 /// Binds a new flow to a real server (and tells the peers, with sync on).
@@ -275,8 +275,8 @@ pub extern "C" fn xdplb_conn_write(
     let bucket = unsafe { &mut *bucket };
     let slot = &mut bucket.slots[way & (WAYS - 1)];
     if conn_table::live(slot, now, cfg) {
-        let (active, inactive) = state(slot.conn.flags);
-        counts::add(slot.conn.real, -active, -inactive);
+        let (active, inactive) = state(slot.entry.flags);
+        counts::add(slot.entry.real, -active, -inactive);
         if !reuse {
             conn_table::age(bucket);
         }
@@ -300,8 +300,8 @@ pub fn close(flow: &FlowKey, service: u32, real: u32, known: bool, cfg: &Directo
         // SAFETY: the pointer is into the map's value.
         let slot = unsafe { &mut *slot };
         if known {
-            let (active, inactive) = state(slot.conn.flags);
-            counts::add(slot.conn.real, -active, -inactive);
+            let (active, inactive) = state(slot.entry.flags);
+            counts::add(slot.entry.real, -active, -inactive);
         }
         // SAFETY: as above.
         unsafe { core::ptr::write_volatile(&mut slot.tag, EMPTY) };

@@ -3,34 +3,48 @@
 //! becomes the VIP and the service's port again. Both rewrites update the IP and TCP/UDP
 //! checksums incrementally (RFC 1624) and decrement the TTL, as a router does.
 //!
-//! Replies are found by their own flow key in NAT_REPLIES, written when a NAT flow is bound: one
-//! lookup on the reply path, no search of the connection table. Only packets from a NAT real
-//! server's address (the NAT_SOURCES prefilter) pay for that lookup. ICMP errors about NAT
-//! flows are translated too (`icmp`).
+//! Replies are found by their own flow key in NAT_REPLY_TABLE, written when a NAT flow is bound:
+//! one lookup on the reply path, no search of the connection table. The index is a table of the
+//! connection table's layout ([`conn_table`]), its slots wide enough for a translation: one
+//! keyed hash and one bucket, nothing to allocate; a new reply takes an empty slot of its bucket
+//! or the longest unused. Only packets from a NAT real server's address (the NAT_SOURCES
+//! prefilter) pay for the lookup. ICMP errors about NAT flows are translated too (`icmp`).
 
 pub mod icmp;
 pub mod paths;
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, ProgramArray},
+    maps::{Array, ProgramArray},
     programs::XdpContext,
 };
 use lb_common::{
-    csum, vip_filter_index, Addr, FlowKey, NatReply, Reason, BPF_F_NO_COMMON_LRU, DEFAULT_CONN_MAX,
-    IPPROTO_TCP, NAT_PROG_ICMP, NAT_PROG_REPLY, NAT_PROG_SLOTS, VIP_FILTER_SIZE,
+    conn_table::{self, ReplyBucket, EMPTY},
+    csum, vip_filter_index, Addr, FlowKey, NatReply, Reason, ReplyEntry, DEFAULT_CONN_MAX,
+    IPPROTO_TCP, MAP_MMAPABLE, NAT_PROG_ICMP, NAT_PROG_REPLY, NAT_PROG_SLOTS, VIP_FILTER_SIZE,
 };
 
 use crate::{
+    conntrack,
     parse::{ptr_at, Packet},
     parse6::Packet6,
+    slots,
 };
 
-/// Reply flow (real server -> client) -> what its source becomes. Sized by the agent as the
-/// connection table.
+/// Reply flow (real server -> client) -> what its source becomes. As many buckets as the
+/// connection table (the agent sizes both, with [`REPLY_MASK`] and [`REPLY_SEED`]); memory-mapped
+/// for the agent, as that table.
 #[map]
-static NAT_REPLIES: LruHashMap<FlowKey, NatReply> =
-    LruHashMap::with_max_entries(DEFAULT_CONN_MAX, BPF_F_NO_COMMON_LRU);
+static NAT_REPLY_TABLE: Array<ReplyBucket> = Array::with_max_entries(
+    conn_table::map_entries(conn_table::table_buckets(DEFAULT_CONN_MAX)),
+    MAP_MMAPABLE,
+);
+
+/// The index's hash secret and bucket mask, set at load ([`conn_table::REPLY_SEED_GLOBAL`]).
+#[no_mangle]
+static REPLY_SEED: u64 = 0;
+#[no_mangle]
+static REPLY_MASK: u32 = 0;
 
 /// Non-zero where a NAT real server's address has its last 16 bits.
 #[map]
@@ -68,11 +82,35 @@ pub fn may_be_real(addr: &Addr) -> bool {
         .is_some_and(|b| *b != 0)
 }
 
-/// The reply's translation, if the packet belongs to a NAT flow.
+/// A reply flow's bucket and tag.
+#[inline(always)]
+fn place(reply: &FlowKey) -> conn_table::Place {
+    // SAFETY: reads of plain globals; volatile so the compiler does not fold their defaults.
+    let (seed, mask) = unsafe {
+        (
+            core::ptr::read_volatile(&REPLY_SEED),
+            core::ptr::read_volatile(&REPLY_MASK),
+        )
+    };
+    conn_table::place(reply, seed, mask)
+}
+
+/// The reply's translation, if the packet belongs to a NAT flow; the entry is marked used now.
 #[inline(always)]
 pub fn reply_of(flow: &FlowKey) -> Option<NatReply> {
-    // SAFETY: a copy of the value, read at once.
-    unsafe { NAT_REPLIES.get(flow) }.copied()
+    let slot = slots::find(&NAT_REPLY_TABLE, flow, place(flow))?;
+    // An insert on another CPU could overwrite the slot while it is read, as with the
+    // connection table: only when this reply is its bucket's longest unused, which a reply
+    // being sent rarely is (the kernel's LRU hash, before, could recycle an entry being read
+    // too).
+    // SAFETY: the pointer is into the map's value.
+    let entry = unsafe { &mut (*slot).entry };
+    let reply = entry.reply;
+    let now = conntrack::now();
+    if entry.last_seen != now {
+        entry.last_seen = now;
+    }
+    Some(reply)
 }
 
 /// A reply's key becomes the flow of its client (client -> VIP:port, the connection table's
@@ -89,20 +127,40 @@ pub fn to_client_flow(flow: &mut FlowKey, reply: &NatReply) {
 #[inline(always)]
 pub fn remember(flow: &FlowKey, real_addr: &Addr, real_port: u16, service: u32, real: u32) {
     let key = flow.nat_reply(real_addr, real_port);
-    let value = NatReply {
-        vip: flow.dst,
-        vport: flow.dport,
-        _pad: 0,
-        service,
-        real,
+    let entry = ReplyEntry {
+        reply: NatReply {
+            vip: flow.dst,
+            vport: flow.dport,
+            _pad: 0,
+            service,
+            real,
+        },
+        last_seen: conntrack::now(),
     };
-    let _ = NAT_REPLIES.insert(key, value, 0);
+    let _ = xdplb_reply_write(&key, &entry);
+}
+
+/// Writes a reply's entry (1; 0 if it could not): into its own slot if it has one, else an empty
+/// one, else the longest unused ([`conn_table::oldest`]). A global function (see build.rs), as
+/// the connection table's write: the verifier checks it once, not for every state of the
+/// new-flow path.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn xdplb_reply_write(key: *const FlowKey, entry: *const ReplyEntry) -> u32 {
+    // SAFETY: the verifier sizes the pointers from their types; null is all they can be else.
+    let (Some(key), Some(entry)) = (unsafe { key.as_ref() }, unsafe { entry.as_ref() }) else {
+        return 0;
+    };
+    slots::write_over_oldest(&NAT_REPLY_TABLE, key, place(key), *entry, entry.last_seen) as u32
 }
 
 /// Forgets a NAT flow's reply (a RST ended it).
 #[inline(always)]
 pub fn forget(reply: &FlowKey) {
-    let _ = NAT_REPLIES.remove(reply);
+    if let Some(slot) = slots::find(&NAT_REPLY_TABLE, reply, place(reply)) {
+        // SAFETY: a store into the map's value.
+        unsafe { core::ptr::write_volatile(&raw mut (*slot).tag, EMPTY) };
+    }
 }
 
 /// The sum of the 16-bit words of an address and a port, for the incremental checksums.

@@ -7,7 +7,7 @@
 
 use aya_ebpf::{macros::map, maps::Array};
 use lb_common::{
-    conn_table::{self, Bucket, Slot, TEMPLATE_BUCKETS, WAYS},
+    conn_table::{self, Bucket, Slot, TEMPLATE_BUCKETS},
     mask_addr, Addr, Conn, FlowKey, Persistence, ServiceInfo, TemplateKey, MAP_MMAPABLE,
     MAX_SERVICES, REAL_DOWN, SVC_PERSISTENT,
 };
@@ -60,7 +60,7 @@ pub fn template(service: &ServiceInfo, flow: &FlowKey, now: u32) -> Option<u32> 
     let p = PERSISTENCE.get(service.id)?;
     let t = slot(service.id, &flow.src, p)?;
     // SAFETY: the pointer is into the map's value; a lost timestamp update is harmless.
-    let t = unsafe { &mut (*t).conn };
+    let t = unsafe { &mut (*t).entry };
     if now.wrapping_sub(t.last_seen) > p.timeout {
         return None;
     }
@@ -99,24 +99,13 @@ pub extern "C" fn xdplb_template_write(
     let Some(key) = (unsafe { key.as_ref() }) else {
         return 0;
     };
-    let p = place(key);
-    let Some(b) = TEMPLATE_TABLE.get_ptr_mut(p.bucket) else {
-        return 0;
-    };
-    // SAFETY: the pointer is into the map's value.
-    let b = unsafe { &mut *b };
-    let way = match conn_table::find(b, key, p.tag) {
-        Some(way) => way,
-        None => conn_table::oldest(b, now),
-    };
     let template = Conn {
         real,
         service,
         last_seen: now,
         flags: 0,
     };
-    slots::write(&mut b.slots[way & (WAYS - 1)], key, p.tag, template);
-    1
+    slots::write_over_oldest(&TEMPLATE_TABLE, key, place(key), template, now) as u32
 }
 
 /// A live connection of this client was refreshed: its template lives on.
@@ -130,6 +119,6 @@ pub fn touch(service: u32, client: &Addr, now: u32) {
     }
     if let Some(t) = slot(service, client, p) {
         // SAFETY: as above.
-        unsafe { (*t).conn.last_seen = now };
+        unsafe { (*t).entry.last_seen = now };
     }
 }

@@ -1,16 +1,21 @@
 //! The datapath's side of the set-associative tables ([`lb_common::conn_table`]'s layout), which
-//! hold the connection table (`conntrack`) and the persistence templates (`persist`): finding a
-//! key's slot in its bucket, and writing a slot that other CPUs read without a lock.
+//! hold the connection table (`conntrack`), the persistence templates (`persist`) and the LVS/NAT
+//! reply index (`nat`): finding a key's slot in its bucket, and writing a slot that other CPUs
+//! read without a lock.
 
 use aya_ebpf::maps::Array;
 use lb_common::{
-    conn_table::{self, Bucket, Slot, EMPTY, WAYS},
-    Conn, FlowKey,
+    conn_table::{self, BucketOf, Entry, SlotOf, EMPTY, WAYS},
+    FlowKey,
 };
 
 /// The slot holding `key`'s entry in `table`, placed at `p`, if any.
 #[inline(always)]
-pub fn find(table: &Array<Bucket>, key: &FlowKey, p: conn_table::Place) -> Option<*mut Slot> {
+pub fn find<E>(
+    table: &Array<BucketOf<E>>,
+    key: &FlowKey,
+    p: conn_table::Place,
+) -> Option<*mut SlotOf<E>> {
     let bucket = table.get_ptr_mut(p.bucket)?;
     // SAFETY: the pointer is into the map's value.
     let way = conn_table::find(unsafe { &*bucket }, key, p.tag)?;
@@ -21,12 +26,36 @@ pub fn find(table: &Array<Bucket>, key: &FlowKey, p: conn_table::Place) -> Optio
 /// Writes an entry into a slot: the tag emptied first and written last, so no reader takes half
 /// of one key's entry for another's.
 #[inline(always)]
-pub fn write(slot: &mut Slot, key: &FlowKey, tag: u32, conn: Conn) {
+pub fn write<E>(slot: &mut SlotOf<E>, key: &FlowKey, tag: u32, entry: E) {
     // SAFETY: stores into the map's value.
     unsafe { core::ptr::write_volatile(&mut slot.tag, EMPTY) };
     slot.mark = 0;
     slot.key = *key;
-    slot.conn = conn;
+    slot.entry = entry;
     // SAFETY: as above.
     unsafe { core::ptr::write_volatile(&mut slot.tag, tag) };
+}
+
+/// Writes `key`'s entry into `table`, placed at `p`: into its own slot if it has one, else an
+/// empty one, else the one unused longest at `now` ([`conn_table::oldest`]), as an LRU would
+/// give up (the templates, the NAT replies). False if the bucket is not in the table.
+#[inline(always)]
+pub fn write_over_oldest<E: Entry>(
+    table: &Array<BucketOf<E>>,
+    key: &FlowKey,
+    p: conn_table::Place,
+    entry: E,
+    now: u32,
+) -> bool {
+    let Some(b) = table.get_ptr_mut(p.bucket) else {
+        return false;
+    };
+    // SAFETY: the pointer is into the map's value.
+    let b = unsafe { &mut *b };
+    let way = match conn_table::find(b, key, p.tag) {
+        Some(way) => way,
+        None => conn_table::oldest(b, now),
+    };
+    write(&mut b.slots[way & (WAYS - 1)], key, p.tag, entry);
+    true
 }

@@ -264,6 +264,17 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
     };
     let old_templates = dir.join(lb_common::map_names::LRU_TEMPLATES);
     pin_lru_table(&old_templates, &old_template_key, &old_template);
+    // And its LVS/NAT reply index, pinned as NAT_REPLIES: a NAT flow's reply.
+    let old_reply_key = old_flow.nat_reply(&lb_common::addr_from_v4([10, 0, 0, 11]), 8080);
+    let old_reply = lb_common::NatReply {
+        vip: old_flow.dst,
+        vport: old_flow.dport,
+        _pad: 0,
+        service: 0,
+        real: 1,
+    };
+    let old_replies = dir.join(lb_common::map_names::LRU_NAT_REPLIES);
+    pin_lru_table(&old_replies, &old_reply_key, &old_reply);
     director.run_in(|| {
         let mut loader = aya::EbpfLoader::new();
         loader.map_max_entries(lb_common::map_names::REASONS, 10);
@@ -275,6 +286,7 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
                 ![
                     lb_common::map_names::CONN_TABLE,
                     lb_common::map_names::TEMPLATE_TABLE,
+                    lb_common::map_names::NAT_REPLY_TABLE,
                 ]
                 .contains(m)
             })
@@ -335,6 +347,21 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
         templates.get(&old_template_key.flow_key()).unwrap(),
         Some(template)
     );
+    // Likewise its NAT reply, in the reply table.
+    assert!(
+        agent
+            .log()
+            .contains("moved the LVS/NAT reply index of the previous version"),
+        "{}",
+        agent.log()
+    );
+    assert!(!old_replies.exists(), "the old reply index is still pinned");
+    let replies = lb_user::datapath::conn_table::SlotTable::<lb_common::ReplyEntry>::new(
+        &aya::maps::MapData::from_pin(dir.join(lb_common::map_names::NAT_REPLY_TABLE)).unwrap(),
+    )
+    .unwrap();
+    let moved = replies.get(&old_reply_key).unwrap().map(|e| e.reply);
+    assert_eq!(moved, Some(old_reply));
     topo.configure(&agent);
     let answers = topo
         .client()

@@ -382,6 +382,78 @@ fn the_real_servers_fin_and_rst_end_the_connection() {
     });
 }
 
+/// The reply index is a table of the connection table's layout: a new NAT flow's reply takes an
+/// empty slot of its bucket, else the longest unused, never one a reply has just used; a reply
+/// marks its entry used.
+#[test]
+fn a_full_bucket_of_replies_gives_up_the_longest_unused() {
+    if !require_root() {
+        return;
+    }
+    let net = net();
+    net.ns.run_in(|| {
+        let mut fx = fixture(&net);
+        let shape = fx.maps.reply_table().unwrap().shape();
+        // The reply of client n's port 40000 (client 0: the request's).
+        let reply_key = |n: u32| FlowKey {
+            src: lb_common::addr_from_v4(RIP.octets()),
+            dst: lb_common::addr_from_v4((u32::from(CLIENT) + n).to_be_bytes()),
+            sport: REAL_PORT,
+            dport: 40000,
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let bucket =
+            |key: &FlowKey| lb_common::conn_table::place(key, shape.seed, shape.mask).bucket;
+        // Four other clients' replies fill the bucket of the request's.
+        let full = bucket(&reply_key(0));
+        let others: Vec<u32> = (1..)
+            .filter(|n| bucket(&reply_key(*n)) == full)
+            .take(lb_common::conn_table::WAYS)
+            .collect();
+        let now = lb_user::datapath::clock::jiffies_now().unwrap();
+        let value = NatReply {
+            vip: lb_common::addr_from_v4(VIP.octets()),
+            vport: 80,
+            _pad: 0,
+            service: 0,
+            real: 0,
+        };
+        // Used 1 to 4 ticks ago, but the third, 10,000 ticks ago.
+        let ages = [1, 2, 10_000, 4];
+        for (n, age) in others.iter().zip(ages) {
+            fx.maps
+                .reply_table()
+                .unwrap()
+                .upsert_reply(&reply_key(*n), &value, now.wrapping_sub(age))
+                .unwrap();
+        }
+        fx.run_on(net.out0.0, &request(&net, IPPROTO_TCP).build())
+            .unwrap();
+        assert!(
+            fx.maps.nat_reply(&reply_key(0)).is_some(),
+            "the new flow's reply"
+        );
+        for (n, age) in others.iter().zip(ages) {
+            let kept = fx.maps.nat_reply(&reply_key(*n)).is_some();
+            assert_eq!(kept, age != 10_000, "the reply used {age} ticks ago");
+        }
+        // A reply marks its entry used: aged by hand, its reply brings it back to now.
+        let table = fx.maps.reply_table().unwrap();
+        let ours = table.get(&reply_key(0)).unwrap().unwrap();
+        table
+            .upsert_reply(&reply_key(0), &ours.reply, now.wrapping_sub(50_000))
+            .unwrap();
+        let (verdict, _) = fx
+            .run_on(net.in0.0, &reply(&net, IPPROTO_TCP).build())
+            .unwrap();
+        assert_eq!(verdict, XDP_REDIRECT);
+        let table = fx.maps.reply_table().unwrap();
+        let used = table.get(&reply_key(0)).unwrap().unwrap().last_seen;
+        assert!(used.wrapping_sub(now) < 1000, "last used {used}, now {now}");
+    });
+}
+
 #[test]
 fn truncated_nat_packets_are_never_sent() {
     if !require_root() {

@@ -370,6 +370,15 @@ async fn bring_up(
             "moved the persistence templates of the previous version into this one"
         );
     }
+    let old = pins.map(lb_common::map_names::LRU_NAT_REPLIES);
+    if let Some(moved) =
+        crate::conntrack::migrate::replies_from_lru(&old, maps.reply_table()?, now)?
+    {
+        info!(
+            replies = moved,
+            "moved the LVS/NAT reply index of the previous version into this one"
+        );
+    }
     Ok(Up {
         datapath,
         maps,

@@ -1,13 +1,13 @@
 //! The tables of versions before the set-associative ones: kernel LRU hashes pinned as CONNS
-//! (the connection table) and TEMPLATES (persistence templates). An agent that adopts such a
-//! datapath moves their entries into the new tables once the new program runs, then unpins them
-//! (the kernel frees them with the old program).
+//! (the connection table), TEMPLATES (persistence templates) and NAT_REPLIES (the LVS/NAT reply
+//! index). An agent that adopts such a datapath moves their entries into the new tables once the
+//! new program runs, then unpins them (the kernel frees them with the old program).
 
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, Map, MapData};
-use lb_common::{Conn, FlowKey, Template, TemplateKey};
+use lb_common::{Conn, FlowKey, NatReply, ReplyEntry, Template, TemplateKey};
 
 use super::table::ConnTable;
 use crate::datapath::conn_table::SlotTable;
@@ -31,6 +31,17 @@ pub fn templates_from_lru(path: &Path, table: &SlotTable, now: u32) -> Result<Op
             flags: 0,
         };
         table.upsert_template(&key.flow_key(), &template, now)
+    })
+}
+
+/// Likewise for the old LVS/NAT reply index pinned at `path`, into the reply table.
+pub fn replies_from_lru(
+    path: &Path,
+    table: &SlotTable<ReplyEntry>,
+    now: u32,
+) -> Result<Option<usize>> {
+    move_lru::<FlowKey, NatReply>(path, "LVS/NAT reply index", |key, reply| {
+        table.upsert_reply(key, reply, now)
     })
 }
 

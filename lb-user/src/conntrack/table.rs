@@ -9,8 +9,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Map, MapData};
-use lb_common::{map_names, Conn, FlowKey, NatReply};
+use aya::maps::MapData;
+use lb_common::{map_names, Conn, FlowKey, NatReply, ReplyEntry};
 
 use super::IdleTimeouts;
 use crate::datapath::{clock::jiffies_now, conn_table::SlotTable};
@@ -41,8 +41,6 @@ pub struct PinnedTable {
     pub timeouts: Arc<Mutex<IdleTimeouts>>,
 }
 
-type ReplyMap = aya::maps::HashMap<MapData, FlowKey, NatReply>;
-
 /// The datapath's connection table and LVS/NAT reply index, owned (pinned handles) or borrowed
 /// (from [`crate::datapath::Maps::conn_table`]).
 pub struct MapConns<C, R> {
@@ -58,9 +56,9 @@ impl ConnTables for PinnedTable {
                 .with_context(|| format!("cannot open the pinned map {}", path.display()))
         };
         let conns = SlotTable::new(&open(&self.path)?)?;
-        let replies_path = self.path.with_file_name(map_names::NAT_REPLIES);
-        let replies = aya::maps::HashMap::try_from(Map::LruHashMap(open(&replies_path)?))?;
-        Ok(Box::new(MapConns::<SlotTable, ReplyMap> {
+        let replies_path = self.path.with_file_name(map_names::NAT_REPLY_TABLE);
+        let replies = SlotTable::new(&open(&replies_path)?)?;
+        Ok(Box::new(MapConns::<SlotTable, SlotTable<ReplyEntry>> {
             conns,
             replies,
             timeouts: self.timeouts.clone(),
@@ -71,7 +69,7 @@ impl ConnTables for PinnedTable {
 impl<C, R> ConnTable for MapConns<C, R>
 where
     C: std::borrow::Borrow<SlotTable> + Send,
-    R: std::borrow::BorrowMut<ReplyMap> + Send,
+    R: std::borrow::Borrow<SlotTable<ReplyEntry>> + Send,
 {
     fn upsert(&mut self, flow: &FlowKey, conn: &Conn) -> Result<()> {
         let timeouts = *self.timeouts.lock().unwrap();
@@ -81,7 +79,9 @@ where
     }
 
     fn upsert_nat_reply(&mut self, reply: &FlowKey, value: &NatReply) -> Result<()> {
-        Ok(self.replies.borrow_mut().insert(reply, value, 0)?)
+        self.replies
+            .borrow()
+            .upsert_reply(reply, value, jiffies_now()?)
     }
 
     fn remove(&mut self, flow: &FlowKey) -> Result<()> {

@@ -1,9 +1,11 @@
-//! The agent's view of the datapath's connection table ([`lb_common::conn_table`]), mapped into
-//! its memory a window at a time: a listing costs a few system calls, not one per entry. Writes
-//! follow the datapath's protocol (the tag emptied first, written last) so a lookup never takes
-//! half of one flow's entry for another's.
+//! The agent's view of the datapath's tables of [`lb_common::conn_table`]'s layout (the
+//! connection table, the persistence templates, the LVS/NAT reply index), mapped into its memory
+//! a window at a time: a listing costs a few system calls, not one per entry. Writes follow the
+//! datapath's protocol (the tag emptied first, written last) so a lookup never takes half of one
+//! flow's entry for another's.
 
 use std::{
+    marker::PhantomData,
     os::fd::{AsFd as _, OwnedFd},
     path::Path,
     sync::atomic::{fence, AtomicU32, Ordering},
@@ -12,8 +14,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use aya::maps::MapData;
 use lb_common::{
-    conn_table::{self, Bucket, Slot, EMPTY, WAYS},
-    Conn, DirectorConfig, FlowKey,
+    conn_table::{self, BucketOf, Entry, SlotOf, EMPTY, WAYS},
+    Conn, DirectorConfig, FlowKey, NatReply, ReplyEntry,
 };
 
 use super::mmap::Mapped;
@@ -47,14 +49,14 @@ impl Shape {
         }
     }
 
-    /// The shape of the table pinned at `path`, if there is one.
-    pub fn of_pin(path: &Path) -> Result<Option<Self>> {
+    /// The shape of the table of `E`s pinned at `path`, if there is one.
+    pub fn of_pin<E: Entry>(path: &Path) -> Result<Option<Self>> {
         if !path.exists() {
             return Ok(None);
         }
         let map = MapData::from_pin(path)
             .with_context(|| format!("cannot open the pinned map {}", path.display()))?;
-        Ok(Some(SlotTable::new(&map)?.shape))
+        Ok(Some(SlotTable::<E>::new(&map)?.shape))
     }
 
     pub fn buckets(&self) -> u32 {
@@ -67,28 +69,35 @@ impl Shape {
     }
 }
 
-/// The shapes of the datapath's two tables of this layout.
+/// The shapes of the datapath's three tables of this layout.
 #[derive(Clone, Copy, Debug)]
 pub struct Shapes {
     pub conns: Shape,
     pub templates: Shape,
+    /// The LVS/NAT reply index: as many buckets as the connection table, its own seed.
+    pub replies: Shape,
 }
 
 impl Shapes {
     /// New tables, the connection table for `conn_max` connections.
     pub fn new(conn_max: u32) -> Self {
+        let conns = Shape::new(conn_max);
         Self {
-            conns: Shape::new(conn_max),
+            conns,
             templates: Shape::templates(),
+            replies: Shape::with_buckets(conns.buckets()),
         }
     }
 
     /// The tables pinned at these paths keep their shapes (a new program must hash as the old
-    /// one did); a table not pinned yet is new.
-    pub fn pinned(conns: &Path, templates: &Path, conn_max: u32) -> Result<Self> {
+    /// one did); a table not pinned yet is new (the reply index sized as the connection table).
+    pub fn pinned(conns: &Path, templates: &Path, replies: &Path, conn_max: u32) -> Result<Self> {
+        let conns = Shape::of_pin::<Conn>(conns)?.unwrap_or_else(|| Shape::new(conn_max));
         Ok(Self {
-            conns: Shape::of_pin(conns)?.unwrap_or_else(|| Shape::new(conn_max)),
-            templates: Shape::of_pin(templates)?.unwrap_or_else(Shape::templates),
+            conns,
+            templates: Shape::of_pin::<Conn>(templates)?.unwrap_or_else(Shape::templates),
+            replies: Shape::of_pin::<ReplyEntry>(replies)?
+                .unwrap_or_else(|| Shape::with_buckets(conns.buckets())),
         })
     }
 }
@@ -98,58 +107,73 @@ impl Shapes {
 /// showed as 15 % growth in the soak test's samples), for two system calls per window.
 const WALK_BUCKETS: u32 = 1024;
 
-/// The table. Each operation maps the buckets it touches and unmaps them after: kept mapped,
-/// every page a walk or a peer's entry touched would count in the agent's resident memory
-/// (128 MiB for the default table), though the memory is the kernel's either way.
-pub struct SlotTable {
+/// A table of `E`s (the connection table's and the templates' hold a [`Conn`], the reply
+/// index's a [`ReplyEntry`]). Each operation maps the buckets it touches and unmaps them after:
+/// kept mapped, every page a walk or a peer's entry touched would count in the agent's resident
+/// memory (128 MiB for the default table), though the memory is the kernel's either way.
+pub struct SlotTable<E = Conn> {
     fd: OwnedFd,
     shape: Shape,
+    entry: PhantomData<E>,
 }
 
-/// Some buckets of the table, mapped.
-struct Buckets {
+/// Some buckets of a table, mapped.
+struct Buckets<E> {
     mapped: Mapped,
     first: u32,
+    entry: PhantomData<E>,
 }
 
-impl Buckets {
+impl<E: Entry> Buckets<E> {
     fn map(fd: &OwnedFd, first: u32, count: u32) -> Result<Self> {
         let mapped = Mapped::window(
             fd.as_fd(),
             first as usize,
             count as usize,
-            size_of::<Bucket>(),
+            size_of::<BucketOf<E>>(),
         )?;
-        Ok(Self { mapped, first })
+        Ok(Self {
+            mapped,
+            first,
+            entry: PhantomData,
+        })
     }
 
-    fn bucket(&self, index: u32) -> *mut Bucket {
+    fn bucket(&self, index: u32) -> *mut BucketOf<E> {
         self.mapped.at((index - self.first) as usize).cast()
     }
 
-    fn slot(&self, index: u32, way: usize) -> *mut Slot {
+    fn slot(&self, index: u32, way: usize) -> *mut SlotOf<E> {
         // SAFETY: within the bucket.
         unsafe { &raw mut (*self.bucket(index)).slots[way] }
     }
 
     /// A copy of a bucket (a racing write only changes what an insert chooses).
-    fn copy(&self, index: u32) -> Bucket {
+    fn copy(&self, index: u32) -> BucketOf<E> {
         // SAFETY: within the mapping.
         unsafe { std::ptr::read_volatile(self.bucket(index)) }
     }
 }
 
-impl SlotTable {
-    /// Opens `map`, which must be a table of [`conn_table`]'s layout (its last entry a header):
-    /// the connection table or the templates'.
+impl<E: Entry> SlotTable<E> {
+    /// Opens `map`, which must be a table of [`conn_table`]'s layout (its last entry a header)
+    /// whose slots hold `E`s.
     pub fn new(map: &MapData) -> Result<Self> {
-        let entries = map.info()?.max_entries();
+        let info = map.info()?;
+        let entries = info.max_entries();
         let buckets = entries.saturating_sub(1);
-        if !buckets.is_power_of_two() || conn_table::map_entries(buckets) != entries {
-            bail!("the map of {entries} entries is not a connection or template table");
+        if !buckets.is_power_of_two()
+            || conn_table::map_entries(buckets) != entries
+            || info.value_size() as usize != size_of::<BucketOf<E>>()
+        {
+            bail!(
+                "the map of {entries} entries of {} bytes is not a table of {}-byte buckets",
+                info.value_size(),
+                size_of::<BucketOf<E>>()
+            );
         }
         let fd = map.fd().as_fd().try_clone_to_owned()?;
-        let header = Buckets::map(&fd, buckets, 1)?.copy(buckets);
+        let header = Buckets::<E>::map(&fd, buckets, 1)?.copy(buckets);
         let Some(seed) = conn_table::seed_of(&header) else {
             bail!("the table has no header (it was never set up)");
         };
@@ -159,6 +183,7 @@ impl SlotTable {
                 mask: buckets - 1,
                 seed,
             },
+            entry: PhantomData,
         })
     }
 
@@ -170,7 +195,7 @@ impl SlotTable {
             bail!("the table was not made with {entries} entries");
         }
         let fd = map.fd().as_fd().try_clone_to_owned()?;
-        let mapped = Buckets::map(&fd, shape.buckets(), 1)?;
+        let mapped = Buckets::<E>::map(&fd, shape.buckets(), 1)?;
         match conn_table::seed_of(&mapped.copy(shape.buckets())) {
             Some(seed) if seed == shape.seed => Ok(()),
             Some(_) => bail!("the pinned table has another seed"),
@@ -179,7 +204,7 @@ impl SlotTable {
                 unsafe {
                     std::ptr::write_volatile(
                         mapped.bucket(shape.buckets()),
-                        conn_table::header(shape.seed),
+                        conn_table::header::<E>(shape.seed),
                     )
                 };
                 Ok(())
@@ -196,14 +221,14 @@ impl SlotTable {
         self.shape.slots()
     }
 
-    fn tag(slot: *mut Slot) -> &'static AtomicU32 {
+    fn tag(slot: *mut SlotOf<E>) -> &'static AtomicU32 {
         // SAFETY: the tag is an aligned u32 in the shared mapping, which outlives every use here
         // (the reference never leaves the method that made it).
         unsafe { AtomicU32::from_ptr(&raw mut (*slot).tag) }
     }
 
     /// A consistent copy of a slot: None when it is empty or changed while being read.
-    fn read(slot: *mut Slot) -> Option<Slot> {
+    fn read(slot: *mut SlotOf<E>) -> Option<SlotOf<E>> {
         let tag = Self::tag(slot).load(Ordering::Acquire);
         if tag == EMPTY {
             return None;
@@ -215,13 +240,13 @@ impl SlotTable {
     }
 
     /// `flow`'s bucket, mapped, and its place.
-    fn bucket_of(&self, flow: &FlowKey) -> Result<(Buckets, conn_table::Place)> {
+    fn bucket_of(&self, flow: &FlowKey) -> Result<(Buckets<E>, conn_table::Place)> {
         let p = conn_table::place(flow, self.shape.seed, self.shape.mask);
         Ok((Buckets::map(&self.fd, p.bucket, 1)?, p))
     }
 
     /// The way of `flow`'s entry in its (mapped) bucket, if it has one.
-    fn find(b: &Buckets, p: &conn_table::Place, flow: &FlowKey) -> Option<(usize, Slot)> {
+    fn find(b: &Buckets<E>, p: &conn_table::Place, flow: &FlowKey) -> Option<(usize, SlotOf<E>)> {
         (0..WAYS).find_map(|way| {
             let s = Self::read(b.slot(p.bucket, way))?;
             (s.tag == p.tag && s.key == *flow).then_some((way, s))
@@ -229,11 +254,65 @@ impl SlotTable {
     }
 
     /// A flow's entry, if it has one.
-    pub fn get(&self, flow: &FlowKey) -> Result<Option<Conn>> {
+    pub fn get(&self, flow: &FlowKey) -> Result<Option<E>> {
         let (b, p) = self.bucket_of(flow)?;
-        Ok(Self::find(&b, &p, flow).map(|(_, s)| s.conn))
+        Ok(Self::find(&b, &p, flow).map(|(_, s)| s.entry))
     }
 
+    /// Writes an entry into its own slot, else the one `victim` picks in its bucket.
+    fn write(
+        &self,
+        flow: &FlowKey,
+        entry: &E,
+        victim: impl Fn(&BucketOf<E>) -> usize,
+    ) -> Result<()> {
+        let (b, p) = self.bucket_of(flow)?;
+        let way = match Self::find(&b, &p, flow) {
+            Some((way, _)) => way,
+            None => victim(&b.copy(p.bucket)),
+        };
+        let slot = b.slot(p.bucket, way);
+        Self::tag(slot).store(EMPTY, Ordering::Relaxed);
+        fence(Ordering::Release);
+        // SAFETY: within the mapping; the slot reads as empty until its tag is written.
+        unsafe {
+            std::ptr::write_volatile(&raw mut (*slot).mark, 0);
+            std::ptr::write_volatile(&raw mut (*slot).key, *flow);
+            std::ptr::write_volatile(&raw mut (*slot).entry, *entry);
+        }
+        Self::tag(slot).store(p.tag, Ordering::Release);
+        Ok(())
+    }
+
+    /// Forgets a flow's entry, if it has one.
+    pub fn remove(&self, flow: &FlowKey) -> Result<()> {
+        let (b, p) = self.bucket_of(flow)?;
+        if let Some((way, _)) = Self::find(&b, &p, flow) {
+            Self::tag(b.slot(p.bucket, way)).store(EMPTY, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Every entry (a snapshot, a window of buckets at a time; the datapath goes on meanwhile).
+    pub fn entries(&self) -> Result<Vec<(FlowKey, E)>> {
+        let mut entries = Vec::new();
+        let buckets = self.shape.buckets();
+        for first in (0..buckets).step_by(WALK_BUCKETS as usize) {
+            let count = WALK_BUCKETS.min(buckets - first);
+            let window = Buckets::<E>::map(&self.fd, first, count)?;
+            for index in first..first + count {
+                entries.extend(
+                    (0..WAYS)
+                        .filter_map(|way| Self::read(window.slot(index, way)))
+                        .map(|s| (s.key, s.entry)),
+                );
+            }
+        }
+        Ok(entries)
+    }
+}
+
+impl SlotTable<Conn> {
     /// Writes a flow's entry into its own slot, an empty one, or the one the datapath would give
     /// up ([`conn_table::victim`], by the timeouts at clock `now`).
     pub fn upsert(
@@ -257,51 +336,16 @@ impl SlotTable {
     pub fn upsert_template(&self, key: &FlowKey, template: &Conn, now: u32) -> Result<()> {
         self.write(key, template, |b| conn_table::oldest(b, now))
     }
+}
 
-    /// Writes an entry into its own slot, else the one `victim` picks in its bucket.
-    fn write(&self, flow: &FlowKey, conn: &Conn, victim: impl Fn(&Bucket) -> usize) -> Result<()> {
-        let (b, p) = self.bucket_of(flow)?;
-        let way = match Self::find(&b, &p, flow) {
-            Some((way, _)) => way,
-            None => victim(&b.copy(p.bucket)),
+impl SlotTable<ReplyEntry> {
+    /// Writes an LVS/NAT flow's reply translation (keyed by the reply's own flow) into its own
+    /// slot, an empty one, or the longest unused at clock `now`, as the datapath does.
+    pub fn upsert_reply(&self, reply: &FlowKey, value: &NatReply, now: u32) -> Result<()> {
+        let entry = ReplyEntry {
+            reply: *value,
+            last_seen: now,
         };
-        let slot = b.slot(p.bucket, way);
-        Self::tag(slot).store(EMPTY, Ordering::Relaxed);
-        fence(Ordering::Release);
-        // SAFETY: within the mapping; the slot reads as empty until its tag is written.
-        unsafe {
-            std::ptr::write_volatile(&raw mut (*slot).mark, 0);
-            std::ptr::write_volatile(&raw mut (*slot).key, *flow);
-            std::ptr::write_volatile(&raw mut (*slot).conn, *conn);
-        }
-        Self::tag(slot).store(p.tag, Ordering::Release);
-        Ok(())
-    }
-
-    /// Forgets a flow's entry, if it has one.
-    pub fn remove(&self, flow: &FlowKey) -> Result<()> {
-        let (b, p) = self.bucket_of(flow)?;
-        if let Some((way, _)) = Self::find(&b, &p, flow) {
-            Self::tag(b.slot(p.bucket, way)).store(EMPTY, Ordering::Release);
-        }
-        Ok(())
-    }
-
-    /// Every entry (a snapshot, a window of buckets at a time; the datapath goes on meanwhile).
-    pub fn entries(&self) -> Result<Vec<(FlowKey, Conn)>> {
-        let mut entries = Vec::new();
-        let buckets = self.shape.buckets();
-        for first in (0..buckets).step_by(WALK_BUCKETS as usize) {
-            let count = WALK_BUCKETS.min(buckets - first);
-            let window = Buckets::map(&self.fd, first, count)?;
-            for index in first..first + count {
-                entries.extend(
-                    (0..WAYS)
-                        .filter_map(|way| Self::read(window.slot(index, way)))
-                        .map(|s| (s.key, s.conn)),
-                );
-            }
-        }
-        Ok(entries)
+        self.write(reply, &entry, |b| conn_table::oldest(b, now))
     }
 }

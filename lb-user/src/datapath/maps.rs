@@ -20,8 +20,8 @@ use super::mmap::Mapped;
 use lb_common::{
     map_names, Addr, Conn, DirectorConfig, FloodGuard, FlowKey, Iface, LocalMacs, LocalityEntry,
     LocalityKey, NatReply, NeighMiss, Persistence, RealConns, RealEgress, RealLimits, RealServer,
-    Reason, ServiceInfo, ServiceKey, TemplateKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS, SYNC_STAT_LOST,
-    TABLE_MAP_FLAGS,
+    Reason, ReplyEntry, ServiceInfo, ServiceKey, TemplateKey, MAX_LOCAL_MACS, SYNC_STAT_EVENTS,
+    SYNC_STAT_LOST, TABLE_MAP_FLAGS,
 };
 
 /// What the agent needs from the datapath's maps.
@@ -101,9 +101,6 @@ pub trait MapWriter: Send + Sync {
     fn set_egress(&mut self, id: u32, egress: &RealEgress) -> Result<()>;
     /// Marks (or clears) an LVS/NAT reply prefilter entry (a NAT real server's last 16 bits).
     fn set_nat_source(&mut self, index: u32, on: bool) -> Result<()>;
-    /// An LVS/NAT flow's reply translation (keyed by the reply's flow), as the datapath writes
-    /// it for a new flow: connection sync writes it for the flows a peer bound.
-    fn set_nat_reply(&mut self, reply: &FlowKey, value: &NatReply) -> Result<()>;
     /// The interfaces the director is attached to (ifindex, MAC, MTU): frames to their MACs are
     /// its own, and it redirects frames out of them. Replaces what was there.
     fn set_interfaces(&mut self, ifaces: &[(u32, Iface)]) -> Result<()>;
@@ -163,7 +160,8 @@ pub struct Maps {
     nat_sources: Array<MapData, u8>,
     tunnel_src6: Array<MapData, Addr>,
     flood_guard: PerCpuArray<MapData, FloodGuard>,
-    nat_replies: HashMap<MapData, FlowKey, NatReply>,
+    /// The LVS/NAT reply index; None in an object built before it.
+    replies: Option<super::conn_table::SlotTable<ReplyEntry>>,
     service_out: PerCpuArray<MapData, Counters>,
     real_out: PerCpuArray<MapData, Counters>,
     ifaces: HashMap<MapData, u32, Iface>,
@@ -187,7 +185,10 @@ where
 
 /// A table of [`lb_common::conn_table`]'s layout; None in an object built before it (an older
 /// build's, timed by `cargo xtask bench --compare`).
-fn slot_table_in(ebpf: &Ebpf, name: &str) -> Result<Option<super::conn_table::SlotTable>> {
+fn slot_table_in<E: lb_common::conn_table::Entry>(
+    ebpf: &Ebpf,
+    name: &str,
+) -> Result<Option<super::conn_table::SlotTable<E>>> {
     match ebpf.map(name) {
         Some(aya::maps::Map::Array(d)) => Ok(Some(super::conn_table::SlotTable::new(d)?)),
         None => Ok(None),
@@ -195,10 +196,10 @@ fn slot_table_in(ebpf: &Ebpf, name: &str) -> Result<Option<super::conn_table::Sl
     }
 }
 
-fn slot_table<'a>(
-    table: &'a Option<super::conn_table::SlotTable>,
+fn slot_table<'a, E>(
+    table: &'a Option<super::conn_table::SlotTable<E>>,
     name: &str,
-) -> Result<&'a super::conn_table::SlotTable> {
+) -> Result<&'a super::conn_table::SlotTable<E>> {
     table
         .as_ref()
         .ok_or_else(|| anyhow!("the XDP object has no {name} (built before it)"))
@@ -350,7 +351,7 @@ impl Maps {
             nat_sources: take(ebpf, map_names::NAT_SOURCES)?,
             tunnel_src6: take(ebpf, map_names::TUNNEL_SRC6)?,
             flood_guard: take(ebpf, map_names::FLOOD_GUARD)?,
-            nat_replies: take(ebpf, map_names::NAT_REPLIES)?,
+            replies: slot_table_in(ebpf, map_names::NAT_REPLY_TABLE)?,
             service_out: take(ebpf, map_names::SERVICE_OUT)?,
             real_out: take(ebpf, map_names::REAL_OUT)?,
             ifaces: take(ebpf, map_names::IFACES)?,
@@ -362,7 +363,8 @@ impl Maps {
 
     /// The reply translation of an LVS/NAT flow, if the datapath has one.
     pub fn nat_reply(&self, reply: &FlowKey) -> Option<NatReply> {
-        self.nat_replies.get(reply, 0).ok()
+        let entry = self.replies.as_ref()?.get(reply).ok().flatten()?;
+        Some(entry.reply)
     }
     /// The connection-table entry of a flow, if any.
     pub fn conn(&self, flow: &FlowKey) -> Option<Conn> {
@@ -386,7 +388,7 @@ impl Maps {
     ) -> Result<
         crate::conntrack::table::MapConns<
             &super::conn_table::SlotTable,
-            &mut HashMap<MapData, FlowKey, NatReply>,
+            &super::conn_table::SlotTable<ReplyEntry>,
         >,
     > {
         // The timeouts the datapath applies now (the last configuration written).
@@ -397,7 +399,7 @@ impl Maps {
             .unwrap_or_default();
         Ok(crate::conntrack::table::MapConns {
             conns: slot_table(&self.conns, map_names::CONN_TABLE)?,
-            replies: &mut self.nat_replies,
+            replies: slot_table(&self.replies, map_names::NAT_REPLY_TABLE)?,
             timeouts: std::sync::Arc::new(std::sync::Mutex::new(timeouts)),
         })
     }
@@ -405,6 +407,11 @@ impl Maps {
     /// The persistence templates' table.
     pub fn template_table(&self) -> Result<&super::conn_table::SlotTable> {
         slot_table(&self.templates, map_names::TEMPLATE_TABLE)
+    }
+
+    /// The LVS/NAT reply index.
+    pub fn reply_table(&self) -> Result<&super::conn_table::SlotTable<ReplyEntry>> {
+        slot_table(&self.replies, map_names::NAT_REPLY_TABLE)
     }
 
     /// The connection table's bucket mask and hash seed.
@@ -755,10 +762,6 @@ impl MapWriter for Maps {
 
     fn set_nat_source(&mut self, index: u32, on: bool) -> Result<()> {
         Ok(self.nat_sources.set(index, on as u8, 0)?)
-    }
-
-    fn set_nat_reply(&mut self, reply: &FlowKey, value: &NatReply) -> Result<()> {
-        Ok(self.nat_replies.insert(reply, value, 0)?)
     }
 }
 

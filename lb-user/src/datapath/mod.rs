@@ -92,14 +92,18 @@ fn loader<'a>(opts: &LoadOptions, shapes: &'a conn_table::Shapes) -> EbpfLoader<
     };
     let mut loader = EbpfLoader::new();
     // One NAT reply entry per connection at most. The globals need not exist: `cargo xtask
-    // bench --compare` loads objects built before the table had them.
+    // bench --compare` loads objects built before the tables had them.
     loader
         .map_max_entries(
             map_names::CONN_TABLE,
             lb_common::conn_table::map_entries(shapes.conns.buckets()),
         )
+        .map_max_entries(
+            map_names::NAT_REPLY_TABLE,
+            lb_common::conn_table::map_entries(shapes.replies.buckets()),
+        )
         .map_max_entries(map_names::LRU_CONNS, opts.conn_max)
-        .map_max_entries(map_names::NAT_REPLIES, opts.conn_max)
+        .map_max_entries(map_names::LRU_NAT_REPLIES, opts.conn_max)
         .override_global(
             lb_common::conn_table::SEED_GLOBAL,
             &shapes.conns.seed,
@@ -113,6 +117,16 @@ fn loader<'a>(opts: &LoadOptions, shapes: &'a conn_table::Shapes) -> EbpfLoader<
         .override_global(
             lb_common::conn_table::TEMPLATE_SEED_GLOBAL,
             &shapes.templates.seed,
+            false,
+        )
+        .override_global(
+            lb_common::conn_table::REPLY_SEED_GLOBAL,
+            &shapes.replies.seed,
+            false,
+        )
+        .override_global(
+            lb_common::conn_table::REPLY_MASK_GLOBAL,
+            &shapes.replies.mask,
             false,
         )
         .override_global(AYA_LOG_LEVEL, level, true);
@@ -258,6 +272,7 @@ impl Datapath {
         let shapes = conn_table::Shapes::pinned(
             &pins.map(map_names::CONN_TABLE),
             &pins.map(map_names::TEMPLATE_TABLE),
+            &pins.map(map_names::NAT_REPLY_TABLE),
             opts.conn_max,
         )?;
         let mut loader = loader(&opts, &shapes);
@@ -364,19 +379,23 @@ impl Datapath {
 /// Gives each table the datapath has just made its header (its seed) before any program runs;
 /// a pinned one has it already. Objects without a table (older builds, in benchmarks) pass.
 fn set_up_tables(ebpf: &Ebpf, shapes: conn_table::Shapes) -> Result<()> {
-    for (name, shape) in [
-        (map_names::CONN_TABLE, shapes.conns),
-        (map_names::TEMPLATE_TABLE, shapes.templates),
-    ] {
-        match ebpf.map(name) {
-            Some(aya::maps::Map::Array(map)) => {
-                conn_table::SlotTable::set_up(map, shape).with_context(|| format!("map {name}"))?
-            }
-            Some(_) => bail!("map {name} has an unexpected type"),
-            None => {}
+    set_up_table::<lb_common::Conn>(ebpf, map_names::CONN_TABLE, shapes.conns)?;
+    set_up_table::<lb_common::Conn>(ebpf, map_names::TEMPLATE_TABLE, shapes.templates)?;
+    set_up_table::<lb_common::ReplyEntry>(ebpf, map_names::NAT_REPLY_TABLE, shapes.replies)
+}
+
+fn set_up_table<E: lb_common::conn_table::Entry>(
+    ebpf: &Ebpf,
+    name: &str,
+    shape: conn_table::Shape,
+) -> Result<()> {
+    match ebpf.map(name) {
+        Some(aya::maps::Map::Array(map)) => {
+            conn_table::SlotTable::<E>::set_up(map, shape).with_context(|| format!("map {name}"))
         }
+        Some(_) => bail!("map {name} has an unexpected type"),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {

@@ -21,7 +21,12 @@ use crate::datapath::OBJECT;
 /// set first.
 pub(super) fn load(name: &str, globals: &[(&'static str, u8)]) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(map_names::CONN_TABLE, lb_common::conn_table::map_entries(1));
+    loader
+        .map_max_entries(map_names::CONN_TABLE, lb_common::conn_table::map_entries(1))
+        .map_max_entries(
+            map_names::NAT_REPLY_TABLE,
+            lb_common::conn_table::map_entries(1),
+        );
     loader.override_global("AYA_LOG_LEVEL", &0u8, true);
     for (global, value) in globals {
         loader.override_global(global, value, true);

@@ -121,9 +121,6 @@ impl MapWriter for FakeMaps {
     fn set_nat_source(&mut self, index: u32, on: bool) -> Result<()> {
         self.write(format!("nat source {index} {on}"))
     }
-    fn set_nat_reply(&mut self, _: &FlowKey, _: &lb_common::NatReply) -> Result<()> {
-        self.write("nat reply".into())
-    }
     fn persistent_conns(&self) -> Result<std::collections::HashMap<u32, u64>> {
         Ok(Default::default())
     }

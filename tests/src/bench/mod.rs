@@ -110,6 +110,9 @@ pub enum Case {
     /// `mh` service, established flow, LVS/NAT request: destination address and port
     /// rewritten (VIP:83 to RIP:8080), checksums updated incrementally, TTL decremented.
     NatRequest,
+    /// A new flow every packet for the LVS/NAT service: DR's new flow, the request's rewrite,
+    /// and the reply index's insert (the reply's own flow key, for the reply path).
+    NatNewFlow,
     /// The reply of [`Case::NatRequest`]'s flow from the real server: the prefilter, the reply
     /// index, the tail call to the reply program, the connection table, the source rewrite and
     /// the kernel's FIB lookup toward the client (on the interface it came in on: XDP_TX).
@@ -168,7 +171,7 @@ impl Case {
         all.extend(schedulers().map(Case::DrNewFlow));
         all.push(Case::DrPersistentNewFlow);
         // The request first: it binds the flow the reply belongs to.
-        all.extend([Case::NatRequest, Case::NatReply]);
+        all.extend([Case::NatRequest, Case::NatReply, Case::NatNewFlow]);
         all.extend([
             Case::Dr6MhEstablished,
             Case::Dr6MhNewFlow,
@@ -204,6 +207,9 @@ impl Case {
             Case::DrPersistentNewFlow => "DR rr persistent, new client (template insert)".into(),
             Case::NatRequest => "NAT mh, established flow, request (destination rewrite)".into(),
             Case::NatReply => "NAT mh, reply (reply index, source rewrite, FIB lookup)".into(),
+            Case::NatNewFlow => {
+                "NAT mh, new flow (connection-table and reply-index inserts)".into()
+            }
             Case::Dr6MhEstablished => "IPv6 DR mh, established flow".into(),
             Case::Dr6MhNewFlow => "IPv6 DR mh, new flow (connection-table insert)".into(),
             Case::Tun6MhEstablished => {
@@ -270,6 +276,10 @@ impl Case {
             // A reply adds a second lookup and a tail call to that, and the kernel's FIB
             // lookup (the route and neighbour to the client), which DR and TUN never need.
             Case::NatReply => Some(120.0),
+            // DR mh's new flow plus the request's rewrite (NAT's request over DR's established
+            // path, 20) and the reply index's insert: a second table's insert, which the
+            // persistent new client's target puts at 150.
+            Case::NatNewFlow => Some(320.0),
             // The IPv4 cases plus a tail call to the IPv6 pipeline and its longer header.
             Case::Dr6MhEstablished => Some(60.0),
             Case::Dr6MhNewFlow => Some(160.0),
@@ -364,6 +374,7 @@ impl Case {
                 | Case::DrMhNewFlowGuarded
                 | Case::DrNewFlow(_)
                 | Case::DrPersistentNewFlow
+                | Case::NatNewFlow
                 | Case::Dr6MhNewFlow
         )
     }
@@ -638,7 +649,7 @@ impl Bench {
             Case::Tun4in6Established => (VIP, TUN_4IN6_PORT),
             Case::DrNewFlow(s) => (VIP, scheduler_port(s)),
             Case::DrPersistentNewFlow => (VIP, PERSISTENT_PORT),
-            Case::NatRequest => (VIP, NAT_PORT),
+            Case::NatRequest | Case::NatNewFlow => (VIP, NAT_PORT),
             Case::Dr6MhEstablished
             | Case::Dr6MhNewFlow
             | Case::Tun6MhEstablished
