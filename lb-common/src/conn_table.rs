@@ -283,12 +283,30 @@ pub fn victim(bucket: &Bucket, now: u32, cfg: &DirectorConfig) -> usize {
     best
 }
 
-/// The slot a new template or reply takes: an empty one, else the longest unused (a template's
-/// timeout is its service's, a reply's its connection's, so a full bucket keeps the most recently
-/// used, as an LRU).
+/// The slot a new template takes: an empty one, else the longest unused (a template's timeout
+/// is its service's, so a full bucket keeps the most recently used, as an LRU).
 #[inline(always)]
 pub fn oldest<E: Entry>(bucket: &BucketOf<E>, now: u32) -> usize {
+    least_kept(bucket, now, |_| 0)
+}
+
+/// [`SlotOf::mark`] of a reply whose connection is established (the datapath writes the reply
+/// again when the handshake ends).
+pub const REPLY_ESTABLISHED: u32 = 2;
+
+/// The slot a new reply takes: an empty one, else one whose connection is not established (a
+/// SYN flood's are not), else any; the longest unused among equals. A flood of new NAT flows
+/// never pushes out an established connection's reply while a bucket has another to give up.
+#[inline(always)]
+pub fn reply_victim(bucket: &ReplyBucket, now: u32) -> usize {
+    least_kept(bucket, now, |s| (s.mark & REPLY_ESTABLISHED != 0) as u32)
+}
+
+/// An empty slot, else the lowest `rank`, the longest unused among equals.
+#[inline(always)]
+fn least_kept<E: Entry>(bucket: &BucketOf<E>, now: u32, rank: impl Fn(&SlotOf<E>) -> u32) -> usize {
     let mut best = 0;
+    let mut best_rank = u32::MAX;
     let mut best_idle = 0;
     let mut i = 0;
     while i < WAYS {
@@ -296,9 +314,11 @@ pub fn oldest<E: Entry>(bucket: &BucketOf<E>, now: u32) -> usize {
         if slot.tag == EMPTY {
             return i;
         }
+        let rank = rank(slot);
         let idle = now.wrapping_sub(slot.entry.last_used());
-        if idle > best_idle {
+        if rank < best_rank || (rank == best_rank && idle > best_idle) {
             best = i;
+            best_rank = rank;
             best_idle = idle;
         }
         i += 1;
@@ -482,6 +502,20 @@ mod tests {
             r.slots[way].entry.last_seen = used;
         }
         assert_eq!(oldest(&r, now), 1);
+        // A new reply gives up one whose connection is not established first, however recent.
+        assert_eq!(reply_victim(&r, now), 1);
+        r.slots[1].mark = REPLY_ESTABLISHED;
+        r.slots[0].mark = REPLY_ESTABLISHED;
+        assert_eq!(reply_victim(&r, now), 2);
+        r.slots[2].mark = REPLY_ESTABLISHED;
+        r.slots[3].mark = REPLY_ESTABLISHED;
+        assert_eq!(
+            reply_victim(&r, now),
+            1,
+            "all established: the longest unused"
+        );
+        r.slots[3].tag = EMPTY;
+        assert_eq!(reply_victim(&r, now), 3, "an empty slot first");
         // A template's key: its service and client, nothing else; two services never share one.
         let client = addr_from_v4([192, 0, 2, 7]);
         let key = |service| crate::TemplateKey { service, client }.flow_key();

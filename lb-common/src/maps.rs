@@ -293,9 +293,16 @@ pub const IPV4_PROG_SLOTS: u32 = 2;
 pub struct FlowHandoff {
     pub service: u32,
     pub real: u32,
-    /// 1 for a new flow.
+    /// `HANDOFF_*` bits ([`HANDOFF_NEW_FLOW`] alone before the others were added).
     pub new_flow: u32,
 }
+
+/// [`FlowHandoff::new_flow`]: the flow is new.
+pub const HANDOFF_NEW_FLOW: u32 = 1;
+/// LVS/NAT: write the flow's reply entry (a new flow's, or one whose entry was refreshed or
+/// whose handshake ended), established ([`HANDOFF_ESTABLISHED`]) or not.
+pub const HANDOFF_REPLY: u32 = 2;
+pub const HANDOFF_ESTABLISHED: u32 = 4;
 
 /// FLOOD_GUARD value (per CPU): the new-flow guard. Above `limit` new flows in a second on a
 /// CPU, new flows are still forwarded (scheduled by hash as usual) but no longer remembered in

@@ -15,8 +15,8 @@ use aya_ebpf::{helpers::bpf_jiffies64, macros::map, maps::Array};
 use lb_common::{
     addr_from_v4,
     conn_table::{self, Bucket, Slot, EMPTY, SLOT_REFERENCED, WAYS},
-    Conn, DirectorConfig, FlowKey, CONN_ESTABLISHED, CONN_FIN, DEFAULT_CONN_MAX, IPPROTO_TCP,
-    MAP_MMAPABLE, SYNC_BIND, SYNC_CLOSE,
+    Conn, DirectorConfig, FlowKey, CONN_ESTABLISHED, CONN_FIN, DEFAULT_CONN_MAX,
+    HANDOFF_ESTABLISHED, HANDOFF_REPLY, IPPROTO_TCP, MAP_MMAPABLE, SYNC_BIND, SYNC_CLOSE,
 };
 
 use crate::{
@@ -103,8 +103,30 @@ const MARK: u32 = 8;
 pub struct Entry {
     slot: *mut Slot,
     todo: u32,
+    /// Whether the connection is established after the packet (not closing).
+    established: bool,
     pub service: u32,
     pub real: u32,
+}
+
+impl Entry {
+    /// For an LVS/NAT flow, whether its reply entry is written again with this packet, and how
+    /// ([`FlowHandoff`](lb_common::FlowHandoff)'s bits): when the packet refreshes the
+    /// timestamp (a connection idle for a while may have lost its reply entry to newer ones) or
+    /// moves the connection's state (the reply index ranks an established connection's reply
+    /// above others, as the connection table ranks its entry).
+    #[inline(always)]
+    pub fn reply_bits(&self) -> u32 {
+        if self.todo & (TOUCH | ESTABLISH | CLOSE) == 0 {
+            return 0;
+        }
+        HANDOFF_REPLY
+            | if self.established {
+                HANDOFF_ESTABLISHED
+            } else {
+                0
+            }
+    }
 }
 
 /// The live entry for this flow, as it is; None when there is none, it has timed out, or a SYN
@@ -146,9 +168,13 @@ pub fn lookup(flow: &FlowKey, tcp_flags: u8, now: u32, cfg: &DirectorConfig) -> 
     if mark == 0 {
         todo |= MARK;
     }
+    let established = (conn.flags & CONN_ESTABLISHED != 0 || todo & ESTABLISH != 0)
+        && conn.flags & CONN_FIN == 0
+        && todo & CLOSE == 0;
     Some(Entry {
         slot,
         todo,
+        established,
         service: conn.service,
         real: conn.real,
     })
@@ -287,7 +313,7 @@ pub extern "C" fn xdplb_conn_write(
         last_seen: now,
         flags,
     };
-    slots::write(&mut bucket.slots[way & (WAYS - 1)], flow, p.tag, conn);
+    slots::write(&mut bucket.slots[way & (WAYS - 1)], flow, p.tag, 0, conn);
     let (active, inactive) = state(flags);
     counts::add(real, active, inactive);
     1

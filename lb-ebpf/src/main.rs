@@ -56,7 +56,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use lb_common::{
     addr_from_v4, ipv4::HEADER_LEN as IPV4_HLEN, is_v4, DirectorConfig, FlowHandoff, FlowKey,
-    RealEgress, RealServer, Reason, ServiceInfo, FWD_DR, FWD_NAT, FWD_TUN,
+    RealEgress, RealServer, Reason, ServiceInfo, FWD_DR, FWD_NAT, FWD_TUN, HANDOFF_ESTABLISHED,
+    HANDOFF_NEW_FLOW, HANDOFF_REPLY,
 };
 
 use crate::parse::{Packet, Parsed, TCP_FLAG_RST};
@@ -107,6 +108,19 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     let (service_id, real_id, real, new_flow) = match (known, service) {
         (Some((entry, real)), _) => {
             conntrack::refresh(&entry, &flow, now, config);
+            let reply = entry.reply_bits();
+            if reply != 0 && real.method == FWD_NAT {
+                let port = nat_port(&route::real_egress(entry.real), pkt.dport);
+                let established = reply & HANDOFF_ESTABLISHED != 0;
+                nat::remember(
+                    &flow,
+                    &real.addr,
+                    port,
+                    entry.service,
+                    entry.real,
+                    established,
+                );
+            }
             (entry.service, entry.real, real, false)
         }
         // Not a case: a flow that is not established has a service, or returned above.
@@ -130,7 +144,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
                 persist::remember(service, &flow, id, now);
                 if real.method == FWD_NAT {
                     let port = nat_port(&route::real_egress(id), pkt.dport);
-                    nat::remember(&flow, &real.addr, port, service.id, id);
+                    nat::remember(&flow, &real.addr, port, service.id, id, false);
                 }
             }
             debug!(
@@ -359,10 +373,11 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     if !whole {
         return stats::drop(Reason::DropMalformed, frame_len);
     }
-    let (service_id, real_id, real, new_flow) = match (known, service) {
+    // The hand-off's bits: for LVS/NAT, whether (and how) xdplb_nat6 writes the reply entry.
+    let (service_id, real_id, real, handoff) = match (known, service) {
         (Some((entry, real)), _) => {
             conntrack::refresh(&entry, &flow, now, config);
-            (entry.service, entry.real, real, false)
+            (entry.service, entry.real, real, entry.reply_bits())
         }
         (None, None) => return stats::drop(Reason::DropNoReal, frame_len),
         (None, Some(service)) => {
@@ -375,9 +390,10 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
                 conntrack::insert(&flow, service.id, id, flags, now, config);
                 persist::remember(service, &flow, id, now);
             }
-            (service.id, id, real, true)
+            (service.id, id, real, HANDOFF_NEW_FLOW | HANDOFF_REPLY)
         }
     };
+    let new_flow = handoff & HANDOFF_NEW_FLOW != 0;
     if flags & TCP_FLAG_RST != 0 {
         conntrack::close(&flow, service_id, real_id, !new_flow, config);
     }
@@ -391,7 +407,7 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
             FlowHandoff {
                 service: service_id,
                 real: real_id,
-                new_flow: new_flow.into(),
+                new_flow: handoff,
             },
         );
         return stats::drop(Reason::DropNoReal, frame_len);
@@ -461,7 +477,12 @@ pub fn xdplb_4in6(ctx: XdpContext) -> u32 {
         Err(reason) => return stats::drop(reason, frame_len),
     }
     let hop = route::toward(&ctx, here, real, route::real_egress(to.real).ifindex);
-    stats::forwarded(to.service, to.real, frame_len, to.new_flow != 0);
+    stats::forwarded(
+        to.service,
+        to.real,
+        frame_len,
+        to.new_flow & HANDOFF_NEW_FLOW != 0,
+    );
     route::send(&ctx, &hop)
 }
 

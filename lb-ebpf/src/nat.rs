@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    conn_table::{self, ReplyBucket, EMPTY},
+    conn_table::{self, ReplyBucket, EMPTY, REPLY_ESTABLISHED},
     csum, vip_filter_index, Addr, FlowKey, NatReply, Reason, ReplyEntry, DEFAULT_CONN_MAX,
     IPPROTO_TCP, MAP_MMAPABLE, NAT_PROG_ICMP, NAT_PROG_REPLY, NAT_PROG_SLOTS, VIP_FILTER_SIZE,
 };
@@ -123,9 +123,18 @@ pub fn to_client_flow(flow: &mut FlowKey, reply: &NatReply) {
     flow.dport = reply.vport;
 }
 
-/// Remembers a new NAT flow's reply, as the real server will send it.
+/// Remembers a NAT flow's reply, as the real server will send it: for a new flow, and again
+/// when its connection is refreshed or changes state (`established` or not:
+/// [`conntrack::Entry::reply_bits`]).
 #[inline(always)]
-pub fn remember(flow: &FlowKey, real_addr: &Addr, real_port: u16, service: u32, real: u32) {
+pub fn remember(
+    flow: &FlowKey,
+    real_addr: &Addr,
+    real_port: u16,
+    service: u32,
+    real: u32,
+    established: bool,
+) {
     let key = flow.nat_reply(real_addr, real_port);
     let entry = ReplyEntry {
         reply: NatReply {
@@ -137,21 +146,27 @@ pub fn remember(flow: &FlowKey, real_addr: &Addr, real_port: u16, service: u32, 
         },
         last_seen: conntrack::now(),
     };
-    let _ = xdplb_reply_write(&key, &entry);
+    let mark = if established { REPLY_ESTABLISHED } else { 0 };
+    let _ = xdplb_reply_write(&key, &entry, mark);
 }
 
-/// Writes a reply's entry (1; 0 if it could not): into its own slot if it has one, else an empty
-/// one, else the longest unused ([`conn_table::oldest`]). A global function (see build.rs), as
-/// the connection table's write: the verifier checks it once, not for every state of the
+/// Writes a reply's entry with its `mark` (1; 0 if it could not): into its own slot if it has
+/// one, else the one [`conn_table::reply_victim`] gives up. A global function (see build.rs),
+/// as the connection table's write: the verifier checks it once, not for every state of the
 /// new-flow path.
 #[no_mangle]
 #[inline(never)]
-pub extern "C" fn xdplb_reply_write(key: *const FlowKey, entry: *const ReplyEntry) -> u32 {
+pub extern "C" fn xdplb_reply_write(
+    key: *const FlowKey,
+    entry: *const ReplyEntry,
+    mark: u32,
+) -> u32 {
     // SAFETY: the verifier sizes the pointers from their types; null is all they can be else.
     let (Some(key), Some(entry)) = (unsafe { key.as_ref() }, unsafe { entry.as_ref() }) else {
         return 0;
     };
-    slots::write_over_oldest(&NAT_REPLY_TABLE, key, place(key), *entry, entry.last_seen) as u32
+    let victim = |b: &ReplyBucket| conn_table::reply_victim(b, entry.last_seen);
+    slots::write_over(&NAT_REPLY_TABLE, key, place(key), mark, *entry, victim) as u32
 }
 
 /// Forgets a NAT flow's reply (a RST ended it).

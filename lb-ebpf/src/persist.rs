@@ -105,7 +105,8 @@ pub extern "C" fn xdplb_template_write(
         last_seen: now,
         flags: 0,
     };
-    slots::write_over_oldest(&TEMPLATE_TABLE, key, place(key), template, now) as u32
+    let oldest = |b: &Bucket| conn_table::oldest(b, now);
+    slots::write_over(&TEMPLATE_TABLE, key, place(key), 0, template, oldest) as u32
 }
 
 /// A live connection of this client was refreshed: its template lives on.

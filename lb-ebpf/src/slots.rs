@@ -23,29 +23,30 @@ pub fn find<E>(
     Some(unsafe { &raw mut (*bucket).slots[way & (WAYS - 1)] })
 }
 
-/// Writes an entry into a slot: the tag emptied first and written last, so no reader takes half
-/// of one key's entry for another's.
+/// Writes an entry into a slot, with its `mark`: the tag emptied first and written last, so no
+/// reader takes half of one key's entry for another's.
 #[inline(always)]
-pub fn write<E>(slot: &mut SlotOf<E>, key: &FlowKey, tag: u32, entry: E) {
+pub fn write<E>(slot: &mut SlotOf<E>, key: &FlowKey, tag: u32, mark: u32, entry: E) {
     // SAFETY: stores into the map's value.
     unsafe { core::ptr::write_volatile(&mut slot.tag, EMPTY) };
-    slot.mark = 0;
+    slot.mark = mark;
     slot.key = *key;
     slot.entry = entry;
     // SAFETY: as above.
     unsafe { core::ptr::write_volatile(&mut slot.tag, tag) };
 }
 
-/// Writes `key`'s entry into `table`, placed at `p`: into its own slot if it has one, else an
-/// empty one, else the one unused longest at `now` ([`conn_table::oldest`]), as an LRU would
-/// give up (the templates, the NAT replies). False if the bucket is not in the table.
+/// Writes `key`'s entry into `table`, placed at `p`: into its own slot if it has one, else the
+/// one `victim` gives up in its bucket (the templates' and the NAT replies' writes). False if
+/// the bucket is not in the table.
 #[inline(always)]
-pub fn write_over_oldest<E: Entry>(
+pub fn write_over<E: Entry>(
     table: &Array<BucketOf<E>>,
     key: &FlowKey,
     p: conn_table::Place,
+    mark: u32,
     entry: E,
-    now: u32,
+    victim: impl Fn(&BucketOf<E>) -> usize,
 ) -> bool {
     let Some(b) = table.get_ptr_mut(p.bucket) else {
         return false;
@@ -54,8 +55,8 @@ pub fn write_over_oldest<E: Entry>(
     let b = unsafe { &mut *b };
     let way = match conn_table::find(b, key, p.tag) {
         Some(way) => way,
-        None => conn_table::oldest(b, now),
+        None => victim(b),
     };
-    write(&mut b.slots[way & (WAYS - 1)], key, p.tag, entry);
+    write(&mut b.slots[way & (WAYS - 1)], key, p.tag, mark, entry);
     true
 }

@@ -146,6 +146,18 @@ fn reply(net: &Net, proto: u8) -> FrameSpec {
     }
 }
 
+/// The connection-table key of [`request`]'s TCP flow.
+fn client_flow() -> FlowKey {
+    FlowKey {
+        src: lb_common::addr_from_v4(CLIENT.octets()),
+        dst: lb_common::addr_from_v4(VIP.octets()),
+        sport: 40000,
+        dport: 80,
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    }
+}
+
 /// What the director sends the real server for a client's `request` that came in on `out0`
 /// and goes out of it again: the real server's MAC, address and port, the TTL one lower.
 fn to_real(net: &Net, request: &FrameSpec) -> FrameSpec {
@@ -354,14 +366,7 @@ fn the_real_servers_fin_and_rst_end_the_connection() {
     let net = net();
     net.ns.run_in(|| {
         let mut fx = fixture(&net);
-        let flow = FlowKey {
-            src: lb_common::addr_from_v4(CLIENT.octets()),
-            dst: lb_common::addr_from_v4(VIP.octets()),
-            sport: 40000,
-            dport: 80,
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
+        let flow = client_flow();
         fx.run_on(net.out0.0, &request(&net, IPPROTO_TCP).build())
             .unwrap();
         let fin = FrameSpec {
@@ -383,10 +388,12 @@ fn the_real_servers_fin_and_rst_end_the_connection() {
 }
 
 /// The reply index is a table of the connection table's layout: a new NAT flow's reply takes an
-/// empty slot of its bucket, else the longest unused, never one a reply has just used; a reply
-/// marks its entry used.
+/// empty slot of its bucket, else one whose connection is not established, the longest unused
+/// among equals; a reply marks its entry used; the client's packets write it again when they
+/// end the handshake (ranked established), close the connection, or refresh it after an idle
+/// while (an entry given up meanwhile comes back).
 #[test]
-fn a_full_bucket_of_replies_gives_up_the_longest_unused() {
+fn a_new_reply_never_pushes_out_an_established_connections_while_others_can_go() {
     if !require_root() {
         return;
     }
@@ -419,38 +426,77 @@ fn a_full_bucket_of_replies_gives_up_the_longest_unused() {
             service: 0,
             real: 0,
         };
-        // Used 1 to 4 ticks ago, but the third, 10,000 ticks ago.
-        let ages = [1, 2, 10_000, 4];
-        for (n, age) in others.iter().zip(ages) {
-            fx.maps
-                .reply_table()
-                .unwrap()
-                .upsert_reply(&reply_key(*n), &value, now.wrapping_sub(age))
+        // (ticks since used, established): the one unused longest is established.
+        let others_are = [(1, false), (2, true), (10_000, true), (4, false)];
+        for (n, (age, established)) in others.iter().zip(others_are) {
+            let table = fx.maps.reply_table().unwrap();
+            let used = now.wrapping_sub(age);
+            table
+                .upsert_reply(&reply_key(*n), &value, used, established)
                 .unwrap();
         }
         fx.run_on(net.out0.0, &request(&net, IPPROTO_TCP).build())
             .unwrap();
-        assert!(
-            fx.maps.nat_reply(&reply_key(0)).is_some(),
-            "the new flow's reply"
-        );
-        for (n, age) in others.iter().zip(ages) {
+        let slot = |fx: &Fixture| fx.maps.reply_table().unwrap().slot(&reply_key(0)).unwrap();
+        let mark = slot(&fx).expect("the new flow's reply").mark;
+        assert_eq!(mark, 0, "a handshake's reply ranks as not established");
+        for (n, (age, established)) in others.iter().zip(others_are) {
             let kept = fx.maps.nat_reply(&reply_key(*n)).is_some();
-            assert_eq!(kept, age != 10_000, "the reply used {age} ticks ago");
+            // Given up: the one not established unused longest.
+            let gone = age == 4;
+            assert_eq!(
+                kept, !gone,
+                "used {age} ticks ago, established {established}"
+            );
         }
         // A reply marks its entry used: aged by hand, its reply brings it back to now.
+        let ours = slot(&fx).unwrap().entry;
         let table = fx.maps.reply_table().unwrap();
-        let ours = table.get(&reply_key(0)).unwrap().unwrap();
+        let long_ago = now.wrapping_sub(50_000);
         table
-            .upsert_reply(&reply_key(0), &ours.reply, now.wrapping_sub(50_000))
+            .upsert_reply(&reply_key(0), &ours.reply, long_ago, false)
             .unwrap();
         let (verdict, _) = fx
             .run_on(net.in0.0, &reply(&net, IPPROTO_TCP).build())
             .unwrap();
         assert_eq!(verdict, XDP_REDIRECT);
-        let table = fx.maps.reply_table().unwrap();
-        let used = table.get(&reply_key(0)).unwrap().unwrap().last_seen;
+        let used = slot(&fx).unwrap().entry.last_seen;
         assert!(used.wrapping_sub(now) < 1000, "last used {used}, now {now}");
+        // The client's ACK ends the handshake: the reply is written again, established.
+        let packet = |tcp_flags| {
+            FrameSpec {
+                tcp_flags,
+                ..request(&net, IPPROTO_TCP)
+            }
+            .build()
+        };
+        fx.run_on(net.out0.0, &packet(0x10)).unwrap();
+        let mark = slot(&fx).unwrap().mark;
+        assert_eq!(mark, lb_common::conn_table::REPLY_ESTABLISHED);
+        // Given up while the connection was idle (another reply took its slot), it comes back
+        // with the client's next packet, which refreshes the connection's entry.
+        let flow = client_flow();
+        let mut conn = fx.maps.conn(&flow).expect("the connection's entry");
+        conn.last_seen = long_ago;
+        fx.maps.set_conn(&flow, &conn).unwrap();
+        fx.maps
+            .reply_table()
+            .unwrap()
+            .remove(&reply_key(0))
+            .unwrap();
+        let input = reply(&net, IPPROTO_TCP).build();
+        assert_eq!(fx.run_on(net.in0.0, &input).unwrap(), (XDP_PASS, input));
+        fx.run_on(net.out0.0, &packet(0x18)).unwrap();
+        let back = slot(&fx).expect("the reply, written again");
+        assert_eq!(back.entry.reply, ours.reply);
+        assert_eq!(back.mark, lb_common::conn_table::REPLY_ESTABLISHED);
+        let (verdict, _) = fx
+            .run_on(net.in0.0, &reply(&net, IPPROTO_TCP).build())
+            .unwrap();
+        assert_eq!(verdict, XDP_REDIRECT);
+        // Its FIN: closing, the reply ranks as not established again.
+        fx.run_on(net.out0.0, &packet(0x11)).unwrap();
+        assert_eq!(slot(&fx).unwrap().mark, 0);
     });
 }
 
@@ -887,6 +933,21 @@ fn ipv6_requests_and_replies_are_translated() {
             };
             let got = fx.maps.nat_reply(&reply_key).expect("a reply entry");
             assert_eq!((got.vip, got.vport), (vip6.octets(), 80));
+            if proto == IPPROTO_TCP {
+                // The client's ACK ends the handshake: xdplb_nat6 writes the reply again,
+                // ranked established, as the IPv4 path does.
+                let mark = |fx: &Fixture| {
+                    let table = fx.maps.reply_table().unwrap();
+                    table.slot(&reply_key).unwrap().expect("a reply entry").mark
+                };
+                assert_eq!(mark(&fx), 0);
+                let ack = Frame6Spec {
+                    tcp_flags: 0x10,
+                    ..request.clone()
+                };
+                assert_eq!(fx.run_on(net.out0.0, &ack.build()).unwrap().0, XDP_TX);
+                assert_eq!(mark(&fx), lb_common::conn_table::REPLY_ESTABLISHED);
+            }
 
             let reply = reply6(&net, proto);
             let (verdict, out) = fx.run_on(net.in0.0, &reply.build()).unwrap();

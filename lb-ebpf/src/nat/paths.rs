@@ -6,6 +6,7 @@
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
     addr_from_v4, Addr, DirectorConfig, FlowHandoff, FlowKey, NatReply, RealServer, Reason,
+    HANDOFF_ESTABLISHED, HANDOFF_NEW_FLOW, HANDOFF_REPLY,
 };
 
 use crate::{
@@ -147,14 +148,20 @@ pub fn xdplb_nat6(ctx: XdpContext) -> u32 {
     let port = nat_port(&egress, pkt.dport);
     if flags & TCP_FLAG_RST != 0 {
         nat::forget(&flow.nat_reply(&real.addr, port));
-    } else if to.new_flow != 0 {
-        nat::remember(&flow, &real.addr, port, to.service, to.real);
+    } else if to.new_flow & HANDOFF_REPLY != 0 {
+        let established = to.new_flow & HANDOFF_ESTABLISHED != 0;
+        nat::remember(&flow, &real.addr, port, to.service, to.real, established);
     }
     if let Err(reason) = nat::rewrite6(&ctx, &pkt, true, real.addr, port) {
         return untranslated(reason, frame_len);
     }
     let hop = route::toward(&ctx, here, real, egress.ifindex);
-    stats::forwarded(to.service, to.real, frame_len, to.new_flow != 0);
+    stats::forwarded(
+        to.service,
+        to.real,
+        frame_len,
+        to.new_flow & HANDOFF_NEW_FLOW != 0,
+    );
     route::send(&ctx, &hop)
 }
 

@@ -40,8 +40,9 @@ pub fn replies_from_lru(
     table: &SlotTable<ReplyEntry>,
     now: u32,
 ) -> Result<Option<usize>> {
+    // Ranked as not established: the connection's next refresh ranks it again.
     move_lru::<FlowKey, NatReply>(path, "LVS/NAT reply index", |key, reply| {
-        table.upsert_reply(key, reply, now)
+        table.upsert_reply(key, reply, now, false)
     })
 }
 

@@ -19,8 +19,14 @@ pub trait ConnTable: Send {
     /// Inserts or replaces a flow's entry.
     fn upsert(&mut self, flow: &FlowKey, conn: &Conn) -> Result<()>;
     /// Inserts or replaces an LVS/NAT connection's reply translation (keyed by the reply's own
-    /// flow), which the datapath writes beside the entry of a flow it binds itself.
-    fn upsert_nat_reply(&mut self, reply: &FlowKey, value: &NatReply) -> Result<()>;
+    /// flow), which the datapath writes beside the entry of a flow it binds itself; ranked as
+    /// an `established` connection's or not.
+    fn upsert_nat_reply(
+        &mut self,
+        reply: &FlowKey,
+        value: &NatReply,
+        established: bool,
+    ) -> Result<()>;
     /// Removes a flow's entry, if there is one.
     fn remove(&mut self, flow: &FlowKey) -> Result<()>;
     /// Every entry (a snapshot; the datapath goes on changing the table meanwhile).
@@ -78,10 +84,15 @@ where
             .upsert(flow, conn, jiffies_now()?, &timeouts)
     }
 
-    fn upsert_nat_reply(&mut self, reply: &FlowKey, value: &NatReply) -> Result<()> {
+    fn upsert_nat_reply(
+        &mut self,
+        reply: &FlowKey,
+        value: &NatReply,
+        established: bool,
+    ) -> Result<()> {
         self.replies
             .borrow()
-            .upsert_reply(reply, value, jiffies_now()?)
+            .upsert_reply(reply, value, jiffies_now()?, established)
     }
 
     fn remove(&mut self, flow: &FlowKey) -> Result<()> {
@@ -113,7 +124,7 @@ impl ConnTable for MemoryTable {
         Ok(())
     }
 
-    fn upsert_nat_reply(&mut self, reply: &FlowKey, value: &NatReply) -> Result<()> {
+    fn upsert_nat_reply(&mut self, reply: &FlowKey, value: &NatReply, _: bool) -> Result<()> {
         self.1.lock().unwrap().insert(*reply, *value);
         Ok(())
     }

@@ -255,14 +255,21 @@ impl<E: Entry> SlotTable<E> {
 
     /// A flow's entry, if it has one.
     pub fn get(&self, flow: &FlowKey) -> Result<Option<E>> {
-        let (b, p) = self.bucket_of(flow)?;
-        Ok(Self::find(&b, &p, flow).map(|(_, s)| s.entry))
+        Ok(self.slot(flow)?.map(|s| s.entry))
     }
 
-    /// Writes an entry into its own slot, else the one `victim` picks in its bucket.
+    /// A flow's slot (its entry and mark), if it has one.
+    pub fn slot(&self, flow: &FlowKey) -> Result<Option<SlotOf<E>>> {
+        let (b, p) = self.bucket_of(flow)?;
+        Ok(Self::find(&b, &p, flow).map(|(_, s)| s))
+    }
+
+    /// Writes an entry with its `mark` into its own slot, else the one `victim` picks in its
+    /// bucket.
     fn write(
         &self,
         flow: &FlowKey,
+        mark: u32,
         entry: &E,
         victim: impl Fn(&BucketOf<E>) -> usize,
     ) -> Result<()> {
@@ -276,7 +283,7 @@ impl<E: Entry> SlotTable<E> {
         fence(Ordering::Release);
         // SAFETY: within the mapping; the slot reads as empty until its tag is written.
         unsafe {
-            std::ptr::write_volatile(&raw mut (*slot).mark, 0);
+            std::ptr::write_volatile(&raw mut (*slot).mark, mark);
             std::ptr::write_volatile(&raw mut (*slot).key, *flow);
             std::ptr::write_volatile(&raw mut (*slot).entry, *entry);
         }
@@ -328,24 +335,36 @@ impl SlotTable<Conn> {
             udp_timeout: timeouts.udp,
             ..Default::default()
         };
-        self.write(flow, conn, |b| conn_table::victim(b, now, &cfg))
+        self.write(flow, 0, conn, |b| conn_table::victim(b, now, &cfg))
     }
 
     /// Writes a template into its own slot, an empty one, or the longest unused at clock `now`
     /// ([`conn_table::oldest`]), as the datapath does.
     pub fn upsert_template(&self, key: &FlowKey, template: &Conn, now: u32) -> Result<()> {
-        self.write(key, template, |b| conn_table::oldest(b, now))
+        self.write(key, 0, template, |b| conn_table::oldest(b, now))
     }
 }
 
 impl SlotTable<ReplyEntry> {
-    /// Writes an LVS/NAT flow's reply translation (keyed by the reply's own flow) into its own
-    /// slot, an empty one, or the longest unused at clock `now`, as the datapath does.
-    pub fn upsert_reply(&self, reply: &FlowKey, value: &NatReply, now: u32) -> Result<()> {
+    /// Writes an LVS/NAT flow's reply translation (keyed by the reply's own flow), ranked as
+    /// an `established` connection's or not, into its own slot, or the one the datapath would
+    /// give up ([`conn_table::reply_victim`] at clock `now`).
+    pub fn upsert_reply(
+        &self,
+        reply: &FlowKey,
+        value: &NatReply,
+        now: u32,
+        established: bool,
+    ) -> Result<()> {
         let entry = ReplyEntry {
             reply: *value,
             last_seen: now,
         };
-        self.write(reply, &entry, |b| conn_table::oldest(b, now))
+        let mark = if established {
+            conn_table::REPLY_ESTABLISHED
+        } else {
+            0
+        };
+        self.write(reply, mark, &entry, |b| conn_table::reply_victim(b, now))
     }
 }

@@ -563,6 +563,7 @@ pub fn apply_records(
                             service: ids.service,
                             real: ids.real,
                         },
+                        r.established && !r.fin,
                     ),
                     None => Ok(()),
                 }),

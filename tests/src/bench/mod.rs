@@ -170,8 +170,9 @@ impl Case {
         ];
         all.extend(schedulers().map(Case::DrNewFlow));
         all.push(Case::DrPersistentNewFlow);
-        // The request first: it binds the flow the reply belongs to.
-        all.extend([Case::NatRequest, Case::NatReply, Case::NatNewFlow]);
+        // The new flows first: they fill the reply index many times over, which would push out
+        // the reply of the request's flow (the request binds the flow its reply belongs to).
+        all.extend([Case::NatNewFlow, Case::NatRequest, Case::NatReply]);
         all.extend([
             Case::Dr6MhEstablished,
             Case::Dr6MhNewFlow,

@@ -570,8 +570,10 @@ fn main() -> Result<()> {
          is left is the service lookup and the scheduler. The \
          schedulers that choose by load add the scan of the real servers (bpf_loop) and the count \
          updates; rr and wrr a per-CPU position. An LVS/NAT request adds to DR's established path \
-         the rewrite of the destination address and port with the incremental checksums. A NAT \
-         reply takes the real-server prefilter, a tail call to the reply program, a second lookup \
+         the rewrite of the destination address and port with the incremental checksums; a NAT \
+         connection's first packet adds to DR's new flow that rewrite and a second insert, into \
+         the reply index (a third table of the same layout, as large as the connection table). \
+         A NAT reply takes the real-server prefilter, a tail call to the reply program, a second lookup \
          (the reply index, keyed by the reply's own flow) besides the connection table's, the \
          rewrite, and the kernel's FIB lookup helper toward the client (route and neighbour), \
          which no other path needs. IPv6 adds the tail call to its pipeline and parsing a 40-byte \
@@ -654,8 +656,8 @@ fn main() -> Result<()> {
          bare on DR mh established; a variant hashing with NH (the universal hash of UMAC: five \
          multiplications that do not wait on each other, where the chained hash's do) came within \
          3 ns of it in every established case: not kept. Every full run \
-         of this command since the change (twelve, 2026-12-03 and 04) was flagged, baselines \
-         moving 30 to 115 % within a case and Katran's own established case by up to 45 ns \
+         of this command from the change to the reply index's below (thirteen, 2026-12-03 and \
+         04) was flagged, baselines moving 30 to 184 % within a case and Katran's own established case by up to 45 ns \
          between its two runs: DR mh established +48 to +74, TUN +72 to +141 (0.62x to 1.00x \
          Katran in the same run), new flow 0.51x to 0.70x Katran's new-source case. The DR \
          target of +50 is met in one machine state and missed in the other. Since the ninth, \
@@ -666,16 +668,31 @@ fn main() -> Result<()> {
          slots; a new template takes an empty slot of its bucket or the longest unused, as the \
          LRU gave up its least recently used): paired, 40 rounds, before -> after, the \
          persistent new client 984.5 -> 570.5 (-403.5 per pair), DR mh new flow -3.5, IPv6 new \
-         flow -14.5, the established paths within 1 ns but IPv4 options (+5). The tables \
-         above are the twelfth run, of that build (so were the tenth, which had no Katran \
-         rows, the peer benchmark's harness built without BTF, and the eleventh). Where the NAT \
-         reply's time goes, by its sampled profile below (its target of 120 assumed DR's \
+         flow -14.5, the established paths within 1 ns but IPv4 options (+5). Then (2026-12-04, \
+         evening) the LVS/NAT reply index moved from the kernel's LRU hash into a third table of \
+         this layout (`NAT_REPLY_TABLE`, 80-byte slots, as many buckets as the connection \
+         table; a new reply takes an empty slot, else the longest unused): paired, 40 rounds, \
+         before -> after, the NAT new flow (a row added then) 1071 -> 620 (-433 per pair), the \
+         NAT reply 209.5 -> 179.5 (-27), the IPv6 NAT reply 345 -> 308 (-37), every other case \
+         within its spread. Its first full run (the thirteenth above) was not committed: its \
+         baselines moved up to 184 % within a case (DR mh established +51, TUN 1.02x Katran, \
+         where paired runs the same hour gave +50 and +74 above bare), and it found the NAT \
+         reply's profile run with no reply entry left (the NAT new flows, measured after it, had \
+         filled the index many times over: they now run before the request and its reply). The \
+         same build then ranked replies as the connection table ranks entries (a new reply gives \
+         up one whose connection is not established first; the client's packets write the reply \
+         again when they end the handshake, close, or refresh the connection, so one given up \
+         while idle comes back), so that a flood of NAT flows, which the new-flow guard always \
+         remembers, cannot push out established connections' replies (paired against the build \
+         before, 40 rounds: the NAT cases within their spread, new flow -4, reply +5, IPv6 reply \
+         -5; the IPv4 established paths 7 to 11 ns less, the program's layout, not chased). The \
+         tables above are the fourteenth run, of that build. Where the NAT reply's time goes, by its sampled profile below (its target of 120 assumed DR's \
          established path plus a lookup, a tail call and a cheap FIB lookup): the kernel's FIB \
          lookup helper (bpf_ipv4_fib_lookup, fib_table_lookup, the MTU check it always makes \
          for XDP) takes about a fifth of the samples, 60 to 75 ns of the case's time in the \
-         two runs profiled, about DR's whole established path; the reply index, still a \
-         kernel LRU hash (its hashing and bucket walk about 7 %), and the connection table's \
-         lookup follow; the reply program's own lines are spread thin (none over 13 %). The \
+         two runs profiled before the reply index's change, about DR's whole established path; \
+         the reply index (a kernel LRU hash then, its hashing and bucket walk about 7 % of the \
+         samples) and the connection table's lookup followed; the reply program's own lines were spread thin (none over 13 %). The \
          IPv6 reply's FIB lookup (bpf_ipv6_fib_lookup and the IPv6 routing table's walk under \
          it) takes about a third of its samples, some 150 ns: most of what it costs over the \
          IPv4 reply; its stages run in frames of their own (calls), the IPv6 pipeline's stack \
