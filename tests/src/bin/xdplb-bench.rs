@@ -696,7 +696,12 @@ fn main() -> Result<()> {
          IPv6 reply's FIB lookup (bpf_ipv6_fib_lookup and the IPv6 routing table's walk under \
          it) takes about a third of its samples, some 150 ns: most of what it costs over the \
          IPv4 reply; its stages run in frames of their own (calls), the IPv6 pipeline's stack \
-         having no room for them inline. \
+         having no room for them inline. In the fourteenth run's profile, the reply index in a \
+         table of the connection table's layout, the FIB helper (with the route lookup and the \
+         MTU check under it) took about a quarter of the IPv4 reply's samples, and the two keyed \
+         hashes of the 40-byte key (the reply index's and then the connection table's, the \
+         multiply-xorshift lines of conn_table.rs) about a fifth of the reply program's own: a \
+         reply hashes twice where a request hashes once. \
          The row of 32768 established flows in turn (added 2026-12-04) times DR's established \
          path with each packet's connection-table entry out of the CPU's caches, as real traffic \
          has it (the other established rows repeat one flow, whose entry stays in L1): paired, \
