@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    conn_table::{self, ReplyBucket, EMPTY, REPLY_ESTABLISHED},
+    conn_table::{self, ReplyBucket, ReplySlot, EMPTY, REPLY_ESTABLISHED},
     csum, vip_filter_index, Addr, FlowKey, NatReply, Reason, ReplyEntry, DEFAULT_CONN_MAX,
     IPPROTO_TCP, MAP_MMAPABLE, NAT_PROG_ICMP, NAT_PROG_REPLY, NAT_PROG_SLOTS, VIP_FILTER_SIZE,
 };
@@ -95,9 +95,10 @@ fn place(reply: &FlowKey) -> conn_table::Place {
     conn_table::place(reply, seed, mask)
 }
 
-/// The reply's translation, if the packet belongs to a NAT flow; the entry is marked used now.
+/// The reply's translation, if the packet belongs to a NAT flow, and its slot (for [`rank`]);
+/// the entry is marked used now.
 #[inline(always)]
-pub fn reply_of(flow: &FlowKey) -> Option<NatReply> {
+pub fn reply_of(flow: &FlowKey) -> Option<(NatReply, *mut ReplySlot)> {
     let slot = slots::find(&NAT_REPLY_TABLE, flow, place(flow))?;
     // An insert on another CPU could overwrite the slot while it is read, as with the
     // connection table: only when this reply is its bucket's longest unused, which a reply
@@ -110,7 +111,16 @@ pub fn reply_of(flow: &FlowKey) -> Option<NatReply> {
     if entry.last_seen != now {
         entry.last_seen = now;
     }
-    Some(reply)
+    Some((reply, slot))
+}
+
+/// Ranks the reply found by [`reply_of`] as its connection's state: established or not (the
+/// reply path's conntrack can end a handshake or start closing, as the request path's can).
+#[inline(always)]
+pub fn rank(slot: *mut ReplySlot, established: bool) {
+    // SAFETY: the slot [`reply_of`] found, in the map's value; another CPU's insert into it
+    // in between would only take this rank, which orders a full bucket's choice.
+    unsafe { (*slot).mark = if established { REPLY_ESTABLISHED } else { 0 } };
 }
 
 /// A reply's key becomes the flow of its client (client -> VIP:port, the connection table's

@@ -12,10 +12,12 @@ use std::{
 };
 
 use lb_common::{FlowKey, NatReply, Reason, CONN_FIN, IPPROTO_TCP, IPPROTO_UDP};
-use lb_tests::fixture::{over_ipv6, Fixture, RoutedNet, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
+use lb_tests::fixture::{
+    default_config, over_ipv6, Fixture, RoutedNet, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+};
 use lb_tests::require_root;
 use lb_user::{
-    datapath::MapWriter as _,
+    datapath::{LoadOptions, MapWriter as _},
     packet::{Frame6Spec, FrameSpec},
     state::{Forward, Mac, Protocol, RealSpec, SchedulerSpec, ServiceAddr},
 };
@@ -47,7 +49,11 @@ fn net() -> Net {
 
 /// A director attached to `out0` and `in0` with one NAT real server (RIP:8080) per protocol.
 fn fixture(net: &Net) -> Fixture {
-    let mut fx = Fixture::new();
+    nat_director(net, Fixture::new())
+}
+
+/// [`fixture`] on a datapath of its own.
+fn nat_director(net: &Net, mut fx: Fixture) -> Fixture {
     fx.maps.set_interfaces(&net.ifaces()).unwrap();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         fx.add_service(service(protocol), SchedulerSpec::default());
@@ -497,6 +503,78 @@ fn a_new_reply_never_pushes_out_an_established_connections_while_others_can_go()
         // Its FIN: closing, the reply ranks as not established again.
         fx.run_on(net.out0.0, &packet(0x11)).unwrap();
         assert_eq!(slot(&fx).unwrap().mark, 0);
+    });
+}
+
+/// Issue 16's flood, for LVS/NAT (whose new flows the new-flow guard always remembers: their
+/// replies need the translation): a SYN flood of 20 times the connection table's size leaves
+/// every established connection its entry and its reply's, so its replies are still translated.
+#[test]
+fn a_flood_of_new_nat_flows_leaves_established_connections_their_replies() {
+    if !require_root() {
+        return;
+    }
+    const CONN_MAX: u32 = 4096;
+    const ESTABLISHED: u32 = 100;
+    let net = net();
+    net.ns.run_in(|| {
+        let small = Fixture::with_options(default_config(), LoadOptions::flows(CONN_MAX));
+        let mut fx = nat_director(&net, small);
+        let client = |n: u32| Ipv4Addr::from(u32::from(CLIENT) + n);
+        let request_of = |n: u32, tcp_flags: u8| {
+            FrameSpec {
+                src: client(n),
+                tcp_flags,
+                ..request(&net, IPPROTO_TCP)
+            }
+            .build()
+        };
+        let reply_to = |n: u32| {
+            FrameSpec {
+                dst: client(n),
+                tcp_flags: 0x10,
+                ..reply(&net, IPPROTO_TCP)
+            }
+            .build()
+        };
+        for n in 0..ESTABLISHED {
+            assert_eq!(
+                fx.run_on(net.out0.0, &request_of(n, 0x02)).unwrap().0,
+                XDP_TX
+            );
+            assert_eq!(fx.run_on(net.in0.0, &reply_to(n)).unwrap().0, XDP_REDIRECT);
+            assert_eq!(
+                fx.run_on(net.out0.0, &request_of(n, 0x10)).unwrap().0,
+                XDP_TX
+            );
+        }
+        // The flood: new sources and ports, each SYN a new NAT flow (both tables' inserts).
+        let flood = 20 * CONN_MAX;
+        for i in 0..flood {
+            let syn = FrameSpec {
+                src: Ipv4Addr::from(0x6440_0000 + i / 16),
+                sport: 1024 + (i % 16) as u16 * 1000,
+                ..request(&net, IPPROTO_TCP)
+            }
+            .build();
+            assert_eq!(fx.run_on(net.out0.0, &syn).unwrap().0, XDP_TX, "SYN {i}");
+        }
+        let mut lost = Vec::new();
+        for n in 0..ESTABLISHED {
+            let key = FlowKey {
+                src: lb_common::addr_from_v4(client(n).octets()),
+                ..client_flow()
+            };
+            let entry = fx.maps.conn(&key).is_some();
+            let translated = fx.run_on(net.in0.0, &reply_to(n)).unwrap().0 == XDP_REDIRECT;
+            if !(entry && translated) {
+                lost.push((n, entry, translated));
+            }
+        }
+        assert!(
+            lost.is_empty(),
+            "connections that lost their entry or their reply's (n, entry, reply): {lost:?}"
+        );
     });
 }
 

@@ -89,7 +89,7 @@ fn about_flow(key: &FlowKey) -> Option<About> {
         }
     }
     if may_be_real(&key.src) {
-        return reply_of(key).map(About::Request);
+        return reply_of(key).map(|(reply, _)| About::Request(reply));
     }
     None
 }

@@ -5,8 +5,8 @@
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
-    addr_from_v4, Addr, DirectorConfig, FlowHandoff, FlowKey, NatReply, RealServer, Reason,
-    HANDOFF_ESTABLISHED, HANDOFF_NEW_FLOW, HANDOFF_REPLY,
+    addr_from_v4, conn_table::ReplySlot, Addr, DirectorConfig, FlowHandoff, FlowKey, NatReply,
+    RealServer, Reason, HANDOFF_ESTABLISHED, HANDOFF_NEW_FLOW, HANDOFF_REPLY,
 };
 
 use crate::{
@@ -28,14 +28,15 @@ pub fn xdplb_nat_reply(ctx: XdpContext) -> u32 {
         Parsed::Pass(reason) => return stats::pass(reason, frame_len),
     };
     let mut flow = conntrack::flow(&pkt);
-    let (reply, config) = match nat_reply_of(&ctx, &flow, frame_len) {
+    let (reply, slot, config) = match nat_reply_of(&ctx, &flow, frame_len) {
         Ok(found) => found,
         Err(verdict) => return verdict,
     };
     if let Err(reason) = parse::check(&ctx, &pkt) {
         return stats::drop(reason, frame_len);
     }
-    nat_reply_conntrack(&mut flow, &reply, parse::tcp_flags(&ctx, &pkt), config);
+    let flags = parse::tcp_flags(&ctx, &pkt);
+    nat_reply_conntrack(&mut flow, &reply, slot, flags, config);
     let vip = [reply.vip[12], reply.vip[13], reply.vip[14], reply.vip[15]];
     if let Err(reason) = nat::rewrite(&ctx, &pkt, false, vip, reply.vport) {
         return untranslated(reason, frame_len);
@@ -177,7 +178,7 @@ pub fn xdplb_nat6_reply(ctx: XdpContext) -> u32 {
     };
     // One key, the reply's and then the client's: this stack has no room for two.
     let mut flow = pkt.flow();
-    let (reply, config) = match nat_reply_of(&ctx, &flow, frame_len) {
+    let (reply, slot, config) = match nat_reply_of(&ctx, &flow, frame_len) {
         Ok(found) => found,
         Err(verdict) => return verdict,
     };
@@ -185,7 +186,7 @@ pub fn xdplb_nat6_reply(ctx: XdpContext) -> u32 {
         return stats::drop(Reason::DropMalformed, frame_len);
     }
     let flags = parse::tcp_flags_at(&ctx, pkt.proto, pkt.l4_off);
-    nat_reply_conntrack_apart(&mut flow, &reply, flags, config);
+    nat_reply_conntrack_apart(&mut flow, &reply, slot, flags, config);
     if let Err(reason) = reply6_rewrite(&ctx, &pkt, &reply) {
         return untranslated(reason, frame_len);
     }
@@ -312,18 +313,18 @@ pub fn xdplb_nat6_out(ctx: XdpContext) -> u32 {
 }
 
 /// The reply lookup of an LVS/NAT reply path, either family: the NAT flow `flow` (the reply's
-/// key) belongs to and the director's settings, or the verdict for a packet that is not this
-/// director's to translate.
+/// key) belongs to, its reply entry's slot and the director's settings, or the verdict for a
+/// packet that is not this director's to translate.
 #[inline(always)]
 fn nat_reply_of(
     ctx: &XdpContext,
     flow: &FlowKey,
     frame_len: u64,
-) -> Result<(NatReply, &'static DirectorConfig), u32> {
-    let Some(reply) = nat::reply_of(flow) else {
+) -> Result<(NatReply, *mut ReplySlot, &'static DirectorConfig), u32> {
+    let Some((reply, slot)) = nat::reply_of(flow) else {
         return Err(stats::pass(Reason::PassNoService, frame_len));
     };
-    Ok((reply, local_config(ctx, frame_len)?))
+    Ok((reply, slot, local_config(ctx, frame_len)?))
 }
 
 /// The director's settings for a frame sent to this director's own MAC, or the verdict for
@@ -340,9 +341,16 @@ fn local_config(ctx: &XdpContext, frame_len: u64) -> Result<&'static DirectorCon
 }
 
 /// The conntrack stage of an LVS/NAT reply, `flow` the reply's key (made the client's): the
-/// server's RST ends the flow (and its reply index entry), anything else refreshes it.
+/// server's RST ends the flow (and its reply index entry), anything else refreshes it; a
+/// handshake the server's packet ends, or a FIN, ranks the reply entry at `slot` again.
 #[inline(always)]
-fn nat_reply_conntrack(flow: &mut FlowKey, reply: &NatReply, flags: u8, config: &DirectorConfig) {
+fn nat_reply_conntrack(
+    flow: &mut FlowKey,
+    reply: &NatReply,
+    slot: *mut ReplySlot,
+    flags: u8,
+    config: &DirectorConfig,
+) {
     let rst = flags & TCP_FLAG_RST != 0;
     if rst {
         nat::forget(flow);
@@ -351,7 +359,10 @@ fn nat_reply_conntrack(flow: &mut FlowKey, reply: &NatReply, flags: u8, config: 
     if rst {
         conntrack::close(flow, reply.service, reply.real, true, config);
     } else {
-        conntrack::established(flow, flags, conntrack::now(), config);
+        let bits = conntrack::established(flow, flags, conntrack::now(), config);
+        if bits != 0 {
+            nat::rank(slot, bits & HANDOFF_ESTABLISHED != 0);
+        }
     }
 }
 
@@ -361,8 +372,9 @@ fn nat_reply_conntrack(flow: &mut FlowKey, reply: &NatReply, flags: u8, config: 
 fn nat_reply_conntrack_apart(
     flow: &mut FlowKey,
     reply: &NatReply,
+    slot: *mut ReplySlot,
     flags: u8,
     config: &DirectorConfig,
 ) {
-    nat_reply_conntrack(flow, reply, flags, config)
+    nat_reply_conntrack(flow, reply, slot, flags, config)
 }
