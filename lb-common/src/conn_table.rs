@@ -166,7 +166,7 @@ pub const TEMPLATE_BUCKETS: u32 = buckets_for(TEMPLATES_MAX);
 pub const TEMPLATE_SEED_GLOBAL: &str = "TEMPLATE_SEED";
 
 /// The LVS/NAT reply index has as many buckets as the connection table (at most one reply per
-/// connection), and its own seed and mask; it gives up the longest unused reply ([`oldest`]).
+/// connection), and its own seed and mask; a new reply takes the slot [`reply_victim`] names.
 pub const REPLY_SEED_GLOBAL: &str = "REPLY_SEED";
 pub const REPLY_MASK_GLOBAL: &str = "REPLY_MASK";
 
@@ -293,6 +293,16 @@ pub fn oldest<E: Entry>(bucket: &BucketOf<E>, now: u32) -> usize {
 /// [`SlotOf::mark`] of a reply whose connection is established (the datapath writes the reply
 /// again when the handshake ends).
 pub const REPLY_ESTABLISHED: u32 = 2;
+
+/// A reply slot's mark for a connection `established` or not.
+#[inline(always)]
+pub fn reply_mark(established: bool) -> u32 {
+    if established {
+        REPLY_ESTABLISHED
+    } else {
+        0
+    }
+}
 
 /// The slot a new reply takes: an empty one, else one whose connection is not established (a
 /// SYN flood's are not), else any; the longest unused among equals. A flood of new NAT flows

@@ -302,6 +302,7 @@ pub const HANDOFF_NEW_FLOW: u32 = 1;
 /// LVS/NAT: write the flow's reply entry (a new flow's, or one whose entry was refreshed or
 /// whose handshake ended), established ([`HANDOFF_ESTABLISHED`]) or not.
 pub const HANDOFF_REPLY: u32 = 2;
+/// With [`HANDOFF_REPLY`]: the connection is established (its reply ranks above others').
 pub const HANDOFF_ESTABLISHED: u32 = 4;
 
 /// FLOOD_GUARD value (per CPU): the new-flow guard. Above `limit` new flows in a second on a

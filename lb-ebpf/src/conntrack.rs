@@ -219,10 +219,10 @@ pub fn refresh(entry: &Entry, flow: &FlowKey, now: u32, cfg: &DirectorConfig) {
     }
 }
 
-/// [`lookup`] and [`refresh`] at once, for a packet already checked: the entry's
-/// [`Entry::reply_bits`] (0 without a live entry).
+/// [`lookup`] and [`refresh`] at once, for a packet already checked (an LVS/NAT reply's, its
+/// key made the client's): the entry's [`Entry::reply_bits`] (0 without a live entry).
 #[inline(always)]
-pub fn established(flow: &FlowKey, tcp_flags: u8, now: u32, cfg: &DirectorConfig) -> u32 {
+pub fn track(flow: &FlowKey, tcp_flags: u8, now: u32, cfg: &DirectorConfig) -> u32 {
     match lookup(flow, tcp_flags, now, cfg) {
         Some(entry) => {
             refresh(&entry, flow, now, cfg);

@@ -56,7 +56,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use lb_common::{
     addr_from_v4, ipv4::HEADER_LEN as IPV4_HLEN, is_v4, DirectorConfig, FlowHandoff, FlowKey,
-    RealEgress, RealServer, Reason, ServiceInfo, FWD_DR, FWD_NAT, FWD_TUN, HANDOFF_ESTABLISHED,
+    RealServer, Reason, ServiceInfo, FWD_DR, FWD_NAT, FWD_TUN, HANDOFF_ESTABLISHED,
     HANDOFF_NEW_FLOW, HANDOFF_REPLY,
 };
 
@@ -110,16 +110,8 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
             conntrack::refresh(&entry, &flow, now, config);
             let reply = entry.reply_bits();
             if reply != 0 && real.method == FWD_NAT {
-                let port = nat_port(&route::real_egress(entry.real), pkt.dport);
                 let established = reply & HANDOFF_ESTABLISHED != 0;
-                nat::remember(
-                    &flow,
-                    &real.addr,
-                    port,
-                    entry.service,
-                    entry.real,
-                    established,
-                );
+                nat::remember(&flow, &real.addr, entry.real, entry.service, established);
             }
             (entry.service, entry.real, real, false)
         }
@@ -143,8 +135,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
                 conntrack::insert(&flow, service.id, id, flags, now, config);
                 persist::remember(service, &flow, id, now);
                 if real.method == FWD_NAT {
-                    let port = nat_port(&route::real_egress(id), pkt.dport);
-                    nat::remember(&flow, &real.addr, port, service.id, id, false);
+                    nat::remember(&flow, &real.addr, id, service.id, false);
                 }
             }
             debug!(
@@ -160,8 +151,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     if flags & TCP_FLAG_RST != 0 {
         conntrack::close(&flow, service_id, real_id, !new_flow, config);
         if real.method == FWD_NAT {
-            let port = nat_port(&route::real_egress(real_id), pkt.dport);
-            nat::forget(&flow.nat_reply(&real.addr, port));
+            nat::forget(&nat::reply_key(&flow, &real.addr, real_id));
         }
     }
     let flow_of = FlowHandoff {
@@ -274,19 +264,10 @@ fn forward(
         encap::ipip(ctx, pkt, config, real)?;
     } else if real.method == FWD_NAT {
         let addr = [real.addr[12], real.addr[13], real.addr[14], real.addr[15]];
-        nat::rewrite(ctx, pkt, true, addr, nat_port(&egress, pkt.dport))?;
+        nat::rewrite(ctx, pkt, true, addr, nat::port(&egress, pkt.dport))?;
     }
     let hop = route::toward(ctx, here, real, egress.ifindex);
     Ok(route::send(ctx, &hop))
-}
-
-/// The real server's port for an LVS/NAT flow: its own, or the one the client sent to.
-#[inline(always)]
-fn nat_port(egress: &RealEgress, vport: u16) -> u16 {
-    match egress.port {
-        0 => vport,
-        port => port,
-    }
 }
 
 /// A packet for no service: one from an LVS/NAT real server's address may be a reply, which

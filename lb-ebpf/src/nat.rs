@@ -6,8 +6,9 @@
 //! Replies are found by their own flow key in NAT_REPLY_TABLE, written when a NAT flow is bound:
 //! one lookup on the reply path, no search of the connection table. The index is a table of the
 //! connection table's layout ([`conn_table`]), its slots wide enough for a translation: one
-//! keyed hash and one bucket, nothing to allocate; a new reply takes an empty slot of its bucket
-//! or the longest unused. Only packets from a NAT real server's address (the NAT_SOURCES
+//! keyed hash and one bucket, nothing to allocate; a new reply takes an empty slot of its bucket,
+//! else one whose connection is not established, the longest unused among equals
+//! ([`conn_table::reply_victim`]). Only packets from a NAT real server's address (the NAT_SOURCES
 //! prefilter) pay for the lookup. ICMP errors about NAT flows are translated too (`icmp`).
 
 pub mod icmp;
@@ -19,16 +20,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    conn_table::{self, ReplyBucket, ReplySlot, EMPTY, REPLY_ESTABLISHED},
-    csum, vip_filter_index, Addr, FlowKey, NatReply, Reason, ReplyEntry, DEFAULT_CONN_MAX,
-    IPPROTO_TCP, MAP_MMAPABLE, NAT_PROG_ICMP, NAT_PROG_REPLY, NAT_PROG_SLOTS, VIP_FILTER_SIZE,
+    conn_table::{self, ReplyBucket, ReplySlot, EMPTY},
+    csum, vip_filter_index, Addr, FlowKey, NatReply, RealEgress, Reason, ReplyEntry,
+    DEFAULT_CONN_MAX, IPPROTO_TCP, MAP_MMAPABLE, NAT_PROG_ICMP, NAT_PROG_REPLY, NAT_PROG_SLOTS,
+    VIP_FILTER_SIZE,
 };
 
 use crate::{
     conntrack,
     parse::{ptr_at, Packet},
     parse6::Packet6,
-    slots,
+    route, slots,
 };
 
 /// Reply flow (real server -> client) -> what its source becomes. As many buckets as the
@@ -101,7 +103,7 @@ fn place(reply: &FlowKey) -> conn_table::Place {
 pub fn reply_of(flow: &FlowKey) -> Option<(NatReply, *mut ReplySlot)> {
     let slot = slots::find(&NAT_REPLY_TABLE, flow, place(flow))?;
     // An insert on another CPU could overwrite the slot while it is read, as with the
-    // connection table: only when this reply is its bucket's longest unused, which a reply
+    // connection table: only when this reply is the one its bucket gives up, which a reply
     // being sent rarely is (the kernel's LRU hash, before, could recycle an entry being read
     // too).
     // SAFETY: the pointer is into the map's value.
@@ -120,7 +122,7 @@ pub fn reply_of(flow: &FlowKey) -> Option<(NatReply, *mut ReplySlot)> {
 pub fn rank(slot: *mut ReplySlot, established: bool) {
     // SAFETY: the slot [`reply_of`] found, in the map's value; another CPU's insert into it
     // in between would only take this rank, which orders a full bucket's choice.
-    unsafe { (*slot).mark = if established { REPLY_ESTABLISHED } else { 0 } };
+    unsafe { (*slot).mark = conn_table::reply_mark(established) };
 }
 
 /// A reply's key becomes the flow of its client (client -> VIP:port, the connection table's
@@ -133,19 +135,28 @@ pub fn to_client_flow(flow: &mut FlowKey, reply: &NatReply) {
     flow.dport = reply.vport;
 }
 
-/// Remembers a NAT flow's reply, as the real server will send it: for a new flow, and again
-/// when its connection is refreshed or changes state (`established` or not:
-/// [`conntrack::Entry::reply_bits`]).
+/// The real server's port for an LVS/NAT flow: its own, or the one the client sent to.
 #[inline(always)]
-pub fn remember(
-    flow: &FlowKey,
-    real_addr: &Addr,
-    real_port: u16,
-    service: u32,
-    real: u32,
-    established: bool,
-) {
-    let key = flow.nat_reply(real_addr, real_port);
+pub fn port(egress: &RealEgress, vport: u16) -> u16 {
+    match egress.port {
+        0 => vport,
+        port => port,
+    }
+}
+
+/// The key of the replies to `flow` (a client's) from the real server `real` at `addr`, as it
+/// sends them.
+#[inline(always)]
+pub fn reply_key(flow: &FlowKey, addr: &Addr, real: u32) -> FlowKey {
+    flow.nat_reply(addr, port(&route::real_egress(real), flow.dport))
+}
+
+/// Remembers `flow`'s reply from the real server `real` at `addr` ([`reply_key`]), as it will
+/// send it: for a new flow, and again when its connection is refreshed or changes state
+/// (`established` or not: [`conntrack::Entry::reply_bits`]).
+#[inline(always)]
+pub fn remember(flow: &FlowKey, addr: &Addr, real: u32, service: u32, established: bool) {
+    let key = reply_key(flow, addr, real);
     let entry = ReplyEntry {
         reply: NatReply {
             vip: flow.dst,
@@ -156,8 +167,7 @@ pub fn remember(
         },
         last_seen: conntrack::now(),
     };
-    let mark = if established { REPLY_ESTABLISHED } else { 0 };
-    let _ = xdplb_reply_write(&key, &entry, mark);
+    let _ = xdplb_reply_write(&key, &entry, conn_table::reply_mark(established));
 }
 
 /// Writes a reply's entry with its `mark` (1; 0 if it could not): into its own slot if it has

@@ -10,7 +10,7 @@ use lb_common::{
 };
 
 use crate::{
-    config, conntrack, ether, host, ipv4_options, ipv6, nat, nat_port, parse,
+    config, conntrack, ether, host, ipv4_options, ipv6, nat, parse,
     parse::{Parsed, TCP_FLAG_RST},
     parse6, route, schedule, stats, untranslated,
 };
@@ -102,7 +102,7 @@ pub fn xdplb_nat_icmp(ctx: XdpContext) -> u32 {
             };
             let egress = route::real_egress(real_id);
             let rip = [real.addr[12], real.addr[13], real.addr[14], real.addr[15]];
-            let port = nat_port(&egress, err.quoted.sport);
+            let port = nat::port(&egress, err.quoted.sport);
             nat::icmp::translate(&ctx, &err, true, rip, true, rip, port).map(|()| {
                 stats::forwarded(service, real_id, frame_len, false);
                 route::send(&ctx, &route::toward(&ctx, here, real, egress.ifindex))
@@ -146,12 +146,12 @@ pub fn xdplb_nat6(ctx: XdpContext) -> u32 {
     let flags = parse::tcp_flags_at(&ctx, pkt.proto, pkt.l4_off);
     let flow = pkt.flow();
     let egress = route::real_egress(to.real);
-    let port = nat_port(&egress, pkt.dport);
+    let port = nat::port(&egress, pkt.dport);
     if flags & TCP_FLAG_RST != 0 {
         nat::forget(&flow.nat_reply(&real.addr, port));
     } else if to.new_flow & HANDOFF_REPLY != 0 {
         let established = to.new_flow & HANDOFF_ESTABLISHED != 0;
-        nat::remember(&flow, &real.addr, port, to.service, to.real, established);
+        nat::remember(&flow, &real.addr, to.real, to.service, established);
     }
     if let Err(reason) = nat::rewrite6(&ctx, &pkt, true, real.addr, port) {
         return untranslated(reason, frame_len);
@@ -246,7 +246,7 @@ fn icmp6_to_real(
         return stats::drop(Reason::DropMalformed, frame_len);
     };
     let egress = route::real_egress(real_id);
-    let port = nat_port(&egress, err.quoted.sport);
+    let port = nat::port(&egress, err.quoted.sport);
     // The real server's end, in a reply entry's shape.
     let to = NatReply {
         vip: real.addr,
@@ -359,7 +359,7 @@ fn nat_reply_conntrack(
     if rst {
         conntrack::close(flow, reply.service, reply.real, true, config);
     } else {
-        let bits = conntrack::established(flow, flags, conntrack::now(), config);
+        let bits = conntrack::track(flow, flags, conntrack::now(), config);
         if bits != 0 {
             nat::rank(slot, bits & HANDOFF_ESTABLISHED != 0);
         }

@@ -360,11 +360,7 @@ impl SlotTable<ReplyEntry> {
             reply: *value,
             last_seen: now,
         };
-        let mark = if established {
-            conn_table::REPLY_ESTABLISHED
-        } else {
-            0
-        };
+        let mark = conn_table::reply_mark(established);
         self.write(reply, mark, &entry, |b| conn_table::reply_victim(b, now))
     }
 }
