@@ -134,6 +134,24 @@ pub enum Case {
     Tun4in6Established,
 }
 
+/// What a case's cost above the bare XDP_TX program is held to.
+#[derive(Clone, Copy, Debug)]
+pub enum Goal {
+    /// A figure the issue sets, nanoseconds.
+    AtMost(f64),
+    /// A share of Katran's cost on the comparable path (the issue's targets against the peer).
+    OfKatran(f64),
+    /// The issue's rule for a path added after it: the nearest existing path, as measured in the
+    /// same run, plus a budget in nanoseconds for the work this one must add (`work`).
+    Over {
+        nearest: Case,
+        added: f64,
+        work: &'static str,
+    },
+    /// Measured without a target.
+    None,
+}
+
 /// Flows of [`Case::DrMhEstablishedMany`]: half of the bench table's connections, its entries
 /// 2 MiB of the table's 8 MiB, beyond the CPU's L2.
 const MANY_FLOWS: u32 = 32_768;
@@ -247,53 +265,131 @@ impl Case {
         }
     }
 
-    /// The target cost above the bare XDP_TX program, nanoseconds; None for a case measured
-    /// without one.
-    pub fn target_ns(self) -> Option<f64> {
+    /// What the case's cost above the bare XDP_TX program is held to.
+    pub fn goal(self) -> Goal {
+        // The issue's rule for the paths added after it: nearest path plus the work it adds.
+        let over = |nearest: Case, added: f64, work: &'static str| Goal::Over {
+            nearest,
+            added,
+            work,
+        };
+        // The schedulers that choose by load.
+        const SCAN: &str = "the scan of the service's 3 real servers in place of the Maglev \
+            table's read: the bpf_loop helper (15) and, per server, its table slot, limits and \
+            counts read and compared (10 each)";
         match self {
-            Case::NonVipPass => Some(15.0),
-            Case::DrShEstablished | Case::DrMhEstablished => Some(50.0),
+            Case::NonVipPass => Goal::AtMost(15.0),
+            Case::DrShEstablished | Case::DrMhEstablished => Goal::AtMost(50.0),
             // DR established's work, with its entry fetched from memory: what that costs is the
             // machine's, not a target of ours (both connection tables measured about the same).
-            Case::DrMhEstablishedMany => None,
-            Case::DrMhNewFlow | Case::DrMhNewFlowSync | Case::DrMhNewFlowSyncRingFull => {
-                Some(150.0)
-            }
-            // DR established's target plus the service lookup and the Maglev pick, with a
-            // connection-table miss in place of the hit.
-            Case::DrMhNewFlowGuarded => Some(100.0),
-            Case::DrNewFlow(_) => Some(150.0),
-            // rr's new flow plus the same table work again, in the templates' table of the
-            // same layout: a lookup that misses and an insert.
-            Case::DrPersistentNewFlow => Some(300.0),
-            Case::TunEstablished => Some(70.0),
-            // DR established twice (the director's program runs again after the checker) plus
-            // two tail calls and a walk of the options.
-            Case::DrMhEstablishedOptions => Some(120.0),
-            Case::DrMhEstablishedSync => Some(50.0),
-            // DR established plus what NAT must add: a rewrite of the IP and transport headers
-            // with their checksums (as TUN adds an encapsulation).
-            Case::NatRequest => Some(70.0),
-            // A reply adds a second lookup and a tail call to that, and the kernel's FIB
-            // lookup (the route and neighbour to the client), which DR and TUN never need.
-            Case::NatReply => Some(120.0),
-            // DR mh's new flow plus the request's rewrite (NAT's request over DR's established
-            // path, 20) and the reply index's insert: a second table's insert, which the
-            // persistent new client's target puts at 150.
-            Case::NatNewFlow => Some(320.0),
-            // The IPv4 cases plus a tail call to the IPv6 pipeline and its longer header.
-            Case::Dr6MhEstablished => Some(60.0),
-            Case::Dr6MhNewFlow => Some(160.0),
-            Case::Tun6MhEstablished => Some(80.0),
-            // IPv6 DR established plus NAT's rewrite (as NAT's request adds to DR), plus the
-            // hand-off to a program of its own (a tail call, the packet parsed again): the
-            // IPv6 pipeline's stack has no room for the rewrite.
-            Case::Nat6Request => Some(100.0),
-            // NAT's reply plus the IPv6 header, its stages in frames of their own (calls) for
-            // the same reason.
-            Case::Nat6Reply => Some(140.0),
-            // TUN plus the hand-off (tail call, parsed again) and an outer header twice as long.
-            Case::Tun4in6Established => Some(100.0),
+            Case::DrMhEstablishedMany => Goal::None,
+            Case::DrMhNewFlow => Goal::OfKatran(0.7),
+            Case::TunEstablished => Goal::OfKatran(0.8),
+            Case::DrMhNewFlowGuarded => over(
+                Case::DrMhEstablished,
+                50.0,
+                "the Maglev pick (the flow's hash, a read of the service's table) and the \
+                 guard's per-CPU count, with a connection-table miss in place of the hit",
+            ),
+            Case::DrMhNewFlowSync => over(
+                Case::DrMhNewFlow,
+                40.0,
+                "the sync event: a ring-buffer reserve, the 64-byte event written with the \
+                 time, its submit (three helper calls)",
+            ),
+            Case::DrMhNewFlowSyncRingFull => over(
+                Case::DrMhNewFlow,
+                20.0,
+                "a ring-buffer reserve that fails and the lost event counted",
+            ),
+            Case::DrMhEstablishedSync => over(
+                Case::DrMhEstablished,
+                0.0,
+                "nothing: an established flow sends no event",
+            ),
+            Case::DrNewFlow(Scheduler::Sh | Scheduler::Mh | Scheduler::Dh) => over(
+                Case::DrMhNewFlow,
+                0.0,
+                "nothing: the same table read, by the hash of one address (sh the source, dh \
+                 the destination)",
+            ),
+            Case::DrNewFlow(Scheduler::Rr | Scheduler::Wrr) => over(
+                Case::DrMhNewFlow,
+                0.0,
+                "nothing: a per-CPU position read and written in place of the flow's hash",
+            ),
+            Case::DrNewFlow(Scheduler::Lblc | Scheduler::Lblcr) => over(
+                Case::DrMhNewFlow,
+                90.0,
+                "the scan as lc's (45), the destination's entry in the locality table (the \
+                 kernel's LRU hash, 30) and the scan of its set (15)",
+            ),
+            Case::DrNewFlow(_) => over(Case::DrMhNewFlow, 45.0, SCAN),
+            Case::DrPersistentNewFlow => over(
+                Case::DrNewFlow(Scheduler::Rr),
+                150.0,
+                "the templates' table (the connection table's layout): a lookup that misses \
+                 and an insert that pushes one out",
+            ),
+            Case::DrMhEstablishedOptions => over(
+                Case::DrMhEstablished,
+                70.0,
+                "the director's program run again after the checker (DR established's target, \
+                 50), two tail calls and the walk of the options (20)",
+            ),
+            Case::Tun4in6Established => over(
+                Case::TunEstablished,
+                30.0,
+                "the hand-off to the 4in6 program (a tail call, the packet parsed again) and an \
+                 outer header twice as long",
+            ),
+            Case::NatRequest => over(
+                Case::DrMhEstablished,
+                20.0,
+                "the rewrite of the destination address and port with the incremental checksums \
+                 (as TUN adds its encapsulation)",
+            ),
+            Case::NatNewFlow => over(
+                Case::DrMhNewFlow,
+                170.0,
+                "the request's rewrite (20) and the reply index's insert (a second table's \
+                 insert, 150, as the persistent new client's)",
+            ),
+            Case::NatReply => over(
+                Case::NatRequest,
+                100.0,
+                "the reply index's lookup (a keyed hash of the reply's flow and a bucket read, \
+                 25), the tail call to the reply program (15) and the kernel's FIB lookup toward \
+                 the client (60: its helper's share of the reply's profile), which no other path \
+                 needs",
+            ),
+            Case::Dr6MhEstablished => over(
+                Case::DrMhEstablished,
+                10.0,
+                "the tail call to the IPv6 pipeline and its 40-byte header",
+            ),
+            Case::Dr6MhNewFlow => over(
+                Case::DrMhNewFlow,
+                10.0,
+                "the tail call to the IPv6 pipeline and its 40-byte header",
+            ),
+            Case::Tun6MhEstablished => over(
+                Case::Dr6MhEstablished,
+                20.0,
+                "the encapsulation, as TUN adds to DR (an outer IPv6 header)",
+            ),
+            Case::Nat6Request => over(
+                Case::Dr6MhEstablished,
+                40.0,
+                "NAT's rewrite (20, as NAT's request adds to DR) and the hand-off to a program \
+                 of its own (a tail call, the packet parsed again: the IPv6 pipeline's stack has \
+                 no room for the rewrite, 20)",
+            ),
+            Case::Nat6Reply => over(
+                Case::NatReply,
+                20.0,
+                "the IPv6 header, its stages in frames of their own (calls) for the stack",
+            ),
         }
     }
 
