@@ -149,6 +149,28 @@ pub const fn table_slots(conn_max: u32) -> u32 {
     table_buckets(conn_max) * WAYS as u32
 }
 
+/// Buckets of the reply index for `nat_max` LVS/NAT connections: sized as the connection table
+/// for as many, at least two buckets; one bucket (a BPF array cannot be empty) for 0, which
+/// says the director has no LVS/NAT ([`translates_replies`]).
+pub const fn reply_buckets(nat_max: u32) -> u32 {
+    match nat_max {
+        0 => 1,
+        n => {
+            let b = table_buckets(n);
+            if b < 2 {
+                2
+            } else {
+                b
+            }
+        }
+    }
+}
+
+/// Whether a reply index of `buckets` was made for LVS/NAT ([`reply_buckets`]).
+pub const fn translates_replies(buckets: u32) -> bool {
+    buckets > 1
+}
+
 /// Buckets for a table of at least `flows` slots: a power of two (the hash's low bits pick one).
 pub const fn buckets_for(flows: u32) -> u32 {
     let buckets = flows.div_ceil(WAYS as u32);
@@ -165,8 +187,9 @@ pub const fn buckets_for(flows: u32) -> u32 {
 pub const TEMPLATE_BUCKETS: u32 = buckets_for(TEMPLATES_MAX);
 pub const TEMPLATE_SEED_GLOBAL: &str = "TEMPLATE_SEED";
 
-/// The LVS/NAT reply index has as many buckets as the connection table (at most one reply per
-/// connection), and its own seed and mask; a new reply takes the slot [`reply_victim`] names.
+/// The LVS/NAT reply index holds a reply per LVS/NAT connection, `nat_max` of them (by default
+/// as many as the connection table's connections), and has its own seed and mask; a new reply
+/// takes the slot [`reply_victim`] names.
 pub const REPLY_SEED_GLOBAL: &str = "REPLY_SEED";
 pub const REPLY_MASK_GLOBAL: &str = "REPLY_MASK";
 
@@ -364,6 +387,17 @@ mod tests {
             proto: IPPROTO_TCP,
             _pad: [0; 3],
         }
+    }
+
+    #[test]
+    fn the_reply_index_is_one_bucket_without_lvs_nat_and_at_least_two_with() {
+        assert_eq!(reply_buckets(0), 1);
+        assert!(!translates_replies(reply_buckets(0)));
+        for n in [1, 2, 3, 1000, 1_000_000] {
+            assert!(translates_replies(reply_buckets(n)), "nat_max {n}");
+            assert!(reply_buckets(n) * WAYS as u32 >= n, "nat_max {n}");
+        }
+        assert_eq!(reply_buckets(1_000_000), table_buckets(1_000_000));
     }
 
     fn cfg() -> DirectorConfig {

@@ -156,7 +156,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Configuration file (TOML, see examples/xdplb.toml): settings, services, real servers.
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["iface", "mode", "conn_max", "services_max", "reals_max", "new_flow_limit", "tcp_timeout", "tcp_fin_timeout", "udp_timeout", "tunnel_src", "metrics", "web", "web_token", "sync_listen", "sync_peer", "sync_key", "sync_group", "announce_table", "announce_grace"])]
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["iface", "mode", "conn_max", "nat_max", "services_max", "reals_max", "new_flow_limit", "tcp_timeout", "tcp_fin_timeout", "udp_timeout", "tunnel_src", "metrics", "web", "web_token", "sync_listen", "sync_peer", "sync_key", "sync_group", "announce_table", "announce_grace"])]
     config: Option<PathBuf>,
     /// Interface that receives the traffic for the virtual services. Repeat it for several
     /// (LVS/NAT's outside and inside interfaces): the first names the director.
@@ -173,6 +173,11 @@ pub struct RunArgs {
     /// Flows the connection table holds (least recently used ones make room). Default 1000000.
     #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(1..))]
     conn_max: Option<u32>,
+    /// LVS/NAT connections whose replies the director translates (a table sized at start, 160
+    /// bytes a connection). 0 on a director without LVS/NAT services gives that memory back.
+    /// Default: --conn-max.
+    #[arg(long, value_name = "FLOWS")]
+    nat_max: Option<u32>,
     /// Services the datapath has room for (its per-service maps are sized at start). Default
     /// 256, at most 65536.
     #[arg(long, value_name = "N")]
@@ -271,6 +276,7 @@ impl RunArgs {
             more_interfaces: self.iface[1..].to_vec(),
             mode: self.mode.unwrap_or(AttachMode::Native),
             conn_max: self.conn_max.unwrap_or(DEFAULT_CONN_MAX),
+            nat_max: self.nat_max,
             limits: {
                 let default = crate::state::Limits::default();
                 crate::state::Limits {
@@ -900,6 +906,33 @@ pub fn format_listing(l: &Listing) -> String {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
+
+    use super::{Cli, Command};
+
+    /// `xdplb run ARGS`'s director settings, or clap's first line of error.
+    fn run_of(args: &[&str]) -> Result<crate::config::Director, String> {
+        let all = ["xdplb", "run"].iter().chain(args);
+        match Cli::try_parse_from(all) {
+            Ok(Cli {
+                command: Command::Run(run),
+                ..
+            }) => Ok(run.options("/tmp/s".into()).unwrap().director),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string().lines().next().unwrap_or_default().to_owned()),
+        }
+    }
+
+    #[test]
+    fn nat_max_is_set_at_start_and_defaults_to_conn_max() {
+        let d = run_of(&["--iface", "eth0", "--conn-max", "5000"]).unwrap();
+        assert_eq!(d.nat_max(), 5000);
+        let d = run_of(&["--iface", "eth0", "--nat-max", "0"]).unwrap();
+        assert_eq!((d.nat_max(), d.conn_max), (0, lb_common::DEFAULT_CONN_MAX));
+        let e = run_of(&["--config", "x.toml", "--nat-max", "0"]).unwrap_err();
+        assert!(e.contains("cannot be used with"), "{e}");
+    }
+
     #[test]
     fn the_manual_has_a_page_per_command_with_its_options() {
         let mut out = Vec::new();

@@ -93,6 +93,9 @@ pub struct Director {
     pub more_interfaces: Vec<String>,
     pub mode: AttachMode,
     pub conn_max: u32,
+    /// LVS/NAT connections whose replies the director translates (the reply index's size);
+    /// 0: no LVS/NAT service; None: `conn_max`.
+    pub nat_max: Option<u32>,
     /// Room for services and real servers in the datapath's maps.
     pub limits: Limits,
     /// New flows each CPU remembers per second (the new-flow guard); 0: no limit; None: from
@@ -112,6 +115,11 @@ pub struct Director {
 }
 
 impl Director {
+    /// The reply index's size: `nat_max`, or as many as the connection table holds.
+    pub fn nat_max(&self) -> u32 {
+        self.nat_max.unwrap_or(self.conn_max)
+    }
+
     /// Every interface, the first one first.
     pub fn interfaces(&self) -> Vec<&str> {
         std::iter::once(self.interface.as_str())
@@ -223,6 +231,8 @@ pub struct Config {
     pub mode: AttachMode,
     #[serde(default = "default_conn_max")]
     pub conn_max: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_max: Option<u32>,
     #[serde(
         default = "default_services_max",
         skip_serializing_if = "is_default_services_max"
@@ -548,6 +558,7 @@ impl Config {
             more_interfaces,
             mode: self.mode,
             conn_max: self.conn_max,
+            nat_max: self.nat_max,
             limits: Limits {
                 services: self.services_max,
                 reals: self.reals_max,
@@ -617,6 +628,7 @@ impl Config {
             interfaces,
             mode: director.mode,
             conn_max: director.conn_max,
+            nat_max: director.nat_max,
             services_max: director.limits.services,
             reals_max: director.limits.reals,
             new_flow_limit: director.new_flow_limit,

@@ -67,6 +67,8 @@ pub struct Agent {
     mode: AttachMode,
     config: DirectorConfig,
     director: Director,
+    /// Whether the reply index has room for LVS/NAT (`nat_max` above 0 when it was made).
+    translates_replies: bool,
     timeouts: Timeouts,
     config_path: Option<PathBuf>,
     /// The state saved beside the pinned datapath, for a restart.
@@ -100,6 +102,20 @@ pub struct Agent {
     count_timeouts: std::sync::Arc<std::sync::Mutex<crate::conntrack::IdleTimeouts>>,
 }
 
+/// Why a director with no reply index (started with nat_max 0) refuses LVS/NAT: it would
+/// forward the requests and let the kernel have the replies, untranslated.
+const NO_NAT: &str = "LVS/NAT needs the reply index, and this director was started with nat_max 0; restart it with room for NAT connections";
+
+/// Refuses a state whose changed services forward by LVS/NAT ([`NO_NAT`]).
+fn no_nat(before: &State, next: &State) -> Result<()> {
+    for (_, after) in state::service_changes(before, next, false) {
+        if let Some(s) = after.filter(|s| s.reals.iter().any(|r| r.forward == Forward::Masq)) {
+            bail!("service {}: {NO_NAT}", s.addr);
+        }
+    }
+    Ok(())
+}
+
 /// Services parsed by a reload above which the heap is trimmed after it.
 const RELEASE_AFTER_PARSING: usize = 100;
 
@@ -120,6 +136,9 @@ impl Agent {
 
     /// Makes `next` the current state once the datapath holds it.
     fn commit(&mut self, next: State) -> Result<()> {
+        if !self.translates_replies {
+            no_nat(&self.state, &next)?;
+        }
         state::apply(self.maps.as_mut(), &self.state, &next)?;
         self.commits += 1;
         let before = std::mem::replace(&mut self.state, next);
@@ -587,7 +606,7 @@ impl Agent {
         let cfg = &read.config;
         if cfg.director() != self.director {
             bail!(
-                "{}: interface, mode, conn_max, services_max, reals_max, new_flow_limit, tunnel_src(6), metrics, sync and announce are fixed while the agent runs; restart it to change them",
+                "{}: interface, mode, conn_max, nat_max, services_max, reals_max, new_flow_limit, tunnel_src(6), metrics, sync and announce are fixed while the agent runs; restart it to change them",
                 path.display()
             );
         }
@@ -686,6 +705,9 @@ impl Agent {
     /// never causes ARP traffic.
     async fn learn_mac(&self, real: &RealSpec, current: Option<Forward>) -> Result<Option<Mac>> {
         let forward = real.forward.or(current).unwrap_or_default();
+        if forward == Forward::Masq && !self.translates_replies {
+            bail!("{NO_NAT}");
+        }
         let v6 = real.addr.is_some_and(|a| a.is_ipv6());
         if let Some(off) = self
             .ifaces

@@ -277,6 +277,7 @@ async fn bring_up(
     let mut datapath = Datapath::load_lb_pinned(
         LoadOptions {
             conn_max: director.conn_max,
+            nat_max: director.nat_max(),
             datapath_log: opts.datapath_log,
             limits,
         },
@@ -482,7 +483,16 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                 director.conn_max
             );
         }
+        let replies = maps.reply_table()?.shape().buckets();
+        if replies != lb_common::conn_table::reply_buckets(director.nat_max()) {
+            warn!(
+                "keeping the pinned LVS/NAT reply index of {} slots (asked for nat_max {}): it cannot be resized while it holds replies; `xdplb detach` and start again to resize it",
+                replies * lb_common::conn_table::WAYS as u32,
+                director.nat_max()
+            );
+        }
     }
+    let translates_replies = maps.translates_replies()?;
 
     let sync_events = match &director.sync {
         Some(_) => Some(datapath.sync_events()?),
@@ -513,6 +523,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         links: Vec::new(),
         stopping: false,
         tunnel_src6,
+        translates_replies,
         pins_outlive_agent,
         count_timeouts: Arc::new(std::sync::Mutex::new(crate::conntrack::IdleTimeouts::of(
             &config,

@@ -240,6 +240,23 @@ fn sync_and_announce_parse_and_save_back() {
     assert_saves_back(&director, cfg.timeouts);
 }
 
+#[test]
+fn nat_max_defaults_to_conn_max_and_saves_back() {
+    let cfg = source("interface = \"eth0\"\nconn_max = 5000\n")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        (cfg.director().nat_max, cfg.director().nat_max()),
+        (None, 5000)
+    );
+    assert!(!cfg.to_toml().unwrap().contains("nat_max"));
+    let cfg = source("interface = \"eth0\"\nnat_max = 0\n")
+        .parse()
+        .unwrap();
+    assert_eq!(cfg.director().nat_max(), 0);
+    assert_saves_back(&cfg.director(), cfg.timeouts);
+}
+
 /// The director's settings, saved as a file and read back, are the same.
 fn assert_saves_back(director: &crate::config::Director, timeouts: crate::config::Timeouts) {
     let saved = Config::from_state(director.clone(), timeouts, &State::default())

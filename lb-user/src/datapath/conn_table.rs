@@ -74,30 +74,35 @@ impl Shape {
 pub struct Shapes {
     pub conns: Shape,
     pub templates: Shape,
-    /// The LVS/NAT reply index: as many buckets as the connection table, its own seed.
+    /// The LVS/NAT reply index: for `nat_max` connections, its own seed.
     pub replies: Shape,
 }
 
 impl Shapes {
-    /// New tables, the connection table for `conn_max` connections.
-    pub fn new(conn_max: u32) -> Self {
-        let conns = Shape::new(conn_max);
+    /// New tables: the connection table for `conn_max` connections, the reply index for
+    /// `nat_max` ([`conn_table::reply_buckets`]).
+    pub fn new(conn_max: u32, nat_max: u32) -> Self {
         Self {
-            conns,
+            conns: Shape::new(conn_max),
             templates: Shape::templates(),
-            replies: Shape::with_buckets(conns.buckets()),
+            replies: Shape::with_buckets(conn_table::reply_buckets(nat_max)),
         }
     }
 
     /// The tables pinned at these paths keep their shapes (a new program must hash as the old
-    /// one did); a table not pinned yet is new (the reply index sized as the connection table).
-    pub fn pinned(conns: &Path, templates: &Path, replies: &Path, conn_max: u32) -> Result<Self> {
-        let conns = Shape::of_pin::<Conn>(conns)?.unwrap_or_else(|| Shape::new(conn_max));
+    /// one did); a table not pinned yet is new, as [`Shapes::new`] makes it.
+    pub fn pinned(
+        conns: &Path,
+        templates: &Path,
+        replies: &Path,
+        conn_max: u32,
+        nat_max: u32,
+    ) -> Result<Self> {
+        let new = Self::new(conn_max, nat_max);
         Ok(Self {
-            conns,
-            templates: Shape::of_pin::<Conn>(templates)?.unwrap_or_else(Shape::templates),
-            replies: Shape::of_pin::<ReplyEntry>(replies)?
-                .unwrap_or_else(|| Shape::with_buckets(conns.buckets())),
+            conns: Shape::of_pin::<Conn>(conns)?.unwrap_or(new.conns),
+            templates: Shape::of_pin::<Conn>(templates)?.unwrap_or(new.templates),
+            replies: Shape::of_pin::<ReplyEntry>(replies)?.unwrap_or(new.replies),
         })
     }
 }

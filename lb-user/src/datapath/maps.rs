@@ -414,6 +414,12 @@ impl Maps {
         slot_table(&self.replies, map_names::NAT_REPLY_TABLE)
     }
 
+    /// Whether the reply index was made for LVS/NAT connections (`nat_max` above 0).
+    pub fn translates_replies(&self) -> Result<bool> {
+        let buckets = self.reply_table()?.shape().buckets();
+        Ok(lb_common::conn_table::translates_replies(buckets))
+    }
+
     /// The connection table's bucket mask and hash seed.
     pub fn conn_shape(&self) -> Result<super::conn_table::Shape> {
         Ok(slot_table(&self.conns, map_names::CONN_TABLE)?.shape())

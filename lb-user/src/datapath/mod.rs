@@ -47,6 +47,8 @@ pub struct Datapath {
 pub struct LoadOptions {
     /// Flows the connection table holds.
     pub conn_max: u32,
+    /// LVS/NAT connections the reply index holds; 0: no LVS/NAT.
+    pub nat_max: u32,
     /// The datapath's own debug logs (aya-log): off unless asked for, as they cost per packet.
     pub datapath_log: bool,
     /// Room for services and real servers.
@@ -57,6 +59,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             conn_max: DEFAULT_CONN_MAX,
+            nat_max: DEFAULT_CONN_MAX,
             datapath_log: false,
             limits: Limits::default(),
         }
@@ -91,7 +94,7 @@ fn loader<'a>(opts: &LoadOptions, shapes: &'a conn_table::Shapes) -> EbpfLoader<
         &LOG_OFF
     };
     let mut loader = EbpfLoader::new();
-    // One NAT reply entry per connection at most. The globals need not exist: `cargo xtask
+    // The globals need not exist: `cargo xtask
     // bench --compare` loads objects built before the tables had them.
     loader
         .map_max_entries(
@@ -140,10 +143,11 @@ fn loader<'a>(opts: &LoadOptions, shapes: &'a conn_table::Shapes) -> EbpfLoader<
 }
 
 impl LoadOptions {
-    /// Room for `conn_max` flows, datapath logs off.
+    /// Room for `conn_max` flows (as many LVS/NAT ones), datapath logs off.
     pub fn flows(conn_max: u32) -> Self {
         Self {
             conn_max,
+            nat_max: conn_max,
             ..Self::default()
         }
     }
@@ -171,7 +175,7 @@ impl Datapath {
     /// [`Datapath::load`] from another build's object (`cargo xtask bench --compare` times two
     /// builds side by side).
     pub fn load_object(object: &[u8], program: &str, opts: LoadOptions) -> Result<Self> {
-        let shapes = conn_table::Shapes::new(opts.conn_max);
+        let shapes = conn_table::Shapes::new(opts.conn_max, opts.nat_max);
         let mut ebpf = loader(&opts, &shapes)
             .load(object)
             .context("cannot load the XDP object into the kernel")?;
@@ -274,6 +278,7 @@ impl Datapath {
             &pins.map(map_names::TEMPLATE_TABLE),
             &pins.map(map_names::NAT_REPLY_TABLE),
             opts.conn_max,
+            opts.nat_max,
         )?;
         let mut loader = loader(&opts, &shapes);
         for (name, path) in &paths {

@@ -157,6 +157,7 @@ pub fn convert(
         more_interfaces: Vec::new(),
         mode: AttachMode::Native,
         conn_max: DEFAULT_CONN_MAX,
+        nat_max: None,
         limits: state.room_needed(),
         new_flow_limit: None,
         tunnel_src: None,
