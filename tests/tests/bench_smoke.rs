@@ -63,6 +63,22 @@ fn every_datapath_case_runs() {
         "no line of lb-ebpf among {:?}",
         p.lines
     );
+    // A case whose work is in the programs the director's tail-calls (the IPv6 pipeline, the
+    // IPv6 NAT program): their lines are found too.
+    let p6 = profile(
+        &mut bench,
+        Case::Nat6Request,
+        BENCH_CPU,
+        &std::env::temp_dir(),
+    )
+    .expect("profile an IPv6 case");
+    assert!(
+        p6.lines
+            .iter()
+            .any(|l| l.line.starts_with("parse6.rs:") || l.line.starts_with("ipv6.rs:")),
+        "no line of the IPv6 programs among {:?}",
+        p6.lines
+    );
     // A program that is not the bench's (how Katran's new flows are timed): here a bare XDP_TX
     // loaded on its own, behind the wrapper, a new source every iteration.
     let mut other = Datapath::load(program_names::TX, LoadOptions::flows(1)).unwrap();

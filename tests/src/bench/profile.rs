@@ -2,7 +2,7 @@
 //! machines have no hardware counters for `bpftool prog profile`) while the case runs, and
 //! `perf report` splits the samples by symbol: the JITed programs themselves, and the kernel
 //! functions they call (map lookups and updates, the LRU's eviction, hashing, helpers). The
-//! director program's own samples are then split by the lb-ebpf source line their instruction
+//! director programs' own samples are then split by the lb-ebpf source line their instruction
 //! came from (see `jit_lines`).
 
 use std::{
@@ -37,9 +37,9 @@ pub struct LineShare {
 #[derive(Clone, Debug)]
 pub struct Profile {
     pub symbols: Vec<Share>,
-    /// The lines with at least [`LINE_LIMIT`] % of the program's samples, most first.
+    /// The lines with at least [`LINE_LIMIT`] % of the programs' samples, most first.
     pub lines: Vec<LineShare>,
-    /// The program's samples the lines are shares of.
+    /// The programs' samples the lines are shares of.
     pub program_samples: usize,
 }
 
@@ -120,18 +120,21 @@ fn sample_ips(text: &str) -> Vec<u64> {
         .collect()
 }
 
-/// The program whose samples a case's lines split: the director's, or for a NAT reply the
-/// reply program it tail-calls, where that path's work is.
-pub fn line_program(case: Case) -> &'static str {
-    match case {
-        Case::NatReply => program_names::NAT_REPLY,
-        Case::Nat6Reply => program_names::NAT6_REPLY,
-        _ => program_names::LB,
-    }
-}
+/// The programs whose samples a case's lines split: the director's and those it tail-calls (the
+/// IPv6 pipeline, the NAT programs, the 4in6 encapsulation, the options' checker), each case's
+/// packets running through one or more of them.
+pub const LINE_PROGRAMS: [&str; 7] = [
+    program_names::LB,
+    program_names::IPV6,
+    program_names::NAT_REPLY,
+    program_names::NAT6,
+    program_names::NAT6_REPLY,
+    program_names::TUN_4IN6,
+    program_names::IP_OPTIONS,
+];
 
 /// Samples `cpu` while `case` runs; the symbols with at least [`PERCENT_LIMIT`] % of the samples,
-/// and the samples of its [`line_program`] by source line.
+/// and the samples of [`LINE_PROGRAMS`] by source line.
 pub fn profile(bench: &mut Bench, case: Case, cpu: usize, dir: &Path) -> Result<Profile> {
     let data = dir.join(format!("xdplb-perf-{}.data", std::process::id()));
     let mut perf = Command::new("perf")
@@ -185,10 +188,14 @@ pub fn profile(bench: &mut Bench, case: Case, cpu: usize, dir: &Path) -> Result<
             String::from_utf8_lossy(&script.stderr).trim()
         );
     }
-    let program = bench.fx.datapath.program(line_program(case))?;
-    let jit = JitLines::of(program.fd()?.as_fd())?;
+    let mut jits = Vec::new();
+    for name in LINE_PROGRAMS {
+        let program = bench.fx.datapath.program(name)?;
+        jits.push(JitLines::of(program.fd()?.as_fd())?);
+    }
     let ips = sample_ips(&String::from_utf8_lossy(&script.stdout));
-    let (lines, program_samples) = line_shares(|ip| jit.line(ip).map(str::to_owned), &ips);
+    let line = |ip| jits.iter().find_map(|j| j.line(ip)).map(str::to_owned);
+    let (lines, program_samples) = line_shares(line, &ips);
     Ok(Profile {
         symbols: parse_report(&String::from_utf8_lossy(&report.stdout)),
         lines,

@@ -11,7 +11,7 @@ use lb_tests::bench::{
     median,
     peer::{self, Katran, PeerBench},
     percentile, pin_to_cpu,
-    profile::{line_program, profile, Profile, LINE_LIMIT},
+    profile::{profile, Profile, LINE_LIMIT},
     scale::{scale, Scale, Size},
     sync_delay, Bench, Case, Goal, Measurement, BENCH_CPU,
 };
@@ -23,8 +23,9 @@ const SCALE: Size = Size {
 };
 const SCALE_CHANGES: usize = 50;
 
-/// The cases sampled by perf: the paths with a target against Katran or in the issue, and the
-/// paths that miss their own by the most (the NAT replies, with their kernel helpers).
+/// The cases sampled by perf in every run: the paths with a target against Katran or in the
+/// issue, and the NAT replies with their kernel helpers; every case that misses its target in
+/// the run is sampled too.
 const PROFILED: [Case; 6] = [
     Case::DrMhEstablished,
     Case::TunEstablished,
@@ -33,6 +34,9 @@ const PROFILED: [Case; 6] = [
     Case::NatReply,
     Case::Nat6Reply,
 ];
+
+/// Source lines shown per profiled case, at most.
+const LINES_SHOWN: usize = 12;
 
 /// Paired rounds per case when two builds are compared (`--compare`).
 const COMPARE_ROUNDS: usize = 40;
@@ -577,7 +581,18 @@ fn main() -> Result<()> {
     if let Ok(p) = &peer {
         p.unload()?;
     }
-    let profiles: Vec<(Case, Result<Profile, String>)> = PROFILED
+    let katran = katran_before.as_ref().ok().zip(katran_after.as_ref().ok());
+    let missed = |case: Case| {
+        let t = target(&ms, katran, case).and_then(|t| t.ns);
+        t.zip(cost(&ms, case)).is_some_and(|(t, c)| c > t)
+    };
+    let mut profiled: Vec<Case> = Case::all()
+        .into_iter()
+        .filter(|c| PROFILED.contains(c) || missed(*c))
+        .collect();
+    // The NAT new flows fill the reply index: sampled after the replies, which need theirs.
+    profiled.sort_by_key(|c| *c == Case::NatNewFlow);
+    let profiles: Vec<(Case, Result<Profile, String>)> = profiled
         .into_iter()
         .map(|case| {
             eprintln!("profiling: {}", case.name());
@@ -586,7 +601,6 @@ fn main() -> Result<()> {
         })
         .collect();
     drop(pinned);
-    let katran = katran_before.as_ref().ok().zip(katran_after.as_ref().ok());
     std::fs::write(out_dir.join("benchmarks-datapath.svg"), svg(&ms, katran))?;
     println!("## Datapath cost per packet\n");
     println!(
@@ -854,7 +868,8 @@ fn main() -> Result<()> {
 
     println!("## Where the time goes, sampled\n");
     println!(
-        "`perf record` (the software clock: this machine has no hardware counters, so \
+        "Every case that missed its target in this run, and the paths the issue names, the NAT \
+         replies with them: `perf record` (the software clock: this machine has no hardware counters, so \
          `bpftool prog profile` cannot count cycles) samples CPU {BENCH_CPU} while each case runs \
          again for a few seconds, its baseline rounds included; `perf report` splits the samples by \
          symbol: the JITed programs (xdplb, the bench's wrapper `xdp_bench`, the bare `xdp_tx`) and \
@@ -876,9 +891,9 @@ fn main() -> Result<()> {
     }
     println!();
     println!(
-        "The director program's own samples (xdplb's JITed code, not the kernel functions it \
-         calls; for the NAT replies, the reply programs', xdplb_nat_reply and xdplb_nat6_reply) by \
-         the lb-ebpf source \
+        "The director's programs' own samples (the JITed code of xdplb and of the programs it \
+         tail-calls, xdplb_v6, the NAT programs, xdplb_4in6 and the options' checker; not the \
+         kernel functions they call) by the lb-ebpf source \
          line each sampled instruction came from: the kernel keeps \
          the JIT address of every line of a program loaded with BTF (jited_line_info), which is \
          how this goes below the symbols (perf here cannot disassemble JITed BPF, and `bpftool \
@@ -886,19 +901,18 @@ fn main() -> Result<()> {
          the timer found next, so a line's share includes waiting on the one before it (a map \
          lookup's call, a load that missed the cache). Inlined helpers show as their own source \
          (aya's `helpers.rs` is a map lookup or a helper call). Lines with at least {LINE_LIMIT} % \
-         of the program's samples:\n"
+         of the programs' samples, at most {LINES_SHOWN} a case:\n"
     );
     for (case, profile) in &profiles {
         let Ok(p) = profile else { continue };
         println!(
-            "{} ({} samples in {}):\n",
+            "{} ({} samples in the director's programs):\n",
             case.name(),
             p.program_samples,
-            line_program(*case)
         );
         println!("| share | source line |");
         println!("|---:|---|");
-        for l in &p.lines {
+        for l in p.lines.iter().take(LINES_SHOWN) {
             println!("| {:.1} % | `{}` |", l.percent, l.line.replace('|', "\\|"));
         }
         println!();
