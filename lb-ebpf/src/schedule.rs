@@ -124,42 +124,58 @@ fn next_position(service: u32) -> Option<u64> {
 /// `lblc` and `lblcr`: the real servers this destination address already goes to, unless they
 /// are gone, overloaded, or too busy while another is idle enough (then the least loaded one, as
 /// `wlc` finds it, which the destination keeps: `lblc` instead of the old, `lblcr` besides).
+/// The service's servers are scanned only when the destination has none that is not busy, as
+/// IPVS looks at them only then: a destination's flows cost the same however many servers.
 #[inline(always)]
 fn by_locality(service: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
-    let scan = least_loaded(service, core::ptr::null());
     let key = LocalityKey {
         service: service.id,
         addr: flow.dst,
     };
-    if let Some(entry) = LOCALITY.get_ptr_mut(key) {
-        // The least loaded member that may take it: the same loop, over the destination's set.
-        let member = least_loaded(service, entry).best.and_then(candidate);
-        // SAFETY: the pointer is into the map's value; a lost update only costs locality.
-        let entry = unsafe { &mut *entry };
-        if let Some(best) = member {
-            if !sched::locality_overloaded(&best, scan.underloaded) {
-                return Some(best.id);
-            }
-        }
-        let id = scan.best?;
-        if service.scheduler == SCHED_LBLCR && (entry.count as usize) < LOCALITY_SET {
-            let n = entry.count as usize;
-            if n < LOCALITY_SET {
-                entry.members[n] = id;
-                entry.count += 1;
-            }
-        } else {
-            entry.members[0] = id;
-            entry.count = 1;
-        }
-        return Some(id);
+    let entry = LOCALITY.get_ptr_mut(key);
+    let member = entry.and_then(|e| member_of(service, e));
+    // Not busy whoever else is idle: no need to look at the others.
+    if let Some(best) = member.filter(|b| !sched::locality_overloaded(b, true)) {
+        return Some(best.id);
+    }
+    let scan = least_loaded(service, core::ptr::null());
+    if let Some(best) = member.filter(|b| !sched::locality_overloaded(b, scan.underloaded)) {
+        return Some(best.id);
     }
     let id = scan.best?;
-    let mut entry = LocalityEntry::default();
-    entry.members[0] = id;
-    entry.count = 1;
-    let _ = LOCALITY.insert(key, entry, 0);
+    let Some(entry) = entry else {
+        let mut entry = LocalityEntry::default();
+        entry.members[0] = id;
+        entry.count = 1;
+        let _ = LOCALITY.insert(key, entry, 0);
+        return Some(id);
+    };
+    // SAFETY: the pointer is into the map's value; a lost update only costs locality.
+    let entry = unsafe { &mut *entry };
+    if service.scheduler == SCHED_LBLCR && (entry.count as usize) < LOCALITY_SET {
+        let n = entry.count as usize;
+        if n < LOCALITY_SET {
+            entry.members[n] = id;
+            entry.count += 1;
+        }
+    } else {
+        entry.members[0] = id;
+        entry.count = 1;
+    }
     Some(id)
+}
+
+/// The least loaded member of a destination's set that may take a flow: the scan's loop over
+/// the set, or with one member (`lblc`'s always, `lblcr`'s until a server joins) that member
+/// itself, as the loop would find it, without the loop's helper call.
+#[inline(always)]
+fn member_of(service: &ServiceInfo, set: *const LocalityEntry) -> Option<Candidate> {
+    // SAFETY: the pointer is into the map's value.
+    let (count, first) = unsafe { ((*set).count, (*set).members[0]) };
+    if count == 1 {
+        return candidate(first).filter(|c| sched::eligible(service.scheduler, c));
+    }
+    least_loaded(service, set).best.and_then(candidate)
 }
 
 /// What [`least_loaded`] found: the preferred real server, if any, and whether some server is
