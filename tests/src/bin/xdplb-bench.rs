@@ -789,11 +789,22 @@ fn main() -> Result<()> {
          flows then found replies whose handshake the server's ACK had ended left unranked; \
          the reply path now ranks its own entry (paired, 40 rounds, the machine noisier: NAT \
          reply -0.5 [-29, 19], IPv6 NAT reply +8.5 [-22, 42], NAT new flow -11 [-62, 47]). The \
-         fifteenth run was of that build (flagged at 112.5 %). The tables above are the \
-         sixteenth (2026-12-04, night), of the same datapath (a review since moved code without \
-         changing what it does, and `nat_max` changed only the agent): the first with the \
-         targets read as the issue words them (the nearest path in the same run plus a written \
-         budget, above) and with a sampled profile of every case that misses (below). Where the NAT reply's time goes, by its sampled profile below (its fixed target of 120 then assumed DR's \
+         fifteenth run was of that build (flagged at 112.5 %). The sixteenth (2026-12-04, night) \
+         was of the same datapath (a review since moved code without changing what it does, \
+         and `nat_max` changed only the agent): the first with the targets read as the issue \
+         words them (the nearest path in the same run plus a written budget, above) and with a \
+         sampled profile of every case that misses (below); flagged at 98 %, the machine slow \
+         (DR mh new flow +366, 0.66x Katran's +530/+573; DR mh established +49, DR sh +68), 12 \
+         of the 27 added paths within their budgets. Then lblc and lblcr stopped scanning every \
+         real server of the service for each new flow: the destination's server is taken as \
+         soon as it is not busy (no more active connections than its weight), as IPVS's \
+         is_overloaded looks at the others only then, and a set of one is read without the \
+         loop (paired, 40 rounds, B - A per pair: lblc new flow -137.5 [-182, -94], lblcr \
+         -152.5 [-188, -134], every other case within its spread). Tried and not kept: a SYN's \
+         service looked up ahead of the connection table and its Maglev slot fetched while the \
+         table's bucket is, so the two waits the profiles show would overlap (DR mh new flow \
+         +16.5 [4, 32] per pair; the early lookup alone moved the schedulers' new flows by -21 \
+         to +23). The tables above are the seventeenth run, of the build with the lblc change. Where the NAT reply's time goes, by its sampled profile below (its fixed target of 120 then assumed DR's \
          established path plus a lookup, a tail call and a cheap FIB lookup): the kernel's FIB \
          lookup helper (bpf_ipv4_fib_lookup, fib_table_lookup, the MTU check it always makes \
          for XDP) takes about a fifth of the samples, 60 to 75 ns of the case's time in the \
@@ -922,7 +933,7 @@ fn main() -> Result<()> {
         println!();
     }
     println!(
-        "What the sixteenth run's profiles of its misses say. Every new flow's largest share is \
+        "What the seventeenth run's profiles of its misses say. Every new flow's largest share is \
          one line, the compare of its bucket's tags (conn_table.rs, `if slot.tag == tag && ...`): \
          35 to 57 % of the programs' samples for DR's new flows (of every scheduler profiled), \
          52 % for the NAT new flow, 63 % for the persistent new client. It is the wait for a bucket cold in a \
