@@ -101,14 +101,17 @@ fn place(reply: &FlowKey) -> conn_table::Place {
 /// the entry is marked used now.
 #[inline(always)]
 pub fn reply_of(flow: &FlowKey) -> Option<(NatReply, *mut ReplySlot)> {
-    let slot = slots::find(&NAT_REPLY_TABLE, flow, place(flow))?;
-    // An insert on another CPU could overwrite the slot while it is read, as with the
-    // connection table: only when this reply is the one its bucket gives up, which a reply
-    // being sent rarely is (the kernel's LRU hash, before, could recycle an entry being read
-    // too).
-    // SAFETY: the pointer is into the map's value.
+    let p = place(flow);
+    let slot = slots::find(&NAT_REPLY_TABLE, flow, p)?;
+    // An insert on another CPU may be giving this slot up while it is read (when this reply is
+    // the one its bucket gives up): a torn copy would send the reply from another flow's VIP.
+    // SAFETY: a read of the map's value.
+    let reply = unsafe { (*slot).entry.reply };
+    if !slots::still(slot, p.tag) {
+        return None;
+    }
+    // SAFETY: the pointer is into the map's value; a lost timestamp update is harmless.
     let entry = unsafe { &mut (*slot).entry };
-    let reply = entry.reply;
     let now = conntrack::now();
     if entry.last_seen != now {
         entry.last_seen = now;

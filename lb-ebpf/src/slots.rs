@@ -23,6 +23,18 @@ pub fn find<E>(
     Some(unsafe { &raw mut (*bucket).slots[way & (WAYS - 1)] })
 }
 
+/// Whether `slot` still holds the key tagged `tag` after the caller copied from it: a writer on
+/// another CPU empties the tag before it writes and sets it after ([`write`]), so a copy taken
+/// across a rewrite is refused, not taken for this key's. The copy's loads come first: the
+/// compiler moves no load past the barrier, and the CPU (x86) keeps loads in order.
+#[inline(always)]
+pub fn still<E>(slot: *const SlotOf<E>, tag: u32) -> bool {
+    // SAFETY: an empty instruction sequence that may touch memory, as far as the compiler knows.
+    unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
+    // SAFETY: a read of the map's value.
+    unsafe { core::ptr::read_volatile(&raw const (*slot).tag) == tag }
+}
+
 /// Writes an entry into a slot, with its `mark`: the tag emptied first and written last, so no
 /// reader takes half of one key's entry for another's.
 #[inline(always)]
