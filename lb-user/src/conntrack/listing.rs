@@ -46,7 +46,7 @@ pub fn views(
             let real = service.reals.iter().find(|r| r.id == conn.real)?;
             let left = timeouts
                 .timeout(flow, conn)
-                .saturating_sub(now.wrapping_sub(conn.last_seen));
+                .saturating_sub(super::idle(now, conn.last_seen));
             let view = ConnView {
                 protocol: service.addr.protocol,
                 client: endpoint(&flow.src, flow.sport),

@@ -690,7 +690,7 @@ impl MapWriter for Maps {
         Ok(self
             .template_table()?
             .get(&key.flow_key())?
-            .map(|t| (t.real, now.wrapping_sub(t.last_seen)))
+            .map(|t| (t.real, crate::conntrack::idle(now, t.last_seen)))
             .filter(|(_, idle)| *idle <= p.timeout))
     }
 
@@ -702,7 +702,7 @@ impl MapWriter for Maps {
             let timeout = *timeouts
                 .entry(t.service)
                 .or_insert_with(|| self.persistence.get(&t.service, 0).map_or(0, |p| p.timeout));
-            if now.wrapping_sub(t.last_seen) <= timeout {
+            if crate::conntrack::idle(now, t.last_seen) <= timeout {
                 *counts.entry(t.real).or_insert(0) += 1;
             }
         }
