@@ -475,22 +475,19 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
     }
     if adopted {
         info!(interface = %iface.name, "adopted the running datapath: new program swapped in, maps and flows kept");
-        let capacity = maps.conn_capacity()?;
-        let asked = lb_common::conn_table::table_slots(director.conn_max);
-        if capacity != asked {
-            warn!(
-                "keeping the pinned connection table of {capacity} slots (asked for {asked}, for {} connections): it cannot be resized while it holds flows; `xdplb detach` and start again to resize it",
-                director.conn_max
-            );
-        }
-        let replies = maps.reply_table()?.shape().buckets();
-        if replies != lb_common::conn_table::reply_buckets(director.nat_max()) {
-            warn!(
-                "keeping the pinned LVS/NAT reply index of {} slots (asked for nat_max {}): it cannot be resized while it holds replies; `xdplb detach` and start again to resize it",
-                replies * lb_common::conn_table::WAYS as u32,
-                director.nat_max()
-            );
-        }
+        let ways = lb_common::conn_table::WAYS as u32;
+        keep_pinned_size(
+            "connection table",
+            maps.conn_capacity()?,
+            lb_common::conn_table::table_slots(director.conn_max),
+            format_args!("for {} connections", director.conn_max),
+        );
+        keep_pinned_size(
+            "LVS/NAT reply index",
+            maps.reply_table()?.shape().buckets() * ways,
+            lb_common::conn_table::reply_buckets(director.nat_max()) * ways,
+            format_args!("for nat_max {}", director.nat_max()),
+        );
     }
     let translates_replies = maps.translates_replies()?;
 
@@ -767,6 +764,16 @@ pub fn detach(bpffs: &Path, ifname: &str) -> Result<()> {
     pins.remove()?;
     let _ = fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Says so when an adopted datapath's table (`what`) keeps the size it was pinned with, `slots`,
+/// where this start asked for `asked` (`why`): a table cannot be resized while it holds entries.
+fn keep_pinned_size(what: &str, slots: u32, asked: u32, why: std::fmt::Arguments) {
+    if slots != asked {
+        warn!(
+            "keeping the pinned {what} of {slots} slots (asked for {asked}, {why}): it cannot be resized while it holds entries; `xdplb detach` and start again to resize it"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -273,6 +273,7 @@ impl Case {
             added,
             work,
         };
+        const IPV6: &str = "the tail call to the IPv6 pipeline and its 40-byte header";
         // The schedulers that choose by load.
         const SCAN: &str = "the scan of the service's 3 real servers in place of the Maglev \
             table's read: the bpf_loop helper (15) and, per server, its table slot, limits and \
@@ -363,16 +364,8 @@ impl Case {
                  the client (60: its helper's share of the reply's profile), which no other path \
                  needs",
             ),
-            Case::Dr6MhEstablished => over(
-                Case::DrMhEstablished,
-                10.0,
-                "the tail call to the IPv6 pipeline and its 40-byte header",
-            ),
-            Case::Dr6MhNewFlow => over(
-                Case::DrMhNewFlow,
-                10.0,
-                "the tail call to the IPv6 pipeline and its 40-byte header",
-            ),
+            Case::Dr6MhEstablished => over(Case::DrMhEstablished, 10.0, IPV6),
+            Case::Dr6MhNewFlow => over(Case::DrMhNewFlow, 10.0, IPV6),
             Case::Tun6MhEstablished => over(
                 Case::Dr6MhEstablished,
                 20.0,
