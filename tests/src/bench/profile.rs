@@ -41,6 +41,9 @@ pub struct Profile {
     pub lines: Vec<LineShare>,
     /// The programs' samples the lines are shares of.
     pub program_samples: usize,
+    /// Those samples by program, each of [`LINE_PROGRAMS`] with its count (the lines of code
+    /// several programs share, parsing or a table's lookup, do not say which one ran).
+    pub by_program: Vec<(&'static str, usize)>,
 }
 
 /// Source lines below this share (percent of the program's samples) are left out.
@@ -90,14 +93,21 @@ pub fn parse_report(text: &str) -> Vec<Share> {
         .collect()
 }
 
-/// Shares of the program's samples (`ips`, instruction pointers) by the source line each falls
-/// in; None for samples outside the program.
-pub fn line_shares(lines: impl Fn(u64) -> Option<String>, ips: &[u64]) -> (Vec<LineShare>, usize) {
+/// Shares of the programs' samples (`ips`, instruction pointers) by the source line each falls
+/// in, and the samples of each of `programs` programs; `lines` gives a sample's program (its
+/// index) and line, None for samples outside them.
+pub fn line_shares(
+    lines: impl Fn(u64) -> Option<(usize, String)>,
+    programs: usize,
+    ips: &[u64],
+) -> (Vec<LineShare>, Vec<usize>) {
     let mut counts = std::collections::HashMap::<String, usize>::new();
+    let mut by_program = vec![0; programs];
     let mut total = 0;
     for ip in ips {
-        if let Some(line) = lines(*ip) {
+        if let Some((program, line)) = lines(*ip) {
             *counts.entry(line).or_default() += 1;
+            by_program[program] += 1;
             total += 1;
         }
     }
@@ -110,7 +120,7 @@ pub fn line_shares(lines: impl Fn(u64) -> Option<String>, ips: &[u64]) -> (Vec<L
         .filter(|s| s.percent >= LINE_LIMIT)
         .collect();
     shares.sort_by(|a, b| b.percent.total_cmp(&a.percent).then(a.line.cmp(&b.line)));
-    (shares, total)
+    (shares, by_program)
 }
 
 /// The sampled instruction pointers of `perf script -F ip` output.
@@ -194,12 +204,17 @@ pub fn profile(bench: &mut Bench, case: Case, cpu: usize, dir: &Path) -> Result<
         jits.push(JitLines::of(program.fd()?.as_fd())?);
     }
     let ips = sample_ips(&String::from_utf8_lossy(&script.stdout));
-    let line = |ip| jits.iter().find_map(|j| j.line(ip)).map(str::to_owned);
-    let (lines, program_samples) = line_shares(line, &ips);
+    let line = |ip| {
+        jits.iter()
+            .enumerate()
+            .find_map(|(i, j)| Some((i, j.line(ip)?.to_owned())))
+    };
+    let (lines, by_program) = line_shares(line, jits.len(), &ips);
     Ok(Profile {
         symbols: parse_report(&String::from_utf8_lossy(&report.stdout)),
         lines,
-        program_samples,
+        program_samples: by_program.iter().sum(),
+        by_program: LINE_PROGRAMS.into_iter().zip(by_program).collect(),
     })
 }
 
@@ -214,12 +229,12 @@ mod tests {
         );
         assert_eq!(ips.len(), 4);
         let line = |ip: u64| match ip {
-            0xffffffffc0001000..0xffffffffc0001020 => Some("a.rs:1  x".to_owned()),
-            0xffffffffc0001020..0xffffffffc0002000 => Some("b.rs:2  y".to_owned()),
+            0xffffffffc0001000..0xffffffffc0001020 => Some((0, "a.rs:1  x".to_owned())),
+            0xffffffffc0001020..0xffffffffc0002000 => Some((1, "b.rs:2  y".to_owned())),
             _ => None,
         };
-        let (shares, total) = line_shares(line, &ips);
-        assert_eq!(total, 3, "the kernel's sample is not the program's");
+        let (shares, by_program) = line_shares(line, 2, &ips);
+        assert_eq!(by_program, [1, 2], "the kernel's sample is no program's");
         let got: Vec<(String, i64)> = shares
             .iter()
             .map(|s| (s.line.clone(), (s.percent * 10.0).round() as i64))

@@ -922,10 +922,23 @@ fn main() -> Result<()> {
     );
     for (case, profile) in &profiles {
         let Ok(p) = profile else { continue };
+        // Which programs they fell in: the lines several programs share do not say.
+        let split: Vec<String> = p
+            .by_program
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| {
+                format!(
+                    "{name} {:.0} %",
+                    *n as f64 * 100.0 / p.program_samples as f64
+                )
+            })
+            .collect();
         println!(
-            "{} ({} samples in the director's programs):\n",
+            "{} ({} samples in the director's programs: {}):\n",
             case.name(),
             p.program_samples,
+            split.join(", "),
         );
         println!("| share | source line |");
         println!("|---:|---|");
