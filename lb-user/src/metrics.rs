@@ -569,6 +569,7 @@ mod tests {
             announce: None,
             timeouts: Default::default(),
             conn_max: 1_000_000,
+            nat_max: 1_000_000,
             agent: Some(AgentView {
                 version: "0.1.0".into(),
                 started: 1_700_000_000.5,

@@ -221,6 +221,9 @@ fn the_api_on_the_control_socket_does_what_the_cli_does() {
     assert_eq!(agent_view["mode"], "native");
     assert!(agent_view["agent"]["program_id"].as_u64().unwrap() > 0);
     assert_eq!(agent_view["writable"], "yes");
+    // The table sizes in effect: the defaults, the reply index as large as the connection table.
+    assert_eq!(agent_view["conn_max"], lb_common::DEFAULT_CONN_MAX);
+    assert_eq!(agent_view["nat_max"], lb_common::DEFAULT_CONN_MAX);
 
     // Deleting through the API takes the real server out of the datapath.
     let r = api.call(

@@ -158,6 +158,7 @@ fn a_director_started_with_nat_max_0_has_no_reply_index_and_refuses_lvs_nat() {
     let mut agent = Agent::start_with_config(topo.director().ns(), &dr("nat_max = 0"))
         .expect("cannot start the agent");
     assert_answered(&topo, "LVS/DR with nat_max 0");
+    assert_eq!(agent.list().0["nat_max"], 0);
     // One bucket: the smallest table the kernel makes, where the default is as large as the
     // connection table (2,097,152 slots, 160 MiB).
     assert_eq!(reply_slots(&agent), lb_common::conn_table::WAYS as u32);
@@ -212,6 +213,11 @@ fn a_director_started_with_nat_max_0_has_no_reply_index_and_refuses_lvs_nat() {
         agent.log()
     );
     assert_eq!(reply_slots(&agent), lb_common::conn_table::WAYS as u32);
+    assert_eq!(
+        agent.list().0["nat_max"],
+        0,
+        "the kept index's, not the one asked for"
+    );
     let out = agent.cli(&["real", "add", "-t", &service, "-r", &nat_real, "-m"]);
     unchanged(&agent, "real add -m after the restart", out);
     assert_answered(&topo, "after the restart");

@@ -196,6 +196,11 @@ impl Agent {
         listing.drained = self.drained;
         listing.timeouts = self.timeouts;
         listing.conn_max = self.director.conn_max;
+        // What the datapath does, not what was asked: an adopted index of one bucket stays one.
+        listing.nat_max = match self.translates_replies {
+            true => self.director.nat_max(),
+            false => 0,
+        };
         listing.agent = Some(crate::control::AgentView {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started: self

@@ -165,6 +165,10 @@ pub struct Listing {
     pub timeouts: crate::config::Timeouts,
     #[serde(default)]
     pub conn_max: u32,
+    /// The LVS/NAT connections whose replies the director translates (the reply index's
+    /// size): 0 where it has no reply index and refuses LVS/NAT.
+    #[serde(default)]
+    pub nat_max: u32,
     /// The agent itself.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub agent: Option<AgentView>,
@@ -258,6 +262,7 @@ impl Listing {
             announce: None,
             timeouts: Default::default(),
             conn_max: 0,
+            nat_max: 0,
             agent: None,
             reason_rates: BTreeMap::new(),
         }

@@ -349,6 +349,7 @@ mod tests {
             announce: None,
             timeouts: Default::default(),
             conn_max: 1_000_000,
+            nat_max: 1_000_000,
             agent: None,
             reason_rates: Default::default(),
         }

@@ -503,6 +503,7 @@ async fn agent(State(api): State<Api>) -> Result<HttpResponse> {
         "problem": problem,
         "timeouts": listing.timeouts,
         "conn_max": listing.conn_max,
+        "nat_max": listing.nat_max,
         "announce": listing.announce,
         "sync": listing.sync.is_some(),
         "writable": api.access.writable(),
