@@ -122,11 +122,17 @@ pub enum Case {
     Dr6MhEstablished,
     /// [`Case::Dr6MhEstablished`] with a new flow every packet.
     Dr6MhNewFlow,
+    /// [`Case::DrPersistentNewFlow`] over IPv6: a new client every packet for an IPv6
+    /// persistent `rr` service (a template keyed by the client's IPv6 address).
+    Dr6PersistentNewFlow,
     /// An IPv6 `mh` service, established flow, LVS/TUN (IPv6-in-IPv6).
     Tun6MhEstablished,
     /// [`Case::NatRequest`] over IPv6: the IPv6 pipeline, then the tail call to the IPv6 NAT
     /// program, which parses the packet again and rewrites it.
     Nat6Request,
+    /// [`Case::NatNewFlow`] over IPv6: the IPv6 pipeline's new flow, then xdplb_nat6's rewrite
+    /// and its insert into the reply index.
+    Nat6NewFlow,
     /// [`Case::NatReply`] over IPv6: the reply of [`Case::Nat6Request`]'s flow.
     Nat6Reply,
     /// An IPv4 `mh` service whose real servers are IPv6, established flow, LVS/TUN
@@ -194,7 +200,10 @@ impl Case {
         all.extend([
             Case::Dr6MhEstablished,
             Case::Dr6MhNewFlow,
+            Case::Dr6PersistentNewFlow,
             Case::Tun6MhEstablished,
+            // The new flows first, as for IPv4.
+            Case::Nat6NewFlow,
             Case::Nat6Request,
             Case::Nat6Reply,
         ]);
@@ -231,6 +240,9 @@ impl Case {
             }
             Case::Dr6MhEstablished => "IPv6 DR mh, established flow".into(),
             Case::Dr6MhNewFlow => "IPv6 DR mh, new flow (connection-table insert)".into(),
+            Case::Dr6PersistentNewFlow => {
+                "IPv6 DR rr persistent, new client (template insert)".into()
+            }
             Case::Tun6MhEstablished => {
                 "IPv6 TUN mh, established flow (IPv6-in-IPv6 encapsulation)".into()
             }
@@ -239,6 +251,9 @@ impl Case {
             }
             Case::Nat6Reply => {
                 "IPv6 NAT mh, reply (reply index, source rewrite, FIB lookup)".into()
+            }
+            Case::Nat6NewFlow => {
+                "IPv6 NAT mh, new flow (connection-table and reply-index inserts)".into()
             }
             Case::Tun4in6Established => {
                 "TUN mh to IPv6 real servers, established flow (IPv4-in-IPv6)".into()
@@ -366,6 +381,7 @@ impl Case {
             ),
             Case::Dr6MhEstablished => over(Case::DrMhEstablished, 10.0, IPV6),
             Case::Dr6MhNewFlow => over(Case::DrMhNewFlow, 10.0, IPV6),
+            Case::Dr6PersistentNewFlow => over(Case::DrPersistentNewFlow, 10.0, IPV6),
             Case::Tun6MhEstablished => over(
                 Case::Dr6MhEstablished,
                 20.0,
@@ -377,6 +393,12 @@ impl Case {
                 "NAT's rewrite (20, as NAT's request adds to DR) and the hand-off to a program \
                  of its own (a tail call, the packet parsed again: the IPv6 pipeline's stack has \
                  no room for the rewrite, 20)",
+            ),
+            Case::Nat6NewFlow => over(
+                Case::Dr6MhNewFlow,
+                190.0,
+                "what the IPv6 NAT request adds to IPv6 DR (the rewrite and the hand-off to \
+                 xdplb_nat6, 40) and the reply index's insert (150, as the NAT new flow's)",
             ),
             Case::Nat6Reply => over(
                 Case::NatReply,
@@ -408,8 +430,10 @@ impl Case {
             self,
             Case::Dr6MhEstablished
                 | Case::Dr6MhNewFlow
+                | Case::Dr6PersistentNewFlow
                 | Case::Tun6MhEstablished
                 | Case::Nat6Request
+                | Case::Nat6NewFlow
                 | Case::Nat6Reply
         )
     }
@@ -466,6 +490,8 @@ impl Case {
                 | Case::DrPersistentNewFlow
                 | Case::NatNewFlow
                 | Case::Dr6MhNewFlow
+                | Case::Dr6PersistentNewFlow
+                | Case::Nat6NewFlow
         )
     }
 }
@@ -603,19 +629,16 @@ impl Bench {
             scheduler: Some(Scheduler::Mh),
             ..Default::default()
         };
+        let persistent = SchedulerSpec {
+            scheduler: Some(Scheduler::Rr),
+            persistent: Some(300),
+            ..Default::default()
+        };
         let mut services = vec![
             (80, SchedulerSpec::default(), Forward::Route),
             (81, mh, Forward::Route),
             (82, mh, Forward::Tunnel),
-            (
-                PERSISTENT_PORT,
-                SchedulerSpec {
-                    scheduler: Some(Scheduler::Rr),
-                    persistent: Some(300),
-                    ..Default::default()
-                },
-                Forward::Route,
-            ),
+            (PERSISTENT_PORT, persistent, Forward::Route),
         ];
         for s in schedulers() {
             let spec = SchedulerSpec {
@@ -659,14 +682,15 @@ impl Bench {
                 },
             );
         }
-        // Maglev over three IPv6 real servers: the IPv6 services, LVS/DR on 80 and LVS/TUN on
-        // 82, and an IPv4 service tunnelled to them (IPv4-in-IPv6).
-        for (svc, forward) in [
-            (v6(80), Forward::Route),
-            (v6(82), Forward::Tunnel),
-            (service(TUN_4IN6_PORT), Forward::Tunnel),
+        // Three IPv6 real servers: the IPv6 services, Maglev with LVS/DR on 80 and LVS/TUN on
+        // 82, persistent rr as on IPv4, and an IPv4 service tunnelled to them (IPv4-in-IPv6).
+        for (svc, spec, forward) in [
+            (v6(80), mh, Forward::Route),
+            (v6(82), mh, Forward::Tunnel),
+            (v6(PERSISTENT_PORT), persistent, Forward::Route),
+            (service(TUN_4IN6_PORT), mh, Forward::Tunnel),
         ] {
-            fx.add_service(svc, mh);
+            fx.add_service(svc, spec);
             for n in 11..=13u8 {
                 fx.add_real_spec(
                     svc,
@@ -706,7 +730,8 @@ impl Bench {
                 dst: VIP6,
                 dport: match case {
                     Case::Tun6MhEstablished => 82,
-                    Case::Nat6Request | Case::Nat6Reply => NAT_PORT,
+                    Case::Nat6Request | Case::Nat6NewFlow | Case::Nat6Reply => NAT_PORT,
+                    Case::Dr6PersistentNewFlow => PERSISTENT_PORT,
                     _ => 80,
                 },
                 tcp_flags,
@@ -742,8 +767,10 @@ impl Bench {
             Case::NatRequest | Case::NatNewFlow => (VIP, NAT_PORT),
             Case::Dr6MhEstablished
             | Case::Dr6MhNewFlow
+            | Case::Dr6PersistentNewFlow
             | Case::Tun6MhEstablished
             | Case::Nat6Request
+            | Case::Nat6NewFlow
             | Case::Nat6Reply => unreachable!("IPv6, above"),
             Case::NatReply => {
                 let request = FrameSpec::default();

@@ -591,7 +591,7 @@ fn main() -> Result<()> {
         .filter(|c| PROFILED.contains(c) || missed(*c))
         .collect();
     // The NAT new flows fill the reply index: sampled after the replies, which need theirs.
-    profiled.sort_by_key(|c| *c == Case::NatNewFlow);
+    profiled.sort_by_key(|c| matches!(c, Case::NatNewFlow | Case::Nat6NewFlow));
     let profiles: Vec<(Case, Result<Profile, String>)> = profiled
         .into_iter()
         .map(|case| {
