@@ -63,10 +63,11 @@ fn place(flow: &FlowKey) -> conn_table::Place {
     conn_table::place(flow, seed, mask)
 }
 
-/// The slot holding this flow's entry, if any.
+/// The slot holding this flow's entry, if any, and its tag (for [`slots::still`]).
 #[inline(always)]
-fn slot(flow: &FlowKey) -> Option<*mut Slot> {
-    slots::find(&CONN_TABLE, flow, place(flow))
+fn slot(flow: &FlowKey) -> Option<(*mut Slot, u32)> {
+    let p = place(flow);
+    Some((slots::find(&CONN_TABLE, flow, p)?, p.tag))
 }
 
 #[inline(always)]
@@ -135,9 +136,9 @@ impl Entry {
 /// the header checks, so a damaged packet never moves a connection's state.
 #[inline(always)]
 pub fn lookup(flow: &FlowKey, tcp_flags: u8, now: u32, cfg: &DirectorConfig) -> Option<Entry> {
-    let slot = slot(flow)?;
-    // SAFETY: the pointer is into the map's value.
-    let (conn, mark) = unsafe { (&(*slot).entry, (*slot).mark) };
+    let (slot, tag) = slot(flow)?;
+    // SAFETY: reads of the map's value.
+    let (conn, mark) = unsafe { ((*slot).entry, (*slot).mark) };
     let idle = now.wrapping_sub(conn.last_seen);
     let timeout = conn.idle_timeout(flow, cfg.tcp_timeout, cfg.tcp_fin_timeout, cfg.udp_timeout);
     if idle > timeout {
@@ -171,6 +172,11 @@ pub fn lookup(flow: &FlowKey, tcp_flags: u8, now: u32, cfg: &DirectorConfig) -> 
     let established = (conn.flags & CONN_ESTABLISHED != 0 || todo & ESTABLISH != 0)
         && conn.flags & CONN_FIN == 0
         && todo & CLOSE == 0;
+    // An insert on another CPU may be writing another flow over this slot (its bucket's
+    // victim): a copy taken across that is half the other flow's.
+    if !slots::still(slot, tag) {
+        return None;
+    }
     Some(Entry {
         slot,
         todo,
@@ -236,8 +242,11 @@ pub fn track(flow: &FlowKey, tcp_flags: u8, now: u32, cfg: &DirectorConfig) -> u
 /// are about the flow rather than of it (ICMP errors).
 #[inline(always)]
 pub fn binding(flow: &FlowKey) -> Option<(u32, u32)> {
+    let (slot, tag) = slot(flow)?;
     // SAFETY: a copy of two fields of the map's value.
-    slot(flow).map(|s| unsafe { ((*s).entry.service, (*s).entry.real) })
+    let ids = unsafe { ((*slot).entry.service, (*slot).entry.real) };
+    // As in `lookup`: not another flow's, half written over this one's.
+    slots::still(slot, tag).then_some(ids)
 }
 
 /// Binds a new flow to a real server (and tells the peers, with sync on).
@@ -322,7 +331,7 @@ pub extern "C" fn xdplb_conn_write(
 /// Forgets a flow after a RST; `known` says it had an entry, which the peers forget too.
 #[inline(always)]
 pub fn close(flow: &FlowKey, service: u32, real: u32, known: bool, cfg: &DirectorConfig) {
-    if let Some(slot) = slot(flow) {
+    if let Some((slot, _)) = slot(flow) {
         // SAFETY: the pointer is into the map's value.
         let slot = unsafe { &mut *slot };
         if known {

@@ -44,10 +44,12 @@ fn place(key: &FlowKey) -> conn_table::Place {
     conn_table::place(key, seed, TEMPLATE_BUCKETS - 1)
 }
 
+/// The slot holding the template of `client` for `service`, if any, and its tag.
 #[inline(always)]
-fn slot(service: u32, client: &Addr, p: &Persistence) -> Option<*mut Slot> {
+fn slot(service: u32, client: &Addr, p: &Persistence) -> Option<(*mut Slot, u32)> {
     let key = key(service, client, p);
-    slots::find(&TEMPLATE_TABLE, &key, place(&key))
+    let at = place(&key);
+    Some((slots::find(&TEMPLATE_TABLE, &key, at)?, at.tag))
 }
 
 /// The real server a persistent service's template gives this client, if the template is alive
@@ -58,18 +60,21 @@ pub fn template(service: &ServiceInfo, flow: &FlowKey, now: u32) -> Option<u32> 
         return None;
     }
     let p = PERSISTENCE.get(service.id)?;
-    let t = slot(service.id, &flow.src, p)?;
-    // SAFETY: the pointer is into the map's value; a lost timestamp update is harmless.
-    let t = unsafe { &mut (*t).entry };
-    if now.wrapping_sub(t.last_seen) > p.timeout {
+    let (slot, tag) = slot(service.id, &flow.src, p)?;
+    // SAFETY: reads of the map's value.
+    let (id, last_seen) = unsafe { ((*slot).entry.real, (*slot).entry.last_seen) };
+    // Another client's template may be written over this one on another CPU (a new client
+    // pushing out the longest unused): a real server read across that is not this client's.
+    if !slots::still(slot, tag) || now.wrapping_sub(last_seen) > p.timeout {
         return None;
     }
-    let real = schedule::real(service.id, t.real)?;
+    let real = schedule::real(service.id, id)?;
     if real.flags & REAL_DOWN != 0 {
         return None;
     }
-    t.last_seen = now;
-    Some(t.real)
+    // SAFETY: the pointer is into the map's value; a lost timestamp update is harmless.
+    unsafe { (*slot).entry.last_seen = now };
+    Some(id)
 }
 
 /// Remembers where a persistent service sent this client.
@@ -118,7 +123,7 @@ pub fn touch(service: u32, client: &Addr, now: u32) {
     if p.timeout == 0 {
         return;
     }
-    if let Some(t) = slot(service, client, p) {
+    if let Some((t, _)) = slot(service, client, p) {
         // SAFETY: as above.
         unsafe { (*t).entry.last_seen = now };
     }
