@@ -804,9 +804,16 @@ fn main() -> Result<()> {
          service looked up ahead of the connection table and its Maglev slot fetched while the \
          table's bucket is, so the two waits the profiles show would overlap (DR mh new flow \
          +16.5 [4, 32] per pair; the early lookup alone moved the schedulers' new flows by -21 \
-         to +23). The tables above are the seventeenth run, of the build with the lblc change. \
-         The NAT reply's check of its slot's tag after the copy landed after it (paired, 40 \
-         rounds: NAT reply +2 [1, 4] ns, IPv6 NAT reply -1 [-3, 0]). Where the NAT reply's time goes, by its sampled profile below (its fixed target of 120 then assumed DR's \
+         to +23). The seventeenth run was of the build with the lblc change. The NAT reply's \
+         check of its slot's tag after the copy landed after it (paired, 40 rounds: NAT reply +2 \
+         [1, 4] ns, IPv6 NAT reply -1 [-3, 0]), then the same check for the connection table's \
+         lookup and the persistence templates' read, which a new flow or client written over \
+         their slot on another CPU could otherwise tear (paired, 40 rounds, B - A per pair: DR \
+         mh established +2 [-1, 6], DR sh +1.5 [-2, 4], IPv4 options +4.5 [0, 13], NAT reply +3 \
+         [-1, 18], the new flows -4 to -30, the program's layout). Two IPv6 cases came with it, \
+         a persistent service's new client and the LVS/NAT new flow (their budgets in the table \
+         above). The tables above are the eighteenth run, of \
+         that build. Where the NAT reply's time goes, by its sampled profile below (its fixed target of 120 then assumed DR's \
          established path plus a lookup, a tail call and a cheap FIB lookup): the kernel's FIB \
          lookup helper (bpf_ipv4_fib_lookup, fib_table_lookup, the MTU check it always makes \
          for XDP) takes about a fifth of the samples, 60 to 75 ns of the case's time in the \
