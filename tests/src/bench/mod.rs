@@ -194,16 +194,20 @@ impl Case {
         ];
         all.extend(schedulers().map(Case::DrNewFlow));
         all.push(Case::DrPersistentNewFlow);
-        // The new flows first: they fill the reply index many times over, which would push out
-        // the reply of the request's flow (the request binds the flow its reply belongs to).
-        all.extend([Case::NatNewFlow, Case::NatRequest, Case::NatReply]);
+        // The NAT new flows of both families first: they fill the reply index (one for both)
+        // many times over, which would push out the replies of the requests' flows (a request
+        // binds the flow its reply belongs to), measured and then profiled after them.
+        all.extend([
+            Case::NatNewFlow,
+            Case::Nat6NewFlow,
+            Case::NatRequest,
+            Case::NatReply,
+        ]);
         all.extend([
             Case::Dr6MhEstablished,
             Case::Dr6MhNewFlow,
             Case::Dr6PersistentNewFlow,
             Case::Tun6MhEstablished,
-            // The new flows first, as for IPv4.
-            Case::Nat6NewFlow,
             Case::Nat6Request,
             Case::Nat6Reply,
         ]);
