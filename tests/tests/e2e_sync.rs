@@ -234,8 +234,7 @@ fn between_directors(d1: &Agent, d2: &Agent, lan: &Lan) {
 /// Every scheduler keeps its flows across a failover through connection synchronisation: for
 /// each, streams open through d1, the real server holding most of them is drained on both
 /// directors (no scheduler gives it a new flow), and the streams' packets move to d2, which only
-/// knows where they belong from d1's sync. (Persistence templates are not synced: a persistent
-/// client's connections keep their server, its next new one is scheduled afresh on d2.)
+/// knows where they belong from d1's sync.
 #[test]
 fn every_scheduler_keeps_its_flows_across_a_failover() {
     if !require_root() {
@@ -302,6 +301,60 @@ fn every_scheduler_keeps_its_flows_across_a_failover() {
             "{scheduler}: {finals:?}"
         );
     }
+}
+
+/// Persistence across a failover: each client's connection through d1 brings its template to
+/// d2 with the connection's sync, so its next connection, the first d2 sees of it, goes to the
+/// same real server, where d2's own `rr` would have spread the clients in another order.
+#[test]
+fn a_persistent_clients_next_connection_through_the_other_director_keeps_its_server() {
+    if !require_root() {
+        return;
+    }
+    const CLIENTS: usize = 9;
+    let topo = HaTopology::new(2, 3, Serve::Echo, ClientAt::Lan).expect("topology");
+    let start_d = |i: usize| {
+        let config = topo.config(i, "", "rr", &REALS, None).unwrap().replace(
+            "scheduler = \"rr\"\n",
+            "scheduler = \"rr\"\npersistent = 300\n",
+        );
+        Agent::start_with_config(topo.director(i).ns(), &config)
+            .unwrap_or_else(|e| panic!("agent on d{i}: {e:#}"))
+    };
+    let (d1, d2) = (start_d(1), start_d(2));
+    wait_fit(&d1, Duration::from_secs(10));
+    wait_fit(&d2, Duration::from_secs(10));
+    wait_config_match(&d2);
+    let clients: Vec<_> = HaTopology::client_sources(ClientAt::Lan)[..CLIENTS].to_vec();
+    let connect = |port: u16, order: &mut dyn Iterator<Item = &std::net::Ipv4Addr>| {
+        let flows: Vec<SocketAddrV4> = order.map(|c| SocketAddrV4::new(*c, port)).collect();
+        let answers = topo
+            .client()
+            .ns()
+            .run_in(|| fetch_each(&flows, HaTopology::service()));
+        flows
+            .iter()
+            .zip(answers)
+            .map(|(f, a)| {
+                let a = a.unwrap_or_else(|e| panic!("connection from {f}: {e:#}"));
+                (*f.ip(), a)
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    topo.send_vip_to(1).unwrap();
+    let on_d1 = connect(STREAM_PORTS, &mut clients.iter());
+    let servers: std::collections::BTreeSet<_> = on_d1.values().collect();
+    assert!(servers.len() > 1, "rr used one server: {on_d1:?}");
+    wait_received(&d2, CLIENTS as u64);
+
+    // d2 takes the VIP; the clients come back in the other order, so d2's rr alone would pair
+    // them with other servers.
+    topo.send_vip_to(2).unwrap();
+    let on_d2 = connect(STREAM_PORTS + 1, &mut clients.iter().rev());
+    assert_eq!(
+        on_d2, on_d1,
+        "a client's next connection through d2 changed server"
+    );
 }
 
 #[test]

@@ -27,6 +27,9 @@ pub trait ConnTable: Send {
         value: &NatReply,
         established: bool,
     ) -> Result<()>;
+    /// Inserts or replaces a persistence template (keyed by [`lb_common::TemplateKey`]), as
+    /// the datapath writes one beside the entry of a persistent service's flow it binds.
+    fn upsert_template(&mut self, key: &FlowKey, template: &Conn) -> Result<()>;
     /// Removes a flow's entry, if there is one.
     fn remove(&mut self, flow: &FlowKey) -> Result<()>;
     /// Every entry (a snapshot; the datapath goes on changing the table meanwhile).
@@ -39,19 +42,20 @@ pub trait ConnTables: Send + Sync {
     fn open(&self) -> Result<Box<dyn ConnTable>>;
 }
 
-/// The datapath's pinned connection table (the path of its pin; the LVS/NAT reply index is
-/// pinned beside it), and the idle timeouts the agent applies now: an entry written into a full
+/// The datapath's pinned connection table (the path of its pin; the LVS/NAT reply index and the
+/// persistence templates are pinned beside it), and the idle timeouts the agent applies now: an entry written into a full
 /// bucket pushes out the one the datapath would.
 pub struct PinnedTable {
     pub path: PathBuf,
     pub timeouts: Arc<Mutex<IdleTimeouts>>,
 }
 
-/// The datapath's connection table and LVS/NAT reply index, owned (pinned handles) or borrowed
-/// (from [`crate::datapath::Maps::conn_table`]).
+/// The datapath's connection table, LVS/NAT reply index and persistence templates, owned
+/// (pinned handles) or borrowed (from [`crate::datapath::Maps::conn_table`]).
 pub struct MapConns<C, R> {
     pub conns: C,
     pub replies: R,
+    pub templates: C,
     pub timeouts: Arc<Mutex<IdleTimeouts>>,
 }
 
@@ -61,12 +65,14 @@ impl ConnTables for PinnedTable {
             MapData::from_pin(path)
                 .with_context(|| format!("cannot open the pinned map {}", path.display()))
         };
+        let beside = |name| open(&self.path.with_file_name(name));
         let conns = SlotTable::new(&open(&self.path)?)?;
-        let replies_path = self.path.with_file_name(map_names::NAT_REPLY_TABLE);
-        let replies = SlotTable::new(&open(&replies_path)?)?;
+        let replies = SlotTable::new(&beside(map_names::NAT_REPLY_TABLE)?)?;
+        let templates = SlotTable::new(&beside(map_names::TEMPLATE_TABLE)?)?;
         Ok(Box::new(MapConns::<SlotTable, SlotTable<ReplyEntry>> {
             conns,
             replies,
+            templates,
             timeouts: self.timeouts.clone(),
         }))
     }
@@ -95,6 +101,12 @@ where
             .upsert_reply(reply, value, jiffies_now()?, established)
     }
 
+    fn upsert_template(&mut self, key: &FlowKey, template: &Conn) -> Result<()> {
+        self.templates
+            .borrow()
+            .upsert_template(key, template, jiffies_now()?)
+    }
+
     fn remove(&mut self, flow: &FlowKey) -> Result<()> {
         self.conns.borrow().remove(flow)
     }
@@ -104,12 +116,13 @@ where
     }
 }
 
-/// A table in memory (and its NAT reply index), shared by every handle opened on it: for tests
-/// of the protocol.
+/// A table in memory (and its NAT reply index and templates), shared by every handle opened on
+/// it: for tests of the protocol.
 #[derive(Clone, Default)]
 pub struct MemoryTable(
     pub Arc<Mutex<HashMap<FlowKey, Conn>>>,
     pub Arc<Mutex<HashMap<FlowKey, NatReply>>>,
+    pub Arc<Mutex<HashMap<FlowKey, Conn>>>,
 );
 
 impl ConnTables for MemoryTable {
@@ -126,6 +139,11 @@ impl ConnTable for MemoryTable {
 
     fn upsert_nat_reply(&mut self, reply: &FlowKey, value: &NatReply, _: bool) -> Result<()> {
         self.1.lock().unwrap().insert(*reply, *value);
+        Ok(())
+    }
+
+    fn upsert_template(&mut self, key: &FlowKey, template: &Conn) -> Result<()> {
+        self.2.lock().unwrap().insert(*key, *template);
         Ok(())
     }
 

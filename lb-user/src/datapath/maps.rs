@@ -400,6 +400,7 @@ impl Maps {
         Ok(crate::conntrack::table::MapConns {
             conns: slot_table(&self.conns, map_names::CONN_TABLE)?,
             replies: slot_table(&self.replies, map_names::NAT_REPLY_TABLE)?,
+            templates: self.template_table()?,
             timeouts: std::sync::Arc::new(std::sync::Mutex::new(timeouts)),
         })
     }

@@ -31,6 +31,8 @@ pub struct RealIds {
     pub real: u32,
     /// LVS/NAT: the real server's address and port, for its replies' translation.
     pub nat: Option<(IpAddr, u16)>,
+    /// A persistent service: the netmask its clients' templates are keyed by.
+    pub template_mask: Option<[u8; 16]>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -60,6 +62,7 @@ impl Directory {
                         service: s.id,
                         real: r.id,
                         nat: (r.forward == crate::state::Forward::Masq).then_some((r.addr, r.port)),
+                        template_mask: s.persistence.map(|p| p.mask()),
                     },
                 );
             }

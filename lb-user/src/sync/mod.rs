@@ -40,7 +40,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use lb_common::{Conn, FlowKey, NatReply, CONN_ESTABLISHED, CONN_FIN};
+use lb_common::{mask_addr, Conn, FlowKey, NatReply, TemplateKey, CONN_ESTABLISHED, CONN_FIN};
 use serde::{Deserialize, Serialize};
 use tokio::{
     net::{TcpListener, UdpSocket},
@@ -523,8 +523,11 @@ impl Shared {
 }
 
 /// Writes what peers report into `table`: a bound flow gets an entry for this director's ids of
-/// the same real server, stamped `now` (ticks); a closed one loses its entry. Returns (written,
-/// unknown): records for a service or real server this director does not have are not written.
+/// the same real server, stamped `now` (ticks), and for a persistent service its client's
+/// template (as IPVS syncs its templates: the client's next connection goes where this one went,
+/// whichever director takes it); a closed one loses its entry, not the template, which outlives
+/// its connections. Returns (written, unknown): records for a service or real server this
+/// director does not have are not written.
 pub fn apply_records(
     table: &mut dyn ConnTable,
     directory: &Directory,
@@ -564,6 +567,22 @@ pub fn apply_records(
                             real: ids.real,
                         },
                         r.established && !r.fin,
+                    ),
+                    None => Ok(()),
+                })
+                .and_then(|()| match ids.template_mask {
+                    Some(mask) => table.upsert_template(
+                        &TemplateKey {
+                            service: ids.service,
+                            client: mask_addr(&flow.src, &mask),
+                        }
+                        .flow_key(),
+                        &Conn {
+                            real: ids.real,
+                            service: ids.service,
+                            last_seen: now,
+                            flags: 0,
+                        },
                     ),
                     None => Ok(()),
                 }),
@@ -837,6 +856,73 @@ mod tests {
         };
         apply_records(&mut on_b.clone(), &db, &[close], 1300);
         assert!(on_b.0.lock().unwrap().is_empty());
+    }
+
+    /// A persistent service's flow brings its client's template: keyed by the receiver's
+    /// service id and the client's address under the service's netmask, pointing at the
+    /// receiver's id of the real server; the flow's close leaves it. A service that is not
+    /// persistent gets none.
+    #[test]
+    fn a_persistent_services_flow_brings_its_clients_template() {
+        use crate::state::Netmask;
+        let persistent = SchedulerSpec {
+            persistent: Some(300),
+            netmask: Some(Netmask::Dotted(Ipv4Addr::new(255, 255, 255, 0))),
+            ..Default::default()
+        };
+        let (a, b) = states();
+        let add = |s: State| {
+            let mut s = s.add_service(service(443), &persistent).unwrap();
+            for n in [13, 11] {
+                let real = RealSpec {
+                    addr: Some(Ipv4Addr::new(10, 0, 0, n).into()),
+                    mac: Some(Mac([2, 0, 0, 0, 0, n])),
+                    ..Default::default()
+                };
+                s = s.add_real(service(443), &real).unwrap();
+            }
+            s
+        };
+        let (a, b) = (add(a), add(b));
+        let cfg = lb_common::DirectorConfig::default();
+        let (da, db) = (Directory::new(&a, &cfg), Directory::new(&b, &cfg));
+        let bind = |svc: ServiceAddr, client: [u8; 4], sport: u16| {
+            let s = a.service(&svc).unwrap();
+            let flow = s.flow(Ipv4Addr::from(client).into(), sport);
+            let rs11 = s.real(Ipv4Addr::new(10, 0, 0, 11).into()).unwrap().id;
+            record_of(&da, &flow, s.id, rs11, Op::Bind, 0, 0).unwrap()
+        };
+        let on_b = MemoryTable::default();
+        let records = [
+            bind(service(443), [10, 1, 2, 3], 40000),
+            bind(service(80), [10, 1, 2, 3], 40001),
+        ];
+        assert_eq!(apply_records(&mut on_b.clone(), &db, &records, 99), (2, 0));
+        let svc_b = b.service(&service(443)).unwrap();
+        let key = TemplateKey {
+            service: svc_b.id,
+            client: crate::state::addr_of(Ipv4Addr::new(10, 1, 2, 0).into()),
+        }
+        .flow_key();
+        let rs11 = svc_b.real(Ipv4Addr::new(10, 0, 0, 11).into()).unwrap().id;
+        let templates = on_b.2.lock().unwrap().clone();
+        assert_eq!(templates.len(), 1, "one template, the persistent service's");
+        assert_eq!(
+            templates.get(&key),
+            Some(&Conn {
+                real: rs11,
+                service: svc_b.id,
+                last_seen: 99,
+                flags: 0
+            }),
+            "{templates:?}"
+        );
+        let close = Record {
+            op: Op::Close,
+            ..records[0]
+        };
+        apply_records(&mut on_b.clone(), &db, &[close], 100);
+        assert_eq!(*on_b.2.lock().unwrap(), templates);
     }
 
     /// IPv6 flows travel the same way, with their 16-byte addresses;
