@@ -156,7 +156,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Configuration file (TOML, see examples/xdplb.toml): settings, services, real servers.
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["iface", "mode", "conn_max", "nat_max", "services_max", "reals_max", "new_flow_limit", "tcp_timeout", "tcp_fin_timeout", "udp_timeout", "tunnel_src", "metrics", "web", "web_token", "sync_listen", "sync_peer", "sync_key", "sync_group", "announce_table", "announce_grace"])]
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["iface", "mode", "conn_max", "nat_max", "services_max", "reals_max", "new_flow_limit", "tcp_timeout", "tcp_fin_timeout", "udp_timeout", "tunnel_src", "metrics", "web", "web_token", "web_tls_cert", "web_tls_key", "sync_listen", "sync_peer", "sync_key", "sync_group", "announce_table", "announce_grace"])]
     config: Option<PathBuf>,
     /// Interface that receives the traffic for the virtual services. Repeat it for several
     /// (LVS/NAT's outside and inside interfaces): the first names the director.
@@ -216,6 +216,12 @@ pub struct RunArgs {
     /// (Authorization: Bearer; at least 16 bytes, mode 0600).
     #[arg(long, value_name = "FILE", requires = "web")]
     web_token: Option<PathBuf>,
+    /// Serve --web over HTTPS with this certificate chain (PEM; the server's first).
+    #[arg(long, value_name = "FILE", requires_all = ["web", "web_tls_key"])]
+    web_tls_cert: Option<PathBuf>,
+    /// The private key of --web-tls-cert (PEM, mode 0600).
+    #[arg(long, value_name = "FILE", requires_all = ["web", "web_tls_cert"])]
+    web_tls_key: Option<PathBuf>,
     /// Connection sync: where this director listens for its peers (UDP and TCP) and sends from.
     #[arg(long, value_name = "IP:PORT", requires_all = ["sync_peer", "sync_key"])]
     sync_listen: Option<std::net::SocketAddr>,
@@ -291,6 +297,8 @@ impl RunArgs {
             web: self.web.map(|listen| crate::web::Settings {
                 listen,
                 token_file: self.web_token,
+                tls_cert: self.web_tls_cert,
+                tls_key: self.web_tls_key,
             }),
             sync: self.sync_listen.map(|listen| crate::sync::Settings {
                 listen,

@@ -146,8 +146,8 @@ impl Director {
         if let Some(a) = &self.announce {
             a.validate()?;
         }
-        if let Some(token) = self.web.as_ref().and_then(|w| w.token_file.as_ref()) {
-            crate::web::read_token(token)?;
+        if let Some(web) = &self.web {
+            web.validate()?;
         }
         Ok(())
     }
@@ -359,12 +359,11 @@ impl Source {
         if let Some(sync) = &mut config.sync {
             beside(&mut sync.get_mut().key_file);
         }
-        if let Some(token) = config
-            .web
-            .as_mut()
-            .and_then(|w| w.get_mut().token_file.as_mut())
-        {
-            beside(token);
+        if let Some(web) = config.web.as_mut().map(|w| w.get_mut()) {
+            let files = [&mut web.token_file, &mut web.tls_cert, &mut web.tls_key];
+            for file in files.into_iter().flatten() {
+                beside(file);
+            }
         }
         if let Some(sync) = &config.sync {
             let s = sync.get_ref();
@@ -373,10 +372,9 @@ impl Source {
                 .map_err(|e| self.error_at(&sync.span(), format!("{e:#}")))?;
         }
         if let Some(web) = &config.web {
-            if let Some(token) = &web.get_ref().token_file {
-                crate::web::read_token(token)
-                    .map_err(|e| self.error_at(&web.span(), format!("{e:#}")))?;
-            }
+            web.get_ref()
+                .validate()
+                .map_err(|e| self.error_at(&web.span(), format!("{e:#}")))?;
         }
         if let Some(announce) = &config.announce {
             announce

@@ -37,10 +37,19 @@ impl Reply {
     }
 }
 
-/// Where the API is: the control socket (curl --unix-socket), or `--web` inside a namespace.
+/// Where the API is: the control socket (curl --unix-socket), or `--web` inside a namespace,
+/// over HTTP or HTTPS.
 pub enum Api<'a> {
     Socket(&'a Path),
     Web(&'a Netns, std::net::SocketAddr),
+    /// `--web` over TLS, its certificate verified against `ca` for the name `name` (which
+    /// resolves to the address).
+    Https {
+        ns: &'a Netns,
+        addr: std::net::SocketAddr,
+        ca: &'a str,
+        name: &'a str,
+    },
 }
 
 impl Api<'_> {
@@ -53,10 +62,17 @@ impl Api<'_> {
                 c
             }
             Api::Web(ns, _) => ns.command("curl"),
+            Api::Https { ns, addr, ca, name } => {
+                let mut c = ns.command("curl");
+                let resolve = format!("{name}:{}:{}", addr.port(), addr.ip());
+                c.args(["--cacert", ca, "--resolve", &resolve]);
+                c
+            }
         };
         let url = match self {
             Api::Socket(_) => format!("http://localhost{path}"),
             Api::Web(_, addr) => format!("http://{addr}{path}"),
+            Api::Https { addr, name, .. } => format!("https://{name}:{}{path}", addr.port()),
         };
         // -g: brackets of IPv6 addresses are not curl's globbing.
         cmd.args([

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use lb_tests::netns::run;
+use lb_tests::tls::Certificates;
 use lb_tests::{require_program, require_root, Agent, DrTopology, FreshFlows, Proc};
 
 const SVC: &str = "10.0.0.100:80";
@@ -51,72 +51,6 @@ impl Drop for Scratch {
     }
 }
 
-/// A test CA and a certificate it signed for www.example, made by openssl: (CA, cert, key).
-fn certificates(dir: &Scratch) -> (String, String, String) {
-    let (ca_key, ca, key, csr, cert, ext) = (
-        dir.file("ca.key"),
-        dir.file("ca.pem"),
-        dir.file("server.key"),
-        dir.file("server.csr"),
-        dir.file("server.pem"),
-        dir.file("server.ext"),
-    );
-    let openssl = |args: &[&str]| {
-        run(std::process::Command::new("openssl").args(args)).expect("openssl");
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                &ca_key,
-                "-out",
-                &ca,
-                "-subj",
-                "/CN=xdplb test CA",
-                "-days",
-                "2",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        &[
-            &["req"][..],
-            &ec,
-            &["-keyout", &key, "-out", &csr, "-subj", "/CN=www.example"],
-        ]
-        .concat(),
-    );
-    std::fs::write(&ext, "subjectAltName=DNS:www.example\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-out",
-        &cert,
-        "-days",
-        "2",
-        "-extfile",
-        &ext,
-    ]);
-    (ca, cert, key)
-}
-
 #[test]
 fn https_checks_verify_the_certificate_for_its_name() {
     if !require_root() || !require_program("openssl", "openssl") {
@@ -124,7 +58,8 @@ fn https_checks_verify_the_certificate_for_its_name() {
     }
     let topo = DrTopology::new(4).expect("topology");
     let dir = Scratch::new("https-checks");
-    let (ca, cert, key) = certificates(&dir);
+    let Certificates { ca, cert, key, .. } =
+        Certificates::new(&dir.0, "www.example").expect("openssl");
     // A real TLS server on port 443 of every real server (their service stays on port 80).
     let _servers: Vec<Proc> = topo
         .reals()

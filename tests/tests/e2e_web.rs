@@ -1,14 +1,16 @@
 //! End to end, the HTTP API and the status page: curl on the control socket does what the CLI
 //! does (services, real servers, weights: which server answers follows), with the CLI's errors
 //! and status codes; `--web` serves the API read-only, changes only with the token, /metrics
-//! and the page; headless Chromium shows services, real servers, health and live rates, and its
-//! buttons drain, restore, take out and put back in through the API.
+//! and the page, and all of it over HTTPS with a certificate; headless Chromium shows services,
+//! real servers, health and live rates, and its buttons drain, restore, take out and put back
+//! in through the API.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lb_tests::metrics::Scrape;
+use lb_tests::tls::Certificates;
 use lb_tests::web::{Api, Browser};
 use lb_tests::{require_program, require_root, Agent, DrTopology, FreshFlows, Listing, Serve};
 
@@ -365,6 +367,106 @@ fn a_token_file_others_can_read_is_refused() {
         )),
         "{err}"
     );
+}
+
+/// `--web` over HTTPS with `--web-tls-cert` and `--web-tls-key`: curl, trusting the test CA,
+/// reads the API and changes a weight with the token through it; a client speaking plain HTTP to
+/// that port gets no answer (nothing is served in clear).
+#[test]
+fn the_web_door_serves_https_with_its_certificate() {
+    if !needs() || !require_program("openssl", "openssl") {
+        return;
+    }
+    let topo = DrTopology::new(2).expect("topology");
+    let director = topo.director().ns();
+    let scratch = Scratch::new("web-tls");
+    let certs = Certificates::new(&scratch.dir, "director.example").expect("openssl");
+    let web = WEB.to_string();
+    let agent = Agent::start(
+        director,
+        "eth0",
+        &[
+            "--web",
+            &web,
+            "--web-token",
+            &scratch.token,
+            "--web-tls-cert",
+            &certs.cert,
+            "--web-tls-key",
+            &certs.key,
+        ],
+    )
+    .expect("agent");
+    topo.configure(&agent);
+    let api = Api::Https {
+        ns: director,
+        addr: SocketAddr::V4(WEB),
+        ca: &certs.ca,
+        name: "director.example",
+    };
+    assert_eq!(api.get_json("/api/v1/agent")["writable"], "token");
+    let drain = format!("{SVC_PATH}/reals/10.0.0.11");
+    assert_eq!(
+        api.call("PUT", &drain, Some(r#"{"weight":0}"#), None)
+            .status,
+        401
+    );
+    let r = api.call("PUT", &drain, Some(r#"{"weight":0}"#), Some(TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(weight(&agent.list(), "10.0.0.11:80"), 0);
+    assert!(api.get("/").body.contains("<title>xdplb</title>"));
+
+    // curl's status 000: no HTTP answer at all.
+    let plain = Api::Web(director, SocketAddr::V4(WEB));
+    assert_eq!(plain.get("/api/v1/agent").status, 0);
+    // And the door still serves after it.
+    assert_eq!(api.get_json("/api/v1/agent")["writable"], "token");
+}
+
+/// TLS files that cannot serve stop the agent before it starts, with one line naming what is
+/// wrong: a key that is not the certificate's, a certificate file without a certificate, a key
+/// others can read; a certificate without its key is refused by the command line.
+#[test]
+fn bad_tls_files_are_refused() {
+    if !needs() || !require_program("openssl", "openssl") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let topo = DrTopology::new(1).expect("topology");
+    let scratch = Scratch::new("web-tls-bad");
+    let certs = Certificates::new(&scratch.dir, "director.example").expect("openssl");
+    let web = WEB.to_string();
+    // The agent refuses to start with `tls` (its certificate and key files), saying `says`.
+    let refused = |tls: &[&str], says: &str| {
+        let args = [&["--web", &web, "--web-tls-cert"][..], tls].concat();
+        let err = Agent::start(topo.director().ns(), "eth0", &args)
+            .err()
+            .unwrap_or_else(|| panic!("the agent took {tls:?}"));
+        let err = format!("{err:#}");
+        assert!(err.contains(says), "{tls:?}: {err}");
+    };
+    let (cert, key) = (certs.cert.as_str(), certs.key.as_str());
+    refused(
+        &[cert, "--web-tls-key", &certs.ca_key],
+        &format!(
+            "web TLS: the certificate in {cert} with the key in {}",
+            certs.ca_key
+        ),
+    );
+    refused(
+        &[&scratch.token, "--web-tls-key", key],
+        &format!(
+            "web TLS certificate file {} holds no certificate",
+            scratch.token
+        ),
+    );
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    refused(
+        &[cert, "--web-tls-key", key],
+        &format!("web TLS key file {key} is readable by group or others"),
+    );
+    // Without its key: the command line says which option is missing.
+    refused(&[cert], "--web-tls-key");
 }
 
 #[test]

@@ -611,7 +611,7 @@ impl Agent {
         let cfg = &read.config;
         if cfg.director() != self.director {
             bail!(
-                "{}: interface, mode, conn_max, nat_max, services_max, reals_max, new_flow_limit, tunnel_src(6), metrics, sync and announce are fixed while the agent runs; restart it to change them",
+                "{}: interface, mode, conn_max, nat_max, services_max, reals_max, new_flow_limit, tunnel_src(6), metrics, web, sync and announce are fixed while the agent runs; restart it to change them",
                 path.display()
             );
         }

@@ -608,19 +608,22 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
             rates.clone(),
             web::Access::ReadOnly,
         );
-        http_tasks.push(tokio::spawn(web::serve_listener(listener, app, "metrics")));
+        http_tasks.push(tokio::spawn(web::serve_listener(
+            listener, None, app, "metrics",
+        )));
     }
     if let Some(w) = &director.web {
         let access = match &w.token_file {
             Some(file) => web::Access::Token(Arc::new(web::read_token(file)?)),
             None => web::Access::ReadOnly,
         };
+        let tls = w.tls()?;
         let listener = tokio::net::TcpListener::bind(w.listen)
             .await
             .with_context(|| format!("cannot serve the web page and API on {}", w.listen))?;
-        info!(listen = %w.listen, writable = access.writable(), "serving the status page and the HTTP API");
+        info!(listen = %w.listen, writable = access.writable(), https = tls.is_some(), "serving the status page and the HTTP API");
         let app = web::router(web::Door::Web, control.clone(), rates.clone(), access);
-        http_tasks.push(tokio::spawn(web::serve_listener(listener, app, "web")));
+        http_tasks.push(tokio::spawn(web::serve_listener(listener, tls, app, "web")));
     }
 
     let mut refresh = tokio::time::interval(REFRESH_INTERVAL);

@@ -348,6 +348,11 @@ fn the_web_section_parses_saves_back_and_names_its_line() {
             "test.toml:3:",
             "invalid socket address",
         ),
+        (
+            text.replace("token_file", "tls_cert"),
+            "test.toml:2:",
+            "web: tls_cert and tls_key go together",
+        ),
     ];
     assert_errors(&cases);
 }

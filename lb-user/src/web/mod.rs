@@ -4,7 +4,7 @@
 //! - the control socket (root-only), where everything the CLI can do is allowed: the agent tells
 //!   an HTTP request from the CLI's one-line JSON requests by its first byte;
 //! - `--web ADDR` on TCP: read-only, plus `/metrics` and the page; changes only with a bearer
-//!   token (`--web-token FILE`).
+//!   token (`--web-token FILE`); HTTPS with `--web-tls-cert FILE --web-tls-key FILE` ([`tls`]).
 //!
 //! `--metrics ADDR` serves `/metrics` alone. The HTTP side knows the agent only as the control
 //! protocol: it turns each call into [`Request`]s and their [`Response`]s into JSON.
@@ -14,6 +14,7 @@ mod api;
 mod page;
 mod rates;
 mod serve;
+pub mod tls;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -40,6 +41,31 @@ pub struct Settings {
     /// readable by group or others); without it the API is read-only there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// HTTPS: the server's certificate chain (PEM), with `tls_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// HTTPS: the certificate's private key (PEM, mode 0600), with `tls_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Settings {
+    /// The TLS side of the door, if it serves HTTPS; an error names the file that is wrong.
+    pub fn tls(&self) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => tls::acceptor(cert, key).map(Some),
+            (None, None) => Ok(None),
+            _ => anyhow::bail!("web: tls_cert and tls_key go together (HTTPS needs both)"),
+        }
+    }
+
+    /// Checks what the door reads at start: the token file and the TLS files.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(token) = &self.token_file {
+            read_token(token)?;
+        }
+        self.tls().map(|_| ())
+    }
 }
 
 /// What a door serves.

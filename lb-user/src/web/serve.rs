@@ -1,6 +1,6 @@
 //! HTTP/1.1 connections on hyper, answered by an axum router: one request per connection
-//! (`Connection: close`), each connection for at most [`CONNECTION_TIMEOUT`], at most
-//! [`MAX_CONNECTIONS`] at once on a TCP listener. (axum::serve has neither bound, hence hyper's
+//! (`Connection: close`), each connection for at most [`CONNECTION_TIMEOUT`] (a TLS handshake
+//! included), at most [`MAX_CONNECTIONS`] at once on a TCP listener. (axum::serve has neither bound, hence hyper's
 //! own connection loop.) hyper parses the requests: malformed ones get 400, heads beyond its
 //! limit 431.
 
@@ -11,6 +11,7 @@ use tokio::{
     net::TcpListener,
     task::JoinSet,
 };
+use tokio_rustls::TlsAcceptor;
 
 /// The longest one connection may last, from accept to the last byte written.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,9 +33,14 @@ where
     }
 }
 
-/// Serves `app` on `listener` until the task is aborted (which aborts the connections in
-/// progress too).
-pub async fn serve_listener(listener: TcpListener, app: axum::Router, what: &'static str) {
+/// Serves `app` on `listener`, over TLS with `tls`, until the task is aborted (which aborts the
+/// connections in progress too).
+pub async fn serve_listener(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: axum::Router,
+    what: &'static str,
+) {
     // Dropping the set (when this task is aborted) aborts the connections it holds.
     let mut connections = JoinSet::new();
     loop {
@@ -53,6 +59,23 @@ pub async fn serve_listener(listener: TcpListener, app: axum::Router, what: &'st
                 continue;
             }
         };
-        connections.spawn(serve_connection(stream, app.clone(), what));
+        let app = app.clone();
+        match tls.clone() {
+            None => connections.spawn(serve_connection(stream, app, what)),
+            Some(tls) => connections.spawn(async move {
+                // The handshake within the connection's time too: a client that stalls in it
+                // holds one of the few connections.
+                let started = tokio::time::Instant::now();
+                match tokio::time::timeout(CONNECTION_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let left = CONNECTION_TIMEOUT.saturating_sub(started.elapsed());
+                        let _ =
+                            tokio::time::timeout(left, serve_connection(stream, app, what)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!("xdplb: {what} TLS handshake: {e}"),
+                    Err(_) => {}
+                }
+            }),
+        };
     }
 }

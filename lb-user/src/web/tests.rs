@@ -86,7 +86,7 @@ async fn door(which: Door, access: Access) -> (std::net::SocketAddr, Scripted) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = router(which, agent.control(), Arc::new(Rates::default()), access);
-    tokio::spawn(serve_listener(listener, app, "test"));
+    tokio::spawn(serve_listener(listener, None, app, "test"));
     (addr, agent)
 }
 
@@ -538,7 +538,7 @@ async fn metrics_answer_500_when_the_agent_cannot_list() {
         Arc::new(Rates::default()),
         Access::ReadOnly,
     );
-    tokio::spawn(serve_listener(listener, app, "test"));
+    tokio::spawn(serve_listener(listener, None, app, "test"));
     let (status, _, body) = raw(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
     assert_eq!(status, 500);
     assert!(body.contains("datapath counters unreadable"));

@@ -1,0 +1,40 @@
+//! HTTPS for `--web` (`--web-tls-cert FILE --web-tls-key FILE`): rustls on ring, as the https
+//! health checks use, so the bearer token and the API's answers do not cross the management
+//! network in clear. The files are read at start: a bad one stops the agent before it attaches.
+
+use std::{path::Path, sync::Arc};
+
+use anyhow::{bail, Context as _, Result};
+use rustls::pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+/// The server side of TLS from a PEM certificate chain (the server's first) and its PEM private
+/// key; the key file, a secret, must not be readable by group or others.
+pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor> {
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("web TLS certificate file {}", cert_file.display()))?;
+    if certs.is_empty() {
+        bail!(
+            "web TLS certificate file {} holds no certificate",
+            cert_file.display()
+        );
+    }
+    let pem = crate::secret::read(key_file, "web TLS key file")?;
+    let key = PrivateKeyDer::from_pem_slice(&pem)
+        .with_context(|| format!("web TLS key file {}", key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("web TLS")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .with_context(|| {
+            format!(
+                "web TLS: the certificate in {} with the key in {}",
+                cert_file.display(),
+                key_file.display()
+            )
+        })?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
