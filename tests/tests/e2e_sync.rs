@@ -345,7 +345,25 @@ fn a_persistent_clients_next_connection_through_the_other_director_keeps_its_ser
     let on_d1 = connect(STREAM_PORTS, &mut clients.iter());
     let servers: std::collections::BTreeSet<_> = on_d1.values().collect();
     assert!(servers.len() > 1, "rr used one server: {on_d1:?}");
-    wait_received(&d2, CLIENTS as u64);
+    // d2 holds every client's template (ipvsadm's PersistConn, summed over its real servers).
+    let templates = || -> u64 {
+        let listing = d2.list();
+        let reals = listing.0["services"][0]["reals"].as_array().cloned();
+        reals
+            .into_iter()
+            .flatten()
+            .map(|r| r["persistent_conns"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let start = Instant::now();
+    while templates() < CLIENTS as u64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "d2 holds {} templates of {CLIENTS} clients",
+            templates()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // d2 takes the VIP; the clients come back in the other order, so d2's rr alone would pair
     // them with other servers.
