@@ -423,6 +423,76 @@ fn the_web_door_serves_https_with_its_certificate() {
     assert_eq!(api.get_json("/api/v1/agent")["writable"], "token");
 }
 
+/// A renewed certificate (another CA's here) is served after `xdplb reload`; files that cannot
+/// serve fail the reload with one line, and the door keeps serving the certificate it had.
+#[test]
+fn a_reload_serves_a_renewed_certificate() {
+    if !needs() || !require_program("openssl", "openssl") {
+        return;
+    }
+    let topo = DrTopology::new(1).expect("topology");
+    let director = topo.director().ns();
+    let scratch = Scratch::new("web-tls-renew");
+    let made = |name: &str| {
+        let dir = scratch.dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        Certificates::new(&dir, "director.example").expect("openssl")
+    };
+    let (old, new) = (made("old"), made("new"));
+    let (cert, key) = (scratch.dir.join("web.pem"), scratch.dir.join("web.key"));
+    let use_files = |c: &Certificates| {
+        std::fs::copy(&c.cert, &cert).unwrap();
+        std::fs::copy(&c.key, &key).unwrap();
+    };
+    use_files(&old);
+    let config = format!(
+        "interface = \"eth0\"\n[web]\nlisten = \"{WEB}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let agent = Agent::start_with_config(director, &config).expect("agent");
+    let trusting = |c: &Certificates| {
+        let api = Api::Https {
+            ns: director,
+            addr: SocketAddr::V4(WEB),
+            ca: &c.ca,
+            name: "director.example",
+        };
+        api.get("/api/v1/agent").status
+    };
+    assert_eq!((trusting(&old), trusting(&new)), (200, 0));
+
+    use_files(&new);
+    let out = agent.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!((trusting(&old), trusting(&new)), (0, 200));
+
+    // A certificate file that holds none: the reload fails and changes nothing (the service
+    // the file adds with it is not added); the renewed certificate is still served.
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    agent
+        .write_config(&format!(
+            "{config}\n[[service]]\nprotocol = \"tcp\"\nvip = \"10.0.0.100\"\nport = 80\n"
+        ))
+        .unwrap();
+    let out = agent.cli(&["reload"]);
+    assert!(
+        !out.status.success(),
+        "a reload took a file without a certificate"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "web TLS certificate file {} holds no certificate",
+            cert.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(agent.list().0["services"], serde_json::json!([]));
+    assert_eq!(trusting(&new), 200);
+}
+
 /// TLS files that cannot serve stop the agent before it starts, with one line naming what is
 /// wrong: a key that is not the certificate's, a certificate file without a certificate, a key
 /// others can read; a certificate without its key is refused by the command line.

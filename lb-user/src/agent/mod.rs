@@ -69,6 +69,8 @@ pub struct Agent {
     director: Director,
     /// Whether the reply index has room for LVS/NAT (`nat_max` above 0 when it was made).
     translates_replies: bool,
+    /// `--web` over HTTPS: its certificate, read again on reload.
+    web_tls: Option<crate::web::tls::Tls>,
     timeouts: Timeouts,
     config_path: Option<PathBuf>,
     /// The state saved beside the pinned datapath, for a restart.
@@ -583,11 +585,19 @@ impl Agent {
             anyhow!("the agent was started without --config: there is nothing to reload")
         })?;
         let (src, read) = Source::reread(&path, &mut self.parse_cache)?;
+        // A renewed certificate: read first, installed only if the whole reload succeeds.
+        let renewed = match &self.web_tls {
+            Some(tls) => Some(tls.read_again()?),
+            None => None,
+        };
         let untouched = read.untouched(&self.state, self.kept_at == Some(self.commits));
         if let Err(e) = self.apply_read(&path, &read, &untouched, &src).await {
             // The file put right then parses only what changed since this one.
             self.parse_cache.keep_unapplied(src.text, read);
             return Err(e);
+        }
+        if let (Some(tls), Some(renewed)) = (&self.web_tls, renewed) {
+            tls.install(renewed);
         }
         // A reload that parsed little leaves little to give back.
         let (parsed, services) = (read.parsed(), read.config.services.len());

@@ -521,6 +521,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         stopping: false,
         tunnel_src6,
         translates_replies,
+        web_tls: None,
         pins_outlive_agent,
         count_timeouts: Arc::new(std::sync::Mutex::new(crate::conntrack::IdleTimeouts::of(
             &config,
@@ -579,6 +580,14 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         socket = %opts.socket.display(),
         "xdplb agent ready"
     );
+    // Read here (checked before the datapath was touched), kept by the agent for its reloads.
+    let web_tls = director
+        .web
+        .as_ref()
+        .map(web::Settings::tls)
+        .transpose()?
+        .flatten();
+    agent.web_tls = web_tls.clone();
     let agent = Arc::new(Mutex::new(agent));
 
     // The HTTP side asks the agent what the CLI asks it, through the same handler.
@@ -617,7 +626,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
             Some(file) => web::Access::Token(Arc::new(web::read_token(file)?)),
             None => web::Access::ReadOnly,
         };
-        let tls = w.tls()?;
+        let tls = web_tls.clone();
         let listener = tokio::net::TcpListener::bind(w.listen)
             .await
             .with_context(|| format!("cannot serve the web page and API on {}", w.listen))?;

@@ -51,9 +51,9 @@ pub struct Settings {
 
 impl Settings {
     /// The TLS side of the door, if it serves HTTPS; an error names the file that is wrong.
-    pub fn tls(&self) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    pub fn tls(&self) -> anyhow::Result<Option<tls::Tls>> {
         match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => tls::acceptor(cert, key).map(Some),
+            (Some(cert), Some(key)) => tls::Tls::load(cert, key).map(Some),
             (None, None) => Ok(None),
             _ => anyhow::bail!("web: tls_cert and tls_key go together (HTTPS needs both)"),
         }

@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
+use super::tls::Tls;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
     task::JoinSet,
 };
-use tokio_rustls::TlsAcceptor;
 
 /// The longest one connection may last, from accept to the last byte written.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,7 +37,7 @@ where
 /// connections in progress too).
 pub async fn serve_listener(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Tls>,
     app: axum::Router,
     what: &'static str,
 ) {
@@ -63,6 +63,7 @@ pub async fn serve_listener(
         match tls.clone() {
             None => connections.spawn(serve_connection(stream, app, what)),
             Some(tls) => connections.spawn(async move {
+                let tls = tls.acceptor();
                 // The handshake within the connection's time too: a client that stalls in it
                 // holds one of the few connections.
                 let started = tokio::time::Instant::now();
