@@ -150,6 +150,16 @@ pub struct TemplateKey {
 }
 
 impl TemplateKey {
+    /// The template of `client` for `service`, whose clients are grouped by `mask` (ipvsadm
+    /// -M): one rule for the datapath, the agent's lookups and the templates sync writes.
+    #[inline(always)]
+    pub fn of(service: u32, client: &Addr, mask: &Addr) -> Self {
+        Self {
+            service,
+            client: mask_addr(client, mask),
+        }
+    }
+
     /// Its key in the template table, which has the connection table's layout
     /// ([`crate::conn_table`]): the client as the source, the service id in the destination's
     /// first word, no ports, protocol 0 (the entry's [`Conn`] is the template: real server,

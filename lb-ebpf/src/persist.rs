@@ -8,8 +8,8 @@
 use aya_ebpf::{macros::map, maps::Array};
 use lb_common::{
     conn_table::{self, Bucket, Slot, TEMPLATE_BUCKETS},
-    mask_addr, Addr, Conn, FlowKey, Persistence, ServiceInfo, TemplateKey, MAP_MMAPABLE,
-    MAX_SERVICES, REAL_DOWN, SVC_PERSISTENT,
+    Addr, Conn, FlowKey, Persistence, ServiceInfo, TemplateKey, MAP_MMAPABLE, MAX_SERVICES,
+    REAL_DOWN, SVC_PERSISTENT,
 };
 
 use crate::{schedule, slots};
@@ -29,11 +29,7 @@ static TEMPLATE_SEED: u64 = 0;
 /// A template's key in the table.
 #[inline(always)]
 fn key(service: u32, client: &Addr, p: &Persistence) -> FlowKey {
-    TemplateKey {
-        service,
-        client: mask_addr(client, &p.mask),
-    }
-    .flow_key()
+    TemplateKey::of(service, client, &p.mask).flow_key()
 }
 
 /// A template's bucket and tag.

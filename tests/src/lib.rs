@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod names;
 pub mod nat;
 pub mod netns;
+pub mod scratch;
 pub mod tls;
 pub mod topo;
 pub mod tun;

@@ -53,7 +53,7 @@ fn every_datapath_case_runs() {
             .expect("lb-ebpf's sources")
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-    assert!(p.program_samples > 0, "{p:?}");
+    assert!(p.program_samples() > 0, "{p:?}");
     assert!(
         p.lines
             .iter()
@@ -75,10 +75,6 @@ fn every_datapath_case_runs() {
         samples(program_names::IPV6) > 0 && samples(program_names::NAT6) > 0,
         "no samples of the IPv6 programs: {:?}",
         p6.by_program
-    );
-    assert_eq!(
-        p6.by_program.iter().map(|(_, c)| c).sum::<usize>(),
-        p6.program_samples
     );
     // A program that is not the bench's (how Katran's new flows are timed): here a bare XDP_TX
     // loaded on its own, behind the wrapper, a new source every iteration.

@@ -4,9 +4,9 @@
 //! echo goes down, and up again), and script checks (exit status decides). Down servers get no new
 //! connections.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use lb_tests::scratch::Scratch;
 use lb_tests::tls::Certificates;
 use lb_tests::{require_program, require_root, Agent, DrTopology, FreshFlows, Proc};
 
@@ -26,28 +26,6 @@ fn wait_health(agent: &Agent, real: &str, want: &str) -> Option<String> {
             "{real} is not {want} within 10 s: {health}"
         );
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("xdplb-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.0.join(name).to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

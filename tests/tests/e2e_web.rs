@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use lb_tests::metrics::Scrape;
 use lb_tests::tls::Certificates;
 use lb_tests::web::{Api, Browser};
-use lb_tests::{require_program, require_root, Agent, DrTopology, FreshFlows, Listing, Serve};
+use lb_tests::{
+    require_program, require_root, Agent, DrTopology, FreshFlows, Listing, Netns, Serve,
+};
 
 const SVC: &str = "10.0.0.100:80";
 const SVC_PATH: &str = "/api/v1/services/tcp/10.0.0.100/80";
@@ -23,29 +25,43 @@ fn needs() -> bool {
     require_root() && require_program("curl", "curl")
 }
 
-/// A test's scratch directory, removed when dropped, with a token file for `--web-token`
+/// The HTTPS tests make their certificates with openssl, for [`TLS_NAME`].
+fn needs_tls() -> bool {
+    needs() && require_program("openssl", "openssl")
+}
+
+const TLS_NAME: &str = "director.example";
+
+/// `--web` at [`WEB`] over HTTPS, in `director`'s namespace, trusting the CA of `certs`.
+fn https<'a>(director: &'a Netns, certs: &'a Certificates) -> Api<'a> {
+    Api::Https {
+        ns: director,
+        addr: SocketAddr::V4(WEB),
+        ca: &certs.ca,
+        name: TLS_NAME,
+    }
+}
+
+/// A test's scratch directory (removed when dropped) with a token file for `--web-token`
 /// (mode 0600) in it.
 struct Scratch {
     dir: PathBuf,
     token: String,
+    _removed: lb_tests::scratch::Scratch,
 }
 
 impl Scratch {
     fn new(name: &str) -> Self {
         use std::os::unix::fs::PermissionsExt as _;
-        let dir = std::env::temp_dir().join(format!("xdplb-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("web-token");
-        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let token = path.to_str().unwrap().to_owned();
-        Self { dir, token }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let scratch = lb_tests::scratch::Scratch::new(name);
+        let token = scratch.file("web-token");
+        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Self {
+            dir: scratch.0.clone(),
+            token,
+            _removed: scratch,
+        }
     }
 }
 
@@ -374,13 +390,13 @@ fn a_token_file_others_can_read_is_refused() {
 /// that port gets no answer (nothing is served in clear).
 #[test]
 fn the_web_door_serves_https_with_its_certificate() {
-    if !needs() || !require_program("openssl", "openssl") {
+    if !needs_tls() {
         return;
     }
     let topo = DrTopology::new(2).expect("topology");
     let director = topo.director().ns();
     let scratch = Scratch::new("web-tls");
-    let certs = Certificates::new(&scratch.dir, "director.example").expect("openssl");
+    let certs = Certificates::new(&scratch.dir, TLS_NAME).expect("openssl");
     let web = WEB.to_string();
     let agent = Agent::start(
         director,
@@ -398,12 +414,7 @@ fn the_web_door_serves_https_with_its_certificate() {
     )
     .expect("agent");
     topo.configure(&agent);
-    let api = Api::Https {
-        ns: director,
-        addr: SocketAddr::V4(WEB),
-        ca: &certs.ca,
-        name: "director.example",
-    };
+    let api = https(director, &certs);
     assert_eq!(api.get_json("/api/v1/agent")["writable"], "token");
     let drain = format!("{SVC_PATH}/reals/10.0.0.11");
     assert_eq!(
@@ -427,7 +438,7 @@ fn the_web_door_serves_https_with_its_certificate() {
 /// serve fail the reload with one line, and the door keeps serving the certificate it had.
 #[test]
 fn a_reload_serves_a_renewed_certificate() {
-    if !needs() || !require_program("openssl", "openssl") {
+    if !needs_tls() {
         return;
     }
     let topo = DrTopology::new(1).expect("topology");
@@ -436,7 +447,7 @@ fn a_reload_serves_a_renewed_certificate() {
     let made = |name: &str| {
         let dir = scratch.dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        Certificates::new(&dir, "director.example").expect("openssl")
+        Certificates::new(&dir, TLS_NAME).expect("openssl")
     };
     let (old, new) = (made("old"), made("new"));
     let (cert, key) = (scratch.dir.join("web.pem"), scratch.dir.join("web.key"));
@@ -451,15 +462,7 @@ fn a_reload_serves_a_renewed_certificate() {
         key.display()
     );
     let agent = Agent::start_with_config(director, &config).expect("agent");
-    let trusting = |c: &Certificates| {
-        let api = Api::Https {
-            ns: director,
-            addr: SocketAddr::V4(WEB),
-            ca: &c.ca,
-            name: "director.example",
-        };
-        api.get("/api/v1/agent").status
-    };
+    let trusting = |c: &Certificates| https(director, c).get("/api/v1/agent").status;
     assert_eq!((trusting(&old), trusting(&new)), (200, 0));
 
     use_files(&new);
@@ -498,13 +501,13 @@ fn a_reload_serves_a_renewed_certificate() {
 /// others can read; a certificate without its key is refused by the command line.
 #[test]
 fn bad_tls_files_are_refused() {
-    if !needs() || !require_program("openssl", "openssl") {
+    if !needs_tls() {
         return;
     }
     use std::os::unix::fs::PermissionsExt as _;
     let topo = DrTopology::new(1).expect("topology");
     let scratch = Scratch::new("web-tls-bad");
-    let certs = Certificates::new(&scratch.dir, "director.example").expect("openssl");
+    let certs = Certificates::new(&scratch.dir, TLS_NAME).expect("openssl");
     let web = WEB.to_string();
     // The agent refuses to start with `tls` (its certificate and key files), saying `says`.
     let refused = |tls: &[&str], says: &str| {

@@ -496,6 +496,14 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         None => None,
     };
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    // Checked with the settings before the datapath was touched; the agent reads them again on
+    // reload, the web door serves what it holds.
+    let web_tls = director
+        .web
+        .as_ref()
+        .map(web::Settings::tls)
+        .transpose()?
+        .flatten();
     let mut agent = Agent {
         state: State::default(),
         maps: Box::new(maps),
@@ -521,7 +529,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         stopping: false,
         tunnel_src6,
         translates_replies,
-        web_tls: None,
+        web_tls: web_tls.clone(),
         pins_outlive_agent,
         count_timeouts: Arc::new(std::sync::Mutex::new(crate::conntrack::IdleTimeouts::of(
             &config,
@@ -580,14 +588,6 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         socket = %opts.socket.display(),
         "xdplb agent ready"
     );
-    // Read here (checked before the datapath was touched), kept by the agent for its reloads.
-    let web_tls = director
-        .web
-        .as_ref()
-        .map(web::Settings::tls)
-        .transpose()?
-        .flatten();
-    agent.web_tls = web_tls.clone();
     let agent = Arc::new(Mutex::new(agent));
 
     // The HTTP side asks the agent what the CLI asks it, through the same handler.

@@ -43,8 +43,8 @@ pub trait ConnTables: Send + Sync {
 }
 
 /// The datapath's pinned connection table (the path of its pin; the LVS/NAT reply index and the
-/// persistence templates are pinned beside it), and the idle timeouts the agent applies now: an entry written into a full
-/// bucket pushes out the one the datapath would.
+/// persistence templates are pinned beside it), and the idle timeouts the agent applies now: an
+/// entry written into a full bucket pushes out the one the datapath would.
 pub struct PinnedTable {
     pub path: PathBuf,
     pub timeouts: Arc<Mutex<IdleTimeouts>>,

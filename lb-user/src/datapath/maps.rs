@@ -683,10 +683,7 @@ impl MapWriter for Maps {
 
     fn template(&self, service_id: u32, client: IpAddr) -> Result<Option<(u32, u32)>> {
         let p = self.persistence.get(&service_id, 0)?;
-        let key = TemplateKey {
-            service: service_id,
-            client: lb_common::mask_addr(&crate::state::addr_of(client), &p.mask),
-        };
+        let key = TemplateKey::of(service_id, &crate::state::addr_of(client), &p.mask);
         let now = super::clock::jiffies_now()?;
         Ok(self
             .template_table()?

@@ -40,7 +40,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use lb_common::{mask_addr, Conn, FlowKey, NatReply, TemplateKey, CONN_ESTABLISHED, CONN_FIN};
+use lb_common::{Conn, FlowKey, NatReply, TemplateKey, CONN_ESTABLISHED, CONN_FIN};
 use serde::{Deserialize, Serialize};
 use tokio::{
     net::{TcpListener, UdpSocket},
@@ -572,11 +572,7 @@ pub fn apply_records(
                 })
                 .and_then(|()| match ids.template_mask {
                     Some(mask) => table.upsert_template(
-                        &TemplateKey {
-                            service: ids.service,
-                            client: mask_addr(&flow.src, &mask),
-                        }
-                        .flow_key(),
+                        &TemplateKey::of(ids.service, &flow.src, &mask).flow_key(),
                         &Conn {
                             real: ids.real,
                             service: ids.service,

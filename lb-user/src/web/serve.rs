@@ -1,17 +1,18 @@
 //! HTTP/1.1 connections on hyper, answered by an axum router: one request per connection
 //! (`Connection: close`), each connection for at most [`CONNECTION_TIMEOUT`] (a TLS handshake
-//! included), at most [`MAX_CONNECTIONS`] at once on a TCP listener. (axum::serve has neither bound, hence hyper's
-//! own connection loop.) hyper parses the requests: malformed ones get 400, heads beyond its
-//! limit 431.
+//! included), at most [`MAX_CONNECTIONS`] at once on a TCP listener. (axum::serve has neither
+//! bound, hence hyper's own connection loop.) hyper parses the requests: malformed ones get 400,
+//! heads beyond its limit 431.
 
 use std::time::Duration;
 
-use super::tls::Tls;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
     task::JoinSet,
 };
+
+use super::tls::Tls;
 
 /// The longest one connection may last, from accept to the last byte written.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);

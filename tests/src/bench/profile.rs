@@ -39,11 +39,17 @@ pub struct Profile {
     pub symbols: Vec<Share>,
     /// The lines with at least [`LINE_LIMIT`] % of the programs' samples, most first.
     pub lines: Vec<LineShare>,
-    /// The programs' samples the lines are shares of.
-    pub program_samples: usize,
-    /// Those samples by program, each of [`LINE_PROGRAMS`] with its count (the lines of code
-    /// several programs share, parsing or a table's lookup, do not say which one ran).
+    /// The programs' samples the lines are shares of, by program: each of [`LINE_PROGRAMS`]
+    /// with its count (the lines of code several programs share, parsing or a table's lookup,
+    /// do not say which one ran).
     pub by_program: Vec<(&'static str, usize)>,
+}
+
+impl Profile {
+    /// The programs' samples the lines are shares of.
+    pub fn program_samples(&self) -> usize {
+        self.by_program.iter().map(|(_, n)| n).sum()
+    }
 }
 
 /// Source lines below this share (percent of the program's samples) are left out.
@@ -213,7 +219,6 @@ pub fn profile(bench: &mut Bench, case: Case, cpu: usize, dir: &Path) -> Result<
     Ok(Profile {
         symbols: parse_report(&String::from_utf8_lossy(&report.stdout)),
         lines,
-        program_samples: by_program.iter().sum(),
         by_program: LINE_PROGRAMS.into_iter().zip(by_program).collect(),
     })
 }

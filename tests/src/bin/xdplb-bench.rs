@@ -937,14 +937,14 @@ fn main() -> Result<()> {
             .map(|(name, n)| {
                 format!(
                     "{name} {:.0} %",
-                    *n as f64 * 100.0 / p.program_samples as f64
+                    *n as f64 * 100.0 / p.program_samples() as f64
                 )
             })
             .collect();
         println!(
             "{} ({} samples in the director's programs: {}):\n",
             case.name(),
-            p.program_samples,
+            p.program_samples(),
             split.join(", "),
         );
         println!("| share | source line |");
