@@ -259,20 +259,33 @@ pub fn insert(
     now: u32,
     cfg: &DirectorConfig,
 ) {
-    let flags = if tcp_flags & TCP_FLAG_FIN != 0 {
-        CONN_FIN
-    } else if flow.proto == IPPROTO_TCP && tcp_flags & TCP_FLAG_SYN == 0 {
-        // First seen mid-connection (its director failed over, or the table forgot it).
-        CONN_ESTABLISHED
-    } else {
-        0
-    };
+    let flags = first_flags(flow, tcp_flags);
     // A global function must return a number: 1 if written (a failed lookup of its own bucket,
     // which cannot happen, only costs stickiness).
     let _ = xdplb_conn_write(flow, service, real, (flags as u64) << 32 | now as u64, cfg);
     if sync::enabled(cfg) {
         sync::event(flow, service, real, SYNC_BIND, flags);
     }
+}
+
+/// A new flow's state, from its first packet's flags.
+#[inline(always)]
+fn first_flags(flow: &FlowKey, tcp_flags: u8) -> u32 {
+    if tcp_flags & TCP_FLAG_FIN != 0 {
+        CONN_FIN
+    } else if flow.proto == IPPROTO_TCP && tcp_flags & TCP_FLAG_SYN == 0 {
+        // First seen mid-connection (its director failed over, or the table forgot it).
+        CONN_ESTABLISHED
+    } else {
+        0
+    }
+}
+
+/// Whether a new flow is established from its first packet on (taken up mid-connection), as
+/// [`insert`] writes it: an LVS/NAT flow's reply entry is ranked the same.
+#[inline(always)]
+pub fn starts_established(flow: &FlowKey, tcp_flags: u8) -> bool {
+    first_flags(flow, tcp_flags) == CONN_ESTABLISHED
 }
 
 /// Writes a flow's entry (1; 0 if it could not): into its own slot if it has one (a timed-out
@@ -331,15 +344,19 @@ pub extern "C" fn xdplb_conn_write(
 /// Forgets a flow after a RST; `known` says it had an entry, which the peers forget too.
 #[inline(always)]
 pub fn close(flow: &FlowKey, service: u32, real: u32, known: bool, cfg: &DirectorConfig) {
-    if let Some((slot, _)) = slot(flow) {
-        // SAFETY: the pointer is into the map's value.
-        let slot = unsafe { &mut *slot };
-        if known {
-            let (active, inactive) = state(slot.entry.flags);
-            counts::add(slot.entry.real, -active, -inactive);
+    if let Some((slot, tag)) = slot(flow) {
+        // SAFETY: a copy of two fields of the map's value.
+        let (flags, owner) = unsafe { ((*slot).entry.flags, (*slot).entry.real) };
+        // As in `lookup`: another CPU's insert may have given the slot to another flow since
+        // it was found (which took this one out of its counts); that flow is left alone.
+        if slots::still(slot, tag) {
+            // SAFETY: a store into the map's value.
+            unsafe { core::ptr::write_volatile(&raw mut (*slot).tag, EMPTY) };
+            if known {
+                let (active, inactive) = state(flags);
+                counts::add(owner, -active, -inactive);
+            }
         }
-        // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(&mut slot.tag, EMPTY) };
     }
     if known && sync::enabled(cfg) {
         sync::event(flow, service, real, SYNC_CLOSE, CONN_FIN);

@@ -135,7 +135,8 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
                 conntrack::insert(&flow, service.id, id, flags, now, config);
                 persist::remember(service, &flow, id, now);
                 if real.method == FWD_NAT {
-                    nat::remember(&flow, &real.addr, id, service.id, false);
+                    let established = conntrack::starts_established(&flow, flags);
+                    nat::remember(&flow, &real.addr, id, service.id, established);
                 }
             }
             debug!(
@@ -371,7 +372,17 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
                 conntrack::insert(&flow, service.id, id, flags, now, config);
                 persist::remember(service, &flow, id, now);
             }
-            (service.id, id, real, HANDOFF_NEW_FLOW | HANDOFF_REPLY)
+            let established = if conntrack::starts_established(&flow, flags) {
+                HANDOFF_ESTABLISHED
+            } else {
+                0
+            };
+            (
+                service.id,
+                id,
+                real,
+                HANDOFF_NEW_FLOW | HANDOFF_REPLY | established,
+            )
         }
     };
     let new_flow = handoff & HANDOFF_NEW_FLOW != 0;

@@ -97,26 +97,41 @@ fn place(reply: &FlowKey) -> conn_table::Place {
     conn_table::place(reply, seed, mask)
 }
 
-/// The reply's translation, if the packet belongs to a NAT flow, and its slot (for [`rank`]);
-/// the entry is marked used now.
+/// A reply of a NAT flow, found by [`reply_of`].
+pub struct Found {
+    /// What the reply's source becomes.
+    pub reply: NatReply,
+    /// Its slot in the index, for [`rank`].
+    pub slot: *mut ReplySlot,
+    /// The connection is established and another of its replies came in this tick: the
+    /// connection table has seen one (its lookup is one keyed hash and a bucket per reply
+    /// otherwise; its refresh and second chance need no finer clock than the tick).
+    pub busy: bool,
+}
+
+/// The reply's translation, if the packet belongs to a NAT flow; the entry is marked used now.
 #[inline(always)]
-pub fn reply_of(flow: &FlowKey) -> Option<(NatReply, *mut ReplySlot)> {
+pub fn reply_of(flow: &FlowKey) -> Option<Found> {
     let p = place(flow);
     let slot = slots::find(&NAT_REPLY_TABLE, flow, p)?;
     // An insert on another CPU may be giving this slot up while it is read (when this reply is
     // the one its bucket gives up): a torn copy would send the reply from another flow's VIP.
-    // SAFETY: a read of the map's value.
-    let reply = unsafe { (*slot).entry.reply };
+    // SAFETY: reads of the map's value.
+    let (reply, used, mark) =
+        unsafe { ((*slot).entry.reply, (*slot).entry.last_seen, (*slot).mark) };
     if !slots::still(slot, p.tag) {
         return None;
     }
-    // SAFETY: the pointer is into the map's value; a lost timestamp update is harmless.
-    let entry = unsafe { &mut (*slot).entry };
     let now = conntrack::now();
-    if entry.last_seen != now {
-        entry.last_seen = now;
+    if used != now {
+        // SAFETY: the pointer is into the map's value; a lost timestamp update is harmless.
+        unsafe { (*slot).entry.last_seen = now };
     }
-    Some((reply, slot))
+    Some(Found {
+        reply,
+        slot,
+        busy: used == now && mark & conn_table::REPLY_ESTABLISHED != 0,
+    })
 }
 
 /// Ranks the reply found by [`reply_of`] as its connection's state: established or not (the

@@ -393,6 +393,119 @@ fn the_real_servers_fin_and_rst_end_the_connection() {
     });
 }
 
+/// A busy connection's replies: one that comes after a quiet tick refreshes the connection's
+/// entry (a stream only the real server sends on keeps its connection), and a FIN or RST right
+/// after another reply, in the same tick, still ends the connection; a connection taken up
+/// mid-stream ranks its reply established at once; either family.
+#[test]
+fn the_real_servers_replies_keep_a_busy_connection_and_its_fin_and_rst_end_it() {
+    if !require_root() {
+        return;
+    }
+    let net = net6();
+    net.ns.run_in(|| {
+        let mut fx = fixture6(&net);
+        let v6 = |key: FlowKey, src: Ipv6Addr, dst: Ipv6Addr| FlowKey {
+            src: src.octets(),
+            dst: dst.octets(),
+            ..key
+        };
+        let reply_key = FlowKey {
+            src: lb_common::addr_from_v4(RIP.octets()),
+            dst: lb_common::addr_from_v4(CLIENT.octets()),
+            sport: REAL_PORT,
+            dport: 40000,
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let flagged = |spec: FrameSpec, tcp_flags| FrameSpec { tcp_flags, ..spec };
+        let (tcp_request, tcp_reply) = (request(&net, IPPROTO_TCP), reply(&net, IPPROTO_TCP));
+        let ipv4 = Family {
+            request: &|flags| flagged(tcp_request.clone(), flags).build(),
+            reply: &|flags| flagged(tcp_reply.clone(), flags).build(),
+            flow: client_flow(),
+            reply_key,
+        };
+        let ipv6 = Family {
+            request: &|flags| over_ipv6(flagged(tcp_request.clone(), flags), CLIENT6, VIP6).build(),
+            reply: &|flags| over_ipv6(flagged(tcp_reply.clone(), flags), RIP6, CLIENT6).build(),
+            flow: v6(client_flow(), CLIENT6, VIP6),
+            reply_key: v6(reply_key, RIP6, CLIENT6),
+        };
+        for (name, family) in [("IPv4", ipv4), ("IPv6", ipv6)] {
+            busy_replies(&mut fx, &net, &family, name);
+        }
+    });
+}
+
+/// One family's frames and keys for [`busy_replies`].
+struct Family<'a> {
+    request: &'a dyn Fn(u8) -> Vec<u8>,
+    reply: &'a dyn Fn(u8) -> Vec<u8>,
+    flow: FlowKey,
+    reply_key: FlowKey,
+}
+
+fn busy_replies(fx: &mut Fixture, net: &Net, f: &Family, name: &str) {
+    let hz = lb_user::datapath::clock::ticks_per_second().unwrap();
+    // The client's packets with these flags, and then the reply entry, ranked established.
+    let established_after = |fx: &mut Fixture, packets: &[u8], what: &str| {
+        for flags in packets {
+            fx.run_on(net.out0.0, &(f.request)(*flags)).unwrap();
+        }
+        let table = fx.maps.reply_table().unwrap();
+        let slot = table.slot(&f.reply_key).unwrap().expect("a reply entry");
+        let established = lb_common::conn_table::REPLY_ESTABLISHED;
+        assert_eq!(slot.mark, established, "{name}: {what}");
+        slot.entry.reply
+    };
+    let open = |fx: &mut Fixture| established_after(fx, &[0x02, 0x10], "a handshake");
+    let reply = |fx: &mut Fixture, flags| {
+        let (verdict, _) = fx.run_on(net.in0.0, &(f.reply)(flags)).unwrap();
+        assert_eq!(verdict, XDP_REDIRECT, "{name}: reply with flags {flags:#x}");
+    };
+    let translation = open(fx);
+    // Last seen 10 s ago (past the few seconds between refreshes), its reply in an earlier
+    // tick: the next reply refreshes the connection.
+    let now = lb_user::datapath::clock::jiffies_now().unwrap();
+    let mut conn = fx.maps.conn(&f.flow).expect("the connection's entry");
+    conn.last_seen = now.wrapping_sub(10 * hz);
+    fx.maps.set_conn(&f.flow, &conn).unwrap();
+    let table = fx.maps.reply_table().unwrap();
+    table
+        .upsert_reply(&f.reply_key, &translation, now.wrapping_sub(5), true)
+        .unwrap();
+    reply(fx, 0x18);
+    let seen = fx
+        .maps
+        .conn(&f.flow)
+        .expect("the connection's entry")
+        .last_seen;
+    assert!(
+        seen.wrapping_sub(now) < hz,
+        "{name}: refreshed by the reply (last seen {seen}, now {now})"
+    );
+    // Right after another reply (the same tick, but for a tick boundary in between): the FIN
+    // closes, the RST ends the connection and its translation.
+    reply(fx, 0x18);
+    reply(fx, 0x11);
+    let conn = fx.maps.conn(&f.flow).expect("the connection's entry");
+    assert_ne!(conn.flags & CONN_FIN, 0, "{name}: the server's FIN");
+    open(fx);
+    reply(fx, 0x18);
+    reply(fx, 0x04);
+    assert!(fx.maps.conn(&f.flow).is_none(), "{name}: the server's RST");
+    assert!(
+        fx.maps.nat_reply(&f.reply_key).is_none(),
+        "{name}: its translation"
+    );
+    // Taken up mid-connection (an ACK first: its director failed over), the connection is
+    // established, and its reply ranks so from the start.
+    established_after(fx, &[0x10], "mid-connection");
+    let conn = fx.maps.conn(&f.flow).expect("the connection's entry");
+    assert_ne!(conn.flags & lb_common::CONN_ESTABLISHED, 0, "{name}");
+}
+
 /// The reply index is a table of the connection table's layout: a new NAT flow's reply takes an
 /// empty slot of its bucket, else one whose connection is not established, the longest unused
 /// among equals; a reply marks its entry used; the client's packets write it again when they

@@ -89,7 +89,7 @@ fn about_flow(key: &FlowKey) -> Option<About> {
         }
     }
     if may_be_real(&key.src) {
-        return reply_of(key).map(|(reply, _)| About::Request(reply));
+        return reply_of(key).map(|found| About::Request(found.reply));
     }
     None
 }

@@ -5,13 +5,13 @@
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
-    addr_from_v4, conn_table::ReplySlot, Addr, DirectorConfig, FlowHandoff, FlowKey, NatReply,
-    RealServer, Reason, HANDOFF_ESTABLISHED, HANDOFF_NEW_FLOW, HANDOFF_REPLY,
+    addr_from_v4, Addr, DirectorConfig, FlowHandoff, FlowKey, NatReply, RealServer, Reason,
+    HANDOFF_ESTABLISHED, HANDOFF_NEW_FLOW, HANDOFF_REPLY,
 };
 
 use crate::{
     config, conntrack, ether, host, ipv4_options, ipv6, nat, parse,
-    parse::{Parsed, TCP_FLAG_RST},
+    parse::{Parsed, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     parse6, route, schedule, stats, untranslated,
 };
 
@@ -28,7 +28,7 @@ pub fn xdplb_nat_reply(ctx: XdpContext) -> u32 {
         Parsed::Pass(reason) => return stats::pass(reason, frame_len),
     };
     let mut flow = conntrack::flow(&pkt);
-    let (reply, slot, config) = match nat_reply_of(&ctx, &flow, frame_len) {
+    let (found, config) = match nat_reply_of(&ctx, &flow, frame_len) {
         Ok(found) => found,
         Err(verdict) => return verdict,
     };
@@ -36,7 +36,8 @@ pub fn xdplb_nat_reply(ctx: XdpContext) -> u32 {
         return stats::drop(reason, frame_len);
     }
     let flags = parse::tcp_flags(&ctx, &pkt);
-    nat_reply_conntrack(&mut flow, &reply, slot, flags, config);
+    nat_reply_conntrack(&mut flow, &found, flags, config);
+    let reply = found.reply;
     let vip = [reply.vip[12], reply.vip[13], reply.vip[14], reply.vip[15]];
     if let Err(reason) = nat::rewrite(&ctx, &pkt, false, vip, reply.vport) {
         return untranslated(reason, frame_len);
@@ -178,7 +179,7 @@ pub fn xdplb_nat6_reply(ctx: XdpContext) -> u32 {
     };
     // One key, the reply's and then the client's: this stack has no room for two.
     let mut flow = pkt.flow();
-    let (reply, slot, config) = match nat_reply_of(&ctx, &flow, frame_len) {
+    let (found, config) = match nat_reply_of(&ctx, &flow, frame_len) {
         Ok(found) => found,
         Err(verdict) => return verdict,
     };
@@ -186,7 +187,8 @@ pub fn xdplb_nat6_reply(ctx: XdpContext) -> u32 {
         return stats::drop(Reason::DropMalformed, frame_len);
     }
     let flags = parse::tcp_flags_at(&ctx, pkt.proto, pkt.l4_off);
-    nat_reply_conntrack_apart(&mut flow, &reply, slot, flags, config);
+    nat_reply_conntrack_apart(&mut flow, &found, flags, config);
+    let reply = found.reply;
     if let Err(reason) = reply6_rewrite(&ctx, &pkt, &reply) {
         return untranslated(reason, frame_len);
     }
@@ -313,18 +315,18 @@ pub fn xdplb_nat6_out(ctx: XdpContext) -> u32 {
 }
 
 /// The reply lookup of an LVS/NAT reply path, either family: the NAT flow `flow` (the reply's
-/// key) belongs to, its reply entry's slot and the director's settings, or the verdict for a
-/// packet that is not this director's to translate.
+/// key) belongs to and the director's settings, or the verdict for a packet that is not this
+/// director's to translate.
 #[inline(always)]
 fn nat_reply_of(
     ctx: &XdpContext,
     flow: &FlowKey,
     frame_len: u64,
-) -> Result<(NatReply, *mut ReplySlot, &'static DirectorConfig), u32> {
-    let Some((reply, slot)) = nat::reply_of(flow) else {
+) -> Result<(nat::Found, &'static DirectorConfig), u32> {
+    let Some(found) = nat::reply_of(flow) else {
         return Err(stats::pass(Reason::PassNoService, frame_len));
     };
-    Ok((reply, slot, local_config(ctx, frame_len)?))
+    Ok((found, local_config(ctx, frame_len)?))
 }
 
 /// The director's settings for a frame sent to this director's own MAC, or the verdict for
@@ -342,15 +344,16 @@ fn local_config(ctx: &XdpContext, frame_len: u64) -> Result<&'static DirectorCon
 
 /// The conntrack stage of an LVS/NAT reply, `flow` the reply's key (made the client's): the
 /// server's RST ends the flow (and its reply index entry), anything else refreshes it; a
-/// handshake the server's packet ends, or a FIN, ranks the reply entry at `slot` again.
+/// handshake the server's packet ends, or a FIN, ranks the reply entry again. A busy
+/// established connection's other replies in the same tick ([`nat::Found::busy`]) leave the
+/// connection table alone unless they carry a SYN, FIN or RST: the first of the tick did what
+/// a plain reply does there (the refresh every few seconds, the second-chance mark).
 #[inline(always)]
-fn nat_reply_conntrack(
-    flow: &mut FlowKey,
-    reply: &NatReply,
-    slot: *mut ReplySlot,
-    flags: u8,
-    config: &DirectorConfig,
-) {
+fn nat_reply_conntrack(flow: &mut FlowKey, found: &nat::Found, flags: u8, config: &DirectorConfig) {
+    if found.busy && flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST) == 0 {
+        return;
+    }
+    let reply = &found.reply;
     let rst = flags & TCP_FLAG_RST != 0;
     if rst {
         nat::forget(flow);
@@ -361,7 +364,7 @@ fn nat_reply_conntrack(
     } else {
         let bits = conntrack::track(flow, flags, conntrack::now(), config);
         if bits != 0 {
-            nat::rank(slot, bits & HANDOFF_ESTABLISHED != 0);
+            nat::rank(found.slot, bits & HANDOFF_ESTABLISHED != 0);
         }
     }
 }
@@ -371,10 +374,9 @@ fn nat_reply_conntrack(
 #[inline(never)]
 fn nat_reply_conntrack_apart(
     flow: &mut FlowKey,
-    reply: &NatReply,
-    slot: *mut ReplySlot,
+    found: &nat::Found,
     flags: u8,
     config: &DirectorConfig,
 ) {
-    nat_reply_conntrack(flow, reply, slot, flags, config)
+    nat_reply_conntrack(flow, found, flags, config)
 }
