@@ -640,6 +640,8 @@ pub mod program_names {
     pub const PASS: &str = "xdp_pass";
     /// Bounces everything back: the bare XDP_TX baseline of the benchmarks.
     pub const TX: &str = "xdp_tx";
+    /// Benchmarks only: the kernel's FIB lookup toward a client, alone.
+    pub const FIB: &str = "xdp_fib";
     /// Real-server side of LVS/TUN: strips the outer header of IPIP packets for local VIPs.
     pub const DECAP: &str = "xdp_decap";
     /// Benchmarks only: restores a template frame, then tail-calls the program under test.

@@ -10,9 +10,13 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-use lb_common::{BenchFrame, BENCH_FRAME_MAX};
+use lb_common::{addr_from_v4, BenchFrame, BENCH_FRAME_MAX};
 
-use crate::{ether::adjust_head, parse::ptr_at};
+use crate::{
+    ether::adjust_head,
+    parse::{self, ptr_at},
+    route,
+};
 
 #[map]
 static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
@@ -36,6 +40,39 @@ pub fn forward(ctx: &XdpContext) -> u32 {
     // SAFETY: bounds-checked by ptr_at.
     unsafe { eth.write_unaligned(*macs) };
     aya_ebpf::bindings::xdp_action::XDP_TX
+}
+
+/// The kernel's FIB lookup alone, as a LVS/NAT reply makes it toward its client (the frame's
+/// destination, from its source; either family): XDP_TX if it found a next hop, the frame left
+/// as it is. What the helper costs is the kernel's; the NAT replies' budgets count it.
+#[inline(always)]
+pub fn fib(ctx: &XdpContext) -> u32 {
+    let Ok((l3, ethertype)) = parse::l3(ctx) else {
+        return XDP_ABORTED;
+    };
+    let (src, dst, tot_len) = if ethertype == parse::ETH_P_IPV4 {
+        let Some(ip) = parse::read::<[u8; 20]>(ctx, l3) else {
+            return XDP_ABORTED;
+        };
+        let tot_len = parse::be16([ip[2], ip[3]]);
+        let (src, dst) = (
+            [ip[12], ip[13], ip[14], ip[15]],
+            [ip[16], ip[17], ip[18], ip[19]],
+        );
+        (addr_from_v4(src), addr_from_v4(dst), tot_len)
+    } else {
+        let Some(ip) = parse::read::<[u8; 40]>(ctx, l3) else {
+            return XDP_ABORTED;
+        };
+        let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+        src.copy_from_slice(&ip[8..24]);
+        dst.copy_from_slice(&ip[24..40]);
+        (src, dst, parse::be16([ip[4], ip[5]]).saturating_add(40))
+    };
+    match route::fib(ctx, &src, &dst, tot_len) {
+        Ok(_) => aya_ebpf::bindings::xdp_action::XDP_TX,
+        Err(_) => XDP_ABORTED,
+    }
 }
 
 const CHUNK: usize = 8;

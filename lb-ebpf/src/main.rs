@@ -504,6 +504,12 @@ pub fn xdp_tx(_ctx: XdpContext) -> u32 {
     XDP_TX
 }
 
+/// Benchmarks only: the kernel's FIB lookup toward a client, alone (see bench.rs).
+#[xdp]
+pub fn xdp_fib(ctx: XdpContext) -> u32 {
+    bench::fib(&ctx)
+}
+
 /// Benchmarks only: the bare forwarder the director is compared with (see bench.rs).
 #[xdp]
 pub fn xdp_fwd(ctx: XdpContext) -> u32 {
