@@ -703,10 +703,12 @@ fn main() -> Result<()> {
          the rewrite of the destination address and port with the incremental checksums; a NAT \
          connection's first packet adds to DR's new flow that rewrite and a second insert, into \
          the reply index (a third table of the same layout, as large as the connection table). \
-         A NAT reply takes the real-server prefilter, a tail call to the reply program, a second lookup \
-         (the reply index, keyed by the reply's own flow) besides the connection table's, the \
-         rewrite, and the kernel's FIB lookup helper toward the client (route and neighbour), \
-         which no other path needs. IPv6 adds the tail call to its pipeline and parsing a 40-byte \
+         A NAT reply takes the real-server prefilter, a tail call to the reply program, the \
+         reply index's lookup (keyed by the reply's own flow; the connection table's too for a \
+         busy connection's first reply in each clock tick, for a SYN, FIN or RST, and for a \
+         connection not established), the rewrite, and the kernel's FIB lookup helper toward the \
+         client (route and neighbour), which no other path needs. \
+         IPv6 adds the tail call to its pipeline and parsing a 40-byte \
          header; the table keys are IPv6-sized for both families, so its lookups cost the same. \
          IPv6 NAT requests and LVS/TUN to IPv6 real servers (IPv4-in-IPv6) add one more \
          hand-off: a tail call to a program of their own, which parses the packet again (the \
@@ -996,28 +998,29 @@ fn main() -> Result<()> {
     println!(
         "What the twentieth run's profiles of its misses say. The new flows' largest share is \
          still one line, the compare of the bucket's tags (conn_table.rs, `if slot.tag == tag && \
-         ...`): 47 % of the programs' samples for DR mh's new flow, 50 % with sync on, 49 % for \
-         sh's, 39 to 42 % for the schedulers that scan by load, 58 % and 57 % for the NAT new \
-         flows of the two families, 67 % for the persistent new client. It is the wait for a \
-         bucket cold in a table far larger than the caches (the 32768-flows row is 128 ns over \
-         the one-flow row in this run); the NAT new flows and the persistent new clients wait for \
-         two, the reply index's or the templates' besides the connection table's (the reply \
-         index's key names the real server, so its bucket cannot be fetched before the scheduler \
-         has chosen). The Maglev table's read (schedule.rs:81, a random slot of the service's \
-         65,537) is mh's next share, 11 to 14 %. The NAT replies spend theirs in the kernel's FIB \
-         lookup (bpf_ipv4_fib_lookup, fib_table_lookup and the MTU check under them: about a \
-         quarter of the IPv4 reply's samples; bpf_ipv6_fib_lookup and the IPv6 routing table's \
-         walk: over a third of the IPv6 reply's) and in the reply index's keyed hash (one per \
-         reply now that a busy connection's replies skip the connection table: its \
-         multiply-xorshift lines are about a tenth of the IPv4 reply program's own samples). The \
-         established paths' misses spread over many lines, the keyed hash and the map lookups \
-         first, as DR's own does. The issue's own targets were all met in this run (flagged at \
-         82.7 %): non-VIP +8, DR established +49 for both mh and sh, TUN 0.71x Katran, and the \
-         new flow 0.54x Katran's new-source case (+269 against +476 and +516; 1.07x Katran's own \
-         one-key case). 14 of the 29 added paths were within their budgets (10 in the \
-         eighteenth), the NAT reply among them (+153 against 62 + 100; 6 ns over in the \
-         eighteenth); the IPv6 NAT reply measured +345, 33 ns more than the paired comparison of \
-         the same build gave, its row's baseline having moved 49 %.\n"
+         ...`): 32 % of the programs' samples for DR mh's new flow, 36 % with sync on, 29 to 49 % \
+         for the other schedulers' new flows, 42 % and 46 % for the NAT new flows of the two \
+         families, 62 % for the persistent new client. It is the wait for a bucket cold in a \
+         table far larger than the caches (the 32768-flows row is 112 ns over the one-flow row in \
+         this run); the NAT new flows and the persistent new clients wait for two, the reply \
+         index's or the templates' besides the connection table's (the reply index's key names \
+         the real server, so its bucket cannot be fetched before the scheduler has chosen). The \
+         Maglev table's read (schedule.rs:81, a random slot of the service's 65,537) is mh's next \
+         share, 6 to 15 %. The NAT replies spend theirs in the kernel's FIB lookup, now measured \
+         alone: +98 ns for IPv4 and +211 for IPv6 above bare XDP_TX (the last two rows), about 60 \
+         % of the IPv4 reply's +158 and two thirds of the IPv6 reply's +313. The IPv6 reply \
+         misses its budget by 22 ns: what it costs over the IPv4 reply once the two lookups' \
+         difference is taken out is 42 ns against the 20 written down (the second tail call, \
+         xdplb to xdplb_v6 to the reply program, and the calls its stack needs). The established \
+         paths' misses spread over many lines, the keyed hash and the map lookups first, as DR's \
+         own does. The issue's own targets were all met in this run (flagged at 39.6 %; 26 of its \
+         37 rows' baselines moved under 10 %): non-VIP +8, DR established +49 for mh and +47 for \
+         sh, TUN 0.73x Katran, and the new flow 0.47x Katran's new-source case (+198 against +405 \
+         and +435; 0.81x Katran's own one-key case). 11 of the 29 added paths were within their \
+         budgets (14 in the nineteenth): DR mh's new flow, the reference of most new-flow rows, \
+         measured +198 here against +269 there, while the other schedulers' new flows moved less \
+         (rr +214, sh +228), so the rows read against it missed by 9 to 80 ns; the NAT reply met \
+         its budget again (+158 against 63 + 138, its FIB part measured).\n"
     );
 
     eprintln!("measuring: live forwarding");
