@@ -7,9 +7,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FlowHandoff, IPV6_PROG_4IN6, IPV6_PROG_NAT, IPV6_PROG_NAT_ICMP, IPV6_PROG_NAT_OUT,
-    IPV6_PROG_NAT_REPLY, IPV6_PROG_PIPELINE, IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG,
+    Addr, FlowHandoff, IPPROTO_TCP, IPPROTO_UDP, IPV6_PROG_4IN6, IPV6_PROG_NAT, IPV6_PROG_NAT_ICMP,
+    IPV6_PROG_NAT_OUT, IPV6_PROG_NAT_REPLY, IPV6_PROG_PIPELINE, IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG,
 };
+
+use crate::{lookup, nat, parse};
 
 /// `xdplb_v6`, `xdplb_v6_too_big` (ICMPv6 Packet Too Big), `xdplb_4in6` (IPv4-in-IPv6),
 /// `xdplb_nat6`, `xdplb_nat6_reply`, `xdplb_nat6_icmp` and `xdplb_nat6_out` (LVS/NAT over
@@ -22,9 +24,40 @@ static IPV6_PROGS: ProgramArray = ProgramArray::with_max_entries(IPV6_PROG_SLOTS
 #[map]
 static FLOW_HANDOFF: PerCpuArray<FlowHandoff> = PerCpuArray::with_max_entries(1, 0);
 
+/// Hands an IPv6 frame on: a TCP or UDP packet (no extension header) from a NAT real server's
+/// address to no VIP goes straight to the reply path, where `xdplb_v6` would send it after a
+/// parse of its own (one tail call and one parse less per IPv6 NAT reply); anything else to
+/// the IPv6 pipeline. Returns only if neither program is there.
+#[inline(always)]
+pub fn to_ipv6(ctx: &XdpContext) {
+    if nat6_reply_ahead(ctx) {
+        to_nat6_reply(ctx);
+    }
+    to_ipv6_path(ctx);
+}
+
+/// Whether an IPv6 frame is for the reply path, by its fixed header: its next header (6) and
+/// addresses (8: source, 24: destination).
+#[inline(always)]
+fn nat6_reply_ahead(ctx: &XdpContext) -> bool {
+    let Ok((l3, _)) = parse::l3(ctx) else {
+        return false;
+    };
+    let (Some(next), Some(src), Some(dst)) = (
+        parse::read::<u8>(ctx, l3 + 6),
+        parse::read::<Addr>(ctx, l3 + 8),
+        parse::read::<Addr>(ctx, l3 + 24),
+    ) else {
+        return false;
+    };
+    (next == IPPROTO_TCP || next == IPPROTO_UDP)
+        && !lookup::may_be_vip(&dst)
+        && nat::may_be_real(&src)
+}
+
 /// Continues with the IPv6 pipeline; returns only if it is not there.
 #[inline(always)]
-pub fn to_ipv6_path(ctx: &XdpContext) {
+fn to_ipv6_path(ctx: &XdpContext) {
     // SAFETY: a tail call does not return when it succeeds; the context is the kernel's.
     unsafe { IPV6_PROGS.tail_call(ctx, IPV6_PROG_PIPELINE) };
 }

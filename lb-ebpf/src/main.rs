@@ -75,7 +75,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
             return stats::pass(Reason::PassNotTcpUdp, frame_len);
         }
         Parsed::Ipv6 => {
-            ipv6::to_ipv6_path(&ctx);
+            ipv6::to_ipv6(&ctx);
             return stats::pass(Reason::PassNotIpv4, frame_len);
         }
         Parsed::Pass(reason) => return stats::pass(reason, frame_len),
