@@ -15,7 +15,7 @@ use lb_common::{addr_from_v4, BenchFrame, BENCH_FRAME_MAX};
 use crate::{
     ether::adjust_head,
     parse::{self, ptr_at},
-    route,
+    parse6, route,
 };
 
 #[map]
@@ -61,13 +61,10 @@ pub fn fib(ctx: &XdpContext) -> u32 {
         );
         (addr_from_v4(src), addr_from_v4(dst), tot_len)
     } else {
-        let Some(ip) = parse::read::<[u8; 40]>(ctx, l3) else {
+        let Some(ip) = parse6::fixed6(ctx, l3) else {
             return XDP_ABORTED;
         };
-        let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
-        src.copy_from_slice(&ip[8..24]);
-        dst.copy_from_slice(&ip[24..40]);
-        (src, dst, parse::be16([ip[4], ip[5]]).saturating_add(40))
+        (ip.src, ip.dst, ip.tot_len)
     };
     match route::fib(ctx, &src, &dst, tot_len) {
         Ok(_) => aya_ebpf::bindings::xdp_action::XDP_TX,

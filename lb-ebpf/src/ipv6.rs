@@ -7,11 +7,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Addr, FlowHandoff, IPPROTO_TCP, IPPROTO_UDP, IPV6_PROG_4IN6, IPV6_PROG_NAT, IPV6_PROG_NAT_ICMP,
+    FlowHandoff, IPPROTO_TCP, IPPROTO_UDP, IPV6_PROG_4IN6, IPV6_PROG_NAT, IPV6_PROG_NAT_ICMP,
     IPV6_PROG_NAT_OUT, IPV6_PROG_NAT_REPLY, IPV6_PROG_PIPELINE, IPV6_PROG_SLOTS, IPV6_PROG_TOO_BIG,
 };
 
-use crate::{lookup, nat, parse};
+use crate::{lookup, nat, parse, parse6};
 
 /// `xdplb_v6`, `xdplb_v6_too_big` (ICMPv6 Packet Too Big), `xdplb_4in6` (IPv4-in-IPv6),
 /// `xdplb_nat6`, `xdplb_nat6_reply`, `xdplb_nat6_icmp` and `xdplb_nat6_out` (LVS/NAT over
@@ -36,23 +36,18 @@ pub fn to_ipv6(ctx: &XdpContext) {
     to_ipv6_path(ctx);
 }
 
-/// Whether an IPv6 frame is for the reply path, by its fixed header: its next header (6) and
-/// addresses (8: source, 24: destination).
+/// Whether an IPv6 frame is for the reply path, by its fixed header.
 #[inline(always)]
 fn nat6_reply_ahead(ctx: &XdpContext) -> bool {
-    let Ok((l3, _)) = parse::l3(ctx) else {
+    let Some(ip) = parse::l3(ctx)
+        .ok()
+        .and_then(|(l3, _)| parse6::fixed6(ctx, l3))
+    else {
         return false;
     };
-    let (Some(next), Some(src), Some(dst)) = (
-        parse::read::<u8>(ctx, l3 + 6),
-        parse::read::<Addr>(ctx, l3 + 8),
-        parse::read::<Addr>(ctx, l3 + 24),
-    ) else {
-        return false;
-    };
-    (next == IPPROTO_TCP || next == IPPROTO_UDP)
-        && !lookup::may_be_vip(&dst)
-        && nat::may_be_real(&src)
+    (ip.next == IPPROTO_TCP || ip.next == IPPROTO_UDP)
+        && !lookup::may_be_vip(&ip.dst)
+        && nat::may_be_real(&ip.src)
 }
 
 /// Continues with the IPv6 pipeline; returns only if it is not there.

@@ -48,6 +48,31 @@ impl Packet6 {
     }
 }
 
+/// What the fixed IPv6 header at `l3_off` says, without the extension headers' walk: for
+/// stages that only route or hand the packet on.
+pub struct Fixed6 {
+    /// The next header (TCP or UDP only when no extension header comes first).
+    pub next: u8,
+    pub src: Addr,
+    pub dst: Addr,
+    /// The packet's length with the fixed header, as the FIB lookup's MTU check wants it.
+    pub tot_len: u16,
+}
+
+/// The fixed IPv6 header at `l3_off` (None if the frame is too short for it). Field by field,
+/// small reads: the director's program, at the verifier's limits, takes these where one
+/// 40-byte copy left it a register it could not follow.
+#[inline(always)]
+pub fn fixed6(ctx: &XdpContext, l3_off: usize) -> Option<Fixed6> {
+    let payload_len: [u8; 2] = read(ctx, l3_off + 4)?;
+    Some(Fixed6 {
+        next: read(ctx, l3_off + 6)?,
+        src: read(ctx, l3_off + 8)?,
+        dst: read(ctx, l3_off + 24)?,
+        tot_len: be16(payload_len).saturating_add(IPV6_HLEN as u16),
+    })
+}
+
 /// The IPv6 TCP/UDP packet in the frame, or why it is the kernel's.
 #[inline(always)]
 pub fn parse6(ctx: &XdpContext) -> Result<Packet6, Reason> {

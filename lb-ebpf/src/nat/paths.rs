@@ -297,21 +297,17 @@ pub fn xdplb_nat6_out(ctx: XdpContext) -> u32 {
     let (Ok((l3, _)), Some(to)) = (parse::l3(&ctx), ipv6::handoff()) else {
         return stats::drop(Reason::DropMalformed, frame_len);
     };
-    let Some(ip) = parse::read::<[u8; 40]>(&ctx, l3) else {
+    let Some(ip) = parse6::fixed6(&ctx, l3) else {
         return stats::drop(Reason::DropMalformed, frame_len);
     };
-    let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
-    src.copy_from_slice(&ip[8..24]);
-    dst.copy_from_slice(&ip[24..40]);
-    let tot_len = parse::be16([ip[4], ip[5]]).saturating_add(40);
     let flow_of = NatReply {
-        vip: src,
+        vip: ip.src,
         vport: 0,
         _pad: 0,
         service: to.service,
         real: to.real,
     };
-    to_client(&ctx, &src, &dst, tot_len, &flow_of)
+    to_client(&ctx, &ip.src, &ip.dst, ip.tot_len, &flow_of)
 }
 
 /// The reply lookup of an LVS/NAT reply path, either family: the NAT flow `flow` (the reply's
