@@ -14,5 +14,7 @@ fn main() {
         println!("cargo:rustc-link-arg-bins=--export=xdplb_conn_write");
         println!("cargo:rustc-link-arg-bins=--export=xdplb_template_write");
         println!("cargo:rustc-link-arg-bins=--export=xdplb_reply_write");
+        println!("cargo:rustc-link-arg-bins=--export=xdplb_reply_fetch");
+        println!("cargo:rustc-link-arg-bins=--export=xdplb_reply_forget");
     }
 }

@@ -71,6 +71,11 @@ pub trait Entry: Copy + Default {
     fn last_used(&self) -> u32;
     fn seed(&self) -> u64;
     fn with_seed(seed: u64) -> Self;
+    /// Where a key's entry lives in a table of these entries.
+    #[inline(always)]
+    fn place(key: &FlowKey, seed: u64, mask: u32) -> Place {
+        place(key, seed, mask)
+    }
 }
 
 impl Entry for Conn {
@@ -103,6 +108,10 @@ impl Entry for ReplyEntry {
         e.reply.real = seed as u32;
         e.reply.service = (seed >> 32) as u32;
         e
+    }
+    #[inline(always)]
+    fn place(key: &FlowKey, seed: u64, mask: u32) -> Place {
+        reply_place(key, seed, mask)
     }
 }
 
@@ -224,17 +233,53 @@ pub fn same(a: &FlowKey, b: &FlowKey) -> bool {
 /// random seed, which is what the LRU hash offers.
 #[inline(always)]
 pub fn place(key: &FlowKey, seed: u64, mask: u32) -> Place {
-    const M: u64 = 0x9e37_79b9_7f4a_7c15;
     let w = words(key);
     let mut h = seed;
     let mut i = 0;
     while i < w.len() {
-        h = (h ^ w[i]).wrapping_mul(M);
-        h ^= h >> 29;
+        h = mix(h, w[i]);
         i += 1;
     }
-    h = h.wrapping_mul(M);
-    h ^= h >> 32;
+    finish(h, mask)
+}
+
+/// An LVS/NAT reply's place in the reply index: by its client's side alone (address, port,
+/// protocol), which the client's first packet already has, so a new flow's bucket of the index
+/// can be fetched while the connection table's is, before the scheduler names the real server
+/// the rest of the reply's key holds. (IPVS hashes its connections by the client's side too.)
+#[inline(always)]
+pub fn reply_place(reply: &FlowKey, seed: u64, mask: u32) -> Place {
+    let w = words(reply);
+    client_place(w[2], w[3], reply.dport, reply.proto, seed, mask)
+}
+
+/// [`reply_place`] of the replies to a client's `flow` (client -> VIP), whichever real server
+/// answers.
+#[inline(always)]
+pub fn reply_place_of_client(flow: &FlowKey, seed: u64, mask: u32) -> Place {
+    let w = words(flow);
+    client_place(w[0], w[1], flow.sport, flow.proto, seed, mask)
+}
+
+#[inline(always)]
+fn client_place(a: u64, b: u64, port: u16, proto: u8, seed: u64, mask: u32) -> Place {
+    // Word by word, not through an array: xdplb's stack has no room for one.
+    let h = mix(mix(mix(seed, a), b), port as u64 | (proto as u64) << 16);
+    finish(h, mask)
+}
+
+const M: u64 = 0x9e37_79b9_7f4a_7c15;
+
+#[inline(always)]
+fn mix(h: u64, w: u64) -> u64 {
+    let h = (h ^ w).wrapping_mul(M);
+    h ^ h >> 29
+}
+
+#[inline(always)]
+fn finish(h: u64, mask: u32) -> Place {
+    let h = h.wrapping_mul(M);
+    let h = h ^ h >> 32;
     Place {
         bucket: h as u32 & mask,
         tag: (h >> 32) as u32 | 1,
@@ -398,6 +443,32 @@ mod tests {
             assert!(reply_buckets(n) * WAYS as u32 >= n, "nat_max {n}");
         }
         assert_eq!(reply_buckets(1_000_000), table_buckets(1_000_000));
+    }
+
+    /// The datapath fetches a new flow's reply bucket by the client's flow, before it knows the
+    /// real server: the reply, whichever real server and port send it, must be placed there.
+    #[test]
+    fn a_reply_is_placed_where_its_clients_flow_says() {
+        let (seed, mask) = (0x1234_5678_9abc_def0, (1 << 16) - 1);
+        let mut buckets = [0u32; 1000];
+        for n in 0..1000u32 {
+            let client = flow(0x0a00_0000 + n, 40000 + n as u16);
+            let at = reply_place_of_client(&client, seed, mask);
+            for (real, port) in [([10, 1, 0, 1], 8080), ([10, 1, 0, 2], 0)] {
+                let reply = client.nat_reply(&addr_from_v4(real), port);
+                assert_eq!(reply_place(&reply, seed, mask), at, "client {n}");
+            }
+            buckets[n as usize] = at.bucket;
+        }
+        // And clients spread over the buckets (the port and address both count).
+        buckets.sort_unstable();
+        let distinct = 1 + buckets.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(distinct > 990, "{distinct} buckets");
+        let other_port = flow(0x0a00_0000, 40001);
+        assert_ne!(
+            reply_place_of_client(&other_port, seed, mask),
+            reply_place_of_client(&flow(0x0a00_0000, 40000), seed, mask)
+        );
     }
 
     fn cfg() -> DirectorConfig {

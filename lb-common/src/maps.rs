@@ -129,6 +129,9 @@ pub struct ServiceInfo {
 /// [`ServiceInfo::flags`]: persistent (ipvsadm -p): a client's new connections go to the real
 /// server its earlier ones went to (a template per client, PERSISTENCE has the settings).
 pub const SVC_PERSISTENT: u8 = 1;
+/// [`ServiceInfo::flags`]: at least one real server forwards by LVS/NAT, so a new flow may need
+/// a reply entry: the datapath starts fetching that entry's bucket before it schedules.
+pub const SVC_NAT: u8 = 2;
 
 /// PERSISTENCE array value, by service id.
 #[repr(C)]
@@ -556,9 +559,13 @@ pub mod map_names {
     /// prefilter of real-server source addresses (last 16 bits, as VIP_FILTER); outbound
     /// counters per service and real server.
     pub const REAL_EGRESS: &str = "REAL_EGRESS";
-    pub const NAT_REPLY_TABLE: &str = "NAT_REPLY_TABLE";
-    /// The reply index of versions before it, a kernel LRU hash (FlowKey -> NatReply): an agent
-    /// that finds one pinned moves its entries into NAT_REPLY_TABLE.
+    pub const NAT_REPLY_TABLE: &str = "NAT_REPLY_INDEX";
+    /// The reply index of the versions before it: a table of the same layout whose replies were
+    /// placed by their whole flow, not by the client's side ([`crate::conn_table::reply_place`]).
+    /// An agent that finds one pinned moves its entries into NAT_REPLY_TABLE.
+    pub const PLACED_NAT_REPLIES: &str = "NAT_REPLY_TABLE";
+    /// The reply index of versions before that, a kernel LRU hash (FlowKey -> NatReply): an
+    /// agent that finds one pinned moves its entries into NAT_REPLY_TABLE.
     pub const LRU_NAT_REPLIES: &str = "NAT_REPLIES";
     pub const NAT_SOURCES: &str = "NAT_SOURCES";
     pub const SERVICE_OUT: &str = "SERVICE_OUT";

@@ -57,7 +57,7 @@ use aya_log_ebpf::debug;
 use lb_common::{
     addr_from_v4, ipv4::HEADER_LEN as IPV4_HLEN, is_v4, DirectorConfig, FlowHandoff, FlowKey,
     RealServer, Reason, ServiceInfo, FWD_DR, FWD_NAT, FWD_TUN, HANDOFF_ESTABLISHED,
-    HANDOFF_NEW_FLOW, HANDOFF_REPLY,
+    HANDOFF_NEW_FLOW, HANDOFF_REPLY, SVC_NAT,
 };
 
 use crate::parse::{Packet, Parsed, TCP_FLAG_RST};
@@ -211,6 +211,9 @@ fn new_flow_service<K>(
 /// the scheduler decides.
 #[inline(always)]
 fn choose(service: &ServiceInfo, flow: &FlowKey, now: u32) -> Option<u32> {
+    if service.flags & SVC_NAT != 0 {
+        nat::xdplb_reply_fetch(flow);
+    }
     match persist::template(service, flow, now) {
         Some(id) => Some(id),
         None => schedule::pick(service, flow),

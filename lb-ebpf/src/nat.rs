@@ -3,7 +3,7 @@
 //! becomes the VIP and the service's port again. Both rewrites update the IP and TCP/UDP
 //! checksums incrementally (RFC 1624) and decrement the TTL, as a router does.
 //!
-//! Replies are found by their own flow key in NAT_REPLY_TABLE, written when a NAT flow is bound:
+//! Replies are found by their own flow key in NAT_REPLY_INDEX, written when a NAT flow is bound:
 //! one lookup on the reply path, no search of the connection table. The index is a table of the
 //! connection table's layout ([`conn_table`]), its slots wide enough for a translation: one
 //! keyed hash and one bucket, nothing to allocate; a new reply takes an empty slot of its bucket,
@@ -37,7 +37,7 @@ use crate::{
 /// connection table (the agent sizes both, with [`REPLY_MASK`] and [`REPLY_SEED`]); memory-mapped
 /// for the agent, as that table.
 #[map]
-static NAT_REPLY_TABLE: Array<ReplyBucket> = Array::with_max_entries(
+static NAT_REPLY_INDEX: Array<ReplyBucket> = Array::with_max_entries(
     conn_table::map_entries(conn_table::table_buckets(DEFAULT_CONN_MAX)),
     MAP_MMAPABLE,
 );
@@ -94,7 +94,33 @@ fn place(reply: &FlowKey) -> conn_table::Place {
             core::ptr::read_volatile(&REPLY_MASK),
         )
     };
-    conn_table::place(reply, seed, mask)
+    conn_table::reply_place(reply, seed, mask)
+}
+
+/// Starts fetching the index's bucket for the replies to a new `flow` (client -> VIP): a load
+/// nothing waits on, so the CPU fetches it while the connection table's bucket comes in, where
+/// the reply's insert after the scheduler would wait for it alone. A global function (see
+/// build.rs): inlined, xdplb's stack outgrew the verifier's limit.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn xdplb_reply_fetch(flow: *const FlowKey) -> u32 {
+    // SAFETY: the verifier sizes the pointer from its type; null is all it can be else.
+    let Some(flow) = (unsafe { flow.as_ref() }) else {
+        return 0;
+    };
+    // SAFETY: as in `place`.
+    let (seed, mask) = unsafe {
+        (
+            core::ptr::read_volatile(&REPLY_SEED),
+            core::ptr::read_volatile(&REPLY_MASK),
+        )
+    };
+    let p = conn_table::reply_place_of_client(flow, seed, mask);
+    match NAT_REPLY_INDEX.get_ptr(p.bucket) {
+        // SAFETY: a read of the map's value.
+        Some(bucket) => unsafe { core::ptr::read_volatile(&raw const (*bucket).slots[0].tag) },
+        None => 0,
+    }
 }
 
 /// A reply of a NAT flow, found by [`reply_of`].
@@ -113,7 +139,7 @@ pub struct Found {
 #[inline(always)]
 pub fn reply_of(flow: &FlowKey) -> Option<Found> {
     let p = place(flow);
-    let slot = slots::find(&NAT_REPLY_TABLE, flow, p)?;
+    let slot = slots::find(&NAT_REPLY_INDEX, flow, p)?;
     // An insert on another CPU may be giving this slot up while it is read (when this reply is
     // the one its bucket gives up): a torn copy would send the reply from another flow's VIP.
     // SAFETY: reads of the map's value.
@@ -204,15 +230,31 @@ pub extern "C" fn xdplb_reply_write(
         return 0;
     };
     let victim = |b: &ReplyBucket| conn_table::reply_victim(b, entry.last_seen);
-    slots::write_over(&NAT_REPLY_TABLE, key, place(key), mark, *entry, victim) as u32
+    slots::write_over(&NAT_REPLY_INDEX, key, place(key), mark, entry, victim) as u32
 }
 
 /// Forgets a NAT flow's reply (a RST ended it).
 #[inline(always)]
 pub fn forget(reply: &FlowKey) {
-    if let Some(slot) = slots::find(&NAT_REPLY_TABLE, reply, place(reply)) {
-        // SAFETY: a store into the map's value.
-        unsafe { core::ptr::write_volatile(&raw mut (*slot).tag, EMPTY) };
+    let _ = xdplb_reply_forget(reply);
+}
+
+/// [`forget`]'s work, 1 if there was a reply to forget. A global function (see build.rs): the
+/// RST's path is rare, and inlined, its hash took xdplb past the verifier's stack limit.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn xdplb_reply_forget(reply: *const FlowKey) -> u32 {
+    // SAFETY: as in `xdplb_reply_write`.
+    let Some(reply) = (unsafe { reply.as_ref() }) else {
+        return 0;
+    };
+    match slots::find(&NAT_REPLY_INDEX, reply, place(reply)) {
+        Some(slot) => {
+            // SAFETY: a store into the map's value.
+            unsafe { core::ptr::write_volatile(&raw mut (*slot).tag, EMPTY) };
+            1
+        }
+        None => 0,
     }
 }
 

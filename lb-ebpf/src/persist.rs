@@ -107,7 +107,7 @@ pub extern "C" fn xdplb_template_write(
         flags: 0,
     };
     let oldest = |b: &Bucket| conn_table::oldest(b, now);
-    slots::write_over(&TEMPLATE_TABLE, key, place(key), 0, template, oldest) as u32
+    slots::write_over(&TEMPLATE_TABLE, key, place(key), 0, &template, oldest) as u32
 }
 
 /// A live connection of this client was refreshed: its template lives on.

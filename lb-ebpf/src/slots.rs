@@ -57,7 +57,7 @@ pub fn write_over<E: Entry>(
     key: &FlowKey,
     p: conn_table::Place,
     mark: u32,
-    entry: E,
+    entry: &E,
     victim: impl Fn(&BucketOf<E>) -> usize,
 ) -> bool {
     let Some(b) = table.get_ptr_mut(p.bucket) else {
@@ -69,6 +69,8 @@ pub fn write_over<E: Entry>(
         Some(way) => way,
         None => victim(b),
     };
-    write(&mut b.slots[way & (WAYS - 1)], key, p.tag, mark, entry);
+    // The entry is read only now: held in registers across the victim's choice, it took
+    // stack the callers' chains have no room for.
+    write(&mut b.slots[way & (WAYS - 1)], key, p.tag, mark, *entry);
     true
 }

@@ -275,6 +275,14 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
     };
     let old_replies = dir.join(lb_common::map_names::LRU_NAT_REPLIES);
     pin_lru_table(&old_replies, &old_reply_key, &old_reply);
+    // Then, until this version, a table of today's layout placing each reply by its whole flow
+    // (pinned as NAT_REPLY_TABLE): another client's reply in it.
+    let placed_key = FlowKey {
+        dst: lb_common::addr_from_v4([10, 0, 0, 10]),
+        ..old_reply_key
+    };
+    let placed = dir.join(lb_common::map_names::PLACED_NAT_REPLIES);
+    pin_placed_replies(&placed, &placed_key, &old_reply);
     director.run_in(|| {
         let mut loader = aya::EbpfLoader::new();
         loader.map_max_entries(lb_common::map_names::REASONS, 10);
@@ -362,6 +370,17 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
     .unwrap();
     let moved = replies.get(&old_reply_key).unwrap().map(|e| e.reply);
     assert_eq!(moved, Some(old_reply));
+    // And the other's, where this version looks for it.
+    assert!(
+        agent
+            .log()
+            .contains("placed the LVS/NAT replies of the previous version"),
+        "{}",
+        agent.log()
+    );
+    assert!(!placed.exists(), "the placed reply index is still pinned");
+    let moved = replies.get(&placed_key).unwrap().map(|e| e.reply);
+    assert_eq!(moved, Some(old_reply));
     topo.configure(&agent);
     let answers = topo
         .client()
@@ -444,6 +463,82 @@ fn a_bpffs_that_dies_with_the_agent_is_reported() {
 /// connection table (FlowKey -> Conn) and their templates (TemplateKey -> Template), holding
 /// one entry.
 fn pin_lru_table<K: aya::Pod, V: aya::Pod>(path: &std::path::Path, key: &K, value: &V) {
+    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+    let map = pin_map(
+        path,
+        BPF_MAP_TYPE_LRU_HASH,
+        size_of::<K>() as u32,
+        size_of::<V>() as u32,
+        1024,
+        lb_common::BPF_F_NO_COMMON_LRU,
+    );
+    let mut table: aya::maps::HashMap<_, K, V> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).unwrap();
+    table.insert(key, value, 0).unwrap();
+}
+
+/// Creates and pins the reply index as the versions before this one's made it: a table of the
+/// connection table's layout whose replies were placed by their whole flow. One reply in it,
+/// in the slot those versions put it in.
+fn pin_placed_replies(path: &std::path::Path, key: &FlowKey, value: &lb_common::NatReply) {
+    use lb_common::conn_table::{self, ReplyBucket};
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    let buckets = 1024;
+    let map = pin_map(
+        path,
+        BPF_MAP_TYPE_ARRAY,
+        4,
+        size_of::<ReplyBucket>() as u32,
+        conn_table::map_entries(buckets),
+        lb_common::MAP_MMAPABLE,
+    );
+    let shape = lb_user::datapath::conn_table::Shape {
+        mask: buckets - 1,
+        seed: 0x5eed_0f01_d7ab_1e00,
+    };
+    lb_user::datapath::conn_table::SlotTable::<lb_common::ReplyEntry>::set_up(&map, shape).unwrap();
+    let place = conn_table::place(key, shape.seed, shape.mask);
+    let mut bucket = ReplyBucket::default();
+    bucket.slots[0] = conn_table::ReplySlot {
+        tag: place.tag,
+        mark: conn_table::reply_mark(true),
+        key: *key,
+        entry: lb_common::ReplyEntry {
+            reply: *value,
+            last_seen: lb_user::datapath::clock::jiffies_now().unwrap(),
+        },
+    };
+    #[repr(C)]
+    struct MapUpdate {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let mut update = MapUpdate {
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: &raw const place.bucket as u64,
+        value: &raw const bucket as u64,
+        flags: 0,
+    };
+    // SAFETY: a bpf_attr for BPF_MAP_UPDATE_ELEM whose key and value outlive the call.
+    unsafe { lb_user::datapath::sys::bpf(BPF_MAP_UPDATE_ELEM, &mut update) }
+        .expect("the old reply in its bucket");
+}
+
+/// Creates a map and pins it at `path`.
+fn pin_map(
+    path: &std::path::Path,
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+) -> aya::maps::MapData {
     #[repr(C)]
     #[derive(Default)]
     struct MapCreate {
@@ -461,17 +556,16 @@ fn pin_lru_table<K: aya::Pod, V: aya::Pod>(path: &std::path::Path, key: &K, valu
     }
     const BPF_MAP_CREATE: libc::c_long = 0;
     const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
     let mut create = MapCreate {
-        map_type: BPF_MAP_TYPE_LRU_HASH,
-        key_size: size_of::<K>() as u32,
-        value_size: size_of::<V>() as u32,
-        max_entries: 1024,
-        map_flags: lb_common::BPF_F_NO_COMMON_LRU,
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        map_flags,
     };
     // SAFETY: a bpf_attr for BPF_MAP_CREATE.
     let fd = unsafe { lb_user::datapath::sys::bpf(BPF_MAP_CREATE, &mut create) }
-        .expect("an LRU hash map") as i32;
+        .expect("an old table") as i32;
     let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     let mut pin = ObjPin {
         pathname: name.as_ptr() as u64,
@@ -482,8 +576,5 @@ fn pin_lru_table<K: aya::Pod, V: aya::Pod>(path: &std::path::Path, key: &K, valu
     unsafe { lb_user::datapath::sys::bpf(BPF_OBJ_PIN, &mut pin) }.expect("pinning the old table");
     // SAFETY: the descriptor the kernel gave above; the pin keeps the map.
     unsafe { libc::close(fd) };
-    let map = aya::maps::MapData::from_pin(path).unwrap();
-    let mut table: aya::maps::HashMap<_, K, V> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).unwrap();
-    table.insert(key, value, 0).unwrap();
+    aya::maps::MapData::from_pin(path).unwrap()
 }

@@ -530,7 +530,7 @@ fn a_new_reply_never_pushes_out_an_established_connections_while_others_can_go()
             _pad: [0; 3],
         };
         let bucket =
-            |key: &FlowKey| lb_common::conn_table::place(key, shape.seed, shape.mask).bucket;
+            |key: &FlowKey| lb_common::conn_table::reply_place(key, shape.seed, shape.mask).bucket;
         // Four other clients' replies fill the bucket of the request's.
         let full = bucket(&reply_key(0));
         let others: Vec<u32> = (1..)

@@ -338,6 +338,16 @@ async fn bring_up(
         None => (State::with_limits(limits), None),
     };
     state::resync(&mut maps, &state).context("cannot write the adopted state back")?;
+    // The previous version's LVS/NAT replies, where this program looks for them before it runs
+    // (the rest of them after).
+    let old_replies = pins.map(lb_common::map_names::PLACED_NAT_REPLIES);
+    let now = crate::datapath::clock::jiffies_now()?;
+    let early = crate::conntrack::migrate::replies_from_table(
+        &old_replies,
+        maps.reply_table()?,
+        now,
+        false,
+    )?;
     let (first, mode) = datapath
         .attach_pinned(iface.index, None, director.mode, pins)
         .with_context(|| format!("interface {}", iface.name))?;
@@ -362,13 +372,24 @@ async fn bring_up(
         );
     }
     let old = pins.map(lb_common::map_names::LRU_TEMPLATES);
-    let now = crate::datapath::clock::jiffies_now()?;
     if let Some(moved) =
         crate::conntrack::migrate::templates_from_lru(&old, maps.template_table()?, now)?
     {
         info!(
             templates = moved,
             "moved the persistence templates of the previous version into this one"
+        );
+    }
+    if let Some(early) = early {
+        let late = crate::conntrack::migrate::replies_from_table(
+            &old_replies,
+            maps.reply_table()?,
+            now,
+            true,
+        )?;
+        info!(
+            replies = early + late.unwrap_or(0),
+            "placed the LVS/NAT replies of the previous version where this one looks for them"
         );
     }
     let old = pins.map(lb_common::map_names::LRU_NAT_REPLIES);

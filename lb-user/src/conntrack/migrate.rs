@@ -1,7 +1,9 @@
 //! The tables of versions before the set-associative ones: kernel LRU hashes pinned as CONNS
 //! (the connection table), TEMPLATES (persistence templates) and NAT_REPLIES (the LVS/NAT reply
 //! index). An agent that adopts such a datapath moves their entries into the new tables once the
-//! new program runs, then unpins them (the kernel frees them with the old program).
+//! new program runs, then unpins them (the kernel frees them with the old program). Likewise
+//! the reply index of the versions after those, pinned as NAT_REPLY_TABLE, whose replies were
+//! placed by their whole flow where this version places them by the client's side.
 
 use std::path::Path;
 
@@ -44,6 +46,39 @@ pub fn replies_from_lru(
     move_lru::<FlowKey, NatReply>(path, "LVS/NAT reply index", |key, reply| {
         table.upsert_reply(key, reply, now, false)
     })
+}
+
+/// Copies the replies of the previous version's reply index pinned at `path` that `table` does
+/// not hold yet into it (placed as this version places them, ranked as not established: the
+/// connection's next refresh ranks it again); with `unpin`, then removes the pin. Called before
+/// the new program is swapped in, so replies are in place when it starts, and again after it
+/// (`unpin`), for the connections the old program bound in between. The number copied, or None
+/// when there is no old index.
+pub fn replies_from_table(
+    path: &Path,
+    table: &SlotTable<ReplyEntry>,
+    now: u32,
+    unpin: bool,
+) -> Result<Option<usize>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let what = "LVS/NAT reply index";
+    let map = MapData::from_pin(path)
+        .with_context(|| format!("cannot open the old {what} {}", path.display()))?;
+    let old = SlotTable::<ReplyEntry>::new(&map)
+        .with_context(|| format!("{} is not an older {what}", path.display()))?;
+    let mut copied = 0;
+    for (key, entry) in old.entries()? {
+        if table.get(&key)?.is_none() {
+            table.upsert_reply(&key, &entry.reply, now, false)?;
+            copied += 1;
+        }
+    }
+    if unpin {
+        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    Ok(Some(copied))
 }
 
 /// Reads the LRU hash pinned at `path` (an older `what`), writes each entry with `put`, and

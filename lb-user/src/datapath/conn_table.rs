@@ -246,7 +246,7 @@ impl<E: Entry> SlotTable<E> {
 
     /// `flow`'s bucket, mapped, and its place.
     fn bucket_of(&self, flow: &FlowKey) -> Result<(Buckets<E>, conn_table::Place)> {
-        let p = conn_table::place(flow, self.shape.seed, self.shape.mask);
+        let p = E::place(flow, self.shape.seed, self.shape.mask);
         Ok((Buckets::map(&self.fd, p.bucket, 1)?, p))
     }
 

@@ -105,6 +105,11 @@ fn loader<'a>(opts: &LoadOptions, shapes: &'a conn_table::Shapes) -> EbpfLoader<
             map_names::NAT_REPLY_TABLE,
             lb_common::conn_table::map_entries(shapes.replies.buckets()),
         )
+        // An older build's reply index, under its name (`--compare`).
+        .map_max_entries(
+            map_names::PLACED_NAT_REPLIES,
+            lb_common::conn_table::map_entries(shapes.replies.buckets()),
+        )
         .map_max_entries(map_names::LRU_CONNS, opts.conn_max)
         .map_max_entries(map_names::LRU_NAT_REPLIES, opts.conn_max)
         .override_global(
@@ -386,7 +391,8 @@ impl Datapath {
 fn set_up_tables(ebpf: &Ebpf, shapes: conn_table::Shapes) -> Result<()> {
     set_up_table::<lb_common::Conn>(ebpf, map_names::CONN_TABLE, shapes.conns)?;
     set_up_table::<lb_common::Conn>(ebpf, map_names::TEMPLATE_TABLE, shapes.templates)?;
-    set_up_table::<lb_common::ReplyEntry>(ebpf, map_names::NAT_REPLY_TABLE, shapes.replies)
+    set_up_table::<lb_common::ReplyEntry>(ebpf, map_names::NAT_REPLY_TABLE, shapes.replies)?;
+    set_up_table::<lb_common::ReplyEntry>(ebpf, map_names::PLACED_NAT_REPLIES, shapes.replies)
 }
 
 fn set_up_table<E: lb_common::conn_table::Entry>(

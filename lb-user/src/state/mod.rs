@@ -152,6 +152,10 @@ impl Service {
                 lb_common::SVC_PERSISTENT
             } else {
                 0
+            } | if self.reals.iter().any(|r| r.forward == Forward::Masq) {
+                lb_common::SVC_NAT
+            } else {
+                0
             },
             _pad: 0,
         }

@@ -547,6 +547,10 @@ fn masquerading_maps_the_port_and_opens_the_reply_prefilter() {
         .log
         .iter()
         .any(|l| l.starts_with("egress ") && l.ends_with(" 0 0")));
+    // The service's entry says it has a NAT real server (its new flows fetch their reply's
+    // bucket early), and no longer once the last one goes.
+    let flags = |maps: &FakeMaps| maps.services[&svc.key()].flags;
+    assert_eq!(flags(&maps) & lb_common::SVC_NAT, lb_common::SVC_NAT);
     let after = next.del_real(svc, [192, 168, 10, 21].into()).unwrap();
     maps.log.clear();
     apply(&mut maps, &next, &after).unwrap();
@@ -555,6 +559,7 @@ fn masquerading_maps_the_port_and_opens_the_reply_prefilter() {
         "{:?}",
         maps.log
     );
+    assert_eq!(flags(&maps) & lb_common::SVC_NAT, 0);
 }
 
 /// IPv6 services and real servers: written with their 16-byte addresses, reached by direct

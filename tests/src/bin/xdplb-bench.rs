@@ -858,7 +858,14 @@ fn main() -> Result<()> {
          server's address to no VIP goes from xdplb straight to the IPv6 reply program, without \
          xdplb_v6's tail call and parse (paired, 40 rounds, B - A per pair: IPv6 NAT reply -19 \
          [-20, -19]; the other IPv6 cases +1 to +4, the peek at the fixed header every IPv6 \
-         frame now takes in xdplb). Where the NAT reply's time goes, by its sampled profile below (its fixed target of 120 then assumed DR's \
+         frame now takes in xdplb). Then (2026-12-05, not in the tables above either) the reply index's bucket is \
+         picked by the client's side of the flow alone, so a new flow of a service with \
+         an LVS/NAT real server starts fetching it before the scheduler runs (paired, 40 \
+         rounds, B - A per pair: NAT mh new flow -36 [-60, -16], IPv6 NAT mh new flow \
+         -56.5 [-74, -36]; DR mh new flow +2 [-8, 15], IPv6 DR mh new flow +12.5 [3, 25], \
+         sync on +1.5, guard -6, ring full -3.5; fetched for every service, DR's new flow \
+         paid +147 for a bucket it never reads: not kept). \
+         Where the NAT reply's time goes, by its sampled profile below (its fixed target of 120 then assumed DR's \
          established path plus a lookup, a tail call and a cheap FIB lookup): the kernel's FIB \
          lookup helper (bpf_ipv4_fib_lookup, fib_table_lookup, the MTU check it always makes \
          for XDP) takes about a fifth of the samples, 60 to 75 ns of the case's time in the \
