@@ -16,5 +16,6 @@ fn main() {
         println!("cargo:rustc-link-arg-bins=--export=xdplb_reply_write");
         println!("cargo:rustc-link-arg-bins=--export=xdplb_reply_fetch");
         println!("cargo:rustc-link-arg-bins=--export=xdplb_reply_forget");
+        println!("cargo:rustc-link-arg-bins=--export=xdplb_template_fetch");
     }
 }

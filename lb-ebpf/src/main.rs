@@ -57,10 +57,10 @@ use aya_log_ebpf::debug;
 use lb_common::{
     addr_from_v4, ipv4::HEADER_LEN as IPV4_HLEN, is_v4, DirectorConfig, FlowHandoff, FlowKey,
     RealServer, Reason, ServiceInfo, FWD_DR, FWD_NAT, FWD_TUN, HANDOFF_ESTABLISHED,
-    HANDOFF_NEW_FLOW, HANDOFF_REPLY, SVC_NAT,
+    HANDOFF_NEW_FLOW, HANDOFF_REPLY, SVC_NAT, SVC_PERSISTENT,
 };
 
-use crate::parse::{Packet, Parsed, TCP_FLAG_RST};
+use crate::parse::{Packet, Parsed, TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN};
 
 // Inlined into the program's entry point (the macro's wrapper), where LLVM would otherwise make
 // the pipeline a subprogram of its own: a call per packet.
@@ -93,13 +93,19 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     let flags = parse::tcp_flags(&ctx, &pkt);
     let now = conntrack::now();
     // An established flow goes straight to its real server: the flow already names the service,
-    // so the service lookup is only for new flows. A SYN of a flood skips the table.
-    let flooding = flood::syn_service(flags, now, || lookup::service(&pkt));
+    // so the service lookup is only for new flows and SYNs (first, see `syn_service`). A SYN
+    // of a flood skips the table.
+    let (syn, syn_service) = syn_service(flags, &flow, || lookup::service(&pkt));
+    let service_of = || match syn {
+        true => syn_service,
+        false => lookup::service(&pkt),
+    };
+    let flooding = flood::syn_service(flags, now, service_of);
     let known = known_flow(&flow, flags, now, config, flooding.is_some());
     // A new flow's service. Only with a service at stake is a damaged packet worth a drop, not
     // a pass; checked once for both kinds of flow (the verifier walks each copy), and before
     // either writes its entry: a damaged FIN must not close a connection.
-    let Some(service) = new_flow_service(&known, flooding, || lookup::service(&pkt)) else {
+    let Some(service) = new_flow_service(&known, flooding, service_of) else {
         return no_service(&ctx, &pkt, frame_len);
     };
     if let Err(reason) = parse::check(&ctx, &pkt) {
@@ -211,13 +217,35 @@ fn new_flow_service<K>(
 /// the scheduler decides.
 #[inline(always)]
 fn choose(service: &ServiceInfo, flow: &FlowKey, now: u32) -> Option<u32> {
-    if service.flags & SVC_NAT != 0 {
-        nat::xdplb_reply_fetch(flow);
-    }
     match persist::template(service, flow, now) {
         Some(id) => Some(id),
         None => schedule::pick(service, flow),
     }
+}
+
+/// Whether the packet is a SYN, and its service if so, looked up before the connection table:
+/// the buckets its new flow will need beside the table's, its reply's (LVS/NAT) and its client's
+/// template (persistence), start coming in while the table's does, where each would otherwise
+/// be waited for on its own after it.
+#[inline(always)]
+fn syn_service(
+    tcp_flags: u8,
+    flow: &FlowKey,
+    service_of: impl FnOnce() -> Option<&'static ServiceInfo>,
+) -> (bool, Option<&'static ServiceInfo>) {
+    if tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
+        return (false, None);
+    }
+    let service = service_of();
+    if let Some(s) = service {
+        if s.flags & SVC_NAT != 0 {
+            nat::xdplb_reply_fetch(flow);
+        }
+        if s.flags & SVC_PERSISTENT != 0 {
+            persist::xdplb_template_fetch(flow, s.id);
+        }
+    }
+    (true, service)
 }
 
 /// The host stage: the verdict for a frame that is not this director's to act on (another
@@ -347,6 +375,11 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     let flags = parse::tcp_flags_at(&ctx, pkt.proto, pkt.l4_off);
     let flow = pkt.flow();
     let now = conntrack::now();
+    let (syn, syn_service) = syn_service(flags, &flow, service_of);
+    let service_of = || match syn {
+        true => syn_service,
+        false => service_of(),
+    };
     // A SYN of a flood skips the connection table, as in xdplb's.
     let flooding = flood::syn_service(flags, now, service_of);
     let known = known_flow(&flow, flags, now, config, flooding.is_some());

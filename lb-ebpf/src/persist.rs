@@ -73,6 +73,27 @@ pub fn template(service: &ServiceInfo, flow: &FlowKey, now: u32) -> Option<u32> 
     Some(id)
 }
 
+/// Starts fetching the bucket of this client's template in a persistent `service`, a load
+/// nothing waits on, so it comes in while the connection table's bucket does: the template's
+/// read after the connection table's miss would otherwise wait for it alone. A global function
+/// (see build.rs): xdplb's stack has no room for it inline.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn xdplb_template_fetch(flow: *const FlowKey, service: u32) -> u32 {
+    // SAFETY: the verifier sizes the pointer from its type; null is all it can be else.
+    let Some(flow) = (unsafe { flow.as_ref() }) else {
+        return 0;
+    };
+    let Some(p) = PERSISTENCE.get(service) else {
+        return 0;
+    };
+    match TEMPLATE_TABLE.get_ptr(place(&key(service, &flow.src, p)).bucket) {
+        // SAFETY: a read of the map's value.
+        Some(bucket) => unsafe { core::ptr::read_volatile(&raw const (*bucket).slots[0].tag) },
+        None => 0,
+    }
+}
+
 /// Remembers where a persistent service sent this client.
 #[inline(always)]
 pub fn remember(service: &ServiceInfo, flow: &FlowKey, real: u32, now: u32) {

@@ -865,6 +865,15 @@ fn main() -> Result<()> {
          -56.5 [-74, -36]; DR mh new flow +2 [-8, 15], IPv6 DR mh new flow +12.5 [3, 25], \
          sync on +1.5, guard -6, ring full -3.5; fetched for every service, DR's new flow \
          paid +147 for a bucket it never reads: not kept). \
+         Then a SYN's service is looked up before the connection table, and the buckets \
+         its new flow will need beside the table's are fetched with it: its reply's for a \
+         service with an LVS/NAT real server (in place of the fetch in the scheduler's \
+         stage just above), its client's template for a persistent service (paired, 40 \
+         rounds, against the build before, B - A per pair: the persistent new client \
+         -73.5 [-89, -63], IPv6 -117.5 [-135, -88]; NAT mh new flow -93 [-138, -66], IPv6 \
+         -13.5 [-52, 25]; the other schedulers' new flows -4.5 to -23 but lblc +1; DR mh \
+         new flow -4.5 [-11, 11], the guard's +8 [7, 10], IPv6 DR mh new flow +24 [3, \
+         43]). \
          Where the NAT reply's time goes, by its sampled profile below (its fixed target of 120 then assumed DR's \
          established path plus a lookup, a tail call and a cheap FIB lookup): the kernel's FIB \
          lookup helper (bpf_ipv4_fib_lookup, fib_table_lookup, the MTU check it always makes \
