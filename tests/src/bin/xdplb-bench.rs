@@ -852,13 +852,12 @@ fn main() -> Result<()> {
          and a connection taken up mid-stream ranks its reply established from the start \
          (paired, 40 rounds, B - A per pair: NAT reply -17 [-18, -16], IPv6 NAT reply -25 \
          [-28, -23], NAT new flow -11 [-27, -5], every other case within its spread). The \
-         nineteenth run was of that build; the twentieth (the tables above) of the same \
-         datapath, the first with the kernel's FIB lookup measured alone for the NAT replies' \
-         budgets. After it (not in the tables above), an IPv6 TCP or UDP frame from a NAT real \
+         nineteenth run was of that build; the twentieth of the same datapath, the first with the kernel's FIB lookup measured alone for the NAT replies' \
+         budgets. After it, an IPv6 TCP or UDP frame from a NAT real \
          server's address to no VIP goes from xdplb straight to the IPv6 reply program, without \
          xdplb_v6's tail call and parse (paired, 40 rounds, B - A per pair: IPv6 NAT reply -19 \
          [-20, -19]; the other IPv6 cases +1 to +4, the peek at the fixed header every IPv6 \
-         frame now takes in xdplb). Then (2026-12-05, not in the tables above either) the reply index's bucket is \
+         frame now takes in xdplb). Then (2026-12-05) the reply index's bucket is \
          picked by the client's side of the flow alone, so a new flow of a service with \
          an LVS/NAT real server starts fetching it before the scheduler runs (paired, 40 \
          rounds, B - A per pair: NAT mh new flow -36 [-60, -16], IPv6 NAT mh new flow \
@@ -872,8 +871,8 @@ fn main() -> Result<()> {
          rounds, against the build before, B - A per pair: the persistent new client \
          -73.5 [-89, -63], IPv6 -117.5 [-135, -88]; NAT mh new flow -93 [-138, -66], IPv6 \
          -13.5 [-52, 25]; the other schedulers' new flows -4.5 to -23 but lblc +1; DR mh \
-         new flow -4.5 [-11, 11], the guard's +8 [7, 10], IPv6 DR mh new flow +24 [3, \
-         43]). \
+         new flow -4.5 [-11, 11], the guard's +8 [7, 10], IPv6 DR mh new flow +24 [3, 43]). The \
+         twenty-first run (the tables above) was of that build. \
          Where the NAT reply's time goes, by its sampled profile below (its fixed target of 120 then assumed DR's \
          established path plus a lookup, a tail call and a cheap FIB lookup): the kernel's FIB \
          lookup helper (bpf_ipv4_fib_lookup, fib_table_lookup, the MTU check it always makes \
@@ -1016,31 +1015,33 @@ fn main() -> Result<()> {
         println!();
     }
     println!(
-        "What the twentieth run's profiles of its misses say. The new flows' largest share is \
-         still one line, the compare of the bucket's tags (conn_table.rs, `if slot.tag == tag && \
-         ...`): 32 % of the programs' samples for DR mh's new flow, 36 % with sync on, 29 to 49 % \
-         for the other schedulers' new flows, 42 % and 46 % for the NAT new flows of the two \
-         families, 62 % for the persistent new client. It is the wait for a bucket cold in a \
-         table far larger than the caches (the 32768-flows row is 112 ns over the one-flow row in \
-         this run); the NAT new flows and the persistent new clients wait for two, the reply \
-         index's or the templates' besides the connection table's (the reply index's key names \
-         the real server, so its bucket cannot be fetched before the scheduler has chosen). The \
-         Maglev table's read (schedule.rs:81, a random slot of the service's 65,537) is mh's next \
-         share, 6 to 15 %. The NAT replies spend theirs in the kernel's FIB lookup, now measured \
-         alone: +98 ns for IPv4 and +211 for IPv6 above bare XDP_TX (the last two rows), about 60 \
-         % of the IPv4 reply's +158 and two thirds of the IPv6 reply's +313. The IPv6 reply \
-         misses its budget by 22 ns: what it costs over the IPv4 reply once the two lookups' \
-         difference is taken out is 42 ns against the 20 written down (the second tail call, \
-         xdplb to xdplb_v6 to the reply program, and the calls its stack needs). The established \
-         paths' misses spread over many lines, the keyed hash and the map lookups first, as DR's \
-         own does. The issue's own targets were all met in this run (flagged at 39.6 %; 26 of its \
-         37 rows' baselines moved under 10 %): non-VIP +8, DR established +49 for mh and +47 for \
-         sh, TUN 0.73x Katran, and the new flow 0.47x Katran's new-source case (+198 against +405 \
-         and +435; 0.81x Katran's own one-key case). 11 of the 29 added paths were within their \
-         budgets (14 in the nineteenth): DR mh's new flow, the reference of most new-flow rows, \
-         measured +198 here against +269 there, while the other schedulers' new flows moved less \
-         (rr +214, sh +228), so the rows read against it missed by 9 to 80 ns; the NAT reply met \
-         its budget again (+158 against 63 + 138, its FIB part measured).\n"
+        "What the twenty-first run's profiles of its misses say. A new flow still waits for cold \
+        buckets in tables far larger than the caches (the 32768-flows row is 96 ns over the \
+        one-flow row in this run), and the samples of that wait fall on the first load the CPU \
+        stalls on: for DR mh's new flow the compare of the connection table's tags \
+        (conn_table.rs, `if slot.tag == tag && ...`), 41 % of the programs' samples, 42 % and 46 \
+        % with sync on, 30 % and 42 % for fo's and ovf's; for the NAT new flows and the \
+        persistent new client, the load that fetches the reply's or the template's bucket ahead \
+        of the connection table's lookup (nat.rs:121, persist.rs:92: 24 % and 26 % for the NAT \
+        new flows of the two families, 36 % for the persistent new client) and the tags' compare \
+        after it (15 to 20 %), the two waits now overlapping where they came one after the other \
+        before. The Maglev table's read (schedule.rs:81, a random slot of the service's 65,537) \
+        is mh's next share, 9 to 15 %; fo and ovf spend a further 15 % in the bpf_loop of their \
+        scan (its helper and callback). The sync event costs its ring buffer (+100 over DR mh's \
+        new flow in this run, +60 over its budget of 40), the event lost to a full ring +48. The \
+        guard's case misses by 10: the Maglev read and the flow's hash, its largest shares, with \
+        the SYN's service now looked up before the guard's decision. The NAT replies spend \
+        theirs in the kernel's FIB lookup, measured alone: +99 ns for IPv4 and +214 for IPv6 \
+        (the last two rows); both replies met their budgets, the IPv6 one for the first time \
+        (+290 against 166 + 135), its reply now going from xdplb straight to its program. The \
+        issue's own targets were all met in this run (flagged at 57.1 %; 13 of its 37 rows' \
+        baselines moved under 10 %): non-VIP +8, DR established +48 for mh and +47 for sh, TUN \
+        0.69x Katran, and the new flow 0.55x Katran's new-source case (+248 against +442 and \
+        +453; 0.99x Katran's own one-key case). 19 of the 29 added paths were within their \
+        budgets (11 in the twentieth, 14 in the nineteenth): DR mh's new flow, the reference of \
+        most new-flow rows, was high here (+248 against +198 there), and the NAT new flows \
+        (+423, +445) and the persistent new client (+387) came within 2 to 11 ns of theirs, \
+        where they missed by 117 to 166 in the twentieth.\n"
     );
 
     eprintln!("measuring: live forwarding");
