@@ -245,7 +245,7 @@ pub struct NatReply {
     pub real: u32,
 }
 
-/// NAT_REPLY_TABLE's entry ([`crate::conn_table::ReplySlot`]): a reply's translation, and the
+/// NAT_REPLY_INDEX's entry ([`crate::conn_table::ReplySlot`]): a reply's translation, and the
 /// kernel's clock (jiffies) when a reply last used it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -559,13 +559,13 @@ pub mod map_names {
     /// prefilter of real-server source addresses (last 16 bits, as VIP_FILTER); outbound
     /// counters per service and real server.
     pub const REAL_EGRESS: &str = "REAL_EGRESS";
-    pub const NAT_REPLY_TABLE: &str = "NAT_REPLY_INDEX";
+    pub const NAT_REPLY_INDEX: &str = "NAT_REPLY_INDEX";
     /// The reply index of the versions before it: a table of the same layout whose replies were
     /// placed by their whole flow, not by the client's side ([`crate::conn_table::reply_place`]).
-    /// An agent that finds one pinned moves its entries into NAT_REPLY_TABLE.
+    /// An agent that finds one pinned moves its entries into NAT_REPLY_INDEX.
     pub const PLACED_NAT_REPLIES: &str = "NAT_REPLY_TABLE";
     /// The reply index of versions before that, a kernel LRU hash (FlowKey -> NatReply): an
-    /// agent that finds one pinned moves its entries into NAT_REPLY_TABLE.
+    /// agent that finds one pinned moves its entries into NAT_REPLY_INDEX.
     pub const LRU_NAT_REPLIES: &str = "NAT_REPLIES";
     pub const NAT_SOURCES: &str = "NAT_SOURCES";
     pub const SERVICE_OUT: &str = "SERVICE_OUT";

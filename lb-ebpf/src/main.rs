@@ -93,9 +93,9 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     let flags = parse::tcp_flags(&ctx, &pkt);
     let now = conntrack::now();
     // An established flow goes straight to its real server: the flow already names the service,
-    // so the service lookup is only for new flows and SYNs (first, see `syn_service`). A SYN
+    // so the service lookup is only for new flows and SYNs (first, see `syn_lookup`). A SYN
     // of a flood skips the table.
-    let (syn, syn_service) = syn_service(flags, &flow, || lookup::service(&pkt));
+    let (syn, syn_service) = syn_lookup(flags, &flow, || lookup::service(&pkt));
     let service_of = || match syn {
         true => syn_service,
         false => lookup::service(&pkt),
@@ -228,7 +228,7 @@ fn choose(service: &ServiceInfo, flow: &FlowKey, now: u32) -> Option<u32> {
 /// template (persistence), start coming in while the table's does, where each would otherwise
 /// be waited for on its own after it.
 #[inline(always)]
-fn syn_service(
+fn syn_lookup(
     tcp_flags: u8,
     flow: &FlowKey,
     service_of: impl FnOnce() -> Option<&'static ServiceInfo>,
@@ -375,7 +375,7 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     let flags = parse::tcp_flags_at(&ctx, pkt.proto, pkt.l4_off);
     let flow = pkt.flow();
     let now = conntrack::now();
-    let (syn, syn_service) = syn_service(flags, &flow, service_of);
+    let (syn, syn_service) = syn_lookup(flags, &flow, service_of);
     let service_of = || match syn {
         true => syn_service,
         false => service_of(),

@@ -4,7 +4,8 @@
 //! checksums incrementally (RFC 1624) and decrement the TTL, as a router does.
 //!
 //! Replies are found by their own flow key in NAT_REPLY_INDEX, written when a NAT flow is bound:
-//! one lookup on the reply path, no search of the connection table. The index is a table of the
+//! one lookup on the reply path, no search of the connection table. A reply's bucket is picked
+//! by the client's side of the flow alone, so a new flow fetches it before it is scheduled. The index is a table of the
 //! connection table's layout ([`conn_table`]), its slots wide enough for a translation: one
 //! keyed hash and one bucket, nothing to allocate; a new reply takes an empty slot of its bucket,
 //! else one whose connection is not established, the longest unused among equals
@@ -87,19 +88,26 @@ pub fn may_be_real(addr: &Addr) -> bool {
 /// A reply flow's bucket and tag.
 #[inline(always)]
 fn place(reply: &FlowKey) -> conn_table::Place {
+    let (seed, mask) = index_shape();
+    conn_table::reply_place(reply, seed, mask)
+}
+
+/// The index's hash secret and bucket mask.
+#[inline(always)]
+fn index_shape() -> (u64, u32) {
     // SAFETY: reads of plain globals; volatile so the compiler does not fold their defaults.
-    let (seed, mask) = unsafe {
+    unsafe {
         (
             core::ptr::read_volatile(&REPLY_SEED),
             core::ptr::read_volatile(&REPLY_MASK),
         )
-    };
-    conn_table::reply_place(reply, seed, mask)
+    }
 }
 
-/// Starts fetching the index's bucket for the replies to a new `flow` (client -> VIP): a load
-/// nothing waits on, so the CPU fetches it while the connection table's bucket comes in, where
-/// the reply's insert after the scheduler would wait for it alone. A global function (see
+/// Starts fetching the index's bucket for the replies to a new `flow` (client -> VIP), placed
+/// by the client's side alone ([`conn_table::reply_place_of_client`]) before the scheduler
+/// names the real server: it comes in while the connection table's bucket does, where the
+/// reply's insert after the scheduler would wait for it alone. A global function (see
 /// build.rs): inlined, xdplb's stack outgrew the verifier's limit.
 #[no_mangle]
 #[inline(never)]
@@ -108,19 +116,9 @@ pub extern "C" fn xdplb_reply_fetch(flow: *const FlowKey) -> u32 {
     let Some(flow) = (unsafe { flow.as_ref() }) else {
         return 0;
     };
-    // SAFETY: as in `place`.
-    let (seed, mask) = unsafe {
-        (
-            core::ptr::read_volatile(&REPLY_SEED),
-            core::ptr::read_volatile(&REPLY_MASK),
-        )
-    };
+    let (seed, mask) = index_shape();
     let p = conn_table::reply_place_of_client(flow, seed, mask);
-    match NAT_REPLY_INDEX.get_ptr(p.bucket) {
-        // SAFETY: a read of the map's value.
-        Some(bucket) => unsafe { core::ptr::read_volatile(&raw const (*bucket).slots[0].tag) },
-        None => 0,
-    }
+    slots::fetch(&NAT_REPLY_INDEX, p.bucket)
 }
 
 /// A reply of a NAT flow, found by [`reply_of`].

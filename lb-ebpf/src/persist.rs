@@ -73,9 +73,9 @@ pub fn template(service: &ServiceInfo, flow: &FlowKey, now: u32) -> Option<u32> 
     Some(id)
 }
 
-/// Starts fetching the bucket of this client's template in a persistent `service`, a load
-/// nothing waits on, so it comes in while the connection table's bucket does: the template's
-/// read after the connection table's miss would otherwise wait for it alone. A global function
+/// Starts fetching the bucket of this client's template in a persistent `service`
+/// ([`slots::fetch`]): it comes in while the connection table's bucket does, where the
+/// template's read after the connection table's miss would otherwise wait for it alone. A global function
 /// (see build.rs): xdplb's stack has no room for it inline.
 #[no_mangle]
 #[inline(never)]
@@ -87,11 +87,7 @@ pub extern "C" fn xdplb_template_fetch(flow: *const FlowKey, service: u32) -> u3
     let Some(p) = PERSISTENCE.get(service) else {
         return 0;
     };
-    match TEMPLATE_TABLE.get_ptr(place(&key(service, &flow.src, p)).bucket) {
-        // SAFETY: a read of the map's value.
-        Some(bucket) => unsafe { core::ptr::read_volatile(&raw const (*bucket).slots[0].tag) },
-        None => 0,
-    }
+    slots::fetch(&TEMPLATE_TABLE, place(&key(service, &flow.src, p)).bucket)
 }
 
 /// Remembers where a persistent service sent this client.

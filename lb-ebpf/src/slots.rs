@@ -23,6 +23,18 @@ pub fn find<E>(
     Some(unsafe { &raw mut (*bucket).slots[way & (WAYS - 1)] })
 }
 
+/// Starts fetching bucket `bucket` of `table` into the CPU's caches: a load nothing waits on,
+/// issued before the lookup that needs the bucket, so its miss overlaps another one (the
+/// connection table's) rather than following it. The tag read, so the compiler keeps the load.
+#[inline(always)]
+pub fn fetch<E>(table: &Array<BucketOf<E>>, bucket: u32) -> u32 {
+    match table.get_ptr(bucket) {
+        // SAFETY: a read of the map's value.
+        Some(b) => unsafe { core::ptr::read_volatile(&raw const (*b).slots[0].tag) },
+        None => 0,
+    }
+}
+
 /// Whether `slot` still holds the key tagged `tag` after the caller copied from it: a writer on
 /// another CPU empties the tag before it writes and sets it after ([`write`]), so a copy taken
 /// across a rewrite is refused, not taken for this key's. The copy's loads come first: the

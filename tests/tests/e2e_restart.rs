@@ -294,7 +294,7 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
                 ![
                     lb_common::map_names::CONN_TABLE,
                     lb_common::map_names::TEMPLATE_TABLE,
-                    lb_common::map_names::NAT_REPLY_TABLE,
+                    lb_common::map_names::NAT_REPLY_INDEX,
                 ]
                 .contains(m)
             })
@@ -365,7 +365,7 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
     );
     assert!(!old_replies.exists(), "the old reply index is still pinned");
     let replies = lb_user::datapath::conn_table::SlotTable::<lb_common::ReplyEntry>::new(
-        &aya::maps::MapData::from_pin(dir.join(lb_common::map_names::NAT_REPLY_TABLE)).unwrap(),
+        &aya::maps::MapData::from_pin(dir.join(lb_common::map_names::NAT_REPLY_INDEX)).unwrap(),
     )
     .unwrap();
     let moved = replies.get(&old_reply_key).unwrap().map(|e| e.reply);

@@ -133,7 +133,7 @@ fn a_room_out_of_range_is_refused_at_start_and_attaches_nothing() {
 fn reply_slots(agent: &Agent) -> u32 {
     let dir = agent.pin_dir().expect("the agent's pins");
     let map =
-        aya::maps::MapData::from_pin(dir.join(lb_common::map_names::NAT_REPLY_TABLE)).unwrap();
+        aya::maps::MapData::from_pin(dir.join(lb_common::map_names::NAT_REPLY_INDEX)).unwrap();
     lb_user::datapath::conn_table::SlotTable::<lb_common::ReplyEntry>::new(&map)
         .unwrap()
         .capacity()

@@ -338,16 +338,8 @@ async fn bring_up(
         None => (State::with_limits(limits), None),
     };
     state::resync(&mut maps, &state).context("cannot write the adopted state back")?;
-    // The previous version's LVS/NAT replies, where this program looks for them before it runs
-    // (the rest of them after).
-    let old_replies = pins.map(lb_common::map_names::PLACED_NAT_REPLIES);
-    let now = crate::datapath::clock::jiffies_now()?;
-    let early = crate::conntrack::migrate::replies_from_table(
-        &old_replies,
-        maps.reply_table()?,
-        now,
-        false,
-    )?;
+    // Older versions' tables: what must be in place before this program runs, moved now.
+    let adoption = crate::conntrack::migrate::before_swap(pins, &maps)?;
     let (first, mode) = datapath
         .attach_pinned(iface.index, None, director.mode, pins)
         .with_context(|| format!("interface {}", iface.name))?;
@@ -362,45 +354,8 @@ async fn bring_up(
             .with_context(|| format!("interface {}", i.name))?;
         attachments.push(attachment);
     }
-    // An older version's tables, once its program no longer runs: their entries move into
-    // this one's.
-    let old = pins.map(lb_common::map_names::LRU_CONNS);
-    if let Some(moved) = crate::conntrack::migrate::from_lru(&old, &mut maps.conn_table()?)? {
-        info!(
-            flows = moved,
-            "moved the connection table of the previous version into this one"
-        );
-    }
-    let old = pins.map(lb_common::map_names::LRU_TEMPLATES);
-    if let Some(moved) =
-        crate::conntrack::migrate::templates_from_lru(&old, maps.template_table()?, now)?
-    {
-        info!(
-            templates = moved,
-            "moved the persistence templates of the previous version into this one"
-        );
-    }
-    if let Some(early) = early {
-        let late = crate::conntrack::migrate::replies_from_table(
-            &old_replies,
-            maps.reply_table()?,
-            now,
-            true,
-        )?;
-        info!(
-            replies = early + late.unwrap_or(0),
-            "placed the LVS/NAT replies of the previous version where this one looks for them"
-        );
-    }
-    let old = pins.map(lb_common::map_names::LRU_NAT_REPLIES);
-    if let Some(moved) =
-        crate::conntrack::migrate::replies_from_lru(&old, maps.reply_table()?, now)?
-    {
-        info!(
-            replies = moved,
-            "moved the LVS/NAT reply index of the previous version into this one"
-        );
-    }
+    // The rest of them, once the old program no longer runs.
+    crate::conntrack::migrate::after_swap(pins, &mut maps, adoption)?;
     Ok(Up {
         datapath,
         maps,

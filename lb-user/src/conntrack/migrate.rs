@@ -9,10 +9,69 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, Map, MapData};
-use lb_common::{Conn, FlowKey, NatReply, ReplyEntry, Template, TemplateKey};
+use lb_common::{map_names, Conn, FlowKey, NatReply, ReplyEntry, Template, TemplateKey};
+use tracing::info;
 
 use super::table::ConnTable;
-use crate::datapath::conn_table::SlotTable;
+use crate::datapath::{conn_table::SlotTable, pin::Pins, Maps};
+
+/// What [`before_swap`] moved, for [`after_swap`].
+pub struct Adoption {
+    /// Replies copied from the previous version's reply index, if it was pinned.
+    placed_replies: Option<usize>,
+    /// The kernel's clock when the adoption began, which a full bucket's choice goes by.
+    now: u32,
+}
+
+/// An agent adopting a datapath, before it swaps its program in: the previous version's LVS/NAT
+/// replies are copied where this version's program will look for them, so they are there when
+/// it starts (the old program reads its own index until the swap).
+pub fn before_swap(pins: &Pins, maps: &Maps) -> Result<Adoption> {
+    let now = crate::datapath::clock::jiffies_now()?;
+    let old = pins.map(map_names::PLACED_NAT_REPLIES);
+    let placed_replies = replies_from_table(&old, maps.reply_table()?, now, false)?;
+    Ok(Adoption {
+        placed_replies,
+        now,
+    })
+}
+
+/// After the swap, once the old program no longer runs: the older versions' tables' entries
+/// move into this one's (the previous reply index's again, for the connections the old program
+/// bound since [`before_swap`]), and their pins go.
+pub fn after_swap(pins: &Pins, maps: &mut Maps, before: Adoption) -> Result<()> {
+    let now = before.now;
+    let old = pins.map(map_names::LRU_CONNS);
+    if let Some(moved) = from_lru(&old, &mut maps.conn_table()?)? {
+        info!(
+            flows = moved,
+            "moved the connection table of the previous version into this one"
+        );
+    }
+    let old = pins.map(map_names::LRU_TEMPLATES);
+    if let Some(moved) = templates_from_lru(&old, maps.template_table()?, now)? {
+        info!(
+            templates = moved,
+            "moved the persistence templates of the previous version into this one"
+        );
+    }
+    if let Some(early) = before.placed_replies {
+        let old = pins.map(map_names::PLACED_NAT_REPLIES);
+        let late = replies_from_table(&old, maps.reply_table()?, now, true)?;
+        info!(
+            replies = early + late.unwrap_or(0),
+            "placed the LVS/NAT replies of the previous version where this one looks for them"
+        );
+    }
+    let old = pins.map(map_names::LRU_NAT_REPLIES);
+    if let Some(moved) = replies_from_lru(&old, maps.reply_table()?, now)? {
+        info!(
+            replies = moved,
+            "moved the LVS/NAT reply index of the previous version into this one"
+        );
+    }
+    Ok(())
+}
 
 /// Moves the entries of the old connection table pinned at `path` into `table` and removes the
 /// pin; the number moved, or None when there is no old table.

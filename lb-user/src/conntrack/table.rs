@@ -67,7 +67,7 @@ impl ConnTables for PinnedTable {
         };
         let beside = |name| open(&self.path.with_file_name(name));
         let conns = SlotTable::new(&open(&self.path)?)?;
-        let replies = SlotTable::new(&beside(map_names::NAT_REPLY_TABLE)?)?;
+        let replies = SlotTable::new(&beside(map_names::NAT_REPLY_INDEX)?)?;
         let templates = SlotTable::new(&beside(map_names::TEMPLATE_TABLE)?)?;
         Ok(Box::new(MapConns::<SlotTable, SlotTable<ReplyEntry>> {
             conns,

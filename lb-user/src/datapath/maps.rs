@@ -351,7 +351,7 @@ impl Maps {
             nat_sources: take(ebpf, map_names::NAT_SOURCES)?,
             tunnel_src6: take(ebpf, map_names::TUNNEL_SRC6)?,
             flood_guard: take(ebpf, map_names::FLOOD_GUARD)?,
-            replies: slot_table_in(ebpf, map_names::NAT_REPLY_TABLE)?,
+            replies: slot_table_in(ebpf, map_names::NAT_REPLY_INDEX)?,
             service_out: take(ebpf, map_names::SERVICE_OUT)?,
             real_out: take(ebpf, map_names::REAL_OUT)?,
             ifaces: take(ebpf, map_names::IFACES)?,
@@ -399,7 +399,7 @@ impl Maps {
             .unwrap_or_default();
         Ok(crate::conntrack::table::MapConns {
             conns: slot_table(&self.conns, map_names::CONN_TABLE)?,
-            replies: slot_table(&self.replies, map_names::NAT_REPLY_TABLE)?,
+            replies: slot_table(&self.replies, map_names::NAT_REPLY_INDEX)?,
             templates: self.template_table()?,
             timeouts: std::sync::Arc::new(std::sync::Mutex::new(timeouts)),
         })
@@ -412,7 +412,7 @@ impl Maps {
 
     /// The LVS/NAT reply index.
     pub fn reply_table(&self) -> Result<&super::conn_table::SlotTable<ReplyEntry>> {
-        slot_table(&self.replies, map_names::NAT_REPLY_TABLE)
+        slot_table(&self.replies, map_names::NAT_REPLY_INDEX)
     }
 
     /// Whether the reply index was made for LVS/NAT connections (`nat_max` above 0).

@@ -102,7 +102,7 @@ fn loader<'a>(opts: &LoadOptions, shapes: &'a conn_table::Shapes) -> EbpfLoader<
             lb_common::conn_table::map_entries(shapes.conns.buckets()),
         )
         .map_max_entries(
-            map_names::NAT_REPLY_TABLE,
+            map_names::NAT_REPLY_INDEX,
             lb_common::conn_table::map_entries(shapes.replies.buckets()),
         )
         // An older build's reply index, under its name (`--compare`).
@@ -281,7 +281,7 @@ impl Datapath {
         let shapes = conn_table::Shapes::pinned(
             &pins.map(map_names::CONN_TABLE),
             &pins.map(map_names::TEMPLATE_TABLE),
-            &pins.map(map_names::NAT_REPLY_TABLE),
+            &pins.map(map_names::NAT_REPLY_INDEX),
             opts.conn_max,
             opts.nat_max,
         )?;
@@ -391,7 +391,7 @@ impl Datapath {
 fn set_up_tables(ebpf: &Ebpf, shapes: conn_table::Shapes) -> Result<()> {
     set_up_table::<lb_common::Conn>(ebpf, map_names::CONN_TABLE, shapes.conns)?;
     set_up_table::<lb_common::Conn>(ebpf, map_names::TEMPLATE_TABLE, shapes.templates)?;
-    set_up_table::<lb_common::ReplyEntry>(ebpf, map_names::NAT_REPLY_TABLE, shapes.replies)?;
+    set_up_table::<lb_common::ReplyEntry>(ebpf, map_names::NAT_REPLY_INDEX, shapes.replies)?;
     set_up_table::<lb_common::ReplyEntry>(ebpf, map_names::PLACED_NAT_REPLIES, shapes.replies)
 }
 

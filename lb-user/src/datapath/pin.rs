@@ -43,7 +43,7 @@ pub const PINNED_MAPS: [&str; 32] = [
     map_names::PERSISTENCE,
     map_names::TEMPLATE_TABLE,
     map_names::REAL_EGRESS,
-    map_names::NAT_REPLY_TABLE,
+    map_names::NAT_REPLY_INDEX,
     map_names::NAT_SOURCES,
     map_names::SERVICE_OUT,
     map_names::REAL_OUT,

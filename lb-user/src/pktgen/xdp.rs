@@ -24,7 +24,7 @@ pub(super) fn load(name: &str, globals: &[(&'static str, u8)]) -> Result<Ebpf> {
     loader
         .map_max_entries(map_names::CONN_TABLE, lb_common::conn_table::map_entries(1))
         .map_max_entries(
-            map_names::NAT_REPLY_TABLE,
+            map_names::NAT_REPLY_INDEX,
             lb_common::conn_table::map_entries(1),
         );
     loader.override_global("AYA_LOG_LEVEL", &0u8, true);

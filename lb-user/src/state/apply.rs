@@ -93,11 +93,10 @@ fn write_diff(w: &mut dyn MapWriter, old: &State, new: &State, reset: bool) -> R
     let diff = super::service_changes(old, new, !same_egress);
     // The prefilters follow the services' addresses and their LVS/NAT real servers: looked at
     // again only when a service came or went, or one with NAT real servers changed.
-    let masq = |s: &Service| s.reals.iter().any(|r| r.forward == Forward::Masq);
     let keys_changed = diff.iter().any(|(o, n)| o.is_none() || n.is_none());
     let nat_changed = diff
         .iter()
-        .any(|(o, n)| o.is_some_and(|s| masq(s)) || n.is_some_and(|s| masq(s)));
+        .any(|(o, n)| o.is_some_and(|s| s.masquerades()) || n.is_some_and(|s| s.masquerades()));
     let (old_filter, new_filter) = match keys_changed {
         true => (filter_entries(old), filter_entries(new)),
         false => Default::default(),

@@ -141,6 +141,11 @@ impl Service {
         self.reals.iter().find(|r| r.addr == addr)
     }
 
+    /// Whether any of its real servers forwards by LVS/NAT.
+    pub fn masquerades(&self) -> bool {
+        self.reals.iter().any(|r| r.forward == Forward::Masq)
+    }
+
     /// The service's entry in the datapath's SERVICES map.
     pub fn info(&self) -> ServiceInfo {
         ServiceInfo {
@@ -152,7 +157,7 @@ impl Service {
                 lb_common::SVC_PERSISTENT
             } else {
                 0
-            } | if self.reals.iter().any(|r| r.forward == Forward::Masq) {
+            } | if self.masquerades() {
                 lb_common::SVC_NAT
             } else {
                 0
