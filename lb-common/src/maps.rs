@@ -591,10 +591,17 @@ pub mod map_names {
     /// MAC addresses of devices stacked on the interface (macvlan, such as keepalived's
     /// `use_vmac`) whose frames the director acts on besides the interface's own.
     pub const LOCAL_MACS: &str = "LOCAL_MACS";
-    /// Connection synchronisation: the ring buffer of flow events the datapath hands the agent,
-    /// and its per-CPU counters (events written, events lost because the ring was full).
-    pub const SYNC_EVENTS: &str = "SYNC_EVENTS";
+    /// Connection synchronisation: the flow events the datapath hands the agent (a ring of its
+    /// own per CPU, [`super::SyncEvent`]s in one memory-mapped array, with each ring's
+    /// [`super::SyncCursor`]), and its per-CPU counters (events written, events lost because the
+    /// ring was full).
+    pub const SYNC_RING: &str = "SYNC_RING";
+    pub const SYNC_CURSORS: &str = "SYNC_CURSORS";
     pub const SYNC_STATS: &str = "SYNC_STATS";
+    /// The ring buffer (BPF_MAP_TYPE_RINGBUF) older versions wrote their events into: an agent
+    /// adopting such a datapath reads what is left in it once; `--compare` reads it from older
+    /// objects.
+    pub const SYNC_EVENTS: &str = "SYNC_EVENTS";
     /// Real-server side (`xdplb decap`): the addresses whose IPIP packets are decapsulated, and
     /// counters (index 0: decapsulated, 1: passed untouched).
     pub const DECAP_VIPS: &str = "DECAP_VIPS";
@@ -837,8 +844,9 @@ pub const SYNC_BIND: u8 = 1;
 /// [`SyncEvent::kind`]: a flow was closed by a RST; peers forget it.
 pub const SYNC_CLOSE: u8 = 2;
 
-/// Ring-buffer record the datapath writes for the agent's connection synchronisation, only on
-/// new flows, a flow's first FIN, a RST, and a periodic refresh of a live flow (never per packet).
+/// The record the datapath writes for the agent's connection synchronisation, only on new
+/// flows, a flow's first FIN, a RST, and a periodic refresh of a live flow (never per packet).
+/// 64 bytes: one cache line of [`map_names::SYNC_RING`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct SyncEvent {
@@ -854,9 +862,37 @@ pub struct SyncEvent {
     pub ktime: u64,
 }
 
-/// Ring buffer size in bytes (a power of two): about 110,000 events of 72 bytes with their
-/// headers, a couple of seconds of new flows at the rates one director binds them.
-pub const SYNC_RING_BYTES: u32 = 8 << 20;
+/// One CPU's ring in [`map_names::SYNC_RING`]: its slots are `cpu * (mask + 1) ..` and the event
+/// number `n` is in slot `n & mask` of them. Only that CPU's datapath writes `head` (events
+/// written, ever: the next one's number), only the agent `tail` (events read), each in its own
+/// cache line so the two sides do not take it from each other. A CPU's XDP programs never run
+/// two at a time, so a ring has one writer and needs no lock: the event is written, then
+/// `head` (in that order on x86, whose stores are not reordered); the agent reads `head`, the
+/// events below it, then moves `tail`, and the datapath writes only where `head - tail` leaves
+/// room. A full ring loses the event, counted; the datapath never waits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SyncCursor {
+    pub head: u64,
+    /// Slots per CPU - 1 (a power of two less one), written when the map is made.
+    pub mask: u64,
+    pub _pad: [u64; 6],
+    pub tail: u64,
+    pub _pad2: [u64; 7],
+}
+
+/// Events the rings hold in all, spread over the CPUs: 8 MiB of events, some 130,000, a couple
+/// of seconds of new flows at the rates one director binds them (the agent reads them every
+/// millisecond).
+pub const SYNC_RING_EVENTS: u32 = 1 << 17;
+
+/// Slots of each CPU's ring, for `cpus` CPUs: [`SYNC_RING_EVENTS`] shared out, at most 65,536
+/// (the flows one CPU binds in well over the agent's read interval) and at least 8,192.
+pub fn sync_ring_slots(cpus: u32) -> u32 {
+    (SYNC_RING_EVENTS / cpus.max(1))
+        .next_power_of_two()
+        .clamp(1 << 13, 1 << 16)
+}
 
 /// SYNC_STATS indices.
 pub const SYNC_STAT_EVENTS: u32 = 0;
@@ -879,6 +915,7 @@ mod pod {
     unsafe impl aya::Pod for super::Template {}
     unsafe impl aya::Pod for super::LocalityEntry {}
     unsafe impl aya::Pod for super::SyncEvent {}
+    unsafe impl aya::Pod for super::SyncCursor {}
     // SAFETY: all of these are #[repr(C)] plain data without padding holes (bytemuck::Pod).
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ServiceInfo {}
@@ -887,4 +924,37 @@ mod pod {
     unsafe impl aya::Pod for super::DirectorConfig {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Conn {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An event fills one cache line, and a ring's two cursors each have their own: the
+    /// datapath writing `head` and the agent `tail` never take a line from each other.
+    #[test]
+    fn sync_ring_layout() {
+        assert_eq!(core::mem::size_of::<SyncEvent>(), 64);
+        assert_eq!(core::mem::size_of::<SyncCursor>(), 128);
+        assert_eq!(core::mem::offset_of!(SyncCursor, head) / 64, 0);
+        assert_eq!(core::mem::offset_of!(SyncCursor, mask) / 64, 0);
+        assert_eq!(core::mem::offset_of!(SyncCursor, tail), 64);
+    }
+
+    /// Each CPU's ring is a power of two of slots, within its bounds, and together they hold
+    /// the events asked for while the CPUs are few enough for the floor not to matter.
+    #[test]
+    fn sync_ring_slots_per_cpu() {
+        for cpus in [1, 2, 3, 4, 6, 16, 64, 256, 1024] {
+            let slots = sync_ring_slots(cpus);
+            assert!(slots.is_power_of_two(), "{cpus} CPUs: {slots}");
+            assert!((1 << 13..=1 << 16).contains(&slots), "{cpus} CPUs: {slots}");
+            if (2..=16).contains(&cpus) {
+                assert!(slots * cpus >= SYNC_RING_EVENTS, "{cpus} CPUs: {slots}");
+                assert!(slots * cpus < 2 * SYNC_RING_EVENTS, "{cpus} CPUs: {slots}");
+            }
+        }
+        assert_eq!(sync_ring_slots(2), 1 << 16);
+        assert_eq!(sync_ring_slots(0), 1 << 16);
+    }
 }

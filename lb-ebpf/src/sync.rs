@@ -5,16 +5,22 @@
 //! the datapath never waits for the agent.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    bindings::BPF_F_MMAPABLE,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray},
 };
-use lb_common::{
-    DirectorConfig, FlowKey, SyncEvent, SYNC_RING_BYTES, SYNC_STAT_EVENTS, SYNC_STAT_LOST,
-};
+use core::ptr::{read_volatile, write_volatile};
+use lb_common::{DirectorConfig, FlowKey, SyncCursor, SyncEvent, SYNC_STAT_EVENTS, SYNC_STAT_LOST};
+
+/// Every CPU's ring of events (sized by the agent: CPUs x slots per CPU), memory-mapped by the
+/// agent. A ring per CPU written without a lock, where the kernel's ring buffer takes a spin
+/// lock with interrupts off for every reserve: see [`SyncCursor`].
+#[map]
+static SYNC_RING: Array<SyncEvent> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 #[map]
-static SYNC_EVENTS: RingBuf = RingBuf::with_byte_size(SYNC_RING_BYTES, 0);
+static SYNC_CURSORS: Array<SyncCursor> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 #[map]
 static SYNC_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
@@ -31,27 +37,11 @@ pub fn due(config: &DirectorConfig, before: u32, now: u32) -> bool {
     enabled(config) && (before ^ now) >> (config.sync_shift & 31) != 0
 }
 
-/// Hands the agent a flow event; a full ring drops it and counts the loss.
+/// Hands the agent a flow event through this CPU's ring; a full ring drops it and counts the
+/// loss.
 #[inline(always)]
 pub fn event(flow: &FlowKey, service: u32, real: u32, kind: u8, flags: u32) {
-    let written = match SYNC_EVENTS.reserve::<SyncEvent>(0) {
-        Some(mut slot) => {
-            slot.write(SyncEvent {
-                flow: *flow,
-                service,
-                real,
-                kind,
-                _pad: [0; 3],
-                flags,
-                // SAFETY: a helper without arguments.
-                ktime: unsafe { bpf_ktime_get_ns() },
-            });
-            slot.submit(0);
-            true
-        }
-        None => false,
-    };
-    let index = if written {
+    let index = if write(flow, service, real, kind, flags) {
         SYNC_STAT_EVENTS
     } else {
         SYNC_STAT_LOST
@@ -60,4 +50,43 @@ pub fn event(flow: &FlowKey, service: u32, real: u32, kind: u8, flags: u32) {
         // SAFETY: a per-CPU slot is only touched by this CPU.
         unsafe { *n += 1 };
     }
+}
+
+/// Writes the event into this CPU's ring if it has room.
+#[inline(always)]
+fn write(flow: &FlowKey, service: u32, real: u32, kind: u8, flags: u32) -> bool {
+    // SAFETY: a helper without arguments (inlined by the kernel).
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(cursor) = SYNC_CURSORS.get_ptr_mut(cpu) else {
+        return false;
+    };
+    // SAFETY: an array slot; `head` is this CPU's alone (its programs never run two at a time),
+    // `tail` the agent's, read as it is now.
+    let (head, tail, mask) = unsafe {
+        (
+            (*cursor).head,
+            read_volatile(&(*cursor).tail),
+            (*cursor).mask,
+        )
+    };
+    if head.wrapping_sub(tail) > mask {
+        return false;
+    }
+    let slot = (cpu as u64 * (mask + 1) + (head & mask)) as u32;
+    let Some(event) = SYNC_RING.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: a slot the agent has read (or never held an event); the event is written before
+    // `head` moves past it, all volatile so the compiler keeps that order (field by field: a
+    // whole event built first would take 64 bytes of the stack, which has no room for them).
+    unsafe {
+        write_volatile(&raw mut (*event).flow, *flow);
+        write_volatile(&raw mut (*event).service, service);
+        write_volatile(&raw mut (*event).real, real);
+        write_volatile(&raw mut (*event).kind, kind);
+        write_volatile(&raw mut (*event).flags, flags);
+        write_volatile(&raw mut (*event).ktime, bpf_ktime_get_ns());
+        write_volatile(&raw mut (*cursor).head, head + 1);
+    }
+    true
 }

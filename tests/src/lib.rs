@@ -19,6 +19,7 @@ pub mod fixture;
 pub mod ha;
 pub mod http_load;
 pub mod ipv6;
+pub mod legacy;
 pub mod metrics;
 pub mod names;
 pub mod nat;

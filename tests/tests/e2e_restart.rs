@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use lb_common::{Conn, FlowKey};
 use lb_tests::agent::{bpffs, xdplb_in};
 use lb_tests::client::{fetch, fetch_each, StreamSet};
+use lb_tests::legacy::{pin_lru_table, pin_placed_replies, pin_sync_ring_buffer};
 use lb_tests::{require_root, Agent, DrTopology, FreshFlows, Netns, Serve};
 
 /// Long-lived TCP connections, from every client source address, each with its own port.
@@ -283,6 +284,10 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
     };
     let placed = dir.join(lb_common::map_names::PLACED_NAT_REPLIES);
     pin_placed_replies(&placed, &placed_key, &old_reply);
+    // And its sync events went into a kernel ring buffer, pinned as SYNC_EVENTS (one left in it):
+    // an agent without sync unpins it.
+    let old_ring = dir.join(lb_common::map_names::SYNC_EVENTS);
+    pin_sync_ring_buffer(&old_ring, &[lb_tests::legacy::bind_event(old_flow, 0, 1)]);
     director.run_in(|| {
         let mut loader = aya::EbpfLoader::new();
         loader.map_max_entries(lb_common::map_names::REASONS, 10);
@@ -379,6 +384,7 @@ fn a_datapath_pinned_by_an_older_version_is_adopted() {
         agent.log()
     );
     assert!(!placed.exists(), "the placed reply index is still pinned");
+    assert!(!old_ring.exists(), "the old sync ring is still pinned");
     let moved = replies.get(&placed_key).unwrap().map(|e| e.reply);
     assert_eq!(moved, Some(old_reply));
     topo.configure(&agent);
@@ -457,124 +463,4 @@ fn a_bpffs_that_dies_with_the_agent_is_reported() {
     assert_eq!(agent.list().0["agent"]["pins_outlive_agent"], true);
     agent.kill();
     assert!(director.xdp_attached("eth0").expect("ip link"));
-}
-
-/// Creates and pins a kernel LRU hash as versions before the set-associative tables made their
-/// connection table (FlowKey -> Conn) and their templates (TemplateKey -> Template), holding
-/// one entry.
-fn pin_lru_table<K: aya::Pod, V: aya::Pod>(path: &std::path::Path, key: &K, value: &V) {
-    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
-    let map = pin_map(
-        path,
-        BPF_MAP_TYPE_LRU_HASH,
-        size_of::<K>() as u32,
-        size_of::<V>() as u32,
-        1024,
-        lb_common::BPF_F_NO_COMMON_LRU,
-    );
-    let mut table: aya::maps::HashMap<_, K, V> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).unwrap();
-    table.insert(key, value, 0).unwrap();
-}
-
-/// Creates and pins the reply index as the versions before this one's made it: a table of the
-/// connection table's layout whose replies were placed by their whole flow. One reply in it,
-/// in the slot those versions put it in.
-fn pin_placed_replies(path: &std::path::Path, key: &FlowKey, value: &lb_common::NatReply) {
-    use lb_common::conn_table::{self, ReplyBucket};
-    const BPF_MAP_TYPE_ARRAY: u32 = 2;
-    let buckets = 1024;
-    let map = pin_map(
-        path,
-        BPF_MAP_TYPE_ARRAY,
-        4,
-        size_of::<ReplyBucket>() as u32,
-        conn_table::map_entries(buckets),
-        lb_common::MAP_MMAPABLE,
-    );
-    let shape = lb_user::datapath::conn_table::Shape {
-        mask: buckets - 1,
-        seed: 0x5eed_0f01_d7ab_1e00,
-    };
-    lb_user::datapath::conn_table::SlotTable::<lb_common::ReplyEntry>::set_up(&map, shape).unwrap();
-    let place = conn_table::place(key, shape.seed, shape.mask);
-    let mut bucket = ReplyBucket::default();
-    bucket.slots[0] = conn_table::ReplySlot {
-        tag: place.tag,
-        mark: conn_table::reply_mark(true),
-        key: *key,
-        entry: lb_common::ReplyEntry {
-            reply: *value,
-            last_seen: lb_user::datapath::clock::jiffies_now().unwrap(),
-        },
-    };
-    #[repr(C)]
-    struct MapUpdate {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    let mut update = MapUpdate {
-        map_fd: map.fd().as_fd().as_raw_fd() as u32,
-        _pad: 0,
-        key: &raw const place.bucket as u64,
-        value: &raw const bucket as u64,
-        flags: 0,
-    };
-    // SAFETY: a bpf_attr for BPF_MAP_UPDATE_ELEM whose key and value outlive the call.
-    unsafe { lb_user::datapath::sys::bpf(BPF_MAP_UPDATE_ELEM, &mut update) }
-        .expect("the old reply in its bucket");
-}
-
-/// Creates a map and pins it at `path`.
-fn pin_map(
-    path: &std::path::Path,
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-) -> aya::maps::MapData {
-    #[repr(C)]
-    #[derive(Default)]
-    struct MapCreate {
-        map_type: u32,
-        key_size: u32,
-        value_size: u32,
-        max_entries: u32,
-        map_flags: u32,
-    }
-    #[repr(C)]
-    struct ObjPin {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    const BPF_MAP_CREATE: libc::c_long = 0;
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    let mut create = MapCreate {
-        map_type,
-        key_size,
-        value_size,
-        max_entries,
-        map_flags,
-    };
-    // SAFETY: a bpf_attr for BPF_MAP_CREATE.
-    let fd = unsafe { lb_user::datapath::sys::bpf(BPF_MAP_CREATE, &mut create) }
-        .expect("an old table") as i32;
-    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let mut pin = ObjPin {
-        pathname: name.as_ptr() as u64,
-        bpf_fd: fd as u32,
-        file_flags: 0,
-    };
-    // SAFETY: a bpf_attr for BPF_OBJ_PIN with a live path string.
-    unsafe { lb_user::datapath::sys::bpf(BPF_OBJ_PIN, &mut pin) }.expect("pinning the old table");
-    // SAFETY: the descriptor the kernel gave above; the pin keeps the map.
-    unsafe { libc::close(fd) };
-    aya::maps::MapData::from_pin(path).unwrap()
 }

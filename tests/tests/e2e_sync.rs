@@ -742,6 +742,98 @@ fn flows_bound_while_the_agent_was_down_reach_the_peer_after_the_restart() {
     streams.stop();
 }
 
+/// An upgrade from a version whose datapath wrote its sync events into one kernel ring buffer:
+/// what its datapath wrote there that no agent read (here while d1's agent was down) reaches
+/// the peer from the agent that adopts the datapath, and the old ring's pin goes. Each flow
+/// names another real server than the tables would pick, so only the event can put it in the
+/// peer's connection table as it is there.
+#[test]
+fn events_left_in_an_older_versions_ring_reach_the_peer_after_the_upgrade() {
+    if !require_root() {
+        return;
+    }
+    const OLD_FLOWS: u16 = 20;
+    let topo = HaTopology::new(2, 4, Serve::Echo, ClientAt::Lan).expect("topology");
+    let mut d1 = start(&topo, 1);
+    let d2 = start(&topo, 2);
+    wait_fit(&d1, Duration::from_secs(10));
+    wait_fit(&d2, Duration::from_secs(10));
+    d1.kill();
+    // What the agent keeps beside its datapath: its ids, saved; its pins.
+    let place = |i: usize| {
+        format!(
+            "net{}-eth0",
+            topo.director(i).ns().inode().expect("netns inode")
+        )
+    };
+    let saved = |i: usize| {
+        let file = std::path::Path::new(lb_user::agent::RUN_DIR)
+            .join(place(i))
+            .join("state.json");
+        lb_user::state::persist::load(&file, lb_common::Limits::default())
+            .expect("the saved state")
+            .1
+    };
+    let service = HaTopology::service();
+    let addr = lb_user::state::ServiceAddr {
+        protocol: lb_user::state::Protocol::Tcp,
+        vip: (*service.ip()).into(),
+        port: service.port(),
+    };
+    let state1 = saved(1);
+    let svc = state1.service(&addr).unwrap();
+    let client: IpAddr = HaTopology::client_sources(ClientAt::Lan)[0].into();
+    let flows: Vec<(lb_common::FlowKey, IpAddr)> = (0..OLD_FLOWS)
+        .map(|k| {
+            let flow = svc.flow(client, 45000 + k);
+            let picked = svc.pick(&flow).unwrap().id;
+            let other = svc.reals.iter().find(|r| r.id != picked).unwrap();
+            (flow, other.addr)
+        })
+        .collect();
+    let events: Vec<_> = flows
+        .iter()
+        .map(|(flow, addr)| {
+            let real = svc.reals.iter().find(|r| r.addr == *addr).unwrap();
+            lb_tests::legacy::bind_event(*flow, svc.id, real.id)
+        })
+        .collect();
+    let pins = |i: usize| {
+        lb_tests::agent::bpffs()
+            .unwrap()
+            .join("xdplb")
+            .join(place(i))
+    };
+    let old_ring = pins(1).join(lb_common::map_names::SYNC_EVENTS);
+    lb_tests::legacy::pin_sync_ring_buffer(&old_ring, &events);
+
+    d1.restart()
+        .expect("restart d1 over the older datapath's ring");
+    wait_received(&d2, OLD_FLOWS.into());
+    assert!(
+        !old_ring.exists(),
+        "the older version's ring is still pinned"
+    );
+    let table = lb_user::datapath::conn_table::SlotTable::<lb_common::Conn>::new(
+        &aya::maps::MapData::from_pin(pins(2).join(lb_common::map_names::CONN_TABLE)).unwrap(),
+    )
+    .unwrap();
+    let state2 = saved(2);
+    let svc2 = state2.service(&addr).unwrap();
+    for (flow, real) in &flows {
+        let conn = table
+            .get(flow)
+            .unwrap()
+            .unwrap_or_else(|| panic!("d2 has no {flow:?}"));
+        let held = svc2
+            .reals
+            .iter()
+            .find(|r| r.id == conn.real)
+            .map(|r| r.addr);
+        assert_eq!(held, Some(*real), "{flow:?}");
+    }
+}
+
 /// `xdplb list --sync` shows the peers in a table; without sync it says so in one line.
 #[test]
 fn list_sync_shows_the_peers() {

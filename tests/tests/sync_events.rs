@@ -3,10 +3,10 @@
 //! due to be announced again; never for the other packets of an established flow or a damaged
 //! one, and never with sync off.
 
-use lb_common::{Conn, SyncEvent, CONN_ESTABLISHED, CONN_FIN, SYNC_BIND, SYNC_CLOSE};
+use lb_common::{Conn, FlowKey, SyncEvent, CONN_ESTABLISHED, CONN_FIN, SYNC_BIND, SYNC_CLOSE};
 use lb_tests::fixture::{default_config, real_addr, Fixture, XDP_DROP, XDP_TX};
 use lb_tests::require_root;
-use lb_user::datapath::MapWriter as _;
+use lb_user::datapath::{LoadOptions, MapWriter as _, SyncRing};
 use lb_user::{
     datapath::clock::with_sync,
     packet::{FrameSpec, TCP_ACK, TCP_FIN, TCP_RST},
@@ -21,8 +21,12 @@ fn service() -> ServiceAddr {
     }
 }
 
-fn fixture(sync: bool) -> (Fixture, aya::maps::RingBuf<aya::maps::MapData>) {
-    let mut fx = Fixture::with_config(with_sync(default_config(), sync));
+fn fixture(sync: bool) -> (Fixture, SyncRing) {
+    fixture_with(sync, LoadOptions::flows(65536))
+}
+
+fn fixture_with(sync: bool, opts: LoadOptions) -> (Fixture, SyncRing) {
+    let mut fx = Fixture::with_options(with_sync(default_config(), sync), opts);
     fx.add_service(
         service(),
         SchedulerSpec {
@@ -36,14 +40,8 @@ fn fixture(sync: bool) -> (Fixture, aya::maps::RingBuf<aya::maps::MapData>) {
     (fx, ring)
 }
 
-fn events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<SyncEvent> {
-    let mut out = Vec::new();
-    while let Some(item) = ring.next() {
-        out.push(bytemuck::pod_read_unaligned(
-            &item[..std::mem::size_of::<SyncEvent>()],
-        ));
-    }
-    out
+fn events(ring: &mut SyncRing) -> Vec<SyncEvent> {
+    ring.events()
 }
 
 fn packet(sport: u16, flags: u8) -> FrameSpec {
@@ -146,6 +144,73 @@ fn a_live_flow_is_announced_again_when_its_refresh_crosses_a_period() {
         fx.run(&ack.build()).unwrap();
         assert!(events(&mut ring).is_empty());
     }
+}
+
+/// Each CPU's ring holds what its agent has not read yet: past that, events are lost and
+/// counted, the packets forwarded all the same; once read, its slots take new events, in order,
+/// as often as the ring goes round.
+#[test]
+fn a_full_ring_loses_events_and_takes_them_again_once_read() {
+    if !require_root() {
+        return;
+    }
+    const SLOTS: u16 = 16;
+    let (mut fx, mut ring) = fixture_with(
+        true,
+        LoadOptions {
+            sync_slots: SLOTS.into(),
+            ..LoadOptions::flows(65536)
+        },
+    );
+    let svc = fx.state.service(&service()).unwrap().clone();
+    let mut written = 0u64;
+    let mut lost = 0u64;
+    // Three times round the ring, each time filled past its end before the agent reads it.
+    for lap in 0..3u16 {
+        let first = 40000 + lap * 100;
+        for port in first..first + SLOTS + 5 {
+            assert_eq!(fx.run(&packet(port, 0x02).build()).unwrap().0, XDP_TX);
+        }
+        written += u64::from(SLOTS);
+        lost += 5;
+        assert_eq!(fx.maps.sync_counters().unwrap(), (written, lost));
+        let got: Vec<(FlowKey, u32)> = events(&mut ring).iter().map(|e| (e.flow, e.real)).collect();
+        // The first SLOTS flows of the lap, oldest first, each with the server it was bound to.
+        let want: Vec<(FlowKey, u32)> = (first..first + SLOTS)
+            .map(|port| {
+                let flow = svc.flow(packet(port, 0x02).src.into(), port);
+                (flow, svc.pick(&flow).unwrap().id)
+            })
+            .collect();
+        assert_eq!(got, want, "lap {lap}");
+        assert!(events(&mut ring).is_empty());
+    }
+}
+
+/// Every CPU writes into a ring of its own; the agent reads them all.
+#[test]
+fn events_written_on_every_cpu_are_read() {
+    if !require_root() {
+        return;
+    }
+    let (mut fx, mut ring) = fixture(true);
+    // The fixture pinned this thread to one CPU: every online CPU in turn.
+    let cpus = aya::util::online_cpus().unwrap();
+    assert!(!cpus.is_empty());
+    for (i, &cpu) in cpus.iter().enumerate() {
+        lb_user::pktgen::pin_to_cpu(cpu as usize).unwrap();
+        for n in 0..3u16 {
+            let port = 40000 + (i as u16) * 10 + n;
+            assert_eq!(fx.run(&packet(port, 0x02).build()).unwrap().0, XDP_TX);
+        }
+    }
+    let mut ports: Vec<u16> = events(&mut ring).iter().map(|e| e.flow.sport).collect();
+    ports.sort_unstable();
+    let want: Vec<u16> = (0..cpus.len() as u16)
+        .flat_map(|i| (0..3).map(move |n| 40000 + i * 10 + n))
+        .collect();
+    assert_eq!(ports, want);
+    assert_eq!(fx.maps.sync_counters().unwrap(), (want.len() as u64, 0));
 }
 
 #[test]

@@ -31,7 +31,7 @@ use crate::{
     datapath::{
         clock::{director_config, jiffies_now, with_sync},
         pin::Pins,
-        AttachMode, Attachment, Datapath, LoadOptions, MapWriter,
+        AttachMode, Attachment, Datapath, LoadOptions, MapWriter, SyncRing,
     },
     health::Monitor,
     net::{self, Interface},
@@ -280,6 +280,7 @@ async fn bring_up(
             nat_max: director.nat_max(),
             datapath_log: opts.datapath_log,
             limits,
+            ..LoadOptions::default()
         },
         pins,
     )?;
@@ -467,8 +468,11 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
     }
     let translates_replies = maps.translates_replies()?;
 
+    // An older version's ring buffer, unpinned: what its program wrote before the swap is sent
+    // first.
+    let previous = SyncRing::previous(&pins)?;
     let sync_events = match &director.sync {
-        Some(_) => Some(datapath.sync_events()?),
+        Some(_) => Some(datapath.sync_events()?.with_previous(previous)),
         None => None,
     };
     let (events_tx, mut events) = mpsc::unbounded_channel();

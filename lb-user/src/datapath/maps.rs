@@ -70,7 +70,7 @@ pub trait MapWriter: Send + Sync {
     /// The MAC addresses of devices stacked on the interface whose frames are this host's too,
     /// each with whether it holds an address (active) or not (standby).
     fn set_local_macs(&mut self, macs: &[([u8; 6], bool)]) -> Result<()>;
-    /// Connection sync's ring buffer: (events written, events lost because it was full).
+    /// Connection sync's rings: (events written, events lost because a ring was full).
     fn sync_counters(&self) -> Result<(u64, u64)>;
     /// A real server's weight and thresholds, for the schedulers that choose by load.
     fn set_limits(&mut self, id: u32, limits: &RealLimits) -> Result<()>;

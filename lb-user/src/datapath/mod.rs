@@ -7,6 +7,7 @@ pub mod conn_table;
 mod maps;
 pub mod mmap;
 pub mod pin;
+mod sync_ring;
 pub mod sys;
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -22,6 +23,7 @@ use lb_common::{
 };
 
 pub use maps::{ConnCounts, Counters, DatapathCounters, DecapMaps, MapWriter, Maps};
+pub use sync_ring::SyncRing;
 
 /// The compiled datapath, embedded so the `xdplb` binary is all a director needs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
@@ -53,6 +55,8 @@ pub struct LoadOptions {
     pub datapath_log: bool,
     /// Room for services and real servers.
     pub limits: Limits,
+    /// Slots of each CPU's ring of connection-sync events; 0: [`lb_common::sync_ring_slots`].
+    pub sync_slots: u32,
 }
 
 impl Default for LoadOptions {
@@ -62,7 +66,20 @@ impl Default for LoadOptions {
             nat_max: DEFAULT_CONN_MAX,
             datapath_log: false,
             limits: Limits::default(),
+            sync_slots: 0,
         }
+    }
+}
+
+impl LoadOptions {
+    /// This machine's CPUs (as the kernel numbers them) and the slots of each one's sync ring.
+    fn sync_rings(&self) -> (u32, u32) {
+        let cpus = aya::util::nr_cpus().map_or(1, |n| n as u32);
+        let slots = match self.sync_slots {
+            0 => lb_common::sync_ring_slots(cpus),
+            n => n.next_power_of_two(),
+        };
+        (cpus, slots)
     }
 }
 
@@ -93,6 +110,7 @@ fn loader<'a>(opts: &LoadOptions, shapes: &'a conn_table::Shapes) -> EbpfLoader<
     } else {
         &LOG_OFF
     };
+    let (cpus, slots) = opts.sync_rings();
     let mut loader = EbpfLoader::new();
     // The globals need not exist: `cargo xtask
     // bench --compare` loads objects built before the tables had them.
@@ -110,6 +128,8 @@ fn loader<'a>(opts: &LoadOptions, shapes: &'a conn_table::Shapes) -> EbpfLoader<
             map_names::PLACED_NAT_REPLIES,
             lb_common::conn_table::map_entries(shapes.replies.buckets()),
         )
+        .map_max_entries(map_names::SYNC_CURSORS, cpus)
+        .map_max_entries(map_names::SYNC_RING, cpus * slots)
         .map_max_entries(map_names::LRU_CONNS, opts.conn_max)
         .map_max_entries(map_names::LRU_NAT_REPLIES, opts.conn_max)
         .override_global(
@@ -184,7 +204,7 @@ impl Datapath {
         let mut ebpf = loader(&opts, &shapes)
             .load(object)
             .context("cannot load the XDP object into the kernel")?;
-        set_up_tables(&ebpf, shapes)?;
+        set_up_maps(&ebpf, shapes, &opts)?;
         xdp(&mut ebpf, program)?
             .load()
             .with_context(|| format!("the kernel rejected the XDP program '{program}'"))?;
@@ -292,7 +312,7 @@ impl Datapath {
         let mut ebpf = loader
             .load(OBJECT)
             .context("cannot load the XDP object into the kernel (on its pinned maps)")?;
-        set_up_tables(&ebpf, shapes)?;
+        set_up_maps(&ebpf, shapes, &opts)?;
         xdp(&mut ebpf, program_names::LB)?
             .load()
             .context("the kernel rejected the XDP program")?;
@@ -371,13 +391,9 @@ impl Datapath {
         &mut self.ebpf
     }
 
-    /// The ring buffer the datapath writes connection-sync events into.
-    pub fn sync_events(&mut self) -> Result<aya::maps::RingBuf<aya::maps::MapData>> {
-        let map = self
-            .ebpf
-            .take_map(map_names::SYNC_EVENTS)
-            .ok_or_else(|| anyhow!("the XDP object has no map {}", map_names::SYNC_EVENTS))?;
-        aya::maps::RingBuf::try_from(map).context("the sync event map is not a ring buffer")
+    /// The rings the datapath writes connection-sync events into.
+    pub fn sync_events(&mut self) -> Result<SyncRing> {
+        SyncRing::take(&mut self.ebpf)
     }
 
     /// The maps of the real-server side (`xdplb decap`).
@@ -388,6 +404,11 @@ impl Datapath {
 
 /// Gives each table the datapath has just made its header (its seed) before any program runs;
 /// a pinned one has it already. Objects without a table (older builds, in benchmarks) pass.
+fn set_up_maps(ebpf: &Ebpf, shapes: conn_table::Shapes, opts: &LoadOptions) -> Result<()> {
+    set_up_tables(ebpf, shapes)?;
+    sync_ring::set_up(ebpf, opts.sync_rings().1)
+}
+
 fn set_up_tables(ebpf: &Ebpf, shapes: conn_table::Shapes) -> Result<()> {
     set_up_table::<lb_common::Conn>(ebpf, map_names::CONN_TABLE, shapes.conns)?;
     set_up_table::<lb_common::Conn>(ebpf, map_names::TEMPLATE_TABLE, shapes.templates)?;

@@ -23,7 +23,7 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The maps of the director's program that survive its agent: configuration, state and counters.
-pub const PINNED_MAPS: [&str; 32] = [
+pub const PINNED_MAPS: [&str; 33] = [
     map_names::SERVICES,
     map_names::VIP_FILTER,
     map_names::TABLES,
@@ -34,7 +34,8 @@ pub const PINNED_MAPS: [&str; 32] = [
     map_names::REAL_STATS,
     map_names::REASONS,
     map_names::LOCAL_MACS,
-    map_names::SYNC_EVENTS,
+    map_names::SYNC_RING,
+    map_names::SYNC_CURSORS,
     map_names::SYNC_STATS,
     map_names::REAL_CONNS,
     map_names::REAL_LIMITS,

@@ -1,62 +1,45 @@
-//! The datapath's flow events (its ring buffer) turned into records for the peers, packed into
-//! datagrams and sent as soon as the ring is drained.
+//! The datapath's flow events (its rings, read every millisecond) turned into records for the
+//! peers, packed into datagrams and sent as soon as they are read.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use lb_common::{SyncEvent, SYNC_CLOSE};
-use tracing::warn;
+use lb_common::SYNC_CLOSE;
+use tokio::time::MissedTickBehavior;
 
 use super::{
     record_of,
     wire::{self, Body, Op},
     Shared,
 };
+use crate::datapath::SyncRing;
 
-/// Datapath events -> records -> datagrams, as soon as the ring is drained.
-pub(super) async fn forward(shared: Arc<Shared>, ring: aya::maps::RingBuf<aya::maps::MapData>) {
-    // SAFETY: the ring buffer owns its descriptor and lives inside the AsyncFd.
-    let registered = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-    };
-    let mut fd = match registered {
-        Ok(fd) => fd,
-        Err(e) => {
-            warn!(
-                "connection sync: cannot watch the datapath's events: {}",
-                e.into_parts().1
-            );
-            return;
-        }
-    };
+/// How often the rings are read: the datapath writes without waking anyone (a wakeup would
+/// cost it an interrupt per event when the agent keeps up), so the agent looks. A millisecond
+/// adds at most that to a flow's sync delay and costs the agent nothing it can measure.
+const READ_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Datapath events -> records -> datagrams, every [`READ_INTERVAL`].
+pub(super) async fn forward(shared: Arc<Shared>, mut ring: SyncRing) {
+    let mut tick = tokio::time::interval(READ_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        let Ok(mut guard) = fd.readable_mut().await else {
-            return;
-        };
+        tick.tick().await;
         let directory = shared.directory.read().unwrap().clone();
         let now = crate::datapath::clock::monotonic_ns();
         let mut records = Vec::new();
         let mut unnamed = 0;
-        {
-            let ring = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                if item.len() < std::mem::size_of::<SyncEvent>() {
-                    continue;
-                }
-                let ev: SyncEvent =
-                    bytemuck::pod_read_unaligned(&item[..std::mem::size_of::<SyncEvent>()]);
-                let op = if ev.kind == SYNC_CLOSE {
-                    Op::Close
-                } else {
-                    Op::Bind
-                };
-                let age = (now.saturating_sub(ev.ktime) / 1000).min(u32::MAX as u64) as u32;
-                match record_of(&directory, &ev.flow, ev.service, ev.real, op, ev.flags, age) {
-                    Some(r) => records.push(r),
-                    None => unnamed += 1,
-                }
+        ring.drain(|ev| {
+            let op = if ev.kind == SYNC_CLOSE {
+                Op::Close
+            } else {
+                Op::Bind
+            };
+            let age = (now.saturating_sub(ev.ktime) / 1000).min(u32::MAX as u64) as u32;
+            match record_of(&directory, &ev.flow, ev.service, ev.real, op, ev.flags, age) {
+                Some(r) => records.push(r),
+                None => unnamed += 1,
             }
-        }
-        guard.clear_ready();
+        });
         if unnamed > 0 {
             shared.inner.lock().unwrap().events_unnamed += unnamed;
         }

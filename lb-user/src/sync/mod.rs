@@ -6,8 +6,8 @@
 //! - `wire`: the messages and their HMAC; `directory`: ids <-> addresses and the configuration
 //!   digest; `peer`: per-peer state;
 //!   `transfer`: full tables over TCP.
-//! - Flow updates: the datapath's ring buffer (new flows, first FIN, RST, a periodic refresh of
-//!   live ones) -> batched UDP datagrams to every peer, sent as soon as the ring is drained.
+//! - Flow updates: the datapath's per-CPU rings (new flows, first FIN, RST, a periodic refresh of
+//!   live ones) -> batched UDP datagrams to every peer, read and sent every millisecond.
 //! - Hellos every second carry each director's configuration digest and whether its table is
 //!   current; a peer not heard for 3 s is down.
 //! - Full tables over TCP on the same address: a director that starts, or whose interface comes
@@ -210,7 +210,7 @@ fn set_multicast_if(socket: &UdpSocket, local: Ipv4Addr) -> std::io::Result<()> 
 
 impl SyncDaemon {
     /// Starts the tasks on the bound `sockets`. Not current until it has a peer's table (or
-    /// finds itself alone). `events` is the datapath's ring buffer.
+    /// finds itself alone). `events` are the datapath's rings.
     pub async fn start(
         settings: &Settings,
         sockets: Sockets,
@@ -218,7 +218,7 @@ impl SyncDaemon {
         tables: Box<dyn ConnTables>,
         directory: Directory,
         ticks: Ticks,
-        events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+        events: Option<crate::datapath::SyncRing>,
     ) -> Result<Self> {
         let Sockets {
             udp: socket,

@@ -10,13 +10,13 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{ProgramFd, TestRun as _, TestRunOptions},
     util::nr_cpus,
 };
 use lb_common::{map_names, program_names, BenchFrame, BENCH_FRAME_MAX};
 use lb_user::{
-    datapath::{clock::with_sync, Datapath, LoadOptions, MapWriter as _},
+    datapath::{clock::with_sync, Datapath, LoadOptions, MapWriter as _, SyncRing},
     packet::{Frame6Spec, FrameSpec, TCP_ACK, TCP_SYN},
     state::{Forward, Mac, Protocol, RealSpec, Scheduler, SchedulerSpec, ServiceAddr},
 };
@@ -89,8 +89,8 @@ pub enum Case {
     /// [`Case::DrMhEstablished`] with IPv4 options (a record route): the tail call to the
     /// options' checker, its walk, and the director's program run again.
     DrMhEstablishedOptions,
-    /// [`Case::DrMhNewFlow`] with connection sync on: each new flow also writes a ring-buffer
-    /// event for the agent (drained between rounds, as the agent does).
+    /// [`Case::DrMhNewFlow`] with connection sync on: each new flow also writes an event into
+    /// its CPU's ring for the agent (drained between rounds, as the agent does).
     DrMhNewFlowSync,
     /// [`Case::DrMhEstablished`] with connection sync on: must cost what it costs without.
     DrMhEstablishedSync,
@@ -237,7 +237,7 @@ impl Case {
                 "DR mh, established flow, IPv4 options (checker and back)".into()
             }
             Case::TunEstablished => "TUN mh, established flow (IPIP encapsulation)".into(),
-            Case::DrMhNewFlowSync => "DR mh, new flow, sync on (ring-buffer event)".into(),
+            Case::DrMhNewFlowSync => "DR mh, new flow, sync on (event in its CPU's ring)".into(),
             Case::DrMhEstablishedSync => "DR mh, established flow, sync on".into(),
             Case::DrMhNewFlowSyncRingFull => {
                 "DR mh, new flow, sync on, ring full (event lost)".into()
@@ -329,13 +329,13 @@ impl Case {
             Case::DrMhNewFlowSync => over(
                 Case::DrMhNewFlow,
                 40.0,
-                "the sync event: a ring-buffer reserve, the 64-byte event written with the \
-                 time, its submit (three helper calls)",
+                "the sync event: the CPU's ring cursor read, the 64-byte event written with the \
+                 time (a helper call), the cursor moved, the event counted",
             ),
             Case::DrMhNewFlowSyncRingFull => over(
                 Case::DrMhNewFlow,
                 20.0,
-                "a ring-buffer reserve that fails and the lost event counted",
+                "the CPU's ring cursor read and found full, the lost event counted",
             ),
             Case::DrMhEstablishedSync => over(
                 Case::DrMhEstablished,
@@ -607,7 +607,7 @@ pub struct Bench {
     wrap_lb: Datapath,
     wrap_bare: Datapath,
     /// The director's sync ring, drained (or left full) as a case needs.
-    ring: RingBuf<MapData>,
+    ring: SyncRing,
 }
 
 fn service(port: u16) -> ServiceAddr {
@@ -983,11 +983,7 @@ impl Bench {
 
     /// Empties the sync ring as the agent would; returns how many events it held.
     fn drain(&mut self) -> usize {
-        let mut n = 0;
-        while self.ring.next().is_some() {
-            n += 1;
-        }
-        n
+        self.ring.drain(|_| ())
     }
 
     /// A program that is not ours (a peer's, by `target`) on `frame` (IPv4) with a new source
