@@ -858,8 +858,11 @@ pub struct SyncEvent {
     pub _pad: [u8; 3],
     /// [`Conn::flags`] at the time (CONN_FIN).
     pub flags: u32,
-    /// bpf_ktime_get_ns() when it happened (CLOCK_MONOTONIC): the agent measures the sync delay.
-    pub ktime: u64,
+    /// When it happened, for the sync delay: the kernel's clock ticks (jiffies, which the
+    /// datapath reads for free, where bpf_ktime_get_ns() is a call that cost the event about 40
+    /// ns); the agent narrows it down to when it read the event. bpf_ktime_get_ns() in the ring
+    /// buffer of older versions.
+    pub time: u64,
 }
 
 /// One CPU's ring in [`map_names::SYNC_RING`]: its slots are `cpu * (mask + 1) ..` and the event

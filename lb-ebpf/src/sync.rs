@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_jiffies64},
     macros::map,
     maps::{Array, PerCpuArray},
 };
@@ -85,7 +85,7 @@ fn write(flow: &FlowKey, service: u32, real: u32, kind: u8, flags: u32) -> bool 
         write_volatile(&raw mut (*event).real, real);
         write_volatile(&raw mut (*event).kind, kind);
         write_volatile(&raw mut (*event).flags, flags);
-        write_volatile(&raw mut (*event).ktime, bpf_ktime_get_ns());
+        write_volatile(&raw mut (*event).time, bpf_jiffies64());
         write_volatile(&raw mut (*cursor).head, head + 1);
     }
     true

@@ -30,8 +30,12 @@ async fn host_vips() -> Result<Vec<IpAddr>> {
 
 pub async fn run(iface: &str, vips: Vec<IpAddr>, mode: AttachMode) -> Result<()> {
     let iface = net::interface(iface).await?;
-    // The decapsulation program needs no connection table worth the name.
-    let mut datapath = Datapath::load(program_names::DECAP, LoadOptions::flows(1))?;
+    // The decapsulation program needs no connection table worth the name, nor sync rings.
+    let opts = LoadOptions {
+        sync_slots: 1,
+        ..LoadOptions::flows(1)
+    };
+    let mut datapath = Datapath::load(program_names::DECAP, opts)?;
     let mut maps = datapath.decap_maps()?;
     let follow = vips.is_empty();
     let mut current = if follow { host_vips().await? } else { vips };

@@ -272,6 +272,6 @@ pub fn bind_event(flow: FlowKey, service: u32, real: u32) -> SyncEvent {
         kind: lb_common::SYNC_BIND,
         _pad: [0; 3],
         flags: 0,
-        ktime: lb_user::datapath::clock::monotonic_ns(),
+        time: lb_user::datapath::clock::monotonic_ns(),
     }
 }

@@ -97,17 +97,34 @@ pub fn with_sync(config: DirectorConfig, on: bool) -> DirectorConfig {
 /// with an offset measured once against /proc/timer_list: a tick or two off at most, which
 /// timeouts of seconds do not notice.
 pub fn jiffies_now() -> Result<u32> {
-    static OFFSET: OnceLock<(u64, u32)> = OnceLock::new();
-    let (base_ns, base_jiffies) = match OFFSET.get() {
-        Some(v) => *v,
-        None => {
-            let (now, jiffies) = sample()?;
-            *OFFSET.get_or_init(|| (now, jiffies as u32))
-        }
-    };
+    let (base_ns, base_jiffies) = offset()?;
     let hz = ticks_per_second()? as u64;
     let elapsed = monotonic_ns().saturating_sub(base_ns);
-    Ok(base_jiffies.wrapping_add((elapsed * hz / 1_000_000_000) as u32))
+    Ok((base_jiffies as u32).wrapping_add((elapsed * hz / 1_000_000_000) as u32))
+}
+
+/// CLOCK_MONOTONIC (ns) at the start of tick `jiffies` (the datapath's bpf_jiffies64()), a
+/// tick or two off at most, as [`jiffies_now`].
+pub fn jiffies_to_ns(jiffies: u64) -> Result<u64> {
+    let (base_ns, base_jiffies) = offset()?;
+    let hz = ticks_per_second()? as i128;
+    let ns = base_ns as i128 + (jiffies as i128 - base_jiffies as i128) * 1_000_000_000 / hz;
+    Ok(ns.max(0) as u64)
+}
+
+/// A tick's length in ns.
+pub fn tick_ns() -> Result<u64> {
+    Ok(1_000_000_000 / ticks_per_second()? as u64)
+}
+
+/// CLOCK_MONOTONIC and the jiffies at one instant, sampled once.
+fn offset() -> Result<(u64, u64)> {
+    static OFFSET: OnceLock<(u64, u64)> = OnceLock::new();
+    if let Some(v) = OFFSET.get() {
+        return Ok(*v);
+    }
+    let v = sample()?;
+    Ok(*OFFSET.get_or_init(|| v))
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns() and of /proc/timer_list.

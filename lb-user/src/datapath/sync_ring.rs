@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use lb_common::{map_names, SyncCursor, SyncEvent};
 
-use super::{mmap::Mapped, pin::Pins};
+use super::{clock, mmap::Mapped, pin::Pins};
 
 /// The datapath's flow events, drained by the agent.
 pub struct SyncRing {
@@ -24,6 +24,9 @@ struct Rings {
     events: Mapped,
     /// Slots of each CPU's ring.
     slots: u64,
+    /// When the agent last looked at each CPU's `head` (CLOCK_MONOTONIC, ns; 0: never): the
+    /// events it finds next were written after that.
+    looked: Vec<u64>,
     /// Keeps the maps (and so their memory) while mapped.
     _maps: [MapData; 2],
 }
@@ -82,27 +85,30 @@ impl SyncRing {
     }
 
     /// Hands `f` every event written since the last call, oldest first within each CPU's ring,
-    /// and gives their slots back to the datapath; returns how many.
-    pub fn drain(&mut self, mut f: impl FnMut(SyncEvent)) -> usize {
+    /// with when it happened (CLOCK_MONOTONIC, ns: see [`event_time`]), and gives their slots
+    /// back to the datapath; returns how many.
+    pub fn drain(&mut self, mut f: impl FnMut(SyncEvent, u64)) -> usize {
         let mut n = 0;
         if let Some(ring) = &mut self.previous {
             while let Some(item) = ring.next() {
                 if let Some(bytes) = item.get(..std::mem::size_of::<SyncEvent>()) {
-                    f(bytemuck::pod_read_unaligned(bytes));
+                    let event: SyncEvent = bytemuck::pod_read_unaligned(bytes);
+                    // The older datapath stamped its events with bpf_ktime_get_ns().
+                    f(event, event.time);
                     n += 1;
                 }
             }
         }
-        if let Some(rings) = &self.rings {
+        if let Some(rings) = &mut self.rings {
             n += rings.drain(&mut f);
         }
         n
     }
 
-    /// Every event in the rings now, read (a test's view).
-    pub fn events(&mut self) -> Vec<SyncEvent> {
+    /// Every event in the rings now, read, with when it happened (a test's view).
+    pub fn events(&mut self) -> Vec<(SyncEvent, u64)> {
         let mut out = Vec::new();
-        self.drain(|e| out.push(e));
+        self.drain(|e, when| out.push((e, when)));
         out
     }
 }
@@ -123,6 +129,7 @@ impl Rings {
             cursors: cursor_map,
             events: event_map,
             slots,
+            looked: vec![0; cpus],
             _maps: [cursors, events],
         })
     }
@@ -140,12 +147,15 @@ impl Rings {
         }
     }
 
-    fn drain(&self, f: &mut impl FnMut(SyncEvent)) -> usize {
+    fn drain(&mut self, f: &mut impl FnMut(SyncEvent, u64)) -> usize {
         let mut n = 0;
+        let tick = clock::tick_ns().unwrap_or(4_000_000);
         for cpu in 0..self.cursors.entries() {
+            let after = std::mem::replace(&mut self.looked[cpu], clock::monotonic_ns());
             let (head, tail) = self.cursor(cpu);
             // Acquire: the events below `head` were written before it.
             let end = head.load(Ordering::Acquire);
+            let before = clock::monotonic_ns();
             let mut next = tail.load(Ordering::Relaxed);
             // The datapath never runs more than a ring ahead; a cursor that says otherwise
             // (a ring made afresh under an agent that read the old one) starts over.
@@ -156,9 +166,11 @@ impl Rings {
                 let slot = cpu as u64 * self.slots + (next & (self.slots - 1));
                 // SAFETY: a mapped event the datapath finished before moving `head` past it
                 // and does not touch again until `tail` passes it.
-                f(unsafe {
+                let event = unsafe {
                     std::ptr::read_volatile(self.events.at(slot as usize).cast::<SyncEvent>())
-                });
+                };
+                let tick_start = clock::jiffies_to_ns(event.time).unwrap_or(before);
+                f(event, event_time(after, before, tick_start, tick));
                 next += 1;
                 n += 1;
             }
@@ -166,6 +178,22 @@ impl Rings {
             tail.store(next, Ordering::Release);
         }
         n
+    }
+}
+
+/// When an event happened (CLOCK_MONOTONIC, ns), from what the agent knows of it: the datapath
+/// wrote it after the agent's previous look at its ring (`after`; 0: none, such as while the
+/// agent was down) and before this one (`before`), in the kernel tick that started at
+/// `tick_start` (give or take a tick: the agent's reading of the ticks). The middle of the span
+/// both allow: within half the agent's read interval when it keeps up, half a few ticks when it
+/// does not; where the two disagree, the tick's time held within the agent's looks.
+pub fn event_time(after: u64, before: u64, tick_start: u64, tick: u64) -> u64 {
+    let lo = after.max(tick_start.saturating_sub(tick));
+    let hi = before.min(tick_start.saturating_add(2 * tick));
+    if lo <= hi {
+        lo + (hi - lo) / 2
+    } else {
+        (tick_start + tick / 2).clamp(after, before.max(after))
     }
 }
 
@@ -187,4 +215,45 @@ pub(super) fn set_up(ebpf: &aya::Ebpf, slots: u32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_time;
+
+    const MS: u64 = 1_000_000;
+
+    /// The agent keeps up (a look every millisecond, ticks of 4 ms): the event is placed
+    /// between its two looks, whatever tick it names.
+    #[test]
+    fn between_two_looks_a_millisecond_apart() {
+        let t = 1_000 * MS;
+        assert_eq!(event_time(t, t + MS, t - 2 * MS, 4 * MS), t + MS / 2);
+    }
+
+    /// No look before (an agent just started, the events written while none ran), or looks far
+    /// apart: the tick, give or take one, narrows it down.
+    #[test]
+    fn by_its_tick_when_the_looks_say_little() {
+        let t = 1_000 * MS;
+        // Written 500 ms before the first look, in the tick starting at t - 500 ms.
+        let when = event_time(0, t, t - 500 * MS, 4 * MS);
+        assert_eq!(when, t - 500 * MS + 2 * MS);
+        // Looks 100 ms apart: likewise.
+        let when = event_time(t - 100 * MS, t, t - 50 * MS, 4 * MS);
+        assert_eq!(when, t - 50 * MS + 2 * MS);
+    }
+
+    /// A tick that contradicts the looks (the agent's reading of the ticks a little off) never
+    /// places the event outside them.
+    #[test]
+    fn never_outside_the_looks() {
+        let t = 1_000 * MS;
+        assert_eq!(event_time(t, t + MS, t + 50 * MS, 4 * MS), t + MS);
+        assert_eq!(event_time(t, t + MS, t - 50 * MS, 4 * MS), t);
+        for tick_start in (0..3_000).map(|k| k * MS) {
+            let when = event_time(t, t + 3 * MS, tick_start, 4 * MS);
+            assert!((t..=t + 3 * MS).contains(&when), "{tick_start}: {when}");
+        }
+    }
 }

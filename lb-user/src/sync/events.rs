@@ -28,13 +28,13 @@ pub(super) async fn forward(shared: Arc<Shared>, mut ring: SyncRing) {
         let now = crate::datapath::clock::monotonic_ns();
         let mut records = Vec::new();
         let mut unnamed = 0;
-        ring.drain(|ev| {
+        ring.drain(|ev, when| {
             let op = if ev.kind == SYNC_CLOSE {
                 Op::Close
             } else {
                 Op::Bind
             };
-            let age = (now.saturating_sub(ev.ktime) / 1000).min(u32::MAX as u64) as u32;
+            let age = (now.saturating_sub(when) / 1000).min(u32::MAX as u64) as u32;
             match record_of(&directory, &ev.flow, ev.service, ev.real, op, ev.flags, age) {
                 Some(r) => records.push(r),
                 None => unnamed += 1,

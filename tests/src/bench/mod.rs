@@ -330,7 +330,7 @@ impl Case {
                 Case::DrMhNewFlow,
                 40.0,
                 "the sync event: the CPU's ring cursor read, the 64-byte event written with the \
-                 time (a helper call), the cursor moved, the event counted",
+                 kernel's tick (a load), the cursor moved, the event counted",
             ),
             Case::DrMhNewFlowSyncRingFull => over(
                 Case::DrMhNewFlow,
@@ -983,7 +983,7 @@ impl Bench {
 
     /// Empties the sync ring as the agent would; returns how many events it held.
     fn drain(&mut self) -> usize {
-        self.ring.drain(|_| ())
+        self.ring.drain(|_, _| ())
     }
 
     /// A program that is not ours (a peer's, by `target`) on `frame` (IPv4) with a new source

@@ -1072,11 +1072,12 @@ fn main() -> Result<()> {
         "Two directors in namespaces on one bridge, each `xdplb run` from a config file with `[sync]` \
          naming the other. `xdplb pktgen` in the client sends TCP SYNs of flows never seen before to \
          director A for 4 s at each rate (the last row as fast as one CPU goes); A binds each, its \
-         datapath writes an event into its CPU's ring, its agent reads the rings every millisecond \
-         and batches the events into HMAC-authenticated datagrams to B, and B writes them into its connection table. Sync delay \
-         is B's own measure per flow, from A's datapath binding it (the event's kernel timestamp, \
-         plus the time its datagram was on the way, both directors on this machine's clock) to B's \
-         table holding it. Bytes per flow count the datagrams' payload (hellos included) and their \
+         datapath writes an event into its CPU's ring, its agent reads the rings every \
+         millisecond and batches the events into HMAC-authenticated datagrams to B, and B writes \
+         them into its connection table. Sync delay is B's own measure per flow, from A's \
+         datapath binding it (placed by A's agent between its two looks at the ring that bound \
+         it, within the kernel tick the datapath stamped; plus the time its datagram was on the \
+         way, both directors on this machine's clock) to B's table holding it. Bytes per flow count the datagrams' payload (hellos included) and their \
          IPv4, UDP and Ethernet headers.\n"
     );
     println!("| new flows/s asked | sent (flows/s) | events written / lost (ring full) | flows sent to B | datagrams (unsent) | B received | delay p50 / p99 | bytes on the wire per flow |");
