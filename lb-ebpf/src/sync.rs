@@ -5,22 +5,23 @@
 //! the datapath never waits for the agent.
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
     helpers::{bpf_get_smp_processor_id, bpf_jiffies64},
     macros::map,
     maps::{Array, PerCpuArray},
 };
 use core::ptr::{read_volatile, write_volatile};
-use lb_common::{DirectorConfig, FlowKey, SyncCursor, SyncEvent, SYNC_STAT_EVENTS, SYNC_STAT_LOST};
+use lb_common::{
+    DirectorConfig, FlowKey, SyncCursor, SyncEvent, MAP_MMAPABLE, SYNC_STAT_EVENTS, SYNC_STAT_LOST,
+};
 
 /// Every CPU's ring of events (sized by the agent: CPUs x slots per CPU), memory-mapped by the
 /// agent. A ring per CPU written without a lock, where the kernel's ring buffer takes a spin
 /// lock with interrupts off for every reserve: see [`SyncCursor`].
 #[map]
-static SYNC_RING: Array<SyncEvent> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+static SYNC_RING: Array<SyncEvent> = Array::with_max_entries(1, MAP_MMAPABLE);
 
 #[map]
-static SYNC_CURSORS: Array<SyncCursor> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+static SYNC_CURSORS: Array<SyncCursor> = Array::with_max_entries(1, MAP_MMAPABLE);
 
 #[map]
 static SYNC_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
