@@ -226,7 +226,9 @@ fn choose(service: &ServiceInfo, flow: &FlowKey, now: u32) -> Option<u32> {
 /// Whether the packet is a SYN, and its service if so, looked up before the connection table:
 /// the buckets its new flow will need beside the table's, its reply's (LVS/NAT) and its client's
 /// template (persistence), start coming in while the table's does, where each would otherwise
-/// be waited for on its own after it.
+/// be waited for on its own after it. Each pipeline then wraps the result in a lookup of its
+/// own (SYN: this service; else a lookup): returned from here as a closure, it made LLVM spill
+/// a register it never set, which the verifier refused.
 #[inline(always)]
 fn syn_lookup(
     tcp_flags: u8,

@@ -5,12 +5,13 @@
 //!
 //! Replies are found by their own flow key in NAT_REPLY_INDEX, written when a NAT flow is bound:
 //! one lookup on the reply path, no search of the connection table. A reply's bucket is picked
-//! by the client's side of the flow alone, so a new flow fetches it before it is scheduled. The index is a table of the
-//! connection table's layout ([`conn_table`]), its slots wide enough for a translation: one
-//! keyed hash and one bucket, nothing to allocate; a new reply takes an empty slot of its bucket,
-//! else one whose connection is not established, the longest unused among equals
-//! ([`conn_table::reply_victim`]). Only packets from a NAT real server's address (the NAT_SOURCES
-//! prefilter) pay for the lookup. ICMP errors about NAT flows are translated too (`icmp`).
+//! by the client's side of the flow alone, so a new flow fetches it before it is scheduled.
+//! The index is a table of the connection table's layout ([`conn_table`]), its slots wide
+//! enough for a translation: one keyed hash and one bucket, nothing to allocate; a new reply
+//! takes an empty slot of its bucket, else one whose connection is not established, the longest
+//! unused among equals ([`conn_table::reply_victim`]). Only packets from a NAT real server's
+//! address (the NAT_SOURCES prefilter) pay for the lookup. ICMP errors about NAT flows are
+//! translated too (`icmp`).
 
 pub mod icmp;
 pub mod paths;

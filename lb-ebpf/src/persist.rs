@@ -75,8 +75,8 @@ pub fn template(service: &ServiceInfo, flow: &FlowKey, now: u32) -> Option<u32> 
 
 /// Starts fetching the bucket of this client's template in a persistent `service`
 /// ([`slots::fetch`]): it comes in while the connection table's bucket does, where the
-/// template's read after the connection table's miss would otherwise wait for it alone. A global function
-/// (see build.rs): xdplb's stack has no room for it inline.
+/// template's read after the connection table's miss would otherwise wait for it alone. A
+/// global function (see build.rs): xdplb's stack has no room for it inline.
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn xdplb_template_fetch(flow: *const FlowKey, service: u32) -> u32 {

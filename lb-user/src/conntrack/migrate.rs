@@ -3,7 +3,9 @@
 //! index). An agent that adopts such a datapath moves their entries into the new tables once the
 //! new program runs, then unpins them (the kernel frees them with the old program). Likewise
 //! the reply index of the versions after those, pinned as NAT_REPLY_TABLE, whose replies were
-//! placed by their whole flow where this version places them by the client's side.
+//! placed by their whole flow where this version places them by the client's side. (The
+//! sync events' ring buffer of older versions is read and unpinned by the sync ring's reader,
+//! `datapath::SyncRing::previous`.)
 
 use std::path::Path;
 
