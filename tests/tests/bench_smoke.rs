@@ -9,7 +9,7 @@ use lb_tests::bench::{
     pin_to_cpu,
     profile::profile,
     scale::{scale, Size},
-    sync_delay, Bench, Case, BENCH_CPU,
+    sync_delay, Bench, Case, ATTEMPTS, BENCH_CPU,
 };
 use lb_tests::require_root;
 use lb_user::{
@@ -32,6 +32,7 @@ fn every_datapath_case_runs() {
             .measure(case, 2, 1000)
             .unwrap_or_else(|e| panic!("{}: {e:#}", case.name()));
         assert_eq!(m.case_ns.len(), 2);
+        assert!((1..=ATTEMPTS).contains(&m.attempts), "{m:?}");
         assert!(
             m.case_ns.iter().chain(&m.base_ns).all(|t| *t > 0.0),
             "{m:?}"
@@ -85,15 +86,22 @@ fn every_datapath_case_runs() {
         ..Default::default()
     }
     .build();
-    let mut runs = 0;
-    let extra = bench
-        .measure_peer_new_flows(fd, &syn, 2, 1000, || {
-            runs += 1;
-            Ok(())
-        })
-        .expect("a peer's program behind the wrapper");
-    assert_eq!(extra.len(), 2);
-    assert_eq!(runs, 3, "before each of its runs, the discarded one too");
+    for vary in [true, false] {
+        let mut runs = 0;
+        let m = bench
+            .measure_peer(fd, &syn, vary, 2, 1000, || {
+                runs += 1;
+                Ok(())
+            })
+            .expect("a peer's program behind the wrapper");
+        assert_eq!((m.extra_ns.len(), m.base_ns.len()), (2, 2));
+        assert!((1..=ATTEMPTS).contains(&m.attempts), "{m:?}");
+        assert_eq!(
+            runs,
+            1 + 2 * m.attempts,
+            "before each of its runs, the discarded one too"
+        );
+    }
     drop(pinned);
 }
 

@@ -1,9 +1,10 @@
 //! Katran's XDP balancer, measured by the peer benchmark (`../shared/peer-bench`: it builds
 //! Katran from its source and times it with BPF_PROG_TEST_RUN next to a bare XDP_TX program, on
 //! the same CPU as ours) right before and right after xdplb's cases, so that both are read from
-//! the same state of the machine. Its new flows with a new source every packet, which that
-//! benchmark does not time, are timed by ours right after each of its runs, with our wrapper in
-//! front of Katran's program as the run left it loaded (`Bench::measure_peer_new_flows`).
+//! the same state of the machine. Right after each of its runs, while it has Katran's program
+//! loaded, ours times the paths our targets are read against, with our wrapper in front of
+//! Katran's program and the way ours are timed (`Bench::measure_peer`): its established flow,
+//! and its new flows with a new source every packet, which that benchmark does not time.
 
 use std::{
     path::{Path, PathBuf},
@@ -18,7 +19,7 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 
-use super::{median, Bench};
+use super::{median, Bench, PeerMeasurement};
 
 /// Katran's figures from one run: medians over its rounds, cost above its bare XDP_TX.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,13 +34,25 @@ pub struct Katran {
     /// A new flow: the LRU insert (of one key, rewritten every iteration).
     pub new_flow_ns: f64,
     /// A new flow every iteration (a new source address each time): a new LRU key each time.
-    /// The peer benchmark in ../shared no longer times it: `cargo xtask bench` does, with our
-    /// wrapper in front of Katran's program (`Bench::measure_peer_new_flows`). None until then.
-    pub new_source_ns: Option<f64>,
+    /// The peer benchmark does not time it: `cargo xtask bench` does, with our wrapper in front
+    /// of Katran's program ([`PeerBench::new_sources`]). None until then.
+    pub new_source: Option<PeerMeasurement>,
+    /// The established flow again, timed by `cargo xtask bench` as its own cases are
+    /// ([`PeerBench::established`]). None until then.
+    pub established_here: Option<PeerMeasurement>,
     /// A SYN with Katran's default flood guard (most iterations skip the LRU insert).
     pub flood_guard_ns: f64,
-    /// The SYN the peer benchmark sends Katran (74 bytes), as it prints it; empty if it did not.
+    /// The SYN and the ACK the peer benchmark sends Katran (74 bytes), as it prints them;
+    /// empty if it did not.
     pub syn_frame: Vec<u8>,
+    pub ack_frame: Vec<u8>,
+}
+
+impl Katran {
+    /// The median cost above bare of a path timed by `cargo xtask bench`.
+    pub fn timed_here(m: &Option<PeerMeasurement>) -> Option<f64> {
+        m.as_ref().map(|m| median(&m.extra_ns))
+    }
 }
 
 /// Where the peer benchmark's scripts are and where it builds.
@@ -64,7 +77,6 @@ const BARE: &str = "bare XDP_TX";
 const PASS: &str = "Katran pass path (non-VIP), direct";
 const ESTABLISHED: &str = "Katran established flow (LRU hit, IPIP encap), net";
 const NEW_FLOW: &str = "Katran new flow SYN + LRU insert, net";
-const NEW_SOURCE: &str = "Katran new flow SYN, new source every packet + LRU insert, net";
 const FLOOD_GUARD: &str = "Katran SYN, default flood guard";
 
 impl PeerBench {
@@ -135,21 +147,45 @@ impl PeerBench {
 
     /// Katran's new flows with a new source every packet, which the peer benchmark does not
     /// time: our wrapper in front of its program, on the SYN the run `k` printed, while that run
-    /// has it loaded (right after it, in the same state of the machine). The median cost above
-    /// the bare program over `rounds` rounds.
-    pub fn new_sources(&self, bench: &mut Bench, k: &Katran, rounds: usize) -> Result<f64> {
-        if k.syn_frame.is_empty() {
-            bail!("the peer benchmark printed no SYN frame");
+    /// has it loaded (right after it, in the same state of the machine), over `rounds` rounds.
+    pub fn new_sources(
+        &self,
+        bench: &mut Bench,
+        k: &Katran,
+        rounds: usize,
+    ) -> Result<PeerMeasurement> {
+        self.timed(bench, &k.syn_frame, "SYN", true, rounds, NEW_SOURCE_REPEAT)
+    }
+
+    /// Katran's established flow (an LRU hit and the IPIP encapsulation), timed as ours are:
+    /// our wrapper in front of its program, on the ACK the run `k` printed (of the flow its SYN
+    /// bound), over `rounds` rounds of `repeat` iterations.
+    pub fn established(
+        &self,
+        bench: &mut Bench,
+        k: &Katran,
+        rounds: usize,
+        repeat: u32,
+    ) -> Result<PeerMeasurement> {
+        self.timed(bench, &k.ack_frame, "ACK", false, rounds, repeat)
+    }
+
+    fn timed(
+        &self,
+        bench: &mut Bench,
+        frame: &[u8],
+        name: &str,
+        vary: bool,
+        rounds: usize,
+        repeat: u32,
+    ) -> Result<PeerMeasurement> {
+        if frame.is_empty() {
+            bail!("the peer benchmark printed no {name} frame");
         }
         let program = self.program()?;
-        let extra = bench.measure_peer_new_flows(
-            program.fd()?,
-            &k.syn_frame,
-            rounds,
-            NEW_SOURCE_REPEAT,
-            || self.reset_conn_rate(),
-        )?;
-        Ok(median(&extra))
+        bench.measure_peer(program.fd()?, frame, vary, rounds, repeat, || {
+            self.reset_conn_rate()
+        })
     }
 
     /// Zeroes Katran's count of this second's new connections on every CPU, as the peer
@@ -225,30 +261,34 @@ pub fn parse(text: &str) -> Result<Katran> {
         pass_ns: row(summary, PASS)?.1,
         established_ns: row(summary, ESTABLISHED)?.1,
         new_flow_ns: row(summary, NEW_FLOW)?.1,
-        new_source_ns: row(summary, NEW_SOURCE).ok().map(|r| r.1),
+        new_source: None,
+        established_here: None,
         flood_guard_ns: row(summary, FLOOD_GUARD)?.1,
-        syn_frame: syn_frame(text)?,
+        syn_frame: printed_frame(text, "SYN")?,
+        ack_frame: printed_frame(text, "ACK")?,
     })
 }
 
-/// The SYN frame the peer benchmark prints (`# packets (74 B each): SYN  <hex>`); empty if
-/// it printed none.
-fn syn_frame(text: &str) -> Result<Vec<u8>> {
-    let Some(hex) = text
-        .lines()
-        .find_map(|l| l.split_once("): SYN"))
-        .map(|(_, hex)| hex.trim())
-    else {
+/// A frame the peer benchmark prints, by its name: `# packets (74 B each): SYN  <hex>`, then
+/// `#    ACK  <hex>` lines; empty if it printed none.
+fn printed_frame(text: &str, name: &str) -> Result<Vec<u8>> {
+    let Some(hex) = text.lines().find_map(|l| {
+        let l = l.strip_prefix('#')?;
+        let rest = l.split_once("):").map_or(l, |(_, r)| r).trim_start();
+        rest.strip_prefix(name)
+            .filter(|r| r.starts_with(char::is_whitespace))
+            .map(str::trim)
+    }) else {
         return Ok(Vec::new());
     };
     if hex.len() % 2 != 0 || !hex.is_ascii() {
-        bail!("the peer benchmark's SYN frame is not hex: {hex}");
+        bail!("the peer benchmark's {name} frame is not hex: {hex}");
     }
     (0..hex.len())
         .step_by(2)
         .map(|i| {
             u8::from_str_radix(&hex[i..i + 2], 16)
-                .with_context(|| format!("the peer benchmark's SYN frame is not hex: {hex}"))
+                .with_context(|| format!("the peer benchmark's {name} frame is not hex: {hex}"))
         })
         .collect()
 }
@@ -261,6 +301,8 @@ mod tests {
     const SAMPLE: &str = "\
 # katran commit: 19f08fec82fb7b5fb14d935a80057bdc0897c8de
 # packets (74 B each): SYN   0a00000000020a00000000010800450000
+#                      ACK   0a00000000020a00000000010800450010
+#                      PASS  0a00000000020a00000000010800450020
 == raw ns/packet (BPF_PROG_TEST_RUN duration, repeat=1000000, 9 rounds interleaved) ==
 bare XDP_TX (direct)                                          27.0    27    28  TX
 
@@ -286,23 +328,13 @@ Katran SYN, default flood guard (87.5% skip LRU), net      178.0  177.0  180.0  
                 pass_ns: 65.0,
                 established_ns: 132.0,
                 new_flow_ns: 335.0,
-                new_source_ns: Some(585.0),
+                new_source: None,
+                established_here: None,
                 flood_guard_ns: 151.0,
                 syn_frame: vec![10, 0, 0, 0, 0, 2, 10, 0, 0, 0, 0, 1, 8, 0, 0x45, 0, 0],
+                ack_frame: vec![10, 0, 0, 0, 0, 2, 10, 0, 0, 0, 0, 1, 8, 0, 0x45, 0, 0x10],
             }
         );
-    }
-
-    #[test]
-    fn the_new_source_case_may_be_missing() {
-        let text: String = SAMPLE
-            .lines()
-            .filter(|l| !l.contains("new source every packet"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let k = parse(&text).unwrap();
-        assert_eq!(k.new_source_ns, None);
-        assert_eq!(k.new_flow_ns, 335.0);
     }
 
     #[test]
@@ -312,6 +344,11 @@ Katran SYN, default flood guard (87.5% skip LRU), net      178.0  177.0  180.0  
         assert!(e.contains("not hex"), "{e}");
         let none = SAMPLE.replace("): SYN", "): none");
         assert!(parse(&none).unwrap().syn_frame.is_empty());
+        // Each frame by its own name: without the ACK line, no ACK frame, the SYN still read.
+        let no_ack = SAMPLE.replace(" ACK ", " FIN ");
+        let k = parse(&no_ack).unwrap();
+        assert!(k.ack_frame.is_empty());
+        assert_eq!(k.syn_frame.len(), 17);
     }
 
     #[test]
