@@ -19,7 +19,7 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 
-use super::{median, Bench, PeerMeasurement};
+use super::{Bench, PeerMeasurement};
 
 /// Katran's figures from one run: medians over its rounds, cost above its bare XDP_TX.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,13 +46,6 @@ pub struct Katran {
     /// empty if it did not.
     pub syn_frame: Vec<u8>,
     pub ack_frame: Vec<u8>,
-}
-
-impl Katran {
-    /// The median cost above bare of a path timed by `cargo xtask bench`.
-    pub fn timed_here(m: &Option<PeerMeasurement>) -> Option<f64> {
-        m.as_ref().map(|m| median(&m.extra_ns))
-    }
 }
 
 /// Where the peer benchmark's scripts are and where it builds.

@@ -247,8 +247,8 @@ impl Target {
 fn katran_figure(case: Case) -> Option<fn(&Katran) -> Option<f64>> {
     match case {
         Case::NonVipPass => Some(|k| Some(k.pass_ns)),
-        Case::TunEstablished => Some(|k| Katran::timed_here(&k.established_here)),
-        Case::DrMhNewFlow => Some(|k| Katran::timed_here(&k.new_source)),
+        Case::TunEstablished => Some(|k| k.established_here.as_ref().map(PeerMeasurement::cost)),
+        Case::DrMhNewFlow => Some(|k| k.new_source.as_ref().map(PeerMeasurement::cost)),
         Case::DrMhNewFlowGuarded => Some(|k| Some(k.flood_guard_ns)),
         _ => None,
     }
@@ -705,8 +705,12 @@ fn main() -> Result<()> {
          a few of them (an interrupt, the host taking the CPU away) lands in one test run and \
          not in the figure. A case whose baseline moved more than {limit:.0} % within its rounds \
          is measured again, up to {ATTEMPTS} times in all, and the attempt whose baseline moved \
-         least is kept: chosen by the baseline alone, never by the case's own times; the \
-         paths of Katran this bench times follow the same rule. \
+         least is kept: chosen by the baseline alone, never by the case's own times; the paths \
+         of Katran this bench times follow the same rule. Every program a test run starts is \
+         held in the kernel's XDP dispatcher (attached to a veth of its own that stays down, so \
+         no frame reaches it): a test run then does not add and remove it around its loop, an \
+         RCU grace period and an interrupt to every CPU each time (up to the twenty-fifth run; \
+         see the history below). \
          Every case the program forwards runs behind the `xdp_bench` wrapper, which restores the \
          frame from a template (forwarding rewrites at least its destination MAC, and the director \
          acts only on frames for its own) or varies its source (a new flow every iteration) and \
