@@ -37,6 +37,10 @@ fn every_datapath_case_runs() {
             m.case_ns.iter().chain(&m.base_ns).all(|t| *t > 0.0),
             "{m:?}"
         );
+        // An added path's nearest path runs in each of its rounds, with its own verdict.
+        let nearest_rounds = if case.nearest().is_some() { 2 } else { 0 };
+        assert_eq!(m.nearest_ns.len(), nearest_rounds, "{m:?}");
+        assert!(m.nearest_ns.iter().all(|t| *t > 0.0), "{m:?}");
     }
     let mut sampled = |case: Case| {
         profile(&mut bench, case, BENCH_CPU, &std::env::temp_dir())

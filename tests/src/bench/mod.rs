@@ -530,6 +530,24 @@ impl Case {
 
     /// Whether the wrapper varies the source address: a new flow every iteration, or
     /// [`MANY_FLOWS`] established ones in turn.
+    /// Where the wrapper varies the frame (its source address, IPv4's or the tail of IPv6's)
+    /// for a case that needs a new flow every iteration.
+    fn vary_at(self) -> Option<u32> {
+        self.varied().then_some(if self.ipv6() {
+            SRC6_ADDR_TAIL_OFFSET
+        } else {
+            SRC_ADDR_OFFSET
+        })
+    }
+
+    /// The nearest path an added path is held against ([`Goal::Over`]).
+    pub fn nearest(self) -> Option<Case> {
+        match self.goal() {
+            Goal::Over { nearest, .. } => Some(nearest),
+            _ => None,
+        }
+    }
+
     fn varied(self) -> bool {
         self.new_flow() || self == Case::DrMhEstablishedMany
     }
@@ -559,9 +577,10 @@ pub struct Measurement {
     /// The case's own time, and the baseline's, per round.
     pub case_ns: Vec<f64>,
     pub base_ns: Vec<f64>,
-    /// For a case with sync on: the same frames with sync off, in the same rounds (so the cost
-    /// of sync itself is measured next to its own baseline, not across the machine's drift).
-    pub sync_off_ns: Vec<f64>,
+    /// For an added path ([`Goal::Over`]): its nearest path's time in the same rounds, right
+    /// before or after the case (its frame and configuration), so that what the path adds is
+    /// measured in one machine state and one connection table, not across cases minutes apart.
+    pub nearest_ns: Vec<f64>,
     /// How many times the case was measured (see [`steadiest`]); these rounds are the last's
     /// or an earlier, steadier attempt's.
     pub attempts: usize,
@@ -591,9 +610,9 @@ fn per_round(a: &[f64], b: &[f64]) -> Vec<f64> {
 }
 
 impl Measurement {
-    /// Per-round differences sync on - sync off, for a case with sync on.
-    pub fn sync_ns(&self) -> Vec<f64> {
-        per_round(&self.case_ns, &self.sync_off_ns)
+    /// Per-round differences case - nearest path, for an added path.
+    pub fn over_nearest_ns(&self) -> Vec<f64> {
+        per_round(&self.case_ns, &self.nearest_ns)
     }
 
     /// Per-round differences case - baseline.
@@ -1034,6 +1053,36 @@ impl Bench {
         Ok(())
     }
 
+    /// The director's configuration for `case`: sync on or off, and the new-flow guard's
+    /// limit (one flow a second remembered for the guarded case, so that every other
+    /// iteration finds the limit reached; none otherwise).
+    fn configure(&mut self, case: Case) -> Result<()> {
+        let guarded = case == Case::DrMhNewFlowGuarded;
+        self.fx
+            .maps
+            .set_config(&with_sync(default_config(), case.sync()))?;
+        self.fx.maps.set_new_flow_limit(u32::from(guarded))
+    }
+
+    /// One timed run of `nearest` within a round of `case`: its configuration and frame, then
+    /// `case`'s put back. The connection table and the sync ring stay as `case` left them.
+    fn nearest_run(&mut self, case: Case, nearest: Case, frame: &[u8], repeat: u32) -> Result<f64> {
+        if !nearest.wrapped() || !case.wrapped() {
+            bail!(
+                "{}: its nearest path must run behind the wrapper",
+                case.name()
+            );
+        }
+        let near_frame = Self::frame(nearest);
+        let ingress = nearest.arrives().then_some(self.ingress);
+        self.configure(nearest)?;
+        Self::set_template(&mut self.wrap_lb, &near_frame, nearest.vary_at())?;
+        let t = self.wrapped_run(false, ingress, &near_frame, repeat, nearest.verdict());
+        self.configure(case)?;
+        Self::set_template(&mut self.wrap_lb, frame, case.vary_at())?;
+        t
+    }
+
     /// Empties the sync ring as the agent would; returns how many events it held.
     fn drain(&mut self) -> usize {
         self.ring.drain(|_, _| ())
@@ -1108,23 +1157,13 @@ impl Bench {
             case,
             case_ns: Vec::new(),
             base_ns: Vec::new(),
-            sync_off_ns: Vec::new(),
+            nearest_ns: Vec::new(),
             attempts: 1,
         };
-        let config = |sync| with_sync(default_config(), sync);
-        self.fx.maps.set_config(&config(case.sync()))?;
-        if case == Case::DrMhNewFlowGuarded {
-            // One flow a second remembered: every other iteration finds the limit reached.
-            self.fx.maps.set_new_flow_limit(1)?;
-        }
+        self.configure(case)?;
         if case.wrapped() {
-            let vary = case.varied().then_some(if case.ipv6() {
-                SRC6_ADDR_TAIL_OFFSET
-            } else {
-                SRC_ADDR_OFFSET
-            });
-            Self::set_template(&mut self.wrap_lb, &frame, vary)?;
-            Self::set_template(&mut self.wrap_bare, &frame, vary)?;
+            Self::set_template(&mut self.wrap_lb, &frame, case.vary_at())?;
+            Self::set_template(&mut self.wrap_bare, &frame, case.vary_at())?;
         }
         self.drain();
         if case == Case::DrMhNewFlowSyncRingFull {
@@ -1162,6 +1201,13 @@ impl Bench {
                     };
                     m.base_ns.push(t);
                 } else {
+                    // The nearest path between the baseline and the case: before the case in
+                    // one round, after it in the next, as the baseline alternates.
+                    let nearest = case.nearest();
+                    if let Some(near) = nearest.filter(|_| round % 2 == 0) {
+                        m.nearest_ns
+                            .push(self.nearest_run(case, near, &frame, repeat)?);
+                    }
                     if case == Case::DrMhNewFlowSync {
                         self.drain();
                     }
@@ -1180,20 +1226,9 @@ impl Bench {
                         )?
                     };
                     m.case_ns.push(t);
-                    if case == Case::DrMhNewFlowSync || case == Case::DrMhEstablishedSync {
-                        // The same with sync off, right after.
-                        self.fx.maps.set_config(&config(false))?;
-                        let off = Self::time(
-                            &self.net,
-                            ingress,
-                            &mut self.wrap_lb,
-                            program_names::BENCH,
-                            &frame,
-                            repeat,
-                            v,
-                        )?;
-                        self.fx.maps.set_config(&config(true))?;
-                        m.sync_off_ns.push(off);
+                    if let Some(near) = nearest.filter(|_| round % 2 == 1) {
+                        m.nearest_ns
+                            .push(self.nearest_run(case, near, &frame, repeat)?);
                     }
                 }
             }
