@@ -1137,18 +1137,41 @@ impl Bench {
     }
 
     /// Measures `case` over `rounds` rounds of `repeat` iterations, alternating with its
-    /// baseline; again, up to [`ATTEMPTS`] times, while the baseline moved within the rounds
-    /// (the steadiest attempt is kept, see [`steadiest`]).
+    /// baseline, and with its nearest path for an added path ([`Measurement::nearest_ns`]);
+    /// again, up to [`ATTEMPTS`] times, while the baseline moved within the rounds (the
+    /// steadiest attempt is kept, see [`steadiest`]).
     pub fn measure(&mut self, case: Case, rounds: usize, repeat: u32) -> Result<Measurement> {
+        self.measure_with(case, rounds, repeat, true)
+    }
+
+    /// As [`measure`](Self::measure), without the nearest path's runs: what a profile samples
+    /// and two builds are compared on is the case alone.
+    pub fn measure_alone(&mut self, case: Case, rounds: usize, repeat: u32) -> Result<Measurement> {
+        self.measure_with(case, rounds, repeat, false)
+    }
+
+    fn measure_with(
+        &mut self,
+        case: Case,
+        rounds: usize,
+        repeat: u32,
+        nearest: bool,
+    ) -> Result<Measurement> {
         let (mut m, attempts) = steadiest(
-            || self.measure_once(case, rounds, repeat),
+            || self.measure_once(case, rounds, repeat, nearest),
             |m: &Measurement| &m.base_ns,
         )?;
         m.attempts = attempts;
         Ok(m)
     }
 
-    fn measure_once(&mut self, case: Case, rounds: usize, repeat: u32) -> Result<Measurement> {
+    fn measure_once(
+        &mut self,
+        case: Case,
+        rounds: usize,
+        repeat: u32,
+        with_nearest: bool,
+    ) -> Result<Measurement> {
         let frame = Self::frame(case);
         let repeat = repeat.min(case.max_repeat());
         // Only the NAT reply's FIB lookup needs an interface of its own to arrive on.
@@ -1203,7 +1226,7 @@ impl Bench {
                 } else {
                     // The nearest path between the baseline and the case: before the case in
                     // one round, after it in the next, as the baseline alternates.
-                    let nearest = case.nearest();
+                    let nearest = case.nearest().filter(|_| with_nearest);
                     if let Some(near) = nearest.filter(|_| round % 2 == 0) {
                         m.nearest_ns
                             .push(self.nearest_run(case, near, &frame, repeat)?);
@@ -1492,11 +1515,11 @@ pub fn compare(a: &[u8], b: &[u8], only: &str, rounds: usize, repeat: u32) -> Re
         let (mut ea, mut eb, mut diff) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             let (ma, mb) = if round % 2 == 0 {
-                let ma = a.measure(case, 1, repeat)?;
-                (ma, b.measure(case, 1, repeat)?)
+                let ma = a.measure_alone(case, 1, repeat)?;
+                (ma, b.measure_alone(case, 1, repeat)?)
             } else {
-                let mb = b.measure(case, 1, repeat)?;
-                (a.measure(case, 1, repeat)?, mb)
+                let mb = b.measure_alone(case, 1, repeat)?;
+                (a.measure_alone(case, 1, repeat)?, mb)
             };
             ea.extend(ma.extra_ns());
             eb.extend(mb.extra_ns());

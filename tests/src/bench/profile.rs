@@ -163,7 +163,7 @@ pub fn profile(bench: &mut Bench, case: Case, cpu: usize, dir: &Path) -> Result<
         .spawn()
         .context("cannot start perf (the linux-perf package)")?;
     std::thread::sleep(Duration::from_millis(500));
-    let measured = bench.measure(case, ROUNDS, REPEAT);
+    let measured = bench.measure_alone(case, ROUNDS, REPEAT);
     // perf writes its file when interrupted.
     // SAFETY: a signal to the child started above.
     unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
