@@ -63,14 +63,6 @@ fn place(flow: &FlowKey) -> conn_table::Place {
     conn_table::place(flow, seed, mask)
 }
 
-/// Starts fetching the bucket of a new flow's SYN ([`slots::fetch`]) ahead of its service
-/// lookup, so that the table's miss on cold memory, most of a new flow's time, overlaps the
-/// lookup rather than following it.
-#[inline(always)]
-pub fn fetch(flow: &FlowKey) {
-    let _ = slots::fetch(&CONN_TABLE, place(flow).bucket);
-}
-
 /// The slot holding this flow's entry, if any, and its tag (for [`slots::still`]).
 #[inline(always)]
 fn slot(flow: &FlowKey) -> Option<(*mut Slot, u32)> {

@@ -4,6 +4,8 @@
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use lb_common::{sched, FloodGuard, RealServer, ServiceInfo, FWD_NAT};
 
+use crate::parse::{TCP_FLAG_ACK, TCP_FLAG_SYN};
+
 #[map]
 static FLOOD_GUARD: PerCpuArray<FloodGuard> = PerCpuArray::with_max_entries(1, 0);
 
@@ -38,7 +40,7 @@ pub fn may_remember(real: &RealServer, now: u32) -> bool {
 
 /// Whether this CPU has reached its limit for the current second.
 #[inline(always)]
-pub fn reached(now: u32) -> bool {
+fn reached(now: u32) -> bool {
     let Some(guard) = FLOOD_GUARD.get(0) else {
         return false;
     };
@@ -49,14 +51,14 @@ pub fn reached(now: u32) -> bool {
 /// table: this CPU is past its limit, so the flow would not be remembered, and a hash scheduler
 /// gives a retransmitted SYN of a flow remembered earlier the same real server (while its table
 /// is unchanged). The table's lookup, a miss on cold memory for nearly every packet of a flood,
-/// is then left out, as Katran does for SYNs. `past_limit`: the packet is a SYN and this CPU has
-/// [`reached`] its limit. None: the usual path.
+/// is then left out, as Katran does for SYNs. None: the usual path.
 #[inline(always)]
 pub fn syn_service(
-    past_limit: bool,
+    tcp_flags: u8,
+    now: u32,
     service_of: impl FnOnce() -> Option<&'static ServiceInfo>,
 ) -> Option<&'static ServiceInfo> {
-    if !past_limit {
+    if tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN || !reached(now) {
         return None;
     }
     service_of().filter(|s| sched::by_hash(s.scheduler))

@@ -95,12 +95,12 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     // An established flow goes straight to its real server: the flow already names the service,
     // so the service lookup is only for new flows and SYNs (first, see `syn_lookup`). A SYN
     // of a flood skips the table.
-    let (syn, syn_service, past_limit) = syn_lookup(flags, &flow, now, || lookup::service(&pkt));
+    let (syn, syn_service) = syn_lookup(flags, &flow, || lookup::service(&pkt));
     let service_of = || match syn {
         true => syn_service,
         false => lookup::service(&pkt),
     };
-    let flooding = flood::syn_service(past_limit, service_of);
+    let flooding = flood::syn_service(flags, now, service_of);
     let known = known_flow(&flow, flags, now, config, flooding.is_some());
     // A new flow's service. Only with a service at stake is a damaged packet worth a drop, not
     // a pass; checked once for both kinds of flow (the verifier walks each copy), and before
@@ -223,29 +223,20 @@ fn choose(service: &ServiceInfo, flow: &FlowKey, now: u32) -> Option<u32> {
     }
 }
 
-/// Whether the packet is a SYN, its service if so, and whether this CPU is past the new-flow
-/// guard's limit (for [`flood::syn_service`]). A SYN's connection-table bucket is fetched first
-/// and its service looked up while the bucket comes in (the table's miss on cold memory is most
-/// of a new flow's time); then the buckets its new flow will need beside the table's, its
-/// reply's (LVS/NAT) and its client's template (persistence), start coming in while the table's
-/// does, where each would otherwise be waited for on its own after it. Each pipeline then wraps the result in a lookup of its
+/// Whether the packet is a SYN, and its service if so, looked up before the connection table:
+/// the buckets its new flow will need beside the table's, its reply's (LVS/NAT) and its client's
+/// template (persistence), start coming in while the table's does, where each would otherwise
+/// be waited for on its own after it. Each pipeline then wraps the result in a lookup of its
 /// own (SYN: this service; else a lookup): returned from here as a closure, it made LLVM spill
 /// a register it never set, which the verifier refused.
 #[inline(always)]
 fn syn_lookup(
     tcp_flags: u8,
     flow: &FlowKey,
-    now: u32,
     service_of: impl FnOnce() -> Option<&'static ServiceInfo>,
-) -> (bool, Option<&'static ServiceInfo>, bool) {
+) -> (bool, Option<&'static ServiceInfo>) {
     if tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
-        return (false, None, false);
-    }
-    // Past the guard's limit, a SYN of a hash scheduler's service skips the table: no fetch
-    // then (the service is not known yet; the others' SYNs wait for their bucket as before).
-    let past_limit = flood::reached(now);
-    if !past_limit {
-        conntrack::fetch(flow);
+        return (false, None);
     }
     let service = service_of();
     if let Some(s) = service {
@@ -256,7 +247,7 @@ fn syn_lookup(
             persist::xdplb_template_fetch(flow, s.id);
         }
     }
-    (true, service, past_limit)
+    (true, service)
 }
 
 /// The host stage: the verdict for a frame that is not this director's to act on (another
@@ -386,13 +377,13 @@ pub fn xdplb_v6(ctx: XdpContext) -> u32 {
     let flags = parse::tcp_flags_at(&ctx, pkt.proto, pkt.l4_off);
     let flow = pkt.flow();
     let now = conntrack::now();
-    let (syn, syn_service, past_limit) = syn_lookup(flags, &flow, now, service_of);
+    let (syn, syn_service) = syn_lookup(flags, &flow, service_of);
     let service_of = || match syn {
         true => syn_service,
         false => service_of(),
     };
     // A SYN of a flood skips the connection table, as in xdplb's.
-    let flooding = flood::syn_service(past_limit, service_of);
+    let flooding = flood::syn_service(flags, now, service_of);
     let known = known_flow(&flow, flags, now, config, flooding.is_some());
     // As in xdplb's: a damaged packet is dropped if a flow or a service is at stake, before
     // it can change an entry.
