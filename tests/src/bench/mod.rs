@@ -415,11 +415,14 @@ impl Case {
             Case::Dr6MhEstablished => over(Case::DrMhEstablished, 10.0, IPV6),
             Case::Dr6MhNewFlow => over(Case::DrMhNewFlow, 10.0, IPV6),
             Case::Dr6PersistentNewFlow => over(Case::DrPersistentNewFlow, 10.0, IPV6),
-            Case::Tun6MhEstablished => over(
-                Case::Dr6MhEstablished,
-                20.0,
-                "the encapsulation, as TUN adds to DR (an outer IPv6 header)",
-            ),
+            // Written as 20 when TUN added about that to DR; read in the same run since.
+            Case::Tun6MhEstablished => Goal::Over {
+                nearest: Case::Dr6MhEstablished,
+                added: 0.0,
+                work: "the encapsulation, as TUN adds to DR in this run (an outer IPv6 header \
+                       in place of IPv4's, twice as long but without a checksum)",
+                measured: &[(Case::TunEstablished, 1.0), (Case::DrMhEstablished, -1.0)],
+            },
             Case::Nat6Request => over(
                 Case::Dr6MhEstablished,
                 40.0,
