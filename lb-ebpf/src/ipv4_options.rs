@@ -45,18 +45,46 @@ const IPOPT_TS_PRESPEC: u8 = 3;
 /// The shortest CIPSO option: type, length, a 4-byte DOI, a tag's type and length.
 const CIPSO_MIN_LEN: u8 = 8;
 
-/// Ok if `pkt` has no options or the checker passed them; otherwise hands the packet to the
-/// checker, and returns (an error) only if that is not there: unchecked options never go on.
+/// Whether the packet at `l3_off` has options. The header's length read again, as a value the
+/// verifier does not tie to the packet's transport offset: branching on that would split every
+/// later state in two (with and without options), which puts the director's program over the
+/// verifier's limit.
 #[inline(always)]
-pub fn checked(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
-    // The header's length read again, as a value the verifier does not tie to `pkt.l4_off`:
-    // branching on that would split every later state in two (with and without options),
-    // which puts the director's program over the verifier's limit.
-    let Some(first) = parse::ptr_at::<u8>(ctx, pkt.l3_off) else {
-        return Err(Reason::DropMalformed);
+fn has_options(ctx: &XdpContext, l3_off: usize) -> bool {
+    let Some(first) = parse::ptr_at::<u8>(ctx, l3_off) else {
+        return true;
     };
     // SAFETY: inside the frame (ptr_at); volatile so it is not the earlier read's value.
-    if unsafe { core::ptr::read_volatile(first) } & 0x0f == (IPV4_MIN_HLEN / 4) as u8 {
+    unsafe { core::ptr::read_volatile(first) & 0x0f != (IPV4_MIN_HLEN / 4) as u8 }
+}
+
+/// Before `xdplb`'s pipeline: hands a packet with options to the checker, unless the checker
+/// has marked it already (this is the pipeline's run after it), so that the pipeline runs once
+/// for it, after the checker, not up to its check stage and then again. False only if the
+/// checker is not there: the caller drops the packet (nothing goes on with unchecked options,
+/// and a pipeline that went on past a failed hand-off would be two for the verifier).
+#[inline(always)]
+pub fn check_first(ctx: &XdpContext, pkt: &Packet) -> bool {
+    if !has_options(ctx, pkt.l3_off) {
+        return true;
+    }
+    let Some(mark) = OPTIONS_CHECKED.get(0) else {
+        return false;
+    };
+    if marks(*mark, fingerprint(ctx, pkt.l3_off)) {
+        return true;
+    }
+    // SAFETY: a tail call; it does not return when it succeeds.
+    unsafe { IPV4_PROGS.tail_call(ctx, IPV4_PROG_OPTIONS) };
+    false
+}
+
+/// Ok if `pkt` has no options or the checker passed them, an error if it refused them;
+/// otherwise hands the packet to the checker, and returns (an error) only if that is not
+/// there: unchecked options never go on.
+#[inline(always)]
+pub fn checked(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
+    if !has_options(ctx, pkt.l3_off) {
         return Ok(());
     }
     let Some(mark) = OPTIONS_CHECKED.get_ptr_mut(0) else {
@@ -66,21 +94,24 @@ pub fn checked(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
     // SAFETY: a per-CPU slot, and XDP does not preempt itself on a CPU; a tail call does not
     // return when it succeeds.
     unsafe {
-        let passed = *mark == fingerprint;
+        let m = *mark;
         // Taken once: the same packet seen again (a retransmission) is checked again.
         *mark = 0;
-        if passed {
-            return Ok(());
+        if marks(m, fingerprint) {
+            return match m & REFUSED {
+                0 => Ok(()),
+                _ => Err(Reason::DropBadOptions),
+            };
         }
         IPV4_PROGS.tail_call(ctx, IPV4_PROG_OPTIONS);
     }
     Err(Reason::DropBadOptions)
 }
 
-/// After the checker passed the packet: marks it and continues with the director's program;
-/// returns only if that is not there.
+/// After the checker: marks the packet with its verdict (`refused`) and continues with the
+/// director's program, whose check stage acts on it; returns only if that is not there.
 #[inline(always)]
-pub fn back_to_director(ctx: &XdpContext) {
+pub fn back_to_director(ctx: &XdpContext, refused: bool) {
     let Some(l3_off) = parse::ipv4_offset(ctx).ok() else {
         return;
     };
@@ -89,21 +120,30 @@ pub fn back_to_director(ctx: &XdpContext) {
     };
     // SAFETY: as in `checked`.
     unsafe {
-        *mark = fingerprint(ctx, l3_off);
+        *mark = fingerprint(ctx, l3_off) | if refused { REFUSED } else { 0 };
         IPV4_PROGS.tail_call(ctx, IPV4_PROG_DIRECTOR);
         *mark = 0;
     }
 }
 
+/// The mark's bit for options the checker refused.
+const REFUSED: u64 = 2;
+
+/// Whether `mark` is the checker's for the packet of this fingerprint.
+#[inline(always)]
+fn marks(mark: u64, fingerprint: u64) -> bool {
+    mark & !REFUSED == fingerprint
+}
+
 /// Tells this packet from the next one on the CPU: its length, and its IPv4 header after the
 /// total length (identification, fragment field, TTL, protocol, checksum, addresses). The
 /// checksum covers the options: the same fingerprint with other options is a packet the
-/// checksum test drops. Never 0.
+/// checksum test drops. Never 0, and without the [`REFUSED`] bit.
 #[inline(always)]
 fn fingerprint(ctx: &XdpContext, l3_off: usize) -> u64 {
     let [a, b] = parse::read::<[u64; 2]>(ctx, l3_off + 4).unwrap_or([0; 2]);
     let len = (ctx.data_end() - ctx.data()) as u64;
-    (a ^ b.rotate_left(17) ^ len) | 1
+    ((a ^ b.rotate_left(17) ^ len) | 1) & !REFUSED
 }
 
 /// The options of the IPv4 packet in the frame, checked: each well formed (its length within

@@ -83,6 +83,10 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     if !lookup::may_be_vip(&lb_common::addr_from_v4(pkt.dst)) {
         return no_service(&ctx, &pkt, frame_len);
     }
+    // Options first: the checker comes back here, so the pipeline runs once for such a packet.
+    if !ipv4_options::check_first(&ctx, &pkt) {
+        return stats::drop(Reason::DropBadOptions, frame_len);
+    }
     let Some(config) = config::get() else {
         return stats::pass(Reason::PassNoService, frame_len);
     };
@@ -331,12 +335,12 @@ fn no_service6(ctx: &XdpContext, src: &lb_common::Addr, frame_len: u64) -> u32 {
 pub fn xdplb_ip_options(ctx: XdpContext) -> u32 {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     match ipv4_options::check(&ctx) {
-        Ok(()) => {
-            ipv4_options::back_to_director(&ctx);
-            stats::drop(Reason::DropBadOptions, frame_len)
-        }
-        Err(reason) => stats::drop(reason, frame_len),
+        Ok(()) => ipv4_options::back_to_director(&ctx, false),
+        Err(Reason::DropBadOptions) => ipv4_options::back_to_director(&ctx, true),
+        Err(reason) => return stats::drop(reason, frame_len),
     }
+    // Only without the director's program.
+    stats::drop(Reason::DropBadOptions, frame_len)
 }
 
 /// The IPv6 pipeline, tail-called for every IPv6 frame:
