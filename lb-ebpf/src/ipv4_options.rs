@@ -2,8 +2,11 @@
 //! the packet (ip_options_compile, and the refusal of source routes that Linux applies unless
 //! accept_source_route is set). A walk over options of any length does not fit in the
 //! director's program (the verifier's limit), so it is a program of its own: a packet with
-//! options goes to `xdplb_ip_options`, which marks it (per CPU) and calls the director's program
-//! again; that finds the mark and goes on. Packets without options, nearly all, pay one compare.
+//! options goes to `xdplb_ip_options`, which marks it (per CPU) with its verdict and calls the
+//! director's program again; that finds the mark and goes on, and its check stage drops the
+//! packet if the options were refused and a service is at stake. `xdplb` hands such a packet to
+//! the checker before its pipeline runs ([`check_first`]), so the pipeline runs once for it.
+//! Packets without options, nearly all, pay two compares.
 
 use aya_ebpf::{
     macros::map,
@@ -21,8 +24,9 @@ use crate::parse::{self, Packet};
 #[map]
 static IPV4_PROGS: ProgramArray = ProgramArray::with_max_entries(IPV4_PROG_SLOTS, 0);
 
-/// The fingerprint of the packet the checker passed, read (and cleared) by the program it calls
-/// back on the same CPU; 0 when none.
+/// The checker's verdict on a packet, read (and cleared) by the check stage of the program it
+/// calls back on the same CPU: the packet's fingerprint if it passed, its complement if refused
+/// (see [`marks`]); 0 when none.
 #[map]
 static OPTIONS_CHECKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
@@ -97,11 +101,11 @@ pub fn checked(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
         let m = *mark;
         // Taken once: the same packet seen again (a retransmission) is checked again.
         *mark = 0;
-        if marks(m, fingerprint) {
-            return match m & REFUSED {
-                0 => Ok(()),
-                _ => Err(Reason::DropBadOptions),
-            };
+        if m == fingerprint {
+            return Ok(());
+        }
+        if m == !fingerprint {
+            return Err(Reason::DropBadOptions);
         }
         IPV4_PROGS.tail_call(ctx, IPV4_PROG_OPTIONS);
     }
@@ -120,30 +124,31 @@ pub fn back_to_director(ctx: &XdpContext, refused: bool) {
     };
     // SAFETY: as in `checked`.
     unsafe {
-        *mark = fingerprint(ctx, l3_off) | if refused { REFUSED } else { 0 };
+        let fingerprint = fingerprint(ctx, l3_off);
+        *mark = if refused { !fingerprint } else { fingerprint };
         IPV4_PROGS.tail_call(ctx, IPV4_PROG_DIRECTOR);
         *mark = 0;
     }
 }
 
-/// The mark's bit for options the checker refused.
-const REFUSED: u64 = 2;
-
-/// Whether `mark` is the checker's for the packet of this fingerprint.
+/// Whether `mark` is the checker's verdict on the packet of this fingerprint: the fingerprint
+/// itself (passed; the mark's only form before refusals were marked too, so a checker and a
+/// director of the two versions agree during an upgrade) or its complement (refused; a
+/// fingerprint's lowest bit is set, a complement's clear).
 #[inline(always)]
 fn marks(mark: u64, fingerprint: u64) -> bool {
-    mark & !REFUSED == fingerprint
+    mark == fingerprint || mark == !fingerprint
 }
 
 /// Tells this packet from the next one on the CPU: its length, and its IPv4 header after the
 /// total length (identification, fragment field, TTL, protocol, checksum, addresses). The
 /// checksum covers the options: the same fingerprint with other options is a packet the
-/// checksum test drops. Never 0, and without the [`REFUSED`] bit.
+/// checksum test drops. Its lowest bit is set: never 0.
 #[inline(always)]
 fn fingerprint(ctx: &XdpContext, l3_off: usize) -> u64 {
     let [a, b] = parse::read::<[u64; 2]>(ctx, l3_off + 4).unwrap_or([0; 2]);
     let len = (ctx.data_end() - ctx.data()) as u64;
-    ((a ^ b.rotate_left(17) ^ len) | 1) & !REFUSED
+    (a ^ b.rotate_left(17) ^ len) | 1
 }
 
 /// The options of the IPv4 packet in the frame, checked: each well formed (its length within
