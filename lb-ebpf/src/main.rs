@@ -328,9 +328,12 @@ fn no_service6(ctx: &XdpContext, src: &lb_common::Addr, frame_len: u64) -> u32 {
     stats::pass(Reason::PassNoService, frame_len)
 }
 
-/// The IPv4 options of a packet for a service (or about a NAT flow), tail-called from the
-/// check stage of `xdplb`, `xdplb_nat_reply` and `xdplb_nat_icmp`: passed ones go back to
-/// `xdplb`, marked, which takes the packet from the start again; the others are dropped.
+/// The IPv4 options of a packet that may be for a service (or about a NAT flow), tail-called
+/// from the start of `xdplb` (`ipv4_options::check_first`) and from the check stage of
+/// `xdplb_nat_reply` and `xdplb_nat_icmp`: every packet goes back to `xdplb` marked with the
+/// verdict, which takes it from the start again; its check stage drops a refused one where a
+/// service is at stake, and one for no service goes to the kernel as it is. Dropped here only
+/// if the options cannot be read, or the director's program is not there.
 #[xdp]
 pub fn xdplb_ip_options(ctx: XdpContext) -> u32 {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;

@@ -531,10 +531,8 @@ impl Case {
         format!("{program}, {frame}{source}{ingress}")
     }
 
-    /// Whether the wrapper varies the source address: a new flow every iteration, or
-    /// [`MANY_FLOWS`] established ones in turn.
     /// Where the wrapper varies the frame (its source address, IPv4's or the tail of IPv6's)
-    /// for a case that needs a new flow every iteration.
+    /// for a case that varies it ([`Case::varied`]).
     fn vary_at(self) -> Option<u32> {
         self.varied().then_some(if self.ipv6() {
             SRC6_ADDR_TAIL_OFFSET
@@ -551,6 +549,8 @@ impl Case {
         }
     }
 
+    /// Whether the wrapper varies the source address: a new flow every iteration, or
+    /// [`MANY_FLOWS`] established ones in turn.
     fn varied(self) -> bool {
         self.new_flow() || self == Case::DrMhEstablishedMany
     }
