@@ -4,6 +4,8 @@
 //! sides agree on the layout; the hash and the scheduler's slot choice are here too, so user space
 //! can predict exactly which real server the datapath picks for a packet.
 #![no_std]
+// The hash's step, written out for the datapath (see `hash`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;

@@ -1,7 +1,7 @@
 //! How the datapath picks a lookup-table slot; user space calls the same function to predict it.
 
 use crate::{
-    hash::{hash_addr, hash_flow},
+    hash::{hash_flow, hash_src},
     FlowKey, ServiceInfo, HASH_SRC, SCHED_DH, SCHED_FO, SCHED_LBLC, SCHED_LBLCR, SCHED_LC,
     SCHED_MH, SCHED_NQ, SCHED_OVF, SCHED_SED, SCHED_SH, SCHED_WLC,
 };
@@ -44,7 +44,7 @@ pub fn slot(service: &ServiceInfo, flow: &FlowKey) -> Option<u32> {
     let h = if service.scheduler == SCHED_DH {
         dh_hash(&flow.dst)
     } else if service.scheduler == SCHED_SH || service.hash == HASH_SRC {
-        hash_addr(&flow.src)
+        hash_src(flow)
     } else {
         hash_flow(flow)
     };
