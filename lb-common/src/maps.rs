@@ -126,6 +126,25 @@ pub struct ServiceInfo {
     pub _pad: u8,
 }
 
+/// SERVICE_CACHE value: one (VIP, port, protocol) key's service as a CPU last found it in
+/// SERVICES, valid while SERVICES_GEN still holds `gen` (the agent bumps it after every change to
+/// SERVICES). The key is kept as words so that comparing it is three loads, not a byte walk.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct CachedService {
+    /// First, so that the pointer the datapath hands on is the slot's own (the verifier refuses
+    /// an offset added to a pointer not yet checked for null, which the compiler may hoist).
+    pub info: ServiceInfo,
+    /// `port | proto << 16`; 0 for a slot never filled (no packet has protocol 0 here).
+    pub port_proto: u32,
+    pub gen: u64,
+    /// The VIP's 16 bytes as two little-endian words.
+    pub vip: [u64; 2],
+}
+
+/// Slots of each CPU's SERVICE_CACHE (a power of two).
+pub const SERVICE_CACHE_SLOTS: u32 = 64;
+
 /// [`ServiceInfo::flags`]: persistent (ipvsadm -p): a client's new connections go to the real
 /// server its earlier ones went to (a template per client, PERSISTENCE has the settings).
 pub const SVC_PERSISTENT: u8 = 1;
@@ -524,6 +543,10 @@ impl Counters {
 /// Map names, as declared in the datapath (`#[map]` takes the static's name).
 pub mod map_names {
     pub const SERVICES: &str = "SERVICES";
+    /// Bumped by the agent after every change to SERVICES: the datapath's per-CPU cache of it
+    /// (SERVICE_CACHE) holds only entries read under the current value.
+    pub const SERVICES_GEN: &str = "SERVICES_GEN";
+    pub const SERVICE_CACHE: &str = "SERVICE_CACHE";
     pub const VIP_FILTER: &str = "VIP_FILTER";
     /// Array of maps: service id -> that service's lookup table (slot -> real server id).
     pub const TABLES: &str = "TABLES";
@@ -922,6 +945,7 @@ mod pod {
     // SAFETY: all of these are #[repr(C)] plain data without padding holes (bytemuck::Pod).
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ServiceInfo {}
+    unsafe impl aya::Pod for super::CachedService {}
     unsafe impl aya::Pod for super::RealServer {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::DirectorConfig {}

@@ -11,7 +11,7 @@ use lb_tests::fixture::{
 use lb_tests::require_root;
 use lb_user::{
     datapath::MapWriter as _,
-    packet::{FrameSpec, TCP_ACK},
+    packet::{FrameSpec, TCP_ACK, TCP_SYN},
     state::{Protocol, Scheduler, SchedulerSpec, ServiceAddr},
 };
 
@@ -802,4 +802,94 @@ fn past_the_new_flow_limit_syns_of_hash_scheduled_services_skip_the_connection_t
     };
     assert_direct_routed(&mut fx, &tcp_service(), &ack);
     assert_eq!(counts(&fx, &tcp_service()), (conns + 1, unremembered + 1));
+}
+
+/// Each CPU keeps the services it found last (lookup's SERVICE_CACHE): a change to the services
+/// still reaches the very next packet on that CPU (the fixture keeps this thread on one). A
+/// (persistent) port-0 service answers for port 80 until port 80 gets a service of its own, and
+/// again once that one is deleted; with neither, the kernel gets the packet. Both a SYN and a packet taken
+/// up mid-stream look their service up.
+#[test]
+fn a_change_to_the_services_reaches_the_next_packet() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let any_port = ServiceAddr {
+        port: 0,
+        ..tcp_service()
+    };
+    // Port 0 is for persistent services only, as ipvsadm has it.
+    let persistent = SchedulerSpec {
+        persistent: Some(300),
+        ..Default::default()
+    };
+    fx.add_service(any_port, persistent);
+    fx.add_real(any_port, 11, 1);
+    let mut rng = XorShift64::new(5);
+    let mut send = |fx: &mut Fixture, tcp_flags: u8| {
+        fx.send(&FrameSpec {
+            src: random_client(&mut rng),
+            tcp_flags,
+            ..Default::default()
+        })
+    };
+    for flags in [TCP_SYN, TCP_ACK] {
+        assert_eq!(send(&mut fx, flags), Some(11), "the port-0 service");
+    }
+    fx.add_service(tcp_service(), SchedulerSpec::default());
+    fx.add_real(tcp_service(), 21, 1);
+    for flags in [TCP_SYN, TCP_ACK] {
+        assert_eq!(send(&mut fx, flags), Some(21), "port 80's own service");
+    }
+    fx.change(|s| s.del_service(tcp_service()));
+    for flags in [TCP_SYN, TCP_ACK] {
+        assert_eq!(send(&mut fx, flags), Some(11), "the port-0 service again");
+    }
+    fx.change(|s| s.del_service(any_port));
+    let passed = fx.reason(Reason::PassNoService);
+    for flags in [TCP_SYN, TCP_ACK] {
+        assert_eq!(send(&mut fx, flags), None, "no service");
+    }
+    assert_eq!(fx.reason(Reason::PassNoService), passed + 2);
+}
+
+/// More services than a CPU keeps (lookup's SERVICE_CACHE has 64 slots per CPU), taken in turn
+/// twice: each packet still reaches its own service's real server, whichever service held its
+/// slot before.
+#[test]
+fn services_that_share_a_cache_slot_are_told_apart() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let services: Vec<(ServiceAddr, u8)> = (0..100u16)
+        .map(|i| {
+            let svc = ServiceAddr {
+                port: 1000 + i,
+                ..tcp_service()
+            };
+            (svc, 11 + i as u8)
+        })
+        .collect();
+    for &(svc, real) in &services {
+        fx.add_service(svc, SchedulerSpec::default());
+        fx.add_real(svc, real, 1);
+    }
+    let mut rng = XorShift64::new(9);
+    for round in 0..2 {
+        for &(svc, real) in &services {
+            let spec = FrameSpec {
+                src: random_client(&mut rng),
+                dport: svc.port,
+                ..Default::default()
+            };
+            assert_eq!(
+                fx.send(&spec),
+                Some(real),
+                "port {} in round {round}",
+                svc.port
+            );
+        }
+    }
 }

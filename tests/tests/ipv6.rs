@@ -554,3 +554,51 @@ fn ipv6_packets_the_kernel_would_refuse_are_dropped_with_a_reason() {
     };
     assert_eq!(fx.run(&fine.build()).unwrap().0, XDP_TX);
 }
+
+/// Two IPv6 VIPs that differ only in bytes 4 to 7, which do not pick a slot of each CPU's
+/// service cache (lookup's SERVICE_CACHE), with a service on the same port: taken in turn, each
+/// packet still reaches its own VIP's service, whichever held the slot before.
+#[test]
+fn ipv6_vips_that_share_a_cache_slot_are_told_apart() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let vips: [Ipv6Addr; 2] = [
+        "2001:db8::100".parse().unwrap(),
+        "2001:db8:1::100".parse().unwrap(),
+    ];
+    for (i, vip) in vips.iter().enumerate() {
+        let svc = ServiceAddr {
+            protocol: Protocol::Tcp,
+            vip: (*vip).into(),
+            port: 80,
+        };
+        fx.add_service(svc, SchedulerSpec::default());
+        let real: Ipv6Addr = format!("2001:db8::{}", 11 + i).parse().unwrap();
+        fx.add_real_spec(
+            svc,
+            RealSpec {
+                addr: Some(real.into()),
+                mac: Some(Mac(real_mac(11 + i as u8))),
+                ..Default::default()
+            },
+        );
+    }
+    for round in 0..3u16 {
+        for (i, vip) in vips.iter().enumerate() {
+            let spec = Frame6Spec {
+                dst: *vip,
+                sport: 1000 + round,
+                tcp_flags: TCP_SYN,
+                ..Default::default()
+            };
+            let (verdict, out) = fx.run(&spec.build()).unwrap();
+            assert_eq!(
+                (verdict, out[5]),
+                (XDP_TX, 11 + i as u8),
+                "{vip} in round {round}"
+            );
+        }
+    }
+}

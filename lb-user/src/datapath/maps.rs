@@ -139,6 +139,9 @@ impl DatapathCounters {
 /// The real maps of a loaded object.
 pub struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceInfo>,
+    /// Bumped after every change to `services` (see lb_common::CachedService); None in an object
+    /// built before the datapath cached services.
+    services_gen: Option<Array<MapData, u64>>,
     vip_filter: Array<MapData, u8>,
     tables: ArrayOfMaps<MapData, Array<MapData, u32>>,
     /// None in an object built before the table (`cargo xtask bench --compare` loads those).
@@ -315,9 +318,24 @@ fn read_all(map: &PerCpuArray<MapData, Counters>) -> Result<Vec<Counters>> {
 }
 
 impl Maps {
+    /// Tells the datapath's per-CPU service caches that SERVICES changed: each CPU reads a
+    /// service from the map again on its next packet for it. Right after the change itself, so
+    /// the cached entries outlive it by one system call.
+    fn services_changed(&mut self) -> Result<()> {
+        if let Some(gen) = &mut self.services_gen {
+            let next = gen.get(&0, 0)?.wrapping_add(1);
+            gen.set(0, next, 0)?;
+        }
+        Ok(())
+    }
+
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
             services: take(ebpf, map_names::SERVICES)?,
+            services_gen: match ebpf.map(map_names::SERVICES_GEN) {
+                Some(_) => Some(take(ebpf, map_names::SERVICES_GEN)?),
+                None => None,
+            },
             vip_filter: take(ebpf, map_names::VIP_FILTER)?,
             tables_fd: match ebpf.map(map_names::TABLES) {
                 Some(aya::maps::Map::ArrayOfMaps(d)) => d.fd().as_fd().try_clone_to_owned()?,
@@ -492,7 +510,8 @@ impl MapWriter for Maps {
     }
 
     fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<()> {
-        Ok(self.services.insert(key, info, 0)?)
+        self.services.insert(key, info, 0)?;
+        self.services_changed()
     }
 
     fn set_vip_filter(&mut self, index: u32, on: bool) -> Result<()> {
@@ -500,7 +519,8 @@ impl MapWriter for Maps {
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        Ok(self.services.remove(key)?)
+        self.services.remove(key)?;
+        self.services_changed()
     }
 
     fn set_table(&mut self, service_id: u32, table: &[u32]) -> Result<()> {

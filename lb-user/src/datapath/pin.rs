@@ -23,8 +23,11 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The maps of the director's program that survive its agent: configuration, state and counters.
-pub const PINNED_MAPS: [&str; 33] = [
+pub const PINNED_MAPS: [&str; 34] = [
     map_names::SERVICES,
+    // Pinned with SERVICES, so that any agent's change to it reaches the cache of the program
+    // running (SERVICE_CACHE itself is the program's own: a new program starts it empty).
+    map_names::SERVICES_GEN,
     map_names::VIP_FILTER,
     map_names::TABLES,
     map_names::REALS,
