@@ -336,8 +336,10 @@ impl Case {
             Case::DrMhNewFlowGuarded => over(
                 Case::DrMhEstablished,
                 50.0,
-                "the Maglev pick (the flow's hash, a read of the service's table) and the \
-                 guard's per-CPU count, with a connection-table miss in place of the hit",
+                "the service lookup (an established flow's entry names its service), the \
+                 Maglev pick (the flow's hash, a read of the service's table) and the guard's \
+                 per-CPU count, in place of the connection table's lookup (a flood's SYN skips \
+                 it)",
             ),
             Case::DrMhNewFlowSync => over(
                 Case::DrMhNewFlow,
