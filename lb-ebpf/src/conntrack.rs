@@ -50,6 +50,12 @@ static CONN_SEED: u64 = 0;
 #[no_mangle]
 static CONN_MASK: u32 = 0;
 
+/// Starts fetching the bucket of `flow` ([`slots::fetch`]), for a lookup that comes later.
+#[inline(always)]
+pub fn fetch(flow: &FlowKey) -> u32 {
+    slots::fetch(&CONN_TABLE, place(flow).bucket)
+}
+
 /// A flow's bucket and tag.
 #[inline(always)]
 fn place(flow: &FlowKey) -> conn_table::Place {

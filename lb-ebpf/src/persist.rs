@@ -74,9 +74,11 @@ pub fn template(service: &ServiceInfo, flow: &FlowKey, now: u32) -> Option<u32> 
 }
 
 /// Starts fetching the bucket of this client's template in a persistent `service`
-/// ([`slots::fetch`]): it comes in while the connection table's bucket does, where the
-/// template's read after the connection table's miss would otherwise wait for it alone. A
-/// global function (see build.rs): xdplb's stack has no room for it inline.
+/// ([`slots::fetch`]), and the connection table's bucket of `flow` right before it: the two
+/// misses come in together, where the table's, issued by its lookup a stage later, would
+/// otherwise still be on its way when the template's is back (the connection table's hash is
+/// computed once more for it; only a persistent service's SYNs pay that). A global function (see
+/// build.rs): xdplb's stack has no room for it inline.
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn xdplb_template_fetch(flow: *const FlowKey, service: u32) -> u32 {
@@ -87,7 +89,8 @@ pub extern "C" fn xdplb_template_fetch(flow: *const FlowKey, service: u32) -> u3
     let Some(p) = PERSISTENCE.get(service) else {
         return 0;
     };
-    slots::fetch(&TEMPLATE_TABLE, place(&key(service, &flow.src, p)).bucket)
+    let conn = crate::conntrack::fetch(flow);
+    conn ^ slots::fetch(&TEMPLATE_TABLE, place(&key(service, &flow.src, p)).bucket)
 }
 
 /// Remembers where a persistent service sent this client.
