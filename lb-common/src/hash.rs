@@ -146,10 +146,12 @@ pub fn hash_flow(f: &FlowKey) -> u32 {
     )
 }
 
-/// The key's addresses as the hash's little-endian words, `src` then `dst` (0 to 7). Read from
-/// the key itself, aligned to 8: the datapath's target splits a load it cannot prove aligned
-/// into bytes, and gathering the two addresses a byte at a time (with the bytes spilled to the
-/// stack) cost a new flow more than the hash's own arithmetic.
+/// The key's words as the hash reads them, little-endian: 0 to 3 are `src`, 4 to 7 `dst` (the
+/// ports and protocol after them are laid out otherwise than the hash takes them, so callers
+/// build those words from the fields). Read from the key itself, aligned to 8: the datapath's
+/// target splits a load it cannot prove aligned into bytes, and gathering the two addresses a
+/// byte at a time (with the bytes spilled to the stack) cost a new flow more than the hash's
+/// own arithmetic.
 #[inline(always)]
 fn key_words(f: &FlowKey) -> impl Fn(usize) -> u32 + '_ {
     const _: () =
@@ -220,8 +222,7 @@ mod tests {
             f.dst[i as usize] = i.wrapping_mul(91).wrapping_add(200);
         }
         assert_eq!(hash_src(&f), hash_addr(&f.src));
-        let bytes = |a: &Addr| addr_words(a);
-        let (s, d) = (bytes(&f.src), bytes(&f.dst));
+        let (s, d) = (addr_words(&f.src), addr_words(&f.dst));
         let ports = ((f.sport as u32) << 16) | f.dport as u32;
         let reference = murmur3(
             &[s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], ports, 17],
