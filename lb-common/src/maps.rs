@@ -152,8 +152,9 @@ pub const SVC_PERSISTENT: u8 = 1;
 /// a reply entry: the datapath starts fetching that entry's bucket before it schedules.
 pub const SVC_NAT: u8 = 2;
 
-/// PERSISTENCE array value, by service id.
-#[repr(C)]
+/// PERSISTENCE array value, by service id. Aligned to 8 (as the map's values are) so the
+/// datapath reads the mask as two words ([`TemplateKey::flow_key_of`]).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Persistence {
     /// How long a template outlives its client's last connection, in kernel ticks.
@@ -180,6 +181,22 @@ impl TemplateKey {
             service,
             client: mask_addr(client, mask),
         }
+    }
+
+    /// `Self::of(service, &flow.src, &p.mask).flow_key()`, built a word at a time: the
+    /// datapath's way to its template key. Built from the bytes, the mask and the copies took
+    /// some 60 instructions a key, three keys a persistent client's SYN.
+    #[inline(always)]
+    pub fn flow_key_of(service: u32, flow: &FlowKey, p: &Persistence) -> FlowKey {
+        let src = crate::conn_table::words(flow);
+        // SAFETY: the mask is 16 plain bytes at offset 8 of an 8-aligned struct.
+        let mask = unsafe { &*(&raw const p.mask).cast::<[u64; 2]>() };
+        // The service id's native bytes first in `dst`, the rest zero (as `flow_key`).
+        let id = match cfg!(target_endian = "little") {
+            true => service as u64,
+            false => (service as u64) << 32,
+        };
+        bytemuck::cast([src[0] & mask[0], src[1] & mask[1], id, 0, 0])
     }
 
     /// Its key in the template table, which has the connection table's layout
@@ -956,6 +973,33 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::XorShift64;
+
+    /// The datapath's word-wise template key is the one the agent and sync build from bytes,
+    /// for any client, mask (contiguous or not) and service, and whatever the flow's other
+    /// fields hold.
+    #[test]
+    fn template_key_by_words_is_by_bytes() {
+        let mut rng = XorShift64::new(0x7e3a_11c5);
+        let mut bytes = |out: &mut [u8]| out.iter_mut().for_each(|b| *b = rng.next() as u8);
+        for round in 0..10_000 {
+            let (mut flow, mut p, mut id) = (FlowKey::default(), Persistence::default(), [0u8; 4]);
+            bytes(bytemuck::bytes_of_mut(&mut flow));
+            bytes(bytemuck::bytes_of_mut(&mut p));
+            bytes(&mut id);
+            if round % 2 == 0 {
+                let prefix = id[0] as u32 % 129;
+                p.mask = (u128::MAX.checked_shl(128 - prefix).unwrap_or(0)).to_be_bytes();
+            }
+            let service = u32::from_ne_bytes(id);
+            let want = TemplateKey::of(service, &flow.src, &p.mask).flow_key();
+            assert_eq!(
+                TemplateKey::flow_key_of(service, &flow, &p),
+                want,
+                "{flow:?} {p:?}"
+            );
+        }
+    }
 
     /// An event fills one cache line, and a ring's two cursors each have their own: the
     /// datapath writing `head` and the agent `tail` never take a line from each other.

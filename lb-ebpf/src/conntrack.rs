@@ -210,7 +210,7 @@ pub fn refresh(entry: &Entry, flow: &FlowKey, now: u32, cfg: &DirectorConfig) {
             sync::event(flow, conn.service, conn.real, SYNC_BIND, conn.flags);
         }
         conn.last_seen = now;
-        persist::touch(conn.service, &flow.src, now);
+        persist::touch(conn.service, flow, now);
     }
     if todo & ESTABLISH != 0 {
         conn.flags |= CONN_ESTABLISHED;

@@ -8,8 +8,8 @@
 use aya_ebpf::{macros::map, maps::Array};
 use lb_common::{
     conn_table::{self, Bucket, Slot, TEMPLATE_BUCKETS},
-    Addr, Conn, FlowKey, Persistence, ServiceInfo, TemplateKey, MAP_MMAPABLE, MAX_SERVICES,
-    REAL_DOWN, SVC_PERSISTENT,
+    Conn, FlowKey, Persistence, ServiceInfo, TemplateKey, MAP_MMAPABLE, MAX_SERVICES, REAL_DOWN,
+    SVC_PERSISTENT,
 };
 
 use crate::{schedule, slots};
@@ -26,10 +26,10 @@ static TEMPLATE_TABLE: Array<Bucket> =
 #[no_mangle]
 static TEMPLATE_SEED: u64 = 0;
 
-/// A template's key in the table.
+/// The key of `flow`'s client's template in the table.
 #[inline(always)]
-fn key(service: u32, client: &Addr, p: &Persistence) -> FlowKey {
-    TemplateKey::of(service, client, &p.mask).flow_key()
+fn key(service: u32, flow: &FlowKey, p: &Persistence) -> FlowKey {
+    TemplateKey::flow_key_of(service, flow, p)
 }
 
 /// A template's bucket and tag.
@@ -40,10 +40,10 @@ fn place(key: &FlowKey) -> conn_table::Place {
     conn_table::place(key, seed, TEMPLATE_BUCKETS - 1)
 }
 
-/// The slot holding the template of `client` for `service`, if any, and its tag.
+/// The slot holding the template of `flow`'s client for `service`, if any, and its tag.
 #[inline(always)]
-fn slot(service: u32, client: &Addr, p: &Persistence) -> Option<(*mut Slot, u32)> {
-    let key = key(service, client, p);
+fn slot(service: u32, flow: &FlowKey, p: &Persistence) -> Option<(*mut Slot, u32)> {
+    let key = key(service, flow, p);
     let at = place(&key);
     Some((slots::find(&TEMPLATE_TABLE, &key, at)?, at.tag))
 }
@@ -56,7 +56,7 @@ pub fn template(service: &ServiceInfo, flow: &FlowKey, now: u32) -> Option<u32> 
         return None;
     }
     let p = PERSISTENCE.get(service.id)?;
-    let (slot, tag) = slot(service.id, &flow.src, p)?;
+    let (slot, tag) = slot(service.id, flow, p)?;
     // SAFETY: reads of the map's value.
     let (id, last_seen) = unsafe { ((*slot).entry.real, (*slot).entry.last_seen) };
     // Another client's template may be written over this one on another CPU (a new client
@@ -90,7 +90,7 @@ pub extern "C" fn xdplb_template_fetch(flow: *const FlowKey, service: u32) -> u3
         return 0;
     };
     let conn = crate::conntrack::fetch(flow);
-    conn ^ slots::fetch(&TEMPLATE_TABLE, place(&key(service, &flow.src, p)).bucket)
+    conn ^ slots::fetch(&TEMPLATE_TABLE, place(&key(service, flow, p)).bucket)
 }
 
 /// Remembers where a persistent service sent this client.
@@ -100,7 +100,7 @@ pub fn remember(service: &ServiceInfo, flow: &FlowKey, real: u32, now: u32) {
         return;
     }
     if let Some(p) = PERSISTENCE.get(service.id) {
-        let _ = xdplb_template_write(&key(service.id, &flow.src, p), service.id, real, now);
+        let _ = xdplb_template_write(&key(service.id, flow, p), service.id, real, now);
     }
 }
 
@@ -130,16 +130,16 @@ pub extern "C" fn xdplb_template_write(
     slots::write_over(&TEMPLATE_TABLE, key, place(key), 0, &template, oldest) as u32
 }
 
-/// A live connection of this client was refreshed: its template lives on.
+/// A live connection of `flow`'s client was refreshed: its template lives on.
 #[inline(always)]
-pub fn touch(service: u32, client: &Addr, now: u32) {
+pub fn touch(service: u32, flow: &FlowKey, now: u32) {
     let Some(p) = PERSISTENCE.get(service) else {
         return;
     };
     if p.timeout == 0 {
         return;
     }
-    if let Some((t, _)) = slot(service, client, p) {
+    if let Some((t, _)) = slot(service, flow, p) {
         // SAFETY: as above.
         unsafe { (*t).entry.last_seen = now };
     }
