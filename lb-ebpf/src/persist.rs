@@ -5,7 +5,10 @@
 //! refresh of its live connections. The templates live in a table of the connection table's
 //! layout ([`conn_table`]): one keyed hash, one bucket of four slots, nothing to allocate.
 
-use aya_ebpf::{macros::map, maps::Array};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, PerCpuArray},
+};
 use lb_common::{
     conn_table::{self, Bucket, Slot, TEMPLATE_BUCKETS},
     Conn, FlowKey, Persistence, ServiceInfo, TemplateKey, MAP_MMAPABLE, MAX_SERVICES, REAL_DOWN,
@@ -32,9 +35,40 @@ fn key(service: u32, flow: &FlowKey, p: &Persistence) -> FlowKey {
     TemplateKey::flow_key_of(service, flow, p)
 }
 
+/// The template key this CPU placed last, and its place: a persistent client's SYN places its
+/// key three times (the fetch, the lookup, the write), where one keyed hash does. The seed is
+/// the program's for its life, so the place stays right for the key whatever packet wrote it.
+#[repr(C)]
+struct Placed {
+    key: FlowKey,
+    place: conn_table::Place,
+}
+
+#[map]
+static PLACED: PerCpuArray<Placed> = PerCpuArray::with_max_entries(1, 0);
+
 /// A template's bucket and tag.
 #[inline(always)]
 fn place(key: &FlowKey) -> conn_table::Place {
+    let Some(last) = PLACED.get_ptr_mut(0) else {
+        return hash(key);
+    };
+    // SAFETY: this CPU's own value; its XDP programs never run two at a time.
+    let last = unsafe { &mut *last };
+    // A tag is never 0 but in the value the map starts with: an all-zero key (service 0, a
+    // mask of 0) is not placed at bucket 0 by it.
+    if last.place.tag != 0 && conn_table::same(&last.key, key) {
+        return last.place;
+    }
+    let at = hash(key);
+    last.key = *key;
+    last.place = at;
+    at
+}
+
+/// A template's bucket and tag, hashed.
+#[inline(always)]
+fn hash(key: &FlowKey) -> conn_table::Place {
     // SAFETY: a read of a plain global; volatile so the compiler does not fold its default.
     let seed = unsafe { core::ptr::read_volatile(&TEMPLATE_SEED) };
     conn_table::place(key, seed, TEMPLATE_BUCKETS - 1)
