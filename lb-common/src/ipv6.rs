@@ -16,14 +16,49 @@ pub fn header(
     src: &Addr,
     dst: &Addr,
 ) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    h[..4].copy_from_slice(&first);
-    h[4..6].copy_from_slice(&payload_len.to_be_bytes());
-    h[6] = next_header;
-    h[7] = hop_limit;
-    h[8..24].copy_from_slice(src);
-    h[24..40].copy_from_slice(dst);
-    h
+    let words = |a: &Addr| -> [u32; 4] { bytemuck::cast(*a) };
+    let h = header_words(
+        first,
+        payload_len,
+        next_header,
+        hop_limit,
+        words(src),
+        words(dst),
+    );
+    let mut out = [0u8; HEADER_LEN];
+    let mut i = 0;
+    while i < h.len() {
+        out[4 * i..4 * i + 4].copy_from_slice(&h[i].to_ne_bytes());
+        i += 1;
+    }
+    out
+}
+
+/// [`header`] as ten 32-bit words in memory order, the addresses given as theirs: how the
+/// datapath builds it, from addresses it reads a word at a time (gathered from bytes, each
+/// address took 16 loads and as many stack slots).
+#[inline(always)]
+pub fn header_words(
+    first: [u8; 4],
+    payload_len: u16,
+    next_header: u8,
+    hop_limit: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+) -> [u32; HEADER_LEN / 4] {
+    let len = payload_len.to_be_bytes();
+    [
+        u32::from_ne_bytes(first),
+        u32::from_ne_bytes([len[0], len[1], next_header, hop_limit]),
+        src[0],
+        src[1],
+        src[2],
+        src[3],
+        dst[0],
+        dst[1],
+        dst[2],
+        dst[3],
+    ]
 }
 
 /// The first four bytes of an IPv6 header with traffic class `tc` and no flow label.

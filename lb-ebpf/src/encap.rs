@@ -97,6 +97,21 @@ fn fits(
 static TUNNEL_SRC6: Array<Addr> = Array::with_max_entries(1, 0);
 
 pub const IPV6_HLEN: usize = 40;
+
+/// The outer source address of tunnels to IPv6 real servers, as words.
+#[inline(always)]
+fn tunnel_src6() -> Option<[u32; 4]> {
+    TUNNEL_SRC6.get(0).map(addr_words)
+}
+
+/// An address's four words, read a word at a time: `a` starts a map value (TUNNEL_SRC6's, or a
+/// RealServer's, at offset 0), which the kernel aligns to 8. Typed as bytes, it is read one
+/// byte at a time.
+#[inline(always)]
+fn addr_words(a: &Addr) -> [u32; 4] {
+    // SAFETY: 16 plain bytes, aligned to at least 4 (above).
+    unsafe { (a as *const Addr).cast::<[u32; 4]>().read() }
+}
 /// IPv6-in-IPv6's next header.
 const NEXTHDR_IPV6: u8 = 41;
 
@@ -115,21 +130,22 @@ pub fn ip6ip6(
     if (inner_len + IPV6_HLEN) as u32 > cfg.mtu {
         return Err(Reason::TxFragNeeded);
     }
-    let src = TUNNEL_SRC6.get(0).copied().ok_or(Reason::DropNoRoom)?;
     let first: [u8; 4] = read(ctx, l3).ok_or(Reason::DropMalformed)?;
     let eth = EthHeader::read(ctx, l3).ok_or(Reason::DropMalformed)?;
     if !grow(ctx, &eth, IPV6_HLEN) {
         return Err(Reason::DropNoRoom);
     }
-    let outer = ipv6::header(
+    // Read after the helper's call: kept across it, its words took four stack slots.
+    let src = tunnel_src6().ok_or(Reason::DropNoRoom)?;
+    let outer = ipv6::header_words(
         first,
         inner_len as u16,
         NEXTHDR_IPV6,
         OUTER_TTL,
-        &src,
-        &real.addr,
+        src,
+        addr_words(&real.addr),
     );
-    let Some(at) = ptr_at::<[u8; IPV6_HLEN]>(ctx, l3) else {
+    let Some(at) = ptr_at::<[u32; IPV6_HLEN / 4]>(ctx, l3) else {
         return Err(Reason::DropNoRoom);
     };
     // SAFETY: bounds-checked by ptr_at.
@@ -151,22 +167,23 @@ pub fn ip4in6(
 ) -> Result<(), Reason> {
     let l3 = pkt.l3_off;
     let (tos, _) = fits(ctx, pkt, IPV6_HLEN, cfg)?;
-    let src = TUNNEL_SRC6.get(0).copied().ok_or(Reason::DropNoRoom)?;
     let mut eth = EthHeader::read(ctx, l3).ok_or(Reason::DropMalformed)?;
     eth.set_type(ETH_P_IPV6);
     if !grow(ctx, &eth, IPV6_HLEN) {
         return Err(Reason::DropNoRoom);
     }
+    // Read after the helper's call: kept across it, its words took four stack slots.
+    let src = tunnel_src6().ok_or(Reason::DropNoRoom)?;
     let first = ipv6::first_word(tos);
-    let outer = ipv6::header(
+    let outer = ipv6::header_words(
         first,
         pkt.tot_len,
         IPPROTO_IPIP,
         OUTER_TTL,
-        &src,
-        &real.addr,
+        src,
+        addr_words(&real.addr),
     );
-    let Some(at) = ptr_at::<[u8; IPV6_HLEN]>(ctx, l3) else {
+    let Some(at) = ptr_at::<[u32; IPV6_HLEN / 4]>(ctx, l3) else {
         return Err(Reason::DropNoRoom);
     };
     // SAFETY: bounds-checked by ptr_at.
