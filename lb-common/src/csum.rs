@@ -42,6 +42,20 @@ pub fn update(check: u16, old: u32, new: u32) -> u16 {
     !fold_carries(s)
 }
 
+/// The bytes of a header built as 32-bit words in memory order (`ipv4::header_words`,
+/// `ipv6::header_words`): `B` is `4 * W`.
+#[inline(always)]
+pub(crate) fn words_bytes<const W: usize, const B: usize>(words: &[u32; W]) -> [u8; B] {
+    const { assert!(B == 4 * W) };
+    let mut out = [0u8; B];
+    let mut i = 0;
+    while i < W {
+        out[4 * i..4 * i + 4].copy_from_slice(&words[i].to_ne_bytes());
+        i += 1;
+    }
+    out
+}
+
 /// The checksum of an IPv4 header without options whose checksum field is zero.
 #[inline(always)]
 pub fn ipv4_header(h: &[u8; 20]) -> u16 {

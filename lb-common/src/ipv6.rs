@@ -25,13 +25,7 @@ pub fn header(
         words(src),
         words(dst),
     );
-    let mut out = [0u8; HEADER_LEN];
-    let mut i = 0;
-    while i < h.len() {
-        out[4 * i..4 * i + 4].copy_from_slice(&h[i].to_ne_bytes());
-        i += 1;
-    }
-    out
+    crate::csum::words_bytes(&h)
 }
 
 /// [`header`] as ten 32-bit words in memory order, the addresses given as theirs: how the

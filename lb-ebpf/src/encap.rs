@@ -45,23 +45,16 @@ pub fn ipip(
     if !grow(ctx, &eth, IPV4_HLEN) {
         return Err(Reason::DropNoRoom);
     }
-    let src = [
-        cfg.tunnel_src[12],
-        cfg.tunnel_src[13],
-        cfg.tunnel_src[14],
-        cfg.tunnel_src[15],
-    ];
-    let dst = [real.addr[12], real.addr[13], real.addr[14], real.addr[15]];
-    let outer = ipv4::header(
+    let outer = ipv4::header_words(
         tos,
         pkt.tot_len + IPV4_HLEN as u16,
         df,
         OUTER_TTL,
         IPPROTO_IPIP,
-        src,
-        dst,
+        v4_word(&cfg.tunnel_src),
+        v4_word(&real.addr),
     );
-    let Some(at) = ptr_at::<[u8; 20]>(ctx, l3) else {
+    let Some(at) = ptr_at::<[u32; IPV4_HLEN / 4]>(ctx, l3) else {
         return Err(Reason::DropNoRoom);
     };
     // SAFETY: bounds-checked by ptr_at.
@@ -104,9 +97,15 @@ fn tunnel_src6() -> Option<[u32; 4]> {
     TUNNEL_SRC6.get(0).map(addr_words)
 }
 
-/// An address's four words, read a word at a time: `a` starts a map value (TUNNEL_SRC6's, or a
-/// RealServer's, at offset 0), which the kernel aligns to 8. Typed as bytes, it is read one
-/// byte at a time.
+/// An IPv4-mapped address's IPv4 part as a word (its bytes in memory order), as [`addr_words`].
+#[inline(always)]
+fn v4_word(a: &Addr) -> u32 {
+    addr_words(a)[3]
+}
+
+/// An address's four words, read a word at a time: `a` is 4-aligned (a map value's start,
+/// which the kernel aligns to 8: TUNNEL_SRC6's, a RealServer's; or the director's config's
+/// tunnel source, at offset 24). Typed as bytes, it is read one byte at a time.
 #[inline(always)]
 fn addr_words(a: &Addr) -> [u32; 4] {
     // SAFETY: 16 plain bytes, aligned to at least 4 (above).
