@@ -105,9 +105,14 @@ fn v4_word(a: &Addr) -> u32 {
 
 /// An address's four words, read a word at a time: `a` is 4-aligned (a map value's start,
 /// which the kernel aligns to 8: TUNNEL_SRC6's, a RealServer's; or the director's config's
-/// tunnel source, at offset 24). Typed as bytes, it is read one byte at a time.
+/// tunnel source, checked below). Typed as bytes, it is read one byte at a time.
 #[inline(always)]
 fn addr_words(a: &Addr) -> [u32; 4] {
+    const {
+        assert!(core::mem::offset_of!(RealServer, addr) == 0);
+        assert!(core::mem::offset_of!(DirectorConfig, tunnel_src) % 4 == 0);
+        assert!(core::mem::align_of::<DirectorConfig>() >= 4);
+    };
     // SAFETY: 16 plain bytes, aligned to at least 4 (above).
     unsafe { (a as *const Addr).cast::<[u32; 4]>().read() }
 }
