@@ -71,7 +71,12 @@ pub fn run(root: &Path, cargo: impl Fn(&[&str]) -> Command, path: &OsString) -> 
     // Katran, timed the same way right before and after our cases, where the peer benchmark
     // sits next to this checkout (it builds Katran from KATRAN_GIT the first time).
     let peer = root.join("../shared/peer-bench");
-    if std::env::var_os("XDPLB_PEER_BENCH").is_none() && peer.join("run.sh").is_file() {
+    let given = std::env::var_os("XDPLB_PEER_BENCH").is_some();
+    let beside = peer.join("run.sh").is_file();
+    if given || beside {
+        crate::packages::ensure_peer_bench()?;
+    }
+    if !given && beside {
         bench.env("XDPLB_PEER_BENCH", peer);
     }
     let datapath = output(&mut bench)?;

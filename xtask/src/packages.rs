@@ -34,6 +34,15 @@ fn installed(program: &str) -> bool {
         .any(|d| Path::new(d).join(program).is_file())
 }
 
+/// What the peer benchmark (../shared/peer-bench, Katran timed beside us by `cargo xtask
+/// bench`) builds Katran and its harness with: (file it needs, Debian package that has it).
+const PEER_BENCH: [(&str, &str); 3] = [
+    ("/usr/bin/clang", "clang"),
+    ("/usr/bin/llc", "llvm"),
+    // bpf_helpers.h, which the harness programs include.
+    ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
+];
+
 /// Installs what is missing (needs root; without it the tests that need a daemon say so).
 pub fn ensure() -> Result<()> {
     let missing: Vec<&str> = NEEDED
@@ -41,6 +50,20 @@ pub fn ensure() -> Result<()> {
         .filter(|(program, _)| !installed(program))
         .map(|(_, package)| *package)
         .collect();
+    install(missing)
+}
+
+/// Installs what the peer benchmark builds with, where missing.
+pub fn ensure_peer_bench() -> Result<()> {
+    let missing: Vec<&str> = PEER_BENCH
+        .iter()
+        .filter(|(file, _)| !Path::new(file).is_file())
+        .map(|(_, package)| *package)
+        .collect();
+    install(missing)
+}
+
+fn install(missing: Vec<&str>) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
