@@ -42,18 +42,21 @@ pub fn update(check: u16, old: u32, new: u32) -> u16 {
     !fold_carries(s)
 }
 
-/// The bytes of a header built as 32-bit words in memory order (`ipv4::header_words`,
-/// `ipv6::header_words`): `B` is `4 * W`.
+/// The checksum of `words`, 32-bit words in memory order (its checksum field zero), as the
+/// bytes of the value to store in that field (`to_ne_bytes`). Summed over the words as they
+/// are, whatever the byte order: a ones' complement sum comes out as the same bytes either way
+/// (RFC 1071), where a sum of big-endian 16-bit words swaps every one of them.
 #[inline(always)]
-pub(crate) fn words_bytes<const W: usize, const B: usize>(words: &[u32; W]) -> [u8; B] {
-    const { assert!(B == 4 * W) };
-    let mut out = [0u8; B];
+pub fn of_words(words: &[u32]) -> [u8; 2] {
+    let mut sum = 0u64;
     let mut i = 0;
-    while i < W {
-        out[4 * i..4 * i + 4].copy_from_slice(&words[i].to_ne_bytes());
+    while i < words.len() {
+        sum += words[i] as u64;
         i += 1;
     }
-    out
+    // 2^32 and 2^16 are both 1 in ones' complement arithmetic: fold to 16 bits.
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    (!fold_carries((sum as u32 & 0xffff) + (sum >> 16) as u32)).to_ne_bytes()
 }
 
 /// The checksum of an IPv4 header without options whose checksum field is zero.

@@ -20,13 +20,12 @@ pub fn header(
 ) -> [u8; HEADER_LEN] {
     let (src, dst) = (u32::from_ne_bytes(src), u32::from_ne_bytes(dst));
     let h = header_words(tos, tot_len, frag, ttl, proto, src, dst);
-    crate::csum::words_bytes(&h)
+    crate::words_bytes(&h)
 }
 
 /// [`header`] as five 32-bit words in memory order, the addresses given as theirs (the bytes
-/// of each in memory order): how the datapath builds it. The checksum is summed over the words
-/// as they are, whatever the byte order: a ones' complement sum is the same bytes either way
-/// (RFC 1071), where a byte-order sum swaps every word twice.
+/// of each in memory order): how the datapath builds it, its checksum summed over those words
+/// ([`csum::of_words`]).
 #[inline(always)]
 pub fn header_words(
     tos: u8,
@@ -40,12 +39,7 @@ pub fn header_words(
     let (len, frag) = (tot_len.to_be_bytes(), frag.to_be_bytes());
     let w0 = u32::from_ne_bytes([0x45, tos, len[0], len[1]]);
     let w1 = u32::from_ne_bytes([0, 0, frag[0], frag[1]]);
-    let w2 = u32::from_ne_bytes([ttl, proto, 0, 0]);
-    let sum = w0 as u64 + w1 as u64 + w2 as u64 + src as u64 + dst as u64;
-    // 2^32 and 2^16 are both 1 in ones' complement arithmetic: fold to 16 bits.
-    let sum = (sum & 0xffff_ffff) + (sum >> 32);
-    let check = !csum::fold_carries((sum as u32 & 0xffff) + (sum >> 16) as u32);
-    let check = check.to_ne_bytes();
+    let check = csum::of_words(&[w0, w1, u32::from_ne_bytes([ttl, proto, 0, 0]), src, dst]);
     let w2 = u32::from_ne_bytes([ttl, proto, check[0], check[1]]);
     [w0, w1, w2, src, dst]
 }

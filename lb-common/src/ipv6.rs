@@ -25,7 +25,7 @@ pub fn header(
         words(src),
         words(dst),
     );
-    crate::csum::words_bytes(&h)
+    crate::words_bytes(&h)
 }
 
 /// [`header`] as ten 32-bit words in memory order, the addresses given as theirs: how the

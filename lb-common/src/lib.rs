@@ -26,3 +26,17 @@ pub mod tools;
 
 pub use maps::*;
 pub use tools::*;
+
+/// The bytes of a header built as 32-bit words in memory order (`ipv4::header_words`,
+/// `ipv6::header_words`): `B` is `4 * W`.
+#[inline(always)]
+pub(crate) fn words_bytes<const W: usize, const B: usize>(words: &[u32; W]) -> [u8; B] {
+    const { assert!(B == 4 * W) };
+    let mut out = [0u8; B];
+    let mut i = 0;
+    while i < W {
+        out[4 * i..4 * i + 4].copy_from_slice(&words[i].to_ne_bytes());
+        i += 1;
+    }
+    out
+}
